@@ -1,0 +1,11 @@
+//! Running child processes for every gorgon-rs role: shell commands in their own process
+//! groups with captured output, the named callbacks, and rsync (push, pull, daemon).
+
+pub mod callback;
+pub mod output;
+pub mod rsync;
+pub mod shell;
+
+pub use callback::{run_callback, CallbackFailure};
+pub use output::OutputBuffer;
+pub use shell::{describe_status, terminate_group, CommandOutcome, ShellCommand};

@@ -1,0 +1,284 @@
+//! rsync: pushing the originator's tree to the file server, pulling it into a listener's
+//! workspace, and the anonymous rsync daemon behind `gorgon start_rsync` / `stop_rsync`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gorgon_protocol::SyncTransport;
+
+use crate::shell::ShellCommand;
+
+/// The port of Gorgon's rsync daemon.
+pub const DEFAULT_DAEMON_PORT: u16 = 43434;
+/// The daemon's module that holds every project's tree.
+pub const MODULE: &str = "src";
+
+/// A failed transfer or daemon operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RsyncError {
+    #[error("rsync failed ({status}): `{command}`\n{output}")]
+    Transfer {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// Where a project's tree lives on the file server, as an rsync path ending in `/`.
+pub fn tree_location(host: &str, port: u16, transport: SyncTransport, dir: &str) -> String {
+    match transport {
+        SyncTransport::Daemon => format!("rsync://{host}:{port}/{MODULE}/{dir}/"),
+        SyncTransport::Ssh => format!("{host}:{dir}/"),
+    }
+}
+
+fn transfer_command(
+    from: &str,
+    to: &str,
+    exclude: &[String],
+    transport: SyncTransport,
+) -> String {
+    let mut words = vec![
+        "rsync".to_owned(),
+        "-a".to_owned(),
+        "--delete".to_owned(),
+        "--timeout=30".to_owned(),
+    ];
+    if transport == SyncTransport::Ssh {
+        words.push("-e".to_owned());
+        words.push("ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new".to_owned());
+    }
+    for pattern in exclude {
+        words.push(format!("--exclude={pattern}"));
+    }
+    words.push(from.to_owned());
+    words.push(to.to_owned());
+    shlex::try_join(words.iter().map(String::as_str)).expect("rsync arguments hold no NUL byte")
+}
+
+async fn transfer(command: String, cwd: &Path) -> Result<(), RsyncError> {
+    let outcome = ShellCommand::new(command.clone(), cwd).run().await;
+    if outcome.success() {
+        return Ok(());
+    }
+    let mut output = outcome.output;
+    if outcome.status.and_then(|s| s.code()) == Some(127) {
+        output.push_str("rsync is not installed on this machine (not found on PATH)\n");
+    }
+    Err(RsyncError::Transfer {
+        command,
+        status: outcome.description,
+        output,
+    })
+}
+
+/// Pushes the tree at `root` to `destination` (a [`tree_location`]), deleting what the
+/// destination has that the tree does not.
+pub async fn push(
+    root: &Path,
+    destination: &str,
+    exclude: &[String],
+    transport: SyncTransport,
+) -> Result<(), RsyncError> {
+    transfer(transfer_command("./", destination, exclude, transport), root).await
+}
+
+/// Pulls `source` into `workspace`, which must exist.
+pub async fn pull(
+    source: &str,
+    workspace: &Path,
+    exclude: &[String],
+    transport: SyncTransport,
+) -> Result<(), RsyncError> {
+    transfer(transfer_command(source, "./", exclude, transport), workspace).await
+}
+
+/// The folder where the daemon on `port` keeps its config, pid file and log.
+pub fn daemon_state_dir(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("gorgon-rsyncd-{port}"))
+}
+
+fn daemon_pid(port: u16) -> Option<i32> {
+    std::fs::read_to_string(daemon_state_dir(port).join("rsyncd.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Starts an rsync daemon serving `dir` read-write as module `src` on `port`, and returns
+/// once it accepts connections.
+pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Result<(), RsyncError> {
+    let dir = dir.canonicalize().map_err(|e| {
+        RsyncError::Daemon(format!("cannot serve {}: {e}", dir.display()))
+    })?;
+    if !dir.is_dir() {
+        return Err(RsyncError::Daemon(format!("{} is not a directory", dir.display())));
+    }
+    let state = daemon_state_dir(port);
+    if let Some(pid) = daemon_pid(port).filter(|pid| alive(*pid)) {
+        return Err(RsyncError::Daemon(format!(
+            "a gorgon rsync daemon (pid {pid}) already runs on port {port}; stop it with `gorgon stop_rsync --port {port}`"
+        )));
+    }
+    let bind_address = address.unwrap_or("0.0.0.0");
+    if let Err(e) = std::net::TcpListener::bind((bind_address, port)) {
+        return Err(RsyncError::Daemon(format!(
+            "port {port} on {bind_address} is not free: {e}"
+        )));
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state)
+        .map_err(|e| RsyncError::Daemon(format!("cannot create {}: {e}", state.display())))?;
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    let mut config = format!(
+        "port = {port}\npid file = {pid}\nlog file = {log}\n",
+        pid = state.join("rsyncd.pid").display(),
+        log = state.join("rsyncd.log").display(),
+    );
+    if let Some(address) = address {
+        config.push_str(&format!("address = {address}\n"));
+    }
+    config.push_str(&format!(
+        "\n[{MODULE}]\n  path = {}\n  read only = false\n  use chroot = false\n  uid = {uid}\n  gid = {gid}\n",
+        dir.display()
+    ));
+    let config_path = state.join("rsyncd.conf");
+    std::fs::write(&config_path, config)
+        .map_err(|e| RsyncError::Daemon(format!("cannot write {}: {e}", config_path.display())))?;
+    let command = format!(
+        "rsync --daemon --config={}",
+        shlex::try_quote(&config_path.display().to_string()).expect("no NUL in a path")
+    );
+    let outcome = ShellCommand::new(command, &state).run().await;
+    if !outcome.success() {
+        let hint = if outcome.status.and_then(|s| s.code()) == Some(127) {
+            " (rsync is not installed on this machine)"
+        } else {
+            ""
+        };
+        return Err(RsyncError::Daemon(format!(
+            "rsync --daemon failed ({}){hint}: {}",
+            outcome.description,
+            outcome.output.trim()
+        )));
+    }
+    let connect_to = if bind_address == "0.0.0.0" { "127.0.0.1" } else { bind_address };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect((connect_to, port)).is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(RsyncError::Daemon(format!(
+        "the rsync daemon did not start listening on port {port}; see {}",
+        state.join("rsyncd.log").display()
+    )))
+}
+
+/// Stops the daemon started on `port` and removes its state folder.
+pub async fn stop_daemon(port: u16) -> Result<(), RsyncError> {
+    let Some(pid) = daemon_pid(port) else {
+        return Err(RsyncError::Daemon(format!(
+            "no gorgon rsync daemon is running on port {port}"
+        )));
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if alive(pid) {
+        return Err(RsyncError::Daemon(format!(
+            "the rsync daemon (pid {pid}) did not stop"
+        )));
+    }
+    let _ = std::fs::remove_dir_all(daemon_state_dir(port));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_follow_the_transport() {
+        assert_eq!(
+            tree_location("fs", 43434, SyncTransport::Daemon, "dev1_shop"),
+            "rsync://fs:43434/src/dev1_shop/"
+        );
+        assert_eq!(
+            tree_location("fs", 43434, SyncTransport::Ssh, "dev1_shop"),
+            "fs:dev1_shop/"
+        );
+    }
+
+    #[test]
+    fn excludes_are_quoted_arguments() {
+        let command = transfer_command(
+            "./",
+            "rsync://fs:1/src/p/",
+            &["log dir".into(), ".git".into()],
+            SyncTransport::Daemon,
+        );
+        assert_eq!(
+            command,
+            "rsync -a --delete '--timeout=30' '--exclude=log dir' '--exclude=.git' ./ rsync://fs:1/src/p/"
+        );
+    }
+
+    #[tokio::test]
+    async fn daemon_push_and_pull_round_trip() {
+        let served = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let workspace = tempfile::tempdir().unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        start_daemon(served.path(), port, Some("127.0.0.1")).await.unwrap();
+        std::fs::create_dir_all(project.path().join("t")).unwrap();
+        std::fs::write(project.path().join("t/a.sh"), "exit 0").unwrap();
+        std::fs::write(project.path().join("skip.log"), "x").unwrap();
+        let location = tree_location("127.0.0.1", port, SyncTransport::Daemon, "me_p");
+        let exclude = vec!["*.log".to_owned()];
+        let pushed = push(project.path(), &location, &exclude, SyncTransport::Daemon).await;
+        let pulled = pull(&location, workspace.path(), &exclude, SyncTransport::Daemon).await;
+        stop_daemon(port).await.unwrap();
+        pushed.unwrap();
+        pulled.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(workspace.path().join("t/a.sh")).unwrap(),
+            "exit 0"
+        );
+        assert!(!workspace.path().join("skip.log").exists());
+        assert!(!daemon_state_dir(port).exists());
+    }
+
+    #[tokio::test]
+    async fn pulling_from_nowhere_names_the_command() {
+        let workspace = tempfile::tempdir().unwrap();
+        let err = pull(
+            "rsync://127.0.0.1:1/src/none/",
+            workspace.path(),
+            &[],
+            SyncTransport::Daemon,
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("rsync failed"), "{text}");
+        assert!(text.contains("rsync://127.0.0.1:1/src/none/"), "{text}");
+    }
+}

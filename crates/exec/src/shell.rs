@@ -1,0 +1,252 @@
+//! Shell commands in their own process groups, with combined output captured into an
+//! [`OutputBuffer`], and the grace-then-SIGKILL way of stopping a group.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::output::OutputBuffer;
+
+/// How long output is still read after the command itself has exited, for grandchildren
+/// that keep its stdout open (a daemon started by a callback, say).
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+/// A command for `sh -c`, its working directory and extra environment.
+#[derive(Clone, Debug)]
+pub struct ShellCommand {
+    pub command: String,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// How a command ended.
+#[derive(Debug)]
+pub struct CommandOutcome {
+    /// `None` when the command could not be started, or was stopped.
+    pub status: Option<ExitStatus>,
+    /// `exit status 1`, `killed by signal 9 (SIGKILL)`, `could not start: ...`.
+    pub description: String,
+    /// Combined stdout and stderr, head and tail kept.
+    pub output: String,
+    pub seconds: f64,
+}
+
+impl CommandOutcome {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// The command died by a signal, or never ran.
+    pub fn crashed(&self) -> bool {
+        self.status.is_none_or(|s| s.signal().is_some())
+    }
+}
+
+/// Describes an exit status the way the reports show it.
+pub fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(number) => match Signal::try_from(number) {
+            Ok(signal) => format!("killed by signal {number} ({})", signal.as_str()),
+            Err(_) => format!("killed by signal {number}"),
+        },
+        None => format!("{status}"),
+    }
+}
+
+/// Kills the process group on drop unless disarmed, so that a dropped (cancelled) run never
+/// leaves its command running.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl ShellCommand {
+    pub fn new(command: impl Into<String>, cwd: impl Into<PathBuf>) -> Self {
+        ShellCommand {
+            command: command.into(),
+            cwd: cwd.into(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the command to its end. If the returned future is dropped, the command's whole
+    /// process group is killed.
+    pub async fn run(&self) -> CommandOutcome {
+        let started = Instant::now();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.command)
+            .current_dir(&self.cwd)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                return CommandOutcome {
+                    status: None,
+                    description: format!("could not start `sh -c` in {}: {error}", self.cwd.display()),
+                    output: String::new(),
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+            }
+        };
+        let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        for mut pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 8192];
+                while let Ok(n) = pipe.read(&mut chunk).await {
+                    if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut output = OutputBuffer::default();
+        let status = loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some(chunk) => output.push(&chunk),
+                    None => break child.wait().await,
+                },
+                status = child.wait() => break status,
+            }
+        };
+        // The command has exited: collect what its pipes still hold, but do not wait on
+        // grandchildren that keep them open.
+        let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
+        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            output.push(&chunk);
+        }
+        guard.0 = None;
+        let seconds = started.elapsed().as_secs_f64();
+        match status {
+            Ok(status) => CommandOutcome {
+                status: Some(status),
+                description: describe_status(status),
+                output: output.text(),
+                seconds,
+            },
+            Err(error) => CommandOutcome {
+                status: None,
+                description: format!("could not wait for the command: {error}"),
+                output: output.text(),
+                seconds,
+            },
+        }
+    }
+}
+
+/// Stops a process group the careful way: SIGTERM, up to `grace` for it to go, then SIGKILL.
+pub async fn terminate_group(group: u32, grace: Duration) {
+    let group = Pid::from_raw(group as i32);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if killpg(group, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn here() -> PathBuf {
+        std::env::temp_dir()
+    }
+
+    #[tokio::test]
+    async fn captures_both_streams_and_the_exit_status() {
+        let outcome = ShellCommand::new("echo out; echo err >&2; exit 3", here())
+            .run()
+            .await;
+        assert!(!outcome.success());
+        assert!(!outcome.crashed());
+        assert_eq!(outcome.description, "exit status 3");
+        assert!(outcome.output.contains("out\n"));
+        assert!(outcome.output.contains("err\n"));
+    }
+
+    #[tokio::test]
+    async fn a_signal_is_a_crash() {
+        let outcome = ShellCommand::new("kill -9 $$", here()).run().await;
+        assert!(outcome.crashed());
+        assert_eq!(outcome.description, "killed by signal 9 (SIGKILL)");
+    }
+
+    #[tokio::test]
+    async fn environment_and_directory_are_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = ShellCommand::new("echo $GORGON_X; pwd", dir.path())
+            .env("GORGON_X", "forty-two")
+            .run()
+            .await;
+        assert!(outcome.success());
+        assert!(outcome.output.contains("forty-two"));
+        assert!(outcome
+            .output
+            .contains(&dir.path().canonicalize().unwrap().display().to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_background_grandchild_does_not_hold_the_run() {
+        let started = Instant::now();
+        let outcome = ShellCommand::new("sleep 30 & echo done", here()).run().await;
+        assert!(outcome.success());
+        assert!(outcome.output.contains("done"));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("pid");
+        let command = format!("echo $$ > {}; sleep 30", marker.display());
+        let run = ShellCommand::new(command, here());
+        let _ = tokio::time::timeout(Duration::from_millis(500), run.run()).await;
+        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        // The group leader is killed; give the kernel a moment to deliver the signal.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {
+            assert!(Instant::now() < deadline, "process {pid} survived the drop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The one module that talks to lapin: connecting to RabbitMQ, declaring the topology,
+//! publishing envelopes with publisher confirms, and consuming them with manual acks.
+//! Every call is bounded by a timeout, so a broker that stops answering becomes an error
+//! instead of a hang.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+
+use crate::message::{DecodeError, Envelope};
+
+/// How long a connection attempt may take before the broker counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any other broker call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the broker is, as in the `connection` object of Gorgon's config files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    #[serde(alias = "hostname")]
+    pub host: String,
+    pub port: u16,
+    #[serde(alias = "user")]
+    pub username: String,
+    #[serde(alias = "pass", alias = "pwd")]
+    pub password: String,
+    #[serde(alias = "virtual_host")]
+    pub vhost: String,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            host: "127.0.0.1".into(),
+            port: 5672,
+            username: "guest".into(),
+            password: "guest".into(),
+            vhost: "/".into(),
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// `host:port`, for messages.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn uri(&self) -> String {
+        format!(
+            "amqp://{}:{}@{}:{}/{}",
+            percent_encode(&self.username),
+            percent_encode(&self.password),
+            self.host,
+            self.port,
+            percent_encode(&self.vhost)
+        )
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// A failed broker operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to RabbitMQ at {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("RabbitMQ did not answer {what} within {seconds} s")]
+    Timeout { what: String, seconds: u64 },
+    #[error("RabbitMQ refused {what}: {source}")]
+    Call {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("no queue took the message published to {0} (its owner has gone)")]
+    Unroutable(String),
+    #[error("RabbitMQ rejected the message published to {0}")]
+    Nacked(String),
+}
+
+impl BrokerError {
+    /// True when the broker said the queue or exchange does not exist (AMQP 404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BrokerError::Call { source, .. } if source.to_string().contains("NOT_FOUND"))
+    }
+}
+
+async fn bounded<T>(
+    what: &str,
+    future: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(BrokerError::Call {
+            what: what.to_owned(),
+            source,
+        }),
+        Err(_) => Err(BrokerError::Timeout {
+            what: what.to_owned(),
+            seconds: CALL_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// The lifetime of a queue this process declares.
+#[derive(Clone, Copy, Debug)]
+pub enum QueueLife {
+    /// Owned by this connection; deleted by the broker when the connection ends.
+    Exclusive,
+    /// Shared between processes; deleted explicitly by its owner, or by the broker once
+    /// nobody has used it for `unused_expiry`.
+    Shared { unused_expiry: Duration },
+}
+
+/// A connection with one channel for publishing (in confirm mode) and declarations.
+/// Consumers each get a channel of their own.
+#[derive(Clone)]
+pub struct Broker {
+    connection: std::sync::Arc<Connection>,
+    channel: Channel,
+    address: String,
+}
+
+impl Broker {
+    /// Connects within [`CONNECT_TIMEOUT`]; `name` shows in RabbitMQ's management tools.
+    pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Broker, BrokerError> {
+        let address = settings.address();
+        let connect_error = |reason: String| BrokerError::Connect {
+            address: address.clone(),
+            reason,
+        };
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&settings.uri(), properties),
+        )
+        .await
+        .map_err(|_| {
+            connect_error(format!(
+                "no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| connect_error(e.to_string()))?;
+        let channel = bounded("channel.open", connection.create_channel()).await?;
+        bounded(
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(Broker {
+            connection: std::sync::Arc::new(connection),
+            channel,
+            address,
+        })
+    }
+
+    /// `host:port` of the broker.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// True while the connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    pub async fn declare_fanout(&self, name: &str) -> Result<(), BrokerError> {
+        bounded(
+            "exchange.declare",
+            self.channel.exchange_declare(
+                name.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
+    pub async fn declare_queue(&self, name: &str, life: QueueLife) -> Result<(), BrokerError> {
+        let mut arguments = FieldTable::default();
+        let options = match life {
+            QueueLife::Exclusive => QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            QueueLife::Shared { unused_expiry } => {
+                arguments.insert(
+                    "x-expires".into(),
+                    AMQPValue::LongLongInt(unused_expiry.as_millis() as i64),
+                );
+                QueueDeclareOptions::default()
+            }
+        };
+        bounded(
+            "queue.declare",
+            self.channel.queue_declare(name.into(), options, arguments),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Declares an exclusive queue with a name chosen by the broker, and returns the name.
+    pub async fn declare_private_queue(&self) -> Result<String, BrokerError> {
+        let queue = bounded(
+            "queue.declare",
+            self.channel.queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok(queue.name().to_string())
+    }
+
+    pub async fn bind(&self, queue: &str, exchange: &str) -> Result<(), BrokerError> {
+        bounded(
+            "queue.bind",
+            self.channel.queue_bind(
+                queue.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
+    pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        bounded(
+            "queue.delete",
+            self.channel
+                .queue_delete(name.into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        bounded(
+            "exchange.delete",
+            self.channel
+                .exchange_delete(name.into(), ExchangeDeleteOptions::default()),
+        )
+        .await
+    }
+
+    /// Publishes to an exchange and waits until the broker has taken the message.
+    /// A message that no queue takes is an error ([`BrokerError::Unroutable`]).
+    pub async fn publish(&self, exchange: &str, envelope: &Envelope) -> Result<(), BrokerError> {
+        self.publish_routed(exchange, "", envelope, exchange).await
+    }
+
+    /// Publishes straight to a queue through the default exchange, with the same guarantees.
+    pub async fn send_to_queue(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError> {
+        self.publish_routed("", queue, envelope, queue).await
+    }
+
+    /// Publishes many messages to a queue, waiting for all confirms at the end rather than
+    /// after each message.
+    pub async fn send_all_to_queue(
+        &self,
+        queue: &str,
+        envelopes: impl IntoIterator<Item = Envelope>,
+    ) -> Result<(), BrokerError> {
+        let mut confirms = Vec::new();
+        for envelope in envelopes {
+            confirms.push(
+                bounded(
+                    "basic.publish",
+                    self.channel.basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &envelope.encode(),
+                        properties(),
+                    ),
+                )
+                .await?,
+            );
+        }
+        for confirm in confirms {
+            check_confirmation(bounded("publisher confirm", confirm).await?, queue)?;
+        }
+        Ok(())
+    }
+
+    async fn publish_routed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+        target: &str,
+    ) -> Result<(), BrokerError> {
+        let confirm = bounded(
+            "basic.publish",
+            self.channel.basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &envelope.encode(),
+                properties(),
+            ),
+        )
+        .await?;
+        check_confirmation(bounded("publisher confirm", confirm).await?, target)
+    }
+
+    /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
+    /// unacknowledged messages the broker hands this consumer at once.
+    pub async fn consume(&self, queue: &str, prefetch: Option<u16>) -> Result<Inbox, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        if let Some(prefetch) = prefetch {
+            bounded(
+                "basic.qos",
+                channel.basic_qos(prefetch, BasicQosOptions::default()),
+            )
+            .await?;
+        }
+        let consumer = bounded(
+            "basic.consume",
+            channel.basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok(Inbox {
+            consumer,
+            _channel: channel,
+        })
+    }
+
+    /// Closes the connection politely; errors are irrelevant at that point.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.connection.close(200, "bye".into()),
+        )
+        .await;
+    }
+}
+
+fn properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+fn check_confirmation(
+    confirmation: lapin::Confirmation,
+    target: &str,
+) -> Result<(), BrokerError> {
+    if confirmation.is_nack() {
+        return Err(BrokerError::Nacked(target.to_owned()));
+    }
+    if confirmation.take_message().is_some() {
+        return Err(BrokerError::Unroutable(target.to_owned()));
+    }
+    Ok(())
+}
+
+/// A stream of messages from one queue.
+pub struct Inbox {
+    consumer: lapin::Consumer,
+    _channel: Channel,
+}
+
+impl Inbox {
+    /// The next message; `None` once the consumer has ended (queue deleted, channel or
+    /// connection closed).
+    pub async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            match self.consumer.next().await? {
+                Ok(delivery) => {
+                    return Some(Incoming {
+                        envelope: Envelope::decode(&delivery.data),
+                        redelivered: delivery.redelivered,
+                        acker: delivery.acker,
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// One delivered message, decoded, waiting to be settled.
+pub struct Incoming {
+    pub envelope: Result<Envelope, DecodeError>,
+    /// The broker delivered this message before to a consumer that did not acknowledge it.
+    pub redelivered: bool,
+    acker: lapin::Acker,
+}
+
+impl Incoming {
+    /// The message is handled: the broker forgets it.
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        bounded("basic.ack", self.acker.ack(BasicAckOptions::default()))
+            .await
+            .map(|_| ())
+    }
+
+    /// The message is unusable (malformed, foreign): drop it without requeueing, so that it
+    /// cannot loop.
+    pub async fn discard(&self) -> Result<(), BrokerError> {
+        bounded(
+            "basic.nack",
+            self.acker.nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Hand the message back to the broker for another consumer.
+    pub async fn requeue(&self) -> Result<(), BrokerError> {
+        bounded(
+            "basic.nack",
+            self.acker.nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_escapes_credentials_and_the_default_vhost() {
+        let settings = BrokerSettings {
+            username: "me".into(),
+            password: "p@ss/word".into(),
+            ..BrokerSettings::default()
+        };
+        assert_eq!(
+            settings.uri(),
+            "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(settings.address(), "127.0.0.1:5672");
+    }
+
+    #[test]
+    fn settings_accept_gorgon_spellings() {
+        let settings: BrokerSettings =
+            serde_json::from_str(r#"{"host": "mq", "user": "u", "pass": "p"}"#).unwrap();
+        assert_eq!(settings.host, "mq");
+        assert_eq!(settings.username, "u");
+        assert_eq!(settings.password, "p");
+        assert_eq!(settings.port, 5672);
+    }
+}

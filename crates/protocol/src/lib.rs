@@ -1,0 +1,22 @@
+//! The wire shared by every gorgon-rs process: messages, queue and exchange names, the broker
+//! client, exit codes and the job definition that travels from the originator to each worker.
+
+pub mod broker;
+pub mod config_file;
+pub mod exit_code;
+pub mod job;
+pub mod message;
+pub mod names;
+
+pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
+pub use job::{Callbacks, JobDefinition, RunnerSettings, SyncSettings, SyncTransport};
+pub use message::{
+    CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message,
+    WorkerAssignment,
+};
+
+/// Version of the wire protocol. A process drops a message whose `protocol` differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of gorgon-rs itself, reported by `gorgon ping`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,402 @@
+//! Every message that crosses a queue or a process boundary, and its JSON envelope.
+//!
+//! All messages share one envelope that names the protocol version and the job (or ping) id
+//! and leaves room for a signature. The body is one closed enum tagged by `type`; each queue
+//! expects a subset, and a process drops (and logs) anything else.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::broker::BrokerSettings;
+use crate::job::JobDefinition;
+use crate::PROTOCOL_VERSION;
+
+/// The largest message a process accepts, in bytes. Larger ones are dropped unread.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The outer shape of every message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub protocol: u32,
+    /// The job this message belongs to (for pings, the ping's own id).
+    pub job_id: Uuid,
+    pub message: Message,
+    /// Reserved for signed jobs; absent today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// Why a message could not be turned into an [`Envelope`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {0} bytes is larger than the limit of {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    #[error("message is not a gorgon-rs envelope: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("message speaks protocol {0}, this process speaks {PROTOCOL_VERSION}")]
+    WrongVersion(u32),
+}
+
+impl Envelope {
+    pub fn new(job_id: Uuid, message: Message) -> Self {
+        Envelope {
+            protocol: PROTOCOL_VERSION,
+            job_id,
+            message,
+            signature: None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+
+    /// Decodes and checks size and version; the version is checked before the body so that
+    /// a message from a newer protocol is reported as such, not as malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            protocol: u32,
+        }
+        let version: VersionOnly = serde_json::from_slice(bytes)?;
+        if version.protocol != PROTOCOL_VERSION {
+            return Err(DecodeError::WrongVersion(version.protocol));
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// The body of a message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    // Originator to listeners (jobs exchange, or one listener's queue).
+    /// A job to take part in. `reply_to` is the originator's reply queue.
+    Job {
+        definition: JobDefinition,
+        reply_to: String,
+    },
+    /// `gorgon ping`: answer with [`Message::PingReply`] on `reply_to`.
+    Ping { reply_to: String },
+
+    // Listener to the announcements exchange.
+    /// A listener has started; originators send it their running job.
+    ListenerAnnounced { listener_queue: String, name: String },
+
+    // Originator to the files queue.
+    /// One test file to run, relative to the workspace.
+    File { file: String },
+
+    // Originator to the job's control exchange.
+    /// Stop the job's workers now.
+    Cancel { reason: String },
+
+    // Listener, worker manager and workers to the originator's reply queue.
+    PingReply(ListenerInfo),
+    /// A listener has taken the job and starts pulling the tree.
+    JobAccepted { host: String, slots: u32 },
+    /// The listener could not pull the tree from the file server.
+    SyncFailed { host: String, output: String },
+    /// A callback exited non-zero or could not be started.
+    CallbackFailed {
+        host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker_id: Option<u32>,
+        callback: CallbackName,
+        status: String,
+        output: String,
+    },
+    /// A worker process ended unexpectedly (not through the end of the job or a cancel).
+    WorkerCrashed {
+        host: String,
+        worker_id: u32,
+        status: String,
+        output: String,
+    },
+    FileStarted {
+        host: String,
+        worker_id: u32,
+        file: String,
+    },
+    FileFinished(FileResult),
+    /// The listener has finished its part of the job: workers stopped, callbacks run,
+    /// workspace removed.
+    JobDone { host: String },
+}
+
+/// What `gorgon ping` shows of a listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub version: String,
+    pub slots: u32,
+}
+
+/// The outcome of running one test file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileResult {
+    pub host: String,
+    pub worker_id: u32,
+    pub file: String,
+    pub status: FileStatus,
+    /// Wall time of the file's run, in seconds.
+    pub seconds: f64,
+    /// How the runner ended, e.g. `exit status 1` or `killed by signal 9 (SIGKILL)`.
+    pub exit: String,
+    /// The runner's combined stdout and stderr (trimmed to its head and tail when long).
+    pub output: String,
+}
+
+/// The verdict on one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    Passed,
+    Failed,
+    /// The runner died by a signal, or could not be started.
+    Crashed,
+}
+
+/// The callbacks, named as in `gorgon.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackName {
+    BeforeOriginate,
+    AfterSync,
+    BeforeCreatingWorkers,
+    BeforeStart,
+    AfterComplete,
+    AfterCreatingWorkers,
+    AfterJobFinishes,
+}
+
+impl CallbackName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackName::BeforeOriginate => "before_originate",
+            CallbackName::AfterSync => "after_sync",
+            CallbackName::BeforeCreatingWorkers => "before_creating_workers",
+            CallbackName::BeforeStart => "before_start",
+            CallbackName::AfterComplete => "after_complete",
+            CallbackName::AfterCreatingWorkers => "after_creating_workers",
+            CallbackName::AfterJobFinishes => "after_job_finishes",
+        }
+    }
+}
+
+impl std::fmt::Display for CallbackName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a listener hands to its worker manager, and the manager to each worker, on stdin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerAssignment {
+    pub job_id: Uuid,
+    pub definition: JobDefinition,
+    /// The originator's reply queue.
+    pub reply_to: String,
+    pub broker: BrokerSettings,
+    /// The listener's name, reported as the host of every result.
+    pub host: String,
+    /// Absolute path of the job's workspace.
+    pub workspace: std::path::PathBuf,
+    /// Number of workers the manager starts.
+    pub slots: u32,
+    /// Set for a worker (1..=slots); absent for the manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Callbacks, RunnerSettings, SyncSettings, SyncTransport};
+
+    fn job_id() -> Uuid {
+        Uuid::parse_str("6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11").unwrap()
+    }
+
+    fn definition() -> JobDefinition {
+        JobDefinition {
+            project: "shop".into(),
+            originator_host: "dev1".into(),
+            sync: SyncSettings {
+                source: "rsync://fs:43434/src/dev1_shop/".into(),
+                transport: SyncTransport::Daemon,
+                exclude: vec![".git".into()],
+            },
+            runner: RunnerSettings {
+                command: "sh {file}".into(),
+            },
+            callbacks: Callbacks {
+                after_sync: Some("make deps".into()),
+                ..Callbacks::default()
+            },
+        }
+    }
+
+    fn every_message() -> Vec<Message> {
+        vec![
+            Message::Job {
+                definition: definition(),
+                reply_to: "r".into(),
+            },
+            Message::Ping {
+                reply_to: "p".into(),
+            },
+            Message::ListenerAnnounced {
+                listener_queue: "q".into(),
+                name: "h1".into(),
+            },
+            Message::File {
+                file: "t/a.sh".into(),
+            },
+            Message::Cancel {
+                reason: "Ctrl-C".into(),
+            },
+            Message::PingReply(ListenerInfo {
+                name: "h1".into(),
+                version: "0.1.0".into(),
+                slots: 2,
+            }),
+            Message::JobAccepted {
+                host: "h1".into(),
+                slots: 2,
+            },
+            Message::SyncFailed {
+                host: "h1".into(),
+                output: "rsync: connection refused".into(),
+            },
+            Message::CallbackFailed {
+                host: "h1".into(),
+                worker_id: Some(2),
+                callback: CallbackName::BeforeStart,
+                status: "exit status 3".into(),
+                output: "boom".into(),
+            },
+            Message::WorkerCrashed {
+                host: "h1".into(),
+                worker_id: 1,
+                status: "killed by signal 9 (SIGKILL)".into(),
+                output: "".into(),
+            },
+            Message::FileStarted {
+                host: "h1".into(),
+                worker_id: 1,
+                file: "t/a.sh".into(),
+            },
+            Message::FileFinished(FileResult {
+                host: "h1".into(),
+                worker_id: 1,
+                file: "t/a.sh".into(),
+                status: FileStatus::Failed,
+                seconds: 0.25,
+                exit: "exit status 1".into(),
+                output: "expected 1, got 2".into(),
+            }),
+            Message::JobDone { host: "h1".into() },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for message in every_message() {
+            let envelope = Envelope::new(job_id(), message);
+            let decoded = Envelope::decode(&envelope.encode()).unwrap();
+            assert_eq!(decoded, envelope);
+        }
+    }
+
+    #[test]
+    fn json_shape_is_pinned() {
+        let envelope = Envelope::new(
+            job_id(),
+            Message::FileStarted {
+                host: "h1".into(),
+                worker_id: 1,
+                file: "t/a.sh".into(),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(envelope.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"file_started","host":"h1","worker_id":1,"file":"t/a.sh"}}"#
+        );
+        let finished = Envelope::new(
+            job_id(),
+            Message::FileFinished(FileResult {
+                host: "h".into(),
+                worker_id: 2,
+                file: "f".into(),
+                status: FileStatus::Crashed,
+                seconds: 1.5,
+                exit: "killed by signal 9 (SIGKILL)".into(),
+                output: "o".into(),
+            }),
+        );
+        assert_eq!(
+            String::from_utf8(finished.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"file_finished","host":"h","worker_id":2,"file":"f","status":"crashed","seconds":1.5,"exit":"killed by signal 9 (SIGKILL)","output":"o"}}"#
+        );
+    }
+
+    #[test]
+    fn version_one_json_still_decodes() {
+        let old = r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job","definition":{"project":"shop","originator_host":"dev1","sync":{"source":"rsync://fs:43434/src/dev1_shop/","transport":"daemon","exclude":[".git"]},"runner":{"command":"sh {file}"},"callbacks":{"after_sync":"make deps"}},"reply_to":"r"}}"#;
+        let decoded = Envelope::decode(old.as_bytes()).unwrap();
+        assert_eq!(
+            decoded.message,
+            Message::Job {
+                definition: definition(),
+                reply_to: "r".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_reason() {
+        assert!(matches!(
+            Envelope::decode(b"not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        let future = br#"{"protocol":99,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"brand_new"}}"#;
+        assert!(matches!(
+            Envelope::decode(future),
+            Err(DecodeError::WrongVersion(99))
+        ));
+        let unknown = br#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"brand_new"}}"#;
+        assert!(matches!(
+            Envelope::decode(unknown),
+            Err(DecodeError::Malformed(_))
+        ));
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            Envelope::decode(&huge),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn assignment_round_trips() {
+        let assignment = WorkerAssignment {
+            job_id: job_id(),
+            definition: definition(),
+            reply_to: "r".into(),
+            broker: BrokerSettings::default(),
+            host: "h1".into(),
+            workspace: "/tmp/ws".into(),
+            slots: 4,
+            worker_id: Some(3),
+        };
+        let json = serde_json::to_string(&assignment).unwrap();
+        assert_eq!(
+            serde_json::from_str::<WorkerAssignment>(&json).unwrap(),
+            assignment
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! Exchange and queue names. Everything that belongs to one job is scoped by its id, and
+//! everything that belongs to a cluster by the cluster id, so two originators on one broker
+//! never see each other's files, replies, pings or cancels.
+
+use uuid::Uuid;
+
+const PREFIX: &str = "gorgon-rs";
+
+/// The cluster used when `cluster_id` is not configured.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// Fanout exchange on which originators publish jobs and pings to every listener of a cluster.
+pub fn jobs_exchange(cluster: &str) -> String {
+    format!("{PREFIX}.{cluster}.jobs")
+}
+
+/// Fanout exchange on which a starting listener announces its queue, so that running jobs
+/// reach listeners that join late.
+pub fn announcements_exchange(cluster: &str) -> String {
+    format!("{PREFIX}.{cluster}.announcements")
+}
+
+/// A listener's own queue, bound to its cluster's jobs exchange.
+pub fn listener_queue(cluster: &str, listener: Uuid) -> String {
+    format!("{PREFIX}.{cluster}.listener.{listener}")
+}
+
+/// The queue that holds one file message per test file of a job.
+pub fn files_queue(job: Uuid) -> String {
+    format!("{PREFIX}.job.{job}.files")
+}
+
+/// The originator's queue for replies: workers, worker managers and listeners publish to it
+/// through the default exchange. It is exclusive to the originator's connection, so it vanishes
+/// with the originator and a late publisher sees its message returned.
+pub fn reply_queue(job: Uuid) -> String {
+    format!("{PREFIX}.job.{job}.replies")
+}
+
+/// Fanout exchange that carries control messages (cancel) to every worker manager of a job.
+pub fn control_exchange(job: Uuid) -> String {
+    format!("{PREFIX}.job.{job}.control")
+}
+
+/// The originator's queue for listener announcements during one job.
+pub fn announcement_queue(job: Uuid) -> String {
+    format!("{PREFIX}.job.{job}.announcements")
+}
+
+/// The queue on which `gorgon ping` collects answers.
+pub fn ping_queue(ping: Uuid) -> String {
+    format!("{PREFIX}.ping.{ping}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_scoped_names_differ_between_jobs_and_roles() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_ne!(files_queue(a), files_queue(b));
+        assert_ne!(reply_queue(a), reply_queue(b));
+        assert_ne!(control_exchange(a), control_exchange(b));
+        let names = [
+            files_queue(a),
+            reply_queue(a),
+            control_exchange(a),
+            announcement_queue(a),
+        ];
+        for (i, x) in names.iter().enumerate() {
+            assert!(x.contains(&a.to_string()));
+            for y in &names[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_scoped_names_differ_between_clusters() {
+        assert_eq!(jobs_exchange("default"), "gorgon-rs.default.jobs");
+        assert_ne!(jobs_exchange("a"), jobs_exchange("b"));
+        assert_ne!(announcements_exchange("a"), announcements_exchange("b"));
+        assert_ne!(jobs_exchange("a"), announcements_exchange("a"));
+    }
+}
