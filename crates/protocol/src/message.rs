@@ -117,6 +117,12 @@ pub enum Message {
         status: String,
         output: String,
     },
+    /// A worker manager ended unexpectedly.
+    ManagerCrashed {
+        host: String,
+        status: String,
+        output: String,
+    },
     FileStarted {
         host: String,
         worker_id: u32,
@@ -285,6 +291,11 @@ mod tests {
                 worker_id: 1,
                 status: "killed by signal 9 (SIGKILL)".into(),
                 output: "".into(),
+            },
+            Message::ManagerCrashed {
+                host: "h1".into(),
+                status: "exit status 101".into(),
+                output: "panicked".into(),
             },
             Message::FileStarted {
                 host: "h1".into(),
