@@ -1,1 +1,220 @@
-fn main() {}
+//! The `gorgon` binary: parses the command line, sets up logging, and hands over to the role
+//! crates. The worker manager and the workers are hidden subcommands of this same binary.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gorgon_protocol::exit_code;
+
+#[derive(Parser)]
+#[command(
+    name = "gorgon",
+    version,
+    about = "Distributed test runner: spreads a suite's test files over every machine that runs `gorgon listen`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the suite on the cluster's listeners and report the results.
+    ///
+    /// Example: gorgon start --config gorgon.json tests/math/add_test.sh
+    Start {
+        /// The project's configuration; its folder is the tree that is pushed.
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Files (or globs) to run instead of the configured `files`.
+        files: Vec<String>,
+    },
+    /// Wait for jobs and run their files (in the foreground, for systemd).
+    ///
+    /// Example: gorgon listen --config /etc/gorgon/gorgon_listener.json
+    Listen {
+        #[arg(long, default_value = "gorgon_listener.json")]
+        config: PathBuf,
+    },
+    /// List the listeners of the cluster with their versions and worker slots.
+    ///
+    /// Example: gorgon ping --timeout 5
+    Ping {
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds to wait for answers.
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+    },
+    /// Start an rsync daemon serving DIR as the file server, and return.
+    ///
+    /// Example: gorgon start_rsync ~/.gorgon/file_dir --port 43434
+    #[command(name = "start_rsync")]
+    StartRsync {
+        dir: PathBuf,
+        #[arg(long, default_value_t = gorgon_exec::rsync::DEFAULT_DAEMON_PORT)]
+        port: u16,
+        /// Address to listen on (default: every address).
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Stop the rsync daemon started on that port.
+    ///
+    /// Example: gorgon stop_rsync --port 43434
+    #[command(name = "stop_rsync")]
+    StopRsync {
+        #[arg(long, default_value_t = gorgon_exec::rsync::DEFAULT_DAEMON_PORT)]
+        port: u16,
+    },
+    /// Internal: the worker manager, started by a listener for one job.
+    #[command(name = "__manage-workers", hide = true)]
+    ManageWorkers,
+    /// Internal: one worker, started by a worker manager.
+    #[command(name = "__work", hide = true)]
+    Work,
+}
+
+/// Where log lines go.
+enum LogTarget<'a> {
+    Stderr,
+    File(&'a Path),
+}
+
+/// Installs the tracing subscriber; `GORGON_LOG` (e.g. `debug`) overrides `default_level`.
+fn init_logging(default_level: &str, target: LogTarget) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GORGON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match target {
+        LogTarget::File(path) if path == Path::new("-") => builder.with_writer(std::io::stdout).init(),
+        LogTarget::File(path) => {
+            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                Ok(file) => builder
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(file))
+                    .init(),
+                Err(error) => {
+                    builder.with_writer(std::io::stderr).init();
+                    tracing::warn!(path = %path.display(), %error, "cannot open the log file; logging to stderr");
+                }
+            }
+        }
+        LogTarget::Stderr => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    let code = runtime.block_on(dispatch(cli.command));
+    // Do not wait for detached tasks (a stdin reader, say) before exiting.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    std::process::exit(code);
+}
+
+async fn dispatch(command: Command) -> i32 {
+    match command {
+        Command::Start { config, files } => {
+            let log_file = gorgon_originator::Settings::load(&config)
+                .ok()
+                .and_then(|s| s.log_file);
+            match &log_file {
+                Some(path) => init_logging("info", LogTarget::File(path)),
+                None => init_logging("warn", LogTarget::Stderr),
+            }
+            gorgon_originator::start(gorgon_originator::StartOptions { config, files }).await
+        }
+        Command::Listen { config } => {
+            let settings = match gorgon_listener::ListenerSettings::load(&config) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    return exit_code::CONFIG_OR_BROKER;
+                }
+            };
+            match &settings.log_file {
+                Some(path) => init_logging("info", LogTarget::File(path)),
+                None => init_logging("info", LogTarget::Stderr),
+            }
+            let shutdown = async {
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler installs");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            };
+            match gorgon_listener::run(settings, shutdown).await {
+                Ok(()) => exit_code::SUCCESS,
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    tracing::error!(%error, "listener stopped");
+                    exit_code::CONFIG_OR_BROKER
+                }
+            }
+        }
+        Command::Ping { config, timeout } => {
+            init_logging("warn", LogTarget::Stderr);
+            if !(timeout.is_finite() && timeout > 0.0) {
+                eprintln!("gorgon: --timeout must be a positive number of seconds");
+                return exit_code::CONFIG_OR_BROKER;
+            }
+            gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await
+        }
+        Command::StartRsync { dir, port, address } => {
+            init_logging("warn", LogTarget::Stderr);
+            match gorgon_exec::rsync::start_daemon(&dir, port, address.as_deref()).await {
+                Ok(()) => {
+                    println!(
+                        "rsync daemon serving {} on port {port} (stop it with `gorgon stop_rsync --port {port}`)",
+                        dir.display()
+                    );
+                    exit_code::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    exit_code::FAILURE
+                }
+            }
+        }
+        Command::StopRsync { port } => {
+            init_logging("warn", LogTarget::Stderr);
+            match gorgon_exec::rsync::stop_daemon(port).await {
+                Ok(()) => {
+                    println!("rsync daemon on port {port} stopped");
+                    exit_code::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    exit_code::FAILURE
+                }
+            }
+        }
+        Command::ManageWorkers => {
+            init_logging("info", LogTarget::Stderr);
+            match gorgon_worker::read_assignment().await {
+                Ok(assignment) => gorgon_worker::manage_workers(assignment).await,
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    exit_code::FAILURE
+                }
+            }
+        }
+        Command::Work => {
+            init_logging("info", LogTarget::Stderr);
+            match gorgon_worker::read_assignment().await {
+                Ok(assignment) => gorgon_worker::work(assignment).await,
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    exit_code::FAILURE
+                }
+            }
+        }
+    }
+}

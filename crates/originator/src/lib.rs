@@ -1,1 +1,13 @@
-//! placeholder
+//! The originator: `gorgon start` (push the tree, queue the files, follow the run, report)
+//! and `gorgon ping`.
+
+pub mod files;
+pub mod ping;
+pub mod run;
+pub mod settings;
+pub mod state;
+pub mod view;
+
+pub use ping::ping;
+pub use run::{start, StartOptions};
+pub use settings::Settings;

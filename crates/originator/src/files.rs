@@ -1,0 +1,241 @@
+//! Which test files a run queues, and in what order: the configured globs (or the files named
+//! on the command line), slowest first by the recorded history, and the runtime file itself.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// A file pattern that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("the file pattern {pattern:?} is not a valid glob: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("{0} is not a file in the project")]
+    Missing(String),
+    #[error("{0} is outside the project root {1}")]
+    Outside(String, PathBuf),
+    #[error("cannot read the runtime file {path}: {reason}")]
+    Runtime { path: PathBuf, reason: String },
+}
+
+/// Expands `patterns` relative to `root` into file paths relative to `root`, in pattern
+/// order, each file once. With `explicit` (files named on the command line) a pattern that
+/// matches nothing is an error.
+pub fn expand(root: &Path, patterns: &[String], explicit: bool) -> Result<Vec<String>, FilesError> {
+    let mut seen = HashSet::new();
+    let mut files = Vec::new();
+    for pattern in patterns {
+        let relative = relative_pattern(root, pattern)?;
+        let full = root.join(&relative);
+        let matches = glob::glob(&full.to_string_lossy()).map_err(|e| FilesError::BadPattern {
+            pattern: pattern.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut found = false;
+        for path in matches.flatten() {
+            if !path.is_file() {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            found = true;
+            let rel = rel.to_string_lossy().into_owned();
+            if seen.insert(rel.clone()) {
+                files.push(rel);
+            }
+        }
+        if explicit && !found {
+            return Err(FilesError::Missing(pattern.clone()));
+        }
+    }
+    Ok(files)
+}
+
+/// Turns a command-line path (absolute, or relative to the current directory when it exists
+/// there) into a pattern relative to the project root.
+fn relative_pattern(root: &Path, pattern: &str) -> Result<String, FilesError> {
+    let path = Path::new(pattern);
+    if path.is_absolute() {
+        return path
+            .strip_prefix(root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|_| FilesError::Outside(pattern.to_owned(), root.to_owned()));
+    }
+    let escapes = path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes {
+        return Err(FilesError::Outside(pattern.to_owned(), root.to_owned()));
+    }
+    Ok(pattern.to_owned())
+}
+
+/// Seconds per file from earlier runs.
+pub type History = BTreeMap<String, f64>;
+
+/// Reads the runtime file; a missing file is an empty history.
+pub fn read_history(path: &Path) -> Result<History, FilesError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| FilesError::Runtime {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::new()),
+        Err(e) => Err(FilesError::Runtime {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Orders files slowest first. Files with a recorded time are sorted by it; files without
+/// one are estimated from their size relative to the recorded files (a larger file usually
+/// holds more tests), and with no history at all they go largest first. Ties keep the glob
+/// order, so the queue is deterministic.
+pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> {
+    let sizes: HashMap<String, u64> = files
+        .iter()
+        .map(|f| {
+            let size = std::fs::metadata(root.join(f)).map(|m| m.len()).unwrap_or(0);
+            (f.clone(), size)
+        })
+        .collect();
+    // Seconds per byte over the files that have both, to put unknown files among known ones.
+    let (known_seconds, known_bytes) = files
+        .iter()
+        .filter_map(|f| history.get(f).map(|s| (*s, sizes[f])))
+        .fold((0.0, 0u64), |(s, b), (fs, fb)| (s + fs, b + fb));
+    let seconds_per_byte = if known_bytes > 0 {
+        known_seconds / known_bytes as f64
+    } else {
+        // No history: only the relative order matters.
+        1.0
+    };
+    let mut keyed: Vec<(f64, usize, String)> = files
+        .into_iter()
+        .enumerate()
+        .map(|(index, f)| {
+            let estimate = history
+                .get(&f)
+                .copied()
+                .unwrap_or_else(|| sizes[&f] as f64 * seconds_per_byte);
+            (estimate, index, f)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    keyed.into_iter().map(|(_, _, f)| f).collect()
+}
+
+/// Merges this run's timings into the history and writes it, slowest first, creating the
+/// parent folders. Files that did not run this time keep their old timings.
+pub fn write_history(path: &Path, mut history: History, run: &[(String, f64)]) -> std::io::Result<()> {
+    for (file, seconds) in run {
+        history.insert(file.clone(), (seconds * 1000.0).round() / 1000.0);
+    }
+    let mut entries: Vec<(&String, &f64)> = history.iter().collect();
+    entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    // Written by hand because a JSON map would sort the files by name.
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|(file, seconds)| {
+            format!(
+                "  {}: {}",
+                serde_json::to_string(file).expect("a string serializes"),
+                serde_json::to_string(seconds).expect("a number serializes")
+            )
+        })
+        .collect();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let text = if lines.is_empty() {
+        "{}\n".to_owned()
+    } else {
+        format!("{{\n{}\n}}\n", lines.join(",\n"))
+    };
+    write_atomically(path, &text)
+}
+
+/// Writes the JSON array of files that did not pass.
+pub fn write_failed_files(path: &Path, files: &[String]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_atomically(path, &(serde_json::to_string(files)? + "\n"))
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp-gorgon");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(files: &[(&str, usize)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x".repeat(*size)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn globs_expand_in_pattern_order_without_duplicates() {
+        let dir = project(&[("t/a_test.sh", 1), ("t/b_test.sh", 1), ("u/c_test.sh", 1), ("t/x.txt", 1)]);
+        let files = expand(
+            dir.path(),
+            &["u/*_test.sh".into(), "**/*_test.sh".into()],
+            false,
+        )
+        .unwrap();
+        assert_eq!(files, ["u/c_test.sh", "t/a_test.sh", "t/b_test.sh"]);
+        assert!(expand(dir.path(), &["nothing/*".into()], false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn explicit_files_must_exist_inside_the_project() {
+        let dir = project(&[("t/a_test.sh", 1)]);
+        assert_eq!(
+            expand(dir.path(), &["t/a_test.sh".into()], true).unwrap(),
+            ["t/a_test.sh"]
+        );
+        let absolute = dir.path().join("t/a_test.sh").display().to_string();
+        assert_eq!(expand(dir.path(), &[absolute], true).unwrap(), ["t/a_test.sh"]);
+        assert!(matches!(
+            expand(dir.path(), &["t/missing.sh".into()], true),
+            Err(FilesError::Missing(_))
+        ));
+        assert!(matches!(
+            expand(dir.path(), &["../etc/passwd".into()], true),
+            Err(FilesError::Outside(..))
+        ));
+    }
+
+    #[test]
+    fn history_orders_slowest_first_and_estimates_the_rest_by_size() {
+        let dir = project(&[("a", 10), ("b", 10), ("c", 1000), ("d", 10)]);
+        let files: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let history: History = [("a".to_string(), 1.0), ("b".to_string(), 3.0)].into();
+        // 20 bytes took 4 s, so c (1000 bytes) is estimated at 200 s, d at 2 s.
+        assert_eq!(order(files.clone(), &history, dir.path()), ["c", "b", "d", "a"]);
+        // Without history the largest goes first, ties in glob order.
+        assert_eq!(order(files, &History::new(), dir.path()), ["c", "a", "b", "d"]);
+    }
+
+    #[test]
+    fn history_is_merged_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/runtime.json");
+        let old: History = [("old".to_string(), 9.0), ("a".to_string(), 1.0)].into();
+        write_history(&path, old, &[("a".into(), 2.5), ("new".into(), 0.1234)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\n  \"old\": 9.0,\n  \"a\": 2.5,\n  \"new\": 0.123\n}\n");
+        assert_eq!(read_history(&path).unwrap().len(), 3);
+        assert!(read_history(&dir.path().join("none.json")).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,275 @@
+//! `gorgon.json` (with `gorgon_secret.json` merged over it) read into validated settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gorgon_protocol::config_file::{self, ConfigFileError};
+use gorgon_protocol::{names, BrokerSettings, SyncTransport};
+use serde::Deserialize;
+
+/// The name of the file merged over `gorgon.json` when it sits beside it.
+pub const SECRET_FILE: &str = "gorgon_secret.json";
+
+/// A configuration that cannot be used, in one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("{path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// Everything `gorgon start` needs from its configuration, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The folder that holds `gorgon.json`: the tree that is pushed, the base of the globs.
+    pub project_root: PathBuf,
+    pub broker: BrokerSettings,
+    pub cluster_id: String,
+    pub file_server_host: String,
+    pub file_server_port: u16,
+    pub transport: SyncTransport,
+    pub exclude: Vec<String>,
+    pub files: Vec<String>,
+    pub runner_command: String,
+    pub callbacks: OriginatorCallbacks,
+    pub listener_wait: Duration,
+    pub runtime_file: Option<PathBuf>,
+    pub failed_files: PathBuf,
+    pub log_file: Option<PathBuf>,
+}
+
+/// All seven callbacks as configured; the originator runs two and forwards the rest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OriginatorCallbacks {
+    pub before_originate: Option<String>,
+    pub after_job_finishes: Option<String>,
+    #[serde(flatten)]
+    pub remote: gorgon_protocol::Callbacks,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    connection: BrokerSettings,
+    file_server: Option<RawFileServer>,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    job: RawJob,
+    runtime_file: Option<PathBuf>,
+    failed_files: Option<PathBuf>,
+    originator_log_file: Option<PathBuf>,
+    cluster_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawFileServer {
+    host: Option<String>,
+    port: Option<u16>,
+}
+
+#[derive(Default, Deserialize)]
+struct RawJob {
+    #[serde(default)]
+    sync: RawSync,
+    runner: Option<RawRunner>,
+    #[serde(default)]
+    callbacks: OriginatorCallbacks,
+    listener_wait: Option<f64>,
+}
+
+#[derive(Default, Deserialize)]
+struct RawSync {
+    #[serde(default)]
+    exclude: Vec<String>,
+    rsync_transport: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRunner {
+    command: Option<String>,
+}
+
+impl Settings {
+    /// Reads only the broker and cluster from `path` (for `gorgon ping`, which needs no
+    /// file server or runner).
+    pub fn load_connection(path: &Path) -> Result<(BrokerSettings, String), ConfigError> {
+        #[derive(Deserialize)]
+        struct Connection {
+            #[serde(default)]
+            connection: BrokerSettings,
+            cluster_id: Option<String>,
+        }
+        let secret = path
+            .parent()
+            .map(|p| p.join(SECRET_FILE))
+            .unwrap_or_else(|| PathBuf::from(SECRET_FILE));
+        let value = config_file::load_merged(path, Some(&secret))?;
+        let raw: Connection = serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        })?;
+        Ok((
+            raw.connection,
+            raw.cluster_id
+                .unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned()),
+        ))
+    }
+
+    /// Reads `path`, merging [`SECRET_FILE`] from the same folder over it.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let path = if path.is_relative() {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(path))
+                .unwrap_or_else(|_| path.to_owned())
+        } else {
+            path.to_owned()
+        };
+        let project_root = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let secret = project_root.join(SECRET_FILE);
+        let value = config_file::load_merged(&path, Some(&secret))?;
+        let invalid = |problem: String| ConfigError::Invalid {
+            path: path.clone(),
+            problem,
+        };
+        let raw: RawConfig = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+
+        let file_server = raw.file_server.ok_or_else(|| {
+            invalid("no file_server is configured; add \"file_server\": {\"host\": \"...\"} (see config/gorgon.json.sample)".into())
+        })?;
+        let file_server_host = file_server
+            .host
+            .filter(|h| !h.trim().is_empty())
+            .ok_or_else(|| invalid("file_server.host is missing or empty".into()))?;
+        let transport = match raw.job.sync.rsync_transport.as_deref() {
+            None | Some("daemon") | Some("anonymous") => SyncTransport::Daemon,
+            Some("ssh") => SyncTransport::Ssh,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "job.sync.rsync_transport is \"{other}\"; use \"daemon\" (or \"anonymous\") or \"ssh\""
+                )))
+            }
+        };
+        let runner_command = raw
+            .job
+            .runner
+            .and_then(|r| r.command)
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| {
+                invalid("job.runner.command is missing; set the shell command that runs one test file, e.g. \"sh {file}\"".into())
+            })?;
+        let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
+        if !(listener_wait.is_finite() && listener_wait > 0.0) {
+            return Err(invalid(
+                "job.listener_wait must be a positive number of seconds".into(),
+            ));
+        }
+        let cluster_id = raw
+            .cluster_id
+            .unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned());
+        if cluster_id.is_empty() || cluster_id.contains(char::is_whitespace) {
+            return Err(invalid(
+                "cluster_id must be a non-empty word without spaces".into(),
+            ));
+        }
+        let resolve = |p: PathBuf| {
+            if p.is_relative() {
+                project_root.join(p)
+            } else {
+                p
+            }
+        };
+        Ok(Settings {
+            broker: raw.connection,
+            cluster_id,
+            file_server_host,
+            file_server_port: file_server
+                .port
+                .unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
+            transport,
+            exclude: raw.job.sync.exclude,
+            files: raw.files,
+            runner_command,
+            callbacks: raw.job.callbacks,
+            listener_wait: Duration::from_secs_f64(listener_wait),
+            runtime_file: raw.runtime_file.map(resolve),
+            failed_files: raw
+                .failed_files
+                .map(resolve)
+                .unwrap_or_else(|| std::env::temp_dir().join("gorgon-failed-files.json")),
+            log_file: raw.originator_log_file.map(resolve),
+            project_root,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const GOOD: &str = r#"{
+        "connection": {"host": "mq", "username": "u"}, // comment
+        "file_server": {"host": "fs", "port": 1234},
+        "files": ["t/**/*_test.sh"],
+        "job": {
+            "sync": {"exclude": [".git"], "rsync_transport": "anonymous"},
+            "runner": {"command": "sh {file}"},
+            "callbacks": {"after_sync": "make", "before_originate": "echo hi"}
+        },
+        "runtime_file": "runtime.json",
+        "cluster_id": "ci"
+    }"#;
+
+    #[test]
+    fn a_full_config_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "gorgon.json", GOOD);
+        write(dir.path(), SECRET_FILE, r#"{"connection": {"password": "s3"}}"#);
+        let settings = Settings::load(&path).unwrap();
+        assert_eq!(settings.broker.host, "mq");
+        assert_eq!(settings.broker.password, "s3");
+        assert_eq!(settings.file_server_port, 1234);
+        assert_eq!(settings.transport, SyncTransport::Daemon);
+        assert_eq!(settings.runner_command, "sh {file}");
+        assert_eq!(settings.callbacks.remote.after_sync.as_deref(), Some("make"));
+        assert_eq!(
+            settings.callbacks.before_originate.as_deref(),
+            Some("echo hi")
+        );
+        assert_eq!(settings.cluster_id, "ci");
+        assert_eq!(settings.runtime_file, Some(dir.path().join("runtime.json")));
+        assert_eq!(settings.project_root, dir.path());
+        assert_eq!(settings.listener_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn problems_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (r#"{"files": ["x"], "job": {"runner": {"command": "sh {file}"}}}"#, "no file_server"),
+            (r#"{"file_server": {"host": "fs"}, "files": ["x"]}"#, "job.runner.command"),
+            (r#"{"file_server": {"host": "fs"}, "job": {"sync": {"rsync_transport": "ftp"}, "runner": {"command": "x"}}}"#, "rsync_transport"),
+            (r#"{"file_server": {"host": "fs"}, "files": "x", "job": {"runner": {"command": "x"}}}"#, "invalid type"),
+            (r#"{"file_server": {"host": "fs"}, "#, "not valid JSON"),
+        ];
+        for (text, expected) in cases {
+            let path = write(dir.path(), "gorgon.json", text);
+            let message = Settings::load(&path).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(message.contains("gorgon.json"), "{message}");
+        }
+        let missing = Settings::load(&dir.path().join("nope.json")).unwrap_err();
+        assert!(missing.to_string().contains("nope.json"));
+    }
+}

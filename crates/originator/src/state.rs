@@ -1,0 +1,266 @@
+//! The run's bookkeeping, kept synchronous so that it can be tested without a broker: which
+//! files have a final result, who runs what, which listeners took part, and what went wrong.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gorgon_protocol::{FileResult, FileStatus};
+
+/// Something that went wrong outside a test file: a callback, a sync, a crashed process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// `after_sync callback on host1`, `worker 2 on host1`, ...
+    pub what: String,
+    pub status: String,
+    pub output: String,
+    /// Whether this problem fails the run by itself.
+    pub fails_run: bool,
+}
+
+/// What a finish message meant for the run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The file's first final result.
+    New,
+    /// The file already had a result (a redelivered file finished twice): dropped.
+    Duplicate,
+    /// Not a file of this run: dropped.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct JobState {
+    /// Every queued file, in queue order.
+    queued: Vec<String>,
+    results: HashMap<String, FileResult>,
+    /// Files that did not pass, in the order their results arrived.
+    failed: Vec<String>,
+    /// (host, worker) → the file it is running.
+    running: BTreeMap<(String, u32), String>,
+    hosts_that_ran: BTreeSet<String>,
+    listeners_accepted: BTreeSet<String>,
+    listeners_done: BTreeSet<String>,
+    problems: Vec<Problem>,
+}
+
+impl JobState {
+    pub fn new(queued: Vec<String>) -> Self {
+        JobState {
+            queued,
+            results: HashMap::new(),
+            failed: Vec::new(),
+            running: BTreeMap::new(),
+            hosts_that_ran: BTreeSet::new(),
+            listeners_accepted: BTreeSet::new(),
+            listeners_done: BTreeSet::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub fn finished(&self) -> usize {
+        self.results.len()
+    }
+
+    pub fn all_settled(&self) -> bool {
+        self.results.len() == self.queued.len()
+    }
+
+    pub fn file_started(&mut self, host: &str, worker_id: u32, file: &str) {
+        if self.results.contains_key(file) || !self.queued.iter().any(|f| f == file) {
+            return;
+        }
+        self.hosts_that_ran.insert(host.to_owned());
+        self.running
+            .insert((host.to_owned(), worker_id), file.to_owned());
+    }
+
+    pub fn file_finished(&mut self, result: FileResult) -> Settled {
+        let key = (result.host.clone(), result.worker_id);
+        if self.running.get(&key) == Some(&result.file) {
+            self.running.remove(&key);
+        }
+        if self.results.contains_key(&result.file) {
+            return Settled::Duplicate;
+        }
+        if !self.queued.iter().any(|f| *f == result.file) {
+            return Settled::Unknown;
+        }
+        self.hosts_that_ran.insert(result.host.clone());
+        if result.status != FileStatus::Passed {
+            self.failed.push(result.file.clone());
+        }
+        self.results.insert(result.file.clone(), result);
+        Settled::New
+    }
+
+    pub fn listener_accepted(&mut self, host: &str) {
+        self.listeners_accepted.insert(host.to_owned());
+    }
+
+    pub fn listener_done(&mut self, host: &str) {
+        self.listeners_done.insert(host.to_owned());
+        self.running.retain(|(h, _), _| h != host);
+    }
+
+    pub fn add_problem(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    pub fn any_listener_accepted(&self) -> bool {
+        !self.listeners_accepted.is_empty()
+    }
+
+    /// Every listener that took the job has finished its part.
+    pub fn all_listeners_done(&self) -> bool {
+        self.listeners_accepted.is_subset(&self.listeners_done)
+    }
+
+    /// Listeners that took the job and have not finished yet.
+    pub fn listeners_working(&self) -> Vec<String> {
+        self.listeners_accepted
+            .difference(&self.listeners_done)
+            .cloned()
+            .collect()
+    }
+
+    pub fn hosts_that_ran(&self) -> usize {
+        self.hosts_that_ran.len()
+    }
+
+    pub fn workers_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Files that did not pass, in the order their results arrived.
+    pub fn failed_results(&self) -> impl Iterator<Item = &FileResult> {
+        self.failed.iter().filter_map(|f| self.results.get(f))
+    }
+
+    /// Files with no result, in queue order.
+    pub fn unfinished(&self) -> Vec<String> {
+        self.queued
+            .iter()
+            .filter(|f| !self.results.contains_key(*f))
+            .cloned()
+            .collect()
+    }
+
+    pub fn count(&self, status: FileStatus) -> usize {
+        self.results.values().filter(|r| r.status == status).count()
+    }
+
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// Timings of the files that have a result.
+    pub fn timings(&self) -> Vec<(String, f64)> {
+        self.results
+            .values()
+            .map(|r| (r.file.clone(), r.seconds))
+            .collect()
+    }
+
+    /// The files that did not pass, then those that never got a result.
+    pub fn not_passed(&self) -> Vec<String> {
+        let mut files = self.failed.clone();
+        files.extend(self.unfinished());
+        files
+    }
+
+    /// The run passed: every file has a result, all passed, and nothing else failed it.
+    pub fn passed(&self) -> bool {
+        self.all_settled()
+            && self.failed.is_empty()
+            && !self.problems.iter().any(|p| p.fails_run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(file: &str, host: &str, status: FileStatus) -> FileResult {
+        FileResult {
+            host: host.into(),
+            worker_id: 1,
+            file: file.into(),
+            status,
+            seconds: 0.5,
+            exit: "exit status 0".into(),
+            output: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_passes_only_when_every_file_passed() {
+        let mut state = JobState::new(vec!["a".into(), "b".into()]);
+        state.file_started("h", 1, "a");
+        assert_eq!(state.workers_running(), 1);
+        assert_eq!(state.file_finished(result("a", "h", FileStatus::Passed)), Settled::New);
+        assert_eq!(state.workers_running(), 0);
+        assert!(!state.all_settled());
+        assert!(!state.passed());
+        assert_eq!(state.unfinished(), ["b"]);
+        state.file_finished(result("b", "h", FileStatus::Passed));
+        assert!(state.all_settled());
+        assert!(state.passed());
+        assert_eq!(state.hosts_that_ran(), 1);
+    }
+
+    #[test]
+    fn duplicates_and_strangers_are_dropped() {
+        let mut state = JobState::new(vec!["a".into()]);
+        assert_eq!(state.file_finished(result("a", "h", FileStatus::Failed)), Settled::New);
+        assert_eq!(
+            state.file_finished(result("a", "h2", FileStatus::Passed)),
+            Settled::Duplicate
+        );
+        assert_eq!(
+            state.file_finished(result("zzz", "h", FileStatus::Passed)),
+            Settled::Unknown
+        );
+        assert_eq!(state.count(FileStatus::Failed), 1);
+        assert_eq!(state.count(FileStatus::Passed), 0);
+        assert!(!state.passed());
+        assert_eq!(state.not_passed(), ["a"]);
+    }
+
+    #[test]
+    fn a_failing_problem_fails_a_green_run() {
+        let mut state = JobState::new(vec!["a".into()]);
+        state.file_finished(result("a", "h", FileStatus::Passed));
+        state.add_problem(Problem {
+            what: "worker 1 on h".into(),
+            status: "killed".into(),
+            output: String::new(),
+            fails_run: false,
+        });
+        assert!(state.passed());
+        state.add_problem(Problem {
+            what: "after_complete callback on h".into(),
+            status: "exit status 1".into(),
+            output: String::new(),
+            fails_run: true,
+        });
+        assert!(!state.passed());
+    }
+
+    #[test]
+    fn listeners_are_tracked() {
+        let mut state = JobState::new(vec!["a".into()]);
+        assert!(!state.any_listener_accepted());
+        state.listener_accepted("h1");
+        state.listener_accepted("h2");
+        state.file_started("h1", 1, "a");
+        state.listener_done("h1");
+        assert_eq!(state.workers_running(), 0);
+        assert_eq!(state.listeners_working(), ["h2"]);
+        assert!(!state.all_listeners_done());
+        state.listener_done("h2");
+        assert!(state.all_listeners_done());
+    }
+}

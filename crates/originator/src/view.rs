@@ -1,0 +1,279 @@
+//! What the user sees: live progress on stderr (a bar with Gorgon's F/H/W title on a
+//! terminal, plain lines otherwise) and the final report on stdout.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use gorgon_protocol::{FileResult, FileStatus};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::state::{JobState, Problem};
+
+/// Whether to colour stdout: only on a terminal, and never with `NO_COLOR` set.
+pub fn colour_enabled() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+#[derive(Clone, Copy)]
+struct Paint(bool);
+
+impl Paint {
+    fn wrap(self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+    fn red(self, text: &str) -> String {
+        self.wrap("31", text)
+    }
+    fn green(self, text: &str) -> String {
+        self.wrap("32", text)
+    }
+    fn yellow(self, text: &str) -> String {
+        self.wrap("33", text)
+    }
+    fn cyan(self, text: &str) -> String {
+        self.wrap("36", text)
+    }
+    fn magenta(self, text: &str) -> String {
+        self.wrap("35", text)
+    }
+}
+
+/// Live progress of a run.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    paint: Paint,
+}
+
+impl Progress {
+    pub fn new(total: usize) -> Self {
+        let stderr_is_terminal = std::io::stderr().is_terminal();
+        let paint = Paint(
+            stderr_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
+        let bar = stderr_is_terminal.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            let template = if paint.0 {
+                "{prefix} [{bar:40.green}] {pos}/{len} {elapsed_precise}"
+            } else {
+                "{prefix} [{bar:40}] {pos}/{len} {elapsed_precise}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("the template is valid")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix("Loading environment and workers...");
+            bar.enable_steady_tick(Duration::from_millis(500));
+            bar
+        });
+        Progress { bar, paint }
+    }
+
+    /// A status line (pushing, waiting for listeners, ...).
+    pub fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Redraws the F/H/W title.
+    pub fn update(&self, state: &JobState) {
+        if let Some(bar) = &self.bar {
+            bar.set_prefix(format!(
+                "F: {} H: {} W: {}",
+                state.count(FileStatus::Failed) + state.count(FileStatus::Crashed),
+                state.hosts_that_ran(),
+                state.workers_running()
+            ));
+            bar.set_position(state.finished() as u64);
+        }
+    }
+
+    /// Reports one newly settled file.
+    pub fn file_finished(&self, state: &JobState, result: &FileResult) {
+        let verdict = match result.status {
+            FileStatus::Passed => self.paint.green("PASS"),
+            FileStatus::Failed => self.paint.red("FAIL"),
+            FileStatus::Crashed => self.paint.red("CRASH"),
+        };
+        match &self.bar {
+            Some(bar) => {
+                if result.status != FileStatus::Passed {
+                    bar.println(format!(
+                        "{verdict} {} at {}:{}",
+                        result.file, result.host, result.worker_id
+                    ));
+                }
+            }
+            None => eprintln!(
+                "[{:>width$}/{}] {verdict} {} ({}:{}, {:.2} s)",
+                state.finished(),
+                state.total(),
+                result.file,
+                result.host,
+                result.worker_id,
+                result.seconds,
+                width = state.total().to_string().len()
+            ),
+        }
+        self.update(state);
+    }
+
+    /// Reports a problem as it arrives (on stderr, beside the bar).
+    pub fn problem(&self, problem: &Problem) {
+        let mut text = format!(
+            "{} {} ({})",
+            self.paint.yellow("Problem:"),
+            problem.what,
+            problem.status
+        );
+        if !problem.output.trim().is_empty() {
+            text.push('\n');
+            text.push_str(problem.output.trim_end());
+        }
+        self.note(&text);
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// How the run ended, for the report.
+pub struct Ending<'a> {
+    pub state: &'a JobState,
+    pub seconds: f64,
+    /// Why the run stopped before every file had a result, if it did.
+    pub stopped_because: Option<String>,
+}
+
+/// Writes the final report: each file that did not pass with its output, the problems,
+/// files that never ran, and a one-line total.
+pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std::io::Result<()> {
+    let paint = Paint(colour);
+    let state = ending.state;
+    for result in state.failed_results() {
+        writeln!(out)?;
+        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
+        let verb = if result.status == FileStatus::Crashed {
+            "crashed"
+        } else {
+            "failed"
+        };
+        writeln!(
+            out,
+            "File '{}' {verb} at '{}:{}' ({}, {:.2} s)",
+            paint.cyan(&result.file),
+            result.host,
+            result.worker_id,
+            result.exit,
+            result.seconds
+        )?;
+        if !result.output.is_empty() {
+            writeln!(out, "{}", result.output.trim_end())?;
+        }
+    }
+    let problems: Vec<&Problem> = state.problems().iter().collect();
+    if !problems.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
+        for problem in problems {
+            writeln!(
+                out,
+                "{} {} ({})",
+                paint.yellow("Problem:"),
+                problem.what,
+                problem.status
+            )?;
+            if !problem.output.trim().is_empty() {
+                writeln!(out, "{}", problem.output.trim_end())?;
+            }
+        }
+    }
+    let unfinished = state.unfinished();
+    if !unfinished.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} ({} files did not run or did not finish):",
+            paint.yellow("Unfinished files"),
+            unfinished.len()
+        )?;
+        for file in &unfinished {
+            writeln!(out, "\t{file}")?;
+        }
+    }
+    if let Some(reason) = &ending.stopped_because {
+        writeln!(out)?;
+        writeln!(out, "{} {reason}", paint.red("Run stopped:"))?;
+    }
+    writeln!(out)?;
+    let failed = state.count(FileStatus::Failed);
+    let crashed = state.count(FileStatus::Crashed);
+    let summary = format!(
+        "{} files: {} passed, {} failed, {} crashed, {} not run in {:.1} s",
+        state.total(),
+        state.count(FileStatus::Passed),
+        failed,
+        crashed,
+        unfinished.len(),
+        ending.seconds
+    );
+    let summary = if state.passed() {
+        paint.green(&summary)
+    } else {
+        paint.red(&summary)
+    };
+    writeln!(out, "{summary}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(file: &str, status: FileStatus, output: &str) -> FileResult {
+        FileResult {
+            host: "h1".into(),
+            worker_id: 2,
+            file: file.into(),
+            status,
+            seconds: 0.25,
+            exit: match status {
+                FileStatus::Passed => "exit status 0".into(),
+                FileStatus::Failed => "exit status 1".into(),
+                FileStatus::Crashed => "killed by signal 9 (SIGKILL)".into(),
+            },
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn the_report_names_each_failure_and_totals_the_run() {
+        let mut state = JobState::new(vec!["a".into(), "b".into(), "c".into(), "d".into()]);
+        state.file_finished(finished("a", FileStatus::Passed, ""));
+        state.file_finished(finished("b", FileStatus::Failed, "expected 2, got 3\n"));
+        state.file_finished(finished("c", FileStatus::Crashed, "segfault"));
+        let mut out = Vec::new();
+        let ending = Ending {
+            state: &state,
+            seconds: 1.25,
+            stopped_because: Some("interrupted".into()),
+        };
+        print_report(&mut out, &ending, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("File 'b' failed at 'h1:2' (exit status 1, 0.25 s)\nexpected 2, got 3\n"));
+        assert!(text.contains("File 'c' crashed at 'h1:2' (killed by signal 9 (SIGKILL), 0.25 s)\nsegfault"));
+        assert!(text.contains("\td\n"));
+        assert!(text.contains("Run stopped: interrupted"));
+        assert!(text.ends_with("4 files: 1 passed, 1 failed, 1 crashed, 1 not run in 1.2 s\n"));
+        assert!(!text.contains('\x1b'));
+    }
+}
