@@ -1,6 +1,7 @@
 //! The `gorgon` binary: parses the command line, sets up logging, and hands over to the role
 //! crates. The worker manager and the workers are hidden subcommands of this same binary.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -83,13 +84,26 @@ enum LogTarget<'a> {
 
 /// Installs the tracing subscriber; `GORGON_LOG` (e.g. `debug`) overrides `default_level`.
 fn init_logging(default_level: &str, target: LogTarget) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GORGON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // lapin reports every returned message at warn level; gorgon-rs handles those itself.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GORGON_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},lapin=error"))
+    });
+    // A manager whose listener died writes to a broken pipe; that must not panic it.
+    let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     match target {
-        LogTarget::File(path) if path == Path::new("-") => builder.with_writer(std::io::stdout).init(),
+        LogTarget::File(path) if path == Path::new("-") => builder
+            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .with_writer(std::io::stdout)
+            .init(),
         LogTarget::File(path) => {
-            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 Ok(file) => builder
                     .with_ansi(false)
                     .with_writer(std::sync::Mutex::new(file))
@@ -199,7 +213,9 @@ async fn dispatch(command: Command) -> i32 {
         Command::ManageWorkers => {
             init_logging("info", LogTarget::Stderr);
             match gorgon_worker::read_assignment().await {
-                Ok(assignment) => gorgon_worker::manage_workers(assignment).await,
+                Ok((assignment, stdin_closed)) => {
+                    gorgon_worker::manage_workers(assignment, stdin_closed).await
+                }
                 Err(error) => {
                     eprintln!("gorgon: {error}");
                     exit_code::FAILURE
@@ -209,7 +225,9 @@ async fn dispatch(command: Command) -> i32 {
         Command::Work => {
             init_logging("info", LogTarget::Stderr);
             match gorgon_worker::read_assignment().await {
-                Ok(assignment) => gorgon_worker::work(assignment).await,
+                Ok((assignment, stdin_closed)) => {
+                    gorgon_worker::work(assignment, stdin_closed).await
+                }
                 Err(error) => {
                     eprintln!("gorgon: {error}");
                     exit_code::FAILURE

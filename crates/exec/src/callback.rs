@@ -51,7 +51,9 @@ mod tests {
     #[tokio::test]
     async fn absent_callbacks_succeed_and_failures_carry_output() {
         let base = ShellCommand::new("", std::env::temp_dir());
-        assert!(run_callback(CallbackName::AfterSync, None, &base).await.is_ok());
+        assert!(run_callback(CallbackName::AfterSync, None, &base)
+            .await
+            .is_ok());
         assert!(run_callback(CallbackName::AfterSync, Some("true"), &base)
             .await
             .is_ok());

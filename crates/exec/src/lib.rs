@@ -5,6 +5,7 @@ pub mod callback;
 pub mod output;
 pub mod rsync;
 pub mod shell;
+pub mod tail;
 
 pub use callback::{run_callback, CallbackFailure};
 pub use output::OutputBuffer;

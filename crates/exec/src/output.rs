@@ -34,7 +34,10 @@ impl OutputBuffer {
     pub fn text(&self) -> String {
         let mut text = String::from_utf8_lossy(&self.head).into_owned();
         if self.dropped > 0 {
-            text.push_str(&format!("\n[... {} bytes of output omitted ...]\n", self.dropped));
+            text.push_str(&format!(
+                "\n[... {} bytes of output omitted ...]\n",
+                self.dropped
+            ));
         }
         let (a, b) = self.tail.as_slices();
         text.push_str(&String::from_utf8_lossy(&[a, b].concat()));

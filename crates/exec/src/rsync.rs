@@ -34,12 +34,7 @@ pub fn tree_location(host: &str, port: u16, transport: SyncTransport, dir: &str)
     }
 }
 
-fn transfer_command(
-    from: &str,
-    to: &str,
-    exclude: &[String],
-    transport: SyncTransport,
-) -> String {
+fn transfer_command(from: &str, to: &str, exclude: &[String], transport: SyncTransport) -> String {
     let mut words = vec![
         "rsync".to_owned(),
         "-a".to_owned(),
@@ -82,7 +77,11 @@ pub async fn push(
     exclude: &[String],
     transport: SyncTransport,
 ) -> Result<(), RsyncError> {
-    transfer(transfer_command("./", destination, exclude, transport), root).await
+    transfer(
+        transfer_command("./", destination, exclude, transport),
+        root,
+    )
+    .await
 }
 
 /// Pulls `source` into `workspace`, which must exist.
@@ -92,7 +91,11 @@ pub async fn pull(
     exclude: &[String],
     transport: SyncTransport,
 ) -> Result<(), RsyncError> {
-    transfer(transfer_command(source, "./", exclude, transport), workspace).await
+    transfer(
+        transfer_command(source, "./", exclude, transport),
+        workspace,
+    )
+    .await
 }
 
 /// The folder where the daemon on `port` keeps its config, pid file and log.
@@ -115,11 +118,14 @@ fn alive(pid: i32) -> bool {
 /// Starts an rsync daemon serving `dir` read-write as module `src` on `port`, and returns
 /// once it accepts connections.
 pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Result<(), RsyncError> {
-    let dir = dir.canonicalize().map_err(|e| {
-        RsyncError::Daemon(format!("cannot serve {}: {e}", dir.display()))
-    })?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| RsyncError::Daemon(format!("cannot serve {}: {e}", dir.display())))?;
     if !dir.is_dir() {
-        return Err(RsyncError::Daemon(format!("{} is not a directory", dir.display())));
+        return Err(RsyncError::Daemon(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     let state = daemon_state_dir(port);
     if let Some(pid) = daemon_pid(port).filter(|pid| alive(*pid)) {
@@ -170,7 +176,11 @@ pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Resul
             outcome.output.trim()
         )));
     }
-    let connect_to = if bind_address == "0.0.0.0" { "127.0.0.1" } else { bind_address };
+    let connect_to = if bind_address == "0.0.0.0" {
+        "127.0.0.1"
+    } else {
+        bind_address
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect((connect_to, port)).is_ok() {
@@ -247,7 +257,9 @@ mod tests {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
-        start_daemon(served.path(), port, Some("127.0.0.1")).await.unwrap();
+        start_daemon(served.path(), port, Some("127.0.0.1"))
+            .await
+            .unwrap();
         std::fs::create_dir_all(project.path().join("t")).unwrap();
         std::fs::write(project.path().join("t/a.sh"), "exit 0").unwrap();
         std::fs::write(project.path().join("skip.log"), "x").unwrap();

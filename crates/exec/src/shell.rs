@@ -107,7 +107,10 @@ impl ShellCommand {
             Err(error) => {
                 return CommandOutcome {
                     status: None,
-                    description: format!("could not start `sh -c` in {}: {error}", self.cwd.display()),
+                    description: format!(
+                        "could not start `sh -c` in {}: {error}",
+                        self.cwd.display()
+                    ),
                     output: String::new(),
                     seconds: started.elapsed().as_secs_f64(),
                 }
@@ -116,8 +119,14 @@ impl ShellCommand {
         let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         for mut pipe in [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ]
         .into_iter()
         .flatten()
@@ -228,7 +237,9 @@ mod tests {
     #[tokio::test]
     async fn a_background_grandchild_does_not_hold_the_run() {
         let started = Instant::now();
-        let outcome = ShellCommand::new("sleep 30 & echo done", here()).run().await;
+        let outcome = ShellCommand::new("sleep 30 & echo done", here())
+            .run()
+            .await;
         assert!(outcome.success());
         assert!(outcome.output.contains("done"));
         assert!(started.elapsed() < Duration::from_secs(10));
@@ -241,7 +252,11 @@ mod tests {
         let command = format!("echo $$ > {}; sleep 30", marker.display());
         let run = ShellCommand::new(command, here());
         let _ = tokio::time::timeout(Duration::from_millis(500), run.run()).await;
-        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The group leader is killed; give the kernel a moment to deliver the signal.
         let deadline = Instant::now() + Duration::from_secs(5);
         while nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {

@@ -96,7 +96,9 @@ pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> 
     let sizes: HashMap<String, u64> = files
         .iter()
         .map(|f| {
-            let size = std::fs::metadata(root.join(f)).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(root.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0);
             (f.clone(), size)
         })
         .collect();
@@ -128,7 +130,11 @@ pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> 
 
 /// Merges this run's timings into the history and writes it, slowest first, creating the
 /// parent folders. Files that did not run this time keep their old timings.
-pub fn write_history(path: &Path, mut history: History, run: &[(String, f64)]) -> std::io::Result<()> {
+pub fn write_history(
+    path: &Path,
+    mut history: History,
+    run: &[(String, f64)],
+) -> std::io::Result<()> {
     for (file, seconds) in run {
         history.insert(file.clone(), (seconds * 1000.0).round() / 1000.0);
     }
@@ -186,7 +192,12 @@ mod tests {
 
     #[test]
     fn globs_expand_in_pattern_order_without_duplicates() {
-        let dir = project(&[("t/a_test.sh", 1), ("t/b_test.sh", 1), ("u/c_test.sh", 1), ("t/x.txt", 1)]);
+        let dir = project(&[
+            ("t/a_test.sh", 1),
+            ("t/b_test.sh", 1),
+            ("u/c_test.sh", 1),
+            ("t/x.txt", 1),
+        ]);
         let files = expand(
             dir.path(),
             &["u/*_test.sh".into(), "**/*_test.sh".into()],
@@ -194,7 +205,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(files, ["u/c_test.sh", "t/a_test.sh", "t/b_test.sh"]);
-        assert!(expand(dir.path(), &["nothing/*".into()], false).unwrap().is_empty());
+        assert!(expand(dir.path(), &["nothing/*".into()], false)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -205,7 +218,10 @@ mod tests {
             ["t/a_test.sh"]
         );
         let absolute = dir.path().join("t/a_test.sh").display().to_string();
-        assert_eq!(expand(dir.path(), &[absolute], true).unwrap(), ["t/a_test.sh"]);
+        assert_eq!(
+            expand(dir.path(), &[absolute], true).unwrap(),
+            ["t/a_test.sh"]
+        );
         assert!(matches!(
             expand(dir.path(), &["t/missing.sh".into()], true),
             Err(FilesError::Missing(_))
@@ -222,9 +238,15 @@ mod tests {
         let files: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         let history: History = [("a".to_string(), 1.0), ("b".to_string(), 3.0)].into();
         // 20 bytes took 4 s, so c (1000 bytes) is estimated at 200 s, d at 2 s.
-        assert_eq!(order(files.clone(), &history, dir.path()), ["c", "b", "d", "a"]);
+        assert_eq!(
+            order(files.clone(), &history, dir.path()),
+            ["c", "b", "d", "a"]
+        );
         // Without history the largest goes first, ties in glob order.
-        assert_eq!(order(files, &History::new(), dir.path()), ["c", "a", "b", "d"]);
+        assert_eq!(
+            order(files, &History::new(), dir.path()),
+            ["c", "a", "b", "d"]
+        );
     }
 
     #[test]
@@ -234,8 +256,13 @@ mod tests {
         let old: History = [("old".to_string(), 9.0), ("a".to_string(), 1.0)].into();
         write_history(&path, old, &[("a".into(), 2.5), ("new".into(), 0.1234)]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "{\n  \"old\": 9.0,\n  \"a\": 2.5,\n  \"new\": 0.123\n}\n");
+        assert_eq!(
+            text,
+            "{\n  \"old\": 9.0,\n  \"a\": 2.5,\n  \"new\": 0.123\n}\n"
+        );
         assert_eq!(read_history(&path).unwrap().len(), 3);
-        assert!(read_history(&dir.path().join("none.json")).unwrap().is_empty());
+        assert!(read_history(&dir.path().join("none.json"))
+            .unwrap()
+            .is_empty());
     }
 }

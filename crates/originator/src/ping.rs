@@ -53,7 +53,9 @@ async fn collect(
     let reply_queue = names::ping_queue(ping_id);
     let jobs = names::jobs_exchange(cluster);
     broker.declare_fanout(&jobs).await?;
-    broker.declare_queue(&reply_queue, QueueLife::Exclusive).await?;
+    broker
+        .declare_queue(&reply_queue, QueueLife::Exclusive)
+        .await?;
     let mut inbox = broker.consume(&reply_queue, None).await?;
     let ping = Envelope::new(
         ping_id,

@@ -303,7 +303,10 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
 
     if let Some(path) = &settings.runtime_file {
         if let Err(error) = files::write_history(path, history, &state.timings()) {
-            eprintln!("gorgon: cannot write the runtime file {}: {error}", path.display());
+            eprintln!(
+                "gorgon: cannot write the runtime file {}: {error}",
+                path.display()
+            );
         }
     }
     if let Err(error) = files::write_failed_files(&settings.failed_files, &state.not_passed()) {
@@ -437,7 +440,10 @@ fn handle_reply(state: &mut JobState, progress: &Progress, message: Message) -> 
             state.listener_done(&host);
             progress.update(state);
         }
-        other => tracing::warn!(?other, "dropping a message that does not belong on the reply queue"),
+        other => tracing::warn!(
+            ?other,
+            "dropping a message that does not belong on the reply queue"
+        ),
     }
     None
 }
@@ -468,11 +474,17 @@ impl Topology {
 
     /// Declares everything, queues the files, and starts consuming replies and
     /// announcements, before the job is published, so that no reply can be missed.
-    async fn declare(&self, broker: &Broker, files: &[String]) -> Result<(Inbox, Inbox), BrokerError> {
+    async fn declare(
+        &self,
+        broker: &Broker,
+        files: &[String],
+    ) -> Result<(Inbox, Inbox), BrokerError> {
         broker.declare_fanout(&self.jobs).await?;
         broker.declare_fanout(&self.announcements_exchange).await?;
         broker.declare_fanout(&self.control).await?;
-        broker.declare_queue(&self.replies, QueueLife::Exclusive).await?;
+        broker
+            .declare_queue(&self.replies, QueueLife::Exclusive)
+            .await?;
         broker
             .declare_queue(&self.announcements, QueueLife::Exclusive)
             .await?;
@@ -490,9 +502,9 @@ impl Topology {
         broker
             .send_all_to_queue(
                 &self.files,
-                files.iter().map(|file| {
-                    Envelope::new(self.job_id, Message::File { file: file.clone() })
-                }),
+                files
+                    .iter()
+                    .map(|file| Envelope::new(self.job_id, Message::File { file: file.clone() })),
             )
             .await?;
         let replies = broker.consume(&self.replies, None).await?;

@@ -235,14 +235,21 @@ mod tests {
     fn a_full_config_resolves() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "gorgon.json", GOOD);
-        write(dir.path(), SECRET_FILE, r#"{"connection": {"password": "s3"}}"#);
+        write(
+            dir.path(),
+            SECRET_FILE,
+            r#"{"connection": {"password": "s3"}}"#,
+        );
         let settings = Settings::load(&path).unwrap();
         assert_eq!(settings.broker.host, "mq");
         assert_eq!(settings.broker.password, "s3");
         assert_eq!(settings.file_server_port, 1234);
         assert_eq!(settings.transport, SyncTransport::Daemon);
         assert_eq!(settings.runner_command, "sh {file}");
-        assert_eq!(settings.callbacks.remote.after_sync.as_deref(), Some("make"));
+        assert_eq!(
+            settings.callbacks.remote.after_sync.as_deref(),
+            Some("make")
+        );
         assert_eq!(
             settings.callbacks.before_originate.as_deref(),
             Some("echo hi")
@@ -257,10 +264,22 @@ mod tests {
     fn problems_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            (r#"{"files": ["x"], "job": {"runner": {"command": "sh {file}"}}}"#, "no file_server"),
-            (r#"{"file_server": {"host": "fs"}, "files": ["x"]}"#, "job.runner.command"),
-            (r#"{"file_server": {"host": "fs"}, "job": {"sync": {"rsync_transport": "ftp"}, "runner": {"command": "x"}}}"#, "rsync_transport"),
-            (r#"{"file_server": {"host": "fs"}, "files": "x", "job": {"runner": {"command": "x"}}}"#, "invalid type"),
+            (
+                r#"{"files": ["x"], "job": {"runner": {"command": "sh {file}"}}}"#,
+                "no file_server",
+            ),
+            (
+                r#"{"file_server": {"host": "fs"}, "files": ["x"]}"#,
+                "job.runner.command",
+            ),
+            (
+                r#"{"file_server": {"host": "fs"}, "job": {"sync": {"rsync_transport": "ftp"}, "runner": {"command": "x"}}}"#,
+                "rsync_transport",
+            ),
+            (
+                r#"{"file_server": {"host": "fs"}, "files": "x", "job": {"runner": {"command": "x"}}}"#,
+                "invalid type",
+            ),
             (r#"{"file_server": {"host": "fs"}, "#, "not valid JSON"),
         ];
         for (text, expected) in cases {

@@ -1,7 +1,7 @@
 //! The run's bookkeeping, kept synchronous so that it can be tested without a broker: which
 //! files have a final result, who runs what, which listeners took part, and what went wrong.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gorgon_protocol::{FileResult, FileStatus};
 
@@ -31,6 +31,8 @@ pub enum Settled {
 pub struct JobState {
     /// Every queued file, in queue order.
     queued: Vec<String>,
+    /// The same files, for lookups.
+    known: HashSet<String>,
     results: HashMap<String, FileResult>,
     /// Files that did not pass, in the order their results arrived.
     failed: Vec<String>,
@@ -45,6 +47,7 @@ pub struct JobState {
 impl JobState {
     pub fn new(queued: Vec<String>) -> Self {
         JobState {
+            known: queued.iter().cloned().collect(),
             queued,
             results: HashMap::new(),
             failed: Vec::new(),
@@ -69,7 +72,7 @@ impl JobState {
     }
 
     pub fn file_started(&mut self, host: &str, worker_id: u32, file: &str) {
-        if self.results.contains_key(file) || !self.queued.iter().any(|f| f == file) {
+        if self.results.contains_key(file) || !self.known.contains(file) {
             return;
         }
         self.hosts_that_ran.insert(host.to_owned());
@@ -85,7 +88,7 @@ impl JobState {
         if self.results.contains_key(&result.file) {
             return Settled::Duplicate;
         }
-        if !self.queued.iter().any(|f| *f == result.file) {
+        if !self.known.contains(&result.file) {
             return Settled::Unknown;
         }
         self.hosts_that_ran.insert(result.host.clone());
@@ -173,9 +176,7 @@ impl JobState {
 
     /// The run passed: every file has a result, all passed, and nothing else failed it.
     pub fn passed(&self) -> bool {
-        self.all_settled()
-            && self.failed.is_empty()
-            && !self.problems.iter().any(|p| p.fails_run)
+        self.all_settled() && self.failed.is_empty() && !self.problems.iter().any(|p| p.fails_run)
     }
 }
 
@@ -200,7 +201,10 @@ mod tests {
         let mut state = JobState::new(vec!["a".into(), "b".into()]);
         state.file_started("h", 1, "a");
         assert_eq!(state.workers_running(), 1);
-        assert_eq!(state.file_finished(result("a", "h", FileStatus::Passed)), Settled::New);
+        assert_eq!(
+            state.file_finished(result("a", "h", FileStatus::Passed)),
+            Settled::New
+        );
         assert_eq!(state.workers_running(), 0);
         assert!(!state.all_settled());
         assert!(!state.passed());
@@ -214,7 +218,10 @@ mod tests {
     #[test]
     fn duplicates_and_strangers_are_dropped() {
         let mut state = JobState::new(vec!["a".into()]);
-        assert_eq!(state.file_finished(result("a", "h", FileStatus::Failed)), Settled::New);
+        assert_eq!(
+            state.file_finished(result("a", "h", FileStatus::Failed)),
+            Settled::New
+        );
         assert_eq!(
             state.file_finished(result("a", "h2", FileStatus::Passed)),
             Settled::Duplicate

@@ -51,11 +51,11 @@ pub struct Progress {
 impl Progress {
     pub fn new(total: usize) -> Self {
         let stderr_is_terminal = std::io::stderr().is_terminal();
-        let paint = Paint(
-            stderr_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        );
+        let paint =
+            Paint(stderr_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
         let bar = stderr_is_terminal.then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            let bar =
+                ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             let template = if paint.0 {
                 "{prefix} [{bar:40.green}] {pos}/{len} {elapsed_precise}"
             } else {
@@ -269,8 +269,12 @@ mod tests {
         };
         print_report(&mut out, &ending, false).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("File 'b' failed at 'h1:2' (exit status 1, 0.25 s)\nexpected 2, got 3\n"));
-        assert!(text.contains("File 'c' crashed at 'h1:2' (killed by signal 9 (SIGKILL), 0.25 s)\nsegfault"));
+        assert!(
+            text.contains("File 'b' failed at 'h1:2' (exit status 1, 0.25 s)\nexpected 2, got 3\n")
+        );
+        assert!(text.contains(
+            "File 'c' crashed at 'h1:2' (killed by signal 9 (SIGKILL), 0.25 s)\nsegfault"
+        ));
         assert!(text.contains("\td\n"));
         assert!(text.contains("Run stopped: interrupted"));
         assert!(text.ends_with("4 files: 1 passed, 1 failed, 1 crashed, 1 not run in 1.2 s\n"));

@@ -155,12 +155,7 @@ impl Broker {
             Connection::connect(&settings.uri(), properties),
         )
         .await
-        .map_err(|_| {
-            connect_error(format!(
-                "no answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
+        .map_err(|_| connect_error(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
         .map_err(|e| connect_error(e.to_string()))?;
         let channel = bounded("channel.open", connection.create_channel()).await?;
         bounded(
@@ -381,10 +376,7 @@ fn properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into())
 }
 
-fn check_confirmation(
-    confirmation: lapin::Confirmation,
-    target: &str,
-) -> Result<(), BrokerError> {
+fn check_confirmation(confirmation: lapin::Confirmation, target: &str) -> Result<(), BrokerError> {
     if confirmation.is_nack() {
         return Err(BrokerError::Nacked(target.to_owned()));
     }
@@ -404,19 +396,15 @@ impl Inbox {
     /// The next message; `None` once the consumer has ended (queue deleted, channel or
     /// connection closed).
     pub async fn next(&mut self) -> Option<Incoming> {
-        loop {
-            match self.consumer.next().await? {
-                Ok(delivery) => {
-                    return Some(Incoming {
-                        envelope: Envelope::decode(&delivery.data),
-                        redelivered: delivery.redelivered,
-                        acker: delivery.acker,
-                    })
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "consumer error");
-                    return None;
-                }
+        match self.consumer.next().await? {
+            Ok(delivery) => Some(Incoming {
+                envelope: Envelope::decode(&delivery.data),
+                redelivered: delivery.redelivered,
+                acker: delivery.acker,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "consumer error");
+                None
             }
         }
     }
@@ -477,10 +465,7 @@ mod tests {
             password: "p@ss/word".into(),
             ..BrokerSettings::default()
         };
-        assert_eq!(
-            settings.uri(),
-            "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f"
-        );
+        assert_eq!(settings.uri(), "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f");
         assert_eq!(settings.address(), "127.0.0.1:5672");
     }
 

@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn deep_merge_merges_objects_and_replaces_the_rest() {
-        let mut base = json!({"connection": {"host": "h", "password": "x"}, "files": ["a"], "k": 1});
+        let mut base =
+            json!({"connection": {"host": "h", "password": "x"}, "files": ["a"], "k": 1});
         deep_merge(
             &mut base,
             json!({"connection": {"password": "secret"}, "files": ["b"], "new": true}),
@@ -173,7 +174,10 @@ mod tests {
         assert_eq!(merged, json!({"connection": {"host": "h"}}));
         std::fs::write(&secret, r#"{"connection": {"password": "p"}}"#).unwrap();
         let merged = load_merged(&main, Some(&secret)).unwrap();
-        assert_eq!(merged, json!({"connection": {"host": "h", "password": "p"}}));
+        assert_eq!(
+            merged,
+            json!({"connection": {"host": "h", "password": "p"}})
+        );
         std::fs::write(&main, "[1]").unwrap();
         assert!(matches!(
             load_merged(&main, None),

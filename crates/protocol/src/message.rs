@@ -81,26 +81,41 @@ pub enum Message {
         reply_to: String,
     },
     /// `gorgon ping`: answer with [`Message::PingReply`] on `reply_to`.
-    Ping { reply_to: String },
+    Ping {
+        reply_to: String,
+    },
 
     // Listener to the announcements exchange.
     /// A listener has started; originators send it their running job.
-    ListenerAnnounced { listener_queue: String, name: String },
+    ListenerAnnounced {
+        listener_queue: String,
+        name: String,
+    },
 
     // Originator to the files queue.
     /// One test file to run, relative to the workspace.
-    File { file: String },
+    File {
+        file: String,
+    },
 
     // Originator to the job's control exchange.
     /// Stop the job's workers now.
-    Cancel { reason: String },
+    Cancel {
+        reason: String,
+    },
 
     // Listener, worker manager and workers to the originator's reply queue.
     PingReply(ListenerInfo),
     /// A listener has taken the job and starts pulling the tree.
-    JobAccepted { host: String, slots: u32 },
+    JobAccepted {
+        host: String,
+        slots: u32,
+    },
     /// The listener could not pull the tree from the file server.
-    SyncFailed { host: String, output: String },
+    SyncFailed {
+        host: String,
+        output: String,
+    },
     /// A callback exited non-zero or could not be started.
     CallbackFailed {
         host: String,
@@ -131,7 +146,9 @@ pub enum Message {
     FileFinished(FileResult),
     /// The listener has finished its part of the job: workers stopped, callbacks run,
     /// workspace removed.
-    JobDone { host: String },
+    JobDone {
+        host: String,
+    },
 }
 
 /// What `gorgon ping` shows of a listener.

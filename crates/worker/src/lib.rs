@@ -1,1 +1,85 @@
-//! placeholder
+//! The two processes a listener runs for a job: the worker manager (`gorgon __manage-workers`),
+//! which starts the job's workers and stops them on cancel, and the workers (`gorgon __work`),
+//! which take test files one at a time from the job's files queue and report each result.
+//!
+//! Both get their [`WorkerAssignment`] as the first line of stdin and treat the end of stdin
+//! as the death of their parent (see [`read_assignment`]).
+
+mod manager;
+mod stdin;
+mod worker;
+
+use gorgon_exec::ShellCommand;
+use gorgon_protocol::{Broker, Envelope, Message, WorkerAssignment};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+pub use manager::{manage_workers, WORKER_SUBCOMMAND};
+pub use stdin::{parse_assignment, read_assignment, StdinClosed};
+pub use worker::work;
+
+/// Exit code of a manager or worker that could not do its part (no broker, bad assignment).
+/// Its parent reports the crash with the process's last output lines.
+pub const EXIT_BROKEN: i32 = 1;
+
+/// The base of every callback and test command, with the environment Gorgon documents.
+fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
+    let mut base = ShellCommand::new("", &assignment.workspace)
+        .env("GORGON_JOB_ID", assignment.job_id.to_string())
+        .env(
+            "GORGON_WORKSPACE",
+            assignment.workspace.display().to_string(),
+        )
+        .env("GORGON_HOST", assignment.host.clone());
+    if let Some(worker_id) = assignment.worker_id {
+        base = base.env("GORGON_WORKER_ID", worker_id.to_string());
+    }
+    base
+}
+
+/// Sends one message to the job's originator; a failure is only logged, because the
+/// originator is the only one who could act on it.
+async fn report(broker: &Broker, assignment: &WorkerAssignment, message: Message) {
+    let envelope = Envelope::new(assignment.job_id, message);
+    if let Err(error) = broker.send_to_queue(&assignment.reply_to, &envelope).await {
+        tracing::warn!(job = %assignment.job_id, %error, "cannot report to the originator");
+    }
+}
+
+/// SIGTERM and SIGINT, the ways a manager or worker is asked to stop.
+struct StopSignals {
+    terminate: Option<Signal>,
+    interrupt: Option<Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        // Without a handler the default action (exit) still applies, which is acceptable.
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                tracing::warn!(%error, "cannot handle {name}");
+                None
+            }
+        };
+        StopSignals {
+            terminate: install(SignalKind::terminate(), "SIGTERM"),
+            interrupt: install(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT, with the signal's name.
+    async fn recv(&mut self) -> &'static str {
+        async fn next(signal: &mut Option<Signal>) {
+            if let Some(stream) = signal {
+                if stream.recv().await.is_some() {
+                    return;
+                }
+            }
+            std::future::pending().await
+        }
+        tokio::select! {
+            () = next(&mut self.terminate) => "SIGTERM",
+            () = next(&mut self.interrupt) => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! One job on one listener: accept it, pull the tree into a fresh workspace, run
+//! `after_sync`, run a worker manager process until it exits, then clean up and report
+//! `JobDone`. Every step's failure is reported to the originator rather than returned.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use gorgon_exec::{describe_status, rsync, run_callback, terminate_group, ShellCommand};
+use gorgon_protocol::{
+    BrokerError, CallbackName, Envelope, JobDefinition, Message, WorkerAssignment,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{Shared, MANAGER_GRACE};
+use gorgon_exec::tail::{relay, LineTail};
+
+/// The hidden subcommand of the `gorgon` binary that runs a worker manager.
+pub const MANAGER_SUBCOMMAND: &str = "__manage-workers";
+
+/// A job as the listener received it.
+pub struct Job {
+    pub id: Uuid,
+    pub definition: JobDefinition,
+    pub reply_to: String,
+}
+
+/// Why the job ended before its workers could run; already reported to the originator.
+struct Reported;
+
+/// Runs the whole job and returns its id. Once `stopping` turns true, the current step is
+/// abandoned (dropping a shell command kills its process group) or the worker manager is
+/// terminated, and the job is cleaned up and reported done.
+pub async fn run_job(shared: Arc<Shared>, job: Job, mut stopping: watch::Receiver<bool>) -> Uuid {
+    let host = shared.settings.name.clone();
+    let accepted = Message::JobAccepted {
+        host: host.clone(),
+        slots: shared.settings.worker_slots,
+    };
+    match send(&shared, &job, accepted).await {
+        Err(BrokerError::Unroutable(_)) => {
+            tracing::info!(job = %job.id, "the originator has gone; dropping the job");
+            return job.id;
+        }
+        Err(error) => tracing::warn!(job = %job.id, %error, "cannot accept the job"),
+        Ok(()) => {}
+    }
+    let workspace = shared.settings.workspace_root.join(job.id.to_string());
+    let prepared = tokio::select! {
+        () = stopped(&mut stopping) => Err(Reported),
+        prepared = prepare(&shared, &job, &workspace) => prepared,
+    };
+    if prepared.is_ok() {
+        manage(&shared, &job, &workspace, &mut stopping).await;
+    }
+    if let Err(error) = tokio::fs::remove_dir_all(&workspace).await {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(job = %job.id, workspace = %workspace.display(), %error, "cannot remove the workspace");
+        }
+    }
+    if let Err(error) = send(&shared, &job, Message::JobDone { host }).await {
+        tracing::warn!(job = %job.id, %error, "cannot report the job done");
+    }
+    job.id
+}
+
+/// Resolves once the listener stops (or is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Publishes one reply to the job's originator.
+async fn send(shared: &Shared, job: &Job, message: Message) -> Result<(), BrokerError> {
+    shared
+        .broker
+        .send_to_queue(&job.reply_to, &Envelope::new(job.id, message))
+        .await
+}
+
+/// Reports a failure to the originator; a failure to report is only logged.
+async fn report(shared: &Shared, job: &Job, message: Message) {
+    if let Err(error) = send(shared, job, message).await {
+        tracing::warn!(job = %job.id, %error, "cannot report to the originator");
+    }
+}
+
+/// The base of every callback the listener runs, with the environment Gorgon documents.
+fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
+    ShellCommand::new("", workspace)
+        .env("GORGON_JOB_ID", job.id.to_string())
+        .env("GORGON_WORKSPACE", workspace.display().to_string())
+        .env("GORGON_HOST", shared.settings.name.clone())
+}
+
+/// Creates the workspace afresh, pulls the tree into it and runs `after_sync`.
+async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Reported> {
+    let host = shared.settings.name.clone();
+    let created = async {
+        match tokio::fs::remove_dir_all(workspace).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        tokio::fs::create_dir_all(workspace).await
+    }
+    .await;
+    if let Err(error) = created {
+        let output = format!(
+            "cannot create the workspace {}: {error}",
+            workspace.display()
+        );
+        tracing::error!(job = %job.id, "{output}");
+        report(shared, job, Message::SyncFailed { host, output }).await;
+        return Err(Reported);
+    }
+    let sync = &job.definition.sync;
+    tracing::info!(job = %job.id, source = %sync.source, workspace = %workspace.display(), "pulling the tree");
+    if let Err(error) = rsync::pull(&sync.source, workspace, &sync.exclude, sync.transport).await {
+        tracing::error!(job = %job.id, %error, "cannot pull the tree");
+        let output = error.to_string();
+        report(shared, job, Message::SyncFailed { host, output }).await;
+        return Err(Reported);
+    }
+    let base = callback_base(shared, job, workspace);
+    let after_sync = job.definition.callbacks.after_sync.as_deref();
+    if let Err(failure) = run_callback(CallbackName::AfterSync, after_sync, &base).await {
+        tracing::error!(job = %job.id, %failure);
+        let message = Message::CallbackFailed {
+            host,
+            worker_id: None,
+            callback: failure.callback,
+            status: failure.status,
+            output: failure.output,
+        };
+        report(shared, job, message).await;
+        return Err(Reported);
+    }
+    Ok(())
+}
+
+/// Runs the worker manager until it exits, reporting a crash; on stop, terminates it.
+async fn manage(
+    shared: &Shared,
+    job: &Job,
+    workspace: &Path,
+    stopping: &mut watch::Receiver<bool>,
+) {
+    let host = shared.settings.name.clone();
+    let crashed = |status: String, output: String| Message::ManagerCrashed {
+        host: host.clone(),
+        status,
+        output,
+    };
+    let assignment = WorkerAssignment {
+        job_id: job.id,
+        definition: job.definition.clone(),
+        reply_to: job.reply_to.clone(),
+        broker: shared.settings.broker.clone(),
+        host: host.clone(),
+        workspace: workspace.to_owned(),
+        slots: shared.settings.worker_slots,
+        worker_id: None,
+    };
+    let mut line = match serde_json::to_vec(&assignment) {
+        Ok(line) => line,
+        Err(error) => {
+            let status = format!("could not start: cannot encode the assignment: {error}");
+            report(shared, job, crashed(status, String::new())).await;
+            return;
+        }
+    };
+    line.push(b'\n');
+    let mut child = match spawn_manager(workspace) {
+        Ok(child) => child,
+        Err(error) => {
+            tracing::error!(job = %job.id, %error, "cannot start the worker manager");
+            let status = format!("could not start: {error}");
+            report(shared, job, crashed(status, String::new())).await;
+            return;
+        }
+    };
+    let pid = child.id();
+    tracing::info!(job = %job.id, pid, "worker manager started");
+    let tail = LineTail::default();
+    let mut relays = Vec::new();
+    let job_id = job.id;
+    if let Some(stdout) = child.stdout.take() {
+        relays.push(relay(stdout, tail.clone(), move |line| {
+            tracing::info!(target: "gorgon::manager", job = %job_id, "{line}");
+        }));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        relays.push(relay(stderr, tail.clone(), move |line| {
+            tracing::info!(target: "gorgon::manager", job = %job_id, "{line}");
+        }));
+    }
+    // The manager reads its assignment from stdin, then takes the end of stdin to mean that
+    // this listener has died: `stdin` must stay open until the manager has exited.
+    let mut stdin = child.stdin.take();
+    if let Some(pipe) = stdin.as_mut() {
+        if let Err(error) = pipe.write_all(&line).await {
+            // The manager has already exited; its status and output tell why.
+            tracing::warn!(job = %job.id, %error, "cannot hand the assignment to the worker manager");
+        }
+        let _ = pipe.flush().await;
+    }
+    let mut stopped_by_listener = false;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = stopped(stopping) => {
+            stopped_by_listener = true;
+            match pid {
+                // Reaping the manager as soon as it exits matters: an unreaped (zombie)
+                // manager still counts as a member of its group, so `terminate_group` alone
+                // would wait out the whole grace period.
+                Some(pid) => tokio::select! {
+                    status = child.wait() => status,
+                    () = terminate_group(pid, MANAGER_GRACE) => child.wait().await,
+                },
+                None => child.wait().await,
+            }
+        }
+    };
+    drop(stdin);
+    // The manager's pipes close when it exits; a bound keeps a stray holder from stalling us.
+    for relay in relays {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
+    }
+    match status {
+        Ok(status) if status.success() => {
+            tracing::info!(job = %job.id, "worker manager finished");
+        }
+        Ok(status) if stopped_by_listener => {
+            tracing::info!(job = %job.id, status = %describe_status(status), "worker manager stopped");
+        }
+        Ok(status) => {
+            let status = describe_status(status);
+            tracing::error!(job = %job.id, %status, "worker manager crashed");
+            report(shared, job, crashed(status, tail.text())).await;
+        }
+        Err(error) => {
+            tracing::error!(job = %job.id, %error, "cannot wait for the worker manager");
+            let status = format!("could not wait for it: {error}");
+            report(shared, job, crashed(status, tail.text())).await;
+        }
+    }
+}
+
+/// Starts `gorgon __manage-workers` in its own process group, so that a terminal's Ctrl-C
+/// reaches only the listener, which stops managers itself.
+fn spawn_manager(workspace: &Path) -> std::io::Result<tokio::process::Child> {
+    let program: PathBuf = std::env::current_exe()?;
+    Command::new(program)
+        .arg(MANAGER_SUBCOMMAND)
+        .current_dir(workspace)
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}

@@ -1,0 +1,263 @@
+//! The listener in-process against the real RabbitMQ and rsync, with this test playing the
+//! originator. Only the paths that end before a worker manager starts are covered here: a
+//! manager is the `gorgon` binary itself, which the end-to-end tests drive.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gorgon_exec::rsync;
+use gorgon_listener::{run, ListenerSettings};
+use gorgon_protocol::broker::QueueLife;
+use gorgon_protocol::{
+    names, Broker, BrokerSettings, CallbackName, Callbacks, Envelope, Inbox, JobDefinition,
+    ListenerInfo, Message, RunnerSettings, SyncSettings, SyncTransport,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Listener {
+    queue: String,
+    cluster: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), gorgon_listener::ListenerError>>,
+}
+
+/// Starts a listener on a cluster of its own and waits for its announcement.
+async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
+    let cluster = format!("test-{}", Uuid::new_v4());
+    let announcements = names::announcements_exchange(&cluster);
+    broker.declare_fanout(&announcements).await.unwrap();
+    let heard = broker.declare_private_queue().await.unwrap();
+    broker.bind(&heard, &announcements).await.unwrap();
+    let mut heard = broker.consume(&heard, None).await.unwrap();
+    let settings = ListenerSettings {
+        broker: BrokerSettings::default(),
+        worker_slots: 3,
+        log_file: None,
+        cluster_id: cluster.clone(),
+        name: "test-listener".into(),
+        workspace_root: workspace_root.to_owned(),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(settings, async {
+        let _ = stopped.await;
+    }));
+    let queue = match next(&mut heard).await {
+        Message::ListenerAnnounced {
+            listener_queue,
+            name,
+        } => {
+            assert_eq!(name, "test-listener");
+            listener_queue
+        }
+        other => panic!("unexpected announcement {other:?}"),
+    };
+    Listener {
+        queue,
+        cluster,
+        stop,
+        task,
+    }
+}
+
+impl Listener {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the listener stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn next(inbox: &mut Inbox) -> Message {
+    let incoming = tokio::time::timeout(WAIT, inbox.next())
+        .await
+        .expect("a message in time")
+        .expect("the queue is open");
+    incoming.ack().await.unwrap();
+    incoming.envelope.unwrap().message
+}
+
+async fn connect() -> Broker {
+    Broker::connect(&BrokerSettings::default(), "gorgon-listener test")
+        .await
+        .expect("RabbitMQ runs on 127.0.0.1:5672")
+}
+
+fn definition(source: &str, callbacks: Callbacks) -> JobDefinition {
+    JobDefinition {
+        project: "p".into(),
+        originator_host: "test".into(),
+        sync: SyncSettings {
+            source: source.into(),
+            transport: SyncTransport::Daemon,
+            exclude: vec![],
+        },
+        runner: RunnerSettings {
+            command: "sh {file}".into(),
+        },
+        callbacks,
+    }
+}
+
+/// Declares the job's reply queue and returns it with its inbox.
+async fn reply_queue(broker: &Broker, job: Uuid) -> (String, Inbox) {
+    let queue = names::reply_queue(job);
+    broker
+        .declare_queue(&queue, QueueLife::Exclusive)
+        .await
+        .unwrap();
+    let inbox = broker.consume(&queue, None).await.unwrap();
+    (queue, inbox)
+}
+
+#[tokio::test]
+async fn answers_pings_and_reports_a_failed_sync_once() {
+    let broker = connect().await;
+    let root = tempfile::tempdir().unwrap();
+    let listener = start_listener(&broker, root.path()).await;
+
+    let ping = Uuid::new_v4();
+    let ping_queue = names::ping_queue(ping);
+    broker
+        .declare_queue(&ping_queue, QueueLife::Exclusive)
+        .await
+        .unwrap();
+    let mut pongs = broker.consume(&ping_queue, None).await.unwrap();
+    let request = Envelope::new(
+        ping,
+        Message::Ping {
+            reply_to: ping_queue.clone(),
+        },
+    );
+    broker
+        .publish(&names::jobs_exchange(&listener.cluster), &request)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut pongs).await,
+        Message::PingReply(ListenerInfo {
+            name: "test-listener".into(),
+            version: gorgon_protocol::VERSION.into(),
+            slots: 3,
+        })
+    );
+
+    // The same job through the fanout and straight to the listener's queue: taken once.
+    let job = Uuid::new_v4();
+    let (replies, mut inbox) = reply_queue(&broker, job).await;
+    let offer = Envelope::new(
+        job,
+        Message::Job {
+            definition: definition("rsync://127.0.0.1:1/src/nothing/", Callbacks::default()),
+            reply_to: replies.clone(),
+        },
+    );
+    broker
+        .publish(&names::jobs_exchange(&listener.cluster), &offer)
+        .await
+        .unwrap();
+    broker.send_to_queue(&listener.queue, &offer).await.unwrap();
+    assert_eq!(
+        next(&mut inbox).await,
+        Message::JobAccepted {
+            host: "test-listener".into(),
+            slots: 3
+        }
+    );
+    match next(&mut inbox).await {
+        Message::SyncFailed { host, output } => {
+            assert_eq!(host, "test-listener");
+            assert!(
+                output.contains("rsync://127.0.0.1:1/src/nothing/"),
+                "{output}"
+            );
+        }
+        other => panic!("unexpected reply {other:?}"),
+    }
+    assert_eq!(
+        next(&mut inbox).await,
+        Message::JobDone {
+            host: "test-listener".into()
+        }
+    );
+    assert!(!root.path().join(job.to_string()).exists());
+    // A ping answered on the reply queue comes after anything a second copy of the job
+    // would have sent first.
+    let marker = Envelope::new(
+        job,
+        Message::Ping {
+            reply_to: replies.clone(),
+        },
+    );
+    broker
+        .send_to_queue(&listener.queue, &marker)
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut inbox).await, Message::PingReply(_)));
+
+    listener.stop().await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_after_sync_is_reported_and_the_workspace_removed() {
+    let broker = connect().await;
+    let root = tempfile::tempdir().unwrap();
+    let served = tempfile::tempdir().unwrap();
+    std::fs::create_dir(served.path().join("proj")).unwrap();
+    std::fs::write(served.path().join("proj/a.sh"), "exit 0").unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    rsync::start_daemon(served.path(), port, Some("127.0.0.1"))
+        .await
+        .unwrap();
+    let listener = start_listener(&broker, root.path()).await;
+
+    let job = Uuid::new_v4();
+    let (replies, mut inbox) = reply_queue(&broker, job).await;
+    let source = rsync::tree_location("127.0.0.1", port, SyncTransport::Daemon, "proj");
+    let callbacks = Callbacks {
+        after_sync: Some(
+            "test -f a.sh && test \"$GORGON_WORKSPACE\" = \"$PWD\" && echo \"no deps for $GORGON_JOB_ID on $GORGON_HOST\"; exit 5"
+                .into(),
+        ),
+        ..Callbacks::default()
+    };
+    let offer = Envelope::new(
+        job,
+        Message::Job {
+            definition: definition(&source, callbacks),
+            reply_to: replies,
+        },
+    );
+    broker.send_to_queue(&listener.queue, &offer).await.unwrap();
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        messages.push(next(&mut inbox).await);
+    }
+    listener.stop().await;
+    rsync::stop_daemon(port).await.unwrap();
+    broker.close().await;
+
+    assert!(matches!(messages[0], Message::JobAccepted { .. }));
+    assert_eq!(
+        messages[1],
+        Message::CallbackFailed {
+            host: "test-listener".into(),
+            worker_id: None,
+            callback: CallbackName::AfterSync,
+            status: "exit status 5".into(),
+            output: format!("no deps for {job} on test-listener\n"),
+        }
+    );
+    assert!(matches!(messages[2], Message::JobDone { .. }));
+    assert!(!root.path().join(job.to_string()).exists());
+}

@@ -1,0 +1,168 @@
+//! stdin of a worker manager or worker: the first line is its assignment, and the end of
+//! stdin means that its parent has died, so it must stop. Both are read by one buffered
+//! reader, so nothing written after the first line is lost between the two.
+
+use std::io::BufRead;
+
+use gorgon_protocol::WorkerAssignment;
+use tokio::sync::{oneshot, watch};
+
+/// Resolves once stdin has reached its end (or failed), i.e. once the parent is gone.
+#[derive(Clone, Debug)]
+pub struct StdinClosed {
+    closed: watch::Receiver<bool>,
+    // Held by [`StdinClosed::never`] so that its channel never ends.
+    _keep_open: Option<std::sync::Arc<watch::Sender<bool>>>,
+}
+
+impl StdinClosed {
+    /// A watcher that never resolves: for running a manager or worker without a parent.
+    pub fn never() -> StdinClosed {
+        let (sender, closed) = watch::channel(false);
+        StdinClosed {
+            closed,
+            _keep_open: Some(std::sync::Arc::new(sender)),
+        }
+    }
+
+    /// A watcher and the switch that resolves it (by sending `true`, or by being dropped),
+    /// for tests and embedders.
+    pub fn manual() -> (watch::Sender<bool>, StdinClosed) {
+        let (sender, closed) = watch::channel(false);
+        (
+            sender,
+            StdinClosed {
+                closed,
+                _keep_open: None,
+            },
+        )
+    }
+
+    /// Waits for the end of stdin. Cancel-safe, and resolves at once when already closed.
+    pub async fn wait(&mut self) {
+        // An error means the reader thread is gone, which only happens once stdin ended.
+        let _ = self.closed.wait_for(|closed| *closed).await;
+    }
+
+    /// True once stdin has ended.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+}
+
+/// Reads the assignment from the first line of stdin and starts watching stdin for its end.
+///
+/// stdin is read on a plain thread rather than with `tokio::io::stdin`: tokio reads stdin on
+/// its blocking pool, and a read that never returns (the parent keeps stdin open, as it must)
+/// would hold up the runtime's shutdown when the process wants to exit.
+pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), String> {
+    let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()));
+    let line = line
+        .await
+        .map_err(|_| "cannot read the assignment from stdin: the reader stopped".to_owned())?
+        .map_err(|error| format!("cannot read the assignment from stdin: {error}"))?;
+    Ok((parse_assignment(&line)?, closed))
+}
+
+/// Parses the assignment line.
+pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, String> {
+    if line.trim().is_empty() {
+        return Err("stdin ended before an assignment arrived".to_owned());
+    }
+    serde_json::from_str(line.trim_end())
+        .map_err(|error| format!("the assignment on stdin is not valid: {error}"))
+}
+
+/// Starts a thread that reads the first line of `reader`, hands it over, then reads on to the
+/// end and signals it.
+fn watch_reader(
+    mut reader: impl BufRead + Send + 'static,
+) -> (oneshot::Receiver<std::io::Result<String>>, StdinClosed) {
+    let (line_sender, line) = oneshot::channel();
+    let (closed_sender, closed) = StdinClosed::manual();
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut first = String::new();
+            let result = reader.read_line(&mut first).map(|_| first);
+            let failed = result.is_err();
+            let _ = line_sender.send(result);
+            if !failed {
+                let mut buffer = [0u8; 1024];
+                while matches!(reader.read(&mut buffer), Ok(n) if n > 0) {}
+            }
+            let _ = closed_sender.send(true);
+        });
+    if let Err(error) = spawned {
+        // Without a thread there is no watcher either: report it through the line, and the
+        // dropped sender makes `StdinClosed` resolve, which stops the process.
+        let (line_sender, line) = oneshot::channel();
+        let _ = line_sender.send(Err(error));
+        let (_, closed) = StdinClosed::manual();
+        return (line, closed);
+    }
+    (line, closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_first_line_is_handed_over_and_the_end_is_seen() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader));
+        writer.write_all(b"{\"a\":1}\nmore\n").unwrap();
+        assert_eq!(line.await.unwrap().unwrap(), "{\"a\":1}\n");
+        assert!(!closed.is_closed());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), closed.wait())
+                .await
+                .is_err(),
+            "stdin is still open"
+        );
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(5), closed.wait())
+            .await
+            .expect("the end of stdin is seen");
+        assert!(closed.is_closed());
+        // Waiting again resolves at once.
+        closed.wait().await;
+    }
+
+    #[tokio::test]
+    async fn an_immediate_end_is_an_error_and_a_closed_stdin() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(writer);
+        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader));
+        let line = line.await.unwrap().unwrap();
+        assert_eq!(
+            parse_assignment(&line).unwrap_err(),
+            "stdin ended before an assignment arrived"
+        );
+        tokio::time::timeout(Duration::from_secs(5), closed.wait())
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn a_bad_assignment_is_explained() {
+        let error = parse_assignment("{\"job_id\": 3}\n").unwrap_err();
+        assert!(
+            error.starts_with("the assignment on stdin is not valid"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn never_never_resolves() {
+        let mut never = StdinClosed::never();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), never.wait())
+                .await
+                .is_err()
+        );
+    }
+}

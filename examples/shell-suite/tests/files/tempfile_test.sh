@@ -1,0 +1,5 @@
+# Writing and reading back a temporary file.
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+echo stheno > "$tmp"
+[ "$(cat "$tmp")" = stheno ]

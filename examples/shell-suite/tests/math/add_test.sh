@@ -1,0 +1,2 @@
+# Addition in shell arithmetic.
+[ $((1 + 1)) -eq 2 ]

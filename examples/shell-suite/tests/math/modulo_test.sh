@@ -1,0 +1,2 @@
+# The remainder of a division.
+[ $((17 % 5)) -eq 2 ]

@@ -1,0 +1,2 @@
+# Multiplication in shell arithmetic.
+[ $((6 * 7)) -eq 42 ]

@@ -1,0 +1,3 @@
+# The length of a string.
+word=medusa
+[ "${#word}" -eq 6 ]

@@ -1,0 +1,2 @@
+# Reversing the order of lines.
+[ "$(printf "a\nb\nc\n" | sort -r | tr -d "\n")" = cba ]

@@ -1,0 +1,2 @@
+# tr turns lower case into upper case.
+[ "$(printf gorgon | tr "a-z" "A-Z")" = GORGON ]

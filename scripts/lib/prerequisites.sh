@@ -1,0 +1,82 @@
+# shellcheck shell=bash
+# Shared by scripts/quickstart.sh and .ci/run: installs what gorgon needs at run time on a
+# Debian machine (rsync, and RabbitMQ when no broker is reachable) and starts the broker.
+# Source it; it defines functions only.
+
+BROKER_HOST=127.0.0.1
+BROKER_PORT=5672
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: '$*' needs root, and sudo is not installed; run this script as root" >&2
+        return 1
+    fi
+}
+
+# True when something accepts TCP connections on host:port.
+port_open() {
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+broker_running() {
+    port_open "$BROKER_HOST" "$BROKER_PORT"
+}
+
+rabbitmq_installed() {
+    command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ]
+}
+
+# Installs rsync, and rabbitmq-server unless a broker already listens on 127.0.0.1:5672 (for
+# example one running in Docker). Runs `apt-get update` once, and only when a package is missing.
+install_missing_packages() {
+    local missing=()
+    command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+    if ! broker_running && ! rabbitmq_installed; then
+        missing+=(rabbitmq-server)
+    fi
+    if [ "${#missing[@]}" -eq 0 ]; then
+        echo "rsync and RabbitMQ are available"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: missing ${missing[*]}, and apt-get is not available; install them with your package manager" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]} with apt-get"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}" </dev/null
+}
+
+# Starts RabbitMQ unless something already listens on 127.0.0.1:5672, then waits at most
+# $1 seconds for it to accept connections. The broker is left running afterwards.
+start_rabbitmq() {
+    local wait_seconds=$1
+    if broker_running; then
+        echo "RabbitMQ is listening on $BROKER_HOST:$BROKER_PORT"
+        return 0
+    fi
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        echo "starting RabbitMQ with systemctl"
+        as_root systemctl start rabbitmq-server || true
+    fi
+    if ! broker_running; then
+        echo "starting RabbitMQ (rabbitmq-server -detached)"
+        as_root rabbitmq-server -detached </dev/null
+    fi
+    local waited=0
+    until broker_running; do
+        if [ "$waited" -ge "$wait_seconds" ]; then
+            echo "error: RabbitMQ did not start listening on $BROKER_HOST:$BROKER_PORT within ${wait_seconds}s; see /var/log/rabbitmq/" >&2
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "RabbitMQ is listening on $BROKER_HOST:$BROKER_PORT (after ${waited}s)"
+}

@@ -1,0 +1,113 @@
+//! `gorgon start` on bad input: one clear sentence and the documented exit code, quickly.
+
+mod support;
+
+use std::time::Duration;
+
+use support::Project;
+
+const QUICK: Duration = Duration::from_secs(20);
+
+fn project(config: &str) -> (tempfile::TempDir, Project) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project {
+        dir: dir.path().to_owned(),
+    };
+    project.write("gorgon.json", config);
+    project.write("tests/a_test.sh", "exit 0\n");
+    (dir, project)
+}
+
+fn valid_config(broker_port: u16, files: &str) -> String {
+    format!(
+        r#"{{
+            "connection": {{"host": "127.0.0.1", "port": {broker_port}}},
+            "file_server": {{"host": "127.0.0.1", "port": 1}},
+            "files": ["{files}"],
+            "job": {{"runner": {{"command": "sh {{file}}"}}}}
+        }}"#
+    )
+}
+
+fn assert_one_sentence(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("gorgon: "), "{stderr}");
+    assert!(lines[0].contains(needle), "{stderr}");
+}
+
+#[test]
+fn broken_json_names_the_file_and_the_place() {
+    let (_dir, project) = project("{\n  \"files\": [\"x\",\n}");
+    let run = project.start(&[], QUICK);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_one_sentence(&run.stderr, "gorgon.json is not valid JSON");
+    assert!(run.stderr.contains("line 3"), "{run:?}");
+    assert!(run.seconds < 5.0, "{run:?}");
+}
+
+#[test]
+fn a_missing_file_server_is_named() {
+    let (_dir, project) =
+        project(r#"{"files": ["tests/*_test.sh"], "job": {"runner": {"command": "sh {file}"}}}"#);
+    let run = project.start(&[], QUICK);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_one_sentence(&run.stderr, "no file_server is configured");
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project {
+        dir: dir.path().to_owned(),
+    };
+    let run = project.start(&[], QUICK);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_one_sentence(&run.stderr, "cannot read");
+    assert!(run.stderr.contains("gorgon.json"), "{run:?}");
+}
+
+#[test]
+fn an_unreachable_broker_is_named_within_seconds() {
+    let port = support::free_port();
+    let (_dir, project) = project(&valid_config(port, "tests/*_test.sh"));
+    let run = project.start(&[], QUICK);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_one_sentence(
+        &run.stderr,
+        &format!("cannot connect to RabbitMQ at 127.0.0.1:{port}"),
+    );
+    assert!(run.seconds < 10.0, "{run:?}");
+}
+
+#[test]
+fn no_matching_files_is_named() {
+    let (_dir, project) = project(&valid_config(support::broker_port(), "spec/**/*_spec.rb"));
+    let run = project.start(&[], QUICK);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_one_sentence(&run.stderr, "there are no files to test");
+    assert!(run.stderr.contains("spec/**/*_spec.rb"), "{run:?}");
+}
+
+#[test]
+fn a_named_file_that_does_not_exist_is_named() {
+    let (_dir, project) = project(&valid_config(support::broker_port(), "tests/*_test.sh"));
+    let run = project.start(&["tests/nope_test.sh"], QUICK);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_one_sentence(
+        &run.stderr,
+        "tests/nope_test.sh is not a file in the project",
+    );
+}
+
+#[test]
+fn an_unreachable_file_server_is_a_sync_failure() {
+    let (_dir, project) = project(&valid_config(support::broker_port(), "tests/*_test.sh"));
+    let run = project.start(&[], QUICK);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("pushing the source tree to the file server failed"),
+        "{run:?}"
+    );
+}

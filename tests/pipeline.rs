@@ -1,0 +1,298 @@
+//! End to end through the real path: the `gorgon` binary, RabbitMQ, an rsync daemon and
+//! listeners on loopback. Each test builds its own cluster, so tests run side by side.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{recorded_runs, recording_test, Cluster};
+
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("alpha", 2);
+    cluster.start_listener("beta", 2);
+    let project = cluster.project("suite", json!({}));
+    let record = cluster.path().join("record");
+    std::fs::create_dir_all(&record).unwrap();
+    let failing = [
+        "tests/a/07_test.sh",
+        "tests/c/21_test.sh",
+        "tests/d/33_test.sh",
+    ];
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let file = format!("tests/{}/{i:02}_test.sh", ["a", "b", "c", "d"][i / 10]);
+        let fail = failing.contains(&file.as_str());
+        project.write(&file, &recording_test(&record, &file, fail));
+        all.push(file);
+    }
+    project.write("tests/README.txt", "not a test");
+    cluster.wait_for_listeners(&project, 2);
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 1, "{run:?}");
+    // Every file ran exactly once.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in recorded_runs(&record) {
+        *counts
+            .entry(line.split(' ').next().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(counts.len(), 40, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    // Each failure is named with where it ran and its output.
+    for file in failing {
+        assert!(
+            run.stdout.contains(&format!("File '{file}' failed at '")),
+            "{run:?}"
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("assertion failed in {file}: expected 1, got 2")),
+            "{run:?}"
+        );
+    }
+    assert!(
+        run.stdout
+            .contains("40 files: 37 passed, 3 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
+    // The failed files list holds exactly the failures.
+    let mut failed: Vec<String> =
+        serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    failed.sort();
+    assert_eq!(failed, failing);
+    // The runtime file has a timing for every file.
+    let runtime: BTreeMap<String, f64> =
+        serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
+    assert_eq!(runtime.keys().cloned().collect::<Vec<_>>(), {
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted
+    });
+    assert!(runtime.values().all(|s| *s >= 0.0 && *s < 60.0));
+}
+
+#[test]
+fn runtime_history_is_merged_and_a_green_run_exits_zero() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("solo", 2);
+    let project = cluster.project("merge", json!({}));
+    project.write("gorgon-runtime.json", r#"{"tests/gone_test.sh": 4.5}"#);
+    project.write("tests/one_test.sh", "exit 0\n");
+    project.write("tests/two_test.sh", "exit 0\n");
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("2 files: 2 passed, 0 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
+    let runtime: BTreeMap<String, f64> =
+        serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
+    assert_eq!(
+        runtime.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "tests/gone_test.sh",
+            "tests/one_test.sh",
+            "tests/two_test.sh"
+        ]
+    );
+    assert_eq!(runtime["tests/gone_test.sh"], 4.5);
+    let failed: Vec<String> = serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    assert!(failed.is_empty());
+
+    // Files named on the command line replace the configured globs.
+    let run = project.start(&["tests/two_test.sh"], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+}
+
+#[test]
+fn callbacks_run_where_and_when_gorgon_runs_them() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("cb", 2);
+    let record = cluster.path().join("record");
+    std::fs::create_dir_all(&record).unwrap();
+    let log = record.join("callbacks.log");
+    let log = log.display();
+    let project = cluster.project(
+        "callbacks",
+        json!({"job": {"callbacks": {
+            "before_originate": format!("echo before_originate $GORGON_JOB_ID >> '{log}'"),
+            // after_sync prepares the workspace that the tests then depend on.
+            "after_sync": format!("echo prepared > prepared.txt && echo after_sync $GORGON_HOST >> '{log}'"),
+            "before_creating_workers": format!("echo before_creating_workers >> '{log}'"),
+            "before_start": format!("echo before_start $GORGON_WORKER_ID > worker-$GORGON_WORKER_ID.txt && echo before_start $GORGON_WORKER_ID >> '{log}'"),
+            "after_complete": format!("echo after_complete $GORGON_WORKER_ID >> '{log}'"),
+            "after_creating_workers": format!("echo after_creating_workers >> '{log}'"),
+            "after_job_finishes": format!("echo after_job_finishes >> '{log}'"),
+        }}}),
+    );
+    for i in 0..6 {
+        project.write(
+            &format!("tests/{i}_test.sh"),
+            "test \"$(cat prepared.txt)\" = prepared || { echo 'after_sync did not run'; exit 1; }\n\
+             test -f \"worker-$GORGON_WORKER_ID.txt\" || { echo 'before_start did not run'; exit 1; }\n",
+        );
+    }
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<String> = std::fs::read_to_string(record.join("callbacks.log"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let position = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} did not run: {lines:?}"))
+    };
+    assert!(
+        lines[0].starts_with("before_originate ") && lines[0].len() > "before_originate ".len()
+    );
+    assert_eq!(lines[position("after_sync")], "after_sync cb");
+    assert!(position("before_originate") < position("after_sync"));
+    assert!(position("after_sync") < position("before_creating_workers"));
+    assert!(position("before_creating_workers") < position("before_start"));
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("before_start"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("after_complete"))
+            .count(),
+        2
+    );
+    assert!(position("after_complete") < position("after_creating_workers"));
+    assert_eq!(lines.last().unwrap(), "after_job_finishes");
+}
+
+#[test]
+fn a_failing_after_sync_fails_the_run_with_its_output_in_bounded_time() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("broken", 2);
+    let project = cluster.project(
+        "bad-after-sync",
+        json!({"job": {"callbacks": {"after_sync": "echo 'bundle install: could not find gem foo'; exit 5"}}}),
+    );
+    for i in 0..4 {
+        project.write(&format!("tests/{i}_test.sh"), "exit 0\n");
+    }
+
+    let run = project.start(&[], Duration::from_secs(60));
+
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.seconds < 30.0, "{run:?}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains("after_sync callback failed on broken"),
+        "{run:?}"
+    );
+    assert!(all.contains("exit status 5"), "{run:?}");
+    assert!(
+        all.contains("bundle install: could not find gem foo"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("4 not run"), "{run:?}");
+}
+
+#[test]
+fn two_originators_share_the_listeners_and_keep_their_own_results() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("shared-1", 2);
+    cluster.start_listener("shared-2", 2);
+    let record = cluster.path().join("record");
+    let projects: Vec<_> = ["left", "right"]
+        .iter()
+        .map(|name| {
+            let project = cluster.project(name, json!({}));
+            let dir = record.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..12 {
+                let file = format!("tests/{name}_{i:02}_test.sh");
+                // Each project fails a different number of files.
+                let fail = (*name == "left" && i == 3) || (*name == "right" && i >= 10);
+                project.write(
+                    &file,
+                    &format!("sleep 0.1\n{}", recording_test(&dir, &file, fail)),
+                );
+            }
+            project
+        })
+        .collect();
+    cluster.wait_for_listeners(&projects[0], 2);
+
+    let runs: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = projects
+            .iter()
+            .map(|p| scope.spawn(move || p.start(&[], RUN_LIMIT)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    for (run, (name, failures)) in runs.iter().zip([("left", 1), ("right", 2)]) {
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stdout.contains(&format!(
+                "12 files: {} passed, {failures} failed, 0 crashed, 0 not run",
+                12 - failures
+            )),
+            "{run:?}"
+        );
+        let other = if name == "left" { "right" } else { "left" };
+        assert!(!run.stdout.contains(&format!("tests/{other}_")), "{run:?}");
+        let runs = recorded_runs(&record.join(name));
+        assert_eq!(runs.len(), 12, "{runs:?}");
+    }
+}
+
+#[test]
+fn a_listener_that_starts_during_a_run_receives_the_job() {
+    let mut cluster = Cluster::new();
+    let project = cluster.project("late", json!({}));
+    for i in 0..3 {
+        project.write(&format!("tests/{i}_test.sh"), "exit 0\n");
+    }
+    let started = std::thread::scope(|scope| {
+        let run = scope.spawn(|| project.start(&[], RUN_LIMIT));
+        // Start the only listener after the job has been published.
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.start_listener("latecomer", 1);
+        run.join().unwrap()
+    });
+    assert_eq!(started.code, 0, "{started:?}");
+    assert!(started.stdout.contains("3 files: 3 passed"), "{started:?}");
+}
+
+#[test]
+fn ping_lists_every_listener_with_its_slots() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("p1", 2);
+    cluster.start_listener("p2", 3);
+    let project = cluster.project("ping", json!({}));
+    cluster.wait_for_listeners(&project, 2);
+    let output = project.gorgon(&["ping", "--timeout", "1"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(stdout.contains("p1 is running gorgon-rs"), "{stdout}");
+    assert!(stdout.contains("p2 is running gorgon-rs"), "{stdout}");
+    assert!(stdout.contains("with 3 worker slot(s)"), "{stdout}");
+    assert!(stdout.contains("a total of 5 worker slot(s)"), "{stdout}");
+}

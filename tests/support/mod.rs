@@ -1,0 +1,296 @@
+//! Test harness for the end-to-end tests: a real rsync daemon, real listeners and the real
+//! `gorgon` binary against the RabbitMQ broker on 127.0.0.1:5672, each test with its own
+//! cluster id, ports and folders so that tests can run side by side.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
+
+/// The broker the tests use; `AMQP_HOST` / `AMQP_PORT` override it.
+pub fn broker_host() -> String {
+    std::env::var("AMQP_HOST").unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+pub fn broker_port() -> u16 {
+    std::env::var("AMQP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5672)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A cluster: file server, listeners, and the folders of one test. Everything it started is
+/// stopped when it is dropped.
+pub struct Cluster {
+    pub id: String,
+    pub root: tempfile::TempDir,
+    pub rsync_port: u16,
+    listeners: Vec<Child>,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let rsync_port = free_port();
+        let served = root.path().join("file_server");
+        std::fs::create_dir_all(&served).unwrap();
+        let output = Command::new(GORGON)
+            .args(["start_rsync"])
+            .arg(&served)
+            .args(["--port", &rsync_port.to_string(), "--address", "127.0.0.1"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "start_rsync failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Cluster {
+            id: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            root,
+            rsync_port,
+            listeners: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Writes a listener config and starts `gorgon listen` with it.
+    pub fn start_listener(&mut self, name: &str, slots: u32) {
+        let dir = self.path().join("listeners").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = serde_json::json!({
+            "connection": {"host": broker_host(), "port": broker_port()},
+            "worker_slots": slots,
+            "cluster_id": self.id,
+            "name": name,
+            "workspace_root": dir.join("workspaces"),
+            "log_file": dir.join("listener.log"),
+        });
+        let path = dir.join("gorgon_listener.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let child = Command::new(GORGON)
+            .args(["listen", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.listeners.push(child);
+    }
+
+    /// The log of a listener started by [`Cluster::start_listener`].
+    pub fn listener_log(&self, name: &str) -> String {
+        std::fs::read_to_string(
+            self.path()
+                .join("listeners")
+                .join(name)
+                .join("listener.log"),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Waits until `gorgon ping` counts `count` listeners, or fails the test after 30 s.
+    pub fn wait_for_listeners(&self, project: &Project, count: usize) {
+        let expected = format!("{count} listener(s) of cluster");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = project.gorgon(&["ping", "--timeout", "0.5"]);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if stdout.contains(&expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listeners did not come up: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A project folder with a `gorgon.json` for this cluster; `job` is merged into it.
+    pub fn project(&self, name: &str, job: serde_json::Value) -> Project {
+        let dir = self.path().join("projects").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = serde_json::json!({
+            "connection": {"host": broker_host(), "port": broker_port()},
+            "file_server": {"host": "127.0.0.1", "port": self.rsync_port},
+            "files": ["tests/**/*_test.sh"],
+            "cluster_id": self.id,
+            "runtime_file": "gorgon-runtime.json",
+            "failed_files": "gorgon-failed.json",
+            "job": {"runner": {"command": "sh {file}"}, "listener_wait": 30},
+        });
+        merge(&mut config, job);
+        std::fs::write(
+            dir.join("gorgon.json"),
+            serde_json::to_string_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        Project { dir }
+    }
+}
+
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.listeners {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for child in &mut self.listeners {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(GORGON)
+            .args(["stop_rsync", "--port", &self.rsync_port.to_string()])
+            .output();
+    }
+}
+
+/// A project on the originator's side.
+pub struct Project {
+    pub dir: PathBuf,
+}
+
+/// What one `gorgon` command did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub seconds: f64,
+}
+
+impl Project {
+    /// Writes a file below the project.
+    pub fn write(&self, relative: &str, text: &str) {
+        let path = self.dir.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.dir.join(relative)).unwrap()
+    }
+
+    pub fn gorgon(&self, args: &[&str]) -> Output {
+        Command::new(GORGON)
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `gorgon start` with `args`, failing the test if it takes longer than `limit`.
+    pub fn start(&self, args: &[&str], limit: Duration) -> Run {
+        let started = Instant::now();
+        let mut child = Command::new(GORGON)
+            .arg("start")
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+        let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "gorgon start did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    out.join().unwrap(),
+                    err.join().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {} after {:.1} s\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.seconds, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Test files that record each run in `record_dir` (one line per run), pass, or fail with
+/// a message naming themselves.
+pub fn recording_test(record_dir: &Path, name: &str, fail: bool) -> String {
+    let record = record_dir.join("runs.log");
+    let verdict = if fail {
+        format!("echo \"assertion failed in {name}: expected 1, got 2\"\nexit 1\n")
+    } else {
+        "exit 0\n".to_owned()
+    };
+    format!(
+        "echo \"{name} $GORGON_HOST $GORGON_WORKER_ID\" >> '{}'\n{verdict}",
+        record.display()
+    )
+}
+
+/// The lines of the record written by [`recording_test`] files.
+pub fn recorded_runs(record_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(record_dir.join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
