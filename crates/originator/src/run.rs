@@ -9,7 +9,7 @@ use gorgon_exec::{run_callback, ShellCommand};
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     exit_code, names, Broker, BrokerError, CallbackName, Envelope, Inbox, JobDefinition, Message,
-    RunnerSettings, SyncSettings,
+    SyncSettings,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use uuid::Uuid;
@@ -160,9 +160,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
             transport: settings.transport,
             exclude: settings.exclude.clone(),
         },
-        runner: RunnerSettings {
-            command: settings.runner_command.clone(),
-        },
+        runner: settings.runner.clone(),
         callbacks: settings.callbacks.remote.clone(),
     };
     let topology = Topology::new(job_id, &settings.cluster_id);

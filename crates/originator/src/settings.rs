@@ -31,7 +31,9 @@ pub struct Settings {
     pub transport: SyncTransport,
     pub exclude: Vec<String>,
     pub files: Vec<String>,
-    pub runner_command: String,
+    pub runner: gorgon_protocol::RunnerSettings,
+    /// How many times a file may kill its worker before it is reported as crashed.
+    pub max_crash_retries: u32,
     pub callbacks: OriginatorCallbacks,
     pub listener_wait: Duration,
     pub runtime_file: Option<PathBuf>,
@@ -74,7 +76,9 @@ struct RawFileServer {
 struct RawJob {
     #[serde(default)]
     sync: RawSync,
-    runner: Option<RawRunner>,
+    runner: Option<gorgon_protocol::RunnerSettings>,
+    file_timeout: Option<f64>,
+    max_crash_retries: Option<u32>,
     #[serde(default)]
     callbacks: OriginatorCallbacks,
     listener_wait: Option<f64>,
@@ -85,11 +89,6 @@ struct RawSync {
     #[serde(default)]
     exclude: Vec<String>,
     rsync_transport: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawRunner {
-    command: Option<String>,
 }
 
 impl Settings {
@@ -155,14 +154,24 @@ impl Settings {
                 )))
             }
         };
-        let runner_command = raw
-            .job
-            .runner
-            .and_then(|r| r.command)
-            .filter(|c| !c.trim().is_empty())
-            .ok_or_else(|| {
-                invalid("job.runner.command is missing; set the shell command that runs one test file, e.g. \"sh {file}\"".into())
-            })?;
+        let mut runner = raw.job.runner.unwrap_or_default();
+        let needs_command = matches!(
+            runner.kind,
+            gorgon_protocol::RunnerKind::Command | gorgon_protocol::RunnerKind::Persistent
+        );
+        if needs_command && runner.command.trim().is_empty() {
+            return Err(invalid(
+                "job.runner.command is missing; set the shell command that runs one test file, e.g. \"sh {file}\"".into(),
+            ));
+        }
+        if let Some(timeout) = raw.job.file_timeout.or(runner.file_timeout) {
+            if !(timeout.is_finite() && timeout > 0.0) {
+                return Err(invalid(
+                    "job.file_timeout must be a positive number of seconds".into(),
+                ));
+            }
+            runner.file_timeout = Some(timeout);
+        }
         let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
         if !(listener_wait.is_finite() && listener_wait > 0.0) {
             return Err(invalid(
@@ -194,7 +203,8 @@ impl Settings {
             transport,
             exclude: raw.job.sync.exclude,
             files: raw.files,
-            runner_command,
+            runner,
+            max_crash_retries: raw.job.max_crash_retries.unwrap_or(2),
             callbacks: raw.job.callbacks,
             listener_wait: Duration::from_secs_f64(listener_wait),
             runtime_file: raw.runtime_file.map(resolve),
@@ -245,7 +255,9 @@ mod tests {
         assert_eq!(settings.broker.password, "s3");
         assert_eq!(settings.file_server_port, 1234);
         assert_eq!(settings.transport, SyncTransport::Daemon);
-        assert_eq!(settings.runner_command, "sh {file}");
+        assert_eq!(settings.runner.command, "sh {file}");
+        assert_eq!(settings.runner.kind, gorgon_protocol::RunnerKind::Command);
+        assert_eq!(settings.max_crash_retries, 2);
         assert_eq!(
             settings.callbacks.remote.after_sync.as_deref(),
             Some("make")

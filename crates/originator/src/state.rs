@@ -193,6 +193,7 @@ mod tests {
             seconds: 0.5,
             exit: "exit status 0".into(),
             output: String::new(),
+            tests: Vec::new(),
         }
     }
 

@@ -100,6 +100,7 @@ impl Progress {
             FileStatus::Passed => self.paint.green("PASS"),
             FileStatus::Failed => self.paint.red("FAIL"),
             FileStatus::Crashed => self.paint.red("CRASH"),
+            FileStatus::TimedOut => self.paint.red("TIMEOUT"),
         };
         match &self.bar {
             Some(bar) => {
@@ -162,10 +163,10 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     for result in state.failed_results() {
         writeln!(out)?;
         writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
-        let verb = if result.status == FileStatus::Crashed {
-            "crashed"
-        } else {
-            "failed"
+        let verb = match result.status {
+            FileStatus::Crashed => "crashed",
+            FileStatus::TimedOut => "timed out",
+            _ => "failed",
         };
         writeln!(
             out,
@@ -250,8 +251,10 @@ mod tests {
                 FileStatus::Passed => "exit status 0".into(),
                 FileStatus::Failed => "exit status 1".into(),
                 FileStatus::Crashed => "killed by signal 9 (SIGKILL)".into(),
+                FileStatus::TimedOut => "timed out after 1 s".into(),
             },
             output: output.into(),
+            tests: Vec::new(),
         }
     }
 

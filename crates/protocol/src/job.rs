@@ -41,10 +41,40 @@ pub enum SyncTransport {
 }
 
 /// How one test file is run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunnerSettings {
-    /// Shell command; `{file}` is replaced by the shell-quoted path of the file.
+    /// Which runner runs the files.
+    #[serde(default)]
+    pub kind: RunnerKind,
+    /// For `command`: the shell command run per file; `{file}` is replaced by the
+    /// shell-quoted path of the file. For `persistent`: the command started once per worker.
+    /// Built-in runners use it, when set, in place of their default interpreter command.
+    #[serde(default)]
     pub command: String,
+    /// Extra arguments passed to the test framework.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// A file that runs no test passes instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty_files: bool,
+    /// Seconds a file may run before its process group is killed and it is reported as
+    /// timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_timeout: Option<f64>,
+}
+
+/// The runners a worker can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerKind {
+    /// `command` per file; the exit status (or a JUnit file) gives the result.
+    #[default]
+    Command,
+    /// `command` started once per worker, serving files over the runner protocol.
+    Persistent,
+    Rspec,
+    Minitest,
+    Pytest,
 }
 
 /// The listener-side callbacks, each a shell command run with `sh -c`.

@@ -9,10 +9,10 @@ pub mod message;
 pub mod names;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
-pub use job::{Callbacks, JobDefinition, RunnerSettings, SyncSettings, SyncTransport};
+pub use job::{Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport};
 pub use message::{
-    CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message,
-    WorkerAssignment,
+    CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message, TestResult,
+    TestStatus, WorkerAssignment,
 };
 
 /// Version of the wire protocol. A process drops a message whose `protocol` differs.

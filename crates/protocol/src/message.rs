@@ -172,6 +172,46 @@ pub struct FileResult {
     pub exit: String,
     /// The runner's combined stdout and stderr (trimmed to its head and tail when long).
     pub output: String,
+    /// Per-test results, when the runner gives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestResult>,
+}
+
+/// The outcome of one test inside a file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    /// Full name, e.g. `Cart totals adds tax` or `test_adds_tax`.
+    pub name: String,
+    /// Class or group, e.g. `CartTest` or `spec.models.cart_spec`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub classname: String,
+    /// The file and line where the test is defined, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    pub status: TestStatus,
+    #[serde(default)]
+    pub seconds: f64,
+    /// The failure's or skip's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Trimmed backtrace or details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+/// The verdict on one test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    /// An assertion failed.
+    Failed,
+    /// The test raised an unexpected error.
+    Errored,
+    Skipped,
+    Pending,
 }
 
 /// The verdict on one file.
@@ -182,6 +222,8 @@ pub enum FileStatus {
     Failed,
     /// The runner died by a signal, or could not be started.
     Crashed,
+    /// The file ran longer than `job.runner.file_timeout` and was killed.
+    TimedOut,
 }
 
 /// The callbacks, named as in `gorgon.json`.
@@ -256,6 +298,7 @@ mod tests {
             },
             runner: RunnerSettings {
                 command: "sh {file}".into(),
+                ..RunnerSettings::default()
             },
             callbacks: Callbacks {
                 after_sync: Some("make deps".into()),
@@ -327,6 +370,16 @@ mod tests {
                 seconds: 0.25,
                 exit: "exit status 1".into(),
                 output: "expected 1, got 2".into(),
+                tests: vec![TestResult {
+                    name: "adds tax".into(),
+                    classname: "Cart".into(),
+                    file: Some("spec/cart_spec.rb".into()),
+                    line: Some(12),
+                    status: TestStatus::Failed,
+                    seconds: 0.01,
+                    message: Some("expected 2, got 3".into()),
+                    details: Some("spec/cart_spec.rb:13".into()),
+                }],
             }),
             Message::JobDone { host: "h1".into() },
         ]
@@ -365,6 +418,7 @@ mod tests {
                 seconds: 1.5,
                 exit: "killed by signal 9 (SIGKILL)".into(),
                 output: "o".into(),
+                tests: Vec::new(),
             }),
         );
         assert_eq!(

@@ -177,6 +177,7 @@ async fn handle(
                 seconds: 0.0,
                 exit: "refused".into(),
                 output: problem,
+                tests: Vec::new(),
             }
         }
         Ok(command) => {
@@ -216,6 +217,7 @@ async fn handle(
                 seconds: outcome.seconds,
                 exit: outcome.description,
                 output: outcome.output,
+                tests: Vec::new(),
             }
         }
     };
