@@ -24,8 +24,8 @@ fi
 echo "==> cargo fmt --all --check"
 cargo fmt --all --check
 
-echo "==> cargo clippy --all-targets ${locked[*]} -- -D warnings"
-cargo clippy --all-targets "${locked[@]}" -- -D warnings
+echo "==> cargo clippy --workspace --all-targets ${locked[*]} -- -D warnings"
+cargo clippy --workspace --all-targets "${locked[@]}" -- -D warnings
 
-echo "==> cargo test --all ${locked[*]}"
-cargo test --all "${locked[@]}"
+echo "==> cargo test --workspace ${locked[*]}"
+cargo test --workspace "${locked[@]}"

@@ -30,6 +30,10 @@ enum Command {
         config: PathBuf,
         /// Files (or globs) to run instead of the configured `files`.
         files: Vec<String>,
+        /// Seconds a file may run before it is killed and reported as timed out
+        /// (overrides `job.file_timeout`).
+        #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+        file_timeout: Option<f64>,
     },
     /// Wait for jobs and run their files (in the foreground, for systemd).
     ///
@@ -74,6 +78,14 @@ enum Command {
     /// Internal: one worker, started by a worker manager.
     #[command(name = "__work", hide = true)]
     Work,
+}
+
+/// Parses a positive number of seconds.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 /// Where log lines go.
@@ -133,7 +145,11 @@ fn main() {
 
 async fn dispatch(command: Command) -> i32 {
     match command {
-        Command::Start { config, files } => {
+        Command::Start {
+            config,
+            files,
+            file_timeout,
+        } => {
             let log_file = gorgon_originator::Settings::load(&config)
                 .ok()
                 .and_then(|s| s.log_file);
@@ -141,7 +157,12 @@ async fn dispatch(command: Command) -> i32 {
                 Some(path) => init_logging("info", LogTarget::File(path)),
                 None => init_logging("warn", LogTarget::Stderr),
             }
-            gorgon_originator::start(gorgon_originator::StartOptions { config, files }).await
+            gorgon_originator::start(gorgon_originator::StartOptions {
+                config,
+                files,
+                file_timeout,
+            })
+            .await
         }
         Command::Listen { config } => {
             let settings = match gorgon_listener::ListenerSettings::load(&config) {

@@ -3,6 +3,7 @@
 
 pub mod callback;
 pub mod output;
+pub mod procs;
 pub mod rsync;
 pub mod shell;
 pub mod tail;

@@ -17,12 +17,17 @@ use crate::output::OutputBuffer;
 /// that keep its stdout open (a daemon started by a callback, say).
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
-/// A command for `sh -c`, its working directory and extra environment.
+/// How long a timed-out command's group gets between SIGTERM and SIGKILL.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
+/// A command for `sh -c`, its working directory, extra environment and time limit.
 #[derive(Clone, Debug)]
 pub struct ShellCommand {
     pub command: String,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Past this, the command's process group is stopped and the outcome is a time-out.
+    pub timeout: Option<Duration>,
 }
 
 /// How a command ended.
@@ -35,6 +40,8 @@ pub struct CommandOutcome {
     /// Combined stdout and stderr, head and tail kept.
     pub output: String,
     pub seconds: f64,
+    /// The command ran past its time limit and was stopped.
+    pub timed_out: bool,
 }
 
 impl CommandOutcome {
@@ -80,7 +87,13 @@ impl ShellCommand {
             command: command.into(),
             cwd: cwd.into(),
             env: Vec::new(),
+            timeout: None,
         }
+    }
+
+    pub fn timeout(mut self, limit: Option<Duration>) -> Self {
+        self.timeout = limit;
+        self
     }
 
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -113,6 +126,7 @@ impl ShellCommand {
                     ),
                     output: String::new(),
                     seconds: started.elapsed().as_secs_f64(),
+                    timed_out: false,
                 }
             }
         };
@@ -143,6 +157,11 @@ impl ShellCommand {
         }
         drop(tx);
         let mut output = OutputBuffer::default();
+        let deadline = self
+            .timeout
+            .map(|limit| tokio::time::Instant::now() + limit);
+        let mut timed_out = false;
+        let mut stopper = None;
         let status = loop {
             tokio::select! {
                 chunk = rx.recv() => match chunk {
@@ -150,8 +169,18 @@ impl ShellCommand {
                     None => break child.wait().await,
                 },
                 status = child.wait() => break status,
+                () = sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    // Stopped in a task, so that output is still collected meanwhile.
+                    if let Some(group) = guard.0 {
+                        stopper = Some(tokio::spawn(terminate_group(group.as_raw() as u32, TIMEOUT_GRACE)));
+                    }
+                }
             }
         };
+        if let Some(stopper) = stopper {
+            stopper.abort();
+        }
         // The command has exited: collect what its pipes still hold, but do not wait on
         // grandchildren that keep them open.
         let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
@@ -161,19 +190,39 @@ impl ShellCommand {
         guard.0 = None;
         let seconds = started.elapsed().as_secs_f64();
         match status {
+            Ok(_) if timed_out => CommandOutcome {
+                status: None,
+                description: format!(
+                    "timed out after {} s",
+                    self.timeout.unwrap_or_default().as_secs_f64()
+                ),
+                output: output.text(),
+                seconds,
+                timed_out,
+            },
             Ok(status) => CommandOutcome {
                 status: Some(status),
                 description: describe_status(status),
                 output: output.text(),
                 seconds,
+                timed_out,
             },
             Err(error) => CommandOutcome {
                 status: None,
                 description: format!("could not wait for the command: {error}"),
                 output: output.text(),
                 seconds,
+                timed_out,
             },
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -232,6 +281,21 @@ mod tests {
         assert!(outcome
             .output
             .contains(&dir.path().canonicalize().unwrap().display().to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_limit_is_stopped_with_its_output_so_far() {
+        let started = Instant::now();
+        let outcome = ShellCommand::new("echo started; sleep 30; echo never", here())
+            .timeout(Some(Duration::from_millis(300)))
+            .run()
+            .await;
+        assert!(outcome.timed_out);
+        assert!(!outcome.success());
+        assert_eq!(outcome.description, "timed out after 0.3 s");
+        assert!(outcome.output.contains("started"));
+        assert!(!outcome.output.contains("never"));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]

@@ -34,11 +34,16 @@ struct Reported;
 /// Runs the whole job and returns its id. Once `stopping` turns true, the current step is
 /// abandoned (dropping a shell command kills its process group) or the worker manager is
 /// terminated, and the job is cleaned up and reported done.
-pub async fn run_job(shared: Arc<Shared>, job: Job, mut stopping: watch::Receiver<bool>) -> Uuid {
+pub async fn run_job(
+    shared: Arc<Shared>,
+    job: Job,
+    listener_stopping: watch::Receiver<bool>,
+) -> Uuid {
     let host = shared.settings.name.clone();
     let accepted = Message::JobAccepted {
         host: host.clone(),
         slots: shared.settings.worker_slots,
+        listener_queue: Some(shared.queue.clone()),
     };
     match send(&shared, &job, accepted).await {
         Err(BrokerError::Unroutable(_)) => {
@@ -48,14 +53,29 @@ pub async fn run_job(shared: Arc<Shared>, job: Job, mut stopping: watch::Receive
         Err(error) => tracing::warn!(job = %job.id, %error, "cannot accept the job"),
         Ok(()) => {}
     }
+    // The job stops early when the listener stops or the originator cancels it, at any
+    // step: during the pull and after_sync too, before any worker exists.
+    let (stop, mut stopping) = watch::channel(false);
+    let watchers = [
+        tokio::spawn(forward_stop(listener_stopping, stop.clone())),
+        tokio::spawn(watch_for_cancel(shared.clone(), job.id, stop)),
+    ];
     let workspace = shared.settings.workspace_root.join(job.id.to_string());
     let prepared = tokio::select! {
         () = stopped(&mut stopping) => Err(Reported),
         prepared = prepare(&shared, &job, &workspace) => prepared,
     };
-    if prepared.is_ok() {
-        manage(&shared, &job, &workspace, &mut stopping).await;
+    if prepared.is_ok() && !*stopping.borrow() {
+        let slots = shared.take_slots();
+        manage(&shared, &job, &workspace, slots, &mut stopping).await;
+        shared.release_slots(slots);
     }
+    for watcher in watchers {
+        watcher.abort();
+    }
+    // Nothing of the job may outlive it on this host, even a process that left its group.
+    let id = job.id.to_string();
+    gorgon_exec::procs::kill_tagged(&[("GORGON_JOB_ID", &id), ("GORGON_HOST", &host)]);
     if let Err(error) = tokio::fs::remove_dir_all(&workspace).await {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(job = %job.id, workspace = %workspace.display(), %error, "cannot remove the workspace");
@@ -67,9 +87,54 @@ pub async fn run_job(shared: Arc<Shared>, job: Job, mut stopping: watch::Receive
     job.id
 }
 
-/// Resolves once the listener stops (or is gone).
+/// Resolves once the job must stop (or nobody can tell it any more).
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Turns the listener's stop into the job's stop.
+async fn forward_stop(mut listener_stopping: watch::Receiver<bool>, stop: watch::Sender<bool>) {
+    stopped(&mut listener_stopping).await;
+    let _ = stop.send(true);
+}
+
+/// Listens on the job's control exchange and stops the job when the originator cancels it.
+/// A control exchange that no longer exists means the job is already over.
+async fn watch_for_cancel(shared: Arc<Shared>, job_id: Uuid, stop: watch::Sender<bool>) {
+    let control = async {
+        let queue = shared.broker.declare_private_queue().await?;
+        shared
+            .broker
+            .bind(&queue, &gorgon_protocol::names::control_exchange(job_id))
+            .await?;
+        shared.broker.consume(&queue, None).await
+    };
+    let mut inbox = match control.await {
+        Ok(inbox) => inbox,
+        Err(error) if error.is_not_found() => {
+            tracing::info!(job = %job_id, "the job is already over");
+            let _ = stop.send(true);
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(job = %job_id, %error, "cannot listen for a cancel of the job");
+            return;
+        }
+    };
+    while let Some(incoming) = inbox.next().await {
+        let cancelled = matches!(
+            &incoming.envelope,
+            Ok(envelope) if envelope.job_id == job_id && matches!(envelope.message, Message::Cancel { .. })
+        );
+        if cancelled {
+            let _ = incoming.ack().await;
+            tracing::info!(job = %job_id, "the originator cancelled the job");
+            let _ = stop.send(true);
+            return;
+        }
+        tracing::warn!(job = %job_id, "dropping an unexpected control message");
+        let _ = incoming.discard().await;
+    }
 }
 
 /// Publishes one reply to the job's originator.
@@ -145,6 +210,7 @@ async fn manage(
     shared: &Shared,
     job: &Job,
     workspace: &Path,
+    slots: u32,
     stopping: &mut watch::Receiver<bool>,
 ) {
     let host = shared.settings.name.clone();
@@ -160,7 +226,7 @@ async fn manage(
         broker: shared.settings.broker.clone(),
         host: host.clone(),
         workspace: workspace.to_owned(),
-        slots: shared.settings.worker_slots,
+        slots,
         worker_id: None,
     };
     let mut line = match serde_json::to_vec(&assignment) {

@@ -24,6 +24,9 @@ pub use settings::{ListenerSettings, DEFAULT_WORKER_SLOTS};
 /// managers, remove their workspaces and tell their originators. A worker manager gets
 /// [`MANAGER_GRACE`] of it before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The first and the longest wait between attempts to reconnect to the broker.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How long a worker manager may take to stop its workers after SIGTERM.
 const MANAGER_GRACE: Duration = Duration::from_secs(2);
 
@@ -36,18 +39,39 @@ pub enum ListenerError {
     Invalid { path: PathBuf, problem: String },
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("lost the connection to RabbitMQ at {address}")]
-    Disconnected { address: String },
 }
 
 /// What every job task shares with the listener.
 struct Shared {
     broker: Broker,
     settings: ListenerSettings,
+    /// The listener's own queue, named in `JobAccepted`.
+    queue: String,
+    /// Worker slots taken by running jobs (kept across reconnections).
+    busy_slots: Arc<std::sync::Mutex<u32>>,
 }
 
-/// Runs the listener until `shutdown` completes (then it stops every job and returns
-/// `Ok`) or the broker connection is lost (then it stops every job and returns an error).
+impl Shared {
+    /// Takes slots for a new job: every free slot, and at least one, so that a job that
+    /// arrives while others run is never starved (the listener then runs one worker more
+    /// than its slots until a job ends).
+    fn take_slots(&self) -> u32 {
+        let mut busy = self.busy_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let free = self.settings.worker_slots.saturating_sub(*busy);
+        let slots = free.max(1);
+        *busy += slots;
+        slots
+    }
+
+    fn release_slots(&self, slots: u32) {
+        let mut busy = self.busy_slots.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = busy.saturating_sub(slots);
+    }
+}
+
+/// Runs the listener until `shutdown` completes, then stops every job and returns `Ok`.
+/// It fails only when the broker cannot be reached at start; a connection lost later is
+/// re-established with backoff.
 pub async fn run(
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()>,
@@ -57,69 +81,56 @@ pub async fn run(
     if let Ok(root) = std::path::absolute(&settings.workspace_root) {
         settings.workspace_root = root;
     }
-    let cluster = settings.cluster_id.clone();
-    let broker = Broker::connect(
-        &settings.broker,
-        &format!("gorgon listen {}", settings.name),
-    )
-    .await?;
-    let jobs_exchange = names::jobs_exchange(&cluster);
-    let announcements = names::announcements_exchange(&cluster);
-    broker.declare_fanout(&jobs_exchange).await?;
-    broker.declare_fanout(&announcements).await?;
-    let queue = names::listener_queue(&cluster, Uuid::new_v4());
-    broker.declare_queue(&queue, QueueLife::Exclusive).await?;
-    broker.bind(&queue, &jobs_exchange).await?;
-    let mut inbox = broker.consume(&queue, None).await?;
-    let announcement = Envelope::new(
-        Uuid::new_v4(),
-        Message::ListenerAnnounced {
-            listener_queue: queue.clone(),
-            name: settings.name.clone(),
-        },
-    );
-    match broker.publish(&announcements, &announcement).await {
-        // Nobody is listening for announcements unless a job is running: that is normal.
-        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
-        Err(error) => tracing::warn!(%error, "cannot announce this listener"),
-    }
-    tracing::info!(
-        "listening as {} with {} slots on cluster {}",
-        settings.name,
-        settings.worker_slots,
-        cluster
-    );
-
-    let shared = Arc::new(Shared {
-        broker: broker.clone(),
-        settings,
-    });
+    let busy_slots = Arc::new(std::sync::Mutex::new(0));
+    // The first connection must work: a listener that cannot reach its broker at start is
+    // misconfigured, and says so. Later losses are retried with backoff.
+    let mut connection = Some(Connection::open(&settings, busy_slots.clone()).await?);
     let (stop, stopping) = watch::channel(false);
     let mut jobs: JoinSet<Uuid> = JoinSet::new();
     let mut taken: HashSet<Uuid> = HashSet::new();
+    let mut backoff = RECONNECT_MIN;
     tokio::pin!(shutdown);
 
     let result = loop {
+        let Some(live) = connection.as_mut() else {
+            // Reconnecting, while jobs already running go on as they can.
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
+                () = tokio::time::sleep(backoff) => {
+                    match Connection::open(&settings, busy_slots.clone()).await {
+                        Ok(opened) => {
+                            tracing::info!("reconnected to RabbitMQ at {}", settings.broker.address());
+                            connection = Some(opened);
+                            backoff = RECONNECT_MIN;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot reconnect yet; retrying in {:?}", backoff);
+                            backoff = (backoff * 2).min(RECONNECT_MAX);
+                        }
+                    }
+                }
+            }
+            continue;
+        };
         tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("shutting down");
                 break Ok(());
             }
-            incoming = inbox.next() => match incoming {
+            incoming = live.inbox.next() => match incoming {
                 Some(incoming) => {
-                    handle(&shared, incoming, &mut taken, &mut jobs, &stopping).await;
+                    handle(&live.shared, incoming, &mut taken, &mut jobs, &stopping).await;
                 }
                 None => {
-                    tracing::error!("the connection to RabbitMQ was lost");
-                    break Err(ListenerError::Disconnected {
-                        address: broker.address().to_owned(),
-                    });
+                    tracing::error!(
+                        "lost the connection to RabbitMQ at {}; reconnecting",
+                        settings.broker.address()
+                    );
+                    connection = None;
                 }
             },
-            Some(finished) = jobs.join_next(), if !jobs.is_empty() => match finished {
-                Ok(job_id) => tracing::info!(job = %job_id, "job finished"),
-                Err(error) => tracing::error!(%error, "a job task failed"),
-            },
+            Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
         }
     };
 
@@ -134,8 +145,70 @@ pub async fn run(
         tracing::warn!("some jobs did not stop in time; killing their worker managers");
         jobs.shutdown().await;
     }
-    broker.close().await;
+    if let Some(live) = connection {
+        live.shared.broker.close().await;
+    }
     result
+}
+
+fn log_job_end(finished: Result<Uuid, tokio::task::JoinError>) {
+    match finished {
+        Ok(job_id) => tracing::info!(job = %job_id, "job finished"),
+        Err(error) => tracing::error!(%error, "a job task failed"),
+    }
+}
+
+/// One connection to the broker with the listener's queue consumed and announced.
+struct Connection {
+    shared: Arc<Shared>,
+    inbox: gorgon_protocol::Inbox,
+}
+
+impl Connection {
+    async fn open(
+        settings: &ListenerSettings,
+        busy_slots: Arc<std::sync::Mutex<u32>>,
+    ) -> Result<Connection, ListenerError> {
+        let cluster = &settings.cluster_id;
+        let broker = Broker::connect(
+            &settings.broker,
+            &format!("gorgon listen {}", settings.name),
+        )
+        .await?;
+        let jobs_exchange = names::jobs_exchange(cluster);
+        let announcements = names::announcements_exchange(cluster);
+        broker.declare_fanout(&jobs_exchange).await?;
+        broker.declare_fanout(&announcements).await?;
+        let queue = names::listener_queue(cluster, Uuid::new_v4());
+        broker.declare_queue(&queue, QueueLife::Exclusive).await?;
+        broker.bind(&queue, &jobs_exchange).await?;
+        let inbox = broker.consume(&queue, None).await?;
+        let announcement = Envelope::new(
+            Uuid::new_v4(),
+            Message::ListenerAnnounced {
+                listener_queue: queue.clone(),
+                name: settings.name.clone(),
+            },
+        );
+        match broker.publish(&announcements, &announcement).await {
+            // Nobody listens for announcements unless a job is running: that is normal.
+            Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+            Err(error) => tracing::warn!(%error, "cannot announce this listener"),
+        }
+        tracing::info!(
+            "listening as {} with {} slots on cluster {}",
+            settings.name,
+            settings.worker_slots,
+            cluster
+        );
+        let shared = Arc::new(Shared {
+            broker,
+            settings: settings.clone(),
+            queue,
+            busy_slots,
+        });
+        Ok(Connection { shared, inbox })
+    }
 }
 
 /// Handles one message from the listener's queue and settles it.

@@ -100,13 +100,19 @@ fn definition(source: &str, callbacks: Callbacks) -> JobDefinition {
         },
         runner: RunnerSettings {
             command: "sh {file}".into(),
+            ..RunnerSettings::default()
         },
         callbacks,
     }
 }
 
-/// Declares the job's reply queue and returns it with its inbox.
+/// Declares what an originator declares for a job (its control exchange, which listeners
+/// watch for a cancel, and its reply queue) and returns the reply queue with its inbox.
 async fn reply_queue(broker: &Broker, job: Uuid) -> (String, Inbox) {
+    broker
+        .declare_fanout(&names::control_exchange(job))
+        .await
+        .unwrap();
     let queue = names::reply_queue(job);
     broker
         .declare_queue(&queue, QueueLife::Exclusive)
@@ -167,7 +173,8 @@ async fn answers_pings_and_reports_a_failed_sync_once() {
         next(&mut inbox).await,
         Message::JobAccepted {
             host: "test-listener".into(),
-            slots: 3
+            slots: 3,
+            listener_queue: Some(listener.queue.clone()),
         }
     );
     match next(&mut inbox).await {

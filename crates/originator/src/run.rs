@@ -24,6 +24,8 @@ use crate::view::{self, Ending, Progress};
 const FINISH_WAIT: Duration = Duration::from_secs(30);
 /// How long a cancelled run waits for listeners to confirm that they stopped.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// How often the originator checks that the listeners working on the job are alive.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
 /// A files queue nobody consumes is removed by the broker after this, so that a crashed
 /// originator leaves nothing behind for long.
 const FILES_QUEUE_EXPIRY: Duration = Duration::from_secs(30 * 60);
@@ -34,6 +36,8 @@ pub struct StartOptions {
     pub config: PathBuf,
     /// Files or globs that replace `files` for this run.
     pub files: Vec<String>,
+    /// Overrides `job.file_timeout`, in seconds.
+    pub file_timeout: Option<f64>,
 }
 
 /// A run that could not start or went wrong outside the tests, with its exit code.
@@ -83,7 +87,10 @@ enum Stop {
 
 async fn run(options: StartOptions) -> Result<i32, StartError> {
     let started = Instant::now();
-    let settings = Settings::load(&options.config)?;
+    let mut settings = Settings::load(&options.config)?;
+    if let Some(limit) = options.file_timeout {
+        settings.runner.file_timeout = Some(limit);
+    }
     let root = settings.project_root.clone();
     let explicit = !options.files.is_empty();
     let patterns = if explicit {
@@ -186,6 +193,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
     let listener_deadline = Instant::now() + settings.listener_wait;
 
     let mut stop = None;
@@ -198,7 +206,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
                 };
                 match &incoming.envelope {
                     Ok(envelope) if envelope.job_id == job_id => {
-                        if let Some(reason) = handle_reply(&mut state, &progress, envelope.message.clone()) {
+                        if let Some(reason) = handle_reply(&mut state, &progress, settings.max_crash_retries, envelope.message.clone()) {
                             stop = Some(Stop::Failed(reason));
                         }
                         let _ = incoming.ack().await;
@@ -232,6 +240,10 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
             _ = terminate.recv() => stop = Some(Stop::Terminated),
             _ = tick.tick() => {
                 progress.update(&state);
+                if Instant::now() >= next_liveness_check {
+                    next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
+                    check_listeners_alive(&broker, &mut state, &progress).await;
+                }
                 if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
                     stop = Some(Stop::Failed(format!(
                         "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
@@ -239,9 +251,10 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
                         settings.listener_wait.as_secs_f64()
                     )));
                 } else if state.any_listener_accepted() && state.all_listeners_done() {
-                    stop = Some(Stop::Failed(
-                        "every listener that took the job has stopped working on it, but files are left".to_owned(),
-                    ));
+                    stop = Some(Stop::Failed(format!(
+                        "every listener that took the job has stopped working on it, but {} files have no result",
+                        state.unfinished().len()
+                    )));
                 }
             }
         }
@@ -277,7 +290,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
                 let Some(incoming) = incoming else { break };
                 if let Ok(envelope) = &incoming.envelope {
                     if envelope.job_id == job_id {
-                        handle_reply(&mut state, &progress, envelope.message.clone());
+                        handle_reply(&mut state, &progress, settings.max_crash_retries, envelope.message.clone());
                     }
                 }
                 let _ = incoming.ack().await;
@@ -344,11 +357,20 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
 }
 
 /// Applies one reply to the state; returns a reason when it means the run must stop.
-fn handle_reply(state: &mut JobState, progress: &Progress, message: Message) -> Option<String> {
+fn handle_reply(
+    state: &mut JobState,
+    progress: &Progress,
+    max_crash_retries: u32,
+    message: Message,
+) -> Option<String> {
     match message {
-        Message::JobAccepted { host, slots } => {
+        Message::JobAccepted {
+            host,
+            slots,
+            listener_queue,
+        } => {
             tracing::info!(%host, slots, "listener took the job");
-            state.listener_accepted(&host);
+            state.listener_accepted(&host, listener_queue);
         }
         Message::FileStarted {
             host,
@@ -410,6 +432,11 @@ fn handle_reply(state: &mut JobState, progress: &Progress, message: Message) -> 
             status,
             output,
         } => {
+            if let Some(settled) =
+                state.worker_crashed(&host, worker_id, &status, &output, max_crash_retries)
+            {
+                progress.file_finished(state, &settled);
+            }
             let problem = Problem {
                 what: format!("worker {worker_id} on {host} died"),
                 status,
@@ -444,6 +471,28 @@ fn handle_reply(state: &mut JobState, progress: &Progress, message: Message) -> 
         ),
     }
     None
+}
+
+/// Marks as done the listeners whose queue has vanished: they died (their connection
+/// ended) without finishing their part. Their unacknowledged files are back in the queue.
+async fn check_listeners_alive(broker: &Broker, state: &mut JobState, progress: &Progress) {
+    for (host, queue) in state.working_listener_queues() {
+        match broker.queue_exists(&queue).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let problem = Problem {
+                    what: format!("listener {host} disappeared"),
+                    status: "its connection to RabbitMQ ended".into(),
+                    output: String::new(),
+                    fails_run: false,
+                };
+                progress.problem(&problem);
+                state.add_problem(problem);
+                state.listener_done(&host);
+            }
+            Err(error) => tracing::warn!(%host, %error, "cannot check whether a listener is alive"),
+        }
+    }
 }
 
 /// The broker entities of one run.

@@ -41,6 +41,10 @@ pub struct JobState {
     hosts_that_ran: BTreeSet<String>,
     listeners_accepted: BTreeSet<String>,
     listeners_done: BTreeSet<String>,
+    /// host → the listener's own queue, whose disappearance means the listener died.
+    listener_queues: BTreeMap<String, String>,
+    /// file → how many workers died while running it.
+    crashes: HashMap<String, u32>,
     problems: Vec<Problem>,
 }
 
@@ -55,6 +59,8 @@ impl JobState {
             hosts_that_ran: BTreeSet::new(),
             listeners_accepted: BTreeSet::new(),
             listeners_done: BTreeSet::new(),
+            listener_queues: BTreeMap::new(),
+            crashes: HashMap::new(),
             problems: Vec::new(),
         }
     }
@@ -99,8 +105,51 @@ impl JobState {
         Settled::New
     }
 
-    pub fn listener_accepted(&mut self, host: &str) {
+    pub fn listener_accepted(&mut self, host: &str, queue: Option<String>) {
         self.listeners_accepted.insert(host.to_owned());
+        if let Some(queue) = queue {
+            self.listener_queues.insert(host.to_owned(), queue);
+        }
+    }
+
+    /// Working listeners and their queues, to check that they are still alive.
+    pub fn working_listener_queues(&self) -> Vec<(String, String)> {
+        self.listener_queues
+            .iter()
+            .filter(|(host, _)| !self.listeners_done.contains(*host))
+            .map(|(host, queue)| (host.clone(), queue.clone()))
+            .collect()
+    }
+
+    /// A worker died while running a file (the broker puts the file back in the queue).
+    /// Once the file has killed `max_crash_retries` workers it is settled as crashed with
+    /// the worker's exit and output, and that result is returned.
+    pub fn worker_crashed(
+        &mut self,
+        host: &str,
+        worker_id: u32,
+        status: &str,
+        output: &str,
+        max_crash_retries: u32,
+    ) -> Option<FileResult> {
+        let file = self.running.remove(&(host.to_owned(), worker_id))?;
+        let crashes = self.crashes.entry(file.clone()).or_default();
+        *crashes += 1;
+        if *crashes < max_crash_retries.max(1) || self.results.contains_key(&file) {
+            return None;
+        }
+        let result = FileResult {
+            host: host.to_owned(),
+            worker_id,
+            file: file.clone(),
+            status: FileStatus::Crashed,
+            seconds: 0.0,
+            exit: format!("its worker died {crashes} times, the last time: {status}"),
+            output: output.to_owned(),
+            tests: Vec::new(),
+        };
+        self.file_finished(result.clone());
+        Some(result)
     }
 
     pub fn listener_done(&mut self, host: &str) {
@@ -261,8 +310,12 @@ mod tests {
     fn listeners_are_tracked() {
         let mut state = JobState::new(vec!["a".into()]);
         assert!(!state.any_listener_accepted());
-        state.listener_accepted("h1");
-        state.listener_accepted("h2");
+        state.listener_accepted("h1", Some("q1".into()));
+        state.listener_accepted("h2", None);
+        assert_eq!(
+            state.working_listener_queues(),
+            [("h1".to_string(), "q1".to_string())]
+        );
         state.file_started("h1", 1, "a");
         state.listener_done("h1");
         assert_eq!(state.workers_running(), 0);
@@ -270,5 +323,35 @@ mod tests {
         assert!(!state.all_listeners_done());
         state.listener_done("h2");
         assert!(state.all_listeners_done());
+        assert!(state.working_listener_queues().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_keeps_killing_its_worker_is_settled_as_crashed() {
+        let mut state = JobState::new(vec!["killer".into(), "fine".into()]);
+        state.file_started("h", 1, "killer");
+        assert_eq!(
+            state.worker_crashed("h", 1, "killed by signal 9", "", 2),
+            None
+        );
+        // A worker that was running nothing is not a file's crash.
+        assert_eq!(
+            state.worker_crashed("h", 3, "killed by signal 9", "", 2),
+            None
+        );
+        state.file_started("h", 2, "killer");
+        let settled = state
+            .worker_crashed("h", 2, "killed by signal 9", "last words", 2)
+            .unwrap();
+        assert_eq!(settled.status, FileStatus::Crashed);
+        assert_eq!(settled.output, "last words");
+        assert!(settled.exit.contains("died 2 times"));
+        assert_eq!(state.count(FileStatus::Crashed), 1);
+        // A late result for the settled file is a duplicate.
+        assert_eq!(
+            state.file_finished(result("killer", "h", FileStatus::Passed)),
+            Settled::Duplicate
+        );
+        assert_eq!(state.unfinished(), ["fine"]);
     }
 }

@@ -268,6 +268,32 @@ impl Broker {
         .await
     }
 
+    /// Whether a queue exists (a passive declare, on a channel of its own because a missing
+    /// queue closes the channel it was asked on).
+    pub async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        let declared = bounded(
+            "queue.declare",
+            channel.queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        match declared {
+            Ok(_) => {
+                let _ = channel.close(200, "bye".into()).await;
+                Ok(true)
+            }
+            Err(error) if error.is_not_found() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Publishes to an exchange and waits until the broker has taken the message.
     /// A message that no queue takes is an error ([`BrokerError::Unroutable`]).
     pub async fn publish(&self, exchange: &str, envelope: &Envelope) -> Result<(), BrokerError> {
@@ -358,7 +384,8 @@ impl Broker {
         .await?;
         Ok(Inbox {
             consumer,
-            _channel: channel,
+            channel,
+            failed: false,
         })
     }
 
@@ -389,7 +416,8 @@ fn check_confirmation(confirmation: lapin::Confirmation, target: &str) -> Result
 /// A stream of messages from one queue.
 pub struct Inbox {
     consumer: lapin::Consumer,
-    _channel: Channel,
+    channel: Channel,
+    failed: bool,
 }
 
 impl Inbox {
@@ -404,9 +432,16 @@ impl Inbox {
             }),
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
+                self.failed = true;
                 None
             }
         }
+    }
+
+    /// True when the inbox ended because of an error (the channel or connection failed),
+    /// not because the broker cancelled the consumer (its queue was deleted).
+    pub fn failed(&self) -> bool {
+        self.failed || !self.channel.status().connected()
     }
 }
 

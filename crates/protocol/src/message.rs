@@ -110,6 +110,10 @@ pub enum Message {
     JobAccepted {
         host: String,
         slots: u32,
+        /// The listener's own queue: it exists exactly as long as the listener's connection,
+        /// so the originator can tell a listener that died from one that is busy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listener_queue: Option<String>,
     },
     /// The listener could not pull the tree from the file server.
     SyncFailed {
@@ -334,6 +338,7 @@ mod tests {
             Message::JobAccepted {
                 host: "h1".into(),
                 slots: 2,
+                listener_queue: Some("gorgon-rs.default.listener.x".into()),
             },
             Message::SyncFailed {
                 host: "h1".into(),

@@ -20,6 +20,10 @@ use gorgon_exec::tail::{relay, LineTail};
 /// The hidden subcommand of the `gorgon` binary that runs a worker.
 pub const WORKER_SUBCOMMAND: &str = "__work";
 
+/// How many times one worker slot is restarted after crashes; past that the slot stays
+/// empty, so that a worker that cannot run at all does not loop.
+const MAX_RESTARTS: u32 = 5;
+
 /// How long a worker may take to stop after SIGTERM before it is killed.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
 
@@ -153,18 +157,43 @@ async fn manage_connected(
             }
         }
     }
-    drop(exits);
     tracing::info!("{} workers started", live.len());
 
     let mut stopping = false;
     let mut inbox_open = true;
+    let mut restarts: HashMap<u32, u32> = HashMap::new();
     while !live.is_empty() {
         let reason = tokio::select! {
             Some(exit) = exited.recv() => {
-                if let Some(stopper) = live.remove(&exit.worker_id).and_then(|w| w.stopper) {
+                let worker_id = exit.worker_id;
+                if let Some(stopper) = live.remove(&worker_id).and_then(|w| w.stopper) {
                     stopper.abort();
                 }
-                on_exit(broker, assignment, exit, stopping).await;
+                let crashed = on_exit(broker, assignment, exit, stopping).await;
+                if crashed {
+                    // Its test may have outlived it in a process group of its own.
+                    let job = assignment.job_id.to_string();
+                    let id = worker_id.to_string();
+                    gorgon_exec::procs::kill_tagged(&[
+                        ("GORGON_JOB_ID", &job),
+                        ("GORGON_HOST", &assignment.host),
+                        ("GORGON_WORKER_ID", &id),
+                    ]);
+                    // Keep the slot full: the file the worker held is back in the queue.
+                    let count = restarts.entry(worker_id).or_default();
+                    if *count < MAX_RESTARTS {
+                        *count += 1;
+                        tracing::info!("restarting worker {worker_id} ({count} of {MAX_RESTARTS})");
+                        match spawn_worker(program, assignment, worker_id, exits.clone()).await {
+                            Ok(worker) => {
+                                live.insert(worker_id, worker);
+                            }
+                            Err(error) => tracing::error!(%error, "cannot restart worker {worker_id}"),
+                        }
+                    } else {
+                        tracing::error!("worker {worker_id} crashed {MAX_RESTARTS} times; not restarting it");
+                    }
+                }
                 continue;
             }
             incoming = inbox.next(), if inbox_open => match incoming {
@@ -242,20 +271,26 @@ fn callback_failed(
     }
 }
 
-/// Logs a worker's exit and reports it when it was not asked to stop and did not end well.
-async fn on_exit(broker: &Broker, assignment: &WorkerAssignment, exit: WorkerExit, stopping: bool) {
+/// Logs a worker's exit and reports it when it was not asked to stop and did not end well;
+/// returns true for such a crash.
+async fn on_exit(
+    broker: &Broker,
+    assignment: &WorkerAssignment,
+    exit: WorkerExit,
+    stopping: bool,
+) -> bool {
     let worker_id = exit.worker_id;
     let status = match exit.status {
         Ok(status) if status.success() => {
             tracing::info!("worker {worker_id} finished");
-            return;
+            return false;
         }
         Ok(status) => describe_status(status),
         Err(error) => format!("could not wait for it: {error}"),
     };
     if stopping {
         tracing::info!("worker {worker_id} stopped ({status})");
-        return;
+        return false;
     }
     tracing::error!("worker {worker_id} crashed ({status})");
     let message = Message::WorkerCrashed {
@@ -265,6 +300,7 @@ async fn on_exit(broker: &Broker, assignment: &WorkerAssignment, exit: WorkerExi
         output: exit.output,
     };
     report(broker, assignment, message).await;
+    true
 }
 
 /// Starts one worker in its own process group, hands it its assignment, relays its output
@@ -408,6 +444,7 @@ mod tests {
                     },
                     runner: RunnerSettings {
                         command: "true".into(),
+                        ..RunnerSettings::default()
                     },
                     callbacks,
                 },

@@ -83,7 +83,13 @@ async fn work_connected(
                 }
             };
             let Some(incoming) = incoming else {
-                break End::Finished;
+                // A consumer ends cleanly when the originator deletes the queue; an error
+                // (the connection dropped) is not the end of the job.
+                break if inbox.failed() {
+                    End::Broken
+                } else {
+                    End::Finished
+                };
             };
             match handle(broker, assignment, worker_id, incoming, stdin, &mut signals).await {
                 Next::Continue => {}
@@ -191,7 +197,12 @@ async fn handle(
                 return Next::End(end);
             }
             tracing::info!(file, "running");
-            let run = command_base(assignment);
+            let limit = assignment
+                .definition
+                .runner
+                .file_timeout
+                .map(std::time::Duration::from_secs_f64);
+            let run = command_base(assignment).timeout(limit);
             let run = gorgon_exec::ShellCommand { command, ..run };
             // Dropping the run future kills the test's process group, so leaving this select
             // early never leaves the test running.
@@ -258,7 +269,9 @@ fn settle(result: Result<(), BrokerError>) {
 
 /// The verdict on a finished run.
 fn verdict(outcome: &CommandOutcome) -> FileStatus {
-    if outcome.success() {
+    if outcome.timed_out {
+        FileStatus::TimedOut
+    } else if outcome.success() {
         FileStatus::Passed
     } else if outcome.crashed() {
         FileStatus::Crashed
@@ -347,5 +360,7 @@ mod tests {
         assert_eq!(verdict(&run("exit 0").run().await), FileStatus::Passed);
         assert_eq!(verdict(&run("exit 1").run().await), FileStatus::Failed);
         assert_eq!(verdict(&run("kill -9 $$").run().await), FileStatus::Crashed);
+        let slow = run("sleep 5").timeout(Some(std::time::Duration::from_millis(100)));
+        assert_eq!(verdict(&slow.run().await), FileStatus::TimedOut);
     }
 }
