@@ -294,3 +294,223 @@ pub fn recorded_runs(record_dir: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A process that belongs to a cluster's jobs.
+#[derive(Debug)]
+pub struct JobProcess {
+    pub pid: i32,
+    pub command: String,
+}
+
+fn process_command(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn process_is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+        })
+        .unwrap_or(true)
+}
+
+impl Cluster {
+    /// Processes working inside this cluster's listener folders: worker managers, workers,
+    /// tests and callbacks (by working directory or `GORGON_WORKSPACE`). Listeners
+    /// themselves run elsewhere and are not counted.
+    pub fn job_processes(&self) -> Vec<JobProcess> {
+        let root = self.path().join("listeners");
+        let workspace_tag = format!("GORGON_WORKSPACE={}", root.display());
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if process_is_zombie(pid) {
+                continue;
+            }
+            let in_cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(&root));
+            let tagged = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|entry| entry.starts_with(workspace_tag.as_bytes()))
+            });
+            if in_cwd || tagged {
+                found.push(JobProcess {
+                    pid,
+                    command: process_command(pid),
+                });
+            }
+        }
+        found
+    }
+
+    /// Waits up to `limit` until no process of the cluster's jobs is left; fails the test
+    /// with the survivors otherwise.
+    pub fn assert_no_job_processes(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = self.job_processes();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes of the job are still running: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a process of listener `name` whose command line contains `needle` runs,
+    /// and returns its pid.
+    pub fn wait_for_process(&self, name: &str, needle: &str, limit: Duration) -> i32 {
+        let root = self.path().join("listeners").join(name);
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self.job_processes().into_iter().find(|p| {
+                p.command.contains(needle)
+                    && std::fs::read_link(format!("/proc/{}/cwd", p.pid))
+                        .is_ok_and(|cwd| cwd.starts_with(&root))
+            });
+            if let Some(process) = found {
+                return process.pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no process `{needle}` of listener {name} appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs listener `name` and every process of it: the whole host dies at once.
+    pub fn kill_listener(&mut self, name: &str) {
+        let root = self.path().join("listeners").join(name);
+        let config = root.join("gorgon_listener.json");
+        let position = self
+            .listeners
+            .iter()
+            .position(|child| {
+                process_command(child.id() as i32).contains(&config.display().to_string())
+            })
+            .expect("the listener runs");
+        let mut listener = self.listeners.remove(position);
+        let workspace_tag = format!("GORGON_WORKSPACE={}", root.display());
+        let mut victims = vec![listener.id() as i32];
+        victims.extend(self.job_processes().into_iter().filter_map(|p| {
+            let in_cwd = std::fs::read_link(format!("/proc/{}/cwd", p.pid))
+                .is_ok_and(|cwd| cwd.starts_with(&root));
+            let tagged = std::fs::read(format!("/proc/{}/environ", p.pid)).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|entry| entry.starts_with(workspace_tag.as_bytes()))
+            });
+            (in_cwd || tagged).then_some(p.pid)
+        }));
+        for pid in victims {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = listener.wait();
+    }
+
+    /// The ids of the jobs listener `name` has a workspace for right now.
+    pub fn workspaces(&self, name: &str) -> Vec<String> {
+        std::fs::read_dir(self.path().join("listeners").join(name).join("workspaces"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A `gorgon start` running in the background.
+pub struct Started {
+    child: Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+    started: Instant,
+}
+
+impl Project {
+    /// Starts `gorgon start` in the background, with extra environment.
+    pub fn spawn_start(&self, args: &[&str], env: &[(&str, String)]) -> Started {
+        let mut child = Command::new(GORGON)
+            .arg("start")
+            .args(args)
+            .current_dir(&self.dir)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        Started {
+            out: std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default()),
+            err: std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()),
+            child,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Started {
+    /// Sends SIGINT, as Ctrl-C in a terminal would.
+    pub fn interrupt(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+    }
+
+    /// Waits for the run to end, failing the test after `limit`.
+    pub fn wait(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "gorgon start did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.out.join().unwrap(),
+                    self.err.join().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.out.join().unwrap(),
+            stderr: self.err.join().unwrap(),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Waits until `path` exists, failing the test after `limit`.
+pub fn wait_for_file(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

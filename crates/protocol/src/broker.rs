@@ -305,6 +305,32 @@ impl Broker {
         self.publish_routed("", queue, envelope, queue).await
     }
 
+    /// Publishes raw bytes, as a foreign or broken client would: for tools and tests that
+    /// check how gorgon-rs copes with messages it did not write. Unroutable is not an error.
+    pub async fn publish_bytes(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+    ) -> Result<(), BrokerError> {
+        let confirm = bounded(
+            "basic.publish",
+            self.channel.basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                payload,
+                properties(),
+            ),
+        )
+        .await?;
+        let confirmation = bounded("publisher confirm", confirm).await?;
+        if confirmation.is_nack() {
+            return Err(BrokerError::Nacked(exchange.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Publishes many messages to a queue, waiting for all confirms at the end rather than
     /// after each message.
     pub async fn send_all_to_queue(

@@ -1,0 +1,299 @@
+//! Faults end in bounded time in a complete, correct result or a clear error: dead workers,
+//! worker managers and listeners, tests that kill their worker or hang, Ctrl-C at every
+//! stage, two jobs on one listener, and garbage on the project's queues. Each test checks
+//! that every file has one result and that no process of the job is left.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{recorded_runs, wait_for_file, Cluster, Project};
+
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const CLEANUP_LIMIT: Duration = Duration::from_secs(15);
+
+/// A test file that records its run, marks that it has started, then takes `seconds`.
+fn slow_test(record: &Path, name: &str, seconds: f64) -> String {
+    format!(
+        "echo \"{name}\" >> '{runs}'\ntouch '{marks}/{mark}.started'\nsleep {seconds}\n",
+        runs = record.join("runs.log").display(),
+        marks = record.display(),
+        mark = name.replace('/', "_"),
+    )
+}
+
+fn suite(cluster: &Cluster, name: &str, files: usize, seconds: f64, job: serde_json::Value) -> (Project, std::path::PathBuf) {
+    let project = cluster.project(name, job);
+    let record = cluster.path().join(format!("record-{name}"));
+    std::fs::create_dir_all(&record).unwrap();
+    for i in 0..files {
+        let file = format!("tests/{i:02}_test.sh");
+        project.write(&file, &slow_test(&record, &file, seconds));
+    }
+    (project, record)
+}
+
+/// Every file ran to a result at least once (a file whose worker died runs again).
+fn assert_every_file_ran(record: &Path, files: usize) {
+    let runs = recorded_runs(record);
+    for i in 0..files {
+        let file = format!("tests/{i:02}_test.sh");
+        assert!(runs.contains(&file), "{file} never ran: {runs:?}");
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_file_loses_nothing() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("w", 2);
+    let (project, record) = suite(&cluster, "kill-worker", 8, 0.5, json!({}));
+    let run = project.spawn_start(&[], &[]);
+    let worker = cluster.wait_for_process("w", "__work", Duration::from_secs(30));
+    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let run = run.wait(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert_every_file_ran(&record, 8);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
+#[test]
+fn a_worker_manager_killed_mid_file_loses_nothing() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("m1", 2);
+    cluster.start_listener("m2", 2);
+    let (project, record) = suite(&cluster, "kill-manager", 10, 0.5, json!({}));
+    cluster.wait_for_listeners(&project, 2);
+    let run = project.spawn_start(&[], &[]);
+    let manager = cluster.wait_for_process("m1", "__manage-workers", Duration::from_secs(30));
+    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(manager), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let run = run.wait(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert_every_file_ran(&record, 10);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
+#[test]
+fn a_whole_listener_killed_mid_file_loses_nothing() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("doomed", 2);
+    cluster.start_listener("survivor", 2);
+    let (project, record) = suite(&cluster, "kill-listener", 10, 0.5, json!({}));
+    cluster.wait_for_listeners(&project, 2);
+    let run = project.spawn_start(&[], &[]);
+    cluster.wait_for_process("doomed", "__work", Duration::from_secs(30));
+    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    cluster.kill_listener("doomed");
+    let run = run.wait(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert_every_file_ran(&record, 10);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
+#[test]
+fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("victim", 2);
+    let (project, record) = suite(&cluster, "killer", 6, 0.1, json!({"job": {"max_crash_retries": 2}}));
+    // Walk up from the test to its worker process and SIGKILL it.
+    project.write(
+        "tests/zz_killer_test.sh",
+        "echo killer >> \"$(dirname \"$0\")/../killer-runs.log\"\n\
+         p=$$\n\
+         while [ \"$p\" -gt 1 ]; do\n\
+           if tr '\\0' ' ' < /proc/$p/cmdline | grep -q __work; then kill -9 $p; sleep 5; fi\n\
+           p=$(awk '{print $4}' /proc/$p/stat)\n\
+         done\n\
+         echo 'no worker found'; exit 3\n",
+    );
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("7 files: 6 passed, 0 failed, 1 crashed, 0 not run"), "{run:?}");
+    assert!(run.stdout.contains("File 'tests/zz_killer_test.sh' crashed at"), "{run:?}");
+    assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
+    assert_every_file_ran(&record, 6);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
+#[test]
+fn a_hanging_test_is_killed_at_the_file_timeout_and_the_run_goes_on() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("hang", 2);
+    let (project, record) = suite(&cluster, "hang", 4, 0.1, json!({}));
+    project.write("tests/zz_hang_test.sh", "echo 'about to hang'\nsleep 3600\n");
+    let run = project.start(&["--file-timeout", "1.5"], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("File 'tests/zz_hang_test.sh' timed out at"), "{run:?}");
+    assert!(run.stdout.contains("timed out after 1.5 s"), "{run:?}");
+    assert!(run.stdout.contains("about to hang"), "{run:?}");
+    assert!(run.stdout.contains("5 files: 4 passed"), "{run:?}");
+    assert!(run.seconds < 60.0, "{run:?}");
+    assert_every_file_ran(&record, 4);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
+/// After a cancelled run, the same listener runs the next job normally.
+fn assert_next_job_runs(cluster: &Cluster) {
+    let project = cluster.project("afterwards", json!({}));
+    project.write("tests/ok_test.sh", "exit 0\n");
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+}
+
+#[test]
+fn ctrl_c_during_the_push_stops_at_once() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("push", 1);
+    let (project, _record) = suite(&cluster, "slow-push", 2, 0.1, json!({}));
+    // An rsync that takes its time, ahead of the real one on PATH.
+    let bin = cluster.path().join("slow-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = cluster.path().join("push.started");
+    std::fs::write(
+        bin.join("rsync"),
+        format!("#!/bin/sh\ntouch '{}'\nsleep 600\n", marker.display()),
+    )
+    .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.join("rsync")).status().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run = project.spawn_start(&[], &[("PATH", path)]);
+    wait_for_file(&marker, Duration::from_secs(30));
+    run.interrupt();
+    let run = run.wait(Duration::from_secs(10));
+    assert_eq!(run.code, 130, "{run:?}");
+    assert!(run.stderr.contains("interrupted while pushing"), "{run:?}");
+    let sleepers = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}", marker.display())])
+        .output()
+        .unwrap();
+    assert!(sleepers.stdout.is_empty(), "the push is still running");
+    assert_next_job_runs(&cluster);
+}
+
+#[test]
+fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("sync", 2);
+    let marker = cluster.path().join("after_sync.started");
+    let (project, record) = suite(
+        &cluster,
+        "slow-after-sync",
+        3,
+        0.1,
+        json!({"job": {"callbacks": {"after_sync": format!("touch '{}'; sleep 600", marker.display())}}}),
+    );
+    let run = project.spawn_start(&[], &[]);
+    wait_for_file(&marker, Duration::from_secs(30));
+    run.interrupt();
+    let run = run.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 130, "{run:?}");
+    assert!(run.stdout.contains("3 not run"), "{run:?}");
+    assert!(recorded_runs(&record).is_empty());
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    let deadline = std::time::Instant::now() + CLEANUP_LIMIT;
+    while !cluster.workspaces("sync").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the workspace was not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_next_job_runs(&cluster);
+}
+
+#[test]
+fn ctrl_c_during_tests_stops_everything_in_seconds() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("busy", 2);
+    let (project, record) = suite(&cluster, "interrupted", 6, 600.0, json!({}));
+    let run = project.spawn_start(&[], &[]);
+    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    run.interrupt();
+    let run = run.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 130, "{run:?}");
+    assert!(run.stdout.contains("Run stopped: interrupted"), "{run:?}");
+    assert!(run.stdout.contains("6 files: 0 passed, 0 failed, 0 crashed, 6 not run"), "{run:?}");
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    assert_next_job_runs(&cluster);
+}
+
+#[test]
+fn two_jobs_share_one_listener_which_still_answers_ping() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("shared", 2);
+    let (left, left_record) = suite(&cluster, "left", 4, 1.0, json!({}));
+    let (right, right_record) = suite(&cluster, "right", 4, 1.0, json!({}));
+    cluster.wait_for_listeners(&left, 1);
+    let left_run = left.spawn_start(&[], &[]);
+    let right_run = right.spawn_start(&[], &[]);
+    wait_for_file(&left_record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    wait_for_file(&right_record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    // Both jobs run on the listener now; it still answers at once.
+    let started = std::time::Instant::now();
+    let ping = left.gorgon(&["ping", "--timeout", "1"]);
+    assert!(String::from_utf8_lossy(&ping.stdout).contains("shared is running gorgon-rs"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for (run, record) in [(left_run, left_record), (right_run, right_record)] {
+        let run = run.wait(RUN_LIMIT);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.contains("4 files: 4 passed"), "{run:?}");
+        assert_every_file_ran(&record, 4);
+    }
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
+#[test]
+fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
+    use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, Message};
+    let mut cluster = Cluster::new();
+    cluster.start_listener("tough", 2);
+    let (project, record) = suite(&cluster, "garbage", 8, 0.3, json!({}));
+    let run = project.spawn_start(&[], &[]);
+    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    let job = cluster.workspaces("tough").pop().expect("the job's workspace exists");
+    let job_id = uuid::Uuid::parse_str(&job).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let settings = BrokerSettings {
+            host: support::broker_host(),
+            port: support::broker_port(),
+            ..BrokerSettings::default()
+        };
+        let broker = Broker::connect(&settings, "garbage test").await.unwrap();
+        let foreign = Envelope::new(uuid::Uuid::new_v4(), Message::File { file: "tests/00_test.sh".into() }).encode();
+        let unknown = br#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"brand_new"}}"#.to_vec();
+        let future = br#"{"protocol":99,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{}}"#.to_vec();
+        let escaping = Envelope::new(job_id, Message::File { file: "../../../etc/passwd".into() }).encode();
+        let huge = vec![b'{'; 17 * 1024 * 1024];
+        let payloads = [b"not json at all".to_vec(), unknown, future, foreign, huge];
+        let targets = [
+            ("", names::files_queue(job_id)),
+            ("", names::reply_queue(job_id)),
+            (names::control_exchange(job_id).as_str(), String::new()),
+            (names::jobs_exchange(&cluster.id).as_str(), String::new()),
+            (names::announcements_exchange(&cluster.id).as_str(), String::new()),
+        ]
+        .map(|(exchange, key)| (exchange.to_owned(), key));
+        for (exchange, key) in &targets {
+            for payload in &payloads {
+                broker.publish_bytes(exchange, key, payload).await.unwrap();
+            }
+        }
+        broker.publish_bytes("", &names::files_queue(job_id), &escaping).await.unwrap();
+        broker.close().await;
+    });
+    let run = run.wait(RUN_LIMIT);
+    // The stray file message that escapes the workspace is refused, not run; every real
+    // file passes.
+    assert!(run.stdout.contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_every_file_ran(&record, 8);
+    // The listener is alive and well.
+    let ping = project.gorgon(&["ping", "--timeout", "1"]);
+    assert!(String::from_utf8_lossy(&ping.stdout).contains("tough is running gorgon-rs"));
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
