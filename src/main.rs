@@ -96,9 +96,10 @@ enum LogTarget<'a> {
 
 /// Installs the tracing subscriber; `GORGON_LOG` (e.g. `debug`) overrides `default_level`.
 fn init_logging(default_level: &str, target: LogTarget) {
-    // lapin reports every returned message at warn level; gorgon-rs handles those itself.
+    // lapin logs returned messages and closing channels itself; gorgon-rs reports what
+    // matters from the results of its calls, so lapin's own lines are only noise.
     let filter = tracing_subscriber::EnvFilter::try_from_env("GORGON_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},lapin=error"))
+        tracing_subscriber::EnvFilter::new(format!("{default_level},lapin=off"))
     });
     // A manager whose listener died writes to a broken pipe; that must not panic it.
     let builder = tracing_subscriber::fmt()

@@ -24,7 +24,13 @@ fn slow_test(record: &Path, name: &str, seconds: f64) -> String {
     )
 }
 
-fn suite(cluster: &Cluster, name: &str, files: usize, seconds: f64, job: serde_json::Value) -> (Project, std::path::PathBuf) {
+fn suite(
+    cluster: &Cluster,
+    name: &str,
+    files: usize,
+    seconds: f64,
+    job: serde_json::Value,
+) -> (Project, std::path::PathBuf) {
     let project = cluster.project(name, job);
     let record = cluster.path().join(format!("record-{name}"));
     std::fs::create_dir_all(&record).unwrap();
@@ -51,11 +57,22 @@ fn a_worker_killed_mid_file_loses_nothing() {
     let (project, record) = suite(&cluster, "kill-worker", 8, 0.5, json!({}));
     let run = project.spawn_start(&[], &[]);
     let worker = cluster.wait_for_process("w", "__work", Duration::from_secs(30));
-    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let run = run.wait(RUN_LIMIT);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
     assert_every_file_ran(&record, 8);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
@@ -69,11 +86,22 @@ fn a_worker_manager_killed_mid_file_loses_nothing() {
     cluster.wait_for_listeners(&project, 2);
     let run = project.spawn_start(&[], &[]);
     let manager = cluster.wait_for_process("m1", "__manage-workers", Duration::from_secs(30));
-    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(manager), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(manager),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let run = run.wait(RUN_LIMIT);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
     assert_every_file_ran(&record, 10);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
@@ -87,11 +115,18 @@ fn a_whole_listener_killed_mid_file_loses_nothing() {
     cluster.wait_for_listeners(&project, 2);
     let run = project.spawn_start(&[], &[]);
     cluster.wait_for_process("doomed", "__work", Duration::from_secs(30));
-    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
     cluster.kill_listener("doomed");
     let run = run.wait(RUN_LIMIT);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
     assert_every_file_ran(&record, 10);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
@@ -100,7 +135,13 @@ fn a_whole_listener_killed_mid_file_loses_nothing() {
 fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
     let mut cluster = Cluster::new();
     cluster.start_listener("victim", 2);
-    let (project, record) = suite(&cluster, "killer", 6, 0.1, json!({"job": {"max_crash_retries": 2}}));
+    let (project, record) = suite(
+        &cluster,
+        "killer",
+        6,
+        0.1,
+        json!({"job": {"max_crash_retries": 2}}),
+    );
     // Walk up from the test to its worker process and SIGKILL it.
     project.write(
         "tests/zz_killer_test.sh",
@@ -114,8 +155,16 @@ fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
     );
     let run = project.start(&[], RUN_LIMIT);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stdout.contains("7 files: 6 passed, 0 failed, 1 crashed, 0 not run"), "{run:?}");
-    assert!(run.stdout.contains("File 'tests/zz_killer_test.sh' crashed at"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("7 files: 6 passed, 0 failed, 1 crashed, 0 not run"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("File 'tests/zz_killer_test.sh' crashed at"),
+        "{run:?}"
+    );
     assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
     assert_every_file_ran(&record, 6);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
@@ -126,10 +175,17 @@ fn a_hanging_test_is_killed_at_the_file_timeout_and_the_run_goes_on() {
     let mut cluster = Cluster::new();
     cluster.start_listener("hang", 2);
     let (project, record) = suite(&cluster, "hang", 4, 0.1, json!({}));
-    project.write("tests/zz_hang_test.sh", "echo 'about to hang'\nsleep 3600\n");
+    project.write(
+        "tests/zz_hang_test.sh",
+        "echo 'about to hang'\nsleep 3600\n",
+    );
     let run = project.start(&["--file-timeout", "1.5"], RUN_LIMIT);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stdout.contains("File 'tests/zz_hang_test.sh' timed out at"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("File 'tests/zz_hang_test.sh' timed out at"),
+        "{run:?}"
+    );
     assert!(run.stdout.contains("timed out after 1.5 s"), "{run:?}");
     assert!(run.stdout.contains("about to hang"), "{run:?}");
     assert!(run.stdout.contains("5 files: 4 passed"), "{run:?}");
@@ -161,7 +217,11 @@ fn ctrl_c_during_the_push_stops_at_once() {
         format!("#!/bin/sh\ntouch '{}'\nsleep 600\n", marker.display()),
     )
     .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.join("rsync")).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("rsync"))
+        .status()
+        .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let run = project.spawn_start(&[], &[("PATH", path)]);
     wait_for_file(&marker, Duration::from_secs(30));
@@ -199,7 +259,10 @@ fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
     let deadline = std::time::Instant::now() + CLEANUP_LIMIT;
     while !cluster.workspaces("sync").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the workspace was not removed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workspace was not removed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_next_job_runs(&cluster);
@@ -211,12 +274,19 @@ fn ctrl_c_during_tests_stops_everything_in_seconds() {
     cluster.start_listener("busy", 2);
     let (project, record) = suite(&cluster, "interrupted", 6, 600.0, json!({}));
     let run = project.spawn_start(&[], &[]);
-    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
     run.interrupt();
     let run = run.wait(Duration::from_secs(15));
     assert_eq!(run.code, 130, "{run:?}");
     assert!(run.stdout.contains("Run stopped: interrupted"), "{run:?}");
-    assert!(run.stdout.contains("6 files: 0 passed, 0 failed, 0 crashed, 6 not run"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("6 files: 0 passed, 0 failed, 0 crashed, 6 not run"),
+        "{run:?}"
+    );
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
     assert_next_job_runs(&cluster);
 }
@@ -230,8 +300,14 @@ fn two_jobs_share_one_listener_which_still_answers_ping() {
     cluster.wait_for_listeners(&left, 1);
     let left_run = left.spawn_start(&[], &[]);
     let right_run = right.spawn_start(&[], &[]);
-    wait_for_file(&left_record.join("tests_00_test.sh.started"), Duration::from_secs(30));
-    wait_for_file(&right_record.join("tests_00_test.sh.started"), Duration::from_secs(30));
+    wait_for_file(
+        &left_record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    wait_for_file(
+        &right_record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
     // Both jobs run on the listener now; it still answers at once.
     let started = std::time::Instant::now();
     let ping = left.gorgon(&["ping", "--timeout", "1"]);
@@ -253,8 +329,14 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     cluster.start_listener("tough", 2);
     let (project, record) = suite(&cluster, "garbage", 8, 0.3, json!({}));
     let run = project.spawn_start(&[], &[]);
-    wait_for_file(&record.join("tests_00_test.sh.started"), Duration::from_secs(30));
-    let job = cluster.workspaces("tough").pop().expect("the job's workspace exists");
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    let job = cluster
+        .workspaces("tough")
+        .pop()
+        .expect("the job's workspace exists");
     let job_id = uuid::Uuid::parse_str(&job).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -289,7 +371,11 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     let run = run.wait(RUN_LIMIT);
     // The stray file message that escapes the workspace is refused, not run; every real
     // file passes.
-    assert!(run.stdout.contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
     assert_eq!(run.code, 0, "{run:?}");
     assert_every_file_ran(&record, 8);
     // The listener is alive and well.

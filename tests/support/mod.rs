@@ -331,7 +331,11 @@ impl Cluster {
         let workspace_tag = format!("GORGON_WORKSPACE={}", root.display());
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
                 continue;
             };
             if process_is_zombie(pid) {
@@ -510,7 +514,11 @@ impl Started {
 pub fn wait_for_file(path: &Path, limit: Duration) {
     let deadline = Instant::now() + limit;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
