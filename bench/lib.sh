@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Shared pieces of the benchmark scripts: build or find the binary, start an rsync daemon and
+# listeners on loopback with a private cluster id, write a project's gorgon.json, time runs,
+# take medians, and stop everything on exit. Source it; it sets `set -euo pipefail`.
+set -euo pipefail
+
+bench_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+if [ -z "${GORGON_BIN:-}" ]; then
+    (cd "$bench_repo" && cargo build --release --quiet)
+    GORGON_BIN=${CARGO_TARGET_DIR:-$bench_repo/target}/release/gorgon
+fi
+gorgon=$(cd "$(dirname "$GORGON_BIN")" && pwd)/$(basename "$GORGON_BIN")
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gorgon-bench.XXXXXX")
+cluster_id="bench-$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+rsync_port=""
+listener_pids=()
+
+# shellcheck disable=SC2317  # only reached through the EXIT trap
+bench_cleanup() {
+    for pid in "${listener_pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${listener_pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "$rsync_port" ]; then
+        "$gorgon" stop_rsync --port "$rsync_port" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+}
+trap bench_cleanup EXIT
+
+# Starts the file server on a free port.
+start_file_server() {
+    mkdir -p "$work/file_server"
+    for _attempt in 1 2 3 4 5 6 7 8; do
+        local port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        if "$gorgon" start_rsync "$work/file_server" --port "$port" --address 127.0.0.1 >/dev/null 2>&1; then
+            rsync_port=$port
+            return
+        fi
+    done
+    echo "error: could not start an rsync daemon" >&2
+    exit 1
+}
+
+# start_listener NAME SLOTS: starts a listener of the bench cluster.
+start_listener() {
+    local name=$1 slots=$2
+    mkdir -p "$work/listeners/$name"
+    cat >"$work/listeners/$name/gorgon_listener.json" <<JSON
+{"connection": {"host": "127.0.0.1", "port": 5672}, "worker_slots": $slots, "name": "$name",
+ "workspace_root": "$work/listeners/$name/workspaces", "cluster_id": "$cluster_id"}
+JSON
+    setsid "$gorgon" listen --config "$work/listeners/$name/gorgon_listener.json" \
+        </dev/null >"$work/listeners/$name/log" 2>&1 &
+    listener_pids+=($!)
+}
+
+# wait_for_listeners PROJECT_DIR COUNT: until `gorgon ping` counts COUNT listeners (60 s).
+wait_for_listeners() {
+    local dir=$1 count=$2
+    for _ in $(seq 1 300); do
+        if (cd "$dir" && "$gorgon" ping --timeout 0.5 2>/dev/null) | grep -q "^$count listener(s)"; then
+            return
+        fi
+        sleep 0.2
+    done
+    echo "error: $count listeners did not come up" >&2
+    exit 1
+}
+
+# write_config PROJECT_DIR GLOB RUNNER_JSON [EXTRA_JSON_KEYS]: the project's gorgon.json.
+write_config() {
+    local dir=$1 glob=$2 runner=$3 extra=${4:-}
+    cat >"$dir/gorgon.json" <<JSON
+{
+  "connection": {"host": "127.0.0.1", "port": 5672},
+  "file_server": {"host": "127.0.0.1", "port": $rsync_port},
+  "files": ["$glob"],
+  "cluster_id": "$cluster_id",
+  "failed_files": "$work/failed.json",
+  ${extra}
+  "job": {"runner": $runner, "listener_wait": 60}
+}
+JSON
+}
+
+# seconds COMMAND...: runs COMMAND quietly and prints its wall time in seconds; fails the
+# benchmark when the command fails.
+seconds() {
+    local start end
+    start=$(date +%s.%N)
+    if ! "$@" >"$work/last.out" 2>"$work/last.err"; then
+        echo "error: $* failed:" >&2
+        tail -20 "$work/last.out" "$work/last.err" >&2
+        exit 1
+    fi
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc -l | awk '{printf "%.3f\n", $1}'
+}
+
+# median NUMBER...: the median of the numbers.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# ratio A B: A / B with two decimals.
+ratio() {
+    echo "$1 / $2" | bc -l | awk '{printf "%.2f\n", $1}'
+}
