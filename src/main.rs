@@ -316,8 +316,13 @@ async fn dispatch(command: Command) -> i32 {
             install_listener(&options, print)
         }
         Command::Completions { shell } => {
+            // Some shells' generators offer hidden subcommands; leave the internal ones out.
+            let full = Cli::command();
+            let mut visible = clap::Command::new("gorgon")
+                .version(env!("CARGO_PKG_VERSION"))
+                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "gorgon", &mut script);
+            clap_complete::generate(shell, &mut visible, "gorgon", &mut script);
             let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
             exit_code::SUCCESS
         }
