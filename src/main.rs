@@ -86,44 +86,11 @@ enum Command {
     /// Example: gorgon install_listener --broker rabbit.internal --slots 8 --print
     #[command(name = "install_listener")]
     InstallListener {
-        /// RabbitMQ as HOST[:PORT].
-        #[arg(long, value_name = "HOST[:PORT]", default_value = "127.0.0.1:5672")]
-        broker: String,
-        /// RabbitMQ user.
-        #[arg(long, default_value = "guest")]
-        broker_user: String,
-        /// RabbitMQ password (it is written to the config, readable by root and the user's group).
-        #[arg(long, default_value = "guest")]
-        broker_password: String,
-        /// Worker slots: test files this machine runs at once.
-        #[arg(long, default_value_t = gorgon_listener::DEFAULT_WORKER_SLOTS)]
-        slots: u32,
-        /// The listener's name (default: the host name, at run time).
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, default_value = gorgon_protocol::names::DEFAULT_CLUSTER)]
-        cluster_id: String,
-        /// Where job workspaces are created.
-        #[arg(long, default_value = "/var/lib/gorgon/workspaces")]
-        workspace_root: PathBuf,
-        /// The unprivileged user the service runs as.
-        #[arg(long, default_value = "gorgon")]
-        user: String,
-        /// Where gorgon_listener.json is written.
-        #[arg(long, default_value = "/etc/gorgon")]
-        config_dir: PathBuf,
-        /// Where gorgon-listener.service is written.
-        #[arg(long, default_value = "/etc/systemd/system")]
-        unit_dir: PathBuf,
-        /// The gorgon executable the unit starts (default: this one).
-        #[arg(long)]
-        binary: Option<PathBuf>,
+        #[command(flatten)]
+        options: gorgon_listener::install::InstallOptions,
         /// Show both files and write nothing.
         #[arg(long)]
         print: bool,
-        /// Replace files that exist.
-        #[arg(long)]
-        force: bool,
     },
     /// Print a shell completion script.
     ///
@@ -280,39 +247,8 @@ async fn dispatch(command: Command) -> i32 {
             init_logging("warn", LogTarget::Stderr);
             init_project(broker, file_server, force_kind)
         }
-        Command::InstallListener {
-            broker,
-            broker_user,
-            broker_password,
-            slots,
-            name,
-            cluster_id,
-            workspace_root,
-            user,
-            config_dir,
-            unit_dir,
-            binary,
-            print,
-            force,
-        } => {
+        Command::InstallListener { options, print } => {
             init_logging("warn", LogTarget::Stderr);
-            let binary = binary
-                .or_else(|| std::env::current_exe().ok())
-                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/gorgon"));
-            let options = gorgon_listener::install::InstallOptions {
-                broker,
-                username: broker_user,
-                password: broker_password,
-                slots,
-                name,
-                cluster_id,
-                workspace_root,
-                user,
-                config_dir,
-                unit_dir,
-                binary,
-                force,
-            };
             install_listener(&options, print)
         }
         Command::Completions { shell } => {

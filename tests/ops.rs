@@ -259,6 +259,15 @@ fn gorgon(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     )
 }
 
+/// `gorgon listen --check --config CONFIG`.
+fn listen_check(config: &std::path::Path) -> (i32, String, String) {
+    let dir = config.parent().unwrap();
+    gorgon(
+        &["listen", "--check", "--config", config.to_str().unwrap()],
+        dir,
+    )
+}
+
 #[test]
 fn install_listener_prints_without_writing_and_writes_a_config_that_checks() {
     let dir = tempfile::tempdir().unwrap();
@@ -327,15 +336,7 @@ fn install_listener_prints_without_writing_and_writes_a_config_that_checks() {
     assert!(stderr.contains("already exists; pass --force"), "{stderr}");
 
     // The written config passes the check the unit runs before starting.
-    let (code, stdout, stderr) = gorgon(
-        &[
-            "listen",
-            "--check",
-            "--config",
-            config_path.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let (code, stdout, stderr) = listen_check(&config_path);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(
@@ -369,15 +370,7 @@ fn listen_check_names_a_broken_config_or_an_unreachable_broker_in_one_sentence()
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let (code, _, stderr) = gorgon(
-        &[
-            "listen",
-            "--check",
-            "--config",
-            unreachable.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let (code, _, stderr) = listen_check(&unreachable);
     assert_eq!(code, 3);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(

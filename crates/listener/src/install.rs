@@ -29,45 +29,63 @@ pub enum InstallError {
     },
 }
 
-/// Every value of the installation; each has a flag.
-#[derive(Clone, Debug)]
+/// Every value of the installation, each a flag of `gorgon install_listener` (the flags and
+/// their defaults are declared here, once).
+#[derive(Clone, Debug, clap::Args)]
 pub struct InstallOptions {
-    /// `HOST[:PORT]` of RabbitMQ.
+    /// RabbitMQ as HOST[:PORT].
+    #[arg(long, value_name = "HOST[:PORT]", default_value = "127.0.0.1:5672")]
     pub broker: String,
+    /// RabbitMQ user.
+    #[arg(long = "broker-user", default_value = "guest")]
     pub username: String,
+    /// RabbitMQ password (written to the config, readable by root and the user's group).
+    #[arg(long = "broker-password", default_value = "guest")]
     pub password: String,
+    /// Worker slots: test files this machine runs at once.
+    #[arg(long, default_value_t = crate::DEFAULT_WORKER_SLOTS)]
     pub slots: u32,
-    /// The listener's name; absent, the listener uses its host name.
+    /// The listener's name (default: the host name, at run time).
+    #[arg(long)]
     pub name: Option<String>,
+    /// Takes only jobs of originators with the same cluster id.
+    #[arg(long, default_value = gorgon_protocol::names::DEFAULT_CLUSTER)]
     pub cluster_id: String,
+    /// Where job workspaces are created.
+    #[arg(long, default_value = "/var/lib/gorgon/workspaces")]
     pub workspace_root: PathBuf,
-    /// The unprivileged user the unit runs the listener as.
+    /// The unprivileged user the service runs as.
+    #[arg(long, default_value = "gorgon")]
     pub user: String,
+    /// Where gorgon_listener.json is written.
+    #[arg(long, default_value = "/etc/gorgon")]
     pub config_dir: PathBuf,
+    /// Where gorgon-listener.service is written.
+    #[arg(long, default_value = "/etc/systemd/system")]
     pub unit_dir: PathBuf,
-    /// The `gorgon` executable the unit starts.
-    pub binary: PathBuf,
+    /// The gorgon executable the unit starts (default: this one).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
     /// Replace files that exist.
+    #[arg(long)]
     pub force: bool,
 }
 
 impl Default for InstallOptions {
+    /// The defaults of the flags.
     fn default() -> Self {
-        InstallOptions {
-            broker: "127.0.0.1:5672".into(),
-            username: "guest".into(),
-            password: "guest".into(),
-            slots: crate::DEFAULT_WORKER_SLOTS,
-            name: None,
-            cluster_id: gorgon_protocol::names::DEFAULT_CLUSTER.into(),
-            workspace_root: PathBuf::from("/var/lib/gorgon/workspaces"),
-            user: "gorgon".into(),
-            config_dir: PathBuf::from("/etc/gorgon"),
-            unit_dir: PathBuf::from("/etc/systemd/system"),
-            binary: PathBuf::from("/usr/local/bin/gorgon"),
-            force: false,
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            options: InstallOptions,
         }
+        <Flags as clap::Parser>::parse_from(["gorgon"]).options
     }
+}
+
+/// The executable the unit starts when `--binary` is not given: this one.
+fn default_binary() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/gorgon"))
 }
 
 /// The two files of an installation, with where they go.
@@ -89,7 +107,11 @@ impl InstallOptions {
         let config_path = self.config_dir.join(CONFIG_NAME);
         Ok(Installation {
             config: self.render_config(&host, port),
-            unit: render_unit(&self.binary, &config_path, &self.user),
+            unit: render_unit(
+                &self.binary.clone().unwrap_or_else(default_binary),
+                &config_path,
+                &self.user,
+            ),
             unit_path: self.unit_dir.join(UNIT_NAME),
             config_path,
         })
@@ -225,7 +247,12 @@ mod tests {
     #[test]
     fn the_shipped_unit_is_the_default_installation() {
         let shipped = include_str!("../../../dist/systemd/gorgon-listener.service");
-        let rendered = InstallOptions::default().render().unwrap();
+        let rendered = InstallOptions {
+            binary: Some("/usr/local/bin/gorgon".into()),
+            ..InstallOptions::default()
+        }
+        .render()
+        .unwrap();
         assert_eq!(rendered.unit, shipped);
         assert_eq!(
             rendered.unit_path,
@@ -255,7 +282,7 @@ mod tests {
             user: "gorgon-nobody-here".into(),
             config_dir: dir.path().join("etc"),
             unit_dir: dir.path().join("units"),
-            binary: "/opt/my tools/gorgon".into(),
+            binary: Some("/opt/my tools/gorgon".into()),
             force: false,
         };
         let installation = options.render().unwrap();
