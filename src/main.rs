@@ -5,14 +5,15 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gorgon_protocol::exit_code;
 
 #[derive(Parser)]
 #[command(
     name = "gorgon",
     version,
-    about = "Distributed test runner: spreads a suite's test files over every machine that runs `gorgon listen`"
+    about = "Distributed test runner: spreads a suite's test files over every machine that runs `gorgon listen`",
+    after_help = "Examples:\n  gorgon init --broker rabbit.internal --file-server files.internal\n  gorgon start --junit reports/junit.xml\n  gorgon help start"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,10 +25,30 @@ enum Command {
     /// Run the suite on the cluster's listeners and report the results.
     ///
     /// Example: gorgon start --config gorgon.json tests/math/add_test.sh
+    ///
+    /// Example: gorgon start --junit reports/junit.xml --events events.jsonl
+    ///
+    /// Example: gorgon start --failed
     Start {
         /// The project's configuration; its folder is the tree that is pushed.
         #[arg(long, default_value = "gorgon.json")]
         config: PathBuf,
+        /// Write one JUnit XML report of the whole run to PATH (overrides `junit_file`).
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
+        /// Write newline-delimited JSON events to PATH as they happen; `-` is stdout (the
+        /// report then goes to stderr). See docs/events.md.
+        #[arg(long, value_name = "PATH")]
+        events: Option<PathBuf>,
+        /// Run only the files listed in `failed_files` by the previous run.
+        #[arg(long, conflicts_with = "files")]
+        failed: bool,
+        /// Print no progress: only the report's failures and the totals line.
+        #[arg(long, short, conflicts_with = "verbose")]
+        quiet: bool,
+        /// Log at info level to stderr.
+        #[arg(long, short)]
+        verbose: bool,
         /// Files (or globs) to run instead of the configured `files`.
         files: Vec<String>,
         /// Seconds a file may run before it is killed and reported as timed out
@@ -38,9 +59,49 @@ enum Command {
     /// Wait for jobs and run their files (in the foreground, for systemd).
     ///
     /// Example: gorgon listen --config /etc/gorgon/gorgon_listener.json
+    ///
+    /// Example: gorgon listen --check --config /etc/gorgon/gorgon_listener.json
     Listen {
         #[arg(long, default_value = "gorgon_listener.json")]
         config: PathBuf,
+        /// Check the config and the broker connection, print one line, and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write a commented gorgon.json for the project in the current folder.
+    ///
+    /// Detects RSpec (spec/**/*_spec.rb), Minitest (test/**/*_test.rb) and pytest; anything
+    /// else gets a shell command runner over tests/**/*_test.sh. Never overwrites a file.
+    ///
+    /// Example: gorgon init --broker rabbit.internal:5672 --file-server files.internal
+    Init {
+        /// RabbitMQ as HOST[:PORT] (default 127.0.0.1:5672).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        broker: Option<String>,
+        /// The file server's rsync daemon as HOST[:PORT] (default 127.0.0.1:43434).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        file_server: Option<String>,
+        /// Skip detection and write the configuration for this kind of project.
+        #[arg(long, value_name = "KIND", value_parser = clap::builder::PossibleValuesParser::new(gorgon_originator::init::ProjectKind::NAMES))]
+        force_kind: Option<String>,
+    },
+    /// Write a listener's gorgon_listener.json and its systemd unit (no prompts).
+    ///
+    /// Example: gorgon install_listener --broker rabbit.internal --slots 8 --print
+    #[command(name = "install_listener")]
+    InstallListener {
+        #[command(flatten)]
+        options: gorgon_listener::install::InstallOptions,
+        /// Show both files and write nothing.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: gorgon completions bash > /etc/bash_completion.d/gorgon
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// List the listeners of the cluster with their versions and worker slots.
     ///
@@ -105,10 +166,10 @@ fn init_logging(default_level: &str, target: LogTarget) {
     let builder = tracing_subscriber::fmt()
         .log_internal_errors(false)
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+        .with_ansi(colour_wanted(std::io::stderr().is_terminal()));
     match target {
         LogTarget::File(path) if path == Path::new("-") => builder
-            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .with_ansi(colour_wanted(std::io::stdout().is_terminal()))
             .with_writer(std::io::stdout)
             .init(),
         LogTarget::File(path) => {
@@ -131,6 +192,8 @@ fn init_logging(default_level: &str, target: LogTarget) {
     }
 }
 
+use gorgon_originator::view::colour_wanted;
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -148,13 +211,19 @@ async fn dispatch(command: Command) -> i32 {
     match command {
         Command::Start {
             config,
-            files,
+            junit,
+            events,
+            failed,
+            quiet,
+            verbose,
             file_timeout,
+            files,
         } => {
             let log_file = gorgon_originator::Settings::load(&config)
                 .ok()
                 .and_then(|s| s.log_file);
             match &log_file {
+                _ if verbose => init_logging("info", LogTarget::Stderr),
                 Some(path) => init_logging("info", LogTarget::File(path)),
                 None => init_logging("warn", LogTarget::Stderr),
             }
@@ -162,10 +231,56 @@ async fn dispatch(command: Command) -> i32 {
                 config,
                 files,
                 file_timeout,
+                junit,
+                events,
+                failed,
+                quiet,
             })
             .await
         }
-        Command::Listen { config } => {
+        Command::Listen {
+            config,
+            check: true,
+        } => {
+            init_logging("error", LogTarget::Stderr);
+            match gorgon_listener::check(&config).await {
+                Ok(line) => {
+                    println!("{line}");
+                    exit_code::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    exit_code::CONFIG_OR_BROKER
+                }
+            }
+        }
+        Command::Init {
+            broker,
+            file_server,
+            force_kind,
+        } => {
+            init_logging("warn", LogTarget::Stderr);
+            init_project(broker, file_server, force_kind)
+        }
+        Command::InstallListener { options, print } => {
+            init_logging("warn", LogTarget::Stderr);
+            install_listener(&options, print)
+        }
+        Command::Completions { shell } => {
+            // Some shells' generators offer hidden subcommands; leave the internal ones out.
+            let full = Cli::command();
+            let mut visible = clap::Command::new("gorgon")
+                .version(env!("CARGO_PKG_VERSION"))
+                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut visible, "gorgon", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+            exit_code::SUCCESS
+        }
+        Command::Listen {
+            config,
+            check: false,
+        } => {
             let settings = match gorgon_listener::ListenerSettings::load(&config) {
                 Ok(settings) => settings,
                 Err(error) => {
@@ -255,6 +370,87 @@ async fn dispatch(command: Command) -> i32 {
                     exit_code::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `gorgon init` in the current folder.
+fn init_project(
+    broker: Option<String>,
+    file_server: Option<String>,
+    force_kind: Option<String>,
+) -> i32 {
+    use gorgon_originator::init::{self, InitOptions, ProjectKind};
+    let options = InitOptions {
+        dir: PathBuf::from("."),
+        broker,
+        file_server,
+        force_kind: force_kind.as_deref().and_then(ProjectKind::from_name),
+    };
+    match init::init(&options) {
+        Ok(done) => {
+            let how = if done.detected {
+                "detected"
+            } else if options.force_kind.is_some() {
+                "as asked"
+            } else {
+                "no RSpec, Minitest or pytest tests found"
+            };
+            println!(
+                "Wrote {} ({} project, {how}); files: {}",
+                init::CONFIG_FILE,
+                done.kind.title(),
+                done.files.join(", ")
+            );
+            println!("Check the broker and file server in it, then run `gorgon ping` and `gorgon start`.");
+            exit_code::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gorgon: {error}");
+            exit_code::FAILURE
+        }
+    }
+}
+
+/// `gorgon install_listener`: prints or writes the listener's config and unit.
+fn install_listener(options: &gorgon_listener::install::InstallOptions, print: bool) -> i32 {
+    let installation = match options.render() {
+        Ok(installation) => installation,
+        Err(error) => {
+            eprintln!("gorgon: {error}");
+            return exit_code::CONFIG_OR_BROKER;
+        }
+    };
+    if print {
+        let text = format!(
+            "# {}\n{}\n# {}\n{}",
+            installation.config_path.display(),
+            installation.config,
+            installation.unit_path.display(),
+            installation.unit
+        );
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+        return exit_code::SUCCESS;
+    }
+    match installation.write(options.force, &options.user) {
+        Ok(()) => {
+            println!("Wrote {}", installation.config_path.display());
+            println!("Wrote {}", installation.unit_path.display());
+            if !gorgon_listener::install::user_exists(&options.user) {
+                println!(
+                    "The user {} does not exist yet: create it with `useradd --system --home-dir /var/lib/gorgon {}`.",
+                    options.user, options.user
+                );
+            }
+            println!(
+                "Start it with: systemctl daemon-reload && systemctl enable --now gorgon-listener"
+            );
+            exit_code::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gorgon: {error}");
+            exit_code::FAILURE
         }
     }
 }

@@ -223,10 +223,16 @@ impl Project {
 
     /// Runs `gorgon start` with `args`, failing the test if it takes longer than `limit`.
     pub fn start(&self, args: &[&str], limit: Duration) -> Run {
+        self.start_with_env(args, &[], limit)
+    }
+
+    /// [`Project::start`] with extra environment variables.
+    pub fn start_with_env(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
         let started = Instant::now();
         let mut child = Command::new(GORGON)
             .arg("start")
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

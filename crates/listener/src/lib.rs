@@ -2,6 +2,7 @@
 //! runs each job it receives in a task of its own (pull the tree, `after_sync`, then a worker
 //! manager process), so that it stays responsive while jobs run.
 
+pub mod install;
 mod job;
 mod settings;
 
@@ -39,6 +40,26 @@ pub enum ListenerError {
     Invalid { path: PathBuf, problem: String },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+/// `gorgon listen --check`: loads the config at `path` and connects to its broker. Returns
+/// the line to print when both work.
+pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
+    let settings = ListenerSettings::load(path)?;
+    let broker = Broker::connect(
+        &settings.broker,
+        &format!("gorgon listen --check {}", settings.name),
+    )
+    .await?;
+    broker.close().await;
+    Ok(format!(
+        "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable",
+        path.display(),
+        settings.name,
+        settings.worker_slots,
+        settings.cluster_id,
+        settings.broker.address()
+    ))
 }
 
 /// What every job task shares with the listener.

@@ -1,8 +1,12 @@
 //! The originator: `gorgon start` (push the tree, queue the files, follow the run, report)
 //! and `gorgon ping`.
 
+pub mod events;
 pub mod files;
+pub mod init;
+pub mod junit;
 pub mod ping;
+pub mod rerun;
 pub mod run;
 pub mod settings;
 pub mod state;

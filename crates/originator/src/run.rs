@@ -1,6 +1,7 @@
 //! `gorgon start`: one run from configuration to exit code. The event loop owns the
 //! [`JobState`]; the broker, signals and timers feed it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,9 @@ use gorgon_protocol::{
 use tokio::signal::unix::{signal, SignalKind};
 use uuid::Uuid;
 
+use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files::{self, FilesError};
+use crate::rerun::{self, Rerun, RerunError};
 use crate::settings::{ConfigError, Settings};
 use crate::state::{JobState, Problem, Settled};
 use crate::view::{self, Ending, Progress};
@@ -31,13 +34,21 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
 const FILES_QUEUE_EXPIRY: Duration = Duration::from_secs(30 * 60);
 
 /// What the user asked for on the command line.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     pub config: PathBuf,
     /// Files or globs that replace `files` for this run.
     pub files: Vec<String>,
     /// Overrides `job.file_timeout`, in seconds.
     pub file_timeout: Option<f64>,
+    /// Write a JUnit XML report here (overrides `junit_file`).
+    pub junit: Option<PathBuf>,
+    /// Write newline-delimited JSON events here; `-` is stdout.
+    pub events: Option<PathBuf>,
+    /// Run only the files of the previous run's `failed_files` list.
+    pub failed: bool,
+    /// No progress lines: only the report.
+    pub quiet: bool,
 }
 
 /// A run that could not start or went wrong outside the tests, with its exit code.
@@ -47,6 +58,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    Rerun(#[from] RerunError),
     #[error("there are no files to test: no file matches {0}")]
     NoFiles(String),
     #[error(transparent)]
@@ -69,11 +82,27 @@ impl StartError {
 
 /// Runs `gorgon start` and returns its exit code; errors are printed as one sentence.
 pub async fn start(options: StartOptions) -> i32 {
-    match run(options).await {
+    let started = Instant::now();
+    let mut events = match &options.events {
+        None => EventSink::none(),
+        Some(path) => match EventSink::open(path) {
+            Ok(sink) => sink,
+            Err(error) => {
+                eprintln!(
+                    "gorgon: cannot write the events file {}: {error}",
+                    path.display()
+                );
+                return exit_code::CONFIG_OR_BROKER;
+            }
+        },
+    };
+    match run(options, &mut events).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("gorgon: {error}");
-            error.exit_code()
+            let code = error.exit_code();
+            events.finish_after_error(code, started.elapsed().as_secs_f64(), &error.to_string());
+            code
         }
     }
 }
@@ -85,8 +114,9 @@ enum Stop {
     Failed(String),
 }
 
-async fn run(options: StartOptions) -> Result<i32, StartError> {
+async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, StartError> {
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let mut settings = Settings::load(&options.config)?;
     if let Some(limit) = options.file_timeout {
         settings.runner.file_timeout = Some(limit);
@@ -98,7 +128,33 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
     } else {
         settings.files.clone()
     };
-    let found = files::expand(&root, &patterns, explicit)?;
+    let found = if options.failed {
+        match rerun::select(&settings.failed_files, &root)? {
+            Rerun::Files { files, gone } if !files.is_empty() || !gone.is_empty() => {
+                for file in &gone {
+                    if !options.quiet {
+                        eprintln!(
+                            "Skipping {file} from the failed files list: it no longer exists"
+                        );
+                    }
+                }
+                files
+            }
+            _ => {
+                println!(
+                    "Nothing to re-run: the last run left no failed files in {}",
+                    settings.failed_files.display()
+                );
+                return Ok(exit_code::SUCCESS);
+            }
+        }
+    } else {
+        files::expand(&root, &patterns, explicit)?
+    };
+    if found.is_empty() && options.failed {
+        println!("Nothing to re-run: none of the failed files exists any more");
+        return Ok(exit_code::SUCCESS);
+    }
     if found.is_empty() {
         let described = if patterns.is_empty() {
             "the empty `files` list of the configuration".to_owned()
@@ -116,6 +172,12 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
     let job_id = Uuid::new_v4();
     let project = project_name(&root);
     let originator_host = host_name();
+    events.emit(Event::RunStarted {
+        job_id,
+        project: project.clone(),
+        cluster: settings.cluster_id.clone(),
+        files: queue.clone(),
+    });
     let broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
     tracing::info!(%job_id, files = queue.len(), "starting run");
 
@@ -134,7 +196,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
         return Err(StartError::BeforeOriginate(failure, output));
     }
 
-    let progress = Progress::new(queue.len());
+    let progress = Progress::new(queue.len(), options.quiet);
     let tree_dir = format!("{}_{}", sanitize(&originator_host), sanitize(&project));
     let location = rsync::tree_location(
         &settings.file_server_host,
@@ -206,7 +268,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
                 };
                 match &incoming.envelope {
                     Ok(envelope) if envelope.job_id == job_id => {
-                        if let Some(reason) = handle_reply(&mut state, &progress, settings.max_crash_retries, envelope.message.clone()) {
+                        if let Some(reason) = handle_reply(&mut state, &progress, events, settings.max_crash_retries, envelope.message.clone()) {
                             stop = Some(Stop::Failed(reason));
                         }
                         let _ = incoming.ack().await;
@@ -269,6 +331,9 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
         Some(Stop::Failed(reason)) => (CANCEL_WAIT, Some(reason.clone())),
     };
     if let Some(reason) = &cancel_reason {
+        events.emit(Event::Cancelled {
+            reason: reason.clone(),
+        });
         progress.note(&format!("Stopping the run: {reason}"));
         let cancel = Envelope::new(
             job_id,
@@ -290,7 +355,7 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
                 let Some(incoming) = incoming else { break };
                 if let Ok(envelope) = &incoming.envelope {
                     if envelope.job_id == job_id {
-                        handle_reply(&mut state, &progress, settings.max_crash_retries, envelope.message.clone());
+                        handle_reply(&mut state, &progress, events, settings.max_crash_retries, envelope.message.clone());
                     }
                 }
                 let _ = incoming.ack().await;
@@ -333,12 +398,25 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
     )
     .await
     {
-        state.add_problem(Problem {
+        let problem = Problem {
             what: "after_job_finishes callback on the originator".into(),
             status: failure.status,
             output: failure.output,
             fails_run: true,
-        });
+        };
+        events.emit(Event::problem(ProblemKind::CallbackFailed, &problem));
+        state.add_problem(problem);
+    }
+    if let Some(path) = options.junit.as_ref().or(settings.junit_file.as_ref()) {
+        let run_info = crate::junit::RunInfo {
+            project: &project,
+            job_id,
+            started: started_at,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if let Err(error) = crate::junit::write(path, &crate::junit::report(&run_info, &state)) {
+            eprintln!("gorgon: {error}");
+        }
     }
 
     let ending = Ending {
@@ -346,20 +424,40 @@ async fn run(options: StartOptions) -> Result<i32, StartError> {
         seconds: started.elapsed().as_secs_f64(),
         stopped_because: cancel_reason,
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = view::print_report(&mut stdout, &ending, view::colour_enabled());
-    Ok(match stop {
+    // With the events on stdout, the report moves to stderr so that stdout stays JSON.
+    if options.events.as_deref() == Some(std::path::Path::new("-")) {
+        let _ = view::print_report(
+            &mut std::io::stderr().lock(),
+            &ending,
+            view::colour_wanted(std::io::stderr().is_terminal()),
+        );
+    } else {
+        let _ = view::print_report(
+            &mut std::io::stdout().lock(),
+            &ending,
+            view::colour_enabled(),
+        );
+    }
+    let code = match stop {
         Some(Stop::Interrupted) => exit_code::INTERRUPTED,
         Some(Stop::Terminated) => exit_code::TERMINATED,
         _ if state.passed() => exit_code::SUCCESS,
         _ => exit_code::FAILURE,
-    })
+    };
+    events.emit(Event::RunFinished {
+        exit_code: code,
+        seconds: started.elapsed().as_secs_f64(),
+        totals: Totals::of(&state),
+        error: None,
+    });
+    Ok(code)
 }
 
 /// Applies one reply to the state; returns a reason when it means the run must stop.
 fn handle_reply(
     state: &mut JobState,
     progress: &Progress,
+    events: &mut EventSink,
     max_crash_retries: u32,
     message: Message,
 ) -> Option<String> {
@@ -370,6 +468,10 @@ fn handle_reply(
             listener_queue,
         } => {
             tracing::info!(%host, slots, "listener took the job");
+            events.emit(Event::ListenerJoined {
+                host: host.clone(),
+                slots,
+            });
             state.listener_accepted(&host, listener_queue);
         }
         Message::FileStarted {
@@ -377,13 +479,22 @@ fn handle_reply(
             worker_id,
             file,
         } => {
-            state.file_started(&host, worker_id, &file);
+            if state.file_started(&host, worker_id, &file) {
+                events.emit(Event::FileStarted {
+                    file,
+                    host,
+                    worker_id,
+                });
+            }
             progress.update(state);
         }
         Message::FileFinished(result) => {
             let shown = result.clone();
             match state.file_finished(result) {
-                Settled::New => progress.file_finished(state, &shown),
+                Settled::New => {
+                    events.emit(Event::file_finished(&shown));
+                    progress.file_finished(state, &shown)
+                }
                 Settled::Duplicate => {
                     tracing::info!(file = %shown.file, "dropping a second result for a settled file")
                 }
@@ -410,6 +521,7 @@ fn handle_reply(
                 fails_run: true,
             };
             progress.problem(&problem);
+            events.emit(Event::problem(ProblemKind::CallbackFailed, &problem));
             let reason = problem.what.clone();
             state.add_problem(problem);
             if !state.all_settled() {
@@ -424,6 +536,7 @@ fn handle_reply(
                 fails_run: false,
             };
             progress.problem(&problem);
+            events.emit(Event::problem(ProblemKind::SyncFailed, &problem));
             state.add_problem(problem);
         }
         Message::WorkerCrashed {
@@ -435,6 +548,7 @@ fn handle_reply(
             if let Some(settled) =
                 state.worker_crashed(&host, worker_id, &status, &output, max_crash_retries)
             {
+                events.emit(Event::file_finished(&settled));
                 progress.file_finished(state, &settled);
             }
             let problem = Problem {
@@ -444,6 +558,7 @@ fn handle_reply(
                 fails_run: false,
             };
             progress.problem(&problem);
+            events.emit(Event::problem(ProblemKind::WorkerCrashed, &problem));
             state.add_problem(problem);
         }
         Message::ManagerCrashed {
@@ -458,10 +573,12 @@ fn handle_reply(
                 fails_run: false,
             };
             progress.problem(&problem);
+            events.emit(Event::problem(ProblemKind::ManagerCrashed, &problem));
             state.add_problem(problem);
         }
         Message::JobDone { host } => {
             tracing::info!(%host, "listener finished its part");
+            events.emit(Event::ListenerDone { host: host.clone() });
             state.listener_done(&host);
             progress.update(state);
         }

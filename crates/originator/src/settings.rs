@@ -39,6 +39,8 @@ pub struct Settings {
     pub runtime_file: Option<PathBuf>,
     pub failed_files: PathBuf,
     pub log_file: Option<PathBuf>,
+    /// Where `gorgon start` writes its JUnit XML report, if anywhere.
+    pub junit_file: Option<PathBuf>,
 }
 
 /// All seven callbacks as configured; the originator runs two and forwards the rest.
@@ -64,6 +66,7 @@ struct RawConfig {
     failed_files: Option<PathBuf>,
     originator_log_file: Option<PathBuf>,
     cluster_id: Option<String>,
+    junit_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +216,7 @@ impl Settings {
                 .map(resolve)
                 .unwrap_or_else(|| std::env::temp_dir().join("gorgon-failed-files.json")),
             log_file: raw.originator_log_file.map(resolve),
+            junit_file: raw.junit_file.map(resolve),
             project_root,
         })
     }
@@ -238,6 +242,7 @@ mod tests {
             "callbacks": {"after_sync": "make", "before_originate": "echo hi"}
         },
         "runtime_file": "runtime.json",
+        "junit_file": "reports/junit.xml",
         "cluster_id": "ci"
     }"#;
 
@@ -268,6 +273,10 @@ mod tests {
         );
         assert_eq!(settings.cluster_id, "ci");
         assert_eq!(settings.runtime_file, Some(dir.path().join("runtime.json")));
+        assert_eq!(
+            settings.junit_file,
+            Some(dir.path().join("reports/junit.xml"))
+        );
         assert_eq!(settings.project_root, dir.path());
         assert_eq!(settings.listener_wait, Duration::from_secs(60));
     }

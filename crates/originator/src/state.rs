@@ -73,17 +73,30 @@ impl JobState {
         self.results.len()
     }
 
+    /// Every queued file, in queue order.
+    pub fn queued(&self) -> &[String] {
+        &self.queued
+    }
+
+    /// The final result of `file`, if it has one.
+    pub fn result(&self, file: &str) -> Option<&FileResult> {
+        self.results.get(file)
+    }
+
     pub fn all_settled(&self) -> bool {
         self.results.len() == self.queued.len()
     }
 
-    pub fn file_started(&mut self, host: &str, worker_id: u32, file: &str) {
+    /// Records that a worker started `file`; false (and nothing recorded) when the file is
+    /// not of this run or already has its result.
+    pub fn file_started(&mut self, host: &str, worker_id: u32, file: &str) -> bool {
         if self.results.contains_key(file) || !self.known.contains(file) {
-            return;
+            return false;
         }
         self.hosts_that_ran.insert(host.to_owned());
         self.running
             .insert((host.to_owned(), worker_id), file.to_owned());
+        true
     }
 
     pub fn file_finished(&mut self, result: FileResult) -> Settled {

@@ -11,7 +11,13 @@ use crate::state::{JobState, Problem};
 
 /// Whether to colour stdout: only on a terminal, and never with `NO_COLOR` set.
 pub fn colour_enabled() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colour_wanted(std::io::stdout().is_terminal())
+}
+
+/// Whether to colour a stream: only when it is a terminal, and never when `NO_COLOR` is set
+/// to a non-empty value (<https://no-color.org>). Every command decides colour through this.
+pub fn colour_wanted(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[derive(Clone, Copy)]
@@ -46,14 +52,15 @@ impl Paint {
 pub struct Progress {
     bar: Option<ProgressBar>,
     paint: Paint,
+    /// `--quiet`: no bar and no lines; the report says it all.
+    quiet: bool,
 }
 
 impl Progress {
-    pub fn new(total: usize) -> Self {
+    pub fn new(total: usize, quiet: bool) -> Self {
         let stderr_is_terminal = std::io::stderr().is_terminal();
-        let paint =
-            Paint(stderr_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
-        let bar = stderr_is_terminal.then(|| {
+        let paint = Paint(colour_wanted(stderr_is_terminal));
+        let bar = (stderr_is_terminal && !quiet).then(|| {
             let bar =
                 ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             let template = if paint.0 {
@@ -70,13 +77,14 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(500));
             bar
         });
-        Progress { bar, paint }
+        Progress { bar, paint, quiet }
     }
 
     /// A status line (pushing, waiting for listeners, ...).
     pub fn note(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
+            None if self.quiet => {}
             None => eprintln!("{text}"),
         }
     }
@@ -111,6 +119,7 @@ impl Progress {
                     ));
                 }
             }
+            None if self.quiet => {}
             None => eprintln!(
                 "[{:>width$}/{}] {verdict} {} ({}:{}, {:.2} s)",
                 state.finished(),

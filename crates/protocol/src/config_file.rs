@@ -122,8 +122,55 @@ pub fn deep_merge(base: &mut Value, overlay: Value) {
     }
 }
 
+/// Splits a `HOST[:PORT]` written on a command line, with `default_port` when none is given.
+/// An IPv6 address is written in brackets: `[::1]:5672`.
+pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    let text = text.trim();
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, port)) => match port.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(format!("{text} is not HOST[:PORT]")),
+            },
+            None => return Err(format!("{text} is not HOST[:PORT]: a ']' is missing")),
+        },
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{text} is not HOST[:PORT]: the host is missing"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{text} is not HOST[:PORT]: {port} is not a port number"))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_and_port_are_split() {
+        use super::host_port;
+        assert_eq!(host_port("mq", 5672), Ok(("mq".into(), 5672)));
+        assert_eq!(host_port("mq:5673", 5672), Ok(("mq".into(), 5673)));
+        assert_eq!(host_port("[::1]:99", 5672), Ok(("::1".into(), 99)));
+        assert_eq!(host_port("[::1]", 5672), Ok(("::1".into(), 5672)));
+        assert!(host_port("mq:http", 5672)
+            .unwrap_err()
+            .contains("http is not a port number"));
+        assert!(host_port(":5672", 5672)
+            .unwrap_err()
+            .contains("host is missing"));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -1,0 +1,439 @@
+//! End to end for operating gorgon-rs: the JUnit report and the event stream of real runs,
+//! `--failed`, `--quiet`, output without escape codes, `init`, `install_listener`,
+//! `listen --check`, completions and the examples in every command's help.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{recorded_runs, recording_test, Cluster, Project, GORGON};
+
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Writes `passing` passing and `failing` failing recording tests; returns the failing ones.
+fn suite(
+    project: &Project,
+    record: &std::path::Path,
+    passing: usize,
+    failing: usize,
+) -> Vec<String> {
+    std::fs::create_dir_all(record).unwrap();
+    let mut failed = Vec::new();
+    for i in 0..passing + failing {
+        let fail = i >= passing;
+        let file = format!("tests/t{i:02}_test.sh");
+        project.write(&file, &recording_test(record, &file, fail));
+        if fail {
+            failed.push(file);
+        }
+    }
+    failed
+}
+
+fn events_of(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+        })
+        .collect()
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["event"].as_str()).collect()
+}
+
+#[test]
+fn a_run_writes_a_junit_report_and_an_event_stream() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("solo", 2);
+    let project = cluster.project("reports", json!({}));
+    let record = cluster.path().join("record");
+    let failing = suite(&project, &record, 4, 2);
+
+    let run = project.start(
+        &["--junit", "reports/junit.xml", "--events", "events.jsonl"],
+        RUN_LIMIT,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+
+    // The JUnit report: testsuites > testsuite > testcase, one case per file.
+    let text = project.read("reports/junit.xml");
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(root.attribute("tests"), Some("6"));
+    assert_eq!(root.attribute("failures"), Some("2"));
+    assert_eq!(root.attribute("errors"), Some("0"));
+    let suites: Vec<_> = root.children().filter(|n| n.is_element()).collect();
+    assert_eq!(suites.len(), 6);
+    let mut failures = Vec::new();
+    for suite in &suites {
+        assert!(suite.has_tag_name("testsuite"));
+        let cases: Vec<_> = suite
+            .children()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        assert_eq!(cases.len(), 1);
+        let case = cases[0];
+        let file = case.attribute("file").unwrap();
+        assert_eq!(case.attribute("name"), Some(file));
+        assert_eq!(suite.attribute("name"), Some(file));
+        assert!(case.attribute("classname").unwrap().starts_with("tests.t"));
+        assert!(case.attribute("time").unwrap().parse::<f64>().unwrap() >= 0.0);
+        let worker = case
+            .descendants()
+            .find(|n| n.has_tag_name("property"))
+            .and_then(|p| p.attribute("value"))
+            .unwrap();
+        assert!(worker == "solo:1" || worker == "solo:2", "{worker}");
+        if let Some(failure) = case.children().find(|n| n.has_tag_name("failure")) {
+            assert_eq!(failure.attribute("message"), Some("exit status 1"));
+            assert!(failure
+                .text()
+                .unwrap()
+                .contains(&format!("assertion failed in {file}: expected 1, got 2")));
+            failures.push(file.to_owned());
+        }
+    }
+    failures.sort();
+    assert_eq!(failures, failing);
+
+    // The event stream: run_started first, run_finished last, one file_finished per file.
+    let events = events_of(&project.read("events.jsonl"));
+    let kinds = kinds(&events);
+    assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "run_started").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "run_finished").count(), 1);
+    for event in &events {
+        assert_eq!(event["schema"], 1, "{event}");
+        let time = event["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+    }
+    let queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
+    assert_eq!(queued.len(), 6);
+    assert!(events[0]["job_id"].as_str().unwrap().len() == 36);
+    let joined = kinds.iter().position(|k| *k == "listener_joined").unwrap();
+    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
+    let mut started_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        let file = event["file"].as_str().unwrap_or_default().to_owned();
+        match event["event"].as_str() {
+            Some("file_started") => {
+                assert!(index > joined);
+                started_at.entry(file).or_insert(index);
+            }
+            Some("file_finished") => {
+                assert!(started_at.get(&file).is_some_and(|s| *s < index), "{file}");
+                let expected = if failing.contains(&file) {
+                    "failed"
+                } else {
+                    "passed"
+                };
+                assert_eq!(event["status"], expected, "{event}");
+                *finished.entry(file).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut sorted = queued.clone();
+    sorted.sort();
+    assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), sorted);
+    assert!(finished.values().all(|n| *n == 1), "{finished:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["exit_code"], 1);
+    assert_eq!(
+        last["totals"],
+        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0})
+    );
+}
+
+#[test]
+fn failed_reruns_exactly_the_failed_files() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("again", 2);
+    let project = cluster.project("rerun", json!({}));
+    let record = cluster.path().join("record");
+    let failing = suite(&project, &record, 5, 2);
+
+    let first = project.start(&[], RUN_LIMIT);
+    assert_eq!(first.code, 1, "{first:?}");
+    assert_eq!(recorded_runs(&record).len(), 7);
+
+    // The re-run, with its events on stdout (the report then goes to stderr).
+    let second = project.start(&["--failed", "--events", "-"], RUN_LIMIT);
+    assert_eq!(second.code, 1, "{second:?}");
+    let runs = recorded_runs(&record);
+    let mut rerun: Vec<String> = runs[7..]
+        .iter()
+        .map(|line| line.split(' ').next().unwrap().to_owned())
+        .collect();
+    rerun.sort();
+    assert_eq!(rerun, failing);
+    let events = events_of(&second.stdout);
+    let mut queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
+    queued.sort();
+    assert_eq!(queued, failing);
+    assert!(
+        second
+            .stderr
+            .contains("2 files: 0 passed, 2 failed, 0 crashed, 0 not run"),
+        "{second:?}"
+    );
+
+    // Fixed, one file removed: the survivor runs, the removed one is skipped with a note.
+    project.write(&failing[0], "exit 0\n");
+    std::fs::remove_file(project.dir.join(&failing[1])).unwrap();
+    let third = project.start(&["--failed"], RUN_LIMIT);
+    assert_eq!(third.code, 0, "{third:?}");
+    assert!(
+        third.stderr.contains(&format!(
+            "Skipping {} from the failed files list: it no longer exists",
+            failing[1]
+        )),
+        "{third:?}"
+    );
+    assert!(third.stdout.contains("1 files: 1 passed"), "{third:?}");
+
+    // Nothing left to re-run: a clear message and exit 0.
+    let fourth = project.start(&["--failed"], RUN_LIMIT);
+    assert_eq!(fourth.code, 0, "{fourth:?}");
+    assert!(
+        fourth
+            .stdout
+            .starts_with("Nothing to re-run: the last run left no failed files"),
+        "{fourth:?}"
+    );
+}
+
+#[test]
+fn piped_output_has_no_escape_codes_and_quiet_prints_only_the_report() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("plain", 2);
+    let project = cluster.project("plain", json!({}));
+    let record = cluster.path().join("record");
+    suite(&project, &record, 2, 1);
+
+    let run = project.start_with_env(&["--verbose"], &[("NO_COLOR", "1")], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stdout.contains('\x1b'), "{run:?}");
+    assert!(!run.stderr.contains('\x1b'), "{run:?}");
+    // Progress lines and info logs go to stderr; the report to stdout.
+    assert!(run.stderr.contains("[3/3]"), "{run:?}");
+    assert!(run.stderr.contains("INFO"), "{run:?}");
+    assert!(
+        run.stdout.contains("3 files: 2 passed, 1 failed"),
+        "{run:?}"
+    );
+
+    let quiet = project.start(&["--quiet"], RUN_LIMIT);
+    assert_eq!(quiet.code, 1, "{quiet:?}");
+    assert_eq!(quiet.stderr, "", "{quiet:?}");
+    assert!(
+        quiet
+            .stdout
+            .contains("File 'tests/t02_test.sh' failed at 'plain:"),
+        "{quiet:?}"
+    );
+    assert!(
+        quiet.stdout.trim_end().ends_with(" s")
+            && quiet.stdout.contains("3 files: 2 passed, 1 failed"),
+        "{quiet:?}"
+    );
+}
+
+fn gorgon(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let output = Command::new(GORGON)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `gorgon listen --check --config CONFIG`.
+fn listen_check(config: &std::path::Path) -> (i32, String, String) {
+    let dir = config.parent().unwrap();
+    gorgon(
+        &["listen", "--check", "--config", config.to_str().unwrap()],
+        dir,
+    )
+}
+
+#[test]
+fn install_listener_prints_without_writing_and_writes_a_config_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let units = dir.path().join("units");
+    let broker = format!("{}:{}", support::broker_host(), support::broker_port());
+    let flags = [
+        "--broker",
+        broker.as_str(),
+        "--slots",
+        "3",
+        "--name",
+        "builder-9",
+        "--cluster-id",
+        "ops-test",
+        "--workspace-root",
+        "/var/tmp/ws",
+        "--user",
+        "tester",
+        "--config-dir",
+        etc.to_str().unwrap(),
+        "--unit-dir",
+        units.to_str().unwrap(),
+        "--binary",
+        "/opt/gorgon/bin/gorgon",
+    ];
+    let mut printing = vec!["install_listener", "--print"];
+    printing.extend(flags);
+    let (code, stdout, stderr) = gorgon(&printing, dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    let config_path = etc.join("gorgon_listener.json");
+    assert!(
+        stdout.starts_with(&format!("# {}\n", config_path.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!(
+        "# {}\n",
+        units.join("gorgon-listener.service").display()
+    )));
+    assert!(stdout.contains("\"worker_slots\": 3"), "{stdout}");
+    assert!(stdout.contains("\"name\": \"builder-9\""), "{stdout}");
+    assert!(stdout.contains("\"cluster_id\": \"ops-test\""), "{stdout}");
+    assert!(
+        stdout.contains("\"workspace_root\": \"/var/tmp/ws\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nUser=tester\n"), "{stdout}");
+    assert!(stdout.contains(&format!(
+        "\nExecStart=/opt/gorgon/bin/gorgon listen --config {}\n",
+        config_path.display()
+    )));
+    assert!(stdout.contains("ExecStartPre=/opt/gorgon/bin/gorgon listen --check --config"));
+    assert!(!etc.exists() && !units.exists(), "--print wrote files");
+
+    let mut writing = vec!["install_listener"];
+    writing.extend(flags);
+    let (code, stdout, stderr) = gorgon(&writing, dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("Wrote {}", config_path.display())),
+        "{stdout}"
+    );
+    assert!(units.join("gorgon-listener.service").is_file());
+    let (code, stdout, stderr) = gorgon(&writing, dir.path());
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("already exists; pass --force"), "{stderr}");
+
+    // The written config passes the check the unit runs before starting.
+    let (code, stdout, stderr) = listen_check(&config_path);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("is fine: listener builder-9 with 3 worker slot(s) on cluster 'ops-test'"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn listen_check_names_a_broken_config_or_an_unreachable_broker_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{\"worker_slots\": 2,,}").unwrap();
+    let (code, stdout, stderr) = gorgon(
+        &["listen", "--check", "--config", broken.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 3);
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("gorgon: ") && stderr.contains("broken.json is not valid JSON"),
+        "{stderr}"
+    );
+
+    let port = support::free_port();
+    let unreachable = dir.path().join("unreachable.json");
+    std::fs::write(
+        &unreachable,
+        json!({"connection": {"host": "127.0.0.1", "port": port}}).to_string(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = listen_check(&unreachable);
+    assert_eq!(code, 3);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to RabbitMQ at 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn init_writes_once_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("spec")).unwrap();
+    std::fs::write(dir.path().join("spec/cart_spec.rb"), "").unwrap();
+    let (code, stdout, stderr) = gorgon(&["init", "--broker", "mq:5673"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("Wrote gorgon.json (RSpec project, detected)"),
+        "{stdout}"
+    );
+    let written = std::fs::read_to_string(dir.path().join("gorgon.json")).unwrap();
+    assert!(written.contains("\"kind\": \"rspec\""));
+    let (code, _, stderr) = gorgon(&["init"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("gorgon.json already exists; gorgon init never overwrites it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("gorgon.json")).unwrap(),
+        written
+    );
+}
+
+#[test]
+fn every_command_has_an_example_and_completions_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        "start",
+        "listen",
+        "ping",
+        "start_rsync",
+        "stop_rsync",
+        "init",
+        "install_listener",
+        "completions",
+    ] {
+        let (code, stdout, _) = gorgon(&[command, "--help"], dir.path());
+        assert_eq!(code, 0, "{command}");
+        assert!(
+            stdout.contains(&format!("Example: gorgon {command}")),
+            "{command}: {stdout}"
+        );
+    }
+    for (shell, marker) in [
+        ("bash", "_gorgon()"),
+        ("zsh", "#compdef gorgon"),
+        ("fish", "complete -c gorgon"),
+    ] {
+        let (code, stdout, _) = gorgon(&["completions", shell], dir.path());
+        assert_eq!(code, 0, "{shell}");
+        assert!(stdout.contains(marker), "{shell}: {stdout}");
+        assert!(stdout.contains("install_listener"), "{shell}");
+        assert!(!stdout.contains("__work"), "{shell}");
+    }
+}
