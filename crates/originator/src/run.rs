@@ -267,6 +267,10 @@ async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, Start
                     break;
                 };
                 match &incoming.envelope {
+                    Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) if *id == job_id => {
+                        answer_retry_check(&broker, &state, job_id, file, reply_to).await;
+                        let _ = incoming.ack().await;
+                    }
                     Ok(envelope) if envelope.job_id == job_id => {
                         if let Some(reason) = handle_reply(&mut state, &progress, events, settings.max_crash_retries, envelope.message.clone()) {
                             stop = Some(Stop::Failed(reason));
@@ -353,7 +357,11 @@ async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, Start
         tokio::select! {
             incoming = replies.next() => {
                 let Some(incoming) = incoming else { break };
-                if let Ok(envelope) = &incoming.envelope {
+                if let Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) = &incoming.envelope {
+                    if *id == job_id {
+                        answer_retry_check(&broker, &state, job_id, file, reply_to).await;
+                    }
+                } else if let Ok(envelope) = &incoming.envelope {
                     if envelope.job_id == job_id {
                         handle_reply(&mut state, &progress, events, settings.max_crash_retries, envelope.message.clone());
                     }
@@ -588,6 +596,27 @@ fn handle_reply(
         ),
     }
     None
+}
+
+/// Tells a worker whether a file delivered again still needs a run.
+async fn answer_retry_check(
+    broker: &Broker,
+    state: &JobState,
+    job_id: Uuid,
+    file: &str,
+    reply_to: &str,
+) {
+    let run = !state.has_result(file);
+    let answer = Envelope::new(
+        job_id,
+        Message::RetryAnswer {
+            file: file.to_owned(),
+            run,
+        },
+    );
+    if let Err(error) = broker.send_to_queue(reply_to, &answer).await {
+        tracing::warn!(%error, file, "cannot answer a worker's retry check");
+    }
 }
 
 /// Marks as done the listeners whose queue has vanished: they died (their connection

@@ -83,6 +83,11 @@ impl JobState {
         self.results.get(file)
     }
 
+    /// Whether `file` already has its final result.
+    pub fn has_result(&self, file: &str) -> bool {
+        self.results.contains_key(file)
+    }
+
     pub fn all_settled(&self) -> bool {
         self.results.len() == self.queued.len()
     }

@@ -98,6 +98,18 @@ pub enum Message {
         file: String,
     },
 
+    // A worker to the originator, and the answer back to the worker's own queue.
+    /// A worker got a file the broker delivered before (its earlier worker died): may it
+    /// run it? The originator says no once the file has a result.
+    RetryCheck {
+        file: String,
+        reply_to: String,
+    },
+    RetryAnswer {
+        file: String,
+        run: bool,
+    },
+
     // Originator to the job's control exchange.
     /// Stop the job's workers now.
     Cancel {
@@ -326,6 +338,14 @@ mod tests {
             },
             Message::File {
                 file: "t/a.sh".into(),
+            },
+            Message::RetryCheck {
+                file: "t/a.sh".into(),
+                reply_to: "amq.gen-1".into(),
+            },
+            Message::RetryAnswer {
+                file: "t/a.sh".into(),
+                run: false,
             },
             Message::Cancel {
                 reason: "Ctrl-C".into(),

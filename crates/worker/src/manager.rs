@@ -319,6 +319,10 @@ async fn spawn_worker(
         .args(&program.args)
         .current_dir(&assignment.workspace)
         .env("GORGON_WORKER_ID", worker_id.to_string())
+        // Tagged like the job's tests, so that the listener can find and stop workers that
+        // outlive a dead manager before it removes their workspace.
+        .env("GORGON_JOB_ID", assignment.job_id.to_string())
+        .env("GORGON_HOST", &assignment.host)
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

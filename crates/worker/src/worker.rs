@@ -68,6 +68,18 @@ async fn work_connected(
     if !run_worker_callback(broker, assignment, CallbackName::BeforeStart, before_start).await {
         return 0;
     }
+    let answers = async {
+        let queue = broker.declare_private_queue().await?;
+        let inbox = broker.consume(&queue, None).await?;
+        Ok::<_, BrokerError>(RetryChannel { queue, inbox })
+    };
+    let mut retries = match answers.await {
+        Ok(retries) => retries,
+        Err(error) => {
+            tracing::error!(%error, "worker {worker_id} cannot open its answers queue");
+            return EXIT_BROKEN;
+        }
+    };
     let queue = names::files_queue(assignment.job_id);
     let end = match broker.consume(&queue, Some(1)).await {
         Ok(mut inbox) => loop {
@@ -91,7 +103,17 @@ async fn work_connected(
                     End::Finished
                 };
             };
-            match handle(broker, assignment, worker_id, incoming, stdin, &mut signals).await {
+            match handle(
+                broker,
+                assignment,
+                worker_id,
+                incoming,
+                stdin,
+                &mut signals,
+                &mut retries,
+            )
+            .await
+            {
                 Next::Continue => {}
                 Next::End(end) => break end,
             }
@@ -153,8 +175,14 @@ async fn handle(
     incoming: Incoming,
     stdin: &mut StdinClosed,
     signals: &mut StopSignals,
+    retries: &mut RetryChannel,
 ) -> Next {
     let file = match &incoming.envelope {
+        Ok(envelope) if envelope.job_id != assignment.job_id => {
+            tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
+            settle(incoming.discard().await);
+            return Next::Continue;
+        }
         Ok(envelope) => match &envelope.message {
             Message::File { file } => file.clone(),
             other => {
@@ -169,6 +197,17 @@ async fn handle(
             return Next::Continue;
         }
     };
+    if incoming.redelivered && !retry_allowed(broker, assignment, retries, &file).await {
+        tracing::info!(file, "the file already has a result; not running it again");
+        settle(incoming.ack().await);
+        return Next::Continue;
+    }
+    if !assignment.workspace.is_dir() {
+        // The listener removed the workspace: this worker outlived its job on this host.
+        tracing::warn!(file, "the workspace is gone; handing the file back");
+        settle(incoming.requeue().await);
+        return Next::End(End::Stopped);
+    }
     let host = assignment.host.clone();
     let command = check_path(&file)
         .and_then(|()| runner_command(&assignment.definition.runner.command, &file));
@@ -239,6 +278,57 @@ async fn handle(
     }
     settle(incoming.ack().await);
     Next::Continue
+}
+
+/// Where a worker hears the originator's answers about files delivered again.
+struct RetryChannel {
+    queue: String,
+    inbox: gorgon_protocol::Inbox,
+}
+
+/// How long a worker waits for the originator's answer before running the file anyway.
+const RETRY_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks the originator whether a redelivered file still needs a run: after its worker died
+/// `max_crash_retries` times the file is settled as crashed and must not kill more workers.
+/// Without an answer the file runs: a duplicate result is dropped, a lost one is not.
+async fn retry_allowed(
+    broker: &Broker,
+    assignment: &WorkerAssignment,
+    retries: &mut RetryChannel,
+    file: &str,
+) -> bool {
+    let ask = Message::RetryCheck {
+        file: file.to_owned(),
+        reply_to: retries.queue.clone(),
+    };
+    let envelope = gorgon_protocol::Envelope::new(assignment.job_id, ask);
+    if broker
+        .send_to_queue(&assignment.reply_to, &envelope)
+        .await
+        .is_err()
+    {
+        return true;
+    }
+    let answer = tokio::time::timeout(RETRY_ANSWER_WAIT, async {
+        while let Some(incoming) = retries.inbox.next().await {
+            let _ = incoming.ack().await;
+            if let Ok(envelope) = &incoming.envelope {
+                if let Message::RetryAnswer {
+                    file: answered,
+                    run,
+                } = &envelope.message
+                {
+                    if answered == file && envelope.job_id == assignment.job_id {
+                        return *run;
+                    }
+                }
+            }
+        }
+        true
+    })
+    .await;
+    answer.unwrap_or(true)
 }
 
 /// Publishes to the originator; `Some` when the worker must stop because of the failure.
