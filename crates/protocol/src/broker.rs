@@ -19,6 +19,11 @@ use crate::message::{DecodeError, Envelope};
 
 /// How long a connection attempt may take before the broker counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest AMQP frame. The client keeps send and receive buffers of 32 frames each, so
+/// RabbitMQ's default of 128 KiB would cost every process (each worker included) 8 MiB;
+/// messages larger than a frame are split, so this limits memory, not message size.
+const FRAME_MAX: u32 = 16 * 1024;
+
 /// How long any other broker call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -57,7 +62,7 @@ impl BrokerSettings {
 
     fn uri(&self) -> String {
         format!(
-            "amqp://{}:{}@{}:{}/{}",
+            "amqp://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}",
             percent_encode(&self.username),
             percent_encode(&self.password),
             self.host,
@@ -526,7 +531,10 @@ mod tests {
             password: "p@ss/word".into(),
             ..BrokerSettings::default()
         };
-        assert_eq!(settings.uri(), "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f");
+        assert_eq!(
+            settings.uri(),
+            "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f?frame_max=16384"
+        );
         assert_eq!(settings.address(), "127.0.0.1:5672");
     }
 
