@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Scale on one machine: 20 listeners with 10 slots each (200 workers) and 2,000 files that
+# each sleep 0.1 s. The lower bound is 2,000 x 0.1 s / 200 slots = 1 s; the target is at most
+# the lower bound + 1 s. Prints the median of RUNS runs (default 3). Results:
+# docs/benchmarks.md.
+#
+# Needs RabbitMQ on 127.0.0.1:5672, rsync and bc. Usage: bench/scale.sh  (LISTENERS, SLOTS,
+# FILES, RUNS; GORGON_BIN=path to skip the build)
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+runs=${RUNS:-3}
+listeners=${LISTENERS:-20}
+slots=${SLOTS:-10}
+files=${FILES:-2000}
+
+start_file_server
+for i in $(seq 1 "$listeners"); do
+    start_listener "host$i" "$slots"
+done
+project=$work/scale
+mkdir -p "$project/tests"
+for i in $(seq -w 1 "$files"); do echo 'sleep 0.1' >"$project/tests/f_${i}_test.sh"; done
+write_config "$project" "tests/*_test.sh" '{"command": "sh {file}"}'
+wait_for_listeners "$project" "$listeners"
+lower_bound=$(echo "$files * 0.1 / ($listeners * $slots)" | bc -l | awk '{printf "%.2f\n", $1}')
+
+times=()
+for _ in $(seq 1 "$runs"); do
+    times+=("$(cd "$project" && seconds "$gorgon" start)")
+done
+result=$(median "${times[@]}")
+echo "$listeners listeners x $slots slots, $files files of 0.1 s; lower bound $lower_bound s"
+echo "runs: ${times[*]}"
+echo "median: $result s, lower bound + $(echo "$result - $lower_bound" | bc -l | awk '{printf "%.2f", $1}') s (target: at most + 1 s)"
