@@ -35,6 +35,8 @@ pub struct CommandOutcome {
     /// Combined stdout and stderr, head and tail kept.
     pub output: String,
     pub seconds: f64,
+    /// The command outlived its time limit and its group was killed.
+    pub timed_out: bool,
 }
 
 impl CommandOutcome {
@@ -91,6 +93,12 @@ impl ShellCommand {
     /// Runs the command to its end. If the returned future is dropped, the command's whole
     /// process group is killed.
     pub async fn run(&self) -> CommandOutcome {
+        self.run_with_limit(None).await
+    }
+
+    /// Runs the command for at most `limit`: past it, the whole process group is killed and
+    /// the outcome is marked timed out, with the output so far.
+    pub async fn run_with_limit(&self, limit: Option<Duration>) -> CommandOutcome {
         let started = Instant::now();
         let mut command = Command::new("sh");
         command
@@ -113,6 +121,7 @@ impl ShellCommand {
                     ),
                     output: String::new(),
                     seconds: started.elapsed().as_secs_f64(),
+                    timed_out: false,
                 }
             }
         };
@@ -143,6 +152,8 @@ impl ShellCommand {
         }
         drop(tx);
         let mut output = OutputBuffer::default();
+        let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+        let mut timed_out = false;
         let status = loop {
             tokio::select! {
                 chunk = rx.recv() => match chunk {
@@ -150,6 +161,12 @@ impl ShellCommand {
                     None => break child.wait().await,
                 },
                 status = child.wait() => break status,
+                () = sleep_until_some(deadline), if !timed_out => {
+                    timed_out = true;
+                    if let Some(group) = guard.0 {
+                        let _ = killpg(group, Signal::SIGKILL);
+                    }
+                }
             }
         };
         // The command has exited: collect what its pipes still hold, but do not wait on
@@ -161,19 +178,39 @@ impl ShellCommand {
         guard.0 = None;
         let seconds = started.elapsed().as_secs_f64();
         match status {
+            Ok(_) if timed_out => CommandOutcome {
+                status: None,
+                description: format!(
+                    "timed out after {} s",
+                    limit.unwrap_or_default().as_secs_f64()
+                ),
+                output: output.text(),
+                seconds,
+                timed_out,
+            },
             Ok(status) => CommandOutcome {
                 status: Some(status),
                 description: describe_status(status),
                 output: output.text(),
                 seconds,
+                timed_out,
             },
             Err(error) => CommandOutcome {
                 status: None,
                 description: format!("could not wait for the command: {error}"),
                 output: output.text(),
                 seconds,
+                timed_out,
             },
         }
+    }
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -218,6 +255,19 @@ mod tests {
         let outcome = ShellCommand::new("kill -9 $$", here()).run().await;
         assert!(outcome.crashed());
         assert_eq!(outcome.description, "killed by signal 9 (SIGKILL)");
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_limit_is_killed_with_its_output_so_far() {
+        let started = Instant::now();
+        let outcome = ShellCommand::new("echo started; sleep 30", here())
+            .run_with_limit(Some(Duration::from_millis(300)))
+            .await;
+        assert!(outcome.timed_out);
+        assert!(outcome.crashed());
+        assert_eq!(outcome.description, "timed out after 0.3 s");
+        assert!(outcome.output.contains("started"));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]

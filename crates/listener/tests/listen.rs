@@ -100,6 +100,7 @@ fn definition(source: &str, callbacks: Callbacks) -> JobDefinition {
         },
         runner: RunnerSettings {
             command: "sh {file}".into(),
+            ..RunnerSettings::default()
         },
         callbacks,
     }

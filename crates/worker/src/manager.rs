@@ -408,6 +408,7 @@ mod tests {
                     },
                     runner: RunnerSettings {
                         command: "true".into(),
+                        ..RunnerSettings::default()
                     },
                     callbacks,
                 },

@@ -74,6 +74,7 @@ impl Originator {
                 },
                 runner: RunnerSettings {
                     command: "sh {file}".into(),
+                    ..RunnerSettings::default()
                 },
                 callbacks,
             },
