@@ -80,3 +80,27 @@ start_rabbitmq() {
     done
     echo "RabbitMQ is listening on $BROKER_HOST:$BROKER_PORT (after ${waited}s)"
 }
+
+# Installs the test frameworks the built-in runners' tests use (tests/runners.rs): RSpec and
+# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest with pip when python3 lacks it.
+install_test_frameworks() {
+    local missing=()
+    ruby -e 'require "rspec/core"' >/dev/null 2>&1 || missing+=(ruby-rspec)
+    ruby -e 'require "minitest"' >/dev/null 2>&1 || missing+=(ruby-minitest)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "error: missing ${missing[*]}, and apt-get is not available; install them with your package manager" >&2
+            return 1
+        fi
+        echo "installing ${missing[*]} with apt-get"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "${missing[@]}" </dev/null
+    fi
+    if ! python3 -c 'import pytest' >/dev/null 2>&1; then
+        echo "installing pytest with pip"
+        python3 -m pip install --quiet pytest
+    fi
+    ruby -e 'require "rspec/core"; require "minitest"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}"'
+    python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'
+}
