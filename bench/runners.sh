@@ -52,11 +52,12 @@ done
 
 # The same 300 files every time: each a group of three trivial examples.
 for i in $(seq -w 1 "$files"); do
+    n=$((10#$i))
     cat >"$work/project/spec/generated_${i}_spec.rb" <<RUBY
 RSpec.describe "generated $i" do
-  it("adds") { expect($i + 1).to eq($((10#$i + 1))) }
+  it("adds") { expect($n + 1).to eq($((n + 1))) }
   it("compares") { expect("$i").to eq("$i") }
-  it("collects") { expect([$i].size).to eq(1) }
+  it("collects") { expect([$n].size).to eq(1) }
 end
 RUBY
 done

@@ -33,25 +33,50 @@ fn copy_fixture(name: &str, project: &Project) {
 
 /// Runs the fixture suite `name` with the built-in runner of the same name on one listener
 /// with one worker, so that every file goes through the same warm runner.
-/// The cluster is returned so that its folders outlive the assertions.
-fn run_fixture(name: &str, files: &str) -> (Run, Project, Cluster) {
+/// What the report of one fixture suite must say.
+struct Expected {
+    /// The built-in runner, also the fixture's folder under `tests/fixtures`.
+    runner: &'static str,
+    files: &'static str,
+    /// Exactly the files that must not pass, sorted.
+    failed: &'static [&'static str],
+    /// Text the report must hold (failing tests with file:line and message).
+    report: &'static [&'static str],
+    /// (file, why): each file reported as failed with that reason in its section.
+    reasons: &'static [(&'static str, &'static str)],
+    totals: &'static str,
+    tests: &'static str,
+}
+
+/// Runs a fixture suite with its built-in runner on one listener with one worker (so that
+/// every file goes through the same warm runner) and checks the report against `expected`.
+fn check_fixture(expected: Expected) {
     let mut cluster = Cluster::new();
     cluster.start_listener("runner", 1);
     let project = cluster.project(
-        name,
-        json!({"files": [files], "job": {"runner": {"kind": name, "command": ""}}}),
+        expected.runner,
+        json!({"files": [expected.files],
+               "job": {"runner": {"kind": expected.runner, "command": ""}}}),
     );
-    copy_fixture(name, &project);
+    copy_fixture(expected.runner, &project);
     cluster.wait_for_listeners(&project, 1);
-    let run = project.start(&[], RUN_LIMIT);
-    (run, project, cluster)
-}
 
-fn failed_files(project: &Project) -> Vec<String> {
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 1, "{run:?}");
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
-    failed
+    assert_eq!(failed, expected.failed, "{run:?}");
+    for text in expected.report {
+        assert!(run.stdout.contains(text), "expected {text:?} in {run:?}");
+    }
+    for (file, why) in expected.reasons {
+        assert_file_failed(&run, file, why);
+    }
+    for line in [expected.totals, expected.tests] {
+        assert!(run.stdout.contains(line), "expected {line:?} in {run:?}");
+    }
 }
 
 /// Asserts that the report says `file` failed for `why`.
@@ -68,143 +93,88 @@ fn assert_file_failed(run: &Run, file: &str, why: &str) {
 
 #[test]
 fn rspec_files_and_examples_get_the_right_verdicts() {
-    let (run, project, _cluster) = run_fixture("rspec", "spec/**/*_spec.rb");
-
-    assert_eq!(run.code, 1, "{run:?}");
-    assert_eq!(
-        failed_files(&project),
-        [
+    check_fixture(Expected {
+        runner: "rspec",
+        files: "spec/**/*_spec.rb",
+        failed: &[
             "spec/empty_spec.rb",
             "spec/error_spec.rb",
             "spec/exit_bang_spec.rb",
             "spec/exit_spec.rb",
             "spec/failing_spec.rb",
             "spec/load_error_spec.rb",
-        ]
-    );
-    assert!(
-        run.stdout.contains(
-            "1) Cart adds tax failed (spec/failing_spec.rb:7)\n     expected: 121\n          got: 120.0"
-        ),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains("# spec/failing_spec.rb:8:in"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains(
-            "1) Payments charges the card errored (spec/error_spec.rb:3)\n     ArgumentError: card number missing"
-        ),
-        "{run:?}"
-    );
-    assert_file_failed(&run, "spec/load_error_spec.rb", "load error");
-    assert_file_failed(&run, "spec/load_error_spec.rb", "syntax error");
-    assert_file_failed(&run, "spec/empty_spec.rb", "no tests ran");
-    assert_file_failed(&run, "spec/exit_spec.rb", "called exit");
-    assert_file_failed(&run, "spec/exit_bang_spec.rb", "ended the process");
-    assert!(
-        run.stdout
-            .contains("9 files: 3 passed, 6 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout
-            .contains("Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending"),
-        "{run:?}"
-    );
+        ],
+        report: &[
+            "1) Cart adds tax failed (spec/failing_spec.rb:7)\n     expected: 121\n          got: 120.0",
+            "# spec/failing_spec.rb:8:in",
+            "1) Payments charges the card errored (spec/error_spec.rb:3)\n     ArgumentError: card number missing",
+        ],
+        reasons: &[
+            ("spec/load_error_spec.rb", "load error"),
+            ("spec/load_error_spec.rb", "syntax error"),
+            ("spec/empty_spec.rb", "no tests ran"),
+            ("spec/exit_spec.rb", "called exit"),
+            ("spec/exit_bang_spec.rb", "ended the process"),
+        ],
+        totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
+        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending",
+    });
 }
 
 #[test]
 fn minitest_files_and_tests_get_the_right_verdicts() {
-    let (run, project, _cluster) = run_fixture("minitest", "test/**/*_test.rb");
-
-    assert_eq!(run.code, 1, "{run:?}");
-    assert_eq!(
-        failed_files(&project),
-        [
+    check_fixture(Expected {
+        runner: "minitest",
+        files: "test/**/*_test.rb",
+        failed: &[
             "test/empty_test.rb",
             "test/error_test.rb",
             "test/exit_bang_test.rb",
             "test/exit_test.rb",
             "test/failing_test.rb",
             "test/load_error_test.rb",
-        ]
-    );
-    assert!(
-        run.stdout.contains(
-            "1) CartTest#test_adds_tax failed (test/failing_test.rb:9)\n     Expected: 121\n       Actual: 120.0"
-        ),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains(
-            "1) PaymentsTest#test_charges_the_card errored (test/error_test.rb:5)\n     ArgumentError: card number missing"
-        ),
-        "{run:?}"
-    );
-    assert_file_failed(&run, "test/load_error_test.rb", "syntax error");
-    assert_file_failed(&run, "test/empty_test.rb", "no tests ran");
-    assert_file_failed(&run, "test/exit_test.rb", "called exit");
-    assert_file_failed(&run, "test/exit_bang_test.rb", "ended the process");
-    assert!(
-        run.stdout
-            .contains("9 files: 3 passed, 6 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout
-            .contains("Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 0 pending"),
-        "{run:?}"
-    );
+        ],
+        report: &[
+            "1) CartTest#test_adds_tax failed (test/failing_test.rb:9)\n     Expected: 121\n       Actual: 120.0",
+            "1) PaymentsTest#test_charges_the_card errored (test/error_test.rb:5)\n     ArgumentError: card number missing",
+        ],
+        reasons: &[
+            ("test/load_error_test.rb", "syntax error"),
+            ("test/empty_test.rb", "no tests ran"),
+            ("test/exit_test.rb", "called exit"),
+            ("test/exit_bang_test.rb", "ended the process"),
+        ],
+        totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
+        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 0 pending",
+    });
 }
 
 #[test]
 fn pytest_files_and_tests_get_the_right_verdicts() {
-    let (run, project, _cluster) = run_fixture("pytest", "tests/**/test_*.py");
-
-    assert_eq!(run.code, 1, "{run:?}");
-    assert_eq!(
-        failed_files(&project),
-        [
+    check_fixture(Expected {
+        runner: "pytest",
+        files: "tests/**/test_*.py",
+        failed: &[
             "tests/test_empty.py",
             "tests/test_error.py",
             "tests/test_exit.py",
             "tests/test_failing.py",
             "tests/test_load_error.py",
             "tests/test_syntax_error.py",
-        ]
-    );
-    assert!(
-        run.stdout.contains(
-            "1) test_adds_tax failed (tests/test_failing.py:8)\n     assert (100 * 1.2) == 121"
-        ),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains(
-            "1) test_charges_the_card errored (tests/test_error.py:4)\n     ValueError: card number missing"
-        ),
-        "{run:?}"
-    );
-    assert_file_failed(
-        &run,
-        "tests/test_load_error.py",
-        "module_that_does_not_exist",
-    );
-    assert_file_failed(&run, "tests/test_syntax_error.py", "SyntaxError");
-    assert_file_failed(&run, "tests/test_empty.py", "no tests ran");
-    assert_file_failed(&run, "tests/test_exit.py", "os._exit");
-    assert!(
-        run.stdout
-            .contains("9 files: 3 passed, 6 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout
-            .contains("Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending"),
-        "{run:?}"
-    );
+        ],
+        report: &[
+            "1) test_adds_tax failed (tests/test_failing.py:8)\n     assert (100 * 1.2) == 121",
+            "1) test_charges_the_card errored (tests/test_error.py:4)\n     ValueError: card number missing",
+        ],
+        reasons: &[
+            ("tests/test_load_error.py", "module_that_does_not_exist"),
+            ("tests/test_syntax_error.py", "SyntaxError"),
+            ("tests/test_empty.py", "no tests ran"),
+            ("tests/test_exit.py", "os._exit"),
+        ],
+        totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
+        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending",
+    });
 }
 
 #[test]

@@ -6,6 +6,20 @@ require 'rspec/core'
 $LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('spec'))
 require 'spec_helper' if File.exist?('spec/spec_helper.rb')
 
+# RSpec loads its expectation and mock frameworks and its matchers lazily, on first use; load
+# them here (after the helper, which may choose other frameworks) so that no forked child pays
+# for them again. This is most of what a trivial file costs.
+RSpec.configuration.expectation_frameworks
+RSpec.configuration.mock_framework
+if defined?(RSpec::Matchers::BuiltIn)
+  RSpec::Matchers::BuiltIn.constants.each do |name|
+    RSpec::Matchers::BuiltIn.const_get(name)
+  rescue NameError, LoadError
+    nil
+  end
+end
+require 'rspec/core/formatters/exception_presenter'
+
 # Collects each example's result, and errors reported outside examples (load errors).
 class GorgonRspecFormatter
   RSpec::Core::Formatters.register self, :example_passed, :example_failed, :example_pending, :message
