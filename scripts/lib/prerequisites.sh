@@ -43,14 +43,19 @@ install_missing_packages() {
         echo "rsync and RabbitMQ are available"
         return 0
     fi
+    apt_install "${missing[@]}"
+}
+
+# Installs Debian packages with apt-get (update first), or explains what is missing.
+apt_install() {
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: missing ${missing[*]}, and apt-get is not available; install them with your package manager" >&2
+        echo "error: missing $*, and apt-get is not available; install them with your package manager" >&2
         return 1
     fi
-    echo "installing ${missing[*]} with apt-get"
+    echo "installing $* with apt-get"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}" </dev/null
+        "$@" </dev/null
 }
 
 # Starts RabbitMQ unless something already listens on 127.0.0.1:5672, then waits at most
@@ -79,4 +84,21 @@ start_rabbitmq() {
         waited=$((waited + 1))
     done
     echo "RabbitMQ is listening on $BROKER_HOST:$BROKER_PORT (after ${waited}s)"
+}
+
+# Installs the test frameworks the built-in runners' tests use (tests/runners.rs): RSpec and
+# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest with pip when python3 lacks it.
+install_test_frameworks() {
+    local missing=()
+    ruby -e 'require "rspec/core"' >/dev/null 2>&1 || missing+=(ruby-rspec)
+    ruby -e 'require "minitest"' >/dev/null 2>&1 || missing+=(ruby-minitest)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}" || return 1
+    fi
+    if ! python3 -c 'import pytest' >/dev/null 2>&1; then
+        echo "installing pytest with pip"
+        python3 -m pip install --quiet pytest
+    fi
+    ruby -e 'require "rspec/core"; require "minitest"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}"'
+    python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'
 }

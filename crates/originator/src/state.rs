@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use gorgon_protocol::{FileResult, FileStatus};
+use gorgon_protocol::{FileResult, FileStatus, TestStatus};
 
 /// Something that went wrong outside a test file: a callback, a sync, a crashed process.
 #[derive(Clone, Debug, PartialEq)]
@@ -220,6 +220,20 @@ impl JobState {
 
     pub fn count(&self, status: FileStatus) -> usize {
         self.results.values().filter(|r| r.status == status).count()
+    }
+
+    /// Tests with `status` over every file that has a result.
+    pub fn test_count(&self, status: TestStatus) -> usize {
+        self.results
+            .values()
+            .flat_map(|r| &r.tests)
+            .filter(|t| t.status == status)
+            .count()
+    }
+
+    /// Whether any runner reported per-test results.
+    pub fn has_tests(&self) -> bool {
+        self.results.values().any(|r| !r.tests.is_empty())
     }
 
     pub fn problems(&self) -> &[Problem] {

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use gorgon_protocol::{FileResult, FileStatus};
+use gorgon_protocol::{FileResult, FileStatus, TestResult, TestStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::state::{JobState, Problem};
@@ -94,7 +94,9 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_prefix(format!(
                 "F: {} H: {} W: {}",
-                state.count(FileStatus::Failed) + state.count(FileStatus::Crashed),
+                state.count(FileStatus::Failed)
+                    + state.count(FileStatus::Crashed)
+                    + state.count(FileStatus::TimedOut),
                 state.hosts_that_ran(),
                 state.workers_running()
             ));
@@ -186,6 +188,7 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
             result.exit,
             result.seconds
         )?;
+        write_failed_tests(out, result, paint)?;
         if !result.output.is_empty() {
             writeln!(out, "{}", result.output.trim_end())?;
         }
@@ -226,7 +229,8 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     }
     writeln!(out)?;
     let failed = state.count(FileStatus::Failed);
-    let crashed = state.count(FileStatus::Crashed);
+    // A timed-out file was killed: it counts with the crashes in the totals.
+    let crashed = state.count(FileStatus::Crashed) + state.count(FileStatus::TimedOut);
     let summary = format!(
         "{} files: {} passed, {} failed, {} crashed, {} not run in {:.1} s",
         state.total(),
@@ -242,7 +246,75 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
         paint.red(&summary)
     };
     writeln!(out, "{summary}")?;
+    if state.has_tests() {
+        writeln!(
+            out,
+            "Tests: {} passed, {} failed, {} errored, {} skipped, {} pending",
+            state.test_count(TestStatus::Passed),
+            state.test_count(TestStatus::Failed),
+            state.test_count(TestStatus::Errored),
+            state.test_count(TestStatus::Skipped),
+            state.test_count(TestStatus::Pending)
+        )?;
+    }
     Ok(())
+}
+
+/// Backtrace lines shown per failed test; the whole output follows anyway.
+const BACKTRACE_LINES: usize = 8;
+
+/// Each failed or errored test of a file: its full name, where it is, its message and the
+/// start of its backtrace.
+fn write_failed_tests(
+    out: &mut impl Write,
+    result: &FileResult,
+    paint: Paint,
+) -> std::io::Result<()> {
+    let failing = result
+        .tests
+        .iter()
+        .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Errored));
+    for (number, test) in failing.enumerate() {
+        let verb = match test.status {
+            TestStatus::Errored => "errored",
+            _ => "failed",
+        };
+        writeln!(
+            out,
+            "  {}) {} {verb}{}",
+            number + 1,
+            paint.red(&test.name),
+            location(test, result)
+        )?;
+        if let Some(message) = test.message.as_deref().filter(|m| !m.trim().is_empty()) {
+            for line in message.trim_end().lines() {
+                writeln!(out, "     {line}")?;
+            }
+        }
+        if let Some(details) = test.details.as_deref() {
+            let lines: Vec<&str> = details.trim_end().lines().collect();
+            for line in lines.iter().take(BACKTRACE_LINES) {
+                writeln!(out, "     # {line}")?;
+            }
+            if lines.len() > BACKTRACE_LINES {
+                writeln!(
+                    out,
+                    "     # ... {} more lines",
+                    lines.len() - BACKTRACE_LINES
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ` (file:line)` for a test, falling back on the test's file for a runner that gives no path.
+fn location(test: &TestResult, result: &FileResult) -> String {
+    let file = test.file.as_deref().unwrap_or(&result.file);
+    match test.line {
+        Some(line) => format!(" ({file}:{line})"),
+        None => format!(" ({file})"),
+    }
 }
 
 #[cfg(test)]
@@ -291,5 +363,61 @@ mod tests {
         assert!(text.contains("Run stopped: interrupted"));
         assert!(text.ends_with("4 files: 1 passed, 1 failed, 1 crashed, 1 not run in 1.2 s\n"));
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn failed_tests_are_named_under_their_file_and_totalled() {
+        let test = |name: &str, status, line| TestResult {
+            name: name.into(),
+            classname: "Cart".into(),
+            file: Some("spec/cart_spec.rb".into()),
+            line,
+            status,
+            seconds: 0.0,
+            message: (status != TestStatus::Passed).then(|| "expected: 121\n     got: 120".into()),
+            details: (status == TestStatus::Failed).then(|| {
+                (1..=10)
+                    .map(|i| format!("spec/cart_spec.rb:{i}\n"))
+                    .collect()
+            }),
+        };
+        let mut state = JobState::new(vec!["spec/cart_spec.rb".into(), "spec/ok_spec.rb".into()]);
+        let mut cart = finished("spec/cart_spec.rb", FileStatus::Failed, "");
+        cart.tests = vec![
+            test("Cart counts", TestStatus::Passed, Some(3)),
+            test("Cart adds tax", TestStatus::Failed, Some(7)),
+            test("Cart charges", TestStatus::Errored, None),
+            test("Cart prints", TestStatus::Skipped, Some(12)),
+        ];
+        state.file_finished(cart);
+        let mut ok = finished("spec/ok_spec.rb", FileStatus::Passed, "");
+        ok.tests = vec![test("Ok works", TestStatus::Pending, Some(1))];
+        state.file_finished(ok);
+        let mut out = Vec::new();
+        let ending = Ending {
+            state: &state,
+            seconds: 2.0,
+            stopped_because: None,
+        };
+        print_report(&mut out, &ending, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "File 'spec/cart_spec.rb' failed at 'h1:2' (exit status 1, 0.25 s)\n  \
+                 1) Cart adds tax failed (spec/cart_spec.rb:7)\n     expected: 121\n          got: 120\n     \
+                 # spec/cart_spec.rb:1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("     # ... 2 more lines\n"), "{text}");
+        assert!(
+            text.contains("  2) Cart charges errored (spec/cart_spec.rb)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Cart counts"), "{text}");
+        assert!(text.ends_with(
+            "2 files: 1 passed, 1 failed, 0 crashed, 0 not run in 2.0 s\n\
+             Tests: 1 passed, 1 failed, 1 errored, 1 skipped, 1 pending\n"
+        ));
     }
 }

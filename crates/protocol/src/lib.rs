@@ -7,12 +7,16 @@ pub mod exit_code;
 pub mod job;
 pub mod message;
 pub mod names;
+pub mod runner_protocol;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
 pub use job::{Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport};
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message, TestResult,
     TestStatus, WorkerAssignment,
+};
+pub use runner_protocol::{
+    FileDone, RunOutcome, RunRequest, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION,
 };
 
 /// Version of the wire protocol. A process drops a message whose `protocol` differs.

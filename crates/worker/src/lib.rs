@@ -5,7 +5,11 @@
 //! Both get their [`WorkerAssignment`] as the first line of stdin and treat the end of stdin
 //! as the death of their parent (see [`read_assignment`]).
 
+mod builtin;
+mod junit;
 mod manager;
+mod persistent;
+mod runner;
 mod stdin;
 mod worker;
 

@@ -1,15 +1,16 @@
 //! A worker (`gorgon __work`): takes test files one at a time from the job's files queue,
-//! runs the runner command on each and reports the result. A file is acknowledged only once
+//! runs each with the job's runner (see `runner`) and reports the result. A file is acknowledged only once
 //! its result has reached the originator, so a file whose worker dies goes back to the queue.
 
 use std::path::{Component, Path};
 
-use gorgon_exec::{run_callback, CommandOutcome};
+use gorgon_exec::run_callback;
 use gorgon_protocol::{
     names, Broker, BrokerError, CallbackName, FileResult, FileStatus, Incoming, Message,
     WorkerAssignment,
 };
 
+use crate::runner::Runner;
 use crate::{command_base, report, StdinClosed, StopSignals, EXIT_BROKEN};
 
 /// How the file loop ended.
@@ -68,18 +69,26 @@ async fn work_connected(
     if !run_worker_callback(broker, assignment, CallbackName::BeforeStart, before_start).await {
         return 0;
     }
+    let runner = match Runner::new(&assignment.definition.runner, command_base(assignment)) {
+        Ok(runner) => runner,
+        Err(error) => {
+            tracing::error!(%error, "worker {worker_id} cannot prepare its runner");
+            return EXIT_BROKEN;
+        }
+    };
     let answers = async {
         let queue = broker.declare_private_queue().await?;
         let inbox = broker.consume(&queue, None).await?;
         Ok::<_, BrokerError>(RetryChannel { queue, inbox })
     };
-    let mut retries = match answers.await {
+    let retries = match answers.await {
         Ok(retries) => retries,
         Err(error) => {
             tracing::error!(%error, "worker {worker_id} cannot open its answers queue");
             return EXIT_BROKEN;
         }
     };
+    let mut tools = FileTools { runner, retries };
     let queue = names::files_queue(assignment.job_id);
     let end = match broker.consume(&queue, Some(1)).await {
         Ok(mut inbox) => loop {
@@ -103,17 +112,16 @@ async fn work_connected(
                     End::Finished
                 };
             };
-            match handle(
+            let handled = handle(
                 broker,
                 assignment,
                 worker_id,
                 incoming,
                 stdin,
                 &mut signals,
-                &mut retries,
-            )
-            .await
-            {
+                &mut tools,
+            );
+            match handled.await {
                 Next::Continue => {}
                 Next::End(end) => break end,
             }
@@ -125,6 +133,7 @@ async fn work_connected(
             End::Broken
         }
     };
+    tools.runner.stop().await;
     tracing::info!("worker {worker_id} done: {end:?}");
     match end {
         End::Stopped => 0,
@@ -175,8 +184,9 @@ async fn handle(
     incoming: Incoming,
     stdin: &mut StdinClosed,
     signals: &mut StopSignals,
-    retries: &mut RetryChannel,
+    tools: &mut FileTools,
 ) -> Next {
+    let FileTools { runner, retries } = tools;
     let file = match &incoming.envelope {
         Ok(envelope) if envelope.job_id != assignment.job_id => {
             tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
@@ -209,9 +219,7 @@ async fn handle(
         return Next::End(End::Stopped);
     }
     let host = assignment.host.clone();
-    let command = check_path(&file)
-        .and_then(|()| runner_command(&assignment.definition.runner.command, &file));
-    let result = match command {
+    let result = match check_path(&file) {
         Err(problem) => {
             tracing::warn!(file, "refusing a file: {problem}");
             FileResult {
@@ -225,7 +233,7 @@ async fn handle(
                 tests: Vec::new(),
             }
         }
-        Ok(command) => {
+        Ok(()) => {
             let started = Message::FileStarted {
                 host: host.clone(),
                 worker_id,
@@ -236,17 +244,11 @@ async fn handle(
                 return Next::End(end);
             }
             tracing::info!(file, "running");
-            let limit = assignment
-                .definition
-                .runner
-                .file_timeout
-                .map(std::time::Duration::from_secs_f64);
-            let run = command_base(assignment).timeout(limit);
-            let run = gorgon_exec::ShellCommand { command, ..run };
-            // Dropping the run future kills the test's process group, so leaving this select
-            // early never leaves the test running.
-            let outcome = tokio::select! {
-                outcome = run.run() => outcome,
+            // Dropping the run future kills the test's process group (or leaves the runner
+            // to be killed when the worker ends), so leaving this select early never leaves
+            // the test running.
+            let run = tokio::select! {
+                run = runner.run_file(&file) => run,
                 () = stdin.wait() => {
                     tracing::info!(file, "the worker manager has gone; stopping the file");
                     settle(incoming.requeue().await);
@@ -258,16 +260,16 @@ async fn handle(
                     return Next::End(End::Stopped);
                 }
             };
-            tracing::info!(file, exit = %outcome.description, seconds = outcome.seconds, "finished");
+            tracing::info!(file, exit = %run.exit, seconds = run.seconds, "finished");
             FileResult {
                 host,
                 worker_id,
-                status: verdict(&outcome),
+                status: run.status,
                 file,
-                seconds: outcome.seconds,
-                exit: outcome.description,
-                output: outcome.output,
-                tests: Vec::new(),
+                seconds: run.seconds,
+                exit: run.exit,
+                output: run.output,
+                tests: run.tests,
             }
         }
     };
@@ -278,6 +280,13 @@ async fn handle(
     }
     settle(incoming.ack().await);
     Next::Continue
+}
+
+/// What a worker uses on every file: its runner, and its line to the originator for files
+/// delivered again.
+struct FileTools {
+    runner: Runner,
+    retries: RetryChannel,
 }
 
 /// Where a worker hears the originator's answers about files delivered again.
@@ -357,19 +366,6 @@ fn settle(result: Result<(), BrokerError>) {
     }
 }
 
-/// The verdict on a finished run.
-fn verdict(outcome: &CommandOutcome) -> FileStatus {
-    if outcome.timed_out {
-        FileStatus::TimedOut
-    } else if outcome.success() {
-        FileStatus::Passed
-    } else if outcome.crashed() {
-        FileStatus::Crashed
-    } else {
-        FileStatus::Failed
-    }
-}
-
 /// Refuses a path that could reach outside the workspace: the originator is trusted to send
 /// relative paths, but a worker must not run what a stray message names elsewhere.
 fn check_path(file: &str) -> Result<(), String> {
@@ -390,31 +386,10 @@ fn check_path(file: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The runner command for one file: every `{file}` replaced by the shell-quoted path.
-fn runner_command(template: &str, file: &str) -> Result<String, String> {
-    let quoted = shlex::try_quote(file).map_err(|_| {
-        format!("the path {file:?} holds a NUL byte and cannot be passed to a shell")
-    })?;
-    Ok(template.replace("{file}", &quoted))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_file_is_substituted_and_quoted() {
-        assert_eq!(
-            runner_command("ruby -Itest {file}", "test/a_test.rb").unwrap(),
-            "ruby -Itest test/a_test.rb"
-        );
-        assert_eq!(
-            runner_command("sh {file} && echo {file}", "t/my test.sh").unwrap(),
-            "sh 't/my test.sh' && echo 't/my test.sh'"
-        );
-        assert_eq!(runner_command("make test", "a.sh").unwrap(), "make test");
-        assert!(runner_command("sh {file}", "a\0b").is_err());
-    }
+    use crate::runner::runner_command;
 
     #[tokio::test]
     async fn a_hostile_name_reaches_the_command_intact() {
@@ -441,16 +416,5 @@ mod tests {
                 "{bad}: {problem}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn verdicts_follow_the_outcome() {
-        let dir = std::env::temp_dir();
-        let run = |c: &str| gorgon_exec::ShellCommand::new(c, &dir);
-        assert_eq!(verdict(&run("exit 0").run().await), FileStatus::Passed);
-        assert_eq!(verdict(&run("exit 1").run().await), FileStatus::Failed);
-        assert_eq!(verdict(&run("kill -9 $$").run().await), FileStatus::Crashed);
-        let slow = run("sleep 5").timeout(Some(std::time::Duration::from_millis(100)));
-        assert_eq!(verdict(&slow.run().await), FileStatus::TimedOut);
     }
 }

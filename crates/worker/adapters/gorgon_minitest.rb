@@ -1,0 +1,51 @@
+# gorgon-rs built-in Minitest runner: loads Minitest and test/test_helper.rb once, then runs
+# each requested file in a fork of this warm process and reports every test (runner protocol).
+require_relative 'gorgon_runner'
+require 'minitest'
+
+# Files usually require minitest/autorun; its at_exit hook must never run in a runner.
+Minitest.class_variable_set(:@@installed_at_exit, true)
+$LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('test'))
+require 'test_helper' if File.exist?('test/test_helper.rb')
+PRELOADED_RUNNABLES = Minitest::Runnable.runnables.dup
+
+# Records each test's result for the worker.
+class GorgonMinitestReporter < Minitest::AbstractReporter
+  def record(result)
+    failure = result.failures.first
+    status = if result.skipped? then 'skipped'
+             elsif result.error? then 'errored'
+             elsif failure then 'failed'
+             else 'passed'
+             end
+    file, line = result.respond_to?(:source_location) ? result.source_location : []
+    entry = { name: "#{result.respond_to?(:klass) ? result.klass : result.class.name}##{result.name}",
+              classname: (result.respond_to?(:klass) ? result.klass : result.class.name).to_s,
+              file: GorgonRunner.relative(file), line: line, status: status, seconds: result.time.to_f }
+    if failure
+      error = failure.respond_to?(:error) ? failure.error : failure
+      message = status == 'errored' ? "#{error.class}: #{error.message}" : failure.message
+      backtrace = Minitest.filter_backtrace(error.backtrace || [])
+      entry[:message] = message.to_s.strip
+      entry[:details] = GorgonRunner.trim_backtrace(backtrace)
+    end
+    GorgonRunner.tests << entry
+  end
+end
+
+GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |file, args|
+  begin
+    load File.expand_path(file)
+  rescue ScriptError, StandardError => e
+    next({ outcome: 'load_error',
+           message: "#{file} failed to load: #{e.class}: #{e.message}\n#{GorgonRunner.trim_backtrace(e.backtrace)}" })
+  end
+  options = Minitest.process_args(args)
+  Minitest.seed = options[:seed] if Minitest.respond_to?(:seed=)
+  reporter = Minitest::CompositeReporter.new
+  reporter << GorgonMinitestReporter.new
+  reporter.start
+  (Minitest::Runnable.runnables - PRELOADED_RUNNABLES).each { |klass| klass.run(reporter, options) }
+  reporter.report
+  { outcome: 'completed' }
+end

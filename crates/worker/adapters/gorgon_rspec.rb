@@ -1,0 +1,85 @@
+# gorgon-rs built-in RSpec runner: loads RSpec and spec/spec_helper.rb once, then runs each
+# requested file in a fork of this warm process and reports every example (runner protocol).
+require_relative 'gorgon_runner'
+require 'rspec/core'
+
+$LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('spec'))
+require 'spec_helper' if File.exist?('spec/spec_helper.rb')
+
+# RSpec loads its expectation and mock frameworks and its matchers lazily, on first use; load
+# them here (after the helper, which may choose other frameworks) so that no forked child pays
+# for them again. This is most of what a trivial file costs.
+RSpec.configuration.expectation_frameworks
+RSpec.configuration.mock_framework
+if defined?(RSpec::Matchers::BuiltIn)
+  RSpec::Matchers::BuiltIn.constants.each do |name|
+    RSpec::Matchers::BuiltIn.const_get(name)
+  rescue NameError, LoadError
+    nil
+  end
+end
+require 'rspec/core/formatters/exception_presenter'
+
+# Collects each example's result, and errors reported outside examples (load errors).
+class GorgonRspecFormatter
+  RSpec::Core::Formatters.register self, :example_passed, :example_failed, :example_pending, :message
+
+  class << self
+    attr_accessor :messages
+  end
+  self.messages = []
+
+  def initialize(_output); end
+
+  def example_passed(notification)
+    GorgonRunner.tests << entry(notification.example, 'passed')
+  end
+
+  def example_pending(notification)
+    example = notification.example
+    status = example.respond_to?(:skipped?) && example.skipped? ? 'skipped' : 'pending'
+    GorgonRunner.tests << entry(example, status).merge(message: example.execution_result.pending_message)
+  end
+
+  def example_failed(notification)
+    example = notification.example
+    exception = example.execution_result.exception
+    assertion = exception.class.name.to_s.start_with?('RSpec::Expectations', 'RSpec::Mocks', 'RSpec::Core::Pending')
+    message = exception.message.to_s
+    message = "#{exception.class}: #{message}" unless assertion
+    backtrace = RSpec.configuration.backtrace_formatter.format_backtrace(exception.backtrace || [], example.metadata)
+    GorgonRunner.tests << entry(example, assertion ? 'failed' : 'errored').merge(
+      message: message.strip, details: GorgonRunner.trim_backtrace(backtrace)
+    )
+  end
+
+  def message(notification)
+    self.class.messages << notification.message
+  end
+
+  private
+
+  def entry(example, status)
+    { name: example.full_description,
+      classname: example.example_group.top_level_description,
+      file: GorgonRunner.relative(example.metadata[:file_path]),
+      line: example.metadata[:line_number],
+      status: status,
+      seconds: example.execution_result.run_time.to_f }
+  end
+end
+
+version = "rspec #{RSpec::Core::Version::STRING} (ruby #{RUBY_VERSION})"
+GorgonRunner.serve(version) do |file, args|
+  RSpec.configuration.add_formatter(GorgonRspecFormatter)
+  RSpec::Core::Runner.run([*args, file], $stderr, $stdout)
+  world = RSpec.world
+  outside = world.respond_to?(:non_example_failure) && world.non_example_failure
+  if outside
+    { outcome: 'load_error',
+      message: "#{file}: an error occurred outside of examples (while loading the file?)\n" +
+               GorgonRspecFormatter.messages.join("\n").strip }
+  else
+    { outcome: 'completed' }
+  end
+end

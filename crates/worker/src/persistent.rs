@@ -1,0 +1,287 @@
+//! One persistent runner process: started once in its own process group, it says hello, then
+//! answers one file at a time over the runner protocol (`docs/runner-protocol.md`) on its
+//! stdin and stdout. Its stderr is collected as the runner's own output.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gorgon_exec::{describe_status, terminate_group, OutputBuffer, ShellCommand};
+use gorgon_protocol::{
+    FileDone, RunRequest, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION,
+};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// How long a runner that closed its stdout gets to exit by itself before its group is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a runner could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("could not start the runner `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the runner `{command}` ended before saying hello ({status})")]
+    Ended { command: String, status: String },
+    #[error("the runner `{command}` did not say hello within {seconds} s")]
+    Silent { command: String, seconds: u64 },
+    #[error("the runner `{command}` did not open with a hello line: {line}")]
+    NoHello { command: String, line: String },
+    #[error(
+        "the runner `{command}` speaks runner protocol {version}, this worker speaks {RUNNER_PROTOCOL_VERSION}"
+    )]
+    WrongVersion { command: String, version: u32 },
+}
+
+/// The end of one file's run, as seen from the worker.
+#[derive(Debug)]
+pub enum Answer {
+    /// The runner answered; `stray` holds stdout lines that were not protocol lines.
+    Done { done: FileDone, stray: String },
+    /// The runner ended, or broke the protocol, before answering; the session is over.
+    Died { status: String },
+    /// The file ran past its limit; the runner's group was killed and the session is over.
+    TimedOut,
+}
+
+/// A running runner process.
+pub struct Session {
+    child: Child,
+    group: Option<Pid>,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<String>,
+    stderr: Arc<Mutex<OutputBuffer>>,
+    /// The runner's name and version from its hello.
+    pub name: String,
+}
+
+impl Session {
+    /// Starts `command` and waits at most `boot_limit` for its hello. On failure, the
+    /// returned output is what the runner printed.
+    pub async fn start(
+        command: &ShellCommand,
+        boot_limit: Duration,
+    ) -> Result<Session, (BootError, String)> {
+        let mut process = Command::new("sh");
+        process
+            .arg("-c")
+            .arg(&command.command)
+            .current_dir(&command.cwd)
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = process.spawn().map_err(|source| {
+            let error = BootError::Spawn {
+                command: command.command.clone(),
+                source,
+            };
+            (error, String::new())
+        })?;
+        let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let (sender, lines) = mpsc::unbounded_channel();
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stderr = Arc::new(Mutex::new(OutputBuffer::default()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let stderr = Arc::clone(&stderr);
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 8192];
+                while let Ok(n) = pipe.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    lock(&stderr).push(&chunk[..n]);
+                }
+            });
+        }
+        let mut session = Session {
+            stdin: child.stdin.take(),
+            child,
+            group,
+            lines,
+            stderr,
+            name: String::new(),
+        };
+        let name = command.command.clone();
+        let mut stray = String::new();
+        let hello = tokio::time::timeout(boot_limit, async {
+            loop {
+                match session.lines.recv().await {
+                    Some(line) if !is_protocol_line(&line) => {
+                        stray.push_str(&line);
+                        stray.push('\n');
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        let failure = match hello {
+            Ok(Some(line)) => match RunnerMessage::decode(&line) {
+                Ok(RunnerMessage::Hello { protocol, runner })
+                    if protocol == RUNNER_PROTOCOL_VERSION =>
+                {
+                    session.name = runner;
+                    return Ok(session);
+                }
+                Ok(RunnerMessage::Hello { protocol, .. }) => BootError::WrongVersion {
+                    command: name,
+                    version: protocol,
+                },
+                _ => BootError::NoHello {
+                    command: name,
+                    line: line.chars().take(200).collect(),
+                },
+            },
+            Ok(None) => BootError::Ended {
+                command: name,
+                status: session.end().await,
+            },
+            Err(_) => BootError::Silent {
+                command: name,
+                seconds: boot_limit.as_secs(),
+            },
+        };
+        session.kill();
+        let mut output = stray;
+        output.push_str(&session.take_stderr());
+        Err((failure, output))
+    }
+
+    /// Sends one file and waits for its answer, at most `limit`.
+    pub async fn run(&mut self, request: RunRequest, limit: Option<Duration>) -> Answer {
+        let file = request.file.clone();
+        let line = WorkerRequest::Run(request).encode_line();
+        let written = match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(line.as_bytes())
+                .await
+                .and(stdin.flush().await),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if written.is_err() {
+            return Answer::Died {
+                status: self.end().await,
+            };
+        }
+        let mut stray = String::new();
+        let answer = async {
+            loop {
+                let line = self.lines.recv().await?;
+                if !is_protocol_line(&line) {
+                    stray.push_str(&line);
+                    stray.push('\n');
+                    continue;
+                }
+                return Some(RunnerMessage::decode(&line).map_err(|e| (e.to_string(), line)));
+            }
+        };
+        let answer = match limit {
+            Some(limit) => match tokio::time::timeout(limit, answer).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.kill();
+                    let _ = self.child.wait().await;
+                    return Answer::TimedOut;
+                }
+            },
+            None => answer.await,
+        };
+        match answer {
+            Some(Ok(RunnerMessage::FileDone(done))) if done.file == file => {
+                Answer::Done { done, stray }
+            }
+            Some(Ok(other)) => {
+                self.kill();
+                Answer::Died {
+                    status: format!(
+                        "broke the runner protocol: expected the result of {file}, got {other:?}"
+                    ),
+                }
+            }
+            Some(Err((error, line))) => {
+                self.kill();
+                let line: String = line.chars().take(200).collect();
+                Answer::Died {
+                    status: format!("broke the runner protocol ({error}): {line}"),
+                }
+            }
+            None => Answer::Died {
+                status: self.end().await,
+            },
+        }
+    }
+
+    /// What the runner printed on stderr since the last call.
+    pub fn take_stderr(&self) -> String {
+        std::mem::take(&mut *lock(&self.stderr)).text()
+    }
+
+    /// Asks the runner to exit by closing its stdin, then stops its group the careful way.
+    pub async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(EXIT_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the runner did not exit when its stdin closed");
+        }
+        if let Some(group) = self.group.take() {
+            terminate_group(group.as_raw() as u32, EXIT_GRACE).await;
+        }
+    }
+
+    /// After the runner's stdout closed: waits briefly for it to exit, kills what is left of
+    /// its group, and describes how it ended.
+    async fn end(&mut self) -> String {
+        let status = match tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
+            Ok(Ok(status)) => describe_status(status),
+            Ok(Err(error)) => format!("could not wait for it: {error}"),
+            Err(_) => "closed its stdout without exiting".to_owned(),
+        };
+        self.kill();
+        let _ = self.child.wait().await;
+        status
+    }
+
+    fn kill(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A dropped session (the worker stops mid-file) never leaves its runner running.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Protocol lines are JSON objects; anything else a runner prints on stdout is kept as
+/// output, so that a helper that prints on load does not break the runner.
+fn is_protocol_line(line: &str) -> bool {
+    line.trim_start().starts_with('{')
+}
+
+fn lock(buffer: &Mutex<OutputBuffer>) -> std::sync::MutexGuard<'_, OutputBuffer> {
+    // A poisoned lock only means the reader task panicked mid-push; the text is still usable.
+    buffer.lock().unwrap_or_else(|e| e.into_inner())
+}

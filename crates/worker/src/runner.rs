@@ -1,0 +1,501 @@
+//! How a worker runs one test file, for each `job.runner.kind`: a shell command per file
+//! (with an optional JUnit report), or a persistent runner (hand-written or built in) that
+//! boots once and serves files over the runner protocol. Both end in a [`FileRun`], judged
+//! so that nothing that did not run its tests reads as a pass.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gorgon_exec::{CommandOutcome, OutputBuffer, ShellCommand};
+use gorgon_protocol::{
+    FileDone, FileStatus, RunOutcome, RunRequest, RunnerKind, RunnerSettings, TestResult,
+    TestStatus,
+};
+use tokio::io::AsyncReadExt;
+
+use crate::builtin::write_adapter;
+use crate::junit;
+use crate::persistent::{Answer, Session};
+
+/// How long a persistent runner may take to boot (load the framework and the application)
+/// before its first file is reported as crashed.
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+/// The outcome of one file, ready to become a `FileResult`.
+#[derive(Debug)]
+pub struct FileRun {
+    pub status: FileStatus,
+    pub exit: String,
+    pub output: String,
+    pub seconds: f64,
+    pub tests: Vec<TestResult>,
+}
+
+/// The runner of one worker.
+pub enum Runner {
+    Command(CommandRunner),
+    Persistent(Box<PersistentRunner>),
+}
+
+pub struct CommandRunner {
+    base: ShellCommand,
+    template: String,
+    limit: Option<Duration>,
+    allow_empty: bool,
+}
+
+pub struct PersistentRunner {
+    command: ShellCommand,
+    args: Vec<String>,
+    limit: Option<Duration>,
+    allow_empty: bool,
+    session: Option<Session>,
+    /// Holds the built-in adapter scripts and each file's output.
+    scratch: tempfile::TempDir,
+    files_run: u64,
+}
+
+impl Runner {
+    /// The runner `settings` describe; `base` carries the workspace and the environment.
+    pub fn new(settings: &RunnerSettings, base: ShellCommand) -> std::io::Result<Runner> {
+        let limit = settings
+            .file_timeout
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64);
+        if settings.kind == RunnerKind::Command {
+            return Ok(Runner::Command(CommandRunner {
+                base,
+                template: settings.command.clone(),
+                limit,
+                allow_empty: settings.allow_empty_files,
+            }));
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("gorgon-runner-")
+            .tempdir()?;
+        let command = write_adapter(settings.kind, &settings.command, scratch.path())?
+            .unwrap_or_else(|| settings.command.clone());
+        Ok(Runner::Persistent(Box::new(PersistentRunner {
+            command: ShellCommand { command, ..base },
+            args: settings.args.clone(),
+            limit,
+            allow_empty: settings.allow_empty_files,
+            session: None,
+            scratch,
+            files_run: 0,
+        })))
+    }
+
+    /// Runs one file (a path already checked to stay inside the workspace).
+    pub async fn run_file(&mut self, file: &str) -> FileRun {
+        match self {
+            Runner::Command(runner) => runner.run_file(file).await,
+            Runner::Persistent(runner) => runner.run_file(file).await,
+        }
+    }
+
+    /// Stops a persistent runner at the end of the job.
+    pub async fn stop(self) {
+        if let Runner::Persistent(runner) = self {
+            if let Some(session) = runner.session {
+                session.stop().await;
+            }
+        }
+    }
+}
+
+impl CommandRunner {
+    async fn run_file(&mut self, file: &str) -> FileRun {
+        let mut command = match runner_command(&self.template, file) {
+            Ok(command) => command,
+            Err(problem) => return refused(problem),
+        };
+        let report_dir = match self.template.contains("{junit}") {
+            true => match tempfile::Builder::new().prefix("gorgon-junit-").tempdir() {
+                Ok(dir) => Some(dir),
+                Err(error) => return refused(format!("cannot create a temporary folder: {error}")),
+            },
+            false => None,
+        };
+        let report = report_dir.as_ref().map(|d| d.path().join("junit.xml"));
+        if let Some(report) = &report {
+            match shlex::try_quote(&report.to_string_lossy()) {
+                Ok(quoted) => command = command.replace("{junit}", &quoted),
+                Err(_) => return refused("the temporary folder's path cannot be quoted".into()),
+            }
+        }
+        let run = ShellCommand {
+            command,
+            ..self.base.clone()
+        };
+        let outcome = run.timeout(self.limit).run().await;
+        let mut output = outcome.output.clone();
+        let tests = match report.as_deref().filter(|r| r.exists()) {
+            Some(report) => match read_junit(report) {
+                Ok(tests) => Some(tests),
+                Err(problem) => {
+                    output.push_str(&format!("\n[gorgon] {problem}\n"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let (status, exit, reason) = judge_command(&outcome, tests.as_deref(), self.allow_empty);
+        if let Some(reason) = reason {
+            output = format!("{reason}\n{output}");
+        }
+        FileRun {
+            status,
+            exit,
+            output,
+            seconds: outcome.seconds,
+            tests: tests.unwrap_or_default(),
+        }
+    }
+}
+
+impl PersistentRunner {
+    async fn run_file(&mut self, file: &str) -> FileRun {
+        let started = Instant::now();
+        let seconds = || started.elapsed().as_secs_f64();
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => match Session::start(&self.command, BOOT_LIMIT).await {
+                Ok(session) => {
+                    tracing::info!(runner = session.name, "the runner is ready");
+                    session
+                }
+                Err((error, output)) => {
+                    return FileRun {
+                        status: FileStatus::Crashed,
+                        exit: "the runner did not start".into(),
+                        output: format!("{error}\n{output}"),
+                        seconds: seconds(),
+                        tests: Vec::new(),
+                    }
+                }
+            },
+        };
+        let session = self.session.insert(session);
+        let between_files = session.take_stderr();
+        if !between_files.trim().is_empty() {
+            tracing::info!(output = between_files.trim_end(), "the runner said");
+        }
+        self.files_run += 1;
+        let output_path = self
+            .scratch
+            .path()
+            .join(format!("output-{}.txt", self.files_run));
+        if let Err(error) = std::fs::write(&output_path, "") {
+            return refused(format!("cannot create {}: {error}", output_path.display()));
+        }
+        let request = RunRequest {
+            file: file.to_owned(),
+            args: self.args.clone(),
+            output_path: Some(output_path.to_string_lossy().into_owned()),
+        };
+        let answer = session.run(request, self.limit).await;
+        let mut output = read_bounded(&output_path).await;
+        let _ = std::fs::remove_file(&output_path);
+        output.push_str(&session.take_stderr());
+        let run = |status, exit: String, output: String, tests| FileRun {
+            status,
+            exit,
+            output,
+            seconds: seconds(),
+            tests,
+        };
+        match answer {
+            Answer::Done { done, stray } => {
+                output.push_str(&stray);
+                output.push_str(&done.output);
+                let (status, exit, reason) = judge_done(&done, self.allow_empty);
+                if let Some(reason) = reason {
+                    output = format!("{reason}\n{output}");
+                }
+                run(status, exit, output, done.tests)
+            }
+            Answer::Died { status } => {
+                self.session = None;
+                let exit = format!("the runner ended in the middle of the file ({status})");
+                run(
+                    FileStatus::Crashed,
+                    exit.clone(),
+                    format!("{file}: {exit}\n{output}"),
+                    Vec::new(),
+                )
+            }
+            Answer::TimedOut => {
+                self.session = None;
+                let limit = self.limit.unwrap_or_default().as_secs_f64();
+                let exit = format!("timed out after {limit} s");
+                run(
+                    FileStatus::TimedOut,
+                    exit.clone(),
+                    format!("{file}: {exit}; the runner was killed\n{output}"),
+                    Vec::new(),
+                )
+            }
+        }
+    }
+}
+
+/// A file the worker will not run.
+fn refused(problem: String) -> FileRun {
+    FileRun {
+        status: FileStatus::Crashed,
+        exit: "refused".into(),
+        output: problem,
+        seconds: 0.0,
+        tests: Vec::new(),
+    }
+}
+
+/// The runner command for one file: every `{file}` replaced by the shell-quoted path.
+pub fn runner_command(template: &str, file: &str) -> Result<String, String> {
+    let quoted = shlex::try_quote(file).map_err(|_| {
+        format!("the path {file:?} holds a NUL byte and cannot be passed to a shell")
+    })?;
+    Ok(template.replace("{file}", &quoted))
+}
+
+fn read_junit(path: &Path) -> Result<Vec<TestResult>, String> {
+    let xml = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the JUnit report {}: {e}", path.display()))?;
+    junit::parse(&xml).map_err(|e| e.to_string())
+}
+
+/// Reads a file's output, keeping its head and tail like any other output.
+async fn read_bounded(path: &Path) -> String {
+    let mut buffer = OutputBuffer::default();
+    if let Ok(mut file) = tokio::fs::File::open(path).await {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(n) = file.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buffer.push(&chunk[..n]);
+        }
+    }
+    buffer.text()
+}
+
+/// The verdict the tests alone give: failed when one failed or errored, failed when there
+/// are none (unless empty files are allowed), passed otherwise. Skipped and pending tests
+/// count as run.
+fn judge_tests(tests: &[TestResult], allow_empty: bool) -> (FileStatus, String, Option<String>) {
+    let failing = tests
+        .iter()
+        .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Errored))
+        .count();
+    if failing > 0 {
+        let exit = format!("{failing} of {} tests failed", tests.len());
+        (FileStatus::Failed, exit, None)
+    } else if tests.is_empty() && !allow_empty {
+        let reason = "no tests ran: the file defines no test (set job.runner.allow_empty_files \
+                      to let such files pass)";
+        (
+            FileStatus::Failed,
+            "no tests ran".into(),
+            Some(reason.into()),
+        )
+    } else if tests.is_empty() {
+        (FileStatus::Passed, "no tests".into(), None)
+    } else {
+        (
+            FileStatus::Passed,
+            format!("{} tests passed", tests.len()),
+            None,
+        )
+    }
+}
+
+/// The verdict on a persistent runner's answer: (status, exit, a reason to show first).
+fn judge_done(done: &FileDone, allow_empty: bool) -> (FileStatus, String, Option<String>) {
+    let message = || {
+        done.message
+            .clone()
+            .filter(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| format!("{}: {:?}", done.file, done.outcome))
+    };
+    match done.outcome {
+        RunOutcome::Completed => judge_tests(&done.tests, allow_empty),
+        RunOutcome::LoadError => (FileStatus::Failed, "load error".into(), Some(message())),
+        RunOutcome::Exited => (
+            FileStatus::Failed,
+            "the process was ended by the file".into(),
+            Some(message()),
+        ),
+        RunOutcome::Killed => (
+            FileStatus::Crashed,
+            "killed by a signal".into(),
+            Some(message()),
+        ),
+        RunOutcome::RunnerError => (FileStatus::Crashed, "runner error".into(), Some(message())),
+    }
+}
+
+/// The verdict on a command: its exit status, made stricter by a JUnit report when there is
+/// one (a failing test or an empty report fails a command that exited 0).
+fn judge_command(
+    outcome: &CommandOutcome,
+    tests: Option<&[TestResult]>,
+    allow_empty: bool,
+) -> (FileStatus, String, Option<String>) {
+    let by_exit = if outcome.timed_out {
+        FileStatus::TimedOut
+    } else if outcome.success() {
+        FileStatus::Passed
+    } else if outcome.crashed() {
+        FileStatus::Crashed
+    } else {
+        FileStatus::Failed
+    };
+    let Some(tests) = tests else {
+        return (by_exit, outcome.description.clone(), None);
+    };
+    let (by_tests, summary, reason) = judge_tests(tests, allow_empty);
+    let status = match (by_exit, by_tests) {
+        (FileStatus::Passed, by_tests) => by_tests,
+        (by_exit, _) => by_exit,
+    };
+    (
+        status,
+        format!("{}; {summary}", outcome.description),
+        reason,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test(status: TestStatus) -> TestResult {
+        TestResult {
+            name: "t".into(),
+            classname: String::new(),
+            file: None,
+            line: None,
+            status,
+            seconds: 0.0,
+            message: None,
+            details: None,
+        }
+    }
+
+    fn done(outcome: RunOutcome, tests: Vec<TestResult>) -> FileDone {
+        FileDone {
+            file: "f".into(),
+            outcome,
+            message: Some("why".into()),
+            tests,
+            output: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_file_is_substituted_and_quoted() {
+        assert_eq!(
+            runner_command("ruby -Itest {file}", "test/a_test.rb").unwrap(),
+            "ruby -Itest test/a_test.rb"
+        );
+        assert_eq!(
+            runner_command("sh {file} && echo {file}", "t/my test.sh").unwrap(),
+            "sh 't/my test.sh' && echo 't/my test.sh'"
+        );
+        assert_eq!(runner_command("make test", "a.sh").unwrap(), "make test");
+        assert!(runner_command("sh {file}", "a\0b").is_err());
+    }
+
+    #[test]
+    fn nothing_that_did_not_run_its_tests_passes() {
+        use RunOutcome::*;
+        let passed = || vec![test(TestStatus::Passed), test(TestStatus::Skipped)];
+        let verdict = |d: FileDone, allow| judge_done(&d, allow).0;
+        assert_eq!(
+            verdict(done(Completed, passed()), false),
+            FileStatus::Passed
+        );
+        assert_eq!(
+            verdict(done(Completed, vec![test(TestStatus::Errored)]), false),
+            FileStatus::Failed
+        );
+        assert_eq!(verdict(done(Completed, vec![]), false), FileStatus::Failed);
+        assert_eq!(verdict(done(Completed, vec![]), true), FileStatus::Passed);
+        assert_eq!(verdict(done(LoadError, passed()), true), FileStatus::Failed);
+        assert_eq!(verdict(done(Exited, passed()), true), FileStatus::Failed);
+        assert_eq!(verdict(done(Killed, passed()), true), FileStatus::Crashed);
+        assert_eq!(
+            verdict(done(RunnerError, passed()), true),
+            FileStatus::Crashed
+        );
+        let (_, exit, reason) = judge_done(&done(Completed, vec![]), false);
+        assert_eq!(exit, "no tests ran");
+        assert!(reason.unwrap().contains("allow_empty_files"));
+    }
+
+    #[tokio::test]
+    async fn a_junit_report_makes_a_green_exit_stricter() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = ShellCommand::new("", dir.path());
+        let settings = |command: &str| RunnerSettings {
+            command: command.into(),
+            ..RunnerSettings::default()
+        };
+        let failing = r#"<testsuite><testcase name="adds" classname="Cart" file="c.rb" line="3"><failure message="expected 2">c.rb:4</failure></testcase></testsuite>"#;
+        let command = format!("printf '%s' '{failing}' > {{junit}}");
+        let mut runner = Runner::new(&settings(&command), base.clone()).unwrap();
+        let run = runner.run_file("c.rb").await;
+        assert_eq!(run.status, FileStatus::Failed, "{run:?}");
+        assert_eq!(run.exit, "exit status 0; 1 of 1 tests failed");
+        assert_eq!(run.tests[0].name, "adds");
+        assert_eq!(run.tests[0].line, Some(3));
+
+        let mut runner = Runner::new(&settings("exit 3"), base.clone()).unwrap();
+        let run = runner.run_file("c.rb").await;
+        assert_eq!(run.status, FileStatus::Failed);
+        assert!(run.tests.is_empty());
+
+        let mut runner =
+            Runner::new(&settings("echo '<testsuite/>' > {junit}"), base.clone()).unwrap();
+        let run = runner.run_file("c.rb").await;
+        assert_eq!(run.status, FileStatus::Failed, "{run:?}");
+        assert!(run.output.starts_with("no tests ran"), "{run:?}");
+    }
+
+    #[tokio::test]
+    async fn a_persistent_runner_serves_files_and_is_replaced_when_it_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        // A minimal runner in sh: passes `ok` files, dies on `die` files.
+        let script = r#"echo '{"type":"hello","protocol":1,"runner":"sh"}'
+while read -r line; do
+  case "$line" in
+    *die*) echo "dying on purpose" >&2; exit 0 ;;
+    *hang*) sleep 30 ;;
+    *) echo "{\"type\":\"file_done\",\"file\":\"ok\",\"outcome\":\"completed\",\"tests\":[{\"name\":\"a\",\"status\":\"passed\"}]}" ;;
+  esac
+done"#;
+        std::fs::write(dir.path().join("runner.sh"), script).unwrap();
+        let settings = RunnerSettings {
+            kind: RunnerKind::Persistent,
+            command: "sh runner.sh".into(),
+            file_timeout: Some(0.5),
+            ..RunnerSettings::default()
+        };
+        let mut runner = Runner::new(&settings, ShellCommand::new("", dir.path())).unwrap();
+        let run = runner.run_file("ok").await;
+        assert_eq!(run.status, FileStatus::Passed, "{run:?}");
+        let run = runner.run_file("die").await;
+        assert_eq!(run.status, FileStatus::Crashed, "{run:?}");
+        assert!(run.exit.contains("exit status 0"), "{run:?}");
+        assert!(run.output.contains("dying on purpose"), "{run:?}");
+        let run = runner.run_file("ok").await;
+        assert_eq!(run.status, FileStatus::Passed, "{run:?}");
+        let run = runner.run_file("hang").await;
+        assert_eq!(run.status, FileStatus::TimedOut, "{run:?}");
+        assert_eq!(run.exit, "timed out after 0.5 s");
+        let run = runner.run_file("ok").await;
+        assert_eq!(run.status, FileStatus::Passed, "{run:?}");
+        runner.stop().await;
+    }
+}

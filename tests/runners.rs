@@ -1,0 +1,231 @@
+//! End to end through the real path (binary, RabbitMQ, rsync daemon, listener, workers) for
+//! the built-in persistent runners: each fixture suite in `tests/fixtures/` reports the right
+//! status for every file and test, the right exit code and each failing test by file:line;
+//! a runner killed mid-file or past its time limit costs only that file.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Cluster, Project, Run};
+
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Copies `tests/fixtures/<name>` into the project.
+fn copy_fixture(name: &str, project: &Project) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    copy(&root.join(name), &project.dir);
+}
+
+/// Runs the fixture suite `name` with the built-in runner of the same name on one listener
+/// with one worker, so that every file goes through the same warm runner.
+/// What the report of one fixture suite must say.
+struct Expected {
+    /// The built-in runner, also the fixture's folder under `tests/fixtures`.
+    runner: &'static str,
+    files: &'static str,
+    /// Exactly the files that must not pass, sorted.
+    failed: &'static [&'static str],
+    /// Text the report must hold (failing tests with file:line and message).
+    report: &'static [&'static str],
+    /// (file, why): each file reported as failed with that reason in its section.
+    reasons: &'static [(&'static str, &'static str)],
+    totals: &'static str,
+    tests: &'static str,
+}
+
+/// Runs a fixture suite with its built-in runner on one listener with one worker (so that
+/// every file goes through the same warm runner) and checks the report against `expected`.
+fn check_fixture(expected: Expected) {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("runner", 1);
+    let project = cluster.project(
+        expected.runner,
+        json!({"files": [expected.files],
+               "job": {"runner": {"kind": expected.runner, "command": ""}}}),
+    );
+    copy_fixture(expected.runner, &project);
+    cluster.wait_for_listeners(&project, 1);
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 1, "{run:?}");
+    let mut failed: Vec<String> =
+        serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    failed.sort();
+    assert_eq!(failed, expected.failed, "{run:?}");
+    for text in expected.report {
+        assert!(run.stdout.contains(text), "expected {text:?} in {run:?}");
+    }
+    for (file, why) in expected.reasons {
+        assert_file_failed(&run, file, why);
+    }
+    for line in [expected.totals, expected.tests] {
+        assert!(run.stdout.contains(line), "expected {line:?} in {run:?}");
+    }
+}
+
+/// Asserts that the report says `file` failed for `why`.
+fn assert_file_failed(run: &Run, file: &str, why: &str) {
+    let header = format!("File '{file}' failed at 'runner:1' (");
+    let start = run
+        .stdout
+        .find(&header)
+        .unwrap_or_else(|| panic!("{file} is not reported as failed: {run:?}"));
+    let section = &run.stdout[start..];
+    let section = &section[..section.find("\n****").unwrap_or(section.len())];
+    assert!(section.contains(why), "{file} should say {why:?}: {run:?}");
+}
+
+#[test]
+fn rspec_files_and_examples_get_the_right_verdicts() {
+    check_fixture(Expected {
+        runner: "rspec",
+        files: "spec/**/*_spec.rb",
+        failed: &[
+            "spec/empty_spec.rb",
+            "spec/error_spec.rb",
+            "spec/exit_bang_spec.rb",
+            "spec/exit_spec.rb",
+            "spec/failing_spec.rb",
+            "spec/load_error_spec.rb",
+        ],
+        report: &[
+            "1) Cart adds tax failed (spec/failing_spec.rb:7)\n     expected: 121\n          got: 120.0",
+            "# spec/failing_spec.rb:8:in",
+            "1) Payments charges the card errored (spec/error_spec.rb:3)\n     ArgumentError: card number missing",
+        ],
+        reasons: &[
+            ("spec/load_error_spec.rb", "load error"),
+            ("spec/load_error_spec.rb", "syntax error"),
+            ("spec/empty_spec.rb", "no tests ran"),
+            ("spec/exit_spec.rb", "called exit"),
+            ("spec/exit_bang_spec.rb", "ended the process"),
+        ],
+        totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
+        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending",
+    });
+}
+
+#[test]
+fn minitest_files_and_tests_get_the_right_verdicts() {
+    check_fixture(Expected {
+        runner: "minitest",
+        files: "test/**/*_test.rb",
+        failed: &[
+            "test/empty_test.rb",
+            "test/error_test.rb",
+            "test/exit_bang_test.rb",
+            "test/exit_test.rb",
+            "test/failing_test.rb",
+            "test/load_error_test.rb",
+        ],
+        report: &[
+            "1) CartTest#test_adds_tax failed (test/failing_test.rb:9)\n     Expected: 121\n       Actual: 120.0",
+            "1) PaymentsTest#test_charges_the_card errored (test/error_test.rb:5)\n     ArgumentError: card number missing",
+        ],
+        reasons: &[
+            ("test/load_error_test.rb", "syntax error"),
+            ("test/empty_test.rb", "no tests ran"),
+            ("test/exit_test.rb", "called exit"),
+            ("test/exit_bang_test.rb", "ended the process"),
+        ],
+        totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
+        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 0 pending",
+    });
+}
+
+#[test]
+fn pytest_files_and_tests_get_the_right_verdicts() {
+    check_fixture(Expected {
+        runner: "pytest",
+        files: "tests/**/test_*.py",
+        failed: &[
+            "tests/test_empty.py",
+            "tests/test_error.py",
+            "tests/test_exit.py",
+            "tests/test_failing.py",
+            "tests/test_load_error.py",
+            "tests/test_syntax_error.py",
+        ],
+        report: &[
+            "1) test_adds_tax failed (tests/test_failing.py:8)\n     assert (100 * 1.2) == 121",
+            "1) test_charges_the_card errored (tests/test_error.py:4)\n     ValueError: card number missing",
+        ],
+        reasons: &[
+            ("tests/test_load_error.py", "module_that_does_not_exist"),
+            ("tests/test_syntax_error.py", "SyntaxError"),
+            ("tests/test_empty.py", "no tests ran"),
+            ("tests/test_exit.py", "os._exit"),
+        ],
+        totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
+        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending",
+    });
+}
+
+#[test]
+fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("runner", 1);
+    let project = cluster.project(
+        "killed",
+        json!({"files": ["spec/*_spec.rb"],
+               "job": {"runner": {"kind": "rspec", "command": "", "file_timeout": 5}}}),
+    );
+    for name in ["a", "b", "c"] {
+        project.write(
+            &format!("spec/{name}_spec.rb"),
+            "RSpec.describe('fine') { it('passes') { expect(1).to eq(1) } }\n",
+        );
+    }
+    project.write(
+        "spec/kill_spec.rb",
+        "RSpec.describe('killer') do\n  it('kills its runner') do\n    puts 'about to kill the runner'\n    Process.kill('KILL', Process.ppid)\n    sleep 5\n  end\nend\n",
+    );
+    project.write(
+        "spec/hang_spec.rb",
+        "RSpec.describe('sleeper') do\n  it('hangs') do\n    puts 'going to sleep'\n    sleep 120\n  end\nend\n",
+    );
+    cluster.wait_for_listeners(&project, 1);
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "File 'spec/kill_spec.rb' crashed at 'runner:1' (the runner ended in the middle of the file (killed by signal 9 (SIGKILL))"
+        ),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("about to kill the runner"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("File 'spec/hang_spec.rb' timed out at 'runner:1' (timed out after 5 s"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("going to sleep"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("5 files: 3 passed, 0 failed, 2 crashed, 0 not run"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("Tests: 3 passed, 0 failed, 0 errored, 0 skipped, 0 pending"),
+        "{run:?}"
+    );
+}
