@@ -89,22 +89,43 @@ JSON
 }
 
 # seconds COMMAND...: runs COMMAND quietly and prints its wall time in seconds; fails the
-# benchmark when the command fails.
+# benchmark when the command fails, or when EXPECT is set and its output lacks that text.
 seconds() {
     local start end
     start=$(date +%s.%N)
-    if ! "$@" >"$work/last.out" 2>"$work/last.err"; then
+    if ! "$@" </dev/null >"$work/last.out" 2>"$work/last.err"; then
         echo "error: $* failed:" >&2
         tail -20 "$work/last.out" "$work/last.err" >&2
         exit 1
     fi
     end=$(date +%s.%N)
+    if [ -n "${EXPECT:-}" ] && ! grep -q "$EXPECT" "$work/last.out"; then
+        echo "error: the output of $* lacks '$EXPECT':" >&2
+        tail -20 "$work/last.out" >&2
+        exit 1
+    fi
     echo "$end - $start" | bc -l | awk '{printf "%.3f\n", $1}'
 }
 
 # median NUMBER...: the median of the numbers.
 median() {
     printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# spec_files DIR COUNT: COUNT trivial spec files, the same every time, each with EXAMPLES
+# (default 1) passing examples.
+spec_files() {
+    local dir=$1 count=$2 examples=${EXAMPLES:-1}
+    mkdir -p "$dir"
+    for i in $(seq -w 1 "$count"); do
+        {
+            echo "RSpec.describe \"generated $i\" do"
+            for e in $(seq 1 "$examples"); do
+                echo "  it(\"passes $e\") { expect($((10#$i)) + $e).to eq($((10#$i + e))) }"
+            done
+            echo "end"
+        } >"$dir/generated_${i}_spec.rb"
+    done
 }
 
 # ratio A B: A / B with two decimals.
