@@ -328,16 +328,21 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     let mut cluster = Cluster::new();
     cluster.start_listener("tough", 2);
     let (project, record) = suite(&cluster, "garbage", 8, 0.3, json!({}));
-    let run = project.spawn_start(&[], &[]);
+    let events = cluster.path().join("garbage.events");
+    let run = project.spawn_start(&["--events", &events.display().to_string()], &[]);
     wait_for_file(
         &record.join("tests_00_test.sh.started"),
         Duration::from_secs(30),
     );
-    let job = cluster
-        .workspaces("tough")
-        .pop()
-        .expect("the job's workspace exists");
-    let job_id = uuid::Uuid::parse_str(&job).unwrap();
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let job_id = uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let settings = BrokerSettings {

@@ -296,3 +296,41 @@ fn ping_lists_every_listener_with_its_slots() {
     assert!(stdout.contains("with 3 worker slot(s)"), "{stdout}");
     assert!(stdout.contains("a total of 5 worker slot(s)"), "{stdout}");
 }
+
+#[test]
+fn a_warm_workspace_shows_exactly_the_originators_tree() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("warm", 1);
+    let project = cluster.project("warm", json!({"job": {"sync": {"exclude": ["*.log"]}}}));
+    // The test leaves debris in its workspace, checks that no earlier debris survived,
+    // and that the tree holds exactly what the originator has.
+    let check = "test ! -e debris.txt || { echo 'debris of an earlier job'; exit 1; }\n\
+                 test ! -e old.log || { echo 'an excluded file survived'; exit 1; }\n\
+                 echo junk > debris.txt; echo log > old.log\n\
+                 ls tests > listing.txt\n";
+    project.write("tests/check_test.sh", check);
+    project.write("tests/gone_test.sh", "exit 0\n");
+    let first = project.start(&[], RUN_LIMIT);
+    assert_eq!(first.code, 0, "{first:?}");
+    let workspaces = cluster.workspaces("warm");
+    assert_eq!(workspaces.len(), 1, "{workspaces:?}");
+    let workspace = &workspaces[0];
+    assert!(
+        workspace.join("debris.txt").exists(),
+        "the workspace is kept warm"
+    );
+
+    std::fs::remove_file(project.dir.join("tests/gone_test.sh")).unwrap();
+    let second = project.start(&[], RUN_LIMIT);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(
+        cluster.workspaces("warm"),
+        workspaces,
+        "the same workspace is reused"
+    );
+    let listing = std::fs::read_to_string(workspace.join("listing.txt")).unwrap();
+    assert_eq!(
+        listing, "check_test.sh\n",
+        "a deleted file is gone from the workspace"
+    );
+}

@@ -328,6 +328,31 @@ fn process_is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Processes (not zombies) whose working directory is `dir` or below it: what a local run
+/// in `dir` starts (workers, tests, callbacks).
+pub fn processes_working_in(dir: &Path) -> Vec<JobProcess> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if process_is_zombie(pid) {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+            found.push(JobProcess {
+                pid,
+                command: process_command(pid),
+            });
+        }
+    }
+    found
+}
+
 impl Cluster {
     /// Processes working inside this cluster's listener folders: worker managers, workers,
     /// tests and callbacks (by working directory or `GORGON_WORKSPACE`). Listeners
@@ -434,16 +459,23 @@ impl Cluster {
         let _ = listener.wait();
     }
 
-    /// The ids of the jobs listener `name` has a workspace for right now.
-    pub fn workspaces(&self, name: &str) -> Vec<String> {
-        std::fs::read_dir(self.path().join("listeners").join(name).join("workspaces"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The workspaces listener `name` has on disk right now (one folder per project and
+    /// concurrent job: `workspace_root/<project>/<n>`).
+    pub fn workspaces(&self, name: &str) -> Vec<PathBuf> {
+        let root = self.path().join("listeners").join(name).join("workspaces");
+        let mut found = Vec::new();
+        for project in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(project.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.path().is_dir() {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
     }
 }
 

@@ -34,13 +34,20 @@ pub fn tree_location(host: &str, port: u16, transport: SyncTransport, dir: &str)
     }
 }
 
-fn transfer_command(from: &str, to: &str, exclude: &[String], transport: SyncTransport) -> String {
+fn transfer_command(
+    from: &str,
+    to: &str,
+    exclude: &[String],
+    transport: SyncTransport,
+    extra: &[&str],
+) -> String {
     let mut words = vec![
         "rsync".to_owned(),
         "-a".to_owned(),
         "--delete".to_owned(),
         "--timeout=30".to_owned(),
     ];
+    words.extend(extra.iter().map(|word| word.to_string()));
     match transport {
         SyncTransport::Ssh => {
             words.push("-e".to_owned());
@@ -82,7 +89,7 @@ pub async fn push(
     transport: SyncTransport,
 ) -> Result<(), RsyncError> {
     transfer(
-        transfer_command("./", destination, exclude, transport),
+        transfer_command("./", destination, exclude, transport, &[]),
         root,
     )
     .await
@@ -95,11 +102,10 @@ pub async fn pull(
     exclude: &[String],
     transport: SyncTransport,
 ) -> Result<(), RsyncError> {
-    transfer(
-        transfer_command(source, "./", exclude, transport),
-        workspace,
-    )
-    .await
+    // The workspace may hold a previous job's tree: whatever the source does not have,
+    // excluded paths included, goes, so the job sees exactly the originator's tree.
+    let command = transfer_command(source, "./", exclude, transport, &["--delete-excluded"]);
+    transfer(command, workspace).await
 }
 
 /// The folder where the daemon on `port` keeps its config, pid file and log.
@@ -247,6 +253,7 @@ mod tests {
             "rsync://fs:1/src/p/",
             &["log dir".into(), ".git".into()],
             SyncTransport::Daemon,
+            &[],
         );
         assert_eq!(
             command,

@@ -15,6 +15,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::workspace::Workspace;
 use crate::{Shared, MANAGER_GRACE};
 use gorgon_exec::tail::{relay, LineTail};
 
@@ -60,15 +61,41 @@ pub async fn run_job(
         tokio::spawn(forward_stop(listener_stopping, stop.clone())),
         tokio::spawn(watch_for_cancel(shared.clone(), job.id, stop)),
     ];
-    let workspace = shared.settings.workspace_root.join(job.id.to_string());
-    let prepared = tokio::select! {
-        () = stopped(&mut stopping) => Err(Reported),
-        prepared = prepare(&shared, &job, &workspace) => prepared,
+    let taken = Workspace::take(&shared.settings.workspace_root, &job.definition.sync.source);
+    let mut keep_workspace = false;
+    let workspace = match taken {
+        Ok(workspace) => Some(workspace),
+        Err(error) => {
+            let output = format!(
+                "cannot create a workspace under {}: {error}",
+                shared.settings.workspace_root.display()
+            );
+            tracing::error!(job = %job.id, "{output}");
+            report(
+                &shared,
+                &job,
+                Message::SyncFailed {
+                    host: host.clone(),
+                    output,
+                },
+            )
+            .await;
+            None
+        }
     };
-    if prepared.is_ok() && !*stopping.borrow() {
-        let slots = shared.take_slots();
-        manage(&shared, &job, &workspace, slots, &mut stopping).await;
-        shared.release_slots(slots);
+    if let Some(workspace) = &workspace {
+        let prepared = tokio::select! {
+            () = stopped(&mut stopping) => Err(Reported),
+            prepared = prepare(&shared, &job, &workspace.path) => prepared,
+        };
+        if prepared.is_ok() && !*stopping.borrow() {
+            let slots = shared.take_slots();
+            manage(&shared, &job, &workspace.path, slots, &mut stopping).await;
+            shared.release_slots(slots);
+            // A job that ran to its end leaves a tree worth keeping warm; a cancelled one
+            // may have stopped anywhere.
+            keep_workspace = !*stopping.borrow();
+        }
     }
     for watcher in watchers {
         watcher.abort();
@@ -76,9 +103,10 @@ pub async fn run_job(
     // Nothing of the job may outlive it on this host, even a process that left its group.
     let id = job.id.to_string();
     gorgon_exec::procs::kill_tagged(&[("GORGON_JOB_ID", &id), ("GORGON_HOST", &host)]);
-    if let Err(error) = tokio::fs::remove_dir_all(&workspace).await {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(job = %job.id, workspace = %workspace.display(), %error, "cannot remove the workspace");
+    if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
+        let path = workspace.path.clone();
+        if let Err(error) = workspace.discard() {
+            tracing::warn!(job = %job.id, workspace = %path.display(), %error, "cannot remove the workspace");
         }
     }
     if let Err(error) = send(&shared, &job, Message::JobDone { host }).await {
@@ -163,23 +191,6 @@ fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
 /// Creates the workspace afresh, pulls the tree into it and runs `after_sync`.
 async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Reported> {
     let host = shared.settings.name.clone();
-    let created = async {
-        match tokio::fs::remove_dir_all(workspace).await {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-            _ => {}
-        }
-        tokio::fs::create_dir_all(workspace).await
-    }
-    .await;
-    if let Err(error) = created {
-        let output = format!(
-            "cannot create the workspace {}: {error}",
-            workspace.display()
-        );
-        tracing::error!(job = %job.id, "{output}");
-        report(shared, job, Message::SyncFailed { host, output }).await;
-        return Err(Reported);
-    }
     let sync = &job.definition.sync;
     tracing::info!(job = %job.id, source = %sync.source, workspace = %workspace.display(), "pulling the tree");
     if let Err(error) = rsync::pull(&sync.source, workspace, &sync.exclude, sync.transport).await {

@@ -5,6 +5,7 @@
 pub mod install;
 mod job;
 mod settings;
+mod workspace;
 
 use std::collections::HashSet;
 use std::future::Future;
