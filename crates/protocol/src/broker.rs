@@ -495,28 +495,22 @@ impl Incoming {
     /// The message is unusable (malformed, foreign): drop it without requeueing, so that it
     /// cannot loop.
     pub async fn discard(&self) -> Result<(), BrokerError> {
-        bounded(
-            "basic.nack",
-            self.acker.nack(BasicNackOptions {
-                requeue: false,
-                ..BasicNackOptions::default()
-            }),
-        )
-        .await
-        .map(|_| ())
+        self.nack(false).await
     }
 
     /// Hand the message back to the broker for another consumer.
     pub async fn requeue(&self) -> Result<(), BrokerError> {
-        bounded(
-            "basic.nack",
-            self.acker.nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            }),
-        )
-        .await
-        .map(|_| ())
+        self.nack(true).await
+    }
+
+    async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        bounded("basic.nack", self.acker.nack(options))
+            .await
+            .map(|_| ())
     }
 }
 
