@@ -29,6 +29,8 @@ enum Command {
     /// Example: gorgon start --junit reports/junit.xml --events events.jsonl
     ///
     /// Example: gorgon start --failed
+    ///
+    /// Example: gorgon start --local -j 4
     Start {
         /// The project's configuration; its folder is the tree that is pushed.
         #[arg(long, default_value = "gorgon.json")]
@@ -55,6 +57,13 @@ enum Command {
         /// (overrides `job.file_timeout`).
         #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
         file_timeout: Option<f64>,
+        /// Run on this machine only, without broker, file server or listeners: the workers
+        /// run in the project folder itself (`connection` and `file_server` are not needed).
+        #[arg(long)]
+        local: bool,
+        /// With --local: how many workers (default: the number of cores).
+        #[arg(long, short, value_name = "N", requires = "local", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
     },
     /// Wait for jobs and run their files (in the foreground, for systemd).
     ///
@@ -136,9 +145,13 @@ enum Command {
     /// Internal: the worker manager, started by a listener for one job.
     #[command(name = "__manage-workers", hide = true)]
     ManageWorkers,
-    /// Internal: one worker, started by a worker manager.
+    /// Internal: one worker, started by a worker manager (or by `start --local`).
     #[command(name = "__work", hide = true)]
-    Work,
+    Work {
+        /// Files on stdin and replies on stdout, for `gorgon start --local`.
+        #[arg(long)]
+        local: bool,
+    },
 }
 
 /// Parses a positive number of seconds.
@@ -218,6 +231,8 @@ async fn dispatch(command: Command) -> i32 {
             verbose,
             file_timeout,
             files,
+            local,
+            jobs,
         } => {
             let log_file = gorgon_originator::Settings::load(&config)
                 .ok()
@@ -235,6 +250,10 @@ async fn dispatch(command: Command) -> i32 {
                 events,
                 failed,
                 quiet,
+                local: local.then(|| match jobs {
+                    Some(jobs) => jobs as usize,
+                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                }),
             })
             .await
         }
@@ -359,7 +378,20 @@ async fn dispatch(command: Command) -> i32 {
                 }
             }
         }
-        Command::Work => {
+        Command::Work { local: true } => {
+            // Its stderr shows beside the run's progress: only what matters.
+            init_logging("warn", LogTarget::Stderr);
+            match gorgon_worker::read_assignment_and_lines().await {
+                Ok((assignment, files, stdin_closed)) => {
+                    gorgon_worker::work_local(assignment, files, stdin_closed).await
+                }
+                Err(error) => {
+                    eprintln!("gorgon: {error}");
+                    exit_code::FAILURE
+                }
+            }
+        }
+        Command::Work { local: false } => {
             init_logging("info", LogTarget::Stderr);
             match gorgon_worker::read_assignment().await {
                 Ok((assignment, stdin_closed)) => {

@@ -5,24 +5,16 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{recorded_runs, wait_for_file, Cluster, Project};
+use support::{
+    assert_all_passed, assert_every_file_ran, interrupt_once_started, recorded_runs, sigkill,
+    slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
+};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const CLEANUP_LIMIT: Duration = Duration::from_secs(15);
-
-/// A test file that records its run, marks that it has started, then takes `seconds`.
-fn slow_test(record: &Path, name: &str, seconds: f64) -> String {
-    format!(
-        "echo \"{name}\" >> '{runs}'\ntouch '{marks}/{mark}.started'\nsleep {seconds}\n",
-        runs = record.join("runs.log").display(),
-        marks = record.display(),
-        mark = name.replace('/', "_"),
-    )
-}
 
 fn suite(
     cluster: &Cluster,
@@ -41,15 +33,6 @@ fn suite(
     (project, record)
 }
 
-/// Every file ran to a result at least once (a file whose worker died runs again).
-fn assert_every_file_ran(record: &Path, files: usize) {
-    let runs = recorded_runs(record);
-    for i in 0..files {
-        let file = format!("tests/{i:02}_test.sh");
-        assert!(runs.contains(&file), "{file} never ran: {runs:?}");
-    }
-}
-
 #[test]
 fn a_worker_killed_mid_file_loses_nothing() {
     let mut cluster = Cluster::new();
@@ -61,19 +44,8 @@ fn a_worker_killed_mid_file_loses_nothing() {
         &record.join("tests_00_test.sh.started"),
         Duration::from_secs(30),
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let run = run.wait(RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert_every_file_ran(&record, 8);
+    sigkill(worker);
+    assert_all_passed(&run.wait(RUN_LIMIT), &record, 8);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
@@ -90,19 +62,8 @@ fn a_worker_manager_killed_mid_file_loses_nothing() {
         &record.join("tests_00_test.sh.started"),
         Duration::from_secs(30),
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(manager),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let run = run.wait(RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert_every_file_ran(&record, 10);
+    sigkill(manager);
+    assert_all_passed(&run.wait(RUN_LIMIT), &record, 10);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
@@ -120,14 +81,7 @@ fn a_whole_listener_killed_mid_file_loses_nothing() {
         Duration::from_secs(30),
     );
     cluster.kill_listener("doomed");
-    let run = run.wait(RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("10 files: 10 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert_every_file_ran(&record, 10);
+    assert_all_passed(&run.wait(RUN_LIMIT), &record, 10);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
@@ -142,16 +96,9 @@ fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
         0.1,
         json!({"job": {"max_crash_retries": 2}}),
     );
-    // Walk up from the test to its worker process and SIGKILL it.
     project.write(
         "tests/zz_killer_test.sh",
-        "echo killer >> \"$(dirname \"$0\")/../killer-runs.log\"\n\
-         p=$$\n\
-         while [ \"$p\" -gt 1 ]; do\n\
-           if tr '\\0' ' ' < /proc/$p/cmdline | grep -q __work; then kill -9 $p; sleep 5; fi\n\
-           p=$(awk '{print $4}' /proc/$p/stat)\n\
-         done\n\
-         echo 'no worker found'; exit 3\n",
+        &format!("echo killer >> \"$(dirname \"$0\")/../killer-runs.log\"\n{WORKER_KILLER}"),
     );
     let run = project.start(&[], RUN_LIMIT);
     assert_eq!(run.code, 1, "{run:?}");
@@ -273,20 +220,7 @@ fn ctrl_c_during_tests_stops_everything_in_seconds() {
     let mut cluster = Cluster::new();
     cluster.start_listener("busy", 2);
     let (project, record) = suite(&cluster, "interrupted", 6, 600.0, json!({}));
-    let run = project.spawn_start(&[], &[]);
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
-    run.interrupt();
-    let run = run.wait(Duration::from_secs(15));
-    assert_eq!(run.code, 130, "{run:?}");
-    assert!(run.stdout.contains("Run stopped: interrupted"), "{run:?}");
-    assert!(
-        run.stdout
-            .contains("6 files: 0 passed, 0 failed, 0 crashed, 6 not run"),
-        "{run:?}"
-    );
+    interrupt_once_started(project.spawn_start(&[], &[]), &record, 6);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
     assert_next_job_runs(&cluster);
 }

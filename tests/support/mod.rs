@@ -292,6 +292,69 @@ pub fn recording_test(record_dir: &Path, name: &str, fail: bool) -> String {
     )
 }
 
+/// A test file that records its run in `record`, marks that it has started, then takes
+/// `seconds`.
+pub fn slow_test(record: &Path, name: &str, seconds: f64) -> String {
+    format!(
+        "echo \"{name}\" >> '{runs}'\ntouch '{marks}/{mark}.started'\nsleep {seconds}\n",
+        runs = record.join("runs.log").display(),
+        marks = record.display(),
+        mark = name.replace('/', "_"),
+    )
+}
+
+/// A test file that walks up to its worker process (`gorgon __work`) and SIGKILLs it: a
+/// crash every time it runs.
+pub const WORKER_KILLER: &str = "p=$$\n\
+     while [ \"$p\" -gt 1 ]; do\n\
+       if tr '\\0' ' ' < /proc/$p/cmdline | grep -q __work; then kill -9 $p; sleep 5; fi\n\
+       p=$(awk '{print $4}' /proc/$p/stat)\n\
+     done\n\
+     echo 'no worker found'; exit 3\n";
+
+/// Every `tests/NN_test.sh` of a [`slow_test`] suite of `files` ran to a result at least
+/// once (a file whose worker died runs again).
+pub fn assert_every_file_ran(record: &Path, files: usize) {
+    let runs = recorded_runs(record);
+    for i in 0..files {
+        let file = format!("tests/{i:02}_test.sh");
+        assert!(runs.contains(&file), "{file} never ran: {runs:?}");
+    }
+}
+
+/// SIGKILLs `pid`, as a crash would.
+pub fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// The run passed with all `files` files passed, and each of a [`slow_test`] suite ran.
+pub fn assert_all_passed(run: &Run, record: &Path, files: usize) {
+    assert_eq!(run.code, 0, "{run:?}");
+    let totals = format!("{files} files: {files} passed, 0 failed, 0 crashed, 0 not run");
+    assert!(run.stdout.contains(&totals), "{run:?}");
+    assert_every_file_ran(record, files);
+}
+
+/// Ctrl-C once the first file of a [`slow_test`] suite of `files` has started: the run
+/// ends within seconds with 130, and reports every file as not run.
+pub fn interrupt_once_started(run: Started, record: &Path, files: usize) -> Run {
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    run.interrupt();
+    let run = run.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 130, "{run:?}");
+    assert!(run.stdout.contains("Run stopped: interrupted"), "{run:?}");
+    let totals = format!("{files} files: 0 passed, 0 failed, 0 crashed, {files} not run");
+    assert!(run.stdout.contains(&totals), "{run:?}");
+    run
+}
+
 /// The lines of the record written by [`recording_test`] files.
 pub fn recorded_runs(record_dir: &Path) -> Vec<String> {
     std::fs::read_to_string(record_dir.join("runs.log"))

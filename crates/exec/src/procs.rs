@@ -59,6 +59,43 @@ pub fn kill_tagged(tags: &[(&str, &str)]) -> usize {
     pids.len()
 }
 
+/// The command that starts worker `worker_id` of job `job_id` on `host`: `program args` in
+/// `workspace`, in its own process group, with piped stdin, stdout and stderr, and tagged
+/// like the job's tests so that what a crashed worker leaves behind can be found
+/// ([`kill_worker_leftovers`]). No `kill_on_drop`: a SIGKILL would stop the worker before it
+/// could kill its running test; a worker whose parent dies sees its stdin end and stops the
+/// test itself.
+pub fn worker_command(
+    program: &Path,
+    args: &[&str],
+    workspace: &Path,
+    (job_id, host, worker_id): (&str, &str, u32),
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(workspace)
+        .env("GORGON_WORKER_ID", worker_id.to_string())
+        .env("GORGON_JOB_ID", job_id)
+        .env("GORGON_HOST", host)
+        .process_group(0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+/// Kills what a crashed worker left running (its test may have outlived it in a process
+/// group of its own); returns how many processes there were.
+pub fn kill_worker_leftovers(job_id: &str, host: &str, worker_id: u32) -> usize {
+    let id = worker_id.to_string();
+    kill_tagged(&[
+        ("GORGON_JOB_ID", job_id),
+        ("GORGON_HOST", host),
+        ("GORGON_WORKER_ID", &id),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(settings.runner.kind, gorgon_protocol::RunnerKind::Rspec);
         assert_eq!(settings.broker.host, "127.0.0.1");
         assert_eq!(settings.broker.port, 5672);
-        assert_eq!(settings.file_server_port, 43434);
+        assert_eq!(settings.file_server().unwrap().port, 43434);
         assert_eq!(
             settings.failed_files,
             dir.path().join("gorgon-failed-files.json")
@@ -438,8 +438,8 @@ mod tests {
         assert_eq!(settings.runner.command, "sh {file}");
         assert_eq!(settings.broker.host, "rabbit.internal");
         assert_eq!(settings.broker.port, 5673);
-        assert_eq!(settings.file_server_host, "files.internal");
-        assert_eq!(settings.file_server_port, 43434);
+        assert_eq!(settings.file_server().unwrap().host, "files.internal");
+        assert_eq!(settings.file_server().unwrap().port, 43434);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The originator: `gorgon start` (push the tree, queue the files, follow the run, report)
 //! and `gorgon ping`.
 
+pub mod distributed;
 pub mod events;
 pub mod files;
 pub mod init;
 pub mod junit;
+pub mod local;
 pub mod ping;
 pub mod rerun;
 pub mod run;

@@ -26,8 +26,11 @@ pub struct Settings {
     pub project_root: PathBuf,
     pub broker: BrokerSettings,
     pub cluster_id: String,
-    pub file_server_host: String,
-    pub file_server_port: u16,
+    /// The file server, or why the configuration names none: only a distributed run needs
+    /// one (see [`Settings::file_server`]); `gorgon start --local` does without.
+    file_server: Result<FileServer, String>,
+    /// The configuration file these settings come from, for naming it in errors.
+    pub config_path: PathBuf,
     pub transport: SyncTransport,
     pub exclude: Vec<String>,
     pub files: Vec<String>,
@@ -41,6 +44,13 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     /// Where `gorgon start` writes its JUnit XML report, if anywhere.
     pub junit_file: Option<PathBuf>,
+}
+
+/// Where the originator pushes the tree and listeners pull it from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileServer {
+    pub host: String,
+    pub port: u16,
 }
 
 /// All seven callbacks as configured; the originator runs two and forwards the rest.
@@ -141,13 +151,17 @@ impl Settings {
         };
         let raw: RawConfig = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
 
-        let file_server = raw.file_server.ok_or_else(|| {
-            invalid("no file_server is configured; add \"file_server\": {\"host\": \"...\"} (see config/gorgon.json.sample)".into())
-        })?;
-        let file_server_host = file_server
-            .host
-            .filter(|h| !h.trim().is_empty())
-            .ok_or_else(|| invalid("file_server.host is missing or empty".into()))?;
+        // Checked here, reported only by a run that needs it (see `Settings::file_server`).
+        let file_server = match raw.file_server {
+            None => Err("no file_server is configured; add \"file_server\": {\"host\": \"...\"} (see config/gorgon.json.sample)".to_owned()),
+            Some(server) => match server.host.filter(|h| !h.trim().is_empty()) {
+                None => Err("file_server.host is missing or empty".to_owned()),
+                Some(host) => Ok(FileServer {
+                    host,
+                    port: server.port.unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
+                }),
+            },
+        };
         let transport = match raw.job.sync.rsync_transport.as_deref() {
             None | Some("daemon") | Some("anonymous") => SyncTransport::Daemon,
             Some("ssh") => SyncTransport::Ssh,
@@ -199,10 +213,8 @@ impl Settings {
         Ok(Settings {
             broker: raw.connection,
             cluster_id,
-            file_server_host,
-            file_server_port: file_server
-                .port
-                .unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
+            file_server,
+            config_path: path.clone(),
             transport,
             exclude: raw.job.sync.exclude,
             files: raw.files,
@@ -219,6 +231,17 @@ impl Settings {
             junit_file: raw.junit_file.map(resolve),
             project_root,
         })
+    }
+
+    /// The file server of a distributed run; an error naming the configuration when it has
+    /// none or a broken one.
+    pub fn file_server(&self) -> Result<&FileServer, ConfigError> {
+        self.file_server
+            .as_ref()
+            .map_err(|problem| ConfigError::Invalid {
+                path: self.config_path.clone(),
+                problem: problem.clone(),
+            })
     }
 }
 
@@ -258,7 +281,13 @@ mod tests {
         let settings = Settings::load(&path).unwrap();
         assert_eq!(settings.broker.host, "mq");
         assert_eq!(settings.broker.password, "s3");
-        assert_eq!(settings.file_server_port, 1234);
+        assert_eq!(
+            settings.file_server().unwrap(),
+            &FileServer {
+                host: "fs".into(),
+                port: 1234
+            }
+        );
         assert_eq!(settings.transport, SyncTransport::Daemon);
         assert_eq!(settings.runner.command, "sh {file}");
         assert_eq!(settings.runner.kind, gorgon_protocol::RunnerKind::Command);
@@ -305,11 +334,40 @@ mod tests {
         ];
         for (text, expected) in cases {
             let path = write(dir.path(), "gorgon.json", text);
-            let message = Settings::load(&path).unwrap_err().to_string();
+            // What a distributed run loads: the settings, then the file server.
+            let message = Settings::load(&path)
+                .and_then(|s| s.file_server().cloned())
+                .unwrap_err()
+                .to_string();
             assert!(message.contains(expected), "{message}");
             assert!(message.contains("gorgon.json"), "{message}");
         }
         let missing = Settings::load(&dir.path().join("nope.json")).unwrap_err();
         assert!(missing.to_string().contains("nope.json"));
+    }
+
+    #[test]
+    fn a_local_run_needs_no_connection_or_file_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "gorgon.json",
+            r#"{"files": ["t/*.sh"], "job": {"runner": {"command": "sh {file}"}}}"#,
+        );
+        let settings = Settings::load(&path).unwrap();
+        assert_eq!(settings.files, ["t/*.sh"]);
+        let problem = settings.file_server().unwrap_err().to_string();
+        assert!(
+            problem.contains("no file_server is configured"),
+            "{problem}"
+        );
+        let path = write(
+            dir.path(),
+            "gorgon.json",
+            r#"{"file_server": {"host": " "}, "job": {"runner": {"command": "x"}}}"#,
+        );
+        let settings = Settings::load(&path).unwrap();
+        let problem = settings.file_server().unwrap_err().to_string();
+        assert!(problem.contains("file_server.host is missing"), "{problem}");
     }
 }

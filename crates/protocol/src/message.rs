@@ -52,6 +52,14 @@ impl Envelope {
         serde_json::to_vec(self).expect("an envelope always serializes")
     }
 
+    /// The envelope as one line of JSON lines (a local worker's stdin and stdout): JSON
+    /// escapes every newline inside strings, so the only one is the last byte.
+    pub fn encode_line(&self) -> Vec<u8> {
+        let mut line = self.encode();
+        line.push(b'\n');
+        line
+    }
+
     /// Decodes and checks size and version; the version is checked before the body so that
     /// a message from a newer protocol is reported as such, not as malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -294,6 +302,20 @@ pub struct WorkerAssignment {
     pub worker_id: Option<u32>,
 }
 
+impl WorkerAssignment {
+    /// The assignment of worker `worker_id` (or of the manager, for `None`) as the first
+    /// line of its stdin.
+    pub fn encode_line(&self, worker_id: Option<u32>) -> Vec<u8> {
+        let mut line = serde_json::to_vec(&WorkerAssignment {
+            worker_id,
+            ..self.clone()
+        })
+        .expect("an assignment always serializes");
+        line.push(b'\n');
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +439,27 @@ mod tests {
             let decoded = Envelope::decode(&envelope.encode()).unwrap();
             assert_eq!(decoded, envelope);
         }
+    }
+
+    #[test]
+    fn lines_are_one_line_each() {
+        let envelope = Envelope::new(
+            job_id(),
+            Message::FileFinished(FileResult {
+                host: "h".into(),
+                worker_id: 1,
+                file: "t/a.sh".into(),
+                status: FileStatus::Failed,
+                seconds: 0.5,
+                exit: "exit status 1".into(),
+                output: "two\nlines\n".into(),
+                tests: Vec::new(),
+            }),
+        );
+        let line = envelope.encode_line();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(Envelope::decode(&line).unwrap(), envelope);
     }
 
     #[test]

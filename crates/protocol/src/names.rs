@@ -1,6 +1,7 @@
-//! Exchange and queue names. Everything that belongs to one job is scoped by its id, and
-//! everything that belongs to a cluster by the cluster id, so two originators on one broker
-//! never see each other's files, replies, pings or cancels.
+//! Exchange and queue names, and the hidden subcommand that starts a worker. Everything that
+//! belongs to one job is scoped by its id, and everything that belongs to a cluster by the
+//! cluster id, so two originators on one broker never see each other's files, replies, pings
+//! or cancels.
 
 use uuid::Uuid;
 
@@ -51,6 +52,13 @@ pub fn announcement_queue(job: Uuid) -> String {
 pub fn ping_queue(ping: Uuid) -> String {
     format!("{PREFIX}.ping.{ping}")
 }
+
+/// The hidden subcommand of the `gorgon` binary that runs a worker (started by a worker
+/// manager, or by `gorgon start --local` with [`LOCAL_WORKER_FLAG`]).
+pub const WORKER_SUBCOMMAND: &str = "__work";
+
+/// The flag of [`WORKER_SUBCOMMAND`] for a local worker: files on stdin, replies on stdout.
+pub const LOCAL_WORKER_FLAG: &str = "--local";
 
 #[cfg(test)]
 mod tests {

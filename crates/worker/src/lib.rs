@@ -1,14 +1,18 @@
 //! The two processes a listener runs for a job: the worker manager (`gorgon __manage-workers`),
 //! which starts the job's workers and stops them on cancel, and the workers (`gorgon __work`),
 //! which take test files one at a time from the job's files queue and report each result.
+//! `gorgon start --local` starts workers itself (`gorgon __work --local`), which take their
+//! files on stdin and report on stdout.
 //!
 //! Both get their [`WorkerAssignment`] as the first line of stdin and treat the end of stdin
 //! as the death of their parent (see [`read_assignment`]).
 
 mod builtin;
 mod junit;
+mod local;
 mod manager;
 mod persistent;
+mod queue;
 mod runner;
 mod stdin;
 mod worker;
@@ -17,9 +21,12 @@ use gorgon_exec::ShellCommand;
 use gorgon_protocol::{Broker, Envelope, Message, WorkerAssignment};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+pub use local::work_local;
 pub use manager::{manage_workers, WORKER_SUBCOMMAND};
-pub use stdin::{parse_assignment, read_assignment, StdinClosed};
-pub use worker::work;
+pub use queue::work;
+pub use stdin::{
+    parse_assignment, read_assignment, read_assignment_and_lines, StdinClosed, StdinLines,
+};
 
 /// Exit code of a manager or worker that could not do its part (no broker, bad assignment).
 /// Its parent reports the crash with the process's last output lines.

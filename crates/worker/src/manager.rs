@@ -5,20 +5,20 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
+use gorgon_exec::procs::{kill_worker_leftovers, worker_command};
 use gorgon_exec::{describe_status, run_callback, terminate_group};
 use gorgon_protocol::{names, Broker, CallbackName, Message, WorkerAssignment};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{ChildStdin, Command};
+use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
 use crate::{command_base, report, StdinClosed, StopSignals, EXIT_BROKEN};
 use gorgon_exec::tail::{relay, LineTail};
 
-/// The hidden subcommand of the `gorgon` binary that runs a worker.
-pub const WORKER_SUBCOMMAND: &str = "__work";
+pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
 /// How many times one worker slot is restarted after crashes; past that the slot stays
 /// empty, so that a worker that cannot run at all does not loop.
@@ -171,14 +171,8 @@ async fn manage_connected(
                 }
                 let crashed = on_exit(broker, assignment, exit, stopping).await;
                 if crashed {
-                    // Its test may have outlived it in a process group of its own.
                     let job = assignment.job_id.to_string();
-                    let id = worker_id.to_string();
-                    gorgon_exec::procs::kill_tagged(&[
-                        ("GORGON_JOB_ID", &job),
-                        ("GORGON_HOST", &assignment.host),
-                        ("GORGON_WORKER_ID", &id),
-                    ]);
+                    kill_worker_leftovers(&job, &assignment.host, worker_id);
                     // Keep the slot full: the file the worker held is back in the queue.
                     let count = restarts.entry(worker_id).or_default();
                     if *count < MAX_RESTARTS {
@@ -311,23 +305,16 @@ async fn spawn_worker(
     worker_id: u32,
     exits: mpsc::UnboundedSender<WorkerExit>,
 ) -> std::io::Result<LiveWorker> {
-    let line = assignment_line(assignment, worker_id)?;
-    // No `kill_on_drop`: if this manager dies abruptly (a panic, say), a SIGKILL would stop
-    // the worker before it could kill its running test, leaving the test orphaned. Instead
-    // the worker sees its stdin end and stops the test itself.
-    let mut child = Command::new(&program.program)
-        .args(&program.args)
-        .current_dir(&assignment.workspace)
-        .env("GORGON_WORKER_ID", worker_id.to_string())
-        // Tagged like the job's tests, so that the listener can find and stop workers that
-        // outlive a dead manager before it removes their workspace.
-        .env("GORGON_JOB_ID", assignment.job_id.to_string())
-        .env("GORGON_HOST", &assignment.host)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let line = assignment.encode_line(Some(worker_id));
+    let job = assignment.job_id.to_string();
+    let args: Vec<&str> = program.args.iter().map(String::as_str).collect();
+    let mut child = worker_command(
+        &program.program,
+        &args,
+        &assignment.workspace,
+        (&job, &assignment.host, worker_id),
+    )
+    .spawn()?;
     let group = child.id();
     let tail = LineTail::default();
     let mut relays = Vec::new();
@@ -374,17 +361,6 @@ async fn spawn_worker(
         _stdin: stdin,
         stopper: None,
     })
-}
-
-/// The worker's assignment as one line of JSON.
-fn assignment_line(assignment: &WorkerAssignment, worker_id: u32) -> std::io::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(&WorkerAssignment {
-        worker_id: Some(worker_id),
-        ..assignment.clone()
-    })
-    .map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    Ok(line)
 }
 
 #[cfg(test)]

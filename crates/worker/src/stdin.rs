@@ -1,11 +1,12 @@
 //! stdin of a worker manager or worker: the first line is its assignment, and the end of
 //! stdin means that its parent has died, so it must stop. Both are read by one buffered
-//! reader, so nothing written after the first line is lost between the two.
+//! reader, so nothing written after the first line is lost between the two. A local worker
+//! also takes its files from the following lines (see `local`).
 
 use std::io::BufRead;
 
 use gorgon_protocol::WorkerAssignment;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Resolves once stdin has reached its end (or failed), i.e. once the parent is gone.
 #[derive(Clone, Debug)]
@@ -56,12 +57,25 @@ impl StdinClosed {
 /// its blocking pool, and a read that never returns (the parent keeps stdin open, as it must)
 /// would hold up the runtime's shutdown when the process wants to exit.
 pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), String> {
-    let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()));
-    let line = line
-        .await
+    let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()), None);
+    Ok((parse_assignment(&first_line(line).await?)?, closed))
+}
+
+/// The lines of stdin after the assignment, in order; the channel ends with stdin.
+pub type StdinLines = mpsc::UnboundedReceiver<String>;
+
+/// [`read_assignment`] for a local worker, which also takes the lines that follow.
+pub async fn read_assignment_and_lines(
+) -> Result<(WorkerAssignment, StdinLines, StdinClosed), String> {
+    let (sender, lines) = mpsc::unbounded_channel();
+    let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()), Some(sender));
+    Ok((parse_assignment(&first_line(line).await?)?, lines, closed))
+}
+
+async fn first_line(line: oneshot::Receiver<std::io::Result<String>>) -> Result<String, String> {
+    line.await
         .map_err(|_| "cannot read the assignment from stdin: the reader stopped".to_owned())?
-        .map_err(|error| format!("cannot read the assignment from stdin: {error}"))?;
-    Ok((parse_assignment(&line)?, closed))
+        .map_err(|error| format!("cannot read the assignment from stdin: {error}"))
 }
 
 /// Parses the assignment line.
@@ -74,9 +88,11 @@ pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, String> {
 }
 
 /// Starts a thread that reads the first line of `reader`, hands it over, then reads on to the
-/// end and signals it.
+/// end (handing each line to `lines`, when given) and signals it. The lines channel ends
+/// before the end is signalled, so a reader that sees the end has every line already.
 fn watch_reader(
     mut reader: impl BufRead + Send + 'static,
+    lines: Option<mpsc::UnboundedSender<String>>,
 ) -> (oneshot::Receiver<std::io::Result<String>>, StdinClosed) {
     let (line_sender, line) = oneshot::channel();
     let (closed_sender, closed) = StdinClosed::manual();
@@ -87,9 +103,19 @@ fn watch_reader(
             let result = reader.read_line(&mut first).map(|_| first);
             let failed = result.is_err();
             let _ = line_sender.send(result);
-            if !failed {
-                let mut buffer = [0u8; 1024];
-                while matches!(reader.read(&mut buffer), Ok(n) if n > 0) {}
+            match lines {
+                _ if failed => {}
+                Some(lines) => {
+                    let mut line = String::new();
+                    while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                        let _ = lines.send(line.trim_end_matches(['\n', '\r']).to_owned());
+                        line.clear();
+                    }
+                }
+                None => {
+                    let mut buffer = [0u8; 1024];
+                    while matches!(reader.read(&mut buffer), Ok(n) if n > 0) {}
+                }
             }
             let _ = closed_sender.send(true);
         });
@@ -113,7 +139,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_line_is_handed_over_and_the_end_is_seen() {
         let (reader, mut writer) = std::io::pipe().unwrap();
-        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader));
+        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
         writer.write_all(b"{\"a\":1}\nmore\n").unwrap();
         assert_eq!(line.await.unwrap().unwrap(), "{\"a\":1}\n");
         assert!(!closed.is_closed());
@@ -133,10 +159,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_lines_after_the_first_are_handed_over_before_the_end() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (sender, mut lines) = mpsc::unbounded_channel();
+        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), Some(sender));
+        writer.write_all(b"first\nsecond\nthird\n").unwrap();
+        drop(writer);
+        assert_eq!(line.await.unwrap().unwrap(), "first\n");
+        tokio::time::timeout(Duration::from_secs(5), closed.wait())
+            .await
+            .expect("the end of stdin is seen");
+        assert_eq!(lines.try_recv().unwrap(), "second");
+        assert_eq!(lines.try_recv().unwrap(), "third");
+        assert!(lines.recv().await.is_none());
+    }
+
+    #[tokio::test]
     async fn an_immediate_end_is_an_error_and_a_closed_stdin() {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(writer);
-        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader));
+        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
         let line = line.await.unwrap().unwrap();
         assert_eq!(
             parse_assignment(&line).unwrap_err(),

@@ -1,0 +1,370 @@
+//! The distributed engine of `gorgon start`: pushes the tree to the file server, queues the
+//! files on RabbitMQ, publishes the job, and follows the listeners' replies until every file
+//! has a result or the run stops; then ends the job on every listener.
+
+use std::time::{Duration, Instant};
+
+use gorgon_exec::rsync;
+use gorgon_protocol::broker::QueueLife;
+use gorgon_protocol::{
+    names, Broker, BrokerError, Envelope, Inbox, JobDefinition, Message, SyncSettings,
+};
+use tokio::signal::unix::{signal, SignalKind};
+use uuid::Uuid;
+
+use crate::events::EventSink;
+use crate::run::{handle_reply, Plan, StartError, Stop};
+use crate::state::{JobState, Problem};
+use crate::view::Progress;
+
+/// How long the originator waits, once every file has a result, for listeners to run their
+/// closing callbacks and report that they are done.
+const FINISH_WAIT: Duration = Duration::from_secs(30);
+/// How long a cancelled run waits for listeners to confirm that they stopped.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// How often the originator checks that the listeners working on the job are alive.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
+/// A files queue nobody consumes is removed by the broker after this, so that a crashed
+/// originator leaves nothing behind for long.
+const FILES_QUEUE_EXPIRY: Duration = Duration::from_secs(30 * 60);
+
+/// Runs the planned job on the cluster's listeners, feeding `state`; returns why it stopped
+/// early, if it did.
+pub(crate) async fn run(
+    plan: &Plan,
+    state: &mut JobState,
+    events: &mut EventSink,
+) -> Result<Option<Stop>, StartError> {
+    let Plan {
+        options,
+        settings,
+        job_id,
+        project,
+        ..
+    } = plan;
+    let job_id = *job_id;
+    let root = &settings.project_root;
+    let file_server = settings.file_server()?;
+    let broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
+    if let Err(error) = plan.before_originate().await {
+        broker.close().await;
+        return Err(error);
+    }
+
+    let progress = Progress::new(state.total(), options.quiet);
+    let tree_dir = format!("{}_{}", sanitize(&plan.host), sanitize(project));
+    let location = rsync::tree_location(
+        &file_server.host,
+        file_server.port,
+        settings.transport,
+        &tree_dir,
+    );
+    progress.note(&format!("Pushing the source tree to {location}"));
+    let push = rsync::push(root, &location, &settings.exclude, settings.transport);
+    let pushed = tokio::select! {
+        pushed = push => pushed,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish();
+            broker.close().await;
+            return Err(StartError::Interrupted("pushing the source tree"));
+        }
+    };
+    if let Err(error) = pushed {
+        progress.finish();
+        broker.close().await;
+        return Err(StartError::Push(error));
+    }
+
+    let definition = JobDefinition {
+        project: project.clone(),
+        originator_host: plan.host.clone(),
+        sync: SyncSettings {
+            source: location,
+            transport: settings.transport,
+            exclude: settings.exclude.clone(),
+        },
+        runner: settings.runner.clone(),
+        callbacks: settings.callbacks.remote.clone(),
+    };
+    let topology = Topology::new(job_id, &settings.cluster_id);
+    let (mut replies, mut announcements) = topology.declare(&broker, state.queued()).await?;
+    let job_message = Message::Job {
+        definition,
+        reply_to: topology.replies.clone(),
+    };
+    match broker
+        .publish(&topology.jobs, &Envelope::new(job_id, job_message.clone()))
+        .await
+    {
+        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    progress.note(&format!(
+        "Queued {} files; waiting for listeners of cluster '{}'",
+        state.total(),
+        settings.cluster_id
+    ));
+
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
+    let listener_deadline = Instant::now() + settings.listener_wait;
+
+    let mut stop = None;
+    while !state.all_settled() && stop.is_none() {
+        tokio::select! {
+            incoming = replies.next() => {
+                let Some(incoming) = incoming else {
+                    stop = Some(Stop::Failed(format!("lost the connection to RabbitMQ at {}", broker.address())));
+                    break;
+                };
+                match &incoming.envelope {
+                    Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) if *id == job_id => {
+                        answer_retry_check(&broker, state, job_id, file, reply_to).await;
+                        let _ = incoming.ack().await;
+                    }
+                    Ok(envelope) if envelope.job_id == job_id => {
+                        if let Some(reason) = handle_reply(state, &progress, events, settings.max_crash_retries, envelope.message.clone()) {
+                            stop = Some(Stop::Failed(reason));
+                        }
+                        let _ = incoming.ack().await;
+                    }
+                    Ok(envelope) => {
+                        tracing::warn!(job = %envelope.job_id, "dropping a reply of another job");
+                        let _ = incoming.discard().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "dropping an unreadable reply");
+                        let _ = incoming.discard().await;
+                    }
+                }
+            }
+            incoming = announcements.next() => {
+                let Some(incoming) = incoming else {
+                    stop = Some(Stop::Failed(format!("lost the connection to RabbitMQ at {}", broker.address())));
+                    break;
+                };
+                if let Ok(Envelope { message: Message::ListenerAnnounced { listener_queue, name }, .. }) = &incoming.envelope {
+                    tracing::info!(listener = %name, "a listener joined; sending it the job");
+                    if let Err(error) = broker.send_to_queue(listener_queue, &Envelope::new(job_id, job_message.clone())).await {
+                        tracing::warn!(%error, "could not send the job to a new listener");
+                    }
+                    let _ = incoming.ack().await;
+                } else {
+                    let _ = incoming.discard().await;
+                }
+            }
+            _ = interrupt.recv() => stop = Some(Stop::Interrupted),
+            _ = terminate.recv() => stop = Some(Stop::Terminated),
+            _ = tick.tick() => {
+                progress.update(state);
+                if Instant::now() >= next_liveness_check {
+                    next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
+                    check_listeners_alive(&broker, state, &progress).await;
+                }
+                if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
+                    stop = Some(Stop::Failed(format!(
+                        "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
+                        settings.cluster_id,
+                        settings.listener_wait.as_secs_f64()
+                    )));
+                } else if state.any_listener_accepted() && state.all_listeners_done() {
+                    stop = Some(Stop::Failed(format!(
+                        "every listener that took the job has stopped working on it, but {} files have no result",
+                        state.unfinished().len()
+                    )));
+                }
+            }
+        }
+    }
+
+    // Ending: on success, deleting the files queue tells the workers to finish; otherwise the
+    // job is cancelled. Either way listeners report when they are done.
+    let wait = if stop.is_some() {
+        CANCEL_WAIT
+    } else {
+        FINISH_WAIT
+    };
+    if let Some(stop) = &stop {
+        let reason = stop.announce(events, &progress);
+        let cancel = Envelope::new(job_id, Message::Cancel { reason });
+        match broker.publish(&topology.control, &cancel).await {
+            Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+            Err(error) => tracing::warn!(%error, "could not publish the cancel"),
+        }
+    }
+    let _ = broker.delete_queue(&topology.files).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut second_interrupt = false;
+    while !state.all_listeners_done() {
+        tokio::select! {
+            incoming = replies.next() => {
+                let Some(incoming) = incoming else { break };
+                if let Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) = &incoming.envelope {
+                    if *id == job_id {
+                        answer_retry_check(&broker, state, job_id, file, reply_to).await;
+                    }
+                } else if let Ok(envelope) = &incoming.envelope {
+                    if envelope.job_id == job_id {
+                        handle_reply(state, &progress, events, settings.max_crash_retries, envelope.message.clone());
+                    }
+                }
+                let _ = incoming.ack().await;
+            }
+            _ = interrupt.recv() => { second_interrupt = true; break; }
+            _ = tokio::time::sleep_until(deadline) => {
+                progress.note(&format!(
+                    "Listeners still finishing after {} s: {}",
+                    wait.as_secs(),
+                    state.listeners_working().join(", ")
+                ));
+                break;
+            }
+        }
+    }
+    if !second_interrupt {
+        topology.remove(&broker).await;
+    }
+    broker.close().await;
+    progress.finish();
+
+    Ok(stop)
+}
+
+/// Tells a worker whether a file delivered again still needs a run.
+async fn answer_retry_check(
+    broker: &Broker,
+    state: &JobState,
+    job_id: Uuid,
+    file: &str,
+    reply_to: &str,
+) {
+    let run = !state.has_result(file);
+    let answer = Envelope::new(
+        job_id,
+        Message::RetryAnswer {
+            file: file.to_owned(),
+            run,
+        },
+    );
+    if let Err(error) = broker.send_to_queue(reply_to, &answer).await {
+        tracing::warn!(%error, file, "cannot answer a worker's retry check");
+    }
+}
+
+/// Marks as done the listeners whose queue has vanished: they died (their connection
+/// ended) without finishing their part. Their unacknowledged files are back in the queue.
+async fn check_listeners_alive(broker: &Broker, state: &mut JobState, progress: &Progress) {
+    for (host, queue) in state.working_listener_queues() {
+        match broker.queue_exists(&queue).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let problem = Problem {
+                    what: format!("listener {host} disappeared"),
+                    status: "its connection to RabbitMQ ended".into(),
+                    output: String::new(),
+                    fails_run: false,
+                };
+                progress.problem(&problem);
+                state.add_problem(problem);
+                state.listener_done(&host);
+            }
+            Err(error) => tracing::warn!(%host, %error, "cannot check whether a listener is alive"),
+        }
+    }
+}
+
+/// The broker entities of one run.
+struct Topology {
+    job_id: Uuid,
+    jobs: String,
+    announcements_exchange: String,
+    files: String,
+    replies: String,
+    control: String,
+    announcements: String,
+}
+
+impl Topology {
+    fn new(job_id: Uuid, cluster: &str) -> Self {
+        Topology {
+            job_id,
+            jobs: names::jobs_exchange(cluster),
+            announcements_exchange: names::announcements_exchange(cluster),
+            files: names::files_queue(job_id),
+            replies: names::reply_queue(job_id),
+            control: names::control_exchange(job_id),
+            announcements: names::announcement_queue(job_id),
+        }
+    }
+
+    /// Declares everything, queues the files, and starts consuming replies and
+    /// announcements, before the job is published, so that no reply can be missed.
+    async fn declare(
+        &self,
+        broker: &Broker,
+        files: &[String],
+    ) -> Result<(Inbox, Inbox), BrokerError> {
+        broker.declare_fanout(&self.jobs).await?;
+        broker.declare_fanout(&self.announcements_exchange).await?;
+        broker.declare_fanout(&self.control).await?;
+        broker
+            .declare_queue(&self.replies, QueueLife::Exclusive)
+            .await?;
+        broker
+            .declare_queue(&self.announcements, QueueLife::Exclusive)
+            .await?;
+        broker
+            .bind(&self.announcements, &self.announcements_exchange)
+            .await?;
+        broker
+            .declare_queue(
+                &self.files,
+                QueueLife::Shared {
+                    unused_expiry: FILES_QUEUE_EXPIRY,
+                },
+            )
+            .await?;
+        broker
+            .send_all_to_queue(
+                &self.files,
+                files
+                    .iter()
+                    .map(|file| Envelope::new(self.job_id, Message::File { file: file.clone() })),
+            )
+            .await?;
+        let replies = broker.consume(&self.replies, None).await?;
+        let announcements = broker.consume(&self.announcements, None).await?;
+        Ok((replies, announcements))
+    }
+
+    /// Deletes what the run declared; exclusive queues go with the connection.
+    async fn remove(&self, broker: &Broker) {
+        let _ = broker.delete_queue(&self.files).await;
+        let _ = broker.delete_exchange(&self.control).await;
+    }
+}
+
+/// Keeps a name safe as one path component on the file server.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_on_the_file_server_are_single_safe_components() {
+        assert_eq!(sanitize("my host/../x y"), "my_host_.._x_y");
+    }
+}

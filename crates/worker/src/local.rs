@@ -1,0 +1,74 @@
+//! A local worker's [`Transport`] (`gorgon __work --local`, started by `gorgon start
+//! --local`): one `File` envelope per line on stdin, after the assignment, handed by the
+//! originator when the previous file is finished; reply envelopes as JSON lines on stdout.
+//! The end of stdin between files means there are no more; during a file, that the
+//! originator died (it never closes stdin while a worker holds a file).
+
+use gorgon_protocol::{Envelope, Message, WorkerAssignment};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::worker::{work_with, End, Transport};
+use crate::StdinClosed;
+
+/// Runs a local worker (see [`work_with`]) on stdin's `files` and stdout.
+pub async fn work_local(
+    assignment: WorkerAssignment,
+    files: mpsc::UnboundedReceiver<String>,
+    mut stdin: StdinClosed,
+) -> i32 {
+    let mut transport = LocalTransport {
+        assignment: &assignment,
+        files,
+        stdout: tokio::io::stdout(),
+    };
+    work_with(&mut transport, &assignment, &mut stdin).await
+}
+
+struct LocalTransport<'a> {
+    assignment: &'a WorkerAssignment,
+    files: mpsc::UnboundedReceiver<String>,
+    stdout: tokio::io::Stdout,
+}
+
+impl Transport for LocalTransport<'_> {
+    /// The originator keeps the file until its result arrives or this worker exits.
+    type Taken = ();
+
+    async fn next_file(&mut self) -> Result<(String, ()), End> {
+        loop {
+            let Some(line) = self.files.recv().await else {
+                return Err(End::Finished);
+            };
+            match Envelope::decode(line.as_bytes()) {
+                Ok(envelope) if envelope.job_id != self.assignment.job_id => {
+                    tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
+                }
+                Ok(Envelope {
+                    message: Message::File { file },
+                    ..
+                }) => return Ok((file, ())),
+                Ok(envelope) => {
+                    tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
+                }
+                Err(error) => tracing::warn!(%error, "dropping an unreadable line on stdin"),
+            }
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        let line = Envelope::new(self.assignment.job_id, message).encode_line();
+        let written = async {
+            self.stdout.write_all(&line).await?;
+            self.stdout.flush().await
+        };
+        written.await.map_err(|error| {
+            tracing::info!(%error, "the originator has gone; stopping");
+            End::OriginatorGone
+        })
+    }
+
+    async fn done(&mut self, (): ()) {}
+
+    async fn hand_back(&mut self, (): ()) {}
+}
