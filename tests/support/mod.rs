@@ -391,9 +391,11 @@ fn process_is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// Processes (not zombies) whose working directory is `dir` or below it: what a local run
-/// in `dir` starts (workers, tests, callbacks).
-pub fn processes_working_in(dir: &Path) -> Vec<JobProcess> {
+/// Live processes (not zombies) working under `dir`: by working directory, or by a
+/// `GORGON_WORKSPACE` below it in their environment (tests and callbacks that changed
+/// directory).
+fn processes_under(dir: &Path) -> Vec<JobProcess> {
+    let workspace_tag = format!("GORGON_WORKSPACE={}", dir.display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry
@@ -406,7 +408,13 @@ pub fn processes_working_in(dir: &Path) -> Vec<JobProcess> {
         if process_is_zombie(pid) {
             continue;
         }
-        if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+        let in_cwd =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        let tagged = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|&b| b == 0)
+                .any(|entry| entry.starts_with(workspace_tag.as_bytes()))
+        });
+        if in_cwd || tagged {
             found.push(JobProcess {
                 pid,
                 command: process_command(pid),
@@ -416,39 +424,18 @@ pub fn processes_working_in(dir: &Path) -> Vec<JobProcess> {
     found
 }
 
+/// Processes (not zombies) working in `dir` or below it: what a local run in `dir` starts
+/// (workers, tests, callbacks).
+pub fn processes_working_in(dir: &Path) -> Vec<JobProcess> {
+    processes_under(dir)
+}
+
 impl Cluster {
     /// Processes working inside this cluster's listener folders: worker managers, workers,
     /// tests and callbacks (by working directory or `GORGON_WORKSPACE`). Listeners
     /// themselves run elsewhere and are not counted.
     pub fn job_processes(&self) -> Vec<JobProcess> {
-        let root = self.path().join("listeners");
-        let workspace_tag = format!("GORGON_WORKSPACE={}", root.display());
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if process_is_zombie(pid) {
-                continue;
-            }
-            let in_cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(&root));
-            let tagged = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|&b| b == 0)
-                    .any(|entry| entry.starts_with(workspace_tag.as_bytes()))
-            });
-            if in_cwd || tagged {
-                found.push(JobProcess {
-                    pid,
-                    command: process_command(pid),
-                });
-            }
-        }
-        found
+        processes_under(&self.path().join("listeners"))
     }
 
     /// Waits up to `limit` until no process of the cluster's jobs is left; fails the test
@@ -502,17 +489,8 @@ impl Cluster {
             })
             .expect("the listener runs");
         let mut listener = self.listeners.remove(position);
-        let workspace_tag = format!("GORGON_WORKSPACE={}", root.display());
         let mut victims = vec![listener.id() as i32];
-        victims.extend(self.job_processes().into_iter().filter_map(|p| {
-            let in_cwd = std::fs::read_link(format!("/proc/{}/cwd", p.pid))
-                .is_ok_and(|cwd| cwd.starts_with(&root));
-            let tagged = std::fs::read(format!("/proc/{}/environ", p.pid)).is_ok_and(|env| {
-                env.split(|&b| b == 0)
-                    .any(|entry| entry.starts_with(workspace_tag.as_bytes()))
-            });
-            (in_cwd || tagged).then_some(p.pid)
-        }));
+        victims.extend(processes_under(&root).into_iter().map(|p| p.pid));
         for pid in victims {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

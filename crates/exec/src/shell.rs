@@ -69,6 +69,16 @@ pub fn describe_status(status: ExitStatus) -> String {
     }
 }
 
+/// A child's output pipe, stdout or stderr.
+pub type OutputPipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// Takes the child's piped stdout and stderr, to be read concurrently.
+pub fn take_output_pipes(child: &mut tokio::process::Child) -> Vec<OutputPipe> {
+    let stdout = child.stdout.take().map(|p| Box::new(p) as OutputPipe);
+    let stderr = child.stderr.take().map(|p| Box::new(p) as OutputPipe);
+    stdout.into_iter().chain(stderr).collect()
+}
+
 /// Kills the process group on drop unless disarmed, so that a dropped (cancelled) run never
 /// leaves its command running.
 struct GroupGuard(Option<Pid>);
@@ -132,19 +142,7 @@ impl ShellCommand {
         };
         let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        for mut pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for mut pipe in take_output_pipes(&mut child) {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut chunk = vec![0u8; 8192];

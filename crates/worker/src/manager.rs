@@ -318,19 +318,7 @@ async fn spawn_worker(
     let group = child.id();
     let tail = LineTail::default();
     let mut relays = Vec::new();
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for pipe in gorgon_exec::shell::take_output_pipes(&mut child) {
         relays.push(relay(pipe, tail.clone(), move |line| {
             // One write per line keeps lines of different workers from interleaving.
             let _ = writeln!(std::io::stderr().lock(), "[worker {worker_id}] {line}");
