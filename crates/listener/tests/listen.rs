@@ -10,7 +10,7 @@ use gorgon_listener::{run, ListenerSettings};
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     names, Broker, BrokerSettings, CallbackName, Callbacks, Envelope, Inbox, JobDefinition,
-    ListenerInfo, Message, RunnerSettings, SyncSettings, SyncTransport,
+    ListenerInfo, Message, SyncTransport,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -90,20 +90,7 @@ async fn connect() -> Broker {
 }
 
 fn definition(source: &str, callbacks: Callbacks) -> JobDefinition {
-    JobDefinition {
-        project: "p".into(),
-        originator_host: "test".into(),
-        sync: SyncSettings {
-            source: source.into(),
-            transport: SyncTransport::Daemon,
-            exclude: vec![],
-        },
-        runner: RunnerSettings {
-            command: "sh {file}".into(),
-            ..RunnerSettings::default()
-        },
-        callbacks,
-    }
+    JobDefinition::with_command(source, "sh {file}", callbacks)
 }
 
 /// Declares what an originator declares for a job (its control exchange, which listeners

@@ -20,6 +20,27 @@ pub struct JobDefinition {
     pub callbacks: Callbacks,
 }
 
+impl JobDefinition {
+    /// A job of project `p` that pulls `source` from the rsync daemon with no excludes and
+    /// runs `command` per file: the plain job that tools and tests start from.
+    pub fn with_command(source: &str, command: &str, callbacks: Callbacks) -> JobDefinition {
+        JobDefinition {
+            project: "p".into(),
+            originator_host: "test".into(),
+            sync: SyncSettings {
+                source: source.into(),
+                transport: SyncTransport::Daemon,
+                exclude: vec![],
+            },
+            runner: RunnerSettings {
+                command: command.into(),
+                ..RunnerSettings::default()
+            },
+            callbacks,
+        }
+    }
+}
+
 /// How the source tree moves between the originator, the file server and listeners.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncSettings {

@@ -355,10 +355,7 @@ async fn spawn_worker(
 mod tests {
     use super::*;
     use gorgon_protocol::broker::QueueLife;
-    use gorgon_protocol::{
-        BrokerSettings, Callbacks, Envelope, Inbox, JobDefinition, RunnerSettings, SyncSettings,
-        SyncTransport,
-    };
+    use gorgon_protocol::{BrokerSettings, Callbacks, Envelope, Inbox, JobDefinition};
     use uuid::Uuid;
 
     const WAIT: Duration = Duration::from_secs(20);
@@ -402,20 +399,7 @@ mod tests {
         ) -> WorkerAssignment {
             WorkerAssignment {
                 job_id: self.job,
-                definition: JobDefinition {
-                    project: "p".into(),
-                    originator_host: "test".into(),
-                    sync: SyncSettings {
-                        source: "unused/".into(),
-                        transport: SyncTransport::Daemon,
-                        exclude: vec![],
-                    },
-                    runner: RunnerSettings {
-                        command: "true".into(),
-                        ..RunnerSettings::default()
-                    },
-                    callbacks,
-                },
+                definition: JobDefinition::with_command("unused/", "true", callbacks),
                 reply_to: names::reply_queue(self.job),
                 broker: BrokerSettings::default(),
                 host: "h1".into(),

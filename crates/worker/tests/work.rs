@@ -7,7 +7,7 @@ use std::time::Duration;
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     names, Broker, BrokerSettings, Callbacks, Envelope, FileResult, FileStatus, Inbox,
-    JobDefinition, Message, RunnerSettings, SyncSettings, SyncTransport, WorkerAssignment,
+    JobDefinition, Message, WorkerAssignment,
 };
 use gorgon_worker::{work, StdinClosed};
 use uuid::Uuid;
@@ -64,20 +64,7 @@ impl Originator {
     fn assignment(&self, workspace: &Path, callbacks: Callbacks) -> WorkerAssignment {
         WorkerAssignment {
             job_id: self.job,
-            definition: JobDefinition {
-                project: "p".into(),
-                originator_host: "test".into(),
-                sync: SyncSettings {
-                    source: "unused/".into(),
-                    transport: SyncTransport::Daemon,
-                    exclude: vec![],
-                },
-                runner: RunnerSettings {
-                    command: "sh {file}".into(),
-                    ..RunnerSettings::default()
-                },
-                callbacks,
-            },
+            definition: JobDefinition::with_command("unused/", "sh {file}", callbacks),
             reply_to: names::reply_queue(self.job),
             broker: BrokerSettings::default(),
             host: "h1".into(),
