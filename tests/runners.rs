@@ -229,3 +229,62 @@ fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("splitter", 4);
+    let project = cluster.project(
+        "split",
+        json!({"files": ["spec/**/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    // One file of four 1-second examples among four quick ones: on four slots it alone
+    // bounds the run, so after one run (which records its examples) it is split.
+    let mut slow = String::from("RSpec.describe \"slow\" do\n");
+    for i in 1..=4 {
+        slow.push_str(&format!(
+            "  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"
+        ));
+    }
+    slow.push_str("end\n");
+    project.write("spec/slow_spec.rb", &slow);
+    for i in 1..=4 {
+        project.write(
+            &format!("spec/quick_{i}_spec.rb"),
+            &format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n"),
+        );
+    }
+    let first = project.start(&[], RUN_LIMIT);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.stdout.contains("5 files: 5 passed"), "{first:?}");
+    let history: serde_json::Value =
+        serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
+    assert_eq!(history["gorgon:slots"], 4.0, "{history}");
+    for line in [2, 3, 4, 5] {
+        assert!(
+            history.get(format!("spec/slow_spec.rb:{line}")).is_some(),
+            "{history}"
+        );
+    }
+
+    let second = project.start(&[], RUN_LIMIT);
+    assert_eq!(second.code, 0, "{second:?}");
+    // The slow file ran as its four examples, each a unit of the queue.
+    assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
+    for line in [2, 3, 4, 5] {
+        assert!(
+            second
+                .stderr
+                .contains(&format!("PASS spec/slow_spec.rb:{line} ")),
+            "{second:?}"
+        );
+    }
+    assert!(second.stdout.contains("Tests: 8 passed"), "{second:?}");
+    // The file's own timing is kept up to date from its examples.
+    let history: serde_json::Value =
+        serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
+    assert!(
+        history["spec/slow_spec.rb"].as_f64().unwrap() >= 4.0,
+        "{history}"
+    );
+}

@@ -88,6 +88,73 @@ pub fn read_history(path: &Path) -> Result<History, FilesError> {
     }
 }
 
+/// The runtime file's entry for the number of worker slots of the run that wrote it. It is
+/// not a file; with the per-test entries (`file:LINE`) it tells which files are long enough
+/// to split.
+pub const SLOTS_KEY: &str = "gorgon:slots";
+
+/// A file's tests are recorded in the history (as `file:LINE`) only when the file took at
+/// least this long, so that the runtime file stays small.
+pub const UNIT_RECORD_SECONDS: f64 = 1.0;
+
+/// The recorded tests of `file`: `file:LINE` keys and their seconds.
+fn recorded_units(history: &History, file: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{file}:");
+    history
+        .range(prefix.clone()..)
+        .take_while(|(key, _)| key.starts_with(&prefix))
+        .filter(|(key, _)| key[prefix.len()..].parse::<u32>().is_ok())
+        .map(|(key, seconds)| (key.clone(), *seconds))
+        .collect()
+}
+
+/// Replaces each file that would bound the run by its recorded tests, so that they spread
+/// over the slots like files (RSpec addresses one example as `file:LINE`). A file is split
+/// when its recorded time exceeds the run's lower bound without it, max(the longest other
+/// file, total / slots), with the slot count of the last run; the threshold thus follows
+/// the history and the cluster instead of a setting.
+pub fn split_slow_files(files: Vec<String>, history: &History) -> Vec<String> {
+    let Some(slots) = history.get(SLOTS_KEY).filter(|s| **s >= 1.0) else {
+        return files;
+    };
+    let mut known: Vec<f64> = files
+        .iter()
+        .filter_map(|f| history.get(f).copied())
+        .collect();
+    known.sort_by(|a, b| b.total_cmp(a));
+    let total: f64 = known.iter().sum();
+    let (longest, second) = (
+        known.first().copied().unwrap_or(0.0),
+        known.get(1).copied().unwrap_or(0.0),
+    );
+    let mut split = Vec::with_capacity(files.len());
+    for file in files {
+        let seconds = history.get(&file).copied().unwrap_or(0.0);
+        let longest_other = if seconds >= longest { second } else { longest };
+        let bound = longest_other.max(total / slots);
+        let units = recorded_units(history, &file);
+        if seconds > bound && units.len() >= 2 {
+            tracing::info!(
+                file,
+                seconds,
+                bound,
+                tests = units.len(),
+                "splitting a slow file into its tests"
+            );
+            split.extend(units.into_iter().map(|(unit, _)| unit));
+        } else {
+            split.push(file);
+        }
+    }
+    split
+}
+
+/// The file a queued unit belongs to: `spec/a_spec.rb:12` → `spec/a_spec.rb`.
+pub fn unit_file(unit: &str) -> Option<&str> {
+    let (file, line) = unit.rsplit_once(':')?;
+    line.parse::<u32>().ok().map(|_| file)
+}
+
 /// Orders files slowest first. Files with a recorded time are sorted by it; files without
 /// one are estimated from their size relative to the recorded files (a larger file usually
 /// holds more tests), and with no history at all they go largest first. Ties keep the glob
@@ -96,7 +163,7 @@ pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> 
     let sizes: HashMap<String, u64> = files
         .iter()
         .map(|f| {
-            let size = std::fs::metadata(root.join(f))
+            let size = std::fs::metadata(root.join(unit_file(f).unwrap_or(f)))
                 .map(|m| m.len())
                 .unwrap_or(0);
             (f.clone(), size)
@@ -129,14 +196,28 @@ pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> 
 }
 
 /// Merges this run's timings into the history and writes it, slowest first, creating the
-/// parent folders. Files that did not run this time keep their old timings.
+/// parent folders. Files that did not run this time keep their old timings. `run` holds
+/// files (and tests, as `file:LINE`); a file that ran split into its tests gets their sum.
+/// `slots` is the run's worker slot count ([`SLOTS_KEY`]).
 pub fn write_history(
     path: &Path,
     mut history: History,
     run: &[(String, f64)],
+    slots: u32,
 ) -> std::io::Result<()> {
+    let round = |seconds: f64| (seconds * 1000.0).round() / 1000.0;
+    let mut split_files: BTreeMap<String, f64> = BTreeMap::new();
     for (file, seconds) in run {
-        history.insert(file.clone(), (seconds * 1000.0).round() / 1000.0);
+        history.insert(file.clone(), round(*seconds));
+        if let Some(whole) = unit_file(file) {
+            *split_files.entry(whole.to_owned()).or_default() += seconds;
+        }
+    }
+    for (file, seconds) in split_files {
+        history.insert(file, round(seconds));
+    }
+    if slots > 0 {
+        history.insert(SLOTS_KEY.to_owned(), f64::from(slots));
     }
     let mut entries: Vec<(&String, &f64)> = history.iter().collect();
     entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
@@ -250,11 +331,67 @@ mod tests {
     }
 
     #[test]
+    fn a_file_longer_than_the_rest_of_the_run_is_split_into_its_tests() {
+        let mut history: History = [
+            ("slow.rb".to_string(), 30.0),
+            ("slow.rb:3".to_string(), 10.0),
+            ("slow.rb:7".to_string(), 10.0),
+            ("slow.rb:11".to_string(), 10.0),
+            ("slowish.rb".to_string(), 2.0),
+            ("slowish.rb:1".to_string(), 1.0),
+            ("slowish.rb:2".to_string(), 1.0),
+        ]
+        .into();
+        let files: Vec<String> = ["fast.rb", "slow.rb", "slowish.rb"]
+            .map(String::from)
+            .to_vec();
+        // Without the last run's slots nothing is split.
+        assert_eq!(split_slow_files(files.clone(), &history), files);
+        // On 8 slots the bound is max(2 s, 32 s / 8) = 4 s: only slow.rb exceeds it.
+        history.insert(SLOTS_KEY.into(), 8.0);
+        assert_eq!(
+            split_slow_files(files.clone(), &history),
+            [
+                "fast.rb",
+                "slow.rb:11",
+                "slow.rb:3",
+                "slow.rb:7",
+                "slowish.rb"
+            ]
+        );
+        // On 1 slot the bound is 32 s: nothing bounds the run more than the total.
+        history.insert(SLOTS_KEY.into(), 1.0);
+        assert_eq!(
+            split_slow_files(files, &history),
+            ["fast.rb", "slow.rb", "slowish.rb"]
+        );
+        assert_eq!(unit_file("spec/a_spec.rb:12"), Some("spec/a_spec.rb"));
+        assert_eq!(unit_file("spec/a_spec.rb"), None);
+        assert_eq!(unit_file("c:/x"), None);
+    }
+
+    #[test]
+    fn split_runs_are_recorded_per_test_and_summed_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.json");
+        let run = [
+            ("slow.rb:3".to_string(), 1.5),
+            ("slow.rb:7".to_string(), 2.5),
+            ("b".to_string(), 1.0),
+        ];
+        write_history(&path, History::new(), &run, 8).unwrap();
+        let history = read_history(&path).unwrap();
+        assert_eq!(history["slow.rb"], 4.0);
+        assert_eq!(history["slow.rb:7"], 2.5);
+        assert_eq!(history[SLOTS_KEY], 8.0);
+    }
+
+    #[test]
     fn history_is_merged_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deep/runtime.json");
         let old: History = [("old".to_string(), 9.0), ("a".to_string(), 1.0)].into();
-        write_history(&path, old, &[("a".into(), 2.5), ("new".into(), 0.1234)]).unwrap();
+        write_history(&path, old, &[("a".into(), 2.5), ("new".into(), 0.1234)], 0).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,

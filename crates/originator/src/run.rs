@@ -237,6 +237,12 @@ fn plan(
         Some(path) => files::read_history(path)?,
         None => files::History::new(),
     };
+    // Only RSpec addresses one test as `file:LINE` today (see the ending).
+    let found = if settings.runner.kind == gorgon_protocol::RunnerKind::Rspec {
+        files::split_slow_files(found, &history)
+    } else {
+        found
+    };
     let queue = files::order(found, &history, &root);
 
     let job_id = Uuid::new_v4();
@@ -277,7 +283,13 @@ async fn finish(
     } = &plan;
     let started = plan.started;
     if let Some(path) = &settings.runtime_file {
-        if let Err(error) = files::write_history(path, history.clone(), &state.timings()) {
+        // Only RSpec addresses one test as `file:LINE`; for other runners the runtime file
+        // stays Gorgon's plain map of seconds per file.
+        let splits = settings.runner.kind == gorgon_protocol::RunnerKind::Rspec;
+        let slots = if splits { state.slots() } else { 0 };
+        if let Err(error) =
+            files::write_history(path, history.clone(), &state.timings(splits), slots)
+        {
             eprintln!(
                 "gorgon: cannot write the runtime file {}: {error}",
                 path.display()
@@ -371,7 +383,7 @@ pub(crate) fn handle_reply(
                 host: host.clone(),
                 slots,
             });
-            state.listener_accepted(&host, listener_queue);
+            state.listener_accepted(&host, slots, listener_queue);
         }
         Message::FileStarted {
             host,

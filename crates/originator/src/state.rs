@@ -43,6 +43,8 @@ pub struct JobState {
     listeners_done: BTreeSet<String>,
     /// host → the listener's own queue, whose disappearance means the listener died.
     listener_queues: BTreeMap<String, String>,
+    /// Worker slots of the listeners that took the job.
+    slots: u32,
     /// file → how many workers died while running it.
     crashes: HashMap<String, u32>,
     problems: Vec<Problem>,
@@ -60,6 +62,7 @@ impl JobState {
             listeners_accepted: BTreeSet::new(),
             listeners_done: BTreeSet::new(),
             listener_queues: BTreeMap::new(),
+            slots: 0,
             crashes: HashMap::new(),
             problems: Vec::new(),
         }
@@ -123,8 +126,10 @@ impl JobState {
         Settled::New
     }
 
-    pub fn listener_accepted(&mut self, host: &str, queue: Option<String>) {
-        self.listeners_accepted.insert(host.to_owned());
+    pub fn listener_accepted(&mut self, host: &str, slots: u32, queue: Option<String>) {
+        if self.listeners_accepted.insert(host.to_owned()) {
+            self.slots += slots;
+        }
         if let Some(queue) = queue {
             self.listener_queues.insert(host.to_owned(), queue);
         }
@@ -240,12 +245,32 @@ impl JobState {
         &self.problems
     }
 
-    /// Timings of the files that have a result.
-    pub fn timings(&self) -> Vec<(String, f64)> {
-        self.results
-            .values()
-            .map(|r| (r.file.clone(), r.seconds))
-            .collect()
+    /// Worker slots of the listeners that took the job.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Timings of the files that have a result, and with `with_tests` of the tests
+    /// (`file:LINE`) of files long enough to be worth splitting one day.
+    pub fn timings(&self, with_tests: bool) -> Vec<(String, f64)> {
+        let mut timings = Vec::new();
+        for result in self.results.values() {
+            timings.push((result.file.clone(), result.seconds));
+            if !with_tests
+                || result.seconds < crate::files::UNIT_RECORD_SECONDS
+                || crate::files::unit_file(&result.file).is_some()
+            {
+                continue;
+            }
+            for test in &result.tests {
+                if let (Some(file), Some(line)) = (&test.file, test.line) {
+                    if *file == result.file {
+                        timings.push((format!("{file}:{line}"), test.seconds));
+                    }
+                }
+            }
+        }
+        timings
     }
 
     /// The files that did not pass, then those that never got a result.
@@ -342,8 +367,10 @@ mod tests {
     fn listeners_are_tracked() {
         let mut state = JobState::new(vec!["a".into()]);
         assert!(!state.any_listener_accepted());
-        state.listener_accepted("h1", Some("q1".into()));
-        state.listener_accepted("h2", None);
+        state.listener_accepted("h1", 2, Some("q1".into()));
+        state.listener_accepted("h2", 3, None);
+        state.listener_accepted("h2", 3, None);
+        assert_eq!(state.slots(), 5);
         assert_eq!(
             state.working_listener_queues(),
             [("h1".to_string(), "q1".to_string())]
