@@ -60,7 +60,9 @@ pub fn select(list: &Path, root: &Path) -> Result<Rerun, RerunError> {
             && !Path::new(&file)
                 .components()
                 .any(|c| matches!(c, std::path::Component::ParentDir));
-        if inside && root.join(&file).is_file() {
+        // A test of a split file (`spec/a_spec.rb:12`) stands for its file.
+        let path = crate::files::unit_file(&file).unwrap_or(&file);
+        if inside && root.join(path).is_file() {
             files.push(file);
         } else {
             gone.push(file);
@@ -83,14 +85,18 @@ mod tests {
         let list = dir.path().join("failed.json");
         std::fs::write(
             &list,
-            r#"["t/b_test.sh", "t/gone_test.sh", "t/a_test.sh", "t/b_test.sh", "../outside.sh"]"#,
+            r#"["t/b_test.sh", "t/gone_test.sh", "t/a_test.sh:12", "t/b_test.sh", "../outside.sh", "t/gone_test.sh:3"]"#,
         )
         .unwrap();
         assert_eq!(
             select(&list, dir.path()).unwrap(),
             Rerun::Files {
-                files: vec!["t/b_test.sh".into(), "t/a_test.sh".into()],
-                gone: vec!["t/gone_test.sh".into(), "../outside.sh".into()],
+                files: vec!["t/b_test.sh".into(), "t/a_test.sh:12".into()],
+                gone: vec![
+                    "t/gone_test.sh".into(),
+                    "../outside.sh".into(),
+                    "t/gone_test.sh:3".into()
+                ],
             }
         );
     }
