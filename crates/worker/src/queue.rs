@@ -28,26 +28,13 @@ pub async fn work(assignment: WorkerAssignment, mut stdin: StdinClosed) -> i32 {
             return EXIT_BROKEN;
         }
     };
-    let answers = async {
-        let queue = broker.declare_private_queue().await?;
-        let inbox = broker.consume(&queue, None).await?;
-        Ok::<_, BrokerError>(RetryChannel { queue, inbox })
+    let mut transport = QueueTransport {
+        broker: &broker,
+        assignment: &assignment,
+        files: None,
+        retries: None,
     };
-    let code = match answers.await {
-        Ok(retries) => {
-            let mut transport = QueueTransport {
-                broker: &broker,
-                assignment: &assignment,
-                files: None,
-                retries,
-            };
-            work_with(&mut transport, &assignment, &mut stdin).await
-        }
-        Err(error) => {
-            tracing::error!(%error, "worker {worker_id} cannot open its answers queue");
-            EXIT_BROKEN
-        }
-    };
+    let code = work_with(&mut transport, &assignment, &mut stdin).await;
     broker.close().await;
     code
 }
@@ -58,7 +45,9 @@ struct QueueTransport<'a> {
     /// The files queue's consumer, opened at the first file so that `before_start` runs
     /// before this worker holds a file.
     files: Option<Inbox>,
-    retries: RetryChannel,
+    /// Opened at the first redelivered file: most workers never need it, and 200 workers
+    /// declaring a queue each at start is load the broker can do without.
+    retries: Option<RetryChannel>,
 }
 
 /// Where a worker hears the originator's answers about files delivered again.
@@ -169,9 +158,26 @@ impl Transport for QueueTransport<'_> {
 async fn retry_allowed(
     broker: &Broker,
     assignment: &WorkerAssignment,
-    retries: &mut RetryChannel,
+    retries: &mut Option<RetryChannel>,
     file: &str,
 ) -> bool {
+    if retries.is_none() {
+        let opened = async {
+            let queue = broker.declare_private_queue().await?;
+            let inbox = broker.consume(&queue, None).await?;
+            Ok::<_, BrokerError>(RetryChannel { queue, inbox })
+        };
+        match opened.await {
+            Ok(channel) => *retries = Some(channel),
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the answers queue; running the file again");
+                return true;
+            }
+        }
+    }
+    let Some(retries) = retries.as_mut() else {
+        return true;
+    };
     let ask = Message::RetryCheck {
         file: file.to_owned(),
         reply_to: retries.queue.clone(),
