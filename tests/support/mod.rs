@@ -228,42 +228,8 @@ impl Project {
 
     /// [`Project::start`] with extra environment variables.
     pub fn start_with_env(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
-        let started = Instant::now();
-        let mut child = Command::new(GORGON)
-            .arg("start")
-            .args(args)
-            .envs(env.iter().copied())
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-        let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "gorgon start did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                    out.join().unwrap(),
-                    err.join().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-            seconds: started.elapsed().as_secs_f64(),
-        }
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.spawn_start(args, &env).wait(limit)
     }
 }
 

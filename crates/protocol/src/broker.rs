@@ -318,17 +318,9 @@ impl Broker {
         routing_key: &str,
         payload: &[u8],
     ) -> Result<(), BrokerError> {
-        let confirm = bounded(
-            "basic.publish",
-            self.channel.basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                payload,
-                properties(),
-            ),
-        )
-        .await?;
+        let confirm = self
+            .basic_publish(exchange, routing_key, payload, false)
+            .await?;
         let confirmation = bounded("publisher confirm", confirm).await?;
         if confirmation.is_nack() {
             return Err(BrokerError::Nacked(exchange.to_owned()));
@@ -346,20 +338,8 @@ impl Broker {
         let mut confirms = Vec::new();
         for envelope in envelopes {
             confirms.push(
-                bounded(
-                    "basic.publish",
-                    self.channel.basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        &envelope.encode(),
-                        properties(),
-                    ),
-                )
-                .await?,
+                self.basic_publish("", queue, &envelope.encode(), true)
+                    .await?,
             );
         }
         for confirm in confirms {
@@ -375,21 +355,36 @@ impl Broker {
         envelope: &Envelope,
         target: &str,
     ) -> Result<(), BrokerError> {
-        let confirm = bounded(
+        let confirm = self
+            .basic_publish(exchange, routing_key, &envelope.encode(), true)
+            .await?;
+        check_confirmation(bounded("publisher confirm", confirm).await?, target)
+    }
+
+    /// Hands one message to the broker; the returned confirm resolves once the broker has
+    /// taken it. `mandatory` makes a message that no queue takes come back as returned.
+    async fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        mandatory: bool,
+    ) -> Result<lapin::PublisherConfirm, BrokerError> {
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        bounded(
             "basic.publish",
             self.channel.basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &envelope.encode(),
+                options,
+                payload,
                 properties(),
             ),
         )
-        .await?;
-        check_confirmation(bounded("publisher confirm", confirm).await?, target)
+        .await
     }
 
     /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
