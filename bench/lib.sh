@@ -95,13 +95,13 @@ seconds() {
     start=$(date +%s.%N)
     if ! "$@" </dev/null >"$work/last.out" 2>"$work/last.err"; then
         echo "error: $* failed:" >&2
-        tail -20 "$work/last.out" "$work/last.err" >&2
+        tail -n 20 "$work/last.out" "$work/last.err" >&2
         exit 1
     fi
     end=$(date +%s.%N)
     if [ -n "${EXPECT:-}" ] && ! grep -q "$EXPECT" "$work/last.out"; then
         echo "error: the output of $* lacks '$EXPECT':" >&2
-        tail -20 "$work/last.out" >&2
+        tail -n 20 "$work/last.out" >&2
         exit 1
     fi
     echo "$end - $start" | bc -l | awk '{printf "%.3f\n", $1}'

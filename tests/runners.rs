@@ -231,6 +231,79 @@ fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
 }
 
 #[test]
+fn quick_rspec_files_share_a_fork_and_keep_their_own_results() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("runner", 1);
+    let project = cluster.project(
+        "batched",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    project.write(
+        "spec/spec_helper.rb",
+        "Dir[File.join(__dir__, 'support', '*.rb')].each { |f| require f }\n",
+    );
+    project.write(
+        "spec/support/shared.rb",
+        "RSpec.shared_examples('a pair') { it('has two items') { expect(subject.size).to eq(2) } }\n",
+    );
+    for i in 1..=9 {
+        project.write(
+            &format!("spec/quick_{i}_spec.rb"),
+            &format!(
+                "RSpec.describe('quick {i}') {{ it('adds') {{ expect({i} + 1).to eq({}) }} }}\n",
+                i + 1
+            ),
+        );
+    }
+    project.write(
+        "spec/shared_spec.rb",
+        "RSpec.describe('Pair') { subject { [1, 2] }\n  it_behaves_like 'a pair'\n}\n",
+    );
+    project.write(
+        "spec/wrong_spec.rb",
+        "RSpec.describe('Wrong') do\n  it 'sums' do\n    puts 'printed by wrong'\n    expect(1 + 1).to eq(3)\n  end\nend\n",
+    );
+    project.write("spec/empty_spec.rb", "# nothing here\n");
+    // The largest file goes first, alone, while the worker knows nothing of its files' times.
+    project.write(
+        "spec/first_spec.rb",
+        &format!(
+            "{}RSpec.describe('first') {{ it('runs') {{ expect(1).to eq(1) }} }}\n",
+            "# padding\n".repeat(50)
+        ),
+    );
+    cluster.wait_for_listeners(&project, 1);
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    assert_eq!(run.code, 1, "{run:?}");
+    let mut failed: Vec<String> =
+        serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    failed.sort();
+    assert_eq!(
+        failed,
+        ["spec/empty_spec.rb", "spec/wrong_spec.rb"],
+        "{run:?}"
+    );
+    assert_file_failed(&run, "spec/empty_spec.rb", "no tests ran");
+    assert_file_failed(
+        &run,
+        "spec/wrong_spec.rb",
+        "1) Wrong sums failed (spec/wrong_spec.rb:2)",
+    );
+    // One worker: after its first file, the others ran as one batch, whose output goes with
+    // each file that failed in it.
+    assert_file_failed(&run, "spec/wrong_spec.rb", "output of the batch of");
+    assert_file_failed(&run, "spec/wrong_spec.rb", "printed by wrong");
+    for line in [
+        "13 files: 11 passed, 2 failed, 0 crashed, 0 not run",
+        "Tests: 11 passed, 1 failed, 0 errored, 0 skipped, 0 pending",
+    ] {
+        assert!(run.stdout.contains(line), "expected {line:?} in {run:?}");
+    }
+}
+
+#[test]
 fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
     let mut cluster = Cluster::new();
     cluster.start_listener("splitter", 4);

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -411,6 +411,7 @@ impl Broker {
         Ok(Inbox {
             consumer,
             channel,
+            queue: queue.to_owned(),
             failed: false,
         })
     }
@@ -443,6 +444,7 @@ fn check_confirmation(confirmation: lapin::Confirmation, target: &str) -> Result
 pub struct Inbox {
     consumer: lapin::Consumer,
     channel: Channel,
+    queue: String,
     failed: bool,
 }
 
@@ -451,17 +453,25 @@ impl Inbox {
     /// connection closed).
     pub async fn next(&mut self) -> Option<Incoming> {
         match self.consumer.next().await? {
-            Ok(delivery) => Some(Incoming {
-                envelope: Envelope::decode(&delivery.data),
-                redelivered: delivery.redelivered,
-                acker: delivery.acker,
-            }),
+            Ok(delivery) => Some(Incoming::from(delivery)),
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
                 self.failed = true;
                 None
             }
         }
+    }
+
+    /// A message waiting in the queue right now, taken past the consumer's prefetch limit
+    /// (`basic.get`); `None` when the queue is empty. Never waits for a message.
+    pub async fn try_next(&self) -> Result<Option<Incoming>, BrokerError> {
+        let got = bounded(
+            "basic.get",
+            self.channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions::default()),
+        )
+        .await?;
+        Ok(got.map(|got| Incoming::from(got.delivery)))
     }
 
     /// True when the inbox ended because of an error (the channel or connection failed),
@@ -477,6 +487,16 @@ pub struct Incoming {
     /// The broker delivered this message before to a consumer that did not acknowledge it.
     pub redelivered: bool,
     acker: lapin::Acker,
+}
+
+impl From<lapin::message::Delivery> for Incoming {
+    fn from(delivery: lapin::message::Delivery) -> Incoming {
+        Incoming {
+            envelope: Envelope::decode(&delivery.data),
+            redelivered: delivery.redelivered,
+            acker: delivery.acker,
+        }
+    }
 }
 
 impl Incoming {

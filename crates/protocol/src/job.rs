@@ -78,6 +78,10 @@ pub struct RunnerSettings {
     /// A file that runs no test passes instead of failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_empty_files: bool,
+    /// Every file runs alone (for the built-in runners, in a fork of its own), never in a
+    /// batch with other quick files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_per_run: bool,
     /// Seconds a file may run before its process group is killed and it is reported as
     /// timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -16,7 +16,8 @@ pub use message::{
     TestStatus, WorkerAssignment,
 };
 pub use runner_protocol::{
-    FileDone, RunOutcome, RunRequest, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION,
+    BatchRequest, FileDone, RunOutcome, RunRequest, RunnerMessage, WorkerRequest,
+    RUNNER_PROTOCOL_VERSION,
 };
 
 /// Version of the wire protocol. A process drops a message whose `protocol` differs.

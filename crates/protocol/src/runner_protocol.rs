@@ -1,6 +1,7 @@
 //! The runner protocol: line-oriented JSON between a worker and a persistent test runner on
 //! the runner's stdin and stdout (see `docs/runner-protocol.md`). The runner says hello with
-//! its protocol version, then answers each [`RunRequest`] with one [`FileDone`].
+//! its protocol version, then answers each [`RunRequest`] with one [`FileDone`], and each
+//! [`BatchRequest`] (when its hello offers batches) with one [`FileDone`] per file.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,9 @@ pub enum RunnerMessage {
         /// Free-form name and version, e.g. `rspec 3.12.0 (ruby 3.1.2)`, for the logs.
         #[serde(default)]
         runner: String,
+        /// The runner also takes [`BatchRequest`]s.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batches: bool,
     },
     /// The answer to one [`RunRequest`].
     FileDone(FileDone),
@@ -29,6 +33,7 @@ pub enum RunnerMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerRequest {
     Run(RunRequest),
+    RunBatch(BatchRequest),
 }
 
 /// Run one test file.
@@ -41,6 +46,22 @@ pub struct RunRequest {
     pub args: Vec<String>,
     /// A fresh file the runner should send the test's stdout and stderr to, so that the
     /// worker can report them even when the runner dies or the file times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_path: Option<String>,
+}
+
+/// Run several quick files together, for a runner whose hello offers batches: the runner
+/// answers with one [`FileDone`] per file, in any order, and how it keeps the files apart
+/// is its own business (the built-in ones run the batch in one forked child and run the
+/// files again one by one when anything in the batch goes wrong).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// The files, relative to the runner's working directory (the workspace).
+    pub files: Vec<String>,
+    /// Extra arguments for the test framework (`job.runner.args`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// A fresh file for the stdout and stderr of the whole batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_path: Option<String>,
 }
@@ -123,6 +144,7 @@ mod tests {
             RunnerMessage::Hello {
                 protocol: 1,
                 runner: "rspec 3.12.0".into(),
+                batches: true,
             },
             RunnerMessage::FileDone(done()),
         ] {
@@ -153,6 +175,24 @@ mod tests {
             request.encode_line(),
             "{\"type\":\"run\",\"file\":\"t/a_test.rb\",\"args\":[\"-n\",\"test_x\"],\"output_path\":\"/tmp/out\"}\n"
         );
+        let batch = WorkerRequest::RunBatch(BatchRequest {
+            files: vec!["spec/a_spec.rb".into(), "spec/b_spec.rb".into()],
+            args: Vec::new(),
+            output_path: Some("/tmp/out".into()),
+        });
+        assert_eq!(
+            batch.encode_line(),
+            "{\"type\":\"run_batch\",\"files\":[\"spec/a_spec.rb\",\"spec/b_spec.rb\"],\"output_path\":\"/tmp/out\"}\n"
+        );
+        let hello = RunnerMessage::Hello {
+            protocol: 1,
+            runner: "rspec".into(),
+            batches: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&hello).unwrap(),
+            r#"{"type":"hello","protocol":1,"runner":"rspec","batches":true}"#
+        );
         assert_eq!(
             serde_json::to_string(&RunnerMessage::FileDone(done())).unwrap(),
             r#"{"type":"file_done","file":"spec/cart_spec.rb","outcome":"completed","tests":[{"name":"Cart adds tax","classname":"Cart","file":"spec/cart_spec.rb","line":4,"status":"failed","seconds":0.5,"message":"expected 2, got 3","details":"spec/cart_spec.rb:5"}],"output":"F"}"#
@@ -165,7 +205,8 @@ mod tests {
             RunnerMessage::decode("{\"type\":\"hello\",\"protocol\":1}\n").unwrap(),
             RunnerMessage::Hello {
                 protocol: 1,
-                runner: String::new()
+                runner: String::new(),
+                batches: false,
             }
         );
         let decoded = RunnerMessage::decode(

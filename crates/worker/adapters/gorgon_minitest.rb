@@ -33,13 +33,14 @@ class GorgonMinitestReporter < Minitest::AbstractReporter
   end
 end
 
-GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |file, args|
-  begin
+GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |files, args|
+  load_error = files.each do |file|
     load File.expand_path(file)
   rescue ScriptError, StandardError => e
-    next({ outcome: 'load_error',
-           message: "#{file} failed to load: #{e.class}: #{e.message}\n#{GorgonRunner.trim_backtrace(e.backtrace)}" })
+    break({ outcome: 'load_error',
+            message: "#{file} failed to load: #{e.class}: #{e.message}\n#{GorgonRunner.trim_backtrace(e.backtrace)}" })
   end
+  next load_error if load_error.is_a?(Hash)
   options = Minitest.process_args(args)
   Minitest.seed = options[:seed] if Minitest.respond_to?(:seed=)
   reporter = Minitest::CompositeReporter.new

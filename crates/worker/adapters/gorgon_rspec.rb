@@ -63,6 +63,7 @@ class GorgonRspecFormatter
     { name: example.full_description,
       classname: example.example_group.top_level_description,
       file: GorgonRunner.relative(example.metadata[:file_path]),
+      unit: GorgonRunner.relative(example.metadata[:rerun_file_path] || example.metadata[:file_path]),
       line: example.metadata[:line_number],
       status: status,
       seconds: example.execution_result.run_time.to_f }
@@ -70,14 +71,14 @@ class GorgonRspecFormatter
 end
 
 version = "rspec #{RSpec::Core::Version::STRING} (ruby #{RUBY_VERSION})"
-GorgonRunner.serve(version) do |file, args|
+GorgonRunner.serve(version) do |files, args|
   RSpec.configuration.add_formatter(GorgonRspecFormatter)
-  RSpec::Core::Runner.run([*args, file], $stderr, $stdout)
+  RSpec::Core::Runner.run([*args, *files], $stderr, $stdout)
   world = RSpec.world
   outside = world.respond_to?(:non_example_failure) && world.non_example_failure
   if outside
     { outcome: 'load_error',
-      message: "#{file}: an error occurred outside of examples (while loading the file?)\n" +
+      message: "#{files.join(', ')}: an error occurred outside of examples (while loading the file?)\n" +
                GorgonRspecFormatter.messages.join("\n").strip }
   else
     { outcome: 'completed' }

@@ -1,5 +1,6 @@
 # gorgon-rs built-in runner support for Ruby, shared by the RSpec and Minitest adapters: the
-# runner protocol loop (docs/runner-protocol.md) and the fork per file that keeps files apart.
+# runner protocol loop (docs/runner-protocol.md), the fork per request that keeps files (or
+# batches of quick files) apart, and the fallback that runs a troubled batch file by file.
 require 'json'
 
 module GorgonRunner
@@ -27,26 +28,55 @@ module GorgonRunner
   end
 
   # Keeps stdout for protocol lines and sends everything else printed to stderr, then serves
-  # files until stdin ends. The block runs one file in a forked child and returns a hash with
-  # at least :outcome.
-  def self.serve(name, &run_file)
+  # requests until stdin ends. The block runs a list of files (one, or a batch) in a forked
+  # child and returns a hash with at least :outcome; each test it records names its file in
+  # :unit (the requested file it belongs to) or :file.
+  def self.serve(name, &run_files)
     proto = STDOUT.dup
     proto.sync = true
     STDOUT.reopen(STDERR)
     STDOUT.sync = true
     STDERR.sync = true
-    proto.puts(JSON.generate(type: 'hello', protocol: PROTOCOL, runner: name))
+    proto.puts(JSON.generate(type: 'hello', protocol: PROTOCOL, runner: name, batches: true))
     while (line = STDIN.gets)
       request = JSON.parse(line)
-      next unless request['type'] == 'run'
-      proto.puts(JSON.generate(run_forked(request, proto, &run_file)))
+      answers = case request['type']
+                when 'run' then [without_units(run_forked(request, proto, [request.fetch('file')], &run_files))]
+                when 'run_batch' then run_batch(request, proto, &run_files)
+                else []
+                end
+      answers.each { |answer| proto.puts(JSON.generate(answer)) }
     end
     # exit! skips at_exit hooks, such as Minitest's autorun, that would run in this process.
     exit!(0)
   end
 
-  def self.run_forked(request, proto, &run_file)
-    file = request.fetch('file')
+  # Runs a batch of quick files in one child, and splits the tests by file. When the batch
+  # did not simply complete (a load error, an exit, a crash) or a test cannot be told apart,
+  # runs every file again on its own, so that each answer is exactly what the file alone
+  # gives.
+  def self.run_batch(request, proto, &run_files)
+    files = request.fetch('files')
+    together = run_forked(request, proto, files, &run_files)
+    by_file = files.to_h { |file| [file, []] }
+    unattributed = (together['tests'] || []).reject { |test| by_file[test['unit'] || test['file']]&.push(test) }
+    if together['outcome'] != 'completed' || files.uniq.size != files.size || !unattributed.empty?
+      return files.map do |file|
+        without_units(run_forked(request.merge('file' => file), proto, [file], &run_files))
+      end
+    end
+    files.map do |file|
+      without_units('type' => 'file_done', 'file' => file, 'outcome' => 'completed', 'tests' => by_file[file])
+    end
+  end
+
+  def self.without_units(answer)
+    answer['tests']&.each { |test| test.delete('unit') }
+    answer
+  end
+
+  def self.run_forked(request, proto, files, &run_file)
+    file = files.join(', ')
     args = request['args'] || []
     reader, writer = IO.pipe
     pid = fork do
@@ -60,7 +90,7 @@ module GorgonRunner
         STDERR.reopen(out)
       end
       result = begin
-        run_file.call(file, args)
+        run_file.call(files, args)
       rescue SystemExit => e
         { outcome: 'exited',
           message: "#{file}: a test or the file itself called exit (status #{e.status}) while the file was running" }

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gorgon_exec::{describe_status, terminate_group, OutputBuffer, ShellCommand};
-use gorgon_protocol::{
-    FileDone, RunRequest, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION,
-};
+use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -40,11 +38,12 @@ pub enum BootError {
     WrongVersion { command: String, version: u32 },
 }
 
-/// The end of one file's run, as seen from the worker.
+/// The end of one request's run (a file or a batch), as seen from the worker.
 #[derive(Debug)]
 pub enum Answer {
-    /// The runner answered; `stray` holds stdout lines that were not protocol lines.
-    Done { done: FileDone, stray: String },
+    /// The runner answered for every file of the request; `stray` holds stdout lines that
+    /// were not protocol lines.
+    Done { done: Vec<FileDone>, stray: String },
     /// The runner ended, or broke the protocol, before answering; the session is over.
     Died { status: String },
     /// The file ran past its limit; the runner's group was killed and the session is over.
@@ -60,6 +59,8 @@ pub struct Session {
     stderr: Arc<Mutex<OutputBuffer>>,
     /// The runner's name and version from its hello.
     pub name: String,
+    /// The runner takes batches of files (its hello said so).
+    pub batches: bool,
 }
 
 impl Session {
@@ -118,6 +119,7 @@ impl Session {
             lines,
             stderr,
             name: String::new(),
+            batches: false,
         };
         let name = command.command.clone();
         let mut stray = String::new();
@@ -135,10 +137,13 @@ impl Session {
         .await;
         let failure = match hello {
             Ok(Some(line)) => match RunnerMessage::decode(&line) {
-                Ok(RunnerMessage::Hello { protocol, runner })
-                    if protocol == RUNNER_PROTOCOL_VERSION =>
-                {
+                Ok(RunnerMessage::Hello {
+                    protocol,
+                    runner,
+                    batches,
+                }) if protocol == RUNNER_PROTOCOL_VERSION => {
                     session.name = runner;
+                    session.batches = batches;
                     return Ok(session);
                 }
                 Ok(RunnerMessage::Hello { protocol, .. }) => BootError::WrongVersion {
@@ -165,10 +170,14 @@ impl Session {
         Err((failure, output))
     }
 
-    /// Sends one file and waits for its answer, at most `limit`.
-    pub async fn run(&mut self, request: RunRequest, limit: Option<Duration>) -> Answer {
-        let file = request.file.clone();
-        let line = WorkerRequest::Run(request).encode_line();
+    /// Sends one request (a file, or a batch the runner takes) and waits at most `limit`
+    /// for an answer about each of its files.
+    pub async fn run(&mut self, request: WorkerRequest, limit: Option<Duration>) -> Answer {
+        let mut waiting = match &request {
+            WorkerRequest::Run(run) => vec![run.file.clone()],
+            WorkerRequest::RunBatch(batch) => batch.files.clone(),
+        };
+        let line = request.encode_line();
         let written = match self.stdin.as_mut() {
             Some(stdin) => stdin
                 .write_all(line.as_bytes())
@@ -182,48 +191,59 @@ impl Session {
             };
         }
         let mut stray = String::new();
-        let answer = async {
-            loop {
-                let line = self.lines.recv().await?;
+        let mut done = Vec::with_capacity(waiting.len());
+        let answers = async {
+            while !waiting.is_empty() {
+                let Some(line) = self.lines.recv().await else {
+                    return Err(None);
+                };
                 if !is_protocol_line(&line) {
                     stray.push_str(&line);
                     stray.push('\n');
                     continue;
                 }
-                return Some(RunnerMessage::decode(&line).map_err(|e| (e.to_string(), line)));
+                let broken = |problem: String| {
+                    let line: String = line.chars().take(200).collect();
+                    Err(Some(format!(
+                        "broke the runner protocol ({problem}): {line}"
+                    )))
+                };
+                match RunnerMessage::decode(&line) {
+                    Ok(RunnerMessage::FileDone(answer)) => {
+                        match waiting.iter().position(|f| *f == answer.file) {
+                            Some(at) => {
+                                waiting.swap_remove(at);
+                                done.push(answer);
+                            }
+                            None => {
+                                return broken("a result for a file it was not asked to run".into())
+                            }
+                        }
+                    }
+                    Ok(_) => return broken("expected a file's result".into()),
+                    Err(error) => return broken(error.to_string()),
+                }
             }
+            Ok(())
         };
-        let answer = match limit {
-            Some(limit) => match tokio::time::timeout(limit, answer).await {
-                Ok(answer) => answer,
+        let answered = match limit {
+            Some(limit) => match tokio::time::timeout(limit, answers).await {
+                Ok(answered) => answered,
                 Err(_) => {
                     self.kill();
                     let _ = self.child.wait().await;
                     return Answer::TimedOut;
                 }
             },
-            None => answer.await,
+            None => answers.await,
         };
-        match answer {
-            Some(Ok(RunnerMessage::FileDone(done))) if done.file == file => {
-                Answer::Done { done, stray }
-            }
-            Some(Ok(other)) => {
+        match answered {
+            Ok(()) => Answer::Done { done, stray },
+            Err(Some(status)) => {
                 self.kill();
-                Answer::Died {
-                    status: format!(
-                        "broke the runner protocol: expected the result of {file}, got {other:?}"
-                    ),
-                }
+                Answer::Died { status }
             }
-            Some(Err((error, line))) => {
-                self.kill();
-                let line: String = line.chars().take(200).collect();
-                Answer::Died {
-                    status: format!("broke the runner protocol ({error}): {line}"),
-                }
-            }
-            None => Answer::Died {
+            Err(None) => Answer::Died {
                 status: self.end().await,
             },
         }

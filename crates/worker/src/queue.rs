@@ -60,22 +60,20 @@ impl Transport for QueueTransport<'_> {
     type Taken = Incoming;
 
     async fn next_file(&mut self) -> Result<(String, Incoming), End> {
-        let files = match &mut self.files {
-            Some(files) => files,
-            None => {
-                let queue = names::files_queue(self.assignment.job_id);
-                match self.broker.consume(&queue, Some(1)).await {
-                    Ok(inbox) => self.files.insert(inbox),
-                    // The originator deletes the files queue once every file has a result.
-                    Err(error) if error.is_not_found() => return Err(End::Finished),
-                    Err(error) => {
-                        tracing::error!(%error, "cannot take files");
-                        return Err(End::Broken);
-                    }
+        if self.files.is_none() {
+            let queue = names::files_queue(self.assignment.job_id);
+            match self.broker.consume(&queue, Some(1)).await {
+                Ok(inbox) => self.files = Some(inbox),
+                // The originator deletes the files queue once every file has a result.
+                Err(error) if error.is_not_found() => return Err(End::Finished),
+                Err(error) => {
+                    tracing::error!(%error, "cannot take files");
+                    return Err(End::Broken);
                 }
             }
-        };
+        }
         loop {
+            let files = self.files.as_mut().expect("the consumer was opened above");
             let Some(incoming) = files.next().await else {
                 // A consumer ends cleanly when the originator deletes the queue; an error
                 // (the connection dropped) is not the end of the job.
@@ -85,61 +83,48 @@ impl Transport for QueueTransport<'_> {
                     End::Finished
                 });
             };
-            let file = match &incoming.envelope {
-                Ok(envelope) if envelope.job_id != self.assignment.job_id => {
-                    tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
-                    settle(incoming.discard().await);
-                    continue;
-                }
-                Ok(Envelope {
-                    message: Message::File { file },
-                    ..
-                }) => file.clone(),
-                Ok(envelope) => {
-                    tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
-                    settle(incoming.discard().await);
-                    continue;
-                }
+            if let Some(file) = self.accept(&incoming).await? {
+                return Ok((file, incoming));
+            }
+        }
+    }
+
+    async fn try_next_file(&mut self) -> Option<(String, Incoming)> {
+        loop {
+            let incoming = match self.files.as_ref()?.try_next().await {
+                Ok(incoming) => incoming?,
                 Err(error) => {
-                    tracing::warn!(%error, "dropping an unreadable message");
-                    settle(incoming.discard().await);
-                    continue;
+                    tracing::warn!(%error, "cannot take another file for the batch");
+                    return None;
                 }
             };
-            if incoming.redelivered
-                && !retry_allowed(self.broker, self.assignment, &mut self.retries, &file).await
-            {
-                tracing::info!(file, "the file already has a result; not running it again");
-                settle(incoming.ack().await);
-                continue;
+            match self.accept(&incoming).await {
+                Ok(Some(file)) => return Some((file, incoming)),
+                Ok(None) => continue,
+                Err(_) => return None,
             }
-            if !self.assignment.workspace.is_dir() {
-                // The listener removed the workspace: this worker outlived its job here.
-                tracing::warn!(file, "the workspace is gone; handing the file back");
-                settle(incoming.requeue().await);
-                return Err(End::Stopped);
-            }
-            return Ok((file, incoming));
         }
+    }
+
+    async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), End> {
+        let job = self.assignment.job_id;
+        let envelopes = messages
+            .into_iter()
+            .map(|message| Envelope::new(job, message));
+        let sent = self
+            .broker
+            .send_all_to_queue(&self.assignment.reply_to, envelopes)
+            .await;
+        reported(sent)
     }
 
     async fn send(&mut self, message: Message) -> Result<(), End> {
         let envelope = Envelope::new(self.assignment.job_id, message);
-        match self
+        let sent = self
             .broker
             .send_to_queue(&self.assignment.reply_to, &envelope)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(BrokerError::Unroutable(_)) => {
-                tracing::info!("the originator has gone; stopping");
-                Err(End::OriginatorGone)
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot report to the originator");
-                Err(End::Broken)
-            }
-        }
+            .await;
+        reported(sent)
     }
 
     async fn done(&mut self, taken: Incoming) {
@@ -148,6 +133,64 @@ impl Transport for QueueTransport<'_> {
 
     async fn hand_back(&mut self, taken: Incoming) {
         settle(taken.requeue().await);
+    }
+}
+
+impl QueueTransport<'_> {
+    /// Checks a delivered message: the file to run, `None` when the message was settled
+    /// here (foreign, unreadable, or a file that already has a result), or how the worker
+    /// must end (its workspace is gone; the file went back to the queue).
+    async fn accept(&mut self, incoming: &Incoming) -> Result<Option<String>, End> {
+        let file = match &incoming.envelope {
+            Ok(envelope) if envelope.job_id != self.assignment.job_id => {
+                tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
+                settle(incoming.discard().await);
+                return Ok(None);
+            }
+            Ok(Envelope {
+                message: Message::File { file },
+                ..
+            }) => file.clone(),
+            Ok(envelope) => {
+                tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
+                settle(incoming.discard().await);
+                return Ok(None);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dropping an unreadable message");
+                settle(incoming.discard().await);
+                return Ok(None);
+            }
+        };
+        if incoming.redelivered
+            && !retry_allowed(self.broker, self.assignment, &mut self.retries, &file).await
+        {
+            tracing::info!(file, "the file already has a result; not running it again");
+            settle(incoming.ack().await);
+            return Ok(None);
+        }
+        if !self.assignment.workspace.is_dir() {
+            // The listener removed the workspace: this worker outlived its job here.
+            tracing::warn!(file, "the workspace is gone; handing the file back");
+            settle(incoming.requeue().await);
+            return Err(End::Stopped);
+        }
+        Ok(Some(file))
+    }
+}
+
+/// What a failed report means for the worker.
+fn reported(sent: Result<(), BrokerError>) -> Result<(), End> {
+    match sent {
+        Ok(()) => Ok(()),
+        Err(BrokerError::Unroutable(_)) => {
+            tracing::info!("the originator has gone; stopping");
+            Err(End::OriginatorGone)
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot report to the originator");
+            Err(End::Broken)
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use gorgon_exec::{CommandOutcome, OutputBuffer, ShellCommand};
 use gorgon_protocol::{
-    FileDone, FileStatus, RunOutcome, RunRequest, RunnerKind, RunnerSettings, TestResult,
-    TestStatus,
+    BatchRequest, FileDone, FileStatus, RunOutcome, RunRequest, RunnerKind, RunnerSettings,
+    TestResult, TestStatus, WorkerRequest,
 };
 use tokio::io::AsyncReadExt;
 
@@ -22,7 +22,7 @@ use crate::persistent::{Answer, Session};
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
 /// The outcome of one file, ready to become a `FileResult`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct FileRun {
     pub status: FileStatus,
     pub exit: String,
@@ -49,6 +49,8 @@ pub struct PersistentRunner {
     args: Vec<String>,
     limit: Option<Duration>,
     allow_empty: bool,
+    /// Unless `file_per_run` is set, quick files may share a run when the runner offers it.
+    batches: bool,
     session: Option<Session>,
     /// Holds the built-in adapter scripts and each file's output.
     scratch: tempfile::TempDir,
@@ -80,6 +82,7 @@ impl Runner {
             args: settings.args.clone(),
             limit,
             allow_empty: settings.allow_empty_files,
+            batches: !settings.file_per_run,
             session: None,
             scratch,
             files_run: 0,
@@ -92,6 +95,32 @@ impl Runner {
             Runner::Command(runner) => runner.run_file(file).await,
             Runner::Persistent(runner) => runner.run_file(file).await,
         }
+    }
+
+    /// True when the runner can take several files at once: a persistent runner that is up
+    /// and offered batches in its hello. Until its first file, nobody knows.
+    pub fn takes_batches(&self) -> bool {
+        match self {
+            Runner::Command(_) => false,
+            Runner::Persistent(runner) => {
+                runner.batches && runner.session.as_ref().is_some_and(|s| s.batches)
+            }
+        }
+    }
+
+    /// Runs several files (each already checked) together when the runner takes batches,
+    /// one after the other otherwise; one result per file, in the order of `files`.
+    pub async fn run_files(&mut self, files: &[String]) -> Vec<FileRun> {
+        if files.len() > 1 && self.takes_batches() {
+            if let Runner::Persistent(runner) = self {
+                return runner.run_batch(files).await;
+            }
+        }
+        let mut runs = Vec::with_capacity(files.len());
+        for file in files {
+            runs.push(self.run_file(file).await);
+        }
+        runs
     }
 
     /// Stops a persistent runner at the end of the job.
@@ -155,9 +184,140 @@ impl CommandRunner {
 }
 
 impl PersistentRunner {
+    /// Runs one file; its time does not count the runner's start.
     async fn run_file(&mut self, file: &str) -> FileRun {
+        let booting = Instant::now();
+        let output_path = match self.prepare().await {
+            Ok(output_path) => output_path,
+            Err(mut failed) => {
+                failed.seconds = booting.elapsed().as_secs_f64();
+                return failed;
+            }
+        };
         let started = Instant::now();
         let seconds = || started.elapsed().as_secs_f64();
+        let request = WorkerRequest::Run(RunRequest {
+            file: file.to_owned(),
+            args: self.args.clone(),
+            output_path: Some(output_path.to_string_lossy().into_owned()),
+        });
+        let (answer, mut output) = self.ask(request, self.limit, &output_path).await;
+        match answer {
+            Answer::Done { mut done, stray } => {
+                output.push_str(&stray);
+                match done.pop() {
+                    Some(done) => judged(done, output, seconds(), self.allow_empty),
+                    None => unreachable!("a finished run answers for its one file"),
+                }
+            }
+            Answer::Died { status } => {
+                let exit = format!("the runner ended in the middle of the file ({status})");
+                FileRun {
+                    status: FileStatus::Crashed,
+                    output: format!("{file}: {exit}\n{output}"),
+                    exit,
+                    seconds: seconds(),
+                    tests: Vec::new(),
+                }
+            }
+            Answer::TimedOut => {
+                let limit = self.limit.unwrap_or_default().as_secs_f64();
+                let exit = format!("timed out after {limit} s");
+                FileRun {
+                    status: FileStatus::TimedOut,
+                    output: format!("{file}: {exit}; the runner was killed\n{output}"),
+                    exit,
+                    seconds: seconds(),
+                    tests: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Runs `files` as one batch (the runner is up and takes batches). Each file's time is
+    /// its tests' time plus an equal share of the rest of the batch's time; the batch's
+    /// output goes with each file that did not pass (with the first file when all passed).
+    /// When the runner dies or the batch runs past `files.len()` times the file limit, the
+    /// files run again one by one, so that the file at fault gets the blame alone.
+    async fn run_batch(&mut self, files: &[String]) -> Vec<FileRun> {
+        let output_path = match self.prepare().await {
+            Ok(output_path) => output_path,
+            Err(failed) => return vec![failed; files.len()],
+        };
+        let started = Instant::now();
+        let request = WorkerRequest::RunBatch(BatchRequest {
+            files: files.to_vec(),
+            args: self.args.clone(),
+            output_path: Some(output_path.to_string_lossy().into_owned()),
+        });
+        let limit = self.limit.map(|limit| limit * files.len() as u32);
+        let (answer, mut output) = self.ask(request, limit, &output_path).await;
+        let mut done = match answer {
+            Answer::Done { done, stray } => {
+                output.push_str(&stray);
+                done
+            }
+            Answer::Died { status } => {
+                tracing::warn!(
+                    "the runner ended during a batch of {} files ({status}); running them again one by one",
+                    files.len()
+                );
+                return self.run_each(files).await;
+            }
+            Answer::TimedOut => {
+                tracing::warn!(
+                    "a batch of {} files ran out of time; running them again one by one",
+                    files.len()
+                );
+                return self.run_each(files).await;
+            }
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let tests_seconds = |done: &FileDone| done.tests.iter().map(|t| t.seconds).sum::<f64>();
+        let in_tests: f64 = done.iter().map(tests_seconds).sum();
+        let share = (elapsed - in_tests).max(0.0) / files.len() as f64;
+        let mut runs: Vec<FileRun> = files
+            .iter()
+            .map(|file| {
+                let at = done
+                    .iter()
+                    .position(|d| d.file == *file)
+                    .expect("a finished batch answers for each of its files");
+                let done = done.swap_remove(at);
+                let seconds = tests_seconds(&done) + share;
+                judged(done, String::new(), seconds, self.allow_empty)
+            })
+            .collect();
+        if output.trim().is_empty() {
+            return runs;
+        }
+        let shared = format!(
+            "[gorgon] output of the batch of {} files this file ran in:\n{output}",
+            files.len()
+        );
+        let mut failing = runs
+            .iter_mut()
+            .filter(|run| run.status != FileStatus::Passed)
+            .peekable();
+        if failing.peek().is_none() {
+            runs[0].output.push_str(&shared);
+        } else {
+            failing.for_each(|run| run.output.push_str(&shared));
+        }
+        runs
+    }
+
+    async fn run_each(&mut self, files: &[String]) -> Vec<FileRun> {
+        let mut runs = Vec::with_capacity(files.len());
+        for file in files {
+            runs.push(self.run_file(file).await);
+        }
+        runs
+    }
+
+    /// Starts the runner if it is not up, and returns a fresh, empty output file for the
+    /// next request; a failure is the result of every file of that request.
+    async fn prepare(&mut self) -> Result<std::path::PathBuf, FileRun> {
         let session = match self.session.take() {
             Some(session) => session,
             None => match Session::start(&self.command, BOOT_LIMIT).await {
@@ -166,13 +326,13 @@ impl PersistentRunner {
                     session
                 }
                 Err((error, output)) => {
-                    return FileRun {
+                    return Err(FileRun {
                         status: FileStatus::Crashed,
                         exit: "the runner did not start".into(),
                         output: format!("{error}\n{output}"),
-                        seconds: seconds(),
+                        seconds: 0.0,
                         tests: Vec::new(),
-                    }
+                    })
                 }
             },
         };
@@ -187,61 +347,54 @@ impl PersistentRunner {
             .path()
             .join(format!("output-{}.txt", self.files_run));
         if let Err(error) = std::fs::write(&output_path, "") {
-            return refused(format!("cannot create {}: {error}", output_path.display()));
+            return Err(refused(format!(
+                "cannot create {}: {error}",
+                output_path.display()
+            )));
         }
-        let request = RunRequest {
-            file: file.to_owned(),
-            args: self.args.clone(),
-            output_path: Some(output_path.to_string_lossy().into_owned()),
+        Ok(output_path)
+    }
+
+    /// Sends a request to the running runner and collects its answer and the output written
+    /// meanwhile. A runner that died or ran out of time is gone afterwards.
+    async fn ask(
+        &mut self,
+        request: WorkerRequest,
+        limit: Option<Duration>,
+        output_path: &Path,
+    ) -> (Answer, String) {
+        let Some(session) = self.session.as_mut() else {
+            unreachable!("prepare() started the runner");
         };
-        let answer = session.run(request, self.limit).await;
-        let mut output = read_bounded(&output_path).await;
-        let _ = std::fs::remove_file(&output_path);
+        let answer = session.run(request, limit).await;
+        let mut output = read_bounded(output_path).await;
+        let _ = std::fs::remove_file(output_path);
         output.push_str(&session.take_stderr());
-        let run = |status, exit: String, output: String, tests| FileRun {
-            status,
-            exit,
-            output,
-            seconds: seconds(),
-            tests,
-        };
-        match answer {
-            Answer::Done { done, stray } => {
-                output.push_str(&stray);
-                output.push_str(&done.output);
-                let (status, exit, reason) = judge_done(&done, self.allow_empty);
-                if let Some(reason) = reason {
-                    output = format!("{reason}\n{output}");
-                }
-                run(status, exit, output, done.tests)
-            }
-            Answer::Died { status } => {
-                self.session = None;
-                let exit = format!("the runner ended in the middle of the file ({status})");
-                run(
-                    FileStatus::Crashed,
-                    exit.clone(),
-                    format!("{file}: {exit}\n{output}"),
-                    Vec::new(),
-                )
-            }
-            Answer::TimedOut => {
-                self.session = None;
-                let limit = self.limit.unwrap_or_default().as_secs_f64();
-                let exit = format!("timed out after {limit} s");
-                run(
-                    FileStatus::TimedOut,
-                    exit.clone(),
-                    format!("{file}: {exit}; the runner was killed\n{output}"),
-                    Vec::new(),
-                )
-            }
+        if !matches!(answer, Answer::Done { .. }) {
+            self.session = None;
         }
+        (answer, output)
+    }
+}
+
+/// A persistent runner's answer about one file, judged; `output` is what the file printed.
+fn judged(done: FileDone, mut output: String, seconds: f64, allow_empty: bool) -> FileRun {
+    output.push_str(&done.output);
+    let (status, exit, reason) = judge_done(&done, allow_empty);
+    if let Some(reason) = reason {
+        output = format!("{reason}\n{output}");
+    }
+    FileRun {
+        status,
+        exit,
+        output,
+        seconds,
+        tests: done.tests,
     }
 }
 
 /// A file the worker will not run.
-fn refused(problem: String) -> FileRun {
+pub(crate) fn refused(problem: String) -> FileRun {
     FileRun {
         status: FileStatus::Crashed,
         exit: "refused".into(),

@@ -1,14 +1,23 @@
-//! A worker (`gorgon __work`): takes test files one at a time from its [`Transport`], runs
-//! each with the job's runner (see `runner`) and reports the result. A file is settled only
-//! once its result has reached the originator, so a file whose worker dies runs again.
+//! A worker (`gorgon __work`): takes test files from its [`Transport`], runs them with the
+//! job's runner (see `runner`) and reports each result. Quick files are taken several at a
+//! time and run as one batch when the runner takes batches. A file is settled only once its
+//! result has reached the originator, so a file whose worker dies runs again.
 
 use std::path::{Component, Path};
+use std::time::Duration;
 
 use gorgon_exec::run_callback;
-use gorgon_protocol::{CallbackName, FileResult, FileStatus, Message, WorkerAssignment};
+use gorgon_protocol::{CallbackName, FileResult, Message, WorkerAssignment};
 
-use crate::runner::Runner;
+use crate::runner::{refused, FileRun, Runner};
 use crate::{command_base, StdinClosed, StopSignals, EXIT_BROKEN};
+
+/// A batch holds at most this many files...
+const BATCH_MAX_FILES: usize = 100;
+/// ...and files this worker expects to take at most this long together, from the time per
+/// file of its last run. Files slower than half of it always run alone, and a worker never
+/// holds more than about this much work that an idle worker could have taken instead.
+const BATCH_TARGET: Duration = Duration::from_millis(250);
 
 /// How the file loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,8 +41,21 @@ pub(crate) trait Transport {
     /// The next file to run (a path relative to the workspace), or how the loop ends.
     async fn next_file(&mut self) -> Result<(String, Self::Taken), End>;
 
+    /// Another file to add to a batch, if one is waiting right now; never waits for one.
+    async fn try_next_file(&mut self) -> Option<(String, Self::Taken)> {
+        None
+    }
+
     /// Sends one message to the originator; `Err` when the worker must stop.
     async fn send(&mut self, message: Message) -> Result<(), End>;
+
+    /// Sends several messages, in order; `Err` when the worker must stop.
+    async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), End> {
+        for message in messages {
+            self.send(message).await?;
+        }
+        Ok(())
+    }
 
     /// The file's result has reached the originator.
     async fn done(&mut self, taken: Self::Taken);
@@ -74,6 +96,9 @@ pub(crate) async fn work_with(
             return EXIT_BROKEN;
         }
     };
+    // The time per file of the last run (without the runner's start), which sizes the next
+    // batch.
+    let mut seconds_per_file: Option<f64> = None;
     let end = loop {
         // Biased: a local worker's stdin ends both its files and the `StdinClosed` watch,
         // and the end of the files (`Finished`) must win over the parent's death.
@@ -89,28 +114,45 @@ pub(crate) async fn work_with(
                 Err(End::Stopped)
             }
         };
-        let (file, taken) = match next {
-            Ok(next) => next,
+        let mut batch = match next {
+            Ok(next) => vec![next],
             Err(end) => break end,
         };
-        let ran = run_one(
+        if runner.takes_batches() {
+            if let Some(per_file) = seconds_per_file {
+                take_more(transport, &mut batch, per_file).await;
+            }
+        }
+        let (files, taken): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+        let ran = run_batch(
             transport,
             assignment,
             worker_id,
             &mut runner,
-            file,
+            files,
             stdin,
             &mut signals,
         );
         let sent = match ran.await {
-            Ok(result) => transport.send(Message::FileFinished(result)).await,
+            Ok(results) => {
+                let seconds: f64 = results.iter().map(|r| r.seconds).sum();
+                seconds_per_file = Some(seconds / results.len() as f64);
+                let finished = results.into_iter().map(Message::FileFinished).collect();
+                transport.send_all(finished).await
+            }
             Err(end) => Err(end),
         };
         match sent {
-            Ok(()) => transport.done(taken).await,
+            Ok(()) => {
+                for taken in taken {
+                    transport.done(taken).await;
+                }
+            }
             Err(end) => {
-                // The result did not reach the originator: the file must run elsewhere.
-                transport.hand_back(taken).await;
+                // The results did not reach the originator: the files must run elsewhere.
+                for taken in taken {
+                    transport.hand_back(taken).await;
+                }
                 break end;
             }
         }
@@ -159,62 +201,91 @@ async fn run_worker_callback(
     }
 }
 
-/// Runs one file and returns its result, or how the worker must end without one.
-async fn run_one(
+/// Adds waiting files to `batch` while the files are expected to fit in [`BATCH_TARGET`]
+/// together. A file already in the batch (queued twice) goes back for later.
+async fn take_more<T: Transport>(
+    transport: &mut T,
+    batch: &mut Vec<(String, T::Taken)>,
+    seconds_per_file: f64,
+) {
+    let fits = |count: usize| seconds_per_file * count as f64 <= BATCH_TARGET.as_secs_f64();
+    while batch.len() < BATCH_MAX_FILES && fits(batch.len() + 1) {
+        let Some((file, taken)) = transport.try_next_file().await else {
+            return;
+        };
+        if batch.iter().any(|(held, _)| *held == file) {
+            transport.hand_back(taken).await;
+            return;
+        }
+        batch.push((file, taken));
+    }
+}
+
+/// Runs a batch of files (often just one) and returns one result per file, in order, or
+/// how the worker must end without them.
+async fn run_batch(
     transport: &mut impl Transport,
     assignment: &WorkerAssignment,
     worker_id: u32,
     runner: &mut Runner,
-    file: String,
+    files: Vec<String>,
     stdin: &mut StdinClosed,
     signals: &mut StopSignals,
-) -> Result<FileResult, End> {
+) -> Result<Vec<FileResult>, End> {
     let host = assignment.host.clone();
-    if let Err(problem) = check_path(&file) {
-        tracing::warn!(file, "refusing a file: {problem}");
-        return Ok(FileResult {
-            host,
-            worker_id,
-            file,
-            status: FileStatus::Crashed,
-            seconds: 0.0,
-            exit: "refused".into(),
-            output: problem,
-            tests: Vec::new(),
-        });
-    }
-    let started = Message::FileStarted {
+    let result = |file: String, run: FileRun| FileResult {
         host: host.clone(),
         worker_id,
-        file: file.clone(),
-    };
-    transport.send(started).await?;
-    tracing::info!(file, "running");
-    // Dropping the run future kills the test's process group (or leaves the runner to be
-    // killed when the worker ends), so leaving this select early never leaves the test
-    // running.
-    let run = tokio::select! {
-        run = runner.run_file(&file) => run,
-        () = stdin.wait() => {
-            tracing::info!(file, "the parent has gone; stopping the file");
-            return Err(End::Stopped);
-        }
-        signal = signals.recv() => {
-            tracing::info!(file, "{signal}; stopping the file");
-            return Err(End::Stopped);
-        }
-    };
-    tracing::info!(file, exit = %run.exit, seconds = run.seconds, "finished");
-    Ok(FileResult {
-        host,
-        worker_id,
-        status: run.status,
         file,
+        status: run.status,
         seconds: run.seconds,
         exit: run.exit,
         output: run.output,
         tests: run.tests,
-    })
+    };
+    let runnable: Vec<String> = files
+        .iter()
+        .filter(|file| check_path(file).is_ok())
+        .cloned()
+        .collect();
+    let started = runnable
+        .iter()
+        .map(|file| Message::FileStarted {
+            host: host.clone(),
+            worker_id,
+            file: file.clone(),
+        })
+        .collect();
+    transport.send_all(started).await?;
+    tracing::info!(files = ?runnable, "running");
+    // Dropping the run future kills the test's process group (or leaves the runner to be
+    // killed when the worker ends), so leaving this select early never leaves a test
+    // running.
+    let runs = tokio::select! {
+        runs = runner.run_files(&runnable) => runs,
+        () = stdin.wait() => {
+            tracing::info!("the parent has gone; stopping the files");
+            return Err(End::Stopped);
+        }
+        signal = signals.recv() => {
+            tracing::info!("{signal}; stopping the files");
+            return Err(End::Stopped);
+        }
+    };
+    let mut ran: std::collections::HashMap<String, FileRun> =
+        runnable.into_iter().zip(runs).collect();
+    Ok(files
+        .into_iter()
+        .map(|file| {
+            if let Some(run) = ran.remove(&file) {
+                tracing::info!(file, exit = %run.exit, seconds = run.seconds, "finished");
+                return result(file, run);
+            }
+            let problem = check_path(&file).err().unwrap_or_default();
+            tracing::warn!(file, "refusing a file: {problem}");
+            result(file, refused(problem))
+        })
+        .collect())
 }
 
 /// Refuses a path that could reach outside the workspace: the originator is trusted to send

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     names, Broker, BrokerSettings, Callbacks, Envelope, FileResult, FileStatus, Inbox,
-    JobDefinition, Message, WorkerAssignment,
+    JobDefinition, Message, RunnerKind, RunnerSettings, WorkerAssignment,
 };
 use gorgon_worker::{work, StdinClosed};
 use uuid::Uuid;
@@ -224,5 +224,84 @@ async fn a_job_that_is_over_ends_the_worker_at_once() {
         .expect("the worker ends at once");
     assert_eq!(code, 0);
     assert!(workspace.path().join("completed").exists());
+    originator.broker.close().await;
+}
+
+/// A hand-written persistent runner that takes batches: it logs each request, passes every
+/// file, and dies (as a segfault would) whenever it is asked to run `t/die`.
+const BATCHING_RUNNER: &str = r#"
+import json, os, sys
+out = sys.stdout
+out.write(json.dumps({"type": "hello", "protocol": 1, "batches": True}) + "\n")
+out.flush()
+for line in sys.stdin:
+    request = json.loads(line)
+    files = request.get("files") or [request["file"]]
+    with open("requests.log", "a") as log:
+        log.write(" ".join(files) + "\n")
+    if "t/die" in files:
+        os._exit(9)
+    for file in files:
+        test = {"name": file + " works", "status": "passed", "seconds": 0.001}
+        out.write(json.dumps({"type": "file_done", "file": file, "outcome": "completed",
+                              "tests": [test]}) + "\n")
+    out.flush()
+"#;
+
+#[tokio::test]
+async fn quick_files_run_in_batches_and_a_batch_that_dies_runs_again_file_by_file() {
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("runner.py"), BATCHING_RUNNER).unwrap();
+    let mut files: Vec<String> = (1..=11).map(|i| format!("t/ok_{i:02}")).collect();
+    files.insert(1, "t/die".into());
+    let queued: Vec<&str> = files.iter().map(String::as_str).collect();
+    let mut originator = Originator::start(&queued).await;
+    let mut assignment = originator.assignment(workspace.path(), Callbacks::default());
+    assignment.definition.runner = RunnerSettings {
+        kind: RunnerKind::Persistent,
+        command: "exec python3 runner.py".into(),
+        ..RunnerSettings::default()
+    };
+    let worker = tokio::spawn(work(assignment, StdinClosed::never()));
+
+    let mut results = Vec::new();
+    for _ in 0..files.len() {
+        results.push(originator.next_result().await);
+    }
+    results.sort_by(|a, b| a.file.cmp(&b.file));
+    let (died, passed): (Vec<_>, Vec<_>) = results.iter().partition(|r| r.file == "t/die");
+    assert_eq!(died.len(), 1);
+    assert_eq!(died[0].status, FileStatus::Crashed, "{died:?}");
+    assert!(died[0].exit.contains("the runner ended"), "{died:?}");
+    assert_eq!(passed.len(), 11);
+    for result in passed {
+        assert_eq!(result.status, FileStatus::Passed, "{result:?}");
+        assert_eq!(result.tests.len(), 1, "{result:?}");
+        assert_eq!(result.tests[0].name, format!("{} works", result.file));
+    }
+
+    // The first file ran alone (nothing was known of its time), then the rest went as one
+    // batch, which died on t/die and ran again file by file; t/die killed the runner once
+    // more on its own.
+    let log = std::fs::read_to_string(workspace.path().join("requests.log")).unwrap();
+    let requests: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(requests[0], ["t/ok_01"], "{log}");
+    assert!(
+        requests[1].len() > 1 && requests[1].contains(&"t/die"),
+        "the second request is a batch holding t/die: {log}"
+    );
+    assert!(requests[2..].iter().all(|r| r.len() == 1), "{log}");
+    let alone: Vec<&str> = requests[2..].iter().map(|r| r[0]).collect();
+    for file in &requests[1] {
+        assert!(alone.contains(file), "{file} ran again alone: {log}");
+    }
+
+    originator
+        .broker
+        .delete_queue(&names::files_queue(originator.job))
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(WAIT, worker).await.unwrap().unwrap();
+    assert_eq!(code, 0);
     originator.broker.close().await;
 }
