@@ -230,48 +230,30 @@ fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
     );
 }
 
-#[test]
-fn quick_rspec_files_share_a_fork_and_keep_their_own_results() {
+/// A suite of quick files for one built-in runner: nine passing files, one that passes
+/// through a helper loaded at boot, `wrong` (prints "printed by wrong" and fails `failure`),
+/// `empty` (no test) and a large passing file that goes first.
+struct QuickSuite {
+    runner: &'static str,
+    glob: &'static str,
+    files: Vec<(String, String)>,
+    wrong: &'static str,
+    empty: &'static str,
+    failure: &'static str,
+}
+
+/// Runs a [`QuickSuite`] on one worker: its first file runs alone (nothing is known of the
+/// files' times), then the quick files run as batches, and every file keeps its own verdict.
+fn check_quick_suite(suite: QuickSuite) {
     let mut cluster = Cluster::new();
     cluster.start_listener("runner", 1);
     let project = cluster.project(
-        "batched",
-        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+        suite.runner,
+        json!({"files": [suite.glob], "job": {"runner": {"kind": suite.runner, "command": ""}}}),
     );
-    project.write(
-        "spec/spec_helper.rb",
-        "Dir[File.join(__dir__, 'support', '*.rb')].each { |f| require f }\n",
-    );
-    project.write(
-        "spec/support/shared.rb",
-        "RSpec.shared_examples('a pair') { it('has two items') { expect(subject.size).to eq(2) } }\n",
-    );
-    for i in 1..=9 {
-        project.write(
-            &format!("spec/quick_{i}_spec.rb"),
-            &format!(
-                "RSpec.describe('quick {i}') {{ it('adds') {{ expect({i} + 1).to eq({}) }} }}\n",
-                i + 1
-            ),
-        );
+    for (path, text) in &suite.files {
+        project.write(path, text);
     }
-    project.write(
-        "spec/shared_spec.rb",
-        "RSpec.describe('Pair') { subject { [1, 2] }\n  it_behaves_like 'a pair'\n}\n",
-    );
-    project.write(
-        "spec/wrong_spec.rb",
-        "RSpec.describe('Wrong') do\n  it 'sums' do\n    puts 'printed by wrong'\n    expect(1 + 1).to eq(3)\n  end\nend\n",
-    );
-    project.write("spec/empty_spec.rb", "# nothing here\n");
-    // The largest file goes first, alone, while the worker knows nothing of its files' times.
-    project.write(
-        "spec/first_spec.rb",
-        &format!(
-            "{}RSpec.describe('first') {{ it('runs') {{ expect(1).to eq(1) }} }}\n",
-            "# padding\n".repeat(50)
-        ),
-    );
     cluster.wait_for_listeners(&project, 1);
 
     let run = project.start(&[], RUN_LIMIT);
@@ -280,27 +262,166 @@ fn quick_rspec_files_share_a_fork_and_keep_their_own_results() {
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
-    assert_eq!(
-        failed,
-        ["spec/empty_spec.rb", "spec/wrong_spec.rb"],
-        "{run:?}"
-    );
-    assert_file_failed(&run, "spec/empty_spec.rb", "no tests ran");
-    assert_file_failed(
-        &run,
-        "spec/wrong_spec.rb",
-        "1) Wrong sums failed (spec/wrong_spec.rb:2)",
-    );
-    // One worker: after its first file, the others ran as one batch, whose output goes with
-    // each file that failed in it.
-    assert_file_failed(&run, "spec/wrong_spec.rb", "output of the batch of");
-    assert_file_failed(&run, "spec/wrong_spec.rb", "printed by wrong");
+    let mut expected = [suite.empty, suite.wrong];
+    expected.sort();
+    assert_eq!(failed, expected, "{run:?}");
+    assert_file_failed(&run, suite.empty, "no tests ran");
+    assert_file_failed(&run, suite.wrong, suite.failure);
+    // The batch's output goes with each file that failed in it.
+    assert_file_failed(&run, suite.wrong, "output of the batch of");
+    assert_file_failed(&run, suite.wrong, "printed by wrong");
     for line in [
         "13 files: 11 passed, 2 failed, 0 crashed, 0 not run",
         "Tests: 11 passed, 1 failed, 0 errored, 0 skipped, 0 pending",
     ] {
         assert!(run.stdout.contains(line), "expected {line:?} in {run:?}");
     }
+}
+
+#[test]
+fn quick_rspec_files_share_a_fork_and_keep_their_own_results() {
+    let mut files: Vec<(String, String)> = (1..=9)
+        .map(|i| {
+            let text = format!(
+                "RSpec.describe('quick {i}') {{ it('adds') {{ expect({i} + 1).to eq({}) }} }}\n",
+                i + 1
+            );
+            (format!("spec/quick_{i}_spec.rb"), text)
+        })
+        .collect();
+    for (path, text) in [
+        (
+            "spec/spec_helper.rb",
+            "Dir[File.join(__dir__, 'support', '*.rb')].each { |f| require f }\n".to_owned(),
+        ),
+        (
+            "spec/support/shared.rb",
+            "RSpec.shared_examples('a pair') { it('has two items') { expect(subject.size).to eq(2) } }\n".to_owned(),
+        ),
+        (
+            "spec/shared_spec.rb",
+            "RSpec.describe('Pair') { subject { [1, 2] }\n  it_behaves_like 'a pair'\n}\n".to_owned(),
+        ),
+        (
+            "spec/wrong_spec.rb",
+            "RSpec.describe('Wrong') do\n  it 'sums' do\n    puts 'printed by wrong'\n    expect(1 + 1).to eq(3)\n  end\nend\n".to_owned(),
+        ),
+        ("spec/empty_spec.rb", "# nothing here\n".to_owned()),
+        (
+            "spec/first_spec.rb",
+            format!(
+                "{}RSpec.describe('first') {{ it('runs') {{ expect(1).to eq(1) }} }}\n",
+                "# padding\n".repeat(50)
+            ),
+        ),
+    ] {
+        files.push((path.to_owned(), text));
+    }
+    check_quick_suite(QuickSuite {
+        runner: "rspec",
+        glob: "spec/*_spec.rb",
+        files,
+        wrong: "spec/wrong_spec.rb",
+        empty: "spec/empty_spec.rb",
+        failure: "1) Wrong sums failed (spec/wrong_spec.rb:2)",
+    });
+}
+
+#[test]
+fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
+    let test_class = |name: &str, body: &str| {
+        format!("require 'minitest/autorun'\n\nclass {name} < Minitest::Test\n{body}end\n")
+    };
+    let mut files: Vec<(String, String)> = (1..=9)
+        .map(|i| {
+            let body = format!(
+                "  def test_adds\n    assert_equal {}, {i} + 1\n  end\n",
+                i + 1
+            );
+            (
+                format!("test/quick_{i}_test.rb"),
+                test_class(&format!("Quick{i}Test"), &body),
+            )
+        })
+        .collect();
+    for (path, text) in [
+        (
+            "test/test_helper.rb",
+            "def a_pair\n  [1, 2]\nend\n".to_owned(),
+        ),
+        (
+            "test/shared_test.rb",
+            test_class(
+                "SharedTest",
+                "  def test_has_two_items\n    assert_equal 2, a_pair.size\n  end\n",
+            ),
+        ),
+        (
+            "test/wrong_test.rb",
+            test_class(
+                "WrongTest",
+                "  def test_sums\n    puts 'printed by wrong'\n    assert_equal 3, 1 + 1\n  end\n",
+            ),
+        ),
+        ("test/empty_test.rb", "# nothing here\n".to_owned()),
+        (
+            "test/first_test.rb",
+            "# padding\n".repeat(50)
+                + &test_class("FirstTest", "  def test_runs\n    assert true\n  end\n"),
+        ),
+    ] {
+        files.push((path.to_owned(), text));
+    }
+    check_quick_suite(QuickSuite {
+        runner: "minitest",
+        glob: "test/*_test.rb",
+        files,
+        wrong: "test/wrong_test.rb",
+        empty: "test/empty_test.rb",
+        failure: "1) WrongTest#test_sums failed (test/wrong_test.rb:4)",
+    });
+}
+
+#[test]
+fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
+    let mut files: Vec<(String, String)> = (1..=9)
+        .map(|i| {
+            let text = format!("def test_adds():\n    assert {i} + 1 == {}\n", i + 1);
+            (format!("tests/test_quick_{i}.py"), text)
+        })
+        .collect();
+    for (path, text) in [
+        (
+            "conftest.py",
+            "import pytest\n\n\n@pytest.fixture\ndef pair():\n    return [1, 2]\n".to_owned(),
+        ),
+        (
+            "tests/test_shared.py",
+            "def test_has_two_items(pair):\n    assert len(pair) == 2\n".to_owned(),
+        ),
+        (
+            "tests/test_wrong.py",
+            "def test_sums():\n    print('printed by wrong')\n    assert 1 + 1 == 3\n".to_owned(),
+        ),
+        ("tests/test_empty.py", "# nothing here\n".to_owned()),
+        (
+            "tests/test_first.py",
+            format!(
+                "{}def test_runs():\n    assert True\n",
+                "# padding\n".repeat(50)
+            ),
+        ),
+    ] {
+        files.push((path.to_owned(), text));
+    }
+    check_quick_suite(QuickSuite {
+        runner: "pytest",
+        glob: "tests/test_*.py",
+        files,
+        wrong: "tests/test_wrong.py",
+        empty: "tests/test_empty.py",
+        failure: "1) test_sums failed (tests/test_wrong.py:1)",
+    });
 }
 
 #[test]

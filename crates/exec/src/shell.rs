@@ -111,21 +111,43 @@ impl ShellCommand {
         self
     }
 
-    /// Runs the command to its end. If the returned future is dropped, the command's whole
-    /// process group is killed.
-    pub async fn run(&self) -> CommandOutcome {
-        let started = Instant::now();
-        let mut command = Command::new("sh");
+    fn spawn_with_shell(&self) -> std::io::Result<tokio::process::Child> {
+        self.prepare(Command::new("sh").arg("-c").arg(&self.command))
+            .spawn()
+    }
+
+    /// The working directory, environment, pipes and process group of every start.
+    fn prepare<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         command
-            .arg("-c")
-            .arg(&self.command)
             .current_dir(&self.cwd)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = match command.spawn() {
+            .process_group(0)
+    }
+
+    /// Runs the command to its end. If the returned future is dropped, the command's whole
+    /// process group is killed.
+    pub async fn run(&self) -> CommandOutcome {
+        let started = Instant::now();
+        // A simple command starts directly; when that fails (not found, not executable, a
+        // script without `#!`), `sh -c` runs it and says why, exactly as it would have.
+        let mut direct = false;
+        let spawned = match simple_argv(&self.command) {
+            Some(argv) => match self
+                .prepare(Command::new(&argv[0]).args(&argv[1..]))
+                .spawn()
+            {
+                Ok(child) => {
+                    direct = true;
+                    Ok(child)
+                }
+                Err(_) => self.spawn_with_shell(),
+            },
+            None => self.spawn_with_shell(),
+        };
+        let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
                 return CommandOutcome {
@@ -198,13 +220,21 @@ impl ShellCommand {
                 seconds,
                 timed_out,
             },
-            Ok(status) => CommandOutcome {
-                status: Some(status),
-                description: describe_status(status),
-                output: output.text(),
-                seconds,
-                timed_out,
-            },
+            Ok(status) => {
+                // `sh -c` turns its command's death by signal N into exit status 128 + N; a
+                // command started directly must read the same.
+                let status = match status.signal() {
+                    Some(signal) if direct => ExitStatus::from_raw((128 + signal) << 8),
+                    _ => status,
+                };
+                CommandOutcome {
+                    status: Some(status),
+                    description: describe_status(status),
+                    output: output.text(),
+                    seconds,
+                    timed_out,
+                }
+            }
             Err(error) => CommandOutcome {
                 status: None,
                 description: format!("could not wait for the command: {error}"),
@@ -214,6 +244,31 @@ impl ShellCommand {
             },
         }
     }
+}
+
+/// The words of a command that the shell would only split and run: no quoting beyond plain
+/// single quotes, no expansion, redirection, operator, assignment or builtin. Such a command
+/// is started directly, which saves a shell process per test file; anything else, or
+/// anything unsure, goes through `sh -c`.
+fn simple_argv(command: &str) -> Option<Vec<String>> {
+    const SHELL_WORDS: &[&str] = &[
+        ".", ":", "[", "alias", "bg", "break", "case", "cd", "chdir", "command", "continue", "do",
+        "done", "echo", "elif", "else", "esac", "eval", "exec", "exit", "export", "false", "fc",
+        "fg", "fi", "for", "function", "getopts", "hash", "if", "in", "jobs", "kill", "local",
+        "printf", "pwd", "read", "readonly", "return", "select", "set", "shift", "test", "then",
+        "time", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "until",
+        "wait", "while",
+    ];
+    let plain = |c: char| c.is_ascii_alphanumeric() || " \t'-_./:,+%@^".contains(c);
+    if !command.chars().all(plain) {
+        return None;
+    }
+    let argv = shlex::split(command)?;
+    let program = argv.first()?;
+    if SHELL_WORDS.contains(&program.as_str()) {
+        return None;
+    }
+    Some(argv)
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
@@ -246,6 +301,61 @@ mod tests {
 
     fn here() -> PathBuf {
         std::env::temp_dir()
+    }
+
+    #[test]
+    fn only_commands_the_shell_would_just_split_start_directly() {
+        let argv = |words: &[&str]| Some(words.iter().map(|w| w.to_string()).collect());
+        assert_eq!(
+            simple_argv("sh tests/a_test.sh"),
+            argv(&["sh", "tests/a_test.sh"])
+        );
+        assert_eq!(
+            simple_argv("rspec 'spec/a b_spec.rb' --seed 4"),
+            argv(&["rspec", "spec/a b_spec.rb", "--seed", "4"])
+        );
+        for shell_only in [
+            "cd x && rspec a",
+            "echo $HOME",
+            "FOO=1 rspec a",
+            "rspec a > out",
+            "rspec a; true",
+            "exec ruby a.rb",
+            "true",
+            "rspec \"a\"",
+            "rspec a*",
+            "ls ~",
+            "",
+            "rspec 'unterminated",
+        ] {
+            assert_eq!(simple_argv(shell_only), None, "{shell_only}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_start_that_fails_is_left_to_the_shell() {
+        let outcome = ShellCommand::new("ls -d /", here()).run().await;
+        assert!(outcome.success());
+        assert_eq!(outcome.output, "/\n");
+        let outcome = ShellCommand::new("no-such-program-here arg", here())
+            .run()
+            .await;
+        assert_eq!(outcome.status.and_then(|s| s.code()), Some(127));
+        assert!(outcome.output.contains("not found"), "{outcome:?}");
+        // A script without `#!` is run by the shell, as `sh -c` always did.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, "echo from the script\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let outcome = ShellCommand::new("./script", dir.path()).run().await;
+        assert!(outcome.success(), "{outcome:?}");
+        assert_eq!(outcome.output, "from the script\n");
+        // Death by a signal reads as `sh -c` would report it: exit status 128 + N.
+        std::fs::write(&script, "#!/bin/sh\nkill -9 $$\n").unwrap();
+        let outcome = ShellCommand::new("./script", dir.path()).run().await;
+        assert_eq!(outcome.status.and_then(|s| s.code()), Some(137), "{outcome:?}");
+        assert!(!outcome.crashed());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 # gorgon-rs built-in pytest runner: imports pytest and the project's conftest.py once, then
-# runs each requested file in a fork of this warm process and reports every test over the
-# runner protocol (docs/runner-protocol.md).
+# runs each requested file (or batch of quick files) in a fork of this warm process and
+# reports every test over the runner protocol (docs/runner-protocol.md). A batch that does not
+# simply complete runs again file by file.
 import json
 import os
 import signal
@@ -42,6 +43,7 @@ class Collector:
             "name": domain,
             "classname": os.path.splitext(path)[0].replace(os.sep, "."),
             "file": path,
+            "unit": report.nodeid.split("::")[0],
             "line": None if lineno is None else lineno + 1,
             "status": "passed",
             "seconds": 0.0,
@@ -69,8 +71,9 @@ class Collector:
                 entry["message"] = "expected to fail: " + str(report.wasxfail)
 
 
-def run_file(collector, path, args):
-    code = pytest.main(["-q", "-p", "no:cacheprovider", *args, path], plugins=[collector])
+def run_files(collector, paths, args):
+    path = ", ".join(paths)
+    code = pytest.main(["-q", "-p", "no:cacheprovider", *args, *paths], plugins=[collector])
     if collector.collect_errors:
         return {"outcome": "load_error",
                 "message": "%s failed to load:\n%s" % (path, "\n".join(collector.collect_errors))}
@@ -79,8 +82,8 @@ def run_file(collector, path, args):
     return {"outcome": "completed"}
 
 
-def run_forked(request, proto):
-    path = request["file"]
+def run_forked(request, proto, paths):
+    path = ", ".join(paths)
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -96,7 +99,7 @@ def run_forked(request, proto):
                 out = os.open(request["output_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 os.dup2(out, 1)
                 os.dup2(out, 2)
-            result = run_file(collector, path, request.get("args") or [])
+            result = run_files(collector, paths, request.get("args") or [])
         except SystemExit as error:
             result = {"outcome": "exited",
                       "message": "%s: a test or the file itself called sys.exit(%r) while the file was running" % (path, error.code)}
@@ -142,6 +145,28 @@ def run_forked(request, proto):
     return result
 
 
+def without_units(answer):
+    for test in answer.get("tests") or []:
+        test.pop("unit", None)
+    return answer
+
+
+def run_batch(request, proto):
+    """Runs quick files in one child and splits the tests by file; when the batch did not
+    simply complete or a test cannot be told apart, runs every file again on its own."""
+    files = request["files"]
+    together = run_forked(request, proto, files)
+    by_file = {path: [] for path in files}
+    unattributed = [t for t in together.get("tests") or [] if t.get("unit") not in by_file]
+    for test in together.get("tests") or []:
+        if test.get("unit") in by_file:
+            by_file[test["unit"]].append(test)
+    if together["outcome"] != "completed" or len(by_file) != len(files) or unattributed:
+        return [without_units(run_forked(request, proto, [path])) for path in files]
+    return [without_units({"type": "file_done", "file": path, "outcome": "completed", "tests": by_file[path]})
+            for path in files]
+
+
 def main():
     # stdout carries protocol lines only; anything else printed goes to stderr.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -150,16 +175,22 @@ def main():
     if os.path.exists("conftest.py"):
         import conftest  # noqa: F401  (preloads the project's fixtures and what they import)
     proto.write(json.dumps({"type": "hello", "protocol": PROTOCOL,
-                            "runner": "pytest %s (python %s)" % (pytest.__version__, sys.version.split()[0])}) + "\n")
+                            "runner": "pytest %s (python %s)" % (pytest.__version__, sys.version.split()[0]),
+                            "batches": True}) + "\n")
     proto.flush()
     while True:
         line = sys.stdin.readline()
         if not line:
             break
         request = json.loads(line)
-        if request.get("type") != "run":
+        if request.get("type") == "run":
+            answers = [without_units(run_forked(request, proto, [request["file"]]))]
+        elif request.get("type") == "run_batch":
+            answers = run_batch(request, proto)
+        else:
             continue
-        proto.write(json.dumps(run_forked(request, proto)) + "\n")
+        for answer in answers:
+            proto.write(json.dumps(answer) + "\n")
         proto.flush()
     os._exit(0)
 
