@@ -128,6 +128,16 @@ spec_files() {
     done
 }
 
+# cpu_seconds PID...: CPU seconds used so far by the processes and by their descendants that
+# have been waited for (user + system, /proc/PID/stat fields 14 to 17).
+cpu_seconds() {
+    local ticks=0 pid
+    for pid in "$@"; do
+        ticks=$((ticks + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")))
+    done
+    echo "$ticks / $(getconf CLK_TCK)" | bc -l | awk '{printf "%.2f\n", $1}'
+}
+
 # ratio A B: A / B with two decimals.
 ratio() {
     echo "$1 / $2" | bc -l | awk '{printf "%.2f\n", $1}'

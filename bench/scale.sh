@@ -27,11 +27,21 @@ lower_bound=$(echo "$files * 0.1 / ($listeners * $slots)" | bc -l | awk '{printf
 times=()
 floor_times=()
 slots_total=$((listeners * slots))
-for _ in $(seq 1 "$runs"); do
+broker_pid=$(pgrep -f beam.smp | head -1 || true)
+cpu_report=()
+for run in $(seq 1 "$runs"); do
+    listeners_cpu=$(cpu_seconds "${listener_pids[@]}")
+    broker_cpu=$([ -n "$broker_pid" ] && cpu_seconds "$broker_pid" || echo 0)
     times+=("$(cd "$project" && seconds "$gorgon" start)")
+    listeners_cpu=$(echo "$(cpu_seconds "${listener_pids[@]}") - $listeners_cpu" | bc -l)
+    broker_cpu=$([ -n "$broker_pid" ] && echo "$(cpu_seconds "$broker_pid") - $broker_cpu" | bc -l || echo "?")
     # What this machine needs just to start the files' processes with the same parallelism,
     # with no distribution at all: the practical floor here.
-    floor_times+=("$(cd "$project" && seconds sh -c "ls tests/*_test.sh | xargs -P $slots_total -n 1 sh")")
+    TIMEFORMAT='%R %U %S'
+    floor=$( { time (cd "$project" && ls tests/*_test.sh | xargs -P "$slots_total" -n 1 sh) ; } 2>&1 )
+    read -r floor_wall floor_user floor_system <<<"$floor"
+    floor_times+=("$floor_wall")
+    cpu_report+=("run $run: listeners and everything under them $listeners_cpu s, RabbitMQ $broker_cpu s; xargs $(echo "$floor_user + $floor_system" | bc -l) s")
 done
 result=$(median "${times[@]}")
 floor=$(median "${floor_times[@]}")
@@ -39,3 +49,5 @@ echo "$listeners listeners x $slots slots, $files files of 0.1 s; lower bound $l
 echo "runs: ${times[*]}"
 echo "median: $result s, lower bound + $(echo "$result - $lower_bound" | bc -l | awk '{printf "%.2f", $1}') s (target: at most + 1 s)"
 echo "the same files with xargs -P $slots_total (no distribution): ${floor_times[*]}; median $floor s"
+echo "CPU seconds (2 cores):"
+printf '  %s\n' "${cpu_report[@]}"

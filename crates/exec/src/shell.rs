@@ -354,7 +354,11 @@ mod tests {
         // Death by a signal reads as `sh -c` would report it: exit status 128 + N.
         std::fs::write(&script, "#!/bin/sh\nkill -9 $$\n").unwrap();
         let outcome = ShellCommand::new("./script", dir.path()).run().await;
-        assert_eq!(outcome.status.and_then(|s| s.code()), Some(137), "{outcome:?}");
+        assert_eq!(
+            outcome.status.and_then(|s| s.code()),
+            Some(137),
+            "{outcome:?}"
+        );
         assert!(!outcome.crashed());
     }
 
