@@ -248,21 +248,45 @@ for line in sys.stdin:
     out.flush()
 "#;
 
+impl Originator {
+    /// Starts a worker of the job whose runner is [`BATCHING_RUNNER`], in `workspace`.
+    fn start_batching_worker(
+        &self,
+        workspace: &Path,
+        file_per_run: bool,
+    ) -> tokio::task::JoinHandle<i32> {
+        std::fs::write(workspace.join("runner.py"), BATCHING_RUNNER).unwrap();
+        let mut assignment = self.assignment(workspace, Callbacks::default());
+        assignment.definition.runner = RunnerSettings {
+            kind: RunnerKind::Persistent,
+            command: "exec python3 runner.py".into(),
+            file_per_run,
+            ..RunnerSettings::default()
+        };
+        tokio::spawn(work(assignment, StdinClosed::never()))
+    }
+
+    /// Ends the job as a real originator does once every file has a result (it deletes the
+    /// files queue), and checks that the worker then ends cleanly.
+    async fn end_job(self, worker: tokio::task::JoinHandle<i32>) {
+        self.broker
+            .delete_queue(&names::files_queue(self.job))
+            .await
+            .unwrap();
+        let code = tokio::time::timeout(WAIT, worker).await.unwrap().unwrap();
+        assert_eq!(code, 0);
+        self.broker.close().await;
+    }
+}
+
 #[tokio::test]
 async fn quick_files_run_in_batches_and_a_batch_that_dies_runs_again_file_by_file() {
     let workspace = tempfile::tempdir().unwrap();
-    std::fs::write(workspace.path().join("runner.py"), BATCHING_RUNNER).unwrap();
     let mut files: Vec<String> = (1..=11).map(|i| format!("t/ok_{i:02}")).collect();
     files.insert(1, "t/die".into());
     let queued: Vec<&str> = files.iter().map(String::as_str).collect();
     let mut originator = Originator::start(&queued).await;
-    let mut assignment = originator.assignment(workspace.path(), Callbacks::default());
-    assignment.definition.runner = RunnerSettings {
-        kind: RunnerKind::Persistent,
-        command: "exec python3 runner.py".into(),
-        ..RunnerSettings::default()
-    };
-    let worker = tokio::spawn(work(assignment, StdinClosed::never()));
+    let worker = originator.start_batching_worker(workspace.path(), false);
 
     let mut results = Vec::new();
     for _ in 0..files.len() {
@@ -296,12 +320,27 @@ async fn quick_files_run_in_batches_and_a_batch_that_dies_runs_again_file_by_fil
         assert!(alone.contains(file), "{file} ran again alone: {log}");
     }
 
-    originator
-        .broker
-        .delete_queue(&names::files_queue(originator.job))
-        .await
-        .unwrap();
-    let code = tokio::time::timeout(WAIT, worker).await.unwrap().unwrap();
-    assert_eq!(code, 0);
-    originator.broker.close().await;
+    originator.end_job(worker).await;
+}
+
+#[tokio::test]
+async fn file_per_run_keeps_every_file_in_a_run_of_its_own() {
+    let workspace = tempfile::tempdir().unwrap();
+    let files: Vec<String> = (1..=6).map(|i| format!("t/ok_{i:02}")).collect();
+    let queued: Vec<&str> = files.iter().map(String::as_str).collect();
+    let mut originator = Originator::start(&queued).await;
+    let worker = originator.start_batching_worker(workspace.path(), true);
+
+    for _ in 0..files.len() {
+        let result = originator.next_result().await;
+        assert_eq!(result.status, FileStatus::Passed, "{result:?}");
+    }
+    let log = std::fs::read_to_string(workspace.path().join("requests.log")).unwrap();
+    let requests: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        requests, queued,
+        "one request per file, in queue order: {log}"
+    );
+
+    originator.end_job(worker).await;
 }
