@@ -78,14 +78,26 @@ pub struct RunnerSettings {
     /// A file that runs no test passes instead of failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_empty_files: bool,
-    /// Every file runs alone (for the built-in runners, in a fork of its own), never in a
-    /// batch with other quick files.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub file_per_run: bool,
+    /// How many seconds of expected work a worker may run as one batch of quick files, with
+    /// a runner that takes batches (default [`DEFAULT_BATCH_SECONDS`]); 0 runs every file
+    /// alone (for the built-in runners, in a fork of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_seconds: Option<f64>,
     /// Seconds a file may run before its process group is killed and it is reported as
     /// timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_timeout: Option<f64>,
+}
+
+/// How much expected work a batch of quick files holds unless `batch_seconds` says otherwise.
+pub const DEFAULT_BATCH_SECONDS: f64 = 0.25;
+
+impl RunnerSettings {
+    /// How much expected work one batch may hold; `None` when files must run alone.
+    pub fn batch_limit(&self) -> Option<std::time::Duration> {
+        let seconds = self.batch_seconds.unwrap_or(DEFAULT_BATCH_SECONDS);
+        (seconds.is_finite() && seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds))
+    }
 }
 
 /// The runners a worker can use.
@@ -117,4 +129,29 @@ pub struct Callbacks {
     pub after_complete: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_creating_workers: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn batches_hold_a_quarter_second_unless_told_otherwise() {
+        let settings = |json: &str| serde_json::from_str::<RunnerSettings>(json).unwrap();
+        assert_eq!(
+            settings("{}").batch_limit(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            settings(r#"{"batch_seconds": 2}"#).batch_limit(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(settings(r#"{"batch_seconds": 0}"#).batch_limit(), None);
+        assert_eq!(settings(r#"{"batch_seconds": -1}"#).batch_limit(), None);
+        assert!(serde_json::to_string(&settings("{}"))
+            .unwrap()
+            .find("batch")
+            .is_none());
+    }
 }

@@ -49,7 +49,7 @@ pub struct PersistentRunner {
     args: Vec<String>,
     limit: Option<Duration>,
     allow_empty: bool,
-    /// Unless `file_per_run` is set, quick files may share a run when the runner offers it.
+    /// Unless `batch_seconds` is 0, quick files may share a run when the runner offers it.
     batches: bool,
     session: Option<Session>,
     /// Holds the built-in adapter scripts and each file's output.
@@ -82,7 +82,7 @@ impl Runner {
             args: settings.args.clone(),
             limit,
             allow_empty: settings.allow_empty_files,
-            batches: !settings.file_per_run,
+            batches: settings.batch_limit().is_some(),
             session: None,
             scratch,
             files_run: 0,

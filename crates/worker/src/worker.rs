@@ -12,12 +12,11 @@ use gorgon_protocol::{CallbackName, FileResult, Message, WorkerAssignment};
 use crate::runner::{refused, FileRun, Runner};
 use crate::{command_base, StdinClosed, StopSignals, EXIT_BROKEN};
 
-/// A batch holds at most this many files...
+/// A batch holds at most this many files, and files this worker expects to take at most
+/// `job.runner.batch_seconds` together, from the time per file of its last run. Files slower
+/// than half of that always run alone, and a worker never holds more than about that much
+/// work that an idle worker could have taken instead.
 const BATCH_MAX_FILES: usize = 100;
-/// ...and files this worker expects to take at most this long together, from the time per
-/// file of its last run. Files slower than half of it always run alone, and a worker never
-/// holds more than about this much work that an idle worker could have taken instead.
-const BATCH_TARGET: Duration = Duration::from_millis(250);
 
 /// How the file loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,6 +95,7 @@ pub(crate) async fn work_with(
             return EXIT_BROKEN;
         }
     };
+    let batch_limit = assignment.definition.runner.batch_limit();
     // The time per file of the last run (without the runner's start), which sizes the next
     // batch.
     let mut seconds_per_file: Option<f64> = None;
@@ -118,10 +118,10 @@ pub(crate) async fn work_with(
             Ok(next) => vec![next],
             Err(end) => break end,
         };
-        if runner.takes_batches() {
-            if let Some(per_file) = seconds_per_file {
-                take_more(transport, &mut batch, per_file).await;
-            }
+        if let (Some(per_file), Some(limit), true) =
+            (seconds_per_file, batch_limit, runner.takes_batches())
+        {
+            take_more(transport, &mut batch, per_file, limit).await;
         }
         let (files, taken): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
         let ran = run_batch(
@@ -201,14 +201,15 @@ async fn run_worker_callback(
     }
 }
 
-/// Adds waiting files to `batch` while the files are expected to fit in [`BATCH_TARGET`]
-/// together. A file already in the batch (queued twice) goes back for later.
+/// Adds waiting files to `batch` while the files are expected to fit in `limit` together.
+/// A file already in the batch (queued twice) goes back for later.
 async fn take_more<T: Transport>(
     transport: &mut T,
     batch: &mut Vec<(String, T::Taken)>,
     seconds_per_file: f64,
+    limit: Duration,
 ) {
-    let fits = |count: usize| seconds_per_file * count as f64 <= BATCH_TARGET.as_secs_f64();
+    let fits = |count: usize| seconds_per_file * count as f64 <= limit.as_secs_f64();
     while batch.len() < BATCH_MAX_FILES && fits(batch.len() + 1) {
         let Some((file, taken)) = transport.try_next_file().await else {
             return;
