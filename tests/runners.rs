@@ -81,7 +81,7 @@ fn check_fixture(expected: Expected) {
 
 /// Asserts that the report says `file` failed for `why`.
 fn assert_file_failed(run: &Run, file: &str, why: &str) {
-    let header = format!("File '{file}' failed at 'runner:1' (");
+    let header = format!("File '{file}' failed at '");
     let start = run
         .stdout
         .find(&header)
@@ -235,6 +235,8 @@ fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
 /// `empty` (no test) and a large passing file that goes first.
 struct QuickSuite {
     runner: &'static str,
+    /// Run with `gorgon start --local -j 1` instead of on a listener with one slot.
+    local: bool,
     glob: &'static str,
     files: Vec<(String, String)>,
     wrong: &'static str,
@@ -246,7 +248,9 @@ struct QuickSuite {
 /// files' times), then the quick files run as batches, and every file keeps its own verdict.
 fn check_quick_suite(suite: QuickSuite) {
     let mut cluster = Cluster::new();
-    cluster.start_listener("runner", 1);
+    if !suite.local {
+        cluster.start_listener("runner", 1);
+    }
     let project = cluster.project(
         suite.runner,
         // A generous batch limit, so that a loaded machine cannot make the files look slow.
@@ -256,9 +260,12 @@ fn check_quick_suite(suite: QuickSuite) {
     for (path, text) in &suite.files {
         project.write(path, text);
     }
-    cluster.wait_for_listeners(&project, 1);
-
-    let run = project.start(&[], RUN_LIMIT);
+    let run = if suite.local {
+        project.start(&["--local", "-j", "1"], RUN_LIMIT)
+    } else {
+        cluster.wait_for_listeners(&project, 1);
+        project.start(&[], RUN_LIMIT)
+    };
 
     assert_eq!(run.code, 1, "{run:?}");
     let mut failed: Vec<String> =
@@ -282,6 +289,21 @@ fn check_quick_suite(suite: QuickSuite) {
 
 #[test]
 fn quick_rspec_files_share_a_fork_and_keep_their_own_results() {
+    check_quick_suite(QuickSuite {
+        local: false,
+        ..quick_rspec_suite()
+    });
+}
+
+#[test]
+fn quick_rspec_files_share_a_fork_under_local_too() {
+    check_quick_suite(QuickSuite {
+        local: true,
+        ..quick_rspec_suite()
+    });
+}
+
+fn quick_rspec_suite() -> QuickSuite {
     let mut files: Vec<(String, String)> = (1..=9)
         .map(|i| {
             let text = format!(
@@ -319,14 +341,15 @@ fn quick_rspec_files_share_a_fork_and_keep_their_own_results() {
     ] {
         files.push((path.to_owned(), text));
     }
-    check_quick_suite(QuickSuite {
+    QuickSuite {
         runner: "rspec",
+        local: false,
         glob: "spec/*_spec.rb",
         files,
         wrong: "spec/wrong_spec.rb",
         empty: "spec/empty_spec.rb",
         failure: "1) Wrong sums failed (spec/wrong_spec.rb:2)",
-    });
+    }
 }
 
 #[test]
@@ -376,6 +399,7 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
     }
     check_quick_suite(QuickSuite {
         runner: "minitest",
+        local: false,
         glob: "test/*_test.rb",
         files,
         wrong: "test/wrong_test.rb",
@@ -418,6 +442,7 @@ fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
     }
     check_quick_suite(QuickSuite {
         runner: "pytest",
+        local: false,
         glob: "tests/test_*.py",
         files,
         wrong: "tests/test_wrong.py",

@@ -24,7 +24,7 @@ use gorgon_exec::{describe_status, run_callback, terminate_group};
 use gorgon_protocol::names::{LOCAL_WORKER_FLAG, WORKER_SUBCOMMAND};
 use gorgon_protocol::{
     CallbackName, DecodeError, Envelope, JobDefinition, Message, SyncSettings, SyncTransport,
-    WorkerAssignment,
+    WorkerAssignment, MAX_BATCH_FILES,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
@@ -110,6 +110,7 @@ pub(crate) async fn run(
     let (sender, mut from_workers) = mpsc::unbounded_channel();
     let mut pool = Pool {
         program,
+        batch_limit: assignment.definition.runner.batch_limit(),
         assignment,
         workers: BTreeMap::new(),
         queue: state.queued().iter().cloned().collect(),
@@ -232,8 +233,12 @@ struct Worker {
     group: Option<u32>,
     /// Where its files go; `None` once closed, which tells it that there are no more.
     stdin: Option<ChildStdin>,
-    /// The file it was handed and has not reported finished.
-    file: Option<String>,
+    /// The files it was handed and has not reported finished, in the order handed.
+    files: Vec<String>,
+    /// The seconds and the count of the results since it was last idle, and the time per
+    /// file they gave: it sizes the next hand-out the way the worker sizes its batches.
+    since_idle: (f64, u32),
+    seconds_per_file: Option<f64>,
     /// The task stopping it, once asked; aborted when it has exited, so that it never
     /// signals a process group whose id the system has since handed out again.
     stopper: Option<tokio::task::JoinHandle<()>>,
@@ -243,6 +248,8 @@ struct Worker {
 struct Pool {
     program: PathBuf,
     assignment: WorkerAssignment,
+    /// `job.runner.batch_seconds`: how much expected work an idle worker is handed at once.
+    batch_limit: Option<Duration>,
     workers: BTreeMap<u32, Worker>,
     /// Files to hand out, in queue order; a file whose worker died goes back to the front.
     queue: VecDeque<String>,
@@ -314,7 +321,9 @@ impl Pool {
             Worker {
                 group,
                 stdin,
-                file: None,
+                files: Vec::new(),
+                since_idle: (0.0, 0),
+                seconds_per_file: None,
                 stopper: None,
             },
         );
@@ -331,8 +340,14 @@ impl Pool {
                 Ok(envelope) if envelope.job_id == self.assignment.job_id => {
                     if let Message::FileFinished(result) = &envelope.message {
                         if let Some(worker) = self.workers.get_mut(&worker_id) {
-                            if worker.file.as_ref() == Some(&result.file) {
-                                worker.file = None;
+                            if let Some(at) = worker.files.iter().position(|f| *f == result.file) {
+                                worker.files.remove(at);
+                                worker.since_idle.0 += result.seconds;
+                                worker.since_idle.1 += 1;
+                                if worker.files.is_empty() {
+                                    let (seconds, count) = std::mem::take(&mut worker.since_idle);
+                                    worker.seconds_per_file = Some(seconds / f64::from(count));
+                                }
                             }
                         }
                     }
@@ -369,7 +384,7 @@ impl Pool {
         if let Some(stopper) = worker.stopper {
             stopper.abort();
         }
-        if let Some(file) = worker.file {
+        for file in worker.files.into_iter().rev() {
             self.queue.push_front(file);
         }
         let status = match status {
@@ -428,21 +443,39 @@ impl Pool {
             let Some(stdin) = worker.stdin.as_mut() else {
                 continue;
             };
-            if worker.file.is_some() {
+            if !worker.files.is_empty() {
                 continue;
             }
-            // A file settled meanwhile (crashed too often) is not handed out again.
-            let Some(file) =
-                std::iter::from_fn(|| self.queue.pop_front()).find(|file| !state.has_result(file))
-            else {
-                return;
+            // As many files as the worker would take into one batch: one until it has timed
+            // a file, then as many as fit in the batch limit.
+            let count = match (worker.seconds_per_file, self.batch_limit) {
+                (Some(seconds), Some(limit)) if seconds > 0.0 => {
+                    ((limit.as_secs_f64() / seconds) as usize).clamp(1, MAX_BATCH_FILES)
+                }
+                (Some(_), Some(_)) => MAX_BATCH_FILES,
+                _ => 1,
             };
-            let line = Envelope::new(self.assignment.job_id, Message::File { file: file.clone() })
-                .encode_line();
-            match stdin.write_all(&line).await {
-                Ok(()) => worker.file = Some(file),
-                // It is exiting; its exit puts nothing back, so the file goes back here.
-                Err(_) => self.queue.push_front(file),
+            for _ in 0..count {
+                // A file settled meanwhile (crashed too often) is not handed out again.
+                let Some(file) = std::iter::from_fn(|| self.queue.pop_front())
+                    .find(|file| !state.has_result(file))
+                else {
+                    break;
+                };
+                let line =
+                    Envelope::new(self.assignment.job_id, Message::File { file: file.clone() })
+                        .encode_line();
+                match stdin.write_all(&line).await {
+                    Ok(()) => worker.files.push(file),
+                    // It is exiting; its exit puts nothing back, so the file goes back here.
+                    Err(_) => {
+                        self.queue.push_front(file);
+                        break;
+                    }
+                }
+            }
+            if self.queue.is_empty() {
+                return;
             }
         }
     }

@@ -92,6 +92,9 @@ pub struct RunnerSettings {
 /// How much expected work a batch of quick files holds unless `batch_seconds` says otherwise.
 pub const DEFAULT_BATCH_SECONDS: f64 = 0.25;
 
+/// The most files one batch holds, however quick they are.
+pub const MAX_BATCH_FILES: usize = 100;
+
 impl RunnerSettings {
     /// How much expected work one batch may hold; `None` when files must run alone.
     pub fn batch_limit(&self) -> Option<std::time::Duration> {

@@ -10,7 +10,10 @@ pub mod names;
 pub mod runner_protocol;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
-pub use job::{Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport};
+pub use job::{
+    Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
+    MAX_BATCH_FILES,
+};
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message, TestResult,
     TestStatus, WorkerAssignment,

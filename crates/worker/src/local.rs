@@ -1,6 +1,7 @@
 //! A local worker's [`Transport`] (`gorgon __work --local`, started by `gorgon start
 //! --local`): one `File` envelope per line on stdin, after the assignment, handed by the
-//! originator when the previous file is finished; reply envelopes as JSON lines on stdout.
+//! originator when the previous files are finished (several at once, sized like a batch,
+//! once the worker has timed a file); reply envelopes as JSON lines on stdout.
 //! The end of stdin between files means there are no more; during a file, that the
 //! originator died (it never closes stdin while a worker holds a file).
 
@@ -40,18 +41,17 @@ impl Transport for LocalTransport<'_> {
             let Some(line) = self.files.recv().await else {
                 return Err(End::Finished);
             };
-            match Envelope::decode(line.as_bytes()) {
-                Ok(envelope) if envelope.job_id != self.assignment.job_id => {
-                    tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
-                }
-                Ok(Envelope {
-                    message: Message::File { file },
-                    ..
-                }) => return Ok((file, ())),
-                Ok(envelope) => {
-                    tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
-                }
-                Err(error) => tracing::warn!(%error, "dropping an unreadable line on stdin"),
+            if let Some(file) = self.accept(&line) {
+                return Ok((file, ()));
+            }
+        }
+    }
+
+    async fn try_next_file(&mut self) -> Option<(String, ())> {
+        loop {
+            let line = self.files.try_recv().ok()?;
+            if let Some(file) = self.accept(&line) {
+                return Some((file, ()));
             }
         }
     }
@@ -71,4 +71,24 @@ impl Transport for LocalTransport<'_> {
     async fn done(&mut self, (): ()) {}
 
     async fn hand_back(&mut self, (): ()) {}
+}
+
+impl LocalTransport<'_> {
+    /// The file a line from the originator hands over; anything else is logged and dropped.
+    fn accept(&self, line: &str) -> Option<String> {
+        match Envelope::decode(line.as_bytes()) {
+            Ok(envelope) if envelope.job_id != self.assignment.job_id => {
+                tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
+            }
+            Ok(Envelope {
+                message: Message::File { file },
+                ..
+            }) => return Some(file),
+            Ok(envelope) => {
+                tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
+            }
+            Err(error) => tracing::warn!(%error, "dropping an unreadable line on stdin"),
+        }
+        None
+    }
 }

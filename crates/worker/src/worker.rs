@@ -7,16 +7,10 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use gorgon_exec::run_callback;
-use gorgon_protocol::{CallbackName, FileResult, Message, WorkerAssignment};
+use gorgon_protocol::{CallbackName, FileResult, Message, WorkerAssignment, MAX_BATCH_FILES};
 
 use crate::runner::{refused, FileRun, Runner};
 use crate::{command_base, StdinClosed, StopSignals, EXIT_BROKEN};
-
-/// A batch holds at most this many files, and files this worker expects to take at most
-/// `job.runner.batch_seconds` together, from the time per file of its last run. Files slower
-/// than half of that always run alone, and a worker never holds more than about that much
-/// work that an idle worker could have taken instead.
-const BATCH_MAX_FILES: usize = 100;
 
 /// How the file loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -201,8 +195,11 @@ async fn run_worker_callback(
     }
 }
 
-/// Adds waiting files to `batch` while the files are expected to fit in `limit` together.
-/// A file already in the batch (queued twice) goes back for later.
+/// Adds waiting files to `batch` (at most [`MAX_BATCH_FILES`]) while the files are expected
+/// to fit in `limit` (`job.runner.batch_seconds`) together, from the time per file of this
+/// worker's last run. Files slower than half the limit always run alone, and a worker never
+/// holds more than about that much work that an idle worker could have taken instead. A file
+/// already in the batch (queued twice) goes back for later.
 async fn take_more<T: Transport>(
     transport: &mut T,
     batch: &mut Vec<(String, T::Taken)>,
@@ -210,7 +207,7 @@ async fn take_more<T: Transport>(
     limit: Duration,
 ) {
     let fits = |count: usize| seconds_per_file * count as f64 <= limit.as_secs_f64();
-    while batch.len() < BATCH_MAX_FILES && fits(batch.len() + 1) {
+    while batch.len() < MAX_BATCH_FILES && fits(batch.len() + 1) {
         let Some((file, taken)) = transport.try_next_file().await else {
             return;
         };
