@@ -651,4 +651,57 @@ done"#;
         assert_eq!(run.status, FileStatus::Passed, "{run:?}");
         runner.stop().await;
     }
+    #[tokio::test]
+    async fn a_batch_that_breaks_the_protocol_or_hangs_runs_again_file_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Answers each file of a request; `lie` makes it answer for a file it was not asked
+        // about, `hang` makes it hang. Logs every request.
+        let script = r#"
+import json, sys, time
+print(json.dumps({"type": "hello", "protocol": 1, "batches": True}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    files = request.get("files") or [request["file"]]
+    with open("requests.log", "a") as log:
+        log.write(" ".join(files) + "\n")
+    for file in files:
+        if file == "hang":
+            time.sleep(30)
+        answered = "someone-else" if file == "lie" and len(files) > 1 else file
+        test = {"name": file, "status": "passed", "seconds": 0.01}
+        print(json.dumps({"type": "file_done", "file": answered, "outcome": "completed",
+                          "tests": [test]}), flush=True)
+"#;
+        std::fs::write(dir.path().join("runner.py"), script).unwrap();
+        let settings = RunnerSettings {
+            kind: RunnerKind::Persistent,
+            command: "exec python3 runner.py".into(),
+            file_timeout: Some(0.5),
+            ..RunnerSettings::default()
+        };
+        let mut runner = Runner::new(&settings, ShellCommand::new("", dir.path())).unwrap();
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let statuses = |runs: &[FileRun]| runs.iter().map(|r| r.status).collect::<Vec<_>>();
+
+        // The runner is not up yet: nobody knows that it takes batches.
+        assert!(!runner.takes_batches());
+        assert_eq!(runner.run_file("a").await.status, FileStatus::Passed);
+        assert!(runner.takes_batches());
+        let runs = runner.run_files(&names(&["b", "c"])).await;
+        assert_eq!(statuses(&runs), [FileStatus::Passed, FileStatus::Passed]);
+        assert_eq!(runs[1].tests[0].name, "c");
+        assert!(runs.iter().all(|r| r.seconds >= 0.01), "{runs:?}");
+
+        let runs = runner.run_files(&names(&["d", "lie"])).await;
+        assert_eq!(statuses(&runs), [FileStatus::Passed, FileStatus::Passed]);
+        let runs = runner.run_files(&names(&["e", "hang"])).await;
+        assert_eq!(statuses(&runs), [FileStatus::Passed, FileStatus::TimedOut]);
+        runner.stop().await;
+
+        let log = std::fs::read_to_string(dir.path().join("requests.log")).unwrap();
+        assert_eq!(
+            log, "a\nb c\nd lie\nd\nlie\ne hang\ne\nhang\n",
+            "a broken or timed-out batch runs again file by file"
+        );
+    }
 }
