@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The built-in persistent `rspec` runner (one Ruby per worker loads RSpec once and forks per
-# file) against the `command` runner `rspec {file}` (one Ruby per file): 300 trivial spec files
+# file or batch of quick files) against the `command` runner `rspec {file}` (one Ruby per file): 300 trivial spec files
 # of three examples each, one listener with four slots, RUNS runs each (default 3); prints the
 # medians and the ratio (target: the persistent runner at least 5 times faster end to end).
 # Results: docs/benchmarks.md.

@@ -1,5 +1,6 @@
 # gorgon-rs built-in Minitest runner: loads Minitest and test/test_helper.rb once, then runs
-# each requested file in a fork of this warm process and reports every test (runner protocol).
+# each requested file (or batch of quick files) in a fork of this warm process and reports
+# every test (runner protocol).
 require_relative 'gorgon_runner'
 require 'minitest'
 

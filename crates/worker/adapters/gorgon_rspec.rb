@@ -1,5 +1,6 @@
 # gorgon-rs built-in RSpec runner: loads RSpec and spec/spec_helper.rb once, then runs each
-# requested file in a fork of this warm process and reports every example (runner protocol).
+# requested file (or batch of quick files) in a fork of this warm process and reports every
+# example (runner protocol).
 require_relative 'gorgon_runner'
 require 'rspec/core'
 
