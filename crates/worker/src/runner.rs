@@ -237,8 +237,9 @@ impl PersistentRunner {
     /// Runs `files` as one batch (the runner is up and takes batches). Each file's time is
     /// its tests' time plus an equal share of the rest of the batch's time; the batch's
     /// output goes with each file that did not pass (with the first file when all passed).
-    /// When the runner dies or the batch runs past `files.len()` times the file limit, the
-    /// files run again one by one, so that the file at fault gets the blame alone.
+    /// When the runner dies or the batch runs past the file limit (a batch is expected to
+    /// take a fraction of a second, so a hanging test is caught as soon as alone), the files
+    /// run again one by one, so that the file at fault gets the blame alone.
     async fn run_batch(&mut self, files: &[String]) -> Vec<FileRun> {
         let output_path = match self.prepare().await {
             Ok(output_path) => output_path,
@@ -250,8 +251,7 @@ impl PersistentRunner {
             args: self.args.clone(),
             output_path: Some(output_path.to_string_lossy().into_owned()),
         });
-        let limit = self.limit.map(|limit| limit * files.len() as u32);
-        let (answer, mut output) = self.ask(request, limit, &output_path).await;
+        let (answer, mut output) = self.ask(request, self.limit, &output_path).await;
         let mut done = match answer {
             Answer::Done { done, stray } => {
                 output.push_str(&stray);
