@@ -85,6 +85,48 @@ impl Originator {
         envelope.message
     }
 
+    /// Closes the worker's stdin, as its parent's death would, and checks that it stops at
+    /// once and cleanly.
+    async fn stop_worker(
+        close_stdin: tokio::sync::watch::Sender<bool>,
+        worker: tokio::task::JoinHandle<i32>,
+    ) {
+        close_stdin.send(true).unwrap();
+        let code = tokio::time::timeout(Duration::from_secs(10), worker)
+            .await
+            .expect("the worker stops at once")
+            .unwrap();
+        assert_eq!(code, 0);
+    }
+
+    /// Takes `count` files back from the files queue, each delivered again after a worker
+    /// handed it back, and returns them sorted; then ends the job.
+    async fn handed_back(self, count: usize) -> Vec<String> {
+        let queue = names::files_queue(self.job);
+        let mut files = self
+            .broker
+            .consume(&queue, Some(count as u16))
+            .await
+            .unwrap();
+        let mut back = Vec::new();
+        for _ in 0..count {
+            let again = tokio::time::timeout(WAIT, files.next())
+                .await
+                .expect("the file is back in the queue")
+                .unwrap();
+            assert!(again.redelivered);
+            match &again.envelope.as_ref().unwrap().message {
+                Message::File { file } => back.push(file.clone()),
+                other => panic!("unexpected message {other:?}"),
+            }
+            again.ack().await.unwrap();
+        }
+        back.sort();
+        self.broker.delete_queue(&queue).await.unwrap();
+        self.broker.close().await;
+        back
+    }
+
     async fn next_result(&mut self) -> FileResult {
         loop {
             match self.next_reply().await {
@@ -171,38 +213,11 @@ async fn the_end_of_stdin_stops_the_file_and_requeues_it() {
         }
         other => panic!("unexpected reply {other:?}"),
     }
-    close_stdin.send(true).unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("the worker stops at once")
-        .unwrap();
-    assert_eq!(code, 0);
+    Originator::stop_worker(close_stdin, worker).await;
     assert!(!workspace.path().join("completed").exists());
 
     // The file went back to the queue for another worker.
-    let mut files = originator
-        .broker
-        .consume(&names::files_queue(originator.job), Some(1))
-        .await
-        .unwrap();
-    let again = tokio::time::timeout(WAIT, files.next())
-        .await
-        .expect("the file is back in the queue")
-        .unwrap();
-    assert!(again.redelivered);
-    assert_eq!(
-        again.envelope.as_ref().unwrap().message,
-        Message::File {
-            file: "slow.sh".into()
-        }
-    );
-    again.ack().await.unwrap();
-    originator
-        .broker
-        .delete_queue(&names::files_queue(originator.job))
-        .await
-        .unwrap();
-    originator.broker.close().await;
+    assert_eq!(originator.handed_back(1).await, ["slow.sh"]);
 }
 
 #[tokio::test]
@@ -228,9 +243,10 @@ async fn a_job_that_is_over_ends_the_worker_at_once() {
 }
 
 /// A hand-written persistent runner that takes batches: it logs each request, passes every
-/// file, and dies (as a segfault would) whenever it is asked to run `t/die`.
+/// file, dies (as a segfault would) whenever it is asked to run `t/die`, and hangs on a
+/// request holding a `t/hang…` file.
 const BATCHING_RUNNER: &str = r#"
-import json, os, sys
+import json, os, sys, time
 out = sys.stdout
 out.write(json.dumps({"type": "hello", "protocol": 1, "batches": True}) + "\n")
 out.flush()
@@ -241,6 +257,8 @@ for line in sys.stdin:
         log.write(" ".join(files) + "\n")
     if "t/die" in files:
         os._exit(9)
+    if any(file.startswith("t/hang") for file in files):
+        time.sleep(30)
     for file in files:
         test = {"name": file + " works", "status": "passed", "seconds": 0.001}
         out.write(json.dumps({"type": "file_done", "file": file, "outcome": "completed",
@@ -254,6 +272,7 @@ impl Originator {
         &self,
         workspace: &Path,
         batch_seconds: f64,
+        stdin: StdinClosed,
     ) -> tokio::task::JoinHandle<i32> {
         std::fs::write(workspace.join("runner.py"), BATCHING_RUNNER).unwrap();
         let mut assignment = self.assignment(workspace, Callbacks::default());
@@ -263,7 +282,7 @@ impl Originator {
             batch_seconds: Some(batch_seconds),
             ..RunnerSettings::default()
         };
-        tokio::spawn(work(assignment, StdinClosed::never()))
+        tokio::spawn(work(assignment, stdin))
     }
 
     /// Ends the job as a real originator does once every file has a result (it deletes the
@@ -287,7 +306,7 @@ async fn quick_files_run_in_batches_and_a_batch_that_dies_runs_again_file_by_fil
     let queued: Vec<&str> = files.iter().map(String::as_str).collect();
     let mut originator = Originator::start(&queued).await;
     // A generous batch limit, so that a loaded machine cannot make the files look slow.
-    let worker = originator.start_batching_worker(workspace.path(), 10.0);
+    let worker = originator.start_batching_worker(workspace.path(), 10.0, StdinClosed::never());
 
     let mut results = Vec::new();
     for _ in 0..files.len() {
@@ -330,7 +349,7 @@ async fn batch_seconds_0_keeps_every_file_in_a_run_of_its_own() {
     let files: Vec<String> = (1..=6).map(|i| format!("t/ok_{i:02}")).collect();
     let queued: Vec<&str> = files.iter().map(String::as_str).collect();
     let mut originator = Originator::start(&queued).await;
-    let worker = originator.start_batching_worker(workspace.path(), 0.0);
+    let worker = originator.start_batching_worker(workspace.path(), 0.0, StdinClosed::never());
 
     for _ in 0..files.len() {
         let result = originator.next_result().await;
@@ -344,4 +363,29 @@ async fn batch_seconds_0_keeps_every_file_in_a_run_of_its_own() {
     );
 
     originator.end_job(worker).await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_during_a_batch_hands_every_file_of_it_back() {
+    let workspace = tempfile::tempdir().unwrap();
+    let queued = ["t/ok", "t/hang_1", "t/hang_2", "t/hang_3"];
+    let mut originator = Originator::start(&queued).await;
+    let (close_stdin, stdin) = StdinClosed::manual();
+    let worker = originator.start_batching_worker(workspace.path(), 10.0, stdin);
+
+    // t/ok runs alone and passes; then the three others start together, as one batch.
+    assert_eq!(originator.next_result().await.file, "t/ok");
+    let mut started = Vec::new();
+    while started.len() < 3 {
+        match originator.next_reply().await {
+            Message::FileStarted { file, .. } => started.push(file),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    started.sort();
+    assert_eq!(started, ["t/hang_1", "t/hang_2", "t/hang_3"]);
+    Originator::stop_worker(close_stdin, worker).await;
+
+    // Every file of the batch is back in the queue for another worker.
+    assert_eq!(originator.handed_back(3).await, started);
 }
