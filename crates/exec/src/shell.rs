@@ -20,7 +20,8 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// How long a timed-out command's group gets between SIGTERM and SIGKILL.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
-/// A command for `sh -c`, its working directory, extra environment and time limit.
+/// A shell command (started without a shell when the shell would only split it into words),
+/// its working directory, extra environment and time limit.
 #[derive(Clone, Debug)]
 pub struct ShellCommand {
     pub command: String,

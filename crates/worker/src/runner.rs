@@ -201,14 +201,12 @@ impl PersistentRunner {
             args: self.args.clone(),
             output_path: Some(output_path.to_string_lossy().into_owned()),
         });
-        let (answer, mut output) = self.ask(request, self.limit, &output_path).await;
+        let (answer, mut output) = self.ask(request, &output_path).await;
         match answer {
             Answer::Done { mut done, stray } => {
                 output.push_str(&stray);
-                match done.pop() {
-                    Some(done) => judged(done, output, seconds(), self.allow_empty),
-                    None => unreachable!("a finished run answers for its one file"),
-                }
+                let done = done.pop().expect("a finished run answers for its one file");
+                judged(done, output, seconds(), self.allow_empty)
             }
             Answer::Died { status } => {
                 let exit = format!("the runner ended in the middle of the file ({status})");
@@ -251,7 +249,7 @@ impl PersistentRunner {
             args: self.args.clone(),
             output_path: Some(output_path.to_string_lossy().into_owned()),
         });
-        let (answer, mut output) = self.ask(request, self.limit, &output_path).await;
+        let (answer, mut output) = self.ask(request, &output_path).await;
         let mut done = match answer {
             Answer::Done { done, stray } => {
                 output.push_str(&stray);
@@ -355,18 +353,14 @@ impl PersistentRunner {
         Ok(output_path)
     }
 
-    /// Sends a request to the running runner and collects its answer and the output written
-    /// meanwhile. A runner that died or ran out of time is gone afterwards.
-    async fn ask(
-        &mut self,
-        request: WorkerRequest,
-        limit: Option<Duration>,
-        output_path: &Path,
-    ) -> (Answer, String) {
+    /// Sends a request (a file or a batch, both with the file limit) to the running runner
+    /// and collects its answer and the output written meanwhile. A runner that died or ran
+    /// out of time is gone afterwards.
+    async fn ask(&mut self, request: WorkerRequest, output_path: &Path) -> (Answer, String) {
         let Some(session) = self.session.as_mut() else {
             unreachable!("prepare() started the runner");
         };
-        let answer = session.run(request, limit).await;
+        let answer = session.run(request, self.limit).await;
         let mut output = read_bounded(output_path).await;
         let _ = std::fs::remove_file(output_path);
         output.push_str(&session.take_stderr());

@@ -241,10 +241,17 @@ async fn run_batch(
         output: run.output,
         tests: run.tests,
     };
-    let runnable: Vec<String> = files
+    let checked: Vec<(String, Result<(), String>)> = files
+        .into_iter()
+        .map(|file| {
+            let check = check_path(&file);
+            (file, check)
+        })
+        .collect();
+    let runnable: Vec<String> = checked
         .iter()
-        .filter(|file| check_path(file).is_ok())
-        .cloned()
+        .filter(|(_, check)| check.is_ok())
+        .map(|(file, _)| file.clone())
         .collect();
     let started = runnable
         .iter()
@@ -270,18 +277,21 @@ async fn run_batch(
             return Err(End::Stopped);
         }
     };
-    let mut ran: std::collections::HashMap<String, FileRun> =
-        runnable.into_iter().zip(runs).collect();
-    Ok(files
+    let mut runs = runs.into_iter();
+    Ok(checked
         .into_iter()
-        .map(|file| {
-            if let Some(run) = ran.remove(&file) {
+        .map(|(file, check)| match check {
+            Ok(()) => {
+                let run = runs
+                    .next()
+                    .expect("the runner answers for every file it was given");
                 tracing::info!(file, exit = %run.exit, seconds = run.seconds, "finished");
-                return result(file, run);
+                result(file, run)
             }
-            let problem = check_path(&file).err().unwrap_or_default();
-            tracing::warn!(file, "refusing a file: {problem}");
-            result(file, refused(problem))
+            Err(problem) => {
+                tracing::warn!(file, "refusing a file: {problem}");
+                result(file, refused(problem))
+            }
         })
         .collect())
 }
