@@ -451,29 +451,30 @@ fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
     });
 }
 
-#[test]
-fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
+/// A suite where one file of four 1-second tests sits among four quick files.
+struct SplitSuite {
+    runner: &'static str,
+    glob: &'static str,
+    slow_file: &'static str,
+    /// The slow file's text, then each quick file's path and text.
+    slow_text: String,
+    quick: Vec<(String, String)>,
+    /// The ids of the slow file's four tests: how the runner runs each alone.
+    ids: [String; 4],
+}
+
+/// On four slots the slow file alone bounds the run, so after one run (which records its
+/// tests' ids and times) it is split: the second run queues its four tests like files.
+fn check_split(suite: SplitSuite) {
     let mut cluster = Cluster::new();
     cluster.start_listener("splitter", 4);
     let project = cluster.project(
-        "split",
-        json!({"files": ["spec/**/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+        &format!("split-{}", suite.runner),
+        json!({"files": [suite.glob], "job": {"runner": {"kind": suite.runner, "command": ""}}}),
     );
-    // One file of four 1-second examples among four quick ones: on four slots it alone
-    // bounds the run, so after one run (which records its examples) it is split.
-    let mut slow = String::from("RSpec.describe \"slow\" do\n");
-    for i in 1..=4 {
-        slow.push_str(&format!(
-            "  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"
-        ));
-    }
-    slow.push_str("end\n");
-    project.write("spec/slow_spec.rb", &slow);
-    for i in 1..=4 {
-        project.write(
-            &format!("spec/quick_{i}_spec.rb"),
-            &format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n"),
-        );
+    project.write(suite.slow_file, &suite.slow_text);
+    for (path, text) in &suite.quick {
+        project.write(path, text);
     }
     let first = project.start(&[], RUN_LIMIT);
     assert_eq!(first.code, 0, "{first:?}");
@@ -481,31 +482,71 @@ fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
     assert_eq!(history["gorgon:slots"], 4.0, "{history}");
-    for line in [2, 3, 4, 5] {
-        assert!(
-            history.get(format!("spec/slow_spec.rb:{line}")).is_some(),
-            "{history}"
-        );
+    for id in &suite.ids {
+        assert!(history.get(id).is_some(), "{id} in {history}");
     }
 
     let second = project.start(&[], RUN_LIMIT);
     assert_eq!(second.code, 0, "{second:?}");
-    // The slow file ran as its four examples, each a unit of the queue.
+    // The slow file ran as its four tests, each a unit of the queue.
     assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
-    for line in [2, 3, 4, 5] {
+    for id in &suite.ids {
         assert!(
-            second
-                .stderr
-                .contains(&format!("PASS spec/slow_spec.rb:{line} ")),
-            "{second:?}"
+            second.stderr.contains(&format!("PASS {id} ")),
+            "{id}: {second:?}"
         );
     }
     assert!(second.stdout.contains("Tests: 8 passed"), "{second:?}");
-    // The file's own timing is kept up to date from its examples.
+    // The file's own timing is kept up to date from its tests.
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
     assert!(
-        history["spec/slow_spec.rb"].as_f64().unwrap() >= 4.0,
+        history[suite.slow_file].as_f64().unwrap() >= 4.0,
         "{history}"
     );
+}
+
+#[test]
+fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
+    let mut slow_text = String::from("RSpec.describe \"slow\" do\n");
+    for i in 1..=4 {
+        slow_text.push_str(&format!(
+            "  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"
+        ));
+    }
+    slow_text.push_str("end\n");
+    check_split(SplitSuite {
+        runner: "rspec",
+        glob: "spec/**/*_spec.rb",
+        slow_file: "spec/slow_spec.rb",
+        slow_text,
+        quick: (1..=4)
+            .map(|i| {
+                let text = format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n");
+                (format!("spec/quick_{i}_spec.rb"), text)
+            })
+            .collect(),
+        ids: [2, 3, 4, 5].map(|line| format!("spec/slow_spec.rb:{line}")),
+    });
+}
+
+#[test]
+fn a_pytest_file_that_would_bound_the_run_is_split_into_its_tests() {
+    let mut slow_text = String::from("import time\n");
+    for i in 1..=4 {
+        slow_text.push_str(&format!("\n\ndef test_second_{i}():\n    time.sleep(1)\n"));
+    }
+    check_split(SplitSuite {
+        runner: "pytest",
+        glob: "tests/test_*.py",
+        slow_file: "tests/test_slow.py",
+        slow_text,
+        quick: (1..=4)
+            .map(|i| {
+                let text = format!("def test_passes():\n    assert {i} == {i}\n");
+                (format!("tests/test_quick_{i}.py"), text)
+            })
+            .collect(),
+        ids: [1, 2, 3, 4].map(|i| format!("tests/test_slow.py::test_second_{i}")),
+    });
 }

@@ -320,6 +320,7 @@ mod tests {
                 seconds: 0.25,
                 message: Some("expected 2".into()),
                 details: None,
+                id: None,
             }],
         };
         assert_eq!(

@@ -89,27 +89,28 @@ pub fn read_history(path: &Path) -> Result<History, FilesError> {
 }
 
 /// The runtime file's entry for the number of worker slots of the run that wrote it. It is
-/// not a file; with the per-test entries (`file:LINE`) it tells which files are long enough
-/// to split.
+/// not a file; with the per-test entries (`file:LINE`, `file::name`) it tells which files
+/// are long enough to split.
 pub const SLOTS_KEY: &str = "gorgon:slots";
 
-/// A file's tests are recorded in the history (as `file:LINE`) only when the file took at
-/// least this long, so that the runtime file stays small.
+/// A file's tests are recorded in the history (by their ids, `file:LINE` or `file::name`)
+/// only when the file took at least this long, so that the runtime file stays small.
 pub const UNIT_RECORD_SECONDS: f64 = 1.0;
 
-/// The recorded tests of `file`: `file:LINE` keys and their seconds.
+/// The recorded tests of `file` (`file:LINE` or `file::name` keys) and their seconds.
 fn recorded_units(history: &History, file: &str) -> Vec<(String, f64)> {
     let prefix = format!("{file}:");
     history
         .range(prefix.clone()..)
         .take_while(|(key, _)| key.starts_with(&prefix))
-        .filter(|(key, _)| key[prefix.len()..].parse::<u32>().is_ok())
+        .filter(|(key, _)| unit_file(key) == Some(file))
         .map(|(key, seconds)| (key.clone(), *seconds))
         .collect()
 }
 
 /// Replaces each file that would bound the run by its recorded tests, so that they spread
-/// over the slots like files (RSpec addresses one example as `file:LINE`). A file is split
+/// over the slots like files (RSpec runs one example as `file:LINE`, pytest one test by its
+/// node id `file::name`). A file is split
 /// when its recorded time exceeds the run's lower bound without it, max(the longest other
 /// file, total / slots), with the slot count of the last run; the threshold thus follows
 /// the history and the cluster instead of a setting.
@@ -149,8 +150,12 @@ pub fn split_slow_files(files: Vec<String>, history: &History) -> Vec<String> {
     split
 }
 
-/// The file a queued unit belongs to: `spec/a_spec.rb:12` → `spec/a_spec.rb`.
+/// The file a queued unit belongs to: `spec/a_spec.rb:12` → `spec/a_spec.rb`,
+/// `tests/test_a.py::TestA::test_b[1]` → `tests/test_a.py`.
 pub fn unit_file(unit: &str) -> Option<&str> {
+    if let Some((file, _)) = unit.split_once("::") {
+        return Some(file);
+    }
     let (file, line) = unit.rsplit_once(':')?;
     line.parse::<u32>().ok().map(|_| file)
 }
@@ -367,6 +372,10 @@ mod tests {
         );
         assert_eq!(unit_file("spec/a_spec.rb:12"), Some("spec/a_spec.rb"));
         assert_eq!(unit_file("spec/a_spec.rb"), None);
+        assert_eq!(
+            unit_file("tests/test_a.py::TestA::test_b[x:1]"),
+            Some("tests/test_a.py")
+        );
         assert_eq!(unit_file("c:/x"), None);
     }
 

@@ -227,6 +227,7 @@ mod tests {
             seconds: 0.25,
             message: message.map(str::to_owned),
             details: message.map(|m| format!("{m}\n  at test/cart_test.rb:12")),
+            id: None,
         }
     }
 

@@ -237,8 +237,8 @@ fn plan(
         Some(path) => files::read_history(path)?,
         None => files::History::new(),
     };
-    // Only RSpec addresses one test as `file:LINE` today (see the ending).
-    let found = if settings.runner.kind == gorgon_protocol::RunnerKind::Rspec {
+    // Only runners that run one test alone by its id can split a file (see the ending).
+    let found = if settings.runner.kind.runs_single_tests() {
         files::split_slow_files(found, &history)
     } else {
         found
@@ -283,9 +283,9 @@ async fn finish(
     } = &plan;
     let started = plan.started;
     if let Some(path) = &settings.runtime_file {
-        // Only RSpec addresses one test as `file:LINE`; for other runners the runtime file
-        // stays Gorgon's plain map of seconds per file.
-        let splits = settings.runner.kind == gorgon_protocol::RunnerKind::Rspec;
+        // Only runners that run one test alone by its id (`file:LINE`, `file::name`) record
+        // tests; for the others the runtime file stays Gorgon's plain map of seconds per file.
+        let splits = settings.runner.kind.runs_single_tests();
         let slots = if splits { state.slots() } else { 0 };
         if let Err(error) =
             files::write_history(path, history.clone(), &state.timings(splits), slots)

@@ -250,8 +250,9 @@ impl JobState {
         self.slots
     }
 
-    /// Timings of the files that have a result, and with `with_tests` of the tests
-    /// (`file:LINE`) of files long enough to be worth splitting one day.
+    /// Timings of the files that have a result, and with `with_tests` of the tests (by the
+    /// id their runner runs them alone with, `file:LINE` or `file::name`) of files long
+    /// enough to be worth splitting one day.
     pub fn timings(&self, with_tests: bool) -> Vec<(String, f64)> {
         let mut timings = Vec::new();
         for result in self.results.values() {
@@ -263,9 +264,9 @@ impl JobState {
                 continue;
             }
             for test in &result.tests {
-                if let (Some(file), Some(line)) = (&test.file, test.line) {
-                    if *file == result.file {
-                        timings.push((format!("{file}:{line}"), test.seconds));
+                if let Some(id) = &test.id {
+                    if crate::files::unit_file(id) == Some(result.file.as_str()) {
+                        timings.push((id.clone(), test.seconds));
                     }
                 }
             }
@@ -289,6 +290,7 @@ impl JobState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gorgon_protocol::TestResult;
 
     fn result(file: &str, host: &str, status: FileStatus) -> FileResult {
         FileResult {
@@ -301,6 +303,49 @@ mod tests {
             output: String::new(),
             tests: Vec::new(),
         }
+    }
+
+    #[test]
+    fn tests_of_long_files_are_timed_by_the_ids_that_run_them_alone() {
+        let test = |id: Option<&str>, seconds| TestResult {
+            name: "t".into(),
+            classname: String::new(),
+            file: None,
+            line: None,
+            status: TestStatus::Passed,
+            seconds,
+            message: None,
+            details: None,
+            id: id.map(str::to_owned),
+        };
+        let slow = "tests/test_slow.py";
+        let mut state = JobState::new(vec![slow.into(), "quick.py".into()]);
+        let mut long = result(slow, "h", FileStatus::Passed);
+        long.seconds = 2.0;
+        long.tests = vec![
+            test(Some("tests/test_slow.py::test_a"), 1.25),
+            test(Some("tests/test_slow.py::TestB::test_c[x:1]"), 0.75),
+            // Defined elsewhere (a shared group), or with no id: not a unit of this file.
+            test(Some("spec/shared.rb:3"), 0.1),
+            test(None, 0.1),
+        ];
+        state.file_finished(long);
+        let mut quick = result("quick.py", "h", FileStatus::Passed);
+        quick.tests = vec![test(Some("quick.py::test_q"), 0.5)];
+        state.file_finished(quick);
+
+        let mut timings = state.timings(true);
+        timings.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            timings,
+            [
+                ("quick.py".to_string(), 0.5),
+                (slow.to_string(), 2.0),
+                ("tests/test_slow.py::TestB::test_c[x:1]".to_string(), 0.75),
+                ("tests/test_slow.py::test_a".to_string(), 1.25),
+            ]
+        );
+        assert_eq!(state.timings(false).len(), 2);
     }
 
     #[test]

@@ -380,6 +380,7 @@ mod tests {
                     .map(|i| format!("spec/cart_spec.rb:{i}\n"))
                     .collect()
             }),
+            id: None,
         };
         let mut state = JobState::new(vec!["spec/cart_spec.rb".into(), "spec/ok_spec.rb".into()]);
         let mut cart = finished("spec/cart_spec.rb", FileStatus::Failed, "");

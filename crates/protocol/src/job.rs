@@ -117,6 +117,18 @@ pub enum RunnerKind {
     Pytest,
 }
 
+impl RunnerKind {
+    /// The runner can run one test alone by the `id` it reports for it (the built-in
+    /// `rspec` and `pytest` runners; a `persistent` runner that reports ids), so a slow file
+    /// can be split into its tests.
+    pub fn runs_single_tests(self) -> bool {
+        matches!(
+            self,
+            RunnerKind::Rspec | RunnerKind::Pytest | RunnerKind::Persistent
+        )
+    }
+}
+
 /// The listener-side callbacks, each a shell command run with `sh -c`.
 ///
 /// `before_originate` and `after_job_finishes` run in the originator and never travel.

@@ -223,6 +223,11 @@ pub struct TestResult {
     /// Trimmed backtrace or details.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
+    /// How the runner runs this test alone, when it can (`spec/cart_spec.rb:7`, a pytest
+    /// node id `tests/test_cart.py::test_tax`): queued in place of its file when the file is
+    /// split, and recorded in the history for that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// The verdict on one test.
@@ -426,6 +431,7 @@ mod tests {
                     seconds: 0.01,
                     message: Some("expected 2, got 3".into()),
                     details: Some("spec/cart_spec.rb:13".into()),
+                    id: None,
                 }],
             }),
             Message::JobDone { host: "h1".into() },

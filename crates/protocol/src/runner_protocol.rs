@@ -133,6 +133,7 @@ mod tests {
                 seconds: 0.5,
                 message: Some("expected 2, got 3".into()),
                 details: Some("spec/cart_spec.rb:5".into()),
+                id: None,
             }],
             output: "F".into(),
         }

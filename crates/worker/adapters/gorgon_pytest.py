@@ -44,6 +44,7 @@ class Collector:
             "classname": os.path.splitext(path)[0].replace(os.sep, "."),
             "file": path,
             "unit": report.nodeid.split("::")[0],
+            "id": report.nodeid,
             "line": None if lineno is None else lineno + 1,
             "status": "passed",
             "seconds": 0.0,

@@ -61,10 +61,15 @@ class GorgonRspecFormatter
   private
 
   def entry(example, status)
+    file = GorgonRunner.relative(example.metadata[:file_path])
+    spec_file = GorgonRunner.relative(example.metadata[:rerun_file_path] || example.metadata[:file_path])
     { name: example.full_description,
       classname: example.example_group.top_level_description,
-      file: GorgonRunner.relative(example.metadata[:file_path]),
-      unit: GorgonRunner.relative(example.metadata[:rerun_file_path] || example.metadata[:file_path]),
+      file: file,
+      unit: spec_file,
+      # How to run this example alone, for splitting a slow file: only for examples
+      # written in the spec file itself (not in a shared group elsewhere).
+      id: file == spec_file ? "#{file}:#{example.metadata[:line_number]}" : nil,
       line: example.metadata[:line_number],
       status: status,
       seconds: example.execution_result.run_time.to_f }

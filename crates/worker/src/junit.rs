@@ -111,6 +111,7 @@ fn test_case(element: &BytesStart) -> TestResult {
             .unwrap_or(0.0),
         message: None,
         details: None,
+        id: None,
     }
 }
 

@@ -527,6 +527,7 @@ mod tests {
             seconds: 0.0,
             message: None,
             details: None,
+            id: None,
         }
     }
 
