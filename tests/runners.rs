@@ -531,6 +531,31 @@ fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
 }
 
 #[test]
+fn a_minitest_file_that_would_bound_the_run_is_split_into_its_tests() {
+    let mut slow_text =
+        String::from("require 'minitest/autorun'\n\nclass SlowTest < Minitest::Test\n");
+    for i in 1..=4 {
+        slow_text.push_str(&format!(
+            "  def test_second_{i}\n    sleep 1\n    assert true\n  end\n"
+        ));
+    }
+    slow_text.push_str("end\n");
+    check_split(SplitSuite {
+        runner: "minitest",
+        glob: "test/*_test.rb",
+        slow_file: "test/slow_test.rb",
+        slow_text,
+        quick: (1..=4)
+            .map(|i| {
+                let text = format!("require 'minitest/autorun'\n\nclass Quick{i}Test < Minitest::Test\n  def test_passes\n    assert_equal {i}, {i}\n  end\nend\n");
+                (format!("test/quick_{i}_test.rb"), text)
+            })
+            .collect(),
+        ids: [1, 2, 3, 4].map(|i| format!("test/slow_test.rb::SlowTest#test_second_{i}")),
+    });
+}
+
+#[test]
 fn a_pytest_file_that_would_bound_the_run_is_split_into_its_tests() {
     let mut slow_text = String::from("import time\n");
     for i in 1..=4 {

@@ -119,13 +119,10 @@ pub enum RunnerKind {
 
 impl RunnerKind {
     /// The runner can run one test alone by the `id` it reports for it (the built-in
-    /// `rspec` and `pytest` runners; a `persistent` runner that reports ids), so a slow file
-    /// can be split into its tests.
+    /// runners; a `persistent` runner that reports ids), so a slow file can be split into
+    /// its tests.
     pub fn runs_single_tests(self) -> bool {
-        matches!(
-            self,
-            RunnerKind::Rspec | RunnerKind::Pytest | RunnerKind::Persistent
-        )
+        self != RunnerKind::Command
     }
 }
 

@@ -20,9 +20,12 @@ class GorgonMinitestReporter < Minitest::AbstractReporter
              else 'passed'
              end
     file, line = result.respond_to?(:source_location) ? result.source_location : []
-    entry = { name: "#{result.respond_to?(:klass) ? result.klass : result.class.name}##{result.name}",
-              classname: (result.respond_to?(:klass) ? result.klass : result.class.name).to_s,
-              file: GorgonRunner.relative(file), line: line, status: status, seconds: result.time.to_f }
+    klass = result.respond_to?(:klass) ? result.klass : result.class.name
+    file = GorgonRunner.relative(file)
+    entry = { name: "#{klass}##{result.name}", classname: klass.to_s,
+              file: file, line: line, status: status, seconds: result.time.to_f,
+              # How to run this test alone (`FILE::Class#test`), for splitting a slow file.
+              id: file && "#{file}::#{klass}##{result.name}" }
     if failure
       error = failure.respond_to?(:error) ? failure.error : failure
       message = status == 'errored' ? "#{error.class}: #{error.message}" : failure.message
@@ -34,8 +37,10 @@ class GorgonMinitestReporter < Minitest::AbstractReporter
   end
 end
 
+# A request names files, or single tests as `FILE::Class#test` (the ids reported above).
 GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |files, args|
-  load_error = files.each do |file|
+  paths = files.map { |entry| entry.split('::', 2).first }.uniq
+  load_error = paths.each do |file|
     load File.expand_path(file)
   rescue ScriptError, StandardError => e
     break({ outcome: 'load_error',
@@ -43,6 +48,9 @@ GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |f
   end
   next load_error if load_error.is_a?(Hash)
   options = Minitest.process_args(args)
+  # One test alone: Minitest's own `-n` filter, which matches `Class#test` exactly.
+  test = files.size == 1 && files.first.split('::', 2)[1]
+  options[:filter] = test if test
   Minitest.seed = options[:seed] if Minitest.respond_to?(:seed=)
   reporter = Minitest::CompositeReporter.new
   reporter << GorgonMinitestReporter.new
