@@ -611,6 +611,19 @@ mod tests {
         assert!(run.output.starts_with("no tests ran"), "{run:?}");
     }
 
+    /// A persistent runner started by `command` from `script` (written to `name` in `dir`),
+    /// with a file limit of 0.5 s.
+    fn persistent_runner(dir: &Path, name: &str, script: &str, command: &str) -> Runner {
+        std::fs::write(dir.join(name), script).unwrap();
+        let settings = RunnerSettings {
+            kind: RunnerKind::Persistent,
+            command: command.into(),
+            file_timeout: Some(0.5),
+            ..RunnerSettings::default()
+        };
+        Runner::new(&settings, ShellCommand::new("", dir)).unwrap()
+    }
+
     #[tokio::test]
     async fn a_persistent_runner_serves_files_and_is_replaced_when_it_dies() {
         let dir = tempfile::tempdir().unwrap();
@@ -623,14 +636,7 @@ while read -r line; do
     *) echo "{\"type\":\"file_done\",\"file\":\"ok\",\"outcome\":\"completed\",\"tests\":[{\"name\":\"a\",\"status\":\"passed\"}]}" ;;
   esac
 done"#;
-        std::fs::write(dir.path().join("runner.sh"), script).unwrap();
-        let settings = RunnerSettings {
-            kind: RunnerKind::Persistent,
-            command: "sh runner.sh".into(),
-            file_timeout: Some(0.5),
-            ..RunnerSettings::default()
-        };
-        let mut runner = Runner::new(&settings, ShellCommand::new("", dir.path())).unwrap();
+        let mut runner = persistent_runner(dir.path(), "runner.sh", script, "sh runner.sh");
         let run = runner.run_file("ok").await;
         assert_eq!(run.status, FileStatus::Passed, "{run:?}");
         let run = runner.run_file("die").await;
@@ -667,14 +673,8 @@ for line in sys.stdin:
         print(json.dumps({"type": "file_done", "file": answered, "outcome": "completed",
                           "tests": [test]}), flush=True)
 "#;
-        std::fs::write(dir.path().join("runner.py"), script).unwrap();
-        let settings = RunnerSettings {
-            kind: RunnerKind::Persistent,
-            command: "exec python3 runner.py".into(),
-            file_timeout: Some(0.5),
-            ..RunnerSettings::default()
-        };
-        let mut runner = Runner::new(&settings, ShellCommand::new("", dir.path())).unwrap();
+        let mut runner =
+            persistent_runner(dir.path(), "runner.py", script, "exec python3 runner.py");
         let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let statuses = |runs: &[FileRun]| runs.iter().map(|r| r.status).collect::<Vec<_>>();
 
