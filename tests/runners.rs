@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Cluster, Project, Run};
+use support::{Cluster, Project, Run, WORKER_KILLER};
 
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
@@ -449,6 +449,57 @@ fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
         empty: "tests/test_empty.py",
         failure: "1) test_sums failed (tests/test_wrong.py:1)",
     });
+}
+
+#[test]
+fn a_file_that_kills_its_worker_inside_a_batch_is_found_and_no_other_file_is_blamed() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("victim", 1);
+    let project = cluster.project(
+        "batch-killer",
+        json!({"files": ["spec/*_spec.rb"],
+               "job": {"max_crash_retries": 2,
+                       "runner": {"kind": "rspec", "command": "", "batch_seconds": 10}}}),
+    );
+    // The largest file goes first, alone; the others then form one batch with the killer.
+    project.write(
+        "spec/a_first_spec.rb",
+        &format!(
+            "{}RSpec.describe('first') {{ it('runs') {{ expect(1).to eq(1) }} }}\n",
+            "# padding\n".repeat(50)
+        ),
+    );
+    for i in 1..=6 {
+        project.write(
+            &format!("spec/quick_{i}_spec.rb"),
+            &format!(
+                "RSpec.describe('quick {i}') {{ it('passes') {{ expect({i}).to eq({i}) }} }}\n"
+            ),
+        );
+    }
+    project.write("spec/support/kill_worker.sh", WORKER_KILLER);
+    project.write(
+        "spec/killer_spec.rb",
+        "RSpec.describe('killer') { it('kills its worker') { expect(system('sh', 'spec/support/kill_worker.sh')).to be(true) } }\n",
+    );
+    cluster.wait_for_listeners(&project, 1);
+
+    let run = project.start(&[], RUN_LIMIT);
+
+    // The batch's death blamed none of its files; each ran again alone, the killer killed
+    // two more workers and was settled as crashed, and every other file passed.
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("8 files: 7 passed, 0 failed, 1 crashed, 0 not run"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("File 'spec/killer_spec.rb' crashed at"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
+    cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
 /// A suite where one file of four 1-second tests sits among four quick files.

@@ -12,7 +12,7 @@
 //! mid-file is restarted and its file goes back to the front of the queue, with the same
 //! `max_crash_retries` accounting as a distributed run.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -114,6 +114,7 @@ pub(crate) async fn run(
         assignment,
         workers: BTreeMap::new(),
         queue: state.queued().iter().cloned().collect(),
+        suspects: HashSet::new(),
         restarts: HashMap::new(),
         restarting: Vec::new(),
         sender,
@@ -253,6 +254,9 @@ struct Pool {
     workers: BTreeMap<u32, Worker>,
     /// Files to hand out, in queue order; a file whose worker died goes back to the front.
     queue: VecDeque<String>,
+    /// Files whose worker died before their result: each is handed out alone from then on,
+    /// so that a death during it names it (as RabbitMQ's redelivered files are).
+    suspects: HashSet<String>,
     restarts: HashMap<u32, u32>,
     /// Slots whose worker crashed, to start again.
     restarting: Vec<u32>,
@@ -385,6 +389,7 @@ impl Pool {
             stopper.abort();
         }
         for file in worker.files.into_iter().rev() {
+            self.suspects.insert(file.clone());
             self.queue.push_front(file);
         }
         let status = match status {
@@ -462,6 +467,11 @@ impl Pool {
                 else {
                     break;
                 };
+                let alone = self.suspects.contains(&file);
+                if alone && !worker.files.is_empty() {
+                    self.queue.push_front(file);
+                    break;
+                }
                 let line =
                     Envelope::new(self.assignment.job_id, Message::File { file: file.clone() })
                         .encode_line();
@@ -472,6 +482,9 @@ impl Pool {
                         self.queue.push_front(file);
                         break;
                     }
+                }
+                if alone {
+                    break;
                 }
             }
             if self.queue.is_empty() {

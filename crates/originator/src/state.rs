@@ -36,8 +36,8 @@ pub struct JobState {
     results: HashMap<String, FileResult>,
     /// Files that did not pass, in the order their results arrived.
     failed: Vec<String>,
-    /// (host, worker) → the file it is running.
-    running: BTreeMap<(String, u32), String>,
+    /// (host, worker) → the files it started and has not finished: one, or a batch.
+    running: BTreeMap<(String, u32), Vec<String>>,
     hosts_that_ran: BTreeSet<String>,
     listeners_accepted: BTreeSet<String>,
     listeners_done: BTreeSet<String>,
@@ -103,14 +103,19 @@ impl JobState {
         }
         self.hosts_that_ran.insert(host.to_owned());
         self.running
-            .insert((host.to_owned(), worker_id), file.to_owned());
+            .entry((host.to_owned(), worker_id))
+            .or_default()
+            .push(file.to_owned());
         true
     }
 
     pub fn file_finished(&mut self, result: FileResult) -> Settled {
         let key = (result.host.clone(), result.worker_id);
-        if self.running.get(&key) == Some(&result.file) {
-            self.running.remove(&key);
+        if let Some(files) = self.running.get_mut(&key) {
+            files.retain(|file| *file != result.file);
+            if files.is_empty() {
+                self.running.remove(&key);
+            }
         }
         if self.results.contains_key(&result.file) {
             return Settled::Duplicate;
@@ -146,7 +151,9 @@ impl JobState {
 
     /// A worker died while running a file (the broker puts the file back in the queue).
     /// Once the file has killed `max_crash_retries` workers it is settled as crashed with
-    /// the worker's exit and output, and that result is returned.
+    /// the worker's exit and output, and that result is returned. A worker that dies during
+    /// a batch blames none of its files: any of them may be at fault, and each runs again
+    /// alone (workers never batch a file delivered again), where a death names its file.
     pub fn worker_crashed(
         &mut self,
         host: &str,
@@ -155,7 +162,17 @@ impl JobState {
         output: &str,
         max_crash_retries: u32,
     ) -> Option<FileResult> {
-        let file = self.running.remove(&(host.to_owned(), worker_id))?;
+        let mut files = self.running.remove(&(host.to_owned(), worker_id))?;
+        if files.len() != 1 {
+            tracing::info!(
+                host,
+                worker_id,
+                files = files.len(),
+                "a worker died during a batch; its files run again alone"
+            );
+            return None;
+        }
+        let file = files.remove(0);
         let crashes = self.crashes.entry(file.clone()).or_default();
         *crashes += 1;
         if *crashes < max_crash_retries.max(1) || self.results.contains_key(&file) {
@@ -457,5 +474,31 @@ mod tests {
             Settled::Duplicate
         );
         assert_eq!(state.unfinished(), ["fine"]);
+    }
+
+    #[test]
+    fn a_worker_that_dies_during_a_batch_blames_none_of_its_files() {
+        let mut state = JobState::new(vec!["a".into(), "b".into(), "c".into()]);
+        for _ in 0..3 {
+            for file in ["a", "b", "c"] {
+                state.file_started("h", 1, file);
+            }
+            // One of the three finished before the death: the other two remain in doubt.
+            state.file_finished(result("a", "h", FileStatus::Passed));
+            assert_eq!(state.workers_running(), 1);
+            assert_eq!(
+                state.worker_crashed("h", 1, "killed by signal 9", "", 1),
+                None
+            );
+            assert_eq!(state.workers_running(), 0);
+        }
+        assert_eq!(state.count(FileStatus::Crashed), 0);
+        // Alone, the file at fault is named at once (max_crash_retries 1).
+        state.file_started("h", 1, "c");
+        let settled = state
+            .worker_crashed("h", 1, "killed by signal 9", "", 1)
+            .unwrap();
+        assert_eq!(settled.file, "c");
+        assert_eq!(state.unfinished(), ["b"]);
     }
 }

@@ -98,6 +98,11 @@ impl Transport for QueueTransport<'_> {
                     return None;
                 }
             };
+            if incoming.redelivered {
+                // It runs alone, as the first file of a later request.
+                settle(incoming.requeue().await);
+                return None;
+            }
             match self.accept(&incoming).await {
                 Ok(Some(file)) => return Some((file, incoming)),
                 Ok(None) => continue,
@@ -125,6 +130,10 @@ impl Transport for QueueTransport<'_> {
             .send_to_queue(&self.assignment.reply_to, &envelope)
             .await;
         reported(sent)
+    }
+
+    fn delivered_again(taken: &Incoming) -> bool {
+        taken.redelivered
     }
 
     async fn done(&mut self, taken: Incoming) {

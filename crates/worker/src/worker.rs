@@ -34,9 +34,16 @@ pub(crate) trait Transport {
     /// The next file to run (a path relative to the workspace), or how the loop ends.
     async fn next_file(&mut self) -> Result<(String, Self::Taken), End>;
 
-    /// Another file to add to a batch, if one is waiting right now; never waits for one.
+    /// Another file to add to a batch, if one is waiting right now; never waits for one,
+    /// and never returns a file delivered again.
     async fn try_next_file(&mut self) -> Option<(String, Self::Taken)> {
         None
+    }
+
+    /// The file ran somewhere before without a result (its worker died, perhaps because of
+    /// it): it runs alone, so that a death during it names it.
+    fn delivered_again(_taken: &Self::Taken) -> bool {
+        false
     }
 
     /// Sends one message to the originator; `Err` when the worker must stop.
@@ -60,8 +67,8 @@ pub(crate) trait Transport {
 /// Runs worker `assignment.worker_id` of the job with `transport` until the files run out,
 /// the originator goes, stdin ends (the parent died) or a signal arrives, and returns the
 /// exit code: 0 unless the worker could not do its part at all.
-pub(crate) async fn work_with(
-    transport: &mut impl Transport,
+pub(crate) async fn work_with<T: Transport>(
+    transport: &mut T,
     assignment: &WorkerAssignment,
     stdin: &mut StdinClosed,
 ) -> i32 {
@@ -112,8 +119,9 @@ pub(crate) async fn work_with(
             Ok(next) => vec![next],
             Err(end) => break end,
         };
-        if let (Some(per_file), Some(limit), true) =
-            (seconds_per_file, batch_limit, runner.takes_batches())
+        let alone = batch.iter().any(|(_, taken)| T::delivered_again(taken));
+        if let (Some(per_file), Some(limit), true, false) =
+            (seconds_per_file, batch_limit, runner.takes_batches(), alone)
         {
             take_more(transport, &mut batch, per_file, limit).await;
         }
