@@ -23,8 +23,8 @@ use gorgon_exec::tail::{relay, LineTail};
 use gorgon_exec::{describe_status, run_callback, terminate_group};
 use gorgon_protocol::names::{LOCAL_WORKER_FLAG, WORKER_SUBCOMMAND};
 use gorgon_protocol::{
-    CallbackName, DecodeError, Envelope, JobDefinition, Message, SyncSettings, SyncTransport,
-    WorkerAssignment, MAX_BATCH_FILES,
+    batch_size, CallbackName, DecodeError, Envelope, JobDefinition, Message, SyncSettings,
+    SyncTransport, WorkerAssignment,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
@@ -454,10 +454,7 @@ impl Pool {
             // As many files as the worker would take into one batch: one until it has timed
             // a file, then as many as fit in the batch limit.
             let count = match (worker.seconds_per_file, self.batch_limit) {
-                (Some(seconds), Some(limit)) if seconds > 0.0 => {
-                    ((limit.as_secs_f64() / seconds) as usize).clamp(1, MAX_BATCH_FILES)
-                }
-                (Some(_), Some(_)) => MAX_BATCH_FILES,
+                (Some(seconds), Some(limit)) => batch_size(seconds, limit),
                 _ => 1,
             };
             for _ in 0..count {

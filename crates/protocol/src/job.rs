@@ -95,6 +95,14 @@ pub const DEFAULT_BATCH_SECONDS: f64 = 0.25;
 /// The most files one batch holds, however quick they are.
 pub const MAX_BATCH_FILES: usize = 100;
 
+/// How many files that each take `seconds_per_file` fit in one batch of `limit`: at least
+/// one, at most [`MAX_BATCH_FILES`]. Workers size their batches with it, and `--local` its
+/// hand-outs.
+pub fn batch_size(seconds_per_file: f64, limit: std::time::Duration) -> usize {
+    // A float-to-integer cast saturates: a file of 0 s gives the most, NaN gives 0.
+    ((limit.as_secs_f64() / seconds_per_file) as usize).clamp(1, MAX_BATCH_FILES)
+}
+
 impl RunnerSettings {
     /// How much expected work one batch may hold; `None` when files must run alone.
     pub fn batch_limit(&self) -> Option<std::time::Duration> {
@@ -161,6 +169,12 @@ mod tests {
         );
         assert_eq!(settings(r#"{"batch_seconds": 0}"#).batch_limit(), None);
         assert_eq!(settings(r#"{"batch_seconds": -1}"#).batch_limit(), None);
+        let quarter = Duration::from_millis(250);
+        assert_eq!(batch_size(0.1, quarter), 2);
+        assert_eq!(batch_size(0.2, quarter), 1);
+        assert_eq!(batch_size(5.0, quarter), 1);
+        assert_eq!(batch_size(0.0001, quarter), MAX_BATCH_FILES);
+        assert_eq!(batch_size(0.0, quarter), MAX_BATCH_FILES);
         assert!(serde_json::to_string(&settings("{}"))
             .unwrap()
             .find("batch")

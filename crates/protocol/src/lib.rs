@@ -11,7 +11,7 @@ pub mod runner_protocol;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
 pub use job::{
-    Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
+    batch_size, Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
     MAX_BATCH_FILES,
 };
 pub use message::{

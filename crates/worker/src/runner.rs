@@ -169,17 +169,8 @@ impl CommandRunner {
             },
             None => None,
         };
-        let (status, exit, reason) = judge_command(&outcome, tests.as_deref(), self.allow_empty);
-        if let Some(reason) = reason {
-            output = format!("{reason}\n{output}");
-        }
-        FileRun {
-            status,
-            exit,
-            output,
-            seconds: outcome.seconds,
-            tests: tests.unwrap_or_default(),
-        }
+        let verdict = judge_command(&outcome, tests.as_deref(), self.allow_empty);
+        FileRun::judged(verdict, output, outcome.seconds, tests.unwrap_or_default())
     }
 }
 
@@ -374,16 +365,28 @@ impl PersistentRunner {
 /// A persistent runner's answer about one file, judged; `output` is what the file printed.
 fn judged(done: FileDone, mut output: String, seconds: f64, allow_empty: bool) -> FileRun {
     output.push_str(&done.output);
-    let (status, exit, reason) = judge_done(&done, allow_empty);
-    if let Some(reason) = reason {
-        output = format!("{reason}\n{output}");
-    }
-    FileRun {
-        status,
-        exit,
-        output,
-        seconds,
-        tests: done.tests,
+    FileRun::judged(judge_done(&done, allow_empty), output, seconds, done.tests)
+}
+
+impl FileRun {
+    /// A file's run from its verdict (status, exit, a reason to show before the output).
+    fn judged(
+        (status, exit, reason): (FileStatus, String, Option<String>),
+        output: String,
+        seconds: f64,
+        tests: Vec<TestResult>,
+    ) -> FileRun {
+        let output = match reason {
+            Some(reason) => format!("{reason}\n{output}"),
+            None => output,
+        };
+        FileRun {
+            status,
+            exit,
+            output,
+            seconds,
+            tests,
+        }
     }
 }
 

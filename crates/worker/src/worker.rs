@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use gorgon_exec::run_callback;
-use gorgon_protocol::{CallbackName, FileResult, Message, WorkerAssignment, MAX_BATCH_FILES};
+use gorgon_protocol::{batch_size, CallbackName, FileResult, Message, WorkerAssignment};
 
 use crate::runner::{refused, FileRun, Runner};
 use crate::{command_base, StdinClosed, StopSignals, EXIT_BROKEN};
@@ -203,8 +203,8 @@ async fn run_worker_callback(
     }
 }
 
-/// Adds waiting files to `batch` (at most [`MAX_BATCH_FILES`]) while the files are expected
-/// to fit in `limit` (`job.runner.batch_seconds`) together, from the time per file of this
+/// Adds waiting files to `batch` while the files are expected to fit in `limit`
+/// (`job.runner.batch_seconds`) together ([`batch_size`]), from the time per file of this
 /// worker's last run. Files slower than half the limit always run alone, and a worker never
 /// holds more than about that much work that an idle worker could have taken instead. A file
 /// already in the batch (queued twice) goes back for later.
@@ -214,8 +214,7 @@ async fn take_more<T: Transport>(
     seconds_per_file: f64,
     limit: Duration,
 ) {
-    let fits = |count: usize| seconds_per_file * count as f64 <= limit.as_secs_f64();
-    while batch.len() < MAX_BATCH_FILES && fits(batch.len() + 1) {
+    while batch.len() < batch_size(seconds_per_file, limit) {
         let Some((file, taken)) = transport.try_next_file().await else {
             return;
         };
