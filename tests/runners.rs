@@ -51,12 +51,17 @@ struct Expected {
 /// Runs a fixture suite with its built-in runner on one listener with one worker (so that
 /// every file goes through the same warm runner) and checks the report against `expected`.
 fn check_fixture(expected: Expected) {
+    check_fixture_isolated(expected, "shared");
+}
+
+/// [`check_fixture`] with `job.runner.isolation` set to `isolation`.
+fn check_fixture_isolated(expected: Expected, isolation: &str) {
     let mut cluster = Cluster::new();
     cluster.start_listener("runner", 1);
     let project = cluster.project(
         expected.runner,
         json!({"files": [expected.files],
-               "job": {"runner": {"kind": expected.runner, "command": ""}}}),
+               "job": {"runner": {"kind": expected.runner, "command": "", "isolation": isolation}}}),
     );
     copy_fixture(expected.runner, &project);
     cluster.wait_for_listeners(&project, 1);
@@ -93,7 +98,11 @@ fn assert_file_failed(run: &Run, file: &str, why: &str) {
 
 #[test]
 fn rspec_files_and_examples_get_the_right_verdicts() {
-    check_fixture(Expected {
+    check_fixture(rspec_verdicts());
+}
+
+fn rspec_verdicts() -> Expected {
+    Expected {
         runner: "rspec",
         files: "spec/**/*_spec.rb",
         failed: &[
@@ -118,12 +127,16 @@ fn rspec_files_and_examples_get_the_right_verdicts() {
         ],
         totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
         tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending",
-    });
+    }
 }
 
 #[test]
 fn minitest_files_and_tests_get_the_right_verdicts() {
-    check_fixture(Expected {
+    check_fixture(minitest_verdicts());
+}
+
+fn minitest_verdicts() -> Expected {
+    Expected {
         runner: "minitest",
         files: "test/**/*_test.rb",
         failed: &[
@@ -146,12 +159,16 @@ fn minitest_files_and_tests_get_the_right_verdicts() {
         ],
         totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
         tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 0 pending",
-    });
+    }
 }
 
 #[test]
 fn pytest_files_and_tests_get_the_right_verdicts() {
-    check_fixture(Expected {
+    check_fixture(pytest_verdicts());
+}
+
+fn pytest_verdicts() -> Expected {
+    Expected {
         runner: "pytest",
         files: "tests/**/test_*.py",
         failed: &[
@@ -164,7 +181,7 @@ fn pytest_files_and_tests_get_the_right_verdicts() {
         ],
         report: &[
             "1) test_adds_tax failed (tests/test_failing.py:8)\n     assert (100 * 1.2) == 121",
-            "1) test_charges_the_card errored (tests/test_error.py:4)\n     ValueError: card number missing",
+            "1) test_charges_the_card failed (tests/test_error.py:4)\n     ValueError: card number missing",
         ],
         reasons: &[
             ("tests/test_load_error.py", "module_that_does_not_exist"),
@@ -173,8 +190,15 @@ fn pytest_files_and_tests_get_the_right_verdicts() {
             ("tests/test_exit.py", "os._exit"),
         ],
         totals: "9 files: 3 passed, 6 failed, 0 crashed, 0 not run",
-        tests: "Tests: 5 passed, 1 failed, 1 errored, 1 skipped, 1 pending",
-    });
+        tests: "Tests: 5 passed, 2 failed, 0 errored, 1 skipped, 0 pending, 1 xfailed",
+    }
+}
+
+#[test]
+fn verdicts_are_the_same_with_a_fork_per_file() {
+    for expected in [rspec_verdicts(), minitest_verdicts(), pytest_verdicts()] {
+        check_fixture_isolated(expected, "fork");
+    }
 }
 
 #[test]
@@ -625,4 +649,237 @@ fn a_pytest_file_that_would_bound_the_run_is_split_into_its_tests() {
             .collect(),
         ids: [1, 2, 3, 4].map(|i| format!("tests/test_slow.py::test_second_{i}")),
     });
+}
+
+/// How a framework totals a run, read from its own closing line, as (word, count) pairs in a
+/// fixed order, and the same totals computed from gorgon-rs's `Tests:` line.
+struct Counting {
+    /// The built-in runner, also the fixture's folder under `tests/fixtures/counts`.
+    runner: &'static str,
+    files: &'static str,
+    /// `job.runner.command`: the interpreter command ("" for the default).
+    command: &'static str,
+    /// The framework's own serial run of the whole fixture, in the fixture's folder.
+    serial: &'static [&'static str],
+    /// Its closing line's words, as the framework spells them.
+    words: &'static [&'static str],
+    /// The same totals from gorgon-rs's statuses (`Tests:` line words and counts).
+    from_gorgon: fn(&std::collections::HashMap<String, usize>) -> Vec<usize>,
+}
+
+/// The counts of `words` in the last line that starts with a number and holds the first
+/// word, such as `3 failed, 7 passed, 1 error in 0.05s` (a missing word counts 0; `error`
+/// and `errors` are one word).
+fn closing_counts(text: &str, words: &[&str]) -> Vec<usize> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|line| line.starts_with(|c: char| c.is_ascii_digit()) && line.contains(words[0]))
+        .unwrap_or_else(|| panic!("no closing line with {:?} in {text}", words[0]));
+    let pairs: Vec<(usize, String)> = line
+        .split([',', ' '])
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter_map(|w| Some((w[0].parse().ok()?, w[1].trim_end_matches('s').to_owned())))
+        .collect();
+    words
+        .iter()
+        .map(|word| {
+            let word = word.trim_end_matches('s');
+            pairs
+                .iter()
+                .filter(|(_, w)| w == word)
+                .map(|(n, _)| n)
+                .sum()
+        })
+        .collect()
+}
+
+/// The counts of gorgon-rs's `Tests: 5 passed, 1 failed, …` line, by word.
+fn gorgon_counts(stdout: &str) -> std::collections::HashMap<String, usize> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Tests: "))
+        .unwrap_or_else(|| panic!("no Tests line in {stdout}"));
+    line["Tests: ".len()..]
+        .split(", ")
+        .map(|pair| {
+            let (n, word) = pair.split_once(' ').unwrap();
+            (word.to_owned(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// JUnit totals of a report: (test cases, failures, errors, skipped).
+fn junit_totals(xml: &str) -> (usize, usize, usize, usize) {
+    let doc = roxmltree::Document::parse(xml).unwrap();
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    let with = |tag: &str| {
+        cases
+            .iter()
+            .filter(|c| c.children().any(|k| k.has_tag_name(tag)))
+            .count()
+    };
+    (cases.len(), with("failure"), with("error"), with("skipped"))
+}
+
+/// Runs a counting fixture with the framework alone and with gorgon-rs (one listener, two
+/// slots), and checks that every test is counted exactly as the framework counts it.
+fn check_counting(counting: Counting) -> (Project, Run, Cluster) {
+    let mut cluster = Cluster::new();
+    let fixture = format!("counts/{}", counting.runner);
+    let alone = cluster.project("framework-alone", json!({}));
+    copy_fixture(&fixture, &alone);
+    let serial = std::process::Command::new(counting.serial[0])
+        .args(&counting.serial[1..])
+        .current_dir(&alone.dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let serial_text = String::from_utf8_lossy(&serial.stdout).into_owned();
+    let expected = closing_counts(&serial_text, counting.words);
+
+    cluster.start_listener("counting", 2);
+    let project = cluster.project(
+        counting.runner,
+        json!({"files": [counting.files], "junit_file": "junit.xml",
+               "job": {"runner": {"kind": counting.runner, "command": counting.command,
+                                  "allow_empty_files": true}}}),
+    );
+    copy_fixture(&fixture, &project);
+    cluster.wait_for_listeners(&project, 1);
+    let run = project.start(&[], RUN_LIMIT);
+
+    let gorgon = (counting.from_gorgon)(&gorgon_counts(&run.stdout));
+    assert_eq!(
+        gorgon, expected,
+        "{:?} as counted by gorgon-rs against the framework's own run:\n{serial_text}\n{run:?}",
+        counting.words
+    );
+    (project, run, cluster)
+}
+
+#[test]
+fn pytest_counts_every_test_as_pytest_does_and_writes_the_same_junit() {
+    let (project, run, _cluster) = check_counting(Counting {
+        runner: "pytest",
+        files: "tests/**/test_*.py",
+        command: "",
+        serial: &[
+            "python3",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests",
+            "--junitxml=own-junit.xml",
+        ],
+        words: &["passed", "failed", "skipped", "xfailed", "xpassed", "error"],
+        from_gorgon: |c| {
+            [
+                "passed", "failed", "skipped", "xfailed", "xpassed", "errored",
+            ]
+            .iter()
+            .map(|w| c.get(*w).copied().unwrap_or(0))
+            .collect()
+        },
+    });
+    // Modules skipped at collection pass, each as one skipped test with pytest's reason.
+    assert_eq!(run.code, 1, "{run:?}");
+    let mut failed: Vec<String> =
+        serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    failed.sort();
+    assert_eq!(
+        failed,
+        ["tests/test_basic.py", "tests/test_xfail.py"],
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("XPASS(strict)"),
+        "the strict xpass is reported as pytest reports it: {run:?}"
+    );
+    // The same JUnit totals as pytest's own report: no case invented for the empty file.
+    let own = std::fs::read_to_string(project.dir.join("../framework-alone/own-junit.xml"));
+    assert_eq!(
+        junit_totals(&project.read("junit.xml")),
+        junit_totals(&own.unwrap()),
+        "gorgon-rs's JUnit against pytest's"
+    );
+}
+
+#[test]
+fn rspec_counts_every_example_as_rspec_does_on_a_suite_with_real_world_habits() {
+    // .rspec requires the helper, orders randomly and picks a formatter; examples come from
+    // shared groups in spec/support; the interpreter command preloads a helper with -r; the
+    // helper keeps example statuses in a file and makes every warning raise.
+    let (project, run, _cluster) = check_counting(Counting {
+        runner: "rspec",
+        files: "spec/**/*_spec.rb",
+        command: "ruby -r./spec/preload",
+        serial: &["ruby", "-r./spec/preload", "-S", "rspec"],
+        words: &["examples", "failures", "pending"],
+        from_gorgon: |c| {
+            let n = |w: &str| c.get(w).copied().unwrap_or(0);
+            vec![
+                c.values().sum(),
+                n("failed") + n("errored"),
+                n("pending") + n("skipped"),
+            ]
+        },
+    });
+    let mut failed: Vec<String> =
+        serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    failed.sort();
+    assert_eq!(failed, ["spec/models/cart_spec.rb"], "{run:?}");
+    assert!(!run.stdout.contains("a warning was raised"), "{run:?}");
+    // Concurrent workers in one tree never write the example status file.
+    let local = project.start(&["--local", "-j", "2"], RUN_LIMIT);
+    assert_eq!(
+        gorgon_counts(&local.stdout),
+        gorgon_counts(&run.stdout),
+        "{local:?}"
+    );
+    assert!(!project.dir.join("spec/examples.txt").exists(), "{local:?}");
+}
+
+#[test]
+fn minitest_counts_every_test_as_minitest_does_on_a_minitest_spec_suite() {
+    // minitest/spec files named *_spec.rb, and tests defined in a helper module.
+    let (project, run, _cluster) = check_counting(Counting {
+        runner: "minitest",
+        files: "spec/**/*_spec.rb",
+        command: "",
+        serial: &[
+            "ruby",
+            "-Ispec",
+            "-e",
+            "Dir['spec/**/*_spec.rb'].sort.each { |f| require \"./#{f}\" }",
+        ],
+        words: &["runs", "failures", "errors", "skips"],
+        from_gorgon: |c| {
+            let n = |w: &str| c.get(w).copied().unwrap_or(0);
+            vec![c.values().sum(), n("failed"), n("errored"), n("skipped")]
+        },
+    });
+    let mut failed: Vec<String> =
+        serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+    failed.sort();
+    assert_eq!(failed, ["spec/models/widget_spec.rb"], "{run:?}");
+    // The helper module's tests belong to the file whose class includes them.
+    let junit = project.read("junit.xml");
+    let doc = roxmltree::Document::parse(&junit).unwrap();
+    let suite_of = |name: &str| {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("testsuite"))
+            .find(|s| s.children().any(|c| c.attribute("name") == Some(name)))
+            .and_then(|s| s.attribute("name"))
+    };
+    assert_eq!(
+        suite_of("GadgetNameTest#test_has_a_name"),
+        Some("spec/models/gadget_spec.rb")
+    );
 }

@@ -166,8 +166,14 @@ fn address(
 
 /// The kind of project in `dir`, if it is one of the known test frameworks.
 pub fn detect(dir: &Path) -> Option<ProjectKind> {
-    if !find(&dir.join("spec"), &|name| name.ends_with("_spec.rb")).is_empty() {
-        return Some(ProjectKind::Rspec);
+    let specs = find(&dir.join("spec"), &is_spec_file);
+    if !specs.is_empty() {
+        // `*_spec.rb` files are RSpec's, unless the suite loads Minitest (minitest/spec).
+        return Some(if loads_minitest_only(dir, &specs) {
+            ProjectKind::Minitest
+        } else {
+            ProjectKind::Rspec
+        });
     }
     if !find(&dir.join("test"), &|name| name.ends_with("_test.rb")).is_empty() {
         return Some(ProjectKind::Minitest);
@@ -182,6 +188,32 @@ pub fn detect(dir: &Path) -> Option<ProjectKind> {
     None
 }
 
+fn is_spec_file(name: &str) -> bool {
+    name.ends_with("_spec.rb")
+}
+
+/// How many spec files [`loads_minitest_only`] reads besides the helpers.
+const SPEC_FILES_READ: usize = 20;
+
+/// Whether a suite of `*_spec.rb` files is a Minitest suite: no `.rspec`, and its helpers
+/// (the `spec/` files whose name holds "helper") and first spec files mention Minitest and
+/// never RSpec.
+fn loads_minitest_only(dir: &Path, specs: &[PathBuf]) -> bool {
+    if dir.join(".rspec").is_file() {
+        return false;
+    }
+    let helpers = find(&dir.join("spec"), &|name| {
+        name.ends_with(".rb") && name.contains("helper")
+    });
+    let texts: Vec<String> = helpers
+        .iter()
+        .chain(specs.iter().take(SPEC_FILES_READ))
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect();
+    let mentions = |word: &str| texts.iter().any(|text| text.contains(word));
+    mentions("minitest") && !mentions("rspec") && !mentions("RSpec")
+}
+
 fn is_pytest_file(name: &str) -> bool {
     name.ends_with(".py") && (name.starts_with("test_") || name.ends_with("_test.py"))
 }
@@ -190,6 +222,11 @@ fn is_pytest_file(name: &str) -> bool {
 fn globs(kind: ProjectKind, dir: &Path) -> Vec<String> {
     match kind {
         ProjectKind::Rspec => vec!["spec/**/*_spec.rb".into()],
+        ProjectKind::Minitest
+            if find(&dir.join("test"), &|n| n.ends_with("_test.rb")).is_empty() =>
+        {
+            vec!["spec/**/*_spec.rb".into()]
+        }
         ProjectKind::Minitest => vec!["test/**/*_test.rb".into()],
         ProjectKind::Command => vec!["tests/**/*_test.sh".into()],
         ProjectKind::Pytest => {
@@ -375,6 +412,41 @@ mod tests {
         assert_eq!(done.kind, ProjectKind::Minitest);
         assert_eq!(settings.files, ["test/**/*_test.rb"]);
         assert_eq!(settings.runner.kind, gorgon_protocol::RunnerKind::Minitest);
+    }
+
+    #[test]
+    fn a_minitest_spec_suite_of_spec_files_is_told_by_what_it_loads() {
+        // minitest/spec files named *_spec.rb, whose helper loads Minitest.
+        let dir = project(&[
+            (
+                "spec/spec_helper.rb",
+                "require 'minitest/autorun'\nrequire 'minitest/spec'\n",
+            ),
+            (
+                "spec/core/dataset_spec.rb",
+                "require_relative '../spec_helper'\ndescribe 'Dataset' do\nend\n",
+            ),
+        ]);
+        let (done, settings) = init_and_load(dir.path(), InitOptions::default());
+        assert_eq!(done.kind, ProjectKind::Minitest);
+        assert_eq!(settings.files, ["spec/**/*_spec.rb"]);
+        assert_eq!(settings.runner.kind, gorgon_protocol::RunnerKind::Minitest);
+        // An RSpec suite whose helper also mentions Minitest (say, its assertions) stays RSpec,
+        // and so does any suite with an .rspec file.
+        let dir = project(&[
+            (
+                "spec/spec_helper.rb",
+                "require 'minitest'\nRSpec.configure { |c| c.expect_with :minitest }\n",
+            ),
+            ("spec/cart_spec.rb", "RSpec.describe('Cart') {}\n"),
+        ]);
+        assert_eq!(detect(dir.path()), Some(ProjectKind::Rspec));
+        let dir = project(&[
+            (".rspec", "--require spec_helper\n"),
+            ("spec/spec_helper.rb", "require 'minitest/autorun'\n"),
+            ("spec/cart_spec.rb", ""),
+        ]);
+        assert_eq!(detect(dir.path()), Some(ProjectKind::Rspec));
     }
 
     #[test]

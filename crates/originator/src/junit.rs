@@ -45,8 +45,11 @@ pub fn report(run: &RunInfo, state: &JobState) -> Report {
         .set_uuid(run.job_id)
         .set_timestamp(run.started)
         .set_time(seconds(run.seconds));
+    // Where the runners report their tests, the report holds exactly those: a file allowed
+    // to pass with none gets an empty suite, not an invented case.
+    let per_test = state.has_tests();
     for file in state.queued() {
-        report.add_test_suite(suite(file, state.result(file)));
+        report.add_test_suite(suite(file, state.result(file), per_test));
     }
     report
 }
@@ -65,8 +68,9 @@ pub fn write(path: &Path, report: &Report) -> Result<(), JunitError> {
     })
 }
 
-/// One file's suite.
-fn suite(file: &str, result: Option<&FileResult>) -> TestSuite {
+/// One file's suite; `per_test` when the run's runners report tests, so that a file that
+/// passed with none holds no case.
+fn suite(file: &str, result: Option<&FileResult>, per_test: bool) -> TestSuite {
     let mut suite = TestSuite::new(file);
     let Some(result) = result else {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
@@ -85,7 +89,9 @@ fn suite(file: &str, result: Option<&FileResult>) -> TestSuite {
     suite.set_time(seconds(result.seconds));
     let place = format!("{}:{}", result.host, result.worker_id);
     if result.tests.is_empty() {
-        suite.add_test_case(file_case(result, &place));
+        if !(per_test && result.status == FileStatus::Passed) {
+            suite.add_test_case(file_case(result, &place));
+        }
         return suite;
     }
     for test in &result.tests {
@@ -93,10 +99,7 @@ fn suite(file: &str, result: Option<&FileResult>) -> TestSuite {
     }
     // A file can fail outside its tests (a crash after the last test, a syntax error in a
     // helper): keep that failure visible as a case of its own.
-    let tests_failed = result
-        .tests
-        .iter()
-        .any(|t| matches!(t.status, TestStatus::Failed | TestStatus::Errored));
+    let tests_failed = result.tests.iter().any(|t| t.status.is_failure());
     if result.status != FileStatus::Passed && !tests_failed {
         suite.add_test_case(file_case(result, &place));
     }
@@ -140,17 +143,20 @@ fn test_case(result: &FileResult, test: &TestResult, place: &str) -> TestCase {
     let message = test.message.as_deref().unwrap_or("");
     let details = test.details.as_deref().unwrap_or("");
     let status = match test.status {
-        TestStatus::Passed => TestCaseStatus::success(),
+        // pytest's own JUnit writes an xpass as a passing case and an xfail as a skipped one.
+        TestStatus::Passed | TestStatus::Xpassed => TestCaseStatus::success(),
         TestStatus::Failed => non_success(NonSuccessKind::Failure, message, "failure", details),
         TestStatus::Errored => non_success(NonSuccessKind::Error, message, "error", details),
-        TestStatus::Skipped | TestStatus::Pending => {
+        TestStatus::Skipped | TestStatus::Pending | TestStatus::Xfailed => {
             let mut status = TestCaseStatus::skipped();
             if !message.is_empty() {
                 status.set_message(message);
             }
-            if test.status == TestStatus::Pending {
-                status.set_type("pending");
-            }
+            match test.status {
+                TestStatus::Pending => status.set_type("pending"),
+                TestStatus::Xfailed => status.set_type("xfail"),
+                _ => &mut status,
+            };
             status
         }
     };
@@ -360,6 +366,67 @@ mod tests {
         assert_eq!(
             child(suite, "system-out").and_then(|n| n.text()),
             Some("output of test/cart_test.rb\n")
+        );
+    }
+
+    #[test]
+    fn xfails_are_skipped_cases_and_xpasses_passing_ones_as_in_pytests_junit() {
+        let mut state = JobState::new(vec!["tests/test_a.py".into()]);
+        state.file_finished(file(
+            "tests/test_a.py",
+            FileStatus::Passed,
+            vec![
+                test(
+                    "test_later",
+                    TestStatus::Xfailed,
+                    Some("expected to fail: not yet"),
+                ),
+                test("test_lucky", TestStatus::Xpassed, None),
+            ],
+        ));
+        let text = xml(&state);
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let cases = cases(&doc);
+        assert_eq!(cases.len(), 2);
+        let xfail = child(cases[0], "skipped").unwrap();
+        assert_eq!(xfail.attribute("type"), Some("xfail"));
+        assert_eq!(
+            xfail.attribute("message"),
+            Some("expected to fail: not yet")
+        );
+        assert!(cases[1].children().all(|c| !c.has_tag_name("skipped")
+            && !c.has_tag_name("failure")
+            && !c.has_tag_name("error")));
+    }
+
+    #[test]
+    fn a_file_allowed_to_pass_empty_adds_no_invented_case_where_runners_report_tests() {
+        let queued = vec!["test/a_test.rb".into(), "test/empty_test.rb".into()];
+        let mut state = JobState::new(queued);
+        state.file_finished(file(
+            "test/a_test.rb",
+            FileStatus::Passed,
+            vec![test("test_adds", TestStatus::Passed, None)],
+        ));
+        state.file_finished(file("test/empty_test.rb", FileStatus::Passed, vec![]));
+        let text = xml(&state);
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let names: Vec<_> = cases(&doc)
+            .iter()
+            .filter_map(|c| c.attribute("name"))
+            .collect();
+        assert_eq!(names, ["test_adds"]);
+        // A failing empty file still shows why, as a case of its own.
+        let mut state = JobState::new(vec!["test/a_test.rb".into(), "test/empty_test.rb".into()]);
+        state.file_finished(file(
+            "test/a_test.rb",
+            FileStatus::Passed,
+            vec![test("test_adds", TestStatus::Passed, None)],
+        ));
+        state.file_finished(file("test/empty_test.rb", FileStatus::Failed, vec![]));
+        assert_eq!(
+            cases(&roxmltree::Document::parse(&xml(&state)).unwrap()).len(),
+            2
         );
     }
 

@@ -247,17 +247,23 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     };
     writeln!(out, "{summary}")?;
     if state.has_tests() {
-        writeln!(
-            out,
-            "Tests: {} passed, {} failed, {} errored, {} skipped, {} pending",
-            state.test_count(TestStatus::Passed),
-            state.test_count(TestStatus::Failed),
-            state.test_count(TestStatus::Errored),
-            state.test_count(TestStatus::Skipped),
-            state.test_count(TestStatus::Pending)
-        )?;
+        writeln!(out, "{}", tests_line(state))?;
     }
     Ok(())
+}
+
+/// `Tests: 5 passed, 1 failed, 0 errored, 2 skipped, 0 pending`, then pytest's xfailed and
+/// xpassed counts when there are any.
+fn tests_line(state: &JobState) -> String {
+    let counts = TestStatus::ALL
+        .iter()
+        .map(|&status| (status, state.test_count(status)))
+        .filter(|&(status, count)| {
+            count > 0 || !matches!(status, TestStatus::Xfailed | TestStatus::Xpassed)
+        })
+        .map(|(status, count)| format!("{count} {}", status.as_str()))
+        .collect::<Vec<_>>();
+    format!("Tests: {}", counts.join(", "))
 }
 
 /// Backtrace lines shown per failed test; the whole output follows anyway.
@@ -270,10 +276,7 @@ fn write_failed_tests(
     result: &FileResult,
     paint: Paint,
 ) -> std::io::Result<()> {
-    let failing = result
-        .tests
-        .iter()
-        .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Errored));
+    let failing = result.tests.iter().filter(|t| t.status.is_failure());
     for (number, test) in failing.enumerate() {
         let verb = match test.status {
             TestStatus::Errored => "errored",

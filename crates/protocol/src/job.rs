@@ -87,6 +87,30 @@ pub struct RunnerSettings {
     /// timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_timeout: Option<f64>,
+    /// How a persistent runner keeps files apart (see [`Isolation`]).
+    #[serde(default, skip_serializing_if = "Isolation::is_shared")]
+    pub isolation: Isolation,
+}
+
+/// How a persistent runner keeps a worker's files apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// A worker's files run one after another in one warm process, as in a serial run of
+    /// the framework: what the suite builds while running a file (caches, registries,
+    /// session fixtures) serves the files after it. A file that ends or kills that process
+    /// takes only its own verdict, and the next file gets a fresh process.
+    #[default]
+    Shared,
+    /// Every file, or batch of quick files, runs in a fresh fork of the warm runner, so no
+    /// state passes from one to the next.
+    Fork,
+}
+
+impl Isolation {
+    pub fn is_shared(&self) -> bool {
+        *self == Isolation::Shared
+    }
 }
 
 /// How much expected work a batch of quick files holds unless `batch_seconds` says otherwise.

@@ -11,8 +11,8 @@ pub mod runner_protocol;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
 pub use job::{
-    batch_size, Callbacks, JobDefinition, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
-    MAX_BATCH_FILES,
+    batch_size, Callbacks, Isolation, JobDefinition, RunnerKind, RunnerSettings, SyncSettings,
+    SyncTransport, MAX_BATCH_FILES,
 };
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message, TestResult,

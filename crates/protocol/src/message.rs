@@ -239,8 +239,47 @@ pub enum TestStatus {
     Failed,
     /// The test raised an unexpected error.
     Errored,
+    /// Not run: skipped by a condition or a mark (a pytest module skipped as a whole at
+    /// collection counts as one skipped test, as pytest counts it).
     Skipped,
+    /// RSpec's pending: run, expected to fail, and it did.
     Pending,
+    /// pytest's xfail: expected to fail, and it did.
+    Xfailed,
+    /// pytest's xpass: expected to fail, but passed (a strict xfail that passes is reported
+    /// as failed, as pytest reports it).
+    Xpassed,
+}
+
+impl TestStatus {
+    /// Every status, in the order the totals line shows them.
+    pub const ALL: [TestStatus; 7] = [
+        TestStatus::Passed,
+        TestStatus::Failed,
+        TestStatus::Errored,
+        TestStatus::Skipped,
+        TestStatus::Pending,
+        TestStatus::Xfailed,
+        TestStatus::Xpassed,
+    ];
+
+    /// The word for it in reports, as its framework spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Errored => "errored",
+            TestStatus::Skipped => "skipped",
+            TestStatus::Pending => "pending",
+            TestStatus::Xfailed => "xfailed",
+            TestStatus::Xpassed => "xpassed",
+        }
+    }
+
+    /// The test failed the file: an assertion failed or an unexpected error was raised.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TestStatus::Failed | TestStatus::Errored)
+    }
 }
 
 /// The verdict on one file.

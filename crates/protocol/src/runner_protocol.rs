@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::Isolation;
 use crate::message::TestResult;
 
 /// Version of the runner protocol. A worker refuses a runner whose hello names another one.
@@ -48,6 +49,9 @@ pub struct RunRequest {
     /// worker can report them even when the runner dies or the file times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_path: Option<String>,
+    /// `job.runner.isolation`: `fork` asks for a fresh process for this request.
+    #[serde(default, skip_serializing_if = "Isolation::is_shared")]
+    pub isolation: Isolation,
 }
 
 /// Run several quick files together, for a runner whose hello offers batches: the runner
@@ -64,6 +68,9 @@ pub struct BatchRequest {
     /// A fresh file for the stdout and stderr of the whole batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_path: Option<String>,
+    /// `job.runner.isolation`, as for [`RunRequest`].
+    #[serde(default, skip_serializing_if = "Isolation::is_shared")]
+    pub isolation: Isolation,
 }
 
 /// What happened to one file.
@@ -156,6 +163,7 @@ mod tests {
             file: "a.rb".into(),
             args: vec!["--tag".into(), "~slow".into()],
             output_path: Some("/tmp/o".into()),
+            isolation: Isolation::Fork,
         });
         let line = request.encode_line();
         assert!(line.ends_with('\n'));
@@ -171,6 +179,7 @@ mod tests {
             file: "t/a_test.rb".into(),
             args: vec!["-n".into(), "test_x".into()],
             output_path: Some("/tmp/out".into()),
+            isolation: Isolation::Shared,
         });
         assert_eq!(
             request.encode_line(),
@@ -180,10 +189,11 @@ mod tests {
             files: vec!["spec/a_spec.rb".into(), "spec/b_spec.rb".into()],
             args: Vec::new(),
             output_path: Some("/tmp/out".into()),
+            isolation: Isolation::Fork,
         });
         assert_eq!(
             batch.encode_line(),
-            "{\"type\":\"run_batch\",\"files\":[\"spec/a_spec.rb\",\"spec/b_spec.rb\"],\"output_path\":\"/tmp/out\"}\n"
+            "{\"type\":\"run_batch\",\"files\":[\"spec/a_spec.rb\",\"spec/b_spec.rb\"],\"output_path\":\"/tmp/out\",\"isolation\":\"fork\"}\n"
         );
         let hello = RunnerMessage::Hello {
             protocol: 1,

@@ -9,6 +9,8 @@ Minitest.class_variable_set(:@@installed_at_exit, true)
 $LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('test'))
 require 'test_helper' if File.exist?('test/test_helper.rb')
 PRELOADED_RUNNABLES = Minitest::Runnable.runnables.dup
+# The test classes a session has run already: each file runs only the classes it brought.
+RAN_RUNNABLES = Set.new
 
 # Records each test's result for the worker.
 class GorgonMinitestReporter < Minitest::AbstractReporter
@@ -22,10 +24,13 @@ class GorgonMinitestReporter < Minitest::AbstractReporter
     file, line = result.respond_to?(:source_location) ? result.source_location : []
     klass = result.respond_to?(:klass) ? result.klass : result.class.name
     file = GorgonRunner.relative(file)
+    # The file that was asked for owns the test, even when a helper module it includes
+    # defines it; in a batch the test's own file tells.
+    unit = GorgonRunner.current_file ? GorgonRunner.path_of(GorgonRunner.current_file) : file
     entry = { name: "#{klass}##{result.name}", classname: klass.to_s,
-              file: file, line: line, status: status, seconds: result.time.to_f,
+              file: file, unit: unit, line: line, status: status, seconds: result.time.to_f,
               # How to run this test alone (`FILE::Class#test`), for splitting a slow file.
-              id: file && "#{file}::#{klass}##{result.name}" }
+              id: unit && "#{unit}::#{klass}##{result.name}" }
     if failure
       error = failure.respond_to?(:error) ? failure.error : failure
       message = status == 'errored' ? "#{error.class}: #{error.message}" : failure.message
@@ -38,7 +43,7 @@ class GorgonMinitestReporter < Minitest::AbstractReporter
 end
 
 # A request names files, or single tests as `FILE::Class#test` (the ids reported above).
-GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |files, args|
+GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |files, args, _shared|
   paths = files.map { |entry| entry.split('::', 2).first }.uniq
   load_error = paths.each do |file|
     load File.expand_path(file)
@@ -55,7 +60,9 @@ GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |f
   reporter = Minitest::CompositeReporter.new
   reporter << GorgonMinitestReporter.new
   reporter.start
-  (Minitest::Runnable.runnables - PRELOADED_RUNNABLES).each { |klass| klass.run(reporter, options) }
+  fresh = Minitest::Runnable.runnables - PRELOADED_RUNNABLES - RAN_RUNNABLES.to_a
+  RAN_RUNNABLES.merge(fresh)
+  fresh.each { |klass| klass.run(reporter, options) }
   reporter.report
   { outcome: 'completed' }
 end

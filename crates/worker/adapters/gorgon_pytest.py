@@ -1,9 +1,14 @@
-# gorgon-rs built-in pytest runner: imports pytest and the project's conftest.py once, then
-# runs each requested file (or batch of quick files) in a fork of this warm process and
-# reports every test over the runner protocol (docs/runner-protocol.md). A batch that does not
-# simply complete runs again file by file.
+# gorgon-rs built-in pytest runner (runner protocol, docs/runner-protocol.md). This process
+# imports pytest and the project's root conftest.py once and stays pristine. By default it
+# forks one long-lived pytest session per worker that is initialised once (configuration,
+# plugins, conftest files) and then collects and runs each requested file in turn, as a serial
+# `pytest` run does; a session that dies takes only the file it was running, and the next file
+# gets a fresh session. With `"isolation": "fork"` in a request, every file (or batch of quick
+# files) runs in a fork of its own instead, and a batch that does not simply complete runs
+# again file by file.
 import json
 import os
+import selectors
 import signal
 import sys
 
@@ -20,22 +25,47 @@ def trim(text):
     return "\n".join(lines)
 
 
-class Collector:
-    """A pytest plugin that records each test's verdict and each collection error."""
+def relative(text):
+    """Paths in messages are shown relative to the workspace, like the files themselves."""
+    return text.replace(os.getcwd() + os.sep, "")
 
-    def __init__(self):
+
+def skip_reason(longrepr):
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+class Collector:
+    """A pytest plugin that records each test's verdict as pytest gives it, each module that
+    pytest skips as a whole (it counts as one skipped test, as in pytest's totals and JUnit),
+    and each collection error."""
+
+    def __init__(self, echo_failures=False):
+        # In a long-lived session pytest prints its failure reports only when the session
+        # ends: print each one with its file instead.
+        self.echo_failures = echo_failures
+        self.reset()
+
+    def reset(self):
         self.tests = {}
         self.collect_errors = []
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        report = outcome.get_result()
-        report.gorgon_assertion = call.excinfo is not None and call.excinfo.errisinstance(AssertionError)
 
     def pytest_collectreport(self, report):
         if report.failed:
             self.collect_errors.append(trim(report.longrepr))
+        elif report.skipped and report.nodeid:
+            # `pytest.importorskip` or `pytest.skip(allow_module_level=True)` at module level.
+            path = report.nodeid.split("::")[0]
+            self.tests[report.nodeid] = {
+                "name": report.nodeid,
+                "classname": os.path.splitext(path)[0].replace("/", "."),
+                "file": path,
+                "unit": path,
+                "status": "skipped",
+                "seconds": 0.0,
+                "message": relative(skip_reason(report.longrepr)),
+            }
 
     def pytest_runtest_logreport(self, report):
         path, lineno, domain = report.location
@@ -53,10 +83,9 @@ class Collector:
         if entry["status"] in ("failed", "errored"):
             return
         if report.failed:
-            if report.when == "call":
-                entry["status"] = "failed" if getattr(report, "gorgon_assertion", False) else "errored"
-            else:
-                entry["status"] = "errored"
+            # As pytest counts them: a test whose body raised failed (whatever it raised); a
+            # failure in its setup or teardown is an error.
+            entry["status"] = "failed" if report.when == "call" else "errored"
             crash = getattr(report.longrepr, "reprcrash", None)
             if crash is not None:
                 entry["message"] = crash.message
@@ -64,24 +93,63 @@ class Collector:
                 lines = str(report.longrepr).strip().splitlines()
                 entry["message"] = lines[-1] if lines else report.when + " failed"
             entry["details"] = trim(report.longrepr)
+            if self.echo_failures:
+                self.echo(report)
         elif report.skipped:
-            entry["status"] = "pending" if hasattr(report, "wasxfail") else "skipped"
-            if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
-                entry["message"] = report.longrepr[2]
-            elif hasattr(report, "wasxfail"):
-                entry["message"] = "expected to fail: " + str(report.wasxfail)
+            if hasattr(report, "wasxfail"):
+                entry["status"] = "xfailed"
+                entry["message"] = "expected to fail: " + str(report.wasxfail) if report.wasxfail else "expected to fail"
+            else:
+                entry["status"] = "skipped"
+                entry["message"] = skip_reason(report.longrepr)
+        elif report.when == "call" and hasattr(report, "wasxfail"):
+            # A non-strict xfail that passed; a strict one is reported by pytest as failed.
+            entry["status"] = "xpassed"
+            entry["message"] = "expected to fail, but passed: " + str(report.wasxfail)
+
+    @staticmethod
+    def echo(report):
+        title = " %s %s " % (report.nodeid, "failed" if report.when == "call" else "failed in " + report.when)
+        text = ["", title.center(78, "_"), report.longreprtext]
+        for name, content in report.sections:
+            text.append(("- %s -" % name).center(78, "-"))
+            text.append(content)
+        sys.stdout.write("\n".join(text) + "\n")
+        sys.stdout.flush()
+
+    def answer(self, path, outcome="completed", message=None):
+        if self.collect_errors and outcome == "completed":
+            outcome = "load_error"
+            message = "%s failed to load:\n%s" % (path, "\n".join(self.collect_errors))
+        answer = {"type": "file_done", "file": path, "outcome": outcome, "tests": list(self.tests.values())}
+        if message:
+            answer["message"] = relative(message)
+        return answer
 
 
-def run_files(collector, paths, args):
-    path = ", ".join(paths)
-    code = pytest.main(["-q", "-p", "no:cacheprovider", *args, *paths], plugins=[collector])
-    if collector.collect_errors:
-        return {"outcome": "load_error",
-                "message": "%s failed to load:\n%s" % (path, "\n".join(collector.collect_errors))}
-    if int(code) in (3, 4):
-        return {"outcome": "runner_error", "message": "pytest ended with exit code %d on %s" % (int(code), path)}
-    return {"outcome": "completed"}
+def base_args(args):
+    return ["-q", "-p", "no:cacheprovider", *args]
 
+
+def without_units(answer):
+    for test in answer.get("tests") or []:
+        test.pop("unit", None)
+    return answer
+
+
+def death_answer(path, status):
+    """The answer for the file a process was running when it died without answering."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        return {"type": "file_done", "file": path, "outcome": "killed", "tests": [],
+                "message": "%s: the process running the file was killed by signal %d (%s)"
+                           % (path, number, signal.Signals(number).name)}
+    return {"type": "file_done", "file": path, "outcome": "exited", "tests": [],
+            "message": "%s: a test or the file itself ended the process with exit status %d (os._exit) while the file was running"
+                       % (path, os.WEXITSTATUS(status))}
+
+
+# --- isolation "fork": a fork of this pristine process per file or batch --------------------
 
 def run_forked(request, proto, paths):
     path = ", ".join(paths)
@@ -100,13 +168,15 @@ def run_forked(request, proto, paths):
                 out = os.open(request["output_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 os.dup2(out, 1)
                 os.dup2(out, 2)
-            result = run_files(collector, paths, request.get("args") or [])
+            code = int(pytest.main([*base_args(request.get("args") or []), *paths], plugins=[collector]))
+            if code in (3, 4) and not collector.collect_errors:
+                result = collector.answer(path, "runner_error", "pytest ended with exit code %d on %s" % (code, path))
+            else:
+                result = collector.answer(path)
         except SystemExit as error:
-            result = {"outcome": "exited",
-                      "message": "%s: a test or the file itself called sys.exit(%r) while the file was running" % (path, error.code)}
+            result = collector.answer(path, "exited", "%s: a test or the file itself called sys.exit(%r) while the file was running" % (path, error.code))
         except BaseException as error:  # the child ends here whatever happened
-            result = {"outcome": "runner_error", "message": "%s: %s" % (type(error).__name__, error)}
-        result["tests"] = list(collector.tests.values())
+            result = collector.answer(path, "runner_error", "%s: %s" % (type(error).__name__, error))
         data = json.dumps(result).encode()
         try:
             sys.stdout.flush()
@@ -128,31 +198,10 @@ def run_forked(request, proto, paths):
         result = json.loads(b"".join(chunks).decode()) if chunks else None
     except ValueError:
         result = None
-    if result is None:
-        if os.WIFSIGNALED(status):
-            number = os.WTERMSIG(status)
-            result = {"outcome": "killed",
-                      "message": "%s: the process running the file was killed by signal %d (%s)"
-                                 % (path, number, signal.Signals(number).name)}
-        else:
-            result = {"outcome": "exited",
-                      "message": "%s: a test or the file itself ended the process with exit status %d (os._exit) while the file was running"
-                                 % (path, os.WEXITSTATUS(status))}
-    if result.get("message"):
-        # Paths in messages are shown relative to the workspace, like the files themselves.
-        result["message"] = result["message"].replace(os.getcwd() + os.sep, "")
-    result["type"] = "file_done"
-    result["file"] = path
-    return result
+    return result if result is not None else death_answer(path, status)
 
 
-def without_units(answer):
-    for test in answer.get("tests") or []:
-        test.pop("unit", None)
-    return answer
-
-
-def run_batch(request, proto):
+def run_batch_forked(request, proto):
     """Runs quick files in one child and splits the tests by file; when the batch did not
     simply complete or a test cannot be told apart, runs every file again on its own."""
     files = request["files"]
@@ -163,9 +212,236 @@ def run_batch(request, proto):
         if test.get("unit") in by_file:
             by_file[test["unit"]].append(test)
     if together["outcome"] != "completed" or len(by_file) != len(files) or unattributed:
-        return [without_units(run_forked(request, proto, [path])) for path in files]
-    return [without_units({"type": "file_done", "file": path, "outcome": "completed", "tests": by_file[path]})
+        return [run_forked(request, proto, [path]) for path in files]
+    return [{"type": "file_done", "file": path, "outcome": "completed", "tests": by_file[path]}
             for path in files]
+
+
+# --- isolation "none" (the default): one pytest session per worker --------------------------
+
+class KeepSession:
+    """Stands for "the next item" after a file's last test, so that pytest tears down
+    everything of the file (module, class, package and directory fixtures) but keeps the
+    session's fixtures for the next file, as a serial run does."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def listchain(self):
+        return [self.session]
+
+
+class SessionServer:
+    """A pytest plugin for the long-lived session child: skips the initial collection, then
+    serves the supervisor's requests from `requests` (one JSON list of files a line), sending
+    `{"type": "start"}` before each file and its `file_done` after it on `results`."""
+
+    def __init__(self, collector, requests, results):
+        self.collector = collector
+        self.requests = requests
+        self.results = results
+
+    def send(self, message):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.results.write(json.dumps(message) + "\n")
+        self.results.flush()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session):
+        session.items = []
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session):
+        for line in self.requests:
+            for path in json.loads(line):
+                self.send({"type": "start", "file": path})
+                answer, go_on = self.run_file(session, path)
+                self.send(without_units(answer))
+                if not go_on:
+                    return True
+        try:
+            session._setupstate.teardown_exact(None)
+        except BaseException:  # nothing is left to report it to
+            pass
+        return True
+
+    def run_file(self, session, path):
+        """Collects and runs one file (or test id) of the session: (answer, go on?)."""
+        collector = self.collector
+        collector.reset()
+        session.shouldfail = False
+        session.shouldstop = False
+        try:
+            items = session.perform_collect([path])
+            for index, item in enumerate(items):
+                nextitem = items[index + 1] if index + 1 < len(items) else KeepSession(session)
+                item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        except pytest.UsageError as error:
+            return collector.answer(path, "load_error", "%s: %s" % (path, error)), True
+        except SystemExit as error:
+            return collector.answer(path, "exited", "%s: a test or the file itself called sys.exit(%r) while the file was running" % (path, error.code)), False
+        except BaseException as error:
+            return collector.answer(path, "runner_error", "%s: %s: %s" % (path, type(error).__name__, error)), False
+        return collector.answer(path), True
+
+
+class SessionChild:
+    """The supervisor's handle on one session child: its pipes and what it is running."""
+
+    def __init__(self, proto, args):
+        self.args = args
+        request_reader, request_writer = os.pipe()
+        result_reader, result_writer = os.pipe()
+        output_reader, output_writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(request_writer)
+            os.close(result_reader)
+            os.close(output_reader)
+            proto.close()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(output_writer, 1)
+            os.dup2(output_writer, 2)
+            collector = Collector(echo_failures=True)
+            server = SessionServer(collector, os.fdopen(request_reader, "r"), os.fdopen(result_writer, "w"))
+            try:
+                pytest.main(base_args(args), plugins=[server, collector])
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(0)
+        os.close(request_reader)
+        os.close(result_writer)
+        os.close(output_writer)
+        self.pid = pid
+        self.requests = os.fdopen(request_writer, "w")
+        self.results = result_reader
+        self.output = output_reader
+        self.pending = b""
+        self.ran_any = False
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.results, selectors.EVENT_READ)
+        self.selector.register(self.output, selectors.EVENT_READ)
+
+    def send(self, files):
+        try:
+            self.requests.write(json.dumps(files) + "\n")
+            self.requests.flush()
+            return True
+        except OSError:
+            return False
+
+    def next_message(self, sink):
+        """The child's next message, relaying its output to `sink` meanwhile; None once it
+        has ended."""
+        while b"\n" not in self.pending:
+            for key, _ in self.selector.select():
+                chunk = os.read(key.fd, 65536)
+                if key.fd == self.output:
+                    if chunk and sink is not None:
+                        sink.write(chunk)
+                        sink.flush()
+                    elif not chunk:
+                        self.selector.unregister(self.output)
+                elif chunk:
+                    self.pending += chunk
+                else:
+                    return None
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line.decode())
+
+    def drain(self, sink):
+        """Relays what the child has printed so far without waiting for more."""
+        os.set_blocking(self.output, False)
+        try:
+            while True:
+                chunk = os.read(self.output, 65536)
+                if not chunk:
+                    break
+                if sink is not None:
+                    sink.write(chunk)
+        except BlockingIOError:
+            pass
+        finally:
+            os.set_blocking(self.output, True)
+        if sink is not None:
+            sink.flush()
+
+    def close(self):
+        """Asks the child to finish its session, then waits for it; its status."""
+        try:
+            self.requests.close()
+        except OSError:
+            pass
+        self.selector.close()
+        os.close(self.results)
+        os.close(self.output)
+        _, status = os.waitpid(self.pid, 0)
+        return status
+
+
+class Supervisor:
+    def __init__(self, proto):
+        self.proto = proto
+        self.child = None
+
+    def run(self, request, files, emit):
+        """Runs `files` in the session child, in order, calling `emit` with each answer."""
+        args = request.get("args") or []
+        pending = list(files)
+        sink = open(request["output_path"], "ab") if request.get("output_path") else None
+        try:
+            while pending:
+                if self.child is not None and self.child.args != args:
+                    self.stop()
+                if self.child is None:
+                    self.child = SessionChild(self.proto, args)
+                child = self.child
+                running = None
+                if child.send(pending):
+                    while pending:
+                        message = child.next_message(sink)
+                        if message is None:
+                            break
+                        if message.get("type") == "start":
+                            running = message["file"]
+                            child.ran_any = True
+                        elif message.get("file") in pending:
+                            pending.remove(message["file"])
+                            running = None
+                            emit(message)
+                child.drain(sink)
+                if not pending:
+                    break
+                # The child ended: the file it was running takes the blame; the rest run in a
+                # fresh session.
+                status = self.stop()
+                if running is not None:
+                    pending.remove(running)
+                    emit(death_answer(running, status))
+                elif not child.ran_any:
+                    first = pending.pop(0)
+                    emit({"type": "file_done", "file": first, "outcome": "runner_error", "tests": [],
+                          "message": "%s: the pytest session ended before running any file (%s); see its output"
+                                     % (first, describe(status))})
+        finally:
+            if sink is not None:
+                sink.close()
+
+    def stop(self):
+        child, self.child = self.child, None
+        return child.close() if child is not None else 0
+
+
+def describe(status):
+    if os.WIFSIGNALED(status):
+        return "killed by signal %d" % os.WTERMSIG(status)
+    return "exit status %d" % os.WEXITSTATUS(status)
 
 
 def main():
@@ -179,20 +455,30 @@ def main():
                             "runner": "pytest %s (python %s)" % (pytest.__version__, sys.version.split()[0]),
                             "batches": True}) + "\n")
     proto.flush()
+    supervisor = Supervisor(proto)
+
+    def emit(answer):
+        proto.write(json.dumps(without_units(answer)) + "\n")
+        proto.flush()
+
     while True:
         line = sys.stdin.readline()
         if not line:
             break
         request = json.loads(line)
         if request.get("type") == "run":
-            answers = [without_units(run_forked(request, proto, [request["file"]]))]
+            files = [request["file"]]
         elif request.get("type") == "run_batch":
-            answers = run_batch(request, proto)
+            files = request["files"]
         else:
             continue
-        for answer in answers:
-            proto.write(json.dumps(answer) + "\n")
-        proto.flush()
+        if request.get("isolation") == "fork":
+            answers = [run_forked(request, proto, files)] if request["type"] == "run" else run_batch_forked(request, proto)
+            for answer in answers:
+                emit(answer)
+        else:
+            supervisor.run(request, files, emit)
+    supervisor.stop()
     os._exit(0)
 
 

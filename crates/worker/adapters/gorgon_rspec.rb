@@ -77,16 +77,28 @@ class GorgonRspecFormatter
 end
 
 version = "rspec #{RSpec::Core::Version::STRING} (ruby #{RUBY_VERSION})"
-GorgonRunner.serve(version) do |files, args|
-  RSpec.configuration.add_formatter(GorgonRspecFormatter)
-  RSpec::Core::Runner.run([*args, *files], $stderr, $stdout)
+GorgonRunner.serve(version) do |files, args, shared|
   world = RSpec.world
-  outside = world.respond_to?(:non_example_failure) && world.non_example_failure
-  if outside
-    { outcome: 'load_error',
-      message: "#{files.join(', ')}: an error occurred outside of examples (while loading the file?)\n" +
-               GorgonRspecFormatter.messages.join("\n").strip }
-  else
-    { outcome: 'completed' }
+  # A session runs many files: each starts from a world with no example groups and no
+  # quit request left by the one before.
+  world.non_example_failure = false if world.respond_to?(:non_example_failure=)
+  world.wants_to_quit = false if world.respond_to?(:wants_to_quit=)
+  world.rspec_is_quitting = false if world.respond_to?(:rspec_is_quitting=)
+  GorgonRspecFormatter.messages.clear
+  RSpec.configuration.add_formatter(GorgonRspecFormatter)
+  # Concurrent workers share the tree: none of them writes the example status file.
+  RSpec.configuration.example_status_persistence_file_path = nil
+  begin
+    RSpec::Core::Runner.run([*args, *files], $stderr, $stdout)
+    outside = world.respond_to?(:non_example_failure) && world.non_example_failure
+    if outside
+      { outcome: 'load_error',
+        message: "#{files.join(', ')}: an error occurred outside of examples (while loading the file?)\n" +
+                 GorgonRspecFormatter.messages.join("\n").strip }
+    else
+      { outcome: 'completed' }
+    end
+  ensure
+    RSpec.clear_examples if shared
   end
 end

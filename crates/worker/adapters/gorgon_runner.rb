@@ -1,7 +1,12 @@
 # gorgon-rs built-in runner support for Ruby, shared by the RSpec and Minitest adapters: the
-# runner protocol loop (docs/runner-protocol.md), the fork per request that keeps files (or
-# batches of quick files) apart, and the fallback that runs a troubled batch file by file.
+# runner protocol loop (docs/runner-protocol.md) in a pristine process that has loaded the
+# framework and the suite's helper. By default it forks one long-lived session per worker that
+# runs the requested files in turn, as a serial run does (a session that dies takes only the
+# file it was running; a file loaded once already gets a fresh session). With
+# `"isolation": "fork"` in a request, each file (or batch of quick files) runs in a fork of its
+# own instead, and a troubled batch runs again file by file.
 require 'json'
+require 'set'
 
 module GorgonRunner
   PROTOCOL = 1
@@ -13,6 +18,12 @@ module GorgonRunner
     @tests ||= []
   end
 
+  # The file (or test id) a session is running, when it runs one alone: the adapters
+  # attribute tests to it whatever file defines them (a shared group, a helper module).
+  class << self
+    attr_accessor :current_file
+  end
+
   # A path relative to the working directory (the workspace), without a leading "./".
   def self.relative(path)
     return nil if path.nil?
@@ -22,15 +33,22 @@ module GorgonRunner
     path.sub(%r{\A\./}, '')
   end
 
+  # The file a request names: `spec/a_spec.rb:12`, `spec/a_spec.rb[1:2]` and
+  # `test/a_test.rb::ATest#test_b` name the file before their suffix.
+  def self.path_of(entry)
+    entry.split('::', 2).first.sub(/(:\d+)+\z/, '').sub(/\[[\d:,]+\]\z/, '')
+  end
+
   def self.trim_backtrace(lines)
     lines = Array(lines).reject { |l| l.include?('/gems/') || l.include?('/rubygems/') || l.include?('gorgon_runner') || l.include?('gorgon_rspec') || l.include?('gorgon_minitest') }
     lines.first(BACKTRACE_LINES).map { |l| relative(l) }.join("\n")
   end
 
   # Keeps stdout for protocol lines and sends everything else printed to stderr, then serves
-  # requests until stdin ends. The block runs a list of files (one, or a batch) in a forked
-  # child and returns a hash with at least :outcome; each test it records names its file in
-  # :unit (the requested file it belongs to) or :file.
+  # requests until stdin ends. The block runs a list of files (one, or a batch) and returns a
+  # hash with at least :outcome; each test it records names its file in :unit (the requested
+  # file it belongs to) or :file. Its third argument is true in a long-lived session, where
+  # it must leave the framework ready for the next file.
   def self.serve(name, &run_files)
     proto = STDOUT.dup
     proto.sync = true
@@ -38,17 +56,199 @@ module GorgonRunner
     STDOUT.sync = true
     STDERR.sync = true
     proto.puts(JSON.generate(type: 'hello', protocol: PROTOCOL, runner: name, batches: true))
+    supervisor = Supervisor.new(proto, run_files)
+    emit = ->(answer) { proto.puts(JSON.generate(without_units(answer))) }
     while (line = STDIN.gets)
       request = JSON.parse(line)
-      answers = case request['type']
-                when 'run' then [without_units(run_forked(request, proto, [request.fetch('file')], &run_files))]
-                when 'run_batch' then run_batch(request, proto, &run_files)
-                else []
-                end
-      answers.each { |answer| proto.puts(JSON.generate(answer)) }
+      files = case request['type']
+              when 'run' then [request.fetch('file')]
+              when 'run_batch' then request.fetch('files')
+              else next
+              end
+      if request['isolation'] == 'fork'
+        answers = if request['type'] == 'run'
+                    [run_forked(request, proto, files, &run_files)]
+                  else
+                    run_batch(request, proto, &run_files)
+                  end
+        answers.each(&emit)
+      else
+        supervisor.run(request, files, &emit)
+      end
     end
+    supervisor.stop
     # exit! skips at_exit hooks, such as Minitest's autorun, that would run in this process.
     exit!(0)
+  end
+
+  # The answer for the file a process was running when it died without answering.
+  def self.death_answer(file, status)
+    message = if status.signaled?
+                "#{file}: the process running the file was killed by signal #{status.termsig} (SIG#{Signal.signame(status.termsig)})"
+              else
+                "#{file}: a test or the file itself ended the process with exit status #{status.exitstatus} (exit!) while the file was running"
+              end
+    { 'type' => 'file_done', 'file' => file, 'outcome' => status.signaled? ? 'killed' : 'exited',
+      'tests' => [], 'message' => message }
+  end
+
+  # Runs one file in a session; returns the answer and whether the session can go on.
+  def self.run_in_session(file, args, run_files)
+    tests.clear
+    self.current_file = file
+    result = begin
+      run_files.call([file], args, true)
+    rescue SystemExit => e
+      { outcome: 'exited',
+        message: "#{file}: a test or the file itself called exit (status #{e.status}) while the file was running" }
+    rescue Exception => e # rubocop:disable Lint/RescueException -- report anything, then end the session
+      { outcome: 'runner_error', message: "#{e.class}: #{e.message}\n#{trim_backtrace(e.backtrace)}" }
+    end
+    STDOUT.flush
+    STDERR.flush
+    answer = result.transform_keys(&:to_s).merge('type' => 'file_done', 'file' => file, 'tests' => tests.dup)
+    answer['message'] = answer['message'].gsub("#{Dir.pwd}/", '') if answer['message']
+    [answer, %w[completed load_error].include?(answer['outcome'])]
+  end
+
+  # The long-lived session child's loop: each request line names files to run in turn; it
+  # says `start` before each and sends its answer after it.
+  def self.serve_session(requests, results, run_files)
+    while (line = requests.gets)
+      request = JSON.parse(line)
+      if (path = request['output_path'])
+        out = File.open(path, 'a')
+        out.sync = true
+        STDOUT.reopen(out)
+        STDERR.reopen(out)
+      end
+      request.fetch('files').each do |file|
+        results.puts(JSON.generate(type: 'start', file: file))
+        answer, go_on = run_in_session(file, request['args'] || [], run_files)
+        results.puts(JSON.generate(without_units(answer)))
+        return unless go_on
+      end
+    end
+  end
+
+  # The supervisor's handle on one session child.
+  class SessionChild
+    attr_reader :args, :loaded
+    attr_accessor :ran_any
+
+    def initialize(proto, args, run_files)
+      @args = args
+      request_reader, @requests = IO.pipe
+      @results, result_writer = IO.pipe
+      @pid = fork do
+        @requests.close
+        @results.close
+        proto.close
+        STDIN.reopen(File::NULL)
+        result_writer.sync = true
+        GorgonRunner.serve_session(request_reader, result_writer, run_files)
+        STDOUT.flush
+        STDERR.flush
+        exit!(0)
+      end
+      request_reader.close
+      result_writer.close
+      @requests.sync = true
+      @loaded = Set.new
+      @ran_any = false
+    end
+
+    def send_files(files, request)
+      @requests.puts(JSON.generate('files' => files, 'args' => @args, 'output_path' => request['output_path']))
+      true
+    rescue Errno::EPIPE, IOError
+      false
+    end
+
+    # The child's next message, or nil once it has ended.
+    def next_message
+      line = @results.gets
+      line && JSON.parse(line)
+    end
+
+    # Asks the child to end its session and waits for it; its status.
+    def close
+      @requests.close unless @requests.closed?
+      @results.close unless @results.closed?
+      Process.wait2(@pid)[1]
+    end
+  end
+
+  # Runs requests in the session child, starting a fresh one when the last one died, when
+  # the framework arguments change, or when a file was already loaded in it (loading a file
+  # twice would define its tests twice).
+  class Supervisor
+    def initialize(proto, run_files)
+      @proto = proto
+      @run_files = run_files
+      @child = nil
+    end
+
+    def run(request, files, &emit)
+      args = request['args'] || []
+      pending = files.dup
+      until pending.empty?
+        stop if @child && @child.args != args
+        @child ||= SessionChild.new(@proto, args, @run_files)
+        chunk = fresh_files(pending)
+        if chunk.empty?
+          stop
+          next
+        end
+        chunk.each { |file| @child.loaded << GorgonRunner.path_of(file) }
+        running = nil
+        waiting = chunk.dup
+        if @child.send_files(chunk, request)
+          until waiting.empty?
+            message = @child.next_message or break
+            if message['type'] == 'start'
+              running = message['file']
+              @child.ran_any = true
+            elsif waiting.delete(message['file'])
+              pending.delete(message['file'])
+              running = nil
+              emit.call(message)
+            end
+          end
+        end
+        next if waiting.empty?
+
+        # The child ended: the file it was running takes the blame; the rest run in a fresh
+        # session.
+        ran_any = @child.ran_any
+        status = stop
+        if running
+          pending.delete(running)
+          emit.call(GorgonRunner.death_answer(running, status))
+        elsif !ran_any
+          first = pending.shift
+          emit.call('type' => 'file_done', 'file' => first, 'outcome' => 'runner_error', 'tests' => [],
+                    'message' => "#{first}: the runner's session ended before running any file (#{status}); see its output")
+        end
+      end
+    end
+
+    # The longest run of pending files, in order, that the current child has not loaded yet.
+    def fresh_files(pending)
+      seen = Set.new
+      pending.take_while do |file|
+        path = GorgonRunner.path_of(file)
+        fresh = !@child.loaded.include?(path) && !seen.include?(path)
+        seen << path
+        fresh
+      end
+    end
+
+    def stop
+      child = @child
+      @child = nil
+      child&.close
+    end
   end
 
   # Runs a batch of quick files in one child, and splits the tests by file. When the batch
@@ -89,8 +289,9 @@ module GorgonRunner
         STDOUT.reopen(out)
         STDERR.reopen(out)
       end
+      self.current_file = files.size == 1 ? files.first : nil
       result = begin
-        run_file.call(files, args)
+        run_file.call(files, args, false)
       rescue SystemExit => e
         { outcome: 'exited',
           message: "#{file}: a test or the file itself called exit (status #{e.status}) while the file was running" }
@@ -114,13 +315,7 @@ module GorgonRunner
     rescue JSON::ParserError
       nil
     end
-    result ||= if status.signaled?
-                 { 'outcome' => 'killed',
-                   'message' => "#{file}: the process running the file was killed by signal #{status.termsig} (SIG#{Signal.signame(status.termsig)})" }
-               else
-                 { 'outcome' => 'exited',
-                   'message' => "#{file}: a test or the file itself ended the process with exit status #{status.exitstatus} (exit!) while the file was running" }
-               end
+    result ||= death_answer(file, status)
     # Paths in messages are shown relative to the workspace, like the files themselves.
     result['message'] = result['message'].gsub("#{Dir.pwd}/", '') if result['message']
     result.merge('type' => 'file_done', 'file' => file)

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use gorgon_exec::{CommandOutcome, OutputBuffer, ShellCommand};
 use gorgon_protocol::{
-    BatchRequest, FileDone, FileStatus, RunOutcome, RunRequest, RunnerKind, RunnerSettings,
-    TestResult, TestStatus, WorkerRequest,
+    BatchRequest, FileDone, FileStatus, Isolation, RunOutcome, RunRequest, RunnerKind,
+    RunnerSettings, TestResult, WorkerRequest,
 };
 use tokio::io::AsyncReadExt;
 
@@ -47,6 +47,7 @@ pub struct CommandRunner {
 pub struct PersistentRunner {
     command: ShellCommand,
     args: Vec<String>,
+    isolation: Isolation,
     limit: Option<Duration>,
     allow_empty: bool,
     /// Unless `batch_seconds` is 0, quick files may share a run when the runner offers it.
@@ -80,6 +81,7 @@ impl Runner {
         Ok(Runner::Persistent(Box::new(PersistentRunner {
             command: ShellCommand { command, ..base },
             args: settings.args.clone(),
+            isolation: settings.isolation,
             limit,
             allow_empty: settings.allow_empty_files,
             batches: settings.batch_limit().is_some(),
@@ -191,6 +193,7 @@ impl PersistentRunner {
             file: file.to_owned(),
             args: self.args.clone(),
             output_path: Some(output_path.to_string_lossy().into_owned()),
+            isolation: self.isolation,
         });
         let (answer, mut output) = self.ask(request, &output_path).await;
         match answer {
@@ -239,6 +242,7 @@ impl PersistentRunner {
             files: files.to_vec(),
             args: self.args.clone(),
             output_path: Some(output_path.to_string_lossy().into_owned()),
+            isolation: self.isolation,
         });
         let (answer, mut output) = self.ask(request, &output_path).await;
         let mut done = match answer {
@@ -434,10 +438,7 @@ async fn read_bounded(path: &Path) -> String {
 /// are none (unless empty files are allowed), passed otherwise. Skipped and pending tests
 /// count as run.
 fn judge_tests(tests: &[TestResult], allow_empty: bool) -> (FileStatus, String, Option<String>) {
-    let failing = tests
-        .iter()
-        .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Errored))
-        .count();
+    let failing = tests.iter().filter(|t| t.status.is_failure()).count();
     if failing > 0 {
         let exit = format!("{failing} of {} tests failed", tests.len());
         (FileStatus::Failed, exit, None)
@@ -519,6 +520,7 @@ fn judge_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gorgon_protocol::TestStatus;
 
     fn test(status: TestStatus) -> TestResult {
         TestResult {
