@@ -231,6 +231,34 @@ class KeepSession:
         return [self.session]
 
 
+class CollectorCache:
+    """Keeps the collectors of the tree's directories and packages from one file's collection
+    to the next. pytest builds them anew on each `perform_collect`, walking every directory
+    on the way to the file (and asking every plugin whether to ignore each entry), which a
+    serial run does once; on a real suite that is most of what a file costs beyond its tests.
+    The cache lives in the session's own `_collection_cache` and path cache, which pytest
+    would otherwise empty on every call."""
+
+    def __init__(self, session):
+        self.reports = {}
+        self.roots = {}
+        collect_path = session._collect_path
+        cache = self
+
+        def cached_collect_path(path, _path_cache):
+            return collect_path(path, cache.roots)
+
+        class KeptCaches(type(session)):
+            _collection_cache = property(lambda _self: cache.reports, lambda _self, _value: None)
+
+        session._collect_path = cached_collect_path
+        session.__class__ = KeptCaches
+
+    def clear(self):
+        self.reports.clear()
+        self.roots.clear()
+
+
 class SessionServer:
     """A pytest plugin for the long-lived session child: skips the initial collection, then
     serves the supervisor's requests from `requests` (one JSON list of files a line), sending
@@ -250,6 +278,7 @@ class SessionServer:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session):
         session.items = []
+        self.cache = CollectorCache(session)
         return True
 
     @pytest.hookimpl(tryfirst=True)
@@ -274,7 +303,14 @@ class SessionServer:
         session.shouldfail = False
         session.shouldstop = False
         try:
-            items = session.perform_collect([path])
+            try:
+                items = session.perform_collect([path])
+            except pytest.UsageError:
+                # Not found in the directories as first collected (pytest collects a file
+                # outside its `python_files` patterns only when asked for it): look again.
+                self.cache.clear()
+                collector.reset()
+                items = session.perform_collect([path])
             for index, item in enumerate(items):
                 nextitem = items[index + 1] if index + 1 < len(items) else KeepSession(session)
                 item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
