@@ -1,43 +1,30 @@
 //! The local engine of `gorgon start --local`: the job runs on this machine, without broker
 //! or file server. The originator plays the listener's and the worker manager's parts
-//! itself: it starts N `gorgon __work --local` processes (each in its own process group) in
-//! the project folder, hands each one file at a time as a `File` envelope on its stdin, and
-//! reads the workers' replies — the same messages a distributed worker sends to the reply
-//! queue — as JSON lines on their stdout. Those replies feed the same state, progress and
-//! events as a distributed run.
+//! itself: it feeds the worker pool (`gorgon_worker::pool`, the same pool as on a listener)
+//! from an in-memory queue of the job's files, in the project folder, and the workers'
+//! replies (the messages a distributed worker's manager publishes) feed the same state,
+//! progress and events as a distributed run.
 //!
-//! A worker's stdin says when to stop: the originator closes it once every file has a result
-//! (the worker runs `after_complete` and exits), and never while the worker holds a file, so
-//! a worker that sees its stdin end mid-file knows the originator died. A worker that dies
-//! mid-file is restarted and its file goes back to the front of the queue, with the same
-//! `max_crash_retries` accounting as a distributed run.
+//! A worker's stdin says when to stop: the pool closes it once every file has a result (the
+//! worker runs `after_complete` and exits), and never while the worker holds a file, so a
+//! worker that sees its stdin end mid-file knows the originator died. A worker that dies
+//! mid-file is restarted and its files go back to the front of the queue, each to run alone,
+//! with the same `max_crash_retries` accounting as a distributed run.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use gorgon_exec::procs::{kill_worker_leftovers, worker_command};
-use gorgon_exec::tail::{relay, LineTail};
-use gorgon_exec::{describe_status, run_callback, terminate_group};
-use gorgon_protocol::names::{LOCAL_WORKER_FLAG, WORKER_SUBCOMMAND};
+use gorgon_exec::run_callback;
 use gorgon_protocol::{
-    batch_size, CallbackName, DecodeError, Envelope, JobDefinition, Message, SyncSettings,
-    SyncTransport, WorkerAssignment,
+    CallbackName, JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::ChildStdin;
+use gorgon_worker::pool::{HandOutQueue, Pool, Received};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 
 use crate::events::EventSink;
 use crate::run::{handle_reply, Plan, StartError, Stop};
 use crate::state::JobState;
 use crate::view::Progress;
 
-/// How many times one worker slot is restarted after crashes (as on a listener).
-const MAX_RESTARTS: u32 = 5;
 /// How long a worker may take to stop after SIGTERM before it is killed.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
 /// How long the workers get, once every file has a result, to run `after_complete`.
@@ -107,19 +94,8 @@ pub(crate) async fn run(
         stop = reply(state, events, failed).map(Stop::Failed);
     }
 
-    let (sender, mut from_workers) = mpsc::unbounded_channel();
-    let mut pool = Pool {
-        program,
-        batch_limit: assignment.definition.runner.batch_limit(),
-        assignment,
-        workers: BTreeMap::new(),
-        queue: state.queued().iter().cloned().collect(),
-        suspects: HashSet::new(),
-        restarts: HashMap::new(),
-        restarting: Vec::new(),
-        sender,
-        stopping: false,
-    };
+    let (mut pool, mut from_workers) = Pool::new(program, assignment);
+    let mut queue = HandOutQueue::new(state.queued().iter().cloned());
     if stop.is_none() {
         progress.note(&format!("Running {slots} workers on this machine"));
         for worker_id in 1..=slots {
@@ -133,7 +109,7 @@ pub(crate) async fn run(
                 reply(state, events, crashed);
             }
         }
-        pool.hand_out(state).await;
+        hand_out(&mut pool, &mut queue, state).await;
     }
 
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
@@ -142,11 +118,11 @@ pub(crate) async fn run(
     while !state.all_settled() && stop.is_none() && pool.any_worker() {
         tokio::select! {
             Some(event) = from_workers.recv() => {
-                let message = pool.receive(event, state);
-                if let Some(reason) = message.and_then(|m| reply(state, events, m)) {
+                let received = pool.receive(event, !state.all_settled());
+                if let Some(reason) = take_in(received, &mut queue).and_then(|m| reply(state, events, m)) {
                     stop = Some(Stop::Failed(reason));
                 }
-                pool.hand_out(state).await;
+                hand_out(&mut pool, &mut queue, state).await;
             }
             _ = interrupt.recv() => stop = Some(Stop::Interrupted),
             _ = terminate.recv() => stop = Some(Stop::Terminated),
@@ -170,12 +146,13 @@ pub(crate) async fn run(
             CANCEL_WAIT
         }
     };
-    pool.hand_out(state).await;
+    hand_out(&mut pool, &mut queue, state).await;
     let deadline = tokio::time::Instant::now() + wait;
-    while !pool.workers.is_empty() {
+    while !pool.is_empty() {
         tokio::select! {
             Some(event) = from_workers.recv() => {
-                if let Some(message) = pool.receive(event, state) {
+                let received = pool.receive(event, false);
+                if let Some(message) = take_in(received, &mut queue) {
                     reply(state, events, message);
                 }
             }
@@ -212,303 +189,36 @@ fn callback_failed(host: &str, failure: gorgon_exec::CallbackFailure) -> Message
     }
 }
 
-/// What a worker's reader task tells the engine.
-enum FromWorker {
-    /// One line of the worker's stdout.
-    Reply {
-        worker_id: u32,
-        envelope: Box<Result<Envelope, DecodeError>>,
-    },
-    /// The worker has exited; always its last event.
-    Exited {
-        worker_id: u32,
-        status: std::io::Result<ExitStatus>,
-        /// Its last stderr lines, for a crash report.
-        output: String,
-    },
+/// The message the state must see of what the pool received, if any; the files a dead
+/// worker held go back to the queue, each to run alone.
+fn take_in(received: Received, queue: &mut HandOutQueue) -> Option<Message> {
+    match received {
+        Received::Reply { message, .. } => Some(message),
+        Received::Exited {
+            unfinished, crash, ..
+        } => {
+            queue.put_back_suspects(unfinished);
+            crash
+        }
+        Received::Nothing => None,
+    }
 }
 
-/// A running local worker.
-struct Worker {
-    /// Process group (= pid) of the worker, for stopping it.
-    group: Option<u32>,
-    /// Where its files go; `None` once closed, which tells it that there are no more.
-    stdin: Option<ChildStdin>,
-    /// The files it was handed and has not reported finished, in the order handed.
-    files: Vec<String>,
-    /// The seconds and the count of the results since it was last idle, and the time per
-    /// file they gave: it sizes the next hand-out the way the worker sizes its batches.
-    since_idle: (f64, u32),
-    seconds_per_file: Option<f64>,
-    /// The task stopping it, once asked; aborted when it has exited, so that it never
-    /// signals a process group whose id the system has since handed out again.
-    stopper: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// The local workers and the files not yet handed out.
-struct Pool {
-    program: PathBuf,
-    assignment: WorkerAssignment,
-    /// `job.runner.batch_seconds`: how much expected work an idle worker is handed at once.
-    batch_limit: Option<Duration>,
-    workers: BTreeMap<u32, Worker>,
-    /// Files to hand out, in queue order; a file whose worker died goes back to the front.
-    queue: VecDeque<String>,
-    /// Files whose worker died before their result: each is handed out alone from then on,
-    /// so that a death during it names it (as RabbitMQ's redelivered files are).
-    suspects: HashSet<String>,
-    restarts: HashMap<u32, u32>,
-    /// Slots whose worker crashed, to start again.
-    restarting: Vec<u32>,
-    sender: mpsc::UnboundedSender<FromWorker>,
-    /// The run is stopping: an exit is not a crash, and nobody is restarted.
-    stopping: bool,
-}
-
-impl Pool {
-    /// Starts worker `worker_id` in its own process group, hands it its assignment and
-    /// starts the task that reads its replies and reports its exit.
-    async fn spawn(&mut self, worker_id: u32) -> std::io::Result<()> {
-        let assignment = &self.assignment;
-        let job = assignment.job_id.to_string();
-        let mut child = worker_command(
-            &self.program,
-            &[WORKER_SUBCOMMAND, LOCAL_WORKER_FLAG],
-            &assignment.workspace,
-            (&job, &assignment.host, worker_id),
-        )
-        .spawn()?;
-        let group = child.id();
-        let tail = LineTail::default();
-        let stderr = child.stderr.take().map(|pipe| {
-            relay(pipe, tail.clone(), move |line| {
-                // One write per line keeps lines of different workers from interleaving.
-                let _ = writeln!(std::io::stderr().lock(), "[worker {worker_id}] {line}");
-            })
-        });
-        let mut stdin = child.stdin.take();
-        if let Some(pipe) = stdin.as_mut() {
-            let line = assignment.encode_line(Some(worker_id));
-            if let Err(error) = pipe.write_all(&line).await {
-                // The worker has already exited; its status and output tell why.
-                tracing::warn!(%error, "cannot hand worker {worker_id} its assignment");
-            }
-        }
-        let stdout = child.stdout.take();
-        let sender = self.sender.clone();
-        tokio::spawn(async move {
-            if let Some(stdout) = stdout {
-                let mut reader = BufReader::new(stdout);
-                let mut line = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
-                    let envelope = Box::new(Envelope::decode(&line));
-                    let _ = sender.send(FromWorker::Reply {
-                        worker_id,
-                        envelope,
-                    });
-                    line.clear();
-                }
-            }
-            let status = child.wait().await;
-            // Its pipes close as it exits; the bound only guards against a stray holder.
-            if let Some(stderr) = stderr {
-                let _ = tokio::time::timeout(Duration::from_secs(1), stderr).await;
-            }
-            let _ = sender.send(FromWorker::Exited {
-                worker_id,
-                status,
-                output: tail.text(),
-            });
-        });
-        self.workers.insert(
-            worker_id,
-            Worker {
-                group,
-                stdin,
-                files: Vec::new(),
-                since_idle: (0.0, 0),
-                seconds_per_file: None,
-                stopper: None,
-            },
-        );
-        Ok(())
+/// Restarts the workers that crashed, gives every idle worker its next files, and tells
+/// every worker to finish once every file has a result.
+async fn hand_out(pool: &mut Pool, queue: &mut HandOutQueue, state: &JobState) {
+    pool.restart_crashed().await;
+    if state.all_settled() {
+        pool.close_all();
+        return;
     }
-
-    /// Takes in one event of a worker; returns the message the state must see, if any.
-    fn receive(&mut self, event: FromWorker, state: &JobState) -> Option<Message> {
-        match event {
-            FromWorker::Reply {
-                worker_id,
-                envelope,
-            } => match *envelope {
-                Ok(envelope) if envelope.job_id == self.assignment.job_id => {
-                    if let Message::FileFinished(result) = &envelope.message {
-                        if let Some(worker) = self.workers.get_mut(&worker_id) {
-                            if let Some(at) = worker.files.iter().position(|f| *f == result.file) {
-                                worker.files.remove(at);
-                                worker.since_idle.0 += result.seconds;
-                                worker.since_idle.1 += 1;
-                                if worker.files.is_empty() {
-                                    let (seconds, count) = std::mem::take(&mut worker.since_idle);
-                                    worker.seconds_per_file = Some(seconds / f64::from(count));
-                                }
-                            }
-                        }
-                    }
-                    Some(envelope.message)
-                }
-                Ok(envelope) => {
-                    tracing::warn!(job = %envelope.job_id, "dropping a reply of another job");
-                    None
-                }
-                Err(error) => {
-                    tracing::warn!(%error, worker_id, "dropping an unreadable reply");
-                    None
-                }
-            },
-            FromWorker::Exited {
-                worker_id,
-                status,
-                output,
-            } => self.exited(worker_id, status, output, state),
+    for (worker_id, count) in pool.wants() {
+        // A file settled meanwhile (crashed too often) is not handed out again.
+        let files = queue.take(count, |file| state.has_result(file));
+        if files.is_empty() {
+            break;
         }
-    }
-
-    /// Forgets an exited worker, puts its file back in the queue, and returns its crash
-    /// report when it was not asked to stop and did not end well (then it is restarted by
-    /// the next [`Pool::hand_out`]).
-    fn exited(
-        &mut self,
-        worker_id: u32,
-        status: std::io::Result<ExitStatus>,
-        output: String,
-        state: &JobState,
-    ) -> Option<Message> {
-        let worker = self.workers.remove(&worker_id)?;
-        if let Some(stopper) = worker.stopper {
-            stopper.abort();
-        }
-        for file in worker.files.into_iter().rev() {
-            self.suspects.insert(file.clone());
-            self.queue.push_front(file);
-        }
-        let status = match status {
-            Ok(status) if status.success() => {
-                tracing::info!("worker {worker_id} finished");
-                return None;
-            }
-            Ok(status) => describe_status(status),
-            Err(error) => format!("could not wait for it: {error}"),
-        };
-        if self.stopping {
-            tracing::info!("worker {worker_id} stopped ({status})");
-            return None;
-        }
-        tracing::warn!("worker {worker_id} crashed ({status})");
-        let job = self.assignment.job_id.to_string();
-        kill_worker_leftovers(&job, &self.assignment.host, worker_id);
-        if !state.all_settled() {
-            let count = self.restarts.entry(worker_id).or_default();
-            if *count < MAX_RESTARTS {
-                *count += 1;
-                tracing::info!("restarting worker {worker_id} ({count} of {MAX_RESTARTS})");
-                // Restarted by `hand_out`, which may await.
-                self.restarting.push(worker_id);
-            } else {
-                tracing::error!(
-                    "worker {worker_id} crashed {MAX_RESTARTS} times; not restarting it"
-                );
-            }
-        }
-        Some(Message::WorkerCrashed {
-            host: self.assignment.host.clone(),
-            worker_id,
-            status,
-            output,
-        })
-    }
-
-    /// Restarts the workers waiting for it, gives every idle worker its next file, and
-    /// closes every worker's stdin once every file has a result.
-    async fn hand_out(&mut self, state: &JobState) {
-        for worker_id in std::mem::take(&mut self.restarting) {
-            if !self.stopping {
-                if let Err(error) = self.spawn(worker_id).await {
-                    tracing::error!(%error, "cannot restart worker {worker_id}");
-                }
-            }
-        }
-        if state.all_settled() || self.stopping {
-            for worker in self.workers.values_mut() {
-                worker.stdin = None;
-            }
-            return;
-        }
-        for worker in self.workers.values_mut() {
-            let Some(stdin) = worker.stdin.as_mut() else {
-                continue;
-            };
-            if !worker.files.is_empty() {
-                continue;
-            }
-            // As many files as the worker would take into one batch: one until it has timed
-            // a file, then as many as fit in the batch limit.
-            let count = match (worker.seconds_per_file, self.batch_limit) {
-                (Some(seconds), Some(limit)) => batch_size(seconds, limit),
-                _ => 1,
-            };
-            for _ in 0..count {
-                // A file settled meanwhile (crashed too often) is not handed out again.
-                let Some(file) = std::iter::from_fn(|| self.queue.pop_front())
-                    .find(|file| !state.has_result(file))
-                else {
-                    break;
-                };
-                let alone = self.suspects.contains(&file);
-                if alone && !worker.files.is_empty() {
-                    self.queue.push_front(file);
-                    break;
-                }
-                let line =
-                    Envelope::new(self.assignment.job_id, Message::File { file: file.clone() })
-                        .encode_line();
-                match stdin.write_all(&line).await {
-                    Ok(()) => worker.files.push(file),
-                    // It is exiting; its exit puts nothing back, so the file goes back here.
-                    Err(_) => {
-                        self.queue.push_front(file);
-                        break;
-                    }
-                }
-                if alone {
-                    break;
-                }
-            }
-            if self.queue.is_empty() {
-                return;
-            }
-        }
-    }
-
-    /// Whether any worker runs or is about to be restarted.
-    fn any_worker(&self) -> bool {
-        !self.workers.is_empty() || !self.restarting.is_empty()
-    }
-
-    /// Stops every worker: SIGTERM to its group, `grace`, then SIGKILL.
-    fn stop_all(&mut self, grace: Duration) {
-        self.stopping = true;
-        for worker in self.workers.values_mut() {
-            worker.stdin = None;
-            if let Some(group) = worker.group {
-                if let Some(previous) = worker
-                    .stopper
-                    .replace(tokio::spawn(terminate_group(group, grace)))
-                {
-                    previous.abort();
-                }
-            }
-        }
-        self.restarting.clear();
+        let refused = pool.give(worker_id, files).await;
+        queue.put_back(refused);
     }
 }

@@ -12,6 +12,7 @@ mod junit;
 mod local;
 mod manager;
 mod persistent;
+pub mod pool;
 mod queue;
 mod runner;
 mod stdin;

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Real third-party suites, fetched from package registries by bench/real-suites.sh (cached
+# under GORGON_SUITES, default /var/cache/gorgon-bench-suites): networkx's pytest suite, RuboCop's
+# RSpec suite, Active Record's Minitest suite (sqlite3 in memory). For each suite, in one
+# sitting and on a fresh copy of its tree: the framework's serial run, the framework's own
+# parallel runner with 2 processes (pytest -n 2, parallel_rspec -n 2, parallel_test -n 2),
+# `gorgon start --local -j 2`, and `gorgon start` on 2 listeners x 2 slots, each with the
+# built-in runner of the framework. Prints each run's wall time and test counts side by side
+# (as each tool reports them, mapped to passed/failed/errored/skipped/pending/xfailed/xpassed),
+# and the ratios of gorgon's times to the serial and parallel runs. Failing tests are expected:
+# the serial run's counts are the baseline the others should match.
+#
+# Needs RabbitMQ on 127.0.0.1:5672, rsync, bc, and root for the first run (apt-get).
+# Usage: bench/real.sh [pytest] [rspec] [minitest]   (default: all three; GORGON_BIN=path to
+# skip the build; RUN_TIMEOUT seconds per run, default 1800; FILE_TIMEOUT for gorgon, default
+# 600; REAL_LOGS=DIR keeps every run's output there)
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=bench/real-suites.sh
+. "$bench_repo/bench/real-suites.sh"
+
+run_timeout=${RUN_TIMEOUT:-1800}
+file_timeout=${FILE_TIMEOUT:-600}
+logs=${REAL_LOGS:-$work/logs}
+mkdir -p "$logs"
+suites=("$@")
+[ ${#suites[@]} -gt 0 ] || suites=(pytest rspec minitest)
+for suite in "${suites[@]}"; do
+    case $suite in
+    pytest | rspec | minitest) ;;
+    *)
+        echo "usage: $0 [pytest] [rspec] [minitest]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+# timed NAME DIR COMMAND...: runs COMMAND in DIR under RUN_TIMEOUT, its output (stdout and
+# stderr) in $logs/NAME.out; sets `elapsed` (seconds) and `status`. A non-zero status is
+# normal (the suites have failing tests); a run that times out is reported as such.
+timed() {
+    local name=$1 dir=$2 start end
+    shift 2
+    start=$(date +%s.%N)
+    set +e
+    (cd "$dir" && exec timeout -k 30 "$run_timeout" "$@") </dev/null >"$logs/$name.out" 2>&1
+    status=$?
+    set -e
+    end=$(date +%s.%N)
+    elapsed=$(echo "$end - $start" | bc -l | awk '{printf "%.1f\n", $1}')
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+        echo "warning: $name timed out after $run_timeout s" >&2
+    fi
+}
+
+# counts KIND FILE: the run's test counts as `word=N` pairs, from the summary line KIND
+# (pytest, rspec, minitest or gorgon) prints; nothing if there is none.
+counts() {
+    local kind=$1 file=$2
+    case $kind in
+    pytest)
+        # `5837 passed, 371 skipped, 1 xfailed in 107.46s (0:01:47)`, maybe between `=`s.
+        grep -E '[0-9]+ (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b.* in [0-9.]+s' "$file" |
+            tail -n 1 | sed 's/ in [0-9.]*s.*//' | tr -d '=' | tr ',' '\n' |
+            awk '
+            NF == 2 { if ($2 ~ /^errors?$/) $2 = "errored"; n[$2] = $1; seen = 1 }
+            END {
+                # pytest leaves out the zero counts; it has no "pending".
+                if (!seen) exit
+                split("passed failed errored skipped xfailed xpassed", words, " ")
+                for (i = 1; i <= 6; i++) printf "%s=%d ", words[i], n[words[i]]
+                for (w in n) if (w != "warnings" && w != "warning" && index(" passed failed errored skipped xfailed xpassed ", " " w " ") == 0) printf "%s=%d ", w, n[w]
+            }' || true
+        ;;
+    rspec)
+        # `19439 examples, 108 failures, 1 pending[, 2 errors occurred outside of examples]`;
+        # RSpec's pending includes skipped examples.
+        grep -E '^[0-9]+ examples?, [0-9]+ failures?' "$file" | tail -n 1 | awk -F', ' '{
+            e = $1 + 0; f = $2 + 0; p = 0; o = 0
+            for (i = 3; i <= NF; i++) { if ($i ~ /pending/) p = $i + 0; if ($i ~ /outside/) o = $i + 0 }
+            printf "passed=%d failed=%d pending=%d", e - f - p, f, p
+            if (o) printf " outside_errors=%d", o
+        }' || true
+        ;;
+    minitest)
+        # `7035 runs, 18755 assertions, 3 failures, 18 errors, 21 skips`; parallel_test sums
+        # them up in another order (`18751 assertions, 18 errors, 3 failures, 7035 runs, 21 skips`).
+        grep -E '^[0-9]+ [a-z]+(, [0-9]+ [a-z]+)+$' "$file" | grep -E '[0-9]+ runs?\b' |
+            grep -E '[0-9]+ assertions?\b' | tail -n 1 | tr ',' '\n' | awk '
+            NF == 2 { n[substr($2, 1, 3)] = $1 }
+            END {
+                if (!("run" in n)) exit
+                printf "passed=%d failed=%d errored=%d skipped=%d", n["run"] - n["fai"] - n["err"] - n["ski"],
+                    n["fai"], n["err"], n["ski"]
+            }' || true
+        ;;
+    gorgon)
+        # `Tests: 5837 passed, 0 failed, 0 errored, 371 skipped, 0 pending[, 1 xfailed...]`
+        grep -E '^Tests: ' "$file" | tail -n 1 | sed 's/^Tests: //' | tr ',' '\n' |
+            awk 'NF == 2 {printf "%s=%s ", $2, $1}' || true
+        ;;
+    esac
+}
+
+# count_of PAIRS WORD: N of `WORD=N` in PAIRS, or `-`.
+count_of() {
+    local pair
+    for pair in $1; do
+        if [ "${pair%%=*}" = "$2" ]; then
+            echo "${pair#*=}"
+            return
+        fi
+    done
+    echo "-"
+}
+
+columns=(passed failed errored skipped pending xfailed xpassed)
+
+# row LABEL SECONDS STATUS PAIRS: one line of the table; categories outside `columns` follow.
+row() {
+    local label=$1 seconds=$2 exit_status=$3 pairs=$4 column pair extra=""
+    printf '  %-30s %8s %5s' "$label" "$seconds" "$exit_status"
+    for column in "${columns[@]}"; do
+        printf ' %8s' "$(count_of "$pairs" "$column")"
+    done
+    for pair in $pairs; do
+        # shellcheck disable=SC2076  # a literal match of the word
+        [[ " ${columns[*]} " =~ " ${pair%%=*} " ]] || extra+=" ${pair#*=} ${pair%%=*}"
+    done
+    [ -z "$pairs" ] && extra=" (no summary line)"
+    echo "$extra"
+}
+
+header() {
+    printf '  %-30s %8s %5s' "run" "wall s" "exit"
+    printf ' %8s' "${columns[@]}"
+    echo
+}
+
+listeners_started=""
+# start_listeners: the file server and 2 listeners x 2 slots, once for all suites.
+start_listeners() {
+    if [ -z "$listeners_started" ]; then
+        start_file_server
+        start_listener one 2
+        start_listener two 2
+        listeners_started=yes
+    fi
+}
+
+# glob_count DIR GLOB: how many files GLOB matches in DIR (** spans folders).
+glob_count() {
+    (
+        cd "$1"
+        shopt -s globstar nullglob
+        # shellcheck disable=SC2206  # the glob is meant to expand
+        local matches=($2)
+        echo "${#matches[@]}"
+    )
+}
+
+# bench SUITE PROJECT FILES SERIAL_LABEL SERIAL_KIND PARALLEL_LABEL RUNNER_JSON -- SERIAL... --
+# PARALLEL... [-- FILE...]: the four runs of one suite in PROJECT, whose test files match the
+# glob FILES (or, when given, are exactly FILE...), and the table.
+bench() {
+    local suite=$1 project=$2 glob=$3 serial_label=$4 kind=$5 parallel_label=$6 runner=$7
+    shift 7
+    local serial=() parallel=() listed=()
+    [ "$1" = "--" ] && shift
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do serial+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do parallel+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    listed=("$@")
+
+    start_listeners
+    write_config "$project" "$glob" "$runner"
+    wait_for_listeners "$project" 2
+
+    echo "$suite: running serially: ${serial[*]}" >&2
+    timed "$suite-serial" "$project" "${serial[@]}"
+    local serial_s=$elapsed serial_rc=$status serial_counts
+    serial_counts=$(counts "$kind" "$logs/$suite-serial.out")
+
+    echo "$suite: running ${parallel_label}" >&2
+    timed "$suite-parallel" "$project" "${parallel[@]}"
+    local parallel_s=$elapsed parallel_rc=$status parallel_counts
+    parallel_counts=$(counts "$kind" "$logs/$suite-parallel.out")
+
+    echo "$suite: running gorgon start --local -j 2" >&2
+    timed "$suite-gorgon-local" "$project" "$gorgon" start --local -j 2 "${listed[@]}"
+    local local_s=$elapsed local_rc=$status local_counts
+    local_counts=$(counts gorgon "$logs/$suite-gorgon-local.out")
+
+    echo "$suite: running gorgon start (2 listeners x 2 slots)" >&2
+    timed "$suite-gorgon" "$project" "$gorgon" start "${listed[@]}"
+    local dist_s=$elapsed dist_rc=$status dist_counts
+    dist_counts=$(counts gorgon "$logs/$suite-gorgon.out")
+
+    local files
+    if [ ${#listed[@]} -gt 0 ]; then
+        files="${#listed[@]} files (listed on the command line)"
+    else
+        files="$(glob_count "$project" "$glob") files ($glob)"
+    fi
+    echo
+    echo "== $suite: $suite_name, $files"
+    header
+    row "$serial_label" "$serial_s" "$serial_rc" "$serial_counts"
+    row "$parallel_label" "$parallel_s" "$parallel_rc" "$parallel_counts"
+    row "gorgon --local -j 2" "$local_s" "$local_rc" "$local_counts"
+    row "gorgon 2 listeners x 2 slots" "$dist_s" "$dist_rc" "$dist_counts"
+    local line
+    line=$(grep -E '^[0-9]+ files: ' "$logs/$suite-gorgon-local.out" | tail -n 1 || true)
+    echo "  gorgon --local -j 2:          ${line:-(no files line)}"
+    line=$(grep -E '^[0-9]+ files: ' "$logs/$suite-gorgon.out" | tail -n 1 || true)
+    echo "  gorgon 2 listeners x 2 slots: ${line:-(no files line)}"
+    echo "  gorgon --local -j 2 / serial $(ratio "$local_s" "$serial_s"), / $parallel_label $(ratio "$local_s" "$parallel_s")"
+    echo "  gorgon 2x2 / serial $(ratio "$dist_s" "$serial_s"), / $parallel_label $(ratio "$dist_s" "$parallel_s")"
+    echo
+}
+
+bench_pytest() {
+    prepare_pytest
+    local project=$work/pytest python=$pytest_venv/bin/python
+    cp -a "$pytest_tree" "$project"
+    suite_name="networkx $NETWORKX_VERSION, pytest $("$python" -c 'import pytest; print(pytest.__version__)')"
+    bench pytest "$project" "networkx/**/test_*.py" "pytest" pytest "pytest -n 2" \
+        "{\"kind\": \"pytest\", \"command\": \"$python\", \"args\": [\"-p\", \"no:cacheprovider\"], \"file_timeout\": $file_timeout}" \
+        -- "$python" -m pytest -q -p no:cacheprovider networkx \
+        -- "$python" -m pytest -q -p no:cacheprovider -n 2 networkx
+}
+
+bench_rspec() {
+    prepare_rspec
+    local project=$work/rspec
+    cp -a "$rspec_tree" "$project"
+    suite_name="rubocop ${RUBOCOP_SOURCE#*=} (Debian source), rspec $(ruby -rrspec/core -e 'print RSpec::Core::Version::STRING')"
+    # RuboCop's .rspec requires spec_helper, which sets random order and
+    # example_status_persistence_file_path = spec/examples.txt. There is a Gemfile but no
+    # bundler: parallel_rspec is told to run plain `rspec`.
+    bench rspec "$project" "spec/**/*_spec.rb" "rspec" rspec "parallel_rspec -n 2" \
+        "{\"kind\": \"rspec\", \"file_timeout\": $file_timeout}" \
+        -- rspec \
+        -- env PARALLEL_TESTS_EXECUTABLE=rspec parallel_rspec -n 2
+}
+
+bench_minitest() {
+    prepare_minitest
+    local project=$work/minitest files=()
+    cp -a "$minitest_tree/activerecord" "$project"
+    # The suite's own configuration: every connection is an sqlite3 database in memory, so
+    # concurrent workers in one tree share no database file.
+    sed 's/^default_connection: .*/default_connection: sqlite3_mem/' \
+        "$project/test/config.example.yml" >"$project/test/config.yml"
+    mapfile -t files < <(cd "$project" && minitest_files)
+    suite_name="Active Record ${RAILS_SOURCE#*=} (Debian source rails) on sqlite3_mem, minitest $(ruby -rminitest -e 'print Minitest::VERSION')"
+    bench minitest "$project" "test/cases/**/*_test.rb" "rake test:sqlite3_mem" minitest \
+        "parallel_test -n 2" \
+        "{\"kind\": \"minitest\", \"file_timeout\": $file_timeout}" \
+        -- rake test:sqlite3_mem \
+        -- env RUBYOPT=-Ilib parallel_test -n 2 "${files[@]}" \
+        -- "${files[@]}"
+}
+
+for suite in "${suites[@]}"; do
+    "bench_$suite"
+done
+if [ -n "${REAL_LOGS:-}" ]; then
+    echo "outputs of every run: $logs"
+fi
