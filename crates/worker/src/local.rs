@@ -5,9 +5,12 @@
 //! The end of stdin between files means there are no more; during a file, that the
 //! originator died (it never closes stdin while a worker holds a file).
 
+use std::collections::VecDeque;
+
 use gorgon_protocol::{Envelope, Message, WorkerAssignment};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+
+use crate::stdin::StdinLines;
 
 use crate::worker::{work_with, End, Transport};
 use crate::StdinClosed;
@@ -15,12 +18,13 @@ use crate::StdinClosed;
 /// Runs a local worker (see [`work_with`]) on stdin's `files` and stdout.
 pub async fn work_local(
     assignment: WorkerAssignment,
-    files: mpsc::UnboundedReceiver<String>,
+    files: StdinLines,
     mut stdin: StdinClosed,
 ) -> i32 {
     let mut transport = LocalTransport {
         assignment: &assignment,
         files,
+        read: VecDeque::new(),
         stdout: tokio::io::stdout(),
     };
     work_with(&mut transport, &assignment, &mut stdin).await
@@ -28,7 +32,10 @@ pub async fn work_local(
 
 struct LocalTransport<'a> {
     assignment: &'a WorkerAssignment,
-    files: mpsc::UnboundedReceiver<String>,
+    files: StdinLines,
+    /// Lines that arrived with the last one taken (a hand-out written at once), not yet
+    /// taken: a batch takes them without waiting.
+    read: VecDeque<String>,
     stdout: tokio::io::Stdout,
 }
 
@@ -38,10 +45,13 @@ impl Transport for LocalTransport<'_> {
 
     async fn next_file(&mut self) -> Result<(String, ()), End> {
         loop {
-            let Some(line) = self.files.recv().await else {
-                return Err(End::Finished);
-            };
-            if let Some(file) = self.accept(&line) {
+            if self.read.is_empty() {
+                let Some(group) = self.files.recv().await else {
+                    return Err(End::Finished);
+                };
+                self.read.extend(group);
+            }
+            if let Some(file) = self.read.pop_front().and_then(|line| self.accept(&line)) {
                 return Ok((file, ()));
             }
         }
@@ -49,8 +59,10 @@ impl Transport for LocalTransport<'_> {
 
     async fn try_next_file(&mut self) -> Option<(String, ())> {
         loop {
-            let line = self.files.try_recv().ok()?;
-            if let Some(file) = self.accept(&line) {
+            if self.read.is_empty() {
+                self.read.extend(self.files.try_recv().ok()?);
+            }
+            if let Some(file) = self.read.pop_front().and_then(|line| self.accept(&line)) {
                 return Some((file, ()));
             }
         }

@@ -300,28 +300,35 @@ impl Pool {
             .iter()
             .filter(|(_, worker)| worker.stdin.is_some() && worker.files.is_empty())
             .map(|(&worker_id, worker)| {
-                (worker_id, hand_out_size(worker.seconds_per_file, self.batch_limit))
+                (
+                    worker_id,
+                    hand_out_size(worker.seconds_per_file, self.batch_limit),
+                )
             })
             .collect()
     }
 
-    /// Hands `files` to worker `worker_id`; returns those it could not take (it is exiting:
-    /// its exit gives back only what it was given), for the feeder to keep.
+    /// Hands `files` to worker `worker_id` in one write, so that the worker sees them
+    /// together and can run them as one batch; returns them when it could not take them
+    /// (it is exiting: its exit gives back only what it was given), for the feeder to keep.
     pub async fn give(&mut self, worker_id: u32, files: Vec<String>) -> Vec<String> {
         let job = self.assignment.job_id;
-        let Some(worker) = self.workers.get_mut(&worker_id) else {
+        let Some(stdin) = self
+            .workers
+            .get_mut(&worker_id)
+            .and_then(|worker| worker.stdin.as_mut())
+        else {
             return files;
         };
-        let mut files = files.into_iter();
-        while let Some(file) = files.next() {
-            let Some(stdin) = worker.stdin.as_mut() else {
-                return std::iter::once(file).chain(files).collect();
-            };
-            let line = Envelope::new(job, Message::File { file: file.clone() }).encode_line();
-            if stdin.write_all(&line).await.is_err() {
-                return std::iter::once(file).chain(files).collect();
-            }
-            worker.files.push(file);
+        let lines: Vec<u8> = files
+            .iter()
+            .flat_map(|file| Envelope::new(job, Message::File { file: file.clone() }).encode_line())
+            .collect();
+        if stdin.write_all(&lines).await.is_err() {
+            return files;
+        }
+        if let Some(worker) = self.workers.get_mut(&worker_id) {
+            worker.files.extend(files);
         }
         Vec::new()
     }

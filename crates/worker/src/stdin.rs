@@ -3,7 +3,7 @@
 //! reader, so nothing written after the first line is lost between the two. A local worker
 //! also takes its files from the following lines (see `local`).
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read};
 
 use gorgon_protocol::WorkerAssignment;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -61,14 +61,20 @@ pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), String
     Ok((parse_assignment(&first_line(line).await?)?, closed))
 }
 
-/// The lines of stdin after the assignment, in order; the channel ends with stdin.
-pub type StdinLines = mpsc::UnboundedReceiver<String>;
+/// The lines of stdin after the assignment, in order, in groups: the lines that one read
+/// brought in arrive together (a parent that writes several lines at once, such as a
+/// batch of files, has them seen together); the channel ends with stdin.
+pub type StdinLines = mpsc::UnboundedReceiver<Vec<String>>;
+
+/// Room for what a parent writes at once: a hand-out of the largest batch fits.
+const STDIN_BUFFER: usize = 64 * 1024;
 
 /// [`read_assignment`] for a local worker, which also takes the lines that follow.
 pub async fn read_assignment_and_lines(
 ) -> Result<(WorkerAssignment, StdinLines, StdinClosed), String> {
     let (sender, lines) = mpsc::unbounded_channel();
-    let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()), Some(sender));
+    let stdin = std::io::BufReader::with_capacity(STDIN_BUFFER, std::io::stdin());
+    let (line, closed) = watch_reader(stdin, Some(sender));
     Ok((parse_assignment(&first_line(line).await?)?, lines, closed))
 }
 
@@ -88,11 +94,12 @@ pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, String> {
 }
 
 /// Starts a thread that reads the first line of `reader`, hands it over, then reads on to the
-/// end (handing each line to `lines`, when given) and signals it. The lines channel ends
-/// before the end is signalled, so a reader that sees the end has every line already.
-fn watch_reader(
-    mut reader: impl BufRead + Send + 'static,
-    lines: Option<mpsc::UnboundedSender<String>>,
+/// end (handing the lines to `lines`, when given, each group of lines already read at once
+/// together) and signals it. The lines channel ends before the end is signalled, so a
+/// reader that sees the end has every line already.
+fn watch_reader<R: Read + Send + 'static>(
+    mut reader: BufReader<R>,
+    lines: Option<mpsc::UnboundedSender<Vec<String>>>,
 ) -> (oneshot::Receiver<std::io::Result<String>>, StdinClosed) {
     let (line_sender, line) = oneshot::channel();
     let (closed_sender, closed) = StdinClosed::manual();
@@ -106,10 +113,8 @@ fn watch_reader(
             match lines {
                 _ if failed => {}
                 Some(lines) => {
-                    let mut line = String::new();
-                    while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                        let _ = lines.send(line.trim_end_matches(['\n', '\r']).to_owned());
-                        line.clear();
+                    while let Some(group) = read_group(&mut reader) {
+                        let _ = lines.send(group);
                     }
                 }
                 None => {
@@ -128,6 +133,22 @@ fn watch_reader(
         return (line, closed);
     }
     (line, closed)
+}
+
+/// The next line (waiting for it), with every further whole line already in the buffer;
+/// `None` at the end.
+fn read_group<R: Read>(reader: &mut BufReader<R>) -> Option<Vec<String>> {
+    let mut group = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => group.push(line.trim_end_matches(['\n', '\r']).to_owned()),
+            _ => return (!group.is_empty()).then_some(group),
+        }
+        if !reader.buffer().contains(&b'\n') {
+            return Some(group);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,8 +190,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), closed.wait())
             .await
             .expect("the end of stdin is seen");
-        assert_eq!(lines.try_recv().unwrap(), "second");
-        assert_eq!(lines.try_recv().unwrap(), "third");
+        // Written at once, read at once: they arrive together.
+        assert_eq!(lines.try_recv().unwrap(), ["second", "third"]);
         assert!(lines.recv().await.is_none());
     }
 
