@@ -25,7 +25,9 @@ RAILS_SOURCE=${RAILS_SOURCE:-rails=2:6.1.7.10+dfsg-1~deb12u2}
 pytest_venv=$suites_root/pytest/venv
 pytest_tree=$suites_root/pytest/networkx-$NETWORKX_VERSION
 rspec_tree=$suites_root/rspec/rubocop-${RUBOCOP_SOURCE#*=}
-minitest_tree=$suites_root/minitest/rails-${RAILS_SOURCE#*=}
+rails_version=${RAILS_SOURCE#*=}
+rails_version=${rails_version#*:}
+minitest_tree=$suites_root/minitest/rails-$rails_version
 
 # The Debian packages each Ruby suite needs (runtime gems of the package, test helpers, and
 # ruby-parallel-tests for the framework's own parallel runner).
@@ -151,8 +153,13 @@ prepare_minitest() {
         source_download "$dl" "$RAILS_SOURCE"
         rm -rf "$minitest_tree.tmp"
         # Debian's patches make rails 6.1 work with Debian's ruby 3.1 and gems.
-        (cd "$dl" && timeout 600 dpkg-source -q -x \
-            "$(basename "$(compgen -G "$dl/rails_*.dsc" | head -n 1)")" "$minitest_tree.tmp" >/dev/null)
+        local dsc
+        dsc=$(compgen -G "$dl/rails_*.dsc" | head -n 1)
+        if ! (cd "$dl" && timeout 600 dpkg-source -x "$(basename "$dsc")" "$minitest_tree.tmp") \
+            >"$dl/dpkg-source.log" 2>&1; then
+            cat "$dl/dpkg-source.log" >&2
+            exit 1
+        fi
         mv "$minitest_tree.tmp" "$minitest_tree"
     fi
 }

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Scale on one machine: 20 listeners with 10 slots each (200 workers) and 2,000 files that
-# each sleep 0.1 s. The lower bound is 2,000 x 0.1 s / 200 slots = 1 s; the target is at most
-# the lower bound + 1 s. Prints the median of RUNS runs (default 3). Results:
+# each sleep 0.1 s. The lower bound is 2,000 x 0.1 s / 200 slots = 1 s. Prints, for each of
+# RUNS runs (default 3) and as medians: the wall time of `gorgon start`, that of the same
+# files run with `xargs -P 200` and no distribution (targets: gorgon at most 1.3x xargs),
+# and the most connections to the broker seen during the run, sampled with `ss` every
+# 50 ms (target: at most 2 per listener plus the originator's). Results:
 # docs/benchmarks.md.
 #
-# Needs RabbitMQ on 127.0.0.1:5672, rsync and bc. Usage: bench/scale.sh  (LISTENERS, SLOTS,
+# Needs RabbitMQ on 127.0.0.1:5672, rsync, bc and ss (iproute2). Usage: bench/scale.sh  (LISTENERS, SLOTS,
 # FILES, RUNS; GORGON_BIN=path to skip the build)
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -29,10 +32,29 @@ floor_times=()
 slots_total=$((listeners * slots))
 broker_pid=$(pgrep -f beam.smp | head -1 || true)
 cpu_report=()
+connections=()
+
+# Counts the established connections to the broker's port every 50 ms until killed and
+# writes the highest count to $1.
+sample_connections() {
+    local most=0 now
+    trap 'echo "$most" >"$1"; exit 0' TERM
+    while true; do
+        now=$(ss -Htn state established '( dport = :5672 )' | wc -l)
+        [ "$now" -gt "$most" ] && most=$now
+        sleep 0.05
+    done
+}
+
 for run in $(seq 1 "$runs"); do
     listeners_cpu=$(cpu_seconds "${listener_pids[@]}")
     broker_cpu=$([ -n "$broker_pid" ] && cpu_seconds "$broker_pid" || echo 0)
+    sample_connections "$work/connections" &
+    sampler=$!
     times+=("$(cd "$project" && seconds "$gorgon" start)")
+    kill -TERM "$sampler"
+    wait "$sampler" || true
+    connections+=("$(cat "$work/connections")")
     listeners_cpu=$(echo "$(cpu_seconds "${listener_pids[@]}") - $listeners_cpu" | bc -l)
     broker_cpu=$([ -n "$broker_pid" ] && echo "$(cpu_seconds "$broker_pid") - $broker_cpu" | bc -l || echo "?")
     # What this machine needs just to start the files' processes with the same parallelism,
@@ -49,5 +71,7 @@ echo "$listeners listeners x $slots slots, $files files of 0.1 s; lower bound $l
 echo "runs: ${times[*]}"
 echo "median: $result s, lower bound + $(echo "$result - $lower_bound" | bc -l | awk '{printf "%.2f", $1}') s (target: at most + 1 s)"
 echo "the same files with xargs -P $slots_total (no distribution): ${floor_times[*]}; median $floor s"
+echo "gorgon / xargs: $(ratio "$result" "$floor")x (target: at most 1.3x)"
+echo "most broker connections during a run: ${connections[*]} (target: at most $((2 * listeners + 1)): 2 per listener plus the originator's)"
 echo "CPU seconds (2 cores):"
 printf '  %s\n' "${cpu_report[@]}"

@@ -145,13 +145,10 @@ enum Command {
     /// Internal: the worker manager, started by a listener for one job.
     #[command(name = "__manage-workers", hide = true)]
     ManageWorkers,
-    /// Internal: one worker, started by a worker manager (or by `start --local`).
+    /// Internal: one worker, started by a worker manager's pool (or by `start --local`'s):
+    /// its assignment and files on stdin, its replies on stdout.
     #[command(name = "__work", hide = true)]
-    Work {
-        /// Files on stdin and replies on stdout, for `gorgon start --local`.
-        #[arg(long)]
-        local: bool,
-    },
+    Work,
 }
 
 /// Parses a positive number of seconds.
@@ -380,24 +377,13 @@ async fn dispatch(command: Command) -> i32 {
                 }
             }
         }
-        Command::Work { local: true } => {
-            // Its stderr shows beside the run's progress: only what matters.
+        Command::Work => {
+            // Its stderr shows beside the run's progress or in the listener's log: only what
+            // matters.
             init_logging("warn", LogTarget::Stderr);
             match gorgon_worker::read_assignment_and_lines().await {
                 Ok((assignment, files, stdin_closed)) => {
                     gorgon_worker::work_local(assignment, files, stdin_closed).await
-                }
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    exit_code::FAILURE
-                }
-            }
-        }
-        Command::Work { local: false } => {
-            init_logging("info", LogTarget::Stderr);
-            match gorgon_worker::read_assignment().await {
-                Ok((assignment, stdin_closed)) => {
-                    gorgon_worker::work(assignment, stdin_closed).await
                 }
                 Err(error) => {
                     eprintln!("gorgon: {error}");

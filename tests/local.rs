@@ -96,7 +96,7 @@ fn wait_for_local_worker(dir: &Path) -> i32 {
     loop {
         if let Some(worker) = processes_working_in(dir)
             .into_iter()
-            .find(|p| p.command.contains("__work --local"))
+            .find(|p| p.command.ends_with(" __work"))
         {
             return worker.pid;
         }

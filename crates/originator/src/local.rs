@@ -17,7 +17,7 @@ use gorgon_exec::run_callback;
 use gorgon_protocol::{
     CallbackName, JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment,
 };
-use gorgon_worker::pool::{HandOutQueue, Pool, Received};
+use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::events::EventSink;
@@ -41,7 +41,7 @@ pub(crate) async fn run(
     events: &mut EventSink,
 ) -> Result<Option<Stop>, StartError> {
     let settings = &plan.settings;
-    let program = std::env::current_exe().map_err(StartError::LocalWorkers)?;
+    let program = WorkerProgram::gorgon().map_err(StartError::LocalWorkers)?;
     plan.before_originate().await?;
     let progress = Progress::new(state.total(), plan.options.quiet);
     let root = settings.project_root.clone();

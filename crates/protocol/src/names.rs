@@ -53,12 +53,9 @@ pub fn ping_queue(ping: Uuid) -> String {
     format!("{PREFIX}.ping.{ping}")
 }
 
-/// The hidden subcommand of the `gorgon` binary that runs a worker (started by a worker
-/// manager, or by `gorgon start --local` with [`LOCAL_WORKER_FLAG`]).
+/// The hidden subcommand of the `gorgon` binary that runs a worker (started by the worker
+/// pool of a worker manager or of `gorgon start --local`).
 pub const WORKER_SUBCOMMAND: &str = "__work";
-
-/// The flag of [`WORKER_SUBCOMMAND`] for a local worker: files on stdin, replies on stdout.
-pub const LOCAL_WORKER_FLAG: &str = "--local";
 
 #[cfg(test)]
 mod tests {

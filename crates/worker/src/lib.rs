@@ -8,12 +8,12 @@
 //! as the death of their parent (see [`read_assignment`]).
 
 mod builtin;
+mod feed;
 mod junit;
 mod local;
 mod manager;
 mod persistent;
 pub mod pool;
-mod queue;
 mod runner;
 mod stdin;
 mod worker;
@@ -24,7 +24,6 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub use local::work_local;
 pub use manager::{manage_workers, WORKER_SUBCOMMAND};
-pub use queue::work;
 pub use stdin::{
     parse_assignment, read_assignment, read_assignment_and_lines, StdinClosed, StdinLines,
 };

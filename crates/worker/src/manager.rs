@@ -1,85 +1,34 @@
-//! The worker manager (`gorgon __manage-workers`): runs `before_creating_workers`, starts one
-//! worker process per slot, reports the ones that crash, stops them all on a cancel, a signal
-//! or the death of its listener, and runs `after_creating_workers` once they have all exited.
+//! The worker manager (`gorgon __manage-workers`), one per job and host: it holds the host's
+//! broker connection for the job, runs `before_creating_workers`, starts the job's worker
+//! pool (`pool`: lines-only worker processes, one per slot), feeds it files from the job's
+//! files queue as its workers become idle and publishes their replies (`feed`), reports the
+//! workers that crash and hands back what they held, stops them all on a cancel, a signal or
+//! the death of its listener, and runs `after_creating_workers` once they have all exited.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use gorgon_exec::procs::{kill_worker_leftovers, worker_command};
-use gorgon_exec::{describe_status, run_callback, terminate_group};
+use gorgon_exec::run_callback;
 use gorgon_protocol::{names, Broker, CallbackName, Message, WorkerAssignment};
-use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
-use tokio::sync::mpsc;
 
+use crate::feed::{Ended, Feeder};
+use crate::pool::{Pool, Received, WorkerProgram};
 use crate::{command_base, report, StdinClosed, StopSignals, EXIT_BROKEN};
-use gorgon_exec::tail::{relay, LineTail};
 
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
-/// How many times one worker slot is restarted after crashes; past that the slot stays
-/// empty, so that a worker that cannot run at all does not loop.
-const MAX_RESTARTS: u32 = 5;
-
 /// How long a worker may take to stop after SIGTERM before it is killed.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
-
-/// How a worker process is started: `gorgon __work` in production, a script in tests.
-struct WorkerProgram {
-    program: PathBuf,
-    args: Vec<String>,
-}
-
-/// A worker process that has ended.
-struct WorkerExit {
-    worker_id: u32,
-    status: std::io::Result<ExitStatus>,
-    /// Its last output lines, for a crash report.
-    output: String,
-}
-
-/// A running worker, as the event loop knows it.
-struct LiveWorker {
-    /// Process group (= pid) of the worker, for stopping it.
-    group: Option<u32>,
-    /// Kept open for the worker's whole life: the worker takes its end as the death of
-    /// this manager.
-    _stdin: Option<ChildStdin>,
-    /// The task stopping the worker, once asked; aborted when the worker has exited, so that
-    /// it never signals a process group whose id the system has since handed out again.
-    stopper: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl LiveWorker {
-    fn stop(&mut self, grace: Duration) {
-        if let Some(group) = self.group {
-            if let Some(previous) = self
-                .stopper
-                .replace(tokio::spawn(terminate_group(group, grace)))
-            {
-                previous.abort();
-            }
-        }
-    }
-}
 
 /// Runs the worker manager of `assignment` and returns its exit code: 0 whenever it did its
 /// part (problems are reported to the originator), non-zero when it could not even reach
 /// the broker, so that its listener reports it as crashed.
 pub async fn manage_workers(assignment: WorkerAssignment, stdin: StdinClosed) -> i32 {
-    let program = match std::env::current_exe() {
+    let program = match WorkerProgram::gorgon() {
         Ok(program) => program,
         Err(error) => {
             tracing::error!(%error, "cannot find the gorgon executable to start workers");
             return EXIT_BROKEN;
         }
-    };
-    let program = WorkerProgram {
-        program,
-        args: vec![WORKER_SUBCOMMAND.to_owned()],
     };
     manage(assignment, stdin, &program).await
 }
@@ -138,55 +87,82 @@ async fn manage_connected(
         return 0;
     }
 
-    let (exits, mut exited) = mpsc::unbounded_channel();
-    let mut live: HashMap<u32, LiveWorker> = HashMap::new();
+    let mut feeder = match Feeder::open(broker, assignment).await {
+        Ok(feeder) => feeder,
+        Err(Ended::Finished) => {
+            tracing::info!("every file already has a result; starting no workers");
+            return after_workers(broker, assignment).await;
+        }
+        Err(_) => return EXIT_BROKEN,
+    };
+    let (mut pool, mut events) = Pool::new(program.clone(), assignment.clone());
     for worker_id in 1..=assignment.slots {
-        match spawn_worker(program, assignment, worker_id, exits.clone()).await {
-            Ok(worker) => {
-                live.insert(worker_id, worker);
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot start worker {worker_id}");
-                let message = Message::WorkerCrashed {
-                    host: assignment.host.clone(),
-                    worker_id,
-                    status: format!("could not start: {error}"),
-                    output: String::new(),
-                };
-                report(broker, assignment, message).await;
-            }
+        if let Err(error) = pool.spawn(worker_id).await {
+            tracing::error!(%error, "cannot start worker {worker_id}");
+            let message = Message::WorkerCrashed {
+                host: assignment.host.clone(),
+                worker_id,
+                status: format!("could not start: {error}"),
+                output: String::new(),
+            };
+            let _ = feeder.send(message).await;
         }
     }
-    tracing::info!("{} workers started", live.len());
+    tracing::info!("workers started");
 
-    let mut stopping = false;
+    // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
+    let mut cancelled = false;
+    // The workers were told how the job ended here (no more files, or stop).
+    let mut told = false;
     let mut inbox_open = true;
-    let mut restarts: HashMap<u32, u32> = HashMap::new();
-    while !live.is_empty() {
-        let reason = tokio::select! {
-            Some(exit) = exited.recv() => {
-                let worker_id = exit.worker_id;
-                if let Some(stopper) = live.remove(&worker_id).and_then(|w| w.stopper) {
-                    stopper.abort();
+    while pool.any_worker() {
+        if !cancelled && feeder.ended().is_none() {
+            for (worker_id, count) in pool.wants() {
+                if !feeder.has_waiting() {
+                    break;
                 }
-                let crashed = on_exit(broker, assignment, exit, stopping).await;
-                if crashed {
-                    let job = assignment.job_id.to_string();
-                    kill_worker_leftovers(&job, &assignment.host, worker_id);
-                    // Keep the slot full: the file the worker held is back in the queue.
-                    let count = restarts.entry(worker_id).or_default();
-                    if *count < MAX_RESTARTS {
-                        *count += 1;
-                        tracing::info!("restarting worker {worker_id} ({count} of {MAX_RESTARTS})");
-                        match spawn_worker(program, assignment, worker_id, exits.clone()).await {
-                            Ok(worker) => {
-                                live.insert(worker_id, worker);
-                            }
-                            Err(error) => tracing::error!(%error, "cannot restart worker {worker_id}"),
-                        }
-                    } else {
-                        tracing::error!("worker {worker_id} crashed {MAX_RESTARTS} times; not restarting it");
+                let files = feeder.take(count).await;
+                let refused = pool.give(worker_id, files).await;
+                feeder.refused(refused);
+            }
+        }
+        match feeder.ended() {
+            Some(Ended::Finished) if !told => {
+                // Every file has a result: each worker runs `after_complete` and exits.
+                pool.close_all();
+                told = true;
+            }
+            Some(ended) if !told => {
+                tracing::info!("stopping the workers: {ended:?}");
+                pool.stop_all(WORKER_GRACE);
+                told = true;
+            }
+            _ => {}
+        }
+        let reason = tokio::select! {
+            Some(event) = events.recv() => {
+                let restart = !cancelled && feeder.ended().is_none();
+                match pool.receive(event, restart) {
+                    Received::Reply { message, .. } => {
+                        let _ = feeder.send(message).await;
                     }
+                    Received::Exited { unfinished, crash, .. } => {
+                        // The crash first, so that the originator counts it before the
+                        // files come back to anyone.
+                        if let Some(crash) = crash {
+                            let _ = feeder.send(crash).await;
+                        }
+                        feeder.hand_back(unfinished).await;
+                    }
+                    Received::Nothing => {}
+                }
+                pool.restart_crashed().await;
+                continue;
+            }
+            incoming = feeder.next_delivery(), if feeder.ended().is_none() && !cancelled => {
+                // None: the feed ended, which the top of the loop acts on.
+                if let Some(incoming) = incoming {
+                    feeder.admit(incoming).await;
                 }
                 continue;
             }
@@ -218,36 +194,42 @@ async fn manage_connected(
                     continue;
                 }
             },
-            () = stdin.wait(), if !stopping => "the listener has gone".to_owned(),
+            () = stdin.wait(), if !cancelled => "the listener has gone".to_owned(),
             signal = signals.recv() => {
-                if stopping {
+                if cancelled {
                     // A second request: no more grace.
                     tracing::warn!("{signal} again; killing the workers");
-                    for worker in live.values_mut() {
-                        worker.stop(Duration::ZERO);
-                    }
+                    pool.stop_all(Duration::ZERO);
                     continue;
                 }
                 format!("{signal} received")
             }
         };
-        if !stopping {
+        if !cancelled {
             tracing::info!("stopping the workers: {reason}");
-            stopping = true;
-            // Each worker is stopped in a task of its own so that this loop keeps reaping
-            // the ones that have already gone.
-            for worker in live.values_mut() {
-                worker.stop(WORKER_GRACE);
-            }
+            cancelled = true;
+            told = true;
+            pool.stop_all(WORKER_GRACE);
         }
     }
+    feeder.hand_back_all().await;
+    if cancelled {
+        return 0;
+    }
+    after_workers(broker, assignment).await
+}
 
-    if !stopping {
-        let after = callbacks.after_creating_workers.as_deref();
-        if let Err(failure) = run_callback(CallbackName::AfterCreatingWorkers, after, &base).await {
-            tracing::error!(%failure);
-            report(broker, assignment, callback_failed(assignment, failure)).await;
-        }
+/// Runs `after_creating_workers` (reporting its failure); the manager's exit code.
+async fn after_workers(broker: &Broker, assignment: &WorkerAssignment) -> i32 {
+    let after = assignment
+        .definition
+        .callbacks
+        .after_creating_workers
+        .as_deref();
+    let base = command_base(assignment);
+    if let Err(failure) = run_callback(CallbackName::AfterCreatingWorkers, after, &base).await {
+        tracing::error!(%failure);
+        report(broker, assignment, callback_failed(assignment, failure)).await;
     }
     0
 }
@@ -265,92 +247,6 @@ fn callback_failed(
     }
 }
 
-/// Logs a worker's exit and reports it when it was not asked to stop and did not end well;
-/// returns true for such a crash.
-async fn on_exit(
-    broker: &Broker,
-    assignment: &WorkerAssignment,
-    exit: WorkerExit,
-    stopping: bool,
-) -> bool {
-    let worker_id = exit.worker_id;
-    let status = match exit.status {
-        Ok(status) if status.success() => {
-            tracing::info!("worker {worker_id} finished");
-            return false;
-        }
-        Ok(status) => describe_status(status),
-        Err(error) => format!("could not wait for it: {error}"),
-    };
-    if stopping {
-        tracing::info!("worker {worker_id} stopped ({status})");
-        return false;
-    }
-    tracing::error!("worker {worker_id} crashed ({status})");
-    let message = Message::WorkerCrashed {
-        host: assignment.host.clone(),
-        worker_id,
-        status,
-        output: exit.output,
-    };
-    report(broker, assignment, message).await;
-    true
-}
-
-/// Starts one worker in its own process group, hands it its assignment, relays its output
-/// to this process's stderr and reports its exit on `exits`.
-async fn spawn_worker(
-    program: &WorkerProgram,
-    assignment: &WorkerAssignment,
-    worker_id: u32,
-    exits: mpsc::UnboundedSender<WorkerExit>,
-) -> std::io::Result<LiveWorker> {
-    let line = assignment.encode_line(Some(worker_id));
-    let job = assignment.job_id.to_string();
-    let args: Vec<&str> = program.args.iter().map(String::as_str).collect();
-    let mut child = worker_command(
-        &program.program,
-        &args,
-        &assignment.workspace,
-        (&job, &assignment.host, worker_id),
-    )
-    .spawn()?;
-    let group = child.id();
-    let tail = LineTail::default();
-    let mut relays = Vec::new();
-    for pipe in gorgon_exec::shell::take_output_pipes(&mut child) {
-        relays.push(relay(pipe, tail.clone(), move |line| {
-            // One write per line keeps lines of different workers from interleaving.
-            let _ = writeln!(std::io::stderr().lock(), "[worker {worker_id}] {line}");
-        }));
-    }
-    let mut stdin = child.stdin.take();
-    if let Some(pipe) = stdin.as_mut() {
-        if let Err(error) = pipe.write_all(&line).await {
-            // The worker has already exited; its status and output tell why.
-            tracing::warn!(%error, "cannot hand worker {worker_id} its assignment");
-        }
-        let _ = pipe.flush().await;
-    }
-    tokio::spawn(async move {
-        let status = child.wait().await;
-        // Its pipes close as it exits; the bound only guards against a stray holder.
-        for relay in relays {
-            let _ = tokio::time::timeout(Duration::from_secs(1), relay).await;
-        }
-        let _ = exits.send(WorkerExit {
-            worker_id,
-            status,
-            output: tail.text(),
-        });
-    });
-    Ok(LiveWorker {
-        group,
-        _stdin: stdin,
-        stopper: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,7 +256,8 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(20);
 
-    /// This test as the originator: a reply queue and the job's control exchange.
+    /// This test as the originator: a reply queue, an empty files queue and the job's
+    /// control exchange.
     struct Originator {
         broker: Broker,
         job: Uuid,
@@ -379,6 +276,13 @@ mod tests {
                 .unwrap();
             broker
                 .declare_fanout(&names::control_exchange(job))
+                .await
+                .unwrap();
+            let files = QueueLife::Shared {
+                unused_expiry: Duration::from_secs(60),
+            };
+            broker
+                .declare_queue(&names::files_queue(job), files)
                 .await
                 .unwrap();
             let replies = broker
@@ -422,6 +326,10 @@ mod tests {
             let _ = self
                 .broker
                 .delete_exchange(&names::control_exchange(self.job))
+                .await;
+            let _ = self
+                .broker
+                .delete_queue(&names::files_queue(self.job))
                 .await;
             self.broker.close().await;
         }

@@ -1,4 +1,4 @@
-//! One pool of worker processes (`gorgon __work --local`, which speak lines only): it starts
+//! One pool of worker processes (`gorgon __work`, which speak lines only): it starts
 //! a worker per slot in its own process group, hands idle workers their files on stdin (one
 //! at first, then as many as fit in one batch), reads their replies from stdout, restarts a
 //! worker that crashed (within a budget) and gives back the files a dead worker held without
@@ -19,7 +19,7 @@ use std::time::Duration;
 use gorgon_exec::procs::{kill_worker_leftovers, worker_command};
 use gorgon_exec::tail::{relay, LineTail};
 use gorgon_exec::{describe_status, terminate_group};
-use gorgon_protocol::names::{LOCAL_WORKER_FLAG, WORKER_SUBCOMMAND};
+use gorgon_protocol::names::WORKER_SUBCOMMAND;
 use gorgon_protocol::{batch_size, DecodeError, Envelope, Message, WorkerAssignment};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
@@ -28,6 +28,23 @@ use tokio::sync::mpsc;
 /// How many times one worker slot is restarted after crashes; past that the slot stays
 /// empty, so that a worker that cannot run at all does not loop.
 pub const MAX_RESTARTS: u32 = 5;
+
+/// How a worker process is started: `gorgon __work` in production, a script in tests.
+#[derive(Clone, Debug)]
+pub struct WorkerProgram {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl WorkerProgram {
+    /// This very `gorgon` binary as a lines-only worker.
+    pub fn gorgon() -> std::io::Result<WorkerProgram> {
+        Ok(WorkerProgram {
+            program: std::env::current_exe()?,
+            args: vec![WORKER_SUBCOMMAND.to_owned()],
+        })
+    }
+}
 
 /// What a worker's reader task tells the pool.
 pub enum PoolEvent {
@@ -80,7 +97,7 @@ struct Worker {
 
 /// The worker processes of one job on one machine.
 pub struct Pool {
-    program: PathBuf,
+    program: WorkerProgram,
     assignment: WorkerAssignment,
     /// `job.runner.batch_seconds`: how much expected work an idle worker is handed at once.
     batch_limit: Option<Duration>,
@@ -98,7 +115,7 @@ impl Pool {
     /// filled in); its events arrive on the returned receiver, to pass to
     /// [`Pool::receive`].
     pub fn new(
-        program: PathBuf,
+        program: WorkerProgram,
         assignment: WorkerAssignment,
     ) -> (Pool, mpsc::UnboundedReceiver<PoolEvent>) {
         let (sender, events) = mpsc::unbounded_channel();
@@ -120,9 +137,10 @@ impl Pool {
     pub async fn spawn(&mut self, worker_id: u32) -> std::io::Result<()> {
         let assignment = &self.assignment;
         let job = assignment.job_id.to_string();
+        let args: Vec<&str> = self.program.args.iter().map(String::as_str).collect();
         let mut child = worker_command(
-            &self.program,
-            &[WORKER_SUBCOMMAND, LOCAL_WORKER_FLAG],
+            &self.program.program,
+            &args,
             &assignment.workspace,
             (&job, &assignment.host, worker_id),
         )

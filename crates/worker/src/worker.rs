@@ -21,12 +21,10 @@ pub(crate) enum End {
     OriginatorGone,
     /// The parent died or a signal asked to stop; the current file was handed back.
     Stopped,
-    /// The transport failed under us.
-    Broken,
 }
 
-/// Where a worker's files come from and where its messages go: the job's queues on
-/// RabbitMQ (`queue`), or stdin and stdout under `gorgon start --local` (`local`).
+/// Where a worker's files come from and where its messages go: the lines of its stdin and
+/// stdout, from and to its pool (`local`).
 pub(crate) trait Transport {
     /// A file taken, to settle once its result has gone out or it is handed back.
     type Taken;
@@ -35,15 +33,9 @@ pub(crate) trait Transport {
     async fn next_file(&mut self) -> Result<(String, Self::Taken), End>;
 
     /// Another file to add to a batch, if one is waiting right now; never waits for one,
-    /// and never returns a file delivered again.
+    /// (the pool hands a file delivered again alone, so it never comes with others).
     async fn try_next_file(&mut self) -> Option<(String, Self::Taken)> {
         None
-    }
-
-    /// The file ran somewhere before without a result (its worker died, perhaps because of
-    /// it): it runs alone, so that a death during it names it.
-    fn delivered_again(_taken: &Self::Taken) -> bool {
-        false
     }
 
     /// Sends one message to the originator; `Err` when the worker must stop.
@@ -119,9 +111,8 @@ pub(crate) async fn work_with<T: Transport>(
             Ok(next) => vec![next],
             Err(end) => break end,
         };
-        let alone = batch.iter().any(|(_, taken)| T::delivered_again(taken));
-        if let (Some(per_file), Some(limit), true, false) =
-            (seconds_per_file, batch_limit, runner.takes_batches(), alone)
+        if let (Some(per_file), Some(limit), true) =
+            (seconds_per_file, batch_limit, runner.takes_batches())
         {
             take_more(transport, &mut batch, per_file, limit).await;
         }
@@ -163,7 +154,6 @@ pub(crate) async fn work_with<T: Transport>(
     tracing::info!("worker {worker_id} done: {end:?}");
     match end {
         End::Stopped => 0,
-        End::Broken => EXIT_BROKEN,
         End::Finished | End::OriginatorGone => {
             let after_complete = callbacks.after_complete.as_deref();
             run_worker_callback(

@@ -1,7 +1,10 @@
-//! A worker against the real RabbitMQ, with this test playing the originator: it queues files,
-//! collects the results, and ends the job by deleting the files queue.
+//! A worker manager (`gorgon __manage-workers`, with its pool of real worker processes)
+//! against the real RabbitMQ, with this test playing the listener (it holds the manager's
+//! stdin) and the originator: it queues files, collects the results, and ends the job by
+//! deleting the files queue.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use gorgon_protocol::broker::QueueLife;
@@ -9,10 +12,51 @@ use gorgon_protocol::{
     names, Broker, BrokerSettings, Callbacks, Envelope, FileResult, FileStatus, Inbox,
     JobDefinition, Message, RunnerKind, RunnerSettings, WorkerAssignment,
 };
-use gorgon_worker::{work, StdinClosed};
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// A running worker manager; dropping `stdin` is its listener's death.
+struct Manager {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Manager {
+    /// Starts `gorgon __manage-workers` with `assignment` on its stdin.
+    async fn start(assignment: &WorkerAssignment) -> Manager {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gorgon"))
+            .arg("__manage-workers")
+            .current_dir(&assignment.workspace)
+            .env("GORGON_JOB_ID", assignment.job_id.to_string())
+            .env("GORGON_HOST", &assignment.host)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(&assignment.encode_line(None))
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        Manager {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+
+    /// Waits for the manager to exit by itself; its exit code.
+    async fn wait(mut self) -> i32 {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the manager ends in time")
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
 
 struct Originator {
     broker: Broker,
@@ -53,6 +97,10 @@ impl Originator {
             .send_all_to_queue(&files_queue, messages)
             .await
             .unwrap();
+        broker
+            .declare_fanout(&names::control_exchange(job))
+            .await
+            .unwrap();
         let replies = broker.consume(&reply_queue, None).await.unwrap();
         Originator {
             broker,
@@ -70,7 +118,7 @@ impl Originator {
             host: "h1".into(),
             workspace: workspace.to_owned(),
             slots: 1,
-            worker_id: Some(1),
+            worker_id: None,
         }
     }
 
@@ -85,18 +133,15 @@ impl Originator {
         envelope.message
     }
 
-    /// Closes the worker's stdin, as its parent's death would, and checks that it stops at
-    /// once and cleanly.
-    async fn stop_worker(
-        close_stdin: tokio::sync::watch::Sender<bool>,
-        worker: tokio::task::JoinHandle<i32>,
-    ) {
-        close_stdin.send(true).unwrap();
-        let code = tokio::time::timeout(Duration::from_secs(10), worker)
+    /// Closes the manager's stdin, as its listener's death would, and checks that it stops
+    /// at once and cleanly.
+    async fn stop_manager(mut manager: Manager) {
+        drop(manager.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(10), manager.child.wait())
             .await
-            .expect("the worker stops at once")
+            .expect("the manager stops at once")
             .unwrap();
-        assert_eq!(code, 0);
+        assert_eq!(status.code(), Some(0));
     }
 
     /// Takes `count` files back from the files queue, each delivered again after a worker
@@ -123,6 +168,10 @@ impl Originator {
         }
         back.sort();
         self.broker.delete_queue(&queue).await.unwrap();
+        let _ = self
+            .broker
+            .delete_exchange(&names::control_exchange(self.job))
+            .await;
         self.broker.close().await;
         back
     }
@@ -155,7 +204,7 @@ async fn runs_every_file_reports_it_and_ends_with_the_queue() {
         ..Callbacks::default()
     };
     let assignment = originator.assignment(workspace.path(), callbacks);
-    let worker = tokio::spawn(work(assignment, StdinClosed::never()));
+    let manager = Manager::start(&assignment).await;
 
     let mut results = Vec::new();
     for _ in 0..3 {
@@ -177,17 +226,14 @@ async fn runs_every_file_reports_it_and_ends_with_the_queue() {
     assert!(workspace.path().join("started.1").exists());
     assert!(!workspace.path().join("completed.1").exists());
 
-    // Every file has a result: the originator deletes the files queue, which ends the worker.
+    // Every file has a result: the originator deletes the files queue, which ends the
+    // workers (each runs after_complete) and then the manager.
     originator
         .broker
         .delete_queue(&names::files_queue(originator.job))
         .await
         .unwrap();
-    let code = tokio::time::timeout(WAIT, worker)
-        .await
-        .expect("the worker ends with the queue")
-        .unwrap();
-    assert_eq!(code, 0);
+    assert_eq!(manager.wait().await, 0);
     assert!(workspace.path().join("completed.1").exists());
     originator.broker.close().await;
 }
@@ -202,8 +248,7 @@ async fn the_end_of_stdin_stops_the_file_and_requeues_it() {
         ..Callbacks::default()
     };
     let assignment = originator.assignment(workspace.path(), callbacks);
-    let (close_stdin, stdin) = StdinClosed::manual();
-    let worker = tokio::spawn(work(assignment, stdin));
+    let manager = Manager::start(&assignment).await;
     match originator.next_reply().await {
         Message::FileStarted {
             file, worker_id, ..
@@ -213,7 +258,7 @@ async fn the_end_of_stdin_stops_the_file_and_requeues_it() {
         }
         other => panic!("unexpected reply {other:?}"),
     }
-    Originator::stop_worker(close_stdin, worker).await;
+    Originator::stop_manager(manager).await;
     assert!(!workspace.path().join("completed").exists());
 
     // The file went back to the queue for another worker.
@@ -221,7 +266,7 @@ async fn the_end_of_stdin_stops_the_file_and_requeues_it() {
 }
 
 #[tokio::test]
-async fn a_job_that_is_over_ends_the_worker_at_once() {
+async fn a_job_whose_files_all_have_results_starts_no_worker() {
     let workspace = tempfile::tempdir().unwrap();
     let originator = Originator::start(&[]).await;
     originator
@@ -230,15 +275,14 @@ async fn a_job_that_is_over_ends_the_worker_at_once() {
         .await
         .unwrap();
     let callbacks = Callbacks {
-        after_complete: Some("touch completed".into()),
+        before_start: Some("touch started".into()),
+        after_creating_workers: Some("touch after".into()),
         ..Callbacks::default()
     };
     let assignment = originator.assignment(workspace.path(), callbacks);
-    let code = tokio::time::timeout(WAIT, work(assignment, StdinClosed::never()))
-        .await
-        .expect("the worker ends at once");
-    assert_eq!(code, 0);
-    assert!(workspace.path().join("completed").exists());
+    assert_eq!(Manager::start(&assignment).await.wait().await, 0);
+    assert!(!workspace.path().join("started").exists());
+    assert!(workspace.path().join("after").exists());
     originator.broker.close().await;
 }
 
@@ -267,13 +311,8 @@ for line in sys.stdin:
 "#;
 
 impl Originator {
-    /// Starts a worker of the job whose runner is [`BATCHING_RUNNER`], in `workspace`.
-    fn start_batching_worker(
-        &self,
-        workspace: &Path,
-        batch_seconds: f64,
-        stdin: StdinClosed,
-    ) -> tokio::task::JoinHandle<i32> {
+    /// Starts a manager of one worker whose runner is [`BATCHING_RUNNER`], in `workspace`.
+    async fn start_batching_manager(&self, workspace: &Path, batch_seconds: f64) -> Manager {
         std::fs::write(workspace.join("runner.py"), BATCHING_RUNNER).unwrap();
         let mut assignment = self.assignment(workspace, Callbacks::default());
         assignment.definition.runner = RunnerSettings {
@@ -282,18 +321,21 @@ impl Originator {
             batch_seconds: Some(batch_seconds),
             ..RunnerSettings::default()
         };
-        tokio::spawn(work(assignment, stdin))
+        Manager::start(&assignment).await
     }
 
     /// Ends the job as a real originator does once every file has a result (it deletes the
-    /// files queue), and checks that the worker then ends cleanly.
-    async fn end_job(self, worker: tokio::task::JoinHandle<i32>) {
+    /// files queue), and checks that the manager then ends cleanly.
+    async fn end_job(self, manager: Manager) {
         self.broker
             .delete_queue(&names::files_queue(self.job))
             .await
             .unwrap();
-        let code = tokio::time::timeout(WAIT, worker).await.unwrap().unwrap();
-        assert_eq!(code, 0);
+        assert_eq!(manager.wait().await, 0);
+        let _ = self
+            .broker
+            .delete_exchange(&names::control_exchange(self.job))
+            .await;
         self.broker.close().await;
     }
 }
@@ -306,7 +348,9 @@ async fn quick_files_run_in_batches_and_a_batch_that_dies_runs_again_file_by_fil
     let queued: Vec<&str> = files.iter().map(String::as_str).collect();
     let mut originator = Originator::start(&queued).await;
     // A generous batch limit, so that a loaded machine cannot make the files look slow.
-    let worker = originator.start_batching_worker(workspace.path(), 10.0, StdinClosed::never());
+    let manager = originator
+        .start_batching_manager(workspace.path(), 10.0)
+        .await;
 
     let mut results = Vec::new();
     for _ in 0..files.len() {
@@ -340,7 +384,7 @@ async fn quick_files_run_in_batches_and_a_batch_that_dies_runs_again_file_by_fil
         assert!(alone.contains(file), "{file} ran again alone: {log}");
     }
 
-    originator.end_job(worker).await;
+    originator.end_job(manager).await;
 }
 
 #[tokio::test]
@@ -349,7 +393,9 @@ async fn batch_seconds_0_keeps_every_file_in_a_run_of_its_own() {
     let files: Vec<String> = (1..=6).map(|i| format!("t/ok_{i:02}")).collect();
     let queued: Vec<&str> = files.iter().map(String::as_str).collect();
     let mut originator = Originator::start(&queued).await;
-    let worker = originator.start_batching_worker(workspace.path(), 0.0, StdinClosed::never());
+    let manager = originator
+        .start_batching_manager(workspace.path(), 0.0)
+        .await;
 
     for _ in 0..files.len() {
         let result = originator.next_result().await;
@@ -362,16 +408,17 @@ async fn batch_seconds_0_keeps_every_file_in_a_run_of_its_own() {
         "one request per file, in queue order: {log}"
     );
 
-    originator.end_job(worker).await;
+    originator.end_job(manager).await;
 }
 
 #[tokio::test]
-async fn a_worker_stopped_during_a_batch_hands_every_file_of_it_back() {
+async fn a_manager_stopped_during_a_batch_hands_every_file_of_it_back() {
     let workspace = tempfile::tempdir().unwrap();
     let queued = ["t/ok", "t/hang_1", "t/hang_2", "t/hang_3"];
     let mut originator = Originator::start(&queued).await;
-    let (close_stdin, stdin) = StdinClosed::manual();
-    let worker = originator.start_batching_worker(workspace.path(), 10.0, stdin);
+    let manager = originator
+        .start_batching_manager(workspace.path(), 10.0)
+        .await;
 
     // t/ok runs alone and passes; then the three others start together, as one batch.
     assert_eq!(originator.next_result().await.file, "t/ok");
@@ -384,7 +431,7 @@ async fn a_worker_stopped_during_a_batch_hands_every_file_of_it_back() {
     }
     started.sort();
     assert_eq!(started, ["t/hang_1", "t/hang_2", "t/hang_3"]);
-    Originator::stop_worker(close_stdin, worker).await;
+    Originator::stop_manager(manager).await;
 
     // Every file of the batch is back in the queue for another worker.
     assert_eq!(originator.handed_back(3).await, started);

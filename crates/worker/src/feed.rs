@@ -1,0 +1,343 @@
+//! The worker manager's side of the job's queues: it takes files from the files queue for
+//! the pool's idle workers, publishes their replies to the originator's reply queue, and
+//! settles each file's message only once its result has reached the originator (publisher
+//! confirm), so that a file whose worker, manager or listener dies goes back to the queue.
+//!
+//! The consumer's prefetch is the host's slot count, and an idle worker takes one delivered
+//! file plus, for a batch, files that are waiting right now (`basic.get`): a host never holds
+//! more files than its workers can start, beyond one batch each. A file delivered again (its
+//! worker died somewhere) is first checked with the originator (`RetryCheck`: after
+//! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
+//! then runs alone, so that a death during it names it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use gorgon_protocol::{
+    names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, WorkerAssignment,
+};
+
+/// How long the manager waits for the originator's answer about a file delivered again
+/// before running it anyway (a duplicate result is dropped, a lost one is not).
+const RETRY_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// Why the feeder can give no more files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The originator deleted the files queue: every file has a result.
+    Finished,
+    /// The originator is gone: nobody wants results any more.
+    OriginatorGone,
+    /// The workspace is gone: the listener ended the job here.
+    WorkspaceGone,
+    /// The broker failed under us.
+    Broken,
+}
+
+/// The job's queues, as the worker manager uses them.
+pub(crate) struct Feeder<'a> {
+    broker: &'a Broker,
+    assignment: &'a WorkerAssignment,
+    files: Option<Inbox>,
+    /// Delivered files no worker has taken yet, in delivery order.
+    waiting: VecDeque<(String, Incoming)>,
+    /// Files given to workers, until their result is confirmed or they come back.
+    held: HashMap<String, VecDeque<Incoming>>,
+    /// Where the originator answers about files delivered again; opened at the first one.
+    retries: Option<RetryChannel>,
+    ended: Option<Ended>,
+}
+
+/// Where the manager hears the originator's answers about files delivered again.
+struct RetryChannel {
+    queue: String,
+    inbox: Inbox,
+}
+
+impl<'a> Feeder<'a> {
+    /// Opens the files queue's consumer; `Err(Finished)` when the job is already over.
+    pub(crate) async fn open(
+        broker: &'a Broker,
+        assignment: &'a WorkerAssignment,
+    ) -> Result<Feeder<'a>, Ended> {
+        let queue = names::files_queue(assignment.job_id);
+        let prefetch = u16::try_from(assignment.slots.max(1)).unwrap_or(u16::MAX);
+        let files = match broker.consume(&queue, Some(prefetch)).await {
+            Ok(inbox) => inbox,
+            // The originator deletes the files queue once every file has a result.
+            Err(error) if error.is_not_found() => return Err(Ended::Finished),
+            Err(error) => {
+                tracing::error!(%error, "cannot take files");
+                return Err(Ended::Broken);
+            }
+        };
+        Ok(Feeder {
+            broker,
+            assignment,
+            files: Some(files),
+            waiting: VecDeque::new(),
+            held: HashMap::new(),
+            retries: None,
+            ended: None,
+        })
+    }
+
+    /// Why no more files come, once that is known.
+    pub(crate) fn ended(&self) -> Option<Ended> {
+        self.ended
+    }
+
+    /// Whether a delivered file waits for an idle worker.
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// The next delivery; `None` once the consumer has ended (then [`Feeder::ended`] says
+    /// why). Cancel-safe: nothing is lost when another event wins the race; pass what it
+    /// returns to [`Feeder::admit`], which is not.
+    pub(crate) async fn next_delivery(&mut self) -> Option<Incoming> {
+        let files = self.files.as_mut()?;
+        let incoming = files.next().await;
+        if incoming.is_none() {
+            // A consumer ends cleanly when the originator deletes the queue; an error (the
+            // connection dropped) is not the end of the job.
+            self.ended = Some(if files.failed() {
+                Ended::Broken
+            } else {
+                Ended::Finished
+            });
+            self.files = None;
+        }
+        incoming
+    }
+
+    /// Keeps a delivery for a worker if it is a file to run (settling it otherwise).
+    pub(crate) async fn admit(&mut self, incoming: Incoming) {
+        if let Some(file) = self.accept(&incoming).await {
+            self.waiting.push_back((file, incoming));
+        }
+    }
+
+    /// Files for an idle worker that takes `count`: the next delivered one, then (unless
+    /// that one was delivered again, which runs alone) files waiting in the queue right
+    /// now, up to `count`. They are held until [`Feeder::done`] or [`Feeder::hand_back`].
+    pub(crate) async fn take(&mut self, count: usize) -> Vec<String> {
+        let Some((file, incoming)) = self.waiting.pop_front() else {
+            return Vec::new();
+        };
+        let alone = incoming.redelivered;
+        let mut taken = vec![file.clone()];
+        self.hold(file, incoming);
+        while !alone && taken.len() < count {
+            let Some((file, incoming)) = self.try_take().await else {
+                break;
+            };
+            taken.push(file.clone());
+            self.hold(file, incoming);
+        }
+        taken
+    }
+
+    fn hold(&mut self, file: String, incoming: Incoming) {
+        self.held.entry(file).or_default().push_back(incoming);
+    }
+
+    /// A file waiting in the queue right now, never one delivered again (it runs alone, as
+    /// the first file of a later hand-out).
+    async fn try_take(&mut self) -> Option<(String, Incoming)> {
+        loop {
+            let incoming = match self.files.as_ref()?.try_next().await {
+                Ok(incoming) => incoming?,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot take another file for the batch");
+                    return None;
+                }
+            };
+            if incoming.redelivered {
+                settle(incoming.requeue().await);
+                return None;
+            }
+            if let Some(file) = self.accept(&incoming).await {
+                return Some((file, incoming));
+            }
+        }
+    }
+
+    /// Files a worker could not take: back in front of the waiting ones.
+    pub(crate) fn refused(&mut self, files: Vec<String>) {
+        for file in files.into_iter().rev() {
+            if let Some(incoming) = self.release(&file) {
+                self.waiting.push_front((file, incoming));
+            }
+        }
+    }
+
+    /// The held message of `file`, no longer held.
+    fn release(&mut self, file: &str) -> Option<Incoming> {
+        let messages = self.held.get_mut(file)?;
+        let incoming = messages.pop_front();
+        if messages.is_empty() {
+            self.held.remove(file);
+        }
+        incoming
+    }
+
+    /// `file`'s result has reached the originator: its message is settled.
+    pub(crate) async fn done(&mut self, file: &str) {
+        if let Some(incoming) = self.release(file) {
+            settle(incoming.ack().await);
+        }
+    }
+
+    /// Files that did not run to a result here go back to the queue, for any host.
+    pub(crate) async fn hand_back(&mut self, files: Vec<String>) {
+        for file in files {
+            if let Some(incoming) = self.release(&file) {
+                settle(incoming.requeue().await);
+            }
+        }
+    }
+
+    /// Every file this host holds or has waiting goes back to the queue.
+    pub(crate) async fn hand_back_all(&mut self) {
+        let held: Vec<Incoming> = self.held.drain().flat_map(|(_, m)| m).collect();
+        for incoming in held {
+            settle(incoming.requeue().await);
+        }
+        for (_, incoming) in std::mem::take(&mut self.waiting) {
+            settle(incoming.requeue().await);
+        }
+    }
+
+    /// Sends one message to the originator. A `FileFinished` settles its file once
+    /// confirmed. `Err` when nobody can take results any more.
+    pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        let finished = match &message {
+            Message::FileFinished(result) => Some(result.file.clone()),
+            _ => None,
+        };
+        let envelope = Envelope::new(self.assignment.job_id, message);
+        match self
+            .broker
+            .send_to_queue(&self.assignment.reply_to, &envelope)
+            .await
+        {
+            Ok(()) => {
+                if let Some(file) = finished {
+                    self.done(&file).await;
+                }
+                Ok(())
+            }
+            Err(BrokerError::Unroutable(_)) => {
+                tracing::info!("the originator has gone; stopping");
+                self.ended = Some(Ended::OriginatorGone);
+                Err(Ended::OriginatorGone)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot report to the originator");
+                self.ended = Some(Ended::Broken);
+                Err(Ended::Broken)
+            }
+        }
+    }
+
+    /// Checks a delivered message: the file to run, or `None` when the message was settled
+    /// here (foreign, unreadable, a file that already has a result, or the workspace is
+    /// gone, which ends the feed).
+    async fn accept(&mut self, incoming: &Incoming) -> Option<String> {
+        let file = match &incoming.envelope {
+            Ok(envelope) if envelope.job_id != self.assignment.job_id => {
+                tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
+                settle(incoming.discard().await);
+                return None;
+            }
+            Ok(Envelope {
+                message: Message::File { file },
+                ..
+            }) => file.clone(),
+            Ok(envelope) => {
+                tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
+                settle(incoming.discard().await);
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dropping an unreadable message");
+                settle(incoming.discard().await);
+                return None;
+            }
+        };
+        if incoming.redelivered && !self.retry_allowed(&file).await {
+            tracing::info!(file, "the file already has a result; not running it again");
+            settle(incoming.ack().await);
+            return None;
+        }
+        if !self.assignment.workspace.is_dir() {
+            // The listener removed the workspace: this manager outlived its job here.
+            tracing::warn!(file, "the workspace is gone; handing the file back");
+            settle(incoming.requeue().await);
+            self.ended = Some(Ended::WorkspaceGone);
+            return None;
+        }
+        Some(file)
+    }
+
+    /// Asks the originator whether a file delivered again still needs a run. Without an
+    /// answer the file runs: a duplicate result is dropped, a lost one is not.
+    async fn retry_allowed(&mut self, file: &str) -> bool {
+        if self.retries.is_none() {
+            let opened = async {
+                let queue = self.broker.declare_private_queue().await?;
+                let inbox = self.broker.consume(&queue, None).await?;
+                Ok::<_, BrokerError>(RetryChannel { queue, inbox })
+            };
+            match opened.await {
+                Ok(channel) => self.retries = Some(channel),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open the answers queue; running the file again");
+                    return true;
+                }
+            }
+        }
+        let Some(retries) = self.retries.as_mut() else {
+            return true;
+        };
+        let job = self.assignment.job_id;
+        let ask = Message::RetryCheck {
+            file: file.to_owned(),
+            reply_to: retries.queue.clone(),
+        };
+        let asked = self
+            .broker
+            .send_to_queue(&self.assignment.reply_to, &Envelope::new(job, ask))
+            .await;
+        if asked.is_err() {
+            return true;
+        }
+        let inbox = &mut retries.inbox;
+        let answer = tokio::time::timeout(RETRY_ANSWER_WAIT, async {
+            while let Some(incoming) = inbox.next().await {
+                let _ = incoming.ack().await;
+                if let Ok(envelope) = &incoming.envelope {
+                    if let Message::RetryAnswer {
+                        file: answered,
+                        run,
+                    } = &envelope.message
+                    {
+                        if answered == file && envelope.job_id == job {
+                            return *run;
+                        }
+                    }
+                }
+            }
+            true
+        })
+        .await;
+        answer.unwrap_or(true)
+    }
+}
+
+fn settle(result: Result<(), BrokerError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "cannot settle a file message");
+    }
+}
