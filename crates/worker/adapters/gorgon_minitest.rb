@@ -42,11 +42,39 @@ class GorgonMinitestReporter < Minitest::AbstractReporter
   end
 end
 
+# Where a test class was written: the file that defines its constant, or else (a
+# minitest/spec `describe`) the file of its first test.
+def gorgon_home_of(klass)
+  if klass.name && Object.respond_to?(:const_source_location)
+    location = begin
+      Object.const_source_location(klass.name)
+    rescue NameError, ArgumentError
+      nil
+    end
+    return GorgonRunner.relative(location.first) if location && !location.empty?
+  end
+  method = klass.runnable_methods.first
+  location = method && klass.instance_method(method).source_location
+  location && GorgonRunner.relative(location.first)
+end
+
+TEST_FILE = %r{(_test|_spec)\.rb\z|(\A|/)test_[^/]*\.rb\z}
+
+# Whether a class loaded while loading `paths` runs with them: a class written in another
+# test file (one that `paths` require) runs with that file, as a serial run counts it once;
+# a class written in a helper runs with the files that loaded it.
+def gorgon_runs_with?(klass, paths)
+  home = gorgon_home_of(klass)
+  home.nil? || paths.include?(home) || !home.match?(TEST_FILE)
+end
+
 # A request names files, or single tests as `FILE::Class#test` (the ids reported above).
 GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |files, args, _shared|
   paths = files.map { |entry| entry.split('::', 2).first }.uniq
   load_error = paths.each do |file|
-    load File.expand_path(file)
+    path = File.expand_path(file)
+    # A file another test file required is loaded already: its classes wait for it.
+    load path unless $LOADED_FEATURES.include?(path)
   rescue ScriptError, StandardError => e
     break({ outcome: 'load_error',
             message: "#{file} failed to load: #{e.class}: #{e.message}\n#{GorgonRunner.trim_backtrace(e.backtrace)}" })
@@ -60,7 +88,8 @@ GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |f
   reporter = Minitest::CompositeReporter.new
   reporter << GorgonMinitestReporter.new
   reporter.start
-  fresh = Minitest::Runnable.runnables - PRELOADED_RUNNABLES - RAN_RUNNABLES.to_a
+  fresh = (Minitest::Runnable.runnables - PRELOADED_RUNNABLES - RAN_RUNNABLES.to_a)
+          .select { |klass| gorgon_runs_with?(klass, paths) }
   RAN_RUNNABLES.merge(fresh)
   fresh.each { |klass| klass.run(reporter, options) }
   reporter.report

@@ -76,6 +76,39 @@ class GorgonRspecFormatter
   end
 end
 
+# A session runs a worker's files as one serial run does, with one `RSpec::Core::Runner.run`
+# per file: the suite's `before(:suite)` hooks run before its first file and its
+# `after(:suite)` hooks when it ends, not around every file (a suite that freezes a registry
+# before the suite and resets it after would otherwise lose it after the first file).
+module GorgonSuiteHooksOncePerSession
+  attr_accessor :gorgon_session
+
+  def with_suite_hooks
+    return super unless gorgon_session
+    return yield if dry_run?
+
+    unless @gorgon_before_suite_ran
+      @gorgon_before_suite_ran = true
+      RSpec.current_scope = :before_suite_hook if RSpec.respond_to?(:current_scope=)
+      run_suite_hooks('a `before(:suite)` hook', @before_suite_hooks)
+    end
+    RSpec.current_scope = :suite if RSpec.respond_to?(:current_scope=)
+    yield
+  end
+
+  def gorgon_after_suite
+    return unless @gorgon_before_suite_ran
+
+    RSpec.current_scope = :after_suite_hook if RSpec.respond_to?(:current_scope=)
+    run_suite_hooks('an `after(:suite)` hook', @after_suite_hooks)
+  end
+end
+if RSpec.configuration.respond_to?(:with_suite_hooks, true) &&
+   RSpec::Core::Configuration.private_method_defined?(:run_suite_hooks)
+  RSpec.configuration.singleton_class.prepend(GorgonSuiteHooksOncePerSession)
+  GorgonRunner.at_session_end { RSpec.configuration.gorgon_after_suite }
+end
+
 version = "rspec #{RSpec::Core::Version::STRING} (ruby #{RUBY_VERSION})"
 GorgonRunner.serve(version) do |files, args, shared|
   world = RSpec.world
@@ -88,6 +121,7 @@ GorgonRunner.serve(version) do |files, args, shared|
   RSpec.configuration.add_formatter(GorgonRspecFormatter)
   # Concurrent workers share the tree: none of them writes the example status file.
   RSpec.configuration.example_status_persistence_file_path = nil
+  RSpec.configuration.gorgon_session = shared if RSpec.configuration.respond_to?(:gorgon_session=)
   begin
     RSpec::Core::Runner.run([*args, *files], $stderr, $stdout)
     outside = world.respond_to?(:non_example_failure) && world.non_example_failure

@@ -111,9 +111,19 @@ module GorgonRunner
     [answer, %w[completed load_error].include?(answer['outcome'])]
   end
 
+  # What the adapter wants done when a session ends normally (after its last file).
+  def self.at_session_end(&block)
+    (@session_end ||= []) << block
+  end
+
   # The long-lived session child's loop: each request line names files to run in turn; it
   # says `start` before each and sends its answer after it.
   def self.serve_session(requests, results, run_files)
+    serve_requests(requests, results, run_files)
+    (@session_end || []).each(&:call)
+  end
+
+  def self.serve_requests(requests, results, run_files)
     while (line = requests.gets)
       request = JSON.parse(line)
       if (path = request['output_path'])
