@@ -4,11 +4,17 @@
 # RSpec suite, Active Record's Minitest suite (sqlite3 in memory). For each suite, in one
 # sitting and on a fresh copy of its tree: the framework's serial run, the framework's own
 # parallel runner with 2 processes (pytest -n 2, parallel_rspec -n 2, parallel_test -n 2),
-# `gorgon start --local -j 2`, and `gorgon start` on 2 listeners x 2 slots, each with the
+# `gorgon start --local -j 2` on a first run (no history: files in glob order) and again with
+# the runtime history the first run wrote (slowest first, slow files split into their
+# tests), and `gorgon start` on 2 listeners x 2 slots with that history, each with the
 # built-in runner of the framework. Prints each run's wall time and test counts side by side
 # (as each tool reports them, mapped to passed/failed/errored/skipped/pending/xfailed/xpassed),
 # and the ratios of gorgon's times to the serial and parallel runs. Failing tests are expected:
 # the serial run's counts are the baseline the others should match.
+#
+# Then the built-in runner's cost per file: the framework alone in one process over the
+# first PER_FILE files (default 60, in glob order) against `gorgon start --local -j 1` over
+# the same files (target: at most 10 % more).
 #
 # Needs RabbitMQ on 127.0.0.1:5672, rsync, bc, and root for the first run (apt-get).
 # Usage: bench/real.sh [pytest] [rspec] [minitest]   (default: all three; GORGON_BIN=path to
@@ -174,7 +180,8 @@ bench() {
     listed=("$@")
 
     start_listeners
-    write_config "$project" "$glob" "$runner"
+    write_config "$project" "$glob" "$runner" "\"runtime_file\": \"$work/$suite-runtime.json\","
+    rm -f "$work/$suite-runtime.json"
     wait_for_listeners "$project" 2
 
     echo "$suite: running serially: ${serial[*]}" >&2
@@ -187,7 +194,12 @@ bench() {
     local parallel_s=$elapsed parallel_rc=$status parallel_counts
     parallel_counts=$(counts "$kind" "$logs/$suite-parallel.out")
 
-    echo "$suite: running gorgon start --local -j 2" >&2
+    echo "$suite: running gorgon start --local -j 2 (first run)" >&2
+    timed "$suite-gorgon-first" "$project" "$gorgon" start --local -j 2 "${listed[@]}"
+    local first_s=$elapsed first_rc=$status first_counts
+    first_counts=$(counts gorgon "$logs/$suite-gorgon-first.out")
+
+    echo "$suite: running gorgon start --local -j 2 (with history)" >&2
     timed "$suite-gorgon-local" "$project" "$gorgon" start --local -j 2 "${listed[@]}"
     local local_s=$elapsed local_rc=$status local_counts
     local_counts=$(counts gorgon "$logs/$suite-gorgon-local.out")
@@ -208,16 +220,58 @@ bench() {
     header
     row "$serial_label" "$serial_s" "$serial_rc" "$serial_counts"
     row "$parallel_label" "$parallel_s" "$parallel_rc" "$parallel_counts"
+    row "gorgon --local -j 2, first run" "$first_s" "$first_rc" "$first_counts"
     row "gorgon --local -j 2" "$local_s" "$local_rc" "$local_counts"
     row "gorgon 2 listeners x 2 slots" "$dist_s" "$dist_rc" "$dist_counts"
-    local line
-    line=$(grep -E '^[0-9]+ files: ' "$logs/$suite-gorgon-local.out" | tail -n 1 || true)
-    echo "  gorgon --local -j 2:          ${line:-(no files line)}"
-    line=$(grep -E '^[0-9]+ files: ' "$logs/$suite-gorgon.out" | tail -n 1 || true)
-    echo "  gorgon 2 listeners x 2 slots: ${line:-(no files line)}"
+    local line run
+    for run in "gorgon-first|--local -j 2, first run" "gorgon-local|--local -j 2" \
+        "gorgon|2 listeners x 2 slots"; do
+        line=$(grep -E '^[0-9]+ files: ' "$logs/$suite-${run%%|*}.out" | tail -n 1 || true)
+        printf '  gorgon %-24s %s\n' "${run#*|}:" "${line:-(no files line)}"
+    done
+    echo "  gorgon --local -j 2, first run / serial $(ratio "$first_s" "$serial_s"), / $parallel_label $(ratio "$first_s" "$parallel_s")"
     echo "  gorgon --local -j 2 / serial $(ratio "$local_s" "$serial_s"), / $parallel_label $(ratio "$local_s" "$parallel_s")"
     echo "  gorgon 2x2 / serial $(ratio "$dist_s" "$serial_s"), / $parallel_label $(ratio "$dist_s" "$parallel_s")"
     echo
+}
+
+per_file=${PER_FILE:-60}
+
+# per_file_cost SUITE PROJECT KIND -- ALONE... -- FILE...: the framework alone in one
+# process (ALONE followed by the files) against `gorgon start --local -j 1` over the same
+# files, in PROJECT; prints both and the ratio.
+per_file_cost() {
+    local suite=$1 project=$2 kind=$3 alone=() files=()
+    shift 3
+    [ "$1" = "--" ] && shift
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do alone+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    files=("${@:1:$per_file}")
+    echo "$suite: the framework alone over ${#files[@]} files" >&2
+    timed "$suite-alone" "$project" "${alone[@]}" "${files[@]}"
+    local alone_s=$elapsed alone_rc=$status alone_counts
+    alone_counts=$(counts "$kind" "$logs/$suite-alone.out")
+    echo "$suite: gorgon start --local -j 1 over the same files" >&2
+    timed "$suite-gorgon-one" "$project" "$gorgon" start --local -j 1 "${files[@]}"
+    local one_s=$elapsed one_rc=$status one_counts
+    one_counts=$(counts gorgon "$logs/$suite-gorgon-one.out")
+    echo "== $suite: cost per file, ${#files[@]} files"
+    header
+    row "one process" "$alone_s" "$alone_rc" "$alone_counts"
+    row "gorgon --local -j 1" "$one_s" "$one_rc" "$one_counts"
+    echo "  gorgon --local -j 1 / one process $(ratio "$one_s" "$alone_s") (target: at most 1.10)"
+    echo
+}
+
+# sorted_files PROJECT GLOB: the files GLOB matches in PROJECT, sorted, one a line.
+sorted_files() {
+    (
+        cd "$1"
+        shopt -s globstar nullglob
+        # shellcheck disable=SC2206  # the glob is meant to expand
+        local matches=($2)
+        printf '%s\n' "${matches[@]}" | sort
+    )
 }
 
 bench_pytest() {
@@ -229,6 +283,9 @@ bench_pytest() {
         "{\"kind\": \"pytest\", \"command\": \"$python\", \"args\": [\"-p\", \"no:cacheprovider\"], \"file_timeout\": $file_timeout}" \
         -- "$python" -m pytest -q -p no:cacheprovider networkx \
         -- "$python" -m pytest -q -p no:cacheprovider -n 2 networkx
+    local files=()
+    mapfile -t files < <(sorted_files "$project" "networkx/**/test_*.py")
+    per_file_cost pytest "$project" pytest -- "$python" -m pytest -q -p no:cacheprovider -- "${files[@]}"
 }
 
 bench_rspec() {
@@ -243,6 +300,9 @@ bench_rspec() {
         "{\"kind\": \"rspec\", \"file_timeout\": $file_timeout}" \
         -- rspec \
         -- env PARALLEL_TESTS_EXECUTABLE=rspec parallel_rspec -n 2
+    local files=()
+    mapfile -t files < <(sorted_files "$project" "spec/**/*_spec.rb")
+    per_file_cost rspec "$project" rspec -- rspec -- "${files[@]}"
 }
 
 bench_minitest() {
@@ -263,6 +323,9 @@ bench_minitest() {
         -- rake test:sqlite3_mem \
         -- env RUBYOPT=-Ilib parallel_test -n 2 "${files[@]}" \
         -- "${files[@]}"
+    # As rake's test loader does: one Ruby that requires every file.
+    per_file_cost minitest "$project" minitest -- ruby -w -Ilib:test \
+        -e 'ARGV.each { |f| require File.expand_path(f) }' -- "${files[@]}"
 }
 
 for suite in "${suites[@]}"; do

@@ -60,7 +60,7 @@ for run in $(seq 1 "$runs"); do
     # What this machine needs just to start the files' processes with the same parallelism,
     # with no distribution at all: the practical floor here.
     TIMEFORMAT='%R %U %S'
-    floor=$( { time (cd "$project" && ls tests/*_test.sh | xargs -P "$slots_total" -n 1 sh) ; } 2>&1 )
+    floor=$( { time (cd "$project" && printf '%s\0' tests/*_test.sh | xargs -0 -P "$slots_total" -n 1 sh) ; } 2>&1 )
     read -r floor_wall floor_user floor_system <<<"$floor"
     floor_times+=("$floor_wall")
     cpu_report+=("run $run: listeners and everything under them $listeners_cpu s, RabbitMQ $broker_cpu s; xargs $(echo "$floor_user + $floor_system" | bc -l) s")
