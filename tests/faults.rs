@@ -279,11 +279,7 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     let job_id = uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let settings = BrokerSettings {
-            host: support::broker_host(),
-            port: support::broker_port(),
-            ..BrokerSettings::default()
-        };
+        let settings = BrokerSettings::for_tests();
         let broker = Broker::connect(&settings, "garbage test").await.unwrap();
         let foreign = Envelope::new(uuid::Uuid::new_v4(), Message::File { file: "tests/00_test.sh".into() }).encode();
         let unknown = br#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"brand_new"}}"#.to_vec();

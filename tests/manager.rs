@@ -66,7 +66,7 @@ struct Originator {
 
 impl Originator {
     async fn start(files: &[&str]) -> Originator {
-        let broker = Broker::connect(&BrokerSettings::default(), "gorgon-worker test")
+        let broker = Broker::connect(&BrokerSettings::for_tests(), "gorgon-worker test")
             .await
             .expect("RabbitMQ runs on 127.0.0.1:5672");
         let job = Uuid::new_v4();
@@ -114,7 +114,7 @@ impl Originator {
             job_id: self.job,
             definition: JobDefinition::with_command("unused/", "sh {file}", callbacks),
             reply_to: names::reply_queue(self.job),
-            broker: BrokerSettings::default(),
+            broker: BrokerSettings::for_tests(),
             host: "h1".into(),
             workspace: workspace.to_owned(),
             slots: 1,

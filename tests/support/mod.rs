@@ -12,14 +12,11 @@ pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
 /// The broker the tests use; `AMQP_HOST` / `AMQP_PORT` override it.
 pub fn broker_host() -> String {
-    std::env::var("AMQP_HOST").unwrap_or_else(|_| "127.0.0.1".into())
+    gorgon_protocol::BrokerSettings::for_tests().host
 }
 
 pub fn broker_port() -> u16 {
-    std::env::var("AMQP_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5672)
+    gorgon_protocol::BrokerSettings::for_tests().port
 }
 
 pub fn free_port() -> u16 {

@@ -34,7 +34,7 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
     broker.bind(&heard, &announcements).await.unwrap();
     let mut heard = broker.consume(&heard, None).await.unwrap();
     let settings = ListenerSettings {
-        broker: BrokerSettings::default(),
+        broker: BrokerSettings::for_tests(),
         worker_slots: 3,
         log_file: None,
         cluster_id: cluster.clone(),
@@ -84,7 +84,7 @@ async fn next(inbox: &mut Inbox) -> Message {
 }
 
 async fn connect() -> Broker {
-    Broker::connect(&BrokerSettings::default(), "gorgon-listener test")
+    Broker::connect(&BrokerSettings::for_tests(), "gorgon-listener test")
         .await
         .expect("RabbitMQ runs on 127.0.0.1:5672")
 }

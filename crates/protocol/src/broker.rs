@@ -55,6 +55,19 @@ impl Default for BrokerSettings {
 }
 
 impl BrokerSettings {
+    /// The broker the project's own tests use: `AMQP_HOST` and `AMQP_PORT` when set, else
+    /// the default (127.0.0.1:5672, guest/guest).
+    pub fn for_tests() -> BrokerSettings {
+        let mut settings = BrokerSettings::default();
+        if let Ok(host) = std::env::var("AMQP_HOST") {
+            settings.host = host;
+        }
+        if let Some(port) = std::env::var("AMQP_PORT").ok().and_then(|p| p.parse().ok()) {
+            settings.port = port;
+        }
+        settings
+    }
+
     /// `host:port`, for messages.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)

@@ -266,7 +266,7 @@ mod tests {
 
     impl Originator {
         async fn start() -> Originator {
-            let broker = Broker::connect(&BrokerSettings::default(), "gorgon-manager test")
+            let broker = Broker::connect(&BrokerSettings::for_tests(), "gorgon-manager test")
                 .await
                 .expect("RabbitMQ runs on 127.0.0.1:5672");
             let job = Uuid::new_v4();
@@ -305,7 +305,7 @@ mod tests {
                 job_id: self.job,
                 definition: JobDefinition::with_command("unused/", "true", callbacks),
                 reply_to: names::reply_queue(self.job),
-                broker: BrokerSettings::default(),
+                broker: BrokerSettings::for_tests(),
                 host: "h1".into(),
                 workspace: workspace.to_owned(),
                 slots: 2,
