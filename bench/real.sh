@@ -14,7 +14,8 @@
 #
 # Then the built-in runner's cost per file: the framework alone in one process over the
 # first PER_FILE files (default 60, in glob order) against `gorgon start --local -j 1` over
-# the same files (target: at most 10 % more).
+# the same files, without history (target: at most 10 % more). PER_FILE_ONLY=1 measures only
+# that.
 #
 # Needs RabbitMQ on 127.0.0.1:5672, rsync, bc, and root for the first run (apt-get).
 # Usage: bench/real.sh [pytest] [rspec] [minitest]   (default: all three; GORGON_BIN=path to
@@ -179,6 +180,10 @@ bench() {
     [ $# -gt 0 ] && shift
     listed=("$@")
 
+    if [ -n "${PER_FILE_ONLY:-}" ]; then
+        write_config "$project" "$glob" "$runner"
+        return
+    fi
     start_listeners
     write_config "$project" "$glob" "$runner" "\"runtime_file\": \"$work/$suite-runtime.json\","
     rm -f "$work/$suite-runtime.json"
@@ -252,6 +257,8 @@ per_file_cost() {
     local alone_s=$elapsed alone_rc=$status alone_counts
     alone_counts=$(counts "$kind" "$logs/$suite-alone.out")
     echo "$suite: gorgon start --local -j 1 over the same files" >&2
+    # The runner's cost alone: no history, so no file is split into its tests.
+    sed -i '/"runtime_file"/d' "$project/gorgon.json"
     timed "$suite-gorgon-one" "$project" "$gorgon" start --local -j 1 "${files[@]}"
     local one_s=$elapsed one_rc=$status one_counts
     one_counts=$(counts gorgon "$logs/$suite-gorgon-one.out")

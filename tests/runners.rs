@@ -883,3 +883,68 @@ fn minitest_counts_every_test_as_minitest_does_on_a_minitest_spec_suite() {
         Some("spec/models/gadget_spec.rb")
     );
 }
+
+/// A suite where the test of `a` (the larger file, so queued first) leaves the process
+/// unable to load `b`: a serial run loads every file before any test runs, so `b` loads there.
+struct Poisoned {
+    runner: &'static str,
+    glob: &'static str,
+    files: &'static [(&'static str, &'static str)],
+}
+
+/// On one local worker, in one session, `b` fails to load after `a`'s test; it is loaded
+/// again in a fresh session and passes, as in the framework's serial run.
+fn check_poisoned(suite: Poisoned) {
+    let cluster = Cluster::new();
+    let project = cluster.project(
+        suite.runner,
+        json!({"files": [suite.glob], "job": {"runner": {"kind": suite.runner, "command": ""}}}),
+    );
+    for (path, text) in suite.files {
+        project.write(path, text);
+    }
+    let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("2 files: 2 passed, 0 failed"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_file_that_earlier_tests_left_unloadable_is_loaded_again_in_a_fresh_rspec_session() {
+    check_poisoned(Poisoned {
+        runner: "rspec",
+        glob: "spec/*_spec.rb",
+        files: &[
+            (
+                "spec/a_spec.rb",
+                // Larger than b, so that it goes first (files without history go largest first).
+                "# padding so that this file is queued first\n# padding\n# padding\n# padding\nRSpec.describe('a') { it('poisons the process') { $poisoned = true; expect(1).to eq(1) } }\n",
+            ),
+            (
+                "spec/b_spec.rb",
+                "raise 'loaded after a test poisoned the process' if $poisoned\nRSpec.describe('b') { it('loaded') { expect(1).to eq(1) } }\n",
+            ),
+        ],
+    });
+}
+
+#[test]
+fn a_file_that_earlier_tests_left_unloadable_is_collected_again_in_a_fresh_pytest_session() {
+    check_poisoned(Poisoned {
+        runner: "pytest",
+        glob: "tests/test_*.py",
+        files: &[
+            ("poisonable.py", "READY = True\n"),
+            (
+                "tests/test_a.py",
+                "# padding so that this file is queued first\nimport sys\n\n\ndef test_poisons():\n    sys.modules['poisonable'] = None\n",
+            ),
+            (
+                "tests/test_b.py",
+                "import poisonable\n\n\ndef test_loaded():\n    assert poisonable.READY\n",
+            ),
+        ],
+    });
+}

@@ -239,7 +239,7 @@ fn plan(
     };
     // Only runners that run one test alone by its id can split a file (see the ending).
     let found = if settings.runner.kind.runs_single_tests() {
-        files::split_slow_files(found, &history)
+        files::split_slow_files(found, &split_history(&history, options.local))
     } else {
         found
     };
@@ -518,4 +518,30 @@ pub fn host_name() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The history that decides which files to split: a `--local` run knows its own slot count,
+/// which replaces the one recorded by the run that wrote the history (a distributed run only
+/// learns its slots as listeners take the job, so it goes by the last run's).
+fn split_history(history: &files::History, local_workers: Option<usize>) -> files::History {
+    let mut history = history.clone();
+    if let Some(workers) = local_workers {
+        history.insert(files::SLOTS_KEY.to_owned(), workers.max(1) as f64);
+    }
+    history
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_run_splits_files_by_its_own_slot_count() {
+        let mut history = files::History::new();
+        history.insert(files::SLOTS_KEY.to_owned(), 4.0);
+        history.insert("spec/a_spec.rb".to_owned(), 3.0);
+        assert_eq!(split_history(&history, Some(1))[files::SLOTS_KEY], 1.0);
+        assert_eq!(split_history(&history, None)[files::SLOTS_KEY], 4.0);
+        assert_eq!(split_history(&history, Some(1))["spec/a_spec.rb"], 3.0);
+    }
 }

@@ -1,13 +1,19 @@
-# gorgon-rs built-in Minitest runner: loads Minitest and test/test_helper.rb once, then runs
-# each requested file (or batch of quick files) in a fork of this warm process and reports
-# every test (runner protocol).
+# gorgon-rs built-in Minitest runner: loads Minitest and the suite's helper once, then runs a
+# worker's files in one warm session (or each file, or batch of quick files, in a fork of its
+# own with isolation "fork") and reports every test (runner protocol).
 require_relative 'gorgon_runner'
 require 'minitest'
 
 # Files usually require minitest/autorun; its at_exit hook must never run in a runner.
 Minitest.class_variable_set(:@@installed_at_exit, true)
-$LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('test'))
-require 'test_helper' if File.exist?('test/test_helper.rb')
+$LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('test'), File.expand_path('spec'))
+# The suite's helper: test/test_helper.rb, or spec/spec_helper.rb for a minitest/spec suite of
+# *_spec.rb files.
+if File.exist?('test/test_helper.rb')
+  require 'test_helper'
+elsif File.exist?('spec/spec_helper.rb')
+  require 'spec_helper'
+end
 PRELOADED_RUNNABLES = Minitest::Runnable.runnables.dup
 # The test classes a session has run already: each file runs only the classes it brought.
 RAN_RUNNABLES = Set.new
@@ -68,13 +74,21 @@ def gorgon_runs_with?(klass, paths)
   home.nil? || paths.include?(home) || !home.match?(TEST_FILE)
 end
 
+# The test files this process has loaded.
+LOADED_FILES = Set.new
+
+# A session runs one test of a file it has loaded (a slow file split into its tests) from the
+# classes it already has: no second load, which would cost what the file's load costs.
+GorgonRunner.reruns_loaded_ids = true
+
 # A request names files, or single tests as `FILE::Class#test` (the ids reported above).
 GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |files, args, _shared|
   paths = files.map { |entry| entry.split('::', 2).first }.uniq
   load_error = paths.each do |file|
     path = File.expand_path(file)
     # A file another test file required is loaded already: its classes wait for it.
-    load path unless $LOADED_FEATURES.include?(path)
+    load path unless $LOADED_FEATURES.include?(path) || LOADED_FILES.include?(path)
+    LOADED_FILES << path
   rescue ScriptError, StandardError => e
     break({ outcome: 'load_error',
             message: "#{file} failed to load: #{e.class}: #{e.message}\n#{GorgonRunner.trim_backtrace(e.backtrace)}" })
@@ -88,10 +102,15 @@ GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |f
   reporter = Minitest::CompositeReporter.new
   reporter << GorgonMinitestReporter.new
   reporter.start
-  fresh = (Minitest::Runnable.runnables - PRELOADED_RUNNABLES - RAN_RUNNABLES.to_a)
-          .select { |klass| gorgon_runs_with?(klass, paths) }
-  RAN_RUNNABLES.merge(fresh)
-  fresh.each { |klass| klass.run(reporter, options) }
+  classes = if test
+              # The filter picks the one test among the classes written in its file.
+              (Minitest::Runnable.runnables - PRELOADED_RUNNABLES).select { |klass| gorgon_home_of(klass) == paths.first }
+            else
+              (Minitest::Runnable.runnables - PRELOADED_RUNNABLES - RAN_RUNNABLES.to_a)
+                .select { |klass| gorgon_runs_with?(klass, paths) }
+            end
+  RAN_RUNNABLES.merge(classes)
+  classes.each { |klass| klass.run(reporter, options) }
   reporter.report
   { outcome: 'completed' }
 end

@@ -360,6 +360,7 @@ class SessionChild:
         self.output = output_reader
         self.pending = b""
         self.ran_any = False
+        self.started = 0
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.results, selectors.EVENT_READ)
         self.selector.register(self.output, selectors.EVENT_READ)
@@ -427,9 +428,14 @@ class Supervisor:
         self.child = None
 
     def run(self, request, files, emit):
-        """Runs `files` in the session child, in order, calling `emit` with each answer."""
+        """Runs `files` in the session child, in order, calling `emit` with each answer. A
+        file that fails to be collected in a session that ran other files first is collected
+        again, first, in a fresh session, and that answer counts: a serial run collects every
+        file before it runs any test, so what earlier files' tests left behind must not make a
+        file fail to load."""
         args = request.get("args") or []
         pending = list(files)
+        again = set()
         sink = open(request["output_path"], "ab") if request.get("output_path") else None
         try:
             while pending:
@@ -439,21 +445,32 @@ class Supervisor:
                     self.child = SessionChild(self.proto, args)
                 child = self.child
                 running = None
-                if child.send(pending):
-                    while pending:
+                waiting = list(pending)
+                fresh_wanted = False
+                if child.send(waiting):
+                    while waiting:
                         message = child.next_message(sink)
                         if message is None:
                             break
                         if message.get("type") == "start":
                             running = message["file"]
                             child.ran_any = True
-                        elif message.get("file") in pending:
-                            pending.remove(message["file"])
+                            child.started += 1
+                        elif message.get("file") in waiting:
+                            file = message["file"]
+                            waiting.remove(file)
                             running = None
+                            if message.get("outcome") == "load_error" and child.started > 1 and file not in again:
+                                again.add(file)
+                                fresh_wanted = True
+                                continue
+                            pending.remove(file)
                             emit(message)
                 child.drain(sink)
-                if not pending:
-                    break
+                if not waiting:
+                    if fresh_wanted:
+                        self.stop()
+                    continue
                 # The child ended: the file it was running takes the blame; the rest run in a
                 # fresh session.
                 status = self.stop()

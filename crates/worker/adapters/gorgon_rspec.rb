@@ -1,6 +1,6 @@
-# gorgon-rs built-in RSpec runner: loads RSpec and spec/spec_helper.rb once, then runs each
-# requested file (or batch of quick files) in a fork of this warm process and reports every
-# example (runner protocol).
+# gorgon-rs built-in RSpec runner: loads RSpec and spec/spec_helper.rb once, then runs a
+# worker's files in one warm session (or each file, or batch of quick files, in a fork of its
+# own with isolation "fork") and reports every example (runner protocol).
 require_relative 'gorgon_runner'
 require 'rspec/core'
 

@@ -22,6 +22,9 @@ module GorgonRunner
   # attribute tests to it whatever file defines them (a shared group, a helper module).
   class << self
     attr_accessor :current_file
+    # The adapter can run a test id (`FILE::test`, `FILE:LINE`) of a file its session has
+    # loaded already, without loading the file again.
+    attr_accessor :reruns_loaded_ids
   end
 
   # A path relative to the working directory (the workspace), without a leading "./".
@@ -144,7 +147,7 @@ module GorgonRunner
   # The supervisor's handle on one session child.
   class SessionChild
     attr_reader :args, :loaded
-    attr_accessor :ran_any
+    attr_accessor :ran_any, :started
 
     def initialize(proto, args, run_files)
       @args = args
@@ -166,6 +169,7 @@ module GorgonRunner
       @requests.sync = true
       @loaded = Set.new
       @ran_any = false
+      @started = 0
     end
 
     def send_files(files, request)
@@ -191,7 +195,10 @@ module GorgonRunner
 
   # Runs requests in the session child, starting a fresh one when the last one died, when
   # the framework arguments change, or when a file was already loaded in it (loading a file
-  # twice would define its tests twice).
+  # twice would define its tests twice). A file that fails to load in a session that ran
+  # other files first is loaded again, first, in a fresh session, and that answer counts: a
+  # serial run loads every file before it runs any test, so what earlier files' tests left
+  # behind must not make a file unloadable.
   class Supervisor
     def initialize(proto, run_files)
       @proto = proto
@@ -202,6 +209,7 @@ module GorgonRunner
     def run(request, files, &emit)
       args = request['args'] || []
       pending = files.dup
+      again = Set.new
       until pending.empty?
         stop if @child && @child.args != args
         @child ||= SessionChild.new(@proto, args, @run_files)
@@ -219,9 +227,14 @@ module GorgonRunner
             if message['type'] == 'start'
               running = message['file']
               @child.ran_any = true
+              @child.started += 1
             elsif waiting.delete(message['file'])
-              pending.delete(message['file'])
               running = nil
+              if message['outcome'] == 'load_error' && @child.started > 1 && again.add?(message['file'])
+                next # still pending: it goes first in the next session
+              end
+
+              pending.delete(message['file'])
               emit.call(message)
             end
           end
@@ -243,14 +256,16 @@ module GorgonRunner
       end
     end
 
-    # The longest run of pending files, in order, that the current child has not loaded yet.
+    # The longest run of pending files, in order, that the current child can run: files it
+    # has not loaded yet, and test ids of files it has loaded when the adapter reruns them.
     def fresh_files(pending)
       seen = Set.new
       pending.take_while do |file|
         path = GorgonRunner.path_of(file)
-        fresh = !@child.loaded.include?(path) && !seen.include?(path)
-        seen << path
-        fresh
+        id = path != file
+        runnable = id && GorgonRunner.reruns_loaded_ids || (!@child.loaded.include?(path) && !seen.include?(path))
+        seen << path unless id && GorgonRunner.reruns_loaded_ids
+        runnable
       end
     end
 

@@ -32,7 +32,7 @@ pub(crate) trait Transport {
     /// The next file to run (a path relative to the workspace), or how the loop ends.
     async fn next_file(&mut self) -> Result<(String, Self::Taken), End>;
 
-    /// Another file to add to a batch, if one is waiting right now; never waits for one,
+    /// Another file to add to a batch, if one is waiting right now; never waits for one
     /// (the pool hands a file delivered again alone, so it never comes with others).
     async fn try_next_file(&mut self) -> Option<(String, Self::Taken)> {
         None
