@@ -181,6 +181,7 @@ bench() {
     listed=("$@")
 
     if [ -n "${PER_FILE_ONLY:-}" ]; then
+        [ -n "$rsync_port" ] || start_file_server
         write_config "$project" "$glob" "$runner"
         return
     fi

@@ -126,15 +126,20 @@ module GorgonRunner
     (@session_end || []).each(&:call)
   end
 
+  # Sends this process's stdout and stderr to a request's output file, when it names one.
+  def self.send_output_to(path)
+    return unless path
+
+    out = File.open(path, 'a')
+    out.sync = true
+    STDOUT.reopen(out)
+    STDERR.reopen(out)
+  end
+
   def self.serve_requests(requests, results, run_files)
     while (line = requests.gets)
       request = JSON.parse(line)
-      if (path = request['output_path'])
-        out = File.open(path, 'a')
-        out.sync = true
-        STDOUT.reopen(out)
-        STDERR.reopen(out)
-      end
+      send_output_to(request['output_path'])
       request.fetch('files').each do |file|
         results.puts(JSON.generate(type: 'start', file: file))
         answer, go_on = run_in_session(file, request['args'] || [], run_files)
@@ -308,12 +313,7 @@ module GorgonRunner
       reader.close
       proto.close
       STDIN.reopen(File::NULL)
-      if (path = request['output_path'])
-        out = File.open(path, 'a')
-        out.sync = true
-        STDOUT.reopen(out)
-        STDERR.reopen(out)
-      end
+      send_output_to(request['output_path'])
       self.current_file = files.size == 1 ? files.first : nil
       result = begin
         run_file.call(files, args, false)
