@@ -523,12 +523,18 @@ pub fn host_name() -> String {
 /// The history that decides which files to split: a `--local` run knows its own slot count,
 /// which replaces the one recorded by the run that wrote the history (a distributed run only
 /// learns its slots as listeners take the job, so it goes by the last run's).
-fn split_history(history: &files::History, local_workers: Option<usize>) -> files::History {
-    let mut history = history.clone();
-    if let Some(workers) = local_workers {
-        history.insert(files::SLOTS_KEY.to_owned(), workers.max(1) as f64);
+fn split_history(
+    history: &files::History,
+    local_workers: Option<usize>,
+) -> std::borrow::Cow<'_, files::History> {
+    match local_workers {
+        Some(workers) => {
+            let mut history = history.clone();
+            history.insert(files::SLOTS_KEY.to_owned(), workers.max(1) as f64);
+            std::borrow::Cow::Owned(history)
+        }
+        None => std::borrow::Cow::Borrowed(history),
     }
-    history
 }
 
 #[cfg(test)]
