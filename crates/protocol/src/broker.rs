@@ -13,8 +13,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde::{Deserialize, Serialize};
 
+use crate::connection::BrokerSettings;
 use crate::message::{DecodeError, Envelope};
 
 /// How long a connection attempt may take before the broker counts as unreachable.
@@ -27,62 +27,16 @@ const FRAME_MAX: u32 = 16 * 1024;
 /// How long any other broker call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Where the broker is, as in the `connection` object of Gorgon's config files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BrokerSettings {
-    #[serde(alias = "hostname")]
-    pub host: String,
-    pub port: u16,
-    #[serde(alias = "user")]
-    pub username: String,
-    #[serde(alias = "pass", alias = "pwd")]
-    pub password: String,
-    #[serde(alias = "virtual_host")]
-    pub vhost: String,
-}
-
-impl Default for BrokerSettings {
-    fn default() -> Self {
-        BrokerSettings {
-            host: "127.0.0.1".into(),
-            port: 5672,
-            username: "guest".into(),
-            password: "guest".into(),
-            vhost: "/".into(),
-        }
-    }
-}
-
-impl BrokerSettings {
-    /// The broker the project's own tests use: `AMQP_HOST` and `AMQP_PORT` when set, else
-    /// the default (127.0.0.1:5672, guest/guest).
-    pub fn for_tests() -> BrokerSettings {
-        let mut settings = BrokerSettings::default();
-        if let Ok(host) = std::env::var("AMQP_HOST") {
-            settings.host = host;
-        }
-        if let Some(port) = std::env::var("AMQP_PORT").ok().and_then(|p| p.parse().ok()) {
-            settings.port = port;
-        }
-        settings
-    }
-
-    /// `host:port`, for messages.
-    pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-
-    fn uri(&self) -> String {
-        format!(
-            "amqp://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}",
-            percent_encode(&self.username),
-            percent_encode(&self.password),
-            self.host,
-            self.port,
-            percent_encode(&self.vhost)
-        )
-    }
+/// The AMQP URI of `settings`, with the frame size this client wants.
+fn uri(settings: &BrokerSettings) -> String {
+    format!(
+        "amqp://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}",
+        percent_encode(&settings.username),
+        percent_encode(&settings.password),
+        settings.host,
+        settings.port,
+        percent_encode(&settings.vhost)
+    )
 }
 
 fn percent_encode(text: &str) -> String {
@@ -170,7 +124,7 @@ impl Broker {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect(&settings.uri(), properties),
+            Connection::connect(&uri(settings), properties),
         )
         .await
         .map_err(|_| connect_error(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
@@ -554,19 +508,8 @@ mod tests {
             ..BrokerSettings::default()
         };
         assert_eq!(
-            settings.uri(),
+            uri(&settings),
             "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f?frame_max=16384"
         );
-        assert_eq!(settings.address(), "127.0.0.1:5672");
-    }
-
-    #[test]
-    fn settings_accept_gorgon_spellings() {
-        let settings: BrokerSettings =
-            serde_json::from_str(r#"{"host": "mq", "user": "u", "pass": "p"}"#).unwrap();
-        assert_eq!(settings.host, "mq");
-        assert_eq!(settings.username, "u");
-        assert_eq!(settings.password, "p");
-        assert_eq!(settings.port, 5672);
     }
 }

@@ -3,13 +3,15 @@
 
 pub mod broker;
 pub mod config_file;
+pub mod connection;
 pub mod exit_code;
 pub mod job;
 pub mod message;
 pub mod names;
 pub mod runner_protocol;
 
-pub use broker::{Broker, BrokerError, BrokerSettings, Inbox, Incoming};
+pub use broker::{Broker, BrokerError, Inbox, Incoming};
+pub use connection::BrokerSettings;
 pub use job::{
     batch_size, Callbacks, Isolation, JobDefinition, RunnerKind, RunnerSettings, SyncSettings,
     SyncTransport, MAX_BATCH_FILES,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::broker::BrokerSettings;
+use crate::connection::BrokerSettings;
 use crate::job::JobDefinition;
 use crate::PROTOCOL_VERSION;
 
@@ -334,6 +334,8 @@ pub struct WorkerAssignment {
     pub definition: JobDefinition,
     /// The originator's reply queue.
     pub reply_to: String,
+    /// The broker the manager connects to for the job. Workers ignore it: they speak lines
+    /// on stdin and stdout only.
     pub broker: BrokerSettings,
     /// The listener's name, reported as the host of every result.
     pub host: String,

@@ -1,0 +1,67 @@
+//! Where the broker is and how to log in to it: the `connection` object of Gorgon's config
+//! files, as plain data that the config readers, the job's stdin and the broker client share.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the broker is, as in the `connection` object of Gorgon's config files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    #[serde(alias = "hostname")]
+    pub host: String,
+    pub port: u16,
+    #[serde(alias = "user")]
+    pub username: String,
+    #[serde(alias = "pass", alias = "pwd")]
+    pub password: String,
+    #[serde(alias = "virtual_host")]
+    pub vhost: String,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            host: "127.0.0.1".into(),
+            port: 5672,
+            username: "guest".into(),
+            password: "guest".into(),
+            vhost: "/".into(),
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// The broker the project's own tests use: `AMQP_HOST` and `AMQP_PORT` when set, else
+    /// the default (127.0.0.1:5672, guest/guest).
+    pub fn for_tests() -> BrokerSettings {
+        let mut settings = BrokerSettings::default();
+        if let Ok(host) = std::env::var("AMQP_HOST") {
+            settings.host = host;
+        }
+        if let Some(port) = std::env::var("AMQP_PORT").ok().and_then(|p| p.parse().ok()) {
+            settings.port = port;
+        }
+        settings
+    }
+
+    /// `host:port`, for messages.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_accept_gorgon_spellings() {
+        let settings: BrokerSettings =
+            serde_json::from_str(r#"{"host": "mq", "user": "u", "pass": "p"}"#).unwrap();
+        assert_eq!(settings.host, "mq");
+        assert_eq!(settings.username, "u");
+        assert_eq!(settings.password, "p");
+        assert_eq!(settings.port, 5672);
+        assert_eq!(settings.address(), "mq:5672");
+    }
+}
