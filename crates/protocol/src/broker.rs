@@ -11,6 +11,7 @@ use lapin::options::{
     BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -71,9 +72,18 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    /// True when the broker said the queue or exchange does not exist (AMQP 404).
+    /// True when the broker said the queue or exchange does not exist: it closed the channel
+    /// with reply code 404 (NOT_FOUND). The code is matched, not the reply text, which
+    /// quotes names the broker was given.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, BrokerError::Call { source, .. } if source.to_string().contains("NOT_FOUND"))
+        let BrokerError::Call { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(error)
+                if *error.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        )
     }
 }
 
@@ -240,11 +250,20 @@ impl Broker {
         .await
     }
 
-    /// Whether a queue exists (a passive declare, on a channel of its own because a missing
-    /// queue closes the channel it was asked on).
+    /// Whether a queue exists.
     pub async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        match self.declare_passive(name).await {
+            Ok(()) => Ok(true),
+            Err(error) if error.is_not_found() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Asks whether queue `name` exists (a passive declare), on a channel of its own because
+    /// a missing queue closes the channel it was asked on.
+    async fn declare_passive(&self, name: &str) -> Result<(), BrokerError> {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
-        let declared = bounded(
+        bounded(
             "queue.declare",
             channel.queue_declare(
                 name.into(),
@@ -255,15 +274,9 @@ impl Broker {
                 FieldTable::default(),
             ),
         )
-        .await;
-        match declared {
-            Ok(_) => {
-                let _ = channel.close(200, "bye".into()).await;
-                Ok(true)
-            }
-            Err(error) if error.is_not_found() => Ok(false),
-            Err(error) => Err(error),
-        }
+        .await?;
+        let _ = channel.close(200, "bye".into()).await;
+        Ok(())
     }
 
     /// Publishes to an exchange and waits until the broker has taken the message.
@@ -499,6 +512,66 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
+
+    async fn connect(name: &str) -> Broker {
+        Broker::connect(&BrokerSettings::for_tests(), name)
+            .await
+            .expect("RabbitMQ runs on 127.0.0.1:5672 (or AMQP_HOST:AMQP_PORT)")
+    }
+
+    #[tokio::test]
+    async fn a_missing_queue_is_not_found() {
+        let broker = connect("gorgon-protocol test: missing queue").await;
+        let missing = format!("gorgon-rs.test.{}.missing", Uuid::new_v4());
+        let error = broker.declare_passive(&missing).await.unwrap_err();
+        assert!(error.is_not_found(), "{error}");
+        assert!(!broker.queue_exists(&missing).await.unwrap());
+
+        let present = format!("gorgon-rs.test.{}.present", Uuid::new_v4());
+        broker
+            .declare_queue(&present, QueueLife::Exclusive)
+            .await
+            .unwrap();
+        assert!(broker.queue_exists(&present).await.unwrap());
+        broker.close().await;
+    }
+
+    #[tokio::test]
+    async fn another_refusal_is_not_not_found_even_when_its_text_says_so() {
+        let broker = connect("gorgon-protocol test: refused").await;
+        // RabbitMQ refuses (403 ACCESS_REFUSED) to declare a queue in the reserved `amq.`
+        // namespace, and its reply text quotes the name, NOT_FOUND included.
+        let reserved = format!("amq.gorgon-rs.test.{}.NOT_FOUND", Uuid::new_v4());
+        let error = broker
+            .declare_queue(&reserved, QueueLife::Exclusive)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("NOT_FOUND"), "{error}");
+        assert!(!error.is_not_found(), "{error}");
+        broker.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_not_not_found() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let nowhere = BrokerSettings {
+            host: "127.0.0.1".into(),
+            port,
+            ..BrokerSettings::default()
+        };
+        let error = match Broker::connect(&nowhere, "gorgon-protocol test: nowhere").await {
+            Ok(_) => panic!("connected to {}", nowhere.address()),
+            Err(error) => error,
+        };
+        assert!(matches!(error, BrokerError::Connect { .. }), "{error}");
+        assert!(!error.is_not_found(), "{error}");
+    }
 
     #[test]
     fn uri_escapes_credentials_and_the_default_vhost() {
