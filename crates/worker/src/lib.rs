@@ -25,7 +25,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub use local::work_local;
 pub use manager::{manage_workers, WORKER_SUBCOMMAND};
 pub use stdin::{
-    parse_assignment, read_assignment, read_assignment_and_lines, StdinClosed, StdinLines,
+    parse_assignment, read_assignment, read_assignment_and_lines, AssignmentError, StdinClosed,
+    StdinLines,
 };
 
 /// Exit code of a manager or worker that could not do its part (no broker, bad assignment).

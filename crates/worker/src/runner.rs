@@ -139,7 +139,7 @@ impl CommandRunner {
     async fn run_file(&mut self, file: &str) -> FileRun {
         let mut command = match runner_command(&self.template, file) {
             Ok(command) => command,
-            Err(problem) => return refused(problem),
+            Err(problem) => return refused(problem.to_string()),
         };
         let report_dir = match self.template.contains("{junit}") {
             true => match tempfile::Builder::new().prefix("gorgon-junit-").tempdir() {
@@ -405,10 +405,17 @@ pub(crate) fn refused(problem: String) -> FileRun {
     }
 }
 
+/// A file whose path no shell command can name.
+#[derive(Debug, thiserror::Error)]
+#[error("the path {file:?} holds a NUL byte and cannot be passed to a shell")]
+pub struct UnquotablePath {
+    file: String,
+}
+
 /// The runner command for one file: every `{file}` replaced by the shell-quoted path.
-pub fn runner_command(template: &str, file: &str) -> Result<String, String> {
-    let quoted = shlex::try_quote(file).map_err(|_| {
-        format!("the path {file:?} holds a NUL byte and cannot be passed to a shell")
+pub fn runner_command(template: &str, file: &str) -> Result<String, UnquotablePath> {
+    let quoted = shlex::try_quote(file).map_err(|_| UnquotablePath {
+        file: file.to_owned(),
     })?;
     Ok(template.replace("{file}", &quoted))
 }
@@ -557,7 +564,12 @@ mod tests {
             "sh 't/my test.sh' && echo 't/my test.sh'"
         );
         assert_eq!(runner_command("make test", "a.sh").unwrap(), "make test");
-        assert!(runner_command("sh {file}", "a\0b").is_err());
+        let problem = runner_command("sh {file}", "a\0b").unwrap_err();
+        assert_eq!(problem.file, "a\0b");
+        assert!(
+            problem.to_string().contains("holds a NUL byte"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -51,12 +51,27 @@ impl StdinClosed {
     }
 }
 
+/// Why a worker manager or worker has no assignment to work on.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignmentError {
+    /// The thread that reads stdin ended without handing over the first line.
+    #[error("cannot read the assignment from stdin: the reader stopped")]
+    ReaderStopped,
+    #[error("cannot read the assignment from stdin: {0}")]
+    Read(#[source] std::io::Error),
+    /// The parent closed stdin (or died) before writing the assignment.
+    #[error("stdin ended before an assignment arrived")]
+    Missing,
+    #[error("the assignment on stdin is not valid: {0}")]
+    Invalid(#[source] serde_json::Error),
+}
+
 /// Reads the assignment from the first line of stdin and starts watching stdin for its end.
 ///
 /// stdin is read on a plain thread rather than with `tokio::io::stdin`: tokio reads stdin on
 /// its blocking pool, and a read that never returns (the parent keeps stdin open, as it must)
 /// would hold up the runtime's shutdown when the process wants to exit.
-pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), String> {
+pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), AssignmentError> {
     let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()), None);
     Ok((parse_assignment(&first_line(line).await?)?, closed))
 }
@@ -71,26 +86,27 @@ const STDIN_BUFFER: usize = 64 * 1024;
 
 /// [`read_assignment`] for a local worker, which also takes the lines that follow.
 pub async fn read_assignment_and_lines(
-) -> Result<(WorkerAssignment, StdinLines, StdinClosed), String> {
+) -> Result<(WorkerAssignment, StdinLines, StdinClosed), AssignmentError> {
     let (sender, lines) = mpsc::unbounded_channel();
     let stdin = std::io::BufReader::with_capacity(STDIN_BUFFER, std::io::stdin());
     let (line, closed) = watch_reader(stdin, Some(sender));
     Ok((parse_assignment(&first_line(line).await?)?, lines, closed))
 }
 
-async fn first_line(line: oneshot::Receiver<std::io::Result<String>>) -> Result<String, String> {
+async fn first_line(
+    line: oneshot::Receiver<std::io::Result<String>>,
+) -> Result<String, AssignmentError> {
     line.await
-        .map_err(|_| "cannot read the assignment from stdin: the reader stopped".to_owned())?
-        .map_err(|error| format!("cannot read the assignment from stdin: {error}"))
+        .map_err(|_| AssignmentError::ReaderStopped)?
+        .map_err(AssignmentError::Read)
 }
 
 /// Parses the assignment line.
-pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, String> {
+pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, AssignmentError> {
     if line.trim().is_empty() {
-        return Err("stdin ended before an assignment arrived".to_owned());
+        return Err(AssignmentError::Missing);
     }
-    serde_json::from_str(line.trim_end())
-        .map_err(|error| format!("the assignment on stdin is not valid: {error}"))
+    serde_json::from_str(line.trim_end()).map_err(AssignmentError::Invalid)
 }
 
 /// Starts a thread that reads the first line of `reader`, hands it over, then reads on to the
@@ -201,8 +217,10 @@ mod tests {
         drop(writer);
         let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
         let line = line.await.unwrap().unwrap();
+        let error = parse_assignment(&line).unwrap_err();
+        assert!(matches!(error, AssignmentError::Missing), "{error:?}");
         assert_eq!(
-            parse_assignment(&line).unwrap_err(),
+            error.to_string(),
             "stdin ended before an assignment arrived"
         );
         tokio::time::timeout(Duration::from_secs(5), closed.wait())
@@ -213,8 +231,11 @@ mod tests {
     #[test]
     fn a_bad_assignment_is_explained() {
         let error = parse_assignment("{\"job_id\": 3}\n").unwrap_err();
+        assert!(matches!(error, AssignmentError::Invalid(_)), "{error:?}");
         assert!(
-            error.starts_with("the assignment on stdin is not valid"),
+            error
+                .to_string()
+                .starts_with("the assignment on stdin is not valid"),
             "{error}"
         );
     }

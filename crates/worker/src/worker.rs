@@ -238,7 +238,7 @@ async fn run_batch(
         output: run.output,
         tests: run.tests,
     };
-    let checked: Vec<(String, Result<(), String>)> = files
+    let checked: Vec<(String, Result<(), PathOutsideWorkspace>)> = files
         .into_iter()
         .map(|file| {
             let check = check_path(&file);
@@ -287,15 +287,22 @@ async fn run_batch(
             }
             Err(problem) => {
                 tracing::warn!(file, "refusing a file: {problem}");
-                result(file, refused(problem))
+                result(file, refused(problem.to_string()))
             }
         })
         .collect())
 }
 
+/// A file the worker will not run because its path could reach outside the workspace.
+#[derive(Debug, thiserror::Error)]
+#[error("the path {file:?} escapes the workspace: test files must be relative paths without `..`")]
+struct PathOutsideWorkspace {
+    file: String,
+}
+
 /// Refuses a path that could reach outside the workspace: the originator is trusted to send
 /// relative paths, but a worker must not run what a stray message names elsewhere.
-fn check_path(file: &str) -> Result<(), String> {
+fn check_path(file: &str) -> Result<(), PathOutsideWorkspace> {
     let path = Path::new(file);
     let escapes = file.is_empty()
         || path.is_absolute()
@@ -306,9 +313,9 @@ fn check_path(file: &str) -> Result<(), String> {
             )
         });
     if escapes {
-        return Err(format!(
-            "the path {file:?} escapes the workspace: test files must be relative paths without `..`"
-        ));
+        return Err(PathOutsideWorkspace {
+            file: file.to_owned(),
+        });
     }
     Ok(())
 }
@@ -338,8 +345,9 @@ mod tests {
         }
         for bad in ["", "/etc/passwd", "../x.sh", "t/../../x.sh", "t/.."] {
             let problem = check_path(bad).unwrap_err();
+            assert_eq!(problem.file, bad);
             assert!(
-                problem.contains("escapes the workspace"),
+                problem.to_string().contains("escapes the workspace"),
                 "{bad}: {problem}"
             );
         }
