@@ -217,10 +217,14 @@ impl Broker {
         Ok(queue.name().to_string())
     }
 
+    /// Binds `queue` to `exchange`, on a channel of its own: a missing exchange (a job that
+    /// is already over) closes the channel it was asked on, and this connection's publishing
+    /// channel must outlive that.
     pub async fn bind(&self, queue: &str, exchange: &str) -> Result<(), BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
         bounded(
             "queue.bind",
-            self.channel.queue_bind(
+            channel.queue_bind(
                 queue.into(),
                 exchange.into(),
                 "".into(),
@@ -228,7 +232,9 @@ impl Broker {
                 FieldTable::default(),
             ),
         )
-        .await
+        .await?;
+        let _ = channel.close(200, "bye".into()).await;
+        Ok(())
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
@@ -534,6 +540,35 @@ mod tests {
             .await
             .unwrap();
         assert!(broker.queue_exists(&present).await.unwrap());
+        broker.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_bind_to_a_missing_exchange_leaves_the_connection_usable() {
+        let broker = connect("gorgon-protocol test: bind to a missing exchange").await;
+        let queue = broker.declare_private_queue().await.unwrap();
+        let missing = format!("gorgon-rs.test.{}.gone", Uuid::new_v4());
+        let error = broker.bind(&queue, &missing).await.unwrap_err();
+        assert!(error.is_not_found(), "{error}");
+        // The publishing channel still works: a listener goes on taking jobs after one whose
+        // control exchange was already deleted.
+        let exchange = format!("gorgon-rs.test.{}.here", Uuid::new_v4());
+        broker.declare_fanout(&exchange).await.unwrap();
+        broker.bind(&queue, &exchange).await.unwrap();
+        let mut inbox = broker.consume(&queue, None).await.unwrap();
+        let envelope = Envelope::new(
+            Uuid::new_v4(),
+            crate::Message::File {
+                file: "a.rb".into(),
+            },
+        );
+        broker.publish(&exchange, &envelope).await.unwrap();
+        let incoming = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+            .await
+            .expect("the message arrives")
+            .expect("the consumer is open");
+        assert_eq!(incoming.envelope.unwrap(), envelope);
+        broker.delete_exchange(&exchange).await.unwrap();
         broker.close().await;
     }
 
