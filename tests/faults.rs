@@ -185,6 +185,51 @@ fn ctrl_c_during_the_push_stops_at_once() {
 }
 
 #[test]
+fn ctrl_c_right_after_the_push_still_cancels_the_run() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("after-push", 2);
+    let (project, _record) = suite(&cluster, "after-push", 3, 600.0, json!({}));
+    cluster.wait_for_listeners(&project, 1);
+    // The real rsync pushes; a moment after it has exited, Ctrl-C reaches the originator,
+    // between the push and the first reply (while it queues the files and publishes the job).
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v rsync"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_owned();
+    let bin = cluster.path().join("interrupting-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("rsync"),
+        format!(
+            r#"#!/bin/sh
+'{real}' "$@" || exit
+# The originator is the nearest `gorgon` among this script's ancestors.
+up=$PPID
+while [ "$up" -gt 1 ] && [ "$(cat /proc/$up/comm)" != gorgon ]; do
+    up=$(cut -d' ' -f4 /proc/$up/stat)
+done
+(sleep 0.05; kill -INT "$up") >/dev/null 2>&1 &
+"#
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("rsync"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run = project.spawn_start(&[], &[("PATH", path)]);
+    let run = run.wait(Duration::from_secs(30));
+    assert_eq!(run.code, 130, "{run:?}");
+    assert!(run.stdout.contains("3 not run"), "{run:?}");
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    assert!(run.stdout.contains("Run stopped: interrupted"), "{run:?}");
+    assert_next_job_runs(&cluster);
+}
+
+#[test]
 fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
     let mut cluster = Cluster::new();
     cluster.start_listener("sync", 2);
@@ -221,6 +266,49 @@ fn ctrl_c_during_tests_stops_everything_in_seconds() {
     cluster.start_listener("busy", 2);
     let (project, record) = suite(&cluster, "interrupted", 6, 600.0, json!({}));
     interrupt_once_started(project.spawn_start(&[], &[]), &record, 6);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    assert_next_job_runs(&cluster);
+}
+
+#[test]
+fn ctrl_c_gives_a_running_persistent_runner_its_grace() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("grace", 1);
+    let record = cluster.path().join("record-grace");
+    std::fs::create_dir_all(&record).unwrap();
+    let runner = json!({"kind": "persistent", "command": "sh runner.sh"});
+    let project = cluster.project("grace", json!({"job": {"runner": runner}}));
+    project.write("tests/00_test.sh", "exit 0");
+    // A runner that never finishes its file, and takes half a second to exit on SIGTERM.
+    let at = |name: &str| format!("'{}'", record.join(name).display());
+    project.write(
+        "runner.sh",
+        &format!(
+            r#"trap 'touch {term}; sleep 0.5; touch {graceful}; exit 0' TERM
+echo '{{"type":"hello","protocol":1,"runner":"sh"}}'
+read -r line
+touch {started}
+while :; do sleep 0.1; done"#,
+            term = at("term"),
+            graceful = at("graceful"),
+            started = at("started"),
+        ),
+    );
+    let run = project.spawn_start(&[], &[]);
+    wait_for_file(&record.join("started"), Duration::from_secs(30));
+    run.interrupt();
+    let run = run.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 130, "{run:?}");
+    // The cancel went listener, manager, worker, runner, each with its grace: the runner
+    // got SIGTERM and the time it took, not a SIGKILL first.
+    assert!(
+        record.join("term").exists(),
+        "no SIGTERM reached the runner: {run:?}"
+    );
+    assert!(
+        record.join("graceful").exists(),
+        "the runner was killed within its grace: {run:?}"
+    );
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
     assert_next_job_runs(&cluster);
 }

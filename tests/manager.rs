@@ -239,6 +239,114 @@ async fn runs_every_file_reports_it_and_ends_with_the_queue() {
 }
 
 #[tokio::test]
+async fn a_host_starts_no_more_workers_than_it_has_files() {
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("a.sh"), "sleep 0.2").unwrap();
+    std::fs::write(workspace.path().join("b.sh"), "sleep 0.2").unwrap();
+    let mut originator = Originator::start(&["a.sh", "b.sh"]).await;
+    let callbacks = Callbacks {
+        before_start: Some("touch started.$GORGON_WORKER_ID".into()),
+        ..Callbacks::default()
+    };
+    let mut assignment = originator.assignment(workspace.path(), callbacks);
+    assignment.slots = 4;
+    let manager = Manager::start(&assignment).await;
+    let mut files = vec![
+        originator.next_result().await.file,
+        originator.next_result().await.file,
+    ];
+    files.sort();
+    assert_eq!(files, ["a.sh", "b.sh"]);
+    originator
+        .broker
+        .delete_queue(&names::files_queue(originator.job))
+        .await
+        .unwrap();
+    assert_eq!(manager.wait().await, 0);
+    // Two files: one or two workers (a worker idle again may take the second file), never
+    // the four the host has slots for.
+    assert!(workspace.path().join("started.1").exists());
+    for idle_slot in [3, 4] {
+        let started = workspace.path().join(format!("started.{idle_slot}"));
+        assert!(!started.exists(), "worker {idle_slot} started for no file");
+    }
+    originator.broker.close().await;
+}
+
+/// A persistent runner (sh) that records what happens to it in the workspace: `started`
+/// when it gets a file (which it never finishes), `term` when SIGTERM arrives, and
+/// `graceful` once it has taken its time (0.5 s) to exit after it.
+const STOPPABLE_RUNNER: &str = r#"trap 'touch term; sleep 0.5; touch graceful; exit 0' TERM
+echo '{"type":"hello","protocol":1,"runner":"sh"}'
+read -r line
+touch started
+while :; do sleep 0.1; done"#;
+
+#[tokio::test]
+async fn sigterm_stops_a_running_persistent_runner_with_its_grace_and_no_crash() {
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("runner.sh"), STOPPABLE_RUNNER).unwrap();
+    let mut originator = Originator::start(&["slow_test.sh"]).await;
+    let callbacks = Callbacks {
+        after_creating_workers: Some("touch after".into()),
+        ..Callbacks::default()
+    };
+    let mut assignment = originator.assignment(workspace.path(), callbacks);
+    assignment.definition.runner = RunnerSettings {
+        kind: RunnerKind::Persistent,
+        command: "sh runner.sh".into(),
+        ..RunnerSettings::default()
+    };
+    let manager = Manager::start(&assignment).await;
+    match originator.next_reply().await {
+        Message::FileStarted { file, .. } => assert_eq!(file, "slow_test.sh"),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    wait_for(&workspace.path().join("started")).await;
+
+    // A cancel, as the listener passes it on: SIGTERM to the manager.
+    let pid = nix::unistd::Pid::from_raw(manager.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(manager.wait().await, 0);
+    // The runner got SIGTERM and the time it took to exit, not a SIGKILL first.
+    assert!(
+        workspace.path().join("term").exists(),
+        "no SIGTERM reached the runner"
+    );
+    assert!(
+        workspace.path().join("graceful").exists(),
+        "the runner was killed within its grace"
+    );
+    // A cancelled job runs no after_creating_workers, and its file goes back to the queue
+    // with no crash reported (the reply queue holds a marker of ours next).
+    assert!(!workspace.path().join("after").exists());
+    let marker = Message::JobDone {
+        host: "marker".into(),
+    };
+    originator
+        .broker
+        .send_to_queue(
+            &names::reply_queue(originator.job),
+            &Envelope::new(originator.job, marker.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(originator.next_reply().await, marker);
+    assert_eq!(originator.handed_back(1).await, ["slow_test.sh"]);
+}
+
+/// Waits until `path` exists, failing the test after [`WAIT`].
+async fn wait_for(path: &Path) {
+    tokio::time::timeout(WAIT, async {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} never appeared", path.display()));
+}
+
+#[tokio::test]
 async fn the_end_of_stdin_stops_the_file_and_requeues_it() {
     let workspace = tempfile::tempdir().unwrap();
     std::fs::write(workspace.path().join("slow.sh"), "sleep 30").unwrap();

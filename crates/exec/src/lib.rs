@@ -2,12 +2,14 @@
 //! groups with captured output, the named callbacks, and rsync (push, pull, daemon).
 
 pub mod callback;
+pub mod grace;
 pub mod output;
 pub mod procs;
 pub mod rsync;
 pub mod shell;
+pub mod signals;
 pub mod tail;
 
 pub use callback::{run_callback, CallbackFailure};
 pub use output::OutputBuffer;
-pub use shell::{describe_status, terminate_group, CommandOutcome, ShellCommand};
+pub use shell::{describe_status, terminate_group, CommandOutcome, RunningGroups, ShellCommand};

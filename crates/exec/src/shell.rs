@@ -1,9 +1,11 @@
 //! Shell commands in their own process groups, with combined output captured into an
 //! [`OutputBuffer`], and the grace-then-SIGKILL way of stopping a group.
 
+use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -11,14 +13,12 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use crate::grace;
 use crate::output::OutputBuffer;
 
 /// How long output is still read after the command itself has exited, for grandchildren
 /// that keep its stdout open (a daemon started by a callback, say).
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
-
-/// How long a timed-out command's group gets between SIGTERM and SIGKILL.
-const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
 /// A shell command (started without a shell when the shell would only split it into words),
 /// its working directory, extra environment and time limit.
@@ -29,6 +29,8 @@ pub struct ShellCommand {
     pub env: Vec<(String, String)>,
     /// Past this, the command's process group is stopped and the outcome is a time-out.
     pub timeout: Option<Duration>,
+    /// Where the command's process group is counted while it runs.
+    pub running: RunningGroups,
 }
 
 /// How a command ended.
@@ -80,13 +82,69 @@ pub fn take_output_pipes(child: &mut tokio::process::Child) -> Vec<OutputPipe> {
     stdout.into_iter().chain(stderr).collect()
 }
 
+/// The process groups that the commands sharing it run in right now (a worker's tests, its
+/// persistent runner). A worker that is stopped asks them all to end with
+/// [`RunningGroups::terminate`] while their runs go on, and kills what is left after
+/// [`grace::TEST`] by dropping the runs.
+#[derive(Clone, Debug, Default)]
+pub struct RunningGroups(Arc<Mutex<BTreeSet<i32>>>);
+
+impl RunningGroups {
+    /// Counts `group` in while its command runs.
+    pub fn add(&self, group: Pid) {
+        self.lock().insert(group.as_raw());
+    }
+
+    /// `group` has ended, or is being killed.
+    pub fn remove(&self, group: Pid) {
+        self.lock().remove(&group.as_raw());
+    }
+
+    /// Sends SIGTERM to every group that runs now; how many there were.
+    pub fn terminate(&self) -> usize {
+        let groups = self.lock().clone();
+        for &group in &groups {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGTERM);
+        }
+        groups.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
+        // A poisoned lock only means a holder panicked; the set is still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Kills the process group on drop unless disarmed, so that a dropped (cancelled) run never
-/// leaves its command running.
-struct GroupGuard(Option<Pid>);
+/// leaves its command running; it is counted in `running` meanwhile.
+struct GroupGuard {
+    group: Option<Pid>,
+    running: RunningGroups,
+}
+
+impl GroupGuard {
+    fn new(group: Option<Pid>, running: &RunningGroups) -> GroupGuard {
+        if let Some(group) = group {
+            running.add(group);
+        }
+        GroupGuard {
+            group,
+            running: running.clone(),
+        }
+    }
+
+    /// The command has exited: nothing to kill any more.
+    fn disarm(&mut self) {
+        if let Some(group) = self.group.take() {
+            self.running.remove(group);
+        }
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(group) = self.0 {
+        if let Some(group) = self.group.take() {
+            self.running.remove(group);
             let _ = killpg(group, Signal::SIGKILL);
         }
     }
@@ -99,6 +157,7 @@ impl ShellCommand {
             cwd: cwd.into(),
             env: Vec::new(),
             timeout: None,
+            running: RunningGroups::default(),
         }
     }
 
@@ -163,7 +222,8 @@ impl ShellCommand {
                 }
             }
         };
-        let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+        let mut guard =
+            GroupGuard::new(child.id().map(|id| Pid::from_raw(id as i32)), &self.running);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         for mut pipe in take_output_pipes(&mut child) {
             let tx = tx.clone();
@@ -193,8 +253,8 @@ impl ShellCommand {
                 () = sleep_until(deadline), if !timed_out => {
                     timed_out = true;
                     // Stopped in a task, so that output is still collected meanwhile.
-                    if let Some(group) = guard.0 {
-                        stopper = Some(tokio::spawn(terminate_group(group.as_raw() as u32, TIMEOUT_GRACE)));
+                    if let Some(group) = guard.group {
+                        stopper = Some(tokio::spawn(terminate_group(group.as_raw() as u32, grace::TEST)));
                     }
                 }
             }
@@ -208,7 +268,7 @@ impl ShellCommand {
         while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, rx.recv()).await {
             output.push(&chunk);
         }
-        guard.0 = None;
+        guard.disarm();
         let seconds = started.elapsed().as_secs_f64();
         match status {
             Ok(_) if timed_out => CommandOutcome {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
-use gorgon_exec::{describe_status, rsync, run_callback, terminate_group, ShellCommand};
+use gorgon_exec::{describe_status, grace, rsync, run_callback, terminate_group, ShellCommand};
 use gorgon_protocol::{
     BrokerError, CallbackName, Envelope, JobDefinition, Message, WorkerAssignment,
 };
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::workspace::Workspace;
-use crate::{Shared, MANAGER_GRACE};
+use crate::Shared;
 use gorgon_exec::tail::{relay, LineTail};
 
 /// The hidden subcommand of the `gorgon` binary that runs a worker manager.
@@ -294,7 +294,7 @@ async fn manage(
                 // would wait out the whole grace period.
                 Some(pid) => tokio::select! {
                     status = child.wait() => status,
-                    () = terminate_group(pid, MANAGER_GRACE) => child.wait().await,
+                    () = terminate_group(pid, grace::MANAGER) => child.wait().await,
                 },
                 None => child.wait().await,
             }

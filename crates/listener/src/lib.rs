@@ -24,13 +24,11 @@ pub use settings::{ListenerSettings, DEFAULT_WORKER_SLOTS};
 
 /// How long running jobs get, once the listener is asked to stop, to stop their worker
 /// managers, remove their workspaces and tell their originators. A worker manager gets
-/// [`MANAGER_GRACE`] of it before it is killed.
+/// `gorgon_exec::grace::MANAGER` of it before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The first and the longest wait between attempts to reconnect to the broker.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
-/// How long a worker manager may take to stop its workers after SIGTERM.
-const MANAGER_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the listener could not start or could not go on.
 #[derive(Debug, thiserror::Error)]

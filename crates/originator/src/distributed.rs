@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use gorgon_exec::rsync;
+use gorgon_exec::signals::StopSignals;
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     names, Broker, BrokerError, Envelope, Inbox, JobDefinition, Message, SyncSettings,
 };
-use tokio::signal::unix::{signal, SignalKind};
 use uuid::Uuid;
 
 use crate::events::EventSink;
@@ -34,6 +34,7 @@ pub(crate) async fn run(
     plan: &Plan,
     state: &mut JobState,
     events: &mut EventSink,
+    signals: &mut StopSignals,
 ) -> Result<Option<Stop>, StartError> {
     let Plan {
         options,
@@ -46,7 +47,7 @@ pub(crate) async fn run(
     let root = &settings.project_root;
     let file_server = settings.file_server()?;
     let broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
-    if let Err(error) = plan.before_originate().await {
+    if let Err(error) = plan.before_originate(signals).await {
         broker.close().await;
         return Err(error);
     }
@@ -63,10 +64,10 @@ pub(crate) async fn run(
     let push = rsync::push(root, &location, &settings.exclude, settings.transport);
     let pushed = tokio::select! {
         pushed = push => pushed,
-        _ = tokio::signal::ctrl_c() => {
+        signal = signals.recv() => {
             progress.finish();
             broker.close().await;
-            return Err(StartError::Interrupted("pushing the source tree"));
+            return Err(StartError::Stopped { signal, during: "pushing the source tree" });
         }
     };
     if let Err(error) = pushed {
@@ -105,8 +106,6 @@ pub(crate) async fn run(
         settings.cluster_id
     ));
 
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
     let listener_deadline = Instant::now() + settings.listener_wait;
@@ -155,8 +154,7 @@ pub(crate) async fn run(
                     let _ = incoming.discard().await;
                 }
             }
-            _ = interrupt.recv() => stop = Some(Stop::Interrupted),
-            _ = terminate.recv() => stop = Some(Stop::Terminated),
+            signal = signals.recv() => stop = Some(signal.into()),
             _ = tick.tick() => {
                 progress.update(state);
                 if Instant::now() >= next_liveness_check {
@@ -212,7 +210,7 @@ pub(crate) async fn run(
                 }
                 let _ = incoming.ack().await;
             }
-            _ = interrupt.recv() => { second_interrupt = true; break; }
+            () = signals.interrupt() => { second_interrupt = true; break; }
             _ = tokio::time::sleep_until(deadline) => {
                 progress.note(&format!(
                     "Listeners still finishing after {} s: {}",

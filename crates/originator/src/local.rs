@@ -13,20 +13,18 @@
 
 use std::time::Duration;
 
-use gorgon_exec::run_callback;
+use gorgon_exec::signals::StopSignals;
+use gorgon_exec::{grace, run_callback};
 use gorgon_protocol::{
     CallbackName, JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment,
 };
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::events::EventSink;
 use crate::run::{handle_reply, Plan, StartError, Stop};
 use crate::state::JobState;
 use crate::view::Progress;
 
-/// How long a worker may take to stop after SIGTERM before it is killed.
-const WORKER_GRACE: Duration = Duration::from_secs(2);
 /// How long the workers get, once every file has a result, to run `after_complete`.
 const FINISH_WAIT: Duration = Duration::from_secs(30);
 /// How long a cancelled run waits for its workers to stop (they are killed after the grace).
@@ -39,10 +37,11 @@ pub(crate) async fn run(
     slots: usize,
     state: &mut JobState,
     events: &mut EventSink,
+    signals: &mut StopSignals,
 ) -> Result<Option<Stop>, StartError> {
     let settings = &plan.settings;
     let program = WorkerProgram::gorgon().map_err(StartError::LocalWorkers)?;
-    plan.before_originate().await?;
+    plan.before_originate(signals).await?;
     let progress = Progress::new(state.total(), plan.options.quiet);
     let root = settings.project_root.clone();
     let host = plan.host.clone();
@@ -97,8 +96,11 @@ pub(crate) async fn run(
     let (mut pool, mut from_workers) = Pool::new(program, assignment);
     let mut queue = HandOutQueue::new(state.queued().iter().cloned());
     if stop.is_none() {
-        progress.note(&format!("Running {slots} workers on this machine"));
-        for worker_id in 1..=slots {
+        // No more workers than files.
+        let workers = slots.min(u32::try_from(state.queued().len()).unwrap_or(u32::MAX));
+        let plural = if workers == 1 { "" } else { "s" };
+        progress.note(&format!("Running {workers} worker{plural} on this machine"));
+        for worker_id in 1..=workers {
             if let Err(error) = pool.spawn(worker_id).await {
                 let crashed = Message::WorkerCrashed {
                     host: host.clone(),
@@ -112,8 +114,6 @@ pub(crate) async fn run(
         hand_out(&mut pool, &mut queue, state).await;
     }
 
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while !state.all_settled() && stop.is_none() && pool.any_worker() {
         tokio::select! {
@@ -124,8 +124,7 @@ pub(crate) async fn run(
                 }
                 hand_out(&mut pool, &mut queue, state).await;
             }
-            _ = interrupt.recv() => stop = Some(Stop::Interrupted),
-            _ = terminate.recv() => stop = Some(Stop::Terminated),
+            signal = signals.recv() => stop = Some(signal.into()),
             _ = tick.tick() => progress.update(state),
         }
     }
@@ -142,7 +141,7 @@ pub(crate) async fn run(
         None => FINISH_WAIT,
         Some(stop) => {
             stop.announce(events, &progress);
-            pool.stop_all(WORKER_GRACE);
+            pool.stop_all(grace::WORKER);
             CANCEL_WAIT
         }
     };
@@ -157,7 +156,7 @@ pub(crate) async fn run(
                 }
             }
             // A second Ctrl-C: no more grace.
-            _ = interrupt.recv() => pool.stop_all(Duration::ZERO),
+            () = signals.interrupt() => pool.stop_all(Duration::ZERO),
             _ = tokio::time::sleep_until(deadline) => {
                 progress.note(&format!(
                     "Workers still running after {} s: stopping them",

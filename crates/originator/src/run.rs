@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use gorgon_exec::rsync;
+use gorgon_exec::signals::{StopSignal, StopSignals};
 use gorgon_exec::{run_callback, ShellCommand};
 use gorgon_protocol::{exit_code, BrokerError, CallbackName, Message};
 use uuid::Uuid;
@@ -59,9 +60,20 @@ pub enum StartError {
     BeforeOriginate(gorgon_exec::CallbackFailure, String),
     #[error("cannot start the local workers: {0}")]
     LocalWorkers(std::io::Error),
-    /// Ctrl-C before any file was handed out (e.g. during the push).
-    #[error("interrupted while {0}")]
-    Interrupted(&'static str),
+    /// A stop signal before the job was published (during `before_originate`, the push).
+    #[error("{} while {during}", stopped_by(*.signal))]
+    Stopped {
+        signal: StopSignal,
+        during: &'static str,
+    },
+}
+
+/// How a stop signal reads in a sentence.
+fn stopped_by(signal: StopSignal) -> &'static str {
+    match signal {
+        StopSignal::Interrupt => "interrupted",
+        StopSignal::Terminate => "terminated",
+    }
 }
 
 impl StartError {
@@ -69,7 +81,14 @@ impl StartError {
         match self {
             StartError::Push(_) => exit_code::SYNC_FAILED,
             StartError::BeforeOriginate(..) | StartError::LocalWorkers(_) => exit_code::FAILURE,
-            StartError::Interrupted(_) => exit_code::INTERRUPTED,
+            StartError::Stopped {
+                signal: StopSignal::Interrupt,
+                ..
+            } => exit_code::INTERRUPTED,
+            StartError::Stopped {
+                signal: StopSignal::Terminate,
+                ..
+            } => exit_code::TERMINATED,
             _ => exit_code::CONFIG_OR_BROKER,
         }
     }
@@ -107,6 +126,15 @@ pub(crate) enum Stop {
     Interrupted,
     Terminated,
     Failed(String),
+}
+
+impl From<StopSignal> for Stop {
+    fn from(signal: StopSignal) -> Stop {
+        match signal {
+            StopSignal::Interrupt => Stop::Interrupted,
+            StopSignal::Terminate => Stop::Terminated,
+        }
+    }
 }
 
 impl Stop {
@@ -152,15 +180,25 @@ impl Plan {
             .env("GORGON_HOST", &self.host)
     }
 
-    /// Runs `before_originate`; its failure ends the run before anything is handed out.
-    pub(crate) async fn before_originate(&self) -> Result<(), StartError> {
+    /// Runs `before_originate`; its failure, or a stop signal meanwhile (which kills it),
+    /// ends the run before anything is handed out.
+    pub(crate) async fn before_originate(
+        &self,
+        signals: &mut StopSignals,
+    ) -> Result<(), StartError> {
         let command = self.settings.callbacks.before_originate.as_deref();
-        run_callback(CallbackName::BeforeOriginate, command, &self.base_command())
-            .await
-            .map_err(|failure| {
-                let output = failure.output.clone();
-                StartError::BeforeOriginate(failure, output)
-            })
+        let base = self.base_command();
+        let callback = run_callback(CallbackName::BeforeOriginate, command, &base);
+        let ran = tokio::select! {
+            ran = callback => ran,
+            signal = signals.recv() => {
+                return Err(StartError::Stopped { signal, during: "running before_originate" })
+            }
+        };
+        ran.map_err(|failure| {
+            let output = failure.output.clone();
+            StartError::BeforeOriginate(failure, output)
+        })
     }
 }
 
@@ -169,9 +207,14 @@ async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, Start
         return Ok(exit_code::SUCCESS);
     };
     let mut state = JobState::new(queue);
+    // Installed once, before anything of the job starts: a signal at any moment from here on
+    // stops the run (it waits in the streams until the engine looks).
+    let mut signals = StopSignals::install();
     let stop = match plan.options.local {
-        Some(workers) => crate::local::run(&plan, workers, &mut state, events).await?,
-        None => crate::distributed::run(&plan, &mut state, events).await?,
+        Some(workers) => {
+            crate::local::run(&plan, workers, &mut state, events, &mut signals).await?
+        }
+        None => crate::distributed::run(&plan, &mut state, events, &mut signals).await?,
     };
     Ok(finish(plan, state, stop, events).await)
 }

@@ -76,13 +76,22 @@ impl BrokerError {
     /// with reply code 404 (NOT_FOUND). The code is matched, not the reply text, which
     /// quotes names the broker was given.
     pub fn is_not_found(&self) -> bool {
+        self.is_soft(AMQPSoftError::NOTFOUND)
+    }
+
+    /// True when the broker refused because the queue is exclusive to another connection
+    /// (reply code 405, RESOURCE_LOCKED): it exists, and its owner is connected.
+    pub fn is_locked(&self) -> bool {
+        self.is_soft(AMQPSoftError::RESOURCELOCKED)
+    }
+
+    fn is_soft(&self, code: AMQPSoftError) -> bool {
         let BrokerError::Call { source, .. } = self else {
             return false;
         };
         matches!(
             source.kind(),
-            lapin::ErrorKind::ProtocolError(error)
-                if *error.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+            lapin::ErrorKind::ProtocolError(error) if *error.kind() == AMQPErrorKind::Soft(code)
         )
     }
 }
@@ -101,6 +110,17 @@ async fn bounded<T>(
             what: what.to_owned(),
             seconds: CALL_TIMEOUT.as_secs(),
         }),
+    }
+}
+
+/// What a passive declare says about a queue or an exchange: a queue exclusive to another
+/// connection (a listener's own queue) exists for as long as that connection lives.
+fn existence(declared: Result<(), BrokerError>) -> Result<bool, BrokerError> {
+    match declared {
+        Ok(()) => Ok(true),
+        Err(error) if error.is_locked() => Ok(true),
+        Err(error) if error.is_not_found() => Ok(false),
+        Err(error) => Err(error),
     }
 }
 
@@ -217,24 +237,22 @@ impl Broker {
         Ok(queue.name().to_string())
     }
 
-    /// Binds `queue` to `exchange`, on a channel of its own: a missing exchange (a job that
-    /// is already over) closes the channel it was asked on, and this connection's publishing
-    /// channel must outlive that.
+    /// Binds `queue` to `exchange`, on a channel of its own: the exchange may be gone (a job
+    /// that is already over).
     pub async fn bind(&self, queue: &str, exchange: &str) -> Result<(), BrokerError> {
-        let channel = bounded("channel.open", self.connection.create_channel()).await?;
-        bounded(
-            "queue.bind",
-            channel.queue_bind(
-                queue.into(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        let _ = channel.close(200, "bye".into()).await;
-        Ok(())
+        let (queue, exchange) = (queue.to_owned(), exchange.to_owned());
+        self.on_own_channel("queue.bind", |channel| async move {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
@@ -256,33 +274,63 @@ impl Broker {
         .await
     }
 
-    /// Whether a queue exists.
-    pub async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
-        match self.declare_passive(name).await {
-            Ok(()) => Ok(true),
-            Err(error) if error.is_not_found() => Ok(false),
-            Err(error) => Err(error),
-        }
+    /// Whether an exchange exists (a passive declare).
+    pub async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        let name = name.to_owned();
+        let declared = self
+            .on_own_channel("exchange.declare", |channel| async move {
+                let options = ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                };
+                channel
+                    .exchange_declare(
+                        name.as_str().into(),
+                        ExchangeKind::Fanout,
+                        options,
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await;
+        existence(declared)
     }
 
-    /// Asks whether queue `name` exists (a passive declare), on a channel of its own because
-    /// a missing queue closes the channel it was asked on.
+    /// Whether a queue exists.
+    pub async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        existence(self.declare_passive(name).await)
+    }
+
+    /// Asks whether queue `name` exists (a passive declare).
     async fn declare_passive(&self, name: &str) -> Result<(), BrokerError> {
+        let name = name.to_owned();
+        self.on_own_channel("queue.declare", |channel| async move {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(name.as_str().into(), options, FieldTable::default())
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Runs one call on a channel of its own, closed after it: a broker that refuses a call
+    /// (a queue or exchange that does not exist) closes the channel it was made on, and the
+    /// connection's publishing channel must outlive that.
+    async fn on_own_channel<T, F, Fut>(&self, what: &str, call: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = lapin::Result<T>>,
+    {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
-        bounded(
-            "queue.declare",
-            channel.queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        let _ = channel.close(200, "bye".into()).await;
-        Ok(())
+        let answer = bounded(what, call(channel.clone())).await;
+        if answer.is_ok() {
+            let _ = channel.close(200, "bye".into()).await;
+        }
+        answer
     }
 
     /// Publishes to an exchange and waits until the broker has taken the message.
@@ -540,7 +588,20 @@ mod tests {
             .await
             .unwrap();
         assert!(broker.queue_exists(&present).await.unwrap());
+        // Another connection's exclusive queue (a listener's, seen by an originator) exists
+        // while its owner is connected, and not after.
+        let other = connect("gorgon-protocol test: another connection").await;
+        assert!(other.queue_exists(&present).await.unwrap());
         broker.close().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while other.queue_exists(&present).await.unwrap() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue outlived its owner"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        other.close().await;
     }
 
     #[tokio::test]
@@ -568,7 +629,10 @@ mod tests {
             .expect("the message arrives")
             .expect("the consumer is open");
         assert_eq!(incoming.envelope.unwrap(), envelope);
+        assert!(broker.exchange_exists(&exchange).await.unwrap());
         broker.delete_exchange(&exchange).await.unwrap();
+        assert!(!broker.exchange_exists(&exchange).await.unwrap());
+        assert!(!broker.exchange_exists(&missing).await.unwrap());
         broker.close().await;
     }
 

@@ -92,6 +92,16 @@ impl<'a> Feeder<'a> {
         !self.waiting.is_empty()
     }
 
+    /// How many delivered files wait for an idle worker.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The host this feeder takes files for.
+    pub(crate) fn host(&self) -> &str {
+        &self.assignment.host
+    }
+
     /// The next delivery; `None` once the consumer has ended (then [`Feeder::ended`] says
     /// why). Cancel-safe: nothing is lost when another event wins the race; pass what it
     /// returns to [`Feeder::admit`], which is not.

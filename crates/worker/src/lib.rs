@@ -20,7 +20,6 @@ mod worker;
 
 use gorgon_exec::ShellCommand;
 use gorgon_protocol::{Broker, Envelope, Message, WorkerAssignment};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub use local::work_local;
 pub use manager::{manage_workers, WORKER_SUBCOMMAND};
@@ -54,44 +53,5 @@ async fn report(broker: &Broker, assignment: &WorkerAssignment, message: Message
     let envelope = Envelope::new(assignment.job_id, message);
     if let Err(error) = broker.send_to_queue(&assignment.reply_to, &envelope).await {
         tracing::warn!(job = %assignment.job_id, %error, "cannot report to the originator");
-    }
-}
-
-/// SIGTERM and SIGINT, the ways a manager or worker is asked to stop.
-struct StopSignals {
-    terminate: Option<Signal>,
-    interrupt: Option<Signal>,
-}
-
-impl StopSignals {
-    fn new() -> StopSignals {
-        // Without a handler the default action (exit) still applies, which is acceptable.
-        let install = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(stream) => Some(stream),
-            Err(error) => {
-                tracing::warn!(%error, "cannot handle {name}");
-                None
-            }
-        };
-        StopSignals {
-            terminate: install(SignalKind::terminate(), "SIGTERM"),
-            interrupt: install(SignalKind::interrupt(), "SIGINT"),
-        }
-    }
-
-    /// Resolves at the next SIGTERM or SIGINT, with the signal's name.
-    async fn recv(&mut self) -> &'static str {
-        async fn next(signal: &mut Option<Signal>) {
-            if let Some(stream) = signal {
-                if stream.recv().await.is_some() {
-                    return;
-                }
-            }
-            std::future::pending().await
-        }
-        tokio::select! {
-            () = next(&mut self.terminate) => "SIGTERM",
-            () = next(&mut self.interrupt) => "SIGINT",
-        }
     }
 }

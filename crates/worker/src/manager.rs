@@ -1,23 +1,23 @@
 //! The worker manager (`gorgon __manage-workers`), one per job and host: it holds the host's
 //! broker connection for the job, runs `before_creating_workers`, starts the job's worker
-//! pool (`pool`: lines-only worker processes, one per slot), feeds it files from the job's
-//! files queue as its workers become idle and publishes their replies (`feed`), reports the
+//! pool (`pool`: lines-only worker processes, up to one per slot, each started when a file
+//! arrives that no started worker is idle for, so that a host with one file starts one
+//! worker), feeds it files from the job's files queue as its workers become idle and
+//! publishes their replies (`feed`), reports the
 //! workers that crash and hands back what they held, stops them all on a cancel, a signal or
 //! the death of its listener, and runs `after_creating_workers` once they have all exited.
 
 use std::time::Duration;
 
-use gorgon_exec::run_callback;
+use gorgon_exec::{grace, run_callback};
 use gorgon_protocol::{names, Broker, CallbackName, Message, WorkerAssignment};
 
 use crate::feed::{Ended, Feeder};
 use crate::pool::{Pool, Received, WorkerProgram};
-use crate::{command_base, report, StdinClosed, StopSignals, EXIT_BROKEN};
+use crate::{command_base, report, StdinClosed, EXIT_BROKEN};
+use gorgon_exec::signals::StopSignals;
 
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
-
-/// How long a worker may take to stop after SIGTERM before it is killed.
-const WORKER_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the worker manager of `assignment` and returns its exit code: 0 whenever it did its
 /// part (problems are reported to the originator), non-zero when it could not even reach
@@ -58,26 +58,23 @@ async fn manage_connected(
     stdin: &mut StdinClosed,
     program: &WorkerProgram,
 ) -> i32 {
-    let mut signals = StopSignals::new();
-    let control = async {
-        let queue = broker.declare_private_queue().await?;
-        broker
-            .bind(&queue, &names::control_exchange(assignment.job_id))
-            .await?;
-        broker.consume(&queue, None).await
-    };
-    let mut inbox = match control.await {
-        Ok(inbox) => inbox,
-        // The originator deletes the control exchange when the job ends.
-        Err(error) if error.is_not_found() => {
+    // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
+    let mut signals = StopSignals::install();
+    // The originator deletes the control exchange when the job ends.
+    match broker
+        .exchange_exists(&names::control_exchange(assignment.job_id))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
             tracing::info!("the job is already over; starting no workers");
             return 0;
         }
         Err(error) => {
-            tracing::error!(%error, "the worker manager cannot listen for a cancel");
+            tracing::error!(%error, "the worker manager cannot reach the job");
             return EXIT_BROKEN;
         }
-    };
+    }
     let callbacks = &assignment.definition.callbacks;
     let base = command_base(assignment);
     let before = callbacks.before_creating_workers.as_deref();
@@ -96,27 +93,21 @@ async fn manage_connected(
         Err(_) => return EXIT_BROKEN,
     };
     let (mut pool, mut events) = Pool::new(program.clone(), assignment.clone());
-    for worker_id in 1..=assignment.slots {
-        if let Err(error) = pool.spawn(worker_id).await {
-            tracing::error!(%error, "cannot start worker {worker_id}");
-            let message = Message::WorkerCrashed {
-                host: assignment.host.clone(),
-                worker_id,
-                status: format!("could not start: {error}"),
-                output: String::new(),
-            };
-            let _ = feeder.send(message).await;
-        }
-    }
-    tracing::info!("workers started");
-
+    // Workers start as files arrive: a host starts no more of them than it has files for.
+    let mut unstarted = 1..=assignment.slots;
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
     let mut cancelled = false;
     // The workers were told how the job ended here (no more files, or stop).
     let mut told = false;
-    let mut inbox_open = true;
-    while pool.any_worker() {
+    // It goes on while a worker runs, or while files may come and a slot has no worker yet.
+    while pool.any_worker() || (!cancelled && feeder.ended().is_none() && !unstarted.is_empty()) {
         if !cancelled && feeder.ended().is_none() {
+            while feeder.waiting() > pool.wants().len() {
+                let Some(worker_id) = unstarted.next() else {
+                    break;
+                };
+                start_worker(&mut pool, &mut feeder, worker_id).await;
+            }
             for (worker_id, count) in pool.wants() {
                 if !feeder.has_waiting() {
                     break;
@@ -134,7 +125,7 @@ async fn manage_connected(
             }
             Some(ended) if !told => {
                 tracing::info!("stopping the workers: {ended:?}");
-                pool.stop_all(WORKER_GRACE);
+                pool.stop_all(grace::WORKER);
                 told = true;
             }
             _ => {}
@@ -166,34 +157,6 @@ async fn manage_connected(
                 }
                 continue;
             }
-            incoming = inbox.next(), if inbox_open => match incoming {
-                Some(incoming) => match incoming.envelope.as_ref().map(|e| &e.message) {
-                    Ok(Message::Cancel { reason }) => {
-                        let reason = format!("the job was cancelled ({reason})");
-                        if let Err(error) = incoming.ack().await {
-                            tracing::warn!(%error, "cannot acknowledge the cancel");
-                        }
-                        reason
-                    }
-                    other => {
-                        match other {
-                            Ok(body) => tracing::warn!(?body, "dropping an unexpected control message"),
-                            Err(error) => tracing::warn!(%error, "dropping an unreadable control message"),
-                        }
-                        if let Err(error) = incoming.discard().await {
-                            tracing::warn!(%error, "cannot drop a control message");
-                        }
-                        continue;
-                    }
-                },
-                None => {
-                    // Without the control queue a cancel cannot arrive, but the workers
-                    // still end by themselves when the files run out.
-                    tracing::warn!("the control queue has closed; cancels will not be seen");
-                    inbox_open = false;
-                    continue;
-                }
-            },
             () = stdin.wait(), if !cancelled => "the listener has gone".to_owned(),
             signal = signals.recv() => {
                 if cancelled {
@@ -209,7 +172,7 @@ async fn manage_connected(
             tracing::info!("stopping the workers: {reason}");
             cancelled = true;
             told = true;
-            pool.stop_all(WORKER_GRACE);
+            pool.stop_all(grace::WORKER);
         }
     }
     feeder.hand_back_all().await;
@@ -217,6 +180,22 @@ async fn manage_connected(
         return 0;
     }
     after_workers(broker, assignment).await
+}
+
+/// Starts worker `worker_id`, reporting it as crashed when it cannot start.
+async fn start_worker(pool: &mut Pool, feeder: &mut Feeder<'_>, worker_id: u32) {
+    if let Err(error) = pool.spawn(worker_id).await {
+        tracing::error!(%error, "cannot start worker {worker_id}");
+        let message = Message::WorkerCrashed {
+            host: feeder.host().to_owned(),
+            worker_id,
+            status: format!("could not start: {error}"),
+            output: String::new(),
+        };
+        let _ = feeder.send(message).await;
+    } else {
+        tracing::info!("worker {worker_id} started");
+    }
 }
 
 /// Runs `after_creating_workers` (reporting its failure); the manager's exit code.
@@ -313,6 +292,22 @@ mod tests {
             }
         }
 
+        /// Queues files `1`..=`count` for the job's workers.
+        async fn queue_files(&self, count: u32) {
+            for file in 1..=count {
+                let envelope = Envelope::new(
+                    self.job,
+                    Message::File {
+                        file: file.to_string(),
+                    },
+                );
+                self.broker
+                    .send_to_queue(&names::files_queue(self.job), &envelope)
+                    .await
+                    .unwrap();
+            }
+        }
+
         async fn next_reply(&mut self) -> Message {
             let incoming = tokio::time::timeout(WAIT, self.replies.next())
                 .await
@@ -352,15 +347,11 @@ mod tests {
             ..Callbacks::default()
         };
         let assignment = originator.assignment(workspace.path(), callbacks);
-        // Worker 1 reads its assignment and succeeds; worker 2 says why it dies and dies.
-        let program = script(
-            r#"read line; case "$line" in *'"worker_id":1'*) exit 0;; esac
-               echo "worker $GORGON_WORKER_ID is broken" >&2; exit 3"#,
-        );
-        let code = tokio::time::timeout(WAIT, manage(assignment, StdinClosed::never(), &program))
-            .await
-            .expect("the manager ends with its workers");
-        assert_eq!(code, 0);
+        // One file: one worker starts, says why it dies and dies.
+        originator.queue_files(1).await;
+        let program = script(r#"read line; echo "worker $GORGON_WORKER_ID is broken" >&2; exit 3"#);
+        let manager =
+            tokio::spawn(async move { manage(assignment, StdinClosed::never(), &program).await });
         match originator.next_reply().await {
             Message::WorkerCrashed {
                 host,
@@ -369,81 +360,25 @@ mod tests {
                 output,
             } => {
                 assert_eq!(host, "h1");
-                assert_eq!(worker_id, 2);
+                assert_eq!(worker_id, 1);
                 assert_eq!(status, "exit status 3");
-                assert_eq!(output, "worker 2 is broken\n");
+                assert_eq!(output, "worker 1 is broken\n");
             }
             other => panic!("unexpected reply {other:?}"),
         }
-        assert!(workspace.path().join("before").exists());
-        assert!(workspace.path().join("after").exists());
-        originator.cleanup().await;
-    }
-
-    #[tokio::test]
-    async fn a_cancel_stops_every_worker_without_crash_reports() {
-        let workspace = tempfile::tempdir().unwrap();
-        let mut originator = Originator::start().await;
-        let callbacks = Callbacks {
-            after_creating_workers: Some("touch after".into()),
-            ..Callbacks::default()
-        };
-        let assignment = originator.assignment(workspace.path(), callbacks);
-        let program = script("read line; echo $$ > pid.$GORGON_WORKER_ID; exec sleep 30");
-        let manager =
-            tokio::spawn(async move { manage(assignment, StdinClosed::never(), &program).await });
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !(workspace.path().join("pid.1").exists() && workspace.path().join("pid.2").exists())
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the workers never started"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // The manager bound its control queue before starting workers, so the cancel routes.
-        let control = names::control_exchange(originator.job);
-        let cancel = Envelope::new(
-            originator.job,
-            Message::Cancel {
-                reason: "Ctrl-C".into(),
-            },
-        );
-        originator.broker.publish(&control, &cancel).await.unwrap();
-        let code = tokio::time::timeout(WAIT, manager)
-            .await
-            .expect("the manager stops")
-            .unwrap();
-        assert_eq!(code, 0);
-        assert!(!workspace.path().join("after").exists());
-        // Workers that had started are gone (reaped, not left running).
-        for worker in 1..=2 {
-            let pid = std::fs::read_to_string(workspace.path().join(format!("pid.{worker}")));
-            let pid: i32 = pid.unwrap().trim().parse().unwrap();
-            assert!(
-                std::fs::metadata(format!("/proc/{pid}")).is_err(),
-                "worker {worker} ({pid}) survived"
-            );
-        }
-        // No crash was reported: the next reply, if any, would have arrived by now; prove it
-        // with a message of our own behind them.
-        let marker = Envelope::new(
-            originator.job,
-            Message::JobDone {
-                host: "marker".into(),
-            },
-        );
+        // The originator settles the file (it deletes the files queue): the manager ends.
         originator
             .broker
-            .send_to_queue(&names::reply_queue(originator.job), &marker)
+            .delete_queue(&names::files_queue(originator.job))
             .await
             .unwrap();
-        assert_eq!(
-            originator.next_reply().await,
-            Message::JobDone {
-                host: "marker".into()
-            }
-        );
+        let code = tokio::time::timeout(WAIT, manager)
+            .await
+            .expect("the manager ends with its workers")
+            .unwrap();
+        assert_eq!(code, 0);
+        assert!(workspace.path().join("before").exists());
+        assert!(workspace.path().join("after").exists());
         originator.cleanup().await;
     }
 
@@ -452,6 +387,7 @@ mod tests {
         let workspace = tempfile::tempdir().unwrap();
         let originator = Originator::start().await;
         let assignment = originator.assignment(workspace.path(), Callbacks::default());
+        originator.queue_files(2).await;
         let program = script("read line; touch ready.$GORGON_WORKER_ID; exec sleep 30");
         let (close_stdin, stdin) = StdinClosed::manual();
         let manager = tokio::spawn(async move { manage(assignment, stdin, &program).await });

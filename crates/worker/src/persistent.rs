@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gorgon_exec::{describe_status, terminate_group, OutputBuffer, ShellCommand};
+use gorgon_exec::{describe_status, terminate_group, OutputBuffer, RunningGroups, ShellCommand};
 use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -54,6 +54,8 @@ pub enum Answer {
 pub struct Session {
     child: Child,
     group: Option<Pid>,
+    /// Where its group is counted while it runs, for a stopping worker to end it.
+    running: RunningGroups,
     stdin: Option<ChildStdin>,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<OutputBuffer>>,
@@ -88,6 +90,9 @@ impl Session {
             (error, String::new())
         })?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
+        if let Some(group) = group {
+            command.running.add(group);
+        }
         let (sender, lines) = mpsc::unbounded_channel();
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(async move {
@@ -116,6 +121,7 @@ impl Session {
             stdin: child.stdin.take(),
             child,
             group,
+            running: command.running.clone(),
             lines,
             stderr,
             name: String::new(),
@@ -263,7 +269,7 @@ impl Session {
         {
             tracing::warn!("the runner did not exit when its stdin closed");
         }
-        if let Some(group) = self.group.take() {
+        if let Some(group) = self.forget_group() {
             terminate_group(group.as_raw() as u32, EXIT_GRACE).await;
         }
     }
@@ -282,9 +288,16 @@ impl Session {
     }
 
     fn kill(&mut self) {
-        if let Some(group) = self.group.take() {
+        if let Some(group) = self.forget_group() {
             let _ = killpg(group, Signal::SIGKILL);
         }
+    }
+
+    /// Its process group, no longer counted as running.
+    fn forget_group(&mut self) -> Option<Pid> {
+        let group = self.group.take()?;
+        self.running.remove(group);
+        Some(group)
     }
 }
 

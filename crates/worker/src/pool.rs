@@ -1,5 +1,6 @@
 //! One pool of worker processes (`gorgon __work`, which speak lines only): it starts
-//! a worker per slot in its own process group, hands idle workers their files on stdin (one
+//! the workers its feeder asks for (at most one per slot), each in its own process group,
+//! hands idle workers their files on stdin (one
 //! at first, then as many as fit in one batch), reads their replies from stdout, restarts a
 //! worker that crashed (within a budget) and gives back the files a dead worker held without
 //! a result, and stops them all with SIGTERM, a grace period and SIGKILL, reaping each child
@@ -260,6 +261,12 @@ impl Pool {
             Ok(status) => Some(describe_status(status)),
             Err(error) => Some(format!("could not wait for it: {error}")),
         };
+        if status.is_some() {
+            // What a worker that ended badly (or was killed at the end of its grace) left
+            // running: a persistent runner, a test's processes, each in a group of its own.
+            let job = self.assignment.job_id.to_string();
+            kill_worker_leftovers(&job, &self.assignment.host, worker_id);
+        }
         let crash = match status {
             None => None,
             Some(status) if self.stopping => {
@@ -268,8 +275,6 @@ impl Pool {
             }
             Some(status) => {
                 tracing::warn!("worker {worker_id} crashed ({status})");
-                let job = self.assignment.job_id.to_string();
-                kill_worker_leftovers(&job, &self.assignment.host, worker_id);
                 if restart {
                     let count = self.restarts.entry(worker_id).or_default();
                     if *count < MAX_RESTARTS {

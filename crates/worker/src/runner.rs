@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gorgon_exec::{CommandOutcome, OutputBuffer, ShellCommand};
+use gorgon_exec::{CommandOutcome, OutputBuffer, RunningGroups, ShellCommand};
 use gorgon_protocol::{
     BatchRequest, FileDone, FileStatus, Isolation, RunOutcome, RunRequest, RunnerKind,
     RunnerSettings, TestResult, WorkerRequest,
@@ -123,6 +123,15 @@ impl Runner {
             runs.push(self.run_file(file).await);
         }
         runs
+    }
+
+    /// Where the processes that run a file now (its command, or the persistent runner) are
+    /// counted, for a stopping worker to ask them to end.
+    pub fn running(&self) -> RunningGroups {
+        match self {
+            Runner::Command(runner) => runner.base.running.clone(),
+            Runner::Persistent(runner) => runner.command.running.clone(),
+        }
     }
 
     /// Stops a persistent runner at the end of the job.

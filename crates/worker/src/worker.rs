@@ -6,11 +6,12 @@
 use std::path::{Component, Path};
 use std::time::Duration;
 
-use gorgon_exec::run_callback;
+use gorgon_exec::{grace, run_callback, RunningGroups};
 use gorgon_protocol::{batch_size, CallbackName, FileResult, Message, WorkerAssignment};
 
 use crate::runner::{refused, FileRun, Runner};
-use crate::{command_base, StdinClosed, StopSignals, EXIT_BROKEN};
+use crate::{command_base, StdinClosed, EXIT_BROKEN};
+use gorgon_exec::signals::StopSignals;
 
 /// How the file loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,8 +20,10 @@ pub(crate) enum End {
     Finished,
     /// The originator is gone: nobody wants results any more.
     OriginatorGone,
-    /// The parent died or a signal asked to stop; the current file was handed back.
+    /// The parent died or a signal asked to stop, between files.
     Stopped,
+    /// The same, while files ran: they were stopped and handed back.
+    StoppedMidFile,
 }
 
 /// Where a worker's files come from and where its messages go: the lines of its stdin and
@@ -68,7 +71,7 @@ pub(crate) async fn work_with<T: Transport>(
         tracing::error!("the assignment names no worker id");
         return EXIT_BROKEN;
     };
-    let mut signals = StopSignals::new();
+    let mut signals = StopSignals::install();
     let callbacks = &assignment.definition.callbacks;
     let before_start = callbacks.before_start.as_deref();
     if !run_worker_callback(
@@ -150,10 +153,15 @@ pub(crate) async fn work_with<T: Transport>(
             }
         }
     };
-    runner.stop().await;
+    if end == End::StoppedMidFile {
+        // Its file was stopped with a grace already: what is left of the runner is killed.
+        drop(runner);
+    } else {
+        runner.stop().await;
+    }
     tracing::info!("worker {worker_id} done: {end:?}");
     match end {
-        End::Stopped => 0,
+        End::Stopped | End::StoppedMidFile => 0,
         End::Finished | End::OriginatorGone => {
             let after_complete = callbacks.after_complete.as_deref();
             run_worker_callback(
@@ -260,18 +268,22 @@ async fn run_batch(
         .collect();
     transport.send_all(started).await?;
     tracing::info!(files = ?runnable, "running");
-    // Dropping the run future kills the test's process group (or leaves the runner to be
-    // killed when the worker ends), so leaving this select early never leaves a test
-    // running.
+    // Asked to stop mid-file, the worker asks what runs the files to end (SIGTERM) and
+    // gives it `grace::TEST` to do so; dropping the run then kills what is left (the test's
+    // process group, or the persistent runner when the worker drops it), so leaving early
+    // never leaves a test running.
+    let running = runner.running();
+    let run = runner.run_files(&runnable);
+    tokio::pin!(run);
     let runs = tokio::select! {
-        runs = runner.run_files(&runnable) => runs,
+        runs = &mut run => runs,
         () = stdin.wait() => {
             tracing::info!("the parent has gone; stopping the files");
-            return Err(End::Stopped);
+            return Err(stop_files(run, &running).await);
         }
         signal = signals.recv() => {
             tracing::info!("{signal}; stopping the files");
-            return Err(End::Stopped);
+            return Err(stop_files(run, &running).await);
         }
     };
     let mut runs = runs.into_iter();
@@ -291,6 +303,21 @@ async fn run_batch(
             }
         })
         .collect())
+}
+
+/// Ends the run of a worker that is stopping: SIGTERM to what runs the files, and up to
+/// `grace::TEST` for the run to end by itself.
+async fn stop_files<F: std::future::Future>(
+    run: std::pin::Pin<&mut F>,
+    running: &RunningGroups,
+) -> End {
+    if running.terminate() > 0 && tokio::time::timeout(grace::TEST, run).await.is_err() {
+        tracing::warn!(
+            "the test did not end within {:?} of SIGTERM; killing it",
+            grace::TEST
+        );
+    }
+    End::StoppedMidFile
 }
 
 /// A file the worker will not run because its path could reach outside the workspace.
