@@ -14,8 +14,8 @@
 #
 # Then the built-in runner's cost per file: the framework alone in one process over the
 # first PER_FILE files (default 60, in glob order) against `gorgon start --local -j 1` over
-# the same files, without history (target: at most 10 % more). PER_FILE_ONLY=1 measures only
-# that.
+# the same files, without history, taking turns PER_FILE_ROUNDS times (default 3) and
+# comparing the medians (target: at most 10 % more). PER_FILE_ONLY=1 measures only that.
 #
 # Needs RabbitMQ on 127.0.0.1:5672, rsync, bc, and root for the first run (apt-get).
 # Usage: bench/real.sh [pytest] [rspec] [minitest]   (default: all three; GORGON_BIN=path to
@@ -242,31 +242,45 @@ bench() {
 }
 
 per_file=${PER_FILE:-60}
+per_file_rounds=${PER_FILE_ROUNDS:-3}
+
+# median NUMBER...: the median of the numbers (the lower middle one of an even count).
+median() {
+    printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
 
 # per_file_cost SUITE PROJECT KIND -- ALONE... -- FILE...: the framework alone in one
 # process (ALONE followed by the files) against `gorgon start --local -j 1` over the same
-# files, in PROJECT; prints both and the ratio.
+# files, in PROJECT, taking turns PER_FILE_ROUNDS times (default 3) so that both see the same
+# moments of a shared machine; prints every round, the medians and their ratio.
 per_file_cost() {
-    local suite=$1 project=$2 kind=$3 alone=() files=()
+    local suite=$1 project=$2 kind=$3 alone=() files=() round
+    local alone_times=() one_times=() alone_rc one_rc alone_counts one_counts
     shift 3
     [ "$1" = "--" ] && shift
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do alone+=("$1"); shift; done
     [ $# -gt 0 ] && shift
     files=("${@:1:$per_file}")
-    echo "$suite: the framework alone over ${#files[@]} files" >&2
-    timed "$suite-alone" "$project" "${alone[@]}" "${files[@]}"
-    local alone_s=$elapsed alone_rc=$status alone_counts
-    alone_counts=$(counts "$kind" "$logs/$suite-alone.out")
-    echo "$suite: gorgon start --local -j 1 over the same files" >&2
     # The runner's cost alone: no history, so no file is split into its tests.
     sed -i '/"runtime_file"/d' "$project/gorgon.json"
-    timed "$suite-gorgon-one" "$project" "$gorgon" start --local -j 1 "${files[@]}"
-    local one_s=$elapsed one_rc=$status one_counts
+    for round in $(seq "$per_file_rounds"); do
+        echo "$suite: round $round: the framework alone over ${#files[@]} files" >&2
+        timed "$suite-alone" "$project" "${alone[@]}" "${files[@]}"
+        alone_times+=("$elapsed") alone_rc=$status
+        echo "$suite: round $round: gorgon start --local -j 1 over the same files" >&2
+        timed "$suite-gorgon-one" "$project" "$gorgon" start --local -j 1 "${files[@]}"
+        one_times+=("$elapsed") one_rc=$status
+    done
+    alone_counts=$(counts "$kind" "$logs/$suite-alone.out")
     one_counts=$(counts gorgon "$logs/$suite-gorgon-one.out")
-    echo "== $suite: cost per file, ${#files[@]} files"
+    local alone_s one_s
+    alone_s=$(median "${alone_times[@]}")
+    one_s=$(median "${one_times[@]}")
+    echo "== $suite: cost per file, ${#files[@]} files, median of $per_file_rounds rounds"
     header
     row "one process" "$alone_s" "$alone_rc" "$alone_counts"
     row "gorgon --local -j 1" "$one_s" "$one_rc" "$one_counts"
+    echo "  rounds: one process ${alone_times[*]}; gorgon ${one_times[*]}"
     echo "  gorgon --local -j 1 / one process $(ratio "$one_s" "$alone_s") (target: at most 1.10)"
     echo
 }
