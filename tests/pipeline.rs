@@ -270,13 +270,11 @@ fn a_listener_that_starts_during_a_run_receives_the_job() {
     for i in 0..3 {
         project.write(&format!("tests/{i}_test.sh"), "exit 0\n");
     }
-    let started = std::thread::scope(|scope| {
-        let run = scope.spawn(|| project.start(&[], RUN_LIMIT));
-        // Start the only listener after the job has been published.
-        std::thread::sleep(Duration::from_secs(2));
-        cluster.start_listener("latecomer", 1);
-        run.join().unwrap()
-    });
+    let run = project.spawn_start(&[], &[]);
+    // The only listener starts once the job has been published and nobody took it.
+    run.wait_for_stderr("waiting for listeners", Duration::from_secs(30));
+    cluster.start_listener("latecomer", 1);
+    let started = run.wait(RUN_LIMIT);
     assert_eq!(started.code, 0, "{started:?}");
     assert!(started.stdout.contains("3 files: 3 passed"), "{started:?}");
 }

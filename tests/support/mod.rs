@@ -487,7 +487,9 @@ impl Cluster {
 pub struct Started {
     child: Child,
     out: std::thread::JoinHandle<String>,
-    err: std::thread::JoinHandle<String>,
+    /// Its stderr so far, read line by line, so that a test can wait for a line.
+    err: std::sync::Arc<std::sync::Mutex<String>>,
+    err_reader: std::thread::JoinHandle<()>,
     started: Instant,
 }
 
@@ -506,9 +508,21 @@ impl Project {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = std::sync::Arc::clone(&err);
+        let err_reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = lines.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
         Started {
             out: std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default()),
-            err: std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()),
+            err,
+            err_reader,
             child,
             started: Instant::now(),
         }
@@ -525,6 +539,20 @@ impl Started {
         .unwrap();
     }
 
+    /// Waits until the run has printed a stderr line containing `needle`, failing the test
+    /// after `limit`.
+    pub fn wait_for_stderr(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.err.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "gorgon start printed no {needle:?} within {limit:?}; stderr:\n{}",
+                self.err.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the run to end, failing the test after `limit`.
     pub fn wait(mut self, limit: Duration) -> Run {
         let deadline = Instant::now() + limit;
@@ -535,18 +563,21 @@ impl Started {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                let _ = self.err_reader.join();
                 panic!(
                     "gorgon start did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
                     self.out.join().unwrap(),
-                    self.err.join().unwrap()
+                    self.err.lock().unwrap()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let _ = self.err_reader.join();
+        let stderr = std::mem::take(&mut *self.err.lock().unwrap());
         Run {
             code: status.code().unwrap_or(-1),
             stdout: self.out.join().unwrap(),
-            stderr: self.err.join().unwrap(),
+            stderr,
             seconds: self.started.elapsed().as_secs_f64(),
         }
     }
