@@ -36,11 +36,13 @@ rabbitmq_installed() {
 install_missing_packages() {
     local missing=()
     command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+    # ss: a test reads the file server's listen backlog, bench/scale.sh counts connections.
+    command -v ss >/dev/null 2>&1 || missing+=(iproute2)
     if ! broker_running && ! rabbitmq_installed; then
         missing+=(rabbitmq-server)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        echo "rsync and RabbitMQ are available"
+        echo "rsync, ss and RabbitMQ are available"
         return 0
     fi
     apt_install "${missing[@]}"

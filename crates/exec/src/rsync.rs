@@ -156,8 +156,10 @@ pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Resul
     let gid = nix::unistd::getgid();
     let mut config = format!(
         // No reverse DNS lookup of each client (a lookup per transfer), and no Nagle delay:
-        // rsync's small protocol exchanges otherwise wait out delayed ACKs, ~40 ms each.
-        "port = {port}\npid file = {pid}\nlog file = {log}\nreverse lookup = no\nsocket options = TCP_NODELAY\n",
+        // rsync's small protocol exchanges otherwise wait out delayed ACKs, ~40 ms each. A
+        // listen backlog for every listener of a cluster pulling at once: rsync's default of
+        // 5 drops the rest of the connection attempts, which retry only after 1 s, then 3 s.
+        "port = {port}\npid file = {pid}\nlog file = {log}\nreverse lookup = no\nsocket options = TCP_NODELAY\nlisten backlog = 1024\n",
         pid = state.join("rsyncd.pid").display(),
         log = state.join("rsyncd.log").display(),
     );
@@ -289,6 +291,35 @@ mod tests {
         );
         assert!(!workspace.path().join("skip.log").exists());
         assert!(!daemon_state_dir(port).exists());
+    }
+
+    #[tokio::test]
+    async fn the_daemon_queues_the_connections_of_a_whole_cluster() {
+        let served = tempfile::tempdir().unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        start_daemon(served.path(), port, Some("127.0.0.1"))
+            .await
+            .unwrap();
+        // For a listening socket, `ss` shows its backlog as the send queue.
+        let listening = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output();
+        stop_daemon(port).await.unwrap();
+        let listening = listening.expect("ss (iproute2) is installed");
+        let line = String::from_utf8_lossy(&listening.stdout).to_string();
+        let backlog: u32 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|field| field.parse().ok())
+            .unwrap_or_else(|| panic!("no listening socket on port {port}: {line:?}"));
+        let most = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(4096u32);
+        assert_eq!(backlog, most.min(1024), "{line}");
     }
 
     #[tokio::test]
