@@ -67,7 +67,9 @@ apt_packages() {
 # entry with the URIs of the machine's binary entries if needed.
 ensure_deb_src() {
     local package=${1%%=*} version=${1#*=}
-    if apt-cache showsrc "$package" 2>/dev/null | grep -qxF "Version: $version"; then
+    # Not `grep -q`: under pipefail, apt-cache killed by SIGPIPE when grep stops reading
+    # early would make a package that is there look missing.
+    if apt-cache showsrc "$package" 2>/dev/null | grep -xF "Version: $version" >/dev/null; then
         return
     fi
     need_root "the source package $1"
@@ -81,7 +83,7 @@ ensure_deb_src() {
         note "added deb-src entries ($list)"
     fi
     timeout 600 apt-get update -q >/dev/null
-    if ! apt-cache showsrc "$package" 2>/dev/null | grep -qxF "Version: $version"; then
+    if ! apt-cache showsrc "$package" 2>/dev/null | grep -xF "Version: $version" >/dev/null; then
         echo "error: apt knows no source package $1" >&2
         exit 1
     fi

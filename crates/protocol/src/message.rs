@@ -334,8 +334,8 @@ pub struct WorkerAssignment {
     pub definition: JobDefinition,
     /// The originator's reply queue.
     pub reply_to: String,
-    /// The broker the manager connects to for the job. Workers ignore it: they speak lines
-    /// on stdin and stdout only.
+    /// The broker the manager connects to for the job. Workers speak lines on stdin and
+    /// stdout only: the pool hands them the defaults here, never the manager's credentials.
     pub broker: BrokerSettings,
     /// The listener's name, reported as the host of every result.
     pub host: String,

@@ -21,7 +21,9 @@ use gorgon_exec::procs::{kill_worker_leftovers, worker_command};
 use gorgon_exec::tail::{relay, LineTail};
 use gorgon_exec::{describe_status, terminate_group};
 use gorgon_protocol::names::WORKER_SUBCOMMAND;
-use gorgon_protocol::{batch_size, DecodeError, Envelope, Message, WorkerAssignment};
+use gorgon_protocol::{
+    batch_size, BrokerSettings, DecodeError, Envelope, Message, WorkerAssignment,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
@@ -120,6 +122,11 @@ impl Pool {
         assignment: WorkerAssignment,
     ) -> (Pool, mpsc::UnboundedReceiver<PoolEvent>) {
         let (sender, events) = mpsc::unbounded_channel();
+        // Workers never connect to the broker: no credentials on their stdin.
+        let assignment = WorkerAssignment {
+            broker: BrokerSettings::default(),
+            ..assignment
+        };
         let pool = Pool {
             program,
             batch_limit: assignment.definition.runner.batch_limit(),
@@ -481,6 +488,49 @@ impl HandOutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gorgon_protocol::{Callbacks, JobDefinition};
+
+    #[tokio::test]
+    async fn workers_get_no_broker_credentials() {
+        let workspace = tempfile::tempdir().unwrap();
+        let assignment = WorkerAssignment {
+            job_id: uuid::Uuid::new_v4(),
+            definition: JobDefinition::with_command("unused/", "true", Callbacks::default()),
+            reply_to: "unused".into(),
+            broker: BrokerSettings {
+                username: "manager".into(),
+                password: "s3cret-of-the-manager".into(),
+                ..BrokerSettings::default()
+            },
+            host: "h1".into(),
+            workspace: workspace.path().to_owned(),
+            slots: 1,
+            worker_id: None,
+        };
+        // The worker keeps the assignment it was given and exits.
+        let program = WorkerProgram {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "read line; printf '%s' \"$line\" > assignment".into(),
+            ],
+        };
+        let (mut pool, mut events) = Pool::new(program, assignment);
+        pool.spawn(1).await.unwrap();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("the worker exits")
+                .expect("the pool's events are open");
+            if let Received::Exited { .. } = pool.receive(event, false) {
+                break;
+            }
+        }
+        let given = std::fs::read_to_string(workspace.path().join("assignment")).unwrap();
+        let given: WorkerAssignment = serde_json::from_str(&given).unwrap();
+        assert_eq!(given.worker_id, Some(1));
+        assert_eq!(given.broker, BrokerSettings::default());
+    }
 
     fn queue(files: &[&str]) -> HandOutQueue {
         HandOutQueue::new(files.iter().map(|f| f.to_string()))
