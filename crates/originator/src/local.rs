@@ -20,8 +20,8 @@ use gorgon_protocol::{
 };
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 
+use crate::engine::{handle_reply, Plan, StartError, Stop};
 use crate::events::EventSink;
-use crate::run::{handle_reply, Plan, StartError, Stop};
 use crate::state::JobState;
 use crate::view::Progress;
 
