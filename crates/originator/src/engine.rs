@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use gorgon_exec::rsync;
 use gorgon_exec::signals::{StopSignal, StopSignals};
+use gorgon_exec::tags::JobTags;
 use gorgon_exec::{run_callback, ShellCommand};
 use gorgon_protocol::{exit_code, BrokerError, CallbackName, Message};
 use uuid::Uuid;
@@ -145,11 +146,14 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The tags of what the originator starts: this job on this host.
+    pub(crate) fn tags(&self) -> JobTags {
+        JobTags::new(self.job_id, &self.host)
+    }
+
     /// The base of the originator's callbacks, run in the project with Gorgon's environment.
     pub(crate) fn base_command(&self) -> ShellCommand {
-        ShellCommand::new("", &self.settings.project_root)
-            .env("GORGON_JOB_ID", self.job_id.to_string())
-            .env("GORGON_HOST", &self.host)
+        ShellCommand::new("", &self.settings.project_root).envs(self.tags().pairs())
     }
 
     /// Runs `before_originate`; its failure, or a stop signal meanwhile (which kills it),
