@@ -17,29 +17,9 @@ use uuid::Uuid;
 use crate::events::{Event, EventSink, ProblemKind};
 use crate::files::{self, FilesError};
 use crate::rerun::RerunError;
-use crate::settings::{ConfigError, Settings};
+use crate::settings::{ConfigError, Settings, StartOptions};
 use crate::state::{JobState, Problem, Settled};
 use crate::view::Progress;
-
-/// What the user asked for on the command line.
-#[derive(Clone, Debug, Default)]
-pub struct StartOptions {
-    pub config: PathBuf,
-    /// Files or globs that replace `files` for this run.
-    pub files: Vec<String>,
-    /// Overrides `job.file_timeout`, in seconds.
-    pub file_timeout: Option<f64>,
-    /// Write a JUnit XML report here (overrides `junit_file`).
-    pub junit: Option<PathBuf>,
-    /// Write newline-delimited JSON events here; `-` is stdout.
-    pub events: Option<PathBuf>,
-    /// Run only the files of the previous run's `failed_files` list.
-    pub failed: bool,
-    /// No progress lines: only the report.
-    pub quiet: bool,
-    /// `--local`: run on this machine with this many workers, without broker or file server.
-    pub local: Option<usize>,
-}
 
 /// A run that could not start or went wrong outside the tests, with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +30,12 @@ pub enum StartError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Rerun(#[from] RerunError),
+    #[error("cannot write the events file {}: {source}", path.display())]
+    EventsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("there are no files to test: no file matches {0}")]
     NoFiles(String),
     #[error(transparent)]

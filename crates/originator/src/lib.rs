@@ -15,7 +15,7 @@ pub mod settings;
 pub mod state;
 pub mod view;
 
-pub use engine::StartOptions;
-pub use ping::ping;
+pub use engine::StartError;
+pub use ping::{ping, PingError};
 pub use run::start;
-pub use settings::Settings;
+pub use settings::{Settings, StartOptions};

@@ -13,43 +13,47 @@ use gorgon_exec::signals::StopSignals;
 use gorgon_protocol::{exit_code, CallbackName};
 use uuid::Uuid;
 
-use crate::engine::{Plan, StartError, StartOptions, Stop};
+use crate::engine::{Plan, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files;
 use crate::rerun::{self, Rerun};
-use crate::settings::Settings;
+use crate::settings::{ConfigError, Settings, StartOptions};
 use crate::state::{JobState, Problem};
 use crate::view::{self, Ending};
 
-/// Runs `gorgon start` and returns its exit code; errors are printed as one sentence.
-pub async fn start(options: StartOptions) -> i32 {
+/// Runs `gorgon start` and returns the run's exit code, or the error that ended it (for the
+/// caller to print; the event stream has already recorded it). `settings` are those the
+/// caller resolved from `options` with [`Settings::for_start`], once: it needs `log_file`
+/// before anything logs. A configuration that did not load is only reported here, after the
+/// events file is opened, so that whoever waits for that file finds it whatever went wrong.
+pub async fn start(
+    options: StartOptions,
+    settings: Result<Settings, ConfigError>,
+) -> Result<i32, StartError> {
     let started = Instant::now();
     let mut events = match &options.events {
         None => EventSink::none(),
-        Some(path) => match EventSink::open(path) {
-            Ok(sink) => sink,
-            Err(error) => {
-                eprintln!(
-                    "gorgon: cannot write the events file {}: {error}",
-                    path.display()
-                );
-                return exit_code::CONFIG_OR_BROKER;
-            }
-        },
+        Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
+            path: path.clone(),
+            source,
+        })?,
     };
-    match run(options, &mut events).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("gorgon: {error}");
-            let code = error.exit_code();
-            events.finish_after_error(code, started.elapsed().as_secs_f64(), &error.to_string());
-            code
-        }
-    }
+    let ran = match settings {
+        Ok(settings) => run(options, settings, &mut events).await,
+        Err(error) => Err(error.into()),
+    };
+    ran.inspect_err(|error| {
+        let seconds = started.elapsed().as_secs_f64();
+        events.finish_after_error(error.exit_code(), seconds, &error.to_string());
+    })
 }
 
-async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, StartError> {
-    let Some((plan, queue)) = plan(options, events)? else {
+async fn run(
+    options: StartOptions,
+    settings: Settings,
+    events: &mut EventSink,
+) -> Result<i32, StartError> {
+    let Some((plan, queue)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
     let mut state = JobState::new(queue);
@@ -65,20 +69,17 @@ async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, Start
     Ok(finish(plan, state, stop, events).await)
 }
 
-/// Reads the settings and finds, orders and announces the files; `None` when there is
-/// nothing to re-run (already said on stdout).
+/// Checks that the settings fit the run and finds, orders and announces the files; `None`
+/// when there is nothing to re-run (already said on stdout).
 fn plan(
     options: StartOptions,
+    settings: Settings,
     events: &mut EventSink,
 ) -> Result<Option<(Plan, Vec<String>)>, StartError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let mut settings = Settings::load(&options.config)?;
     if options.local.is_none() {
         settings.file_server()?;
-    }
-    if let Some(limit) = options.file_timeout {
-        settings.runner.file_timeout = Some(limit);
     }
     let root = settings.project_root.clone();
     let explicit = !options.files.is_empty();
