@@ -1,12 +1,19 @@
 //! The `gorgon` binary: parses the command line, sets up logging, and hands over to the role
-//! crates. The worker manager and the workers are hidden subcommands of this same binary.
+//! crates; prints the error of a command that failed and exits with its code. The worker
+//! manager and the workers are hidden subcommands of this same binary.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use gorgon_exec::rsync::RsyncError;
+use gorgon_listener::install::InstallError;
+use gorgon_listener::ListenerError;
+use gorgon_originator::init::InitError;
+use gorgon_originator::{PingError, Settings, StartError, StartOptions};
 use gorgon_protocol::exit_code;
+use gorgon_worker::AssignmentError;
 
 #[derive(Parser)]
 #[command(
@@ -213,13 +220,77 @@ fn main() {
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    let code = runtime.block_on(dispatch(cli.command));
+    let code = match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("gorgon: {error}");
+            if let CliError::ListenerStopped(error) = &error {
+                // A listener under a service manager logs to its log file, where whoever
+                // reads it should find why it stopped too.
+                tracing::error!(%error, "listener stopped");
+            }
+            error.exit_code()
+        }
+    };
     // Do not wait for detached tasks (a stdin reader, say) before exiting.
     runtime.shutdown_timeout(Duration::from_millis(100));
     std::process::exit(code);
 }
 
-async fn dispatch(command: Command) -> i32 {
+/// Why a command failed: each command's error, printed in one place (`main`, as
+/// `gorgon: <error>` on stderr) and mapped to its exit code in one place
+/// ([`CliError::exit_code`]). A command that ran returns its own exit code instead (a run
+/// with failures, a worker's end).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The listener's configuration, or what `listen --check` found wrong.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// A listener that could not go on (its broker unreachable when it starts).
+    #[error(transparent)]
+    ListenerStopped(ListenerError),
+    #[error(transparent)]
+    Init(#[from] InitError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error(transparent)]
+    Ping(#[from] PingError),
+    #[error("--timeout must be a positive number of seconds")]
+    PingTimeout,
+    /// `start_rsync` and `stop_rsync`.
+    #[error(transparent)]
+    Rsync(#[from] RsyncError),
+    /// The assignment a worker manager or a worker reads from stdin.
+    #[error(transparent)]
+    Assignment(#[from] AssignmentError),
+}
+
+impl CliError {
+    /// The exit code of `gorgon` for this error (`gorgon_protocol::exit_code`, documented in
+    /// README.md).
+    fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Start(error) => error.exit_code(),
+            CliError::Listener(_)
+            | CliError::ListenerStopped(_)
+            | CliError::Ping(_)
+            | CliError::PingTimeout => exit_code::CONFIG_OR_BROKER,
+            // A bad flag is a bad configuration; a file in the way, or one that could not
+            // be written, is a failure to install.
+            CliError::Install(InstallError::BadBroker(_) | InstallError::NoSlots) => {
+                exit_code::CONFIG_OR_BROKER
+            }
+            CliError::Install(InstallError::Exists(_) | InstallError::Write { .. })
+            | CliError::Init(_)
+            | CliError::Rsync(_)
+            | CliError::Assignment(_) => exit_code::FAILURE,
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<i32, CliError> {
     match command {
         Command::Start {
             config,
@@ -233,15 +304,7 @@ async fn dispatch(command: Command) -> i32 {
             local,
             jobs,
         } => {
-            let log_file = gorgon_originator::Settings::load(&config)
-                .ok()
-                .and_then(|s| s.log_file);
-            match &log_file {
-                _ if verbose => init_logging("info", LogTarget::Stderr),
-                Some(path) => init_logging("info", LogTarget::File(path)),
-                None => init_logging("warn", LogTarget::Stderr),
-            }
-            gorgon_originator::start(gorgon_originator::StartOptions {
+            let options = StartOptions {
                 config,
                 files,
                 file_timeout,
@@ -253,24 +316,24 @@ async fn dispatch(command: Command) -> i32 {
                     Some(jobs) => jobs as usize,
                     None => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 }),
-            })
-            .await
+            };
+            // Resolved once, here: where to log must be known before anything logs, and the
+            // run goes on with these same settings.
+            let settings = Settings::for_start(&options);
+            match settings.as_ref().ok().and_then(|s| s.log_file.as_deref()) {
+                _ if verbose => init_logging("info", LogTarget::Stderr),
+                Some(path) => init_logging("info", LogTarget::File(path)),
+                None => init_logging("warn", LogTarget::Stderr),
+            }
+            Ok(gorgon_originator::start(options, settings).await?)
         }
         Command::Listen {
             config,
             check: true,
         } => {
             init_logging("error", LogTarget::Stderr);
-            match gorgon_listener::check(&config).await {
-                Ok(line) => {
-                    println!("{line}");
-                    exit_code::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    exit_code::CONFIG_OR_BROKER
-                }
-            }
+            println!("{}", gorgon_listener::check(&config).await?);
+            Ok(exit_code::SUCCESS)
         }
         Command::Init {
             broker,
@@ -278,11 +341,13 @@ async fn dispatch(command: Command) -> i32 {
             force_kind,
         } => {
             init_logging("warn", LogTarget::Stderr);
-            init_project(broker, file_server, force_kind)
+            init_project(broker, file_server, force_kind)?;
+            Ok(exit_code::SUCCESS)
         }
         Command::InstallListener { options, print } => {
             init_logging("warn", LogTarget::Stderr);
-            install_listener(&options, print)
+            install_listener(&options, print)?;
+            Ok(exit_code::SUCCESS)
         }
         Command::Completions { shell } => {
             // Some shells' generators offer hidden subcommands; leave the internal ones out.
@@ -293,19 +358,13 @@ async fn dispatch(command: Command) -> i32 {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut visible, "gorgon", &mut script);
             let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
-            exit_code::SUCCESS
+            Ok(exit_code::SUCCESS)
         }
         Command::Listen {
             config,
             check: false,
         } => {
-            let settings = match gorgon_listener::ListenerSettings::load(&config) {
-                Ok(settings) => settings,
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    return exit_code::CONFIG_OR_BROKER;
-                }
-            };
+            let settings = gorgon_listener::ListenerSettings::load(&config)?;
             match &settings.log_file {
                 Some(path) => init_logging("info", LogTarget::File(path)),
                 None => init_logging("info", LogTarget::Stderr),
@@ -319,77 +378,46 @@ async fn dispatch(command: Command) -> i32 {
                     _ = terminate.recv() => {}
                 }
             };
-            match gorgon_listener::run(settings, shutdown).await {
-                Ok(()) => exit_code::SUCCESS,
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    tracing::error!(%error, "listener stopped");
-                    exit_code::CONFIG_OR_BROKER
-                }
-            }
+            gorgon_listener::run(settings, shutdown)
+                .await
+                .map_err(CliError::ListenerStopped)?;
+            Ok(exit_code::SUCCESS)
         }
         Command::Ping { config, timeout } => {
             init_logging("warn", LogTarget::Stderr);
             if !(timeout.is_finite() && timeout > 0.0) {
-                eprintln!("gorgon: --timeout must be a positive number of seconds");
-                return exit_code::CONFIG_OR_BROKER;
+                return Err(CliError::PingTimeout);
             }
-            gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await
+            gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await?;
+            Ok(exit_code::SUCCESS)
         }
         Command::StartRsync { dir, port, address } => {
             init_logging("warn", LogTarget::Stderr);
-            match gorgon_exec::rsync::start_daemon(&dir, port, address.as_deref()).await {
-                Ok(()) => {
-                    println!(
-                        "rsync daemon serving {} on port {port} (stop it with `gorgon stop_rsync --port {port}`)",
-                        dir.display()
-                    );
-                    exit_code::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    exit_code::FAILURE
-                }
-            }
+            gorgon_exec::rsync::start_daemon(&dir, port, address.as_deref()).await?;
+            println!(
+                "rsync daemon serving {} on port {port} (stop it with `gorgon stop_rsync --port {port}`)",
+                dir.display()
+            );
+            Ok(exit_code::SUCCESS)
         }
         Command::StopRsync { port } => {
             init_logging("warn", LogTarget::Stderr);
-            match gorgon_exec::rsync::stop_daemon(port).await {
-                Ok(()) => {
-                    println!("rsync daemon on port {port} stopped");
-                    exit_code::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    exit_code::FAILURE
-                }
-            }
+            gorgon_exec::rsync::stop_daemon(port).await?;
+            println!("rsync daemon on port {port} stopped");
+            Ok(exit_code::SUCCESS)
         }
         Command::ManageWorkers => {
             init_logging("info", LogTarget::Stderr);
-            match gorgon_worker::read_assignment().await {
-                Ok((assignment, stdin_closed)) => {
-                    gorgon_worker::manage_workers(assignment, stdin_closed).await
-                }
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    exit_code::FAILURE
-                }
-            }
+            let (assignment, stdin_closed) = gorgon_worker::read_assignment().await?;
+            Ok(gorgon_worker::manage_workers(assignment, stdin_closed).await)
         }
         Command::Work => {
             // Its stderr shows beside the run's progress or in the listener's log: only what
             // matters.
             init_logging("warn", LogTarget::Stderr);
-            match gorgon_worker::read_assignment_and_lines().await {
-                Ok((assignment, files, stdin_closed)) => {
-                    gorgon_worker::work_local(assignment, files, stdin_closed).await
-                }
-                Err(error) => {
-                    eprintln!("gorgon: {error}");
-                    exit_code::FAILURE
-                }
-            }
+            let (assignment, files, stdin_closed) =
+                gorgon_worker::read_assignment_and_lines().await?;
+            Ok(gorgon_worker::work_local(assignment, files, stdin_closed).await)
         }
     }
 }
@@ -399,7 +427,7 @@ fn init_project(
     broker: Option<String>,
     file_server: Option<String>,
     force_kind: Option<String>,
-) -> i32 {
+) -> Result<(), InitError> {
     use gorgon_originator::init::{self, InitOptions, ProjectKind};
     let options = InitOptions {
         dir: PathBuf::from("."),
@@ -407,40 +435,30 @@ fn init_project(
         file_server,
         force_kind: force_kind.as_deref().and_then(ProjectKind::from_name),
     };
-    match init::init(&options) {
-        Ok(done) => {
-            let how = if done.detected {
-                "detected"
-            } else if options.force_kind.is_some() {
-                "as asked"
-            } else {
-                "no RSpec, Minitest or pytest tests found"
-            };
-            println!(
-                "Wrote {} ({} project, {how}); files: {}",
-                init::CONFIG_FILE,
-                done.kind.title(),
-                done.files.join(", ")
-            );
-            println!("Check the broker and file server in it, then run `gorgon ping` and `gorgon start`.");
-            exit_code::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("gorgon: {error}");
-            exit_code::FAILURE
-        }
-    }
+    let done = init::init(&options)?;
+    let how = if done.detected {
+        "detected"
+    } else if options.force_kind.is_some() {
+        "as asked"
+    } else {
+        "no RSpec, Minitest or pytest tests found"
+    };
+    println!(
+        "Wrote {} ({} project, {how}); files: {}",
+        init::CONFIG_FILE,
+        done.kind.title(),
+        done.files.join(", ")
+    );
+    println!("Check the broker and file server in it, then run `gorgon ping` and `gorgon start`.");
+    Ok(())
 }
 
 /// `gorgon install_listener`: prints or writes the listener's config and unit.
-fn install_listener(options: &gorgon_listener::install::InstallOptions, print: bool) -> i32 {
-    let installation = match options.render() {
-        Ok(installation) => installation,
-        Err(error) => {
-            eprintln!("gorgon: {error}");
-            return exit_code::CONFIG_OR_BROKER;
-        }
-    };
+fn install_listener(
+    options: &gorgon_listener::install::InstallOptions,
+    print: bool,
+) -> Result<(), InstallError> {
+    let installation = options.render()?;
     if print {
         let text = format!(
             "# {}\n{}\n# {}\n{}",
@@ -451,26 +469,52 @@ fn install_listener(options: &gorgon_listener::install::InstallOptions, print: b
         );
         // A closed pipe (`| head`) is not an error worth a panic.
         let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
-        return exit_code::SUCCESS;
+        return Ok(());
     }
-    match installation.write(options.force, &options.user) {
-        Ok(()) => {
-            println!("Wrote {}", installation.config_path.display());
-            println!("Wrote {}", installation.unit_path.display());
-            if !gorgon_listener::install::user_exists(&options.user) {
-                println!(
-                    "The user {} does not exist yet: create it with `useradd --system --home-dir /var/lib/gorgon {}`.",
-                    options.user, options.user
-                );
-            }
-            println!(
-                "Start it with: systemctl daemon-reload && systemctl enable --now gorgon-listener"
-            );
-            exit_code::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("gorgon: {error}");
+    installation.write(options.force, &options.user)?;
+    println!("Wrote {}", installation.config_path.display());
+    println!("Wrote {}", installation.unit_path.display());
+    if !gorgon_listener::install::user_exists(&options.user) {
+        println!(
+            "The user {} does not exist yet: create it with `useradd --system --home-dir /var/lib/gorgon {}`.",
+            options.user, options.user
+        );
+    }
+    println!("Start it with: systemctl daemon-reload && systemctl enable --now gorgon-listener");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_exits_with_its_documented_code() {
+        let install = |error| CliError::Install(error).exit_code();
+        assert_eq!(install(InstallError::NoSlots), exit_code::CONFIG_OR_BROKER);
+        assert_eq!(
+            install(InstallError::BadBroker("h:x".into())),
+            exit_code::CONFIG_OR_BROKER
+        );
+        assert_eq!(
+            install(InstallError::Exists(PathBuf::from("/etc/gorgon"))),
             exit_code::FAILURE
-        }
+        );
+        assert_eq!(
+            CliError::PingTimeout.exit_code(),
+            exit_code::CONFIG_OR_BROKER
+        );
+        let interrupted = StartError::Stopped {
+            signal: gorgon_exec::signals::StopSignal::Interrupt,
+            during: "pushing the source tree",
+        };
+        assert_eq!(
+            CliError::Start(interrupted).exit_code(),
+            exit_code::INTERRUPTED
+        );
+        let init = InitError::Exists(PathBuf::from("gorgon.json"));
+        assert_eq!(CliError::Init(init).exit_code(), exit_code::FAILURE);
+        let assignment = CliError::Assignment(AssignmentError::Missing);
+        assert_eq!(assignment.exit_code(), exit_code::FAILURE);
     }
 }

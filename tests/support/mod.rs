@@ -358,7 +358,7 @@ fn process_is_zombie(pid: i32) -> bool {
 /// `GORGON_WORKSPACE` below it in their environment (tests and callbacks that changed
 /// directory).
 fn processes_under(dir: &Path) -> Vec<JobProcess> {
-    let workspace_tag = format!("GORGON_WORKSPACE={}", dir.display());
+    let workspace_tag = format!("{}={}", gorgon_exec::tags::WORKSPACE, dir.display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry

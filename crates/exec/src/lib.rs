@@ -1,5 +1,6 @@
 //! Running child processes for every gorgon-rs role: shell commands in their own process
-//! groups with captured output, the named callbacks, and rsync (push, pull, daemon).
+//! groups with captured output, the named callbacks, the job's process tags, and rsync
+//! (push, pull, daemon).
 
 pub mod callback;
 pub mod grace;
@@ -8,6 +9,7 @@ pub mod procs;
 pub mod rsync;
 pub mod shell;
 pub mod signals;
+pub mod tags;
 pub mod tail;
 
 pub use callback::{run_callback, CallbackFailure};

@@ -1,21 +1,24 @@
-//! Finding and killing the processes of a job by the environment they inherit. Tests and
-//! callbacks run with `GORGON_JOB_ID` (and, in workers, `GORGON_WORKER_ID`) set, and their
-//! descendants inherit both, so a process that escaped its process group (a daemonized
-//! helper, or the test of a worker that was SIGKILLed) can still be found and stopped.
+//! Finding and killing the processes of a job by the environment they inherit. Workers,
+//! tests and callbacks run with the job's [tags](crate::tags) set, and their descendants
+//! inherit them, so a process that escaped its process group (a daemonized helper, or the
+//! test of a worker that was SIGKILLed) can still be found and stopped.
 
 use std::path::Path;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The pids of live processes whose environment holds every `NAME=value` pair of `tags`.
-pub fn tagged_processes(tags: &[(&str, &str)]) -> Vec<i32> {
+use crate::tags::JobTags;
+
+/// The pids of live processes whose environment holds every pair of `tags`.
+pub fn tagged_processes(tags: &JobTags) -> Vec<i32> {
     let own = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let wanted: Vec<Vec<u8>> = tags
-        .iter()
+        .pairs()
+        .into_iter()
         .map(|(name, value)| format!("{name}={value}").into_bytes())
         .collect();
     entries
@@ -44,7 +47,7 @@ fn environment_holds(path: &Path, wanted: &[Vec<u8>]) -> bool {
 
 /// Sends SIGKILL to every process tagged with `tags`; returns how many there were. Used
 /// once a job (or a dead worker's share of it) is over, when nothing of it may survive.
-pub fn kill_tagged(tags: &[(&str, &str)]) -> usize {
+pub fn kill_tagged(tags: &JobTags) -> usize {
     let pids = tagged_processes(tags);
     for &pid in &pids {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -75,9 +78,7 @@ pub fn worker_command(
     command
         .args(args)
         .current_dir(workspace)
-        .env("GORGON_WORKER_ID", worker_id.to_string())
-        .env("GORGON_JOB_ID", job_id)
-        .env("GORGON_HOST", host)
+        .envs(worker_tags(job_id, host, worker_id).pairs())
         .process_group(0)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -88,12 +89,12 @@ pub fn worker_command(
 /// Kills what a crashed worker left running (its test may have outlived it in a process
 /// group of its own); returns how many processes there were.
 pub fn kill_worker_leftovers(job_id: &str, host: &str, worker_id: u32) -> usize {
-    let id = worker_id.to_string();
-    kill_tagged(&[
-        ("GORGON_JOB_ID", job_id),
-        ("GORGON_HOST", host),
-        ("GORGON_WORKER_ID", &id),
-    ])
+    kill_tagged(&worker_tags(job_id, host, worker_id))
+}
+
+/// What a worker carries, and so everything it starts: the tags that find its leftovers.
+fn worker_tags(job_id: &str, host: &str, worker_id: u32) -> JobTags {
+    JobTags::new(job_id, host).of_worker(worker_id)
 }
 
 #[cfg(test)]
@@ -103,26 +104,27 @@ mod tests {
 
     #[test]
     fn finds_and_kills_only_tagged_processes() {
-        let tag = format!("procs-test-{}", std::process::id());
+        let host = "procs-test-host";
+        let tags = JobTags::new(format!("procs-test-{}", std::process::id()), host);
         let mut tagged = std::process::Command::new("sleep")
             .arg("30")
-            .env("GORGON_JOB_ID", &tag)
+            .envs(tags.pairs())
             .spawn()
             .unwrap();
         let mut other = std::process::Command::new("sleep")
             .arg("30")
-            .env("GORGON_JOB_ID", "someone-else")
+            .envs(JobTags::new("someone-else", host).pairs())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !tagged_processes(&[("GORGON_JOB_ID", &tag)]).contains(&(tagged.id() as i32)) {
+        while !tagged_processes(&tags).contains(&(tagged.id() as i32)) {
             assert!(
                 Instant::now() < deadline,
                 "the tagged process was not found"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(kill_tagged(&[("GORGON_JOB_ID", &tag)]), 1);
+        assert_eq!(kill_tagged(&tags), 1);
         assert!(tagged.wait().unwrap().code().is_none());
         assert!(
             other.try_wait().unwrap().is_none(),

@@ -171,6 +171,18 @@ impl ShellCommand {
         self
     }
 
+    /// Sets every `(name, value)` pair, as [`ShellCommand::env`] does one.
+    pub fn envs<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.env.extend(
+            vars.into_iter()
+                .map(|(key, value)| (key.into(), value.into())),
+        );
+        self
+    }
+
     fn spawn_with_shell(&self) -> std::io::Result<tokio::process::Child> {
         self.prepare(Command::new("sh").arg("-c").arg(&self.command))
             .spawn()

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::workspace::Workspace;
 use crate::Shared;
+use gorgon_exec::tags::JobTags;
 use gorgon_exec::tail::{relay, LineTail};
 
 /// The hidden subcommand of the `gorgon` binary that runs a worker manager.
@@ -101,8 +102,7 @@ pub async fn run_job(
         watcher.abort();
     }
     // Nothing of the job may outlive it on this host, even a process that left its group.
-    let id = job.id.to_string();
-    gorgon_exec::procs::kill_tagged(&[("GORGON_JOB_ID", &id), ("GORGON_HOST", &host)]);
+    gorgon_exec::procs::kill_tagged(&JobTags::new(job.id, &host));
     if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
         let path = workspace.path.clone();
         if let Err(error) = workspace.discard() {
@@ -182,10 +182,8 @@ async fn report(shared: &Shared, job: &Job, message: Message) {
 
 /// The base of every callback the listener runs, with the environment Gorgon documents.
 fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
-    ShellCommand::new("", workspace)
-        .env("GORGON_JOB_ID", job.id.to_string())
-        .env("GORGON_WORKSPACE", workspace.display().to_string())
-        .env("GORGON_HOST", shared.settings.name.clone())
+    let tags = JobTags::new(job.id, &shared.settings.name).in_workspace(workspace);
+    ShellCommand::new("", workspace).envs(tags.pairs())
 }
 
 /// Creates the workspace afresh, pulls the tree into it and runs `after_sync`.

@@ -12,8 +12,8 @@ use gorgon_protocol::{
 };
 use uuid::Uuid;
 
+use crate::engine::{handle_reply, Plan, StartError, Stop};
 use crate::events::EventSink;
-use crate::run::{handle_reply, Plan, StartError, Stop};
 use crate::state::{JobState, Problem};
 use crate::view::Progress;
 

@@ -216,6 +216,43 @@ impl EventSink {
     }
 }
 
+/// A stream kept in memory, for tests that read back what a sink was given.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl Captured {
+    /// A sink that writes into this stream.
+    pub(crate) fn sink(&self) -> EventSink {
+        EventSink::to_writer(Box::new(self.clone()))
+    }
+
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// The events written so far, one JSON object per line.
+    pub(crate) fn events(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,26 +383,12 @@ mod tests {
         );
     }
 
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_run_that_stops_on_an_error_still_ends_with_run_finished() {
-        let buffer = Shared::default();
-        let mut sink = EventSink::to_writer(Box::new(buffer.clone()));
+        let captured = Captured::default();
+        let mut sink = captured.sink();
         sink.finish_after_error(3, 0.1, "nothing started");
-        assert!(buffer.0.lock().unwrap().is_empty());
+        assert!(captured.text().is_empty());
         sink.emit(Event::RunStarted {
             job_id: Uuid::nil(),
             project: "p".into(),
@@ -374,11 +397,7 @@ mod tests {
         });
         sink.finish_after_error(3, 0.1, "cannot connect to RabbitMQ");
         sink.finish_after_error(3, 0.1, "twice");
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        let events: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let events = captured.events();
         assert_eq!(events.len(), 2);
         assert_eq!(events[1]["event"], "run_finished");
         assert_eq!(events[1]["exit_code"], 3);

@@ -2,6 +2,7 @@
 //! and `gorgon ping`.
 
 pub mod distributed;
+pub mod engine;
 pub mod events;
 pub mod files;
 pub mod init;
@@ -14,6 +15,7 @@ pub mod settings;
 pub mod state;
 pub mod view;
 
-pub use ping::ping;
-pub use run::{start, StartOptions};
-pub use settings::Settings;
+pub use engine::StartError;
+pub use ping::{ping, PingError};
+pub use run::start;
+pub use settings::{Settings, StartOptions};

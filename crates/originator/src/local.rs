@@ -14,14 +14,14 @@
 use std::time::Duration;
 
 use gorgon_exec::signals::StopSignals;
-use gorgon_exec::{grace, run_callback};
+use gorgon_exec::{grace, run_callback, ShellCommand};
 use gorgon_protocol::{
     CallbackName, JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment,
 };
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 
+use crate::engine::{handle_reply, Plan, StartError, Stop};
 use crate::events::EventSink;
-use crate::run::{handle_reply, Plan, StartError, Stop};
 use crate::state::JobState;
 use crate::view::Progress;
 
@@ -82,9 +82,8 @@ pub(crate) async fn run(
             listener_queue: None,
         },
     );
-    let base = plan
-        .base_command()
-        .env("GORGON_WORKSPACE", root.display().to_string());
+    // The manager's callbacks also see the workspace, which here is the project itself.
+    let base = ShellCommand::new("", &root).envs(plan.tags().in_workspace(&root).pairs());
     let callbacks = &settings.callbacks.remote;
     let before = callbacks.before_creating_workers.as_deref();
     let mut stop = None;

@@ -3,44 +3,40 @@
 use std::time::Duration;
 
 use gorgon_protocol::broker::QueueLife;
-use gorgon_protocol::{exit_code, names, Broker, BrokerError, Envelope, ListenerInfo, Message};
+use gorgon_protocol::{names, Broker, BrokerError, Envelope, ListenerInfo, Message};
 use uuid::Uuid;
 
-use crate::settings::Settings;
+use crate::settings::{ConfigError, Settings};
 
-/// Pings the listeners of the cluster configured in `config`, waits `wait` for answers,
-/// prints them, and returns the exit code.
-pub async fn ping(config: &std::path::Path, wait: Duration) -> i32 {
-    let settings = match Settings::load_connection(config) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("gorgon: {error}");
-            return exit_code::CONFIG_OR_BROKER;
-        }
-    };
-    match collect(&settings.0, &settings.1, wait).await {
-        Ok(mut listeners) => {
-            listeners.sort_by(|a, b| a.name.cmp(&b.name));
-            for listener in &listeners {
-                println!(
-                    "{} is running gorgon-rs {} with {} worker slot(s)",
-                    listener.name, listener.version, listener.slots
-                );
-            }
-            let slots: u32 = listeners.iter().map(|l| l.slots).sum();
-            println!(
-                "\n{} listener(s) of cluster '{}' answered, with a total of {} worker slot(s).",
-                listeners.len(),
-                settings.1,
-                slots
-            );
-            exit_code::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("gorgon: {error}");
-            exit_code::CONFIG_OR_BROKER
-        }
+/// Why `gorgon ping` could not ask the listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Pings the listeners of the cluster configured in `config`, waits `wait` for answers, and
+/// prints them.
+pub async fn ping(config: &std::path::Path, wait: Duration) -> Result<(), PingError> {
+    let (broker, cluster) = Settings::load_connection(config)?;
+    let mut listeners = collect(&broker, &cluster, wait).await?;
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    for listener in &listeners {
+        println!(
+            "{} is running gorgon-rs {} with {} worker slot(s)",
+            listener.name, listener.version, listener.slots
+        );
     }
+    let slots: u32 = listeners.iter().map(|l| l.slots).sum();
+    println!(
+        "\n{} listener(s) of cluster '{}' answered, with a total of {} worker slot(s).",
+        listeners.len(),
+        cluster,
+        slots
+    );
+    Ok(())
 }
 
 async fn collect(

@@ -2,208 +2,58 @@
 //! files, order), handed to an engine that feeds the [`JobState`] — `distributed` (RabbitMQ
 //! and listeners) or `local` (worker processes on this machine) — and finished the same way
 //! whichever engine ran it: runtime file, failed files, `after_job_finishes`, JUnit, report,
-//! exit code.
+//! exit code. What the engines share with it (the plan, the stop, the errors, the handling
+//! of replies) is in `engine`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use gorgon_exec::rsync;
-use gorgon_exec::signals::{StopSignal, StopSignals};
-use gorgon_exec::{run_callback, ShellCommand};
-use gorgon_protocol::{exit_code, BrokerError, CallbackName, Message};
+use gorgon_exec::run_callback;
+use gorgon_exec::signals::StopSignals;
+use gorgon_protocol::{exit_code, CallbackName};
 use uuid::Uuid;
 
+use crate::engine::{Plan, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
-use crate::files::{self, FilesError};
-use crate::rerun::{self, Rerun, RerunError};
-use crate::settings::{ConfigError, Settings};
-use crate::state::{JobState, Problem, Settled};
-use crate::view::{self, Ending, Progress};
+use crate::files;
+use crate::rerun::{self, Rerun};
+use crate::settings::{ConfigError, Settings, StartOptions};
+use crate::state::{JobState, Problem};
+use crate::view::{self, Ending};
 
-/// What the user asked for on the command line.
-#[derive(Clone, Debug, Default)]
-pub struct StartOptions {
-    pub config: PathBuf,
-    /// Files or globs that replace `files` for this run.
-    pub files: Vec<String>,
-    /// Overrides `job.file_timeout`, in seconds.
-    pub file_timeout: Option<f64>,
-    /// Write a JUnit XML report here (overrides `junit_file`).
-    pub junit: Option<PathBuf>,
-    /// Write newline-delimited JSON events here; `-` is stdout.
-    pub events: Option<PathBuf>,
-    /// Run only the files of the previous run's `failed_files` list.
-    pub failed: bool,
-    /// No progress lines: only the report.
-    pub quiet: bool,
-    /// `--local`: run on this machine with this many workers, without broker or file server.
-    pub local: Option<usize>,
-}
-
-/// A run that could not start or went wrong outside the tests, with its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Files(#[from] FilesError),
-    #[error(transparent)]
-    Rerun(#[from] RerunError),
-    #[error("there are no files to test: no file matches {0}")]
-    NoFiles(String),
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error("pushing the source tree to the file server failed: {0}")]
-    Push(rsync::RsyncError),
-    #[error("{0}\n{1}")]
-    BeforeOriginate(gorgon_exec::CallbackFailure, String),
-    #[error("cannot start the local workers: {0}")]
-    LocalWorkers(std::io::Error),
-    /// A stop signal before the job was published (during `before_originate`, the push).
-    #[error("{} while {during}", stopped_by(*.signal))]
-    Stopped {
-        signal: StopSignal,
-        during: &'static str,
-    },
-}
-
-/// How a stop signal reads in a sentence.
-fn stopped_by(signal: StopSignal) -> &'static str {
-    match signal {
-        StopSignal::Interrupt => "interrupted",
-        StopSignal::Terminate => "terminated",
-    }
-}
-
-impl StartError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            StartError::Push(_) => exit_code::SYNC_FAILED,
-            StartError::BeforeOriginate(..) | StartError::LocalWorkers(_) => exit_code::FAILURE,
-            StartError::Stopped {
-                signal: StopSignal::Interrupt,
-                ..
-            } => exit_code::INTERRUPTED,
-            StartError::Stopped {
-                signal: StopSignal::Terminate,
-                ..
-            } => exit_code::TERMINATED,
-            _ => exit_code::CONFIG_OR_BROKER,
-        }
-    }
-}
-
-/// Runs `gorgon start` and returns its exit code; errors are printed as one sentence.
-pub async fn start(options: StartOptions) -> i32 {
+/// Runs `gorgon start` and returns the run's exit code, or the error that ended it (for the
+/// caller to print; the event stream has already recorded it). `settings` are those the
+/// caller resolved from `options` with [`Settings::for_start`], once: it needs `log_file`
+/// before anything logs. A configuration that did not load is only reported here, after the
+/// events file is opened, so that whoever waits for that file finds it whatever went wrong.
+pub async fn start(
+    options: StartOptions,
+    settings: Result<Settings, ConfigError>,
+) -> Result<i32, StartError> {
     let started = Instant::now();
     let mut events = match &options.events {
         None => EventSink::none(),
-        Some(path) => match EventSink::open(path) {
-            Ok(sink) => sink,
-            Err(error) => {
-                eprintln!(
-                    "gorgon: cannot write the events file {}: {error}",
-                    path.display()
-                );
-                return exit_code::CONFIG_OR_BROKER;
-            }
-        },
+        Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
+            path: path.clone(),
+            source,
+        })?,
     };
-    match run(options, &mut events).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("gorgon: {error}");
-            let code = error.exit_code();
-            events.finish_after_error(code, started.elapsed().as_secs_f64(), &error.to_string());
-            code
-        }
-    }
+    let ran = match settings {
+        Ok(settings) => run(options, settings, &mut events).await,
+        Err(error) => Err(error.into()),
+    };
+    ran.inspect_err(|error| {
+        let seconds = started.elapsed().as_secs_f64();
+        events.finish_after_error(error.exit_code(), seconds, &error.to_string());
+    })
 }
 
-/// Why an engine stopped before every file had a result.
-pub(crate) enum Stop {
-    Interrupted,
-    Terminated,
-    Failed(String),
-}
-
-impl From<StopSignal> for Stop {
-    fn from(signal: StopSignal) -> Stop {
-        match signal {
-            StopSignal::Interrupt => Stop::Interrupted,
-            StopSignal::Terminate => Stop::Terminated,
-        }
-    }
-}
-
-impl Stop {
-    /// The reason shown in the report and sent with a cancel.
-    pub(crate) fn reason(&self) -> String {
-        match self {
-            Stop::Interrupted => "interrupted (Ctrl-C)".to_owned(),
-            Stop::Terminated => "terminated (SIGTERM)".to_owned(),
-            Stop::Failed(reason) => reason.clone(),
-        }
-    }
-
-    /// Records the stop in the event stream and on the progress lines; returns its reason.
-    pub(crate) fn announce(&self, events: &mut EventSink, progress: &Progress) -> String {
-        let reason = self.reason();
-        events.emit(Event::Cancelled {
-            reason: reason.clone(),
-        });
-        progress.note(&format!("Stopping the run: {reason}"));
-        reason
-    }
-}
-
-/// Everything a run knows before an engine takes it: the settings and the files.
-pub(crate) struct Plan {
-    pub options: StartOptions,
-    pub settings: Settings,
-    /// The runtime file as read, updated with this run's timings at the end.
-    history: files::History,
-    pub job_id: Uuid,
-    pub project: String,
-    /// This machine's host name.
-    pub host: String,
-    started: Instant,
-    started_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl Plan {
-    /// The base of the originator's callbacks, run in the project with Gorgon's environment.
-    pub(crate) fn base_command(&self) -> ShellCommand {
-        ShellCommand::new("", &self.settings.project_root)
-            .env("GORGON_JOB_ID", self.job_id.to_string())
-            .env("GORGON_HOST", &self.host)
-    }
-
-    /// Runs `before_originate`; its failure, or a stop signal meanwhile (which kills it),
-    /// ends the run before anything is handed out.
-    pub(crate) async fn before_originate(
-        &self,
-        signals: &mut StopSignals,
-    ) -> Result<(), StartError> {
-        let command = self.settings.callbacks.before_originate.as_deref();
-        let base = self.base_command();
-        let callback = run_callback(CallbackName::BeforeOriginate, command, &base);
-        let ran = tokio::select! {
-            ran = callback => ran,
-            signal = signals.recv() => {
-                return Err(StartError::Stopped { signal, during: "running before_originate" })
-            }
-        };
-        ran.map_err(|failure| {
-            let output = failure.output.clone();
-            StartError::BeforeOriginate(failure, output)
-        })
-    }
-}
-
-async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, StartError> {
-    let Some((plan, queue)) = plan(options, events)? else {
+async fn run(
+    options: StartOptions,
+    settings: Settings,
+    events: &mut EventSink,
+) -> Result<i32, StartError> {
+    let Some((plan, queue)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
     let mut state = JobState::new(queue);
@@ -219,20 +69,17 @@ async fn run(options: StartOptions, events: &mut EventSink) -> Result<i32, Start
     Ok(finish(plan, state, stop, events).await)
 }
 
-/// Reads the settings and finds, orders and announces the files; `None` when there is
-/// nothing to re-run (already said on stdout).
+/// Checks that the settings fit the run and finds, orders and announces the files; `None`
+/// when there is nothing to re-run (already said on stdout).
 fn plan(
     options: StartOptions,
+    settings: Settings,
     events: &mut EventSink,
 ) -> Result<Option<(Plan, Vec<String>)>, StartError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let mut settings = Settings::load(&options.config)?;
     if options.local.is_none() {
         settings.file_server()?;
-    }
-    if let Some(limit) = options.file_timeout {
-        settings.runner.file_timeout = Some(limit);
     }
     let root = settings.project_root.clone();
     let explicit = !options.files.is_empty();
@@ -405,143 +252,6 @@ async fn finish(
         error: None,
     });
     code
-}
-
-/// Applies one reply to the state; returns a reason when it means the run must stop.
-pub(crate) fn handle_reply(
-    state: &mut JobState,
-    progress: &Progress,
-    events: &mut EventSink,
-    max_crash_retries: u32,
-    message: Message,
-) -> Option<String> {
-    match message {
-        Message::JobAccepted {
-            host,
-            slots,
-            listener_queue,
-        } => {
-            tracing::info!(%host, slots, "listener took the job");
-            events.emit(Event::ListenerJoined {
-                host: host.clone(),
-                slots,
-            });
-            state.listener_accepted(&host, slots, listener_queue);
-        }
-        Message::FileStarted {
-            host,
-            worker_id,
-            file,
-        } => {
-            if state.file_started(&host, worker_id, &file) {
-                events.emit(Event::FileStarted {
-                    file,
-                    host,
-                    worker_id,
-                });
-            }
-            progress.update(state);
-        }
-        Message::FileFinished(result) => {
-            let shown = result.clone();
-            match state.file_finished(result) {
-                Settled::New => {
-                    events.emit(Event::file_finished(&shown));
-                    progress.file_finished(state, &shown)
-                }
-                Settled::Duplicate => {
-                    tracing::info!(file = %shown.file, "dropping a second result for a settled file")
-                }
-                Settled::Unknown => {
-                    tracing::warn!(file = %shown.file, "dropping a result for a file this run did not queue")
-                }
-            }
-        }
-        Message::CallbackFailed {
-            host,
-            worker_id,
-            callback,
-            status,
-            output,
-        } => {
-            let place = match worker_id {
-                Some(id) => format!("{host}:{id}"),
-                None => host,
-            };
-            let problem = Problem {
-                what: format!("{callback} callback failed on {place}"),
-                status,
-                output,
-                fails_run: true,
-            };
-            progress.problem(&problem);
-            events.emit(Event::problem(ProblemKind::CallbackFailed, &problem));
-            let reason = problem.what.clone();
-            state.add_problem(problem);
-            if !state.all_settled() {
-                return Some(reason);
-            }
-        }
-        Message::SyncFailed { host, output } => {
-            let problem = Problem {
-                what: format!("{host} could not pull the source tree"),
-                status: "rsync failed".into(),
-                output,
-                fails_run: false,
-            };
-            progress.problem(&problem);
-            events.emit(Event::problem(ProblemKind::SyncFailed, &problem));
-            state.add_problem(problem);
-        }
-        Message::WorkerCrashed {
-            host,
-            worker_id,
-            status,
-            output,
-        } => {
-            if let Some(settled) =
-                state.worker_crashed(&host, worker_id, &status, &output, max_crash_retries)
-            {
-                events.emit(Event::file_finished(&settled));
-                progress.file_finished(state, &settled);
-            }
-            let problem = Problem {
-                what: format!("worker {worker_id} on {host} died"),
-                status,
-                output,
-                fails_run: false,
-            };
-            progress.problem(&problem);
-            events.emit(Event::problem(ProblemKind::WorkerCrashed, &problem));
-            state.add_problem(problem);
-        }
-        Message::ManagerCrashed {
-            host,
-            status,
-            output,
-        } => {
-            let problem = Problem {
-                what: format!("the worker manager on {host} died"),
-                status,
-                output,
-                fails_run: false,
-            };
-            progress.problem(&problem);
-            events.emit(Event::problem(ProblemKind::ManagerCrashed, &problem));
-            state.add_problem(problem);
-        }
-        Message::JobDone { host } => {
-            tracing::info!(%host, "listener finished its part");
-            events.emit(Event::ListenerDone { host: host.clone() });
-            state.listener_done(&host);
-            progress.update(state);
-        }
-        other => tracing::warn!(
-            ?other,
-            "dropping a message that does not belong on the reply queue"
-        ),
-    }
-    None
 }
 
 /// The project's name: the name of its folder.

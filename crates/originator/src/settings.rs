@@ -19,6 +19,26 @@ pub enum ConfigError {
     Invalid { path: PathBuf, problem: String },
 }
 
+/// What the user asked for on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    pub config: PathBuf,
+    /// Files or globs that replace `files` for this run.
+    pub files: Vec<String>,
+    /// Overrides `job.file_timeout`, in seconds.
+    pub file_timeout: Option<f64>,
+    /// Write a JUnit XML report here (overrides `junit_file`).
+    pub junit: Option<PathBuf>,
+    /// Write newline-delimited JSON events here; `-` is stdout.
+    pub events: Option<PathBuf>,
+    /// Run only the files of the previous run's `failed_files` list.
+    pub failed: bool,
+    /// No progress lines: only the report.
+    pub quiet: bool,
+    /// `--local`: run on this machine with this many workers, without broker or file server.
+    pub local: Option<usize>,
+}
+
 /// Everything `gorgon start` needs from its configuration, resolved and checked.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -105,6 +125,16 @@ struct RawSync {
 }
 
 impl Settings {
+    /// The settings of one `gorgon start`: its configuration file as read, with what the
+    /// command line overrides.
+    pub fn for_start(options: &StartOptions) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::load(&options.config)?;
+        if let Some(limit) = options.file_timeout {
+            settings.runner.file_timeout = Some(limit);
+        }
+        Ok(settings)
+    }
+
     /// Reads only the broker and cluster from `path` (for `gorgon ping`, which needs no
     /// file server or runner).
     pub fn load_connection(path: &Path) -> Result<(BrokerSettings, String), ConfigError> {
@@ -369,5 +399,27 @@ mod tests {
         let settings = Settings::load(&path).unwrap();
         let problem = settings.file_server().unwrap_err().to_string();
         assert!(problem.contains("file_server.host is missing"), "{problem}");
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_file_timeout_of_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "gorgon.json",
+            r#"{"files": ["t/*.sh"], "job": {"file_timeout": 30, "runner": {"command": "sh {file}"}}}"#,
+        );
+        let options = StartOptions {
+            config: path,
+            ..StartOptions::default()
+        };
+        let settings = Settings::for_start(&options).unwrap();
+        assert_eq!(settings.runner.file_timeout, Some(30.0));
+        let options = StartOptions {
+            file_timeout: Some(1.5),
+            ..options
+        };
+        let settings = Settings::for_start(&options).unwrap();
+        assert_eq!(settings.runner.file_timeout, Some(1.5));
     }
 }
