@@ -18,6 +18,7 @@ mod runner;
 mod stdin;
 mod worker;
 
+use gorgon_exec::tags::JobTags;
 use gorgon_exec::ShellCommand;
 use gorgon_protocol::{Broker, Envelope, Message, WorkerAssignment};
 
@@ -34,17 +35,12 @@ pub const EXIT_BROKEN: i32 = 1;
 
 /// The base of every callback and test command, with the environment Gorgon documents.
 fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
-    let mut base = ShellCommand::new("", &assignment.workspace)
-        .env("GORGON_JOB_ID", assignment.job_id.to_string())
-        .env(
-            "GORGON_WORKSPACE",
-            assignment.workspace.display().to_string(),
-        )
-        .env("GORGON_HOST", assignment.host.clone());
+    let mut tags =
+        JobTags::new(assignment.job_id, &assignment.host).in_workspace(&assignment.workspace);
     if let Some(worker_id) = assignment.worker_id {
-        base = base.env("GORGON_WORKER_ID", worker_id.to_string());
+        tags = tags.of_worker(worker_id);
     }
-    base
+    ShellCommand::new("", &assignment.workspace).envs(tags.pairs())
 }
 
 /// Sends one message to the job's originator; a failure is only logged, because the

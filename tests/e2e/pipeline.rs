@@ -1,13 +1,11 @@
 //! End to end through the real path: the `gorgon` binary, RabbitMQ, an rsync daemon and
 //! listeners on loopback. Each test builds its own cluster, so tests run side by side.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{recorded_runs, recording_test, Cluster};
 use serde_json::json;
-use support::{recorded_runs, recording_test, Cluster};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 

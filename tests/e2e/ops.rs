@@ -2,14 +2,12 @@
 //! `--failed`, `--quiet`, output without escape codes, `init`, `install_listener`,
 //! `listen --check`, completions and the examples in every command's help.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{recorded_runs, recording_test, Cluster, Project, GORGON};
 use serde_json::{json, Value};
-use support::{recorded_runs, recording_test, Cluster, Project, GORGON};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -273,7 +271,11 @@ fn install_listener_prints_without_writing_and_writes_a_config_that_checks() {
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path().join("etc");
     let units = dir.path().join("units");
-    let broker = format!("{}:{}", support::broker_host(), support::broker_port());
+    let broker = format!(
+        "{}:{}",
+        crate::support::broker_host(),
+        crate::support::broker_port()
+    );
     let flags = [
         "--broker",
         broker.as_str(),
@@ -362,7 +364,7 @@ fn listen_check_names_a_broken_config_or_an_unreachable_broker_in_one_sentence()
         "{stderr}"
     );
 
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let unreachable = dir.path().join("unreachable.json");
     std::fs::write(
         &unreachable,

@@ -3,16 +3,14 @@
 //! killed mid-file loses nothing; a file that kills its worker every time is reported
 //! crashed; Ctrl-C stops every local process.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::{
+use crate::support::{
     assert_all_passed, interrupt_once_started, processes_working_in, recorded_runs, recording_test,
     sigkill, slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
 };
+use serde_json::json;
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const CLEANUP_LIMIT: Duration = Duration::from_secs(15);
@@ -172,7 +170,7 @@ fn a_local_run_needs_no_broker_and_no_file_server() {
     let root = tempfile::tempdir().unwrap();
     let (project, record) = local_project(root.path(), 3, 0.1, json!({}));
     // A closed port: a run that touched the broker would fail.
-    let closed = support::free_port();
+    let closed = crate::support::free_port();
     let mut config: serde_json::Value = serde_json::from_str(&project.read("gorgon.json")).unwrap();
     config["connection"] = json!({"host": "127.0.0.1", "port": closed});
     std::fs::write(project.dir.join("gorgon.json"), config.to_string()).unwrap();

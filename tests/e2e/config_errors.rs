@@ -1,10 +1,8 @@
 //! `gorgon start` on bad input: one clear sentence and the documented exit code, quickly.
 
-mod support;
-
 use std::time::Duration;
 
-use support::Project;
+use crate::support::Project;
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -69,7 +67,7 @@ fn a_missing_config_file_is_named() {
 
 #[test]
 fn an_unreachable_broker_is_named_within_seconds() {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let (_dir, project) = project(&valid_config(port, "tests/*_test.sh"));
     let run = project.start(&[], QUICK);
     assert_eq!(run.code, 3, "{run:?}");
@@ -82,7 +80,10 @@ fn an_unreachable_broker_is_named_within_seconds() {
 
 #[test]
 fn no_matching_files_is_named() {
-    let (_dir, project) = project(&valid_config(support::broker_port(), "spec/**/*_spec.rb"));
+    let (_dir, project) = project(&valid_config(
+        crate::support::broker_port(),
+        "spec/**/*_spec.rb",
+    ));
     let run = project.start(&[], QUICK);
     assert_eq!(run.code, 3, "{run:?}");
     assert_one_sentence(&run.stderr, "there are no files to test");
@@ -91,7 +92,10 @@ fn no_matching_files_is_named() {
 
 #[test]
 fn a_named_file_that_does_not_exist_is_named() {
-    let (_dir, project) = project(&valid_config(support::broker_port(), "tests/*_test.sh"));
+    let (_dir, project) = project(&valid_config(
+        crate::support::broker_port(),
+        "tests/*_test.sh",
+    ));
     let run = project.start(&["tests/nope_test.sh"], QUICK);
     assert_eq!(run.code, 3, "{run:?}");
     assert_one_sentence(
@@ -102,7 +106,10 @@ fn a_named_file_that_does_not_exist_is_named() {
 
 #[test]
 fn an_unreachable_file_server_is_a_sync_failure() {
-    let (_dir, project) = project(&valid_config(support::broker_port(), "tests/*_test.sh"));
+    let (_dir, project) = project(&valid_config(
+        crate::support::broker_port(),
+        "tests/*_test.sh",
+    ));
     let run = project.start(&[], QUICK);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(

@@ -3,15 +3,13 @@
 //! stage, two jobs on one listener, and garbage on the project's queues. Each test checks
 //! that every file has one result and that no process of the job is left.
 
-mod support;
-
 use std::time::Duration;
 
-use serde_json::json;
-use support::{
+use crate::support::{
     assert_all_passed, assert_every_file_ran, interrupt_once_started, recorded_runs, sigkill,
     slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
 };
+use serde_json::json;
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const CLEANUP_LIMIT: Duration = Duration::from_secs(15);

@@ -3,13 +3,11 @@
 //! status for every file and test, the right exit code and each failing test by file:line;
 //! a runner killed mid-file or past its time limit costs only that file.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{Cluster, Project, Run, WORKER_KILLER};
 use serde_json::json;
-use support::{Cluster, Project, Run, WORKER_KILLER};
 
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 

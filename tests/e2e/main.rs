@@ -1,0 +1,15 @@
+//! The end-to-end tests, in one test binary: the real `gorgon` binary, listeners, worker
+//! managers and workers against the real RabbitMQ and rsync (see `support`). Only the broker
+//! restart, which stops the shared broker, runs in a binary of its own
+//! (`tests/broker_restart.rs`).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod config_errors;
+mod faults;
+mod local;
+mod manager;
+mod ops;
+mod pipeline;
+mod runners;
