@@ -244,11 +244,6 @@ bench() {
 per_file=${PER_FILE:-60}
 per_file_rounds=${PER_FILE_ROUNDS:-3}
 
-# median NUMBER...: the median of the numbers (the lower middle one of an even count).
-median() {
-    printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
-}
-
 # per_file_cost SUITE PROJECT KIND -- ALONE... -- FILE...: the framework alone in one
 # process (ALONE followed by the files) against `gorgon start --local -j 1` over the same
 # files, in PROJECT, taking turns PER_FILE_ROUNDS times (default 3) so that both see the same

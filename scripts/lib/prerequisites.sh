@@ -88,7 +88,7 @@ start_rabbitmq() {
     echo "RabbitMQ is listening on $BROKER_HOST:$BROKER_PORT (after ${waited}s)"
 }
 
-# Installs the test frameworks the built-in runners' tests use (tests/runners.rs): RSpec and
+# Installs the test frameworks the built-in runners' tests use (tests/e2e/runners.rs): RSpec and
 # Minitest from Debian (ruby-rspec, ruby-minitest), and pytest with pip when python3 lacks it.
 install_test_frameworks() {
     local missing=()
