@@ -946,3 +946,33 @@ fn a_file_that_earlier_tests_left_unloadable_is_collected_again_in_a_fresh_pytes
         ],
     });
 }
+
+#[test]
+fn the_runners_arguments_apply_to_every_file_of_an_rspec_session() {
+    let cluster = Cluster::new();
+    let runner = json!({"kind": "rspec", "command": "", "args": ["--tag", "~slow"]});
+    let project = cluster.project(
+        "rspec-args",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": runner}}),
+    );
+    for name in ["a", "b", "c"] {
+        project.write(
+            &format!("spec/{name}_spec.rb"),
+            &format!(
+                "RSpec.describe('{name}') do\n  it('is quick') {{ expect(1).to eq(1) }}\n  it('is slow', :slow) {{ raise 'the tag filter was lost' }}\nend\n"
+            ),
+        );
+    }
+    // One worker: the three files run in one session, the arguments parsed once for it.
+    let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("3 files: 3 passed, 0 failed"),
+        "{run:?}"
+    );
+    assert_eq!(
+        gorgon_counts(&run.stdout).get("passed"),
+        Some(&3),
+        "{run:?}"
+    );
+}

@@ -109,6 +109,44 @@ if RSpec.configuration.respond_to?(:with_suite_hooks, true) &&
   GorgonRunner.at_session_end { RSpec.configuration.gorgon_after_suite }
 end
 
+# A session parses the same framework arguments for every file: RSpec builds a whole option
+# parser to do it, which is half of what a trivial file costs in a session. The parse of the
+# arguments is kept for the session; each file's options are a copy with the file added.
+class GorgonSessionOptions < RSpec::Core::ConfigurationOptions
+  @parsed = {}
+  class << self
+    attr_reader :parsed
+  end
+
+  def initialize(args, files)
+    @gorgon_args = args
+    @gorgon_files = files
+    super([*args, *files])
+  end
+
+  def command_line_options
+    @command_line_options ||= begin
+      parsed = (self.class.parsed[@gorgon_args] ||= RSpec::Core::Parser.parse(@gorgon_args))
+      copy = Marshal.load(Marshal.dump(parsed))
+      copy[:files_or_directories_to_run] = Array(copy[:files_or_directories_to_run]) + @gorgon_files
+      copy
+    rescue TypeError # an option holds a proc (`--bisect`): parse it all again
+      RSpec::Core::Parser.parse([*@gorgon_args, *@gorgon_files])
+    end
+  end
+end
+
+# What `RSpec::Core::Runner.run` does, with the options of a session.
+def gorgon_run_in_session(args, files)
+  RSpec::Core::Runner.trap_interrupt
+  options = GorgonSessionOptions.new(args, files)
+  if options.options[:runner]
+    options.options[:runner].call(options, $stderr, $stdout)
+  else
+    RSpec::Core::Runner.new(options).run($stderr, $stdout)
+  end
+end
+
 version = "rspec #{RSpec::Core::Version::STRING} (ruby #{RUBY_VERSION})"
 GorgonRunner.serve(version) do |files, args, shared|
   world = RSpec.world
@@ -123,7 +161,11 @@ GorgonRunner.serve(version) do |files, args, shared|
   RSpec.configuration.example_status_persistence_file_path = nil
   RSpec.configuration.gorgon_session = shared if RSpec.configuration.respond_to?(:gorgon_session=)
   begin
-    RSpec::Core::Runner.run([*args, *files], $stderr, $stdout)
+    if shared
+      gorgon_run_in_session(args, files)
+    else
+      RSpec::Core::Runner.run([*args, *files], $stderr, $stdout)
+    end
     outside = world.respond_to?(:non_example_failure) && world.non_example_failure
     if outside
       { outcome: 'load_error',
