@@ -257,12 +257,7 @@ async fn a_host_starts_no_more_workers_than_it_has_files() {
     ];
     files.sort();
     assert_eq!(files, ["a.sh", "b.sh"]);
-    originator
-        .broker
-        .delete_queue(&names::files_queue(originator.job))
-        .await
-        .unwrap();
-    assert_eq!(manager.wait().await, 0);
+    originator.end_job(manager).await;
     // Two files: one or two workers (a worker idle again may take the second file), never
     // the four the host has slots for.
     assert!(workspace.path().join("started.1").exists());
@@ -270,7 +265,6 @@ async fn a_host_starts_no_more_workers_than_it_has_files() {
         let started = workspace.path().join(format!("started.{idle_slot}"));
         assert!(!started.exists(), "worker {idle_slot} started for no file");
     }
-    originator.broker.close().await;
 }
 
 /// A persistent runner (sh) that records what happens to it in the workspace: `started`

@@ -976,3 +976,39 @@ fn the_runners_arguments_apply_to_every_file_of_an_rspec_session() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_batch_of_an_rspec_session_with_a_file_that_fails_to_load_gives_each_file_its_own_answer() {
+    let cluster = Cluster::new();
+    let runner = json!({"kind": "rspec", "command": "", "batch_seconds": 10});
+    let project = cluster.project(
+        "rspec-batch-load-error",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": runner}}),
+    );
+    // The padded file is the largest, so it runs first and alone; the rest come as batches.
+    project.write(
+        "spec/first_spec.rb",
+        &format!(
+            "{}RSpec.describe('first') {{ it('runs') {{ expect(1).to eq(1) }} }}\n",
+            "# padding\n".repeat(50)
+        ),
+    );
+    for i in 1..=6 {
+        project.write(
+            &format!("spec/quick_{i}_spec.rb"),
+            &format!("RSpec.describe('quick {i}') {{ it('adds') {{ expect({i}).to eq({i}) }} }}\n"),
+        );
+    }
+    project.write(
+        "spec/quick_4_broken_spec.rb",
+        "raise 'broken on load'\nRSpec.describe('never') { it('is defined') { } }\n",
+    );
+    let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("8 files: 7 passed, 1 failed"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("Tests: 7 passed, 0 failed"), "{run:?}");
+    assert_file_failed(&run, "spec/quick_4_broken_spec.rb", "broken on load");
+}

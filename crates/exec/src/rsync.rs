@@ -263,18 +263,22 @@ mod tests {
         );
     }
 
+    /// Starts a daemon serving `served` on a free port of 127.0.0.1; the port.
+    async fn start_test_daemon(served: &Path) -> u16 {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        start_daemon(served, port, Some("127.0.0.1")).await.unwrap();
+        port
+    }
+
     #[tokio::test]
     async fn daemon_push_and_pull_round_trip() {
         let served = tempfile::tempdir().unwrap();
         let project = tempfile::tempdir().unwrap();
         let workspace = tempfile::tempdir().unwrap();
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        start_daemon(served.path(), port, Some("127.0.0.1"))
-            .await
-            .unwrap();
+        let port = start_test_daemon(served.path()).await;
         std::fs::create_dir_all(project.path().join("t")).unwrap();
         std::fs::write(project.path().join("t/a.sh"), "exit 0").unwrap();
         std::fs::write(project.path().join("skip.log"), "x").unwrap();
@@ -296,13 +300,7 @@ mod tests {
     #[tokio::test]
     async fn the_daemon_queues_the_connections_of_a_whole_cluster() {
         let served = tempfile::tempdir().unwrap();
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        start_daemon(served.path(), port, Some("127.0.0.1"))
-            .await
-            .unwrap();
+        let port = start_test_daemon(served.path()).await;
         // For a listening socket, `ss` shows its backlog as the send queue.
         let listening = std::process::Command::new("ss")
             .args(["-Hltn", &format!("sport = :{port}")])

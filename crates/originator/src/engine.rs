@@ -305,7 +305,7 @@ pub(crate) fn handle_reply(
 mod tests {
     use super::*;
     use crate::events::Captured;
-    use gorgon_protocol::{FileResult, FileStatus};
+    use gorgon_protocol::FileStatus;
     use serde_json::{json, Value};
 
     /// A run of some files as an engine sees it, fed one reply at a time: the state, quiet
@@ -368,16 +368,7 @@ mod tests {
     }
 
     fn finished(host: &str, file: &str, status: FileStatus) -> Message {
-        Message::FileFinished(FileResult {
-            host: host.into(),
-            worker_id: 1,
-            file: file.into(),
-            status,
-            seconds: 0.5,
-            exit: "exit status 0".into(),
-            output: String::new(),
-            tests: Vec::new(),
-        })
+        Message::FileFinished(crate::state::tests::result(file, host, status))
     }
 
     fn crashed(host: &str, worker_id: u32, output: &str) -> Message {

@@ -305,11 +305,12 @@ impl JobState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gorgon_protocol::TestResult;
 
-    fn result(file: &str, host: &str, status: FileStatus) -> FileResult {
+    /// A file's result for tests, with the given host and status.
+    pub(crate) fn result(file: &str, host: &str, status: FileStatus) -> FileResult {
         FileResult {
             host: host.into(),
             worker_id: 1,

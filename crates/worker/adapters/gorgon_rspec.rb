@@ -147,6 +147,10 @@ def gorgon_run_in_session(args, files)
   end
 end
 
+# Every example names its spec file (`rerun_file_path`), so a batch of quick files runs as
+# one `Runner.run` in a session, as in a serial run, and each example still counts for its file.
+GorgonRunner.runs_batches_in_session = true
+
 version = "rspec #{RSpec::Core::Version::STRING} (ruby #{RUBY_VERSION})"
 GorgonRunner.serve(version) do |files, args, shared|
   world = RSpec.world

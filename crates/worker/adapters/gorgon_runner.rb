@@ -25,6 +25,9 @@ module GorgonRunner
     # The adapter can run a test id (`FILE::test`, `FILE:LINE`) of a file its session has
     # loaded already, without loading the file again.
     attr_accessor :reruns_loaded_ids
+    # The adapter can run a batch of quick files as one run of the framework in a session
+    # (and attribute each test to its file), as a serial run runs them.
+    attr_accessor :runs_batches_in_session
   end
 
   # A path relative to the working directory (the workspace), without a leading "./".
@@ -114,6 +117,26 @@ module GorgonRunner
     [answer, %w[completed load_error].include?(answer['outcome'])]
   end
 
+  # Runs a batch of quick files as one run of the framework in the session and splits the
+  # tests by file: the answers, or nil when the run did not simply complete or a test cannot
+  # be told apart (then each file must give the answer it gives alone).
+  def self.run_together_in_session(files, args, run_files)
+    tests.clear
+    self.current_file = nil
+    result = begin
+      run_files.call(files, args, true)
+    rescue Exception # rubocop:disable Lint/RescueException -- any trouble: the files run alone
+      return nil
+    end
+    STDOUT.flush
+    STDERR.flush
+    by_file = files.to_h { |file| [file, []] }
+    unattributed = tests.reject { |test| by_file[test[:unit] || test[:file]]&.push(test) }
+    return nil unless result[:outcome] == 'completed' && unattributed.empty? && files.uniq.size == files.size
+
+    files.map { |file| { 'type' => 'file_done', 'file' => file, 'outcome' => 'completed', 'tests' => by_file[file] } }
+  end
+
   # What the adapter wants done when a session ends normally (after its last file).
   def self.at_session_end(&block)
     (@session_end ||= []) << block
@@ -140,6 +163,16 @@ module GorgonRunner
     while (line = requests.gets)
       request = JSON.parse(line)
       send_output_to(request['output_path'])
+      if request['together']
+        files = request.fetch('files')
+        results.puts(JSON.generate(type: 'start_together', files: files))
+        answers = run_together_in_session(files, request['args'] || [], run_files)
+        # Apart: this session has loaded the files, so each runs alone in a fresh one.
+        return results.puts(JSON.generate(type: 'apart', files: files)) unless answers
+
+        answers.each { |answer| results.puts(JSON.generate(without_units(answer))) }
+        next
+      end
       request.fetch('files').each do |file|
         results.puts(JSON.generate(type: 'start', file: file))
         answer, go_on = run_in_session(file, request['args'] || [], run_files)
@@ -177,8 +210,9 @@ module GorgonRunner
       @started = 0
     end
 
-    def send_files(files, request)
-      @requests.puts(JSON.generate('files' => files, 'args' => @args, 'output_path' => request['output_path']))
+    def send_files(files, request, together)
+      @requests.puts(JSON.generate('files' => files, 'args' => @args, 'output_path' => request['output_path'],
+                                   'together' => together))
       true
     rescue Errno::EPIPE, IOError
       false
@@ -215,6 +249,8 @@ module GorgonRunner
       args = request['args'] || []
       pending = files.dup
       again = Set.new
+      # Files of a batch that did not simply complete as one run: each runs alone from now on.
+      alone = Set.new
       until pending.empty?
         stop if @child && @child.args != args
         @child ||= SessionChild.new(@proto, args, @run_files)
@@ -224,15 +260,22 @@ module GorgonRunner
           next
         end
         chunk.each { |file| @child.loaded << GorgonRunner.path_of(file) }
+        together = request['type'] == 'run_batch' && GorgonRunner.runs_batches_in_session &&
+                   chunk.size > 1 && chunk.none? { |file| alone.include?(file) }
         running = nil
         waiting = chunk.dup
-        if @child.send_files(chunk, request)
+        if @child.send_files(chunk, request, together)
           until waiting.empty?
             message = @child.next_message or break
             if message['type'] == 'start'
               running = message['file']
               @child.ran_any = true
               @child.started += 1
+            elsif message['type'] == 'start_together'
+              @child.ran_any = true
+              @child.started += chunk.size
+            elsif message['type'] == 'apart'
+              break
             elsif waiting.delete(message['file'])
               running = nil
               if message['outcome'] == 'load_error' && @child.started > 1 && again.add?(message['file'])
@@ -246,6 +289,9 @@ module GorgonRunner
         end
         next if waiting.empty?
 
+        # A batch run as one that did not end with every answer (apart, or the session died
+        # during it): no file can take the blame, so each runs alone in a fresh session.
+        alone.merge(waiting) if together
         # The child ended: the file it was running takes the blame; the rest run in a fresh
         # session.
         ran_any = @child.ran_any
@@ -301,7 +347,10 @@ module GorgonRunner
   end
 
   def self.without_units(answer)
-    answer['tests']&.each { |test| test.delete('unit') }
+    answer['tests']&.each do |test|
+      test.delete('unit')
+      test.delete(:unit)
+    end
     answer
   end
 
