@@ -185,19 +185,42 @@ pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> 
         // No history: only the relative order matters.
         1.0
     };
-    let mut keyed: Vec<(f64, usize, String)> = files
-        .into_iter()
-        .enumerate()
-        .map(|(index, f)| {
-            let estimate = history
-                .get(&f)
+    let estimates: Vec<f64> = files
+        .iter()
+        .map(|f| {
+            history
+                .get(f)
                 .copied()
-                .unwrap_or_else(|| sizes[&f] as f64 * seconds_per_byte);
-            (estimate, index, f)
+                .unwrap_or_else(|| sizes[f] as f64 * seconds_per_byte)
         })
         .collect();
-    keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    keyed.into_iter().map(|(_, _, f)| f).collect()
+    // The tests of a split file stay together, slowest first, where their slowest one would
+    // go: interleaved with other files, each would pay again in its session for what the
+    // file's tests share there (Active Record loads a test class's fixtures once for all its
+    // tests in a row; a test of another class in between can make the next one load them
+    // again).
+    let group_of = |f: &str| unit_file(f).unwrap_or(f).to_owned();
+    let mut groups: HashMap<String, (f64, usize)> = HashMap::new();
+    for (index, (f, estimate)) in files.iter().zip(&estimates).enumerate() {
+        let group = groups.entry(group_of(f)).or_insert((*estimate, index));
+        group.0 = group.0.max(*estimate);
+    }
+    let mut keyed: Vec<(f64, usize, f64, usize, String)> = files
+        .into_iter()
+        .zip(estimates)
+        .enumerate()
+        .map(|(index, (f, estimate))| {
+            let (group_estimate, group_index) = groups[&group_of(&f)];
+            (group_estimate, group_index, estimate, index, f)
+        })
+        .collect();
+    keyed.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(b.2.total_cmp(&a.2))
+            .then(a.3.cmp(&b.3))
+    });
+    keyed.into_iter().map(|(.., f)| f).collect()
 }
 
 /// Merges this run's timings into the history and writes it, slowest first, creating the
@@ -332,6 +355,43 @@ mod tests {
         assert_eq!(
             order(files, &History::new(), dir.path()),
             ["c", "a", "b", "d"]
+        );
+    }
+
+    #[test]
+    fn the_tests_of_a_split_file_stay_together_slowest_first() {
+        let root = project(&[("a_test.rb", 10), ("b_test.rb", 10), ("c_test.rb", 10)]);
+        let history: History = [
+            ("a_test.rb::A#test_1", 5.0),
+            ("a_test.rb::A#test_2", 0.1),
+            ("a_test.rb::A#test_3", 3.0),
+            ("b_test.rb", 4.0),
+            ("c_test.rb", 0.2),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let queued = [
+            "c_test.rb",
+            "a_test.rb::A#test_1",
+            "a_test.rb::A#test_2",
+            "a_test.rb::A#test_3",
+            "b_test.rb",
+        ];
+        let ordered = order(
+            queued.iter().map(|f| f.to_string()).collect(),
+            &history,
+            root.path(),
+        );
+        assert_eq!(
+            ordered,
+            [
+                "a_test.rb::A#test_1",
+                "a_test.rb::A#test_3",
+                "a_test.rb::A#test_2",
+                "b_test.rb",
+                "c_test.rb"
+            ]
         );
     }
 
