@@ -6,7 +6,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gorgon_exec::{describe_status, terminate_group, OutputBuffer, RunningGroups, ShellCommand};
+use gorgon_exec::{
+    describe_status, grace, terminate_group, OutputBuffer, RunningGroups, ShellCommand,
+};
 use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -46,7 +48,8 @@ pub enum Answer {
     Done { done: Vec<FileDone>, stray: String },
     /// The runner ended, or broke the protocol, before answering; the session is over.
     Died { status: String },
-    /// The file ran past its limit; the runner's group was killed and the session is over.
+    /// The file ran past its limit; the runner's group was stopped (SIGTERM, grace, SIGKILL)
+    /// and the session is over.
     TimedOut,
 }
 
@@ -236,8 +239,7 @@ impl Session {
             Some(limit) => match tokio::time::timeout(limit, answers).await {
                 Ok(answered) => answered,
                 Err(_) => {
-                    self.kill();
-                    let _ = self.child.wait().await;
+                    self.terminate().await;
                     return Answer::TimedOut;
                 }
             },
@@ -285,6 +287,23 @@ impl Session {
         self.kill();
         let _ = self.child.wait().await;
         status
+    }
+
+    /// Stops the runner's group the careful way, as a timed-out test command is stopped:
+    /// SIGTERM, up to `grace::TEST` for the whole group to exit, then SIGKILL. The leader is
+    /// reaped meanwhile, so that the group empties when its last member exits.
+    async fn terminate(&mut self) {
+        match self.forget_group() {
+            Some(group) => {
+                let _ = tokio::join!(
+                    self.child.wait(),
+                    terminate_group(group.as_raw() as u32, grace::TEST)
+                );
+            }
+            None => {
+                let _ = self.child.wait().await;
+            }
+        }
     }
 
     fn kill(&mut self) {

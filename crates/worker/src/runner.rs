@@ -679,6 +679,24 @@ done"#;
         runner.stop().await;
     }
     #[tokio::test]
+    async fn a_runner_past_its_limit_gets_sigterm_and_a_grace_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // A runner that hangs on its file, and on SIGTERM takes a moment to leave a note.
+        let script = r#"trap 'sleep 0.3; touch terminated; exit 0' TERM
+echo '{"type":"hello","protocol":1,"runner":"sh"}'
+read -r line
+while :; do sleep 0.05; done"#;
+        let mut runner = persistent_runner(dir.path(), "runner.sh", script, "sh runner.sh");
+        let run = runner.run_file("hang").await;
+        assert_eq!(run.status, FileStatus::TimedOut, "{run:?}");
+        assert!(
+            dir.path().join("terminated").exists(),
+            "the runner was killed without SIGTERM and its grace"
+        );
+        runner.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_batch_that_breaks_the_protocol_or_hangs_runs_again_file_by_file() {
         let dir = tempfile::tempdir().unwrap();
         // Answers each file of a request; `lie` makes it answer for a file it was not asked
