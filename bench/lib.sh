@@ -112,6 +112,38 @@ median() {
     printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 
+# skewed_suite WRITE: the skewed suite of skewed.sh and startup.sh, 64 files whose single
+# test sleeps: 48 x 0.5 s, 12 x 2 s and 4 x 8 s, named (a_, m_, z_) so that the 8 s files
+# sort last. `WRITE NAME SECONDS` writes one file. On 8 slots its lower bound is
+# max(longest file, total / slots) = max(8, 80 / 8) = 10 s.
+skewed_lower_bound=10
+skewed_suite() {
+    local write=$1 i
+    for i in $(seq -w 1 48); do "$write" "a_$i" 0.5; done
+    for i in $(seq -w 1 12); do "$write" "m_$i" 2; done
+    for i in $(seq -w 1 4); do "$write" "z_$i" 8; done
+}
+
+# skewed_rounds DIR ROUNDS FIRST_TARGET: runs the skewed suite in DIR (its config writes
+# runtime.json there) ROUNDS times without history and each time again with the history that
+# run wrote, with EXPECT as `seconds` takes it; prints both series, their medians and their
+# ratios to the lower bound (FIRST_TARGET, when not empty, is the first run's target).
+skewed_rounds() {
+    local dir=$1 rounds=$2 first_target=$3 first=() again=() first_median again_median
+    for _ in $(seq 1 "$rounds"); do
+        rm -f "$dir/runtime.json"
+        first+=("$(cd "$dir" && seconds "$gorgon" start)")
+        again+=("$(cd "$dir" && seconds "$gorgon" start)")
+    done
+    first_median=$(median "${first[@]}")
+    again_median=$(median "${again[@]}")
+    echo "lower bound: $skewed_lower_bound s"
+    echo "first run (no history): ${first[*]}"
+    echo "  median $first_median s, $(ratio "$first_median" "$skewed_lower_bound") x the lower bound${first_target:+ (target: at most $first_target)}"
+    echo "with history:           ${again[*]}"
+    echo "  median $again_median s, $(ratio "$again_median" "$skewed_lower_bound") x the lower bound (target: at most 1.05)"
+}
+
 # spec_files DIR COUNT: COUNT trivial spec files, the same every time, each with EXAMPLES
 # (default 1) passing examples.
 spec_files() {

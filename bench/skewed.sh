@@ -11,30 +11,14 @@
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-3}
-lower_bound=10
 
 start_file_server
 start_listener left 4
 start_listener right 4
 project=$work/skewed
 mkdir -p "$project/tests"
-for i in $(seq -w 1 48); do echo 'sleep 0.5' >"$project/tests/a_${i}_test.sh"; done
-for i in $(seq -w 1 12); do echo 'sleep 2' >"$project/tests/m_${i}_test.sh"; done
-for i in $(seq -w 1 4); do echo 'sleep 8' >"$project/tests/z_${i}_test.sh"; done
+write_test() { echo "sleep $2" >"$project/tests/$1_test.sh"; }
+skewed_suite write_test
 write_config "$project" "tests/*_test.sh" '{"command": "sh {file}"}' '"runtime_file": "runtime.json",'
 wait_for_listeners "$project" 2
-
-first=()
-again=()
-for _ in $(seq 1 "$runs"); do
-    rm -f "$project/runtime.json"
-    first+=("$(cd "$project" && seconds "$gorgon" start)")
-    again+=("$(cd "$project" && seconds "$gorgon" start)")
-done
-first_median=$(median "${first[@]}")
-again_median=$(median "${again[@]}")
-echo "lower bound: $lower_bound s"
-echo "first run (no history): ${first[*]}"
-echo "  median $first_median s, $(ratio "$first_median" "$lower_bound") x the lower bound (target: at most 1.3)"
-echo "with history:           ${again[*]}"
-echo "  median $again_median s, $(ratio "$again_median" "$lower_bound") x the lower bound (target: at most 1.05)"
+skewed_rounds "$project" "$runs" 1.3

@@ -18,7 +18,6 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-5}
 rounds=${ROUNDS:-3}
-lower_bound=10
 
 start_file_server
 start_listener one 4
@@ -49,24 +48,9 @@ echo
 start_listener two 4
 skewed=$work/skewed
 mkdir -p "$skewed/spec"
-sleeper() { printf 'RSpec.describe "%s" do\n  it("sleeps") { sleep %s }\nend\n' "$1" "$2" >"$skewed/spec/$1_spec.rb"; }
-for i in $(seq -w 1 48); do sleeper "a_$i" 0.5; done
-for i in $(seq -w 1 12); do sleeper "m_$i" 2; done
-for i in $(seq -w 1 4); do sleeper "z_$i" 8; done
+write_spec() { printf 'RSpec.describe "%s" do\n  it("sleeps") { sleep %s }\nend\n' "$1" "$2" >"$skewed/spec/$1_spec.rb"; }
+skewed_suite write_spec
 write_config "$skewed" "spec/*_spec.rb" '{"kind": "rspec"}' '"runtime_file": "runtime.json",'
 wait_for_listeners "$skewed" 2
-first=()
-again=()
-for _ in $(seq 1 "$rounds"); do
-    rm -f "$skewed/runtime.json"
-    first+=("$(cd "$skewed" && EXPECT="64 files: 64 passed" seconds "$gorgon" start)")
-    again+=("$(cd "$skewed" && EXPECT="64 files: 64 passed" seconds "$gorgon" start)")
-done
-first_median=$(median "${first[@]}")
-again_median=$(median "${again[@]}")
 echo "== skewed RSpec suite (64 files, 80 s of sleeps), built-in rspec runner, 2 x 4 slots"
-echo "lower bound: $lower_bound s"
-echo "first run (no history): ${first[*]}"
-echo "  median $first_median s, $(ratio "$first_median" "$lower_bound") x the lower bound"
-echo "with history:           ${again[*]}"
-echo "  median $again_median s, $(ratio "$again_median" "$lower_bound") x the lower bound (target: at most 1.05)"
+EXPECT="64 files: 64 passed" skewed_rounds "$skewed" "$rounds" ""

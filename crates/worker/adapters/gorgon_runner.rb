@@ -117,9 +117,8 @@ module GorgonRunner
     [answer, %w[completed load_error].include?(answer['outcome'])]
   end
 
-  # Runs a batch of quick files as one run of the framework in the session and splits the
-  # tests by file: the answers, or nil when the run did not simply complete or a test cannot
-  # be told apart (then each file must give the answer it gives alone).
+  # Runs a batch of quick files as one run of the framework in the session: the answers
+  # (see `answers_by_file`), or nil when each file must run alone.
   def self.run_together_in_session(files, args, run_files)
     tests.clear
     self.current_file = nil
@@ -130,9 +129,19 @@ module GorgonRunner
     end
     STDOUT.flush
     STDERR.flush
+    answers_by_file(files, result[:outcome], tests)
+  end
+
+  # The answers of a batch of files run as one: its tests split by the file they belong to
+  # (`unit`, else `file`; keys are symbols in a session, strings from a fork), or nil when
+  # the run did not simply complete or a test cannot be told apart, and each file must then
+  # give the answer it gives alone.
+  def self.answers_by_file(files, outcome, tests)
     by_file = files.to_h { |file| [file, []] }
-    unattributed = tests.reject { |test| by_file[test[:unit] || test[:file]]&.push(test) }
-    return nil unless result[:outcome] == 'completed' && unattributed.empty? && files.uniq.size == files.size
+    unattributed = tests.reject do |test|
+      by_file[test['unit'] || test[:unit] || test['file'] || test[:file]]&.push(test)
+    end
+    return nil unless outcome == 'completed' && unattributed.empty? && files.uniq.size == files.size
 
     files.map { |file| { 'type' => 'file_done', 'file' => file, 'outcome' => 'completed', 'tests' => by_file[file] } }
   end
@@ -334,16 +343,9 @@ module GorgonRunner
   def self.run_batch(request, proto, &run_files)
     files = request.fetch('files')
     together = run_forked(request, proto, files, &run_files)
-    by_file = files.to_h { |file| [file, []] }
-    unattributed = (together['tests'] || []).reject { |test| by_file[test['unit'] || test['file']]&.push(test) }
-    if together['outcome'] != 'completed' || files.uniq.size != files.size || !unattributed.empty?
-      return files.map do |file|
-        without_units(run_forked(request.merge('file' => file), proto, [file], &run_files))
-      end
-    end
-    files.map do |file|
-      without_units('type' => 'file_done', 'file' => file, 'outcome' => 'completed', 'tests' => by_file[file])
-    end
+    answers = answers_by_file(files, together['outcome'], together['tests'] || [])
+    answers ||= files.map { |file| run_forked(request.merge('file' => file), proto, [file], &run_files) }
+    answers.map { |answer| without_units(answer) }
   end
 
   def self.without_units(answer)

@@ -87,11 +87,6 @@ impl<'a> Feeder<'a> {
         self.ended
     }
 
-    /// Whether a delivered file waits for an idle worker.
-    pub(crate) fn has_waiting(&self) -> bool {
-        !self.waiting.is_empty()
-    }
-
     /// How many delivered files wait for an idle worker.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.len()

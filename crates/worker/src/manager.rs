@@ -109,7 +109,7 @@ async fn manage_connected(
                 start_worker(&mut pool, &mut feeder, worker_id).await;
             }
             for (worker_id, count) in pool.wants() {
-                if !feeder.has_waiting() {
+                if feeder.waiting() == 0 {
                     break;
                 }
                 let files = feeder.take(count).await;
