@@ -404,3 +404,77 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     assert!(String::from_utf8_lossy(&ping.stdout).contains("tough is running gorgon-rs"));
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
+
+/// A worker killed while the runner it forked from the listener's warm runner runs a file:
+/// the warm runner kills that runner when the worker's connection closes, the file runs
+/// again and passes, and nothing of the job is left. The killer finds its worker by the
+/// job's tags, since a forked runner's parent is the warm runner, not the worker.
+#[test]
+fn a_worker_killed_under_a_forked_runner_leaves_nothing_and_its_file_runs_again() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("forks", 2);
+    let project = cluster.project(
+        "forked-killer",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    project.write(
+        "spec/warm_up_spec.rb",
+        "RSpec.describe('warm-up') { it('passes') { expect(1).to eq(1) } }\n",
+    );
+    let first = project.start(&[], RUN_LIMIT);
+    assert_eq!(first.code, 0, "{first:?}");
+    cluster.wait_for_warm_runner("forks", "gorgon_warm.rb", Duration::from_secs(30));
+
+    let marker = cluster.path().join("killed-once");
+    project.write(
+        "spec/support/kill_my_worker.sh",
+        &format!(
+            "[ -e {marker:?} ] && exit 0\n\
+             touch {marker:?}\n\
+             for p in /proc/[0-9]*; do\n\
+               env=$(tr '\\0' '\\n' < $p/environ 2>/dev/null) || continue\n\
+               if tr '\\0' ' ' < $p/cmdline | grep -q __work \\\n\
+                  && echo \"$env\" | grep -qx \"GORGON_JOB_ID=$GORGON_JOB_ID\" \\\n\
+                  && echo \"$env\" | grep -qx \"GORGON_WORKER_ID=$GORGON_WORKER_ID\"; then\n\
+                 kill -9 ${{p#/proc/}}; sleep 5\n\
+               fi\n\
+             done\n\
+             echo 'no worker found'; exit 3\n",
+            marker = marker.display().to_string()
+        ),
+    );
+    // The killer records who started its runner: the warm runner, two levels up.
+    let ancestry = cluster.path().join("killer-ancestry");
+    project.write(
+        "spec/killer_spec.rb",
+        &format!(
+            "RSpec.describe('killer') do\n\
+             \x20 it('kills its worker once') do\n\
+             \x20   up = File.read(\"/proc/#{{Process.ppid}}/stat\").rpartition(') ').last.split[1]\n\
+             \x20   File.write({ancestry:?}, File.read(\"/proc/#{{up}}/cmdline\"))\n\
+             \x20   expect(system('sh', 'spec/support/kill_my_worker.sh')).to be(true)\n\
+             \x20 end\n\
+             end\n",
+            ancestry = ancestry.display().to_string()
+        ),
+    );
+    for i in 1..=4 {
+        project.write(
+            &format!("spec/quick_{i}_spec.rb"),
+            &format!(
+                "RSpec.describe('quick {i}') {{ it('passes') {{ expect({i}).to eq({i}) }} }}\n"
+            ),
+        );
+    }
+    let run = project.start(&[], RUN_LIMIT);
+    assert!(marker.exists(), "the killer never ran: {run:?}");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("6 files: 6 passed, 0 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
+    let started_by = std::fs::read_to_string(&ancestry).unwrap();
+    assert!(started_by.contains("gorgon_warm.rb"), "{started_by}");
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}

@@ -119,6 +119,7 @@ impl Originator {
             workspace: workspace.to_owned(),
             slots: 1,
             worker_id: None,
+            warm_runner: None,
         }
     }
 

@@ -1012,3 +1012,141 @@ fn a_batch_of_an_rspec_session_with_a_file_that_fails_to_load_gives_each_file_it
     assert!(run.stdout.contains("Tests: 7 passed, 0 failed"), "{run:?}");
     assert_file_failed(&run, "spec/quick_4_broken_spec.rb", "broken on load");
 }
+
+/// A file whose examples share a slow `before(:all)`: after its split run cost each part that
+/// setup again, the history keeps it whole, and the third run queues it as one file.
+#[test]
+fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("keeper", 4);
+    let project = cluster.project(
+        "keep-whole",
+        json!({"files": ["spec/**/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    let mut slow_text =
+        String::from("RSpec.describe \"shared setup\" do\n  before(:all) { sleep 3 }\n");
+    for i in 1..=4 {
+        slow_text.push_str(&format!("  it(\"part {i}\") {{ sleep 0.25 }}\n"));
+    }
+    slow_text.push_str("end\n");
+    project.write("spec/slow_spec.rb", &slow_text);
+    for i in 1..=4 {
+        project.write(
+            &format!("spec/quick_{i}_spec.rb"),
+            &format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n"),
+        );
+    }
+    let history = || -> serde_json::Value {
+        serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap()
+    };
+    let first = project.start(&[], RUN_LIMIT);
+    assert!(first.stdout.contains("5 files: 5 passed"), "{first:?}");
+    assert!(
+        history()["gorgon:whole:spec/slow_spec.rb"]
+            .as_f64()
+            .unwrap()
+            >= 4.0,
+        "{}",
+        history()
+    );
+
+    // Its examples take 1 s of its 4 s: it is split, and each part pays the 3 s again.
+    let second = project.start(&[], RUN_LIMIT);
+    assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
+    let cost = history()["gorgon:keep-whole:spec/slow_spec.rb"].as_f64();
+    assert!(cost.is_some_and(|c| c > 1.5), "{}", history());
+
+    let third = project.start(&[], RUN_LIMIT);
+    assert!(third.stdout.contains("5 files: 5 passed"), "{third:?}");
+    assert!(third.stdout.contains("Tests: 8 passed"), "{third:?}");
+    assert!(
+        !third.stderr.contains("PASS spec/slow_spec.rb:"),
+        "{third:?}"
+    );
+}
+
+/// A spec that appends to `record` the command lines of the three processes above the one
+/// running it: a session, the runner, and what started the runner.
+fn ruby_ancestry_spec(record: &Path) -> String {
+    format!(
+        r#"RSpec.describe "ancestry" do
+  it "records who started its runner" do
+    pid = Process.pid
+    chain = 3.times.map do
+      pid = File.read("/proc/#{{pid}}/stat").rpartition(') ').last.split[1].to_i
+      File.read("/proc/#{{pid}}/cmdline").tr("\0", ' ')
+    end
+    File.open({record:?}, 'a') {{ |f| f.puts chain.join(' | ') }}
+  end
+end
+"#,
+        record = record.display().to_string()
+    )
+}
+
+/// The pytest twin of [`ruby_ancestry_spec`].
+fn python_ancestry_test(record: &Path) -> String {
+    format!(
+        r#"import os
+
+
+def test_records_who_started_its_runner():
+    pid, chain = os.getpid(), []
+    for _ in range(3):
+        with open("/proc/%d/stat" % pid) as stat:
+            pid = int(stat.read().rpartition(") ")[2].split()[1])
+        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+            chain.append(cmdline.read().replace(b"\0", b" ").decode())
+    with open({record:?}, "a") as out:
+        out.write(" | ".join(chain) + "\n")
+"#,
+        record = record.display().to_string()
+    )
+}
+
+/// The first job of a built-in runner boots its runners and makes the listener start a warm
+/// runner; the next job's runners are forked from it. A job of another kind boots again and
+/// replaces it. Every run passes and leaves no process behind.
+#[test]
+fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("warm", 2);
+    let record = cluster.path().join("ancestry.txt");
+    let rspec = cluster.project(
+        "warm-rspec",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    rspec.write("spec/ancestry_spec.rb", &ruby_ancestry_spec(&record));
+    let pytest = cluster.project(
+        "warm-pytest",
+        json!({"files": ["tests/test_*.py"], "job": {"runner": {"kind": "pytest", "command": ""}}}),
+    );
+    pytest.write("tests/test_ancestry.py", &python_ancestry_test(&record));
+    let ancestry = |project: &Project| -> String {
+        let _ = std::fs::remove_file(&record);
+        let run = project.start(&[], RUN_LIMIT);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+        std::fs::read_to_string(&record).unwrap()
+    };
+
+    let booted = ancestry(&rspec);
+    assert!(!booted.contains("gorgon_warm"), "{booted}");
+    assert!(booted.contains("__work"), "{booted}");
+    cluster.wait_for_warm_runner("warm", "gorgon_warm.rb", Duration::from_secs(30));
+    let forked = ancestry(&rspec);
+    assert!(forked.contains("gorgon_warm.rb"), "{forked}");
+
+    let booted = ancestry(&pytest);
+    assert!(!booted.contains("gorgon_warm"), "{booted}");
+    cluster.wait_for_warm_runner("warm", "gorgon_warm.py", Duration::from_secs(30));
+    let forked = ancestry(&pytest);
+    assert!(forked.contains("gorgon_warm.py"), "{forked}");
+    // The Ruby one was retired when the pytest job came: it ended with its last fork.
+    let kept = cluster.warm_runners("warm");
+    assert!(
+        kept.iter().all(|c| c.contains("gorgon_warm.py")),
+        "{kept:?}"
+    );
+    cluster.assert_no_job_processes(Duration::from_secs(15));
+}

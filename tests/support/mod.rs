@@ -440,6 +440,77 @@ impl Cluster {
         }
     }
 
+    /// The pid of listener `name`.
+    fn listener_pid(&self, name: &str) -> i32 {
+        let config = self
+            .path()
+            .join("listeners")
+            .join(name)
+            .join("gorgon_listener.json");
+        let listener = self
+            .listeners
+            .iter()
+            .find(|child| {
+                process_command(child.id() as i32).contains(&config.display().to_string())
+            })
+            .expect("the listener runs");
+        listener.id() as i32
+    }
+
+    /// The command lines of the warm runners listener `name` keeps (its children running
+    /// `gorgon_warm.rb` or `gorgon_warm.py`).
+    pub fn warm_runners(&self, name: &str) -> Vec<String> {
+        let listener = self.listener_pid(name);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(") ")?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                });
+            let command = process_command(pid);
+            if parent == Some(listener)
+                && command.contains("gorgon_warm.")
+                && !process_is_zombie(pid)
+            {
+                found.push(command);
+            }
+        }
+        found
+    }
+
+    /// Waits until listener `name` keeps a warm runner running `script` that listens on its
+    /// socket (the last word of its command line).
+    pub fn wait_for_warm_runner(&self, name: &str, script: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let serving = self.warm_runners(name).iter().any(|command| {
+                command.contains(script)
+                    && command
+                        .split_whitespace()
+                        .last()
+                        .is_some_and(|socket| Path::new(socket).exists())
+            });
+            if serving {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} keeps no warm runner {script}: {:?}",
+                self.warm_runners(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs listener `name` and every process of it: the whole host dies at once.
     pub fn kill_listener(&mut self, name: &str) {
         let root = self.path().join("listeners").join(name);

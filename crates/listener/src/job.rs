@@ -237,6 +237,7 @@ async fn manage(
         workspace: workspace.to_owned(),
         slots,
         worker_id: None,
+        warm_runner: shared.warm_runner_for(&job.definition.runner),
     };
     let mut line = match serde_json::to_vec(&assignment) {
         Ok(line) => line,

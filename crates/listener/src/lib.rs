@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::config_file::ConfigFileError;
-use gorgon_protocol::{names, Broker, BrokerError, Envelope, Incoming, ListenerInfo, Message};
+use gorgon_protocol::{
+    names, Broker, BrokerError, Envelope, Incoming, ListenerInfo, Message, RunnerSettings,
+};
+use gorgon_worker::warm::{WarmKey, WarmProcess};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -69,7 +72,12 @@ struct Shared {
     queue: String,
     /// Worker slots taken by running jobs (kept across reconnections).
     busy_slots: Arc<std::sync::Mutex<u32>>,
+    /// The warm runner kept for the built-in runners (kept across reconnections).
+    warm: WarmSlot,
 }
+
+/// Where the listener keeps its warm runner.
+type WarmSlot = Arc<std::sync::Mutex<Option<WarmProcess>>>;
 
 impl Shared {
     /// Takes slots for a new job: every free slot, and at least one, so that a job that
@@ -81,6 +89,33 @@ impl Shared {
         let slots = free.max(1);
         *busy += slots;
         slots
+    }
+
+    /// The socket of the warm runner that serves `runner`, if one does. Otherwise, for a
+    /// built-in runner that can run warm, starts one for the jobs to come (this job boots its
+    /// runners as usual), retiring the one kept for another kind or interpreter.
+    fn warm_runner_for(&self, runner: &RunnerSettings) -> Option<PathBuf> {
+        if !self.settings.warm_runners {
+            return None;
+        }
+        let key = WarmKey::of(runner)?;
+        let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = warm.as_mut() {
+            if current.key == key && !current.has_ended() {
+                return current.socket_if_serving();
+            }
+        }
+        if let Some(old) = warm.take() {
+            old.retire();
+        }
+        match WarmProcess::start(key.clone()) {
+            Ok(started) => {
+                tracing::info!(kind = ?key.kind, interpreter = key.interpreter, "starting a warm runner for the jobs to come");
+                *warm = Some(started);
+            }
+            Err(error) => tracing::warn!(kind = ?key.kind, %error, "cannot start a warm runner"),
+        }
+        None
     }
 
     fn release_slots(&self, slots: u32) {
@@ -102,9 +137,10 @@ pub async fn run(
         settings.workspace_root = root;
     }
     let busy_slots = Arc::new(std::sync::Mutex::new(0));
+    let warm: WarmSlot = Arc::default();
     // The first connection must work: a listener that cannot reach its broker at start is
     // misconfigured, and says so. Later losses are retried with backoff.
-    let mut connection = Some(Connection::open(&settings, busy_slots.clone()).await?);
+    let mut connection = Some(Connection::open(&settings, busy_slots.clone(), warm.clone()).await?);
     let (stop, stopping) = watch::channel(false);
     let mut jobs: JoinSet<Uuid> = JoinSet::new();
     let mut taken: HashSet<Uuid> = HashSet::new();
@@ -118,7 +154,7 @@ pub async fn run(
                 () = &mut shutdown => break Ok(()),
                 Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
                 () = tokio::time::sleep(backoff) => {
-                    match Connection::open(&settings, busy_slots.clone()).await {
+                    match Connection::open(&settings, busy_slots.clone(), warm.clone()).await {
                         Ok(opened) => {
                             tracing::info!("reconnected to RabbitMQ at {}", settings.broker.address());
                             connection = Some(opened);
@@ -168,6 +204,9 @@ pub async fn run(
     if let Some(live) = connection {
         live.shared.broker.close().await;
     }
+    if let Some(kept) = warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        kept.retire();
+    }
     result
 }
 
@@ -188,6 +227,7 @@ impl Connection {
     async fn open(
         settings: &ListenerSettings,
         busy_slots: Arc<std::sync::Mutex<u32>>,
+        warm: WarmSlot,
     ) -> Result<Connection, ListenerError> {
         let cluster = &settings.cluster_id;
         let broker = Broker::connect(
@@ -226,6 +266,7 @@ impl Connection {
             settings: settings.clone(),
             queue,
             busy_slots,
+            warm,
         });
         Ok(Connection { shared, inbox })
     }

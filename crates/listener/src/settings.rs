@@ -27,6 +27,9 @@ pub struct ListenerSettings {
     pub name: String,
     /// Absolute folder under which each job gets a workspace named after its id.
     pub workspace_root: PathBuf,
+    /// Keep a warm runner for the built-in runners between jobs (`warm_runners`, default
+    /// true; see `docs/runner-protocol.md`, "Warm runners").
+    pub warm_runners: bool,
 }
 
 impl ListenerSettings {
@@ -92,6 +95,11 @@ fn from_object(
         Some(name) => name,
         None => default_name()?,
     };
+    let warm_runners = match object.get("warm_runners") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(keep)) => *keep,
+        Some(_) => return Err("warm_runners must be true or false".into()),
+    };
     let log_file = optional_text(object, "log_file")?.map(|file| base.join(file));
     let workspace_root = optional_text(object, "workspace_root")?
         .map(|root| base.join(root))
@@ -109,6 +117,7 @@ fn from_object(
         cluster_id,
         name,
         workspace_root,
+        warm_runners,
     })
 }
 
@@ -193,6 +202,10 @@ mod tests {
             (
                 r#"{"worker_slots": 0}"#,
                 "worker_slots must be a whole number of at least 1",
+            ),
+            (
+                r#"{"warm_runners": "yes"}"#,
+                "warm_runners must be true or false",
             ),
             (
                 r#"{"worker_slots": "4"}"#,

@@ -40,6 +40,7 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         cluster_id: cluster.clone(),
         name: "test-listener".into(),
         workspace_root: workspace_root.to_owned(),
+        warm_runners: true,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(settings, async {

@@ -108,12 +108,32 @@ fn recorded_units(history: &History, file: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// A file is split only when splitting could shorten its part of the run by at least this
+/// share of its time: its tests cannot end sooner than its slowest one, and each session a
+/// split file's tests land in pays again for what they share (a test class's fixtures).
+const SPLIT_MIN_GAIN: f64 = 0.25;
+
+/// A file whose tests, run split, took together more than this many times what the whole
+/// file took is not split again ([`KEEP_WHOLE_PREFIX`]): its tests share setup that each
+/// part paid again.
+const SPLIT_COST_LIMIT: f64 = 1.5;
+
+/// History entries `gorgon:whole:FILE`: the seconds of the file's last run in one piece,
+/// kept for the files whose tests are recorded, to judge a split run of it against.
+pub const WHOLE_PREFIX: &str = "gorgon:whole:";
+
+/// History entries `gorgon:keep-whole:FILE`: the file is never split again; the value is how
+/// many times its whole time its split run cost. Removing the entry lets it be split again.
+pub const KEEP_WHOLE_PREFIX: &str = "gorgon:keep-whole:";
+
 /// Replaces each file that would bound the run by its recorded tests, so that they spread
 /// over the slots like files (RSpec runs one example as `file:LINE`, pytest one test by its
-/// node id `file::name`). A file is split
-/// when its recorded time exceeds the run's lower bound without it, max(the longest other
-/// file, total / slots), with the slot count of the last run; the threshold thus follows
-/// the history and the cluster instead of a setting.
+/// node id `file::name`). A file is split when its recorded time exceeds the run's lower
+/// bound without it, max(the longest other file, total / slots), with the slot count of the
+/// last run, so that the threshold follows the history and the cluster instead of a
+/// setting; and only when that gains enough ([`SPLIT_MIN_GAIN`]: the file's time against
+/// the larger of that bound and its slowest test), and its last split run did not cost more
+/// than [`SPLIT_COST_LIMIT`] times its whole run.
 pub fn split_slow_files(files: Vec<String>, history: &History) -> Vec<String> {
     let Some(slots) = history.get(SLOTS_KEY).filter(|s| **s >= 1.0) else {
         return files;
@@ -134,16 +154,30 @@ pub fn split_slow_files(files: Vec<String>, history: &History) -> Vec<String> {
         let longest_other = if seconds >= longest { second } else { longest };
         let bound = longest_other.max(total / slots);
         let units = recorded_units(history, &file);
-        if seconds > bound && units.len() >= 2 {
+        let slowest = units.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        let gain = seconds - bound.max(slowest);
+        let kept_whole = history.contains_key(&format!("{KEEP_WHOLE_PREFIX}{file}"));
+        if seconds > bound && units.len() >= 2 && !kept_whole && gain >= SPLIT_MIN_GAIN * seconds {
             tracing::info!(
                 file,
                 seconds,
                 bound,
+                slowest,
                 tests = units.len(),
                 "splitting a slow file into its tests"
             );
             split.extend(units.into_iter().map(|(unit, _)| unit));
         } else {
+            if seconds > bound && units.len() >= 2 {
+                tracing::info!(
+                    file,
+                    seconds,
+                    bound,
+                    slowest,
+                    kept_whole,
+                    "not splitting a slow file: too little to gain"
+                );
+            }
             split.push(file);
         }
     }
@@ -225,8 +259,11 @@ pub fn order(files: Vec<String>, history: &History, root: &Path) -> Vec<String> 
 
 /// Merges this run's timings into the history and writes it, slowest first, creating the
 /// parent folders. Files that did not run this time keep their old timings. `run` holds
-/// files (and tests, as `file:LINE`); a file that ran split into its tests gets their sum.
-/// `slots` is the run's worker slot count ([`SLOTS_KEY`]).
+/// files and tests (`file:LINE`, `file::name`): a file that ran whole comes with its tests'
+/// times and keeps its own, recorded also as [`WHOLE_PREFIX`]; a file that ran split into
+/// its tests gets their sum, and is kept whole from then on ([`KEEP_WHOLE_PREFIX`]) when that
+/// sum exceeds [`SPLIT_COST_LIMIT`] times its last whole run. `slots` is the run's worker
+/// slot count ([`SLOTS_KEY`]).
 pub fn write_history(
     path: &Path,
     mut history: History,
@@ -234,14 +271,38 @@ pub fn write_history(
     slots: u32,
 ) -> std::io::Result<()> {
     let round = |seconds: f64| (seconds * 1000.0).round() / 1000.0;
+    let whole: HashSet<&str> = run
+        .iter()
+        .map(|(file, _)| file.as_str())
+        .filter(|file| unit_file(file).is_none())
+        .collect();
     let mut split_files: BTreeMap<String, f64> = BTreeMap::new();
+    let mut with_tests: BTreeMap<&str, f64> = BTreeMap::new();
     for (file, seconds) in run {
         history.insert(file.clone(), round(*seconds));
-        if let Some(whole) = unit_file(file) {
-            *split_files.entry(whole.to_owned()).or_default() += seconds;
+        match unit_file(file) {
+            Some(owner) if whole.contains(owner) => {
+                with_tests.insert(owner, 0.0);
+            }
+            Some(owner) => *split_files.entry(owner.to_owned()).or_default() += seconds,
+            None => {}
         }
     }
+    for (file, _) in with_tests {
+        let seconds = history[file];
+        history.insert(format!("{WHOLE_PREFIX}{file}"), seconds);
+    }
     for (file, seconds) in split_files {
+        let whole_seconds = history.get(&format!("{WHOLE_PREFIX}{file}")).copied();
+        if let Some(whole_seconds) = whole_seconds.filter(|w| *w > 0.0) {
+            let cost = seconds / whole_seconds;
+            if cost > SPLIT_COST_LIMIT {
+                history.insert(
+                    format!("{KEEP_WHOLE_PREFIX}{file}"),
+                    (cost * 100.0).round() / 100.0,
+                );
+            }
+        }
         history.insert(file, round(seconds));
     }
     if slots > 0 {
@@ -437,6 +498,84 @@ mod tests {
             Some("tests/test_a.py")
         );
         assert_eq!(unit_file("c:/x"), None);
+    }
+
+    #[test]
+    fn a_file_that_its_slowest_test_bounds_is_not_split() {
+        // slow.rb is 20 s of the run but one test takes 18 s of it: split, it would still
+        // take 18 s and pay again for what its tests share.
+        let mut history: History = [
+            ("slow.rb".to_string(), 20.0),
+            ("slow.rb:3".to_string(), 18.0),
+            ("slow.rb:7".to_string(), 1.0),
+            ("slow.rb:11".to_string(), 1.0),
+            ("other.rb".to_string(), 2.0),
+            (SLOTS_KEY.to_string(), 4.0),
+        ]
+        .into();
+        let files: Vec<String> = ["slow.rb", "other.rb"].map(String::from).to_vec();
+        assert_eq!(split_slow_files(files.clone(), &history), files);
+        // With its tests more even it is split.
+        history.insert("slow.rb:3".into(), 8.0);
+        assert_eq!(
+            split_slow_files(files, &history),
+            ["slow.rb:11", "slow.rb:3", "slow.rb:7", "other.rb"]
+        );
+    }
+
+    #[test]
+    fn a_file_whose_split_run_cost_more_than_its_whole_run_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.json");
+        // A whole run: the file keeps its own time (its tests' sum leaves out what they
+        // share) and remembers it.
+        let whole = [
+            ("slow.rb".to_string(), 12.0),
+            ("slow.rb:3".to_string(), 3.0),
+            ("slow.rb:7".to_string(), 3.0),
+            ("slow.rb:11".to_string(), 3.0),
+            ("other.rb".to_string(), 1.0),
+        ];
+        write_history(&path, History::new(), &whole, 4).unwrap();
+        let history = read_history(&path).unwrap();
+        assert_eq!(history["slow.rb"], 12.0);
+        assert_eq!(history["gorgon:whole:slow.rb"], 12.0);
+        let files: Vec<String> = ["slow.rb", "other.rb"].map(String::from).to_vec();
+        assert_eq!(split_slow_files(files.clone(), &history).len(), 4);
+
+        // Split, each test paid the shared setup again: 3 × 7 s = 21 s > 1.5 × 12 s.
+        let split = [
+            ("slow.rb:3".to_string(), 7.0),
+            ("slow.rb:7".to_string(), 7.0),
+            ("slow.rb:11".to_string(), 7.0),
+            ("other.rb".to_string(), 1.0),
+        ];
+        write_history(&path, history, &split, 4).unwrap();
+        let history = read_history(&path).unwrap();
+        assert_eq!(history["slow.rb"], 21.0);
+        assert_eq!(history["gorgon:keep-whole:slow.rb"], 1.75);
+        assert_eq!(split_slow_files(files.clone(), &history), files);
+
+        // Run whole again, it stays whole: no back and forth between the two.
+        write_history(&path, history, &whole, 4).unwrap();
+        let history = read_history(&path).unwrap();
+        assert_eq!(history["slow.rb"], 12.0);
+        assert_eq!(split_slow_files(files.clone(), &history), files);
+
+        // A split run that cost little more than the whole one marks nothing.
+        let mut history = History::new();
+        history.insert("gorgon:whole:fair.rb".into(), 12.0);
+        let fair = [
+            ("fair.rb:1".to_string(), 6.5),
+            ("fair.rb:2".to_string(), 6.5),
+        ];
+        write_history(&path, history, &fair, 4).unwrap();
+        let history = read_history(&path).unwrap();
+        assert_eq!(history["fair.rb"], 13.0);
+        assert!(
+            !history.contains_key("gorgon:keep-whole:fair.rb"),
+            "{history:?}"
+        );
     }
 
     #[test]

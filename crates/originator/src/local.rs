@@ -66,6 +66,7 @@ pub(crate) async fn run(
         workspace: root.clone(),
         slots,
         worker_id: None,
+        warm_runner: None,
     };
     let retries = settings.max_crash_retries;
     let reply = |state: &mut JobState, events: &mut EventSink, message: Message| {

@@ -346,6 +346,10 @@ pub struct WorkerAssignment {
     /// Set for a worker (1..=slots); absent for the manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<u32>,
+    /// The socket of the warm runner the listener keeps for the job's built-in runner, which
+    /// workers fork their runners from (`docs/runner-protocol.md`, "Warm runners").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_runner: Option<std::path::PathBuf>,
 }
 
 impl WorkerAssignment {
@@ -589,6 +593,7 @@ mod tests {
             workspace: "/tmp/ws".into(),
             slots: 4,
             worker_id: Some(3),
+            warm_runner: None,
         };
         let json = serde_json::to_string(&assignment).unwrap();
         assert_eq!(

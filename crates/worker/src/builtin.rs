@@ -12,7 +12,11 @@ struct Adapter {
     scripts: &'static [(&'static str, &'static str)],
     /// Used unless `job.runner.command` names another (e.g. `bundle exec ruby`).
     interpreter: &'static str,
+    /// The warm runner a listener keeps for it (see `warm.rs`): (file name, contents).
+    warm: (&'static str, &'static str),
 }
+
+const RUBY_WARM: (&str, &str) = ("gorgon_warm.rb", include_str!("../adapters/gorgon_warm.rb"));
 
 const RUBY_SUPPORT: (&str, &str) = (
     "gorgon_runner.rb",
@@ -28,6 +32,7 @@ const RSPEC: Adapter = Adapter {
         RUBY_SUPPORT,
     ],
     interpreter: "ruby",
+    warm: RUBY_WARM,
 };
 
 const MINITEST: Adapter = Adapter {
@@ -39,6 +44,7 @@ const MINITEST: Adapter = Adapter {
         RUBY_SUPPORT,
     ],
     interpreter: "ruby",
+    warm: RUBY_WARM,
 };
 
 const PYTEST: Adapter = Adapter {
@@ -47,34 +53,96 @@ const PYTEST: Adapter = Adapter {
         include_str!("../adapters/gorgon_pytest.py"),
     )],
     interpreter: "python3",
+    warm: ("gorgon_warm.py", include_str!("../adapters/gorgon_warm.py")),
 };
 
-/// Writes the adapter of a built-in runner into `dir` and returns the shell command that
-/// starts it; `None` for the kinds that are not built in.
+/// A built-in runner's adapter, written out.
+pub struct WrittenAdapter {
+    /// The shell command that starts it.
+    pub command: String,
+    /// The script the interpreter runs (a warm runner's fork runs it too).
+    pub script: std::path::PathBuf,
+}
+
+fn adapter(kind: RunnerKind) -> Option<&'static Adapter> {
+    match kind {
+        RunnerKind::Rspec => Some(&RSPEC),
+        RunnerKind::Minitest => Some(&MINITEST),
+        RunnerKind::Pytest => Some(&PYTEST),
+        RunnerKind::Command | RunnerKind::Persistent => None,
+    }
+}
+
+/// Whether gorgon-rs ships the runner of this kind.
+pub fn is_built_in(kind: RunnerKind) -> bool {
+    adapter(kind).is_some()
+}
+
+/// Writes the adapter of a built-in runner into `dir`; `None` for the kinds that are not
+/// built in.
 pub fn write_adapter(
     kind: RunnerKind,
     interpreter: &str,
     dir: &Path,
-) -> std::io::Result<Option<String>> {
-    let adapter = match kind {
-        RunnerKind::Rspec => &RSPEC,
-        RunnerKind::Minitest => &MINITEST,
-        RunnerKind::Pytest => &PYTEST,
-        RunnerKind::Command | RunnerKind::Persistent => return Ok(None),
+) -> std::io::Result<Option<WrittenAdapter>> {
+    let Some(adapter) = adapter(kind) else {
+        return Ok(None);
     };
     for (name, text) in adapter.scripts {
         std::fs::write(dir.join(name), text)?;
     }
-    let main = dir.join(adapter.scripts[0].0);
-    let main = shlex::try_quote(&main.to_string_lossy())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
-        .into_owned();
-    let interpreter = match interpreter.trim() {
-        "" => adapter.interpreter,
-        chosen => chosen,
-    };
+    let script = dir.join(adapter.scripts[0].0);
     // `exec` makes the interpreter the group leader the worker watches, not a shell.
-    Ok(Some(format!("exec {interpreter} {main}")))
+    let command = format!(
+        "exec {} {}",
+        chosen_interpreter(adapter, interpreter),
+        quoted(&script)?
+    );
+    Ok(Some(WrittenAdapter { command, script }))
+}
+
+/// Writes the warm runner of a built-in runner kind into `dir` and returns the shell command
+/// that starts it serving on `socket`; `None` for the kinds that are not built in.
+pub fn write_warm_runner(
+    kind: RunnerKind,
+    interpreter: &str,
+    dir: &Path,
+    socket: &Path,
+) -> std::io::Result<Option<String>> {
+    let Some(adapter) = adapter(kind) else {
+        return Ok(None);
+    };
+    let (name, text) = adapter.warm;
+    let script = dir.join(name);
+    std::fs::write(&script, text)?;
+    Ok(Some(format!(
+        "exec {} {} {} {}",
+        chosen_interpreter(adapter, interpreter),
+        quoted(&script)?,
+        kind_word(kind),
+        quoted(socket)?
+    )))
+}
+
+fn chosen_interpreter(adapter: &Adapter, interpreter: &str) -> String {
+    match interpreter.trim() {
+        "" => adapter.interpreter.to_owned(),
+        chosen => chosen.to_owned(),
+    }
+}
+
+fn kind_word(kind: RunnerKind) -> &'static str {
+    match kind {
+        RunnerKind::Rspec => "rspec",
+        RunnerKind::Minitest => "minitest",
+        _ => "pytest",
+    }
+}
+
+fn quoted(path: &Path) -> std::io::Result<String> {
+    shlex::try_quote(&path.to_string_lossy())
+        .map(|quoted| quoted.into_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 #[cfg(test)]
@@ -86,13 +154,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let command = write_adapter(RunnerKind::Rspec, "", dir.path())
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .command;
         assert!(command.starts_with("exec ruby "), "{command}");
         assert!(command.ends_with("gorgon_rspec.rb"), "{command}");
         assert!(dir.path().join("gorgon_runner.rb").exists());
         let command = write_adapter(RunnerKind::Pytest, "poetry run python", dir.path())
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .command;
         assert!(command.starts_with("exec poetry run python "), "{command}");
         assert!(write_adapter(RunnerKind::Command, "", dir.path())
             .unwrap()

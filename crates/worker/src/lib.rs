@@ -16,6 +16,7 @@ mod persistent;
 pub mod pool;
 mod runner;
 mod stdin;
+pub mod warm;
 mod worker;
 
 use gorgon_exec::tags::JobTags;

@@ -289,6 +289,7 @@ mod tests {
                 workspace: workspace.to_owned(),
                 slots: 2,
                 worker_id: None,
+                warm_runner: None,
             }
         }
 

@@ -1,8 +1,9 @@
-//! One persistent runner process: started once in its own process group, it says hello, then
-//! answers one file at a time over the runner protocol (`docs/runner-protocol.md`) on its
-//! stdin and stdout. Its stderr is collected as the runner's own output.
+//! One persistent runner process: started once in its own process group (or forked from a
+//! warm runner, see `warm.rs`), it says hello, then answers one file at a time over the
+//! runner protocol (`docs/runner-protocol.md`) on its stdin and stdout. Its stderr is collected as the runner's own output.
 
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use gorgon_exec::{
 use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+use crate::warm::{fork_runner, ForkedRunner};
 
 /// How long a runner that closed its stdout gets to exit by itself before its group is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -53,63 +56,110 @@ pub enum Answer {
     TimedOut,
 }
 
+/// Where a session may fork its runner from instead of booting it (see `warm.rs`).
+#[derive(Clone, Debug)]
+pub struct WarmFork {
+    /// The warm runner's socket.
+    pub socket: PathBuf,
+    /// The adapter script the forked runner runs.
+    pub script: PathBuf,
+}
+
+/// The runner's process: booted by the worker, or forked from a warm runner.
+enum RunnerProcess {
+    Booted(Child),
+    Forked(ForkedRunner),
+}
+
+impl RunnerProcess {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            RunnerProcess::Booted(child) => child.wait().await,
+            RunnerProcess::Forked(forked) => forked.wait().await,
+        }
+    }
+}
+
+type Input = Box<dyn AsyncWrite + Unpin + Send>;
+type Output = Box<dyn AsyncRead + Unpin + Send>;
+
+/// A runner process just started, with its pipes and its process group.
+struct Started {
+    process: RunnerProcess,
+    group: Pid,
+    stdin: Input,
+    stdout: Output,
+    stderr: Output,
+}
+
 /// A running runner process.
 pub struct Session {
-    child: Child,
+    process: RunnerProcess,
     group: Option<Pid>,
     /// Where its group is counted while it runs, for a stopping worker to end it.
     running: RunningGroups,
-    stdin: Option<ChildStdin>,
+    stdin: Option<Input>,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<OutputBuffer>>,
     /// The runner's name and version from its hello.
     pub name: String,
     /// The runner takes batches of files (its hello said so).
     pub batches: bool,
+    /// It was forked from a warm runner.
+    pub forked: bool,
 }
 
 impl Session {
-    /// Starts `command` and waits at most `boot_limit` for its hello. On failure, the
-    /// returned output is what the runner printed.
+    /// Starts `command` (or forks it from `warm`, booting it when that fails) and waits at
+    /// most `boot_limit` for its hello. On failure, the returned output is what the runner
+    /// printed.
     pub async fn start(
         command: &ShellCommand,
+        warm: Option<&WarmFork>,
         boot_limit: Duration,
     ) -> Result<Session, (BootError, String)> {
-        let mut process = Command::new("sh");
-        process
-            .arg("-c")
-            .arg(&command.command)
-            .current_dir(&command.cwd)
-            .envs(command.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = process.spawn().map_err(|source| {
-            let error = BootError::Spawn {
-                command: command.command.clone(),
-                source,
-            };
-            (error, String::new())
-        })?;
-        let group = child.id().map(|id| Pid::from_raw(id as i32));
-        if let Some(group) = group {
-            command.running.add(group);
-        }
-        let (sender, lines) = mpsc::unbounded_channel();
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if sender.send(line).is_err() {
-                        break;
-                    }
+        let forked = match warm {
+            Some(warm) => match fork(command, warm).await {
+                Ok(started) => Some(started),
+                Err(error) => {
+                    tracing::warn!(%error, socket = %warm.socket.display(), "cannot fork the runner from the warm runner; booting it");
+                    None
                 }
-            });
-        }
+            },
+            None => None,
+        };
+        let was_forked = forked.is_some();
+        let started = match forked {
+            Some(started) => started,
+            None => boot(command).map_err(|source| {
+                let error = BootError::Spawn {
+                    command: command.command.clone(),
+                    source,
+                };
+                (error, String::new())
+            })?,
+        };
+        let Started {
+            process,
+            group,
+            stdin,
+            stdout,
+            stderr: stderr_pipe,
+        } = started;
+        command.running.add(group);
+        let (sender, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let stderr = Arc::new(Mutex::new(OutputBuffer::default()));
-        if let Some(mut pipe) = child.stderr.take() {
+        {
             let stderr = Arc::clone(&stderr);
+            let mut pipe = stderr_pipe;
             tokio::spawn(async move {
                 let mut chunk = vec![0u8; 8192];
                 while let Ok(n) = pipe.read(&mut chunk).await {
@@ -121,14 +171,15 @@ impl Session {
             });
         }
         let mut session = Session {
-            stdin: child.stdin.take(),
-            child,
-            group,
+            stdin: Some(stdin),
+            process,
+            group: Some(group),
             running: command.running.clone(),
             lines,
             stderr,
             name: String::new(),
             batches: false,
+            forked: was_forked,
         };
         let name = command.command.clone();
         let mut stray = String::new();
@@ -265,7 +316,7 @@ impl Session {
     /// Asks the runner to exit by closing its stdin, then stops its group the careful way.
     pub async fn stop(mut self) {
         drop(self.stdin.take());
-        if tokio::time::timeout(EXIT_GRACE, self.child.wait())
+        if tokio::time::timeout(EXIT_GRACE, self.process.wait())
             .await
             .is_err()
         {
@@ -279,13 +330,13 @@ impl Session {
     /// After the runner's stdout closed: waits briefly for it to exit, kills what is left of
     /// its group, and describes how it ended.
     async fn end(&mut self) -> String {
-        let status = match tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
+        let status = match tokio::time::timeout(EXIT_GRACE, self.process.wait()).await {
             Ok(Ok(status)) => describe_status(status),
             Ok(Err(error)) => format!("could not wait for it: {error}"),
             Err(_) => "closed its stdout without exiting".to_owned(),
         };
         self.kill();
-        let _ = self.child.wait().await;
+        let _ = self.process.wait().await;
         status
     }
 
@@ -296,12 +347,12 @@ impl Session {
         match self.forget_group() {
             Some(group) => {
                 let _ = tokio::join!(
-                    self.child.wait(),
+                    self.process.wait(),
                     terminate_group(group.as_raw() as u32, grace::TEST)
                 );
             }
             None => {
-                let _ = self.child.wait().await;
+                let _ = self.process.wait().await;
             }
         }
     }
@@ -325,6 +376,52 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Boots `command` in a process group of its own.
+fn boot(command: &ShellCommand) -> std::io::Result<Started> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&command.command)
+        .current_dir(&command.cwd)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let missing = || std::io::Error::other("the runner's pipes were not set up");
+    let group = child.id().ok_or_else(missing)?;
+    let stdin = child.stdin.take().ok_or_else(missing)?;
+    let stdout = child.stdout.take().ok_or_else(missing)?;
+    let stderr = child.stderr.take().ok_or_else(missing)?;
+    Ok(Started {
+        process: RunnerProcess::Booted(child),
+        group: Pid::from_raw(group as i32),
+        stdin: Box::new(stdin),
+        stdout: Box::new(stdout),
+        stderr: Box::new(stderr),
+    })
+}
+
+/// Forks the runner from a warm runner, with the environment `command` would have had.
+async fn fork(command: &ShellCommand, warm: &WarmFork) -> std::io::Result<Started> {
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    env.extend(command.env.iter().cloned());
+    let (forked, pipes) = fork_runner(
+        &warm.socket,
+        &command.cwd,
+        env.into_iter().collect(),
+        &warm.script,
+    )
+    .await?;
+    Ok(Started {
+        group: forked.pid,
+        process: RunnerProcess::Forked(forked),
+        stdin: Box::new(pipes.stdin),
+        stdout: Box::new(pipes.stdout),
+        stderr: Box::new(pipes.stderr),
+    })
 }
 
 /// Protocol lines are JSON objects; anything else a runner prints on stdout is kept as

@@ -506,6 +506,7 @@ mod tests {
             workspace: workspace.path().to_owned(),
             slots: 1,
             worker_id: None,
+            warm_runner: None,
         };
         // The worker keeps the assignment it was given and exits.
         let program = WorkerProgram {

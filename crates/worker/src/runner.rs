@@ -15,7 +15,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::builtin::write_adapter;
 use crate::junit;
-use crate::persistent::{Answer, Session};
+use crate::persistent::{Answer, Session, WarmFork};
+use crate::warm::{environment_allows_warm, WarmKey};
 
 /// How long a persistent runner may take to boot (load the framework and the application)
 /// before its first file is reported as crashed.
@@ -53,6 +54,8 @@ pub struct PersistentRunner {
     /// Unless `batch_seconds` is 0, quick files may share a run when the runner offers it.
     batches: bool,
     session: Option<Session>,
+    /// The warm runner its sessions fork from, when the listener keeps one for it.
+    warm: Option<WarmFork>,
     /// Holds the built-in adapter scripts and each file's output.
     scratch: tempfile::TempDir,
     files_run: u64,
@@ -60,7 +63,13 @@ pub struct PersistentRunner {
 
 impl Runner {
     /// The runner `settings` describe; `base` carries the workspace and the environment.
-    pub fn new(settings: &RunnerSettings, base: ShellCommand) -> std::io::Result<Runner> {
+    /// A built-in runner forks its sessions from the warm runner at `warm_socket`, when
+    /// there is one and the job's environment does not change how its interpreter starts.
+    pub fn new(
+        settings: &RunnerSettings,
+        base: ShellCommand,
+        warm_socket: Option<&Path>,
+    ) -> std::io::Result<Runner> {
         let limit = settings
             .file_timeout
             .filter(|s| s.is_finite() && *s > 0.0)
@@ -76,8 +85,19 @@ impl Runner {
         let scratch = tempfile::Builder::new()
             .prefix("gorgon-runner-")
             .tempdir()?;
-        let command = write_adapter(settings.kind, &settings.command, scratch.path())?
-            .unwrap_or_else(|| settings.command.clone());
+        let adapter = write_adapter(settings.kind, &settings.command, scratch.path())?;
+        let warm = match (&adapter, warm_socket) {
+            (Some(adapter), Some(socket))
+                if WarmKey::of(settings).is_some() && environment_allows_warm(&base.env) =>
+            {
+                Some(WarmFork {
+                    socket: socket.to_owned(),
+                    script: adapter.script.clone(),
+                })
+            }
+            _ => None,
+        };
+        let command = adapter.map_or_else(|| settings.command.clone(), |adapter| adapter.command);
         Ok(Runner::Persistent(Box::new(PersistentRunner {
             command: ShellCommand { command, ..base },
             args: settings.args.clone(),
@@ -86,6 +106,7 @@ impl Runner {
             allow_empty: settings.allow_empty_files,
             batches: settings.batch_limit().is_some(),
             session: None,
+            warm,
             scratch,
             files_run: 0,
         })))
@@ -322,9 +343,13 @@ impl PersistentRunner {
     async fn prepare(&mut self) -> Result<std::path::PathBuf, FileRun> {
         let session = match self.session.take() {
             Some(session) => session,
-            None => match Session::start(&self.command, BOOT_LIMIT).await {
+            None => match Session::start(&self.command, self.warm.as_ref(), BOOT_LIMIT).await {
                 Ok(session) => {
-                    tracing::info!(runner = session.name, "the runner is ready");
+                    tracing::info!(
+                        runner = session.name,
+                        forked = session.forked,
+                        "the runner is ready"
+                    );
                     session
                 }
                 Err((error, output)) => {
@@ -618,20 +643,24 @@ mod tests {
         };
         let failing = r#"<testsuite><testcase name="adds" classname="Cart" file="c.rb" line="3"><failure message="expected 2">c.rb:4</failure></testcase></testsuite>"#;
         let command = format!("printf '%s' '{failing}' > {{junit}}");
-        let mut runner = Runner::new(&settings(&command), base.clone()).unwrap();
+        let mut runner = Runner::new(&settings(&command), base.clone(), None).unwrap();
         let run = runner.run_file("c.rb").await;
         assert_eq!(run.status, FileStatus::Failed, "{run:?}");
         assert_eq!(run.exit, "exit status 0; 1 of 1 tests failed");
         assert_eq!(run.tests[0].name, "adds");
         assert_eq!(run.tests[0].line, Some(3));
 
-        let mut runner = Runner::new(&settings("exit 3"), base.clone()).unwrap();
+        let mut runner = Runner::new(&settings("exit 3"), base.clone(), None).unwrap();
         let run = runner.run_file("c.rb").await;
         assert_eq!(run.status, FileStatus::Failed);
         assert!(run.tests.is_empty());
 
-        let mut runner =
-            Runner::new(&settings("echo '<testsuite/>' > {junit}"), base.clone()).unwrap();
+        let mut runner = Runner::new(
+            &settings("echo '<testsuite/>' > {junit}"),
+            base.clone(),
+            None,
+        )
+        .unwrap();
         let run = runner.run_file("c.rb").await;
         assert_eq!(run.status, FileStatus::Failed, "{run:?}");
         assert!(run.output.starts_with("no tests ran"), "{run:?}");
@@ -647,7 +676,7 @@ mod tests {
             file_timeout: Some(0.5),
             ..RunnerSettings::default()
         };
-        Runner::new(&settings, ShellCommand::new("", dir)).unwrap()
+        Runner::new(&settings, ShellCommand::new("", dir), None).unwrap()
     }
 
     #[tokio::test]

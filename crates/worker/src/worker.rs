@@ -84,7 +84,12 @@ pub(crate) async fn work_with<T: Transport>(
     {
         return 0;
     }
-    let mut runner = match Runner::new(&assignment.definition.runner, command_base(assignment)) {
+    let warm_socket = assignment.warm_runner.as_deref();
+    let mut runner = match Runner::new(
+        &assignment.definition.runner,
+        command_base(assignment),
+        warm_socket,
+    ) {
         Ok(runner) => runner,
         Err(error) => {
             tracing::error!(%error, "worker {worker_id} cannot prepare its runner");
