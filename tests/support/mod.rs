@@ -354,23 +354,23 @@ fn process_is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// The pids of the machine's live processes (not zombies).
+fn live_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| !process_is_zombie(*pid))
+        .collect()
+}
+
 /// Live processes (not zombies) working under `dir`: by working directory, or by a
 /// `GORGON_WORKSPACE` below it in their environment (tests and callbacks that changed
 /// directory).
 fn processes_under(dir: &Path) -> Vec<JobProcess> {
     let workspace_tag = format!("{}={}", gorgon_exec::tags::WORKSPACE, dir.display());
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if process_is_zombie(pid) {
-            continue;
-        }
+    for pid in live_pids() {
         let in_cwd =
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
         let tagged = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
@@ -440,21 +440,24 @@ impl Cluster {
         }
     }
 
-    /// The pid of listener `name`.
-    fn listener_pid(&self, name: &str) -> i32 {
+    /// Where listener `name` is in `self.listeners`.
+    fn listener_index(&self, name: &str) -> usize {
         let config = self
             .path()
             .join("listeners")
             .join(name)
             .join("gorgon_listener.json");
-        let listener = self
-            .listeners
+        self.listeners
             .iter()
-            .find(|child| {
+            .position(|child| {
                 process_command(child.id() as i32).contains(&config.display().to_string())
             })
-            .expect("the listener runs");
-        listener.id() as i32
+            .expect("the listener runs")
+    }
+
+    /// The pid of listener `name`.
+    fn listener_pid(&self, name: &str) -> i32 {
+        self.listeners[self.listener_index(name)].id() as i32
     }
 
     /// The command lines of the warm runners listener `name` keeps (its children running
@@ -462,14 +465,7 @@ impl Cluster {
     pub fn warm_runners(&self, name: &str) -> Vec<String> {
         let listener = self.listener_pid(name);
         let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        for pid in live_pids() {
             let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
                 .and_then(|stat| {
@@ -514,14 +510,7 @@ impl Cluster {
     /// SIGKILLs listener `name` and every process of it: the whole host dies at once.
     pub fn kill_listener(&mut self, name: &str) {
         let root = self.path().join("listeners").join(name);
-        let config = root.join("gorgon_listener.json");
-        let position = self
-            .listeners
-            .iter()
-            .position(|child| {
-                process_command(child.id() as i32).contains(&config.display().to_string())
-            })
-            .expect("the listener runs");
+        let position = self.listener_index(name);
         let mut listener = self.listeners.remove(position);
         let mut victims = vec![listener.id() as i32];
         victims.extend(processes_under(&root).into_iter().map(|p| p.pid));

@@ -4,6 +4,7 @@
 
 pub mod callback;
 pub mod grace;
+pub mod lines;
 pub mod output;
 pub mod procs;
 pub mod rsync;

@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
+
+use crate::lines::{read_line, Line};
 use tokio::task::JoinHandle;
 
 /// Lines kept for a crash report.
@@ -47,19 +49,13 @@ pub fn relay(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(pipe);
-        let mut bytes = Vec::new();
-        loop {
-            bytes.clear();
-            match reader.read_until(b'\n', &mut bytes).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let end = bytes.len().min(MAX_LINE_BYTES);
-                    let line = String::from_utf8_lossy(&bytes[..end]);
-                    let line = line.trim_end_matches(['\n', '\r']).to_owned();
-                    emit(&line);
-                    tail.push(line);
-                }
-            }
+        while let Ok(Some(line)) = read_line(&mut reader, MAX_LINE_BYTES).await {
+            let line = match line {
+                Line::Text(line) => line,
+                Line::TooLong { bytes, head } => format!("{head} [... a line of {bytes} bytes]"),
+            };
+            emit(&line);
+            tail.push(line);
         }
     })
 }

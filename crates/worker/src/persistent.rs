@@ -7,13 +7,14 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gorgon_exec::lines::{read_line, Line};
 use gorgon_exec::{
     describe_status, grace, terminate_group, OutputBuffer, RunningGroups, ShellCommand,
 };
 use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VERSION};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -99,7 +100,7 @@ pub struct Session {
     /// Where its group is counted while it runs, for a stopping worker to end it.
     running: RunningGroups,
     stdin: Option<Input>,
-    lines: mpsc::UnboundedReceiver<String>,
+    lines: mpsc::UnboundedReceiver<Line>,
     stderr: Arc<Mutex<OutputBuffer>>,
     /// The runner's name and version from its hello.
     pub name: String,
@@ -149,8 +150,8 @@ impl Session {
         command.running.add(group);
         let (sender, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
+            let mut reader = BufReader::new(stdout);
+            while let Ok(Some(line)) = read_line(&mut reader, MAX_RUNNER_LINE_BYTES).await {
                 if sender.send(line).is_err() {
                     break;
                 }
@@ -186,7 +187,7 @@ impl Session {
         let hello = tokio::time::timeout(boot_limit, async {
             loop {
                 match session.lines.recv().await {
-                    Some(line) if !is_protocol_line(&line) => {
+                    Some(Line::Text(line)) if !is_protocol_line(&line) => {
                         stray.push_str(&line);
                         stray.push('\n');
                     }
@@ -196,7 +197,11 @@ impl Session {
         })
         .await;
         let failure = match hello {
-            Ok(Some(line)) => match RunnerMessage::decode(&line) {
+            Ok(Some(Line::TooLong { bytes, .. })) => BootError::NoHello {
+                command: name,
+                line: too_long(bytes),
+            },
+            Ok(Some(Line::Text(line))) => match RunnerMessage::decode(&line) {
                 Ok(RunnerMessage::Hello {
                     protocol,
                     runner,
@@ -254,8 +259,15 @@ impl Session {
         let mut done = Vec::with_capacity(waiting.len());
         let answers = async {
             while !waiting.is_empty() {
-                let Some(line) = self.lines.recv().await else {
-                    return Err(None);
+                let line = match self.lines.recv().await {
+                    None => return Err(None),
+                    Some(Line::TooLong { bytes, .. }) => {
+                        return Err(Some(format!(
+                            "broke the runner protocol: {}",
+                            too_long(bytes)
+                        )))
+                    }
+                    Some(Line::Text(line)) => line,
                 };
                 if !is_protocol_line(&line) {
                     stray.push_str(&line);
@@ -422,6 +434,14 @@ async fn fork(command: &ShellCommand, warm: &WarmFork) -> std::io::Result<Starte
         stdout: Box::new(pipes.stdout),
         stderr: Box::new(pipes.stderr),
     })
+}
+
+/// A runner's stdout line may be this long at most (an answer's tests and output): a worker
+/// never holds more of one line.
+const MAX_RUNNER_LINE_BYTES: usize = gorgon_protocol::message::MAX_MESSAGE_BYTES;
+
+fn too_long(bytes: usize) -> String {
+    format!("a line of {bytes} bytes, over the limit of {MAX_RUNNER_LINE_BYTES}")
 }
 
 /// Protocol lines are JSON objects; anything else a runner prints on stdout is kept as

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use gorgon_exec::lines::{read_line, Line};
 use gorgon_exec::procs::{kill_worker_leftovers, worker_command};
 use gorgon_exec::tail::{relay, LineTail};
 use gorgon_exec::{describe_status, terminate_group};
@@ -24,7 +25,7 @@ use gorgon_protocol::names::WORKER_SUBCOMMAND;
 use gorgon_protocol::{
     batch_size, BrokerSettings, DecodeError, Envelope, Message, WorkerAssignment,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
@@ -174,14 +175,17 @@ impl Pool {
         tokio::spawn(async move {
             if let Some(stdout) = stdout {
                 let mut reader = BufReader::new(stdout);
-                let mut line = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
-                    let envelope = Box::new(Envelope::decode(&line));
+                while let Ok(Some(line)) =
+                    read_line(&mut reader, gorgon_protocol::message::MAX_MESSAGE_BYTES).await
+                {
+                    let envelope = Box::new(match line {
+                        Line::Text(line) => Envelope::decode(line.as_bytes()),
+                        Line::TooLong { bytes, .. } => Err(DecodeError::TooLarge(bytes)),
+                    });
                     let _ = sender.send(PoolEvent::Reply {
                         worker_id,
                         envelope,
                     });
-                    line.clear();
                 }
             }
             let status = child.wait().await;

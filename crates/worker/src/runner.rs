@@ -669,11 +669,22 @@ mod tests {
     /// A persistent runner started by `command` from `script` (written to `name` in `dir`),
     /// with a file limit of 0.5 s.
     fn persistent_runner(dir: &Path, name: &str, script: &str, command: &str) -> Runner {
+        persistent_runner_with_limit(dir, name, script, command, Some(0.5))
+    }
+
+    /// [`persistent_runner`] with the file limit `file_timeout` (in seconds).
+    fn persistent_runner_with_limit(
+        dir: &Path,
+        name: &str,
+        script: &str,
+        command: &str,
+        file_timeout: Option<f64>,
+    ) -> Runner {
         std::fs::write(dir.join(name), script).unwrap();
         let settings = RunnerSettings {
             kind: RunnerKind::Persistent,
             command: command.into(),
-            file_timeout: Some(0.5),
+            file_timeout,
             ..RunnerSettings::default()
         };
         Runner::new(&settings, ShellCommand::new("", dir), None).unwrap()
@@ -721,6 +732,29 @@ while :; do sleep 0.05; done"#;
         assert!(
             dir.path().join("terminated").exists(),
             "the runner was killed without SIGTERM and its grace"
+        );
+        runner.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_runner_line_over_the_limit_crashes_its_file_without_being_held() {
+        let dir = tempfile::tempdir().unwrap();
+        // Answers its file with a 17 MB line, one byte over the limit or more.
+        let script = r#"echo '{"type":"hello","protocol":1,"runner":"sh"}'
+read -r line
+head -c 17000000 /dev/zero | tr '\0' x
+echo
+sleep 30"#;
+        // No file limit: reading 17 MB may take a debug build longer than 0.5 s.
+        let mut runner =
+            persistent_runner_with_limit(dir.path(), "runner.sh", script, "sh runner.sh", None);
+        let run = runner.run_file("big").await;
+        assert_eq!(run.status, FileStatus::Crashed, "{}", run.exit);
+        assert!(
+            run.exit
+                .contains("a line of 17000000 bytes, over the limit of 16777216"),
+            "{}",
+            run.exit
         );
         runner.stop().await;
     }

@@ -3,7 +3,9 @@
 //! reader, so nothing written after the first line is lost between the two. A local worker
 //! also takes its files from the following lines (see `local`).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
+
+use gorgon_exec::lines::{read_line_blocking, Line};
 
 use gorgon_protocol::WorkerAssignment;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -64,7 +66,12 @@ pub enum AssignmentError {
     Missing,
     #[error("the assignment on stdin is not valid: {0}")]
     Invalid(#[source] serde_json::Error),
+    #[error("the assignment on stdin is a line of {0} bytes, over the limit of {MAX_LINE_BYTES}")]
+    TooLong(usize),
 }
+
+/// The longest line read from stdin (an assignment, or a message from the parent).
+const MAX_LINE_BYTES: usize = gorgon_protocol::message::MAX_MESSAGE_BYTES;
 
 /// Reads the assignment from the first line of stdin and starts watching stdin for its end.
 ///
@@ -94,11 +101,17 @@ pub async fn read_assignment_and_lines(
 }
 
 async fn first_line(
-    line: oneshot::Receiver<std::io::Result<String>>,
+    line: oneshot::Receiver<std::io::Result<Option<Line>>>,
 ) -> Result<String, AssignmentError> {
-    line.await
+    match line
+        .await
         .map_err(|_| AssignmentError::ReaderStopped)?
-        .map_err(AssignmentError::Read)
+        .map_err(AssignmentError::Read)?
+    {
+        None => Ok(String::new()),
+        Some(Line::Text(line)) => Ok(line),
+        Some(Line::TooLong { bytes, .. }) => Err(AssignmentError::TooLong(bytes)),
+    }
 }
 
 /// Parses the assignment line.
@@ -116,14 +129,16 @@ pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, AssignmentError>
 fn watch_reader<R: Read + Send + 'static>(
     mut reader: BufReader<R>,
     lines: Option<mpsc::UnboundedSender<Vec<String>>>,
-) -> (oneshot::Receiver<std::io::Result<String>>, StdinClosed) {
+) -> (
+    oneshot::Receiver<std::io::Result<Option<Line>>>,
+    StdinClosed,
+) {
     let (line_sender, line) = oneshot::channel();
     let (closed_sender, closed) = StdinClosed::manual();
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            let mut first = String::new();
-            let result = reader.read_line(&mut first).map(|_| first);
+            let result = read_line_blocking(&mut reader, MAX_LINE_BYTES);
             let failed = result.is_err();
             let _ = line_sender.send(result);
             match lines {
@@ -156,9 +171,17 @@ fn watch_reader<R: Read + Send + 'static>(
 fn read_group<R: Read>(reader: &mut BufReader<R>) -> Option<Vec<String>> {
     let mut group = Vec::new();
     loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 0 => group.push(line.trim_end_matches(['\n', '\r']).to_owned()),
+        match read_line_blocking(reader, MAX_LINE_BYTES) {
+            Ok(Some(Line::Text(line))) => group.push(line),
+            Ok(Some(Line::TooLong { bytes, .. })) => {
+                tracing::warn!(
+                    bytes,
+                    "dropping a line of stdin over the limit of {MAX_LINE_BYTES} bytes"
+                );
+                if group.is_empty() {
+                    continue;
+                }
+            }
             _ => return (!group.is_empty()).then_some(group),
         }
         if !reader.buffer().contains(&b'\n') {
@@ -178,7 +201,7 @@ mod tests {
         let (reader, mut writer) = std::io::pipe().unwrap();
         let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
         writer.write_all(b"{\"a\":1}\nmore\n").unwrap();
-        assert_eq!(line.await.unwrap().unwrap(), "{\"a\":1}\n");
+        assert_eq!(first_line(line).await.unwrap(), "{\"a\":1}");
         assert!(!closed.is_closed());
         assert!(
             tokio::time::timeout(Duration::from_millis(100), closed.wait())
@@ -202,7 +225,7 @@ mod tests {
         let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), Some(sender));
         writer.write_all(b"first\nsecond\nthird\n").unwrap();
         drop(writer);
-        assert_eq!(line.await.unwrap().unwrap(), "first\n");
+        assert_eq!(first_line(line).await.unwrap(), "first");
         tokio::time::timeout(Duration::from_secs(5), closed.wait())
             .await
             .expect("the end of stdin is seen");
@@ -212,11 +235,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_overlong_line_is_skipped_unheld_and_an_overlong_assignment_refused() {
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (sender, mut lines) = mpsc::unbounded_channel();
+        let (line, _closed) = watch_reader(std::io::BufReader::new(reader), Some(sender));
+        let written = std::thread::spawn(move || {
+            writer.write_all(b"{}\n").unwrap();
+            writer.write_all(&long).unwrap();
+            writer.write_all(b"\nafter\n").unwrap();
+        });
+        assert_eq!(first_line(line).await.unwrap(), "{}");
+        let mut received = Vec::new();
+        while let Some(group) = lines.recv().await {
+            received.extend(group);
+        }
+        written.join().unwrap();
+        assert_eq!(received, ["after"]);
+
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (line, _closed) = watch_reader(std::io::BufReader::new(reader), None);
+        let long = vec![b'y'; MAX_LINE_BYTES + 1];
+        std::thread::spawn(move || writer.write_all(&long));
+        let error = first_line(line).await.unwrap_err();
+        assert!(
+            matches!(error, AssignmentError::TooLong(n) if n == MAX_LINE_BYTES + 1),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn an_immediate_end_is_an_error_and_a_closed_stdin() {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(writer);
         let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
-        let line = line.await.unwrap().unwrap();
+        let line = first_line(line).await.unwrap();
         let error = parse_assignment(&line).unwrap_err();
         assert!(matches!(error, AssignmentError::Missing), "{error:?}");
         assert_eq!(
