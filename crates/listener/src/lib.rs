@@ -93,7 +93,8 @@ impl Shared {
 
     /// The socket of the warm runner that serves `runner`, if one does. Otherwise, for a
     /// built-in runner that can run warm, starts one for the jobs to come (this job boots its
-    /// runners as usual), retiring the one kept for another kind or interpreter.
+    /// runners as usual), retiring the one kept for another kind or interpreter. One that
+    /// failed to boot is not started again for a while (its output is in the log).
     fn warm_runner_for(&self, runner: &RunnerSettings) -> Option<PathBuf> {
         if !self.settings.warm_runners {
             return None;
@@ -101,7 +102,7 @@ impl Shared {
         let key = WarmKey::of(runner)?;
         let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = warm.as_mut() {
-            if current.key == key && !current.has_ended() {
+            if current.key == key && (!current.has_ended() || current.failed_recently()) {
                 return current.socket_if_serving();
             }
         }

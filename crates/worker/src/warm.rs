@@ -25,6 +25,9 @@ use crate::builtin;
 /// How long a warm runner may take to fork a runner before the worker boots one itself.
 const FORK_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long a listener waits before starting a warm runner again after one failed to boot.
+const RETRY_FAILED_BOOT: Duration = Duration::from_secs(600);
+
 /// Environment variables that an interpreter reads when it starts: a job that sets any of
 /// them gets runners booted afresh, since a warm runner started without them.
 const STARTUP_VARIABLES: &[&str] = &["RUBY", "GEM_", "BUNDLE", "PYTHON", "LD_", "PATH"];
@@ -73,6 +76,7 @@ pub struct WarmProcess {
     stdin: Option<ChildStdin>,
     socket: PathBuf,
     ready: watch::Receiver<bool>,
+    started: std::time::Instant,
     /// Holds the socket and the script.
     _dir: tempfile::TempDir,
 }
@@ -120,8 +124,15 @@ impl WarmProcess {
             child,
             socket,
             ready,
+            started: std::time::Instant::now(),
             _dir: dir,
         })
+    }
+
+    /// It ended without ever serving (the interpreter or the framework is missing, say)
+    /// less than `RETRY_FAILED_BOOT` ago: starting another now would fail the same way.
+    pub fn failed_recently(&mut self) -> bool {
+        self.has_ended() && !*self.ready.borrow() && self.started.elapsed() < RETRY_FAILED_BOOT
     }
 
     /// Its socket, when it serves: it said "ready" and has not ended.
@@ -278,6 +289,29 @@ mod tests {
             WarmKey::of(&runner(RunnerKind::Rspec, "")),
             WarmKey::of(&runner(RunnerKind::Minitest, ""))
         );
+    }
+
+    #[tokio::test]
+    async fn a_warm_runner_that_cannot_boot_is_not_started_again_at_once() {
+        let key = WarmKey {
+            kind: RunnerKind::Rspec,
+            interpreter: "/nonexistent/ruby".into(),
+        };
+        let mut warm = WarmProcess::start(key).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !warm.has_ended() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shell did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(warm.failed_recently());
+        assert_eq!(warm.socket_if_serving(), None);
+        // Nothing answers on its socket, so a worker falls back to booting.
+        let dir = tempfile::tempdir().unwrap();
+        let forked = fork_runner(&warm.socket, dir.path(), Vec::new(), Path::new("x.rb")).await;
+        assert!(forked.is_err());
     }
 
     #[test]
