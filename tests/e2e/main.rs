@@ -13,3 +13,4 @@ mod manager;
 mod ops;
 mod pipeline;
 mod runners;
+mod trust;

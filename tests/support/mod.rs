@@ -67,9 +67,14 @@ impl Cluster {
 
     /// Writes a listener config and starts `gorgon listen` with it.
     pub fn start_listener(&mut self, name: &str, slots: u32) {
+        self.start_listener_with(name, slots, serde_json::json!({}));
+    }
+
+    /// [`Cluster::start_listener`] with `extra` keys merged into its config.
+    pub fn start_listener_with(&mut self, name: &str, slots: u32, extra: serde_json::Value) {
         let dir = self.path().join("listeners").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "connection": {"host": broker_host(), "port": broker_port()},
             "worker_slots": slots,
             "cluster_id": self.id,
@@ -77,6 +82,7 @@ impl Cluster {
             "workspace_root": dir.join("workspaces"),
             "log_file": dir.join("listener.log"),
         });
+        merge(&mut config, extra);
         let path = dir.join("gorgon_listener.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let child = Command::new(GORGON)

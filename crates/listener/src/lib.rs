@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gorgon_protocol::broker::QueueLife;
+use gorgon_protocol::broker::{log_refusal, QueueLife};
 use gorgon_protocol::config_file::ConfigFileError;
+use gorgon_protocol::signing;
 use gorgon_protocol::{
     names, Broker, BrokerError, Envelope, Incoming, ListenerInfo, Message, RunnerSettings,
 };
@@ -55,13 +56,32 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
     .await?;
     broker.close().await;
     Ok(format!(
-        "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable",
+        "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable; {}",
         path.display(),
         settings.name,
         settings.worker_slots,
         settings.cluster_id,
-        settings.broker.address()
+        settings.broker.address(),
+        trust_line(&settings)
     ))
+}
+
+/// What the listener trusts, in words: its keys, or the warning that it has none.
+fn trust_line(settings: &ListenerSettings) -> String {
+    match &settings.broker.signing {
+        Some(keys) => {
+            let id = |key: &str| signing::key_id(key.as_bytes());
+            match &keys.previous {
+                Some(previous) => format!(
+                    "it runs only jobs signed with key {} or the previous key {}",
+                    id(&keys.current),
+                    id(previous)
+                ),
+                None => format!("it runs only jobs signed with key {}", id(&keys.current)),
+            }
+        }
+        None => "warning: it has no signing key, so it runs jobs from anyone who can publish on the broker (set signing_key_file; see docs/security.md)".into(),
+    }
 }
 
 /// What every job task shares with the listener.
@@ -262,6 +282,11 @@ impl Connection {
             settings.worker_slots,
             cluster
         );
+        if settings.broker.signing.is_some() {
+            tracing::info!("{}", trust_line(settings));
+        } else {
+            tracing::warn!("{}", trust_line(settings));
+        }
         let shared = Arc::new(Shared {
             broker,
             settings: settings.clone(),
@@ -271,6 +296,25 @@ impl Connection {
         });
         Ok(Connection { shared, inbox })
     }
+}
+
+/// Why a signed job is refused as a replay: signed longer ago than
+/// [`signing::JOB_MAX_AGE`] (or that far in the future). Only a listener with keys checks.
+fn stale_job(shared: &Shared, incoming: &Incoming) -> Option<String> {
+    if !shared.broker.is_signing() {
+        return None;
+    }
+    let signature = incoming.signature.as_ref()?;
+    let age = signing::age_ms(signature);
+    let bound = signing::JOB_MAX_AGE.as_millis() as i128;
+    (age.abs() > bound).then(|| {
+        format!(
+            "a job signed {} s {} is refused as a replay (the bound is {} s)",
+            age.abs() / 1000,
+            if age > 0 { "ago" } else { "in the future" },
+            signing::JOB_MAX_AGE.as_secs()
+        )
+    })
 }
 
 /// Handles one message from the listener's queue and settles it.
@@ -284,7 +328,9 @@ async fn handle(
     let envelope = match &incoming.envelope {
         Ok(envelope) => envelope,
         Err(error) => {
-            tracing::warn!(%error, "dropping an unreadable message");
+            if !error.is_untrusted() {
+                tracing::warn!(%error, "dropping an unreadable message");
+            }
             settle(incoming.discard().await);
             return;
         }
@@ -308,8 +354,14 @@ async fn handle(
             definition,
             reply_to,
         } => {
+            if let Some(stale) = stale_job(shared, &incoming) {
+                log_refusal(&definition.originator_host, &stale);
+                settle(incoming.discard().await);
+                return;
+            }
             // The originator sends a running job both on the fanout and straight to a
-            // listener that announces itself late; the same job must be taken once.
+            // listener that announces itself late; the same job must be taken once (a
+            // replayed one too).
             if taken.insert(job_id) {
                 tracing::info!(
                     job = %job_id,
@@ -324,7 +376,7 @@ async fn handle(
                 };
                 jobs.spawn(job::run_job(shared.clone(), job, stopping.clone()));
             } else {
-                tracing::debug!(job = %job_id, "ignoring a job already taken");
+                tracing::info!(job = %job_id, "ignoring a job already taken (sent twice, or replayed)");
             }
         }
         other => {

@@ -73,7 +73,7 @@ fn from_object(
     base: &Path,
     default_name: impl FnOnce() -> Result<String, String>,
 ) -> Result<ListenerSettings, String> {
-    let broker = match object.get("connection") {
+    let mut broker = match object.get("connection") {
         None | Some(Value::Null) => BrokerSettings::default(),
         Some(value @ Value::Object(_)) => serde_json::from_value(value.clone())
             .map_err(|error| format!("connection is invalid: {error}"))?,
@@ -81,6 +81,8 @@ fn from_object(
             return Err("connection must be an object such as {\"host\": \"rabbit\"}".into())
         }
     };
+    broker.signing =
+        gorgon_protocol::signing::keys_from_config(&Value::Object(object.clone()), base)?;
     let worker_slots = match object.get("worker_slots") {
         None | Some(Value::Null) => DEFAULT_WORKER_SLOTS,
         Some(value) => value

@@ -134,7 +134,9 @@ pub(crate) async fn run(
                         let _ = incoming.discard().await;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "dropping an unreadable reply");
+                        if !error.is_untrusted() {
+                            tracing::warn!(%error, "dropping an unreadable reply");
+                        }
                         let _ = incoming.discard().await;
                     }
                 }

@@ -149,10 +149,15 @@ impl Settings {
             .map(|p| p.join(SECRET_FILE))
             .unwrap_or_else(|| PathBuf::from(SECRET_FILE));
         let value = config_file::load_merged(path, Some(&secret))?;
-        let raw: Connection = serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
+        let invalid = |problem: String| ConfigError::Invalid {
             path: path.to_owned(),
-            problem: e.to_string(),
-        })?;
+            problem,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let signing = gorgon_protocol::signing::keys_from_config(&value, base).map_err(invalid)?;
+        let mut raw: Connection =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        raw.connection.signing = signing;
         Ok((
             raw.connection,
             raw.cluster_id
@@ -179,7 +184,11 @@ impl Settings {
             path: path.clone(),
             problem,
         };
-        let raw: RawConfig = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let signing =
+            gorgon_protocol::signing::keys_from_config(&value, &project_root).map_err(invalid)?;
+        let mut raw: RawConfig =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        raw.connection.signing = signing;
 
         // Checked here, reported only by a run that needs it (see `Settings::file_server`).
         let file_server = match raw.file_server {

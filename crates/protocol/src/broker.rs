@@ -3,6 +3,7 @@
 //! Every call is bounded by a timeout, so a broker that stops answering becomes an error
 //! instead of a hang.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,6 +18,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 
 use crate::connection::BrokerSettings;
 use crate::message::{DecodeError, Envelope};
+use crate::signing::{Signature, Trust, KEY_HEADER, MAC_HEADER, SIGNED_AT_HEADER};
 
 /// How long a connection attempt may take before the broker counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,6 +143,11 @@ pub struct Broker {
     connection: std::sync::Arc<Connection>,
     channel: Channel,
     address: String,
+    /// The connection's name, sent as the `app_id` of every message it publishes.
+    name: String,
+    /// With the cluster's keys: every message published is signed, only signed ones are
+    /// taken.
+    trust: Option<Arc<Trust>>,
 }
 
 impl Broker {
@@ -169,6 +176,11 @@ impl Broker {
             connection: std::sync::Arc::new(connection),
             channel,
             address,
+            name: name.to_owned(),
+            trust: settings
+                .signing
+                .as_ref()
+                .map(|keys| Arc::new(Trust::new(keys))),
         })
     }
 
@@ -352,9 +364,32 @@ impl Broker {
         routing_key: &str,
         payload: &[u8],
     ) -> Result<(), BrokerError> {
-        let confirm = self
-            .basic_publish(exchange, routing_key, payload, false)
-            .await?;
+        self.publish_bytes_signed(exchange, routing_key, payload, None)
+            .await
+    }
+
+    /// [`Broker::publish_bytes`] with the signature headers of `signature` (which need not
+    /// match the bytes): for tests of what a process with keys refuses.
+    pub async fn publish_bytes_signed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        signature: Option<&Signature>,
+    ) -> Result<(), BrokerError> {
+        let options = BasicPublishOptions::default();
+        let properties = self.properties(signature);
+        let confirm = bounded(
+            "basic.publish",
+            self.channel.basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                payload,
+                properties,
+            ),
+        )
+        .await?;
         let confirmation = bounded("publisher confirm", confirm).await?;
         if confirmation.is_nack() {
             return Err(BrokerError::Nacked(exchange.to_owned()));
@@ -408,6 +443,7 @@ impl Broker {
             mandatory,
             ..BasicPublishOptions::default()
         };
+        let signature = self.trust.as_ref().map(|trust| trust.sign(payload));
         bounded(
             "basic.publish",
             self.channel.basic_publish(
@@ -415,10 +451,34 @@ impl Broker {
                 routing_key.into(),
                 options,
                 payload,
-                properties(),
+                self.properties(signature.as_ref()),
             ),
         )
         .await
+    }
+
+    /// The properties of a message this connection publishes, with its signature.
+    fn properties(&self, signature: Option<&Signature>) -> BasicProperties {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_app_id(self.name.as_str().into());
+        let Some(signature) = signature else {
+            return properties;
+        };
+        let mut headers = FieldTable::default();
+        let text = |value: &str| AMQPValue::LongString(value.into());
+        headers.insert(KEY_HEADER.into(), text(&signature.key_id));
+        headers.insert(MAC_HEADER.into(), text(&signature.mac));
+        headers.insert(
+            SIGNED_AT_HEADER.into(),
+            text(&signature.signed_at_ms.to_string()),
+        );
+        properties.with_headers(headers)
+    }
+
+    /// Whether this connection holds the cluster's keys.
+    pub fn is_signing(&self) -> bool {
+        self.trust.is_some()
     }
 
     /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
@@ -447,6 +507,7 @@ impl Broker {
             channel,
             queue: queue.to_owned(),
             failed: false,
+            trust: self.trust.clone(),
         })
     }
 
@@ -458,10 +519,6 @@ impl Broker {
         )
         .await;
     }
-}
-
-fn properties() -> BasicProperties {
-    BasicProperties::default().with_content_type("application/json".into())
 }
 
 fn check_confirmation(confirmation: lapin::Confirmation, target: &str) -> Result<(), BrokerError> {
@@ -480,6 +537,7 @@ pub struct Inbox {
     channel: Channel,
     queue: String,
     failed: bool,
+    trust: Option<Arc<Trust>>,
 }
 
 impl Inbox {
@@ -487,7 +545,7 @@ impl Inbox {
     /// connection closed).
     pub async fn next(&mut self) -> Option<Incoming> {
         match self.consumer.next().await? {
-            Ok(delivery) => Some(Incoming::from(delivery)),
+            Ok(delivery) => Some(Incoming::new(delivery, self.trust.as_deref())),
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
                 self.failed = true;
@@ -505,7 +563,7 @@ impl Inbox {
                 .basic_get(self.queue.as_str().into(), BasicGetOptions::default()),
         )
         .await?;
-        Ok(got.map(|got| Incoming::from(got.delivery)))
+        Ok(got.map(|got| Incoming::new(got.delivery, self.trust.as_deref())))
     }
 
     /// True when the inbox ended because of an error (the channel or connection failed),
@@ -520,17 +578,70 @@ pub struct Incoming {
     pub envelope: Result<Envelope, DecodeError>,
     /// The broker delivered this message before to a consumer that did not acknowledge it.
     pub redelivered: bool,
+    /// Its signature, when it had a valid one.
+    pub signature: Option<Signature>,
     acker: lapin::Acker,
 }
 
-impl From<lapin::message::Delivery> for Incoming {
-    fn from(delivery: lapin::message::Delivery) -> Incoming {
+impl Incoming {
+    /// Decodes a delivery; with `trust`, only a message signed with one of its keys.
+    fn new(delivery: lapin::message::Delivery, trust: Option<&Trust>) -> Incoming {
+        let signature = signature_of(&delivery.properties);
+        let checked = match trust {
+            Some(trust) => trust
+                .verify(&delivery.data, signature.as_ref())
+                .map_err(|reason| {
+                    let sender = delivery
+                        .properties
+                        .app_id()
+                        .as_ref()
+                        .map_or("an unnamed sender".to_owned(), |id| id.to_string());
+                    log_refusal(&sender, &reason);
+                    DecodeError::Untrusted(reason)
+                }),
+            None => Ok(()),
+        };
         Incoming {
-            envelope: Envelope::decode(&delivery.data),
+            envelope: checked.and_then(|()| Envelope::decode(&delivery.data)),
             redelivered: delivery.redelivered,
+            signature: signature.filter(|_| trust.is_some()),
             acker: delivery.acker,
         }
     }
+}
+
+/// The signature in a message's headers, if it has one that reads.
+fn signature_of(properties: &BasicProperties) -> Option<Signature> {
+    let headers = properties.headers().as_ref()?;
+    let text = |name: &str| match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        _ => None,
+    };
+    Some(Signature {
+        key_id: text(KEY_HEADER)?,
+        mac: text(MAC_HEADER)?,
+        signed_at_ms: text(SIGNED_AT_HEADER)?.parse().ok()?,
+    })
+}
+
+/// Logs a refused message, at most once a minute per sender and reason: a flood of forged
+/// messages must not flood the log.
+pub fn log_refusal(sender: &str, reason: &dyn std::fmt::Display) {
+    static LAST: std::sync::Mutex<
+        Option<std::collections::HashMap<(String, String), std::time::Instant>>,
+    > = std::sync::Mutex::new(None);
+    let key = (sender.to_owned(), reason.to_string());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let last = last.get_or_insert_with(Default::default);
+    let now = std::time::Instant::now();
+    if last
+        .get(&key)
+        .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+    {
+        return;
+    }
+    last.insert(key, now);
+    tracing::warn!(sender, "refusing a message: {reason} (the same refusal from this sender is not logged again for a minute)");
 }
 
 impl Incoming {

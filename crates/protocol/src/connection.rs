@@ -16,6 +16,12 @@ pub struct BrokerSettings {
     pub password: String,
     #[serde(alias = "virtual_host")]
     pub vhost: String,
+    /// The cluster's signing keys, when it has them (`signing_key`, `signing_key_file` and,
+    /// on listeners, `previous_signing_key[_file]` at the top of the config files; see
+    /// `docs/security.md`): every message published is signed, and only signed ones are
+    /// accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<crate::signing::SigningKeys>,
 }
 
 impl Default for BrokerSettings {
@@ -26,6 +32,7 @@ impl Default for BrokerSettings {
             username: "guest".into(),
             password: "guest".into(),
             vhost: "/".into(),
+            signing: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod job;
 pub mod message;
 pub mod names;
 pub mod runner_protocol;
+pub mod signing;
 
 pub use broker::{Broker, BrokerError, Inbox, Incoming};
 pub use connection::BrokerSettings;

@@ -1,8 +1,9 @@
 //! Every message that crosses a queue or a process boundary, and its JSON envelope.
 //!
-//! All messages share one envelope that names the protocol version and the job (or ping) id
-//! and leaves room for a signature. The body is one closed enum tagged by `type`; each queue
-//! expects a subset, and a process drops (and logs) anything else.
+//! All messages share one envelope that names the protocol version and the job (or ping) id;
+//! signatures travel beside it, in the AMQP headers (see `signing`). The body is one closed
+//! enum tagged by `type`; each queue expects a subset, and a process drops (and logs)
+//! anything else.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,9 +23,6 @@ pub struct Envelope {
     /// The job this message belongs to (for pings, the ping's own id).
     pub job_id: Uuid,
     pub message: Message,
-    /// Reserved for signed jobs; absent today.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
 }
 
 /// Why a message could not be turned into an [`Envelope`].
@@ -36,6 +34,17 @@ pub enum DecodeError {
     Malformed(#[from] serde_json::Error),
     #[error("message speaks protocol {0}, this process speaks {PROTOCOL_VERSION}")]
     WrongVersion(u32),
+    /// Refused by the cluster's signing keys (the broker client has logged it, at most once
+    /// a minute per sender and reason).
+    #[error("message is refused: {0}")]
+    Untrusted(#[from] crate::signing::Untrusted),
+}
+
+impl DecodeError {
+    /// Refused for its signature, and already logged where it was refused.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, DecodeError::Untrusted(_))
+    }
 }
 
 impl Envelope {
@@ -44,7 +53,6 @@ impl Envelope {
             protocol: PROTOCOL_VERSION,
             job_id,
             message,
-            signature: None,
         }
     }
 

@@ -266,7 +266,9 @@ impl<'a> Feeder<'a> {
                 return None;
             }
             Err(error) => {
-                tracing::warn!(%error, "dropping an unreadable message");
+                if !error.is_untrusted() {
+                    tracing::warn!(%error, "dropping an unreadable message");
+                }
                 settle(incoming.discard().await);
                 return None;
             }

@@ -1,0 +1,304 @@
+//! Signed messages end to end: a listener with the cluster's key acts only on jobs signed
+//! with a key it holds, and an originator with the key counts only replies signed with one
+//! (`docs/security.md`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gorgon_protocol::signing::{SigningKeys, Trust};
+use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
+use serde_json::json;
+
+use crate::support::{wait_for_file, Cluster};
+
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Writes `key` to a file readable by its owner only, outside every project tree.
+fn key_file(cluster: &Cluster, name: &str, key: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cluster.path().join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn signed(key: &str) -> BrokerSettings {
+    BrokerSettings {
+        signing: Some(SigningKeys {
+            current: key.into(),
+            previous: None,
+        }),
+        ..BrokerSettings::for_tests()
+    }
+}
+
+/// Waits until every one of `needles` is in listener `name`'s log.
+fn wait_for_log(cluster: &Cluster, name: &str, needles: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = cluster.listener_log(name);
+        if needles.iter().all(|needle| log.contains(needle)) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{needles:?} not all in: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const KEY: &str = "the-cluster-key-of-this-test";
+const OTHER_KEY: &str = "a-key-nobody-here-holds";
+
+#[test]
+fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
+    let mut cluster = Cluster::new();
+    let key = key_file(&cluster, "cluster.key", KEY);
+    cluster.start_listener_with("guarded", 2, json!({"signing_key_file": key}));
+    let project = cluster.project("signed", json!({"signing_key_file": key}));
+    project.write("tests/a_test.sh", "exit 0\n");
+    // A signed run works, and leaves a pushed tree that crafted jobs can name.
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    let log = cluster.listener_log("guarded");
+    let source = log
+        .split("source=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the listener logged the tree it pulled")
+        .to_owned();
+
+    let markers = cluster.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let unsigned = runtime
+        .block_on(Broker::connect(&BrokerSettings::for_tests(), "unsigned"))
+        .unwrap();
+    // Where the listener answers the crafted jobs: a job whose originator is gone is dropped.
+    let replies = runtime.block_on(unsigned.declare_private_queue()).unwrap();
+    let job = |marker: &str| -> (uuid::Uuid, Vec<u8>) {
+        let mut definition = JobDefinition::with_command(&source, "sh {file}", Default::default());
+        definition.callbacks.after_sync = Some(format!("touch {}", markers.join(marker).display()));
+        let id = uuid::Uuid::new_v4();
+        let message = Message::Job {
+            definition,
+            reply_to: replies.clone(),
+        };
+        (id, Envelope::new(id, message).encode())
+    };
+    let jobs = names::jobs_exchange(&cluster.id);
+    let trust = Trust::new(&SigningKeys {
+        current: KEY.into(),
+        previous: None,
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let unsigned = Broker::connect(&BrokerSettings::for_tests(), "unsigned")
+            .await
+            .unwrap();
+        let (_, bytes) = job("unsigned");
+        unsigned.publish_bytes(&jobs, "", &bytes).await.unwrap();
+
+        let stranger = Broker::connect(&signed(OTHER_KEY), "stranger")
+            .await
+            .unwrap();
+        let (_, bytes) = job("wrong-key");
+        stranger
+            .publish_bytes_signed(
+                &jobs,
+                "",
+                &bytes,
+                Some(
+                    &Trust::new(&SigningKeys {
+                        current: OTHER_KEY.into(),
+                        previous: None,
+                    })
+                    .sign(&bytes),
+                ),
+            )
+            .await
+            .unwrap();
+
+        let (_, bytes) = job("tampered");
+        let signature = trust.sign(&bytes);
+        let tampered = String::from_utf8(bytes)
+            .unwrap()
+            .replace("touch ", "touch /tmp/x ");
+        unsigned
+            .publish_bytes_signed(&jobs, "", tampered.as_bytes(), Some(&signature))
+            .await
+            .unwrap();
+
+        let (_, bytes) = job("stale");
+        let ten_minutes_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 600_000;
+        let old = trust.sign_at(&bytes, ten_minutes_ago);
+        unsigned
+            .publish_bytes_signed(&jobs, "", &bytes, Some(&old))
+            .await
+            .unwrap();
+
+        // A valid job runs; the same bytes and signature again do not.
+        let (id, bytes) = job("valid");
+        // A running job has a control exchange; without one the listener takes it as over.
+        unsigned
+            .declare_fanout(&names::control_exchange(id))
+            .await
+            .unwrap();
+        let signature = trust.sign(&bytes);
+        unsigned
+            .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !markers.join("valid").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the valid job did not run: {}",
+                cluster.listener_log("guarded")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_for_log(
+            &cluster,
+            "guarded",
+            &[&format!("job={id}")],
+            Duration::from_secs(10),
+        );
+        std::fs::remove_file(markers.join("valid")).unwrap();
+        unsigned
+            .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
+            .await
+            .unwrap();
+        wait_for_log(
+            &cluster,
+            "guarded",
+            &["ignoring a job already taken (sent twice, or replayed)"],
+            Duration::from_secs(10),
+        );
+        unsigned.close().await;
+        stranger.close().await;
+    });
+    let log = wait_for_log(
+        &cluster,
+        "guarded",
+        &[
+            "refusing a message: it is not signed",
+            "which this process does not hold",
+            "its signature does not match its contents",
+            "a job signed 600 s ago is refused as a replay",
+        ],
+        Duration::from_secs(10),
+    );
+    for marker in ["unsigned", "wrong-key", "tampered", "stale", "valid"] {
+        assert!(!markers.join(marker).exists(), "{marker} ran: {log}");
+    }
+    // The listener still runs signed jobs.
+    let again = project.start(&[], RUN_LIMIT);
+    assert_eq!(again.code, 0, "{again:?}");
+    cluster.assert_no_job_processes(Duration::from_secs(15));
+}
+
+#[test]
+fn a_forged_result_does_not_change_a_signed_run() {
+    let mut cluster = Cluster::new();
+    let key = key_file(&cluster, "cluster.key", KEY);
+    cluster.start_listener_with("honest", 1, json!({"signing_key_file": key}));
+    let project = cluster.project("forged", json!({"signing_key_file": key}));
+    let started = cluster.path().join("failing.started");
+    project.write(
+        "tests/failing_test.sh",
+        &format!(
+            "touch {}\nsleep 2\necho 'really fails'\nexit 1\n",
+            started.display()
+        ),
+    );
+    let events = cluster.path().join("forged.events");
+    let run = project.spawn_start(&["--events", &events.display().to_string()], &[]);
+    wait_for_file(&started, Duration::from_secs(30));
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let job_id = uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let forger = Broker::connect(&BrokerSettings::for_tests(), "forger")
+            .await
+            .unwrap();
+        let forged = Envelope::new(
+            job_id,
+            Message::FileFinished(gorgon_protocol::FileResult {
+                host: "honest".into(),
+                worker_id: 1,
+                file: "tests/failing_test.sh".into(),
+                status: gorgon_protocol::FileStatus::Passed,
+                seconds: 0.1,
+                exit: "exit status 0".into(),
+                output: String::new(),
+                tests: Vec::new(),
+            }),
+        );
+        forger
+            .send_to_queue(&names::reply_queue(job_id), &forged)
+            .await
+            .unwrap();
+        forger.close().await;
+    });
+    let run = run.wait(RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("1 files: 0 passed, 1 failed"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("really fails"), "{run:?}");
+}
+
+#[test]
+fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
+    let mut cluster = Cluster::new();
+    let old = key_file(&cluster, "old.key", "the-old-cluster-key");
+    let new = key_file(&cluster, "new.key", "the-new-cluster-key");
+    let listener = |current: &Path, previous: Option<&Path>| match previous {
+        Some(previous) => {
+            json!({"signing_key_file": current, "previous_signing_key_file": previous})
+        }
+        None => json!({"signing_key_file": current}),
+    };
+    // During the rotation every process accepts both keys.
+    cluster.start_listener_with("rotating", 1, listener(&new, Some(&old)));
+    let by_old = cluster.project(
+        "by-old",
+        json!({"signing_key_file": old, "previous_signing_key_file": new, "job": {"listener_wait": 5}}),
+    );
+    by_old.write("tests/a_test.sh", "exit 0\n");
+    let by_new = cluster.project(
+        "by-new",
+        json!({"signing_key_file": new, "previous_signing_key_file": old}),
+    );
+    by_new.write("tests/a_test.sh", "exit 0\n");
+    for project in [&by_old, &by_new] {
+        let run = project.start(&[], RUN_LIMIT);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    // The old key removed from the listener: a job signed with it is refused.
+    cluster.kill_listener("rotating");
+    cluster.start_listener_with("rotating", 1, listener(&new, None));
+    let run = by_old.start(&[], RUN_LIMIT);
+    assert_ne!(run.code, 0, "{run:?}");
+    wait_for_log(
+        &cluster,
+        "rotating",
+        &["which this process does not hold"],
+        Duration::from_secs(10),
+    );
+    let run = by_new.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+}
