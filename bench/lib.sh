@@ -52,7 +52,8 @@ start_listener() {
     mkdir -p "$work/listeners/$name"
     cat >"$work/listeners/$name/gorgon_listener.json" <<JSON
 {"connection": {"host": "127.0.0.1", "port": 5672}, "worker_slots": $slots, "name": "$name",
- "workspace_root": "$work/listeners/$name/workspaces", "cluster_id": "$cluster_id"}
+ "workspace_root": "$work/listeners/$name/workspaces", "cluster_id": "$cluster_id",
+ "allow_root": true}
 JSON
     setsid "$gorgon" listen --config "$work/listeners/$name/gorgon_listener.json" \
         </dev/null >"$work/listeners/$name/log" 2>&1 &

@@ -138,7 +138,9 @@ cat >"$listener_config" <<JSON
   "worker_slots": 2,
   "name": "$listener_name",
   "workspace_root": "$work/workspaces",
-  "cluster_id": "$cluster_id"
+  "cluster_id": "$cluster_id",
+  // This listener lives only for this run (and CI machines run it as root).
+  "allow_root": true
 }
 JSON
 # In a session of its own (setsid), so that a Ctrl-C in this terminal reaches `gorgon start`,

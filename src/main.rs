@@ -365,6 +365,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             check: false,
         } => {
             let settings = gorgon_listener::ListenerSettings::load(&config)?;
+            gorgon_listener::refuse_root(&settings, &config)?;
             match &settings.log_file {
                 Some(path) => init_logging("info", LogTarget::File(path)),
                 None => init_logging("info", LogTarget::Stderr),

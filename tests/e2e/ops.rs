@@ -337,6 +337,29 @@ fn install_listener_prints_without_writing_and_writes_a_config_that_checks() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stderr.contains("already exists; pass --force"), "{stderr}");
 
+    // The written config is for the unprivileged user the unit runs the listener as: as
+    // root, the listener and its check refuse it, saying why and what to change.
+    if nix::unistd::geteuid().is_root() {
+        let config = config_path.to_str().unwrap();
+        for command in [
+            &["listen", "--config", config][..],
+            &["listen", "--check", "--config", config],
+        ] {
+            let (code, stdout, stderr) = gorgon(command, dir.path());
+            assert_eq!(code, 3, "{command:?}: {stdout}");
+            assert!(
+                stderr.contains("gorgon listen refuses to run as root"),
+                "{stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("\"allow_root\": true in {config}")),
+                "{stderr}"
+            );
+        }
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        let allowed = text.replacen('{', "{\n  \"allow_root\": true,", 1);
+        std::fs::write(&config_path, allowed).unwrap();
+    }
     // The written config passes the check the unit runs before starting.
     let (code, stdout, stderr) = listen_check(&config_path);
     assert_eq!(code, 0, "{stderr}");
@@ -368,7 +391,7 @@ fn listen_check_names_a_broken_config_or_an_unreachable_broker_in_one_sentence()
     let unreachable = dir.path().join("unreachable.json");
     std::fs::write(
         &unreachable,
-        json!({"connection": {"host": "127.0.0.1", "port": port}}).to_string(),
+        json!({"connection": {"host": "127.0.0.1", "port": port}, "allow_root": true}).to_string(),
     )
     .unwrap();
     let started = std::time::Instant::now();

@@ -43,19 +43,47 @@ pub enum ListenerError {
     Invalid { path: PathBuf, problem: String },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("gorgon listen refuses to run as root: every job it takes runs its callbacks and tests with the listener's rights, so any job could change anything on this host. Run it as an unprivileged user (`gorgon install_listener` sets one up), or, on a host that is thrown away after use (a container, a CI machine), set \"allow_root\": true in {}", path.display())]
+    Root { path: PathBuf },
+}
+
+/// Refuses to serve as root unless the config allows it (`allow_root`).
+pub fn refuse_root(
+    settings: &ListenerSettings,
+    path: &std::path::Path,
+) -> Result<(), ListenerError> {
+    if nix::unistd::geteuid().is_root() && !settings.allow_root {
+        return Err(ListenerError::Root {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Warnings about files that others can read: the config holds the broker password.
+fn readable_by_others(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "warning: {} can be read by every user of this host (mode {mode:o}) and holds the broker password; chmod 640 it",
+            path.display()
+        )
+    })
 }
 
 /// `gorgon listen --check`: loads the config at `path` and connects to its broker. Returns
 /// the line to print when both work.
 pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
     let settings = ListenerSettings::load(path)?;
+    refuse_root(&settings, path)?;
     let broker = Broker::connect(
         &settings.broker,
         &format!("gorgon listen --check {}", settings.name),
     )
     .await?;
     broker.close().await;
-    Ok(format!(
+    let mut report = format!(
         "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable; {}",
         path.display(),
         settings.name,
@@ -63,7 +91,12 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
         settings.cluster_id,
         settings.broker.address(),
         trust_line(&settings)
-    ))
+    );
+    if let Some(warning) = readable_by_others(path) {
+        report.push('\n');
+        report.push_str(&warning);
+    }
+    Ok(report)
 }
 
 /// What the listener trusts, in words: its keys, or the warning that it has none.

@@ -30,6 +30,8 @@ pub struct ListenerSettings {
     /// Keep a warm runner for the built-in runners between jobs (`warm_runners`, default
     /// true; see `docs/runner-protocol.md`, "Warm runners").
     pub warm_runners: bool,
+    /// Serve even as root (`allow_root`, default false): for hosts thrown away after use.
+    pub allow_root: bool,
 }
 
 impl ListenerSettings {
@@ -97,11 +99,13 @@ fn from_object(
         Some(name) => name,
         None => default_name()?,
     };
-    let warm_runners = match object.get("warm_runners") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(keep)) => *keep,
-        Some(_) => return Err("warm_runners must be true or false".into()),
+    let flag = |key: &str, default: bool| match object.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(value)) => Ok(*value),
+        Some(_) => Err(format!("{key} must be true or false")),
     };
+    let warm_runners = flag("warm_runners", true)?;
+    let allow_root = flag("allow_root", false)?;
     let log_file = optional_text(object, "log_file")?.map(|file| base.join(file));
     let workspace_root = optional_text(object, "workspace_root")?
         .map(|root| base.join(root))
@@ -120,6 +124,7 @@ fn from_object(
         name,
         workspace_root,
         warm_runners,
+        allow_root,
     })
 }
 
@@ -209,6 +214,7 @@ mod tests {
                 r#"{"warm_runners": "yes"}"#,
                 "warm_runners must be true or false",
             ),
+            (r#"{"allow_root": 1}"#, "allow_root must be true or false"),
             (
                 r#"{"worker_slots": "4"}"#,
                 "worker_slots must be a whole number of at least 1",

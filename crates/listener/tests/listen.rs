@@ -41,6 +41,7 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         name: "test-listener".into(),
         workspace_root: workspace_root.to_owned(),
         warm_runners: true,
+        allow_root: false,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(settings, async {
