@@ -37,7 +37,7 @@ start_file_server() {
     mkdir -p "$work/file_server"
     for _attempt in 1 2 3 4 5 6 7 8; do
         local port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        if "$gorgon" start_rsync "$work/file_server" --port "$port" --address 127.0.0.1 >/dev/null 2>&1; then
+        if "$gorgon" start_rsync "$work/file_server" --port "$port" --address 127.0.0.1 --anonymous >/dev/null 2>&1; then
             rsync_port=$port
             return
         fi

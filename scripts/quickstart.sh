@@ -92,12 +92,21 @@ cluster_id="quickstart-$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
 listener_name=quickstart-listener
 
 step "Starting the file server (gorgon start_rsync)"
+# Its two users: the originator, which may write, and the listener, which may only read.
+originator_password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+listener_password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+file_server_secrets=$work/file_server_secrets.json
+(umask 077 && cat >"$file_server_secrets" <<JSON
+{"file_server": {"originator_password": "$originator_password", "listener_password": "$listener_password"}}
+JSON
+)
 for _attempt in 1 2 3 4 5; do
     port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
     if port_open 127.0.0.1 "$port"; then
         continue
     fi
-    if "$gorgon" start_rsync "$work/file_server" --port "$port" --address 127.0.0.1; then
+    if "$gorgon" start_rsync "$work/file_server" --port "$port" --address 127.0.0.1 \
+        --secrets "$file_server_secrets"; then
         rsync_port=$port
         break
     fi
@@ -126,6 +135,11 @@ cat >"$project/gorgon.json" <<JSON
   "cluster_id": "$cluster_id"
 }
 JSON
+# The originator's file-server password, kept out of gorgon.json as a team would.
+(umask 077 && cat >"$project/gorgon_secret.json" <<JSON
+{"file_server": {"originator_password": "$originator_password"}}
+JSON
+)
 echo "project copied to $project (cluster $cluster_id)"
 
 step "Starting a listener (gorgon listen)"
@@ -139,6 +153,7 @@ cat >"$listener_config" <<JSON
   "name": "$listener_name",
   "workspace_root": "$work/workspaces",
   "cluster_id": "$cluster_id",
+  "file_server": { "listener_password": "$listener_password" },
   // This listener lives only for this run (and CI machines run it as root).
   "allow_root": true
 }

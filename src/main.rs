@@ -131,7 +131,7 @@ enum Command {
     },
     /// Start an rsync daemon serving DIR as the file server, and return.
     ///
-    /// Example: gorgon start_rsync ~/.gorgon/file_dir --port 43434
+    /// Example: gorgon start_rsync ~/.gorgon/file_dir --port 43434 --secrets /etc/gorgon/gorgon_secret.json
     #[command(name = "start_rsync")]
     StartRsync {
         dir: PathBuf,
@@ -140,6 +140,13 @@ enum Command {
         /// Address to listen on (default: every address).
         #[arg(long)]
         address: Option<String>,
+        /// A config file (such as gorgon_secret.json) with file_server.originator_password
+        /// (may write) and file_server.listener_password (may only read).
+        #[arg(long, conflicts_with = "anonymous")]
+        secrets: Option<PathBuf>,
+        /// Serve anyone who reaches the daemon, read and write, without passwords.
+        #[arg(long)]
+        anonymous: bool,
     },
     /// Stop the rsync daemon started on that port.
     ///
@@ -265,6 +272,8 @@ enum CliError {
     /// The assignment a worker manager or a worker reads from stdin.
     #[error(transparent)]
     Assignment(#[from] AssignmentError),
+    #[error("start_rsync needs the file server's passwords, --secrets FILE with file_server.originator_password and file_server.listener_password (docs/security.md), or --anonymous to serve anyone who reaches it")]
+    FileServerWithoutPasswords,
 }
 
 impl CliError {
@@ -276,7 +285,8 @@ impl CliError {
             CliError::Listener(_)
             | CliError::ListenerStopped(_)
             | CliError::Ping(_)
-            | CliError::PingTimeout => exit_code::CONFIG_OR_BROKER,
+            | CliError::PingTimeout
+            | CliError::FileServerWithoutPasswords => exit_code::CONFIG_OR_BROKER,
             // A bad flag is a bad configuration; a file in the way, or one that could not
             // be written, is a failure to install.
             CliError::Install(InstallError::BadBroker(_) | InstallError::NoSlots) => {
@@ -392,9 +402,24 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await?;
             Ok(exit_code::SUCCESS)
         }
-        Command::StartRsync { dir, port, address } => {
+        Command::StartRsync {
+            dir,
+            port,
+            address,
+            secrets,
+            anonymous,
+        } => {
             init_logging("warn", LogTarget::Stderr);
-            gorgon_exec::rsync::start_daemon(&dir, port, address.as_deref()).await?;
+            let passwords = match (&secrets, anonymous) {
+                (Some(path), _) => Some(gorgon_exec::rsync::passwords_from_config(path)?),
+                (None, true) => {
+                    eprintln!("gorgon: warning: the file server is anonymous: anyone who reaches port {port} can read and write every project's tree");
+                    None
+                }
+                (None, false) => return Err(CliError::FileServerWithoutPasswords),
+            };
+            gorgon_exec::rsync::start_daemon(&dir, port, address.as_deref(), passwords.as_ref())
+                .await?;
             println!(
                 "rsync daemon serving {} on port {port} (stop it with `gorgon stop_rsync --port {port}`)",
                 dir.display()

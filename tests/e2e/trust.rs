@@ -302,3 +302,37 @@ fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
     let run = by_new.start(&[], RUN_LIMIT);
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[test]
+fn a_file_server_with_passwords_serves_a_run_whose_originator_and_listeners_name_theirs() {
+    let mut cluster = Cluster::with_file_server_passwords("pushes-the-tree", "only-reads-it");
+    cluster.start_listener_with(
+        "reader",
+        2,
+        json!({"file_server": {"listener_password": "only-reads-it"}}),
+    );
+    let project = cluster.project("guarded-tree", json!({}));
+    project.write("tests/a_test.sh", "exit 0\n");
+    project.write("tests/b_test.sh", "exit 1\n");
+    // Without the originator's password the push is refused (a sync failure, exit 2),
+    // without waiting for a password on a terminal.
+    let refused = project.start(&[], RUN_LIMIT);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("pushing the source tree to the file server failed"),
+        "{refused:?}"
+    );
+    project.write(
+        "gorgon_secret.json",
+        &json!({"file_server": {"originator_password": "pushes-the-tree"}}).to_string(),
+    );
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("2 files: 1 passed, 1 failed"),
+        "{run:?}"
+    );
+    cluster.assert_no_job_processes(Duration::from_secs(15));
+}

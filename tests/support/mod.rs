@@ -38,6 +38,24 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Cluster {
+        Cluster::serving(&["--anonymous"])
+    }
+
+    /// A cluster whose file server has an `originator` and a `listener` user with these
+    /// passwords; projects and listeners must name theirs.
+    pub fn with_file_server_passwords(originator: &str, listener: &str) -> Cluster {
+        let secrets = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            secrets.path(),
+            serde_json::json!({"file_server": {"originator_password": originator, "listener_password": listener}})
+                .to_string(),
+        )
+        .unwrap();
+        Cluster::serving(&["--secrets", secrets.path().to_str().unwrap()])
+    }
+
+    /// A cluster whose file server is started with these extra `start_rsync` arguments.
+    fn serving(arguments: &[&str]) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let rsync_port = free_port();
         let served = root.path().join("file_server");
@@ -46,6 +64,7 @@ impl Cluster {
             .args(["start_rsync"])
             .arg(&served)
             .args(["--port", &rsync_port.to_string(), "--address", "127.0.0.1"])
+            .args(arguments)
             .output()
             .unwrap();
         assert!(

@@ -1,5 +1,7 @@
 //! rsync: pushing the originator's tree to the file server, pulling it into a listener's
-//! workspace, and the anonymous rsync daemon behind `gorgon start_rsync` / `stop_rsync`.
+//! workspace, and the rsync daemon behind `gorgon start_rsync` / `stop_rsync`: with
+//! passwords, an `originator` user that may write and a `listener` user that may only read
+//! (`docs/security.md`); anonymous and read-write only when asked for.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +26,37 @@ pub enum RsyncError {
     },
     #[error("{0}")]
     Daemon(String),
+}
+
+/// The daemon's user that pushes trees.
+pub const ORIGINATOR_USER: &str = "originator";
+/// The daemon's user that pulls them, and may not write.
+pub const LISTENER_USER: &str = "listener";
+
+/// The passwords of the daemon's two users.
+#[derive(Clone, Debug)]
+pub struct DaemonPasswords {
+    pub originator: String,
+    pub listener: String,
+}
+
+/// How a push or a pull logs in to the daemon: its user and password (the password reaches
+/// rsync in `RSYNC_PASSWORD`, never on a command line).
+#[derive(Clone, Debug)]
+pub struct Login {
+    pub user: &'static str,
+    pub password: String,
+}
+
+/// `rsync://host:port/...` with the login's user (`rsync://user@host:port/...`); other
+/// locations (ssh) unchanged.
+pub fn with_user(location: &str, login: Option<&Login>) -> String {
+    match (login, location.strip_prefix("rsync://")) {
+        (Some(login), Some(rest)) if !rest.contains('@') => {
+            format!("rsync://{}@{rest}", login.user)
+        }
+        _ => location.to_owned(),
+    }
 }
 
 /// Where a project's tree lives on the file server, as an rsync path ending in `/`.
@@ -64,8 +97,13 @@ fn transfer_command(
     shlex::try_join(words.iter().map(String::as_str)).expect("rsync arguments hold no NUL byte")
 }
 
-async fn transfer(command: String, cwd: &Path) -> Result<(), RsyncError> {
-    let outcome = ShellCommand::new(command.clone(), cwd).run().await;
+async fn transfer(command: String, cwd: &Path, login: Option<&Login>) -> Result<(), RsyncError> {
+    // Always set: without a password rsync would ask for one on the terminal and wait.
+    let password = login.map_or(String::new(), |login| login.password.clone());
+    let outcome = ShellCommand::new(command.clone(), cwd)
+        .envs([("RSYNC_PASSWORD", password)])
+        .run()
+        .await;
     if outcome.success() {
         return Ok(());
     }
@@ -87,10 +125,13 @@ pub async fn push(
     destination: &str,
     exclude: &[String],
     transport: SyncTransport,
+    login: Option<&Login>,
 ) -> Result<(), RsyncError> {
+    let destination = with_user(destination, login);
     transfer(
-        transfer_command("./", destination, exclude, transport, &[]),
+        transfer_command("./", &destination, exclude, transport, &[]),
         root,
+        login,
     )
     .await
 }
@@ -101,11 +142,13 @@ pub async fn pull(
     workspace: &Path,
     exclude: &[String],
     transport: SyncTransport,
+    login: Option<&Login>,
 ) -> Result<(), RsyncError> {
     // The workspace may hold a previous job's tree: whatever the source does not have,
     // excluded paths included, goes, so the job sees exactly the originator's tree.
-    let command = transfer_command(source, "./", exclude, transport, &["--delete-excluded"]);
-    transfer(command, workspace).await
+    let source = with_user(source, login);
+    let command = transfer_command(&source, "./", exclude, transport, &["--delete-excluded"]);
+    transfer(command, workspace, login).await
 }
 
 /// The folder where the daemon on `port` keeps its config, pid file and log.
@@ -125,9 +168,15 @@ fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
-/// Starts an rsync daemon serving `dir` read-write as module `src` on `port`, and returns
-/// once it accepts connections.
-pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Result<(), RsyncError> {
+/// Starts an rsync daemon serving `dir` as module `src` on `port`, and returns once it
+/// accepts connections. With `passwords`, only its `originator` user may write and its
+/// `listener` user may only read; without, anyone who reaches it may read and write.
+pub async fn start_daemon(
+    dir: &Path,
+    port: u16,
+    address: Option<&str>,
+    passwords: Option<&DaemonPasswords>,
+) -> Result<(), RsyncError> {
     let dir = dir
         .canonicalize()
         .map_err(|e| RsyncError::Daemon(format!("cannot serve {}: {e}", dir.display())))?;
@@ -170,6 +219,20 @@ pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Resul
         "\n[{MODULE}]\n  path = {}\n  read only = false\n  use chroot = false\n  uid = {uid}\n  gid = {gid}\n",
         dir.display()
     ));
+    if let Some(passwords) = passwords {
+        let secrets = state.join("rsyncd.secrets");
+        write_private(
+            &secrets,
+            &format!(
+                "{ORIGINATOR_USER}:{}\n{LISTENER_USER}:{}\n",
+                passwords.originator, passwords.listener
+            ),
+        )?;
+        config.push_str(&format!(
+            "  auth users = {ORIGINATOR_USER}:rw, {LISTENER_USER}:ro\n  secrets file = {}\n  strict modes = yes\n",
+            secrets.display()
+        ));
+    }
     let config_path = state.join("rsyncd.conf");
     std::fs::write(&config_path, config)
         .map_err(|e| RsyncError::Daemon(format!("cannot write {}: {e}", config_path.display())))?;
@@ -206,6 +269,52 @@ pub async fn start_daemon(dir: &Path, port: u16, address: Option<&str>) -> Resul
         "the rsync daemon did not start listening on port {port}; see {}",
         state.join("rsyncd.log").display()
     )))
+}
+
+/// Reads the daemon's passwords from a config file (JSON with comments, such as a
+/// `gorgon_secret.json`): `file_server.originator_password` and
+/// `file_server.listener_password`, which must differ.
+pub fn passwords_from_config(path: &Path) -> Result<DaemonPasswords, RsyncError> {
+    let config =
+        gorgon_protocol::config_file::load(path).map_err(|e| RsyncError::Daemon(e.to_string()))?;
+    let password = |key: &str| {
+        config
+            .get("file_server")
+            .and_then(|server| server.get(key))
+            .and_then(|value| value.as_str())
+            .filter(|value| !value.trim().is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                RsyncError::Daemon(format!(
+                    "{}: file_server.{key} is missing or empty",
+                    path.display()
+                ))
+            })
+    };
+    let passwords = DaemonPasswords {
+        originator: password("originator_password")?,
+        listener: password("listener_password")?,
+    };
+    if passwords.originator == passwords.listener {
+        return Err(RsyncError::Daemon(format!(
+            "{}: the originator's and the listener's passwords must differ, or the listeners could write",
+            path.display()
+        )));
+    }
+    Ok(passwords)
+}
+
+/// Writes `text` to a new file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), RsyncError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|e| RsyncError::Daemon(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Stops the daemon started on `port` and removes its state folder.
@@ -265,12 +374,72 @@ mod tests {
 
     /// Starts a daemon serving `served` on a free port of 127.0.0.1; the port.
     async fn start_test_daemon(served: &Path) -> u16 {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
+        start_test_daemon_with(served, None).await
+    }
+
+    /// A port found free can be taken before the daemon binds it (as the source port of
+    /// another test's rsync connection): a few tries.
+    async fn start_test_daemon_with(served: &Path, passwords: Option<&DaemonPasswords>) -> u16 {
+        let mut tries = 0;
+        loop {
+            let port = {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                probe.local_addr().unwrap().port()
+            };
+            match start_daemon(served, port, Some("127.0.0.1"), passwords).await {
+                Ok(()) => return port,
+                Err(error) if tries < 5 && error.to_string().contains("is not free") => tries += 1,
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn with_passwords_only_the_originator_writes_and_the_listener_only_reads() {
+        let served = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let workspace = tempfile::tempdir().unwrap();
+        std::fs::write(project.path().join("a.sh"), "exit 0").unwrap();
+        let passwords = DaemonPasswords {
+            originator: "pushes-the-tree".into(),
+            listener: "only-reads-it".into(),
         };
-        start_daemon(served, port, Some("127.0.0.1")).await.unwrap();
-        port
+        let port = start_test_daemon_with(served.path(), Some(&passwords)).await;
+        let secrets = daemon_state_dir(port).join("rsyncd.secrets");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&secrets).unwrap().permissions(),
+        );
+        let location = tree_location("127.0.0.1", port, SyncTransport::Daemon, "me_p");
+        let login = |user, password: &str| Login {
+            user,
+            password: password.to_owned(),
+        };
+        let daemon = SyncTransport::Daemon;
+        let anonymous = push(project.path(), &location, &[], daemon, None).await;
+        let as_listener = login(LISTENER_USER, &passwords.listener);
+        let by_listener = push(project.path(), &location, &[], daemon, Some(&as_listener)).await;
+        let wrong = login(ORIGINATOR_USER, "guessed");
+        let guessed = push(project.path(), &location, &[], daemon, Some(&wrong)).await;
+        let as_originator = login(ORIGINATOR_USER, &passwords.originator);
+        let pushed = push(project.path(), &location, &[], daemon, Some(&as_originator)).await;
+        let anonymous_pull = pull(&location, workspace.path(), &[], daemon, None).await;
+        let pulled = pull(&location, workspace.path(), &[], daemon, Some(&as_listener)).await;
+        stop_daemon(port).await.unwrap();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(anonymous.is_err(), "an anonymous push was taken");
+        assert!(by_listener.is_err(), "the listener could write");
+        assert!(guessed.is_err(), "a wrong password was taken");
+        assert!(anonymous_pull.is_err(), "an anonymous pull was served");
+        pushed.unwrap();
+        pulled.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(workspace.path().join("a.sh")).unwrap(),
+            "exit 0"
+        );
+        // The password is in the environment, not on the command line.
+        let error = by_listener.unwrap_err().to_string();
+        assert!(!error.contains(&passwords.listener), "{error}");
+        assert!(error.contains("rsync://listener@127.0.0.1"), "{error}");
     }
 
     #[tokio::test]
@@ -284,8 +453,22 @@ mod tests {
         std::fs::write(project.path().join("skip.log"), "x").unwrap();
         let location = tree_location("127.0.0.1", port, SyncTransport::Daemon, "me_p");
         let exclude = vec!["*.log".to_owned()];
-        let pushed = push(project.path(), &location, &exclude, SyncTransport::Daemon).await;
-        let pulled = pull(&location, workspace.path(), &exclude, SyncTransport::Daemon).await;
+        let pushed = push(
+            project.path(),
+            &location,
+            &exclude,
+            SyncTransport::Daemon,
+            None,
+        )
+        .await;
+        let pulled = pull(
+            &location,
+            workspace.path(),
+            &exclude,
+            SyncTransport::Daemon,
+            None,
+        )
+        .await;
         stop_daemon(port).await.unwrap();
         pushed.unwrap();
         pulled.unwrap();
@@ -328,6 +511,7 @@ mod tests {
             workspace.path(),
             &[],
             SyncTransport::Daemon,
+            None,
         )
         .await
         .unwrap_err();

@@ -191,7 +191,23 @@ async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Rep
     let host = shared.settings.name.clone();
     let sync = &job.definition.sync;
     tracing::info!(job = %job.id, source = %sync.source, workspace = %workspace.display(), "pulling the tree");
-    if let Err(error) = rsync::pull(&sync.source, workspace, &sync.exclude, sync.transport).await {
+    let login = shared
+        .settings
+        .file_server_password
+        .as_ref()
+        .map(|password| rsync::Login {
+            user: rsync::LISTENER_USER,
+            password: password.clone(),
+        });
+    let pulled = rsync::pull(
+        &sync.source,
+        workspace,
+        &sync.exclude,
+        sync.transport,
+        login.as_ref(),
+    )
+    .await;
+    if let Err(error) = pulled {
         tracing::error!(job = %job.id, %error, "cannot pull the tree");
         let output = error.to_string();
         report(shared, job, Message::SyncFailed { host, output }).await;

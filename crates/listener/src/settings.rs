@@ -32,6 +32,9 @@ pub struct ListenerSettings {
     pub warm_runners: bool,
     /// Serve even as root (`allow_root`, default false): for hosts thrown away after use.
     pub allow_root: bool,
+    /// `file_server.listener_password`: the file server's `listener` user, which may only
+    /// read, logs in with it (`docs/security.md`).
+    pub file_server_password: Option<String>,
 }
 
 impl ListenerSettings {
@@ -106,6 +109,16 @@ fn from_object(
     };
     let warm_runners = flag("warm_runners", true)?;
     let allow_root = flag("allow_root", false)?;
+    let file_server_password = match object
+        .get("file_server")
+        .map(|server| server.get("listener_password"))
+    {
+        None | Some(None) | Some(Some(Value::Null)) => None,
+        Some(Some(Value::String(password))) if !password.is_empty() => Some(password.clone()),
+        Some(Some(_)) => {
+            return Err("file_server.listener_password must be a non-empty string".into())
+        }
+    };
     let log_file = optional_text(object, "log_file")?.map(|file| base.join(file));
     let workspace_root = optional_text(object, "workspace_root")?
         .map(|root| base.join(root))
@@ -125,6 +138,7 @@ fn from_object(
         workspace_root,
         warm_runners,
         allow_root,
+        file_server_password,
     })
 }
 

@@ -42,6 +42,7 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         workspace_root: workspace_root.to_owned(),
         warm_runners: true,
         allow_root: false,
+        file_server_password: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(settings, async {
@@ -212,7 +213,7 @@ async fn a_failed_after_sync_is_reported_and_the_workspace_removed() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    rsync::start_daemon(served.path(), port, Some("127.0.0.1"))
+    rsync::start_daemon(served.path(), port, Some("127.0.0.1"), None)
         .await
         .unwrap();
     let listener = start_listener(&broker, root.path()).await;

@@ -61,7 +61,20 @@ pub(crate) async fn run(
         &tree_dir,
     );
     progress.note(&format!("Pushing the source tree to {location}"));
-    let push = rsync::push(root, &location, &settings.exclude, settings.transport);
+    let login = file_server
+        .originator_password
+        .as_ref()
+        .map(|password| rsync::Login {
+            user: rsync::ORIGINATOR_USER,
+            password: password.clone(),
+        });
+    let push = rsync::push(
+        root,
+        &location,
+        &settings.exclude,
+        settings.transport,
+        login.as_ref(),
+    );
     let pushed = tokio::select! {
         pushed = push => pushed,
         signal = signals.recv() => {

@@ -71,6 +71,9 @@ pub struct Settings {
 pub struct FileServer {
     pub host: String,
     pub port: u16,
+    /// `file_server.originator_password` (from `gorgon_secret.json`): the daemon's
+    /// `originator` user logs in with it.
+    pub originator_password: Option<String>,
 }
 
 /// All seven callbacks as configured; the originator runs two and forwards the rest.
@@ -103,6 +106,7 @@ struct RawConfig {
 struct RawFileServer {
     host: Option<String>,
     port: Option<u16>,
+    originator_password: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -198,6 +202,7 @@ impl Settings {
                 Some(host) => Ok(FileServer {
                     host,
                     port: server.port.unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
+                    originator_password: server.originator_password.filter(|p| !p.is_empty()),
                 }),
             },
         };
@@ -324,7 +329,8 @@ mod tests {
             settings.file_server().unwrap(),
             &FileServer {
                 host: "fs".into(),
-                port: 1234
+                port: 1234,
+                originator_password: None,
             }
         );
         assert_eq!(settings.transport, SyncTransport::Daemon);
