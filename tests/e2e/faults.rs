@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    assert_all_passed, assert_every_file_ran, interrupt_once_started, recorded_runs, sigkill,
-    slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
+    assert_all_passed, assert_every_file_ran, interrupt_once_started, job_id_from_events,
+    recorded_runs, sigkill, slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
 };
 use serde_json::json;
 
@@ -354,15 +354,7 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
         &record.join("tests_00_test.sh.started"),
         Duration::from_secs(30),
     );
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&events)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
-    let job_id = uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap();
+    let job_id = job_id_from_events(&events);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let settings = BrokerSettings::for_tests();

@@ -9,7 +9,7 @@ use gorgon_protocol::signing::{SigningKeys, Trust};
 use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
 use serde_json::json;
 
-use crate::support::{wait_for_file, Cluster};
+use crate::support::{job_id_from_events, wait_for_file, Cluster};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -219,15 +219,7 @@ fn a_forged_result_does_not_change_a_signed_run() {
     let events = cluster.path().join("forged.events");
     let run = project.spawn_start(&["--events", &events.display().to_string()], &[]);
     wait_for_file(&started, Duration::from_secs(30));
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&events)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
-    let job_id = uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap();
+    let job_id = job_id_from_events(&events);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let forger = Broker::connect(&BrokerSettings::for_tests(), "forger")

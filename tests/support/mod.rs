@@ -671,6 +671,13 @@ impl Started {
 }
 
 /// Waits until `path` exists, failing the test after `limit`.
+/// The job id of a run, from the first event of its `--events` file.
+pub fn job_id_from_events(events: &Path) -> uuid::Uuid {
+    let text = std::fs::read_to_string(events).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap()
+}
+
 pub fn wait_for_file(path: &Path, limit: Duration) {
     let deadline = Instant::now() + limit;
     while !path.exists() {

@@ -377,19 +377,9 @@ impl Broker {
         payload: &[u8],
         signature: Option<&Signature>,
     ) -> Result<(), BrokerError> {
-        let options = BasicPublishOptions::default();
-        let properties = self.properties(signature);
-        let confirm = bounded(
-            "basic.publish",
-            self.channel.basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                payload,
-                properties,
-            ),
-        )
-        .await?;
+        let confirm = self
+            .publish_with(exchange, routing_key, payload, false, signature)
+            .await?;
         let confirmation = bounded("publisher confirm", confirm).await?;
         if confirmation.is_nack() {
             return Err(BrokerError::Nacked(exchange.to_owned()));
@@ -439,11 +429,30 @@ impl Broker {
         payload: &[u8],
         mandatory: bool,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
+        let signature = self.trust.as_ref().map(|trust| trust.sign(payload));
+        self.publish_with(
+            exchange,
+            routing_key,
+            payload,
+            mandatory,
+            signature.as_ref(),
+        )
+        .await
+    }
+
+    /// Hands one message with `signature` (or none) to the broker.
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        mandatory: bool,
+        signature: Option<&Signature>,
+    ) -> Result<lapin::PublisherConfirm, BrokerError> {
         let options = BasicPublishOptions {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let signature = self.trust.as_ref().map(|trust| trust.sign(payload));
         bounded(
             "basic.publish",
             self.channel.basic_publish(
@@ -451,7 +460,7 @@ impl Broker {
                 routing_key.into(),
                 options,
                 payload,
-                self.properties(signature.as_ref()),
+                self.properties(signature),
             ),
         )
         .await

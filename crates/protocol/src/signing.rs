@@ -193,11 +193,7 @@ impl Trust {
             .find(|(id, _)| *id == signature.key_id)
             .ok_or_else(|| Untrusted::UnknownKey(signature.key_id.clone()))?;
         let expected = unhex(&signature.mac).ok_or(Untrusted::Tampered)?;
-        let mut check = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
-        check.update(signature.signed_at_ms.to_string().as_bytes());
-        check.update(b"\n");
-        check.update(body);
-        check
+        keyed(key, signature.signed_at_ms, body)
             .verify_slice(&expected)
             .map_err(|_| Untrusted::Tampered)
     }
@@ -209,11 +205,19 @@ pub fn age_ms(signature: &Signature) -> i128 {
 }
 
 fn mac(key: &[u8], signed_at_ms: u64, body: &[u8]) -> Vec<u8> {
+    keyed(key, signed_at_ms, body)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+/// The HMAC of a message: the signing time in decimal, a newline, the body.
+fn keyed(key: &[u8], signed_at_ms: u64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
     mac.update(signed_at_ms.to_string().as_bytes());
     mac.update(b"\n");
     mac.update(body);
-    mac.finalize().into_bytes().to_vec()
+    mac
 }
 
 fn now_ms() -> u64 {
