@@ -38,11 +38,13 @@ install_missing_packages() {
     command -v rsync >/dev/null 2>&1 || missing+=(rsync)
     # ss: a test reads the file server's listen backlog, bench/scale.sh counts connections.
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+    # openssl: the TLS test makes a certificate authority of its own.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if ! broker_running && ! rabbitmq_installed; then
         missing+=(rabbitmq-server)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        echo "rsync, ss and RabbitMQ are available"
+        echo "rsync, ss, openssl and RabbitMQ are available"
         return 0
     fi
     apt_install "${missing[@]}"

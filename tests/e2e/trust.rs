@@ -328,3 +328,44 @@ fn a_file_server_with_passwords_serves_a_run_whose_originator_and_listeners_name
     );
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
+
+/// A RabbitMQ node of the test's own with a TLS listener and a CA made for the test: a full
+/// run over `amqps` passes; a CA that did not sign the broker's certificate is one clear
+/// error and exit 3.
+#[test]
+fn a_run_over_tls_passes_and_a_wrong_ca_is_a_clear_error() {
+    let broker = crate::support::tls_broker::TlsBroker::start();
+    let mut cluster = Cluster::new();
+    cluster.start_listener_with(
+        "secure",
+        2,
+        json!({"connection": broker.connection(&broker.ca_file)}),
+    );
+    let project = cluster.project(
+        "over-tls",
+        json!({"connection": broker.connection(&broker.ca_file)}),
+    );
+    project.write("tests/a_test.sh", "exit 0\n");
+    project.write("tests/b_test.sh", "exit 0\n");
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
+
+    let wrong = cluster.project(
+        "wrong-ca",
+        json!({"connection": broker.connection(&broker.wrong_ca_file)}),
+    );
+    wrong.write("tests/a_test.sh", "exit 0\n");
+    let run = wrong.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot connect to RabbitMQ at 127.0.0.1:{}",
+            broker.port
+        )),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("over TLS"), "{run:?}");
+    assert!(run.stderr.to_lowercase().contains("certificate"), "{run:?}");
+    cluster.assert_no_job_processes(Duration::from_secs(15));
+}

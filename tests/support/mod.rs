@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
+pub mod tls_broker;
+
 /// The broker the tests use; `AMQP_HOST` / `AMQP_PORT` override it.
 pub fn broker_host() -> String {
     gorgon_protocol::BrokerSettings::for_tests().host

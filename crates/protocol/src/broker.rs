@@ -33,13 +33,47 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The AMQP URI of `settings`, with the frame size this client wants.
 fn uri(settings: &BrokerSettings) -> String {
     format!(
-        "amqp://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}",
+        "{}://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}",
+        if settings.tls.is_some() {
+            "amqps"
+        } else {
+            "amqp"
+        },
         percent_encode(&settings.username),
         percent_encode(&settings.password),
         settings.host,
         settings.port,
         percent_encode(&settings.vhost)
     )
+}
+
+/// The TLS configuration of `settings`: its CA file and client certificate, read now.
+fn tls_config(settings: &BrokerSettings) -> Result<lapin::tcp::OwnedTLSConfig, String> {
+    let Some(tls) = &settings.tls else {
+        return Ok(lapin::tcp::OwnedTLSConfig::default());
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let cert_chain = match &tls.ca_file {
+        Some(path) => Some(
+            String::from_utf8(read("CA file", path)?)
+                .map_err(|_| format!("the CA file {} is not PEM text", path.display()))?,
+        ),
+        None => None,
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read("client certificate", cert)?,
+            key: read("client key", key)?,
+        }),
+        (None, None) => None,
+        _ => return Err("connection.tls needs both cert_file and key_file, or neither".into()),
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }
 
 fn percent_encode(text: &str) -> String {
@@ -159,13 +193,26 @@ impl Broker {
             reason,
         };
         let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let tls = tls_config(settings).map_err(&connect_error)?;
+        let over = if settings.tls.is_some() {
+            "over TLS: "
+        } else {
+            ""
+        };
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| connect_error(e.to_string()))?;
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect(&uri(settings), properties),
+            Connection::connect_with_config(&uri(settings), properties, tls, runtime),
         )
         .await
-        .map_err(|_| connect_error(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|_| {
+            connect_error(format!(
+                "{over}no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| connect_error(format!("{over}{e}")))?;
         let channel = bounded("channel.open", connection.create_channel()).await?;
         bounded(
             "confirm.select",

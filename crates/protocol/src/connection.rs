@@ -22,6 +22,22 @@ pub struct BrokerSettings {
     /// accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<crate::signing::SigningKeys>,
+    /// Connect over TLS (`amqps`), checking the broker's certificate against `ca_file`
+    /// (or the system's roots), with a client certificate when `cert_file` and `key_file`
+    /// are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+}
+
+/// The `connection.tls` object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file of the certificate authorities that sign the broker's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM files of a client certificate and its key, for brokers that ask for one.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerSettings {
@@ -33,6 +49,7 @@ impl Default for BrokerSettings {
             password: "guest".into(),
             vhost: "/".into(),
             signing: None,
+            tls: None,
         }
     }
 }

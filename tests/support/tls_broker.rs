@@ -1,0 +1,161 @@
+//! A RabbitMQ node of a test's own with only a TLS listener, its certificate signed by a
+//! certificate authority made for the test (with `openssl`), stopped when dropped. Debian's
+//! `rabbitmq-server` drops to the `rabbitmq` user, so the node's folders belong to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct TlsBroker {
+    pub port: u16,
+    /// The CA that signed the node's certificate.
+    pub ca_file: PathBuf,
+    /// Another CA, which signed nothing the node shows.
+    pub wrong_ca_file: PathBuf,
+    node: String,
+    _dir: tempfile::TempDir,
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run(Command::new("openssl").args(args).current_dir(dir));
+}
+
+impl TlsBroker {
+    pub fn start() -> TlsBroker {
+        let dir = tempfile::Builder::new()
+            .prefix("gorgon-tls-broker-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path();
+        for (name, subject) in [("ca", "/CN=gorgon test CA"), ("wrong-ca", "/CN=another CA")] {
+            openssl(
+                path,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    subject,
+                ],
+            );
+        }
+        openssl(
+            path,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        std::fs::write(
+            path.join("san.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(
+            path,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "san.cnf",
+            ],
+        );
+        let port = super::free_port();
+        let node_port = super::free_port();
+        let dist_port = super::free_port();
+        let node = format!("gorgontls{}@localhost", std::process::id());
+        std::fs::write(
+            path.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{node_port}\nlisteners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\nssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                d = path.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(path.join("enabled_plugins"), "[].\n").unwrap();
+        for folder in ["mnesia", "log"] {
+            std::fs::create_dir_all(path.join(folder)).unwrap();
+        }
+        run(Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(path));
+        run(Command::new("chmod").arg("755").arg(path));
+        run(Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", node_port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", path.join("rabbitmq.conf"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                path.join("enabled_plugins"),
+            ));
+        let broker = TlsBroker {
+            port,
+            ca_file: path.join("ca.pem"),
+            wrong_ca_file: path.join("wrong-ca.pem"),
+            node,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the TLS node did not start listening on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker
+    }
+
+    /// The `connection` object of a config that reaches this node with `ca_file`.
+    pub fn connection(&self, ca_file: &Path) -> serde_json::Value {
+        serde_json::json!({"host": "127.0.0.1", "port": self.port, "tls": {"ca_file": ca_file}})
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+    }
+}
