@@ -336,10 +336,12 @@ fn a_file_server_with_passwords_serves_a_run_whose_originator_and_listeners_name
 fn a_run_over_tls_passes_and_a_wrong_ca_is_a_clear_error() {
     let broker = crate::support::tls_broker::TlsBroker::start();
     let mut cluster = Cluster::new();
+    // The listener names the broker by an amqps URL, the originator by host and port.
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/", broker.port);
     cluster.start_listener_with(
         "secure",
         2,
-        json!({"connection": broker.connection(&broker.ca_file)}),
+        json!({"connection": {"url": url, "tls": {"ca_file": broker.ca_file}}}),
     );
     let project = cluster.project(
         "over-tls",

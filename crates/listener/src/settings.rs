@@ -88,6 +88,7 @@ fn from_object(
     };
     broker.signing =
         gorgon_protocol::signing::keys_from_config(&Value::Object(object.clone()), base)?;
+    let broker = broker.resolve_url()?;
     let worker_slots = match object.get("worker_slots") {
         None | Some(Value::Null) => DEFAULT_WORKER_SLOTS,
         Some(value) => value

@@ -163,7 +163,7 @@ impl Settings {
             serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         raw.connection.signing = signing;
         Ok((
-            raw.connection,
+            raw.connection.resolve_url().map_err(invalid)?,
             raw.cluster_id
                 .unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned()),
         ))
@@ -255,7 +255,7 @@ impl Settings {
             }
         };
         Ok(Settings {
-            broker: raw.connection,
+            broker: raw.connection.resolve_url().map_err(invalid)?,
             cluster_id,
             file_server,
             config_path: path.clone(),

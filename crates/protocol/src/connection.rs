@@ -27,6 +27,10 @@ pub struct BrokerSettings {
     /// are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
+    /// `amqp://` or `amqps://user:password@host:port/vhost`, in place of the other keys
+    /// ([`BrokerSettings::resolve_url`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// The `connection.tls` object.
@@ -50,6 +54,7 @@ impl Default for BrokerSettings {
             vhost: "/".into(),
             signing: None,
             tls: None,
+            url: None,
         }
     }
 }
@@ -69,6 +74,32 @@ impl BrokerSettings {
     }
 
     /// `host:port`, for messages.
+    /// With `url` set: its parts replace the host, port, user, password and virtual host,
+    /// and an `amqps` URL connects over TLS (with `tls`'s files when given, else the system's
+    /// roots). The error is the second half of a sentence that starts with the file's path.
+    pub fn resolve_url(mut self) -> Result<BrokerSettings, String> {
+        let Some(url) = self.url.take() else {
+            return Ok(self);
+        };
+        let parsed: lapin::uri::AMQPUri = url
+            .parse()
+            .map_err(|e: String| format!("connection.url is not an AMQP URL: {e}"))?;
+        self.host = parsed.authority.host;
+        self.port = parsed.authority.port;
+        self.username = parsed.authority.userinfo.username;
+        self.password = parsed.authority.userinfo.password;
+        // `amqp://host/` names the empty virtual host in the URI spec; nobody means that.
+        self.vhost = if parsed.vhost.is_empty() {
+            "/".to_owned()
+        } else {
+            parsed.vhost
+        };
+        if parsed.scheme == lapin::uri::AMQPScheme::AMQPS && self.tls.is_none() {
+            self.tls = Some(TlsSettings::default());
+        }
+        Ok(self)
+    }
+
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -76,6 +107,39 @@ impl BrokerSettings {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_url_names_the_broker_and_amqps_turns_tls_on() {
+        let settings = super::BrokerSettings {
+            url: Some("amqps://ci:s3cret@rabbit.internal/builds".into()),
+            ..super::BrokerSettings::default()
+        }
+        .resolve_url()
+        .unwrap();
+        assert_eq!(settings.address(), "rabbit.internal:5671");
+        assert_eq!(
+            (settings.username.as_str(), settings.password.as_str()),
+            ("ci", "s3cret")
+        );
+        assert_eq!(settings.vhost, "builds");
+        assert_eq!(settings.tls, Some(super::TlsSettings::default()));
+        let plain = super::BrokerSettings {
+            url: Some("amqp://rabbit:5673/".into()),
+            ..super::BrokerSettings::default()
+        }
+        .resolve_url()
+        .unwrap();
+        assert_eq!((plain.address().as_str(), plain.tls), ("rabbit:5673", None));
+        assert_eq!(plain.vhost, "/");
+        let broken = super::BrokerSettings {
+            url: Some("http://rabbit".into()),
+            ..super::BrokerSettings::default()
+        }
+        .resolve_url();
+        assert!(broken
+            .unwrap_err()
+            .starts_with("connection.url is not an AMQP URL"));
+    }
+
     use super::*;
 
     #[test]
