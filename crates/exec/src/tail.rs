@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, BufReader};
+use tokio::task::JoinHandle;
 
 use crate::lines::{read_line, Line};
-use tokio::task::JoinHandle;
 
 /// Lines kept for a crash report.
 pub const KEPT_LINES: usize = 100;

@@ -332,11 +332,9 @@ impl Connection {
 }
 
 /// Why a signed job is refused as a replay: signed longer ago than
-/// [`signing::JOB_MAX_AGE`] (or that far in the future). Only a listener with keys checks.
-fn stale_job(shared: &Shared, incoming: &Incoming) -> Option<String> {
-    if !shared.broker.is_signing() {
-        return None;
-    }
+/// [`signing::JOB_MAX_AGE`] (or that far in the future). Only a listener with keys has a
+/// checked signature to go by.
+fn stale_job(incoming: &Incoming) -> Option<String> {
     let signature = incoming.signature.as_ref()?;
     let age = signing::age_ms(signature);
     let bound = signing::JOB_MAX_AGE.as_millis() as i128;
@@ -387,8 +385,8 @@ async fn handle(
             definition,
             reply_to,
         } => {
-            if let Some(stale) = stale_job(shared, &incoming) {
-                log_refusal(&definition.originator_host, &stale);
+            if let Some(stale) = stale_job(&incoming) {
+                log_refusal(&definition.originator_host, "stale job", &stale);
                 settle(incoming.discard().await);
                 return;
             }

@@ -532,11 +532,6 @@ impl Broker {
         properties.with_headers(headers)
     }
 
-    /// Whether this connection holds the cluster's keys.
-    pub fn is_signing(&self) -> bool {
-        self.trust.is_some()
-    }
-
     /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
     /// unacknowledged messages the broker hands this consumer at once.
     pub async fn consume(&self, queue: &str, prefetch: Option<u16>) -> Result<Inbox, BrokerError> {
@@ -634,7 +629,7 @@ pub struct Incoming {
     pub envelope: Result<Envelope, DecodeError>,
     /// The broker delivered this message before to a consumer that did not acknowledge it.
     pub redelivered: bool,
-    /// Its signature, when it had a valid one.
+    /// Its signature, when this process holds keys and the signature held.
     pub signature: Option<Signature>,
     acker: lapin::Acker,
 }
@@ -652,15 +647,16 @@ impl Incoming {
                         .app_id()
                         .as_ref()
                         .map_or("an unnamed sender".to_owned(), |id| id.to_string());
-                    log_refusal(&sender, &reason);
+                    log_refusal(&sender, reason.kind(), &reason);
                     DecodeError::Untrusted(reason)
                 }),
             None => Ok(()),
         };
+        let verified = trust.is_some() && checked.is_ok();
         Incoming {
             envelope: checked.and_then(|()| Envelope::decode(&delivery.data)),
             redelivered: delivery.redelivered,
-            signature: signature.filter(|_| trust.is_some()),
+            signature: signature.filter(|_| verified),
             acker: delivery.acker,
         }
     }
@@ -680,23 +676,23 @@ fn signature_of(properties: &BasicProperties) -> Option<Signature> {
     })
 }
 
-/// Logs a refused message, at most once a minute per sender and reason: a flood of forged
-/// messages must not flood the log.
-pub fn log_refusal(sender: &str, reason: &dyn std::fmt::Display) {
-    static LAST: std::sync::Mutex<
-        Option<std::collections::HashMap<(String, String), std::time::Instant>>,
-    > = std::sync::Mutex::new(None);
-    let key = (sender.to_owned(), reason.to_string());
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    let last = last.get_or_insert_with(Default::default);
+/// Logs a refused message, at most once a minute per sender and kind of refusal (`kind`:
+/// the reason without what varies in it, such as a job's age): a flood of forged messages
+/// must not flood the log. Only the refusals of the last minute are remembered, so senders
+/// that name themselves anew each time cannot grow the record without bound either.
+pub fn log_refusal(sender: &str, kind: &'static str, reason: &dyn std::fmt::Display) {
+    type Logged = std::collections::HashMap<(String, &'static str), std::time::Instant>;
+    static LOGGED: std::sync::Mutex<Option<Logged>> = std::sync::Mutex::new(None);
+    const QUIET: Duration = Duration::from_secs(60);
+    let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    let logged = logged.get_or_insert_with(Default::default);
     let now = std::time::Instant::now();
-    if last
-        .get(&key)
-        .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
-    {
+    logged.retain(|_, at| now.duration_since(*at) < QUIET);
+    let key = (sender.to_owned(), kind);
+    if logged.contains_key(&key) {
         return;
     }
-    last.insert(key, now);
+    logged.insert(key, now);
     tracing::warn!(sender, "refusing a message: {reason} (the same refusal from this sender is not logged again for a minute)");
 }
 

@@ -150,6 +150,18 @@ pub enum Untrusted {
     Tampered,
 }
 
+impl Untrusted {
+    /// A name for the reason alone (without the key id), under which refusals are logged
+    /// once a minute.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Untrusted::Unsigned => "unsigned",
+            Untrusted::UnknownKey(_) => "unknown key",
+            Untrusted::Tampered => "tampered",
+        }
+    }
+}
+
 /// What a process signs with and accepts.
 pub struct Trust {
     current: (String, Vec<u8>),

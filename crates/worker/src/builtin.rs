@@ -8,6 +8,8 @@ use gorgon_protocol::RunnerKind;
 
 /// One built-in runner: its scripts and the interpreter that runs the main one.
 struct Adapter {
+    /// Its `job.runner.kind`, which its warm runner takes as its first argument.
+    kind: &'static str,
     /// (file name, contents); the first is the one the interpreter runs.
     scripts: &'static [(&'static str, &'static str)],
     /// Used unless `job.runner.command` names another (e.g. `bundle exec ruby`).
@@ -24,6 +26,7 @@ const RUBY_SUPPORT: (&str, &str) = (
 );
 
 const RSPEC: Adapter = Adapter {
+    kind: "rspec",
     scripts: &[
         (
             "gorgon_rspec.rb",
@@ -36,6 +39,7 @@ const RSPEC: Adapter = Adapter {
 };
 
 const MINITEST: Adapter = Adapter {
+    kind: "minitest",
     scripts: &[
         (
             "gorgon_minitest.rb",
@@ -48,6 +52,7 @@ const MINITEST: Adapter = Adapter {
 };
 
 const PYTEST: Adapter = Adapter {
+    kind: "pytest",
     scripts: &[(
         "gorgon_pytest.py",
         include_str!("../adapters/gorgon_pytest.py"),
@@ -119,7 +124,7 @@ pub fn write_warm_runner(
         "exec {} {} {} {}",
         chosen_interpreter(adapter, interpreter),
         quoted(&script)?,
-        kind_word(kind),
+        adapter.kind,
         quoted(socket)?
     )))
 }
@@ -128,14 +133,6 @@ fn chosen_interpreter(adapter: &Adapter, interpreter: &str) -> String {
     match interpreter.trim() {
         "" => adapter.interpreter.to_owned(),
         chosen => chosen.to_owned(),
-    }
-}
-
-fn kind_word(kind: RunnerKind) -> &'static str {
-    match kind {
-        RunnerKind::Rspec => "rspec",
-        RunnerKind::Minitest => "minitest",
-        _ => "pytest",
     }
 }
 

@@ -1,6 +1,7 @@
 //! One persistent runner process: started once in its own process group (or forked from a
 //! warm runner, see `warm.rs`), it says hello, then answers one file at a time over the
-//! runner protocol (`docs/runner-protocol.md`) on its stdin and stdout. Its stderr is collected as the runner's own output.
+//! runner protocol (`docs/runner-protocol.md`) on its stdin and stdout. Its stderr is
+//! collected as the runner's own output.
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -106,8 +107,6 @@ pub struct Session {
     pub name: String,
     /// The runner takes batches of files (its hello said so).
     pub batches: bool,
-    /// It was forked from a warm runner.
-    pub forked: bool,
 }
 
 impl Session {
@@ -129,7 +128,6 @@ impl Session {
             },
             None => None,
         };
-        let was_forked = forked.is_some();
         let started = match forked {
             Some(started) => started,
             None => boot(command).map_err(|source| {
@@ -180,7 +178,6 @@ impl Session {
             stderr,
             name: String::new(),
             batches: false,
-            forked: was_forked,
         };
         let name = command.command.clone();
         let mut stray = String::new();
@@ -318,6 +315,11 @@ impl Session {
                 status: self.end().await,
             },
         }
+    }
+
+    /// It was forked from a warm runner.
+    pub fn forked(&self) -> bool {
+        matches!(self.process, RunnerProcess::Forked(_))
     }
 
     /// What the runner printed on stderr since the last call.

@@ -347,7 +347,7 @@ impl PersistentRunner {
                 Ok(session) => {
                     tracing::info!(
                         runner = session.name,
-                        forked = session.forked,
+                        forked = session.forked(),
                         "the runner is ready"
                     );
                     session

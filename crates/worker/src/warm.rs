@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use gorgon_exec::tail::{relay, LineTail};
 use gorgon_protocol::{RunnerKind, RunnerSettings};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use nix::unistd::Pid;
@@ -99,23 +100,18 @@ impl WarmProcess {
             .process_group(0)
             .spawn()?;
         let (said_ready, ready) = watch::channel(false);
+        let tail = LineTail::default();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.trim() == "ready" {
-                        let _ = said_ready.send(true);
-                    }
+            relay(stdout, tail.clone(), move |line| {
+                if line.trim() == "ready" {
+                    let _ = said_ready.send(true);
                 }
             });
         }
         if let Some(stderr) = child.stderr.take() {
             let kind = key.kind;
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(runner = ?kind, "the warm runner said: {line}");
-                }
+            relay(stderr, tail, move |line| {
+                tracing::info!(runner = ?kind, "the warm runner said: {line}");
             });
         }
         Ok(WarmProcess {
@@ -137,8 +133,7 @@ impl WarmProcess {
 
     /// Its socket, when it serves: it said "ready" and has not ended.
     pub fn socket_if_serving(&mut self) -> Option<PathBuf> {
-        let alive = matches!(self.child.try_wait(), Ok(None));
-        (alive && *self.ready.borrow()).then(|| self.socket.clone())
+        (!self.has_ended() && *self.ready.borrow()).then(|| self.socket.clone())
     }
 
     /// Whether it has ended.
