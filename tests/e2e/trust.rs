@@ -330,10 +330,11 @@ fn a_file_server_with_passwords_serves_a_run_whose_originator_and_listeners_name
 }
 
 /// A RabbitMQ node of the test's own with a TLS listener and a CA made for the test: a full
-/// run over `amqps` passes; a CA that did not sign the broker's certificate is one clear
-/// error and exit 3.
+/// run over `amqps` passes, with the certificate checked against the host connected to or
+/// against `server_name`; a CA that did not sign the broker's certificate, or a server name
+/// the certificate is not valid for, is one clear error and exit 3.
 #[test]
-fn a_run_over_tls_passes_and_a_wrong_ca_is_a_clear_error() {
+fn a_run_over_tls_passes_and_a_wrong_ca_or_name_is_a_clear_error() {
     let broker = crate::support::tls_broker::TlsBroker::start();
     let mut cluster = Cluster::new();
     // The listener names the broker by an amqps URL, the originator by host and port.
@@ -345,7 +346,7 @@ fn a_run_over_tls_passes_and_a_wrong_ca_is_a_clear_error() {
     );
     let project = cluster.project(
         "over-tls",
-        json!({"connection": broker.connection(&broker.ca_file)}),
+        json!({"connection": broker.connection(&broker.ca_file, Some("broker.gorgon.test"))}),
     );
     project.write("tests/a_test.sh", "exit 0\n");
     project.write("tests/b_test.sh", "exit 0\n");
@@ -353,21 +354,31 @@ fn a_run_over_tls_passes_and_a_wrong_ca_is_a_clear_error() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
 
-    let wrong = cluster.project(
-        "wrong-ca",
-        json!({"connection": broker.connection(&broker.wrong_ca_file)}),
-    );
-    wrong.write("tests/a_test.sh", "exit 0\n");
-    let run = wrong.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "cannot connect to RabbitMQ at 127.0.0.1:{}",
-            broker.port
-        )),
-        "{run:?}"
-    );
-    assert!(run.stderr.contains("over TLS"), "{run:?}");
-    assert!(run.stderr.to_lowercase().contains("certificate"), "{run:?}");
+    for (name, connection, reason) in [
+        (
+            "wrong-ca",
+            broker.connection(&broker.wrong_ca_file, None),
+            "certificate",
+        ),
+        (
+            "wrong-name",
+            broker.connection(&broker.ca_file, Some("elsewhere.gorgon.test")),
+            "not valid for name",
+        ),
+    ] {
+        let wrong = cluster.project(name, json!({ "connection": connection }));
+        wrong.write("tests/a_test.sh", "exit 0\n");
+        let run = wrong.start(&[], RUN_LIMIT);
+        assert_eq!(run.code, 3, "{name}: {run:?}");
+        assert!(
+            run.stderr.contains(&format!(
+                "cannot connect to RabbitMQ at 127.0.0.1:{}",
+                broker.port
+            )),
+            "{name}: {run:?}"
+        );
+        assert!(run.stderr.contains("over TLS"), "{name}: {run:?}");
+        assert!(run.stderr.contains(reason), "{name}: {run:?}");
+    }
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }

@@ -73,7 +73,7 @@ impl TlsBroker {
         );
         std::fs::write(
             path.join("san.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            "subjectAltName=DNS:localhost,DNS:broker.gorgon.test,IP:127.0.0.1\n",
         )
         .unwrap();
         openssl(
@@ -146,9 +146,15 @@ impl TlsBroker {
         broker
     }
 
-    /// The `connection` object of a config that reaches this node with `ca_file`.
-    pub fn connection(&self, ca_file: &Path) -> serde_json::Value {
-        serde_json::json!({"host": "127.0.0.1", "port": self.port, "tls": {"ca_file": ca_file}})
+    /// The `connection` object of a config that reaches this node at 127.0.0.1 with
+    /// `ca_file`, checking its certificate against `server_name` when given (the certificate
+    /// is valid for localhost, broker.gorgon.test and 127.0.0.1).
+    pub fn connection(&self, ca_file: &Path, server_name: Option<&str>) -> serde_json::Value {
+        let mut tls = serde_json::json!({"ca_file": ca_file});
+        if let Some(name) = server_name {
+            tls["server_name"] = name.into();
+        }
+        serde_json::json!({"host": "127.0.0.1", "port": self.port, "tls": tls})
     }
 }
 

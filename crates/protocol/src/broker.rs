@@ -201,18 +201,40 @@ impl Broker {
         };
         let runtime =
             lapin::runtime::default_runtime().map_err(|e| connect_error(e.to_string()))?;
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_with_config(&uri(settings), properties, tls, runtime),
-        )
-        .await
-        .map_err(|_| {
-            connect_error(format!(
-                "{over}no answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|e| connect_error(format!("{over}{e}")))?;
+        let connecting = async {
+            match settings
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.server_name.clone())
+            {
+                // lapin's own connectors check the certificate against the URI's host.
+                Some(server_name) => {
+                    let uri: lapin::uri::AMQPUri =
+                        uri(settings).parse().map_err(std::io::Error::other)?;
+                    let open =
+                        async move |uri: lapin::uri::AMQPUri, runtime: async_rs::TokioRuntime| {
+                            let address = runtime
+                                .to_socket_addrs((uri.authority.host.clone(), uri.authority.port));
+                            let stream =
+                                lapin::tcp::AsyncTcpStream::connect(&runtime, address).await?;
+                            Ok(stream.into_tls(&server_name, tls.as_ref()).await?)
+                        };
+                    Connection::connector(uri, runtime, open, properties).await
+                }
+                None => {
+                    Connection::connect_with_config(&uri(settings), properties, tls, runtime).await
+                }
+            }
+        };
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                connect_error(format!(
+                    "{over}no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| connect_error(format!("{over}{e}")))?;
         let channel = bounded("channel.open", connection.create_channel()).await?;
         bounded(
             "confirm.select",

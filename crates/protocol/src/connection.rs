@@ -42,6 +42,9 @@ pub struct TlsSettings {
     /// PEM files of a client certificate and its key, for brokers that ask for one.
     pub cert_file: Option<std::path::PathBuf>,
     pub key_file: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must be valid for, when it is not the host
+    /// connected to (a broker reached by its address, or through a tunnel or load balancer).
+    pub server_name: Option<String>,
 }
 
 impl Default for BrokerSettings {
