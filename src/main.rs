@@ -64,6 +64,10 @@ enum Command {
         /// (overrides `job.file_timeout`).
         #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
         file_timeout: Option<f64>,
+        /// Run a failed test (or file) again up to N times; one that then passes is flaky
+        /// and does not fail the run (overrides `job.retries`).
+        #[arg(long, value_name = "N")]
+        retries: Option<u32>,
         /// Run on this machine only, without broker, file server or listeners: the workers
         /// run in the project folder itself (`connection` and `file_server` are not needed).
         #[arg(long)]
@@ -310,6 +314,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             quiet,
             verbose,
             file_timeout,
+            retries,
             files,
             local,
             jobs,
@@ -318,6 +323,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 config,
                 files,
                 file_timeout,
+                retries,
                 junit,
                 events,
                 failed,

@@ -359,10 +359,10 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     runtime.block_on(async {
         let settings = BrokerSettings::for_tests();
         let broker = Broker::connect(&settings, "garbage test").await.unwrap();
-        let foreign = Envelope::new(uuid::Uuid::new_v4(), Message::File { file: "tests/00_test.sh".into() }).encode();
+        let foreign = Envelope::new(uuid::Uuid::new_v4(), Message::file("tests/00_test.sh")).encode();
         let unknown = br#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"brand_new"}}"#.to_vec();
         let future = br#"{"protocol":99,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{}}"#.to_vec();
-        let escaping = Envelope::new(job_id, Message::File { file: "../../../etc/passwd".into() }).encode();
+        let escaping = Envelope::new(job_id, Message::file("../../../etc/passwd")).encode();
         let huge = vec![b'{'; 17 * 1024 * 1024];
         let payloads = [b"not json at all".to_vec(), unknown, future, foreign, huge];
         let targets = [

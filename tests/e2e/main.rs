@@ -12,5 +12,6 @@ mod local;
 mod manager;
 mod ops;
 mod pipeline;
+mod retries;
 mod runners;
 mod trust;

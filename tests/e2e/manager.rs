@@ -85,14 +85,9 @@ impl Originator {
             )
             .await
             .unwrap();
-        let messages = files.iter().map(|file| {
-            Envelope::new(
-                job,
-                Message::File {
-                    file: (*file).to_owned(),
-                },
-            )
-        });
+        let messages = files
+            .iter()
+            .map(|file| Envelope::new(job, Message::file(*file)));
         broker
             .send_all_to_queue(&files_queue, messages)
             .await
@@ -162,7 +157,7 @@ impl Originator {
                 .unwrap();
             assert!(again.redelivered);
             match &again.envelope.as_ref().unwrap().message {
-                Message::File { file } => back.push(file.clone()),
+                Message::File { file, .. } => back.push(file.clone()),
                 other => panic!("unexpected message {other:?}"),
             }
             again.ack().await.unwrap();

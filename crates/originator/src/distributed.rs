@@ -8,11 +8,11 @@ use gorgon_exec::rsync;
 use gorgon_exec::signals::StopSignals;
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
-    names, Broker, BrokerError, Envelope, Inbox, JobDefinition, Message, SyncSettings,
+    names, Broker, BrokerError, Envelope, Inbox, JobDefinition, Message, RetryOf, SyncSettings,
 };
 use uuid::Uuid;
 
-use crate::engine::{handle_reply, Plan, StartError, Stop};
+use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
 use crate::events::EventSink;
 use crate::state::{JobState, Problem};
 use crate::view::Progress;
@@ -140,6 +140,9 @@ pub(crate) async fn run(
                         if let Some(reason) = handle_reply(state, &progress, events, settings.max_crash_retries, envelope.message.clone()) {
                             stop = Some(Stop::Failed(reason));
                         }
+                        if let Err(error) = queue_retries(&broker, job_id, state, &progress, events).await {
+                            stop = Some(Stop::Failed(format!("cannot queue a retry: {error}")));
+                        }
                         let _ = incoming.ack().await;
                     }
                     Ok(envelope) => {
@@ -246,6 +249,37 @@ pub(crate) async fn run(
 }
 
 /// Tells a worker whether a file delivered again still needs a run.
+/// Queues the retries that the last reply decided, each marked with where it failed, so
+/// that it runs on another host (or worker).
+async fn queue_retries(
+    broker: &Broker,
+    job_id: Uuid,
+    state: &mut JobState,
+    progress: &Progress,
+    events: &mut EventSink,
+) -> Result<(), BrokerError> {
+    let retries = retries_to_queue(state, progress, events);
+    if retries.is_empty() {
+        return Ok(());
+    }
+    let other_hosts = state.listeners_working().len() > 1;
+    let messages = retries.into_iter().map(|retry| {
+        let message = Message::File {
+            file: retry.unit,
+            retry: Some(RetryOf {
+                host: retry.avoid.host,
+                worker_id: retry.avoid.worker_id,
+                other_hosts,
+                passed_on: 0,
+            }),
+        };
+        Envelope::new(job_id, message)
+    });
+    broker
+        .send_all_to_queue(&names::files_queue(job_id), messages)
+        .await
+}
+
 async fn answer_retry_check(
     broker: &Broker,
     state: &JobState,
@@ -344,7 +378,7 @@ impl Topology {
                 &self.files,
                 files
                     .iter()
-                    .map(|file| Envelope::new(self.job_id, Message::File { file: file.clone() })),
+                    .map(|file| Envelope::new(self.job_id, Message::file(file.clone()))),
             )
             .await?;
         let replies = broker.consume(&self.replies, None).await?;

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::events::{Event, EventSink, ProblemKind};
 use crate::files::{self, FilesError};
 use crate::rerun::RerunError;
+use crate::retries::Retry;
 use crate::settings::{ConfigError, Settings, StartOptions};
 use crate::state::{JobState, Problem, Settled};
 use crate::view::Progress;
@@ -206,6 +207,15 @@ pub(crate) fn handle_reply(
                     events.emit(Event::file_finished(&shown));
                     progress.file_finished(state, &shown)
                 }
+                Settled::Completed(settled) => {
+                    events.emit(Event::attempt_finished(&shown));
+                    events.emit(Event::file_finished(&settled));
+                    progress.file_finished(state, &settled)
+                }
+                Settled::Held => {
+                    events.emit(Event::attempt_finished(&shown));
+                    progress.attempt_finished(&shown);
+                }
                 Settled::Duplicate => {
                     tracing::info!(file = %shown.file, "dropping a second result for a settled file")
                 }
@@ -299,6 +309,31 @@ pub(crate) fn handle_reply(
         ),
     }
     None
+}
+
+/// The retries the last replies decided, recorded in the events and on the progress
+/// lines, for the engine to queue.
+pub(crate) fn retries_to_queue(
+    state: &mut JobState,
+    progress: &Progress,
+    events: &mut EventSink,
+) -> Vec<Retry> {
+    let retries = state.take_retries();
+    for retry in &retries {
+        events.emit(Event::RetryQueued {
+            unit: retry.unit.clone(),
+            attempt: retry.attempt,
+            failed_on_host: retry.avoid.host.clone(),
+            failed_on_worker_id: retry.avoid.worker_id,
+        });
+        progress.note(&format!(
+            "Running {} again (attempt {} of {})",
+            retry.unit,
+            retry.attempt,
+            state.retries().policy().retries + 1
+        ));
+    }
+    retries
 }
 
 #[cfg(test)]
@@ -593,7 +628,7 @@ mod tests {
     #[test]
     fn a_message_that_does_not_belong_on_the_reply_queue_is_dropped() {
         let mut run = Replies::new(&["a"], 2);
-        assert_eq!(run.send(Message::File { file: "a".into() }), None);
+        assert_eq!(run.send(Message::file("a")), None);
         assert!(run.kinds().is_empty());
         assert_eq!(run.state.finished(), 0);
         assert!(run.state.problems().is_empty());

@@ -35,15 +35,18 @@ pub enum Event {
         worker_id: u32,
     },
     /// A file's first and only result.
-    FileFinished {
-        file: String,
-        host: String,
-        worker_id: u32,
-        status: FileStatus,
-        seconds: f64,
-        exit: String,
-        output: String,
-        tests: Vec<TestResult>,
+    FileFinished(Outcome),
+    /// A result that is not final: its failed tests (or the file) run again
+    /// (`job.retries`). `file` is what ran: the queued file, or a retried test's id.
+    AttemptFinished(Outcome),
+    /// A failed test (by its id) or file is queued to run again, away from where it failed.
+    RetryQueued {
+        /// What runs again: a test's id, or the file.
+        unit: String,
+        /// 2 for the first retry.
+        attempt: u32,
+        failed_on_host: String,
+        failed_on_worker_id: u32,
     },
     /// Something went wrong outside a test file.
     Problem {
@@ -68,6 +71,34 @@ pub enum Event {
     },
 }
 
+/// One run's result, as [`Event::FileFinished`] and [`Event::AttemptFinished`] give it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    pub file: String,
+    pub host: String,
+    pub worker_id: u32,
+    pub status: FileStatus,
+    pub seconds: f64,
+    pub exit: String,
+    pub output: String,
+    pub tests: Vec<TestResult>,
+}
+
+impl Outcome {
+    fn of(result: &FileResult) -> Outcome {
+        Outcome {
+            file: result.file.clone(),
+            host: result.host.clone(),
+            worker_id: result.worker_id,
+            status: result.status,
+            seconds: result.seconds,
+            exit: result.exit.clone(),
+            output: result.output.clone(),
+            tests: result.tests.clone(),
+        }
+    }
+}
+
 /// What kind of problem a [`Event::Problem`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +118,9 @@ pub struct Totals {
     pub crashed: usize,
     pub timed_out: usize,
     pub not_run: usize,
+    /// Tests (or files, where the runner reports no tests) that failed and then passed on
+    /// a retry.
+    pub flaky: usize,
 }
 
 impl Totals {
@@ -98,22 +132,19 @@ impl Totals {
             crashed: state.count(FileStatus::Crashed),
             timed_out: state.count(FileStatus::TimedOut),
             not_run: state.total() - state.finished(),
+            flaky: state.retries().flaky().count(),
         }
     }
 }
 
 impl Event {
     pub fn file_finished(result: &FileResult) -> Event {
-        Event::FileFinished {
-            file: result.file.clone(),
-            host: result.host.clone(),
-            worker_id: result.worker_id,
-            status: result.status,
-            seconds: result.seconds,
-            exit: result.exit.clone(),
-            output: result.output.clone(),
-            tests: result.tests.clone(),
-        }
+        Event::FileFinished(Outcome::of(result))
+    }
+
+    /// A result held back for a retry.
+    pub fn attempt_finished(result: &FileResult) -> Event {
+        Event::AttemptFinished(Outcome::of(result))
     }
 
     pub fn problem(kind: ProblemKind, problem: &Problem) -> Event {
@@ -327,14 +358,15 @@ mod tests {
                     failed: 1,
                     crashed: 0,
                     timed_out: 0,
-                    not_run: 1
+                    not_run: 1,
+                    flaky: 1,
                 },
                 error: None,
             }),
             json!({"schema": 1, "time": "2023-11-14T22:13:20.125Z", "event": "run_finished",
                    "exit_code": 1, "seconds": 2.5,
                    "totals": {"files": 3, "passed": 1, "failed": 1, "crashed": 0,
-                              "timed_out": 0, "not_run": 1}})
+                              "timed_out": 0, "not_run": 1, "flaky": 1}})
         );
     }
 

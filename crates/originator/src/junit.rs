@@ -8,9 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use gorgon_protocol::{FileResult, FileStatus, TestResult, TestStatus};
 use quick_junit::{
-    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite, XmlString,
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite, XmlString,
 };
 
+use crate::retries::Retried;
 use crate::state::JobState;
 
 /// The name of the property that says where a test ran, as `host:worker`.
@@ -49,9 +50,47 @@ pub fn report(run: &RunInfo, state: &JobState) -> Report {
     // to pass with none gets an empty suite, not an invented case.
     let per_test = state.has_tests();
     for file in state.queued() {
-        report.add_test_suite(suite(file, state.result(file), per_test));
+        let retried: Vec<&Retried> = state
+            .retries()
+            .retried()
+            .iter()
+            .filter(|r| r.file == *file)
+            .collect();
+        report.add_test_suite(suite(file, state.result(file), per_test, &retried));
     }
     report
+}
+
+/// The earlier, failed attempts of a retried test or file as reruns of its case: a case
+/// that passed in the end has them as `flakyFailure`, one that failed every attempt as
+/// `rerunFailure`.
+fn add_reruns(case: &mut TestCase, retried: &Retried) {
+    let earlier = retried.attempts.iter().filter(|a| !a.passed);
+    let failed_in_the_end = !retried.flaky();
+    let count = retried.attempts.len();
+    for (number, attempt) in earlier.enumerate() {
+        if failed_in_the_end && number + 1 == count {
+            // The last attempt is the case's own failure.
+            break;
+        }
+        let mut rerun = TestRerun::new(NonSuccessKind::Failure);
+        rerun
+            .set_type("failure")
+            .set_time(seconds(attempt.seconds))
+            .set_system_out(format!(
+                "attempt {} at {}:{}",
+                number + 1,
+                attempt.place.host,
+                attempt.place.worker_id
+            ));
+        if let Some(message) = &attempt.message {
+            rerun.set_message(message.as_str());
+        }
+        if !attempt.output.is_empty() {
+            rerun.set_stack_trace(attempt.output.as_str());
+        }
+        case.status.add_rerun(rerun);
+    }
 }
 
 /// Writes the report to `path`, creating its folder.
@@ -70,7 +109,12 @@ pub fn write(path: &Path, report: &Report) -> Result<(), JunitError> {
 
 /// One file's suite; `per_test` when the run's runners report tests, so that a file that
 /// passed with none holds no case.
-fn suite(file: &str, result: Option<&FileResult>, per_test: bool) -> TestSuite {
+fn suite(
+    file: &str,
+    result: Option<&FileResult>,
+    per_test: bool,
+    retried: &[&Retried],
+) -> TestSuite {
     let mut suite = TestSuite::new(file);
     let Some(result) = result else {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
@@ -88,14 +132,25 @@ fn suite(file: &str, result: Option<&FileResult>, per_test: bool) -> TestSuite {
     };
     suite.set_time(seconds(result.seconds));
     let place = format!("{}:{}", result.host, result.worker_id);
+    // A file run again as a whole: its attempts belong to the file's case.
+    let whole = retried.iter().find(|r| r.unit == result.file);
     if result.tests.is_empty() {
-        if !(per_test && result.status == FileStatus::Passed) {
-            suite.add_test_case(file_case(result, &place));
+        if !(per_test && result.status == FileStatus::Passed) || whole.is_some() {
+            let mut case = file_case(result, &place);
+            if let Some(whole) = whole {
+                add_reruns(&mut case, whole);
+            }
+            suite.add_test_case(case);
         }
         return suite;
     }
     for test in &result.tests {
-        suite.add_test_case(test_case(result, test, &place));
+        let mut case = test_case(result, test, &place);
+        let id = test.id.as_deref();
+        if let Some(retried) = retried.iter().find(|r| id == Some(r.unit.as_str())) {
+            add_reruns(&mut case, retried);
+        }
+        suite.add_test_case(case);
     }
     // A file can fail outside its tests (a crash after the last test, a syntax error in a
     // helper): keep that failure visible as a case of its own.

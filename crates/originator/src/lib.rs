@@ -10,6 +10,7 @@ pub mod junit;
 pub mod local;
 pub mod ping;
 pub mod rerun;
+pub mod retries;
 pub mod run;
 pub mod settings;
 pub mod state;

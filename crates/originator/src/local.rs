@@ -20,7 +20,7 @@ use gorgon_protocol::{
 };
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 
-use crate::engine::{handle_reply, Plan, StartError, Stop};
+use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
 use crate::events::EventSink;
 use crate::state::JobState;
 use crate::view::Progress;
@@ -122,6 +122,9 @@ pub(crate) async fn run(
                 if let Some(reason) = take_in(received, &mut queue).and_then(|m| reply(state, events, m)) {
                     stop = Some(Stop::Failed(reason));
                 }
+                for retry in retries_to_queue(state, &progress, events) {
+                    queue.push_retry(retry.unit, retry.avoid.worker_id);
+                }
                 hand_out(&mut pool, &mut queue, state).await;
             }
             signal = signals.recv() => stop = Some(signal.into()),
@@ -211,11 +214,12 @@ async fn hand_out(pool: &mut Pool, queue: &mut HandOutQueue, state: &JobState) {
         pool.close_all();
         return;
     }
+    let others = pool.worker_count() > 1;
     for (worker_id, count) in pool.wants() {
         // A file settled meanwhile (crashed too often) is not handed out again.
-        let files = queue.take(count, |file| state.has_result(file));
+        let files = queue.take(worker_id, count, others, |file| state.has_result(file));
         if files.is_empty() {
-            break;
+            continue;
         }
         let refused = pool.give(worker_id, files).await;
         queue.put_back(refused);

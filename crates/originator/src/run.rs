@@ -56,7 +56,7 @@ async fn run(
     let Some((plan, queue)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
-    let mut state = JobState::new(queue);
+    let mut state = JobState::new(queue).with_retries(plan.settings.retries);
     // Installed once, before anything of the job starts: a signal at any moment from here on
     // stops the run (it waits in the streams until the engine looks).
     let mut signals = StopSignals::install();

@@ -27,6 +27,8 @@ pub struct StartOptions {
     pub files: Vec<String>,
     /// Overrides `job.file_timeout`, in seconds.
     pub file_timeout: Option<f64>,
+    /// Overrides `job.retries`.
+    pub retries: Option<u32>,
     /// Write a JUnit XML report here (overrides `junit_file`).
     pub junit: Option<PathBuf>,
     /// Write newline-delimited JSON events here; `-` is stdout.
@@ -57,6 +59,8 @@ pub struct Settings {
     pub runner: gorgon_protocol::RunnerSettings,
     /// How many times a file may kill its worker before it is reported as crashed.
     pub max_crash_retries: u32,
+    /// How failed tests run again (`job.retries`, `job.retry_budget`).
+    pub retries: crate::retries::RetryPolicy,
     pub callbacks: OriginatorCallbacks,
     pub listener_wait: Duration,
     pub runtime_file: Option<PathBuf>,
@@ -116,6 +120,8 @@ struct RawJob {
     runner: Option<gorgon_protocol::RunnerSettings>,
     file_timeout: Option<f64>,
     max_crash_retries: Option<u32>,
+    retries: Option<u32>,
+    retry_budget: Option<u32>,
     #[serde(default)]
     callbacks: OriginatorCallbacks,
     listener_wait: Option<f64>,
@@ -135,6 +141,9 @@ impl Settings {
         let mut settings = Settings::load(&options.config)?;
         if let Some(limit) = options.file_timeout {
             settings.runner.file_timeout = Some(limit);
+        }
+        if let Some(retries) = options.retries {
+            settings.retries.retries = retries;
         }
         Ok(settings)
     }
@@ -264,6 +273,10 @@ impl Settings {
             files: raw.files,
             runner,
             max_crash_retries: raw.job.max_crash_retries.unwrap_or(2),
+            retries: crate::retries::RetryPolicy {
+                retries: raw.job.retries.unwrap_or(0),
+                budget: raw.job.retry_budget,
+            },
             callbacks: raw.job.callbacks,
             listener_wait: Duration::from_secs_f64(listener_wait),
             runtime_file: raw.runtime_file.map(resolve),

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gorgon_protocol::{FileResult, FileStatus, TestStatus};
 
+use crate::retries::{Outcome, Retries, RetryPolicy};
+
 /// Something that went wrong outside a test file: a callback, a sync, a crashed process.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Problem {
@@ -17,10 +19,14 @@ pub struct Problem {
 }
 
 /// What a finish message meant for the run.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Settled {
     /// The file's first final result.
     New,
+    /// A failure whose tests (or file) run again (`job.retries`): not final yet.
+    Held,
+    /// A retry's result that gave its file its final result, this one.
+    Completed(FileResult),
     /// The file already had a result (a redelivered file finished twice): dropped.
     Duplicate,
     /// Not a file of this run: dropped.
@@ -48,6 +54,10 @@ pub struct JobState {
     /// file → how many workers died while running it.
     crashes: HashMap<String, u32>,
     problems: Vec<Problem>,
+    /// Failed tests and files that run again, and their attempts.
+    retries: Retries,
+    /// Tests reported so far, every attempt included (the default retry budget's base).
+    tests_reported: usize,
 }
 
 impl JobState {
@@ -65,7 +75,30 @@ impl JobState {
             slots: 0,
             crashes: HashMap::new(),
             problems: Vec::new(),
+            retries: Retries::default(),
+            tests_reported: 0,
         }
+    }
+
+    /// Runs failed tests again as `policy` says (no retries unless set).
+    pub fn with_retries(mut self, policy: RetryPolicy) -> Self {
+        self.retries = Retries::new(policy);
+        self
+    }
+
+    /// The run's retries: what to queue again, what was retried, the budget.
+    pub fn retries(&self) -> &Retries {
+        &self.retries
+    }
+
+    /// Tests reported so far, every attempt included.
+    pub fn tests_reported(&self) -> usize {
+        self.tests_reported
+    }
+
+    /// The retries decided since the last call, for the engine to queue.
+    pub fn take_retries(&mut self) -> Vec<crate::retries::Retry> {
+        self.retries.take_queued()
     }
 
     pub fn total(&self) -> usize {
@@ -86,9 +119,15 @@ impl JobState {
         self.results.get(file)
     }
 
-    /// Whether `file` already has its final result.
+    /// Whether `file` (a queued unit or a retry of one) already has its final result: no
+    /// worker needs to run it again.
     pub fn has_result(&self, file: &str) -> bool {
-        self.results.contains_key(file)
+        self.results.contains_key(file) || self.retries.is_done(file)
+    }
+
+    /// Whether `file` is a unit of this run: queued, or a retry of a failed test.
+    fn is_known(&self, file: &str) -> bool {
+        self.known.contains(file) || self.retries.is_retry_unit(file)
     }
 
     pub fn all_settled(&self) -> bool {
@@ -98,7 +137,7 @@ impl JobState {
     /// Records that a worker started `file`; false (and nothing recorded) when the file is
     /// not of this run or already has its result.
     pub fn file_started(&mut self, host: &str, worker_id: u32, file: &str) -> bool {
-        if self.results.contains_key(file) || !self.known.contains(file) {
+        if self.has_result(file) || !self.is_known(file) {
             return false;
         }
         self.hosts_that_ran.insert(host.to_owned());
@@ -120,15 +159,31 @@ impl JobState {
         if self.results.contains_key(&result.file) {
             return Settled::Duplicate;
         }
-        if !self.known.contains(&result.file) {
+        if !self.is_known(&result.file) {
             return Settled::Unknown;
         }
         self.hosts_that_ran.insert(result.host.clone());
+        self.tests_reported += result.tests.len();
+        match self.retries.take_result(result, self.tests_reported) {
+            Outcome::Final(result) => {
+                self.settle(result);
+                Settled::New
+            }
+            Outcome::Completed(result) => {
+                self.settle(result.clone());
+                Settled::Completed(result)
+            }
+            Outcome::Held => Settled::Held,
+            Outcome::Duplicate => Settled::Duplicate,
+        }
+    }
+
+    /// Records a queued unit's final result.
+    fn settle(&mut self, result: FileResult) {
         if result.status != FileStatus::Passed {
             self.failed.push(result.file.clone());
         }
         self.results.insert(result.file.clone(), result);
-        Settled::New
     }
 
     pub fn listener_accepted(&mut self, host: &str, slots: u32, queue: Option<String>) {
@@ -151,7 +206,8 @@ impl JobState {
 
     /// A worker died while running a file (the broker puts the file back in the queue).
     /// Once the file has killed `max_crash_retries` workers it is settled as crashed with
-    /// the worker's exit and output, and that result is returned. A worker that dies during
+    /// the worker's exit and output, and the final result this gave is returned (for a
+    /// retry of a failed test, its file's). A worker that dies during
     /// a batch blames none of its files: any of them may be at fault, and each runs again
     /// alone (workers never batch a file delivered again), where a death names its file.
     pub fn worker_crashed(
@@ -175,7 +231,8 @@ impl JobState {
         let file = files.remove(0);
         let crashes = self.crashes.entry(file.clone()).or_default();
         *crashes += 1;
-        if *crashes < max_crash_retries.max(1) || self.results.contains_key(&file) {
+        let crashes = *crashes;
+        if crashes < max_crash_retries.max(1) || self.has_result(&file) {
             return None;
         }
         let result = FileResult {
@@ -188,8 +245,11 @@ impl JobState {
             output: output.to_owned(),
             tests: Vec::new(),
         };
-        self.file_finished(result.clone());
-        Some(result)
+        match self.file_finished(result.clone()) {
+            Settled::New => Some(result),
+            Settled::Completed(settled) => Some(settled),
+            Settled::Held | Settled::Duplicate | Settled::Unknown => None,
+        }
     }
 
     pub fn listener_done(&mut self, host: &str) {

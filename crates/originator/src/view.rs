@@ -7,6 +7,7 @@ use std::time::Duration;
 use gorgon_protocol::{FileResult, FileStatus, TestResult, TestStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::retries::Retried;
 use crate::state::{JobState, Problem};
 
 /// Whether to colour stdout: only on a terminal, and never with `NO_COLOR` set.
@@ -136,6 +137,22 @@ impl Progress {
         self.update(state);
     }
 
+    /// Reports a result that is not a verdict yet: a failure whose tests (or file) run
+    /// again, or a retry while others of its file still run.
+    pub fn attempt_finished(&self, result: &FileResult) {
+        if self.quiet {
+            return;
+        }
+        let verdict = match result.status {
+            FileStatus::Passed => self.paint.green("PASS"),
+            _ => self.paint.yellow("FAIL"),
+        };
+        self.note(&format!(
+            "{verdict} {} at {}:{} ({}, {:.2} s), not final: retries run",
+            result.file, result.host, result.worker_id, result.exit, result.seconds
+        ));
+    }
+
     /// Reports a problem as it arrives (on stderr, beside the bar).
     pub fn problem(&self, problem: &Problem) {
         let mut text = format!(
@@ -192,6 +209,39 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
         if !result.output.is_empty() {
             writeln!(out, "{}", result.output.trim_end())?;
         }
+        let retried = state.retries().retried().iter();
+        for failing in retried.filter(|r| r.file == result.file && !r.flaky()) {
+            writeln!(out, "  {} failed every attempt:", paint.red(&failing.name))?;
+            write_attempts(out, failing, paint)?;
+        }
+    }
+    let flaky: Vec<&Retried> = state.retries().flaky().collect();
+    if !flaky.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
+        writeln!(
+            out,
+            "{} ({} failed, then passed on a retry; they do not fail the run):",
+            paint.yellow("Flaky"),
+            flaky.len()
+        )?;
+        for test in flaky {
+            if test.name == test.file {
+                writeln!(out, "  {}", paint.cyan(&test.file))?;
+            } else {
+                writeln!(out, "  {} ({})", paint.yellow(&test.name), test.unit)?;
+            }
+            write_attempts(out, test, paint)?;
+        }
+    }
+    if state.retries().exhausted() {
+        let (budget, _) = state.retries().budget(state.tests_reported());
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} the run's {budget} retries were spent: later failures were not run again",
+            paint.yellow("Retry budget:")
+        )?;
     }
     let problems: Vec<&Problem> = state.problems().iter().collect();
     if !problems.is_empty() {
@@ -231,8 +281,13 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     let failed = state.count(FileStatus::Failed);
     // A timed-out file was killed: it counts with the crashes in the totals.
     let crashed = state.count(FileStatus::Crashed) + state.count(FileStatus::TimedOut);
+    let flaky = if state.retries().policy().retries > 0 {
+        format!(", {} flaky", state.retries().flaky().count())
+    } else {
+        String::new()
+    };
     let summary = format!(
-        "{} files: {} passed, {} failed, {} crashed, {} not run in {:.1} s",
+        "{} files: {} passed, {} failed, {} crashed, {} not run{flaky} in {:.1} s",
         state.total(),
         state.count(FileStatus::Passed),
         failed,
@@ -295,18 +350,52 @@ fn write_failed_tests(
             }
         }
         if let Some(details) = test.details.as_deref() {
-            let lines: Vec<&str> = details.trim_end().lines().collect();
-            for line in lines.iter().take(BACKTRACE_LINES) {
-                writeln!(out, "     # {line}")?;
-            }
-            if lines.len() > BACKTRACE_LINES {
-                writeln!(
-                    out,
-                    "     # ... {} more lines",
-                    lines.len() - BACKTRACE_LINES
-                )?;
-            }
+            write_first_lines(out, details, "     # ")?;
         }
+    }
+    Ok(())
+}
+
+/// Every attempt of a retried test or file: where and how long it ran, and how it failed.
+fn write_attempts(out: &mut impl Write, retried: &Retried, paint: Paint) -> std::io::Result<()> {
+    for (number, attempt) in retried.attempts.iter().enumerate() {
+        let verdict = if attempt.passed {
+            paint.green("passed")
+        } else {
+            paint.red("failed")
+        };
+        let message = attempt
+            .message
+            .as_deref()
+            .and_then(|m| m.trim().lines().next())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "    attempt {} at {}:{} ({:.2} s) {verdict}{message}",
+            number + 1,
+            attempt.place.host,
+            attempt.place.worker_id,
+            attempt.seconds
+        )?;
+        write_first_lines(out, &attempt.output, "      ")?;
+    }
+    Ok(())
+}
+
+/// The first [`BACKTRACE_LINES`] lines of `text`, each after `prefix`, and how many more
+/// there are.
+fn write_first_lines(out: &mut impl Write, text: &str, prefix: &str) -> std::io::Result<()> {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    for line in lines.iter().take(BACKTRACE_LINES) {
+        writeln!(out, "{prefix}{line}")?;
+    }
+    if lines.len() > BACKTRACE_LINES {
+        writeln!(
+            out,
+            "{prefix}... {} more lines",
+            lines.len() - BACKTRACE_LINES
+        )?;
     }
     Ok(())
 }

@@ -802,12 +802,7 @@ mod tests {
         broker.declare_fanout(&exchange).await.unwrap();
         broker.bind(&queue, &exchange).await.unwrap();
         let mut inbox = broker.consume(&queue, None).await.unwrap();
-        let envelope = Envelope::new(
-            Uuid::new_v4(),
-            crate::Message::File {
-                file: "a.rb".into(),
-            },
-        );
+        let envelope = Envelope::new(Uuid::new_v4(), crate::Message::file("a.rb"));
         broker.publish(&exchange, &envelope).await.unwrap();
         let incoming = tokio::time::timeout(Duration::from_secs(10), inbox.next())
             .await

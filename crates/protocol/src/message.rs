@@ -109,9 +109,14 @@ pub enum Message {
     },
 
     // Originator to the files queue.
-    /// One test file to run, relative to the workspace.
+    /// One test file to run, relative to the workspace (or one test of it, by the id its
+    /// runner runs it alone with).
     File {
         file: String,
+        /// Set when it runs again after a failure (`job.retries`): where it failed, so that
+        /// it runs elsewhere.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryOf>,
     },
 
     // A worker to the originator, and the answer back to the worker's own queue.
@@ -207,6 +212,39 @@ pub struct FileResult {
     /// Per-test results, when the runner gives them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestResult>,
+}
+
+/// Where a file that runs again failed last: a retry runs on another host when another
+/// host has the job, else on another worker than this one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOf {
+    pub host: String,
+    pub worker_id: u32,
+    /// Whether another host works on the job: then the failing host passes the file on,
+    /// for another host to take.
+    #[serde(default)]
+    pub other_hosts: bool,
+    /// How many times the failing host has passed it on already (it runs there after
+    /// [`RetryOf::MAX_PASSES`]).
+    #[serde(default)]
+    pub passed_on: u32,
+}
+
+impl RetryOf {
+    /// How many times the host a retry failed on passes it on before running it itself:
+    /// each time it goes to the back of the files queue, where the next host with a free
+    /// slot takes it.
+    pub const MAX_PASSES: u32 = 3;
+}
+
+impl Message {
+    /// A file to run for the first time.
+    pub fn file(file: impl Into<String>) -> Message {
+        Message::File {
+            file: file.into(),
+            retry: None,
+        }
+    }
 }
 
 /// The outcome of one test inside a file.
@@ -416,8 +454,15 @@ mod tests {
                 listener_queue: "q".into(),
                 name: "h1".into(),
             },
+            Message::file("t/a.sh"),
             Message::File {
-                file: "t/a.sh".into(),
+                file: "t/a.sh:3".into(),
+                retry: Some(RetryOf {
+                    host: "h1".into(),
+                    worker_id: 2,
+                    other_hosts: true,
+                    passed_on: 1,
+                }),
             },
             Message::RetryCheck {
                 file: "t/a.sh".into(),

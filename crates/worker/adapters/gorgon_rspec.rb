@@ -159,6 +159,10 @@ GorgonRunner.serve(version) do |files, args, shared|
   world.non_example_failure = false if world.respond_to?(:non_example_failure=)
   world.wants_to_quit = false if world.respond_to?(:wants_to_quit=)
   world.rspec_is_quitting = false if world.respond_to?(:rspec_is_quitting=)
+  # RSpec keeps the declaration lines of the groups it had when it first matched a
+  # `file:LINE` filter, and `RSpec.clear_examples` does not forget them: without this, a
+  # session that ran `a_spec.rb:2` finds no example at `b_spec.rb:6`.
+  world.instance_variable_set(:@descending_declaration_line_numbers_by_file, nil)
   GorgonRspecFormatter.messages.clear
   RSpec.configuration.add_formatter(GorgonRspecFormatter)
   # Concurrent workers share the tree: none of them writes the example status file.

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use gorgon_protocol::{
-    names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, WorkerAssignment,
+    names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, RetryOf, WorkerAssignment,
 };
 
 /// How long the manager waits for the originator's answer about a file delivered again
@@ -40,12 +40,28 @@ pub(crate) struct Feeder<'a> {
     assignment: &'a WorkerAssignment,
     files: Option<Inbox>,
     /// Delivered files no worker has taken yet, in delivery order.
-    waiting: VecDeque<(String, Incoming)>,
+    waiting: VecDeque<Delivered>,
     /// Files given to workers, until their result is confirmed or they come back.
     held: HashMap<String, VecDeque<Incoming>>,
     /// Where the originator answers about files delivered again; opened at the first one.
     retries: Option<RetryChannel>,
     ended: Option<Ended>,
+}
+
+/// A delivered file that no worker has taken yet.
+struct Delivered {
+    file: String,
+    incoming: Incoming,
+    /// A retry of a failure on this host: the worker it failed on, which leaves it to
+    /// another worker when there is one.
+    avoid_worker: Option<u32>,
+}
+
+impl Delivered {
+    /// A file delivered again (its worker died somewhere) or a retry runs alone.
+    fn alone(&self) -> bool {
+        self.incoming.redelivered || self.avoid_worker.is_some()
+    }
 }
 
 /// Where the manager hears the originator's answers about files delivered again.
@@ -118,21 +134,30 @@ impl<'a> Feeder<'a> {
 
     /// Keeps a delivery for a worker if it is a file to run (settling it otherwise).
     pub(crate) async fn admit(&mut self, incoming: Incoming) {
-        if let Some(file) = self.accept(&incoming).await {
-            self.waiting.push_back((file, incoming));
+        if let Some(delivered) = self.accept(incoming).await {
+            self.waiting.push_back(delivered);
         }
     }
 
-    /// Files for an idle worker that takes `count`: the next delivered one, then (unless
-    /// that one was delivered again, which runs alone) files waiting in the queue right
-    /// now, up to `count`. They are held until [`Feeder::done`] or [`Feeder::hand_back`].
-    pub(crate) async fn take(&mut self, count: usize) -> Vec<String> {
-        let Some((file, incoming)) = self.waiting.pop_front() else {
+    /// Files for idle worker `worker_id`, which takes `count`: the next delivered one that
+    /// it may run (a retry that failed on it is left for another worker when `others`,
+    /// another worker runs), then (unless that one runs alone: delivered again, or a retry)
+    /// files waiting in the queue right now, up to `count`. They are held until
+    /// [`Feeder::done`] or [`Feeder::hand_back`].
+    pub(crate) async fn take(&mut self, worker_id: u32, count: usize, others: bool) -> Vec<String> {
+        let Some(at) = self
+            .waiting
+            .iter()
+            .position(|d| !others || d.avoid_worker != Some(worker_id))
+        else {
             return Vec::new();
         };
-        let alone = incoming.redelivered;
-        let mut taken = vec![file.clone()];
-        self.hold(file, incoming);
+        let Some(first) = self.waiting.remove(at) else {
+            return Vec::new();
+        };
+        let alone = first.alone();
+        let mut taken = vec![first.file.clone()];
+        self.hold(first.file, first.incoming);
         while !alone && taken.len() < count {
             let Some((file, incoming)) = self.try_take().await else {
                 break;
@@ -148,7 +173,7 @@ impl<'a> Feeder<'a> {
     }
 
     /// A file waiting in the queue right now, never one delivered again (it runs alone, as
-    /// the first file of a later hand-out).
+    /// the first file of a later hand-out) or a retry (kept for a later hand-out).
     async fn try_take(&mut self) -> Option<(String, Incoming)> {
         loop {
             let incoming = match self.files.as_ref()?.try_next().await {
@@ -162,17 +187,26 @@ impl<'a> Feeder<'a> {
                 settle(incoming.requeue().await);
                 return None;
             }
-            if let Some(file) = self.accept(&incoming).await {
-                return Some((file, incoming));
+            if let Some(delivered) = self.accept(incoming).await {
+                if delivered.alone() {
+                    self.waiting.push_back(delivered);
+                    return None;
+                }
+                return Some((delivered.file, delivered.incoming));
             }
         }
     }
 
-    /// Files a worker could not take: back in front of the waiting ones.
+    /// Files a worker could not take: back in front of the waiting ones (a retry among
+    /// them runs alone, wherever it lands).
     pub(crate) fn refused(&mut self, files: Vec<String>) {
         for file in files.into_iter().rev() {
             if let Some(incoming) = self.release(&file) {
-                self.waiting.push_front((file, incoming));
+                self.waiting.push_front(Delivered {
+                    file,
+                    incoming,
+                    avoid_worker: None,
+                });
             }
         }
     }
@@ -209,8 +243,8 @@ impl<'a> Feeder<'a> {
         for incoming in held {
             settle(incoming.requeue().await);
         }
-        for (_, incoming) in std::mem::take(&mut self.waiting) {
-            settle(incoming.requeue().await);
+        for delivered in std::mem::take(&mut self.waiting) {
+            settle(delivered.incoming.requeue().await);
         }
     }
 
@@ -247,19 +281,19 @@ impl<'a> Feeder<'a> {
     }
 
     /// Checks a delivered message: the file to run, or `None` when the message was settled
-    /// here (foreign, unreadable, a file that already has a result, or the workspace is
-    /// gone, which ends the feed).
-    async fn accept(&mut self, incoming: &Incoming) -> Option<String> {
-        let file = match &incoming.envelope {
+    /// here (foreign, unreadable, a file that already has a result, a retry of a failure
+    /// here that another host should take, or the workspace is gone, which ends the feed).
+    async fn accept(&mut self, incoming: Incoming) -> Option<Delivered> {
+        let (file, retry) = match &incoming.envelope {
             Ok(envelope) if envelope.job_id != self.assignment.job_id => {
                 tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
                 settle(incoming.discard().await);
                 return None;
             }
             Ok(Envelope {
-                message: Message::File { file },
+                message: Message::File { file, retry },
                 ..
-            }) => file.clone(),
+            }) => (file.clone(), retry.clone()),
             Ok(envelope) => {
                 tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
                 settle(incoming.discard().await);
@@ -273,6 +307,18 @@ impl<'a> Feeder<'a> {
                 return None;
             }
         };
+        // A retry of a failure on this host goes to another host when one works on the job:
+        // passed on to the back of the queue, it reaches the next host with a free slot; if
+        // it keeps coming back, it runs here, on another worker.
+        let failed_here = retry.as_ref().filter(|r| r.host == self.assignment.host);
+        if let Some(retry) =
+            failed_here.filter(|r| r.other_hosts && r.passed_on < RetryOf::MAX_PASSES)
+        {
+            if self.pass_on(&incoming, &file, retry).await {
+                return None;
+            }
+        }
+        let avoid_worker = failed_here.map(|r| r.worker_id);
         if incoming.redelivered && !self.retry_allowed(&file).await {
             tracing::info!(file, "the file already has a result; not running it again");
             settle(incoming.ack().await);
@@ -285,7 +331,36 @@ impl<'a> Feeder<'a> {
             self.ended = Some(Ended::WorkspaceGone);
             return None;
         }
-        Some(file)
+        Some(Delivered {
+            file,
+            incoming,
+            avoid_worker,
+        })
+    }
+
+    /// Puts a retry that failed here at the back of the files queue for another host, and
+    /// settles this copy; false (nothing changed) when it could not be queued.
+    async fn pass_on(&self, incoming: &Incoming, file: &str, retry: &RetryOf) -> bool {
+        let copy = Message::File {
+            file: file.to_owned(),
+            retry: Some(RetryOf {
+                passed_on: retry.passed_on + 1,
+                ..retry.clone()
+            }),
+        };
+        let queue = names::files_queue(self.assignment.job_id);
+        let envelope = Envelope::new(self.assignment.job_id, copy);
+        match self.broker.send_to_queue(&queue, &envelope).await {
+            Ok(()) => {
+                tracing::info!(file, "a retry of a failure here: passed on to another host");
+                settle(incoming.ack().await);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, file, "cannot pass a retry on; running it here");
+                false
+            }
+        }
     }
 
     /// Asks the originator whether a file delivered again still needs a run. Without an

@@ -93,7 +93,7 @@ impl LocalTransport<'_> {
                 tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
             }
             Ok(Envelope {
-                message: Message::File { file },
+                message: Message::File { file, .. },
                 ..
             }) => return Some(file),
             Ok(envelope) => {

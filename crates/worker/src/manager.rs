@@ -112,7 +112,10 @@ async fn manage_connected(
                 if feeder.waiting() == 0 {
                     break;
                 }
-                let files = feeder.take(count).await;
+                let files = feeder.take(worker_id, count, pool.worker_count() > 1).await;
+                if files.is_empty() {
+                    continue;
+                }
                 let refused = pool.give(worker_id, files).await;
                 feeder.refused(refused);
             }
@@ -296,12 +299,7 @@ mod tests {
         /// Queues files `1`..=`count` for the job's workers.
         async fn queue_files(&self, count: u32) {
             for file in 1..=count {
-                let envelope = Envelope::new(
-                    self.job,
-                    Message::File {
-                        file: file.to_string(),
-                    },
-                );
+                let envelope = Envelope::new(self.job, Message::file(file.to_string()));
                 self.broker
                     .send_to_queue(&names::files_queue(self.job), &envelope)
                     .await

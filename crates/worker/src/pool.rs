@@ -356,7 +356,7 @@ impl Pool {
         };
         let lines: Vec<u8> = files
             .iter()
-            .flat_map(|file| Envelope::new(job, Message::File { file: file.clone() }).encode_line())
+            .flat_map(|file| Envelope::new(job, Message::file(file.clone())).encode_line())
             .collect();
         if stdin.write_all(&lines).await.is_err() {
             return files;
@@ -378,6 +378,11 @@ impl Pool {
     /// Whether any worker runs or is about to be restarted.
     pub fn any_worker(&self) -> bool {
         !self.workers.is_empty() || !self.restarting.is_empty()
+    }
+
+    /// How many workers run.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
     }
 
     /// Whether every worker has exited.
@@ -430,45 +435,71 @@ fn hand_out_size(seconds_per_file: Option<f64>, batch_limit: Option<Duration>) -
     }
 }
 
-/// The in-memory feeder's queue: files in queue order, and the suspects, files whose
-/// worker died before their result, which are handed out alone from then on so that a
-/// death during one names it (as RabbitMQ's redelivered files are).
+/// The in-memory feeder's queue: files in queue order; the suspects, files whose worker
+/// died before their result, which are handed out alone from then on so that a death during
+/// one names it (as RabbitMQ's redelivered files are); and retries of failures, which go
+/// first, alone, to another worker than the one they failed on when there is one.
 #[derive(Debug, Default)]
 pub struct HandOutQueue {
     queue: VecDeque<String>,
     suspects: HashSet<String>,
+    /// Retry → the worker its last attempt failed on.
+    retries: HashMap<String, u32>,
 }
 
 impl HandOutQueue {
     pub fn new(files: impl IntoIterator<Item = String>) -> HandOutQueue {
         HandOutQueue {
             queue: files.into_iter().collect(),
-            suspects: HashSet::new(),
+            ..HandOutQueue::default()
         }
     }
 
-    /// Up to `count` files for one worker, in queue order, skipping those `settled` says
-    /// have a result; a suspect goes alone (first, or left for the next worker).
-    pub fn take(&mut self, count: usize, settled: impl Fn(&str) -> bool) -> Vec<String> {
+    /// Up to `count` files for worker `worker_id`, in queue order, skipping those `settled`
+    /// says have a result; a suspect or a retry goes alone (first, or left for the next
+    /// worker), and a retry that failed on this worker is left for another when `others`
+    /// (another worker runs).
+    pub fn take(
+        &mut self,
+        worker_id: u32,
+        count: usize,
+        others: bool,
+        settled: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let mut taken = Vec::new();
+        let mut left = Vec::new();
         while taken.len() < count {
             let Some(file) = self.queue.pop_front() else {
                 break;
             };
             if settled(&file) {
+                self.retries.remove(&file);
                 continue;
             }
-            let alone = self.suspects.contains(&file);
+            let retry = self.retries.get(&file).copied();
+            if others && retry == Some(worker_id) {
+                left.push(file);
+                continue;
+            }
+            let alone = retry.is_some() || self.suspects.contains(&file);
             if alone && !taken.is_empty() {
                 self.queue.push_front(file);
                 break;
             }
+            self.retries.remove(&file);
             taken.push(file);
             if alone {
                 break;
             }
         }
+        self.put_back(left);
         taken
+    }
+
+    /// A failure to run again, before everything else, away from `failed_on` (a worker).
+    pub fn push_retry(&mut self, file: String, failed_on: u32) {
+        self.retries.insert(file.clone(), failed_on);
+        self.queue.push_front(file);
     }
 
     /// Files a worker could not take, back at the front, in their order.
@@ -554,9 +585,9 @@ mod tests {
     #[test]
     fn files_are_handed_in_queue_order_and_settled_ones_are_skipped() {
         let mut files = queue(&["a", "b", "c", "d"]);
-        assert_eq!(files.take(2, |f| f == "a"), ["b", "c"]);
-        assert_eq!(files.take(5, |_| false), ["d"]);
-        assert!(files.take(1, |_| false).is_empty());
+        assert_eq!(files.take(1, 2, false, |f| f == "a"), ["b", "c"]);
+        assert_eq!(files.take(1, 5, false, |_| false), ["d"]);
+        assert!(files.take(1, 1, false, |_| false).is_empty());
         assert!(files.is_empty());
     }
 
@@ -565,21 +596,38 @@ mod tests {
         let mut files = queue(&["c", "d"]);
         files.put_back_suspects(vec!["a".into(), "b".into()]);
         // Both suspects go alone, in their order, before the rest.
-        assert_eq!(files.take(3, |_| false), ["a"]);
-        assert_eq!(files.take(3, |_| false), ["b"]);
-        assert_eq!(files.take(3, |_| false), ["c", "d"]);
+        assert_eq!(files.take(1, 3, false, |_| false), ["a"]);
+        assert_eq!(files.take(1, 3, false, |_| false), ["b"]);
+        assert_eq!(files.take(1, 3, false, |_| false), ["c", "d"]);
         // A suspect behind other files ends the hand-out before it.
         let mut files = queue(&["x", "s", "y"]);
         files.suspects.insert("s".into());
-        assert_eq!(files.take(3, |_| false), ["x"]);
-        assert_eq!(files.take(3, |_| false), ["s"]);
+        assert_eq!(files.take(1, 3, false, |_| false), ["x"]);
+        assert_eq!(files.take(1, 3, false, |_| false), ["s"]);
     }
 
     #[test]
     fn files_a_worker_could_not_take_go_back_in_front_in_order() {
         let mut files = queue(&["c"]);
         files.put_back(vec!["a".into(), "b".into()]);
-        assert_eq!(files.take(3, |_| false), ["a", "b", "c"]);
+        assert_eq!(files.take(1, 3, false, |_| false), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_retry_goes_first_alone_and_to_another_worker_than_the_one_it_failed_on() {
+        let mut files = queue(&["c", "d"]);
+        files.push_retry("a:3".into(), 2);
+        // Worker 2 leaves it for another worker, and takes what follows.
+        assert_eq!(files.take(2, 3, true, |_| false), ["c", "d"]);
+        // Worker 1 takes it, alone.
+        files.put_back(vec!["e".into()]);
+        files.push_retry("b:7".into(), 2);
+        assert_eq!(files.take(1, 3, true, |_| false), ["b:7"]);
+        assert_eq!(files.take(1, 3, true, |_| false), ["e"]);
+        assert_eq!(files.take(1, 3, true, |_| false), ["a:3"]);
+        // With no other worker, the one it failed on runs it.
+        files.push_retry("f:1".into(), 2);
+        assert_eq!(files.take(2, 3, false, |_| false), ["f:1"]);
     }
 
     #[test]
