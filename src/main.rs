@@ -68,6 +68,13 @@ enum Command {
         /// and does not fail the run (overrides `job.retries`).
         #[arg(long, value_name = "N")]
         retries: Option<u32>,
+        /// Stop once N files have failed for good: what runs is stopped and the rest is
+        /// reported as not run (overrides `job.max_fail`).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "fail_fast")]
+        max_fail: Option<u32>,
+        /// Stop at the first file that fails for good (`--max-fail 1`).
+        #[arg(long)]
+        fail_fast: bool,
         /// Run on this machine only, without broker, file server or listeners: the workers
         /// run in the project folder itself (`connection` and `file_server` are not needed).
         #[arg(long)]
@@ -315,6 +322,8 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             verbose,
             file_timeout,
             retries,
+            max_fail,
+            fail_fast,
             files,
             local,
             jobs,
@@ -324,6 +333,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 files,
                 file_timeout,
                 retries,
+                max_fail: max_fail.or(fail_fast.then_some(1)),
                 junit,
                 events,
                 failed,

@@ -145,7 +145,7 @@ fn a_run_writes_a_junit_report_and_an_event_stream() {
     assert_eq!(last["exit_code"], 1);
     assert_eq!(
         last["totals"],
-        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0, "flaky": 0})
+        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0, "flaky": 0, "quarantined": 0})
     );
 }
 

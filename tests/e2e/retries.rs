@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::Cluster;
+use crate::support::{Cluster, Project};
 use serde_json::json;
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -58,24 +58,61 @@ fn children_named(node: roxmltree::Node, tag: &str) -> usize {
     node.children().filter(|c| c.has_tag_name(tag)).count()
 }
 
-#[test]
-fn a_test_that_fails_then_passes_is_flaky_and_a_real_failure_shows_every_attempt() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("north", 2);
-    cluster.start_listener("south", 2);
-    let record = cluster.path().join("shaky.log");
-    let project = cluster.project(
-        "retries",
-        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
-    );
-    project.write("spec/checkout_spec.rb", &shaky_example(&record));
-    project.write("spec/refund_spec.rb", BROKEN_EXAMPLE);
-    for name in ["a", "b", "c"] {
-        project.write(&format!("spec/cart_{name}_spec.rb"), PASSING_EXAMPLE);
-    }
-    cluster.wait_for_listeners(&project, 2);
+/// `args` for a run on the listeners, then the same with `--local -j JOBS`: each check of
+/// this module holds for both.
+fn on_listeners_then_locally<'a>(args: &[&'a str], jobs: &'a str) -> [Vec<&'a str>; 2] {
+    let mut local = args.to_vec();
+    local.extend(["--local", "-j", jobs]);
+    [args.to_vec(), local]
+}
 
-    let run = project.start(&["--retries", "2", "--junit", "junit.xml"], RUN_LIMIT);
+/// The events of a run's `--events` file.
+fn events(project: &Project, name: &str) -> Vec<serde_json::Value> {
+    project
+        .read(name)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn events_of<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// The verdict of `file` in the run's `file_finished` events.
+fn verdict(events: &[serde_json::Value], file: &str) -> String {
+    let finished = events_of(events, "file_finished");
+    let event = finished
+        .iter()
+        .find(|e| e["file"] == file)
+        .unwrap_or_else(|| panic!("no file_finished of {file}"));
+    event["verdict"].as_str().unwrap().to_owned()
+}
+
+/// Where each run of the shaky example happened, one `host:worker` per run.
+fn places(record: &Path) -> Vec<String> {
+    std::fs::read_to_string(record)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One run of the RSpec project with a flaky and a broken example, with `--retries 2`
+/// (and `extra` arguments), checked: the same verdicts, report, JUnit and events on the
+/// listeners and with `--local`.
+fn check_flaky_and_broken(project: &Project, record: &Path, extra: &[&str]) {
+    let _ = std::fs::remove_file(record);
+    let mut args = vec![
+        "--retries",
+        "2",
+        "--junit",
+        "junit.xml",
+        "--events",
+        "events.jsonl",
+    ];
+    args.extend_from_slice(extra);
+    let run = project.start(&args, RUN_LIMIT);
 
     // The broken example fails the run; the shaky one does not.
     assert_eq!(run.code, 1, "{run:?}");
@@ -113,22 +150,7 @@ fn a_test_that_fails_then_passes_is_flaky_and_a_real_failure_shows_every_attempt
         r#"["spec/refund_spec.rb"]"#,
         "only the real failure is listed for --failed"
     );
-
-    // The example ran twice: first somewhere, then on the other host.
-    let places: Vec<String> = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(places.len(), 2, "{places:?}\n{run:?}");
-    let host = |place: &str| place.split(':').next().unwrap().to_owned();
-    assert_ne!(
-        host(&places[0]),
-        host(&places[1]),
-        "{places:?}\n--- north ---\n{}\n--- south ---\n{}",
-        cluster.listener_log("north"),
-        cluster.listener_log("south")
-    );
+    assert_eq!(places(record).len(), 2, "{run:?}");
 
     // JUnit: the flaky case passed with its failed attempt as a flakyFailure; the broken one
     // failed with its two earlier attempts as rerunFailures.
@@ -140,7 +162,155 @@ fn a_test_that_fails_then_passes_is_flaky_and_a_real_failure_shows_every_attempt
     let broken = junit_case(&doc, "Refunds refunds twice");
     assert_eq!(children_named(broken, "failure"), 1, "{junit}");
     assert_eq!(children_named(broken, "rerunFailure"), 2, "{junit}");
+
+    // Events: a test_retried per retry, by the example's id, and each file's verdict.
+    let events = events(project, "events.jsonl");
+    let retried: Vec<(String, u64)> = events_of(&events, "test_retried")
+        .iter()
+        .map(|e| {
+            (
+                e["unit"].as_str().unwrap().to_owned(),
+                e["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        ("spec/checkout_spec.rb:6".to_owned(), 2),
+        ("spec/refund_spec.rb:2".to_owned(), 2),
+        ("spec/refund_spec.rb:2".to_owned(), 3),
+    ];
+    let mut sorted = retried.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "{retried:?}");
+    assert_eq!(verdict(&events, "spec/checkout_spec.rb"), "flaky");
+    assert_eq!(verdict(&events, "spec/refund_spec.rb"), "failed");
+    assert_eq!(verdict(&events, "spec/cart_a_spec.rb"), "passed");
+    let last = events.last().unwrap();
+    assert_eq!(last["totals"]["flaky"], 1, "{last}");
+}
+
+#[test]
+fn a_test_that_fails_then_passes_is_flaky_and_a_real_failure_shows_every_attempt() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("north", 2);
+    cluster.start_listener("south", 2);
+    let record = cluster.path().join("shaky.log");
+    let project = cluster.project(
+        "retries",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    project.write("spec/checkout_spec.rb", &shaky_example(&record));
+    project.write("spec/refund_spec.rb", BROKEN_EXAMPLE);
+    for name in ["a", "b", "c"] {
+        project.write(&format!("spec/cart_{name}_spec.rb"), PASSING_EXAMPLE);
+    }
+    cluster.wait_for_listeners(&project, 2);
+
+    check_flaky_and_broken(&project, &record, &[]);
+    // The example ran twice: first somewhere, then on the other host.
+    let ran = places(&record);
+    let host = |place: &str| place.split(':').next().unwrap().to_owned();
+    assert_ne!(host(&ran[0]), host(&ran[1]), "{ran:?}");
     cluster.assert_no_job_processes(Duration::from_secs(15));
+
+    // The same on this machine alone, the retry on the other worker.
+    check_flaky_and_broken(&project, &record, &["--local", "-j", "2"]);
+    let ran = places(&record);
+    assert_ne!(ran[0], ran[1], "{ran:?}");
+}
+
+/// A file of two tests, `adds` and `charges`, of which `charges` fails on its first run;
+/// each records its runs in `record` (`charges`) and `record.adds`.
+struct OneFlakyTest {
+    runner: &'static str,
+    glob: &'static str,
+    path: &'static str,
+    text: fn(&Path) -> String,
+    /// The id of `charges`, by which it runs again.
+    id: &'static str,
+}
+
+fn pytest_file(record: &Path) -> String {
+    format!(
+        "import os\n\nRECORD = {record:?}\n\n\ndef test_adds():\n    with open(RECORD + '.adds', 'a') as out:\n        out.write('x\\n')\n\n\ndef test_charges():\n    first = not os.path.exists(RECORD)\n    with open(RECORD, 'a') as out:\n        out.write('x\\n')\n    assert not first, 'the payment service was slow'\n",
+        record = record.display().to_string()
+    )
+}
+
+fn minitest_file(record: &Path) -> String {
+    format!(
+        "require 'minitest/autorun'\n\nclass PayTest < Minitest::Test\n  RECORD = {record:?}\n\n  def test_adds\n    File.write(RECORD + '.adds', \"x\\n\", mode: 'a')\n  end\n\n  def test_charges\n    first = !File.exist?(RECORD)\n    File.write(RECORD, \"x\\n\", mode: 'a')\n    refute first, 'the payment service was slow'\n  end\nend\n",
+        record = record.display().to_string()
+    )
+}
+
+fn check_one_flaky_test(suite: OneFlakyTest) {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("east", 2);
+    cluster.start_listener("west", 2);
+    let record = cluster.path().join("charges.log");
+    let adds = cluster.path().join("charges.log.adds");
+    let project = cluster.project(
+        &format!("one-flaky-{}", suite.runner),
+        json!({"files": [suite.glob], "job": {"runner": {"kind": suite.runner, "command": ""}, "retries": 2}}),
+    );
+    project.write(suite.path, &(suite.text)(&record));
+    cluster.wait_for_listeners(&project, 2);
+    let runs = on_listeners_then_locally(&["--events", "events.jsonl"], "2");
+    for (round, args) in runs.iter().enumerate() {
+        let _ = std::fs::remove_file(&record);
+        let _ = std::fs::remove_file(&adds);
+        let run = project.start(args, RUN_LIMIT);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            run.stdout
+                .contains("1 files: 1 passed, 0 failed, 0 crashed, 0 not run, 1 flaky"),
+            "{run:?}"
+        );
+        assert!(run.stdout.contains("Tests: 2 passed"), "{run:?}");
+        // The runtime file remembers a flaky test, and the second run says so.
+        let before = if round == 0 {
+            ""
+        } else {
+            " (flaky once before)"
+        };
+        assert!(
+            run.stdout
+                .contains(&format!("({}){before}\n    attempt 1 at ", suite.id)),
+            "{run:?}"
+        );
+        // Only the flaky test ran again, by its id; its neighbour ran once.
+        assert_eq!(places(&record).len(), 2, "{run:?}");
+        assert_eq!(places(&adds).len(), 1, "{run:?}");
+        let events = events(&project, "events.jsonl");
+        let retried = events_of(&events, "test_retried");
+        assert_eq!(retried.len(), 1, "{events:?}");
+        assert_eq!(retried[0]["unit"], suite.id);
+        assert_eq!(verdict(&events, suite.path), "flaky");
+    }
+}
+
+#[test]
+fn only_the_flaky_test_of_a_pytest_file_runs_again() {
+    check_one_flaky_test(OneFlakyTest {
+        runner: "pytest",
+        glob: "tests/test_*.py",
+        path: "tests/test_pay.py",
+        text: pytest_file,
+        id: "tests/test_pay.py::test_charges",
+    });
+}
+
+#[test]
+fn only_the_flaky_test_of_a_minitest_file_runs_again() {
+    check_one_flaky_test(OneFlakyTest {
+        runner: "minitest",
+        glob: "test/*_test.rb",
+        path: "test/pay_test.rb",
+        text: minitest_file,
+        id: "test/pay_test.rb::PayTest#test_charges",
+    });
 }
 
 /// A test file that records each run's worker in `record` and fails on its first run.
@@ -152,7 +322,7 @@ fn shaky_script(record: &Path) -> String {
 }
 
 #[test]
-fn a_local_retry_runs_on_another_worker_and_the_budget_caps_retries() {
+fn a_file_without_test_ids_runs_again_whole_on_another_local_worker() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("project");
     let record = root.path().join("shaky.log");
@@ -169,7 +339,7 @@ fn a_local_retry_runs_on_another_worker_and_the_budget_caps_retries() {
     .unwrap();
     std::fs::write(dir.join("tests/a_shaky_test.sh"), shaky_script(&record)).unwrap();
     std::fs::write(dir.join("tests/b_test.sh"), "sleep 0.5\n").unwrap();
-    let project = crate::support::Project { dir: dir.clone() };
+    let project = Project { dir };
 
     let run = project.start(&["--local", "-j", "2"], RUN_LIMIT);
     assert_eq!(run.code, 0, "{run:?}");
@@ -179,11 +349,7 @@ fn a_local_retry_runs_on_another_worker_and_the_budget_caps_retries() {
         "{run:?}"
     );
     // A file that reports no tests runs again as a whole, on the other worker.
-    let workers: Vec<String> = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let workers = places(&record);
     assert_eq!(workers.len(), 2, "{workers:?}");
     assert_ne!(workers[0], workers[1], "{workers:?}");
     assert!(
@@ -191,30 +357,164 @@ fn a_local_retry_runs_on_another_worker_and_the_budget_caps_retries() {
             .contains("tests/a_shaky_test.sh\n    attempt 1 at "),
         "{run:?}"
     );
+}
 
-    // A budget of one retry: the first failure runs again (and fails again, three more
-    // times would be allowed), the second is final at once, and the report says why.
-    std::fs::write(dir.join("tests/a_shaky_test.sh"), "echo broken; exit 1\n").unwrap();
-    std::fs::write(dir.join("tests/b_test.sh"), "echo broken too; exit 1\n").unwrap();
-    let run = project.start(&["--local", "-j", "1", "--retries", "3"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    let config = json!({
-        "files": ["tests/*_test.sh"],
-        "failed_files": "gorgon-failed.json",
-        "job": {"runner": {"command": "sh {file}"}, "retries": 3, "retry_budget": 1},
-    });
-    std::fs::write(dir.join("gorgon.json"), config.to_string()).unwrap();
-    let capped = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(capped.code, 1, "{capped:?}");
-    assert!(
-        capped.stdout.contains("the run's 1 retries were spent"),
-        "{capped:?}"
+#[test]
+fn a_retry_budget_of_one_allows_one_retry_in_all_and_says_it_ran_out() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("east", 2);
+    cluster.start_listener("west", 2);
+    let project = cluster.project("budget", json!({"job": {"retries": 3, "retry_budget": 1}}));
+    for name in ["a", "b", "c"] {
+        project.write(
+            &format!("tests/{name}_test.sh"),
+            &format!("echo {name} is broken; exit 1\n"),
+        );
+    }
+    cluster.wait_for_listeners(&project, 2);
+    for args in &on_listeners_then_locally(&["--events", "events.jsonl"], "2") {
+        let run = project.start(args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains("3 files: 0 passed, 3 failed"),
+            "{run:?}"
+        );
+        assert!(
+            run.stdout.contains("the run's 1 retries were spent"),
+            "{run:?}"
+        );
+        // One retry in all: two attempts of one file, none of the others.
+        assert_eq!(run.stdout.matches("    attempt ").count(), 2, "{run:?}");
+        let events = events(&project, "events.jsonl");
+        assert_eq!(events_of(&events, "test_retried").len(), 1, "{events:?}");
+    }
+}
+
+#[test]
+fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("east", 2);
+    cluster.start_listener("west", 2);
+    let project = cluster.project(
+        "quarantine",
+        json!({"files": ["tests/test_*.py"], "quarantine_file": "quarantine.json",
+               "job": {"runner": {"kind": "pytest", "command": ""}, "retries": 2}}),
     );
-    let attempts = |run: &crate::support::Run| run.stdout.matches("    attempt ").count();
-    // Unbounded by the budget (default 10): two files, four attempts each.
-    assert_eq!(attempts(&run), 8, "{run:?}");
-    // One retry in all: two attempts of the first file, none of the second.
-    assert_eq!(attempts(&capped), 2, "{capped:?}");
+    project.write(
+        "tests/test_shop.py",
+        "def test_sells():\n    pass\n\n\ndef test_known_bug():\n    assert 1 == 2, 'still broken'\n\n\ndef test_fixed_since():\n    pass\n",
+    );
+    project.write("tests/test_cart.py", "def test_empty():\n    pass\n");
+    project.write(
+        "quarantine.json",
+        r#"["tests/test_shop.py::test_known_bug", "tests/test_shop.py::test_fixed_since"]"#,
+    );
+    cluster.wait_for_listeners(&project, 2);
+    for args in
+        &on_listeners_then_locally(&["--events", "events.jsonl", "--junit", "junit.xml"], "2")
+    {
+        let run = project.start(args, RUN_LIMIT);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains(
+                "2 files: 1 passed, 0 failed, 0 crashed, 0 not run, 0 flaky, 1 quarantined"
+            ),
+            "{run:?}"
+        );
+        // The framework's own count: the quarantined test did fail.
+        assert!(run.stdout.contains("Tests: 3 passed, 1 failed"), "{run:?}");
+        let section = run
+            .stdout
+            .split("Quarantined")
+            .nth(1)
+            .expect("a Quarantined section");
+        assert!(
+            section.contains("tests/test_shop.py::test_known_bug in tests/test_shop.py failed"),
+            "{run:?}"
+        );
+        assert!(section.contains("tests/test_shop.py::test_fixed_since in tests/test_shop.py passed (it may be released"), "{run:?}");
+        assert!(
+            !run.stdout.contains("File 'tests/test_shop.py' failed"),
+            "{run:?}"
+        );
+        // A quarantined failure is not retried.
+        let events = events(&project, "events.jsonl");
+        assert!(events_of(&events, "test_retried").is_empty(), "{events:?}");
+        assert_eq!(verdict(&events, "tests/test_shop.py"), "quarantined");
+        assert_eq!(events.last().unwrap()["totals"]["quarantined"], 1);
+        let junit = project.read("junit.xml");
+        let doc = roxmltree::Document::parse(&junit).unwrap();
+        let case = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name("testcase")
+                    && n.attribute("name")
+                        .is_some_and(|a| a.contains("test_known_bug"))
+            })
+            .unwrap_or_else(|| panic!("no known_bug case in {junit}"));
+        assert!(
+            case.descendants()
+                .any(|p| p.has_tag_name("property")
+                    && p.attribute("name") == Some("gorgon.quarantined")),
+            "{junit}"
+        );
+    }
+}
+
+#[test]
+fn max_fail_stops_the_run_and_reports_the_rest_as_not_run() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("east", 2);
+    cluster.start_listener("west", 2);
+    let project = cluster.project("max-fail", json!({}));
+    for i in 0..40 {
+        let body = if i % 4 == 1 {
+            "sleep 0.3; echo broken; exit 1\n"
+        } else {
+            "sleep 0.3\n"
+        };
+        project.write(&format!("tests/f{i:02}_test.sh"), body);
+    }
+    cluster.wait_for_listeners(&project, 2);
+    for args in &on_listeners_then_locally(&["--max-fail", "2", "--junit", "junit.xml"], "4") {
+        let run = project.start(args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(run.stdout.contains("Run stopped: "), "{run:?}");
+        assert!(run.stdout.contains("(the limit, --max-fail 2)"), "{run:?}");
+        let totals = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("40 files: "))
+            .unwrap();
+        let count = |word: &str| -> usize {
+            let before = totals.split(&format!(" {word}")).next().unwrap();
+            before.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        // The two that reached the limit, and at most what the four slots were running.
+        assert!(
+            (2..=2 + 4).contains(&(count("failed") + count("crashed"))),
+            "{totals}"
+        );
+        assert!(count("not run") > 0, "{totals}");
+        // The failed files list holds the failures and every file that did not run.
+        let listed: Vec<String> =
+            serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
+        let not_passed = count("failed") + count("crashed") + count("not run");
+        assert_eq!(listed.len(), not_passed, "{listed:?}");
+        // JUnit: what did not run is skipped, with the reason.
+        let junit = project.read("junit.xml");
+        let doc = roxmltree::Document::parse(&junit).unwrap();
+        let skipped = doc
+            .descendants()
+            .filter(|n| {
+                n.has_tag_name("skipped")
+                    && n.attribute("message")
+                        .is_some_and(|m| m.starts_with("not run: "))
+            })
+            .count();
+        assert_eq!(skipped, count("not run"), "{junit}");
+        cluster.assert_no_job_processes(Duration::from_secs(15));
+    }
 }
 
 /// An RSpec file whose example at `line` fails on its first run only (it records each run
@@ -270,7 +570,7 @@ fn retries_of_two_files_run_in_one_session_find_their_examples() {
         "a_spec.rb",
         shaky_spec("a", &root.path().join("a.log"), 0, 0),
     );
-    let project = crate::support::Project { dir };
+    let project = Project { dir };
 
     let run = project.start(&["--local", "-j", "2"], RUN_LIMIT);
     assert_eq!(run.code, 0, "{run:?}");

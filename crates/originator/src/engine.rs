@@ -31,6 +31,8 @@ pub enum StartError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Rerun(#[from] RerunError),
+    #[error(transparent)]
+    Quarantine(#[from] crate::quarantine::QuarantineError),
     #[error("cannot write the events file {}: {source}", path.display())]
     EventsFile {
         path: PathBuf,
@@ -204,12 +206,12 @@ pub(crate) fn handle_reply(
             let shown = result.clone();
             match state.file_finished(result) {
                 Settled::New => {
-                    events.emit(Event::file_finished(&shown));
+                    events.emit(Event::file_finished(&shown, state));
                     progress.file_finished(state, &shown)
                 }
                 Settled::Completed(settled) => {
                     events.emit(Event::attempt_finished(&shown));
-                    events.emit(Event::file_finished(&settled));
+                    events.emit(Event::file_finished(&settled, state));
                     progress.file_finished(state, &settled)
                 }
                 Settled::Held => {
@@ -223,6 +225,7 @@ pub(crate) fn handle_reply(
                     tracing::warn!(file = %shown.file, "dropping a result for a file this run did not queue")
                 }
             }
+            return state.max_fail_reached();
         }
         Message::CallbackFailed {
             host,
@@ -269,7 +272,7 @@ pub(crate) fn handle_reply(
             if let Some(settled) =
                 state.worker_crashed(&host, worker_id, &status, &output, max_crash_retries)
             {
-                events.emit(Event::file_finished(&settled));
+                events.emit(Event::file_finished(&settled, state));
                 progress.file_finished(state, &settled);
             }
             let problem = Problem {
@@ -281,6 +284,7 @@ pub(crate) fn handle_reply(
             progress.problem(&problem);
             events.emit(Event::problem(ProblemKind::WorkerCrashed, &problem));
             state.add_problem(problem);
+            return state.max_fail_reached();
         }
         Message::ManagerCrashed {
             host,
@@ -320,7 +324,7 @@ pub(crate) fn retries_to_queue(
 ) -> Vec<Retry> {
     let retries = state.take_retries();
     for retry in &retries {
-        events.emit(Event::RetryQueued {
+        events.emit(Event::TestRetried {
             unit: retry.unit.clone(),
             attempt: retry.attempt,
             failed_on_host: retry.avoid.host.clone(),

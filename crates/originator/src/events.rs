@@ -10,7 +10,7 @@ use gorgon_protocol::{FileResult, FileStatus, TestResult};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::state::{JobState, Problem};
+use crate::state::{JobState, Problem, Verdict};
 
 /// The version of the event format; bumped only when a field changes meaning or goes away.
 pub const SCHEMA: u32 = 1;
@@ -40,7 +40,7 @@ pub enum Event {
     /// (`job.retries`). `file` is what ran: the queued file, or a retried test's id.
     AttemptFinished(Outcome),
     /// A failed test (by its id) or file is queued to run again, away from where it failed.
-    RetryQueued {
+    TestRetried {
         /// What runs again: a test's id, or the file.
         unit: String,
         /// 2 for the first retry.
@@ -74,6 +74,9 @@ pub enum Event {
 /// One run's result, as [`Event::FileFinished`] and [`Event::AttemptFinished`] give it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Outcome {
+    /// The file's final verdict (in `file_finished` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
     pub file: String,
     pub host: String,
     pub worker_id: u32,
@@ -85,8 +88,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn of(result: &FileResult) -> Outcome {
+    fn of(result: &FileResult, verdict: Option<Verdict>) -> Outcome {
         Outcome {
+            verdict,
             file: result.file.clone(),
             host: result.host.clone(),
             worker_id: result.worker_id,
@@ -121,6 +125,8 @@ pub struct Totals {
     /// Tests (or files, where the runner reports no tests) that failed and then passed on
     /// a retry.
     pub flaky: usize,
+    /// Files that failed only in quarantined tests (or are quarantined).
+    pub quarantined: usize,
 }
 
 impl Totals {
@@ -133,18 +139,20 @@ impl Totals {
             timed_out: state.count(FileStatus::TimedOut),
             not_run: state.total() - state.finished(),
             flaky: state.retries().flaky().count(),
+            quarantined: state.quarantined_count(),
         }
     }
 }
 
 impl Event {
-    pub fn file_finished(result: &FileResult) -> Event {
-        Event::FileFinished(Outcome::of(result))
+    /// A file's final result, with its verdict in the run (`state` has settled it).
+    pub fn file_finished(result: &FileResult, state: &JobState) -> Event {
+        Event::FileFinished(Outcome::of(result, state.verdict(&result.file)))
     }
 
     /// A result held back for a retry.
     pub fn attempt_finished(result: &FileResult) -> Event {
-        Event::AttemptFinished(Outcome::of(result))
+        Event::AttemptFinished(Outcome::of(result, None))
     }
 
     pub fn problem(kind: ProblemKind, problem: &Problem) -> Event {
@@ -360,13 +368,15 @@ mod tests {
                     timed_out: 0,
                     not_run: 1,
                     flaky: 1,
+                    quarantined: 0,
                 },
                 error: None,
             }),
             json!({"schema": 1, "time": "2023-11-14T22:13:20.125Z", "event": "run_finished",
                    "exit_code": 1, "seconds": 2.5,
                    "totals": {"files": 3, "passed": 1, "failed": 1, "crashed": 0,
-                              "timed_out": 0, "not_run": 1, "flaky": 1}})
+                              "timed_out": 0, "not_run": 1, "flaky": 1,
+                              "quarantined": 0}})
         );
     }
 
@@ -392,9 +402,12 @@ mod tests {
                 id: None,
             }],
         };
+        let mut state = JobState::new(vec![result.file.clone()]);
+        state.file_finished(result.clone());
         assert_eq!(
-            pinned(Event::file_finished(&result)),
+            pinned(Event::file_finished(&result, &state)),
             json!({"schema": 1, "time": "2023-11-14T22:13:20.125Z", "event": "file_finished",
+                   "verdict": "failed",
                    "file": "t/cart_test.rb", "host": "alpha", "worker_id": 1,
                    "status": "failed", "seconds": 0.5, "exit": "exit status 1",
                    "output": "1 failure\n",

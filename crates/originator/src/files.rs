@@ -122,6 +122,24 @@ const SPLIT_COST_LIMIT: f64 = 1.5;
 /// kept for the files whose tests are recorded, to judge a split run of it against.
 pub const WHOLE_PREFIX: &str = "gorgon:whole:";
 
+/// History entries `gorgon:flaky:UNIT` (a test's id, or a file): how many runs found it
+/// flaky, so that the report can say a flaky test was flaky before.
+pub const FLAKY_PREFIX: &str = "gorgon:flaky:";
+
+/// Counts one more flaky run for each of `units` in `history`.
+pub fn record_flaky<'a>(history: &mut History, units: impl IntoIterator<Item = &'a str>) {
+    for unit in units {
+        *history.entry(format!("{FLAKY_PREFIX}{unit}")).or_default() += 1.0;
+    }
+}
+
+/// How many earlier runs found `unit` flaky.
+pub fn flaky_before(history: &History, unit: &str) -> u32 {
+    history
+        .get(&format!("{FLAKY_PREFIX}{unit}"))
+        .map_or(0, |count| *count as u32)
+}
+
 /// History entries `gorgon:keep-whole:FILE`: the file is never split again; the value is how
 /// many times its whole time its split run cost. Removing the entry lets it be split again.
 pub const KEEP_WHOLE_PREFIX: &str = "gorgon:keep-whole:";

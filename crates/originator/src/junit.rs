@@ -11,6 +11,7 @@ use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite, XmlString,
 };
 
+use crate::quarantine::Quarantine;
 use crate::retries::Retried;
 use crate::state::JobState;
 
@@ -56,10 +57,20 @@ pub fn report(run: &RunInfo, state: &JobState) -> Report {
             .iter()
             .filter(|r| r.file == *file)
             .collect();
-        report.add_test_suite(suite(file, state.result(file), per_test, &retried));
+        let context = SuiteContext {
+            per_test,
+            retried: &retried,
+            cut_short: state.cut_short(),
+            quarantine: state.quarantine(),
+        };
+        report.add_test_suite(suite(file, state.result(file), &context));
     }
     report
 }
+
+/// The name of the property that marks a quarantined test or file (`true`): its failure
+/// does not fail the run.
+pub const QUARANTINED_PROPERTY: &str = "gorgon.quarantined";
 
 /// The earlier, failed attempts of a retried test or file as reruns of its case: a case
 /// that passed in the end has them as `flakyFailure`, one that failed every attempt as
@@ -109,21 +120,46 @@ pub fn write(path: &Path, report: &Report) -> Result<(), JunitError> {
 
 /// One file's suite; `per_test` when the run's runners report tests, so that a file that
 /// passed with none holds no case.
-fn suite(
-    file: &str,
-    result: Option<&FileResult>,
+/// What a file's suite needs of the run beside its result.
+struct SuiteContext<'a> {
+    /// The run's runners report tests, so a file that passed with none holds no case.
     per_test: bool,
-    retried: &[&Retried],
-) -> TestSuite {
+    /// The file's retried tests (or the file itself).
+    retried: &'a [&'a Retried],
+    /// Why the run was cut short by `max_fail`, when it was.
+    cut_short: Option<&'a str>,
+    quarantine: &'a Quarantine,
+}
+
+fn suite(file: &str, result: Option<&FileResult>, context: &SuiteContext) -> TestSuite {
+    let SuiteContext {
+        per_test,
+        retried,
+        cut_short,
+        quarantine,
+    } = *context;
     let mut suite = TestSuite::new(file);
     let Some(result) = result else {
-        let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
-        status
-            .set_message("did not run")
-            .set_type("not run")
-            .set_description(
-                "the run ended before this file got a result (see the run's report for why)",
-            );
+        // Cut short by `max_fail`: skipped, with the reason; otherwise an error.
+        let status = match cut_short {
+            Some(reason) => {
+                let mut status = TestCaseStatus::skipped();
+                status
+                    .set_message(format!("not run: {reason}"))
+                    .set_type("not run");
+                status
+            }
+            None => {
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+                status
+                    .set_message("did not run")
+                    .set_type("not run")
+                    .set_description(
+                    "the run ended before this file got a result (see the run's report for why)",
+                );
+                status
+            }
+        };
         let mut case = TestCase::new(file, status);
         case.set_classname(classname_of(file));
         case.extra.insert("file".into(), file.into());
@@ -140,6 +176,9 @@ fn suite(
             if let Some(whole) = whole {
                 add_reruns(&mut case, whole);
             }
+            if !quarantine.found_in(result).is_empty() {
+                case.add_property(Property::new(QUARANTINED_PROPERTY, "true"));
+            }
             suite.add_test_case(case);
         }
         return suite;
@@ -149,6 +188,9 @@ fn suite(
         let id = test.id.as_deref();
         if let Some(retried) = retried.iter().find(|r| id == Some(r.unit.as_str())) {
             add_reruns(&mut case, retried);
+        }
+        if quarantine.covers_test(result, test) {
+            case.add_property(Property::new(QUARANTINED_PROPERTY, "true"));
         }
         suite.add_test_case(case);
     }

@@ -9,6 +9,7 @@ pub mod init;
 pub mod junit;
 pub mod local;
 pub mod ping;
+pub mod quarantine;
 pub mod rerun;
 pub mod retries;
 pub mod run;

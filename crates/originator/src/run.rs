@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::engine::{Plan, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files;
+use crate::quarantine::Quarantine;
 use crate::rerun::{self, Rerun};
 use crate::settings::{ConfigError, Settings, StartOptions};
 use crate::state::{JobState, Problem};
@@ -56,7 +57,14 @@ async fn run(
     let Some((plan, queue)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
-    let mut state = JobState::new(queue).with_retries(plan.settings.retries);
+    let quarantine = match &plan.settings.quarantine_file {
+        Some(path) => Quarantine::load(path)?,
+        None => Quarantine::default(),
+    };
+    let mut state = JobState::new(queue)
+        .with_retries(plan.settings.retries)
+        .with_quarantine(quarantine)
+        .with_max_fail(plan.settings.max_fail);
     // Installed once, before anything of the job starts: a signal at any moment from here on
     // stops the run (it waits in the streams until the engine looks).
     let mut signals = StopSignals::install();
@@ -177,9 +185,12 @@ async fn finish(
         // tests; for the others the runtime file stays Gorgon's plain map of seconds per file.
         let splits = settings.runner.kind.runs_single_tests();
         let slots = if splits { state.slots() } else { 0 };
-        if let Err(error) =
-            files::write_history(path, history.clone(), &state.timings(splits), slots)
-        {
+        let mut history = history.clone();
+        files::record_flaky(
+            &mut history,
+            state.retries().flaky().map(|r| r.unit.as_str()),
+        );
+        if let Err(error) = files::write_history(path, history, &state.timings(splits), slots) {
             eprintln!(
                 "gorgon: cannot write the runtime file {}: {error}",
                 path.display()
@@ -222,6 +233,7 @@ async fn finish(
 
     let ending = Ending {
         state: &state,
+        history,
         seconds: started.elapsed().as_secs_f64(),
         stopped_because: stop.as_ref().map(Stop::reason),
     };

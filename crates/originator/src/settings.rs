@@ -29,6 +29,8 @@ pub struct StartOptions {
     pub file_timeout: Option<f64>,
     /// Overrides `job.retries`.
     pub retries: Option<u32>,
+    /// Overrides `job.max_fail` (`--fail-fast` is 1).
+    pub max_fail: Option<u32>,
     /// Write a JUnit XML report here (overrides `junit_file`).
     pub junit: Option<PathBuf>,
     /// Write newline-delimited JSON events here; `-` is stdout.
@@ -61,6 +63,10 @@ pub struct Settings {
     pub max_crash_retries: u32,
     /// How failed tests run again (`job.retries`, `job.retry_budget`).
     pub retries: crate::retries::RetryPolicy,
+    /// Stop once this many files have failed for good (`job.max_fail`).
+    pub max_fail: Option<u32>,
+    /// `quarantine_file`: test ids and files whose failures never fail the run.
+    pub quarantine_file: Option<PathBuf>,
     pub callbacks: OriginatorCallbacks,
     pub listener_wait: Duration,
     pub runtime_file: Option<PathBuf>,
@@ -100,6 +106,7 @@ struct RawConfig {
     #[serde(default)]
     job: RawJob,
     runtime_file: Option<PathBuf>,
+    quarantine_file: Option<PathBuf>,
     failed_files: Option<PathBuf>,
     originator_log_file: Option<PathBuf>,
     cluster_id: Option<String>,
@@ -122,6 +129,7 @@ struct RawJob {
     max_crash_retries: Option<u32>,
     retries: Option<u32>,
     retry_budget: Option<u32>,
+    max_fail: Option<u32>,
     #[serde(default)]
     callbacks: OriginatorCallbacks,
     listener_wait: Option<f64>,
@@ -144,6 +152,9 @@ impl Settings {
         }
         if let Some(retries) = options.retries {
             settings.retries.retries = retries;
+        }
+        if let Some(limit) = options.max_fail {
+            settings.max_fail = Some(limit);
         }
         Ok(settings)
     }
@@ -277,6 +288,11 @@ impl Settings {
                 retries: raw.job.retries.unwrap_or(0),
                 budget: raw.job.retry_budget,
             },
+            max_fail: match raw.job.max_fail {
+                Some(0) => return Err(invalid("job.max_fail must be at least 1".into())),
+                limit => limit,
+            },
+            quarantine_file: raw.quarantine_file.map(resolve),
             callbacks: raw.job.callbacks,
             listener_wait: Duration::from_secs_f64(listener_wait),
             runtime_file: raw.runtime_file.map(resolve),

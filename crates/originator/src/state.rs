@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gorgon_protocol::{FileResult, FileStatus, TestStatus};
 
+use crate::quarantine::Quarantine;
 use crate::retries::{Outcome, Retries, RetryPolicy};
 
 /// Something that went wrong outside a test file: a callback, a sync, a crashed process.
@@ -58,6 +59,28 @@ pub struct JobState {
     retries: Retries,
     /// Tests reported so far, every attempt included (the default retry budget's base).
     tests_reported: usize,
+    quarantine: Quarantine,
+    /// Files that failed only in quarantined tests (or are quarantined), in the order their
+    /// results arrived: they do not fail the run.
+    quarantined: Vec<String>,
+    quarantined_set: HashSet<String>,
+    /// Stop once this many files have failed for good (`job.max_fail`).
+    max_fail: Option<u32>,
+    /// Why the run was cut short by `max_fail`, once it was.
+    cut_short: Option<String>,
+}
+
+/// A file's final verdict, as the event stream gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Passed,
+    /// Passed, after a test (or the file) failed and passed on a retry.
+    Flaky,
+    /// Failed, crashed or timed out: it fails the run.
+    Failed,
+    /// Failed only in quarantined tests (or a quarantined file): it does not fail the run.
+    Quarantined,
 }
 
 impl JobState {
@@ -77,7 +100,68 @@ impl JobState {
             problems: Vec::new(),
             retries: Retries::default(),
             tests_reported: 0,
+            quarantine: Quarantine::default(),
+            quarantined: Vec::new(),
+            quarantined_set: HashSet::new(),
+            max_fail: None,
+            cut_short: None,
         }
+    }
+
+    /// Failures of the tests and files in `quarantine` do not fail the run.
+    pub fn with_quarantine(mut self, quarantine: Quarantine) -> Self {
+        self.quarantine = quarantine;
+        self
+    }
+
+    /// The run stops once `limit` files have failed for good.
+    pub fn with_max_fail(mut self, limit: Option<u32>) -> Self {
+        self.max_fail = limit;
+        self
+    }
+
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    /// Files whose failures the quarantine covers, in the order their results arrived.
+    pub fn quarantined_results(&self) -> impl Iterator<Item = &FileResult> {
+        self.quarantined.iter().filter_map(|f| self.results.get(f))
+    }
+
+    /// When `max_fail` files have failed for good and files are left: why the run must stop
+    /// (once; later calls say nothing).
+    pub fn max_fail_reached(&mut self) -> Option<String> {
+        let limit = self.max_fail?;
+        if self.cut_short.is_some() || self.all_settled() || self.failed.len() < limit as usize {
+            return None;
+        }
+        let reason = format!(
+            "{} files failed (the limit, --max-fail {limit}); {} files are not run",
+            self.failed.len(),
+            self.unfinished().len()
+        );
+        self.cut_short = Some(reason.clone());
+        Some(reason)
+    }
+
+    /// Why the run was cut short by `max_fail`, if it was.
+    pub fn cut_short(&self) -> Option<&str> {
+        self.cut_short.as_deref()
+    }
+
+    /// The final verdict of a file that has its result.
+    pub fn verdict(&self, file: &str) -> Option<Verdict> {
+        let result = self.results.get(file)?;
+        Some(if self.quarantined_set.contains(file) {
+            Verdict::Quarantined
+        } else if result.status != FileStatus::Passed {
+            Verdict::Failed
+        } else if self.retries.flaky().any(|r| r.file == file) {
+            Verdict::Flaky
+        } else {
+            Verdict::Passed
+        })
     }
 
     /// Runs failed tests again as `policy` says (no retries unless set).
@@ -164,6 +248,12 @@ impl JobState {
         }
         self.hosts_that_ran.insert(result.host.clone());
         self.tests_reported += result.tests.len();
+        let first = !self.retries.is_retry_unit(&result.file);
+        if first && result.status != FileStatus::Passed && self.quarantine.covers_failure(&result) {
+            // A quarantined failure is not worth a retry.
+            self.settle(result);
+            return Settled::New;
+        }
         match self.retries.take_result(result, self.tests_reported) {
             Outcome::Final(result) => {
                 self.settle(result);
@@ -181,7 +271,12 @@ impl JobState {
     /// Records a queued unit's final result.
     fn settle(&mut self, result: FileResult) {
         if result.status != FileStatus::Passed {
-            self.failed.push(result.file.clone());
+            if self.quarantine.covers_failure(&result) {
+                self.quarantined.push(result.file.clone());
+                self.quarantined_set.insert(result.file.clone());
+            } else {
+                self.failed.push(result.file.clone());
+            }
         }
         self.results.insert(result.file.clone(), result);
     }
@@ -300,8 +395,18 @@ impl JobState {
             .collect()
     }
 
+    /// Files with `status` that count as such: a quarantined failure counts only among the
+    /// quarantined.
     pub fn count(&self, status: FileStatus) -> usize {
-        self.results.values().filter(|r| r.status == status).count()
+        self.results
+            .values()
+            .filter(|r| r.status == status && !self.quarantined_set.contains(&r.file))
+            .count()
+    }
+
+    /// Files whose failures the quarantine covers.
+    pub fn quarantined_count(&self) -> usize {
+        self.quarantined.len()
     }
 
     /// Tests with `status` over every file that has a result.

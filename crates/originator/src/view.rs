@@ -7,6 +7,7 @@ use std::time::Duration;
 use gorgon_protocol::{FileResult, FileStatus, TestResult, TestStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::quarantine::Quarantined;
 use crate::retries::Retried;
 use crate::state::{JobState, Problem};
 
@@ -178,6 +179,8 @@ impl Progress {
 /// How the run ended, for the report.
 pub struct Ending<'a> {
     pub state: &'a JobState,
+    /// The runtime file as the run read it: which tests were flaky before.
+    pub history: &'a crate::files::History,
     pub seconds: f64,
     /// Why the run stopped before every file had a result, if it did.
     pub stopped_because: Option<String>,
@@ -215,6 +218,39 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
             write_attempts(out, failing, paint)?;
         }
     }
+    let quarantined: Vec<Quarantined> = state
+        .quarantined_results()
+        .chain(
+            state
+                .queued()
+                .iter()
+                .filter_map(|f| state.result(f))
+                .filter(|r| r.status == FileStatus::Passed),
+        )
+        .flat_map(|result| state.quarantine().found_in(result))
+        .collect();
+    if !quarantined.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
+        writeln!(
+            out,
+            "{} ({} quarantined tests or files ran; they do not fail the run):",
+            paint.yellow("Quarantined"),
+            quarantined.len()
+        )?;
+        for entry in &quarantined {
+            let how = if entry.passed {
+                paint.green("passed (it may be released from the quarantine)")
+            } else {
+                paint.red("failed")
+            };
+            if entry.name == entry.file {
+                writeln!(out, "  {} {how}", entry.file)?;
+            } else {
+                writeln!(out, "  {} in {} {how}", entry.name, entry.file)?;
+            }
+        }
+    }
     let flaky: Vec<&Retried> = state.retries().flaky().collect();
     if !flaky.is_empty() {
         writeln!(out)?;
@@ -226,10 +262,20 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
             flaky.len()
         )?;
         for test in flaky {
+            let before = match crate::files::flaky_before(ending.history, &test.unit) {
+                0 => String::new(),
+                1 => " (flaky once before)".to_owned(),
+                runs => format!(" (flaky in {runs} runs before)"),
+            };
             if test.name == test.file {
-                writeln!(out, "  {}", paint.cyan(&test.file))?;
+                writeln!(out, "  {}{before}", paint.cyan(&test.file))?;
             } else {
-                writeln!(out, "  {} ({})", paint.yellow(&test.name), test.unit)?;
+                writeln!(
+                    out,
+                    "  {} ({}){before}",
+                    paint.yellow(&test.name),
+                    test.unit
+                )?;
             }
             write_attempts(out, test, paint)?;
         }
@@ -281,11 +327,13 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     let failed = state.count(FileStatus::Failed);
     // A timed-out file was killed: it counts with the crashes in the totals.
     let crashed = state.count(FileStatus::Crashed) + state.count(FileStatus::TimedOut);
-    let flaky = if state.retries().policy().retries > 0 {
-        format!(", {} flaky", state.retries().flaky().count())
-    } else {
-        String::new()
-    };
+    let mut flaky = String::new();
+    if state.retries().policy().retries > 0 {
+        flaky.push_str(&format!(", {} flaky", state.retries().flaky().count()));
+    }
+    if !state.quarantine().is_empty() {
+        flaky.push_str(&format!(", {} quarantined", state.quarantined_count()));
+    }
     let summary = format!(
         "{} files: {} passed, {} failed, {} crashed, {} not run{flaky} in {:.1} s",
         state.total(),
@@ -439,6 +487,7 @@ mod tests {
         state.file_finished(finished("c", FileStatus::Crashed, "segfault"));
         let mut out = Vec::new();
         let ending = Ending {
+            history: &crate::files::History::new(),
             state: &state,
             seconds: 1.25,
             stopped_because: Some("interrupted".into()),
@@ -488,6 +537,7 @@ mod tests {
         state.file_finished(ok);
         let mut out = Vec::new();
         let ending = Ending {
+            history: &crate::files::History::new(),
             state: &state,
             seconds: 2.0,
             stopped_because: None,
