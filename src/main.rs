@@ -11,6 +11,7 @@ use gorgon_exec::rsync::RsyncError;
 use gorgon_listener::install::InstallError;
 use gorgon_listener::ListenerError;
 use gorgon_originator::init::InitError;
+use gorgon_originator::settings::ReplayOptions;
 use gorgon_originator::{PingError, Settings, StartError, StartOptions};
 use gorgon_protocol::exit_code;
 use gorgon_worker::AssignmentError;
@@ -49,6 +50,10 @@ enum Command {
         /// report then goes to stderr). See docs/events.md.
         #[arg(long, value_name = "PATH")]
         events: Option<PathBuf>,
+        /// Write the run as one self-contained HTML page to PATH: its timeline, totals,
+        /// slowest files and tests, and failures (overrides `html_file`).
+        #[arg(long, value_name = "PATH")]
+        html: Option<PathBuf>,
         /// Run only the files listed in `failed_files` by the previous run.
         #[arg(long, conflicts_with = "files")]
         failed: bool,
@@ -79,6 +84,15 @@ enum Command {
         /// run in the project folder itself (`connection` and `file_server` are not needed).
         #[arg(long)]
         local: bool,
+        /// Run the files worker HOST:WORKER ran in the last run (from the run record beside
+        /// `failed_files`, or from the event stream --events names, which is then read), in
+        /// its order, in one worker on this machine: a failure that depends on what ran
+        /// before it reproduces.
+        #[arg(long, value_name = "HOST:WORKER", conflicts_with_all = ["files", "failed", "local"])]
+        replay: Option<String>,
+        /// With --replay: stop after this file (the one that failed).
+        #[arg(long, value_name = "FILE", requires = "replay")]
+        replay_until: Option<String>,
         /// With --local: how many workers (default: the number of cores).
         #[arg(long, short, value_name = "N", requires = "local", value_parser = clap::value_parser!(u32).range(1..))]
         jobs: Option<u32>,
@@ -129,6 +143,16 @@ enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Make the HTML report of a run from its saved event stream (`start --events PATH`).
+    ///
+    /// Example: gorgon report events.jsonl --html report.html
+    Report {
+        /// The event stream of one run.
+        events: PathBuf,
+        /// Where to write the page.
+        #[arg(long, value_name = "PATH")]
+        html: PathBuf,
     },
     /// List the listeners of the cluster with their versions and worker slots.
     ///
@@ -283,6 +307,8 @@ enum CliError {
     /// The assignment a worker manager or a worker reads from stdin.
     #[error(transparent)]
     Assignment(#[from] AssignmentError),
+    #[error(transparent)]
+    Html(#[from] gorgon_originator::html::HtmlError),
     #[error("start_rsync needs the file server's passwords, --secrets FILE with file_server.originator_password and file_server.listener_password (docs/security.md), or --anonymous to serve anyone who reaches it")]
     FileServerWithoutPasswords,
 }
@@ -305,6 +331,7 @@ impl CliError {
             }
             CliError::Install(InstallError::Exists(_) | InstallError::Write { .. })
             | CliError::Init(_)
+            | CliError::Html(_)
             | CliError::Rsync(_)
             | CliError::Assignment(_) => exit_code::FAILURE,
         }
@@ -317,6 +344,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             config,
             junit,
             events,
+            html,
             failed,
             quiet,
             verbose,
@@ -324,10 +352,22 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             retries,
             max_fail,
             fail_fast,
+            replay,
+            replay_until,
             files,
             local,
             jobs,
         } => {
+            let replay = replay.map(|worker| ReplayOptions {
+                worker,
+                until: replay_until,
+            });
+            // A replay runs in one worker on this machine.
+            let (local, jobs) = if replay.is_some() {
+                (true, Some(1))
+            } else {
+                (local, jobs)
+            };
             let options = StartOptions {
                 config,
                 files,
@@ -336,8 +376,10 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 max_fail: max_fail.or(fail_fast.then_some(1)),
                 junit,
                 events,
+                html,
                 failed,
                 quiet,
+                replay,
                 local: local.then(|| match jobs {
                     Some(jobs) => jobs as usize,
                     None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -408,6 +450,12 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             gorgon_listener::run(settings, shutdown)
                 .await
                 .map_err(CliError::ListenerStopped)?;
+            Ok(exit_code::SUCCESS)
+        }
+        Command::Report { events, html } => {
+            let timeline = gorgon_originator::html::Timeline::from_file(&events)?;
+            gorgon_originator::html::write(&html, &timeline)?;
+            println!("Wrote {}", html.display());
             Ok(exit_code::SUCCESS)
         }
         Command::Ping { config, timeout } => {

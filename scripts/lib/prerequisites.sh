@@ -91,11 +91,14 @@ start_rabbitmq() {
 }
 
 # Installs the test frameworks the built-in runners' tests use (tests/e2e/runners.rs): RSpec and
-# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest with pip when python3 lacks it.
+# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest with pip when python3 lacks it;
+# and Chromium, in which the HTML report's test renders the page (tests/e2e/ops.rs).
 install_test_frameworks() {
     local missing=()
     ruby -e 'require "rspec/core"' >/dev/null 2>&1 || missing+=(ruby-rspec)
     ruby -e 'require "minitest"' >/dev/null 2>&1 || missing+=(ruby-minitest)
+    # The HTML report's test renders the page in headless Chromium.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}" || return 1
     fi
@@ -105,4 +108,5 @@ install_test_frameworks() {
     fi
     ruby -e 'require "rspec/core"; require "minitest"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}"'
     python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'
+    chromium --version
 }

@@ -43,6 +43,108 @@ fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().filter_map(|e| e["event"].as_str()).collect()
 }
 
+/// The test files of a project, relative to it.
+fn project_files(project: &Project) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(project.dir.join("tests"))
+        .unwrap()
+        .map(|entry| format!("tests/{}", entry.unwrap().file_name().to_string_lossy()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `--html` writes one page that needs nothing from the network, with a bar per file on
+/// the timeline and each failure's details; `gorgon report` makes the same page from the
+/// saved event stream.
+#[test]
+fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("solo", 2);
+    cluster.start_listener("duo", 2);
+    let project = cluster.project("html", json!({}));
+    let record = cluster.path().join("record");
+    suite(&project, &record, 4, 2);
+    cluster.wait_for_listeners(&project, 2);
+
+    let run = project.start(
+        &["--html", "reports/run.html", "--events", "events.jsonl"],
+        RUN_LIMIT,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let page = project.read("reports/run.html");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert_eq!(page.matches(r#"<rect class="bar "#).count(), 6, "{page}");
+    assert_eq!(
+        page.matches(r#"<rect class="bar failed""#).count(),
+        2,
+        "{page}"
+    );
+    assert_eq!(page.matches(r#"class="failure""#).count(), 2, "{page}");
+    for file in project_files(&project) {
+        assert!(page.contains(&file), "{file} in {page}");
+    }
+    // Self-contained: no script, style or image from anywhere.
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "{page}"
+    );
+    assert!(!page.contains("https://"), "{page}");
+
+    let made = project.gorgon(&["report", "events.jsonl", "--html", "again.html"]);
+    assert!(made.status.success(), "{made:?}");
+    assert_eq!(project.read("again.html"), page);
+
+    // Chromium parses it, runs its script to the end (which marks the body), and draws it.
+    let path = project.dir.join("reports/run.html");
+    let url = format!("file://{}", path.display());
+    let profile = cluster.path().join("chromium-profile");
+    let chromium = |extra: &[&str]| {
+        let output = std::process::Command::new("timeout")
+            .args([
+                "60",
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium is installed (scripts/lib/prerequisites.sh)");
+        assert!(output.status.success(), "chromium: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert!(
+        dom.contains(r#"data-ready="yes""#),
+        "the page's script did not finish: {dom}"
+    );
+    let screenshot = cluster.path().join("report.png");
+    chromium(&[
+        &format!("--screenshot={}", screenshot.display()),
+        "--window-size=1200,900",
+    ]);
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    // A blank 1200 x 900 page compresses to a few kilobytes; this one has text and bars.
+    assert!(
+        png.len() > 20_000,
+        "a blank-looking screenshot: {} bytes",
+        png.len()
+    );
+
+    // A file that is not an event stream is a clear error.
+    project.write("notes.txt", "hello\n");
+    let refused = project.gorgon(&["report", "notes.txt", "--html", "x.html"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("notes.txt:1: not an event of gorgon start --events"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_run_writes_a_junit_report_and_an_event_stream() {
     let mut cluster = Cluster::new();
@@ -461,4 +563,87 @@ fn every_command_has_an_example_and_completions_are_generated() {
         assert!(stdout.contains("install_listener"), "{shell}");
         assert!(!stdout.contains("__work"), "{shell}");
     }
+}
+
+/// A test that fails only after another ran before it in the same worker (they share a file
+/// outside the workspace): the report prints the replay command, which runs that worker's
+/// files in order on this machine and reproduces the failure; `--replay-until` stops there.
+#[test]
+fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("solo", 1);
+    let project = cluster.project("replay", json!({}));
+    let shared = cluster.path().join("shared-state");
+    let shared = shared.display().to_string();
+    // Largest first: a, then b, then c, all in the one worker.
+    project.write(
+        "tests/a_test.sh",
+        &format!(
+            "# leaves state behind for whatever runs next\necho dirty > '{shared}'\n{}",
+            "# (the largest file: it runs first)\n".repeat(20)
+        ),
+    );
+    project.write(
+        "tests/b_test.sh",
+        &format!(
+            "if [ -e '{shared}' ]; then echo 'found state left by another test'; exit 1; fi\n"
+        ),
+    );
+    project.write("tests/c_test.sh", "true\n");
+
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("File 'tests/b_test.sh' failed"),
+        "{run:?}"
+    );
+    let command = "gorgon start --replay solo:1 --replay-until tests/b_test.sh";
+    assert!(run.stdout.contains(command), "{run:?}");
+    let failed_list = project.read("gorgon-failed.json");
+
+    // The listener's run wrote its worker's order; the printed command replays it.
+    std::fs::remove_file(&shared).unwrap();
+    let run = project.start(
+        &["--replay", "solo:1", "--replay-until", "tests/b_test.sh"],
+        RUN_LIMIT,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("Replaying the 2 files worker solo:1 ran"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("2 files: 1 passed, 1 failed"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("found state left by another test"),
+        "{run:?}"
+    );
+    // The replay leaves the listener run's failed files as they were.
+    assert_eq!(project.read("gorgon-failed.json"), failed_list);
+    // Alone, b passes: its failure depends on what ran before it.
+    std::fs::remove_file(&shared).unwrap();
+    let alone = project.start(&["--local", "tests/b_test.sh"], RUN_LIMIT);
+    assert_eq!(alone.code, 0, "{alone:?}");
+
+    // Without --replay-until, the whole sequence; from a saved event stream too.
+    let run = project.start(&["--events", "events.jsonl"], RUN_LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    std::fs::remove_file(&shared).unwrap();
+    let run = project.start(
+        &["--replay", "solo:1", "--events", "events.jsonl"],
+        RUN_LIMIT,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("3 files: 2 passed, 1 failed"),
+        "{run:?}"
+    );
+    // An unknown worker is named with the ones there are.
+    let run = project.start(&["--replay", "other:3"], RUN_LIMIT);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("no worker other:3"), "{run:?}");
+    assert!(run.stderr.contains("solo:1"), "{run:?}");
 }

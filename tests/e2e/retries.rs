@@ -233,14 +233,14 @@ struct OneFlakyTest {
 
 fn pytest_file(record: &Path) -> String {
     format!(
-        "import os\n\nRECORD = {record:?}\n\n\ndef test_adds():\n    with open(RECORD + '.adds', 'a') as out:\n        out.write('x\\n')\n\n\ndef test_charges():\n    first = not os.path.exists(RECORD)\n    with open(RECORD, 'a') as out:\n        out.write('x\\n')\n    assert not first, 'the payment service was slow'\n",
+        "import os\n\nRECORD = {record:?}\n\n\ndef test_adds():\n    with open(RECORD + '.adds', 'a') as out:\n        out.write('x\\n')\n\n\ndef test_charges():\n    first = not os.path.exists(RECORD)\n    with open(RECORD, 'a') as out:\n        out.write(os.environ['GORGON_HOST'] + '\\n')\n    assert not first, 'the payment service was slow'\n",
         record = record.display().to_string()
     )
 }
 
 fn minitest_file(record: &Path) -> String {
     format!(
-        "require 'minitest/autorun'\n\nclass PayTest < Minitest::Test\n  RECORD = {record:?}\n\n  def test_adds\n    File.write(RECORD + '.adds', \"x\\n\", mode: 'a')\n  end\n\n  def test_charges\n    first = !File.exist?(RECORD)\n    File.write(RECORD, \"x\\n\", mode: 'a')\n    refute first, 'the payment service was slow'\n  end\nend\n",
+        "require 'minitest/autorun'\n\nclass PayTest < Minitest::Test\n  RECORD = {record:?}\n\n  def test_adds\n    File.write(RECORD + '.adds', \"x\\n\", mode: 'a')\n  end\n\n  def test_charges\n    first = !File.exist?(RECORD)\n    File.write(RECORD, ENV['GORGON_HOST'] + \"\\n\", mode: 'a')\n    refute first, 'the payment service was slow'\n  end\nend\n",
         record = record.display().to_string()
     )
 }
@@ -257,7 +257,8 @@ fn check_one_flaky_test(suite: OneFlakyTest) {
     );
     project.write(suite.path, &(suite.text)(&record));
     cluster.wait_for_listeners(&project, 2);
-    let runs = on_listeners_then_locally(&["--events", "events.jsonl"], "2");
+    let runs =
+        on_listeners_then_locally(&["--events", "events.jsonl", "--junit", "junit.xml"], "2");
     for (round, args) in runs.iter().enumerate() {
         let _ = std::fs::remove_file(&record);
         let _ = std::fs::remove_file(&adds);
@@ -280,8 +281,20 @@ fn check_one_flaky_test(suite: OneFlakyTest) {
                 .contains(&format!("({}){before}\n    attempt 1 at ", suite.id)),
             "{run:?}"
         );
-        // Only the flaky test ran again, by its id; its neighbour ran once.
-        assert_eq!(places(&record).len(), 2, "{run:?}");
+        // Only the flaky test ran again, by its id; its neighbour ran once. On the
+        // listeners, the retry ran on the other one.
+        let hosts = places(&record);
+        assert_eq!(hosts.len(), 2, "{run:?}");
+        if round == 0 {
+            assert_ne!(hosts[0], hosts[1], "{hosts:?}");
+        }
+        let junit = project.read("junit.xml");
+        let doc = roxmltree::Document::parse(&junit).unwrap();
+        let flaky_failures = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("flakyFailure"))
+            .count();
+        assert_eq!(flaky_failures, 1, "{junit}");
         assert_eq!(places(&adds).len(), 1, "{run:?}");
         let events = events(&project, "events.jsonl");
         let retried = events_of(&events, "test_retried");

@@ -33,6 +33,8 @@ pub enum StartError {
     Rerun(#[from] RerunError),
     #[error(transparent)]
     Quarantine(#[from] crate::quarantine::QuarantineError),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
     #[error("cannot write the events file {}: {source}", path.display())]
     EventsFile {
         path: PathBuf,

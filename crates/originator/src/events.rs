@@ -10,6 +10,7 @@ use gorgon_protocol::{FileResult, FileStatus, TestResult};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::html::Timeline;
 use crate::state::{JobState, Problem, Verdict};
 
 /// The version of the event format; bumped only when a field changes meaning or goes away.
@@ -190,11 +191,13 @@ pub fn encode(event: &Event, at: DateTime<Utc>) -> String {
     .expect("an event always serializes")
 }
 
-/// Where events go: nowhere, stdout, or a file.
+/// Where events go: nowhere, stdout, or a file; and, for an HTML report, into a
+/// [`Timeline`].
 pub struct EventSink {
     out: Option<Box<dyn Write + Send>>,
     started: bool,
     finished: bool,
+    timeline: Option<Timeline>,
 }
 
 impl EventSink {
@@ -204,6 +207,7 @@ impl EventSink {
             out: None,
             started: false,
             finished: false,
+            timeline: None,
         }
     }
 
@@ -222,7 +226,19 @@ impl EventSink {
             out: Some(out),
             started: false,
             finished: false,
+            timeline: None,
         }
+    }
+
+    /// Also keeps the run's timeline, for an HTML report ([`EventSink::take_timeline`]).
+    pub fn with_timeline(mut self) -> EventSink {
+        self.timeline = Some(Timeline::default());
+        self
+    }
+
+    /// The timeline kept so far, if one is kept.
+    pub fn take_timeline(&mut self) -> Option<Timeline> {
+        self.timeline.take()
     }
 
     /// Writes and flushes one event. A sink that fails once (a dashboard that closed its
@@ -233,8 +249,19 @@ impl EventSink {
             Event::RunFinished { .. } => self.finished = true,
             _ => {}
         }
-        let Some(out) = &mut self.out else { return };
+        if self.out.is_none() && self.timeline.is_none() {
+            return;
+        }
         let line = encode(&event, Utc::now()) + "\n";
+        if let Some(timeline) = &mut self.timeline {
+            // The page is made from the stream's own lines, as from a saved stream.
+            let value: serde_json::Value =
+                serde_json::from_str(&line).expect("an encoded event is JSON");
+            if let Err(problem) = timeline.record(&value) {
+                tracing::warn!(problem, "the HTML report's timeline skipped an event");
+            }
+        }
+        let Some(out) = &mut self.out else { return };
         if let Err(error) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
             tracing::warn!(%error, "cannot write the event stream; no more events are written");
             self.out = None;

@@ -17,6 +17,7 @@ use crate::engine::{Plan, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files;
 use crate::quarantine::Quarantine;
+use crate::replay::RunRecord;
 use crate::rerun::{self, Rerun};
 use crate::settings::{ConfigError, Settings, StartOptions};
 use crate::state::{JobState, Problem};
@@ -32,13 +33,22 @@ pub async fn start(
     settings: Result<Settings, ConfigError>,
 ) -> Result<i32, StartError> {
     let started = Instant::now();
-    let mut events = match &options.events {
+    // A replay reads its `--events` file: the stream of the run it replays.
+    let writes_events = options.events.as_ref().filter(|_| options.replay.is_none());
+    let mut events = match writes_events {
         None => EventSink::none(),
         Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
             path: path.clone(),
             source,
         })?,
     };
+    let html = options
+        .html
+        .clone()
+        .or_else(|| settings.as_ref().ok().and_then(|s| s.html_file.clone()));
+    if html.is_some() {
+        events = events.with_timeline();
+    }
     let ran = match settings {
         Ok(settings) => run(options, settings, &mut events).await,
         Err(error) => Err(error.into()),
@@ -96,6 +106,27 @@ fn plan(
     } else {
         settings.files.clone()
     };
+    if let Some(replay) = &options.replay {
+        let source = options
+            .events
+            .clone()
+            .unwrap_or_else(|| RunRecord::path_for(&settings.failed_files));
+        let record = RunRecord::read(&source)?;
+        let files = record.replay(&replay.worker, replay.until.as_deref(), &source)?;
+        if !options.quiet {
+            eprintln!(
+                "Replaying the {} files worker {} ran in job {}, in its order, on this machine",
+                files.len(),
+                replay.worker,
+                record.job_id
+            );
+        }
+        let history = files::History::new();
+        let clock = (started, started_at);
+        return Ok(Some(planned(
+            options, settings, events, files, history, clock,
+        )));
+    }
     let found = if options.failed {
         match rerun::select(&settings.failed_files, &root)? {
             Rerun::Files { files, gone } if !files.is_empty() || !gone.is_empty() => {
@@ -142,7 +173,24 @@ fn plan(
         found
     };
     let queue = files::order(found, &history, &root);
+    let clock = (started, started_at);
+    Ok(Some(planned(
+        options, settings, events, queue, history, clock,
+    )))
+}
 
+/// The plan of a run of `queue`, in that order, started at `clock`, announced on the event
+/// stream.
+fn planned(
+    options: StartOptions,
+    settings: Settings,
+    events: &mut EventSink,
+    queue: Vec<String>,
+    history: files::History,
+    clock: (Instant, chrono::DateTime<chrono::Utc>),
+) -> (Plan, Vec<String>) {
+    let (started, started_at) = clock;
+    let root = settings.project_root.clone();
     let job_id = Uuid::new_v4();
     let project = project_name(&root);
     events.emit(Event::RunStarted {
@@ -162,7 +210,7 @@ fn plan(
         started,
         started_at,
     };
-    Ok(Some((plan, queue)))
+    (plan, queue)
 }
 
 /// Ends a run whichever engine ran it: the runtime file, the failed files list,
@@ -197,11 +245,23 @@ async fn finish(
             );
         }
     }
-    if let Err(error) = files::write_failed_files(&settings.failed_files, &state.not_passed()) {
-        eprintln!(
-            "gorgon: cannot write the failed files list {}: {error}",
-            settings.failed_files.display()
-        );
+    // A replay leaves the lists of the run it replays as they are.
+    if options.replay.is_none() {
+        if let Err(error) = files::write_failed_files(&settings.failed_files, &state.not_passed()) {
+            eprintln!(
+                "gorgon: cannot write the failed files list {}: {error}",
+                settings.failed_files.display()
+            );
+        }
+        let mut record = state.run_record().clone();
+        record.job_id = plan.job_id.to_string();
+        let path = RunRecord::path_for(&settings.failed_files);
+        if let Err(error) = record.write(&path) {
+            eprintln!(
+                "gorgon: cannot write the run record {}: {error}",
+                path.display()
+            );
+        }
     }
     if let Err(failure) = run_callback(
         CallbackName::AfterJobFinishes,
@@ -263,6 +323,13 @@ async fn finish(
         totals: Totals::of(&state),
         error: None,
     });
+    if let Some(path) = options.html.as_ref().or(settings.html_file.as_ref()) {
+        if let Some(timeline) = events.take_timeline() {
+            if let Err(error) = crate::html::write(path, &timeline) {
+                eprintln!("gorgon: {error}");
+            }
+        }
+    }
     code
 }
 

@@ -35,12 +35,26 @@ pub struct StartOptions {
     pub junit: Option<PathBuf>,
     /// Write newline-delimited JSON events here; `-` is stdout.
     pub events: Option<PathBuf>,
+    /// Write the HTML report here (overrides `html_file`).
+    pub html: Option<PathBuf>,
     /// Run only the files of the previous run's `failed_files` list.
     pub failed: bool,
     /// No progress lines: only the report.
     pub quiet: bool,
     /// `--local`: run on this machine with this many workers, without broker or file server.
     pub local: Option<usize>,
+    /// `--replay HOST:WORKER [--replay-until FILE]`: that worker's files of the last run
+    /// (or of the event stream `events` names, which is then read, not written), in order.
+    pub replay: Option<ReplayOptions>,
+}
+
+/// What `--replay` replays.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// `host:worker`.
+    pub worker: String,
+    /// Stop after this file (the one that failed).
+    pub until: Option<String>,
 }
 
 /// Everything `gorgon start` needs from its configuration, resolved and checked.
@@ -74,6 +88,8 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     /// Where `gorgon start` writes its JUnit XML report, if anywhere.
     pub junit_file: Option<PathBuf>,
+    /// `html_file`: where each run writes its HTML report.
+    pub html_file: Option<PathBuf>,
 }
 
 /// Where the originator pushes the tree and listeners pull it from.
@@ -111,6 +127,7 @@ struct RawConfig {
     originator_log_file: Option<PathBuf>,
     cluster_id: Option<String>,
     junit_file: Option<PathBuf>,
+    html_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +319,7 @@ impl Settings {
                 .unwrap_or_else(|| std::env::temp_dir().join("gorgon-failed-files.json")),
             log_file: raw.originator_log_file.map(resolve),
             junit_file: raw.junit_file.map(resolve),
+            html_file: raw.html_file.map(resolve),
             project_root,
         })
     }

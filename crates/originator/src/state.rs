@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use gorgon_protocol::{FileResult, FileStatus, TestStatus};
 
 use crate::quarantine::Quarantine;
+use crate::replay::RunRecord;
 use crate::retries::{Outcome, Retries, RetryPolicy};
 
 /// Something that went wrong outside a test file: a callback, a sync, a crashed process.
@@ -68,6 +69,8 @@ pub struct JobState {
     max_fail: Option<u32>,
     /// Why the run was cut short by `max_fail`, once it was.
     cut_short: Option<String>,
+    /// The order in which each worker started its files, for `--replay`.
+    record: RunRecord,
 }
 
 /// A file's final verdict, as the event stream gives it.
@@ -105,6 +108,7 @@ impl JobState {
             quarantined_set: HashSet::new(),
             max_fail: None,
             cut_short: None,
+            record: RunRecord::default(),
         }
     }
 
@@ -229,7 +233,13 @@ impl JobState {
             .entry((host.to_owned(), worker_id))
             .or_default()
             .push(file.to_owned());
+        self.record.started(format!("{host}:{worker_id}"), file);
         true
+    }
+
+    /// The order in which each worker started its files so far.
+    pub fn run_record(&self) -> &RunRecord {
+        &self.record
     }
 
     pub fn file_finished(&mut self, result: FileResult) -> Settled {

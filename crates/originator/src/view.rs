@@ -208,6 +208,17 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
             result.exit,
             result.seconds
         )?;
+        // A failure that may depend on what ran before it in the same worker.
+        if let Some(worker) = state.run_record().worker_before(&result.file) {
+            let file = shlex::try_quote(&result.file).unwrap_or_default();
+            writeln!(
+                out,
+                "  Replay this worker's files up to it here: {}",
+                paint.cyan(&format!(
+                    "gorgon start --replay {worker} --replay-until {file}"
+                ))
+            )?;
+        }
         write_failed_tests(out, result, paint)?;
         if !result.output.is_empty() {
             writeln!(out, "{}", result.output.trim_end())?;
