@@ -50,6 +50,10 @@ enum Command {
         /// report then goes to stderr). See docs/events.md.
         #[arg(long, value_name = "PATH")]
         events: Option<PathBuf>,
+        /// Print the output of running files as it comes, each line after `host:worker
+        /// file |`; `--live-output=FILE` (repeatable) for only those files.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "", require_equals = true, action = clap::ArgAction::Append)]
+        live_output: Vec<String>,
         /// Write the run as one self-contained HTML page to PATH: its timeline, totals,
         /// slowest files and tests, and failures (overrides `html_file`).
         #[arg(long, value_name = "PATH")]
@@ -345,6 +349,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             junit,
             events,
             html,
+            live_output,
             failed,
             quiet,
             verbose,
@@ -377,6 +382,11 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 junit,
                 events,
                 html,
+                // A bare `--live-output` asks for every file.
+                live_output: match live_output.iter().any(|file| file.is_empty()) {
+                    true => Some(Vec::new()),
+                    false => (!live_output.is_empty()).then_some(live_output),
+                },
                 failed,
                 quiet,
                 replay,

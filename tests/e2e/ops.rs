@@ -647,3 +647,89 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
     assert!(run.stderr.contains("no worker other:3"), "{run:?}");
     assert!(run.stderr.contains("solo:1"), "{run:?}");
 }
+
+/// Live output: a file that prints a line every 0.2 s shows its lines on the originator (and
+/// as `file_output` events) while it runs, long before its result; a file that prints 100 MB
+/// is cut to the documented cap and the run goes on. The same on the listeners and locally.
+#[test]
+fn running_files_stream_their_output_and_a_flood_is_cut_at_the_cap() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("solo", 2);
+    let project = cluster.project("live", json!({}));
+    project.write(
+        "tests/ticker_test.sh",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"tick $i\"; sleep 0.2; done\n",
+    );
+    project.write(
+        "tests/flood_test.sh",
+        "head -c 100000000 /dev/zero | tr '\\0' 'x' | fold -w 99\n",
+    );
+    for args in [
+        vec!["--live-output", "--events", "events.jsonl"],
+        vec![
+            "--live-output",
+            "--events",
+            "events.jsonl",
+            "--local",
+            "-j",
+            "2",
+        ],
+    ] {
+        let run = project.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
+        let place = if args.contains(&"--local") {
+            ":"
+        } else {
+            "solo:"
+        };
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.ends_with("tests/ticker_test.sh | tick 1"))
+            .unwrap_or_else(|| panic!("no live line of the ticker: {run:?}"));
+        assert!(line.contains(place), "{line}");
+        let events: Vec<serde_json::Value> = project
+            .read("events.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let time = |e: &serde_json::Value| {
+            chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap()
+        };
+        let of = |kind: &str, file: &str| -> Vec<&serde_json::Value> {
+            events
+                .iter()
+                .filter(|e| e["event"] == kind && e["file"] == file)
+                .collect()
+        };
+        // The ticker's first lines arrived a second or more before its result.
+        let ticks = of("file_output", "tests/ticker_test.sh");
+        let finished = of("file_finished", "tests/ticker_test.sh")[0];
+        assert!(ticks.len() >= 3, "{ticks:?}");
+        assert!(
+            ticks[0]["text"].as_str().unwrap().starts_with("tick 1\n"),
+            "{ticks:?}"
+        );
+        let ahead = time(finished) - time(ticks[0]);
+        assert!(ahead.num_milliseconds() >= 1000, "only {ahead} ahead");
+        let all: String = ticks.iter().map(|t| t["text"].as_str().unwrap()).collect();
+        assert_eq!(
+            all.lines().filter(|l| l.starts_with("tick ")).count(),
+            10,
+            "{all}"
+        );
+        // The flood: at most the cap and one line saying so.
+        let flood: String = of("file_output", "tests/flood_test.sh")
+            .iter()
+            .map(|t| t["text"].as_str().unwrap())
+            .collect();
+        assert!(flood.len() <= 64 * 1024 + 200, "{} bytes", flood.len());
+        assert!(flood.len() >= 60 * 1024, "{} bytes", flood.len());
+        assert!(
+            flood.contains("live output of this file stops here, at 64 KiB"),
+            "{}",
+            &flood[flood.len() - 300..]
+        );
+    }
+}

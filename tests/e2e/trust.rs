@@ -81,7 +81,7 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
         definition.callbacks.after_sync = Some(format!("touch {}", markers.join(marker).display()));
         let id = uuid::Uuid::new_v4();
         let message = Message::Job {
-            definition,
+            definition: Box::new(definition),
             reply_to: replies.clone(),
         };
         (id, Envelope::new(id, message).encode())

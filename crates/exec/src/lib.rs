@@ -15,4 +15,6 @@ pub mod tail;
 
 pub use callback::{run_callback, CallbackFailure};
 pub use output::OutputBuffer;
-pub use shell::{describe_status, terminate_group, CommandOutcome, RunningGroups, ShellCommand};
+pub use shell::{
+    describe_status, terminate_group, CommandOutcome, OutputTap, RunningGroups, ShellCommand,
+};

@@ -31,7 +31,12 @@ pub struct ShellCommand {
     pub timeout: Option<Duration>,
     /// Where the command's process group is counted while it runs.
     pub running: RunningGroups,
+    /// Gets a copy of every chunk of output as it is read (live output).
+    pub output_tap: Option<OutputTap>,
 }
+
+/// Where a copy of a running command's output goes, chunk by chunk.
+pub type OutputTap = tokio::sync::mpsc::UnboundedSender<Vec<u8>>;
 
 /// How a command ended.
 #[derive(Debug)]
@@ -158,6 +163,7 @@ impl ShellCommand {
             env: Vec::new(),
             timeout: None,
             running: RunningGroups::default(),
+            output_tap: None,
         }
     }
 
@@ -258,7 +264,12 @@ impl ShellCommand {
         let status = loop {
             tokio::select! {
                 chunk = rx.recv() => match chunk {
-                    Some(chunk) => output.push(&chunk),
+                    Some(chunk) => {
+                        if let Some(tap) = &self.output_tap {
+                            let _ = tap.send(chunk.clone());
+                        }
+                        output.push(&chunk)
+                    }
                     None => break child.wait().await,
                 },
                 status = child.wait() => break status,
@@ -278,6 +289,9 @@ impl ShellCommand {
         // grandchildren that keep them open.
         let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
         while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if let Some(tap) = &self.output_tap {
+                let _ = tap.send(chunk.clone());
+            }
             output.push(&chunk);
         }
         guard.disarm();

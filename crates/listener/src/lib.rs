@@ -402,7 +402,7 @@ async fn handle(
                 );
                 let job = job::Job {
                     id: job_id,
-                    definition: definition.clone(),
+                    definition: definition.as_ref().clone(),
                     reply_to: reply_to.clone(),
                 };
                 jobs.spawn(job::run_job(shared.clone(), job, stopping.clone()));

@@ -150,7 +150,10 @@ async fn answers_pings_and_reports_a_failed_sync_once() {
     let offer = Envelope::new(
         job,
         Message::Job {
-            definition: definition("rsync://127.0.0.1:1/src/nothing/", Callbacks::default()),
+            definition: Box::new(definition(
+                "rsync://127.0.0.1:1/src/nothing/",
+                Callbacks::default(),
+            )),
             reply_to: replies.clone(),
         },
     );
@@ -231,7 +234,7 @@ async fn a_failed_after_sync_is_reported_and_the_workspace_removed() {
     let offer = Envelope::new(
         job,
         Message::Job {
-            definition: definition(&source, callbacks),
+            definition: Box::new(definition(&source, callbacks)),
             reply_to: replies,
         },
     );

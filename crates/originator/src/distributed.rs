@@ -37,7 +37,6 @@ pub(crate) async fn run(
     signals: &mut StopSignals,
 ) -> Result<Option<Stop>, StartError> {
     let Plan {
-        options,
         settings,
         job_id,
         project,
@@ -52,7 +51,7 @@ pub(crate) async fn run(
         return Err(error);
     }
 
-    let progress = Progress::new(state.total(), options.quiet);
+    let progress = plan.progress(state.total());
     let tree_dir = format!("{}_{}", sanitize(&plan.host), sanitize(project));
     let location = rsync::tree_location(
         &file_server.host,
@@ -99,11 +98,12 @@ pub(crate) async fn run(
         },
         runner: settings.runner.clone(),
         callbacks: settings.callbacks.remote.clone(),
+        live_output: plan.live_output(),
     };
     let topology = Topology::new(job_id, &settings.cluster_id);
     let (mut replies, mut announcements) = topology.declare(&broker, state.queued()).await?;
     let job_message = Message::Job {
-        definition,
+        definition: Box::new(definition),
         reply_to: topology.replies.clone(),
     };
     match broker

@@ -137,6 +137,26 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Which files' output the workers stream: those `--live-output` names (every file
+    /// when it names none), and every file when the run writes events.
+    pub(crate) fn live_output(&self) -> gorgon_protocol::LiveOutput {
+        let shown = &self.options.live_output;
+        gorgon_protocol::LiveOutput {
+            enabled: shown.is_some() || self.options.events.is_some(),
+            files: match (shown, &self.options.events) {
+                (Some(files), None) => files.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// The progress display of this run, with the live output `--live-output` asks for.
+    pub(crate) fn progress(&self, total: usize) -> Progress {
+        let events_on_stdout = self.options.events.as_deref() == Some(std::path::Path::new("-"));
+        Progress::new(total, self.options.quiet)
+            .with_live_output(self.options.live_output.clone(), events_on_stdout)
+    }
+
     /// The tags of what the originator starts: this job on this host.
     pub(crate) fn tags(&self) -> JobTags {
         JobTags::new(self.job_id, &self.host)
@@ -228,6 +248,20 @@ pub(crate) fn handle_reply(
                 }
             }
             return state.max_fail_reached();
+        }
+        Message::FileOutput {
+            host,
+            worker_id,
+            file,
+            text,
+        } => {
+            progress.live_output(&format!("{host}:{worker_id}"), &file, &text);
+            events.emit(Event::FileOutput {
+                file,
+                host,
+                worker_id,
+                text,
+            });
         }
         Message::CallbackFailed {
             host,

@@ -49,6 +49,14 @@ pub enum Event {
         failed_on_host: String,
         failed_on_worker_id: u32,
     },
+    /// Output of a running file as it was produced: whole lines, at most 64 KiB per file
+    /// run (the worker's cap, `docs/events.md`).
+    FileOutput {
+        file: String,
+        host: String,
+        worker_id: u32,
+        text: String,
+    },
     /// Something went wrong outside a test file.
     Problem {
         kind: ProblemKind,

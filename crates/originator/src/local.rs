@@ -23,7 +23,6 @@ use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
 use crate::events::EventSink;
 use crate::state::JobState;
-use crate::view::Progress;
 
 /// How long the workers get, once every file has a result, to run `after_complete`.
 const FINISH_WAIT: Duration = Duration::from_secs(30);
@@ -42,7 +41,7 @@ pub(crate) async fn run(
     let settings = &plan.settings;
     let program = WorkerProgram::gorgon().map_err(StartError::LocalWorkers)?;
     plan.before_originate(signals).await?;
-    let progress = Progress::new(state.total(), plan.options.quiet);
+    let progress = plan.progress(state.total());
     let root = settings.project_root.clone();
     let host = plan.host.clone();
     let slots = u32::try_from(slots.max(1)).unwrap_or(u32::MAX);
@@ -59,6 +58,7 @@ pub(crate) async fn run(
             },
             runner: settings.runner.clone(),
             callbacks: settings.callbacks.remote.clone(),
+            live_output: plan.live_output(),
         },
         reply_to: "stdout".to_owned(),
         broker: settings.broker.clone(),

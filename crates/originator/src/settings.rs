@@ -37,6 +37,9 @@ pub struct StartOptions {
     pub events: Option<PathBuf>,
     /// Write the HTML report here (overrides `html_file`).
     pub html: Option<PathBuf>,
+    /// `--live-output[=FILE]...`: print these files' output as it comes (empty: every
+    /// file's).
+    pub live_output: Option<Vec<String>>,
     /// Run only the files of the previous run's `failed_files` list.
     pub failed: bool,
     /// No progress lines: only the report.

@@ -56,6 +56,10 @@ pub struct Progress {
     paint: Paint,
     /// `--quiet`: no bar and no lines; the report says it all.
     quiet: bool,
+    /// `--live-output`: the files whose live output is printed (empty: every file).
+    live: Option<Vec<String>>,
+    /// Live output goes to stderr (stdout holds the event stream).
+    live_to_stderr: bool,
 }
 
 impl Progress {
@@ -66,9 +70,9 @@ impl Progress {
             let bar =
                 ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             let template = if paint.0 {
-                "{prefix} [{bar:40.green}] {pos}/{len} {elapsed_precise}"
+                "{prefix} [{bar:40.green}] {pos}/{len} {elapsed_precise} {wide_msg}"
             } else {
-                "{prefix} [{bar:40}] {pos}/{len} {elapsed_precise}"
+                "{prefix} [{bar:40}] {pos}/{len} {elapsed_precise} {wide_msg}"
             };
             bar.set_style(
                 ProgressStyle::with_template(template)
@@ -79,7 +83,55 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(500));
             bar
         });
-        Progress { bar, paint, quiet }
+        Progress {
+            bar,
+            paint,
+            quiet,
+            live: None,
+            live_to_stderr: false,
+        }
+    }
+
+    /// Prints the live output of `files` (every file when empty) as it comes, on stdout, or
+    /// on stderr when stdout holds the event stream.
+    pub fn with_live_output(mut self, files: Option<Vec<String>>, to_stderr: bool) -> Self {
+        self.live = files;
+        self.live_to_stderr = to_stderr;
+        self
+    }
+
+    /// Output of a running file: printed line by line, each after `host:worker file |`,
+    /// when `--live-output` asks for it; its last line shows beside the bar either way.
+    pub fn live_output(&self, place: &str, file: &str, text: &str) {
+        if let Some(bar) = &self.bar {
+            if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                bar.set_message(format!("{file}: {}", last.trim_end()));
+            }
+        }
+        let wanted = self
+            .live
+            .as_ref()
+            .is_some_and(|files| files.is_empty() || files.iter().any(|f| f == file));
+        if !wanted {
+            return;
+        }
+        let prefix = self.paint.cyan(&format!("{place} {file} |"));
+        let lines: String = text
+            .lines()
+            .map(|line| format!("{prefix} {line}\n"))
+            .collect();
+        let print = || {
+            if self.live_to_stderr {
+                let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
+            }
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
     }
 
     /// A status line (pushing, waiting for listeners, ...).

@@ -18,6 +18,30 @@ pub struct JobDefinition {
     /// Shell commands run at fixed moments on the listener's side.
     #[serde(default)]
     pub callbacks: Callbacks,
+    /// Which files' output the workers stream while they run.
+    #[serde(default, skip_serializing_if = "LiveOutput::is_off")]
+    pub live_output: LiveOutput,
+}
+
+/// Which running files send their output as it is produced (`gorgon start --live-output`,
+/// and every file when the run writes events).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveOutput {
+    pub enabled: bool,
+    /// Only these files (or test ids); empty: every file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
+impl LiveOutput {
+    pub fn is_off(&self) -> bool {
+        !self.enabled
+    }
+
+    /// Whether `file`'s output is streamed.
+    pub fn wants(&self, file: &str) -> bool {
+        self.enabled && (self.files.is_empty() || self.files.iter().any(|f| f == file))
+    }
 }
 
 impl JobDefinition {
@@ -37,6 +61,7 @@ impl JobDefinition {
                 ..RunnerSettings::default()
             },
             callbacks,
+            live_output: LiveOutput::default(),
         }
     }
 }

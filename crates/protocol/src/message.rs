@@ -93,7 +93,8 @@ pub enum Message {
     // Originator to listeners (jobs exchange, or one listener's queue).
     /// A job to take part in. `reply_to` is the originator's reply queue.
     Job {
-        definition: JobDefinition,
+        /// Boxed: the largest message by far, carried rarely.
+        definition: Box<JobDefinition>,
         reply_to: String,
     },
     /// `gorgon ping`: answer with [`Message::PingReply`] on `reply_to`.
@@ -152,6 +153,14 @@ pub enum Message {
     SyncFailed {
         host: String,
         output: String,
+    },
+    /// Output of a file that is running, as it is produced (live output): whole lines,
+    /// bounded per file (`job.live_output`).
+    FileOutput {
+        host: String,
+        worker_id: u32,
+        file: String,
+        text: String,
     },
     /// A callback exited non-zero or could not be started.
     CallbackFailed {
@@ -438,13 +447,17 @@ mod tests {
                 after_sync: Some("make deps".into()),
                 ..Callbacks::default()
             },
+            live_output: crate::LiveOutput {
+                enabled: true,
+                files: vec!["t/a.sh".into()],
+            },
         }
     }
 
     fn every_message() -> Vec<Message> {
         vec![
             Message::Job {
-                definition: definition(),
+                definition: Box::new(definition()),
                 reply_to: "r".into(),
             },
             Message::Ping {
@@ -467,6 +480,12 @@ mod tests {
             Message::RetryCheck {
                 file: "t/a.sh".into(),
                 reply_to: "amq.gen-1".into(),
+            },
+            Message::FileOutput {
+                host: "h1".into(),
+                worker_id: 2,
+                file: "t/a.sh".into(),
+                text: "step 1\n".into(),
             },
             Message::RetryAnswer {
                 file: "t/a.sh".into(),
@@ -603,10 +622,15 @@ mod tests {
     fn version_one_json_still_decodes() {
         let old = r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job","definition":{"project":"shop","originator_host":"dev1","sync":{"source":"rsync://fs:43434/src/dev1_shop/","transport":"daemon","exclude":[".git"]},"runner":{"command":"sh {file}"},"callbacks":{"after_sync":"make deps"}},"reply_to":"r"}}"#;
         let decoded = Envelope::decode(old.as_bytes()).unwrap();
+        // Without `live_output`, no file's output is streamed.
+        let expected = JobDefinition {
+            live_output: crate::LiveOutput::default(),
+            ..definition()
+        };
         assert_eq!(
             decoded.message,
             Message::Job {
-                definition: definition(),
+                definition: Box::new(expected),
                 reply_to: "r".into()
             }
         );

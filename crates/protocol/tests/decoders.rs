@@ -52,7 +52,7 @@ fn valid_envelopes() -> Vec<Vec<u8>> {
     };
     let definition = JobDefinition::with_command("src/", "sh {file}", Default::default());
     let job_message = Message::Job {
-        definition,
+        definition: Box::new(definition),
         reply_to: "replies".into(),
     };
     [

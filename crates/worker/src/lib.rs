@@ -10,6 +10,7 @@
 mod builtin;
 mod feed;
 mod junit;
+mod live;
 mod local;
 mod manager;
 mod persistent;

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gorgon_exec::{CommandOutcome, OutputBuffer, RunningGroups, ShellCommand};
+use gorgon_exec::{CommandOutcome, OutputBuffer, OutputTap, RunningGroups, ShellCommand};
 use gorgon_protocol::{
     BatchRequest, FileDone, FileStatus, Isolation, RunOutcome, RunRequest, RunnerKind,
     RunnerSettings, TestResult, WorkerRequest,
@@ -54,6 +54,8 @@ pub struct PersistentRunner {
     /// Unless `batch_seconds` is 0, quick files may share a run when the runner offers it.
     batches: bool,
     session: Option<Session>,
+    /// Gets what the runner writes to a request's output file while it runs (live output).
+    output_tap: Option<OutputTap>,
     /// The warm runner its sessions fork from, when the listener keeps one for it.
     warm: Option<WarmFork>,
     /// Holds the built-in adapter scripts and each file's output.
@@ -106,6 +108,7 @@ impl Runner {
             allow_empty: settings.allow_empty_files,
             batches: settings.batch_limit().is_some(),
             session: None,
+            output_tap: None,
             warm,
             scratch,
             files_run: 0,
@@ -152,6 +155,15 @@ impl Runner {
         match self {
             Runner::Command(runner) => runner.base.running.clone(),
             Runner::Persistent(runner) => runner.command.running.clone(),
+        }
+    }
+
+    /// Where a copy of the output of the files it runs from now on goes, as it is printed
+    /// (live output); `None` stops it.
+    pub fn set_output_tap(&mut self, tap: Option<OutputTap>) {
+        match self {
+            Runner::Command(runner) => runner.base.output_tap = tap,
+            Runner::Persistent(runner) => runner.output_tap = tap,
         }
     }
 
@@ -389,7 +401,14 @@ impl PersistentRunner {
         let Some(session) = self.session.as_mut() else {
             unreachable!("prepare() started the runner");
         };
+        let tail = self
+            .output_tap
+            .clone()
+            .map(|tap| tokio::spawn(tail_file(output_path.to_owned(), tap)));
         let answer = session.run(request, self.limit).await;
+        if let Some(tail) = tail {
+            tail.abort();
+        }
         let mut output = read_bounded(output_path).await;
         let _ = std::fs::remove_file(output_path);
         output.push_str(&session.take_stderr());
@@ -397,6 +416,32 @@ impl PersistentRunner {
             self.session = None;
         }
         (answer, output)
+    }
+}
+
+/// Sends what is appended to `path` to `tap`, every [`crate::live::FLUSH_EVERY`] / 2, until
+/// aborted: the output file a persistent runner writes while a request runs.
+async fn tail_file(path: std::path::PathBuf, tap: OutputTap) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut offset = 0u64;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        tokio::time::sleep(crate::live::FLUSH_EVERY / 2).await;
+        let Ok(mut file) = tokio::fs::File::open(&path).await else {
+            continue;
+        };
+        if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+            continue;
+        }
+        while let Ok(read) = file.read(&mut chunk).await {
+            if read == 0 {
+                break;
+            }
+            offset += read as u64;
+            if tap.send(chunk[..read].to_vec()).is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use gorgon_exec::{grace, run_callback, RunningGroups};
 use gorgon_protocol::{batch_size, CallbackName, FileResult, Message, WorkerAssignment};
 
+use crate::live::{LiveOutput, FLUSH_EVERY};
 use crate::runner::{refused, FileRun, Runner};
 use crate::{command_base, StdinClosed, EXIT_BROKEN};
 use gorgon_exec::signals::StopSignals;
@@ -278,19 +279,57 @@ async fn run_batch(
     // process group, or the persistent runner when the worker drops it), so leaving early
     // never leaves a test running.
     let running = runner.running();
-    let run = runner.run_files(&runnable);
-    tokio::pin!(run);
-    let runs = tokio::select! {
-        runs = &mut run => runs,
-        () = stdin.wait() => {
-            tracing::info!("the parent has gone; stopping the files");
-            return Err(stop_files(run, &running).await);
-        }
-        signal = signals.recv() => {
-            tracing::info!("{signal}; stopping the files");
-            return Err(stop_files(run, &running).await);
+    // A file that runs alone and whose output the run wants live sends it as it comes.
+    let live_file = match runnable.as_slice() {
+        [file] if assignment.definition.live_output.wants(file) => Some(file.clone()),
+        _ => None,
+    };
+    let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+    if live_file.is_some() {
+        runner.set_output_tap(Some(tap));
+    } else {
+        drop(tap);
+    }
+    let mut live = LiveOutput::default();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let live_message = |file: &str, text: String| Message::FileOutput {
+        host: host.clone(),
+        worker_id,
+        file: file.to_owned(),
+        text,
+    };
+    let runs = {
+        let run = runner.run_files(&runnable);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+            runs = &mut run => break runs,
+            Some(chunk) = chunks.recv() => live.push(&chunk),
+            _ = flush.tick(), if live_file.is_some() => {
+                if let (Some(file), Some(text)) = (&live_file, live.take(false)) {
+                    transport.send(live_message(file, text)).await?;
+                }
+            }
+            () = stdin.wait() => {
+                tracing::info!("the parent has gone; stopping the files");
+                return Err(stop_files(run, &running).await);
+            }
+            signal = signals.recv() => {
+                tracing::info!("{signal}; stopping the files");
+                return Err(stop_files(run, &running).await);
+            }
+            }
         }
     };
+    if let Some(file) = &live_file {
+        runner.set_output_tap(None);
+        while let Ok(chunk) = chunks.try_recv() {
+            live.push(&chunk);
+        }
+        if let Some(text) = live.take(true) {
+            transport.send(live_message(file, text)).await?;
+        }
+    }
     let mut runs = runs.into_iter();
     Ok(checked
         .into_iter()
