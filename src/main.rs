@@ -236,6 +236,11 @@ fn init_logging(default_level: &str, target: LogTarget) {
             .with_writer(std::io::stdout)
             .init(),
         LogTarget::File(path) => {
+            // A log folder that does not exist yet (Gorgon's `log/gorgon-originator.log` in a
+            // fresh checkout) is made.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(parent);
+            }
             match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -1150,3 +1150,104 @@ fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
     );
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
+
+/// A project set up for Ruby Gorgon: no `job.runner`, RSpec and Minitest files mixed, Gorgon's
+/// keys (`rsync_transport: "anonymous"`, `originator_log_file` in a folder that does not
+/// exist yet, `callbacks_class_file`). Each file runs with the runner its name calls for, on
+/// the listeners and locally; a file no runner is for stops the run before anything runs;
+/// `job.runner.by_glob` names runners by glob.
+#[test]
+fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("east", 2);
+    cluster.start_listener("west", 2);
+    let project = cluster.project(
+        "gorgon-style",
+        json!({
+            "files": ["test/**/*_test.rb", "spec/**/*_spec.rb"],
+            "originator_log_file": "log/gorgon-originator.log",
+            "runtime_file": "gorgon-runtime-file.json",
+            "job": {
+                "runner": null,
+                "sync": {"exclude": [".git", "log", "tmp"], "rsync_transport": "anonymous"},
+                "callbacks": {"callbacks_class_file": "test/gorgon_callbacks.rb"}
+            }
+        }),
+    );
+    project.write(
+        "spec/cart_spec.rb",
+        "RSpec.describe 'cart' do\n  it('adds') { expect(1 + 1).to eq(2) }\nend\n",
+    );
+    project.write(
+        "spec/refund_spec.rb",
+        "RSpec.describe 'refund' do\n  it('refunds') { expect(:no).to eq(:yes) }\nend\n",
+    );
+    project.write(
+        "test/unit/tax_test.rb",
+        "require 'minitest/autorun'\n\nclass TaxTest < Minitest::Test\n  def test_rate\n    assert_equal 20, 20\n  end\nend\n",
+    );
+    project.write(
+        "test/unit/price_test.rb",
+        "require 'minitest/autorun'\n\nclass PriceTest < Minitest::Test\n  def test_round\n    assert_equal 3, 2, 'rounding is off'\n  end\nend\n",
+    );
+    project.write(
+        "test/gorgon_callbacks.rb",
+        "# Gorgon::DefaultCallbacks subclass\n",
+    );
+    cluster.wait_for_listeners(&project, 2);
+    for args in [vec![], vec!["--local", "-j", "2"]] {
+        let run = project.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains("4 files: 2 passed, 2 failed"),
+            "{run:?}"
+        );
+        // Each framework counted its own tests: RSpec's failure and Minitest's.
+        assert!(run.stdout.contains("refund refunds failed"), "{run:?}");
+        assert!(run.stdout.contains("rounding is off"), "{run:?}");
+        assert!(run.stdout.contains("Tests: 2 passed, 2 failed"), "{run:?}");
+        assert!(
+            run.stderr
+                .contains("callbacks_class_file (test/gorgon_callbacks.rb) is not run"),
+            "{run:?}"
+        );
+        assert!(project.dir.join("log/gorgon-originator.log").exists());
+    }
+    // A file no runner is for: exit 3, named, before anything is pushed or run.
+    project.write("test/helper_check.sh", "exit 0\n");
+    let run = project.start(&["test/helper_check.sh", "spec/cart_spec.rb"], RUN_LIMIT);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("test/helper_check.sh has no runner"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("Pushing"), "{run:?}");
+
+    // By glob: the shell files with a command, the specs with RSpec.
+    let by_glob = cluster.project(
+        "by-glob",
+        json!({
+            "files": ["test/*.sh", "spec/*_spec.rb"],
+            "job": {"runner": {"by_glob": {"test/*.sh": {"command": "sh {file}"}, "spec/*_spec.rb": {"kind": "rspec"}}}}
+        }),
+    );
+    by_glob.write("test/ok.sh", "echo fine\n");
+    by_glob.write("test/broken.sh", "echo broken; exit 1\n");
+    by_glob.write(
+        "spec/cart_spec.rb",
+        "RSpec.describe 'cart' do\n  it('adds') { expect(1 + 1).to eq(2) }\nend\n",
+    );
+    for args in [vec![], vec!["--local", "-j", "2"]] {
+        let run = by_glob.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains("3 files: 2 passed, 1 failed"),
+            "{run:?}"
+        );
+        assert!(
+            run.stdout.contains("File 'test/broken.sh' failed"),
+            "{run:?}"
+        );
+        assert!(run.stdout.contains("Tests: 1 passed"), "{run:?}");
+    }
+}

@@ -35,6 +35,8 @@ pub enum StartError {
     Quarantine(#[from] crate::quarantine::QuarantineError),
     #[error(transparent)]
     Replay(#[from] crate::replay::ReplayError),
+    #[error(transparent)]
+    Runner(#[from] gorgon_protocol::RunnerChoiceError),
     #[error("cannot write the events file {}: {source}", path.display())]
     EventsFile {
         path: PathBuf,
@@ -122,6 +124,10 @@ impl Stop {
     }
 }
 
+/// After how long a running file whose output nobody asked for sends it anyway, so that a
+/// file that hangs shows its last lines beside the progress bar (and in the events).
+pub const LIVE_AFTER_SECONDS: f64 = 2.0;
+
 /// Everything a run knows before an engine takes it: the settings and the files.
 pub(crate) struct Plan {
     pub options: StartOptions,
@@ -147,6 +153,7 @@ impl Plan {
                 (Some(files), None) => files.clone(),
                 _ => Vec::new(),
             },
+            others_after_seconds: Some(LIVE_AFTER_SECONDS),
         }
     }
 

@@ -202,15 +202,7 @@ pub fn split_slow_files(files: Vec<String>, history: &History) -> Vec<String> {
     split
 }
 
-/// The file a queued unit belongs to: `spec/a_spec.rb:12` → `spec/a_spec.rb`,
-/// `tests/test_a.py::TestA::test_b[1]` → `tests/test_a.py`.
-pub fn unit_file(unit: &str) -> Option<&str> {
-    if let Some((file, _)) = unit.split_once("::") {
-        return Some(file);
-    }
-    let (file, line) = unit.rsplit_once(':')?;
-    line.parse::<u32>().ok().map(|_| file)
-}
+pub use gorgon_protocol::job::unit_file;
 
 /// Orders files slowest first. Files with a recorded time are sorted by it; files without
 /// one are estimated from their size relative to the recorded files (a larger file usually

@@ -50,7 +50,14 @@ pub async fn start(
         events = events.with_timeline();
     }
     let ran = match settings {
-        Ok(settings) => run(options, settings, &mut events).await,
+        Ok(settings) => {
+            if let Some(class_file) = &settings.callbacks.callbacks_class_file {
+                eprintln!(
+                    "gorgon: job.callbacks.callbacks_class_file ({class_file}) is not run: gorgon-rs runs shell commands at the callbacks' moments (job.callbacks.before_originate, after_sync, ...; see the README's Callbacks)"
+                );
+            }
+            run(options, settings, &mut events).await
+        }
         Err(error) => Err(error.into()),
     };
     ran.inspect_err(|error| {
@@ -167,12 +174,17 @@ fn plan(
         None => files::History::new(),
     };
     // Only runners that run one test alone by its id can split a file (see the ending).
-    let found = if settings.runner.kind.runs_single_tests() {
+    let found = if settings.runner.runs_single_tests() {
         files::split_slow_files(found, &split_history(&history, options.local))
     } else {
         found
     };
     let queue = files::order(found, &history, &root);
+    // Every file has its runner, or nothing runs.
+    let choice = gorgon_protocol::RunnerChoice::new(&settings.runner)?;
+    for unit in &queue {
+        choice.index_for(unit)?;
+    }
     let clock = (started, started_at);
     Ok(Some(planned(
         options, settings, events, queue, history, clock,
@@ -231,7 +243,7 @@ async fn finish(
     if let Some(path) = &settings.runtime_file {
         // Only runners that run one test alone by its id (`file:LINE`, `file::name`) record
         // tests; for the others the runtime file stays Gorgon's plain map of seconds per file.
-        let splits = settings.runner.kind.runs_single_tests();
+        let splits = settings.runner.runs_single_tests();
         let slots = if splits { state.slots() } else { 0 };
         let mut history = history.clone();
         files::record_flaky(

@@ -111,6 +111,9 @@ pub struct FileServer {
 pub struct OriginatorCallbacks {
     pub before_originate: Option<String>,
     pub after_job_finishes: Option<String>,
+    /// Gorgon's Ruby callbacks class: read so that a Gorgon config loads, but not run (the
+    /// run says so).
+    pub callbacks_class_file: Option<String>,
     #[serde(flatten)]
     pub remote: gorgon_protocol::Callbacks,
 }
@@ -169,6 +172,9 @@ impl Settings {
         let mut settings = Settings::load(&options.config)?;
         if let Some(limit) = options.file_timeout {
             settings.runner.file_timeout = Some(limit);
+            for by_glob in settings.runner.by_glob.values_mut() {
+                by_glob.file_timeout = Some(limit);
+            }
         }
         if let Some(retries) = options.retries {
             settings.retries.retries = retries;
@@ -255,16 +261,30 @@ impl Settings {
                 )))
             }
         };
-        let mut runner = raw.job.runner.unwrap_or_default();
-        let needs_command = matches!(
-            runner.kind,
-            gorgon_protocol::RunnerKind::Command | gorgon_protocol::RunnerKind::Persistent
-        );
-        if needs_command && runner.command.trim().is_empty() {
+        // Without `job.runner`, the runner follows each file's name, as in Gorgon.
+        let mut runner = raw
+            .job
+            .runner
+            .unwrap_or_else(gorgon_protocol::RunnerSettings::by_name);
+        let needs_command = |runner: &gorgon_protocol::RunnerSettings| {
+            runner.by_glob.is_empty()
+                && matches!(
+                    runner.kind,
+                    gorgon_protocol::RunnerKind::Command | gorgon_protocol::RunnerKind::Persistent
+                )
+                && runner.command.trim().is_empty()
+        };
+        if needs_command(&runner) {
             return Err(invalid(
                 "job.runner.command is missing; set the shell command that runs one test file, e.g. \"sh {file}\"".into(),
             ));
         }
+        if let Some((glob, _)) = runner.by_glob.iter().find(|(_, r)| needs_command(r)) {
+            return Err(invalid(format!(
+                "job.runner.by_glob[\"{glob}\"].command is missing; set the shell command that runs one of its files, or a built-in \"kind\""
+            )));
+        }
+        gorgon_protocol::RunnerChoice::new(&runner).map_err(|e| invalid(e.to_string()))?;
         if let Some(timeout) = raw.job.file_timeout.or(runner.file_timeout) {
             if !(timeout.is_finite() && timeout > 0.0) {
                 return Err(invalid(
@@ -272,6 +292,9 @@ impl Settings {
                 ));
             }
             runner.file_timeout = Some(timeout);
+            for by_glob in runner.by_glob.values_mut() {
+                by_glob.file_timeout.get_or_insert(timeout);
+            }
         }
         let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
         if !(listener_wait.is_finite() && listener_wait > 0.0) {
@@ -414,8 +437,16 @@ mod tests {
                 "no file_server",
             ),
             (
-                r#"{"file_server": {"host": "fs"}, "files": ["x"]}"#,
+                r#"{"file_server": {"host": "fs"}, "files": ["x"], "job": {"runner": {}}}"#,
                 "job.runner.command",
+            ),
+            (
+                r#"{"file_server": {"host": "fs"}, "files": ["x"], "job": {"runner": {"by_glob": {"t/*.sh": {}}}}}"#,
+                "job.runner.by_glob[\"t/*.sh\"].command is missing",
+            ),
+            (
+                r#"{"file_server": {"host": "fs"}, "files": ["x"], "job": {"runner": {"by_glob": {"t/[.sh": {"kind": "rspec"}}}}}"#,
+                "is not a glob",
             ),
             (
                 r#"{"file_server": {"host": "fs"}, "job": {"sync": {"rsync_transport": "ftp"}, "runner": {"command": "x"}}}"#,

@@ -2,6 +2,8 @@
 //! part in one run. The originator builds it from `gorgon.json`; it travels on the jobs
 //! exchange, then on the worker manager's and each worker's stdin.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One run of a suite, as the originator describes it to listeners.
@@ -24,23 +26,33 @@ pub struct JobDefinition {
 }
 
 /// Which running files send their output as it is produced (`gorgon start --live-output`,
-/// and every file when the run writes events).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// and every file when the run writes events), and after how long the others do (so that a
+/// file that hangs shows its last lines while it runs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveOutput {
     pub enabled: bool,
     /// Only these files (or test ids); empty: every file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Every other file sends its output too once it has run this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_after_seconds: Option<f64>,
 }
 
 impl LiveOutput {
     pub fn is_off(&self) -> bool {
-        !self.enabled
+        !self.enabled && self.others_after_seconds.is_none()
     }
 
-    /// Whether `file`'s output is streamed.
-    pub fn wants(&self, file: &str) -> bool {
-        self.enabled && (self.files.is_empty() || self.files.iter().any(|f| f == file))
+    /// After how long `file`'s output is streamed while it runs, if it is.
+    pub fn delay_for(&self, file: &str) -> Option<std::time::Duration> {
+        let listed = self.files.is_empty() || self.files.iter().any(|f| f == file);
+        if self.enabled && listed {
+            return Some(std::time::Duration::ZERO);
+        }
+        self.others_after_seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(std::time::Duration::from_secs_f64)
     }
 }
 
@@ -115,6 +127,132 @@ pub struct RunnerSettings {
     /// How a persistent runner keeps files apart (see [`Isolation`]).
     #[serde(default, skip_serializing_if = "Isolation::is_shared")]
     pub isolation: Isolation,
+    /// Runners by file (`job.runner.by_glob`): each glob, relative to the project root, names
+    /// the runner of the files it matches, and the fields above are then unused. Without
+    /// `job.runner`, the runner follows the file's name as in Gorgon ([`RunnerSettings::by_name`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_glob: BTreeMap<String, RunnerSettings>,
+}
+
+/// The file a queued unit belongs to: `spec/a_spec.rb:12` → `spec/a_spec.rb`,
+/// `tests/test_a.py::TestA::test_b[1]` → `tests/test_a.py`; `None` for a file.
+pub fn unit_file(unit: &str) -> Option<&str> {
+    if let Some((file, _)) = unit.split_once("::") {
+        return Some(file);
+    }
+    let (file, line) = unit.rsplit_once(':')?;
+    line.parse::<u32>().ok().map(|_| file)
+}
+
+/// Which runner runs which file of a job: the one runner, or the runners of
+/// [`RunnerSettings::by_glob`], their globs compiled once.
+#[derive(Debug)]
+pub struct RunnerChoice {
+    runners: Vec<RunnerSettings>,
+    /// The runners follow the files' names ([`RunnerSettings::by_name`]).
+    by_name: bool,
+    /// Each glob with the index of its runner (and, for `**/REST`, REST, since `**/` also
+    /// matches no folder at all, as in the `files` globs).
+    globs: Vec<(String, glob::Pattern, Option<glob::Pattern>, usize)>,
+}
+
+/// A file no runner, or more than one, is for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunnerChoiceError {
+    #[error("{0} matches no glob of job.runner.by_glob, so no runner is set for it (globs: {1})")]
+    NoRunner(String, String),
+    #[error("{0} has no runner: without job.runner, a file's name chooses it (*_spec.rb: rspec, *_test.rb: minitest, test_*.py and *_test.py: pytest); set job.runner, or job.runner.by_glob for files of several kinds")]
+    NoRunnerByName(String),
+    #[error("{file} matches both {first} and {second} of job.runner.by_glob, which name different runners")]
+    TwoRunners {
+        file: String,
+        first: String,
+        second: String,
+    },
+    #[error("job.runner.by_glob: {0} is not a glob: {1}")]
+    BadGlob(String, String),
+}
+
+impl RunnerChoice {
+    pub fn new(settings: &RunnerSettings) -> Result<RunnerChoice, RunnerChoiceError> {
+        if settings.by_glob.is_empty() {
+            return Ok(RunnerChoice {
+                runners: vec![settings.clone()],
+                by_name: false,
+                globs: Vec::new(),
+            });
+        }
+        let mut runners: Vec<RunnerSettings> = Vec::new();
+        let mut globs = Vec::new();
+        for (glob, runner) in &settings.by_glob {
+            let pattern = glob::Pattern::new(glob)
+                .map_err(|e| RunnerChoiceError::BadGlob(glob.clone(), e.to_string()))?;
+            let index = match runners.iter().position(|r| r == runner) {
+                Some(index) => index,
+                None => {
+                    runners.push(runner.clone());
+                    runners.len() - 1
+                }
+            };
+            let top = glob
+                .strip_prefix("**/")
+                .and_then(|rest| glob::Pattern::new(rest).ok());
+            globs.push((glob.clone(), pattern, top, index));
+        }
+        Ok(RunnerChoice {
+            runners,
+            by_name: settings.by_glob == RunnerSettings::by_name().by_glob,
+            globs,
+        })
+    }
+
+    /// The distinct runners, by index.
+    pub fn runners(&self) -> &[RunnerSettings] {
+        &self.runners
+    }
+
+    /// The index of the runner of `unit` (a file, or a test id of one).
+    pub fn index_for(&self, unit: &str) -> Result<usize, RunnerChoiceError> {
+        if self.globs.is_empty() {
+            return Ok(0);
+        }
+        let file = unit_file(unit).unwrap_or(unit);
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        let mut found: Option<(&str, usize)> = None;
+        for (glob, pattern, top, index) in &self.globs {
+            let matches = pattern.matches_with(file, options)
+                || top.as_ref().is_some_and(|p| p.matches_with(file, options));
+            if !matches {
+                continue;
+            }
+            match found {
+                Some((first, other)) if other != *index => {
+                    return Err(RunnerChoiceError::TwoRunners {
+                        file: unit.to_owned(),
+                        first: first.to_owned(),
+                        second: glob.clone(),
+                    })
+                }
+                Some(_) => {}
+                None => found = Some((glob, *index)),
+            }
+        }
+        found.map(|(_, index)| index).ok_or_else(|| {
+            if self.by_name {
+                return RunnerChoiceError::NoRunnerByName(unit.to_owned());
+            }
+            let globs: Vec<&str> = self.globs.iter().map(|(g, ..)| g.as_str()).collect();
+            RunnerChoiceError::NoRunner(unit.to_owned(), globs.join(", "))
+        })
+    }
+
+    /// The runner of `unit`.
+    pub fn runner_for(&self, unit: &str) -> Result<&RunnerSettings, RunnerChoiceError> {
+        self.index_for(unit).map(|index| &self.runners[index])
+    }
 }
 
 /// How a persistent runner keeps a worker's files apart.
@@ -154,6 +292,39 @@ pub fn batch_size(seconds_per_file: f64, limit: std::time::Duration) -> usize {
 
 impl RunnerSettings {
     /// How much expected work one batch may hold; `None` when files must run alone.
+    /// Gorgon's rule, for a project with no `job.runner`: the runner follows the file's name.
+    /// `*_spec.rb` runs with the built-in RSpec runner, `*_test.rb` with the built-in
+    /// Minitest runner (Test::Unit files too), `test_*.py` and `*_test.py` with pytest.
+    pub fn by_name() -> RunnerSettings {
+        let kind = |kind| RunnerSettings {
+            kind,
+            ..RunnerSettings::default()
+        };
+        let rules = [
+            ("**/*_spec.rb", RunnerKind::Rspec),
+            ("**/*_test.rb", RunnerKind::Minitest),
+            ("**/test_*.py", RunnerKind::Pytest),
+            ("**/*_test.py", RunnerKind::Pytest),
+        ];
+        RunnerSettings {
+            by_glob: rules
+                .into_iter()
+                .map(|(glob, runner)| (glob.to_owned(), kind(runner)))
+                .collect(),
+            ..RunnerSettings::default()
+        }
+    }
+
+    /// Whether every runner of the job runs one test alone by its id (so slow files can be
+    /// split, and their tests are recorded).
+    pub fn runs_single_tests(&self) -> bool {
+        if self.by_glob.is_empty() {
+            self.kind.runs_single_tests()
+        } else {
+            self.by_glob.values().all(RunnerSettings::runs_single_tests)
+        }
+    }
+
     pub fn batch_limit(&self) -> Option<std::time::Duration> {
         let seconds = self.batch_seconds.unwrap_or(DEFAULT_BATCH_SECONDS);
         (seconds.is_finite() && seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds))
@@ -228,5 +399,64 @@ mod tests {
             .unwrap()
             .find("batch")
             .is_none());
+    }
+}
+
+#[cfg(test)]
+mod runner_choice_tests {
+    use super::*;
+
+    #[test]
+    fn the_runner_follows_the_file_by_name_and_by_glob() {
+        let choice = RunnerChoice::new(&RunnerSettings::by_name()).unwrap();
+        let kind = |file: &str| choice.runner_for(file).map(|r| r.kind);
+        assert_eq!(kind("spec/models/cart_spec.rb"), Ok(RunnerKind::Rspec));
+        assert_eq!(kind("cart_spec.rb"), Ok(RunnerKind::Rspec));
+        assert_eq!(kind("test/unit/cart_test.rb"), Ok(RunnerKind::Minitest));
+        assert_eq!(kind("tests/test_cart.py::test_tax"), Ok(RunnerKind::Pytest));
+        // Both pytest globs: the same runner, no conflict.
+        assert_eq!(kind("tests/test_cart_test.py"), Ok(RunnerKind::Pytest));
+        let error = choice.runner_for("tests/cart.sh").unwrap_err().to_string();
+        assert!(
+            error.starts_with("tests/cart.sh has no runner: without job.runner"),
+            "{error}"
+        );
+        assert_eq!(choice.runners().len(), 3);
+
+        let mut settings = RunnerSettings::default();
+        settings.by_glob.insert(
+            "tests/*.sh".into(),
+            RunnerSettings {
+                command: "sh {file}".into(),
+                ..RunnerSettings::default()
+            },
+        );
+        settings.by_glob.insert(
+            "tests/slow_*".into(),
+            RunnerSettings {
+                command: "bash {file}".into(),
+                ..RunnerSettings::default()
+            },
+        );
+        let choice = RunnerChoice::new(&settings).unwrap();
+        assert_eq!(
+            choice.runner_for("tests/a.sh").unwrap().command,
+            "sh {file}"
+        );
+        assert!(matches!(
+            choice.runner_for("tests/slow_a.sh"),
+            Err(RunnerChoiceError::TwoRunners { .. })
+        ));
+        let error = choice.runner_for("spec/x_spec.rb").unwrap_err().to_string();
+        assert!(
+            error.starts_with("spec/x_spec.rb matches no glob of job.runner.by_glob"),
+            "{error}"
+        );
+        assert_eq!(
+            RunnerChoice::new(&RunnerSettings::default())
+                .unwrap()
+                .index_for("anything"),
+            Ok(0)
+        );
     }
 }

@@ -450,6 +450,7 @@ mod tests {
             live_output: crate::LiveOutput {
                 enabled: true,
                 files: vec!["t/a.sh".into()],
+                others_after_seconds: Some(2.0),
             },
         }
     }

@@ -11,6 +11,8 @@ use gorgon_protocol::{
     BatchRequest, FileDone, FileStatus, Isolation, RunOutcome, RunRequest, RunnerKind,
     RunnerSettings, TestResult, WorkerRequest,
 };
+use gorgon_protocol::{RunnerChoice, RunnerChoiceError};
+use std::collections::BTreeMap;
 use tokio::io::AsyncReadExt;
 
 use crate::builtin::write_adapter;
@@ -61,6 +63,66 @@ pub struct PersistentRunner {
     /// Holds the built-in adapter scripts and each file's output.
     scratch: tempfile::TempDir,
     files_run: u64,
+}
+
+/// The runners of a job: one, or one per distinct runner of `job.runner.by_glob`, each made
+/// when the first file that needs it comes, and kept (a persistent runner stays warm for the
+/// next file of its kind).
+pub struct Runners {
+    choice: RunnerChoice,
+    base: ShellCommand,
+    /// The listener's warm runner, for a job of one runner.
+    warm_socket: Option<std::path::PathBuf>,
+    made: BTreeMap<usize, Runner>,
+}
+
+impl Runners {
+    pub fn new(
+        settings: &RunnerSettings,
+        base: ShellCommand,
+        warm_socket: Option<&Path>,
+    ) -> Result<Runners, RunnerChoiceError> {
+        let choice = RunnerChoice::new(settings)?;
+        let warm_socket = warm_socket
+            .filter(|_| choice.runners().len() == 1)
+            .map(Path::to_owned);
+        Ok(Runners {
+            choice,
+            base,
+            warm_socket,
+            made: BTreeMap::new(),
+        })
+    }
+
+    /// Which runner runs `file`, by index; an error names a file no runner is for.
+    pub fn index_for(&self, file: &str) -> Result<usize, RunnerChoiceError> {
+        self.choice.index_for(file)
+    }
+
+    /// Runner `index`, made now if it is its first file.
+    pub fn get(&mut self, index: usize) -> std::io::Result<&mut Runner> {
+        if !self.made.contains_key(&index) {
+            let settings = &self.choice.runners()[index];
+            let runner = Runner::new(settings, self.base.clone(), self.warm_socket.as_deref())?;
+            self.made.insert(index, runner);
+        }
+        Ok(self.made.get_mut(&index).expect("made above"))
+    }
+
+    /// Whether the runner of `file` takes several files at once (see [`Runner::takes_batches`]).
+    pub fn takes_batches(&self, file: &str) -> bool {
+        self.index_for(file)
+            .ok()
+            .and_then(|index| self.made.get(&index))
+            .is_some_and(Runner::takes_batches)
+    }
+
+    /// Stops every persistent runner at the end of the job.
+    pub async fn stop(self) {
+        for runner in self.made.into_values() {
+            runner.stop().await;
+        }
+    }
 }
 
 impl Runner {

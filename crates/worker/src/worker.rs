@@ -10,7 +10,7 @@ use gorgon_exec::{grace, run_callback, RunningGroups};
 use gorgon_protocol::{batch_size, CallbackName, FileResult, Message, WorkerAssignment};
 
 use crate::live::{LiveOutput, FLUSH_EVERY};
-use crate::runner::{refused, FileRun, Runner};
+use crate::runner::{refused, FileRun, Runner, Runners};
 use crate::{command_base, StdinClosed, EXIT_BROKEN};
 use gorgon_exec::signals::StopSignals;
 
@@ -86,12 +86,12 @@ pub(crate) async fn work_with<T: Transport>(
         return 0;
     }
     let warm_socket = assignment.warm_runner.as_deref();
-    let mut runner = match Runner::new(
+    let mut runners = match Runners::new(
         &assignment.definition.runner,
         command_base(assignment),
         warm_socket,
     ) {
-        Ok(runner) => runner,
+        Ok(runners) => runners,
         Err(error) => {
             tracing::error!(%error, "worker {worker_id} cannot prepare its runner");
             return EXIT_BROKEN;
@@ -120,17 +120,19 @@ pub(crate) async fn work_with<T: Transport>(
             Ok(next) => vec![next],
             Err(end) => break end,
         };
-        if let (Some(per_file), Some(limit), true) =
-            (seconds_per_file, batch_limit, runner.takes_batches())
-        {
+        if let (Some(per_file), Some(limit), true) = (
+            seconds_per_file,
+            batch_limit,
+            runners.takes_batches(&batch[0].0),
+        ) {
             take_more(transport, &mut batch, per_file, limit).await;
         }
         let (files, taken): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
-        let ran = run_batch(
+        let ran = run_by_runner(
             transport,
             assignment,
             worker_id,
-            &mut runner,
+            &mut runners,
             files,
             stdin,
             &mut signals,
@@ -160,10 +162,10 @@ pub(crate) async fn work_with<T: Transport>(
         }
     };
     if end == End::StoppedMidFile {
-        // Its file was stopped with a grace already: what is left of the runner is killed.
-        drop(runner);
+        // Its file was stopped with a grace already: what is left of the runners is killed.
+        drop(runners);
     } else {
-        runner.stop().await;
+        runners.stop().await;
     }
     tracing::info!("worker {worker_id} done: {end:?}");
     match end {
@@ -230,6 +232,64 @@ async fn take_more<T: Transport>(
     }
 }
 
+/// Runs a batch of files with their runners: each run of consecutive files of one runner
+/// together; one result per file, in order, or how the worker must end without them. A file
+/// no runner is for, or whose runner cannot start, gets a refusal as its result.
+async fn run_by_runner(
+    transport: &mut impl Transport,
+    assignment: &WorkerAssignment,
+    worker_id: u32,
+    runners: &mut Runners,
+    files: Vec<String>,
+    stdin: &mut StdinClosed,
+    signals: &mut StopSignals,
+) -> Result<Vec<FileResult>, End> {
+    let mut groups: Vec<(Result<usize, String>, Vec<String>)> = Vec::new();
+    for file in files {
+        let index = runners.index_for(&file).map_err(|e| e.to_string());
+        match groups.last_mut() {
+            Some((last, group)) if *last == index && index.is_ok() => group.push(file),
+            _ => groups.push((index, vec![file])),
+        }
+    }
+    let mut results = Vec::new();
+    for (index, group) in groups {
+        let runner = match index {
+            Ok(index) => runners
+                .get(index)
+                .map_err(|e| format!("its runner cannot start: {e}")),
+            Err(problem) => Err(problem),
+        };
+        match runner {
+            Ok(runner) => {
+                let ran = run_batch(
+                    transport, assignment, worker_id, runner, group, stdin, signals,
+                );
+                results.extend(ran.await?);
+            }
+            Err(problem) => results.extend(group.into_iter().map(|file| {
+                tracing::warn!(file, "refusing a file: {problem}");
+                file_result(&assignment.host, worker_id, file, refused(problem.clone()))
+            })),
+        }
+    }
+    Ok(results)
+}
+
+/// The result message of `file`'s run on this worker.
+fn file_result(host: &str, worker_id: u32, file: String, run: FileRun) -> FileResult {
+    FileResult {
+        host: host.to_owned(),
+        worker_id,
+        file,
+        status: run.status,
+        seconds: run.seconds,
+        exit: run.exit,
+        output: run.output,
+        tests: run.tests,
+    }
+}
+
 /// Runs a batch of files (often just one) and returns one result per file, in order, or
 /// how the worker must end without them.
 async fn run_batch(
@@ -242,16 +302,7 @@ async fn run_batch(
     signals: &mut StopSignals,
 ) -> Result<Vec<FileResult>, End> {
     let host = assignment.host.clone();
-    let result = |file: String, run: FileRun| FileResult {
-        host: host.clone(),
-        worker_id,
-        file,
-        status: run.status,
-        seconds: run.seconds,
-        exit: run.exit,
-        output: run.output,
-        tests: run.tests,
-    };
+    let result = |file: String, run: FileRun| file_result(&host, worker_id, file, run);
     let checked: Vec<(String, Result<(), PathOutsideWorkspace>)> = files
         .into_iter()
         .map(|file| {
@@ -279,11 +330,17 @@ async fn run_batch(
     // process group, or the persistent runner when the worker drops it), so leaving early
     // never leaves a test running.
     let running = runner.running();
-    // A file that runs alone and whose output the run wants live sends it as it comes.
-    let live_file = match runnable.as_slice() {
-        [file] if assignment.definition.live_output.wants(file) => Some(file.clone()),
-        _ => None,
+    // A file that runs alone and whose output the run wants live sends it as it comes (or
+    // once it has run a while: a file that hangs shows its last lines).
+    let live_output = &assignment.definition.live_output;
+    let (live_file, live_delay) = match runnable.as_slice() {
+        [file] => match live_output.delay_for(file) {
+            Some(delay) => (Some(file.clone()), delay),
+            None => (None, Duration::ZERO),
+        },
+        _ => (None, Duration::ZERO),
     };
+    let live_from = tokio::time::Instant::now() + live_delay;
     let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
     if live_file.is_some() {
         runner.set_output_tap(Some(tap));
@@ -306,6 +363,9 @@ async fn run_batch(
             runs = &mut run => break runs,
             Some(chunk) = chunks.recv() => live.push(&chunk),
             _ = flush.tick(), if live_file.is_some() => {
+                if tokio::time::Instant::now() < live_from {
+                    continue;
+                }
                 if let (Some(file), Some(text)) = (&live_file, live.take(false)) {
                     transport.send(live_message(file, text)).await?;
                 }
@@ -323,11 +383,14 @@ async fn run_batch(
     };
     if let Some(file) = &live_file {
         runner.set_output_tap(None);
-        while let Ok(chunk) = chunks.try_recv() {
-            live.push(&chunk);
-        }
-        if let Some(text) = live.take(true) {
-            transport.send(live_message(file, text)).await?;
+        // A file that ended before its delay sends nothing: its result has its output.
+        if tokio::time::Instant::now() >= live_from {
+            while let Ok(chunk) = chunks.try_recv() {
+                live.push(&chunk);
+            }
+            if let Some(text) = live.take(true) {
+                transport.send(live_message(file, text)).await?;
+            }
         }
     }
     let mut runs = runs.into_iter();
