@@ -158,6 +158,23 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         html: PathBuf,
     },
+    /// Run one command on every listener of the cluster (in a scratch folder, as the
+    /// listener's user) and print each host's exit and output; listeners run it only when
+    /// their config sets `allow_fleet_commands: true`. Exits 1 if any host failed, refused
+    /// or did not answer.
+    ///
+    /// Example: gorgon fleet -- bundle --version
+    Fleet {
+        /// The project's configuration, which names the broker and the cluster.
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds the command may run on each listener.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = positive_seconds)]
+        timeout: f64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// List the listeners of the cluster with their versions and worker slots.
     ///
     /// Example: gorgon ping --timeout 5
@@ -466,6 +483,15 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 .await
                 .map_err(CliError::ListenerStopped)?;
             Ok(exit_code::SUCCESS)
+        }
+        Command::Fleet {
+            config,
+            timeout,
+            command,
+        } => {
+            init_logging("warn", LogTarget::Stderr);
+            let limit = std::time::Duration::from_secs_f64(timeout);
+            Ok(gorgon_originator::fleet::fleet(&config, &command, limit).await?)
         }
         Command::Report { events, html } => {
             let timeline = gorgon_originator::html::Timeline::from_file(&events)?;

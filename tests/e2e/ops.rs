@@ -735,3 +735,45 @@ fn running_files_stream_their_output_and_a_flood_is_cut_at_the_cap() {
         );
     }
 }
+
+/// `gorgon fleet -- COMMAND`: every listener that allows it runs the command and each host's
+/// answer is printed; a listener without `allow_fleet_commands` refuses, named, and the
+/// command fails.
+#[test]
+fn fleet_runs_a_command_on_every_listener_that_allows_it() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener_with("east", 1, json!({"allow_fleet_commands": true}));
+    cluster.start_listener_with("west", 1, json!({"allow_fleet_commands": true}));
+    let project = cluster.project("fleet", json!({}));
+    cluster.wait_for_listeners(&project, 2);
+    let output = project.gorgon(&["fleet", "--", "sh", "-c", "echo ran in $(basename $PWD)"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for host in ["east", "west"] {
+        assert!(
+            stdout.contains(&format!("== {host}: exit status 0")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("ran in gorgon-fleet-").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 of 2 listener(s)"), "{stdout}");
+
+    let mut cluster = Cluster::new();
+    cluster.start_listener_with("east", 1, json!({"allow_fleet_commands": true}));
+    cluster.start_listener("west", 1);
+    let project = cluster.project("fleet-refused", json!({}));
+    cluster.wait_for_listeners(&project, 2);
+    let output = project.gorgon(&["fleet", "--", "uname", "-n"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stdout.contains("== east: exit status 0"), "{stdout}");
+    assert!(
+        stdout.contains("== west refused: this listener does not run fleet commands"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 of 2 listener(s)"), "{stdout}");
+}

@@ -2,6 +2,7 @@
 //! runs each job it receives in a task of its own (pull the tree, `after_sync`, then a worker
 //! manager process), so that it stays responsive while jobs run.
 
+mod fleet;
 pub mod install;
 mod job;
 mod settings;
@@ -186,6 +187,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ListenerError> {
     let mut settings = settings;
+    for line in &settings.unused_keys {
+        tracing::info!("{line}");
+    }
     // Workspaces are handed to other processes and callbacks as absolute paths.
     if let Ok(root) = std::path::absolute(&settings.workspace_root) {
         settings.workspace_root = root;
@@ -380,6 +384,28 @@ async fn handle(
             if let Err(error) = shared.broker.send_to_queue(reply_to, &reply).await {
                 tracing::warn!(%error, "cannot answer a ping");
             }
+        }
+        Message::FleetCommand {
+            argv,
+            timeout_seconds,
+            reply_to,
+        } => {
+            // Run apart, so that the listener goes on taking jobs and pings meanwhile.
+            let shared = shared.clone();
+            let (argv, reply_to, timeout) = (argv.clone(), reply_to.clone(), *timeout_seconds);
+            tokio::spawn(async move {
+                let outcome = fleet::run(&shared.settings, &argv, timeout).await;
+                let reply = Envelope::new(
+                    job_id,
+                    Message::FleetResult {
+                        host: shared.settings.name.clone(),
+                        outcome,
+                    },
+                );
+                if let Err(error) = shared.broker.send_to_queue(&reply_to, &reply).await {
+                    tracing::warn!(%error, "cannot answer a fleet command");
+                }
+            });
         }
         Message::Job {
             definition,

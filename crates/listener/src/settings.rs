@@ -32,9 +32,14 @@ pub struct ListenerSettings {
     pub warm_runners: bool,
     /// Serve even as root (`allow_root`, default false): for hosts thrown away after use.
     pub allow_root: bool,
+    /// Run `gorgon fleet` commands (`allow_fleet_commands`, default false).
+    pub allow_fleet_commands: bool,
     /// `file_server.listener_password`: the file server's `listener` user, which may only
     /// read, logs in with it (`docs/security.md`).
     pub file_server_password: Option<String>,
+    /// Keys of the file that gorgon-rs does not use (Gorgon's `bin_gem_path`, the connection
+    /// library's `heartbeat`...), one line each, logged at start.
+    pub unused_keys: Vec<String>,
 }
 
 impl ListenerSettings {
@@ -78,6 +83,35 @@ fn from_object(
     base: &Path,
     default_name: impl FnOnce() -> Result<String, String>,
 ) -> Result<ListenerSettings, String> {
+    const KEYS: [&str; 13] = [
+        "connection",
+        "worker_slots",
+        "cluster_id",
+        "name",
+        "log_file",
+        "workspace_root",
+        "warm_runners",
+        "allow_root",
+        "file_server",
+        "signing_key",
+        "signing_key_file",
+        "previous_signing_key",
+        "previous_signing_key_file",
+    ];
+    let mut unused_keys: Vec<String> = object
+        .keys()
+        .filter(|key| !KEYS.contains(&key.as_str()))
+        .cloned()
+        .collect();
+    unused_keys.extend(BrokerSettings::unused_keys(
+        object.get("connection").unwrap_or(&Value::Null),
+    ));
+    let unused_keys = unused_keys
+        .into_iter()
+        .map(|key| {
+            format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
+        })
+        .collect();
     let mut broker = match object.get("connection") {
         None | Some(Value::Null) => BrokerSettings::default(),
         Some(value @ Value::Object(_)) => serde_json::from_value(value.clone())
@@ -86,6 +120,10 @@ fn from_object(
             return Err("connection must be an object such as {\"host\": \"rabbit\"}".into())
         }
     };
+    // As in Gorgon, `RABBITMQ_URL` in the listener's environment names the broker.
+    if let Ok(url) = std::env::var("RABBITMQ_URL") {
+        broker.url = Some(url);
+    }
     broker.signing =
         gorgon_protocol::signing::keys_from_config(&Value::Object(object.clone()), base)?;
     let broker = broker.resolve_url()?;
@@ -110,6 +148,7 @@ fn from_object(
     };
     let warm_runners = flag("warm_runners", true)?;
     let allow_root = flag("allow_root", false)?;
+    let allow_fleet_commands = flag("allow_fleet_commands", false)?;
     let file_server_password = match object
         .get("file_server")
         .map(|server| server.get("listener_password"))
@@ -139,7 +178,9 @@ fn from_object(
         workspace_root,
         warm_runners,
         allow_root,
+        allow_fleet_commands,
         file_server_password,
+        unused_keys,
     })
 }
 

@@ -42,7 +42,9 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         workspace_root: workspace_root.to_owned(),
         warm_runners: true,
         allow_root: false,
+        allow_fleet_commands: false,
         file_server_password: None,
+        unused_keys: Vec::new(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(settings, async {

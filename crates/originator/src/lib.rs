@@ -5,6 +5,7 @@ pub mod distributed;
 pub mod engine;
 pub mod events;
 pub mod files;
+pub mod fleet;
 pub mod html;
 pub mod init;
 pub mod junit;

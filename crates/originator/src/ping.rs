@@ -39,7 +39,7 @@ pub async fn ping(config: &std::path::Path, wait: Duration) -> Result<(), PingEr
     Ok(())
 }
 
-async fn collect(
+pub(crate) async fn collect(
     broker_settings: &gorgon_protocol::BrokerSettings,
     cluster: &str,
     wait: Duration,

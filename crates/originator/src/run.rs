@@ -51,6 +51,9 @@ pub async fn start(
     }
     let ran = match settings {
         Ok(settings) => {
+            for line in &settings.unused_keys {
+                tracing::info!("{}: {line}", settings.config_path.display());
+            }
             if let Some(class_file) = &settings.callbacks.callbacks_class_file {
                 eprintln!(
                     "gorgon: job.callbacks.callbacks_class_file ({class_file}) is not run: gorgon-rs runs shell commands at the callbacks' moments (job.callbacks.before_originate, after_sync, ...; see the README's Callbacks)"

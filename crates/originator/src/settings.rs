@@ -93,6 +93,9 @@ pub struct Settings {
     pub junit_file: Option<PathBuf>,
     /// `html_file`: where each run writes its HTML report.
     pub html_file: Option<PathBuf>,
+    /// Keys of the file that gorgon-rs does not use (Gorgon's, mostly), one line each, to
+    /// log at info level (`--verbose`).
+    pub unused_keys: Vec<String>,
 }
 
 /// Where the originator pushes the tree and listeners pull it from.
@@ -116,6 +119,71 @@ pub struct OriginatorCallbacks {
     pub callbacks_class_file: Option<String>,
     #[serde(flatten)]
     pub remote: gorgon_protocol::Callbacks,
+}
+
+/// The keys of a `gorgon.json` (with its secret file) that gorgon-rs reads, by object.
+const TOP_KEYS: [&str; 15] = [
+    "connection",
+    "file_server",
+    "files",
+    "job",
+    "runtime_file",
+    "quarantine_file",
+    "failed_files",
+    "originator_log_file",
+    "cluster_id",
+    "junit_file",
+    "html_file",
+    "signing_key",
+    "signing_key_file",
+    "previous_signing_key",
+    "previous_signing_key_file",
+];
+const JOB_KEYS: [&str; 9] = [
+    "sync",
+    "runner",
+    "file_timeout",
+    "max_crash_retries",
+    "retries",
+    "retry_budget",
+    "max_fail",
+    "callbacks",
+    "listener_wait",
+];
+
+/// What of `config` gorgon-rs does not use: keys that Ruby Gorgon read and gorgon-rs does
+/// not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
+/// `connection.heartbeat`...) or that nothing reads. Each is one informational line.
+fn unused_keys(config: &serde_json::Value) -> Vec<String> {
+    let mut unused = Vec::new();
+    let keys = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    for key in keys(config) {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            unused.push(key);
+        }
+    }
+    for key in keys(&config["job"]) {
+        if !JOB_KEYS.contains(&key.as_str()) {
+            unused.push(format!("job.{key}"));
+        }
+    }
+    for key in keys(&config["job"]["sync"]) {
+        if key != "exclude" && key != "rsync_transport" {
+            unused.push(format!("job.sync.{key}"));
+        }
+    }
+    unused.extend(BrokerSettings::unused_keys(&config["connection"]));
+    unused
+        .into_iter()
+        .map(|key| {
+            format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -236,6 +304,7 @@ impl Settings {
         };
         let signing =
             gorgon_protocol::signing::keys_from_config(&value, &project_root).map_err(invalid)?;
+        let unused_keys = unused_keys(&value);
         let mut raw: RawConfig =
             serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         raw.connection.signing = signing;
@@ -346,6 +415,7 @@ impl Settings {
             log_file: raw.originator_log_file.map(resolve),
             junit_file: raw.junit_file.map(resolve),
             html_file: raw.html_file.map(resolve),
+            unused_keys,
             project_root,
         })
     }
@@ -426,6 +496,30 @@ mod tests {
         );
         assert_eq!(settings.project_root, dir.path());
         assert_eq!(settings.listener_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn gorgons_keys_that_do_not_apply_are_listed_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "gorgon.json",
+            r#"{"file_server": {"host": "fs"}, "files": ["t/*_test.rb"], "bin_gem_path": "/usr/bin/gem",
+                "connection": {"host": "rabbit", "heartbeat": 30},
+                "job": {"sync": {"source_tree_path": "x", "rsync_transport": "anonymous"}, "callbacks": {"callbacks_class_file": "c.rb"}}}"#,
+        );
+        let settings = Settings::load(&path).unwrap();
+        let unused = settings.unused_keys.join("\n");
+        assert!(unused.contains("bin_gem_path is not used"), "{unused}");
+        assert!(
+            unused.contains("job.sync.source_tree_path is not used"),
+            "{unused}"
+        );
+        assert!(
+            unused.contains("connection.heartbeat is not used"),
+            "{unused}"
+        );
+        assert_eq!(settings.unused_keys.len(), 3, "{unused}");
     }
 
     #[test]

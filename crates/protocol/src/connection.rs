@@ -24,14 +24,69 @@ pub struct BrokerSettings {
     pub signing: Option<crate::signing::SigningKeys>,
     /// Connect over TLS (`amqps`), checking the broker's certificate against `ca_file`
     /// (or the system's roots), with a client certificate when `cert_file` and `key_file`
-    /// are set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// are set. Gorgon's `"tls": true` (or `"ssl": true`) turns it on with the system's roots.
+    #[serde(
+        default,
+        alias = "ssl",
+        deserialize_with = "tls_or_flag",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tls: Option<TlsSettings>,
+    /// Gorgon's (Bunny's) TLS file keys, folded into `tls` by [`BrokerSettings::resolve_url`].
+    #[serde(flatten, skip_serializing)]
+    pub gorgon_tls: GorgonTlsKeys,
     /// `amqp://` or `amqps://user:password@host:port/vhost`, in place of the other keys
     /// ([`BrokerSettings::resolve_url`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
+
+/// `tls_cert`, `tls_key` and `tls_ca_certificates` of a Gorgon listener's `connection`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct GorgonTlsKeys {
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_ca_certificates: Vec<std::path::PathBuf>,
+}
+
+/// `tls` as an object, or as Gorgon's flag (`true`: TLS with the system's roots).
+fn tls_or_flag<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TlsSettings>, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => Ok(None),
+        serde_json::Value::Bool(true) => Ok(Some(TlsSettings::default())),
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object)
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("connection.tls: {e}"))),
+        _ => Err(D::Error::custom(
+            "connection.tls must be true, false or an object such as {\"ca_file\": \"ca.pem\"}",
+        )),
+    }
+}
+
+/// The keys of a `connection` object that gorgon-rs reads; Gorgon's others (`heartbeat`,
+/// `timeout`, `frame_max`, `automatically_recover`...) are accepted and not used
+/// ([`BrokerSettings::unused_keys`]).
+const CONNECTION_KEYS: [&str; 15] = [
+    "host",
+    "hostname",
+    "port",
+    "username",
+    "user",
+    "password",
+    "pass",
+    "pwd",
+    "vhost",
+    "virtual_host",
+    "tls",
+    "ssl",
+    "url",
+    "tls_cert",
+    "tls_key",
+];
 
 /// The `connection.tls` object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +112,7 @@ impl Default for BrokerSettings {
             vhost: "/".into(),
             signing: None,
             tls: None,
+            gorgon_tls: GorgonTlsKeys::default(),
             url: None,
         }
     }
@@ -81,6 +137,20 @@ impl BrokerSettings {
     /// and an `amqps` URL connects over TLS (with `tls`'s files when given, else the system's
     /// roots). The error is the second half of a sentence that starts with the file's path.
     pub fn resolve_url(mut self) -> Result<BrokerSettings, String> {
+        // Gorgon's TLS files mean TLS, with them.
+        let gorgon = std::mem::take(&mut self.gorgon_tls);
+        if gorgon != GorgonTlsKeys::default() {
+            if gorgon.tls_ca_certificates.len() > 1 {
+                return Err("connection.tls_ca_certificates names more than one file; put the certificates in one PEM file and name it as connection.tls.ca_file".into());
+            }
+            let tls = self.tls.get_or_insert_with(TlsSettings::default);
+            tls.ca_file = tls
+                .ca_file
+                .take()
+                .or(gorgon.tls_ca_certificates.into_iter().next());
+            tls.cert_file = tls.cert_file.take().or(gorgon.tls_cert);
+            tls.key_file = tls.key_file.take().or(gorgon.tls_key);
+        }
         let Some(url) = self.url.take() else {
             return Ok(self);
         };
@@ -103,6 +173,22 @@ impl BrokerSettings {
         Ok(self)
     }
 
+    /// The keys of a `connection` object that gorgon-rs does not use (Gorgon's `heartbeat`,
+    /// `timeout`...), for an informational line.
+    pub fn unused_keys(connection: &serde_json::Value) -> Vec<String> {
+        let known = |key: &str| CONNECTION_KEYS.contains(&key) || key == "tls_ca_certificates";
+        connection
+            .as_object()
+            .map(|object| {
+                object
+                    .keys()
+                    .filter(|key| !known(key))
+                    .map(|key| format!("connection.{key}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -110,6 +196,44 @@ impl BrokerSettings {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gorgons_tls_keys_and_flag_turn_tls_on_and_other_keys_are_only_listed() {
+        let parse = |text: &str| -> super::BrokerSettings {
+            serde_json::from_str::<super::BrokerSettings>(text)
+                .unwrap()
+                .resolve_url()
+                .unwrap()
+        };
+        assert_eq!(
+            parse(r#"{"tls": true}"#).tls,
+            Some(super::TlsSettings::default())
+        );
+        assert_eq!(parse(r#"{"ssl": false}"#).tls, None);
+        let bunny = parse(
+            r#"{"host": "rabbit", "tls": true, "tls_cert": "c.pem", "tls_key": "k.pem", "tls_ca_certificates": ["ca.pem"], "heartbeat": 30}"#,
+        );
+        let tls = bunny.tls.unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(
+            tls.cert_file.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
+        assert_eq!(tls.key_file.as_deref(), Some(std::path::Path::new("k.pem")));
+        let raw =
+            serde_json::json!({"host": "rabbit", "heartbeat": 30, "timeout": 5, "tls_cert": "c"});
+        assert_eq!(
+            super::BrokerSettings::unused_keys(&raw),
+            ["connection.heartbeat", "connection.timeout"]
+        );
+        let two =
+            serde_json::from_str::<super::BrokerSettings>(r#"{"tls_ca_certificates": ["a", "b"]}"#)
+                .unwrap();
+        assert!(two
+            .resolve_url()
+            .unwrap_err()
+            .contains("more than one file"));
+    }
+
     #[test]
     fn a_url_names_the_broker_and_amqps_turns_tls_on() {
         let settings = super::BrokerSettings {

@@ -18,8 +18,8 @@ pub use job::{
     RunnerKind, RunnerSettings, SyncSettings, SyncTransport, MAX_BATCH_FILES,
 };
 pub use message::{
-    CallbackName, DecodeError, Envelope, FileResult, FileStatus, ListenerInfo, Message, RetryOf,
-    TestResult, TestStatus, WorkerAssignment,
+    CallbackName, DecodeError, Envelope, FileResult, FileStatus, FleetOutcome, ListenerInfo,
+    Message, RetryOf, TestResult, TestStatus, WorkerAssignment,
 };
 pub use runner_protocol::{
     BatchRequest, FileDone, RunOutcome, RunRequest, RunnerMessage, WorkerRequest,

@@ -101,6 +101,13 @@ pub enum Message {
     Ping {
         reply_to: String,
     },
+    /// `gorgon fleet -- COMMAND...`: run `argv` in a scratch folder within `timeout_seconds`
+    /// (listeners with `allow_fleet_commands` only) and answer with [`Message::FleetResult`].
+    FleetCommand {
+        argv: Vec<String>,
+        timeout_seconds: f64,
+        reply_to: String,
+    },
 
     // Listener to the announcements exchange.
     /// A listener has started; originators send it their running job.
@@ -140,6 +147,11 @@ pub enum Message {
 
     // Listener, worker manager and workers to the originator's reply queue.
     PingReply(ListenerInfo),
+    /// How a fleet command went on one listener.
+    FleetResult {
+        host: String,
+        outcome: FleetOutcome,
+    },
     /// A listener has taken the job and starts pulling the tree.
     JobAccepted {
         host: String,
@@ -203,6 +215,21 @@ pub struct ListenerInfo {
     pub name: String,
     pub version: String,
     pub slots: u32,
+}
+
+/// What a listener did with a fleet command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FleetOutcome {
+    /// It ran: how it ended (`exit status 0`, `timed out after 60 s`), whether that was
+    /// success, and its output (head and tail).
+    Ran {
+        success: bool,
+        exit: String,
+        output: String,
+    },
+    /// It did not run the command, and why.
+    Refused { reason: String },
 }
 
 /// The outcome of running one test file.
@@ -463,6 +490,25 @@ mod tests {
             },
             Message::Ping {
                 reply_to: "p".into(),
+            },
+            Message::FleetCommand {
+                argv: vec!["uname".into(), "-n".into()],
+                timeout_seconds: 60.0,
+                reply_to: "f".into(),
+            },
+            Message::FleetResult {
+                host: "h1".into(),
+                outcome: FleetOutcome::Ran {
+                    success: true,
+                    exit: "exit status 0".into(),
+                    output: "h1\n".into(),
+                },
+            },
+            Message::FleetResult {
+                host: "h2".into(),
+                outcome: FleetOutcome::Refused {
+                    reason: "no".into(),
+                },
             },
             Message::ListenerAnnounced {
                 listener_queue: "q".into(),
