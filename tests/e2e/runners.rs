@@ -1151,24 +1151,60 @@ fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
+/// A Gorgon callbacks class that records each call in `marks` (a file per moment and
+/// process: the moment, then the worker id when there is one) and returns `cluster` from
+/// `before_originate`, as Gorgon's callbacks named the cluster.
+fn gorgon_callbacks(marks: &Path, cluster: &str) -> String {
+    format!(
+        r#"class ShopCallbacks < Gorgon::DefaultCallbacks
+  MARKS = {marks:?}
+
+  def mark(moment)
+    File.write(File.join(MARKS, [moment, ENV['GORGON_WORKER_ID']].compact.join('_')), Dir.pwd)
+  end
+
+  def before_originate
+    mark('before_originate')
+    {cluster:?}
+  end
+
+  def after_sync = mark('after_sync')
+  def before_creating_workers = mark('before_creating_workers')
+  def before_start = mark('before_start')
+  def after_complete = mark('after_complete')
+  def after_creating_workers = mark('after_creating_workers')
+  def after_job_finishes = mark('after_job_finishes')
+end
+
+Gorgon.callbacks = ShopCallbacks.new
+"#,
+        marks = marks.display().to_string()
+    )
+}
+
 /// A project set up for Ruby Gorgon: no `job.runner`, RSpec and Minitest files mixed, Gorgon's
 /// keys (`rsync_transport: "anonymous"`, `originator_log_file` in a folder that does not
-/// exist yet, `callbacks_class_file`). Each file runs with the runner its name calls for, on
-/// the listeners and locally; a file no runner is for stops the run before anything runs;
-/// `job.runner.by_glob` names runners by glob.
+/// exist yet) and a `callbacks_class_file` whose `before_originate` returns the cluster id
+/// (the config names another). Each file runs with the runner its name calls for, every
+/// callback runs at its moment and in its process, on the listeners and locally; a file no
+/// runner is for stops the run before anything runs; `job.runner.by_glob` names runners by
+/// glob; a callback that raises fails the run with the exception's class and message.
 #[test]
 fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     let mut cluster = Cluster::new();
     cluster.start_listener("east", 2);
     cluster.start_listener("west", 2);
+    let marks = cluster.path().join("marks");
     let project = cluster.project(
         "gorgon-style",
         json!({
             "files": ["test/**/*_test.rb", "spec/**/*_spec.rb"],
             "originator_log_file": "log/gorgon-originator.log",
             "runtime_file": "gorgon-runtime-file.json",
+            "cluster_id": "not-the-listeners-cluster",
             "job": {
                 "runner": null,
+                "listener_wait": 10,
                 "sync": {"exclude": [".git", "log", "tmp"], "rsync_transport": "anonymous"},
                 "callbacks": {"callbacks_class_file": "test/gorgon_callbacks.rb"}
             }
@@ -1192,10 +1228,11 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     );
     project.write(
         "test/gorgon_callbacks.rb",
-        "# Gorgon::DefaultCallbacks subclass\n",
+        &gorgon_callbacks(&marks, &cluster.id),
     );
-    cluster.wait_for_listeners(&project, 2);
     for args in [vec![], vec!["--local", "-j", "2"]] {
+        let _ = std::fs::remove_dir_all(&marks);
+        std::fs::create_dir_all(&marks).unwrap();
         let run = project.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
         assert!(
@@ -1206,14 +1243,70 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
         assert!(run.stdout.contains("refund refunds failed"), "{run:?}");
         assert!(run.stdout.contains("rounding is off"), "{run:?}");
         assert!(run.stdout.contains("Tests: 2 passed, 2 failed"), "{run:?}");
+        assert!(project.dir.join("log/gorgon-originator.log").exists());
+        // Every moment ran, in its process: the originator's in the project, the others in
+        // the workspace (the project itself with --local), each worker's with its id.
+        let mut seen: Vec<String> = std::fs::read_dir(&marks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        seen.sort();
+        let project_dir = project.dir.canonicalize().unwrap().display().to_string();
+        let read = |name: &str| std::fs::read_to_string(marks.join(name)).unwrap();
+        assert_eq!(read("before_originate"), project_dir);
+        assert_eq!(read("after_job_finishes"), project_dir);
+        for moment in [
+            "before_creating_workers",
+            "after_creating_workers",
+            "before_start_1",
+            "after_complete_1",
+        ] {
+            assert!(seen.iter().any(|s| s == moment), "{moment} in {seen:?}");
+        }
+        let local = !args.is_empty();
+        assert_eq!(seen.iter().any(|s| s == "after_sync"), !local, "{seen:?}");
+        if !local {
+            assert_ne!(
+                read("after_sync"),
+                project_dir,
+                "after_sync runs in the workspace"
+            );
+        }
+    }
+
+    // A callback that raises fails the run with the exception's class and message.
+    project.write(
+        "test/gorgon_callbacks.rb",
+        "class Broken < Gorgon::DefaultCallbacks\n  def before_originate\n    raise ArgumentError, 'no database for the run'\n  end\nend\nGorgon.callbacks = Broken.new\n",
+    );
+    for args in [vec![], vec!["--local", "-j", "2"]] {
+        let run = project.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(all.contains("before_originate callback failed"), "{run:?}");
         assert!(
-            run.stderr
-                .contains("callbacks_class_file (test/gorgon_callbacks.rb) is not run"),
+            all.contains("ArgumentError: no database for the run"),
             "{run:?}"
         );
-        assert!(project.dir.join("log/gorgon-originator.log").exists());
     }
+    // A moment given both ways is refused.
+    let both = cluster.project(
+        "both-ways",
+        json!({"job": {"callbacks": {"callbacks_class_file": "c.rb", "after_sync": "true"}}}),
+    );
+    let run = both.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("job.callbacks.after_sync and job.callbacks.callbacks_class_file both give"),
+        "{run:?}"
+    );
+
     // A file no runner is for: exit 3, named, before anything is pushed or run.
+    project.write(
+        "test/gorgon_callbacks.rb",
+        &gorgon_callbacks(&marks, &cluster.id),
+    );
     project.write("test/helper_check.sh", "exit 0\n");
     let run = project.start(&["test/helper_check.sh", "spec/cart_spec.rb"], RUN_LIMIT);
     assert_eq!(run.code, 3, "{run:?}");

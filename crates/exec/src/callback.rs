@@ -14,14 +14,15 @@ pub struct CallbackFailure {
     pub output: String,
 }
 
-/// Runs `command` (when configured) as the named callback. Its output goes to the log.
+/// Runs `command` (when configured) as the named callback, and returns its output (also
+/// logged).
 pub async fn run_callback(
     callback: CallbackName,
     command: Option<&str>,
     base: &ShellCommand,
-) -> Result<(), CallbackFailure> {
+) -> Result<String, CallbackFailure> {
     let Some(command) = command.filter(|c| !c.trim().is_empty()) else {
-        return Ok(());
+        return Ok(String::new());
     };
     tracing::info!(%callback, command, "running callback");
     let outcome = ShellCommand {
@@ -34,7 +35,7 @@ pub async fn run_callback(
         tracing::info!(%callback, output = %outcome.output.trim_end(), "callback output");
     }
     if outcome.success() {
-        Ok(())
+        Ok(outcome.output)
     } else {
         Err(CallbackFailure {
             callback,

@@ -46,10 +46,14 @@ pub(crate) async fn run(
     let root = &settings.project_root;
     let file_server = settings.file_server()?;
     let broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
-    if let Err(error) = plan.before_originate(signals).await {
-        broker.close().await;
-        return Err(error);
-    }
+    // A Gorgon callbacks class's `before_originate` may name the cluster, as in Gorgon.
+    let cluster_id = match plan.before_originate(signals).await {
+        Ok(named) => named.unwrap_or_else(|| settings.cluster_id.clone()),
+        Err(error) => {
+            broker.close().await;
+            return Err(error);
+        }
+    };
 
     let progress = plan.progress(state.total());
     let tree_dir = format!("{}_{}", sanitize(&plan.host), sanitize(project));
@@ -100,7 +104,7 @@ pub(crate) async fn run(
         callbacks: settings.callbacks.remote.clone(),
         live_output: plan.live_output(),
     };
-    let topology = Topology::new(job_id, &settings.cluster_id);
+    let topology = Topology::new(job_id, &cluster_id);
     let (mut replies, mut announcements) = topology.declare(&broker, state.queued()).await?;
     let job_message = Message::Job {
         definition: Box::new(definition),
@@ -116,7 +120,7 @@ pub(crate) async fn run(
     progress.note(&format!(
         "Queued {} files; waiting for listeners of cluster '{}'",
         state.total(),
-        settings.cluster_id
+        cluster_id
     ));
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -182,7 +186,7 @@ pub(crate) async fn run(
                 if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
                     stop = Some(Stop::Failed(format!(
                         "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
-                        settings.cluster_id,
+                        cluster_id,
                         settings.listener_wait.as_secs_f64()
                     )));
                 } else if state.any_listener_accepted() && state.all_listeners_done() {

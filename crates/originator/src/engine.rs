@@ -175,11 +175,12 @@ impl Plan {
     }
 
     /// Runs `before_originate`; its failure, or a stop signal meanwhile (which kills it),
-    /// ends the run before anything is handed out.
+    /// ends the run before anything is handed out. Returns the cluster id it named, if it
+    /// did (a Gorgon callbacks class's `before_originate` returns it).
     pub(crate) async fn before_originate(
         &self,
         signals: &mut StopSignals,
-    ) -> Result<(), StartError> {
+    ) -> Result<Option<String>, StartError> {
         let command = self.settings.callbacks.before_originate.as_deref();
         let base = self.base_command();
         let callback = run_callback(CallbackName::BeforeOriginate, command, &base);
@@ -189,10 +190,16 @@ impl Plan {
                 return Err(StartError::Stopped { signal, during: "running before_originate" })
             }
         };
-        ran.map_err(|failure| {
+        let output = ran.map_err(|failure| {
             let output = failure.output.clone();
             StartError::BeforeOriginate(failure, output)
-        })
+        })?;
+        Ok(output
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix(crate::settings::CLUSTER_ID_LINE))
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty()))
     }
 }
 

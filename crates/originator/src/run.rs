@@ -54,11 +54,6 @@ pub async fn start(
             for line in &settings.unused_keys {
                 tracing::info!("{}: {line}", settings.config_path.display());
             }
-            if let Some(class_file) = &settings.callbacks.callbacks_class_file {
-                eprintln!(
-                    "gorgon: job.callbacks.callbacks_class_file ({class_file}) is not run: gorgon-rs runs shell commands at the callbacks' moments (job.callbacks.before_originate, after_sync, ...; see the README's Callbacks)"
-                );
-            }
             run(options, settings, &mut events).await
         }
         Err(error) => Err(error.into()),

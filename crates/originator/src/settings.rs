@@ -108,6 +108,45 @@ pub struct FileServer {
     pub originator_password: Option<String>,
 }
 
+/// What a Gorgon callbacks class's `before_originate` prints before the cluster id it returns.
+pub const CLUSTER_ID_LINE: &str = "GORGON_CLUSTER_ID=";
+
+/// The shim that runs one method of a Gorgon callbacks class (`callbacks_class_file`).
+const CALLBACKS_SHIM: &str = include_str!("../ruby/gorgon_callbacks.rb");
+
+/// Each callback of `callbacks` that a Gorgon callbacks class gives: the shim run with
+/// `ruby -e`, calling that method, at that moment and in that process (`class_file`
+/// relative to its working directory, as in Gorgon). A moment with a shell callback too is
+/// refused.
+fn class_callbacks(callbacks: &mut OriginatorCallbacks, class_file: &str) -> Result<(), String> {
+    let shim =
+        shlex::try_quote(CALLBACKS_SHIM).map_err(|_| "the callbacks shim cannot be quoted")?;
+    let file = shlex::try_quote(class_file)
+        .map_err(|_| format!("callbacks_class_file {class_file:?} cannot be quoted"))?;
+    let remote = &mut callbacks.remote;
+    let moments: [(&str, &mut Option<String>); 7] = [
+        ("before_originate", &mut callbacks.before_originate),
+        ("after_sync", &mut remote.after_sync),
+        (
+            "before_creating_workers",
+            &mut remote.before_creating_workers,
+        ),
+        ("before_start", &mut remote.before_start),
+        ("after_complete", &mut remote.after_complete),
+        ("after_creating_workers", &mut remote.after_creating_workers),
+        ("after_job_finishes", &mut callbacks.after_job_finishes),
+    ];
+    for (moment, command) in moments {
+        if command.is_some() {
+            return Err(format!(
+                "job.callbacks.{moment} and job.callbacks.callbacks_class_file both give the {moment} callback; keep one"
+            ));
+        }
+        *command = Some(format!("ruby -e {shim} {moment} {file}"));
+    }
+    Ok(())
+}
+
 /// All seven callbacks as configured; the originator runs two and forwards the rest.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -405,7 +444,13 @@ impl Settings {
                 limit => limit,
             },
             quarantine_file: raw.quarantine_file.map(resolve),
-            callbacks: raw.job.callbacks,
+            callbacks: {
+                let mut callbacks = raw.job.callbacks;
+                if let Some(class_file) = callbacks.callbacks_class_file.clone() {
+                    class_callbacks(&mut callbacks, &class_file).map_err(invalid)?;
+                }
+                callbacks
+            },
             listener_wait: Duration::from_secs_f64(listener_wait),
             runtime_file: raw.runtime_file.map(resolve),
             failed_files: raw

@@ -192,7 +192,7 @@ async fn run_worker_callback(
     command: Option<&str>,
 ) -> bool {
     match run_callback(callback, command, &command_base(assignment)).await {
-        Ok(()) => true,
+        Ok(_) => true,
         Err(failure) => {
             tracing::error!(%failure);
             let message = Message::CallbackFailed {
