@@ -83,7 +83,8 @@ fn from_object(
     base: &Path,
     default_name: impl FnOnce() -> Result<String, String>,
 ) -> Result<ListenerSettings, String> {
-    const KEYS: [&str; 13] = [
+    const KEYS: [&str; 14] = [
+        "allow_fleet_commands",
         "connection",
         "worker_slots",
         "cluster_id",
@@ -98,19 +99,12 @@ fn from_object(
         "previous_signing_key",
         "previous_signing_key_file",
     ];
-    let mut unused_keys: Vec<String> = object
-        .keys()
-        .filter(|key| !KEYS.contains(&key.as_str()))
-        .cloned()
-        .collect();
-    unused_keys.extend(BrokerSettings::unused_keys(
-        object.get("connection").unwrap_or(&Value::Null),
-    ));
+    let config = Value::Object(object.clone());
+    let mut unused_keys = gorgon_protocol::config_file::unknown_keys(&config, "", &KEYS);
+    unused_keys.extend(BrokerSettings::unused_keys(&config["connection"]));
     let unused_keys = unused_keys
-        .into_iter()
-        .map(|key| {
-            format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
-        })
+        .iter()
+        .map(|key| gorgon_protocol::config_file::unused_key_line(key))
         .collect();
     let mut broker = match object.get("connection") {
         None | Some(Value::Null) => BrokerSettings::default(),
@@ -124,8 +118,7 @@ fn from_object(
     if let Ok(url) = std::env::var("RABBITMQ_URL") {
         broker.url = Some(url);
     }
-    broker.signing =
-        gorgon_protocol::signing::keys_from_config(&Value::Object(object.clone()), base)?;
+    broker.signing = gorgon_protocol::signing::keys_from_config(&config, base)?;
     let broker = broker.resolve_url()?;
     let worker_slots = match object.get("worker_slots") {
         None | Some(Value::Null) => DEFAULT_WORKER_SLOTS,
@@ -230,8 +223,9 @@ mod tests {
         let (dir, path) = write(
             r#"{
                 // Written for Ruby's Gorgon.
-                "connection": {"host": "rabbit", "port": 5673, "user": "u", "pass": "p"},
+                "connection": {"host": "rabbit", "port": 5673, "user": "u", "pass": "p", "heartbeat": 30},
                 "worker_slots": 8, /* eight cores */
+                "allow_fleet_commands": true,
                 "log_file": "listener.log",
                 "bin_gem_path": "/usr/local/bin",
                 "cluster_id": "ci",
@@ -249,6 +243,18 @@ mod tests {
         assert_eq!(settings.cluster_id, "ci");
         assert_eq!(settings.name, "builder-1");
         assert_eq!(settings.workspace_root, dir.path().join("ws"));
+        assert!(settings.allow_fleet_commands);
+        // Gorgon's keys that do not apply are named, the ones gorgon-rs reads are not.
+        let unused = settings.unused_keys.join("\n");
+        assert_eq!(settings.unused_keys.len(), 2, "{unused}");
+        assert!(
+            unused.contains("bin_gem_path is not used by gorgon-rs"),
+            "{unused}"
+        );
+        assert!(
+            unused.contains("connection.heartbeat is not used by gorgon-rs"),
+            "{unused}"
+        );
     }
 
     #[test]

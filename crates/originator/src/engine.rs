@@ -134,6 +134,8 @@ pub(crate) struct Plan {
     pub settings: Settings,
     /// The runtime file as read, updated with this run's timings at the end.
     pub history: files::History,
+    /// The `quarantine_file` as read, until the run's state takes it.
+    pub quarantine: crate::quarantine::Quarantine,
     pub job_id: Uuid,
     pub project: String,
     /// This machine's host name.

@@ -637,11 +637,9 @@ fn tick_step(duration: f64) -> f64 {
         .max(0.001)
 }
 
+/// `text` escaped for the SVG written by hand, as maud escapes the rest of the page.
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    html! { (text) }.into_string()
 }
 
 #[cfg(test)]

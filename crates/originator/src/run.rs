@@ -69,16 +69,12 @@ async fn run(
     settings: Settings,
     events: &mut EventSink,
 ) -> Result<i32, StartError> {
-    let Some((plan, queue)) = plan(options, settings, events)? else {
+    let Some((mut plan, queue)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
-    };
-    let quarantine = match &plan.settings.quarantine_file {
-        Some(path) => Quarantine::load(path)?,
-        None => Quarantine::default(),
     };
     let mut state = JobState::new(queue)
         .with_retries(plan.settings.retries)
-        .with_quarantine(quarantine)
+        .with_quarantine(std::mem::take(&mut plan.quarantine))
         .with_max_fail(plan.settings.max_fail);
     // Installed once, before anything of the job starts: a signal at any moment from here on
     // stops the run (it waits in the streams until the engine looks).
@@ -104,6 +100,10 @@ fn plan(
     if options.local.is_none() {
         settings.file_server()?;
     }
+    let quarantine = match &settings.quarantine_file {
+        Some(path) => Quarantine::load(path)?,
+        None => Quarantine::default(),
+    };
     let root = settings.project_root.clone();
     let explicit = !options.files.is_empty();
     let patterns = if explicit {
@@ -129,7 +129,7 @@ fn plan(
         let history = files::History::new();
         let clock = (started, started_at);
         return Ok(Some(planned(
-            options, settings, events, files, history, clock,
+            options, settings, events, files, history, quarantine, clock,
         )));
     }
     let found = if options.failed {
@@ -185,7 +185,7 @@ fn plan(
     }
     let clock = (started, started_at);
     Ok(Some(planned(
-        options, settings, events, queue, history, clock,
+        options, settings, events, queue, history, quarantine, clock,
     )))
 }
 
@@ -197,6 +197,7 @@ fn planned(
     events: &mut EventSink,
     queue: Vec<String>,
     history: files::History,
+    quarantine: Quarantine,
     clock: (Instant, chrono::DateTime<chrono::Utc>),
 ) -> (Plan, Vec<String>) {
     let (started, started_at) = clock;
@@ -214,6 +215,7 @@ fn planned(
         options,
         settings,
         history,
+        quarantine,
         job_id,
         project,
         host: host_name(),

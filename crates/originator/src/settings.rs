@@ -194,35 +194,16 @@ const JOB_KEYS: [&str; 9] = [
 /// not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
 /// `connection.heartbeat`...) or that nothing reads. Each is one informational line.
 fn unused_keys(config: &serde_json::Value) -> Vec<String> {
-    let mut unused = Vec::new();
-    let keys = |value: &serde_json::Value| -> Vec<String> {
-        value
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default()
-    };
-    for key in keys(config) {
-        if !TOP_KEYS.contains(&key.as_str()) {
-            unused.push(key);
-        }
-    }
-    for key in keys(&config["job"]) {
-        if !JOB_KEYS.contains(&key.as_str()) {
-            unused.push(format!("job.{key}"));
-        }
-    }
-    for key in keys(&config["job"]["sync"]) {
-        if key != "exclude" && key != "rsync_transport" {
-            unused.push(format!("job.sync.{key}"));
-        }
-    }
+    use gorgon_protocol::config_file::{unknown_keys, unused_key_line};
+    let mut unused = unknown_keys(config, "", &TOP_KEYS);
+    unused.extend(unknown_keys(&config["job"], "job.", &JOB_KEYS));
+    unused.extend(unknown_keys(
+        &config["job"]["sync"],
+        "job.sync.",
+        &["exclude", "rsync_transport"],
+    ));
     unused.extend(BrokerSettings::unused_keys(&config["connection"]));
-    unused
-        .into_iter()
-        .map(|key| {
-            format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
-        })
-        .collect()
+    unused.iter().map(|key| unused_key_line(key)).collect()
 }
 
 #[derive(Deserialize)]

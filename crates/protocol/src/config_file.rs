@@ -122,6 +122,23 @@ pub fn deep_merge(base: &mut Value, overlay: Value) {
     }
 }
 
+/// The keys of the object `value` that are not in `known`, each named by its path in the file
+/// (`prefix` and the key: `job.sync.source_tree_path`); none when `value` is not an object.
+pub fn unknown_keys(value: &Value, prefix: &str, known: &[&str]) -> Vec<String> {
+    value
+        .as_object()
+        .into_iter()
+        .flat_map(|object| object.keys())
+        .filter(|key| !known.contains(&key.as_str()))
+        .map(|key| format!("{prefix}{key}"))
+        .collect()
+}
+
+/// The informational line that names a key of a config file gorgon-rs does not use.
+pub fn unused_key_line(key: &str) -> String {
+    format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
+}
+
 /// Splits a `HOST[:PORT]` written on a command line, with `default_port` when none is given.
 /// An IPv6 address is written in brackets: `[::1]:5672`.
 pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {

@@ -70,7 +70,8 @@ fn tls_or_flag<'de, D: serde::Deserializer<'de>>(
 /// The keys of a `connection` object that gorgon-rs reads; Gorgon's others (`heartbeat`,
 /// `timeout`, `frame_max`, `automatically_recover`...) are accepted and not used
 /// ([`BrokerSettings::unused_keys`]).
-const CONNECTION_KEYS: [&str; 15] = [
+const CONNECTION_KEYS: [&str; 16] = [
+    "tls_ca_certificates",
     "host",
     "hostname",
     "port",
@@ -176,17 +177,7 @@ impl BrokerSettings {
     /// The keys of a `connection` object that gorgon-rs does not use (Gorgon's `heartbeat`,
     /// `timeout`...), for an informational line.
     pub fn unused_keys(connection: &serde_json::Value) -> Vec<String> {
-        let known = |key: &str| CONNECTION_KEYS.contains(&key) || key == "tls_ca_certificates";
-        connection
-            .as_object()
-            .map(|object| {
-                object
-                    .keys()
-                    .filter(|key| !known(key))
-                    .map(|key| format!("connection.{key}"))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::config_file::unknown_keys(connection, "connection.", &CONNECTION_KEYS)
     }
 
     pub fn address(&self) -> String {

@@ -56,8 +56,9 @@ pub struct PersistentRunner {
     /// Unless `batch_seconds` is 0, quick files may share a run when the runner offers it.
     batches: bool,
     session: Option<Session>,
-    /// Gets what the runner writes to a request's output file while it runs (live output).
-    output_tap: Option<OutputTap>,
+    /// Gets what the runner writes to a request's output file while it runs (live output),
+    /// from that long into the run on.
+    output_tap: Option<(OutputTap, Duration)>,
     /// The warm runner its sessions fork from, when the listener keeps one for it.
     warm: Option<WarmFork>,
     /// Holds the built-in adapter scripts and each file's output.
@@ -221,11 +222,12 @@ impl Runner {
     }
 
     /// Where a copy of the output of the files it runs from now on goes, as it is printed
-    /// (live output); `None` stops it.
-    pub fn set_output_tap(&mut self, tap: Option<OutputTap>) {
+    /// (live output), wanted from `after` into a file's run on; `None` stops it. (A command's
+    /// pipes are copied from the start; a persistent runner's output file is read from then.)
+    pub fn set_output_tap(&mut self, tap: Option<OutputTap>, after: Duration) {
         match self {
             Runner::Command(runner) => runner.base.output_tap = tap,
-            Runner::Persistent(runner) => runner.output_tap = tap,
+            Runner::Persistent(runner) => runner.output_tap = tap.map(|tap| (tap, after)),
         }
     }
 
@@ -466,7 +468,7 @@ impl PersistentRunner {
         let tail = self
             .output_tap
             .clone()
-            .map(|tap| tokio::spawn(tail_file(output_path.to_owned(), tap)));
+            .map(|(tap, after)| tokio::spawn(tail_file(output_path.to_owned(), tap, after)));
         let answer = session.run(request, self.limit).await;
         if let Some(tail) = tail {
             tail.abort();
@@ -481,10 +483,13 @@ impl PersistentRunner {
     }
 }
 
-/// Sends what is appended to `path` to `tap`, every [`crate::live::FLUSH_EVERY`] / 2, until
-/// aborted: the output file a persistent runner writes while a request runs.
-async fn tail_file(path: std::path::PathBuf, tap: OutputTap) {
+/// Sends what is written to `path` to `tap`, from `after` on (what came before, then what is
+/// appended, every [`crate::live::FLUSH_EVERY`] / 2), until aborted: the output file a
+/// persistent runner writes while a request runs. A file that ends before `after` costs a
+/// timer only.
+async fn tail_file(path: std::path::PathBuf, tap: OutputTap, after: Duration) {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    tokio::time::sleep(after).await;
     let mut offset = 0u64;
     let mut chunk = vec![0u8; 16 * 1024];
     loop {

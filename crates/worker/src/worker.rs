@@ -343,7 +343,7 @@ async fn run_batch(
     let live_from = tokio::time::Instant::now() + live_delay;
     let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
     if live_file.is_some() {
-        runner.set_output_tap(Some(tap));
+        runner.set_output_tap(Some(tap), live_delay);
     } else {
         drop(tap);
     }
@@ -382,7 +382,7 @@ async fn run_batch(
         }
     };
     if let Some(file) = &live_file {
-        runner.set_output_tap(None);
+        runner.set_output_tap(None, Duration::ZERO);
         // A file that ended before its delay sends nothing: its result has its output.
         if tokio::time::Instant::now() >= live_from {
             while let Ok(chunk) = chunks.try_recv() {
