@@ -115,6 +115,7 @@ impl Originator {
             slots: 1,
             worker_id: None,
             warm_runner: None,
+            ruby_preload: None,
         }
     }
 

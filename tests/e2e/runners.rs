@@ -1152,15 +1152,21 @@ fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
 }
 
 /// A Gorgon callbacks class that records each call in `marks` (a file per moment and
-/// process: the moment, then the worker id when there is one) and returns `cluster` from
-/// `before_originate`, as Gorgon's callbacks named the cluster.
+/// process, named by the moment and then the worker id when there is one, holding the
+/// working directory, and beside it `NAME.pid` with a line per process id: one per host)
+/// and returns `cluster`
+/// from `before_originate`, as Gorgon's callbacks named the cluster. Its
+/// `before_creating_workers` requires `test/support/shop_helper.rb`, which the tests use
+/// without requiring it, as Gorgon projects preloaded their helpers.
 fn gorgon_callbacks(marks: &Path, cluster: &str) -> String {
     format!(
-        r#"class ShopCallbacks < Gorgon::DefaultCallbacks
+        r##"class ShopCallbacks < Gorgon::DefaultCallbacks
   MARKS = {marks:?}
 
   def mark(moment)
-    File.write(File.join(MARKS, [moment, ENV['GORGON_WORKER_ID']].compact.join('_')), Dir.pwd)
+    name = File.join(MARKS, [moment, ENV['GORGON_WORKER_ID']].compact.join('_'))
+    File.write(name, Dir.pwd)
+    File.write("#{{name}}.pid", "#{{Process.pid}}\n", mode: 'a')
   end
 
   def before_originate
@@ -1169,7 +1175,11 @@ fn gorgon_callbacks(marks: &Path, cluster: &str) -> String {
   end
 
   def after_sync = mark('after_sync')
-  def before_creating_workers = mark('before_creating_workers')
+
+  def before_creating_workers
+    mark('before_creating_workers')
+    require File.expand_path('test/support/shop_helper')
+  end
   def before_start = mark('before_start')
   def after_complete = mark('after_complete')
   def after_creating_workers = mark('after_creating_workers')
@@ -1177,7 +1187,7 @@ fn gorgon_callbacks(marks: &Path, cluster: &str) -> String {
 end
 
 Gorgon.callbacks = ShopCallbacks.new
-"#,
+"##,
         marks = marks.display().to_string()
     )
 }
@@ -1210,9 +1220,18 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
             }
         }),
     );
+    // The helper that `before_creating_workers` preloads: the tests use it without
+    // requiring it, and say which process loaded it.
+    project.write(
+        "test/support/shop_helper.rb",
+        &format!(
+            "module ShopHelper\n  LOADED_IN = Process.pid\n  def self.seen_by(name)\n    File.write(File.join({:?}, \"helper_seen_by_#{{name}}\"), LOADED_IN.to_s)\n  end\nend\n",
+            marks.display().to_string()
+        ),
+    );
     project.write(
         "spec/cart_spec.rb",
-        "RSpec.describe 'cart' do\n  it('adds') { expect(1 + 1).to eq(2) }\nend\n",
+        "RSpec.describe 'cart' do\n  it('adds') { ShopHelper.seen_by('rspec'); expect(1 + 1).to eq(2) }\nend\n",
     );
     project.write(
         "spec/refund_spec.rb",
@@ -1220,7 +1239,7 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     );
     project.write(
         "test/unit/tax_test.rb",
-        "require 'minitest/autorun'\n\nclass TaxTest < Minitest::Test\n  def test_rate\n    assert_equal 20, 20\n  end\nend\n",
+        "require 'minitest/autorun'\n\nclass TaxTest < Minitest::Test\n  def test_rate\n    ShopHelper.seen_by('minitest')\n    assert_equal 20, 20\n  end\nend\n",
     );
     project.write(
         "test/unit/price_test.rb",
@@ -1263,6 +1282,20 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
         ] {
             assert!(seen.iter().any(|s| s == moment), "{moment} in {seen:?}");
         }
+        // The helper was loaded once, by `before_creating_workers`, in the process both
+        // frameworks' runners forked from; `after_creating_workers` ran there too, and
+        // `before_start` in a runner process of its own.
+        let pids = |name: &str| -> std::collections::BTreeSet<String> {
+            read(name).lines().map(str::to_owned).collect()
+        };
+        let preloads = pids("before_creating_workers.pid");
+        assert!(preloads.contains(&read("helper_seen_by_rspec")), "{seen:?}");
+        assert!(
+            preloads.contains(&read("helper_seen_by_minitest")),
+            "{seen:?}"
+        );
+        assert_eq!(pids("after_creating_workers.pid"), preloads);
+        assert!(pids("before_start_1.pid").is_disjoint(&preloads));
         let local = !args.is_empty();
         assert_eq!(seen.iter().any(|s| s == "after_sync"), !local, "{seen:?}");
         if !local {
@@ -1288,6 +1321,33 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
             all.contains("ArgumentError: no database for the run"),
             "{run:?}"
         );
+    }
+    // The same on the listener's side: in the preload process and in a runner.
+    for moment in ["before_creating_workers", "before_start"] {
+        project.write(
+            "test/gorgon_callbacks.rb",
+            &format!(
+                "class Broken < Gorgon::DefaultCallbacks\n  def {moment}\n    raise KeyError, 'no seed data'\n  end\n\n  def before_originate = {:?}\nend\nGorgon.callbacks = Broken.new\n",
+                cluster.id
+            ),
+        );
+        for args in [vec![], vec!["--local", "-j", "2"]] {
+            let run = project.start(&args, RUN_LIMIT);
+            assert_eq!(run.code, 1, "{moment} {args:?}: {run:?}");
+            let all = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                all.contains(&format!("{moment} callback failed")),
+                "{moment} {args:?}: {run:?}"
+            );
+            assert!(
+                all.contains("KeyError: no seed data"),
+                "{moment} {args:?}: {run:?}"
+            );
+            assert!(
+                all.contains("gorgon_callbacks.rb:3"),
+                "the backtrace: {run:?}"
+            );
+        }
     }
     // A moment given both ways is refused.
     let both = cluster.project(

@@ -10,6 +10,7 @@ use gorgon_exec::{describe_status, grace, rsync, run_callback, terminate_group, 
 use gorgon_protocol::{
     BrokerError, CallbackName, Envelope, JobDefinition, Message, WorkerAssignment,
 };
+use gorgon_worker::class_callbacks::host_command;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -214,8 +215,9 @@ async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Rep
         return Err(Reported);
     }
     let base = callback_base(shared, job, workspace);
-    let after_sync = job.definition.callbacks.after_sync.as_deref();
-    if let Err(failure) = run_callback(CallbackName::AfterSync, after_sync, &base).await {
+    let after_sync = host_command(&job.definition, CallbackName::AfterSync);
+    if let Err(failure) = run_callback(CallbackName::AfterSync, after_sync.as_deref(), &base).await
+    {
         tracing::error!(job = %job.id, %failure);
         let message = Message::CallbackFailed {
             host,
@@ -254,6 +256,7 @@ async fn manage(
         slots,
         worker_id: None,
         warm_runner: shared.warm_runner_for(&job.definition.runner),
+        ruby_preload: None,
     };
     let mut line = match serde_json::to_vec(&assignment) {
         Ok(line) => line,

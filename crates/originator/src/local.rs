@@ -14,10 +14,9 @@
 use std::time::Duration;
 
 use gorgon_exec::signals::StopSignals;
-use gorgon_exec::{grace, run_callback, ShellCommand};
-use gorgon_protocol::{
-    CallbackName, JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment,
-};
+use gorgon_exec::{grace, ShellCommand};
+use gorgon_protocol::{JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment};
+use gorgon_worker::class_callbacks::HostCallbacks;
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 
 use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
@@ -67,6 +66,7 @@ pub(crate) async fn run(
         slots,
         worker_id: None,
         warm_runner: None,
+        ruby_preload: None,
     };
     let retries = settings.max_crash_retries;
     let reply = |state: &mut JobState, events: &mut EventSink, message: Message| {
@@ -85,14 +85,22 @@ pub(crate) async fn run(
     );
     // The manager's callbacks also see the workspace, which here is the project itself.
     let base = ShellCommand::new("", &root).envs(plan.tags().in_workspace(&root).pairs());
-    let callbacks = &settings.callbacks.remote;
-    let before = callbacks.before_creating_workers.as_deref();
     let mut stop = None;
-    if let Err(failure) = run_callback(CallbackName::BeforeCreatingWorkers, before, &base).await {
-        let failed = callback_failed(&host, failure);
-        stop = reply(state, events, failed).map(Stop::Failed);
+    let mut host_callbacks = None;
+    match HostCallbacks::before_workers(&assignment.definition, &base).await {
+        Ok(started) => host_callbacks = Some(started),
+        Err(failure) => {
+            let failed = callback_failed(&host, failure);
+            stop = reply(state, events, failed).map(Stop::Failed);
+        }
     }
-
+    let assignment = WorkerAssignment {
+        ruby_preload: host_callbacks
+            .as_ref()
+            .and_then(HostCallbacks::ruby_preload),
+        ..assignment
+    };
+    let definition = assignment.definition.clone();
     let (mut pool, mut from_workers) = Pool::new(program, assignment);
     let mut queue = HandOutQueue::new(state.queued().iter().cloned());
     if stop.is_none() {
@@ -170,9 +178,8 @@ pub(crate) async fn run(
             }
         }
     }
-    if stop.is_none() {
-        let after = callbacks.after_creating_workers.as_deref();
-        if let Err(failure) = run_callback(CallbackName::AfterCreatingWorkers, after, &base).await {
+    if let (None, Some(host_callbacks)) = (&stop, host_callbacks) {
+        if let Err(failure) = host_callbacks.after_workers(&definition, &base).await {
             reply(state, events, callback_failed(&host, failure));
         }
     }

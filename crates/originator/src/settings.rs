@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gorgon_protocol::config_file::{self, ConfigFileError};
-use gorgon_protocol::{names, BrokerSettings, SyncTransport};
+use gorgon_protocol::{names, BrokerSettings, CallbackName, SyncTransport};
+use gorgon_worker::class_callbacks::shell_command;
 use serde::Deserialize;
 
 /// The name of the file merged over `gorgon.json` when it sits beside it.
@@ -111,39 +112,39 @@ pub struct FileServer {
 /// What a Gorgon callbacks class's `before_originate` prints before the cluster id it returns.
 pub const CLUSTER_ID_LINE: &str = "GORGON_CLUSTER_ID=";
 
-/// The shim that runs one method of a Gorgon callbacks class (`callbacks_class_file`).
-const CALLBACKS_SHIM: &str = include_str!("../ruby/gorgon_callbacks.rb");
-
-/// Each callback of `callbacks` that a Gorgon callbacks class gives: the shim run with
-/// `ruby -e`, calling that method, at that moment and in that process (`class_file`
-/// relative to its working directory, as in Gorgon). A moment with a shell callback too is
-/// refused.
+/// Takes a Gorgon callbacks class (`class_file`, relative to the working directory of each
+/// moment, as in Gorgon) into `callbacks`: the originator's two moments become the class's
+/// methods run as programs; the class file travels with the job, and each host runs the
+/// other five methods (`gorgon_worker::class_callbacks`). A moment with a shell callback
+/// too is refused.
 fn class_callbacks(callbacks: &mut OriginatorCallbacks, class_file: &str) -> Result<(), String> {
-    let shim =
-        shlex::try_quote(CALLBACKS_SHIM).map_err(|_| "the callbacks shim cannot be quoted")?;
-    let file = shlex::try_quote(class_file)
-        .map_err(|_| format!("callbacks_class_file {class_file:?} cannot be quoted"))?;
-    let remote = &mut callbacks.remote;
-    let moments: [(&str, &mut Option<String>); 7] = [
-        ("before_originate", &mut callbacks.before_originate),
-        ("after_sync", &mut remote.after_sync),
+    let remote = &callbacks.remote;
+    let configured = [
+        (CallbackName::BeforeOriginate, &callbacks.before_originate),
+        (CallbackName::AfterSync, &remote.after_sync),
         (
-            "before_creating_workers",
-            &mut remote.before_creating_workers,
+            CallbackName::BeforeCreatingWorkers,
+            &remote.before_creating_workers,
         ),
-        ("before_start", &mut remote.before_start),
-        ("after_complete", &mut remote.after_complete),
-        ("after_creating_workers", &mut remote.after_creating_workers),
-        ("after_job_finishes", &mut callbacks.after_job_finishes),
+        (CallbackName::BeforeStart, &remote.before_start),
+        (CallbackName::AfterComplete, &remote.after_complete),
+        (
+            CallbackName::AfterCreatingWorkers,
+            &remote.after_creating_workers,
+        ),
+        (
+            CallbackName::AfterJobFinishes,
+            &callbacks.after_job_finishes,
+        ),
     ];
-    for (moment, command) in moments {
-        if command.is_some() {
-            return Err(format!(
-                "job.callbacks.{moment} and job.callbacks.callbacks_class_file both give the {moment} callback; keep one"
-            ));
-        }
-        *command = Some(format!("ruby -e {shim} {moment} {file}"));
+    if let Some((moment, _)) = configured.iter().find(|(_, command)| command.is_some()) {
+        return Err(format!(
+            "job.callbacks.{moment} and job.callbacks.callbacks_class_file both give the {moment} callback; keep one"
+        ));
     }
+    callbacks.before_originate = Some(shell_command(CallbackName::BeforeOriginate, class_file)?);
+    callbacks.after_job_finishes = Some(shell_command(CallbackName::AfterJobFinishes, class_file)?);
+    callbacks.remote.class_file = Some(class_file.to_owned());
     Ok(())
 }
 
@@ -153,8 +154,8 @@ fn class_callbacks(callbacks: &mut OriginatorCallbacks, class_file: &str) -> Res
 pub struct OriginatorCallbacks {
     pub before_originate: Option<String>,
     pub after_job_finishes: Option<String>,
-    /// Gorgon's Ruby callbacks class: read so that a Gorgon config loads, but not run (the
-    /// run says so).
+    /// Gorgon's Ruby callbacks class, whose methods run at their moments (see
+    /// `class_callbacks`).
     pub callbacks_class_file: Option<String>,
     #[serde(flatten)]
     pub remote: gorgon_protocol::Callbacks,

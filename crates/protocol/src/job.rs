@@ -369,6 +369,13 @@ pub struct Callbacks {
     pub after_complete: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_creating_workers: Option<String>,
+    /// Gorgon's Ruby callbacks class (`callbacks_class_file`, relative to the workspace):
+    /// its `before_creating_workers`, `before_start`, `after_complete` and
+    /// `after_creating_workers` run on the listener, inside the job's Ruby runner processes
+    /// when the job has a built-in Ruby runner (so that what they load is preloaded), else as
+    /// commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_file: Option<String>,
 }
 
 #[cfg(test)]

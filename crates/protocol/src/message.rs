@@ -432,6 +432,11 @@ pub struct WorkerAssignment {
     /// workers fork their runners from (`docs/runner-protocol.md`, "Warm runners").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_runner: Option<std::path::PathBuf>,
+    /// The socket of the job's Ruby preload process (started by the manager in the
+    /// workspace when the job has a callbacks class and a built-in Ruby runner): it has run
+    /// `before_creating_workers`, and the job's Ruby runners fork from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruby_preload: Option<std::path::PathBuf>,
 }
 
 impl WorkerAssignment {
@@ -718,6 +723,7 @@ mod tests {
             slots: 4,
             worker_id: Some(3),
             warm_runner: None,
+            ruby_preload: None,
         };
         let json = serde_json::to_string(&assignment).unwrap();
         assert_eq!(

@@ -27,6 +27,14 @@ pub enum RunnerMessage {
     },
     /// The answer to one [`RunRequest`].
     FileDone(FileDone),
+    /// A callback of the job's callbacks class that runs inside the runner
+    /// (`before_start` instead of the hello, `after_complete` when stdin ends) raised; the
+    /// runner exits after this line.
+    CallbackFailed {
+        callback: String,
+        /// The exception's class and message, and its backtrace.
+        message: String,
+    },
 }
 
 /// A line from the worker to the runner (its stdin). The end of stdin asks the runner to exit.

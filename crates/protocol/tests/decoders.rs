@@ -178,6 +178,7 @@ fn sample_assignment() -> WorkerAssignment {
         slots: 2,
         worker_id: Some(1),
         warm_runner: None,
+        ruby_preload: None,
     }
 }
 

@@ -7,10 +7,38 @@
 # own instead, and a troubled batch runs again file by file.
 require 'json'
 require 'set'
+require_relative 'gorgon_callbacks'
 
 module GorgonRunner
   PROTOCOL = 1
   BACKTRACE_LINES = 15
+
+  # The job's Gorgon callbacks class (GORGON_CALLBACKS_CLASS_FILE), if it has one: loaded
+  # already when this runner forked from the job's preload process, else loaded here.
+  def self.callbacks_class_file
+    ENV['GORGON_CALLBACKS_CLASS_FILE']
+  end
+
+  # Runs a moment of the callbacks class in this process, its output on stderr; when it
+  # raises, says so on `proto` (the protocol's stdout; by default stdout as it was) and exits.
+  def self.run_class_callback(moment, proto = nil)
+    return unless callbacks_class_file
+
+    saved = STDOUT.dup
+    STDOUT.reopen(STDERR)
+    begin
+      Gorgon.load_callbacks(callbacks_class_file) unless Gorgon.callbacks
+      Gorgon.run_callback(moment)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- reported, then the runner ends
+      proto ||= saved
+      proto.puts(JSON.generate(type: 'callback_failed', callback: moment.to_s, message: Gorgon.describe(e)))
+      proto.flush
+      exit!(1)
+    ensure
+      STDOUT.flush
+      STDOUT.reopen(saved)
+    end
+  end
 
   # Results of the file being run, filled in by the framework adapter in the forked child so
   # that tests finished before a test ends the process are still reported.
@@ -83,6 +111,7 @@ module GorgonRunner
       end
     end
     supervisor.stop
+    run_class_callback(:after_complete, proto)
     # exit! skips at_exit hooks, such as Minitest's autorun, that would run in this process.
     exit!(0)
   end
@@ -397,3 +426,7 @@ module GorgonRunner
     result.merge('type' => 'file_done', 'file' => file)
   end
 end
+
+# Gorgon's before_start runs in the runner before the adapter loads the suite's helper and
+# before its first file, as it ran in each Gorgon worker.
+GorgonRunner.run_class_callback(:before_start)

@@ -7,23 +7,65 @@
 # "pid N", then "status RAW" (the raw wait status) when the child ends, and kills the child's
 # group if the worker's connection closes first. Usage: ruby gorgon_warm.rb KIND SOCKET; it
 # prints "ready" once it serves, and ends when its stdin closes and its children have ended.
+#
+# `ruby gorgon_warm.rb preload SOCKET CLASS_FILE [KIND...]` is a job's Ruby preload process
+# instead: started in the workspace with the job's environment, it loads the frameworks of
+# the KINDs and Gorgon's callbacks class CLASS_FILE and runs its before_creating_workers, so
+# that the job's runners fork with what it loaded; when it ends it runs
+# after_creating_workers. A callback that raises is printed (class, message, backtrace) and
+# the exit status is 1.
 require 'socket'
 require 'json'
 require 'set'
 
-kind, socket_path = ARGV
-case kind
-when 'rspec'
-  require 'rspec/core'
-  %w[rspec/expectations rspec/mocks rspec/core/formatters/exception_presenter].each do |library|
-    require library
-  rescue LoadError
-    nil
+# Loads a runner kind's framework.
+def gorgon_warm_require(kind)
+  case kind
+  when 'rspec'
+    require 'rspec/core'
+    %w[rspec/expectations rspec/mocks rspec/core/formatters/exception_presenter].each do |library|
+      require library
+    rescue LoadError
+      nil
+    end
+  when 'minitest'
+    require 'minitest'
+  else
+    abort "gorgon_warm.rb: unknown runner kind #{kind.inspect}"
   end
-when 'minitest'
-  require 'minitest'
+end
+
+# Runs a moment of the callbacks class with stdout sent to stderr (stdout says "ready").
+def gorgon_warm_callback(moment)
+  ready_out = STDOUT.dup
+  STDOUT.reopen(STDERR)
+  Gorgon.run_callback(moment)
+rescue Exception => e # rubocop:disable Lint/RescueException
+  warn Gorgon.describe(e)
+  exit!(1)
+ensure
+  STDOUT.flush
+  STDOUT.reopen(ready_out) if ready_out
+end
+
+kind, socket_path, class_file, *preload_kinds = ARGV
+preload = kind == 'preload'
+if preload
+  preload_kinds.each do |preload_kind|
+    gorgon_warm_require(preload_kind)
+  rescue LoadError
+    nil # the runner reports it when it loads the framework
+  end
+  require_relative 'gorgon_callbacks'
+  begin
+    Gorgon.load_callbacks(class_file)
+  rescue Exception => e # rubocop:disable Lint/RescueException
+    warn Gorgon.describe(e)
+    exit!(1)
+  end
+  gorgon_warm_callback(:before_creating_workers)
 else
-  abort "gorgon_warm.rb: unknown runner kind #{kind.inspect}"
+  gorgon_warm_require(kind)
 end
 
 module GorgonWarm
@@ -172,4 +214,5 @@ begin
 rescue SystemCallError
   nil
 end
+gorgon_warm_callback(:after_creating_workers) if preload
 exit!(0)

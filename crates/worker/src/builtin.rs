@@ -25,6 +25,13 @@ const RUBY_SUPPORT: (&str, &str) = (
     include_str!("../adapters/gorgon_runner.rb"),
 );
 
+/// The stand-in for Ruby Gorgon's callbacks (`Gorgon::DefaultCallbacks`), which the Ruby
+/// runners and the job's Ruby preload process load, and which runs one method of a callbacks
+/// class as a program.
+pub const CALLBACKS_SHIM: &str = include_str!("../adapters/gorgon_callbacks.rb");
+
+const RUBY_CALLBACKS: (&str, &str) = ("gorgon_callbacks.rb", CALLBACKS_SHIM);
+
 const RSPEC: Adapter = Adapter {
     kind: "rspec",
     scripts: &[
@@ -33,6 +40,7 @@ const RSPEC: Adapter = Adapter {
             include_str!("../adapters/gorgon_rspec.rb"),
         ),
         RUBY_SUPPORT,
+        RUBY_CALLBACKS,
     ],
     interpreter: "ruby",
     warm: RUBY_WARM,
@@ -46,6 +54,7 @@ const MINITEST: Adapter = Adapter {
             include_str!("../adapters/gorgon_minitest.rb"),
         ),
         RUBY_SUPPORT,
+        RUBY_CALLBACKS,
     ],
     interpreter: "ruby",
     warm: RUBY_WARM,
@@ -127,6 +136,45 @@ pub fn write_warm_runner(
         adapter.kind,
         quoted(socket)?
     )))
+}
+
+/// Whether a built-in runner of this kind runs in Ruby (and so can load a Gorgon
+/// callbacks class and fork from the job's Ruby preload process).
+pub fn is_ruby(kind: RunnerKind) -> bool {
+    adapter(kind).is_some_and(|adapter| adapter.warm == RUBY_WARM)
+}
+
+/// Writes the job's Ruby preload process into `dir` and returns the shell command that
+/// starts it: it loads the frameworks of `kinds` and the callbacks class `class_file`, runs
+/// its `before_creating_workers`, then serves forks on `socket` as a warm runner does, and
+/// runs `after_creating_workers` when its stdin ends and its forks have ended.
+pub fn write_ruby_preload(
+    kinds: &[RunnerKind],
+    interpreter: &str,
+    dir: &Path,
+    socket: &Path,
+    class_file: &str,
+) -> std::io::Result<String> {
+    for (name, text) in [RUBY_WARM, RUBY_CALLBACKS] {
+        std::fs::write(dir.join(name), text)?;
+    }
+    let quote = |text: &str| {
+        shlex::try_quote(text)
+            .map(|quoted| quoted.into_owned())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let mut command = format!(
+        "exec {} {} preload {} {}",
+        chosen_interpreter(&RSPEC, interpreter),
+        quoted(&dir.join(RUBY_WARM.0))?,
+        quoted(socket)?,
+        quote(class_file)?
+    );
+    for kind in kinds.iter().filter_map(|kind| adapter(*kind)) {
+        command.push(' ');
+        command.push_str(kind.kind);
+    }
+    Ok(command)
 }
 
 fn chosen_interpreter(adapter: &Adapter, interpreter: &str) -> String {

@@ -8,6 +8,7 @@
 //! as the death of their parent (see [`read_assignment`]).
 
 mod builtin;
+pub mod class_callbacks;
 mod feed;
 mod junit;
 mod live;

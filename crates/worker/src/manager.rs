@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
-use gorgon_exec::{grace, run_callback};
-use gorgon_protocol::{names, Broker, CallbackName, Message, WorkerAssignment};
+use gorgon_exec::grace;
+use gorgon_protocol::{names, Broker, Message, WorkerAssignment};
 
+use crate::class_callbacks::HostCallbacks;
 use crate::feed::{Ended, Feeder};
 use crate::pool::{Pool, Received, WorkerProgram};
 use crate::{command_base, report, StdinClosed, EXIT_BROKEN};
@@ -75,24 +76,29 @@ async fn manage_connected(
             return EXIT_BROKEN;
         }
     }
-    let callbacks = &assignment.definition.callbacks;
     let base = command_base(assignment);
-    let before = callbacks.before_creating_workers.as_deref();
-    if let Err(failure) = run_callback(CallbackName::BeforeCreatingWorkers, before, &base).await {
-        tracing::error!(%failure);
-        report(broker, assignment, callback_failed(assignment, failure)).await;
-        return 0;
-    }
+    let host_callbacks = match HostCallbacks::before_workers(&assignment.definition, &base).await {
+        Ok(host_callbacks) => host_callbacks,
+        Err(failure) => {
+            tracing::error!(%failure);
+            report(broker, assignment, callback_failed(assignment, failure)).await;
+            return 0;
+        }
+    };
 
     let mut feeder = match Feeder::open(broker, assignment).await {
         Ok(feeder) => feeder,
         Err(Ended::Finished) => {
             tracing::info!("every file already has a result; starting no workers");
-            return after_workers(broker, assignment).await;
+            return after_workers(broker, assignment, host_callbacks).await;
         }
         Err(_) => return EXIT_BROKEN,
     };
-    let (mut pool, mut events) = Pool::new(program.clone(), assignment.clone());
+    let workers_assignment = WorkerAssignment {
+        ruby_preload: host_callbacks.ruby_preload(),
+        ..assignment.clone()
+    };
+    let (mut pool, mut events) = Pool::new(program.clone(), workers_assignment);
     // Workers start as files arrive: a host starts no more of them than it has files for.
     let mut unstarted = 1..=assignment.slots;
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
@@ -182,7 +188,7 @@ async fn manage_connected(
     if cancelled {
         return 0;
     }
-    after_workers(broker, assignment).await
+    after_workers(broker, assignment, host_callbacks).await
 }
 
 /// Starts worker `worker_id`, reporting it as crashed when it cannot start.
@@ -202,14 +208,16 @@ async fn start_worker(pool: &mut Pool, feeder: &mut Feeder<'_>, worker_id: u32) 
 }
 
 /// Runs `after_creating_workers` (reporting its failure); the manager's exit code.
-async fn after_workers(broker: &Broker, assignment: &WorkerAssignment) -> i32 {
-    let after = assignment
-        .definition
-        .callbacks
-        .after_creating_workers
-        .as_deref();
+async fn after_workers(
+    broker: &Broker,
+    assignment: &WorkerAssignment,
+    host_callbacks: HostCallbacks,
+) -> i32 {
     let base = command_base(assignment);
-    if let Err(failure) = run_callback(CallbackName::AfterCreatingWorkers, after, &base).await {
+    if let Err(failure) = host_callbacks
+        .after_workers(&assignment.definition, &base)
+        .await
+    {
         tracing::error!(%failure);
         report(broker, assignment, callback_failed(assignment, failure)).await;
     }
@@ -293,6 +301,7 @@ mod tests {
                 slots: 2,
                 worker_id: None,
                 warm_runner: None,
+                ruby_preload: None,
             }
         }
 

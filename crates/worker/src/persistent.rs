@@ -43,6 +43,17 @@ pub enum BootError {
         "the runner `{command}` speaks runner protocol {version}, this worker speaks {RUNNER_PROTOCOL_VERSION}"
     )]
     WrongVersion { command: String, version: u32 },
+    #[error("the {} callback raised in the runner: {}", .0.callback, .0.message)]
+    Callback(RunnerCallbackFailure),
+}
+
+/// A method of the job's Gorgon callbacks class that raised inside the runner
+/// (`before_start` as it booted, `after_complete` as it ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerCallbackFailure {
+    pub callback: String,
+    /// The exception's class, message and backtrace.
+    pub message: String,
 }
 
 /// The end of one request's run (a file or a batch), as seen from the worker.
@@ -212,6 +223,9 @@ impl Session {
                     command: name,
                     version: protocol,
                 },
+                Ok(RunnerMessage::CallbackFailed { callback, message }) => {
+                    BootError::Callback(RunnerCallbackFailure { callback, message })
+                }
                 _ => BootError::NoHello {
                     command: name,
                     line: line.chars().take(200).collect(),
@@ -327,18 +341,32 @@ impl Session {
         std::mem::take(&mut *lock(&self.stderr)).text()
     }
 
-    /// Asks the runner to exit by closing its stdin, then stops its group the careful way.
-    pub async fn stop(mut self) {
+    /// Asks the runner to exit by closing its stdin, waits up to `exit_limit` (the time its
+    /// `after_complete` callback may take, if it has one; else a short grace), then stops
+    /// its group the careful way. Returns the callback that raised as it ended, if one did.
+    pub async fn stop(mut self, exit_limit: Option<Duration>) -> Option<RunnerCallbackFailure> {
         drop(self.stdin.take());
-        if tokio::time::timeout(EXIT_GRACE, self.process.wait())
-            .await
-            .is_err()
-        {
+        let mut failure = None;
+        let ended = tokio::time::timeout(exit_limit.unwrap_or(EXIT_GRACE), async {
+            while let Some(line) = self.lines.recv().await {
+                if let Line::Text(line) = line {
+                    if let Ok(RunnerMessage::CallbackFailed { callback, message }) =
+                        RunnerMessage::decode(&line)
+                    {
+                        failure = Some(RunnerCallbackFailure { callback, message });
+                    }
+                }
+            }
+            self.process.wait().await
+        })
+        .await;
+        if ended.is_err() {
             tracing::warn!("the runner did not exit when its stdin closed");
         }
         if let Some(group) = self.forget_group() {
             terminate_group(group.as_raw() as u32, EXIT_GRACE).await;
         }
+        failure
     }
 
     /// After the runner's stdout closed: waits briefly for it to exit, kills what is left of

@@ -542,6 +542,7 @@ mod tests {
             slots: 1,
             worker_id: None,
             warm_runner: None,
+            ruby_preload: None,
         };
         // The worker keeps the assignment it was given and exits.
         let program = WorkerProgram {

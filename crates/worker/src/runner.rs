@@ -15,14 +15,19 @@ use gorgon_protocol::{RunnerChoice, RunnerChoiceError};
 use std::collections::BTreeMap;
 use tokio::io::AsyncReadExt;
 
-use crate::builtin::write_adapter;
+use crate::builtin::{is_ruby, write_adapter};
+use crate::class_callbacks::{ClassCallbacks, CLASS_FILE_VARIABLE};
 use crate::junit;
-use crate::persistent::{Answer, Session, WarmFork};
+use crate::persistent::{Answer, BootError, RunnerCallbackFailure, Session, WarmFork};
 use crate::warm::{environment_allows_warm, WarmKey};
 
 /// How long a persistent runner may take to boot (load the framework and the application)
 /// before its first file is reported as crashed.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+/// How long a Ruby runner may take to end when it runs the callbacks class's
+/// `after_complete`.
+const AFTER_COMPLETE_LIMIT: Duration = Duration::from_secs(300);
 
 /// The outcome of one file, ready to become a `FileResult`.
 #[derive(Clone, Debug)]
@@ -61,6 +66,10 @@ pub struct PersistentRunner {
     output_tap: Option<(OutputTap, Duration)>,
     /// The warm runner its sessions fork from, when the listener keeps one for it.
     warm: Option<WarmFork>,
+    /// It runs the job's callbacks class's `before_start` and `after_complete`.
+    class_callbacks: bool,
+    /// The callbacks class's `before_start` raised as it booted.
+    callback_failure: Option<RunnerCallbackFailure>,
     /// Holds the built-in adapter scripts and each file's output.
     scratch: tempfile::TempDir,
     files_run: u64,
@@ -74,7 +83,16 @@ pub struct Runners {
     base: ShellCommand,
     /// The listener's warm runner, for a job of one runner.
     warm_socket: Option<std::path::PathBuf>,
+    ruby: Option<RubyCallbacks>,
     made: BTreeMap<usize, Runner>,
+}
+
+/// A job's Gorgon callbacks class as its Ruby runners run it.
+#[derive(Clone, Debug)]
+pub struct RubyCallbacks {
+    pub class: ClassCallbacks,
+    /// The job's Ruby preload process on this host, which the Ruby runners fork from.
+    pub preload: Option<std::path::PathBuf>,
 }
 
 impl Runners {
@@ -82,6 +100,7 @@ impl Runners {
         settings: &RunnerSettings,
         base: ShellCommand,
         warm_socket: Option<&Path>,
+        ruby: Option<RubyCallbacks>,
     ) -> Result<Runners, RunnerChoiceError> {
         let choice = RunnerChoice::new(settings)?;
         let warm_socket = warm_socket
@@ -91,6 +110,7 @@ impl Runners {
             choice,
             base,
             warm_socket,
+            ruby: ruby.filter(|ruby| ruby.class.in_ruby()),
             made: BTreeMap::new(),
         })
     }
@@ -104,7 +124,12 @@ impl Runners {
     pub fn get(&mut self, index: usize) -> std::io::Result<&mut Runner> {
         if !self.made.contains_key(&index) {
             let settings = &self.choice.runners()[index];
-            let runner = Runner::new(settings, self.base.clone(), self.warm_socket.as_deref())?;
+            let runner = Runner::new(
+                settings,
+                self.base.clone(),
+                self.warm_socket.as_deref(),
+                self.ruby.as_ref(),
+            )?;
             self.made.insert(index, runner);
         }
         Ok(self.made.get_mut(&index).expect("made above"))
@@ -118,22 +143,37 @@ impl Runners {
             .is_some_and(Runner::takes_batches)
     }
 
-    /// Stops every persistent runner at the end of the job.
-    pub async fn stop(self) {
+    /// The callbacks class's `before_start` raised in a runner as it booted: the worker
+    /// cannot run its files.
+    pub fn take_callback_failure(&mut self) -> Option<RunnerCallbackFailure> {
+        self.made.values_mut().find_map(|runner| match runner {
+            Runner::Persistent(runner) => runner.callback_failure.take(),
+            Runner::Command(_) => None,
+        })
+    }
+
+    /// Stops every persistent runner at the end of the job; the callbacks class's
+    /// `after_complete` failures as they ended.
+    pub async fn stop(self) -> Vec<RunnerCallbackFailure> {
+        let mut failures = Vec::new();
         for runner in self.made.into_values() {
-            runner.stop().await;
+            failures.extend(runner.stop().await);
         }
+        failures
     }
 }
 
 impl Runner {
     /// The runner `settings` describe; `base` carries the workspace and the environment.
     /// A built-in runner forks its sessions from the warm runner at `warm_socket`, when
-    /// there is one and the job's environment does not change how its interpreter starts.
+    /// there is one and the job's environment does not change how its interpreter starts;
+    /// a Ruby runner of a job with a callbacks class (`ruby`) runs its `before_start` and
+    /// `after_complete`, and forks from the job's preload process when there is one.
     pub fn new(
         settings: &RunnerSettings,
-        base: ShellCommand,
+        mut base: ShellCommand,
         warm_socket: Option<&Path>,
+        ruby: Option<&RubyCallbacks>,
     ) -> std::io::Result<Runner> {
         let limit = settings
             .file_timeout
@@ -151,8 +191,22 @@ impl Runner {
             .prefix("gorgon-runner-")
             .tempdir()?;
         let adapter = write_adapter(settings.kind, &settings.command, scratch.path())?;
-        let warm = match (&adapter, warm_socket) {
-            (Some(adapter), Some(socket))
+        let ruby = ruby.filter(|_| is_ruby(settings.kind));
+        if let Some(ruby) = ruby {
+            base.env.push((
+                CLASS_FILE_VARIABLE.to_owned(),
+                ruby.class.class_file.clone(),
+            ));
+        }
+        let preload = ruby
+            .filter(|ruby| ruby.class.forks(settings.kind, &settings.command))
+            .and_then(|ruby| ruby.preload.as_deref());
+        let warm = match (&adapter, preload, warm_socket) {
+            (Some(adapter), Some(socket), _) => Some(WarmFork {
+                socket: socket.to_owned(),
+                script: adapter.script.clone(),
+            }),
+            (Some(adapter), None, Some(socket))
                 if WarmKey::of(settings).is_some() && environment_allows_warm(&base.env) =>
             {
                 Some(WarmFork {
@@ -173,6 +227,8 @@ impl Runner {
             session: None,
             output_tap: None,
             warm,
+            class_callbacks: ruby.is_some(),
+            callback_failure: None,
             scratch,
             files_run: 0,
         })))
@@ -232,12 +288,12 @@ impl Runner {
     }
 
     /// Stops a persistent runner at the end of the job.
-    pub async fn stop(self) {
-        if let Runner::Persistent(runner) = self {
-            if let Some(session) = runner.session {
-                session.stop().await;
-            }
-        }
+    pub async fn stop(self) -> Option<RunnerCallbackFailure> {
+        let Runner::Persistent(runner) = self else {
+            return None;
+        };
+        let exit_limit = runner.class_callbacks.then_some(AFTER_COMPLETE_LIMIT);
+        runner.session?.stop(exit_limit).await
     }
 }
 
@@ -429,13 +485,16 @@ impl PersistentRunner {
                     session
                 }
                 Err((error, output)) => {
+                    if let BootError::Callback(failure) = &error {
+                        self.callback_failure = Some(failure.clone());
+                    }
                     return Err(FileRun {
                         status: FileStatus::Crashed,
                         exit: "the runner did not start".into(),
                         output: format!("{error}\n{output}"),
                         seconds: 0.0,
                         tests: Vec::new(),
-                    })
+                    });
                 }
             },
         };
@@ -755,14 +814,14 @@ mod tests {
         };
         let failing = r#"<testsuite><testcase name="adds" classname="Cart" file="c.rb" line="3"><failure message="expected 2">c.rb:4</failure></testcase></testsuite>"#;
         let command = format!("printf '%s' '{failing}' > {{junit}}");
-        let mut runner = Runner::new(&settings(&command), base.clone(), None).unwrap();
+        let mut runner = Runner::new(&settings(&command), base.clone(), None, None).unwrap();
         let run = runner.run_file("c.rb").await;
         assert_eq!(run.status, FileStatus::Failed, "{run:?}");
         assert_eq!(run.exit, "exit status 0; 1 of 1 tests failed");
         assert_eq!(run.tests[0].name, "adds");
         assert_eq!(run.tests[0].line, Some(3));
 
-        let mut runner = Runner::new(&settings("exit 3"), base.clone(), None).unwrap();
+        let mut runner = Runner::new(&settings("exit 3"), base.clone(), None, None).unwrap();
         let run = runner.run_file("c.rb").await;
         assert_eq!(run.status, FileStatus::Failed);
         assert!(run.tests.is_empty());
@@ -770,6 +829,7 @@ mod tests {
         let mut runner = Runner::new(
             &settings("echo '<testsuite/>' > {junit}"),
             base.clone(),
+            None,
             None,
         )
         .unwrap();
@@ -799,7 +859,7 @@ mod tests {
             file_timeout,
             ..RunnerSettings::default()
         };
-        Runner::new(&settings, ShellCommand::new("", dir), None).unwrap()
+        Runner::new(&settings, ShellCommand::new("", dir), None, None).unwrap()
     }
 
     #[tokio::test]

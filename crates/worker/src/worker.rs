@@ -9,8 +9,10 @@ use std::time::Duration;
 use gorgon_exec::{grace, run_callback, RunningGroups};
 use gorgon_protocol::{batch_size, CallbackName, FileResult, Message, WorkerAssignment};
 
+use crate::class_callbacks::{host_command, ClassCallbacks};
 use crate::live::{LiveOutput, FLUSH_EVERY};
-use crate::runner::{refused, FileRun, Runner, Runners};
+use crate::persistent::RunnerCallbackFailure;
+use crate::runner::{refused, FileRun, RubyCallbacks, Runner, Runners};
 use crate::{command_base, StdinClosed, EXIT_BROKEN};
 use gorgon_exec::signals::StopSignals;
 
@@ -73,23 +75,28 @@ pub(crate) async fn work_with<T: Transport>(
         return EXIT_BROKEN;
     };
     let mut signals = StopSignals::install();
-    let callbacks = &assignment.definition.callbacks;
-    let before_start = callbacks.before_start.as_deref();
+    let definition = &assignment.definition;
+    let before_start = host_command(definition, CallbackName::BeforeStart);
     if !run_worker_callback(
         transport,
         assignment,
         CallbackName::BeforeStart,
-        before_start,
+        before_start.as_deref(),
     )
     .await
     {
         return 0;
     }
     let warm_socket = assignment.warm_runner.as_deref();
+    let ruby = ClassCallbacks::of(definition).map(|class| RubyCallbacks {
+        class,
+        preload: assignment.ruby_preload.clone(),
+    });
     let mut runners = match Runners::new(
-        &assignment.definition.runner,
+        &definition.runner,
         command_base(assignment),
         warm_socket,
+        ruby,
     ) {
         Ok(runners) => runners,
         Err(error) => {
@@ -137,7 +144,16 @@ pub(crate) async fn work_with<T: Transport>(
             stdin,
             &mut signals,
         );
-        let sent = match ran.await {
+        let ran = ran.await;
+        if let Some(failure) = runners.take_callback_failure() {
+            // The runner's `before_start` raised: this worker cannot run its files.
+            report_runner_callback(transport, assignment, failure).await;
+            for taken in taken {
+                transport.hand_back(taken).await;
+            }
+            break End::Stopped;
+        }
+        let sent = match ran {
             Ok(results) => {
                 let seconds: f64 = results.iter().map(|r| r.seconds).sum();
                 seconds_per_file = Some(seconds / results.len() as f64);
@@ -161,27 +177,54 @@ pub(crate) async fn work_with<T: Transport>(
             }
         }
     };
-    if end == End::StoppedMidFile {
+    let runner_failures = if end == End::StoppedMidFile {
         // Its file was stopped with a grace already: what is left of the runners is killed.
         drop(runners);
+        Vec::new()
     } else {
-        runners.stop().await;
-    }
+        runners.stop().await
+    };
     tracing::info!("worker {worker_id} done: {end:?}");
     match end {
         End::Stopped | End::StoppedMidFile => 0,
         End::Finished | End::OriginatorGone => {
-            let after_complete = callbacks.after_complete.as_deref();
+            // The callbacks class's `after_complete` ran in the Ruby runners as they ended.
+            for failure in runner_failures {
+                report_runner_callback(transport, assignment, failure).await;
+            }
+            let after_complete = host_command(definition, CallbackName::AfterComplete);
             run_worker_callback(
                 transport,
                 assignment,
                 CallbackName::AfterComplete,
-                after_complete,
+                after_complete.as_deref(),
             )
             .await;
             0
         }
     }
+}
+
+/// Reports a method of the callbacks class that raised inside a runner.
+async fn report_runner_callback(
+    transport: &mut impl Transport,
+    assignment: &WorkerAssignment,
+    failure: RunnerCallbackFailure,
+) {
+    tracing::error!(
+        "the {} method of the callbacks class raised",
+        failure.callback
+    );
+    let callback = serde_json::from_value(serde_json::Value::String(failure.callback.clone()))
+        .unwrap_or(CallbackName::BeforeStart);
+    let message = Message::CallbackFailed {
+        host: assignment.host.clone(),
+        worker_id: assignment.worker_id,
+        callback,
+        status: format!("the {} method raised in the runner", failure.callback),
+        output: failure.message,
+    };
+    let _ = transport.send_all(vec![message]).await;
 }
 
 /// Runs a callback, reporting its failure; true when it succeeded (or is not configured).
