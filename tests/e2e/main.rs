@@ -11,6 +11,7 @@ mod faults;
 mod local;
 mod manager;
 mod ops;
+mod phases;
 mod pipeline;
 mod retries;
 mod runners;

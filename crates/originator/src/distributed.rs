@@ -12,7 +12,9 @@ use gorgon_protocol::{
 };
 use uuid::Uuid;
 
-use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
+use crate::engine::{
+    advance_phases, handle_reply, retries_to_queue, Advance, Plan, StartError, Stop,
+};
 use crate::events::EventSink;
 use crate::state::{JobState, Problem};
 use crate::view::Progress;
@@ -117,10 +119,12 @@ pub(crate) async fn run(
         Ok(()) | Err(BrokerError::Unroutable(_)) => {}
         Err(error) => return Err(error.into()),
     }
+    let queued = match state.phases().list().len() {
+        0 => format!("Queued {} files", state.total()),
+        phases => format!("{phases} phases"),
+    };
     progress.note(&format!(
-        "Queued {} files; waiting for listeners of cluster '{}'",
-        state.total(),
-        cluster_id
+        "{queued}; waiting for listeners of cluster '{cluster_id}'"
     ));
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -128,7 +132,28 @@ pub(crate) async fn run(
     let listener_deadline = Instant::now() + settings.listener_wait;
 
     let mut stop = None;
-    while !state.all_settled() && stop.is_none() {
+    while stop.is_none() {
+        if state.all_settled() {
+            // The next phase's files, in a run with phases.
+            match advance_phases(plan, state, events, &progress, signals).await {
+                Advance::Over => break,
+                Advance::Stopped(stopped) => {
+                    stop = Some(stopped);
+                    break;
+                }
+                Advance::Queue(units) => {
+                    let messages = units
+                        .into_iter()
+                        .map(|unit| Envelope::new(job_id, Message::file(unit)));
+                    if let Err(error) = broker.send_all_to_queue(&topology.files, messages).await {
+                        stop = Some(Stop::Failed(format!(
+                            "cannot queue the next phase's files: {error}"
+                        )));
+                        break;
+                    }
+                }
+            }
+        }
         tokio::select! {
             incoming = replies.next() => {
                 let Some(incoming) = incoming else {

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::events::{Event, EventSink, ProblemKind};
 use crate::files::{self, FilesError};
+use crate::phases::{PhaseStatus, Step};
 use crate::rerun::RerunError;
 use crate::retries::Retry;
 use crate::settings::{ConfigError, Settings, StartOptions};
@@ -45,6 +46,8 @@ pub enum StartError {
     },
     #[error("there are no files to test: no file matches {0}")]
     NoFiles(String),
+    #[error("{0} belongs to no phase: it matches the files of none of the configuration's phases")]
+    NoPhase(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("pushing the source tree to the file server failed: {0}")]
@@ -202,6 +205,115 @@ impl Plan {
             .find_map(|line| line.strip_prefix(crate::settings::CLUSTER_ID_LINE))
             .map(|id| id.trim().to_owned())
             .filter(|id| !id.is_empty()))
+    }
+}
+
+/// What an engine does once every queued file has its result.
+pub(crate) enum Advance {
+    /// The next phase's files, queued in the state: hand them out.
+    Queue(Vec<String>),
+    /// No phase is left (or the run has none): the run is over.
+    Over,
+    /// A stop signal came while a phase's command ran.
+    Stopped(Stop),
+}
+
+/// Ends the current phase of a run with phases, once its files all have results, and starts
+/// the next ones, running command phases here, until one has files (queued in `state`) or
+/// none is left.
+pub(crate) async fn advance_phases(
+    plan: &Plan,
+    state: &mut JobState,
+    events: &mut EventSink,
+    progress: &Progress,
+    signals: &mut StopSignals,
+) -> Advance {
+    if state.phases().is_empty() {
+        return Advance::Over;
+    }
+    let mut failure = state.phases().current().and_then(|phase| {
+        let failed = state.failed_among(&phase.units);
+        (failed > 0).then(|| format!("{failed} of its {} files failed", phase.units.len()))
+    });
+    loop {
+        let ending = state
+            .phases()
+            .current()
+            .map(|phase| phase.name().to_owned());
+        let step = state.phases_mut().advance(failure.take());
+        if let Some(name) = ending {
+            emit_phase_finished(state, events, progress, &name);
+        }
+        match step {
+            Step::End => return Advance::Over,
+            Step::Files { phase, units } => {
+                let name = state.phases().list()[phase].name().to_owned();
+                events.emit(Event::PhaseStarted {
+                    name: name.clone(),
+                    files: units.clone(),
+                });
+                state.queue_more(&units);
+                progress.phase_started(&name, units.len(), state);
+                if !units.is_empty() {
+                    return Advance::Queue(units);
+                }
+            }
+            Step::Command { phase, command } => {
+                let name = state.phases().list()[phase].name().to_owned();
+                events.emit(Event::PhaseStarted {
+                    name: name.clone(),
+                    files: Vec::new(),
+                });
+                progress.note(&format!("Phase {name}: running `{command}`"));
+                let run = ShellCommand {
+                    command: command.clone(),
+                    ..plan.base_command()
+                };
+                let outcome = tokio::select! {
+                    outcome = run.run() => outcome,
+                    signal = signals.recv() => return Advance::Stopped(signal.into()),
+                };
+                if !outcome.success() {
+                    let problem = Problem {
+                        what: format!("the command of phase {name} failed"),
+                        status: outcome.description.clone(),
+                        output: outcome.output,
+                        fails_run: true,
+                    };
+                    progress.problem(&problem);
+                    events.emit(Event::problem(ProblemKind::PhaseFailed, &problem));
+                    state.add_problem(problem);
+                    failure = Some(format!("its command failed ({})", outcome.description));
+                }
+            }
+        }
+    }
+}
+
+/// Says that phase `name` ended, as the walk left it.
+fn emit_phase_finished(state: &JobState, events: &mut EventSink, progress: &Progress, name: &str) {
+    let Some(phase) = state.phases().list().iter().find(|p| p.name() == name) else {
+        return;
+    };
+    let event = Event::phase_finished(phase);
+    progress.note(&crate::view::phase_line(phase));
+    events.emit(event);
+}
+
+/// At the end of a run with phases: the phase that ran when the run stopped and the phases
+/// that never ran are marked (and said) as such.
+pub(crate) fn end_phases(
+    state: &mut JobState,
+    events: &mut EventSink,
+    stopped_because: Option<&str>,
+) {
+    let running = state.phases().current().map(|p| p.name().to_owned());
+    state.phases_mut().end(stopped_because);
+    for phase in state.phases().list() {
+        let ended_here = Some(phase.name()) == running.as_deref();
+        if ended_here || matches!(phase.status, PhaseStatus::NotRun(_)) {
+            events.emit(Event::phase_finished(phase));
+        }
     }
 }
 

@@ -30,6 +30,21 @@ pub enum Event {
     },
     /// A listener took the job.
     ListenerJoined { host: String, slots: u32 },
+    /// A phase of a run with `phases` starts: its files, in queue order (none for a phase
+    /// that runs a command).
+    PhaseStarted { name: String, files: Vec<String> },
+    /// A phase ended (`passed`, `failed`), or the run ended without running it (`not_run`,
+    /// with the reason).
+    PhaseFinished {
+        name: String,
+        outcome: PhaseOutcome,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        seconds: f64,
+        /// The files of a phase that did not run.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        not_run: Vec<String>,
+    },
     FileStarted {
         file: String,
         host: String,
@@ -80,6 +95,37 @@ pub enum Event {
     },
 }
 
+/// How a phase ended, as [`Event::PhaseFinished`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseOutcome {
+    Passed,
+    Failed,
+    NotRun,
+}
+
+impl Event {
+    /// The `phase_finished` event of `phase` as it stands.
+    pub fn phase_finished(phase: &crate::phases::Phase) -> Event {
+        use crate::phases::PhaseStatus;
+        let (outcome, reason) = match &phase.status {
+            PhaseStatus::Failed(why) => (PhaseOutcome::Failed, Some(why.clone())),
+            PhaseStatus::NotRun(not_run) => (PhaseOutcome::NotRun, Some(not_run.reason.clone())),
+            _ => (PhaseOutcome::Passed, None),
+        };
+        Event::PhaseFinished {
+            name: phase.name().to_owned(),
+            outcome,
+            reason,
+            seconds: phase.seconds,
+            not_run: match outcome {
+                PhaseOutcome::NotRun => phase.units.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
 /// One run's result, as [`Event::FileFinished`] and [`Event::AttemptFinished`] give it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Outcome {
@@ -120,6 +166,8 @@ pub enum ProblemKind {
     WorkerCrashed,
     ManagerCrashed,
     SyncFailed,
+    /// The command of a phase failed.
+    PhaseFailed,
 }
 
 /// Files by verdict at the end of a run.

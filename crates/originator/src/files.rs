@@ -343,11 +343,23 @@ pub fn write_history(
 }
 
 /// Writes the JSON array of files that did not pass.
-pub fn write_failed_files(path: &Path, files: &[String]) -> std::io::Result<()> {
+pub fn write_failed_files<'a>(
+    path: &Path,
+    files: &[String],
+    phase_of: impl Fn(&str) -> Option<&'a str>,
+) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    write_atomically(path, &(serde_json::to_string(files)? + "\n"))
+    // Gorgon's plain list of names, or each file with its phase in a run with phases.
+    let entries: Vec<serde_json::Value> = files
+        .iter()
+        .map(|file| match phase_of(file) {
+            Some(phase) => serde_json::json!({"file": file, "phase": phase}),
+            None => serde_json::Value::String(file.clone()),
+        })
+        .collect();
+    write_atomically(path, &(serde_json::to_string(&entries)? + "\n"))
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {

@@ -1,6 +1,7 @@
 //! The run's results as one JUnit XML report (`gorgon start --junit PATH`, `junit_file`):
-//! one `testsuite` per queued file, one `testcase` per test the runner reported (or one for the
-//! whole file when it reported none), merged across every host and worker.
+//! one `testsuite` per queued file (per phase, in a run with phases), one `testcase` per test
+//! the runner reported (or one for the whole file when it reported none), merged across every
+//! host and worker.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite, XmlString,
 };
 
+use crate::phases::{Phase, PhaseStatus};
 use crate::quarantine::Quarantine;
 use crate::retries::Retried;
 use crate::state::JobState;
@@ -47,25 +49,92 @@ pub fn report(run: &RunInfo, state: &JobState) -> Report {
         .set_uuid(run.job_id)
         .set_timestamp(run.started)
         .set_time(seconds(run.seconds));
-    // Where the runners report their tests, the report holds exactly those: a file allowed
-    // to pass with none gets an empty suite, not an invented case.
-    let per_test = state.has_tests();
+    if !state.phases().is_empty() {
+        for phase in state.phases().list() {
+            report.add_test_suite(phase_suite(phase, state));
+        }
+        return report;
+    }
     for file in state.queued() {
-        let retried: Vec<&Retried> = state
-            .retries()
-            .retried()
-            .iter()
-            .filter(|r| r.file == *file)
-            .collect();
-        let context = SuiteContext {
-            per_test,
-            retried: &retried,
-            cut_short: state.cut_short(),
-            quarantine: state.quarantine(),
-        };
-        report.add_test_suite(suite(file, state.result(file), &context));
+        report.add_test_suite(file_suite(file, state));
     }
     report
+}
+
+/// The suite of one queued file.
+fn file_suite(file: &str, state: &JobState) -> TestSuite {
+    // Where the runners report their tests, the report holds exactly those: a file allowed
+    // to pass with none gets an empty suite, not an invented case.
+    let retried: Vec<&Retried> = state
+        .retries()
+        .retried()
+        .iter()
+        .filter(|r| r.file == *file)
+        .collect();
+    let context = SuiteContext {
+        per_test: state.has_tests(),
+        retried: &retried,
+        cut_short: state.cut_short(),
+        quarantine: state.quarantine(),
+    };
+    suite(file, state.result(file), &context)
+}
+
+/// The suite of one phase: the cases of its files, a case for its command, or, when it did
+/// not run, a skipped case per file with the reason.
+fn phase_suite(phase: &Phase, state: &JobState) -> TestSuite {
+    let mut suite = TestSuite::new(phase.name());
+    suite.set_time(seconds(phase.seconds));
+    if let PhaseStatus::NotRun(not_run) = &phase.status {
+        let names = match &phase.settings.command {
+            Some(command) => vec![(command.clone(), phase.name().to_owned())],
+            None => phase
+                .units
+                .iter()
+                .map(|u| (u.clone(), classname_of(u)))
+                .collect(),
+        };
+        for (name, classname) in names {
+            let mut status = TestCaseStatus::skipped();
+            status
+                .set_message(format!(
+                    "not run: phase {} did not run: {}",
+                    phase.name(),
+                    not_run.reason
+                ))
+                .set_type("not run");
+            let mut case = TestCase::new(name.as_str(), status);
+            case.set_classname(classname);
+            suite.add_test_case(case);
+        }
+        return suite;
+    }
+    if let Some(command) = &phase.settings.command {
+        let status = match &phase.status {
+            PhaseStatus::Failed(why) => {
+                non_success(NonSuccessKind::Failure, why, "command failed", "")
+            }
+            _ => TestCaseStatus::success(),
+        };
+        let mut case = TestCase::new(command.as_str(), status);
+        case.set_classname(phase.name())
+            .set_time(seconds(phase.seconds));
+        suite.add_test_case(case);
+        return suite;
+    }
+    // The output of its failing files, each after its name.
+    let mut output = String::new();
+    for unit in &phase.units {
+        let file = file_suite(unit, state);
+        if let Some(out) = &file.system_out {
+            output.push_str(&format!("{unit}:\n{}\n", out.as_str()));
+        }
+        suite.add_test_cases(file.test_cases);
+    }
+    if !output.is_empty() {
+        suite.set_system_out(output);
+    }
+    suite
 }
 
 /// The name of the property that marks a quarantined test or file (`true`): its failure

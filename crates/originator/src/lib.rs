@@ -10,6 +10,7 @@ pub mod html;
 pub mod init;
 pub mod junit;
 pub mod local;
+pub mod phases;
 pub mod ping;
 pub mod quarantine;
 pub mod replay;

@@ -19,7 +19,9 @@ use gorgon_protocol::{JobDefinition, Message, SyncSettings, SyncTransport, Worke
 use gorgon_worker::class_callbacks::HostCallbacks;
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 
-use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
+use crate::engine::{
+    advance_phases, handle_reply, retries_to_queue, Advance, Plan, StartError, Stop,
+};
 use crate::events::EventSink;
 use crate::state::JobState;
 
@@ -104,8 +106,9 @@ pub(crate) async fn run(
     let (mut pool, mut from_workers) = Pool::new(program, assignment);
     let mut queue = HandOutQueue::new(state.queued().iter().cloned());
     if stop.is_none() {
-        // No more workers than files.
-        let workers = slots.min(u32::try_from(state.queued().len()).unwrap_or(u32::MAX));
+        // No more workers than files (than the largest phase has, with phases).
+        let most = state.queued().len().max(state.phases().largest());
+        let workers = slots.min(u32::try_from(most).unwrap_or(u32::MAX));
         let plural = if workers == 1 { "" } else { "s" };
         progress.note(&format!("Running {workers} worker{plural} on this machine"));
         for worker_id in 1..=workers {
@@ -119,11 +122,25 @@ pub(crate) async fn run(
                 reply(state, events, crashed);
             }
         }
-        hand_out(&mut pool, &mut queue, state).await;
     }
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    while !state.all_settled() && stop.is_none() && pool.any_worker() {
+    while stop.is_none() {
+        if state.all_settled() {
+            // The next phase's files, in a run with phases.
+            match advance_phases(plan, state, events, &progress, signals).await {
+                Advance::Queue(units) => queue.extend(units),
+                Advance::Over => break,
+                Advance::Stopped(stopped) => {
+                    stop = Some(stopped);
+                    break;
+                }
+            }
+        }
+        hand_out(&mut pool, &mut queue, state).await;
+        if !pool.any_worker() {
+            break;
+        }
         tokio::select! {
             Some(event) = from_workers.recv() => {
                 let received = pool.receive(event, !state.all_settled());
@@ -133,7 +150,6 @@ pub(crate) async fn run(
                 for retry in retries_to_queue(state, &progress, events) {
                     queue.push_retry(retry.unit, retry.avoid.worker_id);
                 }
-                hand_out(&mut pool, &mut queue, state).await;
             }
             signal = signals.recv() => stop = Some(signal.into()),
             _ = tick.tick() => progress.update(state),

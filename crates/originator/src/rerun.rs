@@ -12,7 +12,7 @@ pub enum RerunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the failed files list {path} is not a JSON array of file names: {source}")]
+    #[error("the failed files list {path} is not a JSON array of file names (or of {{\"file\", \"phase\"}} objects): {source}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -32,6 +32,19 @@ pub enum Rerun {
     },
 }
 
+/// One entry of the list: a file name, or, from a run with phases, the file and its phase
+/// (which `--failed` finds again from the phases' globs).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Listed {
+    File(String),
+    InPhase {
+        file: String,
+        #[allow(dead_code)]
+        phase: Option<String>,
+    },
+}
+
 /// Reads `list` (the `failed_files` JSON array) and keeps the files that still exist under
 /// `root`, each once, in the list's order.
 pub fn select(list: &Path, root: &Path) -> Result<Rerun, RerunError> {
@@ -45,10 +58,13 @@ pub fn select(list: &Path, root: &Path) -> Result<Rerun, RerunError> {
             })
         }
     };
-    let listed: Vec<String> = serde_json::from_str(&text).map_err(|source| RerunError::Parse {
+    let listed: Vec<Listed> = serde_json::from_str(&text).map_err(|source| RerunError::Parse {
         path: list.to_owned(),
         source,
     })?;
+    let listed = listed.into_iter().map(|entry| match entry {
+        Listed::File(file) | Listed::InPhase { file, .. } => file,
+    });
     let mut files = Vec::new();
     let mut gone = Vec::new();
     for file in listed {

@@ -13,9 +13,10 @@ use gorgon_exec::signals::StopSignals;
 use gorgon_protocol::{exit_code, CallbackName};
 use uuid::Uuid;
 
-use crate::engine::{Plan, StartError, Stop};
+use crate::engine::{end_phases, Plan, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files;
+use crate::phases::Phases;
 use crate::quarantine::Quarantine;
 use crate::replay::RunRecord;
 use crate::rerun::{self, Rerun};
@@ -69,10 +70,11 @@ async fn run(
     settings: Settings,
     events: &mut EventSink,
 ) -> Result<i32, StartError> {
-    let Some((mut plan, queue)) = plan(options, settings, events)? else {
+    let Some((mut plan, queue, phases)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
     let mut state = JobState::new(queue)
+        .with_phases(phases)
         .with_retries(plan.settings.retries)
         .with_quarantine(std::mem::take(&mut plan.quarantine))
         .with_max_fail(plan.settings.max_fail);
@@ -89,12 +91,14 @@ async fn run(
 }
 
 /// Checks that the settings fit the run and finds, orders and announces the files; `None`
-/// when there is nothing to re-run (already said on stdout).
+/// when there is nothing to re-run (already said on stdout). In a run with phases the
+/// files come in its phases and the first queue is empty (the engine starts the first
+/// phase).
 fn plan(
     options: StartOptions,
     settings: Settings,
     events: &mut EventSink,
-) -> Result<Option<(Plan, Vec<String>)>, StartError> {
+) -> Result<Option<(Plan, Vec<String>, Phases)>, StartError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     if options.local.is_none() {
@@ -128,10 +132,10 @@ fn plan(
         }
         let history = files::History::new();
         let clock = (started, started_at);
-        return Ok(Some(planned(
-            options, settings, events, files, history, quarantine, clock,
-        )));
+        let (plan, queue) = planned(options, settings, events, files, history, quarantine, clock);
+        return Ok(Some((plan, queue, Phases::default())));
     }
+    let phased = !settings.phases.is_empty();
     let found = if options.failed {
         match rerun::select(&settings.failed_files, &root)? {
             Rerun::Files { files, gone } if !files.is_empty() || !gone.is_empty() => {
@@ -152,6 +156,16 @@ fn plan(
                 return Ok(None);
             }
         }
+    } else if phased && !explicit {
+        let mut all: Vec<String> = Vec::new();
+        for phase in &settings.phases {
+            for file in files::expand(&root, &phase.files, false)? {
+                if !all.contains(&file) {
+                    all.push(file);
+                }
+            }
+        }
+        all
     } else {
         files::expand(&root, &patterns, explicit)?
     };
@@ -160,7 +174,14 @@ fn plan(
         return Ok(None);
     }
     if found.is_empty() {
-        let described = if patterns.is_empty() {
+        let described = if phased && !explicit {
+            let globs: Vec<&str> = settings
+                .phases
+                .iter()
+                .flat_map(|phase| phase.files.iter().map(String::as_str))
+                .collect();
+            format!("the globs of the phases ({})", globs.join(", "))
+        } else if patterns.is_empty() {
             "the empty `files` list of the configuration".to_owned()
         } else {
             patterns.join(", ")
@@ -171,22 +192,51 @@ fn plan(
         Some(path) => files::read_history(path)?,
         None => files::History::new(),
     };
-    // Only runners that run one test alone by its id can split a file (see the ending).
-    let found = if settings.runner.runs_single_tests() {
-        files::split_slow_files(found, &split_history(&history, options.local))
-    } else {
-        found
-    };
-    let queue = files::order(found, &history, &root);
+    // Each phase's files (all of them, in one phase, for a run without phases).
+    let mut groups: Vec<Vec<String>> = vec![Vec::new(); settings.phases.len().max(1)];
+    for file in found {
+        let at = if phased {
+            crate::phases::phase_of_file(&settings.phases, &file)
+                .ok_or_else(|| StartError::NoPhase(file.clone()))?
+        } else {
+            0
+        };
+        groups[at].push(file);
+    }
+    let groups: Vec<Vec<String>> = groups
+        .into_iter()
+        .map(|found| {
+            // Only runners that run one test alone by its id can split a file (see the
+            // ending).
+            let found = if settings.runner.runs_single_tests() {
+                files::split_slow_files(found, &split_history(&history, options.local))
+            } else {
+                found
+            };
+            files::order(found, &history, &root)
+        })
+        .collect();
     // Every file has its runner, or nothing runs.
     let choice = gorgon_protocol::RunnerChoice::new(&settings.runner)?;
-    for unit in &queue {
+    for unit in groups.iter().flatten() {
         choice.index_for(unit)?;
     }
     let clock = (started, started_at);
-    Ok(Some(planned(
-        options, settings, events, queue, history, quarantine, clock,
-    )))
+    if !phased {
+        let queue = groups.into_iter().next().unwrap_or_default();
+        let (plan, queue) = planned(options, settings, events, queue, history, quarantine, clock);
+        return Ok(Some((plan, queue, Phases::default())));
+    }
+    let phases = Phases::new(settings.phases.iter().cloned().zip(groups).collect());
+    let every_unit: Vec<String> = phases
+        .list()
+        .iter()
+        .flat_map(|phase| phase.units.iter().cloned())
+        .collect();
+    let (plan, _) = planned(
+        options, settings, events, every_unit, history, quarantine, clock,
+    );
+    Ok(Some((plan, Vec::new(), phases)))
 }
 
 /// The plan of a run of `queue`, in that order, started at `clock`, announced on the event
@@ -240,6 +290,10 @@ async fn finish(
         ..
     } = &plan;
     let started = plan.started;
+    if !state.phases().is_empty() {
+        let stopped_because = stop.as_ref().map(Stop::reason);
+        end_phases(&mut state, events, stopped_because.as_deref());
+    }
     if let Some(path) = &settings.runtime_file {
         // Only runners that run one test alone by its id (`file:LINE`, `file::name`) record
         // tests; for the others the runtime file stays Gorgon's plain map of seconds per file.
@@ -259,7 +313,11 @@ async fn finish(
     }
     // A replay leaves the lists of the run it replays as they are.
     if options.replay.is_none() {
-        if let Err(error) = files::write_failed_files(&settings.failed_files, &state.not_passed()) {
+        let listed =
+            files::write_failed_files(&settings.failed_files, &state.not_passed(), |file| {
+                state.phase_of(file)
+            });
+        if let Err(error) = listed {
             eprintln!(
                 "gorgon: cannot write the failed files list {}: {error}",
                 settings.failed_files.display()

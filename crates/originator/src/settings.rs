@@ -76,6 +76,9 @@ pub struct Settings {
     pub transport: SyncTransport,
     pub exclude: Vec<String>,
     pub files: Vec<String>,
+    /// `phases`: the run's files in ordered phases (their runners are also in
+    /// `runner.by_phase`).
+    pub phases: Vec<crate::phases::PhaseSettings>,
     pub runner: gorgon_protocol::RunnerSettings,
     /// How many times a file may kill its worker before it is reported as crashed.
     pub max_crash_retries: u32,
@@ -162,10 +165,11 @@ pub struct OriginatorCallbacks {
 }
 
 /// The keys of a `gorgon.json` (with its secret file) that gorgon-rs reads, by object.
-const TOP_KEYS: [&str; 15] = [
+const TOP_KEYS: [&str; 16] = [
     "connection",
     "file_server",
     "files",
+    "phases",
     "job",
     "runtime_file",
     "quarantine_file",
@@ -215,6 +219,8 @@ struct RawConfig {
     #[serde(default)]
     files: Vec<String>,
     #[serde(default)]
+    phases: Vec<crate::phases::PhaseSettings>,
+    #[serde(default)]
     job: RawJob,
     runtime_file: Option<PathBuf>,
     quarantine_file: Option<PathBuf>,
@@ -263,6 +269,10 @@ impl Settings {
             settings.runner.file_timeout = Some(limit);
             for by_glob in settings.runner.by_glob.values_mut() {
                 by_glob.file_timeout = Some(limit);
+            }
+            let phase_runners = settings.runner.by_phase.iter_mut();
+            for by_phase in phase_runners.filter_map(|p| p.runner.as_mut()) {
+                by_phase.file_timeout = Some(limit);
             }
         }
         if let Some(retries) = options.retries {
@@ -374,6 +384,29 @@ impl Settings {
                 "job.runner.by_glob[\"{glob}\"].command is missing; set the shell command that runs one of its files, or a built-in \"kind\""
             )));
         }
+        crate::phases::check(&raw.phases).map_err(invalid)?;
+        if !raw.phases.is_empty() && !raw.files.is_empty() {
+            return Err(invalid(
+                "files and phases both list the files to test; with phases, each phase lists its own files".into(),
+            ));
+        }
+        for phase in &raw.phases {
+            if let Some(phase_runner) = &phase.runner {
+                if !phase_runner.by_glob.is_empty() {
+                    return Err(invalid(format!(
+                        "the runner of phase \"{}\" has by_glob; a phase's runner is one runner (give each kind of file a phase of its own)",
+                        phase.name
+                    )));
+                }
+                if needs_command(phase_runner) {
+                    return Err(invalid(format!(
+                        "the runner of phase \"{}\" has no command; set the shell command that runs one of its files, or a built-in \"kind\"",
+                        phase.name
+                    )));
+                }
+            }
+        }
+        runner.by_phase = crate::phases::runners(&raw.phases);
         gorgon_protocol::RunnerChoice::new(&runner).map_err(|e| invalid(e.to_string()))?;
         if let Some(timeout) = raw.job.file_timeout.or(runner.file_timeout) {
             if !(timeout.is_finite() && timeout > 0.0) {
@@ -384,6 +417,9 @@ impl Settings {
             runner.file_timeout = Some(timeout);
             for by_glob in runner.by_glob.values_mut() {
                 by_glob.file_timeout.get_or_insert(timeout);
+            }
+            for by_phase in runner.by_phase.iter_mut().filter_map(|p| p.runner.as_mut()) {
+                by_phase.file_timeout.get_or_insert(timeout);
             }
         }
         let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
@@ -415,6 +451,7 @@ impl Settings {
             transport,
             exclude: raw.job.sync.exclude,
             files: raw.files,
+            phases: raw.phases,
             runner,
             max_crash_retries: raw.job.max_crash_retries.unwrap_or(2),
             retries: crate::retries::RetryPolicy {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gorgon_protocol::{FileResult, FileStatus, TestStatus};
 
+use crate::phases::Phases;
 use crate::quarantine::Quarantine;
 use crate::replay::RunRecord;
 use crate::retries::{Outcome, Retries, RetryPolicy};
@@ -71,6 +72,9 @@ pub struct JobState {
     cut_short: Option<String>,
     /// The order in which each worker started its files, for `--replay`.
     record: RunRecord,
+    /// The run's phases (none for a run without `phases`); `queued` holds the files of the
+    /// phases that have started.
+    phases: Phases,
 }
 
 /// A file's final verdict, as the event stream gives it.
@@ -109,7 +113,44 @@ impl JobState {
             max_fail: None,
             cut_short: None,
             record: RunRecord::default(),
+            phases: Phases::default(),
         }
+    }
+
+    /// The run's files come in `phases`, queued phase by phase.
+    pub fn with_phases(mut self, phases: Phases) -> Self {
+        self.phases = phases;
+        self
+    }
+
+    pub fn phases(&self) -> &Phases {
+        &self.phases
+    }
+
+    pub fn phases_mut(&mut self) -> &mut Phases {
+        &mut self.phases
+    }
+
+    /// The name of the phase `unit` belongs to, in a run with phases.
+    pub fn phase_of(&self, unit: &str) -> Option<&str> {
+        self.phases.phase_of(unit).map(|phase| phase.name())
+    }
+
+    /// Queues the files of the phase that starts.
+    pub fn queue_more(&mut self, units: &[String]) {
+        for unit in units {
+            if self.known.insert(unit.clone()) {
+                self.queued.push(unit.clone());
+            }
+        }
+    }
+
+    /// How many of `units` failed for good.
+    pub fn failed_among(&self, units: &[String]) -> usize {
+        units
+            .iter()
+            .filter(|unit| self.verdict(unit) == Some(Verdict::Failed))
+            .count()
     }
 
     /// Failures of the tests and files in `quarantine` do not fail the run.
@@ -396,13 +437,27 @@ impl JobState {
         self.failed.iter().filter_map(|f| self.results.get(f))
     }
 
-    /// Files with no result, in queue order.
+    /// Files with no result, in queue order, then those of phases that did not run because
+    /// the run failed or stopped.
     pub fn unfinished(&self) -> Vec<String> {
+        let mut files = self.unfinished_queued();
+        files.extend(self.phases.not_run_units().cloned());
+        files
+    }
+
+    /// Queued files with no result, in queue order.
+    pub fn unfinished_queued(&self) -> Vec<String> {
         self.queued
             .iter()
             .filter(|f| !self.results.contains_key(*f))
             .cloned()
             .collect()
+    }
+
+    /// The files the report counts: those queued, and those of phases that did not run
+    /// because the run failed or stopped.
+    pub fn files_counted(&self) -> usize {
+        self.queued.len() + self.phases.not_run_units().count()
     }
 
     /// Files with `status` that count as such: a quarantined failure counts only among the
@@ -473,9 +528,18 @@ impl JobState {
         files
     }
 
-    /// The run passed: every file has a result, all passed, and nothing else failed it.
+    /// The run passed: every file has a result, all passed, no phase failed, and nothing
+    /// else failed it.
     pub fn passed(&self) -> bool {
-        self.all_settled() && self.failed.is_empty() && !self.problems.iter().any(|p| p.fails_run)
+        self.all_settled()
+            && self.failed.is_empty()
+            && !self.problems.iter().any(|p| p.fails_run)
+            && self.phases.not_run_units().next().is_none()
+            && !self
+                .phases
+                .list()
+                .iter()
+                .any(|p| matches!(p.status, crate::phases::PhaseStatus::Failed(_)))
     }
 }
 

@@ -143,6 +143,15 @@ impl Progress {
         }
     }
 
+    /// A phase of a run with phases starts with `files` files (the bar grows by as many).
+    pub fn phase_started(&self, name: &str, files: usize, state: &JobState) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(state.total() as u64);
+        }
+        let plural = if files == 1 { "" } else { "s" };
+        self.note(&format!("Phase {name}: {files} file{plural}"));
+    }
+
     /// Redraws the F/H/W title.
     pub fn update(&self, state: &JobState) {
         if let Some(bar) = &self.bar {
@@ -166,18 +175,22 @@ impl Progress {
             FileStatus::Crashed => self.paint.red("CRASH"),
             FileStatus::TimedOut => self.paint.red("TIMEOUT"),
         };
+        let phase = state
+            .phase_of(&result.file)
+            .map(|name| format!("{name} "))
+            .unwrap_or_default();
         match &self.bar {
             Some(bar) => {
                 if result.status != FileStatus::Passed {
                     bar.println(format!(
-                        "{verdict} {} at {}:{}",
+                        "{verdict} {phase}{} at {}:{}",
                         result.file, result.host, result.worker_id
                     ));
                 }
             }
             None if self.quiet => {}
             None => eprintln!(
-                "[{:>width$}/{}] {verdict} {} ({}:{}, {:.2} s)",
+                "[{phase}{:>width$}/{}] {verdict} {} ({}:{}, {:.2} s)",
                 state.finished(),
                 state.total(),
                 result.file,
@@ -225,6 +238,32 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// One line on how a phase ended (or why it did not run).
+pub fn phase_line(phase: &crate::phases::Phase) -> String {
+    use crate::phases::PhaseStatus;
+    let what = match &phase.settings.command {
+        Some(command) => format!("`{command}`"),
+        None => match phase.units.len() {
+            1 => "1 file".to_owned(),
+            count => format!("{count} files"),
+        },
+    };
+    let name = phase.name();
+    match &phase.status {
+        PhaseStatus::Passed => format!("Phase {name} passed ({what}, {:.1} s)", phase.seconds),
+        PhaseStatus::Failed(why) => {
+            format!(
+                "Phase {name} failed: {why} ({what}, {:.1} s)",
+                phase.seconds
+            )
+        }
+        PhaseStatus::NotRun(not_run) => {
+            format!("Phase {name} not run: {} ({what})", not_run.reason)
+        }
+        PhaseStatus::Waiting | PhaseStatus::Running => format!("Phase {name} ({what})"),
     }
 }
 
@@ -369,7 +408,27 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
             }
         }
     }
-    let unfinished = state.unfinished();
+    if !state.phases().is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
+        writeln!(out, "{}", paint.yellow("Phases:"))?;
+        for phase in state.phases().list() {
+            let line = phase_line(phase);
+            let line = match &phase.status {
+                crate::phases::PhaseStatus::Passed => paint.green(&line),
+                crate::phases::PhaseStatus::Failed(_) => paint.red(&line),
+                _ => line,
+            };
+            writeln!(out, "  {line}")?;
+            if matches!(phase.status, crate::phases::PhaseStatus::NotRun(_)) {
+                for unit in &phase.units {
+                    writeln!(out, "\t{unit}")?;
+                }
+            }
+        }
+    }
+    // The files of phases that did not run are listed under their phase, above.
+    let unfinished = state.unfinished_queued();
     if !unfinished.is_empty() {
         writeln!(out)?;
         writeln!(
@@ -399,11 +458,11 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     }
     let summary = format!(
         "{} files: {} passed, {} failed, {} crashed, {} not run{flaky} in {:.1} s",
-        state.total(),
+        state.files_counted(),
         state.count(FileStatus::Passed),
         failed,
         crashed,
-        unfinished.len(),
+        state.unfinished().len(),
         ending.seconds
     );
     let summary = if state.passed() {

@@ -132,6 +132,54 @@ pub struct RunnerSettings {
     /// `job.runner`, the runner follows the file's name as in Gorgon ([`RunnerSettings::by_name`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_glob: BTreeMap<String, RunnerSettings>,
+    /// The phases' own runners (`phases[].runner` in `gorgon.json`), in phase order: a file
+    /// belongs to the first phase whose globs match it, and runs with that phase's runner
+    /// when it has one, else as the fields above say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_phase: Vec<PhaseRunner>,
+}
+
+/// A phase's files and, when it has one, its runner (see [`RunnerSettings::by_phase`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseRunner {
+    pub files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<Box<RunnerSettings>>,
+}
+
+/// A glob of files relative to the project root, matched as the `files` globs are: `*` does
+/// not cross `/`, and `**/REST` also matches REST at the top.
+#[derive(Clone, Debug)]
+pub struct FileGlob {
+    pub text: String,
+    pattern: glob::Pattern,
+    top: Option<glob::Pattern>,
+}
+
+impl FileGlob {
+    pub fn new(text: &str) -> Result<FileGlob, glob::PatternError> {
+        Ok(FileGlob {
+            text: text.to_owned(),
+            pattern: glob::Pattern::new(text)?,
+            top: text
+                .strip_prefix("**/")
+                .and_then(|rest| glob::Pattern::new(rest).ok()),
+        })
+    }
+
+    /// Whether it matches `unit`'s file (a file, or a test id of one).
+    pub fn matches(&self, unit: &str) -> bool {
+        let file = unit_file(unit).unwrap_or(unit);
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        self.pattern.matches_with(file, options)
+            || self
+                .top
+                .as_ref()
+                .is_some_and(|p| p.matches_with(file, options))
+    }
 }
 
 /// The file a queued unit belongs to: `spec/a_spec.rb:12` → `spec/a_spec.rb`,
@@ -151,9 +199,10 @@ pub struct RunnerChoice {
     runners: Vec<RunnerSettings>,
     /// The runners follow the files' names ([`RunnerSettings::by_name`]).
     by_name: bool,
-    /// Each glob with the index of its runner (and, for `**/REST`, REST, since `**/` also
-    /// matches no folder at all, as in the `files` globs).
-    globs: Vec<(String, glob::Pattern, Option<glob::Pattern>, usize)>,
+    /// Each glob with the index of its runner.
+    globs: Vec<(FileGlob, usize)>,
+    /// Each phase's globs, in phase order, with the index of the phase's own runner.
+    phases: Vec<(Vec<FileGlob>, Option<usize>)>,
 }
 
 /// A file no runner, or more than one, is for.
@@ -175,34 +224,38 @@ pub enum RunnerChoiceError {
 
 impl RunnerChoice {
     pub fn new(settings: &RunnerSettings) -> Result<RunnerChoice, RunnerChoiceError> {
+        let compile = |glob: &String| {
+            FileGlob::new(glob).map_err(|e| RunnerChoiceError::BadGlob(glob.clone(), e.to_string()))
+        };
+        let mut runners: Vec<RunnerSettings> = Vec::new();
+        let mut index_of = |runner: &RunnerSettings| match runners.iter().position(|r| r == runner)
+        {
+            Some(index) => index,
+            None => {
+                runners.push(runner.clone());
+                runners.len() - 1
+            }
+        };
+        let mut globs = Vec::new();
         if settings.by_glob.is_empty() {
-            return Ok(RunnerChoice {
-                runners: vec![settings.clone()],
-                by_name: false,
-                globs: Vec::new(),
+            index_of(&RunnerSettings {
+                by_phase: Vec::new(),
+                ..settings.clone()
             });
         }
-        let mut runners: Vec<RunnerSettings> = Vec::new();
-        let mut globs = Vec::new();
         for (glob, runner) in &settings.by_glob {
-            let pattern = glob::Pattern::new(glob)
-                .map_err(|e| RunnerChoiceError::BadGlob(glob.clone(), e.to_string()))?;
-            let index = match runners.iter().position(|r| r == runner) {
-                Some(index) => index,
-                None => {
-                    runners.push(runner.clone());
-                    runners.len() - 1
-                }
-            };
-            let top = glob
-                .strip_prefix("**/")
-                .and_then(|rest| glob::Pattern::new(rest).ok());
-            globs.push((glob.clone(), pattern, top, index));
+            globs.push((compile(glob)?, index_of(runner)));
+        }
+        let mut phases = Vec::new();
+        for phase in &settings.by_phase {
+            let phase_globs = phase.files.iter().map(compile).collect::<Result<_, _>>()?;
+            phases.push((phase_globs, phase.runner.as_deref().map(&mut index_of)));
         }
         Ok(RunnerChoice {
             runners,
             by_name: settings.by_glob == RunnerSettings::by_name().by_glob,
             globs,
+            phases,
         })
     }
 
@@ -213,19 +266,19 @@ impl RunnerChoice {
 
     /// The index of the runner of `unit` (a file, or a test id of one).
     pub fn index_for(&self, unit: &str) -> Result<usize, RunnerChoiceError> {
+        let phase = self
+            .phases
+            .iter()
+            .find(|(globs, _)| globs.iter().any(|glob| glob.matches(unit)));
+        if let Some((_, Some(index))) = phase {
+            return Ok(*index);
+        }
         if self.globs.is_empty() {
             return Ok(0);
         }
-        let file = unit_file(unit).unwrap_or(unit);
-        let options = glob::MatchOptions {
-            require_literal_separator: true,
-            ..glob::MatchOptions::new()
-        };
         let mut found: Option<(&str, usize)> = None;
-        for (glob, pattern, top, index) in &self.globs {
-            let matches = pattern.matches_with(file, options)
-                || top.as_ref().is_some_and(|p| p.matches_with(file, options));
-            if !matches {
+        for (glob, index) in &self.globs {
+            if !glob.matches(unit) {
                 continue;
             }
             match found {
@@ -233,18 +286,18 @@ impl RunnerChoice {
                     return Err(RunnerChoiceError::TwoRunners {
                         file: unit.to_owned(),
                         first: first.to_owned(),
-                        second: glob.clone(),
+                        second: glob.text.clone(),
                     })
                 }
                 Some(_) => {}
-                None => found = Some((glob, *index)),
+                None => found = Some((&glob.text, *index)),
             }
         }
         found.map(|(_, index)| index).ok_or_else(|| {
             if self.by_name {
                 return RunnerChoiceError::NoRunnerByName(unit.to_owned());
             }
-            let globs: Vec<&str> = self.globs.iter().map(|(g, ..)| g.as_str()).collect();
+            let globs: Vec<&str> = self.globs.iter().map(|(g, _)| g.text.as_str()).collect();
             RunnerChoiceError::NoRunner(unit.to_owned(), globs.join(", "))
         })
     }

@@ -14,8 +14,9 @@ pub mod signing;
 pub use broker::{Broker, BrokerError, Inbox, Incoming};
 pub use connection::BrokerSettings;
 pub use job::{
-    batch_size, Callbacks, Isolation, JobDefinition, LiveOutput, RunnerChoice, RunnerChoiceError,
-    RunnerKind, RunnerSettings, SyncSettings, SyncTransport, MAX_BATCH_FILES,
+    batch_size, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput, PhaseRunner,
+    RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
+    MAX_BATCH_FILES,
 };
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, FleetOutcome, ListenerInfo,

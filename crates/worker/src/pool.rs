@@ -455,6 +455,11 @@ impl HandOutQueue {
         }
     }
 
+    /// Adds files at the end, in their order (the next phase's).
+    pub fn extend(&mut self, files: impl IntoIterator<Item = String>) {
+        self.queue.extend(files);
+    }
+
     /// Up to `count` files for worker `worker_id`, in queue order, skipping those `settled`
     /// says have a result; a suspect or a retry goes alone (first, or left for the next
     /// worker), and a retry that failed on this worker is left for another when `others`
