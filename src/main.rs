@@ -148,15 +148,73 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Make the HTML report of a run from its saved event stream (`start --events PATH`).
+    /// Run this CI node's part of a build: join build ID on the broker of gorgon.json
+    /// (in this checkout, without file server or sync) and run workers until every file
+    /// of the build has a result. The first node queues the files; every node checks that
+    /// its checkout matches. See "CI builds" in the README.
+    ///
+    /// Example: gorgon work --build-id "$CI_PIPELINE_ID" -j 4
+    ///
+    /// Example: gorgon work   (under GitHub Actions, GitLab CI, Buildkite or CircleCI)
+    #[command(name = "work")]
+    Node {
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// The build's id, the same on every node (default: from the CI's environment).
+        #[arg(long, value_name = "ID")]
+        build_id: Option<String>,
+        /// This node's name in the results (default: the CI's node index, else the host name).
+        #[arg(long, value_name = "NAME")]
+        worker_id: Option<String>,
+        /// How many workers (default: the number of cores).
+        #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+        /// Also wait for the whole build and report it, as `gorgon report --build-id` does.
+        #[arg(long)]
+        report: bool,
+        /// With --report: write the build's JUnit XML report to PATH.
+        #[arg(long, value_name = "PATH", requires = "report")]
+        junit: Option<PathBuf>,
+        /// With --report: write the build's event stream to PATH.
+        #[arg(long, value_name = "PATH", requires = "report")]
+        events: Option<PathBuf>,
+        /// Print no progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Log at info level to stderr.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Report a CI build (`--build-id`) once it is over, exactly as `gorgon start` reports
+    /// a run, with its exit code; or make the HTML page of a run from its saved event stream.
+    ///
+    /// Example: gorgon report --junit reports/junit.xml   (in a CI build's report step)
+    ///
+    /// Example: gorgon report --build-id nightly-42
     ///
     /// Example: gorgon report events.jsonl --html report.html
     Report {
-        /// The event stream of one run.
-        events: PathBuf,
-        /// Where to write the page.
+        /// The event stream of one run (`start --events PATH`), to make its HTML page.
+        #[arg(conflicts_with = "build_id", requires = "html")]
+        events: Option<PathBuf>,
+        /// Where to write the HTML page.
         #[arg(long, value_name = "PATH")]
-        html: PathBuf,
+        html: Option<PathBuf>,
+        /// Wait for CI build ID and report it (default, without an event stream: the build
+        /// of the CI's environment, under GitHub Actions, GitLab CI, Buildkite or CircleCI).
+        #[arg(long, value_name = "ID")]
+        build_id: Option<String>,
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Write the build's JUnit XML report to PATH (overrides `junit_file`).
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
+        /// Write the build's event stream to PATH.
+        #[arg(long, value_name = "PATH", conflicts_with = "events")]
+        events_to: Option<PathBuf>,
+        /// Print no progress: only the report's failures and the totals line.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Run one command on every listener of the cluster (in a scratch folder, as the
     /// listener's user) and print each host's exit and output; listeners run it only when
@@ -493,11 +551,66 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             let limit = std::time::Duration::from_secs_f64(timeout);
             Ok(gorgon_originator::fleet::fleet(&config, &command, limit).await?)
         }
-        Command::Report { events, html } => {
+        Command::Node {
+            config,
+            build_id,
+            worker_id,
+            jobs,
+            report,
+            junit,
+            events,
+            quiet,
+            verbose,
+        } => {
+            init_logging(if verbose { "info" } else { "warn" }, LogTarget::Stderr);
+            let options = gorgon_originator::ci::BuildOptions {
+                build_id,
+                worker_id,
+                jobs,
+                report,
+                start: StartOptions {
+                    config,
+                    junit,
+                    events,
+                    quiet,
+                    ..StartOptions::default()
+                },
+            };
+            Ok(gorgon_originator::ci::work(options).await?)
+        }
+        Command::Report {
+            events: Some(events),
+            html: Some(html),
+            ..
+        } => {
             let timeline = gorgon_originator::html::Timeline::from_file(&events)?;
             gorgon_originator::html::write(&html, &timeline)?;
             println!("Wrote {}", html.display());
             Ok(exit_code::SUCCESS)
+        }
+        Command::Report {
+            html,
+            build_id,
+            config,
+            junit,
+            events_to,
+            quiet,
+            ..
+        } => {
+            init_logging("warn", LogTarget::Stderr);
+            let options = gorgon_originator::ci::BuildOptions {
+                build_id,
+                start: StartOptions {
+                    config,
+                    junit,
+                    events: events_to,
+                    html,
+                    quiet,
+                    ..StartOptions::default()
+                },
+                ..Default::default()
+            };
+            Ok(gorgon_originator::ci::report(options).await?)
         }
         Command::Ping { config, timeout } => {
             init_logging("warn", LogTarget::Stderr);

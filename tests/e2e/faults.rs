@@ -83,6 +83,68 @@ fn a_whole_listener_killed_mid_file_loses_nothing() {
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
+/// A listener's whole process tree frozen (SIGSTOP) mid-run, as a swap storm or a network
+/// partition would: the broker drops its connections after two missed heartbeats
+/// (`connection.heartbeat`, 3 s by default), its files run on the others, and the run ends
+/// within 15 s of the freeze with every file's one result. Thawed, the host's late results
+/// go nowhere, and it runs the next job normally.
+#[test]
+fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("frozen", 2);
+    cluster.start_listener("warm-a", 2);
+    cluster.start_listener("warm-b", 2);
+    let (project, record) = suite(&cluster, "freeze", 30, 0.3, json!({}));
+    cluster.wait_for_listeners(&project, 3);
+    let run = project.spawn_start(&[], &[]);
+    cluster.wait_for_process("frozen", "__work", Duration::from_secs(30));
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    let frozen_at = std::time::Instant::now();
+    let frozen = cluster.signal_listener("frozen", nix::sys::signal::Signal::SIGSTOP);
+    assert!(
+        frozen >= 3,
+        "the listener, its manager and its workers: {frozen}"
+    );
+    let run = run.wait(RUN_LIMIT);
+    let after_freeze = frozen_at.elapsed();
+    cluster.signal_listener("frozen", nix::sys::signal::Signal::SIGCONT);
+    assert_all_passed(&run, &record, 30);
+    assert!(
+        after_freeze < Duration::from_secs(15),
+        "the run ended {after_freeze:?} after the freeze: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("listener frozen disappeared"),
+        "{run:?}"
+    );
+    // Thawed, the host reconnects and takes the next job like the others.
+    let next = cluster.project("after-thaw", json!({}));
+    for i in 0..12 {
+        next.write(
+            &format!("tests/{i:02}_test.sh"),
+            "echo \"ran on $GORGON_HOST\"; sleep 0.3\n",
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = next.start(&["--events", "events.ndjson"], RUN_LIMIT);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.contains("12 files: 12 passed"), "{run:?}");
+        if next.read("events.ndjson").contains("\"host\":\"frozen\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the thawed listener never took a job again: {}",
+            cluster.listener_log("frozen")
+        );
+    }
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
 #[test]
 fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
     let mut cluster = Cluster::new();

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod ci_nodes;
 mod config_errors;
 mod faults;
 mod local;

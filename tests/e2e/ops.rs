@@ -544,6 +544,8 @@ fn every_command_has_an_example_and_completions_are_generated() {
         "init",
         "install_listener",
         "completions",
+        "work",
+        "report",
     ] {
         let (code, stdout, _) = gorgon(&[command, "--help"], dir.path());
         assert_eq!(code, 0, "{command}");
@@ -561,7 +563,11 @@ fn every_command_has_an_example_and_completions_are_generated() {
         assert_eq!(code, 0, "{shell}");
         assert!(stdout.contains(marker), "{shell}: {stdout}");
         assert!(stdout.contains("install_listener"), "{shell}");
-        assert!(!stdout.contains("__work"), "{shell}");
+        // The hidden commands (`__work`, `__manage-workers`) are not offered; `work` is.
+        assert!(!stdout.contains("manage-workers"), "{shell}");
+        assert!(!stdout.contains("____work"), "{shell}");
+        assert!(!stdout.contains("\"__work\""), "{shell}");
+        assert!(stdout.contains("work"), "{shell}");
     }
 }
 

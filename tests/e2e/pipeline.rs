@@ -330,3 +330,57 @@ fn a_warm_workspace_shows_exactly_the_originators_tree() {
         "a deleted file is gone from the workspace"
     );
 }
+
+/// `connection.hosts` names several broker nodes: every process connects to one that
+/// answers (here the first node is down: nothing listens on its port), and `gorgon ping`
+/// and `listen --check` say which node they reached.
+#[test]
+fn a_run_reaches_a_broker_node_that_answers_among_several() {
+    let mut cluster = Cluster::new();
+    let live = format!(
+        "{}:{}",
+        crate::support::broker_host(),
+        crate::support::broker_port()
+    );
+    let dead = format!("127.0.0.1:{}", crate::support::free_port());
+    let hosts = json!({"connection": {"hosts": [dead.clone(), live.clone()]}});
+    cluster.start_listener_with("n1", 2, hosts.clone());
+    cluster.start_listener_with("n2", 2, hosts.clone());
+    let project = cluster.project("several-nodes", hosts);
+    let record = cluster.path().join("several-nodes-record");
+    std::fs::create_dir_all(&record).unwrap();
+    for i in 0..6 {
+        let name = format!("tests/{i:02}_test.sh");
+        project.write(&name, &recording_test(&record, &name, false));
+    }
+    cluster.wait_for_listeners(&project, 2);
+    let run = project.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("6 files: 6 passed"), "{run:?}");
+    let output = project.gorgon(&["ping", "--timeout", "1"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("through RabbitMQ at {live}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 listener(s)"), "{stdout}");
+    let config = cluster.path().join("listeners/n1/gorgon_listener.json");
+    let check = project.gorgon(&["listen", "--check", "--config", config.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("RabbitMQ at {live} is reachable")),
+        "{said}"
+    );
+    // With no node answering, the error names every node.
+    let nowhere = cluster.project(
+        "no-node",
+        json!({"connection": {"hosts": [dead.clone(), format!("127.0.0.1:{}", crate::support::free_port())]}}),
+    );
+    nowhere.write("tests/a_test.sh", "exit 0\n");
+    let run = nowhere.start(&[], RUN_LIMIT);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("no node answered"), "{run:?}");
+    assert!(run.stderr.contains(&dead), "{run:?}");
+}

@@ -536,6 +536,18 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` to listener `name` and every process of it (SIGSTOP: the whole host
+    /// freezes, as in a swap storm or a partition; SIGCONT: it thaws).
+    pub fn signal_listener(&self, name: &str, signal: nix::sys::signal::Signal) -> usize {
+        let root = self.path().join("listeners").join(name);
+        let mut pids = vec![self.listeners[self.listener_index(name)].id() as i32];
+        pids.extend(processes_under(&root).into_iter().map(|p| p.pid));
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
+        }
+        pids.len()
+    }
+
     /// SIGKILLs listener `name` and every process of it: the whole host dies at once.
     pub fn kill_listener(&mut self, name: &str) {
         let root = self.path().join("listeners").join(name);
@@ -585,8 +597,14 @@ pub struct Started {
 impl Project {
     /// Starts `gorgon start` in the background, with extra environment.
     pub fn spawn_start(&self, args: &[&str], env: &[(&str, String)]) -> Started {
+        self.spawn_gorgon("start", args, env)
+    }
+
+    /// Starts `gorgon COMMAND` in the project's folder in the background, with extra
+    /// environment.
+    pub fn spawn_gorgon(&self, command: &str, args: &[&str], env: &[(&str, String)]) -> Started {
         let mut child = Command::new(GORGON)
-            .arg("start")
+            .arg(command)
             .args(args)
             .current_dir(&self.dir)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -619,6 +637,11 @@ impl Project {
 }
 
 impl Started {
+    /// The process id of the `gorgon` process.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Sends SIGINT, as Ctrl-C in a terminal would.
     pub fn interrupt(&self) {
         nix::sys::signal::kill(
@@ -635,7 +658,7 @@ impl Started {
         while !self.err.lock().unwrap().contains(needle) {
             assert!(
                 Instant::now() < deadline,
-                "gorgon start printed no {needle:?} within {limit:?}; stderr:\n{}",
+                "gorgon printed no {needle:?} within {limit:?}; stderr:\n{}",
                 self.err.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -654,7 +677,7 @@ impl Started {
                 let _ = self.child.wait();
                 let _ = self.err_reader.join();
                 panic!(
-                    "gorgon start did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
                     self.out.join().unwrap(),
                     self.err.lock().unwrap()
                 );

@@ -2,27 +2,21 @@
 //! `after_sync`, run a worker manager process until it exits, then clean up and report
 //! `JobDone`. Every step's failure is reported to the originator rather than returned.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 
-use gorgon_exec::{describe_status, grace, rsync, run_callback, terminate_group, ShellCommand};
+use gorgon_exec::{rsync, run_callback, ShellCommand};
 use gorgon_protocol::{
     BrokerError, CallbackName, Envelope, JobDefinition, Message, WorkerAssignment,
 };
 use gorgon_worker::class_callbacks::host_command;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use gorgon_worker::manager_process::{run_manager, ManagerEnd};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::workspace::Workspace;
 use crate::Shared;
 use gorgon_exec::tags::JobTags;
-use gorgon_exec::tail::{relay, LineTail};
-
-/// The hidden subcommand of the `gorgon` binary that runs a worker manager.
-pub const MANAGER_SUBCOMMAND: &str = "__manage-workers";
 
 /// A job as the listener received it.
 pub struct Job {
@@ -241,11 +235,6 @@ async fn manage(
     stopping: &mut watch::Receiver<bool>,
 ) {
     let host = shared.settings.name.clone();
-    let crashed = |status: String, output: String| Message::ManagerCrashed {
-        host: host.clone(),
-        status,
-        output,
-    };
     let assignment = WorkerAssignment {
         job_id: job.id,
         definition: job.definition.clone(),
@@ -258,102 +247,14 @@ async fn manage(
         warm_runner: shared.warm_runner_for(&job.definition.runner),
         ruby_preload: None,
     };
-    let mut line = match serde_json::to_vec(&assignment) {
-        Ok(line) => line,
-        Err(error) => {
-            let status = format!("could not start: cannot encode the assignment: {error}");
-            report(shared, job, crashed(status, String::new())).await;
-            return;
-        }
-    };
-    line.push(b'\n');
-    let mut child = match spawn_manager(workspace) {
-        Ok(child) => child,
-        Err(error) => {
-            tracing::error!(job = %job.id, %error, "cannot start the worker manager");
-            let status = format!("could not start: {error}");
-            report(shared, job, crashed(status, String::new())).await;
-            return;
-        }
-    };
-    let pid = child.id();
-    tracing::info!(job = %job.id, pid, "worker manager started");
-    let tail = LineTail::default();
-    let mut relays = Vec::new();
-    let job_id = job.id;
-    if let Some(stdout) = child.stdout.take() {
-        relays.push(relay(stdout, tail.clone(), move |line| {
-            tracing::info!(target: "gorgon::manager", job = %job_id, "{line}");
-        }));
+    if let ManagerEnd::Crashed { status, output } =
+        run_manager(&assignment, stopped(stopping)).await
+    {
+        let crashed = Message::ManagerCrashed {
+            host,
+            status,
+            output,
+        };
+        report(shared, job, crashed).await;
     }
-    if let Some(stderr) = child.stderr.take() {
-        relays.push(relay(stderr, tail.clone(), move |line| {
-            tracing::info!(target: "gorgon::manager", job = %job_id, "{line}");
-        }));
-    }
-    // The manager reads its assignment from stdin, then takes the end of stdin to mean that
-    // this listener has died: `stdin` must stay open until the manager has exited.
-    let mut stdin = child.stdin.take();
-    if let Some(pipe) = stdin.as_mut() {
-        if let Err(error) = pipe.write_all(&line).await {
-            // The manager has already exited; its status and output tell why.
-            tracing::warn!(job = %job.id, %error, "cannot hand the assignment to the worker manager");
-        }
-        let _ = pipe.flush().await;
-    }
-    let mut stopped_by_listener = false;
-    let status = tokio::select! {
-        status = child.wait() => status,
-        () = stopped(stopping) => {
-            stopped_by_listener = true;
-            match pid {
-                // Reaping the manager as soon as it exits matters: an unreaped (zombie)
-                // manager still counts as a member of its group, so `terminate_group` alone
-                // would wait out the whole grace period.
-                Some(pid) => tokio::select! {
-                    status = child.wait() => status,
-                    () = terminate_group(pid, grace::MANAGER) => child.wait().await,
-                },
-                None => child.wait().await,
-            }
-        }
-    };
-    drop(stdin);
-    // The manager's pipes close when it exits; a bound keeps a stray holder from stalling us.
-    for relay in relays {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
-    }
-    match status {
-        Ok(status) if status.success() => {
-            tracing::info!(job = %job.id, "worker manager finished");
-        }
-        Ok(status) if stopped_by_listener => {
-            tracing::info!(job = %job.id, status = %describe_status(status), "worker manager stopped");
-        }
-        Ok(status) => {
-            let status = describe_status(status);
-            tracing::error!(job = %job.id, %status, "worker manager crashed");
-            report(shared, job, crashed(status, tail.text())).await;
-        }
-        Err(error) => {
-            tracing::error!(job = %job.id, %error, "cannot wait for the worker manager");
-            let status = format!("could not wait for it: {error}");
-            report(shared, job, crashed(status, tail.text())).await;
-        }
-    }
-}
-
-/// Starts `gorgon __manage-workers` in its own process group, so that a terminal's Ctrl-C
-/// reaches only the listener, which stops managers itself.
-fn spawn_manager(workspace: &Path) -> std::io::Result<tokio::process::Child> {
-    let program: PathBuf = std::env::current_exe()?;
-    Command::new(program)
-        .arg(MANAGER_SUBCOMMAND)
-        .current_dir(workspace)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
 }

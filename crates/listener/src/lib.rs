@@ -83,6 +83,7 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
         &format!("gorgon listen --check {}", settings.name),
     )
     .await?;
+    let reached = broker.address().to_owned();
     broker.close().await;
     let mut report = format!(
         "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable; {}",
@@ -90,7 +91,7 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
         settings.name,
         settings.worker_slots,
         settings.cluster_id,
-        settings.broker.address(),
+        reached,
         trust_line(&settings)
     );
     if let Some(warning) = readable_by_others(path) {
@@ -214,7 +215,7 @@ pub async fn run(
                 () = tokio::time::sleep(backoff) => {
                     match Connection::open(&settings, busy_slots.clone(), warm.clone()).await {
                         Ok(opened) => {
-                            tracing::info!("reconnected to RabbitMQ at {}", settings.broker.address());
+                            tracing::info!("reconnected to RabbitMQ at {}", opened.shared.broker.address());
                             connection = Some(opened);
                             backoff = RECONNECT_MIN;
                         }
@@ -239,7 +240,7 @@ pub async fn run(
                 None => {
                     tracing::error!(
                         "lost the connection to RabbitMQ at {}; reconnecting",
-                        settings.broker.address()
+                        live.shared.broker.address()
                     );
                     connection = None;
                 }
@@ -298,7 +299,11 @@ impl Connection {
         broker.declare_fanout(&jobs_exchange).await?;
         broker.declare_fanout(&announcements).await?;
         let queue = names::listener_queue(cluster, Uuid::new_v4());
-        broker.declare_queue(&queue, QueueLife::Exclusive).await?;
+        // It lives as long as this connection consumes it: originators check that it
+        // exists to tell a listener that died (or froze, past the heartbeat) from a busy one.
+        broker
+            .declare_queue(&queue, QueueLife::WhileConsumed)
+            .await?;
         broker.bind(&queue, &jobs_exchange).await?;
         let inbox = broker.consume(&queue, None).await?;
         let announcement = Envelope::new(

@@ -223,7 +223,7 @@ mod tests {
         let (dir, path) = write(
             r#"{
                 // Written for Ruby's Gorgon.
-                "connection": {"host": "rabbit", "port": 5673, "user": "u", "pass": "p", "heartbeat": 30},
+                "connection": {"host": "rabbit", "port": 5673, "user": "u", "pass": "p", "heartbeat": 30, "timeout": 5},
                 "worker_slots": 8, /* eight cores */
                 "allow_fleet_commands": true,
                 "log_file": "listener.log",
@@ -238,6 +238,7 @@ mod tests {
         assert_eq!(settings.broker.port, 5673);
         assert_eq!(settings.broker.username, "u");
         assert_eq!(settings.broker.password, "p");
+        assert_eq!(settings.broker.heartbeat, 30);
         assert_eq!(settings.worker_slots, 8);
         assert_eq!(settings.log_file, Some(dir.path().join("listener.log")));
         assert_eq!(settings.cluster_id, "ci");
@@ -252,7 +253,7 @@ mod tests {
             "{unused}"
         );
         assert!(
-            unused.contains("connection.heartbeat is not used by gorgon-rs"),
+            unused.contains("connection.timeout is not used by gorgon-rs"),
             "{unused}"
         );
     }

@@ -280,7 +280,7 @@ pub(crate) async fn run(
 /// Tells a worker whether a file delivered again still needs a run.
 /// Queues the retries that the last reply decided, each marked with where it failed, so
 /// that it runs on another host (or worker).
-async fn queue_retries(
+pub(crate) async fn queue_retries(
     broker: &Broker,
     job_id: Uuid,
     state: &mut JobState,
@@ -309,7 +309,7 @@ async fn queue_retries(
         .await
 }
 
-async fn answer_retry_check(
+pub(crate) async fn answer_retry_check(
     broker: &Broker,
     state: &JobState,
     job_id: Uuid,

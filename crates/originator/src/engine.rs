@@ -48,6 +48,13 @@ pub enum StartError {
     NoFiles(String),
     #[error("{0} belongs to no phase: it matches the files of none of the configuration's phases")]
     NoPhase(String),
+    /// A CI build (`gorgon work`, `gorgon report --build-id`) that this node or reporter
+    /// cannot take part in as configured (no build id, a checkout that differs).
+    #[error("{0}")]
+    Build(String),
+    /// A CI build that did not run: no node came, or its results are gone.
+    #[error("{0}")]
+    BuildLost(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("pushing the source tree to the file server failed: {0}")]
@@ -76,7 +83,9 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Push(_) => exit_code::SYNC_FAILED,
-            StartError::BeforeOriginate(..) | StartError::LocalWorkers(_) => exit_code::FAILURE,
+            StartError::BeforeOriginate(..)
+            | StartError::LocalWorkers(_)
+            | StartError::BuildLost(_) => exit_code::FAILURE,
             StartError::Stopped {
                 signal: StopSignal::Interrupt,
                 ..
@@ -95,6 +104,17 @@ pub(crate) enum Stop {
     Interrupted,
     Terminated,
     Failed(String),
+}
+
+impl Stop {
+    /// The exit code of a run that a signal stopped (or that failed).
+    pub(crate) fn exit_code(&self) -> i32 {
+        match self {
+            Stop::Interrupted => exit_code::INTERRUPTED,
+            Stop::Terminated => exit_code::TERMINATED,
+            Stop::Failed(_) => exit_code::FAILURE,
+        }
+    }
 }
 
 impl From<StopSignal> for Stop {

@@ -26,12 +26,13 @@ pub async fn fleet(
     limit: Duration,
 ) -> Result<i32, PingError> {
     let (settings, cluster) = Settings::load_connection(config)?;
-    let listeners = crate::ping::collect(&settings, &cluster, PING_WAIT).await?;
+    let broker = Broker::connect(&settings, "gorgon fleet").await?;
+    let listeners = crate::ping::collect(&broker, &cluster, PING_WAIT).await?;
     if listeners.is_empty() {
         println!("No listener of cluster '{cluster}' answered; nothing was run.");
+        broker.close().await;
         return Ok(exit_code::FAILURE);
     }
-    let broker = Broker::connect(&settings, "gorgon fleet").await?;
     let id = Uuid::new_v4();
     let replies = names::ping_queue(id);
     broker.declare_queue(&replies, QueueLife::Exclusive).await?;

@@ -1,6 +1,7 @@
 //! The originator: `gorgon start` (push the tree, queue the files, follow the run, report)
 //! and `gorgon ping`.
 
+pub mod ci;
 pub mod distributed;
 pub mod engine;
 pub mod events;

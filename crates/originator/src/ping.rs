@@ -20,8 +20,14 @@ pub enum PingError {
 /// Pings the listeners of the cluster configured in `config`, waits `wait` for answers, and
 /// prints them.
 pub async fn ping(config: &std::path::Path, wait: Duration) -> Result<(), PingError> {
-    let (broker, cluster) = Settings::load_connection(config)?;
+    let (settings, cluster) = Settings::load_connection(config)?;
+    let broker = Broker::connect(&settings, "gorgon ping").await?;
+    println!(
+        "Asking the listeners of cluster '{cluster}' through RabbitMQ at {}",
+        broker.address()
+    );
     let mut listeners = collect(&broker, &cluster, wait).await?;
+    broker.close().await;
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     for listener in &listeners {
         println!(
@@ -39,12 +45,12 @@ pub async fn ping(config: &std::path::Path, wait: Duration) -> Result<(), PingEr
     Ok(())
 }
 
+/// Asks the listeners of `cluster` over `broker` who they are, and waits `wait` for answers.
 pub(crate) async fn collect(
-    broker_settings: &gorgon_protocol::BrokerSettings,
+    broker: &Broker,
     cluster: &str,
     wait: Duration,
 ) -> Result<Vec<ListenerInfo>, BrokerError> {
-    let broker = Broker::connect(broker_settings, "gorgon ping").await?;
     let ping_id = Uuid::new_v4();
     let reply_queue = names::ping_queue(ping_id);
     let jobs = names::jobs_exchange(cluster);
@@ -63,10 +69,7 @@ pub(crate) async fn collect(
     match broker.publish(&jobs, &ping).await {
         Ok(()) => {}
         // No listener queue is bound: nobody is listening.
-        Err(BrokerError::Unroutable(_)) => {
-            broker.close().await;
-            return Ok(listeners);
-        }
+        Err(BrokerError::Unroutable(_)) => return Ok(listeners),
         Err(error) => return Err(error),
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -85,6 +88,5 @@ pub(crate) async fn collect(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    broker.close().await;
     Ok(listeners)
 }

@@ -277,7 +277,7 @@ fn planned(
 
 /// Ends a run whichever engine ran it: the runtime file, the failed files list,
 /// `after_job_finishes`, the JUnit report, the report and the exit code.
-async fn finish(
+pub(crate) async fn finish(
     plan: Plan,
     mut state: JobState,
     stop: Option<Stop>,
@@ -404,7 +404,7 @@ async fn finish(
 }
 
 /// The project's name: the name of its folder.
-fn project_name(root: &std::path::Path) -> String {
+pub(crate) fn project_name(root: &std::path::Path) -> String {
     root.canonicalize()
         .ok()
         .as_deref()

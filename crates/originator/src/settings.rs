@@ -197,7 +197,7 @@ const JOB_KEYS: [&str; 9] = [
 
 /// What of `config` gorgon-rs does not use: keys that Ruby Gorgon read and gorgon-rs does
 /// not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
-/// `connection.heartbeat`...) or that nothing reads. Each is one informational line.
+/// `connection.timeout`...) or that nothing reads. Each is one informational line.
 fn unused_keys(config: &serde_json::Value) -> Vec<String> {
     use gorgon_protocol::config_file::{unknown_keys, unused_key_line};
     let mut unused = unknown_keys(config, "", &TOP_KEYS);
@@ -569,7 +569,7 @@ mod tests {
             dir.path(),
             "gorgon.json",
             r#"{"file_server": {"host": "fs"}, "files": ["t/*_test.rb"], "bin_gem_path": "/usr/bin/gem",
-                "connection": {"host": "rabbit", "heartbeat": 30},
+                "connection": {"host": "rabbit", "heartbeat": 30, "timeout": 5},
                 "job": {"sync": {"source_tree_path": "x", "rsync_transport": "anonymous"}, "callbacks": {"callbacks_class_file": "c.rb"}}}"#,
         );
         let settings = Settings::load(&path).unwrap();
@@ -580,7 +580,7 @@ mod tests {
             "{unused}"
         );
         assert!(
-            unused.contains("connection.heartbeat is not used"),
+            unused.contains("connection.timeout is not used"),
             "{unused}"
         );
         assert_eq!(settings.unused_keys.len(), 3, "{unused}");

@@ -31,9 +31,9 @@ const FRAME_MAX: u32 = 16 * 1024;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The AMQP URI of `settings`, with the frame size this client wants.
-fn uri(settings: &BrokerSettings) -> String {
+fn uri(settings: &BrokerSettings, host: &str, port: u16) -> String {
     format!(
-        "{}://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}",
+        "{}://{}:{}@{}:{}/{}?frame_max={FRAME_MAX}&heartbeat={}",
         if settings.tls.is_some() {
             "amqps"
         } else {
@@ -41,9 +41,10 @@ fn uri(settings: &BrokerSettings) -> String {
         },
         percent_encode(&settings.username),
         percent_encode(&settings.password),
-        settings.host,
-        settings.port,
-        percent_encode(&settings.vhost)
+        host,
+        port,
+        percent_encode(&settings.vhost),
+        settings.heartbeat
     )
 }
 
@@ -168,7 +169,13 @@ pub enum QueueLife {
     /// Shared between processes; deleted explicitly by its owner, or by the broker once
     /// nobody has used it for `unused_expiry`.
     Shared { unused_expiry: Duration },
+    /// Deleted by the broker when its last consumer goes (its connection ends), and open to
+    /// others' passive declares meanwhile: whether it exists says whether its owner lives.
+    WhileConsumed,
 }
+
+/// How many messages of a stream a reader holds unacknowledged (streams need a prefetch).
+const STREAM_PREFETCH: u16 = 500;
 
 /// A connection with one channel for publishing (in confirm mode) and declarations.
 /// Consumers each get a channel of their own.
@@ -185,9 +192,41 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects within [`CONNECT_TIMEOUT`]; `name` shows in RabbitMQ's management tools.
+    /// Connects within [`CONNECT_TIMEOUT`] to one of the broker's nodes (see
+    /// [`BrokerSettings::hosts`]: beginning at a random one, then the others in turn); `name`
+    /// shows in RabbitMQ's management tools. [`Broker::address`] is the node it reached.
     pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Broker, BrokerError> {
-        let address = settings.address();
+        let nodes = settings.nodes();
+        let first = if nodes.len() > 1 {
+            usize::from(uuid::Uuid::new_v4().as_bytes()[0]) % nodes.len()
+        } else {
+            0
+        };
+        let mut failures = Vec::new();
+        for at in 0..nodes.len() {
+            let (host, port) = &nodes[(first + at) % nodes.len()];
+            match Broker::connect_node(settings, host, *port, name).await {
+                Ok(broker) => return Ok(broker),
+                Err(error) if nodes.len() == 1 => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach this broker node; trying the next");
+                    failures.push(error.to_string());
+                }
+            }
+        }
+        Err(BrokerError::Connect {
+            address: settings.address(),
+            reason: format!("no node answered: {}", failures.join("; ")),
+        })
+    }
+
+    async fn connect_node(
+        settings: &BrokerSettings,
+        host: &str,
+        port: u16,
+        name: &str,
+    ) -> Result<Broker, BrokerError> {
+        let address = format!("{host}:{port}");
         let connect_error = |reason: String| BrokerError::Connect {
             address: address.clone(),
             reason,
@@ -209,8 +248,9 @@ impl Broker {
             {
                 // lapin's own connectors check the certificate against the URI's host.
                 Some(server_name) => {
-                    let uri: lapin::uri::AMQPUri =
-                        uri(settings).parse().map_err(std::io::Error::other)?;
+                    let uri: lapin::uri::AMQPUri = uri(settings, host, port)
+                        .parse()
+                        .map_err(std::io::Error::other)?;
                     let open =
                         async move |uri: lapin::uri::AMQPUri, runtime: async_rs::TokioRuntime| {
                             let address = runtime
@@ -222,7 +262,13 @@ impl Broker {
                     Connection::connector(uri, runtime, open, properties).await
                 }
                 None => {
-                    Connection::connect_with_config(&uri(settings), properties, tls, runtime).await
+                    Connection::connect_with_config(
+                        &uri(settings, host, port),
+                        properties,
+                        tls,
+                        runtime,
+                    )
+                    .await
                 }
             }
         };
@@ -291,13 +337,84 @@ impl Broker {
                 );
                 QueueDeclareOptions::default()
             }
+            QueueLife::WhileConsumed => QueueDeclareOptions {
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
         };
+        self.declare_with(name, options, arguments).await
+    }
+
+    /// Declares queue `name` on the publishing channel.
+    async fn declare_with(
+        &self,
+        name: &str,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
         bounded(
             "queue.declare",
             self.channel.queue_declare(name.into(), options, arguments),
         )
         .await
         .map(|_| ())
+    }
+
+    /// Declares queue `name` on a channel of its own, which a refusal (a queue that does not
+    /// exist, or that another connection holds) closes instead of the publishing channel.
+    async fn declare_on_own_channel(
+        &self,
+        name: &str,
+        options: QueueDeclareOptions,
+    ) -> Result<lapin::Queue, BrokerError> {
+        let name = name.to_owned();
+        self.on_own_channel("queue.declare", |channel| async move {
+            channel
+                .queue_declare(name.as_str().into(), options, FieldTable::default())
+                .await
+        })
+        .await
+    }
+
+    /// Declares a stream (an append-only, durable log that every consumer reads from its own
+    /// offset; RabbitMQ 3.9+) whose messages are dropped after `max_age` (e.g. `"1D"`).
+    pub async fn declare_stream(&self, name: &str, max_age: &str) -> Result<(), BrokerError> {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        arguments.insert("x-max-age".into(), AMQPValue::LongString(max_age.into()));
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.declare_with(name, options, arguments).await
+    }
+
+    /// Declares exclusive queue `name` (a lock held as long as this connection, or until the
+    /// queue is deleted); false when another connection holds it.
+    pub async fn try_declare_exclusive(&self, name: &str) -> Result<bool, BrokerError> {
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        match self.declare_on_own_channel(name, options).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.is_locked() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The ready messages and the consumers of queue `name`, or `None` when it does not
+    /// exist (a passive declare).
+    pub async fn queue_counts(&self, name: &str) -> Result<Option<(u32, u32)>, BrokerError> {
+        match self.declare_passive(name).await {
+            Ok(queue) => Ok(Some((queue.message_count(), queue.consumer_count()))),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Declares an exclusive queue with a name chosen by the broker, and returns the name.
@@ -379,23 +496,16 @@ impl Broker {
 
     /// Whether a queue exists.
     pub async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
-        existence(self.declare_passive(name).await)
+        existence(self.declare_passive(name).await.map(drop))
     }
 
     /// Asks whether queue `name` exists (a passive declare).
-    async fn declare_passive(&self, name: &str) -> Result<(), BrokerError> {
-        let name = name.to_owned();
-        self.on_own_channel("queue.declare", |channel| async move {
-            let options = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(name.as_str().into(), options, FieldTable::default())
-                .await
-                .map(|_| ())
-        })
-        .await
+    async fn declare_passive(&self, name: &str) -> Result<lapin::Queue, BrokerError> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.declare_on_own_channel(name, options).await
     }
 
     /// Runs one call on a channel of its own, closed after it: a broker that refuses a call
@@ -557,6 +667,28 @@ impl Broker {
     /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
     /// unacknowledged messages the broker hands this consumer at once.
     pub async fn consume(&self, queue: &str, prefetch: Option<u16>) -> Result<Inbox, BrokerError> {
+        self.consume_with(queue, prefetch, FieldTable::default())
+            .await
+    }
+
+    /// Reads stream `stream` (see [`Broker::declare_stream`]) from its first message on; each
+    /// message must be acknowledged for more to come.
+    pub async fn consume_stream(&self, stream: &str) -> Result<Inbox, BrokerError> {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+        self.consume_with(stream, Some(STREAM_PREFETCH), arguments)
+            .await
+    }
+
+    async fn consume_with(
+        &self,
+        queue: &str,
+        prefetch: Option<u16>,
+        arguments: FieldTable,
+    ) -> Result<Inbox, BrokerError> {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
         if let Some(prefetch) = prefetch {
             bounded(
@@ -571,7 +703,7 @@ impl Broker {
                 queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
-                FieldTable::default(),
+                arguments,
             ),
         )
         .await?;
@@ -860,8 +992,8 @@ mod tests {
             ..BrokerSettings::default()
         };
         assert_eq!(
-            uri(&settings),
-            "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f?frame_max=16384"
+            uri(&settings, "127.0.0.1", 5672),
+            "amqp://me:p%40ss%2fword@127.0.0.1:5672/%2f?frame_max=16384&heartbeat=3"
         );
     }
 }

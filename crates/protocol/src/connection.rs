@@ -39,7 +39,21 @@ pub struct BrokerSettings {
     /// ([`BrokerSettings::resolve_url`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Several nodes of one RabbitMQ cluster (`connection.hosts`, each `HOST` or
+    /// `HOST:PORT`, the port defaulting to `port`), in place of `host`: a process connects
+    /// to one of them, beginning at a random one so that the load spreads, and tries the
+    /// others when it cannot reach it (at the start and when it reconnects).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Seconds of the AMQP heartbeat asked of the broker (`connection.heartbeat`, default
+    /// [`DEFAULT_HEARTBEAT`]): a process that stops answering (frozen, partitioned) loses its
+    /// connection after about twice this, and its unacknowledged files go back to the queue.
+    pub heartbeat: u16,
 }
+
+/// The AMQP heartbeat gorgon-rs asks for unless `connection.heartbeat` says otherwise: low,
+/// so that a frozen host's files run elsewhere within seconds.
+pub const DEFAULT_HEARTBEAT: u16 = 3;
 
 /// `tls_cert`, `tls_key` and `tls_ca_certificates` of a Gorgon listener's `connection`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -67,10 +81,12 @@ fn tls_or_flag<'de, D: serde::Deserializer<'de>>(
     }
 }
 
-/// The keys of a `connection` object that gorgon-rs reads; Gorgon's others (`heartbeat`,
-/// `timeout`, `frame_max`, `automatically_recover`...) are accepted and not used
+/// The keys of a `connection` object that gorgon-rs reads; Gorgon's others (`timeout`,
+/// `frame_max`, `automatically_recover`...) are accepted and not used
 /// ([`BrokerSettings::unused_keys`]).
-const CONNECTION_KEYS: [&str; 16] = [
+const CONNECTION_KEYS: [&str; 18] = [
+    "heartbeat",
+    "hosts",
     "tls_ca_certificates",
     "host",
     "hostname",
@@ -115,6 +131,8 @@ impl Default for BrokerSettings {
             tls: None,
             gorgon_tls: GorgonTlsKeys::default(),
             url: None,
+            hosts: Vec::new(),
+            heartbeat: DEFAULT_HEARTBEAT,
         }
     }
 }
@@ -152,6 +170,16 @@ impl BrokerSettings {
             tls.cert_file = tls.cert_file.take().or(gorgon.tls_cert);
             tls.key_file = tls.key_file.take().or(gorgon.tls_key);
         }
+        if let Some(bad) = self.hosts.iter().find(|node| {
+            let host = node
+                .rsplit_once(':')
+                .map_or(node.as_str(), |(host, _)| host);
+            host.trim().is_empty() || node.contains(char::is_whitespace)
+        }) {
+            return Err(format!(
+                "connection.hosts has {bad:?}; give each node as \"HOST\" or \"HOST:PORT\""
+            ));
+        }
         let Some(url) = self.url.take() else {
             return Ok(self);
         };
@@ -174,19 +202,69 @@ impl BrokerSettings {
         Ok(self)
     }
 
-    /// The keys of a `connection` object that gorgon-rs does not use (Gorgon's `heartbeat`,
-    /// `timeout`...), for an informational line.
+    /// The keys of a `connection` object that gorgon-rs does not use (Gorgon's `timeout`,
+    /// `frame_max`...), for an informational line.
     pub fn unused_keys(connection: &serde_json::Value) -> Vec<String> {
         crate::config_file::unknown_keys(connection, "connection.", &CONNECTION_KEYS)
     }
 
+    /// `host:port`, or each node's of `hosts`, for messages.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        let nodes: Vec<String> = self
+            .nodes()
+            .iter()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect();
+        nodes.join(", ")
+    }
+
+    /// The broker nodes to try, in `hosts` order (or `host` alone), each with its port.
+    pub fn nodes(&self) -> Vec<(String, u16)> {
+        if self.hosts.is_empty() {
+            return vec![(self.host.clone(), self.port)];
+        }
+        self.hosts
+            .iter()
+            .map(|node| match node.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => {
+                    (host.to_owned(), port.parse().expect("checked above"))
+                }
+                _ => (node.clone(), self.port),
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn several_nodes_are_tried_each_with_its_port() {
+        let settings: super::BrokerSettings = serde_json::from_str(
+            r#"{"hosts": ["rmq1", "rmq2:5673", "10.0.0.3:5674"], "port": 5680}"#,
+        )
+        .unwrap();
+        let settings = settings.resolve_url().unwrap();
+        assert_eq!(
+            settings.nodes(),
+            [
+                ("rmq1".to_owned(), 5680),
+                ("rmq2".to_owned(), 5673),
+                ("10.0.0.3".to_owned(), 5674)
+            ]
+        );
+        assert_eq!(settings.address(), "rmq1:5680, rmq2:5673, 10.0.0.3:5674");
+        assert_eq!(
+            super::BrokerSettings::default().nodes(),
+            [("127.0.0.1".to_owned(), 5672)]
+        );
+        let broken: super::BrokerSettings =
+            serde_json::from_str(r#"{"hosts": ["rmq1", ":5672"]}"#).unwrap();
+        assert!(broken
+            .resolve_url()
+            .unwrap_err()
+            .contains("connection.hosts has \":5672\""));
+    }
+
     #[test]
     fn gorgons_tls_keys_and_flag_turn_tls_on_and_other_keys_are_only_listed() {
         let parse = |text: &str| -> super::BrokerSettings {
@@ -203,6 +281,8 @@ mod tests {
         let bunny = parse(
             r#"{"host": "rabbit", "tls": true, "tls_cert": "c.pem", "tls_key": "k.pem", "tls_ca_certificates": ["ca.pem"], "heartbeat": 30}"#,
         );
+        assert_eq!(bunny.heartbeat, 30, "Gorgon's heartbeat is honoured");
+        assert_eq!(parse("{}").heartbeat, super::DEFAULT_HEARTBEAT);
         let tls = bunny.tls.unwrap();
         assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!(
@@ -214,7 +294,7 @@ mod tests {
             serde_json::json!({"host": "rabbit", "heartbeat": 30, "timeout": 5, "tls_cert": "c"});
         assert_eq!(
             super::BrokerSettings::unused_keys(&raw),
-            ["connection.heartbeat", "connection.timeout"]
+            ["connection.timeout"]
         );
         let two =
             serde_json::from_str::<super::BrokerSettings>(r#"{"tls_ca_certificates": ["a", "b"]}"#)

@@ -139,6 +139,19 @@ pub enum Message {
         run: bool,
     },
 
+    // The first message of a CI build's log (`gorgon work`): the units the node that filled
+    // the files queue queued, in order, and the digests other nodes check their checkouts by.
+    BuildDefined {
+        build_id: String,
+        /// Who filled the queue.
+        host: String,
+        units: Vec<String>,
+        /// Relative path → SHA-256 (hex) of each test file and of the configuration.
+        digests: std::collections::BTreeMap<String, String>,
+        /// When the files were queued: seconds since the Unix epoch (the build's start).
+        queued_at: f64,
+    },
+
     // Originator to the job's control exchange.
     /// Stop the job's workers now.
     Cancel {

@@ -48,6 +48,29 @@ pub fn announcement_queue(job: Uuid) -> String {
     format!("{PREFIX}.job.{job}.announcements")
 }
 
+/// The job id of CI build `build` on `cluster` (`gorgon work --build-id`): every node of the
+/// build computes the same one, whatever its checkout's folder is called.
+pub fn build_job_id(cluster: &str, build: &str) -> Uuid {
+    let name = format!("{PREFIX}/{cluster}/{build}");
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+}
+
+/// A CI build's log: a stream (RabbitMQ 3.9+) that holds the build's definition and then
+/// every reply of its nodes, in one order, for every node and reporter to read from the start.
+pub fn build_log(job: Uuid) -> String {
+    format!("{PREFIX}.build.{job}.log")
+}
+
+/// The exclusive queue a CI node holds while it fills the build's files queue.
+pub fn build_lock(job: Uuid) -> String {
+    format!("{PREFIX}.build.{job}.filling")
+}
+
+/// The queue whose one message says that the build's files queue was filled.
+pub fn build_filled(job: Uuid) -> String {
+    format!("{PREFIX}.build.{job}.filled")
+}
+
 /// The queue on which `gorgon ping` collects answers.
 pub fn ping_queue(ping: Uuid) -> String {
     format!("{PREFIX}.ping.{ping}")

@@ -14,6 +14,7 @@ mod junit;
 mod live;
 mod local;
 mod manager;
+pub mod manager_process;
 mod persistent;
 pub mod pool;
 mod runner;

@@ -1,0 +1,141 @@
+//! A worker manager run as a child process (`gorgon __manage-workers`, see `manager`), for
+//! whoever runs one per job on a host: a listener, or a CI node (`gorgon work`). It hands
+//! the manager its assignment on stdin and keeps stdin open (its end tells the manager that
+//! its parent died), relays its output to the log, and stops it the careful way (SIGTERM to
+//! its group, `grace::MANAGER`, SIGKILL) when asked.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use gorgon_exec::tail::{relay, LineTail};
+use gorgon_exec::{describe_status, grace, terminate_group};
+use gorgon_protocol::WorkerAssignment;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// The hidden subcommand of the `gorgon` binary that runs a worker manager.
+pub const MANAGER_SUBCOMMAND: &str = "__manage-workers";
+
+/// How a worker manager process ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ManagerEnd {
+    /// It did its part and exited 0.
+    Finished,
+    /// It was stopped as asked (its exit status).
+    Stopped(String),
+    /// It could not start, or exited non-zero on its own: its status and last output.
+    Crashed { status: String, output: String },
+}
+
+/// Runs the worker manager of `assignment` (in its workspace) until it exits, or until
+/// `stop` resolves, which stops it.
+pub async fn run_manager(
+    assignment: &WorkerAssignment,
+    stop: impl std::future::Future<Output = ()>,
+) -> ManagerEnd {
+    let job = assignment.job_id;
+    let crashed = |status: String, output: String| ManagerEnd::Crashed { status, output };
+    let mut line = match serde_json::to_vec(assignment) {
+        Ok(line) => line,
+        Err(error) => {
+            let status = format!("could not start: cannot encode the assignment: {error}");
+            return crashed(status, String::new());
+        }
+    };
+    line.push(b'\n');
+    let mut child = match spawn_manager(&assignment.workspace) {
+        Ok(child) => child,
+        Err(error) => {
+            tracing::error!(%job, %error, "cannot start the worker manager");
+            return crashed(format!("could not start: {error}"), String::new());
+        }
+    };
+    let pid = child.id();
+    tracing::info!(%job, pid, "worker manager started");
+    let tail = LineTail::default();
+    let mut relays = Vec::new();
+    for output in [
+        child
+            .stdout
+            .take()
+            .map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        relays.push(relay(output, tail.clone(), move |line| {
+            tracing::info!(target: "gorgon::manager", %job, "{line}");
+        }));
+    }
+    // The manager reads its assignment from stdin, then takes the end of stdin to mean that
+    // its parent has died: `stdin` must stay open until the manager has exited.
+    let mut stdin = child.stdin.take();
+    if let Some(pipe) = stdin.as_mut() {
+        if let Err(error) = pipe.write_all(&line).await {
+            // The manager has already exited; its status and output tell why.
+            tracing::warn!(%job, %error, "cannot hand the assignment to the worker manager");
+        }
+        let _ = pipe.flush().await;
+    }
+    let mut stopped = false;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = stop => {
+            stopped = true;
+            match pid {
+                // Reaping the manager as soon as it exits matters: an unreaped (zombie)
+                // manager still counts as a member of its group, so `terminate_group` alone
+                // would wait out the whole grace period.
+                Some(pid) => tokio::select! {
+                    status = child.wait() => status,
+                    () = terminate_group(pid, grace::MANAGER) => child.wait().await,
+                },
+                None => child.wait().await,
+            }
+        }
+    };
+    drop(stdin);
+    // The manager's pipes close when it exits; a bound keeps a stray holder from stalling us.
+    for relay in relays {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
+    }
+    match status {
+        Ok(status) if status.success() => {
+            tracing::info!(%job, "worker manager finished");
+            ManagerEnd::Finished
+        }
+        Ok(status) if stopped => {
+            let status = describe_status(status);
+            tracing::info!(%job, %status, "worker manager stopped");
+            ManagerEnd::Stopped(status)
+        }
+        Ok(status) => {
+            let status = describe_status(status);
+            tracing::error!(%job, %status, "worker manager crashed");
+            crashed(status, tail.text())
+        }
+        Err(error) => {
+            tracing::error!(%job, %error, "cannot wait for the worker manager");
+            crashed(format!("could not wait for it: {error}"), tail.text())
+        }
+    }
+}
+
+/// Starts `gorgon __manage-workers` in its own process group, so that a terminal's Ctrl-C
+/// reaches only its parent, which stops managers itself.
+fn spawn_manager(workspace: &std::path::Path) -> std::io::Result<tokio::process::Child> {
+    let program: PathBuf = std::env::current_exe()?;
+    Command::new(program)
+        .arg(MANAGER_SUBCOMMAND)
+        .current_dir(workspace)
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}

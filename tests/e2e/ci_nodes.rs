@@ -1,0 +1,316 @@
+//! CI builds: `gorgon work --build-id` on several copies of a project (each its own
+//! checkout, no file server, no sync) and `gorgon report --build-id`, on the real broker.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{processes_working_in, sigkill, Cluster, Project, Started};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A test file that records `NAME HOST` in `runs.log` when it starts, then takes `seconds`
+/// and passes (or fails, naming itself).
+fn test_file(record: &Path, name: &str, seconds: f64, fail: bool) -> String {
+    let end = if fail {
+        format!("echo \"assertion failed in {name}\"; exit 1")
+    } else {
+        "exit 0".to_owned()
+    };
+    format!(
+        "echo \"{name} $GORGON_HOST\" >> '{}'\nsleep {seconds}\n{end}\n",
+        record.join("runs.log").display()
+    )
+}
+
+/// (file, host) of every recorded start.
+fn runs(record: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(record.join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(file, host)| (file.to_owned(), host.to_owned()))
+        .collect()
+}
+
+/// A project of `files` test files (`tests/NN_test.sh`, those in `failing` fail) and
+/// `copies` copies of it, each a checkout of its own.
+fn checkouts(
+    cluster: &Cluster,
+    name: &str,
+    files: usize,
+    seconds: f64,
+    failing: &[usize],
+    copies: usize,
+) -> Vec<Project> {
+    let record = cluster.path().join(format!("{name}-record"));
+    std::fs::create_dir_all(&record).unwrap();
+    let project = cluster.project(name, json!({"job": {"listener_wait": 10}}));
+    for i in 0..files {
+        let file = format!("tests/{i:02}_test.sh");
+        project.write(
+            &file,
+            &test_file(&record, &file, seconds, failing.contains(&i)),
+        );
+    }
+    let mut all = vec![project];
+    for copy in 1..copies {
+        let dir = cluster
+            .path()
+            .join("projects")
+            .join(format!("{name}-{copy}"));
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&all[0].dir)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        all.push(Project { dir });
+    }
+    all
+}
+
+fn record_of(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+    cluster.path().join(format!("{name}-record"))
+}
+
+fn node(project: &Project, build: &str, name: &str) -> Started {
+    project.spawn_gorgon(
+        "work",
+        &["--build-id", build, "--worker-id", name, "-j", "2"],
+        &[],
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Three nodes started at once and a reporter: the files queue is filled once, every file
+/// runs exactly once across the nodes, the report names the failures, exit 1.
+#[test]
+fn three_nodes_share_one_build_and_the_reporter_reports_it() {
+    let cluster = Cluster::new();
+    let projects = checkouts(&cluster, "ci-three", 18, 0.2, &[4, 11], 3);
+    let build = format!("three-{}", uuid::Uuid::new_v4());
+    let report = projects[0].spawn_gorgon(
+        "report",
+        &["--build-id", &build, "--junit", "junit.xml"],
+        &[],
+    );
+    let nodes: Vec<Started> = projects
+        .iter()
+        .enumerate()
+        .map(|(i, project)| node(project, &build, &format!("node-{i}")))
+        .collect();
+    let nodes: Vec<_> = nodes.into_iter().map(|node| node.wait(LIMIT)).collect();
+    let report = report.wait(LIMIT);
+    for node in &nodes {
+        assert_eq!(node.code, 0, "{node:?}");
+    }
+    let fillers = nodes
+        .iter()
+        .filter(|n| n.stderr.contains("(it queued them)"))
+        .count();
+    assert_eq!(fillers, 1, "{nodes:?}");
+    assert_eq!(report.code, 1, "{report:?}");
+    assert!(
+        report
+            .stdout
+            .contains("18 files: 16 passed, 2 failed, 0 crashed, 0 not run"),
+        "{report:?}"
+    );
+    assert!(
+        report.stdout.contains("File 'tests/04_test.sh' failed"),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .stdout
+            .contains("assertion failed in tests/11_test.sh"),
+        "{report:?}"
+    );
+    let mut ran: Vec<String> = runs(&record_of(&cluster, "ci-three"))
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    ran.sort();
+    let expected: Vec<String> = (0..18).map(|i| format!("tests/{i:02}_test.sh")).collect();
+    assert_eq!(ran, expected, "every file exactly once");
+    let hosts: std::collections::BTreeSet<String> = runs(&record_of(&cluster, "ci-three"))
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+    assert!(
+        hosts.len() >= 2,
+        "the files spread over the nodes: {hosts:?}"
+    );
+    let junit = projects[0].read("junit.xml");
+    assert!(
+        junit.contains("tests/04_test.sh") && junit.contains("<failure"),
+        "{junit}"
+    );
+}
+
+/// A node that joins after half the files finished takes part; a node SIGKILLed (with its
+/// manager and workers) in the middle of a file has that file run by another node.
+#[test]
+fn a_late_node_takes_part_and_a_killed_nodes_file_runs_elsewhere() {
+    let cluster = Cluster::new();
+    let projects = checkouts(&cluster, "ci-late", 12, 0.6, &[], 3);
+    let record = record_of(&cluster, "ci-late");
+    let build = format!("late-{}", uuid::Uuid::new_v4());
+    let report = projects[0].spawn_gorgon("report", &["--build-id", &build], &[]);
+    let first = projects[0].spawn_gorgon(
+        "work",
+        &["--build-id", &build, "--worker-id", "first", "-j", "1"],
+        &[],
+    );
+    wait_until("half the files started on the first node", LIMIT, || {
+        runs(&record).len() >= 6
+    });
+    let late = projects[1].spawn_gorgon(
+        "work",
+        &["--build-id", &build, "--worker-id", "late", "-j", "1"],
+        &[],
+    );
+    let doomed = projects[2].spawn_gorgon(
+        "work",
+        &["--build-id", &build, "--worker-id", "doomed", "-j", "1"],
+        &[],
+    );
+    wait_until("a file started on the doomed node", LIMIT, || {
+        runs(&record).iter().any(|(_, host)| host == "doomed")
+    });
+    let (killed_file, _) = runs(&record)
+        .into_iter()
+        .find(|(_, host)| host == "doomed")
+        .unwrap();
+    // The node, its manager, its workers and the test: the whole machine's share.
+    sigkill(doomed.pid());
+    for process in processes_working_in(&projects[2].dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(process.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = doomed.wait(LIMIT);
+    let first = first.wait(LIMIT);
+    let late = late.wait(LIMIT);
+    let report = report.wait(LIMIT);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(late.code, 0, "{late:?}");
+    assert_eq!(report.code, 0, "{report:?}");
+    assert!(
+        report
+            .stdout
+            .contains("12 files: 12 passed, 0 failed, 0 crashed, 0 not run"),
+        "{report:?}"
+    );
+    let ran = runs(&record);
+    assert!(
+        ran.iter().any(|(_, host)| host == "late"),
+        "the late node took part: {ran:?}"
+    );
+    let again: Vec<&String> = ran
+        .iter()
+        .filter(|(file, host)| *file == killed_file && host != "doomed")
+        .map(|(_, host)| host)
+        .collect();
+    assert!(
+        !again.is_empty(),
+        "{killed_file} ran again elsewhere: {ran:?}"
+    );
+}
+
+/// A checkout that differs refuses to take part, naming the difference, and the build
+/// completes on the others; a reporter that starts after the nodes finished prints the full
+/// report; under GitHub Actions' variables no --build-id is needed.
+#[test]
+fn a_differing_checkout_refuses_and_a_late_reporter_reports_a_github_build() {
+    let cluster = Cluster::new();
+    let projects = checkouts(&cluster, "ci-github", 8, 0.1, &[5], 2);
+    let run_id = format!(
+        "{}",
+        std::process::id() as u64 * 1000 + u64::from(uuid::Uuid::new_v4().as_fields().1)
+    );
+    let github = [
+        ("GITHUB_RUN_ID", run_id.clone()),
+        ("GITHUB_RUN_ATTEMPT", "3".to_owned()),
+    ];
+    projects[1].write("tests/02_test.sh", "echo this checkout has other code\n");
+    let good = projects[0].spawn_gorgon("work", &["-j", "2", "--worker-id", "good"], &github);
+    good.wait_for_stderr("(it queued them)", LIMIT);
+    let other = projects[1]
+        .spawn_gorgon("work", &["-j", "2", "--worker-id", "other"], &github)
+        .wait(LIMIT);
+    assert_eq!(other.code, 3, "{other:?}");
+    assert!(
+        other
+            .stderr
+            .contains("this checkout differs from the one build github-"),
+        "{other:?}"
+    );
+    assert!(
+        other.stderr.contains("tests/02_test.sh differs"),
+        "{other:?}"
+    );
+    let good = good.wait(LIMIT);
+    assert_eq!(good.code, 0, "{good:?}");
+    assert!(
+        good.stderr
+            .contains(&format!("Build github-{run_id}-3: 8 files")),
+        "{good:?}"
+    );
+    let ran = runs(&record_of(&cluster, "ci-github"));
+    assert!(ran.iter().all(|(_, host)| host == "good"), "{ran:?}");
+    // The nodes are done; the report comes after them and has everything. Its checkout's
+    // config names no reachable broker: GORGON_BROKER_URL (a CI secret) does.
+    let config_path = projects[1].dir.join("gorgon.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["connection"]["port"] = json!(1);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let url = format!(
+        "amqp://guest:guest@{}:{}/",
+        crate::support::broker_host(),
+        crate::support::broker_port()
+    );
+    let mut with_url = github.to_vec();
+    with_url.push(("GORGON_BROKER_URL", url));
+    let report = projects[1]
+        .spawn_gorgon("report", &["--events-to", "events.ndjson"], &with_url)
+        .wait(LIMIT);
+    assert_eq!(report.code, 1, "{report:?}");
+    assert!(
+        report
+            .stdout
+            .contains("8 files: 7 passed, 1 failed, 0 crashed, 0 not run"),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .stdout
+            .contains("assertion failed in tests/05_test.sh"),
+        "{report:?}"
+    );
+    let events = projects[1].read("events.ndjson");
+    assert_eq!(
+        events.matches("\"event\":\"file_finished\"").count(),
+        8,
+        "{events}"
+    );
+    // Reported once: the build is over, for a node or a reporter that comes later.
+    let again = projects[0].spawn_gorgon("report", &[], &github).wait(LIMIT);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("was reported already"), "{again:?}");
+    let late = projects[0].spawn_gorgon("work", &[], &github).wait(LIMIT);
+    assert_eq!(late.code, 0, "{late:?}");
+    assert!(late.stdout.contains("is over"), "{late:?}");
+}
