@@ -145,6 +145,54 @@ fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
+/// The originator killed with SIGKILL in the middle of files that print nothing: its reply
+/// queue goes with its connection, the worker managers find it gone within 2 s, stop the
+/// job's workers (with their grace) and remove the job's files queue and control exchange:
+/// nothing of the job is left on the machine or the broker within seconds.
+#[test]
+fn an_originator_killed_mid_run_leaves_no_process_and_no_queue() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("orphaned", 2);
+    let (project, record) = suite(&cluster, "orphan", 6, 30.0, json!({}));
+    cluster.wait_for_listeners(&project, 1);
+    let events = project.dir.join("events.ndjson");
+    let run = project.spawn_start(&["--events", events.to_str().unwrap()], &[]);
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+    let job = job_id_from_events(&events).to_string();
+    let killed_at = std::time::Instant::now();
+    sigkill(run.pid());
+    let _ = run.wait(RUN_LIMIT);
+    cluster.assert_no_job_processes(Duration::from_secs(10));
+    let gone_after = killed_at.elapsed();
+    assert!(gone_after < Duration::from_secs(10), "{gone_after:?}");
+    let listed = |what: &str| -> Vec<String> {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args([what, "name", "-q"])
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|name| name.contains(&job))
+            .map(str::to_owned)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(listed("list_queues").is_empty() && listed("list_exchanges").is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left on the broker: {:?} {:?}",
+            listed("list_queues"),
+            listed("list_exchanges")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The listener takes the next job as usual.
+    assert_next_job_runs(&cluster);
+}
+
 #[test]
 fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
     let mut cluster = Cluster::new();

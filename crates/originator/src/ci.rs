@@ -382,10 +382,12 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         .await
     });
     let mut signalled = None;
+    let mut log_open = true;
     let ended = loop {
         tokio::select! {
-            incoming = log.next() => {
+            incoming = log.next(), if log_open => {
                 let Some(incoming) = incoming else {
+                    log_open = false;
                     follower.stop.get_or_insert(Stop::Failed("lost the connection to RabbitMQ".into()));
                     if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
                     continue;

@@ -258,6 +258,13 @@ pub(crate) async fn run(
                 let _ = incoming.ack().await;
             }
             () = signals.interrupt() => { second_interrupt = true; break; }
+            // A listener that died (or froze past the heartbeat) is not waited for.
+            _ = tick.tick() => {
+                if Instant::now() >= next_liveness_check {
+                    next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
+                    check_listeners_alive(&broker, state, &progress).await;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 progress.note(&format!(
                     "Listeners still finishing after {} s: {}",
@@ -386,7 +393,9 @@ impl Topology {
         broker.declare_fanout(&self.announcements_exchange).await?;
         broker.declare_fanout(&self.control).await?;
         broker
-            .declare_queue(&self.replies, QueueLife::Exclusive)
+            // It lives while this originator consumes it: worker managers that find it gone
+            // (the originator died) stop the job's workers.
+            .declare_queue(&self.replies, QueueLife::WhileConsumed)
             .await?;
         broker
             .declare_queue(&self.announcements, QueueLife::Exclusive)
@@ -419,6 +428,7 @@ impl Topology {
     async fn remove(&self, broker: &Broker) {
         let _ = broker.delete_queue(&self.files).await;
         let _ = broker.delete_exchange(&self.control).await;
+        let _ = broker.delete_queue(&self.replies).await;
     }
 }
 

@@ -32,8 +32,9 @@ pub fn files_queue(job: Uuid) -> String {
 }
 
 /// The originator's queue for replies: workers, worker managers and listeners publish to it
-/// through the default exchange. It is exclusive to the originator's connection, so it vanishes
-/// with the originator and a late publisher sees its message returned.
+/// through the default exchange. It lives while the originator consumes it, so it vanishes
+/// with the originator: a late publisher sees its message returned, and worker managers that
+/// find it gone stop the job's workers.
 pub fn reply_queue(job: Uuid) -> String {
     format!("{PREFIX}.job.{job}.replies")
 }

@@ -20,6 +20,10 @@ use gorgon_exec::signals::StopSignals;
 
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
+/// How often a worker manager checks that the job's originator still lives (its reply
+/// queue exists): a dead originator's workers stop within about this, plus their grace.
+const ORIGINATOR_CHECK: Duration = Duration::from_secs(2);
+
 /// Runs the worker manager of `assignment` and returns its exit code: 0 whenever it did its
 /// part (problems are reported to the originator), non-zero when it could not even reach
 /// the broker, so that its listener reports it as crashed.
@@ -103,6 +107,8 @@ async fn manage_connected(
     let mut unstarted = 1..=assignment.slots;
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
     let mut cancelled = false;
+    // Whether the originator still lives: its reply queue goes with its connection.
+    let mut originator_check = tokio::time::interval(ORIGINATOR_CHECK);
     // The workers were told how the job ended here (no more files, or stop).
     let mut told = false;
     // It goes on while a worker runs, or while files may come and a slot has no worker yet.
@@ -167,6 +173,18 @@ async fn manage_connected(
                 continue;
             }
             () = stdin.wait(), if !cancelled => "the listener has gone".to_owned(),
+            _ = originator_check.tick(), if !cancelled => {
+                match broker.queue_exists(&assignment.reply_to).await {
+                    Ok(false) => {
+                        // Nobody will take the job's results: what is left of it goes too.
+                        let job = assignment.job_id;
+                        let _ = broker.delete_queue(&names::files_queue(job)).await;
+                        let _ = broker.delete_exchange(&names::control_exchange(job)).await;
+                        "the originator has gone (its reply queue is gone)".to_owned()
+                    }
+                    _ => continue,
+                }
+            }
             signal = signals.recv() => {
                 if cancelled {
                     // A second request: no more grace.
@@ -261,7 +279,7 @@ mod tests {
                 .expect("RabbitMQ runs on 127.0.0.1:5672");
             let job = Uuid::new_v4();
             broker
-                .declare_queue(&names::reply_queue(job), QueueLife::Exclusive)
+                .declare_queue(&names::reply_queue(job), QueueLife::WhileConsumed)
                 .await
                 .unwrap();
             broker
