@@ -172,8 +172,9 @@ fn a_late_node_takes_part_and_a_killed_nodes_file_runs_elsewhere() {
         &["--build-id", &build, "--worker-id", "first", "-j", "1"],
         &[],
     );
-    wait_until("half the files started on the first node", LIMIT, || {
-        runs(&record).len() >= 6
+    // One worker: once the seventh file starts, six have finished.
+    wait_until("half the files finished on the first node", LIMIT, || {
+        runs(&record).len() >= 7
     });
     let late = projects[1].spawn_gorgon(
         "work",
@@ -313,4 +314,43 @@ fn a_differing_checkout_refuses_and_a_late_reporter_reports_a_github_build() {
     let late = projects[0].spawn_gorgon("work", &[], &github).wait(LIMIT);
     assert_eq!(late.code, 0, "{late:?}");
     assert!(late.stdout.contains("is over"), "{late:?}");
+}
+
+/// Every node of a build dies (SIGKILL, with its manager and workers): the reporter waits
+/// `job.listener_wait` (10 s here) with no node consuming the files queue, then lists the
+/// files that have no result and exits 1.
+#[test]
+fn a_build_whose_nodes_all_died_ends_with_the_unrun_files_listed() {
+    let cluster = Cluster::new();
+    let projects = checkouts(&cluster, "ci-dead", 6, 2.0, &[], 1);
+    let record = record_of(&cluster, "ci-dead");
+    let build = format!("dead-{}", uuid::Uuid::new_v4());
+    let only = projects[0].spawn_gorgon(
+        "work",
+        &["--build-id", &build, "--worker-id", "only", "-j", "1"],
+        &[],
+    );
+    wait_until("a file started", LIMIT, || !runs(&record).is_empty());
+    sigkill(only.pid());
+    for process in processes_working_in(&projects[0].dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(process.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = only.wait(LIMIT);
+    let started = Instant::now();
+    let report = projects[0]
+        .spawn_gorgon("report", &["--build-id", &build], &[])
+        .wait(LIMIT);
+    assert_eq!(report.code, 1, "{report:?}");
+    assert!(
+        report.stdout.contains("no node has worked on build"),
+        "{report:?}"
+    );
+    assert!(
+        report.stdout.contains("Unfinished files (6 files"),
+        "{report:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{report:?}");
 }
