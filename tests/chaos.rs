@@ -136,9 +136,6 @@ fn run_once(cluster: &mut Cluster, dice: &mut Dice, run: u32, counts: &mut Count
     }
     faults.sort();
     faults.dedup();
-    for fault in &faults {
-        *counts.faults.entry(format!("{fault:?}")).or_default() += 1;
-    }
     let with_failures = dice.below(2) == 0;
     let (project, truth) = suite(
         cluster,
@@ -154,19 +151,29 @@ fn run_once(cluster: &mut Cluster, dice: &mut Dice, run: u32, counts: &mut Count
     let mut frozen = Vec::new();
     for fault in &faults {
         let victim = LISTENERS[dice.below(LISTENERS.len() as u64) as usize];
-        match fault {
+        let struck = match fault {
             Fault::KillWorker => kill_one(cluster, victim, "__work"),
             Fault::KillManager => kill_one(cluster, victim, "__manage-workers"),
             Fault::KillListener => {
                 cluster.kill_listener(victim);
                 cluster.start_listener(victim, 2);
+                true
             }
             Fault::FreezeListener => {
                 cluster.signal_listener(victim, Signal::SIGSTOP);
                 frozen.push(victim);
+                true
             }
-            Fault::HangPastTimeout => {}
-        }
+            Fault::HangPastTimeout => true,
+        };
+        // A worker or manager that was not running at that moment (its host had no file
+        // then) is counted apart.
+        let kind = if struck {
+            format!("{fault:?}")
+        } else {
+            format!("{fault:?} (nothing to kill at that moment)")
+        };
+        *counts.faults.entry(kind).or_default() += 1;
     }
     if !frozen.is_empty() {
         // Past the heartbeat (3 s, so dropped after 6–9 s), then thawed.
@@ -286,14 +293,23 @@ fn suite(
     (project, truth)
 }
 
-/// SIGKILLs one process of listener `name` whose command line contains `needle`, if one runs.
-fn kill_one(cluster: &Cluster, name: &str, needle: &str) {
+/// SIGKILLs one process of listener `name` whose command line contains `needle`, waiting up
+/// to 3 s for one to run; false when none did.
+fn kill_one(cluster: &Cluster, name: &str, needle: &str) -> bool {
     let root = cluster.path().join("listeners").join(name);
-    let victim = support::processes_working_in(&root)
-        .into_iter()
-        .find(|p| p.command.contains(needle));
-    if let Some(victim) = victim {
-        sigkill(victim.pid);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let victim = support::processes_working_in(&root)
+            .into_iter()
+            .find(|p| p.command.contains(needle));
+        if let Some(victim) = victim {
+            sigkill(victim.pid);
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
