@@ -84,6 +84,19 @@ fn node(project: &Project, build: &str, name: &str) -> Started {
     )
 }
 
+/// SIGKILLs a node and everything working in its checkout (its manager, its workers, the
+/// test): the whole machine's share of the build dies at once.
+fn kill_node(node: Started, checkout: &Project) {
+    sigkill(node.pid());
+    for process in processes_working_in(&checkout.dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(process.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = node.wait(LIMIT);
+}
+
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -193,15 +206,7 @@ fn a_late_node_takes_part_and_a_killed_nodes_file_runs_elsewhere() {
         .into_iter()
         .find(|(_, host)| host == "doomed")
         .unwrap();
-    // The node, its manager, its workers and the test: the whole machine's share.
-    sigkill(doomed.pid());
-    for process in processes_working_in(&projects[2].dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(process.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = doomed.wait(LIMIT);
+    kill_node(doomed, &projects[2]);
     let first = first.wait(LIMIT);
     let late = late.wait(LIMIT);
     let report = report.wait(LIMIT);
@@ -331,14 +336,7 @@ fn a_build_whose_nodes_all_died_ends_with_the_unrun_files_listed() {
         &[],
     );
     wait_until("a file started", LIMIT, || !runs(&record).is_empty());
-    sigkill(only.pid());
-    for process in processes_working_in(&projects[0].dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(process.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = only.wait(LIMIT);
+    kill_node(only, &projects[0]);
     let started = Instant::now();
     let report = projects[0]
         .spawn_gorgon("report", &["--build-id", &build], &[])
@@ -353,4 +351,45 @@ fn a_build_whose_nodes_all_died_ends_with_the_unrun_files_listed() {
         "{report:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(30), "{report:?}");
+}
+
+/// `gorgon work --report` on the only node: it runs its part, waits for the build, and
+/// reports it with the build's exit code and JUnit, as `gorgon report` would.
+#[test]
+fn a_node_that_reports_exits_with_the_builds_verdict() {
+    let cluster = Cluster::new();
+    let projects = checkouts(&cluster, "ci-self", 5, 0.1, &[2], 1);
+    let build = format!("self-{}", uuid::Uuid::new_v4());
+    let run = projects[0]
+        .spawn_gorgon(
+            "work",
+            &[
+                "--build-id",
+                &build,
+                "-j",
+                "2",
+                "--report",
+                "--junit",
+                "junit.xml",
+            ],
+            &[],
+        )
+        .wait(LIMIT);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("5 files: 4 passed, 1 failed, 0 crashed, 0 not run"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("File 'tests/02_test.sh' failed"),
+        "{run:?}"
+    );
+    assert!(projects[0].read("junit.xml").contains("tests/02_test.sh"));
+    // Reported: a second report finds the build over.
+    let again = projects[0]
+        .spawn_gorgon("report", &["--build-id", &build], &[])
+        .wait(LIMIT);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("was reported already"), "{again:?}");
 }
