@@ -393,3 +393,87 @@ fn a_node_that_reports_exits_with_the_builds_verdict() {
     assert_eq!(again.code, 1, "{again:?}");
     assert!(again.stderr.contains("was reported already"), "{again:?}");
 }
+
+/// The node that was to queue a retry is lost as it does so (played here by this test: a
+/// "node" that publishes a failure to the build's log, keeps consuming the files queue, and
+/// never queues the retry): nothing is queued or running while a file waits only for its
+/// retry, and after `job.listener_wait` the reporter ends the build, exit 1, the file listed.
+#[test]
+fn a_retry_that_no_node_queued_ends_the_build_instead_of_hanging() {
+    use gorgon_protocol::{
+        names, Broker, BrokerSettings, Envelope, FileResult, FileStatus, Message,
+    };
+    let cluster = Cluster::new();
+    let project = cluster.project(
+        "ci-ghost",
+        json!({"job": {"listener_wait": 5, "retries": 1}}),
+    );
+    project.write("tests/a_test.sh", "exit 1\n");
+    let build = format!("ghost-{}", uuid::Uuid::new_v4());
+    let report = project.spawn_gorgon("report", &["--build-id", &build], &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let broker = Broker::connect(&BrokerSettings::for_tests(), "ghost node")
+            .await
+            .unwrap();
+        let job = names::build_job_id(&cluster.id, &build);
+        let log = names::build_log(job);
+        broker
+            .declare_stream(&log, gorgon_originator::ci::LOG_MAX_AGE)
+            .await
+            .unwrap();
+        let files = names::files_queue(job);
+        let life = gorgon_protocol::broker::QueueLife::Shared {
+            unused_expiry: Duration::from_secs(600),
+        };
+        broker.declare_queue(&files, life).await.unwrap();
+        let _consumer = broker.consume(&files, Some(1)).await.unwrap();
+        let file = "tests/a_test.sh".to_owned();
+        let messages = [
+            Message::BuildDefined {
+                build_id: build.clone(),
+                host: "ghost".into(),
+                units: vec![file.clone()],
+                digests: Default::default(),
+                queued_at: 0.0,
+            },
+            Message::JobAccepted {
+                host: "ghost".into(),
+                slots: 1,
+                listener_queue: None,
+            },
+            Message::FileStarted {
+                host: "ghost".into(),
+                worker_id: 1,
+                file: file.clone(),
+            },
+            Message::FileFinished(FileResult {
+                host: "ghost".into(),
+                worker_id: 1,
+                file: file.clone(),
+                status: FileStatus::Failed,
+                seconds: 0.1,
+                exit: "exit status 1".into(),
+                output: String::new(),
+                tests: Vec::new(),
+            }),
+        ];
+        for message in messages {
+            broker
+                .send_to_queue(&log, &Envelope::new(job, message))
+                .await
+                .unwrap();
+        }
+        let report = tokio::task::spawn_blocking(move || report.wait(LIMIT))
+            .await
+            .unwrap();
+        assert_eq!(report.code, 1, "{report:?}");
+        assert!(
+            report.stdout.contains("no file of build")
+                && report.stdout.contains("was queued or running"),
+            "{report:?}"
+        );
+        assert!(report.stdout.contains("\ttests/a_test.sh"), "{report:?}");
+        broker.close().await;
+    });
+}

@@ -383,8 +383,18 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     });
     let mut signalled = None;
     let mut log_open = true;
+    let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
+    let mut watch = Watch::default();
     let ended = loop {
         tokio::select! {
+            _ = tick.tick(), if follower.stop.is_none() => {
+                if let Some(reason) = watch.check(&build, &follower.state).await {
+                    follower.stop = Some(Stop::Failed(reason));
+                    // Every manager of the build ends with its files queue.
+                    let _ = build.broker.delete_queue(&names::files_queue(build.job)).await;
+                    if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
+                }
+            }
             incoming = log.next(), if log_open => {
                 let Some(incoming) = incoming else {
                     log_open = false;
@@ -575,10 +585,8 @@ async fn follow_to_end(
     follower: &mut Follower,
     signals: &mut StopSignals,
 ) -> Option<Stop> {
-    let files = names::files_queue(build.job);
-    let wait = build.settings.listener_wait;
     let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
-    let mut idle_since: Option<Instant> = None;
+    let mut watch = Watch::default();
     while follower.stop.is_none() && !follower.state.all_settled() {
         tokio::select! {
             incoming = log.next() => match incoming {
@@ -590,23 +598,75 @@ async fn follow_to_end(
             signal = signals.recv() => follower.stop = Some(signal.into()),
             _ = tick.tick() => {
                 follower.progress.update(&follower.state);
-                // A node works on the build while it consumes the files queue.
-                let working = matches!(build.broker.queue_counts(&files).await, Ok(Some((_, consumers))) if consumers > 0);
-                if working {
-                    idle_since = None;
-                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= wait {
-                    follower.stop = Some(Stop::Failed(format!(
-                        "no node has worked on build {} for {} s, and {} files have no result",
-                        build.build_id,
-                        wait.as_secs_f64(),
-                        follower.state.unfinished().len()
-                    )));
+                if let Some(reason) = watch.check(build, &follower.state).await {
+                    follower.stop = Some(Stop::Failed(reason));
                 }
             }
         }
     }
     follower.progress.finish();
     follower.stop.take()
+}
+
+/// Whether anything still works on a build whose files do not all have results: a node
+/// consuming its files queue; and, when every file left only waits for its retries, a retry
+/// queued or running. Either missing for `job.listener_wait` (every node died; the node that
+/// was to queue a retry died first) ends the build.
+#[derive(Default)]
+struct Watch {
+    idle_since: Option<Instant>,
+    stalled_since: Option<Instant>,
+}
+
+impl Watch {
+    /// Why the build must stop, once it has waited long enough.
+    async fn check(&mut self, build: &Build, state: &JobState) -> Option<String> {
+        if state.all_settled() {
+            return None;
+        }
+        let wait = build.settings.listener_wait;
+        let counts = build
+            .broker
+            .queue_counts(&names::files_queue(build.job))
+            .await;
+        let (queued, consumers) = match counts {
+            Ok(Some(counts)) => counts,
+            Ok(None) => (0, 0),
+            // The broker did not answer: the log's end says so, if it is gone.
+            Err(_) => return None,
+        };
+        let left = state.unfinished().len();
+        if consumers > 0 {
+            self.idle_since = None;
+        } else if self.idle_since.get_or_insert_with(Instant::now).elapsed() >= wait {
+            return Some(format!(
+                "no node has worked on build {} for {} s, and {left} files have no result",
+                build.build_id,
+                wait.as_secs_f64()
+            ));
+        }
+        // Files that have not run yet may wait on a node's long `before_creating_workers`;
+        // a file that waits only for its retries waits for nothing else.
+        let only_retries = state
+            .unfinished()
+            .iter()
+            .all(|file| state.retries().waits_for_retries(file));
+        if queued > 0 || state.workers_running() > 0 || !only_retries {
+            self.stalled_since = None;
+        } else if self
+            .stalled_since
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= wait
+        {
+            return Some(format!(
+                "for {} s no file of build {} was queued or running, and {left} files have no result (was a node lost as it queued a retry?)",
+                wait.as_secs_f64(),
+                build.build_id
+            ));
+        }
+        None
+    }
 }
 
 /// Writes and prints the build's report (as `gorgon start` does), then removes the build's

@@ -172,6 +172,11 @@ impl Retries {
         &self.retried
     }
 
+    /// Whether queued unit `file` failed and now waits only for its retries.
+    pub fn waits_for_retries(&self, file: &str) -> bool {
+        self.pending.contains_key(file)
+    }
+
     /// Retried tests that failed, then passed.
     pub fn flaky(&self) -> impl Iterator<Item = &Retried> {
         self.retried.iter().filter(|r| r.flaky())
