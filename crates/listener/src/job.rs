@@ -213,13 +213,7 @@ async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Rep
     if let Err(failure) = run_callback(CallbackName::AfterSync, after_sync.as_deref(), &base).await
     {
         tracing::error!(job = %job.id, %failure);
-        let message = Message::CallbackFailed {
-            host,
-            worker_id: None,
-            callback: failure.callback,
-            status: failure.status,
-            output: failure.output,
-        };
+        let message = gorgon_worker::callback_failed(&host, None, failure);
         report(shared, job, message).await;
         return Err(Reported);
     }

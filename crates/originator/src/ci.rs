@@ -165,11 +165,19 @@ impl Build {
         })
     }
 
+    /// Why the build cannot be followed any more: its broker went away.
+    fn connection_lost(&self) -> String {
+        format!(
+            "lost the connection to RabbitMQ at {}",
+            self.broker.address()
+        )
+    }
+
     /// Whether a reporter already reported the build.
     async fn is_over(&self) -> Result<bool, StartError> {
         Ok(self
             .broker
-            .queue_counts(&build_over(self.job))
+            .queue_counts(&names::build_over(self.job))
             .await?
             .is_some())
     }
@@ -189,7 +197,7 @@ impl Build {
                         self.build_id
                     ))
                 })?
-                .ok_or_else(|| StartError::BuildLost("lost the connection to RabbitMQ".into()))?;
+                .ok_or_else(|| StartError::BuildLost(self.connection_lost()))?;
             let message = incoming.envelope.as_ref().ok().map(|e| e.message.clone());
             let _ = incoming.ack().await;
             if let Some(Message::BuildDefined {
@@ -216,18 +224,12 @@ impl Build {
         &self,
         options: &StartOptions,
         defined: &Defined,
+        history: files::History,
         events: &mut EventSink,
     ) -> Result<(Plan, JobState), StartError> {
         let units = &defined.units;
         let settings = self.settings.clone();
-        let history = match &settings.runtime_file {
-            Some(path) => files::read_history(path)?,
-            None => files::History::new(),
-        };
-        let quarantine = match &settings.quarantine_file {
-            Some(path) => Quarantine::load(path)?,
-            None => Quarantine::default(),
-        };
+        let quarantine = settings.quarantine()?;
         events.emit(Event::RunStarted {
             job_id: self.job,
             project: self.project.clone(),
@@ -236,14 +238,15 @@ impl Build {
         });
         let state = JobState::new(units.to_vec())
             .with_retries(settings.retries)
-            .with_quarantine(quarantine.clone())
+            .with_quarantine(quarantine)
             .with_max_fail(settings.max_fail);
         let ago = Duration::from_secs_f64((unix_now() - defined.queued_at).max(0.0));
         let plan = Plan {
             options: options.clone(),
             settings,
             history,
-            quarantine,
+            // The state has taken it.
+            quarantine: Quarantine::default(),
             job_id: self.job,
             project: self.project.clone(),
             host: crate::run::host_name(),
@@ -270,11 +273,6 @@ fn unix_now() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64())
 }
 
-/// The marker a reporter leaves once it reported the build.
-fn build_over(job: Uuid) -> String {
-    format!("{}.over", names::build_filled(job))
-}
-
 /// `gorgon work`: runs this node's part of the build; with `--report`, also waits for the
 /// whole build and reports it. Exits 0 when the node did its part (the build's verdict is
 /// the reporter's), 130/143 when stopped by a signal.
@@ -295,7 +293,8 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         return Ok(exit_code::SUCCESS);
     }
     let root = build.settings.project_root.clone();
-    let (units, digests) = local_units(&build.settings)?;
+    let history = build.settings.history()?;
+    let (units, digests) = local_units(&build.settings, &history)?;
     let filled = fill_once(&build, &host, &units, &digests).await?;
     let mut log = build
         .broker
@@ -321,7 +320,7 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         })?,
         _ => EventSink::none(),
     };
-    let (plan, state) = build.plan(&options.start, &defined, &mut events)?;
+    let (plan, state) = build.plan(&options.start, &defined, history, &mut events)?;
     let progress = plan.progress(state.total());
     progress.note(&format!(
         "Build {}: {} files; this node is {host}{}",
@@ -390,15 +389,14 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
             _ = tick.tick(), if follower.stop.is_none() => {
                 if let Some(reason) = watch.check(&build, &follower.state).await {
                     follower.stop = Some(Stop::Failed(reason));
-                    // Every manager of the build ends with its files queue.
-                    let _ = build.broker.delete_queue(&names::files_queue(build.job)).await;
+                    follower.end_managers_when_over(&build).await;
                     if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
                 }
             }
             incoming = log.next(), if log_open => {
                 let Some(incoming) = incoming else {
                     log_open = false;
-                    follower.stop.get_or_insert(Stop::Failed("lost the connection to RabbitMQ".into()));
+                    follower.stop.get_or_insert(Stop::Failed(build.connection_lost()));
                     if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
                     continue;
                 };
@@ -480,7 +478,8 @@ pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
     if options.start.html.is_some() || build.settings.html_file.is_some() {
         events = events.with_timeline();
     }
-    let (plan, state) = build.plan(&options.start, &defined, &mut events)?;
+    let history = build.settings.history()?;
+    let (plan, state) = build.plan(&options.start, &defined, history, &mut events)?;
     let progress = plan.progress(state.total());
     progress.note(&format!(
         "Build {}: {} files, queued by {}; waiting for its results",
@@ -552,8 +551,13 @@ impl Follower {
                 }
             }
         }
+        self.end_managers_when_over(build).await;
+    }
+
+    /// Once every file is settled or the build stops, deletes the build's files queue (once):
+    /// every manager of the build ends with it.
+    async fn end_managers_when_over(&mut self, build: &Build) {
         if !self.told && (self.state.all_settled() || self.stop.is_some()) {
-            // Every manager of the build ends with its files queue.
             self.told = true;
             let _ = build
                 .broker
@@ -592,7 +596,7 @@ async fn follow_to_end(
             incoming = log.next() => match incoming {
                 Some(incoming) => follower.take(build, incoming).await,
                 None => {
-                    follower.stop = Some(Stop::Failed(format!("lost the connection to RabbitMQ at {}", build.broker.address())));
+                    follower.stop = Some(Stop::Failed(build.connection_lost()));
                 }
             },
             signal = signals.recv() => follower.stop = Some(signal.into()),
@@ -681,7 +685,7 @@ async fn report_and_clean(build: Build, plan: Plan, follower: Follower, stop: Op
     let over = QueueLife::Shared {
         unused_expiry: BUILD_QUEUE_EXPIRY,
     };
-    if let Err(error) = broker.declare_queue(&build_over(job), over).await {
+    if let Err(error) = broker.declare_queue(&names::build_over(job), over).await {
         tracing::warn!(%error, "cannot mark the build as over");
     }
     let _ = broker.delete_queue(&names::files_queue(job)).await;
@@ -694,20 +698,16 @@ async fn report_and_clean(build: Build, plan: Plan, follower: Follower, stop: Op
 
 /// This checkout's units (the configured files, in history order) and the digests of its
 /// test files and configuration.
-fn local_units(settings: &Settings) -> Result<(Vec<String>, BTreeMap<String, String>), StartError> {
+fn local_units(
+    settings: &Settings,
+    history: &files::History,
+) -> Result<(Vec<String>, BTreeMap<String, String>), StartError> {
     let root = &settings.project_root;
     let found = files::expand(root, &settings.files, false)?;
     if found.is_empty() {
         return Err(StartError::NoFiles(settings.files.join(", ")));
     }
-    let history = match &settings.runtime_file {
-        Some(path) => files::read_history(path)?,
-        None => files::History::new(),
-    };
-    let choice = gorgon_protocol::RunnerChoice::new(&settings.runner)?;
-    for file in &found {
-        choice.index_for(file)?;
-    }
+    settings.check_runners(&found)?;
     let mut digests = BTreeMap::new();
     for file in &found {
         digests.insert(file.clone(), digest_of(&root.join(file))?);
@@ -719,7 +719,7 @@ fn local_units(settings: &Settings) -> Result<(Vec<String>, BTreeMap<String, Str
         .to_string_lossy()
         .into_owned();
     digests.insert(config_name, digest_of(config)?);
-    Ok((files::order(found, &history, root), digests))
+    Ok((files::order(found, history, root), digests))
 }
 
 /// The SHA-256 of a file's content, in hex.

@@ -204,10 +204,7 @@ pub(crate) async fn run(
             signal = signals.recv() => stop = Some(signal.into()),
             _ = tick.tick() => {
                 progress.update(state);
-                if Instant::now() >= next_liveness_check {
-                    next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
-                    check_listeners_alive(&broker, state, &progress).await;
-                }
+                check_listeners_when_due(&mut next_liveness_check, &broker, state, &progress).await;
                 if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
                     stop = Some(Stop::Failed(format!(
                         "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
@@ -260,10 +257,7 @@ pub(crate) async fn run(
             () = signals.interrupt() => { second_interrupt = true; break; }
             // A listener that died (or froze past the heartbeat) is not waited for.
             _ = tick.tick() => {
-                if Instant::now() >= next_liveness_check {
-                    next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
-                    check_listeners_alive(&broker, state, &progress).await;
-                }
+                check_listeners_when_due(&mut next_liveness_check, &broker, state, &progress).await;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 progress.note(&format!(
@@ -333,6 +327,19 @@ pub(crate) async fn answer_retry_check(
     );
     if let Err(error) = broker.send_to_queue(reply_to, &answer).await {
         tracing::warn!(%error, file, "cannot answer a worker's retry check");
+    }
+}
+
+/// Runs [`check_listeners_alive`] once `next` has come, and sets the next time.
+async fn check_listeners_when_due(
+    next: &mut Instant,
+    broker: &Broker,
+    state: &mut JobState,
+    progress: &Progress,
+) {
+    if Instant::now() >= *next {
+        *next = Instant::now() + LIVENESS_INTERVAL;
+        check_listeners_alive(broker, state, progress).await;
     }
 }
 

@@ -204,14 +204,9 @@ pub(crate) async fn run(
     Ok(stop)
 }
 
+/// A callback of this machine's part (no worker's) that failed.
 fn callback_failed(host: &str, failure: gorgon_exec::CallbackFailure) -> Message {
-    Message::CallbackFailed {
-        host: host.to_owned(),
-        worker_id: None,
-        callback: failure.callback,
-        status: failure.status,
-        output: failure.output,
-    }
+    gorgon_worker::callback_failed(host, None, failure)
 }
 
 /// The message the state must see of what the pool received, if any; the files a dead

@@ -117,15 +117,29 @@ pub fn runners(phases: &[PhaseSettings]) -> Vec<PhaseRunner> {
         .collect()
 }
 
-/// The index of the first phase whose globs match `unit`'s file.
-pub fn phase_of_file(phases: &[PhaseSettings], unit: &str) -> Option<usize> {
-    phases.iter().position(|phase| {
-        phase
-            .files
+/// Which phase a file belongs to: the phases' globs, compiled once.
+pub struct PhaseGlobs(Vec<Vec<FileGlob>>);
+
+impl PhaseGlobs {
+    /// The globs of `phases` (already checked by [`check`]; a broken one matches nothing).
+    pub fn new(phases: &[PhaseSettings]) -> PhaseGlobs {
+        PhaseGlobs(
+            phases
+                .iter()
+                .map(|phase| {
+                    let globs = phase.files.iter();
+                    globs.filter_map(|glob| FileGlob::new(glob).ok()).collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// The index of the first phase whose globs match `unit`'s file.
+    pub fn phase_of(&self, unit: &str) -> Option<usize> {
+        self.0
             .iter()
-            .filter_map(|glob| FileGlob::new(glob).ok())
-            .any(|glob| glob.matches(unit))
-    })
+            .position(|globs| globs.iter().any(|glob| glob.matches(unit)))
+    }
 }
 
 fn file_of(unit: &str) -> &str {
@@ -499,10 +513,11 @@ mod tests {
             files("smoke", &["spec/smoke/**/*_spec.rb"]),
             files("all", &["spec/**/*_spec.rb"]),
         ];
-        assert_eq!(phase_of_file(&list, "spec/smoke/a_spec.rb"), Some(0));
-        assert_eq!(phase_of_file(&list, "spec/smoke/a_spec.rb:4"), Some(0));
-        assert_eq!(phase_of_file(&list, "spec/b_spec.rb"), Some(1));
-        assert_eq!(phase_of_file(&list, "test/c_test.rb"), None);
+        let globs = PhaseGlobs::new(&list);
+        assert_eq!(globs.phase_of("spec/smoke/a_spec.rb"), Some(0));
+        assert_eq!(globs.phase_of("spec/smoke/a_spec.rb:4"), Some(0));
+        assert_eq!(globs.phase_of("spec/b_spec.rb"), Some(1));
+        assert_eq!(globs.phase_of("test/c_test.rb"), None);
     }
 
     #[test]

@@ -104,10 +104,7 @@ fn plan(
     if options.local.is_none() {
         settings.file_server()?;
     }
-    let quarantine = match &settings.quarantine_file {
-        Some(path) => Quarantine::load(path)?,
-        None => Quarantine::default(),
-    };
+    let quarantine = settings.quarantine()?;
     let root = settings.project_root.clone();
     let explicit = !options.files.is_empty();
     let patterns = if explicit {
@@ -188,15 +185,14 @@ fn plan(
         };
         return Err(StartError::NoFiles(described));
     }
-    let history = match &settings.runtime_file {
-        Some(path) => files::read_history(path)?,
-        None => files::History::new(),
-    };
+    let history = settings.history()?;
     // Each phase's files (all of them, in one phase, for a run without phases).
     let mut groups: Vec<Vec<String>> = vec![Vec::new(); settings.phases.len().max(1)];
+    let phase_globs = crate::phases::PhaseGlobs::new(&settings.phases);
     for file in found {
         let at = if phased {
-            crate::phases::phase_of_file(&settings.phases, &file)
+            phase_globs
+                .phase_of(&file)
                 .ok_or_else(|| StartError::NoPhase(file.clone()))?
         } else {
             0
@@ -217,10 +213,7 @@ fn plan(
         })
         .collect();
     // Every file has its runner, or nothing runs.
-    let choice = gorgon_protocol::RunnerChoice::new(&settings.runner)?;
-    for unit in groups.iter().flatten() {
-        choice.index_for(unit)?;
-    }
+    settings.check_runners(groups.iter().flatten())?;
     let clock = (started, started_at);
     if !phased {
         let queue = groups.into_iter().next().unwrap_or_default();

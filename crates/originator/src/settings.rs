@@ -484,6 +484,35 @@ impl Settings {
         })
     }
 
+    /// The runtime file as it is now (empty without `runtime_file`).
+    pub fn history(&self) -> Result<crate::files::History, crate::files::FilesError> {
+        match &self.runtime_file {
+            Some(path) => crate::files::read_history(path),
+            None => Ok(crate::files::History::new()),
+        }
+    }
+
+    /// The quarantine file as it is now (nothing quarantined without `quarantine_file`).
+    pub fn quarantine(
+        &self,
+    ) -> Result<crate::quarantine::Quarantine, crate::quarantine::QuarantineError> {
+        match &self.quarantine_file {
+            Some(path) => crate::quarantine::Quarantine::load(path),
+            None => Ok(crate::quarantine::Quarantine::default()),
+        }
+    }
+
+    /// Every unit has its runner; the error names one that has none (or two).
+    pub fn check_runners<'a>(
+        &self,
+        units: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), gorgon_protocol::RunnerChoiceError> {
+        let choice = gorgon_protocol::RunnerChoice::new(&self.runner)?;
+        units
+            .into_iter()
+            .try_for_each(|unit| choice.index_for(unit).map(drop))
+    }
+
     /// The file server of a distributed run; an error naming the configuration when it has
     /// none or a broken one.
     pub fn file_server(&self) -> Result<&FileServer, ConfigError> {

@@ -72,6 +72,12 @@ pub fn build_filled(job: Uuid) -> String {
     format!("{PREFIX}.build.{job}.filled")
 }
 
+/// The queue a reporter leaves (for a while) once it reported the build: nodes and
+/// reporters that come later find the build over.
+pub fn build_over(job: Uuid) -> String {
+    format!("{PREFIX}.build.{job}.over")
+}
+
 /// The queue on which `gorgon ping` collects answers.
 pub fn ping_queue(ping: Uuid) -> String {
     format!("{PREFIX}.ping.{ping}")

@@ -24,6 +24,17 @@ unless defined?(Gorgon::DefaultCallbacks)
       raise "#{class_file} does not set Gorgon.callbacks = YourCallbacks.new" unless callbacks
     end
 
+    # Runs the block with stdout sent to stderr (where a callback's output belongs when stdout
+    # is a protocol channel), handing it the real stdout; puts stdout back afterwards.
+    def self.with_stdout_on_stderr
+      saved = STDOUT.dup
+      STDOUT.reopen(STDERR)
+      yield saved
+    ensure
+      STDOUT.flush
+      STDOUT.reopen(saved) if saved
+    end
+
     # Calls one moment's method; returns its result.
     def self.run_callback(moment)
       callbacks.public_send(moment)

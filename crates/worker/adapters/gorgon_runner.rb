@@ -24,20 +24,15 @@ module GorgonRunner
   def self.run_class_callback(moment, proto = nil)
     return unless callbacks_class_file
 
-    saved = STDOUT.dup
-    STDOUT.reopen(STDERR)
-    begin
+    Gorgon.with_stdout_on_stderr do |stdout|
+      proto ||= stdout
       Gorgon.load_callbacks(callbacks_class_file) unless Gorgon.callbacks
       Gorgon.run_callback(moment)
-    rescue Exception => e # rubocop:disable Lint/RescueException -- reported, then the runner ends
-      proto ||= saved
-      proto.puts(JSON.generate(type: 'callback_failed', callback: moment.to_s, message: Gorgon.describe(e)))
-      proto.flush
-      exit!(1)
-    ensure
-      STDOUT.flush
-      STDOUT.reopen(saved)
     end
+  rescue Exception => e # rubocop:disable Lint/RescueException -- reported, then the runner ends
+    proto.puts(JSON.generate(type: 'callback_failed', callback: moment.to_s, message: Gorgon.describe(e)))
+    proto.flush
+    exit!(1)
   end
 
   # Results of the file being run, filled in by the framework adapter in the forked child so

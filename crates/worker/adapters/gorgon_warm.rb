@@ -37,15 +37,10 @@ end
 
 # Runs a moment of the callbacks class with stdout sent to stderr (stdout says "ready").
 def gorgon_warm_callback(moment)
-  ready_out = STDOUT.dup
-  STDOUT.reopen(STDERR)
-  Gorgon.run_callback(moment)
+  Gorgon.with_stdout_on_stderr { Gorgon.run_callback(moment) }
 rescue Exception => e # rubocop:disable Lint/RescueException
   warn Gorgon.describe(e)
   exit!(1)
-ensure
-  STDOUT.flush
-  STDOUT.reopen(ready_out) if ready_out
 end
 
 kind, socket_path, class_file, *preload_kinds = ARGV

@@ -47,6 +47,22 @@ fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
     ShellCommand::new("", &assignment.workspace).envs(tags.pairs())
 }
 
+/// The message that tells the originator a callback failed on `host` (in worker
+/// `worker_id`, for a worker's callbacks).
+pub fn callback_failed(
+    host: &str,
+    worker_id: Option<u32>,
+    failure: gorgon_exec::CallbackFailure,
+) -> Message {
+    Message::CallbackFailed {
+        host: host.to_owned(),
+        worker_id,
+        callback: failure.callback,
+        status: failure.status,
+        output: failure.output,
+    }
+}
+
 /// Sends one message to the job's originator; a failure is only logged, because the
 /// originator is the only one who could act on it.
 async fn report(broker: &Broker, assignment: &WorkerAssignment, message: Message) {

@@ -242,17 +242,12 @@ async fn after_workers(
     0
 }
 
+/// A callback of the manager's (no worker's) that failed.
 fn callback_failed(
     assignment: &WorkerAssignment,
     failure: gorgon_exec::CallbackFailure,
 ) -> Message {
-    Message::CallbackFailed {
-        host: assignment.host.clone(),
-        worker_id: None,
-        callback: failure.callback,
-        status: failure.status,
-        output: failure.output,
-    }
+    crate::callback_failed(&assignment.host, None, failure)
 }
 
 #[cfg(test)]

@@ -53,23 +53,15 @@ pub async fn run_manager(
     let pid = child.id();
     tracing::info!(%job, pid, "worker manager started");
     let tail = LineTail::default();
+    let log_line = move |line: &str| {
+        tracing::info!(target: "gorgon::manager", %job, "{line}");
+    };
     let mut relays = Vec::new();
-    for output in [
-        child
-            .stdout
-            .take()
-            .map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        relays.push(relay(output, tail.clone(), move |line| {
-            tracing::info!(target: "gorgon::manager", %job, "{line}");
-        }));
+    if let Some(stdout) = child.stdout.take() {
+        relays.push(relay(stdout, tail.clone(), log_line));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        relays.push(relay(stderr, tail.clone(), log_line));
     }
     // The manager reads its assignment from stdin, then takes the end of stdin to mean that
     // its parent has died: `stdin` must stay open until the manager has exited.

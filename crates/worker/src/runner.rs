@@ -201,21 +201,19 @@ impl Runner {
         let preload = ruby
             .filter(|ruby| ruby.class.forks(settings.kind, &settings.command))
             .and_then(|ruby| ruby.preload.as_deref());
-        let warm = match (&adapter, preload, warm_socket) {
-            (Some(adapter), Some(socket), _) => Some(WarmFork {
+        // The job's preload process, else the listener's warm runner when the job's
+        // environment does not change how the interpreter starts.
+        let fork_from = preload.or_else(|| {
+            warm_socket
+                .filter(|_| WarmKey::of(settings).is_some() && environment_allows_warm(&base.env))
+        });
+        let warm = adapter
+            .as_ref()
+            .zip(fork_from)
+            .map(|(adapter, socket)| WarmFork {
                 socket: socket.to_owned(),
                 script: adapter.script.clone(),
-            }),
-            (Some(adapter), None, Some(socket))
-                if WarmKey::of(settings).is_some() && environment_allows_warm(&base.env) =>
-            {
-                Some(WarmFork {
-                    socket: socket.to_owned(),
-                    script: adapter.script.clone(),
-                })
-            }
-            _ => None,
-        };
+            });
         let command = adapter.map_or_else(|| settings.command.clone(), |adapter| adapter.command);
         Ok(Runner::Persistent(Box::new(PersistentRunner {
             command: ShellCommand { command, ..base },

@@ -217,13 +217,12 @@ async fn report_runner_callback(
     );
     let callback = serde_json::from_value(serde_json::Value::String(failure.callback.clone()))
         .unwrap_or(CallbackName::BeforeStart);
-    let message = Message::CallbackFailed {
-        host: assignment.host.clone(),
-        worker_id: assignment.worker_id,
+    let failure = gorgon_exec::CallbackFailure {
         callback,
         status: format!("the {} method raised in the runner", failure.callback),
         output: failure.message,
     };
+    let message = crate::callback_failed(&assignment.host, assignment.worker_id, failure);
     let _ = transport.send_all(vec![message]).await;
 }
 
@@ -238,13 +237,7 @@ async fn run_worker_callback(
         Ok(_) => true,
         Err(failure) => {
             tracing::error!(%failure);
-            let message = Message::CallbackFailed {
-                host: assignment.host.clone(),
-                worker_id: assignment.worker_id,
-                callback: failure.callback,
-                status: failure.status,
-                output: failure.output,
-            };
+            let message = crate::callback_failed(&assignment.host, assignment.worker_id, failure);
             // Only the originator could act on a failure to tell it.
             let _ = transport.send(message).await;
             false
