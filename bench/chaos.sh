@@ -2,7 +2,8 @@
 # The chaos harness: CHAOS_RUNS runs (default 100) of a mixed suite on three listeners on
 # loopback, each with one or two faults injected at a random moment from the seeded sequence
 # CHAOS_SEED (kill -9 of a worker, a worker manager or a whole listener; a listener's process
-# tree frozen past the heartbeat and thawed; a file hanging past its timeout). It checks every
+# tree frozen past the heartbeat and thawed; a file hanging past its timeout; the broker
+# restarted with rabbitmqctl stop_app / start_app). It checks every
 # run's exit code, that each file has exactly one result and the right one, and that no
 # process or queue of the job is left, then prints the counts and the seed (see
 # docs/reliability.md). Needs RabbitMQ on 127.0.0.1:5672 (or AMQP_HOST/AMQP_PORT),

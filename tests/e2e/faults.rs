@@ -168,27 +168,7 @@ fn an_originator_killed_mid_run_leaves_no_process_and_no_queue() {
     cluster.assert_no_job_processes(Duration::from_secs(10));
     let gone_after = killed_at.elapsed();
     assert!(gone_after < Duration::from_secs(10), "{gone_after:?}");
-    let listed = |what: &str| -> Vec<String> {
-        let output = std::process::Command::new("rabbitmqctl")
-            .args([what, "name", "-q"])
-            .output()
-            .expect("rabbitmqctl runs");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|name| name.contains(&job))
-            .map(str::to_owned)
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !(listed("list_queues").is_empty() && listed("list_exchanges").is_empty()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left on the broker: {:?} {:?}",
-            listed("list_queues"),
-            listed("list_exchanges")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::support::assert_nothing_left_on_broker(&job, Duration::from_secs(10));
     // The listener takes the next job as usual.
     assert_next_job_runs(&cluster);
 }

@@ -666,7 +666,13 @@ impl Started {
     }
 
     /// Waits for the run to end, failing the test after `limit`.
-    pub fn wait(mut self, limit: Duration) -> Run {
+    pub fn wait(self, limit: Duration) -> Run {
+        self.wait_explained(limit, String::new)
+    }
+
+    /// [`Started::wait`], adding what `explain` says (logs of the other parties) when the
+    /// run does not end in time.
+    pub fn wait_explained(mut self, limit: Duration, explain: impl FnOnce() -> String) -> Run {
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -677,9 +683,10 @@ impl Started {
                 let _ = self.child.wait();
                 let _ = self.err_reader.join();
                 panic!(
-                    "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{}",
                     self.out.join().unwrap(),
-                    self.err.lock().unwrap()
+                    self.err.lock().unwrap(),
+                    explain()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -712,5 +719,47 @@ pub fn wait_for_file(path: &Path, limit: Duration) {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `rabbitmqctl COMMAND`, failing the test if it fails.
+pub fn rabbitmqctl(command: &str) {
+    let output = Command::new("rabbitmqctl").arg(command).output().unwrap();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The names of job `job`'s `what` (`"list_queues"`, `"list_exchanges"`) still on the broker.
+pub fn left_on_broker(what: &str, job: &str) -> Vec<String> {
+    let output = Command::new("rabbitmqctl")
+        .args([what, "name", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|name| name.contains(job))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits up to `limit` until nothing of job `job` (queue or exchange) is left on the broker,
+/// failing the test otherwise.
+pub fn assert_nothing_left_on_broker(job: &str, limit: Duration) {
+    let left = || {
+        let mut left = left_on_broker("list_queues", job);
+        left.extend(left_on_broker("list_exchanges", job));
+        left
+    };
+    let deadline = Instant::now() + limit;
+    while !left().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left on the broker: {:?}",
+            left()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -121,49 +121,59 @@ async fn forward_stop(mut listener_stopping: watch::Receiver<bool>, stop: watch:
     let _ = stop.send(true);
 }
 
-/// Listens on the job's control exchange and stops the job when the originator cancels it.
-/// A control exchange that no longer exists means the job is already over.
+/// Listens on the job's control exchange and stops the job when the originator cancels it,
+/// again on each new connection after one was lost. A control exchange that no longer
+/// exists means the job is already over.
 async fn watch_for_cancel(shared: Arc<Shared>, job_id: Uuid, stop: watch::Sender<bool>) {
-    let control = async {
-        let queue = shared.broker.declare_private_queue().await?;
-        shared
-            .broker
-            .bind(&queue, &gorgon_protocol::names::control_exchange(job_id))
-            .await?;
-        shared.broker.consume(&queue, None).await
-    };
-    let mut inbox = match control.await {
-        Ok(inbox) => inbox,
-        Err(error) if error.is_not_found() => {
-            tracing::info!(job = %job_id, "the job is already over");
-            let _ = stop.send(true);
+    let mut connections = shared.broker.subscribe();
+    loop {
+        let broker = connections.borrow_and_update().clone();
+        let control = async {
+            let queue = broker.declare_private_queue().await?;
+            broker
+                .bind(&queue, &gorgon_protocol::names::control_exchange(job_id))
+                .await?;
+            broker.consume(&queue, None).await
+        };
+        match control.await {
+            Ok(mut inbox) => {
+                while let Some(incoming) = inbox.next().await {
+                    let cancelled = matches!(
+                        &incoming.envelope,
+                        Ok(envelope) if envelope.job_id == job_id && matches!(envelope.message, Message::Cancel { .. })
+                    );
+                    if cancelled {
+                        let _ = incoming.ack().await;
+                        tracing::info!(job = %job_id, "the originator cancelled the job");
+                        let _ = stop.send(true);
+                        return;
+                    }
+                    tracing::warn!(job = %job_id, "dropping an unexpected control message");
+                    let _ = incoming.discard().await;
+                }
+            }
+            Err(error) if error.is_not_found() => {
+                tracing::info!(job = %job_id, "the job is already over");
+                let _ = stop.send(true);
+                return;
+            }
+            Err(error) if broker.is_connected() => {
+                tracing::warn!(job = %job_id, %error, "cannot listen for a cancel of the job");
+                return;
+            }
+            Err(_) => {}
+        }
+        // The connection was lost: listen again on the next one.
+        if connections.changed().await.is_err() {
             return;
         }
-        Err(error) => {
-            tracing::warn!(job = %job_id, %error, "cannot listen for a cancel of the job");
-            return;
-        }
-    };
-    while let Some(incoming) = inbox.next().await {
-        let cancelled = matches!(
-            &incoming.envelope,
-            Ok(envelope) if envelope.job_id == job_id && matches!(envelope.message, Message::Cancel { .. })
-        );
-        if cancelled {
-            let _ = incoming.ack().await;
-            tracing::info!(job = %job_id, "the originator cancelled the job");
-            let _ = stop.send(true);
-            return;
-        }
-        tracing::warn!(job = %job_id, "dropping an unexpected control message");
-        let _ = incoming.discard().await;
     }
 }
 
 /// Publishes one reply to the job's originator.
 async fn send(shared: &Shared, job: &Job, message: Message) -> Result<(), BrokerError> {
     shared
-        .broker
+        .broker()
         .send_to_queue(&job.reply_to, &Envelope::new(job.id, message))
         .await
 }

@@ -121,7 +121,8 @@ fn trust_line(settings: &ListenerSettings) -> String {
 
 /// What every job task shares with the listener.
 struct Shared {
-    broker: Broker,
+    /// The connection in use: a new one after each reconnection, which job tasks see.
+    broker: watch::Sender<Broker>,
     settings: ListenerSettings,
     /// The listener's own queue, named in `JobAccepted`.
     queue: String,
@@ -135,6 +136,11 @@ struct Shared {
 type WarmSlot = Arc<std::sync::Mutex<Option<WarmProcess>>>;
 
 impl Shared {
+    /// The connection in use now.
+    fn broker(&self) -> Broker {
+        self.broker.borrow().clone()
+    }
+
     /// Takes slots for a new job: every free slot, and at least one, so that a job that
     /// arrives while others run is never starved (the listener then runs one worker more
     /// than its slots until a job ends).
@@ -195,11 +201,21 @@ pub async fn run(
     if let Ok(root) = std::path::absolute(&settings.workspace_root) {
         settings.workspace_root = root;
     }
-    let busy_slots = Arc::new(std::sync::Mutex::new(0));
     let warm: WarmSlot = Arc::default();
+    // One name for the listener's queue across reconnections: the originators of running
+    // jobs check that it exists to tell whether this listener lives.
+    let queue = names::listener_queue(&settings.cluster_id, Uuid::new_v4());
     // The first connection must work: a listener that cannot reach its broker at start is
     // misconfigured, and says so. Later losses are retried with backoff.
-    let mut connection = Some(Connection::open(&settings, busy_slots.clone(), warm.clone()).await?);
+    let (broker, inbox) = connect(&settings, &queue).await?;
+    let shared = Arc::new(Shared {
+        broker: watch::channel(broker).0,
+        settings: settings.clone(),
+        queue: queue.clone(),
+        busy_slots: Arc::new(std::sync::Mutex::new(0)),
+        warm: warm.clone(),
+    });
+    let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
     let mut jobs: JoinSet<Uuid> = JoinSet::new();
     let mut taken: HashSet<Uuid> = HashSet::new();
@@ -207,16 +223,17 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     let result = loop {
-        let Some(live) = connection.as_mut() else {
+        let Some(inbox) = connection.as_mut() else {
             // Reconnecting, while jobs already running go on as they can.
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
                 () = tokio::time::sleep(backoff) => {
-                    match Connection::open(&settings, busy_slots.clone(), warm.clone()).await {
-                        Ok(opened) => {
-                            tracing::info!("reconnected to RabbitMQ at {}", opened.shared.broker.address());
-                            connection = Some(opened);
+                    match connect(&settings, &queue).await {
+                        Ok((broker, inbox)) => {
+                            tracing::info!("reconnected to RabbitMQ at {}", broker.address());
+                            shared.broker.send_replace(broker);
+                            connection = Some(inbox);
                             backoff = RECONNECT_MIN;
                         }
                         Err(error) => {
@@ -233,14 +250,14 @@ pub async fn run(
                 tracing::info!("shutting down");
                 break Ok(());
             }
-            incoming = live.inbox.next() => match incoming {
+            incoming = inbox.next() => match incoming {
                 Some(incoming) => {
-                    handle(&live.shared, incoming, &mut taken, &mut jobs, &stopping).await;
+                    handle(&shared, incoming, &mut taken, &mut jobs, &stopping).await;
                 }
                 None => {
                     tracing::error!(
                         "lost the connection to RabbitMQ at {}; reconnecting",
-                        live.shared.broker.address()
+                        shared.broker().address()
                     );
                     connection = None;
                 }
@@ -260,9 +277,7 @@ pub async fn run(
         tracing::warn!("some jobs did not stop in time; killing their worker managers");
         jobs.shutdown().await;
     }
-    if let Some(live) = connection {
-        live.shared.broker.close().await;
-    }
+    shared.broker().close().await;
     if let Some(kept) = warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
         kept.retire();
     }
@@ -276,68 +291,54 @@ fn log_job_end(finished: Result<Uuid, tokio::task::JoinError>) {
     }
 }
 
-/// One connection to the broker with the listener's queue consumed and announced.
-struct Connection {
-    shared: Arc<Shared>,
-    inbox: gorgon_protocol::Inbox,
-}
-
-impl Connection {
-    async fn open(
-        settings: &ListenerSettings,
-        busy_slots: Arc<std::sync::Mutex<u32>>,
-        warm: WarmSlot,
-    ) -> Result<Connection, ListenerError> {
-        let cluster = &settings.cluster_id;
-        let broker = Broker::connect(
-            &settings.broker,
-            &format!("gorgon listen {}", settings.name),
-        )
+/// Connects to the broker, declares the cluster's exchanges and the listener's `queue`
+/// (again, after a reconnection), consumes it and announces the listener, so that the
+/// originators of running jobs send it their job again (it is taken once).
+async fn connect(
+    settings: &ListenerSettings,
+    queue: &str,
+) -> Result<(Broker, gorgon_protocol::Inbox), ListenerError> {
+    let cluster = &settings.cluster_id;
+    let broker = Broker::connect(
+        &settings.broker,
+        &format!("gorgon listen {}", settings.name),
+    )
+    .await?;
+    let jobs_exchange = names::jobs_exchange(cluster);
+    let announcements = names::announcements_exchange(cluster);
+    broker.declare_fanout(&jobs_exchange).await?;
+    broker.declare_fanout(&announcements).await?;
+    // It lives as long as this listener consumes it: originators check that it exists to
+    // tell a listener that died (or froze, past the heartbeat) from a busy one.
+    broker
+        .declare_queue(queue, QueueLife::WhileConsumed)
         .await?;
-        let jobs_exchange = names::jobs_exchange(cluster);
-        let announcements = names::announcements_exchange(cluster);
-        broker.declare_fanout(&jobs_exchange).await?;
-        broker.declare_fanout(&announcements).await?;
-        let queue = names::listener_queue(cluster, Uuid::new_v4());
-        // It lives as long as this connection consumes it: originators check that it
-        // exists to tell a listener that died (or froze, past the heartbeat) from a busy one.
-        broker
-            .declare_queue(&queue, QueueLife::WhileConsumed)
-            .await?;
-        broker.bind(&queue, &jobs_exchange).await?;
-        let inbox = broker.consume(&queue, None).await?;
-        let announcement = Envelope::new(
-            Uuid::new_v4(),
-            Message::ListenerAnnounced {
-                listener_queue: queue.clone(),
-                name: settings.name.clone(),
-            },
-        );
-        match broker.publish(&announcements, &announcement).await {
-            // Nobody listens for announcements unless a job is running: that is normal.
-            Ok(()) | Err(BrokerError::Unroutable(_)) => {}
-            Err(error) => tracing::warn!(%error, "cannot announce this listener"),
-        }
-        tracing::info!(
-            "listening as {} with {} slots on cluster {}",
-            settings.name,
-            settings.worker_slots,
-            cluster
-        );
-        if settings.broker.signing.is_some() {
-            tracing::info!("{}", trust_line(settings));
-        } else {
-            tracing::warn!("{}", trust_line(settings));
-        }
-        let shared = Arc::new(Shared {
-            broker,
-            settings: settings.clone(),
-            queue,
-            busy_slots,
-            warm,
-        });
-        Ok(Connection { shared, inbox })
+    broker.bind(queue, &jobs_exchange).await?;
+    let inbox = broker.consume(queue, None).await?;
+    let announcement = Envelope::new(
+        Uuid::new_v4(),
+        Message::ListenerAnnounced {
+            listener_queue: queue.to_owned(),
+            name: settings.name.clone(),
+        },
+    );
+    match broker.publish(&announcements, &announcement).await {
+        // Nobody listens for announcements unless a job is running: that is normal.
+        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+        Err(error) => tracing::warn!(%error, "cannot announce this listener"),
     }
+    tracing::info!(
+        "listening as {} with {} slots on cluster {}",
+        settings.name,
+        settings.worker_slots,
+        cluster
+    );
+    if settings.broker.signing.is_some() {
+        tracing::info!("{}", trust_line(settings));
+    } else {
+        tracing::warn!("{}", trust_line(settings));
+    }
+    Ok((broker, inbox))
 }
 
 /// Why a signed job is refused as a replay: signed longer ago than
@@ -386,7 +387,7 @@ async fn handle(
                     slots: shared.settings.worker_slots,
                 }),
             );
-            if let Err(error) = shared.broker.send_to_queue(reply_to, &reply).await {
+            if let Err(error) = shared.broker().send_to_queue(reply_to, &reply).await {
                 tracing::warn!(%error, "cannot answer a ping");
             }
         }
@@ -407,7 +408,7 @@ async fn handle(
                         outcome,
                     },
                 );
-                if let Err(error) = shared.broker.send_to_queue(&reply_to, &reply).await {
+                if let Err(error) = shared.broker().send_to_queue(&reply_to, &reply).await {
                     tracing::warn!(%error, "cannot answer a fleet command");
                 }
             });

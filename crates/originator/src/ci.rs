@@ -785,7 +785,9 @@ async fn fill_once(
             digests: digests.clone(),
             queued_at: unix_now(),
         };
-        broker.declare_fanout(&names::control_exchange(job)).await?;
+        broker
+            .declare_job_exchange(&names::control_exchange(job))
+            .await?;
         broker.declare_queue(&names::files_queue(job), life).await?;
         broker
             .send_to_queue(&names::build_log(job), &Envelope::new(job, defined.clone()))
@@ -802,7 +804,9 @@ async fn fill_once(
             .await?;
     } else {
         // The manager checks that the job's control exchange exists.
-        broker.declare_fanout(&names::control_exchange(job)).await?;
+        broker
+            .declare_job_exchange(&names::control_exchange(job))
+            .await?;
     }
     broker.delete_queue(&lock).await?;
     Ok(!filled)

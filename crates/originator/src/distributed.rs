@@ -29,6 +29,9 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
 /// A files queue nobody consumes is removed by the broker after this, so that a crashed
 /// originator leaves nothing behind for long.
 const FILES_QUEUE_EXPIRY: Duration = Duration::from_secs(30 * 60);
+/// After the originator got its broker connection back, how long listeners have to get
+/// theirs back (their queues re-declared) before a missing queue means a dead listener.
+const RESUME_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs the planned job on the cluster's listeners, feeding `state`; returns why it stopped
 /// early, if it did.
@@ -47,7 +50,7 @@ pub(crate) async fn run(
     let job_id = *job_id;
     let root = &settings.project_root;
     let file_server = settings.file_server()?;
-    let broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
+    let mut broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
     // A Gorgon callbacks class's `before_originate` may name the cluster, as in Gorgon.
     let cluster_id = match plan.before_originate(signals).await {
         Ok(named) => named.unwrap_or_else(|| settings.cluster_id.clone()),
@@ -131,6 +134,7 @@ pub(crate) async fn run(
     let mut next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
     let listener_deadline = Instant::now() + settings.listener_wait;
 
+    let mut announcements_ended = false;
     let mut stop = None;
     while stop.is_none() {
         if state.all_settled() {
@@ -157,8 +161,18 @@ pub(crate) async fn run(
         tokio::select! {
             incoming = replies.next() => {
                 let Some(incoming) = incoming else {
-                    stop = Some(Stop::Failed(format!("lost the connection to RabbitMQ at {}", broker.address())));
-                    break;
+                    match resume(&mut broker, &topology, &progress, signals).await {
+                        Ok(inboxes) => {
+                            (replies, announcements) = inboxes;
+                            announcements_ended = false;
+                            next_liveness_check = Instant::now() + RESUME_GRACE;
+                            continue;
+                        }
+                        Err(stopped) => {
+                            stop = Some(stopped);
+                            break;
+                        }
+                    }
                 };
                 match &incoming.envelope {
                     Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) if *id == job_id => {
@@ -186,10 +200,11 @@ pub(crate) async fn run(
                     }
                 }
             }
-            incoming = announcements.next() => {
+            incoming = announcements.next(), if !announcements_ended => {
+                // A lost connection ends the replies too, which resume it.
                 let Some(incoming) = incoming else {
-                    stop = Some(Stop::Failed(format!("lost the connection to RabbitMQ at {}", broker.address())));
-                    break;
+                    announcements_ended = true;
+                    continue;
                 };
                 if let Ok(Envelope { message: Message::ListenerAnnounced { listener_queue, name }, .. }) = &incoming.envelope {
                     tracing::info!(listener = %name, "a listener joined; sending it the job");
@@ -242,7 +257,16 @@ pub(crate) async fn run(
     while !state.all_listeners_done() {
         tokio::select! {
             incoming = replies.next() => {
-                let Some(incoming) = incoming else { break };
+                let Some(incoming) = incoming else {
+                    match resume(&mut broker, &topology, &progress, signals).await {
+                        Ok(inboxes) => {
+                            (replies, _) = inboxes;
+                            next_liveness_check = Instant::now() + RESUME_GRACE;
+                            continue;
+                        }
+                        Err(_) => break,
+                    }
+                };
                 if let Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) = &incoming.envelope {
                     if *id == job_id {
                         answer_retry_check(&broker, state, job_id, file, reply_to).await;
@@ -276,6 +300,48 @@ pub(crate) async fn run(
     progress.finish();
 
     Ok(stop)
+}
+
+/// Gets the broker back after the run's connection was lost: reconnects (to any node) for
+/// up to `connection.outage_limit` and re-attaches to the job's queues, which are durable,
+/// so the files not yet settled are still queued and the replies sent meanwhile wait in
+/// the reply queue. Returns the new replies and announcements, or why the run stops.
+async fn resume(
+    broker: &mut Broker,
+    topology: &Topology,
+    progress: &Progress,
+    signals: &mut StopSignals,
+) -> Result<(Inbox, Inbox), Stop> {
+    let lost = broker.address().to_owned();
+    let limit = broker.outage_limit();
+    progress.note(&format!(
+        "Lost the connection to RabbitMQ at {lost}; reconnecting for up to {} s (connection.outage_limit)",
+        limit.as_secs()
+    ));
+    let deadline = tokio::time::Instant::now() + limit;
+    let reattached = async {
+        let fresh = broker.reconnect(deadline).await?;
+        let inboxes = topology.reattach(&fresh).await?;
+        Ok::<_, BrokerError>((fresh, inboxes))
+    };
+    let outcome = tokio::select! {
+        outcome = reattached => outcome,
+        signal = signals.recv() => return Err(signal.into()),
+    };
+    match outcome {
+        Ok((fresh, inboxes)) => {
+            *broker = fresh;
+            progress.note(&format!(
+                "Reconnected to RabbitMQ at {}; the run goes on",
+                broker.address()
+            ));
+            Ok(inboxes)
+        }
+        Err(error) => Err(Stop::Failed(format!(
+            "lost the connection to RabbitMQ at {lost} and could not get it back within {} s (connection.outage_limit): {error}",
+            limit.as_secs()
+        ))),
+    }
 }
 
 /// Tells a worker whether a file delivered again still needs a run.
@@ -396,13 +462,45 @@ impl Topology {
         broker: &Broker,
         files: &[String],
     ) -> Result<(Inbox, Inbox), BrokerError> {
+        self.declare_entities(broker).await?;
+        broker
+            .send_all_to_queue(
+                &self.files,
+                files
+                    .iter()
+                    .map(|file| Envelope::new(self.job_id, Message::file(file.clone()))),
+            )
+            .await?;
+        self.consume(broker).await
+    }
+
+    /// After a reconnection: declares again what a broker restart may have dropped (the
+    /// durable queues and the control exchange stay, with their messages) and consumes
+    /// the replies and announcements again.
+    async fn reattach(&self, broker: &Broker) -> Result<(Inbox, Inbox), BrokerError> {
+        self.declare_entities(broker).await?;
+        self.consume(broker).await
+    }
+
+    async fn consume(&self, broker: &Broker) -> Result<(Inbox, Inbox), BrokerError> {
+        let replies = broker.consume(&self.replies, None).await?;
+        let announcements = broker.consume(&self.announcements, None).await?;
+        Ok((replies, announcements))
+    }
+
+    async fn declare_entities(&self, broker: &Broker) -> Result<(), BrokerError> {
         broker.declare_fanout(&self.jobs).await?;
         broker.declare_fanout(&self.announcements_exchange).await?;
-        broker.declare_fanout(&self.control).await?;
+        broker.declare_job_exchange(&self.control).await?;
         broker
-            // It lives while this originator consumes it: worker managers that find it gone
-            // (the originator died) stop the job's workers.
-            .declare_queue(&self.replies, QueueLife::WhileConsumed)
+            // Durable, so that it keeps the replies through a broker restart; worker managers
+            // that find it without a consumer (the originator died) stop the job's workers.
+            .declare_queue(
+                &self.replies,
+                QueueLife::Shared {
+                    unused_expiry: FILES_QUEUE_EXPIRY,
+                },
+            )
             .await?;
         broker
             .declare_queue(&self.announcements, QueueLife::Exclusive)
@@ -418,17 +516,7 @@ impl Topology {
                 },
             )
             .await?;
-        broker
-            .send_all_to_queue(
-                &self.files,
-                files
-                    .iter()
-                    .map(|file| Envelope::new(self.job_id, Message::file(file.clone()))),
-            )
-            .await?;
-        let replies = broker.consume(&self.replies, None).await?;
-        let announcements = broker.consume(&self.announcements, None).await?;
-        Ok((replies, announcements))
+        Ok(())
     }
 
     /// Deletes what the run declared; exclusive queues go with the connection.

@@ -16,7 +16,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::connection::BrokerSettings;
+use crate::connection::{BrokerSettings, QueueType};
 use crate::message::{DecodeError, Envelope};
 use crate::signing::{Signature, Trust, KEY_HEADER, MAC_HEADER, SIGNED_AT_HEADER};
 
@@ -167,7 +167,8 @@ pub enum QueueLife {
     /// Owned by this connection; deleted by the broker when the connection ends.
     Exclusive,
     /// Shared between processes; deleted explicitly by its owner, or by the broker once
-    /// nobody has used it for `unused_expiry`.
+    /// nobody has used it for `unused_expiry`. Durable, of the connection's
+    /// [`QueueType`]: a broker restart (or, quorum, a node's loss) keeps it and its messages.
     Shared { unused_expiry: Duration },
     /// Deleted by the broker when its last consumer goes (its connection ends), and open to
     /// others' passive declares meanwhile: whether it exists says whether its owner lives.
@@ -189,7 +190,17 @@ pub struct Broker {
     /// With the cluster's keys: every message published is signed, only signed ones are
     /// taken.
     trust: Option<Arc<Trust>>,
+    /// What [`QueueLife::Shared`] queues are.
+    queue_type: QueueType,
+    /// Where it connected from, for [`Broker::reconnect`].
+    settings: Arc<BrokerSettings>,
 }
+
+/// The first wait between attempts to reconnect, doubled after each failure up to
+/// [`RECONNECT_MAX_WAIT`], each with up to half again of jitter, so that the hosts of a
+/// fleet do not all come back at the same instant.
+const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(250);
+const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(5);
 
 impl Broker {
     /// Connects within [`CONNECT_TIMEOUT`] to one of the broker's nodes (see
@@ -296,7 +307,41 @@ impl Broker {
                 .signing
                 .as_ref()
                 .map(|keys| Arc::new(Trust::new(keys))),
+            queue_type: settings.queue_type,
+            settings: Arc::new(settings.clone()),
         })
+    }
+
+    /// A new connection, under the same name, after this one was lost: any of the broker's
+    /// nodes, tried again with backoff and jitter until `deadline`; the last failure then.
+    pub async fn reconnect(&self, deadline: tokio::time::Instant) -> Result<Broker, BrokerError> {
+        let mut wait = RECONNECT_FIRST_WAIT;
+        loop {
+            match Broker::connect_like(self).await {
+                Ok(broker) => return Ok(broker),
+                Err(error) => {
+                    let jitter =
+                        wait.mul_f64(f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 510.0);
+                    let next = tokio::time::Instant::now() + wait + jitter;
+                    if next >= deadline {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "cannot reconnect yet; trying again in {:?}", wait + jitter);
+                    tokio::time::sleep_until(next).await;
+                    wait = (wait * 2).min(RECONNECT_MAX_WAIT);
+                }
+            }
+        }
+    }
+
+    /// One new connection with the settings and name of `other` (to any node), at once.
+    pub async fn connect_like(other: &Broker) -> Result<Broker, BrokerError> {
+        Broker::connect(&other.settings, &other.name).await
+    }
+
+    /// How long this connection's owner may try to get it back ([`BrokerSettings::outage_limit`]).
+    pub fn outage_limit(&self) -> Duration {
+        self.settings.outage_limit()
     }
 
     /// `host:port` of the broker.
@@ -322,6 +367,25 @@ impl Broker {
         .await
     }
 
+    /// Declares a job's own fanout exchange (its control exchange): durable, so that a
+    /// broker restart keeps it for the listeners that re-attach to the job. Its owner
+    /// deletes it at the job's end.
+    pub async fn declare_job_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        bounded(
+            "exchange.declare",
+            self.channel.exchange_declare(
+                name.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
     pub async fn declare_queue(&self, name: &str, life: QueueLife) -> Result<(), BrokerError> {
         let mut arguments = FieldTable::default();
         let options = match life {
@@ -335,7 +399,16 @@ impl Broker {
                     "x-expires".into(),
                     AMQPValue::LongLongInt(unused_expiry.as_millis() as i64),
                 );
-                QueueDeclareOptions::default()
+                if self.queue_type == QueueType::Quorum {
+                    arguments.insert(
+                        "x-queue-type".into(),
+                        AMQPValue::LongString("quorum".into()),
+                    );
+                }
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                }
             }
             QueueLife::WhileConsumed => QueueDeclareOptions {
                 auto_delete: true,
@@ -647,7 +720,9 @@ impl Broker {
 
     /// The properties of a message this connection publishes, with its signature.
     fn properties(&self, signature: Option<&Signature>) -> BasicProperties {
+        // Persistent: kept across a broker restart where the queue is durable.
         let properties = BasicProperties::default()
+            .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_app_id(self.name.as_str().into());
         let Some(signature) = signature else {

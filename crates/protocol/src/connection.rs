@@ -49,6 +49,28 @@ pub struct BrokerSettings {
     /// [`DEFAULT_HEARTBEAT`]): a process that stops answering (frozen, partitioned) loses its
     /// connection after about twice this, and its unacknowledged files go back to the queue.
     pub heartbeat: u16,
+    /// What the job's queues are on the broker (`connection.queue_type`): durable classic
+    /// queues with persistent messages, which a restart of a single broker keeps, or quorum
+    /// queues, replicated over a cluster's nodes, which a node's loss keeps.
+    pub queue_type: QueueType,
+    /// Seconds a process goes on trying to reconnect after losing the broker mid-run
+    /// (`connection.outage_limit`, default [`DEFAULT_OUTAGE_LIMIT`]): within it a run
+    /// resumes where it was; past it, it stops, naming the broker and what did not run.
+    pub outage_limit: u64,
+}
+
+/// How long a broker may be away before a run stops, unless `connection.outage_limit` says.
+pub const DEFAULT_OUTAGE_LIMIT: u64 = 60;
+
+/// `connection.queue_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Durable classic queues, persistent messages: what a single broker needs.
+    #[default]
+    Classic,
+    /// Quorum queues (RabbitMQ 3.8+), replicated over the cluster's nodes.
+    Quorum,
 }
 
 /// The AMQP heartbeat gorgon-rs asks for unless `connection.heartbeat` says otherwise: low,
@@ -84,8 +106,10 @@ fn tls_or_flag<'de, D: serde::Deserializer<'de>>(
 /// The keys of a `connection` object that gorgon-rs reads; Gorgon's others (`timeout`,
 /// `frame_max`, `automatically_recover`...) are accepted and not used
 /// ([`BrokerSettings::unused_keys`]).
-const CONNECTION_KEYS: [&str; 18] = [
+const CONNECTION_KEYS: [&str; 20] = [
     "heartbeat",
+    "queue_type",
+    "outage_limit",
     "hosts",
     "tls_ca_certificates",
     "host",
@@ -133,6 +157,8 @@ impl Default for BrokerSettings {
             url: None,
             hosts: Vec::new(),
             heartbeat: DEFAULT_HEARTBEAT,
+            queue_type: QueueType::Classic,
+            outage_limit: DEFAULT_OUTAGE_LIMIT,
         }
     }
 }
@@ -206,6 +232,11 @@ impl BrokerSettings {
     /// `frame_max`...), for an informational line.
     pub fn unused_keys(connection: &serde_json::Value) -> Vec<String> {
         crate::config_file::unknown_keys(connection, "connection.", &CONNECTION_KEYS)
+    }
+
+    /// [`BrokerSettings::outage_limit`] as a duration.
+    pub fn outage_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.outage_limit)
     }
 
     /// `host:port`, or each node's of `hosts`, for messages.

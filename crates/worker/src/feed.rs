@@ -9,9 +9,17 @@
 //! worker died somewhere) is first checked with the originator (`RetryCheck`: after
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
+//!
+//! When the broker connection is lost mid-job, the workers go on with what they run; their
+//! replies wait here, and the feeder reconnects (to any node) with backoff until
+//! `connection.outage_limit`. The job's queues are durable: once back, it takes files again
+//! and sends what waited. The files it held went back to the queue with the connection, so
+//! another host may run one again; its second result is dropped by the originator.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use gorgon_protocol::{
     names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, RetryOf, WorkerAssignment,
@@ -34,9 +42,22 @@ pub(crate) enum Ended {
     Broken,
 }
 
+/// Replies kept while the broker is away, at most (live output beyond it is dropped; results
+/// never are).
+const UNSENT_OUTPUT_LIMIT: usize = 1000;
+
+/// The broker connection lost mid-job, being got back.
+struct Outage {
+    /// When the job stops trying: `connection.outage_limit` after the loss.
+    deadline: Instant,
+    /// The next attempt, and the wait after it if it fails.
+    next_attempt: Instant,
+    wait: Duration,
+}
+
 /// The job's queues, as the worker manager uses them.
 pub(crate) struct Feeder<'a> {
-    broker: &'a Broker,
+    broker: Broker,
     assignment: &'a WorkerAssignment,
     files: Option<Inbox>,
     /// Delivered files no worker has taken yet, in delivery order.
@@ -46,6 +67,10 @@ pub(crate) struct Feeder<'a> {
     /// Where the originator answers about files delivered again; opened at the first one.
     retries: Option<RetryChannel>,
     ended: Option<Ended>,
+    /// Set while the connection is lost.
+    outage: Option<Outage>,
+    /// Replies for the originator that wait for the connection to come back, in order.
+    unsent: VecDeque<Message>,
 }
 
 /// A delivered file that no worker has taken yet.
@@ -73,29 +98,116 @@ struct RetryChannel {
 impl<'a> Feeder<'a> {
     /// Opens the files queue's consumer; `Err(Finished)` when the job is already over.
     pub(crate) async fn open(
-        broker: &'a Broker,
+        broker: &Broker,
         assignment: &'a WorkerAssignment,
     ) -> Result<Feeder<'a>, Ended> {
-        let queue = names::files_queue(assignment.job_id);
-        let prefetch = u16::try_from(assignment.slots.max(1)).unwrap_or(u16::MAX);
-        let files = match broker.consume(&queue, Some(prefetch)).await {
-            Ok(inbox) => inbox,
-            // The originator deletes the files queue once every file has a result.
-            Err(error) if error.is_not_found() => return Err(Ended::Finished),
-            Err(error) => {
-                tracing::error!(%error, "cannot take files");
-                return Err(Ended::Broken);
-            }
-        };
+        let files = consume_files(broker, assignment).await?;
         Ok(Feeder {
-            broker,
+            broker: broker.clone(),
             assignment,
             files: Some(files),
             waiting: VecDeque::new(),
             held: HashMap::new(),
             retries: None,
             ended: None,
+            outage: None,
+            unsent: VecDeque::new(),
         })
+    }
+
+    /// The connection in use (a new one after an outage).
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// True while files may come from the files queue (not in an outage, not ended).
+    pub(crate) fn taking(&self) -> bool {
+        self.files.is_some() && self.ended.is_none()
+    }
+
+    /// True while the connection is lost and being got back.
+    pub(crate) fn in_outage(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    /// Takes note that the connection was lost: what it delivered went back to the queue
+    /// with it (so nothing held or waiting can be settled any more), and the feeder will try
+    /// to reconnect until `connection.outage_limit`.
+    fn lose_connection(&mut self) {
+        if self.outage.is_some() || self.ended.is_some() {
+            return;
+        }
+        let limit = self.broker.outage_limit();
+        tracing::warn!(
+            "lost the connection to RabbitMQ at {}; the workers go on, and the manager reconnects for up to {} s",
+            self.broker.address(),
+            limit.as_secs()
+        );
+        let now = Instant::now();
+        self.outage = Some(Outage {
+            deadline: now + limit,
+            next_attempt: now,
+            wait: Duration::from_millis(250),
+        });
+        self.files = None;
+        self.retries = None;
+        self.held.clear();
+        self.waiting.clear();
+    }
+
+    /// When the next reconnection attempt is due, in an outage.
+    pub(crate) fn reconnect_at(&self) -> Option<Instant> {
+        self.outage.as_ref().map(|outage| outage.next_attempt)
+    }
+
+    /// One attempt to get the connection back: on success the feeder takes files again and
+    /// sends the replies that waited; past the outage limit, the job ends here as broken.
+    pub(crate) async fn try_reconnect(&mut self) {
+        let Some(outage) = self.outage.as_mut() else {
+            return;
+        };
+        let attempt = match Broker::connect_like(&self.broker).await {
+            Ok(broker) => match consume_files(&broker, self.assignment).await {
+                Ok(files) => Ok((broker, Some(files))),
+                Err(Ended::Finished) => Ok((broker, None)),
+                Err(_) => Err("cannot take files again".to_owned()),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        match attempt {
+            Ok((broker, files)) => {
+                tracing::info!(
+                    "reconnected to RabbitMQ at {}; the job goes on here",
+                    broker.address()
+                );
+                self.broker = broker;
+                self.outage = None;
+                match files {
+                    Some(files) => self.files = Some(files),
+                    None => self.ended = Some(Ended::Finished),
+                }
+                while let Some(message) = self.unsent.pop_front() {
+                    if self.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(reason) if Instant::now() + outage.wait >= outage.deadline => {
+                tracing::error!(
+                    "RabbitMQ at {} stayed away past connection.outage_limit ({} s): {reason}; stopping the job here",
+                    self.broker.address(),
+                    self.broker.outage_limit().as_secs()
+                );
+                self.outage = None;
+                self.unsent.clear();
+                self.ended = Some(Ended::Broken);
+            }
+            Err(reason) => {
+                tracing::info!("cannot reconnect yet: {reason}");
+                outage.next_attempt = Instant::now() + outage.wait;
+                outage.wait = (outage.wait * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 
     /// Why no more files come, once that is known.
@@ -122,11 +234,11 @@ impl<'a> Feeder<'a> {
         if incoming.is_none() {
             // A consumer ends cleanly when the originator deletes the queue; an error (the
             // connection dropped) is not the end of the job.
-            self.ended = Some(if files.failed() {
-                Ended::Broken
+            if files.failed() || !self.broker.is_connected() {
+                self.lose_connection();
             } else {
-                Ended::Finished
-            });
+                self.ended = Some(Ended::Finished);
+            }
             self.files = None;
         }
         incoming
@@ -180,6 +292,9 @@ impl<'a> Feeder<'a> {
                 Ok(incoming) => incoming?,
                 Err(error) => {
                     tracing::warn!(%error, "cannot take another file for the batch");
+                    if !self.broker.is_connected() {
+                        self.lose_connection();
+                    }
                     return None;
                 }
             };
@@ -251,11 +366,18 @@ impl<'a> Feeder<'a> {
     /// Sends one message to the originator. A `FileFinished` settles its file once
     /// confirmed. `Err` when nobody can take results any more.
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        if self.outage.is_some() {
+            let output = matches!(message, Message::FileOutput { .. });
+            if !output || self.unsent.len() < UNSENT_OUTPUT_LIMIT {
+                self.unsent.push_back(message);
+            }
+            return Ok(());
+        }
         let finished = match &message {
             Message::FileFinished(result) => Some(result.file.clone()),
             _ => None,
         };
-        let envelope = Envelope::new(self.assignment.job_id, message);
+        let envelope = Envelope::new(self.assignment.job_id, message.clone());
         match self
             .broker
             .send_to_queue(&self.assignment.reply_to, &envelope)
@@ -271,6 +393,12 @@ impl<'a> Feeder<'a> {
                 tracing::info!("the originator has gone; stopping");
                 self.ended = Some(Ended::OriginatorGone);
                 Err(Ended::OriginatorGone)
+            }
+            Err(_) if !self.broker.is_connected() => {
+                // Sent again once the connection is back.
+                self.lose_connection();
+                self.unsent.push_front(message);
+                Ok(())
             }
             Err(error) => {
                 tracing::error!(%error, "cannot report to the originator");
@@ -415,6 +543,21 @@ impl<'a> Feeder<'a> {
         })
         .await;
         answer.unwrap_or(true)
+    }
+}
+
+/// Consumes the job's files queue, with the host's slot count as prefetch.
+async fn consume_files(broker: &Broker, assignment: &WorkerAssignment) -> Result<Inbox, Ended> {
+    let queue = names::files_queue(assignment.job_id);
+    let prefetch = u16::try_from(assignment.slots.max(1)).unwrap_or(u16::MAX);
+    match broker.consume(&queue, Some(prefetch)).await {
+        Ok(inbox) => Ok(inbox),
+        // The originator deletes the files queue once every file has a result.
+        Err(error) if error.is_not_found() => Err(Ended::Finished),
+        Err(error) => {
+            tracing::error!(%error, "cannot take files");
+            Err(Ended::Broken)
+        }
     }
 }
 

@@ -24,6 +24,47 @@ pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 /// queue exists): a dead originator's workers stop within about this, plus their grace.
 const ORIGINATOR_CHECK: Duration = Duration::from_secs(2);
 
+/// Whether the job's originator still lives, from its reply queue (durable, so that a
+/// broker restart keeps it): gone, or without a consumer at two checks in a row, the
+/// originator is taken for gone; after this manager's own reconnection, the originator
+/// has `connection.outage_limit` to come back too. A CI build's log (a stream that every
+/// node reads when it likes) tells by its existence only.
+struct OriginatorWatch {
+    /// The replies go to an originator's own reply queue, which it alone consumes.
+    consumed_by_originator: bool,
+    /// The last check found no consumer.
+    no_consumer_before: bool,
+    /// Until when a missing consumer is waited for (after an outage).
+    patient_until: Option<tokio::time::Instant>,
+}
+
+impl OriginatorWatch {
+    /// Why the originator is taken for gone, if it is.
+    async fn gone(&mut self, broker: &Broker, reply_to: &str) -> Option<&'static str> {
+        match broker.queue_counts(reply_to).await {
+            Ok(None) => Some("the originator has gone (its reply queue is gone)"),
+            Ok(Some((_, 0))) if self.consumed_by_originator => {
+                let patient = self
+                    .patient_until
+                    .is_some_and(|until| tokio::time::Instant::now() < until);
+                let gone = self.no_consumer_before && !patient;
+                self.no_consumer_before = true;
+                gone.then_some("the originator has gone (nobody reads its reply queue)")
+            }
+            Ok(Some(_)) => {
+                self.no_consumer_before = false;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// This manager got its connection back: the originator may still be getting its own.
+    fn after_outage(&mut self, broker: &Broker) {
+        self.patient_until = Some(tokio::time::Instant::now() + broker.outage_limit());
+    }
+}
+
 /// Runs the worker manager of `assignment` and returns its exit code: 0 whenever it did its
 /// part (problems are reported to the originator), non-zero when it could not even reach
 /// the broker, so that its listener reports it as crashed.
@@ -109,6 +150,11 @@ async fn manage_connected(
     let mut cancelled = false;
     // Whether the originator still lives: its reply queue goes with its connection.
     let mut originator_check = tokio::time::interval(ORIGINATOR_CHECK);
+    let mut originator = OriginatorWatch {
+        consumed_by_originator: assignment.reply_to == names::reply_queue(assignment.job_id),
+        no_consumer_before: false,
+        patient_until: None,
+    };
     // The workers were told how the job ended here (no more files, or stop).
     let mut told = false;
     // It goes on while a worker runs, or while files may come and a slot has no worker yet.
@@ -145,6 +191,7 @@ async fn manage_connected(
             }
             _ => {}
         }
+        let reconnect_at = feeder.reconnect_at();
         let reason = tokio::select! {
             Some(event) = events.recv() => {
                 let restart = !cancelled && feeder.ended().is_none();
@@ -165,7 +212,7 @@ async fn manage_connected(
                 pool.restart_crashed().await;
                 continue;
             }
-            incoming = feeder.next_delivery(), if feeder.ended().is_none() && !cancelled => {
+            incoming = feeder.next_delivery(), if feeder.taking() && !cancelled => {
                 // None: the feed ended, which the top of the loop acts on.
                 if let Some(incoming) = incoming {
                     feeder.admit(incoming).await;
@@ -173,16 +220,25 @@ async fn manage_connected(
                 continue;
             }
             () = stdin.wait(), if !cancelled => "the listener has gone".to_owned(),
-            _ = originator_check.tick(), if !cancelled => {
-                match broker.queue_exists(&assignment.reply_to).await {
-                    Ok(false) => {
+            () = sleep_until_some(reconnect_at), if reconnect_at.is_some() => {
+                feeder.try_reconnect().await;
+                if !feeder.in_outage() {
+                    originator.after_outage(feeder.broker());
+                }
+                continue;
+            }
+            _ = originator_check.tick(), if !cancelled && !feeder.in_outage() => {
+                let broker = feeder.broker();
+                match originator.gone(broker, &assignment.reply_to).await {
+                    Some(reason) => {
                         // Nobody will take the job's results: what is left of it goes too.
                         let job = assignment.job_id;
                         let _ = broker.delete_queue(&names::files_queue(job)).await;
+                        let _ = broker.delete_queue(&assignment.reply_to).await;
                         let _ = broker.delete_exchange(&names::control_exchange(job)).await;
-                        "the originator has gone (its reply queue is gone)".to_owned()
+                        reason.to_owned()
                     }
-                    _ => continue,
+                    None => continue,
                 }
             }
             signal = signals.recv() => {
@@ -203,10 +259,23 @@ async fn manage_connected(
         }
     }
     feeder.hand_back_all().await;
-    if cancelled {
-        return 0;
+    // After an outage, the feeder's connection is a new one.
+    let broker = feeder.broker().clone();
+    let code = if cancelled {
+        0
+    } else {
+        after_workers(&broker, assignment, host_callbacks).await
+    };
+    broker.close().await;
+    code
+}
+
+/// Resolves at `at` (never without one).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    after_workers(broker, assignment, host_callbacks).await
 }
 
 /// Starts worker `worker_id`, reporting it as crashed when it cannot start.
