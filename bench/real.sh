@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real third-party suites, fetched from package registries by bench/real-suites.sh (cached
 # under GORGON_SUITES, default /var/cache/gorgon-bench-suites): networkx's pytest suite, RuboCop's
-# RSpec suite, Active Record's Minitest suite (sqlite3 in memory). For each suite, in one
+# RSpec suite, Active Record's Minitest suite (sqlite3 in memory, with upstream Rails' fixture
+# loading line that a Debian patch replaced; see bench_minitest). For each suite, in one
 # sitting and on a fresh copy of its tree: the framework's serial run, the framework's own
 # parallel runner with 2 processes (pytest -n 2, parallel_rspec -n 2, parallel_test -n 2),
 # `gorgon start --local -j 2` on a first run (no history: files in glob order) and again with
@@ -332,8 +333,20 @@ bench_minitest() {
     # run just has nothing from them, hence allow_empty_files.
     sed 's/^default_connection: .*/default_connection: sqlite3_mem/' \
         "$project/test/config.example.yml" >"$project/test/config.yml"
+    # Upstream Rails loads a table's fixtures with sqlite3's `execute_batch2` (rails/rails#35844);
+    # Debian's relax-dependency-sqlite3.patch went back to `execute_batch` for the sqlite3 gem
+    # 1.3 it then shipped, whose loop copies the rest of the batch once per statement, so
+    # loading the 65,536 rows of eager_test.rb's `citations` takes minutes of copying and GC
+    # (one file then bounds every run, serial or parallel). Debian's gem is 1.4 now, which has
+    # `execute_batch2`: the suite runs with upstream's line, the same tree for every runner.
+    local adapter=$project/lib/active_record/connection_adapters/sqlite3/database_statements.rb
+    sed -i 's/@connection\.execute_batch(sql)/@connection.execute_batch2(sql)/' "$adapter"
+    grep -q '@connection.execute_batch2(sql)' "$adapter" || {
+        echo "error: $adapter no longer has the line to restore; check the Debian patch" >&2
+        exit 1
+    }
     mapfile -t files < <(cd "$project" && minitest_files)
-    suite_name="Active Record $rails_version (Debian source rails) on sqlite3_mem, minitest $(ruby -rminitest -e 'print Minitest::VERSION')"
+    suite_name="Active Record $rails_version (Debian source rails, upstream's execute_batch2) on sqlite3_mem, minitest $(ruby -rminitest -e 'print Minitest::VERSION')"
     bench minitest "$project" "test/cases/**/*_test.rb" "rake test:sqlite3_mem" minitest \
         "parallel_test -n 2" \
         "{\"kind\": \"minitest\", \"allow_empty_files\": true, \"file_timeout\": $file_timeout}" \

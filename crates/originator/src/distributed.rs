@@ -131,7 +131,7 @@ pub(crate) async fn run(
     ));
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut next_liveness_check = Instant::now() + LIVENESS_INTERVAL;
+    let mut listeners = ListenerWatch::new();
     let listener_deadline = Instant::now() + settings.listener_wait;
 
     let mut announcements_ended = false;
@@ -165,7 +165,7 @@ pub(crate) async fn run(
                         Ok(inboxes) => {
                             (replies, announcements) = inboxes;
                             announcements_ended = false;
-                            next_liveness_check = Instant::now() + RESUME_GRACE;
+                            listeners.after_resume();
                             continue;
                         }
                         Err(stopped) => {
@@ -219,7 +219,7 @@ pub(crate) async fn run(
             signal = signals.recv() => stop = Some(signal.into()),
             _ = tick.tick() => {
                 progress.update(state);
-                check_listeners_when_due(&mut next_liveness_check, &broker, state, &progress).await;
+                listeners.check_when_due(&broker, state, &progress).await;
                 if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
                     stop = Some(Stop::Failed(format!(
                         "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
@@ -261,7 +261,7 @@ pub(crate) async fn run(
                     match resume(&mut broker, &topology, &progress, signals).await {
                         Ok(inboxes) => {
                             (replies, _) = inboxes;
-                            next_liveness_check = Instant::now() + RESUME_GRACE;
+                            listeners.after_resume();
                             continue;
                         }
                         Err(_) => break,
@@ -281,7 +281,7 @@ pub(crate) async fn run(
             () = signals.interrupt() => { second_interrupt = true; break; }
             // A listener that died (or froze past the heartbeat) is not waited for.
             _ = tick.tick() => {
-                check_listeners_when_due(&mut next_liveness_check, &broker, state, &progress).await;
+                listeners.check_when_due(&broker, state, &progress).await;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 progress.note(&format!(
@@ -337,7 +337,7 @@ async fn resume(
             ));
             Ok(inboxes)
         }
-        Err(error) => Err(Stop::Failed(format!(
+        Err(error) => Err(Stop::BrokerLost(format!(
             "lost the connection to RabbitMQ at {lost} and could not get it back within {} s (connection.outage_limit): {error}",
             limit.as_secs()
         ))),
@@ -396,37 +396,81 @@ pub(crate) async fn answer_retry_check(
     }
 }
 
-/// Runs [`check_listeners_alive`] once `next` has come, and sets the next time.
-async fn check_listeners_when_due(
-    next: &mut Instant,
-    broker: &Broker,
-    state: &mut JobState,
-    progress: &Progress,
-) {
-    if Instant::now() >= *next {
-        *next = Instant::now() + LIVENESS_INTERVAL;
-        check_listeners_alive(broker, state, progress).await;
-    }
+/// Whether the listeners working on the job are alive: each one's queue lives while the
+/// listener consumes it. A queue missing at two checks in a row (a listener that died, or
+/// froze past the heartbeat) marks its listener done; once is not enough, for a listener
+/// whose broker node went away re-declares its queue on another node within a second or so.
+/// The checks go round the listeners [`LIVENESS_BATCH`] at a time, one batch per tick, then
+/// wait [`LIVENESS_INTERVAL`]: a small fleet is checked every 2 s, a fleet of a thousand
+/// hosts every 15 s or so, and the event loop never spends more than a batch's round trips.
+struct ListenerWatch {
+    next: Instant,
+    /// Where the round has got to, in host order.
+    cursor: usize,
+    missing_before: std::collections::HashSet<String>,
 }
 
-/// Marks as done the listeners whose queue has vanished: they died (their connection
-/// ended) without finishing their part. Their unacknowledged files are back in the queue.
-async fn check_listeners_alive(broker: &Broker, state: &mut JobState, progress: &Progress) {
-    for (host, queue) in state.working_listener_queues() {
-        match broker.queue_exists(&queue).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let problem = Problem {
-                    what: format!("listener {host} disappeared"),
-                    status: "its connection to RabbitMQ ended".into(),
-                    output: String::new(),
-                    fails_run: false,
-                };
-                progress.problem(&problem);
-                state.add_problem(problem);
-                state.listener_done(&host);
+/// How many listeners one tick of the event loop checks at most.
+const LIVENESS_BATCH: usize = 20;
+
+impl ListenerWatch {
+    fn new() -> ListenerWatch {
+        ListenerWatch {
+            next: Instant::now() + LIVENESS_INTERVAL,
+            cursor: 0,
+            missing_before: Default::default(),
+        }
+    }
+
+    /// The originator got its connection back: listeners get [`RESUME_GRACE`] for theirs.
+    fn after_resume(&mut self) {
+        self.next = Instant::now() + RESUME_GRACE;
+        self.cursor = 0;
+        self.missing_before.clear();
+    }
+
+    /// Checks the next batch of listeners when due; the files of one found dead are back
+    /// in the queue already (its connection ended).
+    async fn check_when_due(&mut self, broker: &Broker, state: &mut JobState, progress: &Progress) {
+        if Instant::now() < self.next {
+            return;
+        }
+        let mut working = state.working_listener_queues();
+        working.sort();
+        let batch: Vec<_> = working
+            .into_iter()
+            .skip(self.cursor)
+            .take(LIVENESS_BATCH)
+            .collect();
+        if batch.len() < LIVENESS_BATCH {
+            self.cursor = 0;
+            self.next = Instant::now() + LIVENESS_INTERVAL;
+        } else {
+            self.cursor += batch.len();
+        }
+        for (host, queue) in batch {
+            match broker.queue_exists(&queue).await {
+                Ok(true) => {
+                    self.missing_before.remove(&host);
+                }
+                Ok(false) if self.missing_before.remove(&host) => {
+                    let problem = Problem {
+                        what: format!("listener {host} disappeared"),
+                        status: "its connection to RabbitMQ ended".into(),
+                        output: String::new(),
+                        fails_run: false,
+                    };
+                    progress.problem(&problem);
+                    state.add_problem(problem);
+                    state.listener_done(&host);
+                }
+                Ok(false) => {
+                    self.missing_before.insert(host);
+                }
+                Err(error) => {
+                    tracing::warn!(%host, %error, "cannot check whether a listener is alive")
+                }
             }
-            Err(error) => tracing::warn!(%host, %error, "cannot check whether a listener is alive"),
         }
     }
 }

@@ -104,6 +104,8 @@ pub(crate) enum Stop {
     Interrupted,
     Terminated,
     Failed(String),
+    /// The broker stayed away past `connection.outage_limit`.
+    BrokerLost(String),
 }
 
 impl Stop {
@@ -113,6 +115,7 @@ impl Stop {
             Stop::Interrupted => exit_code::INTERRUPTED,
             Stop::Terminated => exit_code::TERMINATED,
             Stop::Failed(_) => exit_code::FAILURE,
+            Stop::BrokerLost(_) => exit_code::CONFIG_OR_BROKER,
         }
     }
 }
@@ -132,7 +135,7 @@ impl Stop {
         match self {
             Stop::Interrupted => "interrupted (Ctrl-C)".to_owned(),
             Stop::Terminated => "terminated (SIGTERM)".to_owned(),
-            Stop::Failed(reason) => reason.clone(),
+            Stop::Failed(reason) | Stop::BrokerLost(reason) => reason.clone(),
         }
     }
 

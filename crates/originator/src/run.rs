@@ -374,9 +374,11 @@ pub(crate) async fn finish(
             view::colour_enabled(),
         );
     }
-    let code = match stop {
-        Some(Stop::Interrupted) => exit_code::INTERRUPTED,
-        Some(Stop::Terminated) => exit_code::TERMINATED,
+    let code = match &stop {
+        // A signal, or the broker lost for good: their own codes.
+        Some(stop @ (Stop::Interrupted | Stop::Terminated | Stop::BrokerLost(_))) => {
+            stop.exit_code()
+        }
         _ if state.passed() => exit_code::SUCCESS,
         _ => exit_code::FAILURE,
     };

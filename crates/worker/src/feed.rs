@@ -13,10 +13,12 @@
 //! When the broker connection is lost mid-job, the workers go on with what they run; their
 //! replies wait here, and the feeder reconnects (to any node) with backoff until
 //! `connection.outage_limit`. The job's queues are durable: once back, it takes files again
-//! and sends what waited. The files it held went back to the queue with the connection, so
-//! another host may run one again; its second result is dropped by the originator.
+//! and sends what waited. The files it held went back to the queue with the connection: one
+//! still running here when its message comes back is re-attached to that message (not run
+//! again), one whose result is known is settled by the redelivery check, and one delivered
+//! to another host meanwhile may run twice, the second result dropped by the originator.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -71,6 +73,9 @@ pub(crate) struct Feeder<'a> {
     outage: Option<Outage>,
     /// Replies for the originator that wait for the connection to come back, in order.
     unsent: VecDeque<Message>,
+    /// Files running here whose message went with a lost connection, until the message
+    /// comes back (then held again) or their result is out.
+    orphans: HashSet<String>,
 }
 
 /// A delivered file that no worker has taken yet.
@@ -112,6 +117,7 @@ impl<'a> Feeder<'a> {
             ended: None,
             outage: None,
             unsent: VecDeque::new(),
+            orphans: HashSet::new(),
         })
     }
 
@@ -151,7 +157,7 @@ impl<'a> Feeder<'a> {
         });
         self.files = None;
         self.retries = None;
-        self.held.clear();
+        self.orphans.extend(self.held.drain().map(|(file, _)| file));
         self.waiting.clear();
     }
 
@@ -186,7 +192,11 @@ impl<'a> Feeder<'a> {
                     Some(files) => self.files = Some(files),
                     None => self.ended = Some(Ended::Finished),
                 }
-                while let Some(message) = self.unsent.pop_front() {
+                // In order, until done or the connection is lost again.
+                while self.outage.is_none() {
+                    let Some(message) = self.unsent.pop_front() else {
+                        break;
+                    };
                     if self.send(message).await.is_err() {
                         break;
                     }
@@ -346,6 +356,7 @@ impl<'a> Feeder<'a> {
     /// Files that did not run to a result here go back to the queue, for any host.
     pub(crate) async fn hand_back(&mut self, files: Vec<String>) {
         for file in files {
+            self.orphans.remove(&file);
             if let Some(incoming) = self.release(&file) {
                 settle(incoming.requeue().await);
             }
@@ -367,6 +378,9 @@ impl<'a> Feeder<'a> {
     /// confirmed. `Err` when nobody can take results any more.
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
         if self.outage.is_some() {
+            if let Message::FileFinished(result) = &message {
+                self.orphans.remove(&result.file);
+            }
             let output = matches!(message, Message::FileOutput { .. });
             if !output || self.unsent.len() < UNSENT_OUTPUT_LIMIT {
                 self.unsent.push_back(message);
@@ -377,6 +391,9 @@ impl<'a> Feeder<'a> {
             Message::FileFinished(result) => Some(result.file.clone()),
             _ => None,
         };
+        if let Some(file) = &finished {
+            self.orphans.remove(file);
+        }
         let envelope = Envelope::new(self.assignment.job_id, message.clone());
         match self
             .broker
@@ -447,6 +464,15 @@ impl<'a> Feeder<'a> {
             }
         }
         let avoid_worker = failed_here.map(|r| r.worker_id);
+        if self.orphans.remove(&file) {
+            // It still runs here: its result will settle this message.
+            tracing::info!(
+                file,
+                "the file's message is back after the outage; re-attached to its run here"
+            );
+            self.hold(file, incoming);
+            return None;
+        }
         if incoming.redelivered && !self.retry_allowed(&file).await {
             tracing::info!(file, "the file already has a result; not running it again");
             settle(incoming.ack().await);

@@ -1,0 +1,293 @@
+//! The broker's side of a large fleet (`bench/broker_scale.sh`; ignored by `cargo test`):
+//! for each K of `SCALE_HOSTS` (default 10, 100, 1000), K simulated hosts, each speaking the
+//! listener's and worker manager's protocol on two connections of its own as a real host
+//! does (its listener queue, `JobAccepted`, the files queue with a prefetch of one,
+//! `FileStarted` and `FileFinished` for each file at once, `JobDone`), serve one real
+//! `gorgon start` of `SCALE_FILES` files (default 2,000). It prints the run's wall time, the
+//! files per second, the most broker connections seen, and the broker's memory and CPU
+//! during the run, so that what the broker pays per host and per file shows without the
+//! cost of running tests; each run must end with every file passed.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gorgon_protocol::broker::QueueLife;
+use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, FileResult, FileStatus, Message};
+use serde_json::json;
+use support::Cluster;
+
+/// One simulated host: its listener connection, and a manager connection per job.
+async fn simulated_host(
+    settings: BrokerSettings,
+    cluster: String,
+    name: String,
+    ready: Arc<AtomicUsize>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let listen = Broker::connect(&settings, &format!("gorgon listen {name}"))
+        .await
+        .expect("the simulated host connects");
+    let jobs = names::jobs_exchange(&cluster);
+    listen.declare_fanout(&jobs).await.unwrap();
+    let queue = names::listener_queue(&cluster, uuid::Uuid::new_v4());
+    listen
+        .declare_queue(&queue, QueueLife::WhileConsumed)
+        .await
+        .unwrap();
+    listen.bind(&queue, &jobs).await.unwrap();
+    let mut inbox = listen.consume(&queue, None).await.unwrap();
+    ready.fetch_add(1, Ordering::SeqCst);
+    loop {
+        let incoming = tokio::select! {
+            incoming = inbox.next() => incoming,
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        let Some(incoming) = incoming else { break };
+        if let Ok(Envelope {
+            job_id,
+            message: Message::Job { reply_to, .. },
+            ..
+        }) = &incoming.envelope
+        {
+            let work = work(
+                settings.clone(),
+                listen.clone(),
+                name.clone(),
+                queue.clone(),
+                *job_id,
+                reply_to.clone(),
+            );
+            tokio::spawn(work);
+        }
+        let _ = incoming.ack().await;
+    }
+    listen.close().await;
+}
+
+/// A simulated worker manager: every file it is given passes at once.
+async fn work(
+    settings: BrokerSettings,
+    listen: Broker,
+    host: String,
+    queue: String,
+    job: uuid::Uuid,
+    reply_to: String,
+) {
+    let accepted = Message::JobAccepted {
+        host: host.clone(),
+        slots: 1,
+        listener_queue: Some(queue),
+    };
+    if listen
+        .send_to_queue(&reply_to, &Envelope::new(job, accepted))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let manager = Broker::connect(
+        &settings,
+        &format!("gorgon worker manager of {host} job {job}"),
+    )
+    .await
+    .expect("the simulated manager connects");
+    if let Ok(mut files) = manager.consume(&names::files_queue(job), Some(1)).await {
+        while let Some(incoming) = files.next().await {
+            if let Ok(Envelope {
+                message: Message::File { file, .. },
+                ..
+            }) = &incoming.envelope
+            {
+                let started = Message::FileStarted {
+                    host: host.clone(),
+                    worker_id: 1,
+                    file: file.clone(),
+                };
+                let finished = Message::FileFinished(FileResult {
+                    host: host.clone(),
+                    worker_id: 1,
+                    file: file.clone(),
+                    status: FileStatus::Passed,
+                    seconds: 0.0,
+                    exit: "exit status 0".into(),
+                    output: String::new(),
+                    tests: Vec::new(),
+                });
+                let _ = manager
+                    .send_to_queue(&reply_to, &Envelope::new(job, started))
+                    .await;
+                let _ = manager
+                    .send_to_queue(&reply_to, &Envelope::new(job, finished))
+                    .await;
+            }
+            let _ = incoming.ack().await;
+        }
+    }
+    manager.close().await;
+    let done = Message::JobDone { host };
+    let _ = listen
+        .send_to_queue(&reply_to, &Envelope::new(job, done))
+        .await;
+}
+
+/// The broker's process (Erlang's `beam.smp`): its pid.
+fn broker_pid() -> Option<u32> {
+    let output = std::process::Command::new("pgrep")
+        .args(["-o", "beam.smp"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+/// Resident memory of `pid` in MiB, and its CPU seconds so far.
+fn memory_and_cpu(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    (rss_kib / 1024.0, ticks / 100.0)
+}
+
+/// Established connections to the broker's AMQP port.
+fn broker_connections() -> usize {
+    let port = support::broker_port();
+    let output = std::process::Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output();
+    output.map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count())
+}
+
+/// The most open files the broker may have (its soft limit), if it can be read.
+fn broker_open_files_limit(pid: u32) -> Option<usize> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[test]
+#[ignore = "a benchmark: run it with bench/broker_scale.sh"]
+fn broker_scale() {
+    let hosts: Vec<usize> = std::env::var("SCALE_HOSTS")
+        .unwrap_or_else(|_| "10,100,1000".into())
+        .split(',')
+        .map(|k| {
+            k.trim()
+                .parse()
+                .expect("SCALE_HOSTS: numbers separated by commas")
+        })
+        .collect();
+    let files: usize = std::env::var("SCALE_FILES")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(2000);
+    let pid = broker_pid().expect("RabbitMQ (beam.smp) runs on this machine");
+    let limit = broker_open_files_limit(pid);
+    println!(
+        "broker_scale: {files} files of no work each; the broker (pid {pid}) may open {} files",
+        limit.map_or("an unknown number of".to_owned(), |l| l.to_string())
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for k in hosts {
+        // Two connections per host, the originator's, and the broker's own files.
+        if let Some(limit) = limit.filter(|limit| 2 * k + 100 > *limit) {
+            println!(
+                "K = {k}: skipped: {} connections need more than the broker's {limit} open files \
+                 (start it with a higher `ulimit -n`: scripts/lib/prerequisites.sh does)",
+                2 * k + 1
+            );
+            continue;
+        }
+        let cluster = Cluster::new();
+        let project = cluster.project("scale", json!({"job": {"listener_wait": 120}}));
+        for i in 0..files {
+            project.write(&format!("tests/{i:05}_test.sh"), "true\n");
+        }
+        let ready = Arc::new(AtomicUsize::new(0));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let settings = BrokerSettings::for_tests();
+        let started_hosts = Instant::now();
+        let tasks: Vec<_> = (0..k)
+            .map(|i| {
+                runtime.spawn(simulated_host(
+                    settings.clone(),
+                    cluster.id.clone(),
+                    format!("sim-{i:04}"),
+                    ready.clone(),
+                    stopping.clone(),
+                ))
+            })
+            .collect();
+        while ready.load(Ordering::SeqCst) < k {
+            assert!(
+                started_hosts.elapsed() < Duration::from_secs(300),
+                "only {} of {k} simulated hosts connected",
+                ready.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let hosts_up = started_hosts.elapsed();
+        let (memory_before, cpu_before) = memory_and_cpu(pid);
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let sampling = sampling.clone();
+            std::thread::spawn(move || {
+                let (mut connections, mut memory) = (0, 0.0f64);
+                while sampling.load(Ordering::SeqCst) {
+                    connections = connections.max(broker_connections());
+                    memory = memory.max(memory_and_cpu(pid).0);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                (connections, memory)
+            })
+        };
+        let run = project.start(&["-q"], Duration::from_secs(900));
+        sampling.store(false, Ordering::SeqCst);
+        let (connections, memory_peak) = sampler.join().unwrap();
+        let (_, cpu_after) = memory_and_cpu(pid);
+        let _ = stop.send(true);
+        runtime.block_on(async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
+        assert_eq!(run.code, 0, "{run:?}");
+        let totals = format!("{files} files: {files} passed, 0 failed, 0 crashed, 0 not run");
+        assert!(run.stdout.contains(&totals), "{run:?}");
+        println!(
+            "K = {k:>4} hosts: {files} files in {:.2} s ({:.0} files/s); hosts connected in {:.1} s; \
+             most broker connections {connections}; broker memory {:.0} MiB before, {:.0} MiB at most; \
+             broker CPU {:.2} s",
+            run.seconds,
+            files as f64 / run.seconds,
+            hosts_up.as_secs_f64(),
+            memory_before,
+            memory_peak,
+            cpu_after - cpu_before
+        );
+    }
+}
