@@ -73,23 +73,15 @@ impl BrokerCluster {
 
     /// The node whose AMQP port the connection named `name_start...` (its client's
     /// `connection_name`) is on; any node lists the whole cluster's connections.
-    fn node_of(&self, name_start: &str) -> usize {
+    fn node_of(&self, name_start: &str) -> Option<usize> {
         let needle = format!("{{\"connection_name\",\"{name_start}");
         let listed = self.ctl(0, &["list_connections", "port", "client_properties", "-q"]);
         let port: u16 = listed
             .lines()
             .find(|line| line.contains(&needle))
             .and_then(|line| line.split('\t').next())
-            .and_then(|port| port.trim().parse().ok())
-            .unwrap_or_else(|| {
-                let names: Vec<&str> = listed
-                    .split("{\"connection_name\",\"")
-                    .skip(1)
-                    .filter_map(|rest| rest.split('"').next())
-                    .collect();
-                panic!("no connection named {name_start:?} among {names:?}")
-            });
-        self.ports.iter().position(|p| *p == port).unwrap()
+            .and_then(|port| port.trim().parse().ok())?;
+        self.ports.iter().position(|p| *p == port)
     }
 
     /// `connection` for the cluster's three nodes with quorum queues.
@@ -142,9 +134,20 @@ fn stop_the_node_of(brokers: &BrokerCluster, victim: &str) {
     let events = cluster.path().join("events.jsonl");
     let events_arg = format!("--events={}", events.display());
     let run = project.spawn_start(&[&events_arg], &[]);
+    // The victim's connection, as soon as it exists (rabbitmqctl takes a second or two per
+    // call, and the run only 9 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        if let Some(node) = brokers.node_of(victim) {
+            break node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection named {victim:?} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     wait_for_file(&marks.join("0.started"), Duration::from_secs(30));
-
-    let node = brokers.node_of(victim);
     brokers.ctl(node, &["stop_app"]);
     let run = run.wait_explained(Duration::from_secs(120), || {
         format!(

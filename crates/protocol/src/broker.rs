@@ -630,7 +630,7 @@ impl Broker {
         signature: Option<&Signature>,
     ) -> Result<(), BrokerError> {
         let confirm = self
-            .publish_with(exchange, routing_key, payload, false, signature)
+            .publish_with(exchange, routing_key, payload, false, true, signature)
             .await?;
         let confirmation = bounded("publisher confirm", confirm).await?;
         if confirmation.is_nack() {
@@ -648,10 +648,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let mut confirms = Vec::new();
         for envelope in envelopes {
-            confirms.push(
-                self.basic_publish("", queue, &envelope.encode(), true)
-                    .await?,
-            );
+            confirms.push(self.basic_publish("", queue, &envelope, true).await?);
         }
         for confirm in confirms {
             check_confirmation(bounded("publisher confirm", confirm).await?, queue)?;
@@ -667,26 +664,29 @@ impl Broker {
         target: &str,
     ) -> Result<(), BrokerError> {
         let confirm = self
-            .basic_publish(exchange, routing_key, &envelope.encode(), true)
+            .basic_publish(exchange, routing_key, envelope, true)
             .await?;
         check_confirmation(bounded("publisher confirm", confirm).await?, target)
     }
 
     /// Hands one message to the broker; the returned confirm resolves once the broker has
-    /// taken it. `mandatory` makes a message that no queue takes come back as returned.
+    /// taken it (for a persistent one, written it to disk). `mandatory` makes a message that
+    /// no queue takes come back as returned.
     async fn basic_publish(
         &self,
         exchange: &str,
         routing_key: &str,
-        payload: &[u8],
+        envelope: &Envelope,
         mandatory: bool,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
-        let signature = self.trust.as_ref().map(|trust| trust.sign(payload));
+        let payload = envelope.encode();
+        let signature = self.trust.as_ref().map(|trust| trust.sign(&payload));
         self.publish_with(
             exchange,
             routing_key,
-            payload,
+            &payload,
             mandatory,
+            envelope.message.kept_through_restarts(),
             signature.as_ref(),
         )
         .await
@@ -699,6 +699,7 @@ impl Broker {
         routing_key: &str,
         payload: &[u8],
         mandatory: bool,
+        persistent: bool,
         signature: Option<&Signature>,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
         let options = BasicPublishOptions {
@@ -712,17 +713,17 @@ impl Broker {
                 routing_key.into(),
                 options,
                 payload,
-                self.properties(signature),
+                self.properties(persistent, signature),
             ),
         )
         .await
     }
 
     /// The properties of a message this connection publishes, with its signature.
-    fn properties(&self, signature: Option<&Signature>) -> BasicProperties {
+    fn properties(&self, persistent: bool, signature: Option<&Signature>) -> BasicProperties {
         // Persistent: kept across a broker restart where the queue is durable.
         let properties = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(if persistent { 2 } else { 1 })
             .with_content_type("application/json".into())
             .with_app_id(self.name.as_str().into());
         let Some(signature) = signature else {

@@ -287,6 +287,15 @@ impl RetryOf {
 }
 
 impl Message {
+    /// Whether the broker must keep this message through a restart (a persistent message,
+    /// whose publisher confirm waits for the disk): everything but a file's start and its
+    /// live output, whose loss only thins the progress lines, and which come with every file.
+    pub fn kept_through_restarts(&self) -> bool {
+        !matches!(
+            self,
+            Message::FileStarted { .. } | Message::FileOutput { .. }
+        )
+    }
     /// A file to run for the first time.
     pub fn file(file: impl Into<String>) -> Message {
         Message::File {
