@@ -196,11 +196,41 @@ pub struct Broker {
     settings: Arc<BrokerSettings>,
 }
 
-/// The first wait between attempts to reconnect, doubled after each failure up to
-/// [`RECONNECT_MAX_WAIT`], each with up to half again of jitter, so that the hosts of a
-/// fleet do not all come back at the same instant.
-const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(250);
-const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(5);
+/// The waits between attempts to reconnect: 0.25 s, doubled after each failure up to 5 s,
+/// each with up to half again of jitter, so that the hosts of a fleet do not all come back at
+/// the same instant. For [`Broker::reconnect`] and for callers that cannot block in it (a
+/// worker manager's event loop).
+#[derive(Debug)]
+pub struct Backoff {
+    wait: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Backoff {
+        Backoff {
+            wait: Backoff::FIRST,
+        }
+    }
+
+    /// The wait before the next attempt (jittered); the one after it is longer.
+    pub fn next_wait(&mut self) -> Duration {
+        let jitter = self
+            .wait
+            .mul_f64(f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 510.0);
+        let wait = self.wait + jitter;
+        self.wait = (self.wait * 2).min(Backoff::MAX);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
 
 impl Broker {
     /// Connects within [`CONNECT_TIMEOUT`] to one of the broker's nodes (see
@@ -315,20 +345,18 @@ impl Broker {
     /// A new connection, under the same name, after this one was lost: any of the broker's
     /// nodes, tried again with backoff and jitter until `deadline`; the last failure then.
     pub async fn reconnect(&self, deadline: tokio::time::Instant) -> Result<Broker, BrokerError> {
-        let mut wait = RECONNECT_FIRST_WAIT;
+        let mut backoff = Backoff::new();
         loop {
             match Broker::connect_like(self).await {
                 Ok(broker) => return Ok(broker),
                 Err(error) => {
-                    let jitter =
-                        wait.mul_f64(f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 510.0);
-                    let next = tokio::time::Instant::now() + wait + jitter;
+                    let wait = backoff.next_wait();
+                    let next = tokio::time::Instant::now() + wait;
                     if next >= deadline {
                         return Err(error);
                     }
-                    tracing::warn!(%error, "cannot reconnect yet; trying again in {:?}", wait + jitter);
+                    tracing::warn!(%error, "cannot reconnect yet; trying again in {wait:?}");
                     tokio::time::sleep_until(next).await;
-                    wait = (wait * 2).min(RECONNECT_MAX_WAIT);
                 }
             }
         }

@@ -24,7 +24,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use gorgon_protocol::{
-    names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, RetryOf, WorkerAssignment,
+    broker::Backoff, names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, RetryOf,
+    WorkerAssignment,
 };
 
 /// How long the manager waits for the originator's answer about a file delivered again
@@ -52,9 +53,9 @@ const UNSENT_OUTPUT_LIMIT: usize = 1000;
 struct Outage {
     /// When the job stops trying: `connection.outage_limit` after the loss.
     deadline: Instant,
-    /// The next attempt, and the wait after it if it fails.
+    /// The next attempt, and the waits after it if it fails.
     next_attempt: Instant,
-    wait: Duration,
+    backoff: Backoff,
 }
 
 /// The job's queues, as the worker manager uses them.
@@ -153,7 +154,7 @@ impl<'a> Feeder<'a> {
         self.outage = Some(Outage {
             deadline: now + limit,
             next_attempt: now,
-            wait: Duration::from_millis(250),
+            backoff: Backoff::new(),
         });
         self.files = None;
         self.retries = None;
@@ -202,7 +203,13 @@ impl<'a> Feeder<'a> {
                     }
                 }
             }
-            Err(reason) if Instant::now() + outage.wait >= outage.deadline => {
+            Err(reason) => {
+                let next = Instant::now() + outage.backoff.next_wait();
+                if next < outage.deadline {
+                    tracing::info!("cannot reconnect yet: {reason}");
+                    outage.next_attempt = next;
+                    return;
+                }
                 tracing::error!(
                     "RabbitMQ at {} stayed away past connection.outage_limit ({} s): {reason}; stopping the job here",
                     self.broker.address(),
@@ -211,11 +218,6 @@ impl<'a> Feeder<'a> {
                 self.outage = None;
                 self.unsent.clear();
                 self.ended = Some(Ended::Broken);
-            }
-            Err(reason) => {
-                tracing::info!("cannot reconnect yet: {reason}");
-                outage.next_attempt = Instant::now() + outage.wait;
-                outage.wait = (outage.wait * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -377,10 +379,11 @@ impl<'a> Feeder<'a> {
     /// Sends one message to the originator. A `FileFinished` settles its file once
     /// confirmed. `Err` when nobody can take results any more.
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        // Its result is out (or waits to be): its run no longer needs its message back.
+        if let Message::FileFinished(result) = &message {
+            self.orphans.remove(&result.file);
+        }
         if self.outage.is_some() {
-            if let Message::FileFinished(result) = &message {
-                self.orphans.remove(&result.file);
-            }
             let output = matches!(message, Message::FileOutput { .. });
             if !output || self.unsent.len() < UNSENT_OUTPUT_LIMIT {
                 self.unsent.push_back(message);
@@ -391,9 +394,6 @@ impl<'a> Feeder<'a> {
             Message::FileFinished(result) => Some(result.file.clone()),
             _ => None,
         };
-        if let Some(file) = &finished {
-            self.orphans.remove(file);
-        }
         let envelope = Envelope::new(self.assignment.job_id, message.clone());
         match self
             .broker
