@@ -21,7 +21,8 @@ use gorgon_exec::signals::StopSignals;
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
 /// How often a worker manager checks that the job's originator still lives (its reply
-/// queue exists): a dead originator's workers stop within about this, plus their grace.
+/// queue has its consumer, [`OriginatorWatch`]): a dead originator's workers stop within two
+/// of these, plus their grace.
 const ORIGINATOR_CHECK: Duration = Duration::from_secs(2);
 
 /// Whether the job's originator still lives, from its reply queue (durable, so that a
@@ -148,7 +149,7 @@ async fn manage_connected(
     let mut unstarted = 1..=assignment.slots;
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
     let mut cancelled = false;
-    // Whether the originator still lives: its reply queue goes with its connection.
+    // Whether the originator still lives: its reply queue has its consumer.
     let mut originator_check = tokio::time::interval(ORIGINATOR_CHECK);
     let mut originator = OriginatorWatch {
         consumed_by_originator: assignment.reply_to == names::reply_queue(assignment.job_id),
