@@ -636,6 +636,22 @@ impl Broker {
         self.publish_routed("", queue, envelope, queue).await
     }
 
+    /// Hands a message for a queue to the broker without waiting for its confirm: the
+    /// returned [`Unconfirmed`] resolves once the broker has taken it, with the guarantees
+    /// of [`Broker::send_to_queue`]. Many messages in flight share the broker's disk writes.
+    pub async fn hand_to_queue(
+        &self,
+        queue: &str,
+        envelope: &Envelope,
+    ) -> Result<Unconfirmed, BrokerError> {
+        let confirm = self.basic_publish("", queue, envelope, true).await?;
+        Ok(Unconfirmed {
+            confirm,
+            target: queue.to_owned(),
+            deadline: tokio::time::Instant::now() + CALL_TIMEOUT,
+        })
+    }
+
     /// Publishes raw bytes, as a foreign or broken client would: for tools and tests that
     /// check how gorgon-rs copes with messages it did not write. Unroutable is not an error.
     pub async fn publish_bytes(
@@ -674,12 +690,12 @@ impl Broker {
         queue: &str,
         envelopes: impl IntoIterator<Item = Envelope>,
     ) -> Result<(), BrokerError> {
-        let mut confirms = Vec::new();
+        let mut handed = Vec::new();
         for envelope in envelopes {
-            confirms.push(self.basic_publish("", queue, &envelope, true).await?);
+            handed.push(self.hand_to_queue(queue, &envelope).await?);
         }
-        for confirm in confirms {
-            check_confirmation(bounded("publisher confirm", confirm).await?, queue)?;
+        for mut unconfirmed in handed {
+            unconfirmed.confirmed().await?;
         }
         Ok(())
     }
@@ -838,6 +854,33 @@ fn check_confirmation(confirmation: lapin::Confirmation, target: &str) -> Result
         return Err(BrokerError::Unroutable(target.to_owned()));
     }
     Ok(())
+}
+
+/// A message handed to the broker whose publisher confirm has not been seen yet.
+pub struct Unconfirmed {
+    confirm: lapin::PublisherConfirm,
+    target: String,
+    /// The confirm is taken for lost (a broker that no longer answers) after this.
+    deadline: tokio::time::Instant,
+}
+
+impl Unconfirmed {
+    /// Waits for the broker's confirm: `Ok` once it has the message (for a persistent
+    /// one, on disk), [`BrokerError::Unroutable`] when no queue took it. Cancel-safe: the
+    /// confirm is still awaited by the next call.
+    pub async fn confirmed(&mut self) -> Result<(), BrokerError> {
+        match tokio::time::timeout_at(self.deadline, &mut self.confirm).await {
+            Ok(Ok(confirmation)) => check_confirmation(confirmation, &self.target),
+            Ok(Err(source)) => Err(BrokerError::Call {
+                what: "publisher confirm".to_owned(),
+                source,
+            }),
+            Err(_) => Err(BrokerError::Timeout {
+                what: "publisher confirm".to_owned(),
+                seconds: CALL_TIMEOUT.as_secs(),
+            }),
+        }
+    }
 }
 
 /// A stream of messages from one queue.

@@ -11,7 +11,7 @@ pub mod names;
 pub mod runner_protocol;
 pub mod signing;
 
-pub use broker::{Broker, BrokerError, Inbox, Incoming};
+pub use broker::{Broker, BrokerError, Inbox, Incoming, Unconfirmed};
 pub use connection::BrokerSettings;
 pub use job::{
     batch_size, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput, PhaseRunner,

@@ -2,6 +2,8 @@
 //! the pool's idle workers, publishes their replies to the originator's reply queue, and
 //! settles each file's message only once its result has reached the originator (publisher
 //! confirm), so that a file whose worker, manager or listener dies goes back to the queue.
+//! Replies do not wait for each other's confirms: many in flight share the broker's disk
+//! writes, and each result's file is settled when its own confirm arrives.
 //!
 //! The consumer's prefetch is the host's slot count, and an idle worker takes one delivered
 //! file plus, for a batch, files that are waiting right now (`basic.get`): a host never holds
@@ -25,7 +27,7 @@ use tokio::time::Instant;
 
 use gorgon_protocol::{
     broker::Backoff, names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, RetryOf,
-    WorkerAssignment,
+    Unconfirmed, WorkerAssignment,
 };
 
 /// How long the manager waits for the originator's answer about a file delivered again
@@ -44,6 +46,9 @@ pub(crate) enum Ended {
     /// The broker failed under us.
     Broken,
 }
+
+/// Replies in flight at most: one more waits for the oldest one's confirm first.
+const UNCONFIRMED_LIMIT: usize = 512;
 
 /// Replies kept while the broker is away, at most (live output beyond it is dropped; results
 /// never are).
@@ -72,11 +77,21 @@ pub(crate) struct Feeder<'a> {
     ended: Option<Ended>,
     /// Set while the connection is lost.
     outage: Option<Outage>,
+    /// Replies handed to the broker whose confirm has not come yet, oldest first.
+    unconfirmed: VecDeque<(Message, Unconfirmed)>,
     /// Replies for the originator that wait for the connection to come back, in order.
     unsent: VecDeque<Message>,
     /// Files running here whose message went with a lost connection, until the message
     /// comes back (then held again) or their result is out.
     orphans: HashSet<String>,
+}
+
+/// What the job's queues have for the manager (see [`Feeder::next_event`]).
+pub(crate) enum FeedEvent {
+    /// A delivery from the files queue; `None` when its consumer has ended.
+    Delivery(Option<Incoming>),
+    /// The confirm of the oldest reply in flight.
+    Confirm(Result<(), BrokerError>),
 }
 
 /// A delivered file that no worker has taken yet.
@@ -117,6 +132,7 @@ impl<'a> Feeder<'a> {
             retries: None,
             ended: None,
             outage: None,
+            unconfirmed: VecDeque::new(),
             unsent: VecDeque::new(),
             orphans: HashSet::new(),
         })
@@ -138,9 +154,13 @@ impl<'a> Feeder<'a> {
     }
 
     /// Takes note that the connection was lost: what it delivered went back to the queue
-    /// with it (so nothing held or waiting can be settled any more), and the feeder will try
-    /// to reconnect until `connection.outage_limit`.
+    /// with it (so nothing held or waiting can be settled any more), the replies without a
+    /// confirm are sent again once it is back, and the feeder will try to reconnect until
+    /// `connection.outage_limit`.
     fn lose_connection(&mut self) {
+        for (message, _) in self.unconfirmed.drain(..).rev() {
+            self.unsent.push_front(message);
+        }
         if self.outage.is_some() || self.ended.is_some() {
             return;
         }
@@ -237,29 +257,64 @@ impl<'a> Feeder<'a> {
         &self.assignment.host
     }
 
-    /// The next delivery; `None` once the consumer has ended (then [`Feeder::ended`] says
-    /// why). Cancel-safe: nothing is lost when another event wins the race; pass what it
-    /// returns to [`Feeder::admit`], which is not.
-    pub(crate) async fn next_delivery(&mut self) -> Option<Incoming> {
-        let files = self.files.as_mut()?;
-        let incoming = files.next().await;
-        if incoming.is_none() {
-            // A consumer ends cleanly when the originator deletes the queue; an error (the
-            // connection dropped) is not the end of the job.
-            if files.failed() || !self.broker.is_connected() {
-                self.lose_connection();
-            } else {
-                self.ended = Some(Ended::Finished);
-            }
-            self.files = None;
-        }
-        incoming
+    /// True while the queues may have something for the manager: files to take (when
+    /// `taking_files`), or confirms of replies in flight.
+    pub(crate) fn expecting(&self, taking_files: bool) -> bool {
+        (taking_files && self.taking()) || self.confirming()
     }
 
-    /// Keeps a delivery for a worker if it is a file to run (settling it otherwise).
-    pub(crate) async fn admit(&mut self, incoming: Incoming) {
-        if let Some(delivered) = self.accept(incoming).await {
-            self.waiting.push_back(delivered);
+    /// The next delivery of a file (when `taking_files`) or confirm of a reply. Cancel-safe:
+    /// nothing is lost when another event wins the race; pass what it returns to
+    /// [`Feeder::handle`], which is not.
+    pub(crate) async fn next_event(&mut self, taking_files: bool) -> FeedEvent {
+        let files = self
+            .files
+            .as_mut()
+            .filter(|_| taking_files && self.ended.is_none());
+        let oldest = self
+            .unconfirmed
+            .front_mut()
+            .map(|(_, unconfirmed)| unconfirmed);
+        let delivery = async {
+            match files {
+                Some(files) => files.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let confirm = async {
+            match oldest {
+                Some(unconfirmed) => unconfirmed.confirmed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            incoming = delivery => FeedEvent::Delivery(incoming),
+            confirm = confirm => FeedEvent::Confirm(confirm),
+        }
+    }
+
+    /// Acts on what [`Feeder::next_event`] returned: a delivered file is kept for a worker,
+    /// a confirm settles its reply; the end of the consumer ends the feed (then
+    /// [`Feeder::ended`] says why) or starts an outage.
+    pub(crate) async fn handle(&mut self, event: FeedEvent) {
+        match event {
+            FeedEvent::Delivery(Some(incoming)) => {
+                if let Some(delivered) = self.accept(incoming).await {
+                    self.waiting.push_back(delivered);
+                }
+            }
+            FeedEvent::Delivery(None) => {
+                // A consumer ends cleanly when the originator deletes the queue; an error
+                // (the connection dropped) is not the end of the job.
+                let failed = self.files.as_ref().is_some_and(Inbox::failed);
+                if failed || !self.broker.is_connected() {
+                    self.lose_connection();
+                } else {
+                    self.ended = Some(Ended::Finished);
+                }
+                self.files = None;
+            }
+            FeedEvent::Confirm(confirm) => self.confirmed(confirm).await,
         }
     }
 
@@ -355,8 +410,10 @@ impl<'a> Feeder<'a> {
         }
     }
 
-    /// Files that did not run to a result here go back to the queue, for any host.
+    /// Files that did not run to a result here go back to the queue, for any host, once the
+    /// replies sent before (a worker's crash) have reached the originator.
     pub(crate) async fn hand_back(&mut self, files: Vec<String>) {
+        self.flush().await;
         for file in files {
             self.orphans.remove(&file);
             if let Some(incoming) = self.release(&file) {
@@ -365,8 +422,10 @@ impl<'a> Feeder<'a> {
         }
     }
 
-    /// Every file this host holds or has waiting goes back to the queue.
+    /// Every file this host holds or has waiting goes back to the queue (a file whose result
+    /// is confirmed first is settled instead).
     pub(crate) async fn hand_back_all(&mut self) {
+        self.flush().await;
         let held: Vec<Incoming> = self.held.drain().flat_map(|(_, m)| m).collect();
         for incoming in held {
             settle(incoming.requeue().await);
@@ -376,12 +435,17 @@ impl<'a> Feeder<'a> {
         }
     }
 
-    /// Sends one message to the originator. A `FileFinished` settles its file once
-    /// confirmed. `Err` when nobody can take results any more.
+    /// Sends one message to the originator without waiting for its confirm (which comes
+    /// through [`Feeder::next_event`]; a `FileFinished` settles its file once confirmed).
+    /// `Err` when nobody can take results any more.
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
         // Its result is out (or waits to be): its run no longer needs its message back.
         if let Message::FileFinished(result) = &message {
             self.orphans.remove(&result.file);
+        }
+        if self.outage.is_none() && self.unconfirmed.len() >= UNCONFIRMED_LIMIT {
+            let oldest = self.next_confirm().await;
+            self.confirmed(oldest).await;
         }
         if self.outage.is_some() {
             let output = matches!(message, Message::FileOutput { .. });
@@ -390,39 +454,84 @@ impl<'a> Feeder<'a> {
             }
             return Ok(());
         }
-        let finished = match &message {
-            Message::FileFinished(result) => Some(result.file.clone()),
-            _ => None,
-        };
         let envelope = Envelope::new(self.assignment.job_id, message.clone());
         match self
             .broker
-            .send_to_queue(&self.assignment.reply_to, &envelope)
+            .hand_to_queue(&self.assignment.reply_to, &envelope)
             .await
         {
-            Ok(()) => {
-                if let Some(file) = finished {
-                    self.done(&file).await;
-                }
+            Ok(unconfirmed) => {
+                self.unconfirmed.push_back((message, unconfirmed));
                 Ok(())
             }
-            Err(BrokerError::Unroutable(_)) => {
-                tracing::info!("the originator has gone; stopping");
-                self.ended = Some(Ended::OriginatorGone);
-                Err(Ended::OriginatorGone)
-            }
-            Err(_) if !self.broker.is_connected() => {
-                // Sent again once the connection is back.
-                self.lose_connection();
+            Err(error) if self.lost_with_connection(&error) => {
+                // Sent again once the connection is back, after the replies before it.
                 self.unsent.push_front(message);
+                self.lose_connection();
                 Ok(())
             }
+            Err(error) => Err(self.end_with(&error)),
+        }
+    }
+
+    /// True while replies wait for their confirm.
+    fn confirming(&self) -> bool {
+        !self.unconfirmed.is_empty()
+    }
+
+    /// The confirm of the oldest reply in flight (never without one).
+    async fn next_confirm(&mut self) -> Result<(), BrokerError> {
+        match self.unconfirmed.front_mut() {
+            Some((_, unconfirmed)) => unconfirmed.confirmed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Acts on the oldest reply's confirm: a confirmed result settles its file; a reply lost
+    /// with the connection is sent again once it is back; a reply nobody takes ends the job
+    /// here.
+    async fn confirmed(&mut self, confirm: Result<(), BrokerError>) {
+        match confirm {
+            Ok(()) => {
+                if let Some((Message::FileFinished(result), _)) = self.unconfirmed.pop_front() {
+                    self.done(&result.file).await;
+                }
+            }
+            Err(error) if self.lost_with_connection(&error) => self.lose_connection(),
             Err(error) => {
-                tracing::error!(%error, "cannot report to the originator");
-                self.ended = Some(Ended::Broken);
-                Err(Ended::Broken)
+                self.unconfirmed.pop_front();
+                self.end_with(&error);
             }
         }
+    }
+
+    /// Waits until every reply in flight is confirmed (or lost with the connection).
+    async fn flush(&mut self) {
+        while self.confirming() {
+            let oldest = self.next_confirm().await;
+            self.confirmed(oldest).await;
+        }
+    }
+
+    /// Whether a failed publish or confirm went with the connection (the reply is to be
+    /// sent again), rather than refused.
+    fn lost_with_connection(&self, error: &BrokerError) -> bool {
+        !matches!(error, BrokerError::Unroutable(_)) && !self.broker.is_connected()
+    }
+
+    /// Ends the feed for a reply the broker refused: nobody takes the job's results.
+    fn end_with(&mut self, error: &BrokerError) -> Ended {
+        let ended = if matches!(error, BrokerError::Unroutable(_)) {
+            tracing::info!("the originator has gone; stopping");
+            // Its reply queue is gone: nothing else in flight will reach it either.
+            self.unconfirmed.clear();
+            Ended::OriginatorGone
+        } else {
+            tracing::error!(%error, "cannot report to the originator");
+            Ended::Broken
+        };
+        self.ended = Some(ended);
+        ended
     }
 
     /// Checks a delivered message: the file to run, or `None` when the message was settled

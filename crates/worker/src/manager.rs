@@ -213,11 +213,9 @@ async fn manage_connected(
                 pool.restart_crashed().await;
                 continue;
             }
-            incoming = feeder.next_delivery(), if feeder.taking() && !cancelled => {
-                // None: the feed ended, which the top of the loop acts on.
-                if let Some(incoming) = incoming {
-                    feeder.admit(incoming).await;
-                }
+            event = feeder.next_event(!cancelled), if feeder.expecting(!cancelled) => {
+                // The end of the feed, if it is one, is acted on at the top of the loop.
+                feeder.handle(event).await;
                 continue;
             }
             () = stdin.wait(), if !cancelled => "the listener has gone".to_owned(),
