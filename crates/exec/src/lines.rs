@@ -2,8 +2,6 @@
 //! another process writes (a worker's stdin and stdout, a runner's protocol lines): a line
 //! longer than the bound is skipped to its end and reported by its length, never held whole.
 
-use std::io::BufRead;
-
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// One line read, without its newline (nor a `\r` before it).
@@ -88,25 +86,6 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// [`read_line`] for a blocking reader.
-pub fn read_line_blocking<R: BufRead>(
-    reader: &mut R,
-    limit: usize,
-) -> std::io::Result<Option<Line>> {
-    let mut line = LineLimiter::new(limit);
-    loop {
-        let chunk = reader.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(line.finish());
-        }
-        let (taken, ended) = line.feed(chunk);
-        reader.consume(taken);
-        if ended {
-            return Ok(line.finish());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,13 +109,6 @@ mod tests {
             Line::Text("last".into()),
         ];
         assert_eq!(got, expected);
-
-        let mut reader = std::io::BufReader::with_capacity(7, input.as_bytes());
-        let mut blocking = Vec::new();
-        while let Some(line) = read_line_blocking(&mut reader, 50).unwrap() {
-            blocking.push(line);
-        }
-        assert_eq!(blocking, expected);
     }
 
     #[tokio::test]

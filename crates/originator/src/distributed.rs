@@ -135,6 +135,10 @@ pub(crate) async fn run(
     let listener_deadline = Instant::now() + settings.listener_wait;
 
     let mut announcements_ended = false;
+    // The last reply handled but not acknowledged yet: the replies that come together are
+    // acknowledged together, once none is waiting (a run of thousands of quick files sends
+    // replies faster than one acknowledgement at a time can follow).
+    let mut unacked: Option<gorgon_protocol::Incoming> = None;
     let mut stop = None;
     while stop.is_none() {
         if state.all_settled() {
@@ -159,8 +163,46 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
+            // In this order: a stop and the periodic checks are never starved by a flood of
+            // replies, and an acknowledgement waits for the replies that are already here.
+            biased;
+            signal = signals.recv() => stop = Some(signal.into()),
+            _ = tick.tick() => {
+                progress.update(state);
+                listeners.check_when_due(&broker, state, &progress).await;
+                if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
+                    stop = Some(Stop::Failed(format!(
+                        "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
+                        cluster_id,
+                        settings.listener_wait.as_secs_f64()
+                    )));
+                } else if state.any_listener_accepted() && state.all_listeners_done() {
+                    stop = Some(Stop::Failed(format!(
+                        "every listener that took the job has stopped working on it, but {} files have no result",
+                        state.unfinished().len()
+                    )));
+                }
+            }
+            incoming = announcements.next(), if !announcements_ended => {
+                // A lost connection ends the replies too, which resume it.
+                let Some(incoming) = incoming else {
+                    announcements_ended = true;
+                    continue;
+                };
+                if let Ok(Envelope { message: Message::ListenerAnnounced { listener_queue, name }, .. }) = &incoming.envelope {
+                    tracing::info!(listener = %name, "a listener joined; sending it the job");
+                    if let Err(error) = broker.send_to_queue(listener_queue, &Envelope::new(job_id, job_message.clone())).await {
+                        tracing::warn!(%error, "could not send the job to a new listener");
+                    }
+                    let _ = incoming.ack().await;
+                } else {
+                    let _ = incoming.discard().await;
+                }
+            }
             incoming = replies.next() => {
                 let Some(incoming) = incoming else {
+                    // What the lost connection delivered comes again on the new one.
+                    unacked = None;
                     match resume(&mut broker, &topology, &progress, signals).await {
                         Ok(inboxes) => {
                             (replies, announcements) = inboxes;
@@ -186,7 +228,7 @@ pub(crate) async fn run(
                         if let Err(error) = queue_retries(&broker, job_id, state, &progress, events).await {
                             stop = Some(Stop::Failed(format!("cannot queue a retry: {error}")));
                         }
-                        let _ = incoming.ack().await;
+                        unacked = Some(incoming);
                     }
                     Ok(envelope) => {
                         tracing::warn!(job = %envelope.job_id, "dropping a reply of another job");
@@ -200,40 +242,15 @@ pub(crate) async fn run(
                     }
                 }
             }
-            incoming = announcements.next(), if !announcements_ended => {
-                // A lost connection ends the replies too, which resume it.
-                let Some(incoming) = incoming else {
-                    announcements_ended = true;
-                    continue;
-                };
-                if let Ok(Envelope { message: Message::ListenerAnnounced { listener_queue, name }, .. }) = &incoming.envelope {
-                    tracing::info!(listener = %name, "a listener joined; sending it the job");
-                    if let Err(error) = broker.send_to_queue(listener_queue, &Envelope::new(job_id, job_message.clone())).await {
-                        tracing::warn!(%error, "could not send the job to a new listener");
-                    }
-                    let _ = incoming.ack().await;
-                } else {
-                    let _ = incoming.discard().await;
-                }
-            }
-            signal = signals.recv() => stop = Some(signal.into()),
-            _ = tick.tick() => {
-                progress.update(state);
-                listeners.check_when_due(&broker, state, &progress).await;
-                if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
-                    stop = Some(Stop::Failed(format!(
-                        "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
-                        cluster_id,
-                        settings.listener_wait.as_secs_f64()
-                    )));
-                } else if state.any_listener_accepted() && state.all_listeners_done() {
-                    stop = Some(Stop::Failed(format!(
-                        "every listener that took the job has stopped working on it, but {} files have no result",
-                        state.unfinished().len()
-                    )));
+            () = std::future::ready(()), if unacked.is_some() => {
+                if let Some(handled) = unacked.take() {
+                    let _ = handled.ack_through().await;
                 }
             }
         }
+    }
+    if let Some(handled) = unacked.take() {
+        let _ = handled.ack_through().await;
     }
 
     // Ending: on success, deleting the files queue tells the workers to finish; otherwise the
@@ -402,7 +419,8 @@ pub(crate) async fn answer_retry_check(
 /// whose broker node went away re-declares its queue on another node within a second or so.
 /// The checks go round the listeners [`LIVENESS_BATCH`] at a time, one batch per tick, then
 /// wait [`LIVENESS_INTERVAL`]: a small fleet is checked every 2 s, a fleet of a thousand
-/// hosts every 15 s or so, and the event loop never spends more than a batch's round trips.
+/// hosts every 15 s or so, and the event loop never waits longer than one batch's checks,
+/// made together.
 struct ListenerWatch {
     next: Instant,
     /// Where the round has got to, in host order.
@@ -448,8 +466,11 @@ impl ListenerWatch {
         } else {
             self.cursor += batch.len();
         }
-        for (host, queue) in batch {
-            match broker.queue_exists(&queue).await {
+        // All at once: a batch costs the event loop one round trip's wait, not twenty.
+        let checks = batch.iter().map(|(_, queue)| broker.queue_exists(queue));
+        let answers = futures_util::future::join_all(checks).await;
+        for ((host, _), answer) in batch.into_iter().zip(answers) {
+            match answer {
                 Ok(true) => {
                     self.missing_before.remove(&host);
                 }

@@ -8,7 +8,8 @@
 use std::collections::VecDeque;
 
 use gorgon_protocol::{Envelope, Message, WorkerAssignment};
-use tokio::io::AsyncWriteExt;
+use std::os::fd::AsFd;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::stdin::StdinLines;
 
@@ -25,7 +26,7 @@ pub async fn work_local(
         assignment: &assignment,
         files,
         read: VecDeque::new(),
-        stdout: tokio::io::stdout(),
+        stdout: reply_output(),
     };
     work_with(&mut transport, &assignment, &mut stdin).await
 }
@@ -36,7 +37,21 @@ struct LocalTransport<'a> {
     /// Lines that arrived with the last one taken (a hand-out written at once), not yet
     /// taken: a batch takes them without waiting.
     read: VecDeque<String>,
-    stdout: tokio::io::Stdout,
+    stdout: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+/// Where a worker's replies go: its stdout, written straight from the event loop when it is
+/// a pipe (as the pool starts workers); anything else goes through tokio's blocking pool,
+/// which costs two thread hand-offs for every reply.
+fn reply_output() -> Box<dyn AsyncWrite + Unpin + Send> {
+    let pipe = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Sender::from_owned_fd);
+    match pipe {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdout()),
+    }
 }
 
 impl Transport for LocalTransport<'_> {

@@ -3,11 +3,12 @@
 //! reader, so nothing written after the first line is lost between the two. A local worker
 //! also takes its files from the following lines (see `local`).
 
-use std::io::{BufReader, Read};
+use std::os::fd::AsFd;
 
-use gorgon_exec::lines::{read_line_blocking, Line};
+use gorgon_exec::lines::{read_line, Line};
 
 use gorgon_protocol::WorkerAssignment;
+use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Resolves once stdin has reached its end (or failed), i.e. once the parent is gone.
@@ -43,7 +44,7 @@ impl StdinClosed {
 
     /// Waits for the end of stdin. Cancel-safe, and resolves at once when already closed.
     pub async fn wait(&mut self) {
-        // An error means the reader thread is gone, which only happens once stdin ended.
+        // An error means the reader is gone, which only happens once stdin ended.
         let _ = self.closed.wait_for(|closed| *closed).await;
     }
 
@@ -56,7 +57,7 @@ impl StdinClosed {
 /// Why a worker manager or worker has no assignment to work on.
 #[derive(Debug, thiserror::Error)]
 pub enum AssignmentError {
-    /// The thread that reads stdin ended without handing over the first line.
+    /// The task that reads stdin ended without handing over the first line.
     #[error("cannot read the assignment from stdin: the reader stopped")]
     ReaderStopped,
     #[error("cannot read the assignment from stdin: {0}")]
@@ -74,13 +75,23 @@ pub enum AssignmentError {
 const MAX_LINE_BYTES: usize = gorgon_protocol::message::MAX_MESSAGE_BYTES;
 
 /// Reads the assignment from the first line of stdin and starts watching stdin for its end.
-///
-/// stdin is read on a plain thread rather than with `tokio::io::stdin`: tokio reads stdin on
-/// its blocking pool, and a read that never returns (the parent keeps stdin open, as it must)
-/// would hold up the runtime's shutdown when the process wants to exit.
 pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), AssignmentError> {
-    let (line, closed) = watch_reader(std::io::BufReader::new(std::io::stdin()), None);
+    let (line, closed) = watch_reader(BufReader::new(stdin_reader()), None);
     Ok((parse_assignment(&first_line(line).await?)?, closed))
+}
+
+/// stdin, read by the event loop itself when it is a pipe (as a parent starts its manager
+/// or workers), with no thread hand-off for each hand-out of files; anything else through
+/// tokio's blocking pool (whose read of a stdin that stays open `main` does not wait for).
+fn stdin_reader() -> Box<dyn AsyncRead + Unpin + Send> {
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd);
+    match pipe {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdin()),
+    }
 }
 
 /// The lines of stdin after the assignment, in order, in groups: the lines that one read
@@ -95,7 +106,7 @@ const STDIN_BUFFER: usize = 64 * 1024;
 pub async fn read_assignment_and_lines(
 ) -> Result<(WorkerAssignment, StdinLines, StdinClosed), AssignmentError> {
     let (sender, lines) = mpsc::unbounded_channel();
-    let stdin = std::io::BufReader::with_capacity(STDIN_BUFFER, std::io::stdin());
+    let stdin = BufReader::with_capacity(STDIN_BUFFER, stdin_reader());
     let (line, closed) = watch_reader(stdin, Some(sender));
     Ok((parse_assignment(&first_line(line).await?)?, lines, closed))
 }
@@ -122,11 +133,11 @@ pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, AssignmentError>
     serde_json::from_str(line.trim_end()).map_err(AssignmentError::Invalid)
 }
 
-/// Starts a thread that reads the first line of `reader`, hands it over, then reads on to the
+/// Starts a task that reads the first line of `reader`, hands it over, then reads on to the
 /// end (handing the lines to `lines`, when given, each group of lines already read at once
 /// together) and signals it. The lines channel ends before the end is signalled, so a
 /// reader that sees the end has every line already.
-fn watch_reader<R: Read + Send + 'static>(
+fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
     mut reader: BufReader<R>,
     lines: Option<mpsc::UnboundedSender<Vec<String>>>,
 ) -> (
@@ -135,43 +146,36 @@ fn watch_reader<R: Read + Send + 'static>(
 ) {
     let (line_sender, line) = oneshot::channel();
     let (closed_sender, closed) = StdinClosed::manual();
-    let spawned = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let result = read_line_blocking(&mut reader, MAX_LINE_BYTES);
-            let failed = result.is_err();
-            let _ = line_sender.send(result);
-            match lines {
-                _ if failed => {}
-                Some(lines) => {
-                    while let Some(group) = read_group(&mut reader) {
-                        let _ = lines.send(group);
-                    }
-                }
-                None => {
-                    let mut buffer = [0u8; 1024];
-                    while matches!(reader.read(&mut buffer), Ok(n) if n > 0) {}
+    tokio::spawn(async move {
+        let result = read_line(&mut reader, MAX_LINE_BYTES).await;
+        let failed = result.is_err();
+        let _ = line_sender.send(result);
+        match lines {
+            _ if failed => {}
+            Some(lines) => {
+                while let Some(group) = read_group(&mut reader).await {
+                    let _ = lines.send(group);
                 }
             }
-            let _ = closed_sender.send(true);
-        });
-    if let Err(error) = spawned {
-        // Without a thread there is no watcher either: report it through the line, and the
-        // dropped sender makes `StdinClosed` resolve, which stops the process.
-        let (line_sender, line) = oneshot::channel();
-        let _ = line_sender.send(Err(error));
-        let (_, closed) = StdinClosed::manual();
-        return (line, closed);
-    }
+            None => {
+                let mut buffer = [0u8; 1024];
+                while matches!(
+                    tokio::io::AsyncReadExt::read(&mut reader, &mut buffer).await,
+                    Ok(n) if n > 0
+                ) {}
+            }
+        }
+        let _ = closed_sender.send(true);
+    });
     (line, closed)
 }
 
 /// The next line (waiting for it), with every further whole line already in the buffer;
 /// `None` at the end.
-fn read_group<R: Read>(reader: &mut BufReader<R>) -> Option<Vec<String>> {
+async fn read_group<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Option<Vec<String>> {
     let mut group = Vec::new();
     loop {
-        match read_line_blocking(reader, MAX_LINE_BYTES) {
+        match read_line(reader, MAX_LINE_BYTES).await {
             Ok(Some(Line::Text(line))) => group.push(line),
             Ok(Some(Line::TooLong { bytes, .. })) => {
                 tracing::warn!(
@@ -196,10 +200,15 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
+    /// The reading end of a pipe, as the event loop reads stdin.
+    fn test_pipe(reader: std::io::PipeReader) -> tokio::net::unix::pipe::Receiver {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).unwrap()
+    }
+
     #[tokio::test]
     async fn the_first_line_is_handed_over_and_the_end_is_seen() {
         let (reader, mut writer) = std::io::pipe().unwrap();
-        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
+        let (line, mut closed) = watch_reader(BufReader::new(test_pipe(reader)), None);
         writer.write_all(b"{\"a\":1}\nmore\n").unwrap();
         assert_eq!(first_line(line).await.unwrap(), "{\"a\":1}");
         assert!(!closed.is_closed());
@@ -222,7 +231,7 @@ mod tests {
     async fn the_lines_after_the_first_are_handed_over_before_the_end() {
         let (reader, mut writer) = std::io::pipe().unwrap();
         let (sender, mut lines) = mpsc::unbounded_channel();
-        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), Some(sender));
+        let (line, mut closed) = watch_reader(BufReader::new(test_pipe(reader)), Some(sender));
         writer.write_all(b"first\nsecond\nthird\n").unwrap();
         drop(writer);
         assert_eq!(first_line(line).await.unwrap(), "first");
@@ -239,7 +248,7 @@ mod tests {
         let long = vec![b'x'; MAX_LINE_BYTES + 10];
         let (reader, mut writer) = std::io::pipe().unwrap();
         let (sender, mut lines) = mpsc::unbounded_channel();
-        let (line, _closed) = watch_reader(std::io::BufReader::new(reader), Some(sender));
+        let (line, _closed) = watch_reader(BufReader::new(test_pipe(reader)), Some(sender));
         let written = std::thread::spawn(move || {
             writer.write_all(b"{}\n").unwrap();
             writer.write_all(&long).unwrap();
@@ -254,7 +263,7 @@ mod tests {
         assert_eq!(received, ["after"]);
 
         let (reader, mut writer) = std::io::pipe().unwrap();
-        let (line, _closed) = watch_reader(std::io::BufReader::new(reader), None);
+        let (line, _closed) = watch_reader(BufReader::new(test_pipe(reader)), None);
         let long = vec![b'y'; MAX_LINE_BYTES + 1];
         std::thread::spawn(move || writer.write_all(&long));
         let error = first_line(line).await.unwrap_err();
@@ -268,7 +277,7 @@ mod tests {
     async fn an_immediate_end_is_an_error_and_a_closed_stdin() {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(writer);
-        let (line, mut closed) = watch_reader(std::io::BufReader::new(reader), None);
+        let (line, mut closed) = watch_reader(BufReader::new(test_pipe(reader)), None);
         let line = first_line(line).await.unwrap();
         let error = parse_assignment(&line).unwrap_err();
         assert!(matches!(error, AssignmentError::Missing), "{error:?}");
