@@ -30,6 +30,9 @@ const FRAME_MAX: u32 = 16 * 1024;
 /// How long any other broker call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How many messages of [`Broker::send_all_to_queue`] may wait for their confirm at once.
+const CONFIRM_WINDOW: usize = 1000;
+
 /// The AMQP URI of `settings`, with the frame size this client wants.
 fn uri(settings: &BrokerSettings, host: &str, port: u16) -> String {
     format!(
@@ -687,16 +690,22 @@ impl Broker {
         Ok(())
     }
 
-    /// Publishes many messages to a queue, waiting for all confirms at the end rather than
-    /// after each message.
+    /// Publishes many messages to a queue without waiting for each confirm before the next
+    /// message: at most [`CONFIRM_WINDOW`] wait at once, which bounds the memory that
+    /// queueing 100,000 files holds.
     pub async fn send_all_to_queue(
         &self,
         queue: &str,
         envelopes: impl IntoIterator<Item = Envelope>,
     ) -> Result<(), BrokerError> {
-        let mut handed = Vec::new();
+        let mut handed = std::collections::VecDeque::<Unconfirmed>::new();
         for envelope in envelopes {
-            handed.push(self.hand_to_queue(queue, &envelope).await?);
+            if handed.len() >= CONFIRM_WINDOW {
+                if let Some(mut oldest) = handed.pop_front() {
+                    oldest.confirmed().await?;
+                }
+            }
+            handed.push_back(self.hand_to_queue(queue, &envelope).await?);
         }
         for mut unconfirmed in handed {
             unconfirmed.confirmed().await?;
@@ -1080,6 +1089,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         other.close().await;
+    }
+
+    #[tokio::test]
+    async fn many_messages_sent_at_once_all_arrive_in_order_past_the_confirm_window() {
+        let broker = connect("gorgon-protocol test: send all").await;
+        let queue = format!("gorgon-rs.test.{}.files", Uuid::new_v4());
+        let life = QueueLife::Shared {
+            unused_expiry: Duration::from_secs(60),
+        };
+        broker.declare_queue(&queue, life).await.unwrap();
+        let job = Uuid::new_v4();
+        let count = CONFIRM_WINDOW * 2 + 500;
+        let envelopes =
+            (0..count).map(|i| Envelope::new(job, crate::Message::file(format!("f{i}"))));
+        broker.send_all_to_queue(&queue, envelopes).await.unwrap();
+        assert_eq!(
+            broker
+                .queue_counts(&queue)
+                .await
+                .unwrap()
+                .map(|(ready, _)| ready),
+            Some(count as u32)
+        );
+        let mut inbox = broker.consume(&queue, Some(100)).await.unwrap();
+        for i in 0..count {
+            let incoming = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+                .await
+                .expect("the message arrives")
+                .expect("the consumer is open");
+            let envelope = incoming.envelope.as_ref().unwrap();
+            assert_eq!(envelope.message, crate::Message::file(format!("f{i}")));
+            incoming.ack().await.unwrap();
+        }
+        broker.delete_queue(&queue).await.unwrap();
+        broker.close().await;
     }
 
     #[tokio::test]
