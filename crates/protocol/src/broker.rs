@@ -140,7 +140,17 @@ async fn bounded<T>(
     what: &str,
     future: impl std::future::Future<Output = lapin::Result<T>>,
 ) -> Result<T, BrokerError> {
-    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+    bounded_until(what, tokio::time::Instant::now() + CALL_TIMEOUT, future).await
+}
+
+/// [`bounded`] with the call's deadline given: a call awaited in several goes (cancelled and
+/// resumed) keeps the deadline of its start.
+async fn bounded_until<T>(
+    what: &str,
+    deadline: tokio::time::Instant,
+    future: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout_at(deadline, future).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(source)) => Err(BrokerError::Call {
             what: what.to_owned(),
@@ -651,12 +661,7 @@ impl Broker {
         queue: &str,
         envelope: &Envelope,
     ) -> Result<Unconfirmed, BrokerError> {
-        let confirm = self.basic_publish("", queue, envelope, true).await?;
-        Ok(Unconfirmed {
-            confirm,
-            target: queue.to_owned(),
-            deadline: tokio::time::Instant::now() + CALL_TIMEOUT,
-        })
+        self.hand_routed("", queue, envelope, queue).await
     }
 
     /// Publishes raw bytes, as a foreign or broken client would: for tools and tests that
@@ -720,10 +725,29 @@ impl Broker {
         envelope: &Envelope,
         target: &str,
     ) -> Result<(), BrokerError> {
+        self.hand_routed(exchange, routing_key, envelope, target)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Hands one message to the broker, mandatory (a message that no queue takes comes back
+    /// as [`BrokerError::Unroutable`] for `target`), without waiting for its confirm.
+    async fn hand_routed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+        target: &str,
+    ) -> Result<Unconfirmed, BrokerError> {
         let confirm = self
             .basic_publish(exchange, routing_key, envelope, true)
             .await?;
-        check_confirmation(bounded("publisher confirm", confirm).await?, target)
+        Ok(Unconfirmed {
+            confirm,
+            target: target.to_owned(),
+            deadline: tokio::time::Instant::now() + CALL_TIMEOUT,
+        })
     }
 
     /// Hands one message to the broker; the returned confirm resolves once the broker has
@@ -882,17 +906,9 @@ impl Unconfirmed {
     /// one, on disk), [`BrokerError::Unroutable`] when no queue took it. Cancel-safe: the
     /// confirm is still awaited by the next call.
     pub async fn confirmed(&mut self) -> Result<(), BrokerError> {
-        match tokio::time::timeout_at(self.deadline, &mut self.confirm).await {
-            Ok(Ok(confirmation)) => check_confirmation(confirmation, &self.target),
-            Ok(Err(source)) => Err(BrokerError::Call {
-                what: "publisher confirm".to_owned(),
-                source,
-            }),
-            Err(_) => Err(BrokerError::Timeout {
-                what: "publisher confirm".to_owned(),
-                seconds: CALL_TIMEOUT.as_secs(),
-            }),
-        }
+        let confirmation =
+            bounded_until("publisher confirm", self.deadline, &mut self.confirm).await?;
+        check_confirmation(confirmation, &self.target)
     }
 }
 

@@ -267,26 +267,15 @@ impl<'a> Feeder<'a> {
     /// nothing is lost when another event wins the race; pass what it returns to
     /// [`Feeder::handle`], which is not.
     pub(crate) async fn next_event(&mut self, taking_files: bool) -> FeedEvent {
-        let files = self
-            .files
-            .as_mut()
-            .filter(|_| taking_files && self.ended.is_none());
-        let oldest = self
-            .unconfirmed
-            .front_mut()
-            .map(|(_, unconfirmed)| unconfirmed);
+        let take = taking_files && self.taking();
+        let files = self.files.as_mut().filter(|_| take);
         let delivery = async {
             match files {
                 Some(files) => files.next().await,
                 None => std::future::pending().await,
             }
         };
-        let confirm = async {
-            match oldest {
-                Some(unconfirmed) => unconfirmed.confirmed().await,
-                None => std::future::pending().await,
-            }
-        };
+        let confirm = oldest_confirm(&mut self.unconfirmed);
         tokio::select! {
             incoming = delivery => FeedEvent::Delivery(incoming),
             confirm = confirm => FeedEvent::Confirm(confirm),
@@ -481,10 +470,7 @@ impl<'a> Feeder<'a> {
 
     /// The confirm of the oldest reply in flight (never without one).
     async fn next_confirm(&mut self) -> Result<(), BrokerError> {
-        match self.unconfirmed.front_mut() {
-            Some((_, unconfirmed)) => unconfirmed.confirmed().await,
-            None => std::future::pending().await,
-        }
+        oldest_confirm(&mut self.unconfirmed).await
     }
 
     /// Acts on the oldest reply's confirm: a confirmed result settles its file; a reply lost
@@ -678,6 +664,16 @@ impl<'a> Feeder<'a> {
         })
         .await;
         answer.unwrap_or(true)
+    }
+}
+
+/// The confirm of the oldest of `unconfirmed` (never when there is none). Cancel-safe.
+async fn oldest_confirm(
+    unconfirmed: &mut VecDeque<(Message, Unconfirmed)>,
+) -> Result<(), BrokerError> {
+    match unconfirmed.front_mut() {
+        Some((_, oldest)) => oldest.confirmed().await,
+        None => std::future::pending().await,
     }
 }
 
