@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gorgon_protocol::broker::{log_refusal, QueueLife};
+use gorgon_protocol::broker::{log_refusal, Backoff, QueueLife};
 use gorgon_protocol::config_file::ConfigFileError;
 use gorgon_protocol::signing;
 use gorgon_protocol::{
@@ -31,9 +31,6 @@ pub use settings::{ListenerSettings, DEFAULT_WORKER_SLOTS};
 /// managers, remove their workspaces and tell their originators. A worker manager gets
 /// `gorgon_exec::grace::MANAGER` of it before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// The first and the longest wait between attempts to reconnect to the broker.
-const RECONNECT_MIN: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Why the listener could not start or could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +216,10 @@ pub async fn run(
     let (stop, stopping) = watch::channel(false);
     let mut jobs: JoinSet<Uuid> = JoinSet::new();
     let mut taken: HashSet<Uuid> = HashSet::new();
-    let mut backoff = RECONNECT_MIN;
+    // Reconnecting waits as a worker manager does (jittered, so a fleet does not come back
+    // at one instant); the next attempt's time survives the loop's other wake-ups.
+    let mut backoff = Backoff::new();
+    let mut retry_at = tokio::time::Instant::now();
     tokio::pin!(shutdown);
 
     let result = loop {
@@ -228,17 +228,18 @@ pub async fn run(
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
-                () = tokio::time::sleep(backoff) => {
+                () = tokio::time::sleep_until(retry_at) => {
                     match connect(&settings, &queue).await {
                         Ok((broker, inbox)) => {
                             tracing::info!("reconnected to RabbitMQ at {}", broker.address());
                             shared.broker.send_replace(broker);
                             connection = Some(inbox);
-                            backoff = RECONNECT_MIN;
+                            backoff = Backoff::new();
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "cannot reconnect yet; retrying in {:?}", backoff);
-                            backoff = (backoff * 2).min(RECONNECT_MAX);
+                            let wait = backoff.next_wait();
+                            tracing::warn!(%error, "cannot reconnect yet; retrying in {wait:?}");
+                            retry_at = tokio::time::Instant::now() + wait;
                         }
                     }
                 }
@@ -260,6 +261,7 @@ pub async fn run(
                         shared.broker().address()
                     );
                     connection = None;
+                    retry_at = tokio::time::Instant::now() + backoff.next_wait();
                 }
             },
             Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
