@@ -62,6 +62,8 @@ struct Originator {
     broker: Broker,
     job: Uuid,
     replies: Inbox,
+    /// Replies of a message that carried several, not yet looked at.
+    unread: std::collections::VecDeque<Message>,
 }
 
 impl Originator {
@@ -101,6 +103,7 @@ impl Originator {
             broker,
             job,
             replies,
+            unread: Default::default(),
         }
     }
 
@@ -119,7 +122,11 @@ impl Originator {
         }
     }
 
+    /// The next reply, one at a time also where the manager sent several together.
     async fn next_reply(&mut self) -> Message {
+        if let Some(reply) = self.unread.pop_front() {
+            return reply;
+        }
         let incoming = tokio::time::timeout(WAIT, self.replies.next())
             .await
             .expect("a reply in time")
@@ -127,7 +134,8 @@ impl Originator {
         incoming.ack().await.unwrap();
         let envelope = incoming.envelope.unwrap();
         assert_eq!(envelope.job_id, self.job);
-        envelope.message
+        self.unread.extend(envelope.message.into_replies());
+        self.unread.pop_front().expect("a message carries a reply")
     }
 
     /// Closes the manager's stdin, as its listener's death would, and checks that it stops

@@ -570,6 +570,8 @@ impl Follower {
 /// The host a reply comes from, if it names one.
 fn reply_host(message: &Message) -> Option<&str> {
     match message {
+        // One manager's: all from one host.
+        Message::Replies { replies } => replies.first().and_then(reply_host),
         Message::FileFinished(result) => Some(&result.host),
         Message::FileStarted { host, .. }
         | Message::JobAccepted { host, .. }

@@ -349,6 +349,13 @@ pub(crate) fn handle_reply(
     message: Message,
 ) -> Option<String> {
     match message {
+        Message::Replies { replies } => {
+            // Each in order, every one applied; the first reason to stop is the one given.
+            return replies.into_iter().fold(None, |reason, reply| {
+                let next = handle_reply(state, progress, events, max_crash_retries, reply);
+                reason.or(next)
+            });
+        }
         Message::JobAccepted {
             host,
             slots,
@@ -646,6 +653,45 @@ mod tests {
             ["listener_joined", "file_started", "listener_done"]
         );
         assert_eq!(run.events_of("listener_done")[0]["host"], "alpha");
+    }
+
+    #[test]
+    fn replies_sent_together_are_applied_in_order_and_a_stop_among_them_is_kept() {
+        let mut run = Replies::new(&["a", "b"], 2);
+        let callback_failed = Message::CallbackFailed {
+            host: "h1".into(),
+            worker_id: Some(1),
+            callback: gorgon_protocol::CallbackName::AfterComplete,
+            status: "exit status 3".into(),
+            output: String::new(),
+        };
+        let together = Message::Replies {
+            replies: vec![
+                started("h1", 1, "a"),
+                finished("h1", "a", FileStatus::Passed),
+                started("h1", 1, "b"),
+                callback_failed,
+                finished("h1", "b", FileStatus::Failed),
+            ],
+        };
+        let reason = run.send(together);
+        assert_eq!(
+            reason.as_deref(),
+            Some("after_complete callback failed on h1:1")
+        );
+        assert_eq!(
+            run.kinds(),
+            [
+                "file_started",
+                "file_finished",
+                "file_started",
+                "problem",
+                "file_finished"
+            ]
+        );
+        // What came after the stop's reason was applied too.
+        assert_eq!(run.state.result("b").unwrap().status, FileStatus::Failed);
+        assert!(run.state.all_settled());
     }
 
     #[test]

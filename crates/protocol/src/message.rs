@@ -215,6 +215,13 @@ pub enum Message {
         file: String,
     },
     FileFinished(FileResult),
+    /// Several replies of one worker manager that were ready together (a worker's result
+    /// and its next file's start, the results of workers that finished at once), in the
+    /// order they happened: one message through the broker instead of one each. Never
+    /// nested; see [`Message::into_replies`].
+    Replies {
+        replies: Vec<Message>,
+    },
     /// The listener has finished its part of the job: workers stopped, callbacks run,
     /// workspace removed.
     JobDone {
@@ -291,10 +298,32 @@ impl Message {
     /// whose publisher confirm waits for the disk): everything but a file's start and its
     /// live output, whose loss only thins the progress lines, and which come with every file.
     pub fn kept_through_restarts(&self) -> bool {
-        !matches!(
-            self,
-            Message::FileStarted { .. } | Message::FileOutput { .. }
-        )
+        match self {
+            Message::FileStarted { .. } | Message::FileOutput { .. } => false,
+            Message::Replies { replies } => replies.iter().any(Message::kept_through_restarts),
+            _ => true,
+        }
+    }
+
+    /// The replies this message carries, in order: those of [`Message::Replies`] (flattened),
+    /// or the message itself.
+    pub fn into_replies(self) -> Vec<Message> {
+        match self {
+            Message::Replies { replies } => replies
+                .into_iter()
+                .flat_map(Message::into_replies)
+                .collect(),
+            message => vec![message],
+        }
+    }
+
+    /// One message for `replies` (the reply itself when there is one).
+    pub fn coalesce(mut replies: Vec<Message>) -> Option<Message> {
+        match replies.len() {
+            0 => None,
+            1 => replies.pop(),
+            _ => Some(Message::Replies { replies }),
+        }
     }
     /// A file to run for the first time.
     pub fn file(file: impl Into<String>) -> Message {
@@ -625,8 +654,48 @@ mod tests {
                     id: None,
                 }],
             }),
+            Message::Replies {
+                replies: vec![
+                    Message::FileStarted {
+                        host: "h1".into(),
+                        worker_id: 2,
+                        file: "t/b.sh".into(),
+                    },
+                    Message::JobDone { host: "h1".into() },
+                ],
+            },
             Message::JobDone { host: "h1".into() },
         ]
+    }
+
+    #[test]
+    fn replies_coalesce_and_come_apart_in_order() {
+        let started = |file: &str| Message::FileStarted {
+            host: "h1".into(),
+            worker_id: 1,
+            file: file.into(),
+        };
+        assert_eq!(Message::coalesce(Vec::new()), None);
+        assert_eq!(Message::coalesce(vec![started("a")]), Some(started("a")));
+        let both = Message::coalesce(vec![started("a"), started("b")]).unwrap();
+        // Only starts: nothing in it needs the disk.
+        assert!(!both.kept_through_restarts());
+        assert_eq!(
+            both.clone().into_replies(),
+            vec![started("a"), started("b")]
+        );
+        let with_result =
+            Message::coalesce(vec![started("a"), Message::JobDone { host: "h1".into() }]).unwrap();
+        assert!(with_result.kept_through_restarts());
+        // A nested one (no sender makes it) still comes apart in order.
+        let nested = Message::Replies {
+            replies: vec![both, started("c")],
+        };
+        assert_eq!(
+            nested.into_replies(),
+            vec![started("a"), started("b"), started("c")]
+        );
+        assert_eq!(started("d").into_replies(), vec![started("d")]);
     }
 
     #[test]

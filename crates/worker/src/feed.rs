@@ -54,6 +54,46 @@ const UNCONFIRMED_LIMIT: usize = 512;
 /// never are).
 const UNSENT_OUTPUT_LIMIT: usize = 1000;
 
+/// Replies sent together at most: their count, and the length of their lines.
+const TOGETHER_REPLIES: usize = 64;
+const TOGETHER_BYTES: usize = 1024 * 1024;
+
+/// Replies that were ready at the same time, gathered to go as one message
+/// ([`Message::Replies`]), within [`TOGETHER_REPLIES`] and [`TOGETHER_BYTES`].
+#[derive(Default)]
+pub(crate) struct Together {
+    replies: Vec<Message>,
+    bytes: usize,
+}
+
+impl Together {
+    /// Adds a reply of `bytes`; when it does not fit with those before, those are returned
+    /// to be sent first.
+    pub(crate) fn add(&mut self, reply: Message, bytes: usize) -> Option<Vec<Message>> {
+        let full = !self.replies.is_empty()
+            && (self.replies.len() == TOGETHER_REPLIES || self.bytes + bytes > TOGETHER_BYTES);
+        let before = full.then(|| self.take());
+        self.replies.push(reply);
+        self.bytes += bytes;
+        before
+    }
+
+    /// The replies gathered so far, in order, leaving none.
+    pub(crate) fn take(&mut self) -> Vec<Message> {
+        self.bytes = 0;
+        std::mem::take(&mut self.replies)
+    }
+}
+
+/// The files whose results `message` carries.
+fn results_in(message: &Message) -> Vec<&str> {
+    match message {
+        Message::FileFinished(result) => vec![result.file.as_str()],
+        Message::Replies { replies } => replies.iter().flat_map(results_in).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The broker connection lost mid-job, being got back.
 struct Outage {
     /// When the job stops trying: `connection.outage_limit` after the loss.
@@ -84,6 +124,8 @@ pub(crate) struct Feeder<'a> {
     /// Files running here whose message went with a lost connection, until the message
     /// comes back (then held again) or their result is out.
     orphans: HashSet<String>,
+    /// Replies handed to the broker, and the messages they went in.
+    sent: (usize, usize),
 }
 
 /// What the job's queues have for the manager (see [`Feeder::next_event`]).
@@ -135,6 +177,7 @@ impl<'a> Feeder<'a> {
             unconfirmed: VecDeque::new(),
             unsent: VecDeque::new(),
             orphans: HashSet::new(),
+            sent: (0, 0),
         })
     }
 
@@ -429,8 +472,8 @@ impl<'a> Feeder<'a> {
     /// `Err` when nobody can take results any more.
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
         // Its result is out (or waits to be): its run no longer needs its message back.
-        if let Message::FileFinished(result) = &message {
-            self.orphans.remove(&result.file);
+        for file in results_in(&message) {
+            self.orphans.remove(file);
         }
         if self.outage.is_none() && self.unconfirmed.len() >= UNCONFIRMED_LIMIT {
             let oldest = self.next_confirm().await;
@@ -450,6 +493,11 @@ impl<'a> Feeder<'a> {
             .await
         {
             Ok(unconfirmed) => {
+                self.sent.0 += match &message {
+                    Message::Replies { replies } => replies.len(),
+                    _ => 1,
+                };
+                self.sent.1 += 1;
                 self.unconfirmed.push_back((message, unconfirmed));
                 Ok(())
             }
@@ -461,6 +509,26 @@ impl<'a> Feeder<'a> {
             }
             Err(error) => Err(self.end_with(&error)),
         }
+    }
+
+    /// Sends replies that were ready together as one message, as [`Feeder::send`] does one
+    /// (while the connection is lost, they wait one by one, as they came).
+    pub(crate) async fn send_together(&mut self, replies: Vec<Message>) -> Result<(), Ended> {
+        if self.outage.is_some() {
+            for reply in replies {
+                self.send(reply).await?;
+            }
+            return Ok(());
+        }
+        match Message::coalesce(replies) {
+            Some(message) => self.send(message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// How many replies were handed to the broker, and in how many messages.
+    pub(crate) fn sent(&self) -> (usize, usize) {
+        self.sent
     }
 
     /// True while replies wait for their confirm.
@@ -479,8 +547,10 @@ impl<'a> Feeder<'a> {
     async fn confirmed(&mut self, confirm: Result<(), BrokerError>) {
         match confirm {
             Ok(()) => {
-                if let Some((Message::FileFinished(result), _)) = self.unconfirmed.pop_front() {
-                    self.done(&result.file).await;
+                if let Some((message, _)) = self.unconfirmed.pop_front() {
+                    for file in results_in(&message) {
+                        self.done(file).await;
+                    }
                 }
             }
             Err(error) if self.lost_with_connection(&error) => self.lose_connection(),
@@ -695,5 +765,70 @@ async fn consume_files(broker: &Broker, assignment: &WorkerAssignment) -> Result
 fn settle(result: Result<(), BrokerError>) {
     if let Err(error) = result {
         tracing::warn!(%error, "cannot settle a file message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(file: &str) -> Message {
+        Message::FileStarted {
+            host: "h1".into(),
+            worker_id: 1,
+            file: file.into(),
+        }
+    }
+
+    fn finished(file: &str) -> Message {
+        Message::FileFinished(gorgon_protocol::FileResult {
+            host: "h1".into(),
+            worker_id: 1,
+            file: file.into(),
+            status: gorgon_protocol::FileStatus::Passed,
+            seconds: 0.1,
+            exit: "exit status 0".into(),
+            output: String::new(),
+            tests: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn replies_are_gathered_in_order_until_a_count_or_size_is_reached() {
+        let mut together = Together::default();
+        assert_eq!(together.add(started("a"), 100), None);
+        assert_eq!(together.add(finished("a"), 100), None);
+        assert_eq!(together.take(), vec![started("a"), finished("a")]);
+        assert!(together.take().is_empty());
+
+        // The 65th reply does not fit with the 64 before it: they go first.
+        for i in 0..TOGETHER_REPLIES {
+            assert_eq!(together.add(started(&i.to_string()), 10), None);
+        }
+        let before = together.add(started("last"), 10).unwrap();
+        assert_eq!(before.len(), TOGETHER_REPLIES);
+        assert_eq!(before[0], started("0"));
+        assert_eq!(together.take(), vec![started("last")]);
+
+        // A large one goes on its own once what came before is full enough.
+        assert_eq!(together.add(started("small"), 10), None);
+        let before = together.add(finished("large"), TOGETHER_BYTES).unwrap();
+        assert_eq!(before, vec![started("small")]);
+        // Alone, however large: it is never held back.
+        assert_eq!(together.take(), vec![finished("large")]);
+    }
+
+    #[test]
+    fn the_results_a_message_carries_are_found_inside_replies_sent_together() {
+        assert_eq!(results_in(&finished("a")), ["a"]);
+        assert!(results_in(&started("a")).is_empty());
+        let together = Message::coalesce(vec![
+            finished("a"),
+            started("b"),
+            finished("b"),
+            started("c"),
+        ])
+        .unwrap();
+        assert_eq!(results_in(&together), ["a", "b"]);
     }
 }

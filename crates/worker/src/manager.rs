@@ -13,7 +13,7 @@ use gorgon_exec::grace;
 use gorgon_protocol::{names, Broker, Message, WorkerAssignment};
 
 use crate::class_callbacks::HostCallbacks;
-use crate::feed::{Ended, Feeder};
+use crate::feed::{Ended, Feeder, Together};
 use crate::pool::{Pool, Received, WorkerProgram};
 use crate::{command_base, report, StdinClosed, EXIT_BROKEN};
 use gorgon_exec::signals::StopSignals;
@@ -24,6 +24,9 @@ pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 /// queue has its consumer, [`OriginatorWatch`]): a dead originator's workers stop within two
 /// of these, plus their grace.
 const ORIGINATOR_CHECK: Duration = Duration::from_secs(2);
+
+/// Workers' events taken in at most in one turn of the loop, their replies sent together.
+const DRAINED_AT_ONCE: usize = 128;
 
 /// Whether the job's originator still lives, from its reply queue (durable, so that a
 /// broker restart keeps it): gone, or without a consumer at two checks in a row, the
@@ -195,21 +198,37 @@ async fn manage_connected(
         let reconnect_at = feeder.reconnect_at();
         let reason = tokio::select! {
             Some(event) = events.recv() => {
-                let restart = !cancelled && feeder.ended().is_none();
-                match pool.receive(event, restart) {
-                    Received::Reply { message, .. } => {
-                        let _ = feeder.send(message).await;
-                    }
-                    Received::Exited { unfinished, crash, .. } => {
-                        // The crash first, so that the originator counts it before the
-                        // files come back to anyone.
-                        if let Some(crash) = crash {
-                            let _ = feeder.send(crash).await;
+                // The replies that are ready now go as one message: a result and the start
+                // of the worker's next file, the results of workers that finished at once.
+                let mut together = Together::default();
+                let mut next = Some(event);
+                let mut drained = 0;
+                while let Some(event) = next.take() {
+                    let restart = !cancelled && feeder.ended().is_none();
+                    match pool.receive(event, restart) {
+                        Received::Reply { message, bytes, .. } => {
+                            if let Some(full) = together.add(message, bytes) {
+                                let _ = feeder.send_together(full).await;
+                            }
                         }
-                        feeder.hand_back(unfinished).await;
+                        Received::Exited { unfinished, crash, .. } => {
+                            // What came before it, then the crash, so that the originator
+                            // counts it before the files come back to anyone.
+                            let _ = feeder.send_together(together.take()).await;
+                            if let Some(crash) = crash {
+                                let _ = feeder.send(crash).await;
+                            }
+                            feeder.hand_back(unfinished).await;
+                        }
+                        Received::Nothing => {}
                     }
-                    Received::Nothing => {}
+                    // Bounded, so that hand-outs and the broker's events get their turn.
+                    drained += 1;
+                    if drained < DRAINED_AT_ONCE {
+                        next = events.try_recv().ok();
+                    }
                 }
+                let _ = feeder.send_together(together.take()).await;
                 pool.restart_crashed().await;
                 continue;
             }
@@ -258,6 +277,8 @@ async fn manage_connected(
         }
     }
     feeder.hand_back_all().await;
+    let (replies, messages) = feeder.sent();
+    tracing::info!("sent {replies} replies in {messages} messages");
     // After an outage, the feeder's connection is a new one.
     let broker = feeder.broker().clone();
     let code = if cancelled {

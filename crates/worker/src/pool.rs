@@ -56,6 +56,8 @@ pub enum PoolEvent {
     Reply {
         worker_id: u32,
         envelope: Box<Result<Envelope, DecodeError>>,
+        /// The line's length.
+        bytes: usize,
     },
     /// The worker has exited; always its last event.
     Exited {
@@ -69,7 +71,12 @@ pub enum PoolEvent {
 /// What the pool made of one [`PoolEvent`].
 pub enum Received {
     /// A message of the job from a worker.
-    Reply { worker_id: u32, message: Message },
+    Reply {
+        worker_id: u32,
+        message: Message,
+        /// Its length as the worker wrote it (about what it takes on the wire).
+        bytes: usize,
+    },
     /// A worker exited. `unfinished` are the files it held without a result, in the order it
     /// was given them; `crash` is its crash report when it ended badly without being asked
     /// to stop (it is restarted by [`Pool::restart_crashed`] if its budget allows).
@@ -178,13 +185,14 @@ impl Pool {
                 while let Ok(Some(line)) =
                     read_line(&mut reader, gorgon_protocol::message::MAX_MESSAGE_BYTES).await
                 {
-                    let envelope = Box::new(match line {
-                        Line::Text(line) => Envelope::decode(line.as_bytes()),
-                        Line::TooLong { bytes, .. } => Err(DecodeError::TooLarge(bytes)),
-                    });
+                    let (envelope, bytes) = match line {
+                        Line::Text(line) => (Envelope::decode(line.as_bytes()), line.len()),
+                        Line::TooLong { bytes, .. } => (Err(DecodeError::TooLarge(bytes)), bytes),
+                    };
                     let _ = sender.send(PoolEvent::Reply {
                         worker_id,
-                        envelope,
+                        envelope: Box::new(envelope),
+                        bytes,
                     });
                 }
             }
@@ -220,6 +228,7 @@ impl Pool {
             PoolEvent::Reply {
                 worker_id,
                 envelope,
+                bytes,
             } => match *envelope {
                 Ok(envelope) if envelope.job_id == self.assignment.job_id => {
                     if let Message::FileFinished(result) = &envelope.message {
@@ -230,6 +239,7 @@ impl Pool {
                     Received::Reply {
                         worker_id,
                         message: envelope.message,
+                        bytes,
                     }
                 }
                 Ok(envelope) => {
