@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The broker's side of a large fleet: for each K of SCALE_HOSTS (default 10,100,1000),
 # K simulated hosts (each with a listener and a worker manager connection, as a real host
-# has, answering every file at once) serve one real `gorgon start` of SCALE_FILES files
+# has, answering every file at once: its start and result in one message, or in two with
+# SCALE_APART=1) serve one real `gorgon start` of SCALE_FILES files
 # (default 2000); prints each run's wall time, files per second, the most broker connections
 # seen and the broker's memory and CPU during the run (see docs/benchmarks.md). Needs RabbitMQ
 # on this machine (AMQP_HOST/AMQP_PORT), started with enough open files for 2 connections

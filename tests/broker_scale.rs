@@ -2,7 +2,8 @@
 //! for each K of `SCALE_HOSTS` (default 10, 100, 1000), K simulated hosts, each speaking the
 //! listener's and worker manager's protocol on two connections of its own as a real host
 //! does (its listener queue, `JobAccepted`, the files queue with a prefetch of one,
-//! `FileStarted` and `FileFinished` for each file at once, `JobDone`), serve one real
+//! `FileStarted` and `FileFinished` for each file at once, in one `Replies` message as a
+//! manager sends replies that are ready together, or as two with `SCALE_APART` set; `JobDone`), serve one real
 //! `gorgon start` of `SCALE_FILES` files (default 2,000). It prints the run's wall time, the
 //! files per second, the most broker connections seen, and the broker's memory and CPU
 //! during the run, so that what the broker pays per host and per file shows without the
@@ -117,12 +118,19 @@ async fn work(
                     output: String::new(),
                     tests: Vec::new(),
                 });
-                let _ = manager
-                    .send_to_queue(&reply_to, &Envelope::new(job, started))
-                    .await;
-                let _ = manager
-                    .send_to_queue(&reply_to, &Envelope::new(job, finished))
-                    .await;
+                if std::env::var_os("SCALE_APART").is_some() {
+                    let _ = manager
+                        .send_to_queue(&reply_to, &Envelope::new(job, started))
+                        .await;
+                    let _ = manager
+                        .send_to_queue(&reply_to, &Envelope::new(job, finished))
+                        .await;
+                } else {
+                    let both = Message::coalesce(vec![started, finished]).expect("two replies");
+                    let _ = manager
+                        .send_to_queue(&reply_to, &Envelope::new(job, both))
+                        .await;
+                }
             }
             let _ = incoming.ack().await;
         }
