@@ -29,12 +29,14 @@ def gorgon_warm_require(kind)
       nil
     end
     # The built-in matchers load on first use, each from a file of its own: loaded here,
-    # once, a forked runner says hello in 17 ms instead of 40 (it loads them otherwise).
-    matchers = defined?(RSpec::Matchers::BuiltIn) ? RSpec::Matchers::BuiltIn : nil
-    matchers&.constants&.each do |name|
-      matchers.const_get(name)
-    rescue NameError, LoadError
-      nil
+    # once, a forked runner says hello in 17 ms instead of 40. (gorgon_rspec.rb loads them
+    # too, for a runner booted without a warm runner; here they are loaded already.)
+    if defined?(RSpec::Matchers::BuiltIn)
+      RSpec::Matchers::BuiltIn.constants.each do |name|
+        RSpec::Matchers::BuiltIn.const_get(name)
+      rescue NameError, LoadError
+        nil
+      end
     end
   when 'minitest'
     require 'minitest'

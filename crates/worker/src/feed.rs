@@ -85,13 +85,21 @@ impl Together {
     }
 }
 
-/// The files whose results `message` carries.
-fn results_in(message: &Message) -> Vec<&str> {
+/// The replies a message of this manager carries: those it sent together (never nested,
+/// see [`Feeder::send_together`]), or the message itself.
+fn carried(message: &Message) -> &[Message] {
     match message {
-        Message::FileFinished(result) => vec![result.file.as_str()],
-        Message::Replies { replies } => replies.iter().flat_map(results_in).collect(),
-        _ => Vec::new(),
+        Message::Replies { replies } => replies,
+        single => std::slice::from_ref(single),
     }
+}
+
+/// The files whose results `message` carries.
+fn results_in(message: &Message) -> impl Iterator<Item = &str> {
+    carried(message).iter().filter_map(|reply| match reply {
+        Message::FileFinished(result) => Some(result.file.as_str()),
+        _ => None,
+    })
 }
 
 /// The broker connection lost mid-job, being got back.
@@ -125,7 +133,14 @@ pub(crate) struct Feeder<'a> {
     /// comes back (then held again) or their result is out.
     orphans: HashSet<String>,
     /// Replies handed to the broker, and the messages they went in.
-    sent: (usize, usize),
+    sent: Sent,
+}
+
+/// How many replies a manager handed to the broker, and in how many messages.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sent {
+    pub(crate) replies: usize,
+    pub(crate) messages: usize,
 }
 
 /// What the job's queues have for the manager (see [`Feeder::next_event`]).
@@ -177,7 +192,7 @@ impl<'a> Feeder<'a> {
             unconfirmed: VecDeque::new(),
             unsent: VecDeque::new(),
             orphans: HashSet::new(),
-            sent: (0, 0),
+            sent: Sent::default(),
         })
     }
 
@@ -493,11 +508,8 @@ impl<'a> Feeder<'a> {
             .await
         {
             Ok(unconfirmed) => {
-                self.sent.0 += match &message {
-                    Message::Replies { replies } => replies.len(),
-                    _ => 1,
-                };
-                self.sent.1 += 1;
+                self.sent.replies += carried(&message).len();
+                self.sent.messages += 1;
                 self.unconfirmed.push_back((message, unconfirmed));
                 Ok(())
             }
@@ -527,7 +539,7 @@ impl<'a> Feeder<'a> {
     }
 
     /// How many replies were handed to the broker, and in how many messages.
-    pub(crate) fn sent(&self) -> (usize, usize) {
+    pub(crate) fn sent(&self) -> Sent {
         self.sent
     }
 
@@ -820,8 +832,8 @@ mod tests {
 
     #[test]
     fn the_results_a_message_carries_are_found_inside_replies_sent_together() {
-        assert_eq!(results_in(&finished("a")), ["a"]);
-        assert!(results_in(&started("a")).is_empty());
+        assert_eq!(results_in(&finished("a")).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(results_in(&started("a")).count(), 0);
         let together = Message::coalesce(vec![
             finished("a"),
             started("b"),
@@ -829,6 +841,7 @@ mod tests {
             started("c"),
         ])
         .unwrap();
-        assert_eq!(results_in(&together), ["a", "b"]);
+        assert_eq!(results_in(&together).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(carried(&together).len(), 4);
     }
 }

@@ -277,8 +277,12 @@ async fn manage_connected(
         }
     }
     feeder.hand_back_all().await;
-    let (replies, messages) = feeder.sent();
-    tracing::info!("sent {replies} replies in {messages} messages");
+    let sent = feeder.sent();
+    tracing::info!(
+        "sent {} replies in {} messages",
+        sent.replies,
+        sent.messages
+    );
     // After an outage, the feeder's connection is a new one.
     let broker = feeder.broker().clone();
     let code = if cancelled {
