@@ -8,6 +8,7 @@ mod support;
 
 mod ci_nodes;
 mod config_errors;
+mod docs;
 mod faults;
 mod local;
 mod manager;
