@@ -287,7 +287,7 @@ fn the_link_check_names_each_kind_of_broken_link() {
 }
 
 #[test]
-fn anchors_are_github_s() {
+fn anchors_are_made_as_github_makes_them() {
     assert_eq!(
         slug("Running on one machine: `gorgon start --local`"),
         "running-on-one-machine-gorgon-start---local"
