@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, FileResult, FileStatus, Message};
 use serde_json::json;
-use support::Cluster;
+use support::{eventually, Cluster};
 
 /// One simulated host: its listener connection, and a manager connection per job.
 async fn simulated_host(
@@ -252,14 +252,15 @@ fn broker_scale() {
                 ))
             })
             .collect();
-        while ready.load(Ordering::SeqCst) < k {
-            assert!(
-                started_hosts.elapsed() < Duration::from_secs(300),
-                "only {} of {k} simulated hosts connected",
-                ready.load(Ordering::SeqCst)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("all {k} simulated hosts to connect");
+        eventually(Duration::from_secs(300), what, || {
+            let connected = ready.load(Ordering::SeqCst);
+            if connected >= k {
+                Ok(())
+            } else {
+                Err(format!("{connected} connected"))
+            }
+        });
         let hosts_up = started_hosts.elapsed();
         let (memory_before, cpu_before) = memory_and_cpu(pid);
         let sampling = Arc::new(AtomicBool::new(true));
@@ -285,9 +286,9 @@ fn broker_scale() {
                 let _ = task.await;
             }
         });
-        assert_eq!(run.code, 0, "{run:?}");
+        run.assert_exit(0);
         let totals = format!("{files} files: {files} passed, 0 failed, 0 crashed, 0 not run");
-        assert!(run.stdout.contains(&totals), "{run:?}");
+        run.assert_stdout(&[&totals]);
         println!(
             "K = {k:>4} hosts: {files} files in {:.2} s ({:.0} files/s); hosts connected in {:.1} s; \
              most broker connections {connections}; broker memory {:.0} MiB before, {:.0} MiB at most; \

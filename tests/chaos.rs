@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::{rabbitmqctl, sigkill, Cluster, Project};
+use support::{none_left, poll, rabbitmqctl, sigkill, Cluster, Project};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const LISTENERS: [&str; 3] = ["chaos-a", "chaos-b", "chaos-c"];
@@ -243,14 +243,11 @@ fn run_once(cluster: &mut Cluster, dice: &mut Dice, run: u32, counts: &mut Count
         .and_then(|text| text.lines().next().map(str::to_owned))
         .and_then(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
         .and_then(|first| first["job_id"].as_str().map(str::to_owned));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let strays = loop {
-        let strays = cluster.job_processes();
-        if strays.is_empty() || Instant::now() > deadline {
-            break strays;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let strays = poll(Duration::from_secs(20), || {
+        none_left(cluster.job_processes())
+    })
+    .err()
+    .unwrap_or_default();
     if !strays.is_empty() {
         counts.stray_processes += strays.len() as u32;
         let commands: Vec<&str> = strays.iter().map(|p| p.command.as_str()).collect();
@@ -303,30 +300,20 @@ fn suite(
 /// to 3 s for one to run; false when none did.
 fn kill_one(cluster: &Cluster, name: &str, needle: &str) -> bool {
     let root = cluster.path().join("listeners").join(name);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let victim = support::processes_working_in(&root)
+    poll(Duration::from_secs(3), || {
+        support::processes_working_in(&root)
             .into_iter()
-            .find(|p| p.command.contains(needle));
-        if let Some(victim) = victim {
-            sigkill(victim.pid);
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .find(|p| p.command.contains(needle))
+    })
+    .map(|victim| sigkill(victim.pid))
+    .is_ok()
 }
 
 /// The queues of job `job` still on the broker, after up to 10 s for them to go.
 fn queues_of(job: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let queues = support::left_on_broker("list_queues", job);
-        if queues.is_empty() || Instant::now() > deadline {
-            return queues;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll(Duration::from_secs(10), || {
+        none_left(support::left_on_broker("list_queues", job))
+    })
+    .err()
+    .unwrap_or_default()
 }

@@ -38,9 +38,9 @@ fn assert_one_sentence(stderr: &str, needle: &str) {
 fn broken_json_names_the_file_and_the_place() {
     let (_dir, project) = project("{\n  \"files\": [\"x\",\n}");
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
+    run.assert_exit(3);
     assert_one_sentence(&run.stderr, "gorgon.json is not valid JSON");
-    assert!(run.stderr.contains("line 3"), "{run:?}");
+    run.assert_stderr(&["line 3"]);
     assert!(run.seconds < 5.0, "{run:?}");
 }
 
@@ -49,7 +49,7 @@ fn a_missing_file_server_is_named() {
     let (_dir, project) =
         project(r#"{"files": ["tests/*_test.sh"], "job": {"runner": {"command": "sh {file}"}}}"#);
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
+    run.assert_exit(3);
     assert_one_sentence(&run.stderr, "no file_server is configured");
 }
 
@@ -60,9 +60,9 @@ fn a_missing_config_file_is_named() {
         dir: dir.path().to_owned(),
     };
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
+    run.assert_exit(3);
     assert_one_sentence(&run.stderr, "cannot read");
-    assert!(run.stderr.contains("gorgon.json"), "{run:?}");
+    run.assert_stderr(&["gorgon.json"]);
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn an_unreachable_broker_is_named_within_seconds() {
     let port = crate::support::free_port();
     let (_dir, project) = project(&valid_config(port, "tests/*_test.sh"));
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
+    run.assert_exit(3);
     assert_one_sentence(
         &run.stderr,
         &format!("cannot connect to RabbitMQ at 127.0.0.1:{port}"),
@@ -85,9 +85,9 @@ fn no_matching_files_is_named() {
         "spec/**/*_spec.rb",
     ));
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
+    run.assert_exit(3);
     assert_one_sentence(&run.stderr, "there are no files to test");
-    assert!(run.stderr.contains("spec/**/*_spec.rb"), "{run:?}");
+    run.assert_stderr(&["spec/**/*_spec.rb"]);
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn a_named_file_that_does_not_exist_is_named() {
         "tests/*_test.sh",
     ));
     let run = project.start(&["tests/nope_test.sh"], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
+    run.assert_exit(3);
     assert_one_sentence(
         &run.stderr,
         "tests/nope_test.sh is not a file in the project",
@@ -111,10 +111,6 @@ fn an_unreachable_file_server_is_a_sync_failure() {
         "tests/*_test.sh",
     ));
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("pushing the source tree to the file server failed"),
-        "{run:?}"
-    );
+    run.assert_exit(2);
+    run.assert_stderr(&["pushing the source tree to the file server failed"]);
 }

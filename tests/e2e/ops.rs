@@ -70,7 +70,7 @@ fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events(
         &["--html", "reports/run.html", "--events", "events.jsonl"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let page = project.read("reports/run.html");
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
     assert_eq!(page.matches(r#"<rect class="bar "#).count(), 6, "{page}");
@@ -157,7 +157,7 @@ fn a_run_writes_a_junit_report_and_an_event_stream() {
         &["--junit", "reports/junit.xml", "--events", "events.jsonl"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
 
     // The JUnit report: testsuites > testsuite > testcase, one case per file.
     let text = project.read("reports/junit.xml");
@@ -260,12 +260,12 @@ fn failed_reruns_exactly_the_failed_files() {
     let failing = suite(&project, &record, 5, 2);
 
     let first = project.start(&[], RUN_LIMIT);
-    assert_eq!(first.code, 1, "{first:?}");
+    first.assert_exit(1);
     assert_eq!(recorded_runs(&record).len(), 7);
 
     // The re-run, with its events on stdout (the report then goes to stderr).
     let second = project.start(&["--failed", "--events", "-"], RUN_LIMIT);
-    assert_eq!(second.code, 1, "{second:?}");
+    second.assert_exit(1);
     let runs = recorded_runs(&record);
     let mut rerun: Vec<String> = runs[7..]
         .iter()
@@ -277,30 +277,22 @@ fn failed_reruns_exactly_the_failed_files() {
     let mut queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
     queued.sort();
     assert_eq!(queued, failing);
-    assert!(
-        second
-            .stderr
-            .contains("2 files: 0 passed, 2 failed, 0 crashed, 0 not run"),
-        "{second:?}"
-    );
+    second.assert_stderr(&["2 files: 0 passed, 2 failed, 0 crashed, 0 not run"]);
 
     // Fixed, one file removed: the survivor runs, the removed one is skipped with a note.
     project.write(&failing[0], "exit 0\n");
     std::fs::remove_file(project.dir.join(&failing[1])).unwrap();
     let third = project.start(&["--failed"], RUN_LIMIT);
-    assert_eq!(third.code, 0, "{third:?}");
-    assert!(
-        third.stderr.contains(&format!(
-            "Skipping {} from the failed files list: it no longer exists",
-            failing[1]
-        )),
-        "{third:?}"
-    );
-    assert!(third.stdout.contains("1 files: 1 passed"), "{third:?}");
+    third.assert_exit(0);
+    third.assert_stderr(&[&format!(
+        "Skipping {} from the failed files list: it no longer exists",
+        failing[1]
+    )]);
+    third.assert_stdout(&["1 files: 1 passed"]);
 
     // Nothing left to re-run: a clear message and exit 0.
     let fourth = project.start(&["--failed"], RUN_LIMIT);
-    assert_eq!(fourth.code, 0, "{fourth:?}");
+    fourth.assert_exit(0);
     assert!(
         fourth
             .stdout
@@ -318,26 +310,17 @@ fn piped_output_has_no_escape_codes_and_quiet_prints_only_the_report() {
     suite(&project, &record, 2, 1);
 
     let run = project.start_with_env(&["--verbose"], &[("NO_COLOR", "1")], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     assert!(!run.stdout.contains('\x1b'), "{run:?}");
     assert!(!run.stderr.contains('\x1b'), "{run:?}");
     // Progress lines and info logs go to stderr; the report to stdout.
-    assert!(run.stderr.contains("[3/3]"), "{run:?}");
-    assert!(run.stderr.contains("INFO"), "{run:?}");
-    assert!(
-        run.stdout.contains("3 files: 2 passed, 1 failed"),
-        "{run:?}"
-    );
+    run.assert_stderr(&["[3/3]", "INFO"]);
+    run.assert_stdout(&["3 files: 2 passed, 1 failed"]);
 
     let quiet = project.start(&["--quiet"], RUN_LIMIT);
-    assert_eq!(quiet.code, 1, "{quiet:?}");
+    quiet.assert_exit(1);
     assert_eq!(quiet.stderr, "", "{quiet:?}");
-    assert!(
-        quiet
-            .stdout
-            .contains("File 'tests/t02_test.sh' failed at 'plain:"),
-        "{quiet:?}"
-    );
+    quiet.assert_stdout(&["File 'tests/t02_test.sh' failed at 'plain:"]);
     assert!(
         quiet.stdout.trim_end().ends_with(" s")
             && quiet.stdout.contains("3 files: 2 passed, 1 failed"),
@@ -598,13 +581,9 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
     project.write("tests/c_test.sh", "true\n");
 
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("File 'tests/b_test.sh' failed"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["File 'tests/b_test.sh' failed"]);
     let command = "gorgon start --replay solo:1 --replay-until tests/b_test.sh";
-    assert!(run.stdout.contains(command), "{run:?}");
+    run.assert_stdout(&[command]);
     let failed_list = project.read("gorgon-failed.json");
 
     // The listener's run wrote its worker's order; the printed command replays it.
@@ -613,47 +592,34 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
         &["--replay", "solo:1", "--replay-until", "tests/b_test.sh"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("Replaying the 2 files worker solo:1 ran"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains("2 files: 1 passed, 1 failed"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains("found state left by another test"),
-        "{run:?}"
-    );
+    run.assert_exit(1);
+    run.assert_stderr(&["Replaying the 2 files worker solo:1 ran"]);
+    run.assert_stdout(&[
+        "2 files: 1 passed, 1 failed",
+        "found state left by another test",
+    ]);
     // The replay leaves the listener run's failed files as they were.
     assert_eq!(project.read("gorgon-failed.json"), failed_list);
     // Alone, b passes: its failure depends on what ran before it.
     std::fs::remove_file(&shared).unwrap();
     let alone = project.start(&["--local", "tests/b_test.sh"], RUN_LIMIT);
-    assert_eq!(alone.code, 0, "{alone:?}");
+    alone.assert_exit(0);
 
     // Without --replay-until, the whole sequence; from a saved event stream too. (Without
     // the timings of the runs before, the largest file goes first again.)
     std::fs::remove_file(project.dir.join("gorgon-runtime.json")).unwrap();
     let run = project.start(&["--events", "events.jsonl"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     std::fs::remove_file(&shared).unwrap();
     let run = project.start(
         &["--replay", "solo:1", "--events", "events.jsonl"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("3 files: 2 passed, 1 failed"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["3 files: 2 passed, 1 failed"]);
     // An unknown worker is named with the ones there are.
     let run = project.start(&["--replay", "other:3"], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(run.stderr.contains("no worker other:3"), "{run:?}");
-    assert!(run.stderr.contains("solo:1"), "{run:?}");
+    run.assert_exit(3);
+    run.assert_stderr(&["no worker other:3", "solo:1"]);
 }
 
 /// Live output: a file that prints a line every 0.2 s shows its lines on the originator (and
@@ -685,7 +651,7 @@ fn running_files_stream_their_output_and_a_flood_is_cut_at_the_cap() {
     ] {
         let run = project.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
-        assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
+        run.assert_stdout(&["2 files: 2 passed"]);
         let place = if args.contains(&"--local") {
             ":"
         } else {

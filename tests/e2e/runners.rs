@@ -66,7 +66,7 @@ fn check_fixture_isolated(expected: Expected, isolation: &str) {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
@@ -226,30 +226,7 @@ fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains(
-            "File 'spec/kill_spec.rb' crashed at 'runner:1' (the runner ended in the middle of the file (killed by signal 9 (SIGKILL))"
-        ),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("about to kill the runner"), "{run:?}");
-    assert!(
-        run.stdout
-            .contains("File 'spec/hang_spec.rb' timed out at 'runner:1' (timed out after 5 s"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("going to sleep"), "{run:?}");
-    assert!(
-        run.stdout
-            .contains("5 files: 3 passed, 0 failed, 2 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout
-            .contains("Tests: 3 passed, 0 failed, 0 errored, 0 skipped, 0 pending"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["File 'spec/kill_spec.rb' crashed at 'runner:1' (the runner ended in the middle of the file (killed by signal 9 (SIGKILL))", "about to kill the runner", "File 'spec/hang_spec.rb' timed out at 'runner:1' (timed out after 5 s", "going to sleep", "5 files: 3 passed, 0 failed, 2 crashed, 0 not run", "Tests: 3 passed, 0 failed, 0 errored, 0 skipped, 0 pending"]);
 }
 
 /// A suite of quick files for one built-in runner: nine passing files, one that passes
@@ -289,7 +266,7 @@ fn check_quick_suite(suite: QuickSuite) {
         project.start(&[], RUN_LIMIT)
     };
 
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
@@ -510,17 +487,14 @@ fn a_file_that_kills_its_worker_inside_a_batch_is_found_and_no_other_file_is_bla
 
     // The batch's death blamed none of its files; each ran again alone, the killer killed
     // two more workers and was settled as crashed, and every other file passed.
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("8 files: 7 passed, 0 failed, 1 crashed, 0 not run"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &[
+            "8 files: 7 passed, 0 failed, 1 crashed, 0 not run",
+            "File 'spec/killer_spec.rb' crashed at",
+            "its worker died 2 times",
+        ],
     );
-    assert!(
-        run.stdout.contains("File 'spec/killer_spec.rb' crashed at"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
@@ -550,8 +524,7 @@ fn check_split(suite: SplitSuite) {
         project.write(path, text);
     }
     let first = project.start(&[], RUN_LIMIT);
-    assert_eq!(first.code, 0, "{first:?}");
-    assert!(first.stdout.contains("5 files: 5 passed"), "{first:?}");
+    first.assert_report(0, &["5 files: 5 passed"]);
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
     assert_eq!(history["gorgon:slots"], 4.0, "{history}");
@@ -560,16 +533,16 @@ fn check_split(suite: SplitSuite) {
     }
 
     let second = project.start(&[], RUN_LIMIT);
-    assert_eq!(second.code, 0, "{second:?}");
+    second.assert_exit(0);
     // The slow file ran as its four tests, each a unit of the queue.
-    assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
+    second.assert_stdout(&["8 files: 8 passed"]);
     for id in &suite.ids {
         assert!(
             second.stderr.contains(&format!("PASS {id} ")),
             "{id}: {second:?}"
         );
     }
-    assert!(second.stdout.contains("Tests: 8 passed"), "{second:?}");
+    second.assert_stdout(&["Tests: 8 passed"]);
     // The file's own timing is kept up to date from its tests.
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
@@ -787,7 +760,7 @@ fn pytest_counts_every_test_as_pytest_does_and_writes_the_same_junit() {
         },
     });
     // Modules skipped at collection pass, each as one skipped test with pytest's reason.
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
@@ -902,11 +875,7 @@ fn check_poisoned(suite: Poisoned) {
         project.write(path, text);
     }
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("2 files: 2 passed, 0 failed"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["2 files: 2 passed, 0 failed"]);
 }
 
 #[test]
@@ -965,11 +934,7 @@ fn the_runners_arguments_apply_to_every_file_of_an_rspec_session() {
     }
     // One worker: the three files run in one session, the arguments parsed once for it.
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("3 files: 3 passed, 0 failed"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["3 files: 3 passed, 0 failed"]);
     assert_eq!(
         gorgon_counts(&run.stdout).get("passed"),
         Some(&3),
@@ -1004,12 +969,10 @@ fn a_batch_of_an_rspec_session_with_a_file_that_fails_to_load_gives_each_file_it
         "raise 'broken on load'\nRSpec.describe('never') { it('is defined') { } }\n",
     );
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("8 files: 7 passed, 1 failed"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &["8 files: 7 passed, 1 failed", "Tests: 7 passed, 0 failed"],
     );
-    assert!(run.stdout.contains("Tests: 7 passed, 0 failed"), "{run:?}");
     assert_file_failed(&run, "spec/quick_4_broken_spec.rb", "broken on load");
 }
 
@@ -1040,7 +1003,7 @@ fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap()
     };
     let first = project.start(&[], RUN_LIMIT);
-    assert!(first.stdout.contains("5 files: 5 passed"), "{first:?}");
+    first.assert_stdout(&["5 files: 5 passed"]);
     assert!(
         history()["gorgon:whole:spec/slow_spec.rb"]
             .as_f64()
@@ -1052,13 +1015,12 @@ fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
 
     // Its examples take 1 s of its 4 s: it is split, and each part pays the 3 s again.
     let second = project.start(&[], RUN_LIMIT);
-    assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
+    second.assert_stdout(&["8 files: 8 passed"]);
     let cost = history()["gorgon:keep-whole:spec/slow_spec.rb"].as_f64();
     assert!(cost.is_some_and(|c| c > 1.5), "{}", history());
 
     let third = project.start(&[], RUN_LIMIT);
-    assert!(third.stdout.contains("5 files: 5 passed"), "{third:?}");
-    assert!(third.stdout.contains("Tests: 8 passed"), "{third:?}");
+    third.assert_stdout(&["5 files: 5 passed", "Tests: 8 passed"]);
     assert!(
         !third.stderr.contains("PASS spec/slow_spec.rb:"),
         "{third:?}"
@@ -1125,8 +1087,7 @@ fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
     let ancestry = |project: &Project| -> String {
         let _ = std::fs::remove_file(&record);
         let run = project.start(&[], RUN_LIMIT);
-        assert_eq!(run.code, 0, "{run:?}");
-        assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+        run.assert_report(0, &["1 files: 1 passed"]);
         std::fs::read_to_string(&record).unwrap()
     };
 
@@ -1254,14 +1215,13 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
         std::fs::create_dir_all(&marks).unwrap();
         let run = project.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(
-            run.stdout.contains("4 files: 2 passed, 2 failed"),
-            "{run:?}"
-        );
+        run.assert_stdout(&["4 files: 2 passed, 2 failed"]);
         // Each framework counted its own tests: RSpec's failure and Minitest's.
-        assert!(run.stdout.contains("refund refunds failed"), "{run:?}");
-        assert!(run.stdout.contains("rounding is off"), "{run:?}");
-        assert!(run.stdout.contains("Tests: 2 passed, 2 failed"), "{run:?}");
+        run.assert_stdout(&[
+            "refund refunds failed",
+            "rounding is off",
+            "Tests: 2 passed, 2 failed",
+        ]);
         assert!(project.dir.join("log/gorgon-originator.log").exists());
         // Every moment ran, in its process: the originator's in the project, the others in
         // the workspace (the project itself with --local), each worker's with its id.
@@ -1355,12 +1315,10 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
         json!({"job": {"callbacks": {"callbacks_class_file": "c.rb", "after_sync": "true"}}}),
     );
     let run = both.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("job.callbacks.after_sync and job.callbacks.callbacks_class_file both give"),
-        "{run:?}"
-    );
+    run.assert_exit(3);
+    run.assert_stderr(&[
+        "job.callbacks.after_sync and job.callbacks.callbacks_class_file both give",
+    ]);
 
     // A file no runner is for: exit 3, named, before anything is pushed or run.
     project.write(
@@ -1369,11 +1327,8 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     );
     project.write("test/helper_check.sh", "exit 0\n");
     let run = project.start(&["test/helper_check.sh", "spec/cart_spec.rb"], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr.contains("test/helper_check.sh has no runner"),
-        "{run:?}"
-    );
+    run.assert_exit(3);
+    run.assert_stderr(&["test/helper_check.sh has no runner"]);
     assert!(!run.stderr.contains("Pushing"), "{run:?}");
 
     // By glob: the shell files with a command, the specs with RSpec.
@@ -1393,14 +1348,10 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     for args in [vec![], vec!["--local", "-j", "2"]] {
         let run = by_glob.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(
-            run.stdout.contains("3 files: 2 passed, 1 failed"),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout.contains("File 'test/broken.sh' failed"),
-            "{run:?}"
-        );
-        assert!(run.stdout.contains("Tests: 1 passed"), "{run:?}");
+        run.assert_stdout(&[
+            "3 files: 2 passed, 1 failed",
+            "File 'test/broken.sh' failed",
+            "Tests: 1 passed",
+        ]);
     }
 }

@@ -3,13 +3,13 @@
 //! (`docs/security.md`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gorgon_protocol::signing::{SigningKeys, Trust};
 use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
 use serde_json::json;
 
-use crate::support::{job_id_from_events, wait_for_file, Cluster};
+use crate::support::{eventually, eventually_async, job_id_from_events, wait_for_file, Cluster};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -36,15 +36,15 @@ fn signed(key: &str) -> BrokerSettings {
 
 /// Waits until every one of `needles` is in listener `name`'s log.
 fn wait_for_log(cluster: &Cluster, name: &str, needles: &[&str], limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
+    let what = format!("{needles:?} all in the log of {name}");
+    eventually(limit, what, || {
         let log = cluster.listener_log(name);
         if needles.iter().all(|needle| log.contains(needle)) {
-            return log;
+            Ok(log)
+        } else {
+            Err(log)
         }
-        assert!(Instant::now() < deadline, "{needles:?} not all in: {log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 const KEY: &str = "the-cluster-key-of-this-test";
@@ -59,7 +59,7 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
     project.write("tests/a_test.sh", "exit 0\n");
     // A signed run works, and leaves a pushed tree that crafted jobs can name.
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_exit(0);
     let log = cluster.listener_log("guarded");
     let source = log
         .split("source=")
@@ -153,15 +153,14 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
             .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !markers.join("valid").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the valid job did not run: {}",
-                cluster.listener_log("guarded")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually_async(Duration::from_secs(30), "the valid job to run", || {
+            if markers.join("valid").exists() {
+                Ok(())
+            } else {
+                Err(cluster.listener_log("guarded"))
+            }
+        })
+        .await;
         wait_for_log(
             &cluster,
             "guarded",
@@ -198,7 +197,7 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
     }
     // The listener still runs signed jobs.
     let again = project.start(&[], RUN_LIMIT);
-    assert_eq!(again.code, 0, "{again:?}");
+    again.assert_exit(0);
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
@@ -245,12 +244,7 @@ fn a_forged_result_does_not_change_a_signed_run() {
         forger.close().await;
     });
     let run = run.wait(RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("1 files: 0 passed, 1 failed"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("really fails"), "{run:?}");
+    run.assert_report(1, &["1 files: 0 passed, 1 failed", "really fails"]);
 }
 
 #[test]
@@ -278,7 +272,7 @@ fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
     by_new.write("tests/a_test.sh", "exit 0\n");
     for project in [&by_old, &by_new] {
         let run = project.start(&[], RUN_LIMIT);
-        assert_eq!(run.code, 0, "{run:?}");
+        run.assert_exit(0);
     }
     // The old key removed from the listener: a job signed with it is refused.
     cluster.kill_listener("rotating");
@@ -292,7 +286,7 @@ fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
         Duration::from_secs(10),
     );
     let run = by_new.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_exit(0);
 }
 
 #[test]
@@ -309,23 +303,14 @@ fn a_file_server_with_passwords_serves_a_run_whose_originator_and_listeners_name
     // Without the originator's password the push is refused (a sync failure, exit 2),
     // without waiting for a password on a terminal.
     let refused = project.start(&[], RUN_LIMIT);
-    assert_eq!(refused.code, 2, "{refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("pushing the source tree to the file server failed"),
-        "{refused:?}"
-    );
+    refused.assert_exit(2);
+    refused.assert_stderr(&["pushing the source tree to the file server failed"]);
     project.write(
         "gorgon_secret.json",
         &json!({"file_server": {"originator_password": "pushes-the-tree"}}).to_string(),
     );
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("2 files: 1 passed, 1 failed"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["2 files: 1 passed, 1 failed"]);
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
@@ -351,8 +336,7 @@ fn a_run_over_tls_passes_and_a_wrong_ca_or_name_is_a_clear_error() {
     project.write("tests/a_test.sh", "exit 0\n");
     project.write("tests/b_test.sh", "exit 0\n");
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
+    run.assert_report(0, &["2 files: 2 passed"]);
 
     for (name, connection, reason) in [
         (

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct TlsBroker {
     pub port: u16,
@@ -135,14 +135,11 @@ impl TlsBroker {
             node,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the TLS node did not start listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::eventually(
+            Duration::from_secs(60),
+            format!("the TLS node to listen on {port}"),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         broker
     }
 
