@@ -159,96 +159,8 @@ fn a_run_writes_a_junit_report_and_an_event_stream() {
     );
     run.assert_exit(1);
 
-    // The JUnit report: testsuites > testsuite > testcase, one case per file.
-    let text = project.read("reports/junit.xml");
-    let doc = roxmltree::Document::parse(&text).unwrap();
-    let root = doc.root_element();
-    assert_eq!(root.tag_name().name(), "testsuites");
-    assert_eq!(root.attribute("tests"), Some("6"));
-    assert_eq!(root.attribute("failures"), Some("2"));
-    assert_eq!(root.attribute("errors"), Some("0"));
-    let suites: Vec<_> = root.children().filter(|n| n.is_element()).collect();
-    assert_eq!(suites.len(), 6);
-    let mut failures = Vec::new();
-    for suite in &suites {
-        assert!(suite.has_tag_name("testsuite"));
-        let cases: Vec<_> = suite
-            .children()
-            .filter(|n| n.has_tag_name("testcase"))
-            .collect();
-        assert_eq!(cases.len(), 1);
-        let case = cases[0];
-        let file = case.attribute("file").unwrap();
-        assert_eq!(case.attribute("name"), Some(file));
-        assert_eq!(suite.attribute("name"), Some(file));
-        assert!(case.attribute("classname").unwrap().starts_with("tests.t"));
-        assert!(case.attribute("time").unwrap().parse::<f64>().unwrap() >= 0.0);
-        let worker = case
-            .descendants()
-            .find(|n| n.has_tag_name("property"))
-            .and_then(|p| p.attribute("value"))
-            .unwrap();
-        assert!(worker == "solo:1" || worker == "solo:2", "{worker}");
-        if let Some(failure) = case.children().find(|n| n.has_tag_name("failure")) {
-            assert_eq!(failure.attribute("message"), Some("exit status 1"));
-            assert!(failure
-                .text()
-                .unwrap()
-                .contains(&format!("assertion failed in {file}: expected 1, got 2")));
-            failures.push(file.to_owned());
-        }
-    }
-    failures.sort();
-    assert_eq!(failures, failing);
-
-    // The event stream: run_started first, run_finished last, one file_finished per file.
-    let events = events_of(&project.read("events.jsonl"));
-    let kinds = kinds(&events);
-    assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
-    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "run_started").count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == "run_finished").count(), 1);
-    for event in &events {
-        assert_eq!(event["schema"], 1, "{event}");
-        let time = event["time"].as_str().unwrap();
-        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
-    }
-    let queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
-    assert_eq!(queued.len(), 6);
-    assert!(events[0]["job_id"].as_str().unwrap().len() == 36);
-    let joined = kinds.iter().position(|k| *k == "listener_joined").unwrap();
-    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
-    let mut started_at: BTreeMap<String, usize> = BTreeMap::new();
-    for (index, event) in events.iter().enumerate() {
-        let file = event["file"].as_str().unwrap_or_default().to_owned();
-        match event["event"].as_str() {
-            Some("file_started") => {
-                assert!(index > joined);
-                started_at.entry(file).or_insert(index);
-            }
-            Some("file_finished") => {
-                assert!(started_at.get(&file).is_some_and(|s| *s < index), "{file}");
-                let expected = if failing.contains(&file) {
-                    "failed"
-                } else {
-                    "passed"
-                };
-                assert_eq!(event["status"], expected, "{event}");
-                *finished.entry(file).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-    let mut sorted = queued.clone();
-    sorted.sort();
-    assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), sorted);
-    assert!(finished.values().all(|n| *n == 1), "{finished:?}");
-    let last = events.last().unwrap();
-    assert_eq!(last["exit_code"], 1);
-    assert_eq!(
-        last["totals"],
-        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0, "flaky": 0, "quarantined": 0})
-    );
+    check_junit_report(&project.read("reports/junit.xml"), &failing);
+    check_event_stream(&project.read("events.jsonl"), &failing);
 }
 
 #[test]
@@ -748,4 +660,102 @@ fn fleet_runs_a_command_on_every_listener_that_allows_it() {
         "{stdout}"
     );
     assert!(stdout.contains("1 of 2 listener(s)"), "{stdout}");
+}
+
+/// The JUnit report of a run of [`suite`] on listener `solo`: testsuites > testsuite >
+/// testcase, one case per file, the `failing` ones with their failure.
+fn check_junit_report(text: &str, failing: &[String]) {
+    // The JUnit report: testsuites > testsuite > testcase, one case per file.
+    let doc = roxmltree::Document::parse(text).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(root.attribute("tests"), Some("6"));
+    assert_eq!(root.attribute("failures"), Some("2"));
+    assert_eq!(root.attribute("errors"), Some("0"));
+    let suites: Vec<_> = root.children().filter(|n| n.is_element()).collect();
+    assert_eq!(suites.len(), 6);
+    let mut failures = Vec::new();
+    for suite in &suites {
+        assert!(suite.has_tag_name("testsuite"));
+        let cases: Vec<_> = suite
+            .children()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        assert_eq!(cases.len(), 1);
+        let case = cases[0];
+        let file = case.attribute("file").unwrap();
+        assert_eq!(case.attribute("name"), Some(file));
+        assert_eq!(suite.attribute("name"), Some(file));
+        assert!(case.attribute("classname").unwrap().starts_with("tests.t"));
+        assert!(case.attribute("time").unwrap().parse::<f64>().unwrap() >= 0.0);
+        let worker = case
+            .descendants()
+            .find(|n| n.has_tag_name("property"))
+            .and_then(|p| p.attribute("value"))
+            .unwrap();
+        assert!(worker == "solo:1" || worker == "solo:2", "{worker}");
+        if let Some(failure) = case.children().find(|n| n.has_tag_name("failure")) {
+            assert_eq!(failure.attribute("message"), Some("exit status 1"));
+            assert!(failure
+                .text()
+                .unwrap()
+                .contains(&format!("assertion failed in {file}: expected 1, got 2")));
+            failures.push(file.to_owned());
+        }
+    }
+    failures.sort();
+    assert_eq!(failures, failing);
+}
+
+/// The event stream of a run of [`suite`]: run_started first, run_finished last, one
+/// file_finished per file after its file_started, the `failing` ones failed.
+fn check_event_stream(text: &str, failing: &[String]) {
+    // The event stream: run_started first, run_finished last, one file_finished per file.
+    let events = events_of(text);
+    let kinds = kinds(&events);
+    assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "run_started").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "run_finished").count(), 1);
+    for event in &events {
+        assert_eq!(event["schema"], 1, "{event}");
+        let time = event["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+    }
+    let queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
+    assert_eq!(queued.len(), 6);
+    assert!(events[0]["job_id"].as_str().unwrap().len() == 36);
+    let joined = kinds.iter().position(|k| *k == "listener_joined").unwrap();
+    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
+    let mut started_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        let file = event["file"].as_str().unwrap_or_default().to_owned();
+        match event["event"].as_str() {
+            Some("file_started") => {
+                assert!(index > joined);
+                started_at.entry(file).or_insert(index);
+            }
+            Some("file_finished") => {
+                assert!(started_at.get(&file).is_some_and(|s| *s < index), "{file}");
+                let expected = if failing.contains(&file) {
+                    "failed"
+                } else {
+                    "passed"
+                };
+                assert_eq!(event["status"], expected, "{event}");
+                *finished.entry(file).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut sorted = queued.clone();
+    sorted.sort();
+    assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), sorted);
+    assert!(finished.values().all(|n| *n == 1), "{finished:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["exit_code"], 1);
+    assert_eq!(
+        last["totals"],
+        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0, "flaky": 0, "quarantined": 0})
+    );
 }

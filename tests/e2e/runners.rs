@@ -1181,35 +1181,7 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
             }
         }),
     );
-    // The helper that `before_creating_workers` preloads: the tests use it without
-    // requiring it, and say which process loaded it.
-    project.write(
-        "test/support/shop_helper.rb",
-        &format!(
-            "module ShopHelper\n  LOADED_IN = Process.pid\n  def self.seen_by(name)\n    File.write(File.join({:?}, \"helper_seen_by_#{{name}}\"), LOADED_IN.to_s)\n  end\nend\n",
-            marks.display().to_string()
-        ),
-    );
-    project.write(
-        "spec/cart_spec.rb",
-        "RSpec.describe 'cart' do\n  it('adds') { ShopHelper.seen_by('rspec'); expect(1 + 1).to eq(2) }\nend\n",
-    );
-    project.write(
-        "spec/refund_spec.rb",
-        "RSpec.describe 'refund' do\n  it('refunds') { expect(:no).to eq(:yes) }\nend\n",
-    );
-    project.write(
-        "test/unit/tax_test.rb",
-        "require 'minitest/autorun'\n\nclass TaxTest < Minitest::Test\n  def test_rate\n    ShopHelper.seen_by('minitest')\n    assert_equal 20, 20\n  end\nend\n",
-    );
-    project.write(
-        "test/unit/price_test.rb",
-        "require 'minitest/autorun'\n\nclass PriceTest < Minitest::Test\n  def test_round\n    assert_equal 3, 2, 'rounding is off'\n  end\nend\n",
-    );
-    project.write(
-        "test/gorgon_callbacks.rb",
-        &gorgon_callbacks(&marks, &cluster.id),
-    );
+    write_shop_suite(&project, &marks, &cluster.id);
     for args in [vec![], vec!["--local", "-j", "2"]] {
         let _ = std::fs::remove_dir_all(&marks);
         std::fs::create_dir_all(&marks).unwrap();
@@ -1225,90 +1197,10 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
         assert!(project.dir.join("log/gorgon-originator.log").exists());
         // Every moment ran, in its process: the originator's in the project, the others in
         // the workspace (the project itself with --local), each worker's with its id.
-        let mut seen: Vec<String> = std::fs::read_dir(&marks)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        seen.sort();
-        let project_dir = project.dir.canonicalize().unwrap().display().to_string();
-        let read = |name: &str| std::fs::read_to_string(marks.join(name)).unwrap();
-        assert_eq!(read("before_originate"), project_dir);
-        assert_eq!(read("after_job_finishes"), project_dir);
-        for moment in [
-            "before_creating_workers",
-            "after_creating_workers",
-            "before_start_1",
-            "after_complete_1",
-        ] {
-            assert!(seen.iter().any(|s| s == moment), "{moment} in {seen:?}");
-        }
-        // The helper was loaded once, by `before_creating_workers`, in the process both
-        // frameworks' runners forked from; `after_creating_workers` ran there too, and
-        // `before_start` in a runner process of its own.
-        let pids = |name: &str| -> std::collections::BTreeSet<String> {
-            read(name).lines().map(str::to_owned).collect()
-        };
-        let preloads = pids("before_creating_workers.pid");
-        assert!(preloads.contains(&read("helper_seen_by_rspec")), "{seen:?}");
-        assert!(
-            preloads.contains(&read("helper_seen_by_minitest")),
-            "{seen:?}"
-        );
-        assert_eq!(pids("after_creating_workers.pid"), preloads);
-        assert!(pids("before_start_1.pid").is_disjoint(&preloads));
-        let local = !args.is_empty();
-        assert_eq!(seen.iter().any(|s| s == "after_sync"), !local, "{seen:?}");
-        if !local {
-            assert_ne!(
-                read("after_sync"),
-                project_dir,
-                "after_sync runs in the workspace"
-            );
-        }
+        check_every_moment_ran(&marks, &project, !args.is_empty());
     }
 
-    // A callback that raises fails the run with the exception's class and message.
-    project.write(
-        "test/gorgon_callbacks.rb",
-        "class Broken < Gorgon::DefaultCallbacks\n  def before_originate\n    raise ArgumentError, 'no database for the run'\n  end\nend\nGorgon.callbacks = Broken.new\n",
-    );
-    for args in [vec![], vec!["--local", "-j", "2"]] {
-        let run = project.start(&args, RUN_LIMIT);
-        assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        let all = format!("{}{}", run.stdout, run.stderr);
-        assert!(all.contains("before_originate callback failed"), "{run:?}");
-        assert!(
-            all.contains("ArgumentError: no database for the run"),
-            "{run:?}"
-        );
-    }
-    // The same on the listener's side: in the preload process and in a runner.
-    for moment in ["before_creating_workers", "before_start"] {
-        project.write(
-            "test/gorgon_callbacks.rb",
-            &format!(
-                "class Broken < Gorgon::DefaultCallbacks\n  def {moment}\n    raise KeyError, 'no seed data'\n  end\n\n  def before_originate = {:?}\nend\nGorgon.callbacks = Broken.new\n",
-                cluster.id
-            ),
-        );
-        for args in [vec![], vec!["--local", "-j", "2"]] {
-            let run = project.start(&args, RUN_LIMIT);
-            assert_eq!(run.code, 1, "{moment} {args:?}: {run:?}");
-            let all = format!("{}{}", run.stdout, run.stderr);
-            assert!(
-                all.contains(&format!("{moment} callback failed")),
-                "{moment} {args:?}: {run:?}"
-            );
-            assert!(
-                all.contains("KeyError: no seed data"),
-                "{moment} {args:?}: {run:?}"
-            );
-            assert!(
-                all.contains("gorgon_callbacks.rb:3"),
-                "the backtrace: {run:?}"
-            );
-        }
-    }
+    check_raising_callbacks(&project, &cluster.id);
     // A moment given both ways is refused.
     let both = cluster.project(
         "both-ways",
@@ -1353,5 +1245,132 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
             "File 'test/broken.sh' failed",
             "Tests: 1 passed",
         ]);
+    }
+}
+
+/// The shop suite of a Gorgon project: RSpec and Minitest files, one failing in each, that
+/// use a helper which `before_creating_workers` preloads, and callbacks that leave a mark
+/// in `marks` at every moment.
+fn write_shop_suite(project: &Project, marks: &Path, cluster_id: &str) {
+    // The helper that `before_creating_workers` preloads: the tests use it without
+    // requiring it, and say which process loaded it.
+    project.write(
+        "test/support/shop_helper.rb",
+        &format!(
+            "module ShopHelper\n  LOADED_IN = Process.pid\n  def self.seen_by(name)\n    File.write(File.join({:?}, \"helper_seen_by_#{{name}}\"), LOADED_IN.to_s)\n  end\nend\n",
+            marks.display().to_string()
+        ),
+    );
+    project.write(
+        "spec/cart_spec.rb",
+        "RSpec.describe 'cart' do\n  it('adds') { ShopHelper.seen_by('rspec'); expect(1 + 1).to eq(2) }\nend\n",
+    );
+    project.write(
+        "spec/refund_spec.rb",
+        "RSpec.describe 'refund' do\n  it('refunds') { expect(:no).to eq(:yes) }\nend\n",
+    );
+    project.write(
+        "test/unit/tax_test.rb",
+        "require 'minitest/autorun'\n\nclass TaxTest < Minitest::Test\n  def test_rate\n    ShopHelper.seen_by('minitest')\n    assert_equal 20, 20\n  end\nend\n",
+    );
+    project.write(
+        "test/unit/price_test.rb",
+        "require 'minitest/autorun'\n\nclass PriceTest < Minitest::Test\n  def test_round\n    assert_equal 3, 2, 'rounding is off'\n  end\nend\n",
+    );
+    project.write(
+        "test/gorgon_callbacks.rb",
+        &gorgon_callbacks(marks, cluster_id),
+    );
+}
+
+/// Every moment of the callbacks left its mark in `marks`, from its process: the
+/// originator's in the project, the others in the workspace (the project itself when
+/// `local`), each worker's with its id.
+fn check_every_moment_ran(marks: &Path, project: &Project, local: bool) {
+    let mut seen: Vec<String> = std::fs::read_dir(marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    let project_dir = project.dir.canonicalize().unwrap().display().to_string();
+    let read = |name: &str| std::fs::read_to_string(marks.join(name)).unwrap();
+    assert_eq!(read("before_originate"), project_dir);
+    assert_eq!(read("after_job_finishes"), project_dir);
+    for moment in [
+        "before_creating_workers",
+        "after_creating_workers",
+        "before_start_1",
+        "after_complete_1",
+    ] {
+        assert!(seen.iter().any(|s| s == moment), "{moment} in {seen:?}");
+    }
+    // The helper was loaded once, by `before_creating_workers`, in the process both
+    // frameworks' runners forked from; `after_creating_workers` ran there too, and
+    // `before_start` in a runner process of its own.
+    let pids = |name: &str| -> std::collections::BTreeSet<String> {
+        read(name).lines().map(str::to_owned).collect()
+    };
+    let preloads = pids("before_creating_workers.pid");
+    assert!(preloads.contains(&read("helper_seen_by_rspec")), "{seen:?}");
+    assert!(
+        preloads.contains(&read("helper_seen_by_minitest")),
+        "{seen:?}"
+    );
+    assert_eq!(pids("after_creating_workers.pid"), preloads);
+    assert!(pids("before_start_1.pid").is_disjoint(&preloads));
+    assert_eq!(seen.iter().any(|s| s == "after_sync"), !local, "{seen:?}");
+    if !local {
+        assert_ne!(
+            read("after_sync"),
+            project_dir,
+            "after_sync runs in the workspace"
+        );
+    }
+}
+
+/// A callback that raises fails the run with the exception's class and message, on the
+/// originator, in the listener's preload process and in a runner, distributed and local.
+fn check_raising_callbacks(project: &Project, cluster_id: &str) {
+    // A callback that raises fails the run with the exception's class and message.
+    project.write(
+        "test/gorgon_callbacks.rb",
+        "class Broken < Gorgon::DefaultCallbacks\n  def before_originate\n    raise ArgumentError, 'no database for the run'\n  end\nend\nGorgon.callbacks = Broken.new\n",
+    );
+    for args in [vec![], vec!["--local", "-j", "2"]] {
+        let run = project.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(all.contains("before_originate callback failed"), "{run:?}");
+        assert!(
+            all.contains("ArgumentError: no database for the run"),
+            "{run:?}"
+        );
+    }
+    // The same on the listener's side: in the preload process and in a runner.
+    for moment in ["before_creating_workers", "before_start"] {
+        project.write(
+            "test/gorgon_callbacks.rb",
+            &format!(
+                "class Broken < Gorgon::DefaultCallbacks\n  def {moment}\n    raise KeyError, 'no seed data'\n  end\n\n  def before_originate = {:?}\nend\nGorgon.callbacks = Broken.new\n",
+                cluster_id
+            ),
+        );
+        for args in [vec![], vec!["--local", "-j", "2"]] {
+            let run = project.start(&args, RUN_LIMIT);
+            assert_eq!(run.code, 1, "{moment} {args:?}: {run:?}");
+            let all = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                all.contains(&format!("{moment} callback failed")),
+                "{moment} {args:?}: {run:?}"
+            );
+            assert!(
+                all.contains("KeyError: no seed data"),
+                "{moment} {args:?}: {run:?}"
+            );
+            assert!(
+                all.contains("gorgon_callbacks.rb:3"),
+                "the backtrace: {run:?}"
+            );
+        }
     }
 }

@@ -47,6 +47,119 @@ fn wait_for_log(cluster: &Cluster, name: &str, needles: &[&str], limit: Duration
     })
 }
 
+/// Jobs crafted by hand for a guarded listener: each runs the pushed tree `source` and
+/// touches its marker in `markers` after the sync, so that a test sees which ran.
+struct Crafted {
+    source: String,
+    markers: PathBuf,
+    replies: String,
+    jobs: String,
+    /// The cluster's key.
+    trust: Trust,
+}
+
+impl Crafted {
+    /// A job that touches `marker`: its id and its bytes.
+    fn job(&self, marker: &str) -> (uuid::Uuid, Vec<u8>) {
+        let mut definition =
+            JobDefinition::with_command(&self.source, "sh {file}", Default::default());
+        definition.callbacks.after_sync =
+            Some(format!("touch {}", self.markers.join(marker).display()));
+        let id = uuid::Uuid::new_v4();
+        let message = Message::Job {
+            definition: Box::new(definition),
+            reply_to: self.replies.clone(),
+        };
+        (id, Envelope::new(id, message).encode())
+    }
+
+    /// Publishes a job the listener must refuse for each reason there is: unsigned, signed
+    /// with a key it does not hold, changed after signing, signed ten minutes ago.
+    async fn publish_refused_jobs(&self, unsigned: &Broker) {
+        let jobs = &self.jobs;
+        let (_, bytes) = self.job("unsigned");
+        unsigned.publish_bytes(jobs, "", &bytes).await.unwrap();
+
+        let stranger = Broker::connect(&signed(OTHER_KEY), "stranger")
+            .await
+            .unwrap();
+        let (_, bytes) = self.job("wrong-key");
+        let foreign = Trust::new(&SigningKeys {
+            current: OTHER_KEY.into(),
+            previous: None,
+        })
+        .sign(&bytes);
+        stranger
+            .publish_bytes_signed(jobs, "", &bytes, Some(&foreign))
+            .await
+            .unwrap();
+        stranger.close().await;
+
+        let (_, bytes) = self.job("tampered");
+        let signature = self.trust.sign(&bytes);
+        let tampered = String::from_utf8(bytes)
+            .unwrap()
+            .replace("touch ", "touch /tmp/x ");
+        unsigned
+            .publish_bytes_signed(jobs, "", tampered.as_bytes(), Some(&signature))
+            .await
+            .unwrap();
+
+        let (_, bytes) = self.job("stale");
+        let ten_minutes_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 600_000;
+        let old = self.trust.sign_at(&bytes, ten_minutes_ago);
+        unsigned
+            .publish_bytes_signed(jobs, "", &bytes, Some(&old))
+            .await
+            .unwrap();
+    }
+
+    /// A valid job runs; the same bytes and signature again do not.
+    async fn publish_a_valid_job_and_its_replay(&self, cluster: &Cluster, unsigned: &Broker) {
+        let (id, bytes) = self.job("valid");
+        // A running job has a control exchange; without one the listener takes it as over.
+        unsigned
+            .declare_fanout(&names::control_exchange(id))
+            .await
+            .unwrap();
+        let signature = self.trust.sign(&bytes);
+        unsigned
+            .publish_bytes_signed(&self.jobs, "", &bytes, Some(&signature))
+            .await
+            .unwrap();
+        let valid = self.markers.join("valid");
+        eventually_async(Duration::from_secs(30), "the valid job to run", || {
+            if valid.exists() {
+                Ok(())
+            } else {
+                Err(cluster.listener_log("guarded"))
+            }
+        })
+        .await;
+        wait_for_log(
+            cluster,
+            "guarded",
+            &[&format!("job={id}")],
+            Duration::from_secs(10),
+        );
+        std::fs::remove_file(&valid).unwrap();
+        unsigned
+            .publish_bytes_signed(&self.jobs, "", &bytes, Some(&signature))
+            .await
+            .unwrap();
+        wait_for_log(
+            cluster,
+            "guarded",
+            &["ignoring a job already taken (sent twice, or replayed)"],
+            Duration::from_secs(10),
+        );
+    }
+}
+
 const KEY: &str = "the-cluster-key-of-this-test";
 const OTHER_KEY: &str = "a-key-nobody-here-holds";
 
@@ -71,115 +184,27 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
     let markers = cluster.path().join("markers");
     std::fs::create_dir_all(&markers).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let unsigned = runtime
-        .block_on(Broker::connect(&BrokerSettings::for_tests(), "unsigned"))
-        .unwrap();
-    // Where the listener answers the crafted jobs: a job whose originator is gone is dropped.
-    let replies = runtime.block_on(unsigned.declare_private_queue()).unwrap();
-    let job = |marker: &str| -> (uuid::Uuid, Vec<u8>) {
-        let mut definition = JobDefinition::with_command(&source, "sh {file}", Default::default());
-        definition.callbacks.after_sync = Some(format!("touch {}", markers.join(marker).display()));
-        let id = uuid::Uuid::new_v4();
-        let message = Message::Job {
-            definition: Box::new(definition),
-            reply_to: replies.clone(),
-        };
-        (id, Envelope::new(id, message).encode())
-    };
-    let jobs = names::jobs_exchange(&cluster.id);
-    let trust = Trust::new(&SigningKeys {
-        current: KEY.into(),
-        previous: None,
-    });
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let unsigned = Broker::connect(&BrokerSettings::for_tests(), "unsigned")
             .await
             .unwrap();
-        let (_, bytes) = job("unsigned");
-        unsigned.publish_bytes(&jobs, "", &bytes).await.unwrap();
-
-        let stranger = Broker::connect(&signed(OTHER_KEY), "stranger")
-            .await
-            .unwrap();
-        let (_, bytes) = job("wrong-key");
-        stranger
-            .publish_bytes_signed(
-                &jobs,
-                "",
-                &bytes,
-                Some(
-                    &Trust::new(&SigningKeys {
-                        current: OTHER_KEY.into(),
-                        previous: None,
-                    })
-                    .sign(&bytes),
-                ),
-            )
-            .await
-            .unwrap();
-
-        let (_, bytes) = job("tampered");
-        let signature = trust.sign(&bytes);
-        let tampered = String::from_utf8(bytes)
-            .unwrap()
-            .replace("touch ", "touch /tmp/x ");
-        unsigned
-            .publish_bytes_signed(&jobs, "", tampered.as_bytes(), Some(&signature))
-            .await
-            .unwrap();
-
-        let (_, bytes) = job("stale");
-        let ten_minutes_ago = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-            - 600_000;
-        let old = trust.sign_at(&bytes, ten_minutes_ago);
-        unsigned
-            .publish_bytes_signed(&jobs, "", &bytes, Some(&old))
-            .await
-            .unwrap();
-
-        // A valid job runs; the same bytes and signature again do not.
-        let (id, bytes) = job("valid");
-        // A running job has a control exchange; without one the listener takes it as over.
-        unsigned
-            .declare_fanout(&names::control_exchange(id))
-            .await
-            .unwrap();
-        let signature = trust.sign(&bytes);
-        unsigned
-            .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
-            .await
-            .unwrap();
-        eventually_async(Duration::from_secs(30), "the valid job to run", || {
-            if markers.join("valid").exists() {
-                Ok(())
-            } else {
-                Err(cluster.listener_log("guarded"))
-            }
-        })
-        .await;
-        wait_for_log(
-            &cluster,
-            "guarded",
-            &[&format!("job={id}")],
-            Duration::from_secs(10),
-        );
-        std::fs::remove_file(markers.join("valid")).unwrap();
-        unsigned
-            .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
-            .await
-            .unwrap();
-        wait_for_log(
-            &cluster,
-            "guarded",
-            &["ignoring a job already taken (sent twice, or replayed)"],
-            Duration::from_secs(10),
-        );
+        let crafted = Crafted {
+            source,
+            markers: markers.clone(),
+            // Where the listener answers the crafted jobs: a job whose originator is gone
+            // is dropped.
+            replies: unsigned.declare_private_queue().await.unwrap(),
+            jobs: names::jobs_exchange(&cluster.id),
+            trust: Trust::new(&SigningKeys {
+                current: KEY.into(),
+                previous: None,
+            }),
+        };
+        crafted.publish_refused_jobs(&unsigned).await;
+        crafted
+            .publish_a_valid_job_and_its_replay(&cluster, &unsigned)
+            .await;
         unsigned.close().await;
-        stranger.close().await;
     });
     let log = wait_for_log(
         &cluster,
