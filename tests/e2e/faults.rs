@@ -94,10 +94,7 @@ fn a_whole_listener_killed_mid_file_loses_nothing() {
 /// go nowhere, and it runs the next job normally.
 #[test]
 fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("frozen", 2);
-    cluster.start_listener("warm-a", 2);
-    cluster.start_listener("warm-b", 2);
+    let cluster = Cluster::with_listeners(&[("frozen", 2), ("warm-a", 2), ("warm-b", 2)]);
     let (project, record) = suite(&cluster, "freeze", 30, 0.3, json!({}));
     cluster.wait_for_listeners(&project, 3);
     let run = project.spawn_start(&[], &[]);
@@ -148,8 +145,7 @@ fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
 /// nothing of the job is left on the machine or the broker within seconds.
 #[test]
 fn an_originator_killed_mid_run_leaves_no_process_and_no_queue() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("orphaned", 2);
+    let cluster = Cluster::with_listeners(&[("orphaned", 2)]);
     let (project, record) = suite(&cluster, "orphan", 6, 30.0, json!({}));
     cluster.wait_for_listeners(&project, 1);
     let events = project.dir.join("events.ndjson");
@@ -169,8 +165,7 @@ fn an_originator_killed_mid_run_leaves_no_process_and_no_queue() {
 
 #[test]
 fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("victim", 2);
+    let cluster = Cluster::with_listeners(&[("victim", 2)]);
     let (project, record) = suite(
         &cluster,
         "killer",
@@ -197,8 +192,7 @@ fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
 
 #[test]
 fn a_hanging_test_is_killed_at_the_file_timeout_and_the_run_goes_on() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("hang", 2);
+    let cluster = Cluster::with_listeners(&[("hang", 2)]);
     let (project, record) = suite(&cluster, "hang", 4, 0.1, json!({}));
     project.write(
         "tests/zz_hang_test.sh",
@@ -229,8 +223,7 @@ fn assert_next_job_runs(cluster: &Cluster) {
 
 #[test]
 fn ctrl_c_during_the_push_stops_at_once() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("push", 1);
+    let cluster = Cluster::with_listeners(&[("push", 1)]);
     let (project, _record) = suite(&cluster, "slow-push", 2, 0.1, json!({}));
     // An rsync that takes its time, ahead of the real one on PATH.
     let bin = cluster.path().join("slow-bin");
@@ -263,8 +256,7 @@ fn ctrl_c_during_the_push_stops_at_once() {
 
 #[test]
 fn ctrl_c_right_after_the_push_still_cancels_the_run() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("after-push", 2);
+    let cluster = Cluster::with_listeners(&[("after-push", 2)]);
     let (project, _record) = suite(&cluster, "after-push", 3, 600.0, json!({}));
     cluster.wait_for_listeners(&project, 1);
     // The real rsync pushes; a moment after it has exited, Ctrl-C reaches the originator,
@@ -307,8 +299,7 @@ done
 
 #[test]
 fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("sync", 2);
+    let cluster = Cluster::with_listeners(&[("sync", 2)]);
     let marker = cluster.path().join("after_sync.started");
     let (project, record) = suite(
         &cluster,
@@ -332,8 +323,7 @@ fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
 
 #[test]
 fn ctrl_c_during_tests_stops_everything_in_seconds() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("busy", 2);
+    let cluster = Cluster::with_listeners(&[("busy", 2)]);
     let (project, record) = suite(&cluster, "interrupted", 6, 600.0, json!({}));
     interrupt_once_started(project.spawn_start(&[], &[]), &record, 6);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
@@ -342,8 +332,7 @@ fn ctrl_c_during_tests_stops_everything_in_seconds() {
 
 #[test]
 fn ctrl_c_gives_a_running_persistent_runner_its_grace() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("grace", 1);
+    let cluster = Cluster::with_listeners(&[("grace", 1)]);
     let record = cluster.path().join("record-grace");
     std::fs::create_dir_all(&record).unwrap();
     let runner = json!({"kind": "persistent", "command": "sh runner.sh"});
@@ -385,8 +374,7 @@ while :; do sleep 0.1; done"#,
 
 #[test]
 fn two_jobs_share_one_listener_which_still_answers_ping() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("shared", 2);
+    let cluster = Cluster::with_listeners(&[("shared", 2)]);
     let (left, left_record) = suite(&cluster, "left", 4, 1.0, json!({}));
     let (right, right_record) = suite(&cluster, "right", 4, 1.0, json!({}));
     cluster.wait_for_listeners(&left, 1);
@@ -410,8 +398,7 @@ fn two_jobs_share_one_listener_which_still_answers_ping() {
 #[test]
 fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, Message};
-    let mut cluster = Cluster::new();
-    cluster.start_listener("tough", 2);
+    let cluster = Cluster::with_listeners(&[("tough", 2)]);
     let (project, record) = suite(&cluster, "garbage", 8, 0.3, json!({}));
     let events = cluster.path().join("garbage.events");
     let run = project.spawn_start(&["--events", &events.display().to_string()], &[]);
@@ -461,8 +448,7 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
 /// job's tags, since a forked runner's parent is the warm runner, not the worker.
 #[test]
 fn a_worker_killed_under_a_forked_runner_leaves_nothing_and_its_file_runs_again() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("forks", 2);
+    let cluster = Cluster::with_listeners(&[("forks", 2)]);
     let project = cluster.project(
         "forked-killer",
         json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),

@@ -95,8 +95,7 @@ fn wait_for_local_worker(dir: &Path) -> i32 {
 
 #[test]
 fn a_local_run_answers_like_a_distributed_one() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("same", json!({"job": {"max_crash_retries": 2}}));
     let record = cluster.path().join("record");
     std::fs::create_dir_all(&record).unwrap();

@@ -58,9 +58,7 @@ fn project_files(project: &Project) -> Vec<String> {
 /// saved event stream.
 #[test]
 fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
-    cluster.start_listener("duo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2), ("duo", 2)]);
     let project = cluster.project("html", json!({}));
     let record = cluster.path().join("record");
     suite(&project, &record, 4, 2);
@@ -147,8 +145,7 @@ fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events(
 
 #[test]
 fn a_run_writes_a_junit_report_and_an_event_stream() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("reports", json!({}));
     let record = cluster.path().join("record");
     let failing = suite(&project, &record, 4, 2);
@@ -165,8 +162,7 @@ fn a_run_writes_a_junit_report_and_an_event_stream() {
 
 #[test]
 fn failed_reruns_exactly_the_failed_files() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("again", 2);
+    let cluster = Cluster::with_listeners(&[("again", 2)]);
     let project = cluster.project("rerun", json!({}));
     let record = cluster.path().join("record");
     let failing = suite(&project, &record, 5, 2);
@@ -215,8 +211,7 @@ fn failed_reruns_exactly_the_failed_files() {
 
 #[test]
 fn piped_output_has_no_escape_codes_and_quiet_prints_only_the_report() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("plain", 2);
+    let cluster = Cluster::with_listeners(&[("plain", 2)]);
     let project = cluster.project("plain", json!({}));
     let record = cluster.path().join("record");
     suite(&project, &record, 2, 1);
@@ -471,8 +466,7 @@ fn every_command_has_an_example_and_completions_are_generated() {
 /// files in order on this machine and reproduces the failure; `--replay-until` stops there.
 #[test]
 fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 1);
+    let cluster = Cluster::with_listeners(&[("solo", 1)]);
     let project = cluster.project("replay", json!({}));
     let shared = cluster.path().join("shared-state");
     let shared = shared.display().to_string();
@@ -539,8 +533,7 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
 /// is cut to the documented cap and the run goes on. The same on the listeners and locally.
 #[test]
 fn running_files_stream_their_output_and_a_flood_is_cut_at_the_cap() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("live", json!({}));
     project.write(
         "tests/ticker_test.sh",

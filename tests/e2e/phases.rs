@@ -14,9 +14,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 /// command phase appends its name: the log shows what ran, with which runner, in what order.
 #[test]
 fn phases_run_in_order_and_a_failure_takes_the_error_path() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let log_dir = cluster.path().join("phase-log");
     std::fs::create_dir_all(&log_dir).unwrap();
     let log = log_dir.join("ran.log");

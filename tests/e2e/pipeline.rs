@@ -11,9 +11,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("alpha", 2);
-    cluster.start_listener("beta", 2);
+    let cluster = Cluster::with_listeners(&[("alpha", 2), ("beta", 2)]);
     let project = cluster.project("suite", json!({}));
     let record = cluster.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
@@ -70,8 +68,7 @@ fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
 
 #[test]
 fn runtime_history_is_merged_and_a_green_run_exits_zero() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("merge", json!({}));
     project.write("gorgon-runtime.json", r#"{"tests/gone_test.sh": 4.5}"#);
     project.write("tests/one_test.sh", "exit 0\n");
@@ -101,8 +98,7 @@ fn runtime_history_is_merged_and_a_green_run_exits_zero() {
 
 #[test]
 fn callbacks_run_where_and_when_gorgon_runs_them() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("cb", 2);
+    let cluster = Cluster::with_listeners(&[("cb", 2)]);
     let record = cluster.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
     let log = record.join("callbacks.log");
@@ -169,8 +165,7 @@ fn callbacks_run_where_and_when_gorgon_runs_them() {
 
 #[test]
 fn a_failing_after_sync_fails_the_run_with_its_output_in_bounded_time() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("broken", 2);
+    let cluster = Cluster::with_listeners(&[("broken", 2)]);
     let project = cluster.project(
         "bad-after-sync",
         json!({"job": {"callbacks": {"after_sync": "echo 'bundle install: could not find gem foo'; exit 5"}}}),
@@ -198,9 +193,7 @@ fn a_failing_after_sync_fails_the_run_with_its_output_in_bounded_time() {
 
 #[test]
 fn two_originators_share_the_listeners_and_keep_their_own_results() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("shared-1", 2);
-    cluster.start_listener("shared-2", 2);
+    let cluster = Cluster::with_listeners(&[("shared-1", 2), ("shared-2", 2)]);
     let record = cluster.path().join("record");
     let projects: Vec<_> = ["left", "right"]
         .iter()
@@ -262,9 +255,7 @@ fn a_listener_that_starts_during_a_run_receives_the_job() {
 
 #[test]
 fn ping_lists_every_listener_with_its_slots() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("p1", 2);
-    cluster.start_listener("p2", 3);
+    let cluster = Cluster::with_listeners(&[("p1", 2), ("p2", 3)]);
     let project = cluster.project("ping", json!({}));
     cluster.wait_for_listeners(&project, 2);
     let output = project.gorgon(&["ping", "--timeout", "1"]);
@@ -278,8 +269,7 @@ fn ping_lists_every_listener_with_its_slots() {
 
 #[test]
 fn a_warm_workspace_shows_exactly_the_originators_tree() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("warm", 1);
+    let cluster = Cluster::with_listeners(&[("warm", 1)]);
     let project = cluster.project("warm", json!({"job": {"sync": {"exclude": ["*.log"]}}}));
     // The test leaves debris in its workspace, checks that no earlier debris survived,
     // and that the tree holds exactly what the originator has.

@@ -190,9 +190,7 @@ fn check_flaky_and_broken(project: &Project, record: &Path, extra: &[&str]) {
 
 #[test]
 fn a_test_that_fails_then_passes_is_flaky_and_a_real_failure_shows_every_attempt() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("north", 2);
-    cluster.start_listener("south", 2);
+    let cluster = Cluster::with_listeners(&[("north", 2), ("south", 2)]);
     let record = cluster.path().join("shaky.log");
     let project = cluster.project(
         "retries",
@@ -244,9 +242,7 @@ fn minitest_file(record: &Path) -> String {
 }
 
 fn check_one_flaky_test(suite: OneFlakyTest) {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let record = cluster.path().join("charges.log");
     let adds = cluster.path().join("charges.log.adds");
     let project = cluster.project(
@@ -360,9 +356,7 @@ fn a_file_without_test_ids_runs_again_whole_on_another_local_worker() {
 
 #[test]
 fn a_retry_budget_of_one_allows_one_retry_in_all_and_says_it_ran_out() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let project = cluster.project("budget", json!({"job": {"retries": 3, "retry_budget": 1}}));
     for name in ["a", "b", "c"] {
         project.write(
@@ -387,9 +381,7 @@ fn a_retry_budget_of_one_allows_one_retry_in_all_and_says_it_ran_out() {
 
 #[test]
 fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let project = cluster.project(
         "quarantine",
         json!({"files": ["tests/test_*.py"], "quarantine_file": "quarantine.json",
@@ -455,9 +447,7 @@ fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed(
 
 #[test]
 fn max_fail_stops_the_run_and_reports_the_rest_as_not_run() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let project = cluster.project("max-fail", json!({}));
     for i in 0..40 {
         let body = if i % 4 == 1 {

@@ -54,8 +54,7 @@ fn check_fixture(expected: Expected) {
 
 /// [`check_fixture`] with `job.runner.isolation` set to `isolation`.
 fn check_fixture_isolated(expected: Expected, isolation: &str) {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("runner", 1);
+    let cluster = Cluster::with_listeners(&[("runner", 1)]);
     let project = cluster.project(
         expected.runner,
         json!({"files": [expected.files],
@@ -201,8 +200,7 @@ fn verdicts_are_the_same_with_a_fork_per_file() {
 
 #[test]
 fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("runner", 1);
+    let cluster = Cluster::with_listeners(&[("runner", 1)]);
     let project = cluster.project(
         "killed",
         json!({"files": ["spec/*_spec.rb"],
@@ -452,8 +450,7 @@ fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
 
 #[test]
 fn a_file_that_kills_its_worker_inside_a_batch_is_found_and_no_other_file_is_blamed() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("victim", 1);
+    let cluster = Cluster::with_listeners(&[("victim", 1)]);
     let project = cluster.project(
         "batch-killer",
         json!({"files": ["spec/*_spec.rb"],
@@ -503,32 +500,37 @@ struct SplitSuite {
     runner: &'static str,
     glob: &'static str,
     slow_file: &'static str,
-    /// The slow file's text, then each quick file's path and text.
-    slow_text: String,
-    quick: Vec<(String, String)>,
-    /// The ids of the slow file's four tests: how the runner runs each alone.
-    ids: [String; 4],
+    /// The slow file's text before its four tests, test `i`'s text (each takes a second),
+    /// and the text after them.
+    slow: (&'static str, fn(u32) -> String, &'static str),
+    /// Quick file `i`'s path and text.
+    quick: fn(u32) -> (String, String),
+    /// How the runner runs the slow file's test `i` alone: its id.
+    id: fn(u32) -> String,
 }
 
 /// On four slots the slow file alone bounds the run, so after one run (which records its
 /// tests' ids and times) it is split: the second run queues its four tests like files.
 fn check_split(suite: SplitSuite) {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("splitter", 4);
+    let cluster = Cluster::with_listeners(&[("splitter", 4)]);
     let project = cluster.project(
         &format!("split-{}", suite.runner),
         json!({"files": [suite.glob], "job": {"runner": {"kind": suite.runner, "command": ""}}}),
     );
-    project.write(suite.slow_file, &suite.slow_text);
-    for (path, text) in &suite.quick {
-        project.write(path, text);
+    let (head, test, tail) = suite.slow;
+    let tests: String = (1..=4).map(test).collect();
+    project.write(suite.slow_file, &format!("{head}{tests}{tail}"));
+    for i in 1..=4 {
+        let (path, text) = (suite.quick)(i);
+        project.write(&path, &text);
     }
+    let ids = [1, 2, 3, 4].map(suite.id);
     let first = project.start(&[], RUN_LIMIT);
     first.assert_report(0, &["5 files: 5 passed"]);
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
     assert_eq!(history["gorgon:slots"], 4.0, "{history}");
-    for id in &suite.ids {
+    for id in &ids {
         assert!(history.get(id).is_some(), "{id} in {history}");
     }
 
@@ -536,7 +538,7 @@ fn check_split(suite: SplitSuite) {
     second.assert_exit(0);
     // The slow file ran as its four tests, each a unit of the queue.
     second.assert_stdout(&["8 files: 8 passed"]);
-    for id in &suite.ids {
+    for id in &ids {
         assert!(
             second.stderr.contains(&format!("PASS {id} ")),
             "{id}: {second:?}"
@@ -554,71 +556,59 @@ fn check_split(suite: SplitSuite) {
 
 #[test]
 fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
-    let mut slow_text = String::from("RSpec.describe \"slow\" do\n");
-    for i in 1..=4 {
-        slow_text.push_str(&format!(
-            "  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"
-        ));
-    }
-    slow_text.push_str("end\n");
     check_split(SplitSuite {
         runner: "rspec",
         glob: "spec/**/*_spec.rb",
         slow_file: "spec/slow_spec.rb",
-        slow_text,
-        quick: (1..=4)
-            .map(|i| {
-                let text = format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n");
-                (format!("spec/quick_{i}_spec.rb"), text)
-            })
-            .collect(),
-        ids: [2, 3, 4, 5].map(|line| format!("spec/slow_spec.rb:{line}")),
+        slow: (
+            "RSpec.describe \"slow\" do\n",
+            |i| format!("  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"),
+            "end\n",
+        ),
+        quick: |i| {
+            let text = format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n");
+            (format!("spec/quick_{i}_spec.rb"), text)
+        },
+        // The examples stand on lines 2 to 5.
+        id: |i| format!("spec/slow_spec.rb:{}", i + 1),
     });
 }
 
 #[test]
 fn a_minitest_file_that_would_bound_the_run_is_split_into_its_tests() {
-    let mut slow_text =
-        String::from("require 'minitest/autorun'\n\nclass SlowTest < Minitest::Test\n");
-    for i in 1..=4 {
-        slow_text.push_str(&format!(
-            "  def test_second_{i}\n    sleep 1\n    assert true\n  end\n"
-        ));
-    }
-    slow_text.push_str("end\n");
     check_split(SplitSuite {
         runner: "minitest",
         glob: "test/*_test.rb",
         slow_file: "test/slow_test.rb",
-        slow_text,
-        quick: (1..=4)
-            .map(|i| {
-                let text = format!("require 'minitest/autorun'\n\nclass Quick{i}Test < Minitest::Test\n  def test_passes\n    assert_equal {i}, {i}\n  end\nend\n");
-                (format!("test/quick_{i}_test.rb"), text)
-            })
-            .collect(),
-        ids: [1, 2, 3, 4].map(|i| format!("test/slow_test.rb::SlowTest#test_second_{i}")),
+        slow: (
+            "require 'minitest/autorun'\n\nclass SlowTest < Minitest::Test\n",
+            |i| format!("  def test_second_{i}\n    sleep 1\n    assert true\n  end\n"),
+            "end\n",
+        ),
+        quick: |i| {
+            let text = format!("require 'minitest/autorun'\n\nclass Quick{i}Test < Minitest::Test\n  def test_passes\n    assert_equal {i}, {i}\n  end\nend\n");
+            (format!("test/quick_{i}_test.rb"), text)
+        },
+        id: |i| format!("test/slow_test.rb::SlowTest#test_second_{i}"),
     });
 }
 
 #[test]
 fn a_pytest_file_that_would_bound_the_run_is_split_into_its_tests() {
-    let mut slow_text = String::from("import time\n");
-    for i in 1..=4 {
-        slow_text.push_str(&format!("\n\ndef test_second_{i}():\n    time.sleep(1)\n"));
-    }
     check_split(SplitSuite {
         runner: "pytest",
         glob: "tests/test_*.py",
         slow_file: "tests/test_slow.py",
-        slow_text,
-        quick: (1..=4)
-            .map(|i| {
-                let text = format!("def test_passes():\n    assert {i} == {i}\n");
-                (format!("tests/test_quick_{i}.py"), text)
-            })
-            .collect(),
-        ids: [1, 2, 3, 4].map(|i| format!("tests/test_slow.py::test_second_{i}")),
+        slow: (
+            "import time\n",
+            |i| format!("\n\ndef test_second_{i}():\n    time.sleep(1)\n"),
+            "",
+        ),
+        quick: |i| {
+            let text = format!("def test_passes():\n    assert {i} == {i}\n");
+            (format!("tests/test_quick_{i}.py"), text)
+        },
+        id: |i| format!("tests/test_slow.py::test_second_{i}"),
     });
 }
 
@@ -980,8 +970,7 @@ fn a_batch_of_an_rspec_session_with_a_file_that_fails_to_load_gives_each_file_it
 /// setup again, the history keeps it whole, and the third run queues it as one file.
 #[test]
 fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("keeper", 4);
+    let cluster = Cluster::with_listeners(&[("keeper", 4)]);
     let project = cluster.project(
         "keep-whole",
         json!({"files": ["spec/**/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
@@ -1071,8 +1060,7 @@ def test_records_who_started_its_runner():
 /// replaces it. Every run passes and leaves no process behind.
 #[test]
 fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("warm", 2);
+    let cluster = Cluster::with_listeners(&[("warm", 2)]);
     let record = cluster.path().join("ancestry.txt");
     let rspec = cluster.project(
         "warm-rspec",
@@ -1162,9 +1150,7 @@ Gorgon.callbacks = ShopCallbacks.new
 /// glob; a callback that raises fails the run with the exception's class and message.
 #[test]
 fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let marks = cluster.path().join("marks");
     let project = cluster.project(
         "gorgon-style",

@@ -48,6 +48,15 @@ impl Cluster {
         Cluster::serving(&["--anonymous"])
     }
 
+    /// A cluster with a listener of each `(name, slots)` started.
+    pub fn with_listeners(listeners: &[(&str, u32)]) -> Cluster {
+        let mut cluster = Cluster::new();
+        for (name, slots) in listeners {
+            cluster.start_listener(name, *slots);
+        }
+        cluster
+    }
+
     /// A cluster whose file server has an `originator` and a `listener` user with these
     /// passwords; projects and listeners must name theirs.
     pub fn with_file_server_passwords(originator: &str, listener: &str) -> Cluster {
