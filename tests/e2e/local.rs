@@ -54,15 +54,15 @@ fn assert_no_process_in(dir: &Path) {
 }
 
 /// A project of `files` slow tests, outside any cluster, whose config has no `connection`
-/// or `file_server`.
+/// or `file_server`, in a folder of its own (removed when the first value is dropped).
 fn local_project(
-    root: &Path,
     files: usize,
     seconds: f64,
     job: serde_json::Value,
-) -> (Project, std::path::PathBuf) {
-    let dir = root.join("project");
-    let record = root.join("record");
+) -> (tempfile::TempDir, Project, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("project");
+    let record = root.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
     let mut config = json!({
         "files": ["tests/**/*_test.sh"],
@@ -80,7 +80,7 @@ fn local_project(
         let file = format!("tests/{i:02}_test.sh");
         project.write(&file, &slow_test(&record, &file, seconds));
     }
-    (project, record)
+    (root, project, record)
 }
 
 /// The pid of a local worker of the run in `dir`.
@@ -152,8 +152,7 @@ fn a_local_run_answers_like_a_distributed_one() {
 
 #[test]
 fn a_local_run_needs_no_broker_and_no_file_server() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, record) = local_project(root.path(), 3, 0.1, json!({}));
+    let (_root, project, record) = local_project(3, 0.1, json!({}));
     // A closed port: a run that touched the broker would fail.
     let closed = crate::support::free_port();
     let mut config: serde_json::Value = serde_json::from_str(&project.read("gorgon.json")).unwrap();
@@ -173,8 +172,7 @@ fn a_local_run_needs_no_broker_and_no_file_server() {
 
 #[test]
 fn a_local_worker_killed_mid_file_loses_nothing() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, record) = local_project(root.path(), 8, 0.5, json!({}));
+    let (_root, project, record) = local_project(8, 0.5, json!({}));
     let run = project.spawn_start(&["--local", "-j", "2"], &[]);
     wait_for_first_start(&record);
     let worker = wait_for_local_worker(&project.dir);
@@ -185,8 +183,7 @@ fn a_local_worker_killed_mid_file_loses_nothing() {
 
 #[test]
 fn a_test_that_kills_its_local_worker_every_time_is_reported_crashed() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, _record) = local_project(root.path(), 3, 0.1, json!({"max_crash_retries": 2}));
+    let (_root, project, _record) = local_project(3, 0.1, json!({"max_crash_retries": 2}));
     project.write("tests/zz_killer_test.sh", WORKER_KILLER);
     let run = project.start(&["--local", "-j", "2"], RUN_LIMIT);
     run.assert_report(
@@ -201,8 +198,7 @@ fn a_test_that_kills_its_local_worker_every_time_is_reported_crashed() {
 
 #[test]
 fn ctrl_c_stops_every_local_process() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, record) = local_project(root.path(), 4, 600.0, json!({}));
+    let (_root, project, record) = local_project(4, 600.0, json!({}));
     let run = project.spawn_start(&["--local", "-j", "2"], &[]);
     interrupt_once_started(run, &record, 4);
     assert_no_process_in(&project.dir);

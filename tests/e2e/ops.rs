@@ -11,24 +11,27 @@ use serde_json::{json, Value};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-/// Writes `passing` passing and `failing` failing recording tests; returns the failing ones.
+/// A project `name` of `passing` passing and `failing` failing recording tests, with its
+/// record; the failing files.
 fn suite(
-    project: &Project,
-    record: &std::path::Path,
+    cluster: &Cluster,
+    name: &str,
     passing: usize,
     failing: usize,
-) -> Vec<String> {
-    std::fs::create_dir_all(record).unwrap();
+) -> (Project, std::path::PathBuf, Vec<String>) {
+    let project = cluster.project(name, json!({}));
+    let record = cluster.path().join("record");
+    std::fs::create_dir_all(&record).unwrap();
     let mut failed = Vec::new();
     for i in 0..passing + failing {
         let fail = i >= passing;
         let file = format!("tests/t{i:02}_test.sh");
-        project.write(&file, &recording_test(record, &file, fail));
+        project.write(&file, &recording_test(&record, &file, fail));
         if fail {
             failed.push(file);
         }
     }
-    failed
+    (project, record, failed)
 }
 
 fn events_of(text: &str) -> Vec<Value> {
@@ -59,9 +62,7 @@ fn project_files(project: &Project) -> Vec<String> {
 #[test]
 fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events() {
     let cluster = Cluster::with_listeners(&[("solo", 2), ("duo", 2)]);
-    let project = cluster.project("html", json!({}));
-    let record = cluster.path().join("record");
-    suite(&project, &record, 4, 2);
+    let (project, _record, _) = suite(&cluster, "html", 4, 2);
     cluster.wait_for_listeners(&project, 2);
 
     let run = project.start(
@@ -146,9 +147,7 @@ fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events(
 #[test]
 fn a_run_writes_a_junit_report_and_an_event_stream() {
     let cluster = Cluster::with_listeners(&[("solo", 2)]);
-    let project = cluster.project("reports", json!({}));
-    let record = cluster.path().join("record");
-    let failing = suite(&project, &record, 4, 2);
+    let (project, _record, failing) = suite(&cluster, "reports", 4, 2);
 
     let run = project.start(
         &["--junit", "reports/junit.xml", "--events", "events.jsonl"],
@@ -163,9 +162,7 @@ fn a_run_writes_a_junit_report_and_an_event_stream() {
 #[test]
 fn failed_reruns_exactly_the_failed_files() {
     let cluster = Cluster::with_listeners(&[("again", 2)]);
-    let project = cluster.project("rerun", json!({}));
-    let record = cluster.path().join("record");
-    let failing = suite(&project, &record, 5, 2);
+    let (project, record, failing) = suite(&cluster, "rerun", 5, 2);
 
     let first = project.start(&[], RUN_LIMIT);
     first.assert_exit(1);
@@ -212,9 +209,7 @@ fn failed_reruns_exactly_the_failed_files() {
 #[test]
 fn piped_output_has_no_escape_codes_and_quiet_prints_only_the_report() {
     let cluster = Cluster::with_listeners(&[("plain", 2)]);
-    let project = cluster.project("plain", json!({}));
-    let record = cluster.path().join("record");
-    suite(&project, &record, 2, 1);
+    let (project, _record, _) = suite(&cluster, "plain", 2, 1);
 
     let run = project.start_with_env(&["--verbose"], &[("NO_COLOR", "1")], RUN_LIMIT);
     run.assert_exit(1);

@@ -178,16 +178,11 @@ fn a_failing_after_sync_fails_the_run_with_its_output_in_bounded_time() {
 
     // The failure itself stops the run: it does not wait for a result that cannot come.
     run.assert_report(1, &["Run stopped: after_sync callback failed on broken"]);
-    let all = format!("{}{}", run.stdout, run.stderr);
-    assert!(
-        all.contains("after_sync callback failed on broken"),
-        "{run:?}"
-    );
-    assert!(all.contains("exit status 5"), "{run:?}");
-    assert!(
-        all.contains("bundle install: could not find gem foo"),
-        "{run:?}"
-    );
+    run.assert_output(&[
+        "after_sync callback failed on broken",
+        "exit status 5",
+        "bundle install: could not find gem foo",
+    ]);
     run.assert_stdout(&["4 not run"]);
 }
 

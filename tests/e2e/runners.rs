@@ -241,6 +241,17 @@ struct QuickSuite {
     failure: &'static str,
 }
 
+/// Nine quick files (`quick(i)` for `i` from 1 to 9), then the suite's `others`.
+fn suite_files<const N: usize>(
+    quick: impl Fn(u32) -> (String, String),
+    others: [(&str, String); N],
+) -> Vec<(String, String)> {
+    (1..=9)
+        .map(quick)
+        .chain(others.map(|(path, text)| (path.to_owned(), text)))
+        .collect()
+}
+
 /// Runs a [`QuickSuite`] on one worker: its first file runs alone (nothing is known of the
 /// files' times), then the quick files run as batches, and every file keeps its own verdict.
 fn check_quick_suite(suite: QuickSuite) {
@@ -301,16 +312,15 @@ fn quick_rspec_files_share_a_fork_under_local_too() {
 }
 
 fn quick_rspec_suite() -> QuickSuite {
-    let mut files: Vec<(String, String)> = (1..=9)
-        .map(|i| {
+    let files = suite_files(
+|i| {
             let text = format!(
                 "RSpec.describe('quick {i}') {{ it('adds') {{ expect({i} + 1).to eq({}) }} }}\n",
                 i + 1
             );
             (format!("spec/quick_{i}_spec.rb"), text)
-        })
-        .collect();
-    for (path, text) in [
+        },
+[
         (
             "spec/spec_helper.rb",
             "Dir[File.join(__dir__, 'support', '*.rb')].each { |f| require f }\n".to_owned(),
@@ -335,9 +345,7 @@ fn quick_rspec_suite() -> QuickSuite {
                 "# padding\n".repeat(50)
             ),
         ),
-    ] {
-        files.push((path.to_owned(), text));
-    }
+]);
     QuickSuite {
         runner: "rspec",
         local: false,
@@ -354,8 +362,8 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
     let test_class = |name: &str, body: &str| {
         format!("require 'minitest/autorun'\n\nclass {name} < Minitest::Test\n{body}end\n")
     };
-    let mut files: Vec<(String, String)> = (1..=9)
-        .map(|i| {
+    let files = suite_files(
+|i| {
             let body = format!(
                 "  def test_adds\n    assert_equal {}, {i} + 1\n  end\n",
                 i + 1
@@ -364,9 +372,8 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
                 format!("test/quick_{i}_test.rb"),
                 test_class(&format!("Quick{i}Test"), &body),
             )
-        })
-        .collect();
-    for (path, text) in [
+        },
+[
         (
             "test/test_helper.rb",
             "def a_pair\n  [1, 2]\nend\n".to_owned(),
@@ -391,9 +398,7 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
             "# padding\n".repeat(50)
                 + &test_class("FirstTest", "  def test_runs\n    assert true\n  end\n"),
         ),
-    ] {
-        files.push((path.to_owned(), text));
-    }
+]);
     check_quick_suite(QuickSuite {
         runner: "minitest",
         local: false,
@@ -407,36 +412,35 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
 
 #[test]
 fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
-    let mut files: Vec<(String, String)> = (1..=9)
-        .map(|i| {
+    let files = suite_files(
+        |i| {
             let text = format!("def test_adds():\n    assert {i} + 1 == {}\n", i + 1);
             (format!("tests/test_quick_{i}.py"), text)
-        })
-        .collect();
-    for (path, text) in [
-        (
-            "conftest.py",
-            "import pytest\n\n\n@pytest.fixture\ndef pair():\n    return [1, 2]\n".to_owned(),
-        ),
-        (
-            "tests/test_shared.py",
-            "def test_has_two_items(pair):\n    assert len(pair) == 2\n".to_owned(),
-        ),
-        (
-            "tests/test_wrong.py",
-            "def test_sums():\n    print('printed by wrong')\n    assert 1 + 1 == 3\n".to_owned(),
-        ),
-        ("tests/test_empty.py", "# nothing here\n".to_owned()),
-        (
-            "tests/test_first.py",
-            format!(
-                "{}def test_runs():\n    assert True\n",
-                "# padding\n".repeat(50)
+        },
+        [
+            (
+                "conftest.py",
+                "import pytest\n\n\n@pytest.fixture\ndef pair():\n    return [1, 2]\n".to_owned(),
             ),
-        ),
-    ] {
-        files.push((path.to_owned(), text));
-    }
+            (
+                "tests/test_shared.py",
+                "def test_has_two_items(pair):\n    assert len(pair) == 2\n".to_owned(),
+            ),
+            (
+                "tests/test_wrong.py",
+                "def test_sums():\n    print('printed by wrong')\n    assert 1 + 1 == 3\n"
+                    .to_owned(),
+            ),
+            ("tests/test_empty.py", "# nothing here\n".to_owned()),
+            (
+                "tests/test_first.py",
+                format!(
+                    "{}def test_runs():\n    assert True\n",
+                    "# padding\n".repeat(50)
+                ),
+            ),
+        ],
+    );
     check_quick_suite(QuickSuite {
         runner: "pytest",
         local: false,
@@ -1325,12 +1329,10 @@ fn check_raising_callbacks(project: &Project, cluster_id: &str) {
     for args in [vec![], vec!["--local", "-j", "2"]] {
         let run = project.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        let all = format!("{}{}", run.stdout, run.stderr);
-        assert!(all.contains("before_originate callback failed"), "{run:?}");
-        assert!(
-            all.contains("ArgumentError: no database for the run"),
-            "{run:?}"
-        );
+        run.assert_output(&[
+            "before_originate callback failed",
+            "ArgumentError: no database for the run",
+        ]);
     }
     // The same on the listener's side: in the preload process and in a runner.
     for moment in ["before_creating_workers", "before_start"] {

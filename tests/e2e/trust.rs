@@ -9,7 +9,9 @@ use gorgon_protocol::signing::{SigningKeys, Trust};
 use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
 use serde_json::json;
 
-use crate::support::{eventually, eventually_async, job_id_from_events, wait_for_file, Cluster};
+use crate::support::{
+    eventually, eventually_async, job_id_from_events, wait_for_file, Cluster, Project,
+};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -161,14 +163,22 @@ impl Crafted {
 }
 
 const KEY: &str = "the-cluster-key-of-this-test";
+
+/// A cluster with the `(name, slots)` listener holding [`KEY`], and a project `project`
+/// signing with it.
+fn signed_cluster(listener: (&str, u32), project: &str) -> (Cluster, Project) {
+    let mut cluster = Cluster::new();
+    let key = key_file(&cluster, "cluster.key", KEY);
+    let (name, slots) = listener;
+    cluster.start_listener_with(name, slots, json!({"signing_key_file": key}));
+    let project = cluster.project(project, json!({"signing_key_file": key}));
+    (cluster, project)
+}
 const OTHER_KEY: &str = "a-key-nobody-here-holds";
 
 #[test]
 fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
-    let mut cluster = Cluster::new();
-    let key = key_file(&cluster, "cluster.key", KEY);
-    cluster.start_listener_with("guarded", 2, json!({"signing_key_file": key}));
-    let project = cluster.project("signed", json!({"signing_key_file": key}));
+    let (cluster, project) = signed_cluster(("guarded", 2), "signed");
     project.write("tests/a_test.sh", "exit 0\n");
     // A signed run works, and leaves a pushed tree that crafted jobs can name.
     let run = project.start(&[], RUN_LIMIT);
@@ -228,10 +238,7 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
 
 #[test]
 fn a_forged_result_does_not_change_a_signed_run() {
-    let mut cluster = Cluster::new();
-    let key = key_file(&cluster, "cluster.key", KEY);
-    cluster.start_listener_with("honest", 1, json!({"signing_key_file": key}));
-    let project = cluster.project("forged", json!({"signing_key_file": key}));
+    let (cluster, project) = signed_cluster(("honest", 1), "forged");
     let started = cluster.path().join("failing.started");
     project.write(
         "tests/failing_test.sh",

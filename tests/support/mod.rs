@@ -297,6 +297,15 @@ impl Run {
         }
     }
 
+    /// Fails the test unless the run's output (stdout, then stderr) says each of `said`.
+    #[track_caller]
+    pub fn assert_output(&self, said: &[&str]) {
+        let all = format!("{}{}", self.stdout, self.stderr);
+        for said in said {
+            assert!(all.contains(said), "no {said:?} in: {self:?}");
+        }
+    }
+
     /// Fails the test unless the run's stderr says each of `said`.
     #[track_caller]
     pub fn assert_stderr(&self, said: &[&str]) {
