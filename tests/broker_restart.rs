@@ -195,9 +195,7 @@ fn a_broker_away_past_the_outage_limit_stops_the_run_clearly() {
     run.assert_stdout(&["not run", "tests/05_test.sh"]);
 
     // The listener reconnects by itself and serves the next run.
-    let started = Instant::now();
     cluster.wait_for_listeners(&project, 1);
-    assert!(started.elapsed() < Duration::from_secs(30));
     let again = project.start(&[], Duration::from_secs(120));
     again.assert_report(0, &["6 files: 6 passed"]);
     cluster.assert_no_job_processes(Duration::from_secs(15));

@@ -2,7 +2,7 @@
 //! checkout, no file server, no sync) and `gorgon report --build-id`, on the real broker.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -297,15 +297,14 @@ fn a_build_whose_nodes_all_died_ends_with_the_unrun_files_listed() {
     );
     eventually(LIMIT, "a file started", || !runs(&record).is_empty());
     kill_node(only, &projects[0]);
-    let started = Instant::now();
+    // The reporter gives up after `job.listener_wait`, well within this bound.
     let report = projects[0]
         .spawn_gorgon("report", &["--build-id", &build], &[])
-        .wait(LIMIT);
+        .wait(Duration::from_secs(30));
     report.assert_report(
         1,
         &["no node has worked on build", "Unfinished files (6 files"],
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "{report:?}");
 }
 
 /// `gorgon work --report` on the only node: it runs its part, waits for the build, and

@@ -215,10 +215,9 @@ impl Drop for Cluster {
         for child in &mut self.listeners {
             // A listener that does not stop gently within its grace is killed: a drop never
             // fails the test, so this wait gives up silently.
-            let grace = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < grace && !matches!(child.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let _ = poll(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -715,24 +714,17 @@ impl Started {
     /// [`Started::wait`], adding what `explain` says (logs of the other parties) when the
     /// run does not end in time.
     pub fn wait_explained(mut self, limit: Duration, explain: impl FnOnce() -> String) -> Run {
-        // Not [`eventually`]: a run that does not end is killed and its output shown.
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let _ = self.err_reader.join();
-                panic!(
-                    "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{}",
-                    self.out.join().unwrap(),
-                    self.err.lock().unwrap(),
-                    explain()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Not [`eventually`]: a run that does not end is killed before its output is shown.
+        let Ok(status) = poll(limit, || self.child.try_wait().unwrap()) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = self.err_reader.join();
+            panic!(
+                "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{}",
+                self.out.join().unwrap(),
+                self.err.lock().unwrap(),
+                explain()
+            );
         };
         let _ = self.err_reader.join();
         let stderr = std::mem::take(&mut *self.err.lock().unwrap());
