@@ -70,12 +70,17 @@ pub fn eventually<O: Outcome>(
     what: impl Display,
     condition: impl FnMut() -> O,
 ) -> O::Value {
-    poll(limit, condition).unwrap_or_else(|seen| give_up(limit, &what, &seen))
+    // A match, not a closure, so that the failure names the test's line.
+    match poll(limit, condition) {
+        Ok(value) => value,
+        Err(seen) => give_up(limit, &what, &seen),
+    }
 }
 
 /// Polls `condition` until it holds or `limit` has passed: its value, or what it saw last.
-/// For the few places that count what is left instead of failing the test (the chaos
-/// test's tally).
+/// For the places that do something else than fail when the limit passes: the chaos
+/// test's tally, a run killed before its output is shown, a listener killed after its
+/// grace.
 pub fn poll<O: Outcome>(
     limit: Duration,
     mut condition: impl FnMut() -> O,
