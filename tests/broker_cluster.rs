@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{wait_for_file, Cluster, Project};
+use support::{eventually, wait_for_file, Cluster, Project};
 
 /// The script that starts and stops the cluster.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster.sh");
@@ -136,17 +136,11 @@ fn stop_the_node_of(brokers: &BrokerCluster, victim: &str) {
     let run = project.spawn_start(&[&events_arg], &[]);
     // The victim's connection, as soon as it exists (rabbitmqctl takes a second or two per
     // call, and the run only 9 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let node = loop {
-        if let Some(node) = brokers.node_of(victim) {
-            break node;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no connection named {victim:?} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let node = eventually(
+        Duration::from_secs(30),
+        format!("a connection named {victim:?}"),
+        || brokers.node_of(victim),
+    );
     wait_for_file(&marks.join("0.started"), Duration::from_secs(30));
     brokers.ctl(node, &["stop_app"]);
     let run = run.wait_explained(Duration::from_secs(120), || {
@@ -158,12 +152,7 @@ fn stop_the_node_of(brokers: &BrokerCluster, victim: &str) {
     });
     brokers.ctl(node, &["start_app"]);
 
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("60 files: 60 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["60 files: 60 passed, 0 failed, 0 crashed, 0 not run"]);
     let mut finished: HashMap<String, usize> = HashMap::new();
     for line in std::fs::read_to_string(&events).unwrap().lines() {
         let event: serde_json::Value = serde_json::from_str(line).unwrap();

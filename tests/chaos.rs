@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::{rabbitmqctl, sigkill, Cluster, Project};
+use support::{none_left, poll, rabbitmqctl, sigkill, Cluster, Project};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const LISTENERS: [&str; 3] = ["chaos-a", "chaos-b", "chaos-c"];
@@ -148,46 +148,7 @@ fn run_once(cluster: &mut Cluster, dice: &mut Dice, run: u32, counts: &mut Count
     let started = project.spawn_start(&["--events", &events_arg, "-q"], &[]);
     // The faults strike at a random moment of the first seconds of the run.
     std::thread::sleep(Duration::from_millis(300 + dice.below(1500)));
-    let mut frozen = Vec::new();
-    for fault in &faults {
-        let victim = LISTENERS[dice.below(LISTENERS.len() as u64) as usize];
-        let struck = match fault {
-            Fault::KillWorker => kill_one(cluster, victim, "__work"),
-            Fault::KillManager => kill_one(cluster, victim, "__manage-workers"),
-            Fault::KillListener => {
-                cluster.kill_listener(victim);
-                cluster.start_listener(victim, 2);
-                true
-            }
-            Fault::FreezeListener => {
-                cluster.signal_listener(victim, Signal::SIGSTOP);
-                frozen.push(victim);
-                true
-            }
-            Fault::HangPastTimeout => true,
-            Fault::RestartBroker => {
-                rabbitmqctl("stop_app");
-                std::thread::sleep(Duration::from_millis(1000 + dice.below(2000)));
-                rabbitmqctl("start_app");
-                true
-            }
-        };
-        // A worker or manager that was not running at that moment (its host had no file
-        // then) is counted apart.
-        let kind = if struck {
-            format!("{fault:?}")
-        } else {
-            format!("{fault:?} (nothing to kill at that moment)")
-        };
-        *counts.faults.entry(kind).or_default() += 1;
-    }
-    if !frozen.is_empty() {
-        // Past the heartbeat (3 s, so dropped after 6–9 s), then thawed.
-        std::thread::sleep(Duration::from_secs(10));
-        for victim in frozen {
-            cluster.signal_listener(victim, Signal::SIGCONT);
-        }
-    }
+    strike(cluster, dice, &faults, counts);
     let result = started.wait(RUN_LIMIT);
     let mut problems = Vec::new();
     let expected_exit = if truth.values().all(|t| *t == Truth::Passes) {
@@ -202,55 +163,17 @@ fn run_once(cluster: &mut Cluster, dice: &mut Dice, run: u32, counts: &mut Count
             result.code
         ));
     }
-    let mut finished: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in std::fs::read_to_string(&events).unwrap_or_default().lines() {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if event["event"] == "file_finished" {
-            let file = event["file"].as_str().unwrap_or_default().to_owned();
-            let status = event["status"].as_str().unwrap_or_default().to_owned();
-            finished.entry(file).or_default().push(status);
-        }
-    }
-    for (file, truth) in &truth {
-        match finished.get(file).map(Vec::as_slice) {
-            None | Some([]) => {
-                counts.lost_files += 1;
-                problems.push(format!("{file} has no result"));
-            }
-            Some([status]) => {
-                let expected = match truth {
-                    Truth::Passes => "passed",
-                    Truth::Fails => "failed",
-                    Truth::TimesOut => "timed_out",
-                };
-                // A passing file may crash only if its worker was killed under it as often
-                // as `max_crash_retries` allows, which one or two faults cannot do.
-                if status != expected {
-                    counts.wrong_results += 1;
-                    problems.push(format!("{file} {status}, expected {expected}"));
-                }
-            }
-            Some(more) => {
-                counts.duplicate_results += 1;
-                problems.push(format!("{file} has {} results", more.len()));
-            }
-        }
-    }
+    check_results(&truth, &finished_statuses(&events), counts, &mut problems);
     let job = std::fs::read_to_string(&events)
         .ok()
         .and_then(|text| text.lines().next().map(str::to_owned))
         .and_then(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
         .and_then(|first| first["job_id"].as_str().map(str::to_owned));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let strays = loop {
-        let strays = cluster.job_processes();
-        if strays.is_empty() || Instant::now() > deadline {
-            break strays;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let strays = poll(Duration::from_secs(20), || {
+        none_left(cluster.job_processes())
+    })
+    .err()
+    .unwrap_or_default();
     if !strays.is_empty() {
         counts.stray_processes += strays.len() as u32;
         let commands: Vec<&str> = strays.iter().map(|p| p.command.as_str()).collect();
@@ -303,30 +226,116 @@ fn suite(
 /// to 3 s for one to run; false when none did.
 fn kill_one(cluster: &Cluster, name: &str, needle: &str) -> bool {
     let root = cluster.path().join("listeners").join(name);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let victim = support::processes_working_in(&root)
+    poll(Duration::from_secs(3), || {
+        support::processes_working_in(&root)
             .into_iter()
-            .find(|p| p.command.contains(needle));
-        if let Some(victim) = victim {
-            sigkill(victim.pid);
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .find(|p| p.command.contains(needle))
+    })
+    .map(|victim| sigkill(victim.pid))
+    .is_ok()
 }
 
 /// The queues of job `job` still on the broker, after up to 10 s for them to go.
 fn queues_of(job: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let queues = support::left_on_broker("list_queues", job);
-        if queues.is_empty() || Instant::now() > deadline {
-            return queues;
+    poll(Duration::from_secs(10), || {
+        none_left(support::left_on_broker("list_queues", job))
+    })
+    .err()
+    .unwrap_or_default()
+}
+
+/// Strikes `faults` at listeners the dice pick, counting each; a frozen listener is thawed
+/// once it is past the heartbeat.
+fn strike(cluster: &mut Cluster, dice: &mut Dice, faults: &[Fault], counts: &mut Counts) {
+    let mut frozen = Vec::new();
+    for fault in faults {
+        let victim = LISTENERS[dice.below(LISTENERS.len() as u64) as usize];
+        let struck = match fault {
+            Fault::KillWorker => kill_one(cluster, victim, "__work"),
+            Fault::KillManager => kill_one(cluster, victim, "__manage-workers"),
+            Fault::KillListener => {
+                cluster.kill_listener(victim);
+                cluster.start_listener(victim, 2);
+                true
+            }
+            Fault::FreezeListener => {
+                cluster.signal_listener(victim, Signal::SIGSTOP);
+                frozen.push(victim);
+                true
+            }
+            Fault::HangPastTimeout => true,
+            Fault::RestartBroker => {
+                rabbitmqctl("stop_app");
+                std::thread::sleep(Duration::from_millis(1000 + dice.below(2000)));
+                rabbitmqctl("start_app");
+                true
+            }
+        };
+        // A worker or manager that was not running at that moment (its host had no file
+        // then) is counted apart.
+        let kind = if struck {
+            format!("{fault:?}")
+        } else {
+            format!("{fault:?} (nothing to kill at that moment)")
+        };
+        *counts.faults.entry(kind).or_default() += 1;
+    }
+    if !frozen.is_empty() {
+        // Past the heartbeat (3 s, so dropped after 6–9 s), then thawed.
+        std::thread::sleep(Duration::from_secs(10));
+        for victim in frozen {
+            cluster.signal_listener(victim, Signal::SIGCONT);
         }
-        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Each file's `file_finished` statuses in the event stream `events`.
+fn finished_statuses(events: &std::path::Path) -> BTreeMap<String, Vec<String>> {
+    let mut finished: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in std::fs::read_to_string(events).unwrap_or_default().lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if event["event"] == "file_finished" {
+            let file = event["file"].as_str().unwrap_or_default().to_owned();
+            let status = event["status"].as_str().unwrap_or_default().to_owned();
+            finished.entry(file).or_default().push(status);
+        }
+    }
+    finished
+}
+
+/// Compares each file's results with what the suite says it should end as; counts and
+/// names what differs.
+fn check_results(
+    truth: &BTreeMap<String, Truth>,
+    finished: &BTreeMap<String, Vec<String>>,
+    counts: &mut Counts,
+    problems: &mut Vec<String>,
+) {
+    for (file, truth) in truth {
+        match finished.get(file).map(Vec::as_slice) {
+            None | Some([]) => {
+                counts.lost_files += 1;
+                problems.push(format!("{file} has no result"));
+            }
+            Some([status]) => {
+                let expected = match truth {
+                    Truth::Passes => "passed",
+                    Truth::Fails => "failed",
+                    Truth::TimesOut => "timed_out",
+                };
+                // A passing file may crash only if its worker was killed under it as often
+                // as `max_crash_retries` allows, which one or two faults cannot do.
+                if status != expected {
+                    counts.wrong_results += 1;
+                    problems.push(format!("{file} {status}, expected {expected}"));
+                }
+            }
+            Some(more) => {
+                counts.duplicate_results += 1;
+                problems.push(format!("{file} has {} results", more.len()));
+            }
+        }
     }
 }

@@ -2,11 +2,11 @@
 //! checkout, no file server, no sync) and `gorgon report --build-id`, on the real broker.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{processes_working_in, sigkill, Cluster, Project, Started};
+use crate::support::{eventually, processes_working_in, sigkill, Cluster, Project, Started};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -97,14 +97,6 @@ fn kill_node(node: Started, checkout: &Project) {
     let _ = node.wait(LIMIT);
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Three nodes started at once and a reporter: the files queue is filled once, every file
 /// runs exactly once across the nodes, the report names the failures, exit 1.
 #[test]
@@ -125,29 +117,20 @@ fn three_nodes_share_one_build_and_the_reporter_reports_it() {
     let nodes: Vec<_> = nodes.into_iter().map(|node| node.wait(LIMIT)).collect();
     let report = report.wait(LIMIT);
     for node in &nodes {
-        assert_eq!(node.code, 0, "{node:?}");
+        node.assert_exit(0);
     }
     let fillers = nodes
         .iter()
         .filter(|n| n.stderr.contains("(it queued them)"))
         .count();
     assert_eq!(fillers, 1, "{nodes:?}");
-    assert_eq!(report.code, 1, "{report:?}");
-    assert!(
-        report
-            .stdout
-            .contains("18 files: 16 passed, 2 failed, 0 crashed, 0 not run"),
-        "{report:?}"
-    );
-    assert!(
-        report.stdout.contains("File 'tests/04_test.sh' failed"),
-        "{report:?}"
-    );
-    assert!(
-        report
-            .stdout
-            .contains("assertion failed in tests/11_test.sh"),
-        "{report:?}"
+    report.assert_report(
+        1,
+        &[
+            "18 files: 16 passed, 2 failed, 0 crashed, 0 not run",
+            "File 'tests/04_test.sh' failed",
+            "assertion failed in tests/11_test.sh",
+        ],
     );
     let mut ran: Vec<String> = runs(&record_of(&cluster, "ci-three"))
         .into_iter()
@@ -186,7 +169,7 @@ fn a_late_node_takes_part_and_a_killed_nodes_file_runs_elsewhere() {
         &[],
     );
     // One worker: once the seventh file starts, six have finished.
-    wait_until("half the files finished on the first node", LIMIT, || {
+    eventually(LIMIT, "half the files finished on the first node", || {
         runs(&record).len() >= 7
     });
     let late = projects[1].spawn_gorgon(
@@ -199,7 +182,7 @@ fn a_late_node_takes_part_and_a_killed_nodes_file_runs_elsewhere() {
         &["--build-id", &build, "--worker-id", "doomed", "-j", "1"],
         &[],
     );
-    wait_until("a file started on the doomed node", LIMIT, || {
+    eventually(LIMIT, "a file started on the doomed node", || {
         runs(&record).iter().any(|(_, host)| host == "doomed")
     });
     let (killed_file, _) = runs(&record)
@@ -210,15 +193,9 @@ fn a_late_node_takes_part_and_a_killed_nodes_file_runs_elsewhere() {
     let first = first.wait(LIMIT);
     let late = late.wait(LIMIT);
     let report = report.wait(LIMIT);
-    assert_eq!(first.code, 0, "{first:?}");
-    assert_eq!(late.code, 0, "{late:?}");
-    assert_eq!(report.code, 0, "{report:?}");
-    assert!(
-        report
-            .stdout
-            .contains("12 files: 12 passed, 0 failed, 0 crashed, 0 not run"),
-        "{report:?}"
-    );
+    first.assert_exit(0);
+    late.assert_exit(0);
+    report.assert_report(0, &["12 files: 12 passed, 0 failed, 0 crashed, 0 not run"]);
     let ran = runs(&record);
     assert!(
         ran.iter().any(|(_, host)| host == "late"),
@@ -256,24 +233,14 @@ fn a_differing_checkout_refuses_and_a_late_reporter_reports_a_github_build() {
     let other = projects[1]
         .spawn_gorgon("work", &["-j", "2", "--worker-id", "other"], &github)
         .wait(LIMIT);
-    assert_eq!(other.code, 3, "{other:?}");
-    assert!(
-        other
-            .stderr
-            .contains("this checkout differs from the one build github-"),
-        "{other:?}"
-    );
-    assert!(
-        other.stderr.contains("tests/02_test.sh differs"),
-        "{other:?}"
-    );
+    other.assert_exit(3);
+    other.assert_stderr(&[
+        "this checkout differs from the one build github-",
+        "tests/02_test.sh differs",
+    ]);
     let good = good.wait(LIMIT);
-    assert_eq!(good.code, 0, "{good:?}");
-    assert!(
-        good.stderr
-            .contains(&format!("Build github-{run_id}-3: 8 files")),
-        "{good:?}"
-    );
+    good.assert_exit(0);
+    good.assert_stderr(&[&format!("Build github-{run_id}-3: 8 files")]);
     let ran = runs(&record_of(&cluster, "ci-github"));
     assert!(ran.iter().all(|(_, host)| host == "good"), "{ran:?}");
     // The nodes are done; the report comes after them and has everything. Its checkout's
@@ -293,18 +260,12 @@ fn a_differing_checkout_refuses_and_a_late_reporter_reports_a_github_build() {
     let report = projects[1]
         .spawn_gorgon("report", &["--events-to", "events.ndjson"], &with_url)
         .wait(LIMIT);
-    assert_eq!(report.code, 1, "{report:?}");
-    assert!(
-        report
-            .stdout
-            .contains("8 files: 7 passed, 1 failed, 0 crashed, 0 not run"),
-        "{report:?}"
-    );
-    assert!(
-        report
-            .stdout
-            .contains("assertion failed in tests/05_test.sh"),
-        "{report:?}"
+    report.assert_report(
+        1,
+        &[
+            "8 files: 7 passed, 1 failed, 0 crashed, 0 not run",
+            "assertion failed in tests/05_test.sh",
+        ],
     );
     let events = projects[1].read("events.ndjson");
     assert_eq!(
@@ -314,11 +275,10 @@ fn a_differing_checkout_refuses_and_a_late_reporter_reports_a_github_build() {
     );
     // Reported once: the build is over, for a node or a reporter that comes later.
     let again = projects[0].spawn_gorgon("report", &[], &github).wait(LIMIT);
-    assert_eq!(again.code, 1, "{again:?}");
-    assert!(again.stderr.contains("was reported already"), "{again:?}");
+    again.assert_exit(1);
+    again.assert_stderr(&["was reported already"]);
     let late = projects[0].spawn_gorgon("work", &[], &github).wait(LIMIT);
-    assert_eq!(late.code, 0, "{late:?}");
-    assert!(late.stdout.contains("is over"), "{late:?}");
+    late.assert_report(0, &["is over"]);
 }
 
 /// Every node of a build dies (SIGKILL, with its manager and workers): the reporter waits
@@ -335,22 +295,16 @@ fn a_build_whose_nodes_all_died_ends_with_the_unrun_files_listed() {
         &["--build-id", &build, "--worker-id", "only", "-j", "1"],
         &[],
     );
-    wait_until("a file started", LIMIT, || !runs(&record).is_empty());
+    eventually(LIMIT, "a file started", || !runs(&record).is_empty());
     kill_node(only, &projects[0]);
-    let started = Instant::now();
+    // The reporter gives up after `job.listener_wait`, well within this bound.
     let report = projects[0]
         .spawn_gorgon("report", &["--build-id", &build], &[])
-        .wait(LIMIT);
-    assert_eq!(report.code, 1, "{report:?}");
-    assert!(
-        report.stdout.contains("no node has worked on build"),
-        "{report:?}"
+        .wait(Duration::from_secs(30));
+    report.assert_report(
+        1,
+        &["no node has worked on build", "Unfinished files (6 files"],
     );
-    assert!(
-        report.stdout.contains("Unfinished files (6 files"),
-        "{report:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(30), "{report:?}");
 }
 
 /// `gorgon work --report` on the only node: it runs its part, waits for the build, and
@@ -375,23 +329,20 @@ fn a_node_that_reports_exits_with_the_builds_verdict() {
             &[],
         )
         .wait(LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("5 files: 4 passed, 1 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains("File 'tests/02_test.sh' failed"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &[
+            "5 files: 4 passed, 1 failed, 0 crashed, 0 not run",
+            "File 'tests/02_test.sh' failed",
+        ],
     );
     assert!(projects[0].read("junit.xml").contains("tests/02_test.sh"));
     // Reported: a second report finds the build over.
     let again = projects[0]
         .spawn_gorgon("report", &["--build-id", &build], &[])
         .wait(LIMIT);
-    assert_eq!(again.code, 1, "{again:?}");
-    assert!(again.stderr.contains("was reported already"), "{again:?}");
+    again.assert_exit(1);
+    again.assert_stderr(&["was reported already"]);
 }
 
 /// The node that was to queue a retry is lost as it does so (played here by this test: a
@@ -467,13 +418,13 @@ fn a_retry_that_no_node_queued_ends_the_build_instead_of_hanging() {
         let report = tokio::task::spawn_blocking(move || report.wait(LIMIT))
             .await
             .unwrap();
-        assert_eq!(report.code, 1, "{report:?}");
+        report.assert_exit(1);
         assert!(
             report.stdout.contains("no file of build")
                 && report.stdout.contains("was queued or running"),
             "{report:?}"
         );
-        assert!(report.stdout.contains("\ttests/a_test.sh"), "{report:?}");
+        report.assert_stdout(&["\ttests/a_test.sh"]);
         broker.close().await;
     });
 }

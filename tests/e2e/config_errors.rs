@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::Project;
+use crate::support::{broker_port, Project, Run};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -27,6 +27,16 @@ fn valid_config(broker_port: u16, files: &str) -> String {
     )
 }
 
+/// `gorgon start ARGS` in `project`: exit 3 and one sentence that says `sentence` and names
+/// each of `named`.
+fn start_refused(project: &Project, args: &[&str], sentence: &str, named: &[&str]) -> Run {
+    let run = project.start(args, QUICK);
+    run.assert_exit(3);
+    assert_one_sentence(&run.stderr, sentence);
+    run.assert_stderr(named);
+    run
+}
+
 fn assert_one_sentence(stderr: &str, needle: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
@@ -37,10 +47,7 @@ fn assert_one_sentence(stderr: &str, needle: &str) {
 #[test]
 fn broken_json_names_the_file_and_the_place() {
     let (_dir, project) = project("{\n  \"files\": [\"x\",\n}");
-    let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert_one_sentence(&run.stderr, "gorgon.json is not valid JSON");
-    assert!(run.stderr.contains("line 3"), "{run:?}");
+    let run = start_refused(&project, &[], "gorgon.json is not valid JSON", &["line 3"]);
     assert!(run.seconds < 5.0, "{run:?}");
 }
 
@@ -48,9 +55,7 @@ fn broken_json_names_the_file_and_the_place() {
 fn a_missing_file_server_is_named() {
     let (_dir, project) =
         project(r#"{"files": ["tests/*_test.sh"], "job": {"runner": {"command": "sh {file}"}}}"#);
-    let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert_one_sentence(&run.stderr, "no file_server is configured");
+    start_refused(&project, &[], "no file_server is configured", &[]);
 }
 
 #[test]
@@ -59,62 +64,48 @@ fn a_missing_config_file_is_named() {
     let project = Project {
         dir: dir.path().to_owned(),
     };
-    let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert_one_sentence(&run.stderr, "cannot read");
-    assert!(run.stderr.contains("gorgon.json"), "{run:?}");
+    start_refused(&project, &[], "cannot read", &["gorgon.json"]);
 }
 
 #[test]
 fn an_unreachable_broker_is_named_within_seconds() {
     let port = crate::support::free_port();
     let (_dir, project) = project(&valid_config(port, "tests/*_test.sh"));
-    let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert_one_sentence(
-        &run.stderr,
+    let run = start_refused(
+        &project,
+        &[],
         &format!("cannot connect to RabbitMQ at 127.0.0.1:{port}"),
+        &[],
     );
     assert!(run.seconds < 10.0, "{run:?}");
 }
 
 #[test]
 fn no_matching_files_is_named() {
-    let (_dir, project) = project(&valid_config(
-        crate::support::broker_port(),
-        "spec/**/*_spec.rb",
-    ));
-    let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert_one_sentence(&run.stderr, "there are no files to test");
-    assert!(run.stderr.contains("spec/**/*_spec.rb"), "{run:?}");
+    let (_dir, project) = project(&valid_config(broker_port(), "spec/**/*_spec.rb"));
+    start_refused(
+        &project,
+        &[],
+        "there are no files to test",
+        &["spec/**/*_spec.rb"],
+    );
 }
 
 #[test]
 fn a_named_file_that_does_not_exist_is_named() {
-    let (_dir, project) = project(&valid_config(
-        crate::support::broker_port(),
-        "tests/*_test.sh",
-    ));
-    let run = project.start(&["tests/nope_test.sh"], QUICK);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert_one_sentence(
-        &run.stderr,
+    let (_dir, project) = project(&valid_config(broker_port(), "tests/*_test.sh"));
+    start_refused(
+        &project,
+        &["tests/nope_test.sh"],
         "tests/nope_test.sh is not a file in the project",
+        &[],
     );
 }
 
 #[test]
 fn an_unreachable_file_server_is_a_sync_failure() {
-    let (_dir, project) = project(&valid_config(
-        crate::support::broker_port(),
-        "tests/*_test.sh",
-    ));
+    let (_dir, project) = project(&valid_config(broker_port(), "tests/*_test.sh"));
     let run = project.start(&[], QUICK);
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("pushing the source tree to the file server failed"),
-        "{run:?}"
-    );
+    run.assert_exit(2);
+    run.assert_stderr(&["pushing the source tree to the file server failed"]);
 }

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use crate::support::{
-    assert_all_passed, assert_every_file_ran, interrupt_once_started, job_id_from_events,
-    recorded_runs, sigkill, slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
+    assert_all_passed, assert_every_file_ran, eventually, interrupt_once_started,
+    job_id_from_events, none_left, recorded_runs, sigkill, slow_test, wait_for_file,
+    wait_for_first_start, Cluster, Project, WORKER_KILLER,
 };
 use serde_json::json;
 
@@ -31,56 +32,59 @@ fn suite(
     (project, record)
 }
 
+/// What dies mid-file in [`killed_mid_file_loses_nothing`]: the host keeps its other
+/// parts, or (a whole listener) its files run on the survivor.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Worker,
+    WorkerManager,
+    WholeListener,
+}
+
+impl Victim {
+    /// The process of the victim's host to wait for before the kill.
+    fn process(self) -> &'static str {
+        match self {
+            Victim::Worker | Victim::WholeListener => "__work",
+            Victim::WorkerManager => "__manage-workers",
+        }
+    }
+}
+
+/// A suite of `files` on listeners `hosts` (the first one the victim's) with `victim`
+/// SIGKILLed once the first file has started: every file still runs to a result, and
+/// nothing of the job is left.
+fn killed_mid_file_loses_nothing(victim: Victim, hosts: &[&str], files: usize) {
+    let mut cluster = Cluster::new();
+    for host in hosts {
+        cluster.start_listener(host, 2);
+    }
+    let (project, record) = suite(&cluster, &format!("{victim:?}"), files, 0.5, json!({}));
+    cluster.wait_for_listeners(&project, hosts.len());
+    let run = project.spawn_start(&[], &[]);
+    let process = cluster.wait_for_process(hosts[0], victim.process(), Duration::from_secs(30));
+    wait_for_first_start(&record);
+    match victim {
+        Victim::Worker | Victim::WorkerManager => sigkill(process),
+        Victim::WholeListener => cluster.kill_listener(hosts[0]),
+    }
+    assert_all_passed(&run.wait(RUN_LIMIT), &record, files);
+    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+}
+
 #[test]
 fn a_worker_killed_mid_file_loses_nothing() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("w", 2);
-    let (project, record) = suite(&cluster, "kill-worker", 8, 0.5, json!({}));
-    let run = project.spawn_start(&[], &[]);
-    let worker = cluster.wait_for_process("w", "__work", Duration::from_secs(30));
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
-    sigkill(worker);
-    assert_all_passed(&run.wait(RUN_LIMIT), &record, 8);
-    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    killed_mid_file_loses_nothing(Victim::Worker, &["w"], 8);
 }
 
 #[test]
 fn a_worker_manager_killed_mid_file_loses_nothing() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("m1", 2);
-    cluster.start_listener("m2", 2);
-    let (project, record) = suite(&cluster, "kill-manager", 10, 0.5, json!({}));
-    cluster.wait_for_listeners(&project, 2);
-    let run = project.spawn_start(&[], &[]);
-    let manager = cluster.wait_for_process("m1", "__manage-workers", Duration::from_secs(30));
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
-    sigkill(manager);
-    assert_all_passed(&run.wait(RUN_LIMIT), &record, 10);
-    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    killed_mid_file_loses_nothing(Victim::WorkerManager, &["m1", "m2"], 10);
 }
 
 #[test]
 fn a_whole_listener_killed_mid_file_loses_nothing() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("doomed", 2);
-    cluster.start_listener("survivor", 2);
-    let (project, record) = suite(&cluster, "kill-listener", 10, 0.5, json!({}));
-    cluster.wait_for_listeners(&project, 2);
-    let run = project.spawn_start(&[], &[]);
-    cluster.wait_for_process("doomed", "__work", Duration::from_secs(30));
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
-    cluster.kill_listener("doomed");
-    assert_all_passed(&run.wait(RUN_LIMIT), &record, 10);
-    cluster.assert_no_job_processes(CLEANUP_LIMIT);
+    killed_mid_file_loses_nothing(Victim::WholeListener, &["doomed", "survivor"], 10);
 }
 
 /// A listener's whole process tree frozen (SIGSTOP) mid-run, as a swap storm or a network
@@ -90,18 +94,12 @@ fn a_whole_listener_killed_mid_file_loses_nothing() {
 /// go nowhere, and it runs the next job normally.
 #[test]
 fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("frozen", 2);
-    cluster.start_listener("warm-a", 2);
-    cluster.start_listener("warm-b", 2);
+    let cluster = Cluster::with_listeners(&[("frozen", 2), ("warm-a", 2), ("warm-b", 2)]);
     let (project, record) = suite(&cluster, "freeze", 30, 0.3, json!({}));
     cluster.wait_for_listeners(&project, 3);
     let run = project.spawn_start(&[], &[]);
     cluster.wait_for_process("frozen", "__work", Duration::from_secs(30));
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
+    wait_for_first_start(&record);
     let frozen_at = std::time::Instant::now();
     let frozen = cluster.signal_listener("frozen", nix::sys::signal::Signal::SIGSTOP);
     assert!(
@@ -116,10 +114,7 @@ fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
         after_freeze < Duration::from_secs(15),
         "the run ended {after_freeze:?} after the freeze: {run:?}"
     );
-    assert!(
-        run.stderr.contains("listener frozen disappeared"),
-        "{run:?}"
-    );
+    run.assert_stderr(&["listener frozen disappeared"]);
     // Thawed, the host reconnects and takes the next job like the others.
     let next = cluster.project("after-thaw", json!({}));
     for i in 0..12 {
@@ -128,20 +123,19 @@ fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
             "echo \"ran on $GORGON_HOST\"; sleep 0.3\n",
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = next.start(&["--events", "events.ndjson"], RUN_LIMIT);
-        assert_eq!(run.code, 0, "{run:?}");
-        assert!(run.stdout.contains("12 files: 12 passed"), "{run:?}");
-        if next.read("events.ndjson").contains("\"host\":\"frozen\"") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the thawed listener never took a job again: {}",
-            cluster.listener_log("frozen")
-        );
-    }
+    eventually(
+        Duration::from_secs(60),
+        "the thawed listener to take a job",
+        || {
+            let run = next.start(&["--events", "events.ndjson"], RUN_LIMIT);
+            run.assert_report(0, &["12 files: 12 passed"]);
+            if next.read("events.ndjson").contains("\"host\":\"frozen\"") {
+                Ok(())
+            } else {
+                Err(cluster.listener_log("frozen"))
+            }
+        },
+    );
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
@@ -151,16 +145,12 @@ fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
 /// nothing of the job is left on the machine or the broker within seconds.
 #[test]
 fn an_originator_killed_mid_run_leaves_no_process_and_no_queue() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("orphaned", 2);
+    let cluster = Cluster::with_listeners(&[("orphaned", 2)]);
     let (project, record) = suite(&cluster, "orphan", 6, 30.0, json!({}));
     cluster.wait_for_listeners(&project, 1);
     let events = project.dir.join("events.ndjson");
     let run = project.spawn_start(&["--events", events.to_str().unwrap()], &[]);
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
+    wait_for_first_start(&record);
     let job = job_id_from_events(&events).to_string();
     let killed_at = std::time::Instant::now();
     sigkill(run.pid());
@@ -175,8 +165,7 @@ fn an_originator_killed_mid_run_leaves_no_process_and_no_queue() {
 
 #[test]
 fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("victim", 2);
+    let cluster = Cluster::with_listeners(&[("victim", 2)]);
     let (project, record) = suite(
         &cluster,
         "killer",
@@ -189,41 +178,36 @@ fn a_test_that_kills_its_worker_every_time_is_reported_crashed() {
         &format!("echo killer >> \"$(dirname \"$0\")/../killer-runs.log\"\n{WORKER_KILLER}"),
     );
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("7 files: 6 passed, 0 failed, 1 crashed, 0 not run"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &[
+            "7 files: 6 passed, 0 failed, 1 crashed, 0 not run",
+            "File 'tests/zz_killer_test.sh' crashed at",
+            "its worker died 2 times",
+        ],
     );
-    assert!(
-        run.stdout
-            .contains("File 'tests/zz_killer_test.sh' crashed at"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
     assert_every_file_ran(&record, 6);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 
 #[test]
 fn a_hanging_test_is_killed_at_the_file_timeout_and_the_run_goes_on() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("hang", 2);
+    let cluster = Cluster::with_listeners(&[("hang", 2)]);
     let (project, record) = suite(&cluster, "hang", 4, 0.1, json!({}));
     project.write(
         "tests/zz_hang_test.sh",
         "echo 'about to hang'\nsleep 3600\n",
     );
     let run = project.start(&["--file-timeout", "1.5"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("File 'tests/zz_hang_test.sh' timed out at"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &[
+            "File 'tests/zz_hang_test.sh' timed out at",
+            "timed out after 1.5 s",
+            "about to hang",
+            "5 files: 4 passed",
+        ],
     );
-    assert!(run.stdout.contains("timed out after 1.5 s"), "{run:?}");
-    assert!(run.stdout.contains("about to hang"), "{run:?}");
-    assert!(run.stdout.contains("5 files: 4 passed"), "{run:?}");
     assert!(run.seconds < 60.0, "{run:?}");
     assert_every_file_ran(&record, 4);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
@@ -234,14 +218,12 @@ fn assert_next_job_runs(cluster: &Cluster) {
     let project = cluster.project("afterwards", json!({}));
     project.write("tests/ok_test.sh", "exit 0\n");
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+    run.assert_report(0, &["1 files: 1 passed"]);
 }
 
 #[test]
 fn ctrl_c_during_the_push_stops_at_once() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("push", 1);
+    let cluster = Cluster::with_listeners(&[("push", 1)]);
     let (project, _record) = suite(&cluster, "slow-push", 2, 0.1, json!({}));
     // An rsync that takes its time, ahead of the real one on PATH.
     let bin = cluster.path().join("slow-bin");
@@ -262,8 +244,8 @@ fn ctrl_c_during_the_push_stops_at_once() {
     wait_for_file(&marker, Duration::from_secs(30));
     run.interrupt();
     let run = run.wait(Duration::from_secs(10));
-    assert_eq!(run.code, 130, "{run:?}");
-    assert!(run.stderr.contains("interrupted while pushing"), "{run:?}");
+    run.assert_exit(130);
+    run.assert_stderr(&["interrupted while pushing"]);
     let sleepers = std::process::Command::new("pgrep")
         .args(["-f", &format!("{}", marker.display())])
         .output()
@@ -274,8 +256,7 @@ fn ctrl_c_during_the_push_stops_at_once() {
 
 #[test]
 fn ctrl_c_right_after_the_push_still_cancels_the_run() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("after-push", 2);
+    let cluster = Cluster::with_listeners(&[("after-push", 2)]);
     let (project, _record) = suite(&cluster, "after-push", 3, 600.0, json!({}));
     cluster.wait_for_listeners(&project, 1);
     // The real rsync pushes; a moment after it has exited, Ctrl-C reaches the originator,
@@ -310,17 +291,15 @@ done
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let run = project.spawn_start(&[], &[("PATH", path)]);
     let run = run.wait(Duration::from_secs(30));
-    assert_eq!(run.code, 130, "{run:?}");
-    assert!(run.stdout.contains("3 not run"), "{run:?}");
+    run.assert_report(130, &["3 not run"]);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
-    assert!(run.stdout.contains("Run stopped: interrupted"), "{run:?}");
+    run.assert_stdout(&["Run stopped: interrupted"]);
     assert_next_job_runs(&cluster);
 }
 
 #[test]
 fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("sync", 2);
+    let cluster = Cluster::with_listeners(&[("sync", 2)]);
     let marker = cluster.path().join("after_sync.started");
     let (project, record) = suite(
         &cluster,
@@ -333,25 +312,18 @@ fn ctrl_c_during_a_slow_after_sync_stops_the_listener_side_too() {
     wait_for_file(&marker, Duration::from_secs(30));
     run.interrupt();
     let run = run.wait(Duration::from_secs(15));
-    assert_eq!(run.code, 130, "{run:?}");
-    assert!(run.stdout.contains("3 not run"), "{run:?}");
+    run.assert_report(130, &["3 not run"]);
     assert!(recorded_runs(&record).is_empty());
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
-    let deadline = std::time::Instant::now() + CLEANUP_LIMIT;
-    while !cluster.workspaces("sync").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workspace was not removed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(CLEANUP_LIMIT, "the workspace to be removed", || {
+        none_left(cluster.workspaces("sync"))
+    });
     assert_next_job_runs(&cluster);
 }
 
 #[test]
 fn ctrl_c_during_tests_stops_everything_in_seconds() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("busy", 2);
+    let cluster = Cluster::with_listeners(&[("busy", 2)]);
     let (project, record) = suite(&cluster, "interrupted", 6, 600.0, json!({}));
     interrupt_once_started(project.spawn_start(&[], &[]), &record, 6);
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
@@ -360,8 +332,7 @@ fn ctrl_c_during_tests_stops_everything_in_seconds() {
 
 #[test]
 fn ctrl_c_gives_a_running_persistent_runner_its_grace() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("grace", 1);
+    let cluster = Cluster::with_listeners(&[("grace", 1)]);
     let record = cluster.path().join("record-grace");
     std::fs::create_dir_all(&record).unwrap();
     let runner = json!({"kind": "persistent", "command": "sh runner.sh"});
@@ -386,7 +357,7 @@ while :; do sleep 0.1; done"#,
     wait_for_file(&record.join("started"), Duration::from_secs(30));
     run.interrupt();
     let run = run.wait(Duration::from_secs(15));
-    assert_eq!(run.code, 130, "{run:?}");
+    run.assert_exit(130);
     // The cancel went listener, manager, worker, runner, each with its grace: the runner
     // got SIGTERM and the time it took, not a SIGKILL first.
     assert!(
@@ -403,21 +374,14 @@ while :; do sleep 0.1; done"#,
 
 #[test]
 fn two_jobs_share_one_listener_which_still_answers_ping() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("shared", 2);
+    let cluster = Cluster::with_listeners(&[("shared", 2)]);
     let (left, left_record) = suite(&cluster, "left", 4, 1.0, json!({}));
     let (right, right_record) = suite(&cluster, "right", 4, 1.0, json!({}));
     cluster.wait_for_listeners(&left, 1);
     let left_run = left.spawn_start(&[], &[]);
     let right_run = right.spawn_start(&[], &[]);
-    wait_for_file(
-        &left_record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
-    wait_for_file(
-        &right_record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
+    wait_for_first_start(&left_record);
+    wait_for_first_start(&right_record);
     // Both jobs run on the listener now; it still answers at once.
     let started = std::time::Instant::now();
     let ping = left.gorgon(&["ping", "--timeout", "1"]);
@@ -425,8 +389,7 @@ fn two_jobs_share_one_listener_which_still_answers_ping() {
     assert!(started.elapsed() < Duration::from_secs(5));
     for (run, record) in [(left_run, left_record), (right_run, right_record)] {
         let run = run.wait(RUN_LIMIT);
-        assert_eq!(run.code, 0, "{run:?}");
-        assert!(run.stdout.contains("4 files: 4 passed"), "{run:?}");
+        run.assert_report(0, &["4 files: 4 passed"]);
         assert_every_file_ran(&record, 4);
     }
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
@@ -435,15 +398,11 @@ fn two_jobs_share_one_listener_which_still_answers_ping() {
 #[test]
 fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, Message};
-    let mut cluster = Cluster::new();
-    cluster.start_listener("tough", 2);
+    let cluster = Cluster::with_listeners(&[("tough", 2)]);
     let (project, record) = suite(&cluster, "garbage", 8, 0.3, json!({}));
     let events = cluster.path().join("garbage.events");
     let run = project.spawn_start(&["--events", &events.display().to_string()], &[]);
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
+    wait_for_first_start(&record);
     let job_id = job_id_from_events(&events);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -474,12 +433,8 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     let run = run.wait(RUN_LIMIT);
     // The stray file message that escapes the workspace is refused, not run; every real
     // file passes.
-    assert!(
-        run.stdout
-            .contains("8 files: 8 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_stdout(&["8 files: 8 passed, 0 failed, 0 crashed, 0 not run"]);
+    run.assert_exit(0);
     assert_every_file_ran(&record, 8);
     // The listener is alive and well.
     let ping = project.gorgon(&["ping", "--timeout", "1"]);
@@ -493,8 +448,7 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
 /// job's tags, since a forked runner's parent is the warm runner, not the worker.
 #[test]
 fn a_worker_killed_under_a_forked_runner_leaves_nothing_and_its_file_runs_again() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("forks", 2);
+    let cluster = Cluster::with_listeners(&[("forks", 2)]);
     let project = cluster.project(
         "forked-killer",
         json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
@@ -504,7 +458,7 @@ fn a_worker_killed_under_a_forked_runner_leaves_nothing_and_its_file_runs_again(
         "RSpec.describe('warm-up') { it('passes') { expect(1).to eq(1) } }\n",
     );
     let first = project.start(&[], RUN_LIMIT);
-    assert_eq!(first.code, 0, "{first:?}");
+    first.assert_exit(0);
     cluster.wait_for_warm_runner("forks", "gorgon_warm.rb", Duration::from_secs(30));
 
     let marker = cluster.path().join("killed-once");
@@ -550,12 +504,7 @@ fn a_worker_killed_under_a_forked_runner_leaves_nothing_and_its_file_runs_again(
     }
     let run = project.start(&[], RUN_LIMIT);
     assert!(marker.exists(), "the killer never ran: {run:?}");
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("6 files: 6 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["6 files: 6 passed, 0 failed, 0 crashed, 0 not run"]);
     let started_by = std::fs::read_to_string(&ancestry).unwrap();
     assert!(started_by.contains("gorgon_warm.rb"), "{started_by}");
     cluster.assert_no_job_processes(CLEANUP_LIMIT);

@@ -4,11 +4,12 @@
 //! crashed; Ctrl-C stops every local process.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{
-    assert_all_passed, interrupt_once_started, processes_working_in, recorded_runs, recording_test,
-    sigkill, slow_test, wait_for_file, Cluster, Project, WORKER_KILLER,
+    assert_all_passed, eventually, interrupt_once_started, none_left, processes_working_in,
+    recorded_runs, recording_test, sigkill, slow_test, wait_for_first_start, Cluster, Project,
+    WORKER_KILLER,
 };
 use serde_json::json;
 
@@ -47,27 +48,21 @@ fn junit_cases(text: &str) -> Vec<(String, String)> {
 
 /// Waits until no process works in `dir`; fails the test with the survivors otherwise.
 fn assert_no_process_in(dir: &Path) {
-    let deadline = Instant::now() + CLEANUP_LIMIT;
-    loop {
-        let left = processes_working_in(dir);
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "processes are left: {left:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(CLEANUP_LIMIT, "no process to be left", || {
+        none_left(processes_working_in(dir))
+    });
 }
 
 /// A project of `files` slow tests, outside any cluster, whose config has no `connection`
-/// or `file_server`.
+/// or `file_server`, in a folder of its own (removed when the first value is dropped).
 fn local_project(
-    root: &Path,
     files: usize,
     seconds: f64,
     job: serde_json::Value,
-) -> (Project, std::path::PathBuf) {
-    let dir = root.join("project");
-    let record = root.join("record");
+) -> (tempfile::TempDir, Project, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("project");
+    let record = root.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
     let mut config = json!({
         "files": ["tests/**/*_test.sh"],
@@ -85,28 +80,22 @@ fn local_project(
         let file = format!("tests/{i:02}_test.sh");
         project.write(&file, &slow_test(&record, &file, seconds));
     }
-    (project, record)
+    (root, project, record)
 }
 
 /// The pid of a local worker of the run in `dir`.
 fn wait_for_local_worker(dir: &Path) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(worker) = processes_working_in(dir)
+    eventually(Duration::from_secs(30), "a local worker", || {
+        processes_working_in(dir)
             .into_iter()
             .find(|p| p.command.ends_with(" __work"))
-        {
-            return worker.pid;
-        }
-        assert!(Instant::now() < deadline, "no local worker appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .map(|worker| worker.pid)
+    })
 }
 
 #[test]
 fn a_local_run_answers_like_a_distributed_one() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("same", json!({"job": {"max_crash_retries": 2}}));
     let record = cluster.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
@@ -129,7 +118,7 @@ fn a_local_run_answers_like_a_distributed_one() {
     std::fs::remove_file(project.dir.join("gorgon-failed.json")).unwrap();
 
     let local = project.start(&["--local", "-j", "2", "--junit", "junit.xml"], RUN_LIMIT);
-    assert_eq!(distributed.code, 1, "{distributed:?}");
+    distributed.assert_exit(1);
     assert_eq!(local.code, distributed.code, "{local:?}");
     assert_eq!(
         totals(&distributed.stdout),
@@ -154,11 +143,7 @@ fn a_local_run_answers_like_a_distributed_one() {
     let cases = junit_cases(&project.read("junit.xml"));
     assert_eq!(cases.len(), 8, "{cases:?}");
     assert_eq!(cases, distributed_cases);
-    assert!(local.stdout.contains("about to die"), "{local:?}");
-    assert!(
-        local.stdout.contains("its worker died 2 times"),
-        "{local:?}"
-    );
+    local.assert_stdout(&["about to die", "its worker died 2 times"]);
     // Each file ran once per run.
     let runs = recorded_runs(&record);
     assert_eq!(runs.len(), 12, "{runs:?}");
@@ -167,8 +152,7 @@ fn a_local_run_answers_like_a_distributed_one() {
 
 #[test]
 fn a_local_run_needs_no_broker_and_no_file_server() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, record) = local_project(root.path(), 3, 0.1, json!({}));
+    let (_root, project, record) = local_project(3, 0.1, json!({}));
     // A closed port: a run that touched the broker would fail.
     let closed = crate::support::free_port();
     let mut config: serde_json::Value = serde_json::from_str(&project.read("gorgon.json")).unwrap();
@@ -176,33 +160,21 @@ fn a_local_run_needs_no_broker_and_no_file_server() {
     std::fs::write(project.dir.join("gorgon.json"), config.to_string()).unwrap();
 
     let run = project.start(&["--local"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("3 files: 3 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["3 files: 3 passed, 0 failed, 0 crashed, 0 not run"]);
     assert_eq!(recorded_runs(&record).len(), 3);
 
     // A distributed run of the same configuration still needs its file server.
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr.contains("no file_server is configured"),
-        "{run:?}"
-    );
+    run.assert_exit(3);
+    run.assert_stderr(&["no file_server is configured"]);
     assert_no_process_in(&project.dir);
 }
 
 #[test]
 fn a_local_worker_killed_mid_file_loses_nothing() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, record) = local_project(root.path(), 8, 0.5, json!({}));
+    let (_root, project, record) = local_project(8, 0.5, json!({}));
     let run = project.spawn_start(&["--local", "-j", "2"], &[]);
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
+    wait_for_first_start(&record);
     let worker = wait_for_local_worker(&project.dir);
     sigkill(worker);
     assert_all_passed(&run.wait(RUN_LIMIT), &record, 8);
@@ -211,24 +183,22 @@ fn a_local_worker_killed_mid_file_loses_nothing() {
 
 #[test]
 fn a_test_that_kills_its_local_worker_every_time_is_reported_crashed() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, _record) = local_project(root.path(), 3, 0.1, json!({"max_crash_retries": 2}));
+    let (_root, project, _record) = local_project(3, 0.1, json!({"max_crash_retries": 2}));
     project.write("tests/zz_killer_test.sh", WORKER_KILLER);
     let run = project.start(&["--local", "-j", "2"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("4 files: 3 passed, 0 failed, 1 crashed, 0 not run"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &[
+            "4 files: 3 passed, 0 failed, 1 crashed, 0 not run",
+            "its worker died 2 times",
+        ],
     );
-    assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
     assert_no_process_in(&project.dir);
 }
 
 #[test]
 fn ctrl_c_stops_every_local_process() {
-    let root = tempfile::tempdir().unwrap();
-    let (project, record) = local_project(root.path(), 4, 600.0, json!({}));
+    let (_root, project, record) = local_project(4, 600.0, json!({}));
     let run = project.spawn_start(&["--local", "-j", "2"], &[]);
     interrupt_once_started(run, &record, 4);
     assert_no_process_in(&project.dir);

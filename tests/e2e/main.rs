@@ -1,7 +1,8 @@
 //! The end-to-end tests, in one test binary: the real `gorgon` binary, listeners, worker
-//! managers and workers against the real RabbitMQ and rsync (see `support`). Only the broker
-//! restart, which stops the shared broker, runs in a binary of its own
-//! (`tests/broker_restart.rs`).
+//! managers and workers against the real RabbitMQ and rsync (see `support`). The tests that
+//! stop the shared broker or load the machine run in binaries of their own:
+//! `tests/broker_restart.rs`, `tests/broker_cluster.rs`, `tests/chaos.rs` and
+//! `tests/broker_scale.rs`.
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::eventually_async;
+
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     names, Broker, BrokerSettings, Callbacks, Envelope, FileResult, FileStatus, Inbox,
@@ -336,13 +338,8 @@ async fn sigterm_stops_a_running_persistent_runner_with_its_grace_and_no_crash()
 
 /// Waits until `path` exists, failing the test after [`WAIT`].
 async fn wait_for(path: &Path) {
-    tokio::time::timeout(WAIT, async {
-        while !path.exists() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} never appeared", path.display()));
+    let what = format!("{} to appear", path.display());
+    eventually_async(WAIT, what, || path.exists()).await;
 }
 
 #[tokio::test]

@@ -11,24 +11,27 @@ use serde_json::{json, Value};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-/// Writes `passing` passing and `failing` failing recording tests; returns the failing ones.
+/// A project `name` of `passing` passing and `failing` failing recording tests, with its
+/// record; the failing files.
 fn suite(
-    project: &Project,
-    record: &std::path::Path,
+    cluster: &Cluster,
+    name: &str,
     passing: usize,
     failing: usize,
-) -> Vec<String> {
-    std::fs::create_dir_all(record).unwrap();
+) -> (Project, std::path::PathBuf, Vec<String>) {
+    let project = cluster.project(name, json!({}));
+    let record = cluster.path().join("record");
+    std::fs::create_dir_all(&record).unwrap();
     let mut failed = Vec::new();
     for i in 0..passing + failing {
         let fail = i >= passing;
         let file = format!("tests/t{i:02}_test.sh");
-        project.write(&file, &recording_test(record, &file, fail));
+        project.write(&file, &recording_test(&record, &file, fail));
         if fail {
             failed.push(file);
         }
     }
-    failed
+    (project, record, failed)
 }
 
 fn events_of(text: &str) -> Vec<Value> {
@@ -58,19 +61,15 @@ fn project_files(project: &Project) -> Vec<String> {
 /// saved event stream.
 #[test]
 fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
-    cluster.start_listener("duo", 2);
-    let project = cluster.project("html", json!({}));
-    let record = cluster.path().join("record");
-    suite(&project, &record, 4, 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2), ("duo", 2)]);
+    let (project, _record, _) = suite(&cluster, "html", 4, 2);
     cluster.wait_for_listeners(&project, 2);
 
     let run = project.start(
         &["--html", "reports/run.html", "--events", "events.jsonl"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let page = project.read("reports/run.html");
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
     assert_eq!(page.matches(r#"<rect class="bar "#).count(), 6, "{page}");
@@ -147,125 +146,31 @@ fn a_run_writes_an_html_report_and_gorgon_report_makes_it_again_from_the_events(
 
 #[test]
 fn a_run_writes_a_junit_report_and_an_event_stream() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
-    let project = cluster.project("reports", json!({}));
-    let record = cluster.path().join("record");
-    let failing = suite(&project, &record, 4, 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
+    let (project, _record, failing) = suite(&cluster, "reports", 4, 2);
 
     let run = project.start(
         &["--junit", "reports/junit.xml", "--events", "events.jsonl"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
 
-    // The JUnit report: testsuites > testsuite > testcase, one case per file.
-    let text = project.read("reports/junit.xml");
-    let doc = roxmltree::Document::parse(&text).unwrap();
-    let root = doc.root_element();
-    assert_eq!(root.tag_name().name(), "testsuites");
-    assert_eq!(root.attribute("tests"), Some("6"));
-    assert_eq!(root.attribute("failures"), Some("2"));
-    assert_eq!(root.attribute("errors"), Some("0"));
-    let suites: Vec<_> = root.children().filter(|n| n.is_element()).collect();
-    assert_eq!(suites.len(), 6);
-    let mut failures = Vec::new();
-    for suite in &suites {
-        assert!(suite.has_tag_name("testsuite"));
-        let cases: Vec<_> = suite
-            .children()
-            .filter(|n| n.has_tag_name("testcase"))
-            .collect();
-        assert_eq!(cases.len(), 1);
-        let case = cases[0];
-        let file = case.attribute("file").unwrap();
-        assert_eq!(case.attribute("name"), Some(file));
-        assert_eq!(suite.attribute("name"), Some(file));
-        assert!(case.attribute("classname").unwrap().starts_with("tests.t"));
-        assert!(case.attribute("time").unwrap().parse::<f64>().unwrap() >= 0.0);
-        let worker = case
-            .descendants()
-            .find(|n| n.has_tag_name("property"))
-            .and_then(|p| p.attribute("value"))
-            .unwrap();
-        assert!(worker == "solo:1" || worker == "solo:2", "{worker}");
-        if let Some(failure) = case.children().find(|n| n.has_tag_name("failure")) {
-            assert_eq!(failure.attribute("message"), Some("exit status 1"));
-            assert!(failure
-                .text()
-                .unwrap()
-                .contains(&format!("assertion failed in {file}: expected 1, got 2")));
-            failures.push(file.to_owned());
-        }
-    }
-    failures.sort();
-    assert_eq!(failures, failing);
-
-    // The event stream: run_started first, run_finished last, one file_finished per file.
-    let events = events_of(&project.read("events.jsonl"));
-    let kinds = kinds(&events);
-    assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
-    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "run_started").count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == "run_finished").count(), 1);
-    for event in &events {
-        assert_eq!(event["schema"], 1, "{event}");
-        let time = event["time"].as_str().unwrap();
-        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
-    }
-    let queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
-    assert_eq!(queued.len(), 6);
-    assert!(events[0]["job_id"].as_str().unwrap().len() == 36);
-    let joined = kinds.iter().position(|k| *k == "listener_joined").unwrap();
-    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
-    let mut started_at: BTreeMap<String, usize> = BTreeMap::new();
-    for (index, event) in events.iter().enumerate() {
-        let file = event["file"].as_str().unwrap_or_default().to_owned();
-        match event["event"].as_str() {
-            Some("file_started") => {
-                assert!(index > joined);
-                started_at.entry(file).or_insert(index);
-            }
-            Some("file_finished") => {
-                assert!(started_at.get(&file).is_some_and(|s| *s < index), "{file}");
-                let expected = if failing.contains(&file) {
-                    "failed"
-                } else {
-                    "passed"
-                };
-                assert_eq!(event["status"], expected, "{event}");
-                *finished.entry(file).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-    let mut sorted = queued.clone();
-    sorted.sort();
-    assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), sorted);
-    assert!(finished.values().all(|n| *n == 1), "{finished:?}");
-    let last = events.last().unwrap();
-    assert_eq!(last["exit_code"], 1);
-    assert_eq!(
-        last["totals"],
-        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0, "flaky": 0, "quarantined": 0})
-    );
+    check_junit_report(&project.read("reports/junit.xml"), &failing);
+    check_event_stream(&project.read("events.jsonl"), &failing);
 }
 
 #[test]
 fn failed_reruns_exactly_the_failed_files() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("again", 2);
-    let project = cluster.project("rerun", json!({}));
-    let record = cluster.path().join("record");
-    let failing = suite(&project, &record, 5, 2);
+    let cluster = Cluster::with_listeners(&[("again", 2)]);
+    let (project, record, failing) = suite(&cluster, "rerun", 5, 2);
 
     let first = project.start(&[], RUN_LIMIT);
-    assert_eq!(first.code, 1, "{first:?}");
+    first.assert_exit(1);
     assert_eq!(recorded_runs(&record).len(), 7);
 
     // The re-run, with its events on stdout (the report then goes to stderr).
     let second = project.start(&["--failed", "--events", "-"], RUN_LIMIT);
-    assert_eq!(second.code, 1, "{second:?}");
+    second.assert_exit(1);
     let runs = recorded_runs(&record);
     let mut rerun: Vec<String> = runs[7..]
         .iter()
@@ -277,30 +182,22 @@ fn failed_reruns_exactly_the_failed_files() {
     let mut queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
     queued.sort();
     assert_eq!(queued, failing);
-    assert!(
-        second
-            .stderr
-            .contains("2 files: 0 passed, 2 failed, 0 crashed, 0 not run"),
-        "{second:?}"
-    );
+    second.assert_stderr(&["2 files: 0 passed, 2 failed, 0 crashed, 0 not run"]);
 
     // Fixed, one file removed: the survivor runs, the removed one is skipped with a note.
     project.write(&failing[0], "exit 0\n");
     std::fs::remove_file(project.dir.join(&failing[1])).unwrap();
     let third = project.start(&["--failed"], RUN_LIMIT);
-    assert_eq!(third.code, 0, "{third:?}");
-    assert!(
-        third.stderr.contains(&format!(
-            "Skipping {} from the failed files list: it no longer exists",
-            failing[1]
-        )),
-        "{third:?}"
-    );
-    assert!(third.stdout.contains("1 files: 1 passed"), "{third:?}");
+    third.assert_exit(0);
+    third.assert_stderr(&[&format!(
+        "Skipping {} from the failed files list: it no longer exists",
+        failing[1]
+    )]);
+    third.assert_stdout(&["1 files: 1 passed"]);
 
     // Nothing left to re-run: a clear message and exit 0.
     let fourth = project.start(&["--failed"], RUN_LIMIT);
-    assert_eq!(fourth.code, 0, "{fourth:?}");
+    fourth.assert_exit(0);
     assert!(
         fourth
             .stdout
@@ -311,33 +208,21 @@ fn failed_reruns_exactly_the_failed_files() {
 
 #[test]
 fn piped_output_has_no_escape_codes_and_quiet_prints_only_the_report() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("plain", 2);
-    let project = cluster.project("plain", json!({}));
-    let record = cluster.path().join("record");
-    suite(&project, &record, 2, 1);
+    let cluster = Cluster::with_listeners(&[("plain", 2)]);
+    let (project, _record, _) = suite(&cluster, "plain", 2, 1);
 
     let run = project.start_with_env(&["--verbose"], &[("NO_COLOR", "1")], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     assert!(!run.stdout.contains('\x1b'), "{run:?}");
     assert!(!run.stderr.contains('\x1b'), "{run:?}");
     // Progress lines and info logs go to stderr; the report to stdout.
-    assert!(run.stderr.contains("[3/3]"), "{run:?}");
-    assert!(run.stderr.contains("INFO"), "{run:?}");
-    assert!(
-        run.stdout.contains("3 files: 2 passed, 1 failed"),
-        "{run:?}"
-    );
+    run.assert_stderr(&["[3/3]", "INFO"]);
+    run.assert_stdout(&["3 files: 2 passed, 1 failed"]);
 
     let quiet = project.start(&["--quiet"], RUN_LIMIT);
-    assert_eq!(quiet.code, 1, "{quiet:?}");
+    quiet.assert_exit(1);
     assert_eq!(quiet.stderr, "", "{quiet:?}");
-    assert!(
-        quiet
-            .stdout
-            .contains("File 'tests/t02_test.sh' failed at 'plain:"),
-        "{quiet:?}"
-    );
+    quiet.assert_stdout(&["File 'tests/t02_test.sh' failed at 'plain:"]);
     assert!(
         quiet.stdout.trim_end().ends_with(" s")
             && quiet.stdout.contains("3 files: 2 passed, 1 failed"),
@@ -576,8 +461,7 @@ fn every_command_has_an_example_and_completions_are_generated() {
 /// files in order on this machine and reproduces the failure; `--replay-until` stops there.
 #[test]
 fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 1);
+    let cluster = Cluster::with_listeners(&[("solo", 1)]);
     let project = cluster.project("replay", json!({}));
     let shared = cluster.path().join("shared-state");
     let shared = shared.display().to_string();
@@ -598,13 +482,9 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
     project.write("tests/c_test.sh", "true\n");
 
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("File 'tests/b_test.sh' failed"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["File 'tests/b_test.sh' failed"]);
     let command = "gorgon start --replay solo:1 --replay-until tests/b_test.sh";
-    assert!(run.stdout.contains(command), "{run:?}");
+    run.assert_stdout(&[command]);
     let failed_list = project.read("gorgon-failed.json");
 
     // The listener's run wrote its worker's order; the printed command replays it.
@@ -613,47 +493,34 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
         &["--replay", "solo:1", "--replay-until", "tests/b_test.sh"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("Replaying the 2 files worker solo:1 ran"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains("2 files: 1 passed, 1 failed"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout.contains("found state left by another test"),
-        "{run:?}"
-    );
+    run.assert_exit(1);
+    run.assert_stderr(&["Replaying the 2 files worker solo:1 ran"]);
+    run.assert_stdout(&[
+        "2 files: 1 passed, 1 failed",
+        "found state left by another test",
+    ]);
     // The replay leaves the listener run's failed files as they were.
     assert_eq!(project.read("gorgon-failed.json"), failed_list);
     // Alone, b passes: its failure depends on what ran before it.
     std::fs::remove_file(&shared).unwrap();
     let alone = project.start(&["--local", "tests/b_test.sh"], RUN_LIMIT);
-    assert_eq!(alone.code, 0, "{alone:?}");
+    alone.assert_exit(0);
 
     // Without --replay-until, the whole sequence; from a saved event stream too. (Without
     // the timings of the runs before, the largest file goes first again.)
     std::fs::remove_file(project.dir.join("gorgon-runtime.json")).unwrap();
     let run = project.start(&["--events", "events.jsonl"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     std::fs::remove_file(&shared).unwrap();
     let run = project.start(
         &["--replay", "solo:1", "--events", "events.jsonl"],
         RUN_LIMIT,
     );
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("3 files: 2 passed, 1 failed"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["3 files: 2 passed, 1 failed"]);
     // An unknown worker is named with the ones there are.
     let run = project.start(&["--replay", "other:3"], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(run.stderr.contains("no worker other:3"), "{run:?}");
-    assert!(run.stderr.contains("solo:1"), "{run:?}");
+    run.assert_exit(3);
+    run.assert_stderr(&["no worker other:3", "solo:1"]);
 }
 
 /// Live output: a file that prints a line every 0.2 s shows its lines on the originator (and
@@ -661,8 +528,7 @@ fn a_failure_that_depends_on_the_files_before_it_is_replayed_in_their_order() {
 /// is cut to the documented cap and the run goes on. The same on the listeners and locally.
 #[test]
 fn running_files_stream_their_output_and_a_flood_is_cut_at_the_cap() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("live", json!({}));
     project.write(
         "tests/ticker_test.sh",
@@ -685,7 +551,7 @@ fn running_files_stream_their_output_and_a_flood_is_cut_at_the_cap() {
     ] {
         let run = project.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
-        assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
+        run.assert_stdout(&["2 files: 2 passed"]);
         let place = if args.contains(&"--local") {
             ":"
         } else {
@@ -782,4 +648,102 @@ fn fleet_runs_a_command_on_every_listener_that_allows_it() {
         "{stdout}"
     );
     assert!(stdout.contains("1 of 2 listener(s)"), "{stdout}");
+}
+
+/// The JUnit report of a run of [`suite`] on listener `solo`: testsuites > testsuite >
+/// testcase, one case per file, the `failing` ones with their failure.
+fn check_junit_report(text: &str, failing: &[String]) {
+    // The JUnit report: testsuites > testsuite > testcase, one case per file.
+    let doc = roxmltree::Document::parse(text).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(root.attribute("tests"), Some("6"));
+    assert_eq!(root.attribute("failures"), Some("2"));
+    assert_eq!(root.attribute("errors"), Some("0"));
+    let suites: Vec<_> = root.children().filter(|n| n.is_element()).collect();
+    assert_eq!(suites.len(), 6);
+    let mut failures = Vec::new();
+    for suite in &suites {
+        assert!(suite.has_tag_name("testsuite"));
+        let cases: Vec<_> = suite
+            .children()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        assert_eq!(cases.len(), 1);
+        let case = cases[0];
+        let file = case.attribute("file").unwrap();
+        assert_eq!(case.attribute("name"), Some(file));
+        assert_eq!(suite.attribute("name"), Some(file));
+        assert!(case.attribute("classname").unwrap().starts_with("tests.t"));
+        assert!(case.attribute("time").unwrap().parse::<f64>().unwrap() >= 0.0);
+        let worker = case
+            .descendants()
+            .find(|n| n.has_tag_name("property"))
+            .and_then(|p| p.attribute("value"))
+            .unwrap();
+        assert!(worker == "solo:1" || worker == "solo:2", "{worker}");
+        if let Some(failure) = case.children().find(|n| n.has_tag_name("failure")) {
+            assert_eq!(failure.attribute("message"), Some("exit status 1"));
+            assert!(failure
+                .text()
+                .unwrap()
+                .contains(&format!("assertion failed in {file}: expected 1, got 2")));
+            failures.push(file.to_owned());
+        }
+    }
+    failures.sort();
+    assert_eq!(failures, failing);
+}
+
+/// The event stream of a run of [`suite`]: run_started first, run_finished last, one
+/// file_finished per file after its file_started, the `failing` ones failed.
+fn check_event_stream(text: &str, failing: &[String]) {
+    // The event stream: run_started first, run_finished last, one file_finished per file.
+    let events = events_of(text);
+    let kinds = kinds(&events);
+    assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "run_started").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "run_finished").count(), 1);
+    for event in &events {
+        assert_eq!(event["schema"], 1, "{event}");
+        let time = event["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+    }
+    let queued: Vec<String> = serde_json::from_value(events[0]["files"].clone()).unwrap();
+    assert_eq!(queued.len(), 6);
+    assert!(events[0]["job_id"].as_str().unwrap().len() == 36);
+    let joined = kinds.iter().position(|k| *k == "listener_joined").unwrap();
+    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
+    let mut started_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        let file = event["file"].as_str().unwrap_or_default().to_owned();
+        match event["event"].as_str() {
+            Some("file_started") => {
+                assert!(index > joined);
+                started_at.entry(file).or_insert(index);
+            }
+            Some("file_finished") => {
+                assert!(started_at.get(&file).is_some_and(|s| *s < index), "{file}");
+                let expected = if failing.contains(&file) {
+                    "failed"
+                } else {
+                    "passed"
+                };
+                assert_eq!(event["status"], expected, "{event}");
+                *finished.entry(file).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut sorted = queued.clone();
+    sorted.sort();
+    assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), sorted);
+    assert!(finished.values().all(|n| *n == 1), "{finished:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["exit_code"], 1);
+    assert_eq!(
+        last["totals"],
+        json!({"files": 6, "passed": 4, "failed": 2, "crashed": 0, "timed_out": 0, "not_run": 0, "flaky": 0, "quarantined": 0})
+    );
 }

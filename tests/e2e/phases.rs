@@ -14,9 +14,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 /// command phase appends its name: the log shows what ran, with which runner, in what order.
 #[test]
 fn phases_run_in_order_and_a_failure_takes_the_error_path() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let log_dir = cluster.path().join("phase-log");
     std::fs::create_dir_all(&log_dir).unwrap();
     let log = log_dir.join("ran.log");
@@ -79,31 +77,14 @@ fn phases_run_in_order_and_a_failure_takes_the_error_path() {
             ["job-runner a", "job-runner b", "job-runner c"],
             "{args:?}"
         );
-        assert!(
-            run.stdout
-                .contains("Phase unit failed: 1 of its 3 files failed"),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout
-                .contains("Phase integration not run: phase unit failed (2 files)"),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout.contains("\ttests/integration/x_test.sh"),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout
-                .contains("Phase report not run: phase unit failed"),
-            "{run:?}"
-        );
-        assert!(run.stdout.contains("Phase error passed"), "{run:?}");
-        assert!(
-            run.stdout
-                .contains("5 files: 2 passed, 1 failed, 0 crashed, 2 not run"),
-            "{run:?}"
-        );
+        run.assert_stdout(&[
+            "Phase unit failed: 1 of its 3 files failed",
+            "Phase integration not run: phase unit failed (2 files)",
+            "\ttests/integration/x_test.sh",
+            "Phase report not run: phase unit failed",
+            "Phase error passed",
+            "5 files: 2 passed, 1 failed, 0 crashed, 2 not run",
+        ]);
         // The JUnit report has a suite per phase, the skipped phase's files as not run.
         let junit = std::fs::read_to_string(project.dir.join("junit.xml")).unwrap();
         let doc = roxmltree::Document::parse(&junit).unwrap();
@@ -191,11 +172,7 @@ fn phases_run_in_order_and_a_failure_takes_the_error_path() {
         assert!(run
             .stdout
             .contains("Phase error not run: no phase of the run led to it"));
-        assert!(
-            run.stdout
-                .contains("5 files: 5 passed, 0 failed, 0 crashed, 0 not run"),
-            "{run:?}"
-        );
+        run.assert_stdout(&["5 files: 5 passed, 0 failed, 0 crashed, 0 not run"]);
     }
 
     // A broken list of phases is refused before anything runs, naming the problem.
@@ -204,11 +181,7 @@ fn phases_run_in_order_and_a_failure_takes_the_error_path() {
         json!({"files": [], "phases": [{"name": "unit", "files": ["t/*.sh"], "transitions_to": "deploy"}]}),
     );
     let run = broken.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("phase \"unit\": transitions_to names \"deploy\", which is not a phase"),
-        "{run:?}"
-    );
+    run.assert_exit(3);
+    run.assert_stderr(&["phase \"unit\": transitions_to names \"deploy\", which is not a phase"]);
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }

@@ -11,9 +11,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("alpha", 2);
-    cluster.start_listener("beta", 2);
+    let cluster = Cluster::with_listeners(&[("alpha", 2), ("beta", 2)]);
     let project = cluster.project("suite", json!({}));
     let record = cluster.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
@@ -34,7 +32,7 @@ fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     // Every file ran exactly once.
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for line in recorded_runs(&record) {
@@ -46,21 +44,12 @@ fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
     // Each failure is named with where it ran and its output.
     for file in failing {
-        assert!(
-            run.stdout.contains(&format!("File '{file}' failed at '")),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout
-                .contains(&format!("assertion failed in {file}: expected 1, got 2")),
-            "{run:?}"
-        );
+        run.assert_stdout(&[
+            &format!("File '{file}' failed at '"),
+            &format!("assertion failed in {file}: expected 1, got 2"),
+        ]);
     }
-    assert!(
-        run.stdout
-            .contains("40 files: 37 passed, 3 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
+    run.assert_stdout(&["40 files: 37 passed, 3 failed, 0 crashed, 0 not run"]);
     // The failed files list holds exactly the failures.
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
@@ -79,8 +68,7 @@ fn forty_files_on_two_listeners_each_run_once_and_failures_are_reported() {
 
 #[test]
 fn runtime_history_is_merged_and_a_green_run_exits_zero() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("solo", 2);
+    let cluster = Cluster::with_listeners(&[("solo", 2)]);
     let project = cluster.project("merge", json!({}));
     project.write("gorgon-runtime.json", r#"{"tests/gone_test.sh": 4.5}"#);
     project.write("tests/one_test.sh", "exit 0\n");
@@ -88,12 +76,7 @@ fn runtime_history_is_merged_and_a_green_run_exits_zero() {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("2 files: 2 passed, 0 failed, 0 crashed, 0 not run"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["2 files: 2 passed, 0 failed, 0 crashed, 0 not run"]);
     let runtime: BTreeMap<String, f64> =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
     assert_eq!(
@@ -110,14 +93,12 @@ fn runtime_history_is_merged_and_a_green_run_exits_zero() {
 
     // Files named on the command line replace the configured globs.
     let run = project.start(&["tests/two_test.sh"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+    run.assert_report(0, &["1 files: 1 passed"]);
 }
 
 #[test]
 fn callbacks_run_where_and_when_gorgon_runs_them() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("cb", 2);
+    let cluster = Cluster::with_listeners(&[("cb", 2)]);
     let record = cluster.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
     let log = record.join("callbacks.log");
@@ -145,7 +126,7 @@ fn callbacks_run_where_and_when_gorgon_runs_them() {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_exit(0);
     let lines: Vec<String> = std::fs::read_to_string(record.join("callbacks.log"))
         .unwrap()
         .lines()
@@ -184,8 +165,7 @@ fn callbacks_run_where_and_when_gorgon_runs_them() {
 
 #[test]
 fn a_failing_after_sync_fails_the_run_with_its_output_in_bounded_time() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("broken", 2);
+    let cluster = Cluster::with_listeners(&[("broken", 2)]);
     let project = cluster.project(
         "bad-after-sync",
         json!({"job": {"callbacks": {"after_sync": "echo 'bundle install: could not find gem foo'; exit 5"}}}),
@@ -196,26 +176,19 @@ fn a_failing_after_sync_fails_the_run_with_its_output_in_bounded_time() {
 
     let run = project.start(&[], Duration::from_secs(60));
 
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.seconds < 30.0, "{run:?}");
-    let all = format!("{}{}", run.stdout, run.stderr);
-    assert!(
-        all.contains("after_sync callback failed on broken"),
-        "{run:?}"
-    );
-    assert!(all.contains("exit status 5"), "{run:?}");
-    assert!(
-        all.contains("bundle install: could not find gem foo"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("4 not run"), "{run:?}");
+    // The failure itself stops the run: it does not wait for a result that cannot come.
+    run.assert_report(1, &["Run stopped: after_sync callback failed on broken"]);
+    run.assert_output(&[
+        "after_sync callback failed on broken",
+        "exit status 5",
+        "bundle install: could not find gem foo",
+    ]);
+    run.assert_stdout(&["4 not run"]);
 }
 
 #[test]
 fn two_originators_share_the_listeners_and_keep_their_own_results() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("shared-1", 2);
-    cluster.start_listener("shared-2", 2);
+    let cluster = Cluster::with_listeners(&[("shared-1", 2), ("shared-2", 2)]);
     let record = cluster.path().join("record");
     let projects: Vec<_> = ["left", "right"]
         .iter()
@@ -246,13 +219,12 @@ fn two_originators_share_the_listeners_and_keep_their_own_results() {
     });
 
     for (run, (name, failures)) in runs.iter().zip([("left", 1), ("right", 2)]) {
-        assert_eq!(run.code, 1, "{run:?}");
-        assert!(
-            run.stdout.contains(&format!(
+        run.assert_report(
+            1,
+            &[&format!(
                 "12 files: {} passed, {failures} failed, 0 crashed, 0 not run",
                 12 - failures
-            )),
-            "{run:?}"
+            )],
         );
         let other = if name == "left" { "right" } else { "left" };
         assert!(!run.stdout.contains(&format!("tests/{other}_")), "{run:?}");
@@ -273,15 +245,12 @@ fn a_listener_that_starts_during_a_run_receives_the_job() {
     run.wait_for_stderr("waiting for listeners", Duration::from_secs(30));
     cluster.start_listener("latecomer", 1);
     let started = run.wait(RUN_LIMIT);
-    assert_eq!(started.code, 0, "{started:?}");
-    assert!(started.stdout.contains("3 files: 3 passed"), "{started:?}");
+    started.assert_report(0, &["3 files: 3 passed"]);
 }
 
 #[test]
 fn ping_lists_every_listener_with_its_slots() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("p1", 2);
-    cluster.start_listener("p2", 3);
+    let cluster = Cluster::with_listeners(&[("p1", 2), ("p2", 3)]);
     let project = cluster.project("ping", json!({}));
     cluster.wait_for_listeners(&project, 2);
     let output = project.gorgon(&["ping", "--timeout", "1"]);
@@ -295,8 +264,7 @@ fn ping_lists_every_listener_with_its_slots() {
 
 #[test]
 fn a_warm_workspace_shows_exactly_the_originators_tree() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("warm", 1);
+    let cluster = Cluster::with_listeners(&[("warm", 1)]);
     let project = cluster.project("warm", json!({"job": {"sync": {"exclude": ["*.log"]}}}));
     // The test leaves debris in its workspace, checks that no earlier debris survived,
     // and that the tree holds exactly what the originator has.
@@ -307,7 +275,7 @@ fn a_warm_workspace_shows_exactly_the_originators_tree() {
     project.write("tests/check_test.sh", check);
     project.write("tests/gone_test.sh", "exit 0\n");
     let first = project.start(&[], RUN_LIMIT);
-    assert_eq!(first.code, 0, "{first:?}");
+    first.assert_exit(0);
     let workspaces = cluster.workspaces("warm");
     assert_eq!(workspaces.len(), 1, "{workspaces:?}");
     let workspace = &workspaces[0];
@@ -318,7 +286,7 @@ fn a_warm_workspace_shows_exactly_the_originators_tree() {
 
     std::fs::remove_file(project.dir.join("tests/gone_test.sh")).unwrap();
     let second = project.start(&[], RUN_LIMIT);
-    assert_eq!(second.code, 0, "{second:?}");
+    second.assert_exit(0);
     assert_eq!(
         cluster.workspaces("warm"),
         workspaces,
@@ -355,8 +323,7 @@ fn a_run_reaches_a_broker_node_that_answers_among_several() {
     }
     cluster.wait_for_listeners(&project, 2);
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("6 files: 6 passed"), "{run:?}");
+    run.assert_report(0, &["6 files: 6 passed"]);
     let output = project.gorgon(&["ping", "--timeout", "1"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
@@ -380,7 +347,6 @@ fn a_run_reaches_a_broker_node_that_answers_among_several() {
     );
     nowhere.write("tests/a_test.sh", "exit 0\n");
     let run = nowhere.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(run.stderr.contains("no node answered"), "{run:?}");
-    assert!(run.stderr.contains(&dead), "{run:?}");
+    run.assert_exit(3);
+    run.assert_stderr(&["no node answered", &dead]);
 }

@@ -115,14 +115,12 @@ fn check_flaky_and_broken(project: &Project, record: &Path, extra: &[&str]) {
     let run = project.start(&args, RUN_LIMIT);
 
     // The broken example fails the run; the shaky one does not.
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("5 files: 4 passed, 1 failed, 0 crashed, 0 not run, 1 flaky"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &["5 files: 4 passed, 1 failed, 0 crashed, 0 not run, 1 flaky"],
     );
     // Each example counted once, as RSpec counts it, with its final verdict.
-    assert!(run.stdout.contains("Tests: 5 passed, 1 failed"), "{run:?}");
+    run.assert_stdout(&["Tests: 5 passed, 1 failed"]);
     let flaky = run.stdout.split("Flaky").nth(1).expect("a Flaky section");
     assert!(
         flaky.contains("charges the card in time (spec/checkout_spec.rb:6)"),
@@ -192,9 +190,7 @@ fn check_flaky_and_broken(project: &Project, record: &Path, extra: &[&str]) {
 
 #[test]
 fn a_test_that_fails_then_passes_is_flaky_and_a_real_failure_shows_every_attempt() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("north", 2);
-    cluster.start_listener("south", 2);
+    let cluster = Cluster::with_listeners(&[("north", 2), ("south", 2)]);
     let record = cluster.path().join("shaky.log");
     let project = cluster.project(
         "retries",
@@ -246,9 +242,7 @@ fn minitest_file(record: &Path) -> String {
 }
 
 fn check_one_flaky_test(suite: OneFlakyTest) {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let record = cluster.path().join("charges.log");
     let adds = cluster.path().join("charges.log.adds");
     let project = cluster.project(
@@ -264,23 +258,17 @@ fn check_one_flaky_test(suite: OneFlakyTest) {
         let _ = std::fs::remove_file(&adds);
         let run = project.start(args, RUN_LIMIT);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
-        assert!(
-            run.stdout
-                .contains("1 files: 1 passed, 0 failed, 0 crashed, 0 not run, 1 flaky"),
-            "{run:?}"
-        );
-        assert!(run.stdout.contains("Tests: 2 passed"), "{run:?}");
+        run.assert_stdout(&[
+            "1 files: 1 passed, 0 failed, 0 crashed, 0 not run, 1 flaky",
+            "Tests: 2 passed",
+        ]);
         // The runtime file remembers a flaky test, and the second run says so.
         let before = if round == 0 {
             ""
         } else {
             " (flaky once before)"
         };
-        assert!(
-            run.stdout
-                .contains(&format!("({}){before}\n    attempt 1 at ", suite.id)),
-            "{run:?}"
-        );
+        run.assert_stdout(&[&format!("({}){before}\n    attempt 1 at ", suite.id)]);
         // Only the flaky test ran again, by its id; its neighbour ran once. On the
         // listeners, the retry ran on the other one.
         let hosts = places(&record);
@@ -355,28 +343,20 @@ fn a_file_without_test_ids_runs_again_whole_on_another_local_worker() {
     let project = Project { dir };
 
     let run = project.start(&["--local", "-j", "2"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("2 files: 2 passed, 0 failed, 0 crashed, 0 not run, 1 flaky"),
-        "{run:?}"
+    run.assert_report(
+        0,
+        &["2 files: 2 passed, 0 failed, 0 crashed, 0 not run, 1 flaky"],
     );
     // A file that reports no tests runs again as a whole, on the other worker.
     let workers = places(&record);
     assert_eq!(workers.len(), 2, "{workers:?}");
     assert_ne!(workers[0], workers[1], "{workers:?}");
-    assert!(
-        run.stdout
-            .contains("tests/a_shaky_test.sh\n    attempt 1 at "),
-        "{run:?}"
-    );
+    run.assert_stdout(&["tests/a_shaky_test.sh\n    attempt 1 at "]);
 }
 
 #[test]
 fn a_retry_budget_of_one_allows_one_retry_in_all_and_says_it_ran_out() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let project = cluster.project("budget", json!({"job": {"retries": 3, "retry_budget": 1}}));
     for name in ["a", "b", "c"] {
         project.write(
@@ -388,14 +368,10 @@ fn a_retry_budget_of_one_allows_one_retry_in_all_and_says_it_ran_out() {
     for args in &on_listeners_then_locally(&["--events", "events.jsonl"], "2") {
         let run = project.start(args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(
-            run.stdout.contains("3 files: 0 passed, 3 failed"),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout.contains("the run's 1 retries were spent"),
-            "{run:?}"
-        );
+        run.assert_stdout(&[
+            "3 files: 0 passed, 3 failed",
+            "the run's 1 retries were spent",
+        ]);
         // One retry in all: two attempts of one file, none of the others.
         assert_eq!(run.stdout.matches("    attempt ").count(), 2, "{run:?}");
         let events = events(&project, "events.jsonl");
@@ -405,9 +381,7 @@ fn a_retry_budget_of_one_allows_one_retry_in_all_and_says_it_ran_out() {
 
 #[test]
 fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let project = cluster.project(
         "quarantine",
         json!({"files": ["tests/test_*.py"], "quarantine_file": "quarantine.json",
@@ -428,14 +402,11 @@ fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed(
     {
         let run = project.start(args, RUN_LIMIT);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
-        assert!(
-            run.stdout.contains(
-                "2 files: 1 passed, 0 failed, 0 crashed, 0 not run, 0 flaky, 1 quarantined"
-            ),
-            "{run:?}"
-        );
+        run.assert_stdout(&[
+            "2 files: 1 passed, 0 failed, 0 crashed, 0 not run, 0 flaky, 1 quarantined",
+        ]);
         // The framework's own count: the quarantined test did fail.
-        assert!(run.stdout.contains("Tests: 3 passed, 1 failed"), "{run:?}");
+        run.assert_stdout(&["Tests: 3 passed, 1 failed"]);
         let section = run
             .stdout
             .split("Quarantined")
@@ -476,9 +447,7 @@ fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed(
 
 #[test]
 fn max_fail_stops_the_run_and_reports_the_rest_as_not_run() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let project = cluster.project("max-fail", json!({}));
     for i in 0..40 {
         let body = if i % 4 == 1 {
@@ -492,8 +461,7 @@ fn max_fail_stops_the_run_and_reports_the_rest_as_not_run() {
     for args in &on_listeners_then_locally(&["--max-fail", "2", "--junit", "junit.xml"], "4") {
         let run = project.start(args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(run.stdout.contains("Run stopped: "), "{run:?}");
-        assert!(run.stdout.contains("(the limit, --max-fail 2)"), "{run:?}");
+        run.assert_stdout(&["Run stopped: ", "(the limit, --max-fail 2)"]);
         let totals = run
             .stdout
             .lines()
@@ -586,14 +554,14 @@ fn retries_of_two_files_run_in_one_session_find_their_examples() {
     let project = Project { dir };
 
     let run = project.start(&["--local", "-j", "2"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("3 files: 3 passed, 0 failed, 0 crashed, 0 not run, 2 flaky"),
-        "{run:?}"
+    run.assert_report(
+        0,
+        &[
+            "3 files: 3 passed, 0 failed, 0 crashed, 0 not run, 2 flaky",
+            "b flips (spec/b_spec.rb:5)",
+            "a flips (spec/a_spec.rb:2)",
+        ],
     );
-    assert!(run.stdout.contains("b flips (spec/b_spec.rb:5)"), "{run:?}");
-    assert!(run.stdout.contains("a flips (spec/a_spec.rb:2)"), "{run:?}");
     assert!(!run.stdout.contains("no tests ran"), "{run:?}");
-    assert!(run.stdout.contains("Tests: 6 passed"), "{run:?}");
+    run.assert_stdout(&["Tests: 6 passed"]);
 }

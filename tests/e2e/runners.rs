@@ -54,8 +54,7 @@ fn check_fixture(expected: Expected) {
 
 /// [`check_fixture`] with `job.runner.isolation` set to `isolation`.
 fn check_fixture_isolated(expected: Expected, isolation: &str) {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("runner", 1);
+    let cluster = Cluster::with_listeners(&[("runner", 1)]);
     let project = cluster.project(
         expected.runner,
         json!({"files": [expected.files],
@@ -66,7 +65,7 @@ fn check_fixture_isolated(expected: Expected, isolation: &str) {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
@@ -201,8 +200,7 @@ fn verdicts_are_the_same_with_a_fork_per_file() {
 
 #[test]
 fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("runner", 1);
+    let cluster = Cluster::with_listeners(&[("runner", 1)]);
     let project = cluster.project(
         "killed",
         json!({"files": ["spec/*_spec.rb"],
@@ -226,30 +224,7 @@ fn a_runner_killed_mid_file_or_past_its_limit_costs_only_that_file() {
 
     let run = project.start(&[], RUN_LIMIT);
 
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains(
-            "File 'spec/kill_spec.rb' crashed at 'runner:1' (the runner ended in the middle of the file (killed by signal 9 (SIGKILL))"
-        ),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("about to kill the runner"), "{run:?}");
-    assert!(
-        run.stdout
-            .contains("File 'spec/hang_spec.rb' timed out at 'runner:1' (timed out after 5 s"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("going to sleep"), "{run:?}");
-    assert!(
-        run.stdout
-            .contains("5 files: 3 passed, 0 failed, 2 crashed, 0 not run"),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout
-            .contains("Tests: 3 passed, 0 failed, 0 errored, 0 skipped, 0 pending"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["File 'spec/kill_spec.rb' crashed at 'runner:1' (the runner ended in the middle of the file (killed by signal 9 (SIGKILL))", "about to kill the runner", "File 'spec/hang_spec.rb' timed out at 'runner:1' (timed out after 5 s", "going to sleep", "5 files: 3 passed, 0 failed, 2 crashed, 0 not run", "Tests: 3 passed, 0 failed, 0 errored, 0 skipped, 0 pending"]);
 }
 
 /// A suite of quick files for one built-in runner: nine passing files, one that passes
@@ -264,6 +239,17 @@ struct QuickSuite {
     wrong: &'static str,
     empty: &'static str,
     failure: &'static str,
+}
+
+/// Nine quick files (`quick(i)` for `i` from 1 to 9), then the suite's `others`.
+fn suite_files<const N: usize>(
+    quick: impl Fn(u32) -> (String, String),
+    others: [(&str, String); N],
+) -> Vec<(String, String)> {
+    (1..=9)
+        .map(quick)
+        .chain(others.map(|(path, text)| (path.to_owned(), text)))
+        .collect()
 }
 
 /// Runs a [`QuickSuite`] on one worker: its first file runs alone (nothing is known of the
@@ -289,7 +275,7 @@ fn check_quick_suite(suite: QuickSuite) {
         project.start(&[], RUN_LIMIT)
     };
 
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
@@ -326,16 +312,15 @@ fn quick_rspec_files_share_a_fork_under_local_too() {
 }
 
 fn quick_rspec_suite() -> QuickSuite {
-    let mut files: Vec<(String, String)> = (1..=9)
-        .map(|i| {
+    let files = suite_files(
+|i| {
             let text = format!(
                 "RSpec.describe('quick {i}') {{ it('adds') {{ expect({i} + 1).to eq({}) }} }}\n",
                 i + 1
             );
             (format!("spec/quick_{i}_spec.rb"), text)
-        })
-        .collect();
-    for (path, text) in [
+        },
+[
         (
             "spec/spec_helper.rb",
             "Dir[File.join(__dir__, 'support', '*.rb')].each { |f| require f }\n".to_owned(),
@@ -360,9 +345,7 @@ fn quick_rspec_suite() -> QuickSuite {
                 "# padding\n".repeat(50)
             ),
         ),
-    ] {
-        files.push((path.to_owned(), text));
-    }
+]);
     QuickSuite {
         runner: "rspec",
         local: false,
@@ -379,8 +362,8 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
     let test_class = |name: &str, body: &str| {
         format!("require 'minitest/autorun'\n\nclass {name} < Minitest::Test\n{body}end\n")
     };
-    let mut files: Vec<(String, String)> = (1..=9)
-        .map(|i| {
+    let files = suite_files(
+|i| {
             let body = format!(
                 "  def test_adds\n    assert_equal {}, {i} + 1\n  end\n",
                 i + 1
@@ -389,9 +372,8 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
                 format!("test/quick_{i}_test.rb"),
                 test_class(&format!("Quick{i}Test"), &body),
             )
-        })
-        .collect();
-    for (path, text) in [
+        },
+[
         (
             "test/test_helper.rb",
             "def a_pair\n  [1, 2]\nend\n".to_owned(),
@@ -416,9 +398,7 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
             "# padding\n".repeat(50)
                 + &test_class("FirstTest", "  def test_runs\n    assert true\n  end\n"),
         ),
-    ] {
-        files.push((path.to_owned(), text));
-    }
+]);
     check_quick_suite(QuickSuite {
         runner: "minitest",
         local: false,
@@ -432,36 +412,35 @@ fn quick_minitest_files_share_a_fork_and_keep_their_own_results() {
 
 #[test]
 fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
-    let mut files: Vec<(String, String)> = (1..=9)
-        .map(|i| {
+    let files = suite_files(
+        |i| {
             let text = format!("def test_adds():\n    assert {i} + 1 == {}\n", i + 1);
             (format!("tests/test_quick_{i}.py"), text)
-        })
-        .collect();
-    for (path, text) in [
-        (
-            "conftest.py",
-            "import pytest\n\n\n@pytest.fixture\ndef pair():\n    return [1, 2]\n".to_owned(),
-        ),
-        (
-            "tests/test_shared.py",
-            "def test_has_two_items(pair):\n    assert len(pair) == 2\n".to_owned(),
-        ),
-        (
-            "tests/test_wrong.py",
-            "def test_sums():\n    print('printed by wrong')\n    assert 1 + 1 == 3\n".to_owned(),
-        ),
-        ("tests/test_empty.py", "# nothing here\n".to_owned()),
-        (
-            "tests/test_first.py",
-            format!(
-                "{}def test_runs():\n    assert True\n",
-                "# padding\n".repeat(50)
+        },
+        [
+            (
+                "conftest.py",
+                "import pytest\n\n\n@pytest.fixture\ndef pair():\n    return [1, 2]\n".to_owned(),
             ),
-        ),
-    ] {
-        files.push((path.to_owned(), text));
-    }
+            (
+                "tests/test_shared.py",
+                "def test_has_two_items(pair):\n    assert len(pair) == 2\n".to_owned(),
+            ),
+            (
+                "tests/test_wrong.py",
+                "def test_sums():\n    print('printed by wrong')\n    assert 1 + 1 == 3\n"
+                    .to_owned(),
+            ),
+            ("tests/test_empty.py", "# nothing here\n".to_owned()),
+            (
+                "tests/test_first.py",
+                format!(
+                    "{}def test_runs():\n    assert True\n",
+                    "# padding\n".repeat(50)
+                ),
+            ),
+        ],
+    );
     check_quick_suite(QuickSuite {
         runner: "pytest",
         local: false,
@@ -475,8 +454,7 @@ fn quick_pytest_files_share_a_fork_and_keep_their_own_results() {
 
 #[test]
 fn a_file_that_kills_its_worker_inside_a_batch_is_found_and_no_other_file_is_blamed() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("victim", 1);
+    let cluster = Cluster::with_listeners(&[("victim", 1)]);
     let project = cluster.project(
         "batch-killer",
         json!({"files": ["spec/*_spec.rb"],
@@ -510,17 +488,14 @@ fn a_file_that_kills_its_worker_inside_a_batch_is_found_and_no_other_file_is_bla
 
     // The batch's death blamed none of its files; each ran again alone, the killer killed
     // two more workers and was settled as crashed, and every other file passed.
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("8 files: 7 passed, 0 failed, 1 crashed, 0 not run"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &[
+            "8 files: 7 passed, 0 failed, 1 crashed, 0 not run",
+            "File 'spec/killer_spec.rb' crashed at",
+            "its worker died 2 times",
+        ],
     );
-    assert!(
-        run.stdout.contains("File 'spec/killer_spec.rb' crashed at"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("its worker died 2 times"), "{run:?}");
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
@@ -529,47 +504,51 @@ struct SplitSuite {
     runner: &'static str,
     glob: &'static str,
     slow_file: &'static str,
-    /// The slow file's text, then each quick file's path and text.
-    slow_text: String,
-    quick: Vec<(String, String)>,
-    /// The ids of the slow file's four tests: how the runner runs each alone.
-    ids: [String; 4],
+    /// The slow file's text before its four tests, test `i`'s text (each takes a second),
+    /// and the text after them.
+    slow: (&'static str, fn(u32) -> String, &'static str),
+    /// Quick file `i`'s path and text.
+    quick: fn(u32) -> (String, String),
+    /// How the runner runs the slow file's test `i` alone: its id.
+    id: fn(u32) -> String,
 }
 
 /// On four slots the slow file alone bounds the run, so after one run (which records its
 /// tests' ids and times) it is split: the second run queues its four tests like files.
 fn check_split(suite: SplitSuite) {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("splitter", 4);
+    let cluster = Cluster::with_listeners(&[("splitter", 4)]);
     let project = cluster.project(
         &format!("split-{}", suite.runner),
         json!({"files": [suite.glob], "job": {"runner": {"kind": suite.runner, "command": ""}}}),
     );
-    project.write(suite.slow_file, &suite.slow_text);
-    for (path, text) in &suite.quick {
-        project.write(path, text);
+    let (head, test, tail) = suite.slow;
+    let tests: String = (1..=4).map(test).collect();
+    project.write(suite.slow_file, &format!("{head}{tests}{tail}"));
+    for i in 1..=4 {
+        let (path, text) = (suite.quick)(i);
+        project.write(&path, &text);
     }
+    let ids = [1, 2, 3, 4].map(suite.id);
     let first = project.start(&[], RUN_LIMIT);
-    assert_eq!(first.code, 0, "{first:?}");
-    assert!(first.stdout.contains("5 files: 5 passed"), "{first:?}");
+    first.assert_report(0, &["5 files: 5 passed"]);
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
     assert_eq!(history["gorgon:slots"], 4.0, "{history}");
-    for id in &suite.ids {
+    for id in &ids {
         assert!(history.get(id).is_some(), "{id} in {history}");
     }
 
     let second = project.start(&[], RUN_LIMIT);
-    assert_eq!(second.code, 0, "{second:?}");
+    second.assert_exit(0);
     // The slow file ran as its four tests, each a unit of the queue.
-    assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
-    for id in &suite.ids {
+    second.assert_stdout(&["8 files: 8 passed"]);
+    for id in &ids {
         assert!(
             second.stderr.contains(&format!("PASS {id} ")),
             "{id}: {second:?}"
         );
     }
-    assert!(second.stdout.contains("Tests: 8 passed"), "{second:?}");
+    second.assert_stdout(&["Tests: 8 passed"]);
     // The file's own timing is kept up to date from its tests.
     let history: serde_json::Value =
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap();
@@ -581,71 +560,59 @@ fn check_split(suite: SplitSuite) {
 
 #[test]
 fn a_file_that_would_bound_the_run_is_split_into_its_examples() {
-    let mut slow_text = String::from("RSpec.describe \"slow\" do\n");
-    for i in 1..=4 {
-        slow_text.push_str(&format!(
-            "  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"
-        ));
-    }
-    slow_text.push_str("end\n");
     check_split(SplitSuite {
         runner: "rspec",
         glob: "spec/**/*_spec.rb",
         slow_file: "spec/slow_spec.rb",
-        slow_text,
-        quick: (1..=4)
-            .map(|i| {
-                let text = format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n");
-                (format!("spec/quick_{i}_spec.rb"), text)
-            })
-            .collect(),
-        ids: [2, 3, 4, 5].map(|line| format!("spec/slow_spec.rb:{line}")),
+        slow: (
+            "RSpec.describe \"slow\" do\n",
+            |i| format!("  it(\"takes a second {i}\") {{ sleep 1; expect({i}).to eq({i}) }}\n"),
+            "end\n",
+        ),
+        quick: |i| {
+            let text = format!("RSpec.describe \"quick {i}\" do\n  it(\"passes\") {{ expect({i}).to eq({i}) }}\nend\n");
+            (format!("spec/quick_{i}_spec.rb"), text)
+        },
+        // The examples stand on lines 2 to 5.
+        id: |i| format!("spec/slow_spec.rb:{}", i + 1),
     });
 }
 
 #[test]
 fn a_minitest_file_that_would_bound_the_run_is_split_into_its_tests() {
-    let mut slow_text =
-        String::from("require 'minitest/autorun'\n\nclass SlowTest < Minitest::Test\n");
-    for i in 1..=4 {
-        slow_text.push_str(&format!(
-            "  def test_second_{i}\n    sleep 1\n    assert true\n  end\n"
-        ));
-    }
-    slow_text.push_str("end\n");
     check_split(SplitSuite {
         runner: "minitest",
         glob: "test/*_test.rb",
         slow_file: "test/slow_test.rb",
-        slow_text,
-        quick: (1..=4)
-            .map(|i| {
-                let text = format!("require 'minitest/autorun'\n\nclass Quick{i}Test < Minitest::Test\n  def test_passes\n    assert_equal {i}, {i}\n  end\nend\n");
-                (format!("test/quick_{i}_test.rb"), text)
-            })
-            .collect(),
-        ids: [1, 2, 3, 4].map(|i| format!("test/slow_test.rb::SlowTest#test_second_{i}")),
+        slow: (
+            "require 'minitest/autorun'\n\nclass SlowTest < Minitest::Test\n",
+            |i| format!("  def test_second_{i}\n    sleep 1\n    assert true\n  end\n"),
+            "end\n",
+        ),
+        quick: |i| {
+            let text = format!("require 'minitest/autorun'\n\nclass Quick{i}Test < Minitest::Test\n  def test_passes\n    assert_equal {i}, {i}\n  end\nend\n");
+            (format!("test/quick_{i}_test.rb"), text)
+        },
+        id: |i| format!("test/slow_test.rb::SlowTest#test_second_{i}"),
     });
 }
 
 #[test]
 fn a_pytest_file_that_would_bound_the_run_is_split_into_its_tests() {
-    let mut slow_text = String::from("import time\n");
-    for i in 1..=4 {
-        slow_text.push_str(&format!("\n\ndef test_second_{i}():\n    time.sleep(1)\n"));
-    }
     check_split(SplitSuite {
         runner: "pytest",
         glob: "tests/test_*.py",
         slow_file: "tests/test_slow.py",
-        slow_text,
-        quick: (1..=4)
-            .map(|i| {
-                let text = format!("def test_passes():\n    assert {i} == {i}\n");
-                (format!("tests/test_quick_{i}.py"), text)
-            })
-            .collect(),
-        ids: [1, 2, 3, 4].map(|i| format!("tests/test_slow.py::test_second_{i}")),
+        slow: (
+            "import time\n",
+            |i| format!("\n\ndef test_second_{i}():\n    time.sleep(1)\n"),
+            "",
+        ),
+        quick: |i| {
+            let text = format!("def test_passes():\n    assert {i} == {i}\n");
+            (format!("tests/test_quick_{i}.py"), text)
+        },
+        id: |i| format!("tests/test_slow.py::test_second_{i}"),
     });
 }
 
@@ -787,7 +754,7 @@ fn pytest_counts_every_test_as_pytest_does_and_writes_the_same_junit() {
         },
     });
     // Modules skipped at collection pass, each as one skipped test with pytest's reason.
-    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_exit(1);
     let mut failed: Vec<String> =
         serde_json::from_str(&project.read("gorgon-failed.json")).unwrap();
     failed.sort();
@@ -902,11 +869,7 @@ fn check_poisoned(suite: Poisoned) {
         project.write(path, text);
     }
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("2 files: 2 passed, 0 failed"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["2 files: 2 passed, 0 failed"]);
 }
 
 #[test]
@@ -965,11 +928,7 @@ fn the_runners_arguments_apply_to_every_file_of_an_rspec_session() {
     }
     // One worker: the three files run in one session, the arguments parsed once for it.
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("3 files: 3 passed, 0 failed"),
-        "{run:?}"
-    );
+    run.assert_report(0, &["3 files: 3 passed, 0 failed"]);
     assert_eq!(
         gorgon_counts(&run.stdout).get("passed"),
         Some(&3),
@@ -1004,12 +963,10 @@ fn a_batch_of_an_rspec_session_with_a_file_that_fails_to_load_gives_each_file_it
         "raise 'broken on load'\nRSpec.describe('never') { it('is defined') { } }\n",
     );
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("8 files: 7 passed, 1 failed"),
-        "{run:?}"
+    run.assert_report(
+        1,
+        &["8 files: 7 passed, 1 failed", "Tests: 7 passed, 0 failed"],
     );
-    assert!(run.stdout.contains("Tests: 7 passed, 0 failed"), "{run:?}");
     assert_file_failed(&run, "spec/quick_4_broken_spec.rb", "broken on load");
 }
 
@@ -1017,8 +974,7 @@ fn a_batch_of_an_rspec_session_with_a_file_that_fails_to_load_gives_each_file_it
 /// setup again, the history keeps it whole, and the third run queues it as one file.
 #[test]
 fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("keeper", 4);
+    let cluster = Cluster::with_listeners(&[("keeper", 4)]);
     let project = cluster.project(
         "keep-whole",
         json!({"files": ["spec/**/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
@@ -1040,7 +996,7 @@ fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
         serde_json::from_str(&project.read("gorgon-runtime.json")).unwrap()
     };
     let first = project.start(&[], RUN_LIMIT);
-    assert!(first.stdout.contains("5 files: 5 passed"), "{first:?}");
+    first.assert_stdout(&["5 files: 5 passed"]);
     assert!(
         history()["gorgon:whole:spec/slow_spec.rb"]
             .as_f64()
@@ -1052,13 +1008,12 @@ fn a_file_whose_split_run_cost_more_than_the_whole_is_kept_whole() {
 
     // Its examples take 1 s of its 4 s: it is split, and each part pays the 3 s again.
     let second = project.start(&[], RUN_LIMIT);
-    assert!(second.stdout.contains("8 files: 8 passed"), "{second:?}");
+    second.assert_stdout(&["8 files: 8 passed"]);
     let cost = history()["gorgon:keep-whole:spec/slow_spec.rb"].as_f64();
     assert!(cost.is_some_and(|c| c > 1.5), "{}", history());
 
     let third = project.start(&[], RUN_LIMIT);
-    assert!(third.stdout.contains("5 files: 5 passed"), "{third:?}");
-    assert!(third.stdout.contains("Tests: 8 passed"), "{third:?}");
+    third.assert_stdout(&["5 files: 5 passed", "Tests: 8 passed"]);
     assert!(
         !third.stderr.contains("PASS spec/slow_spec.rb:"),
         "{third:?}"
@@ -1109,8 +1064,7 @@ def test_records_who_started_its_runner():
 /// replaces it. Every run passes and leaves no process behind.
 #[test]
 fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("warm", 2);
+    let cluster = Cluster::with_listeners(&[("warm", 2)]);
     let record = cluster.path().join("ancestry.txt");
     let rspec = cluster.project(
         "warm-rspec",
@@ -1125,8 +1079,7 @@ fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
     let ancestry = |project: &Project| -> String {
         let _ = std::fs::remove_file(&record);
         let run = project.start(&[], RUN_LIMIT);
-        assert_eq!(run.code, 0, "{run:?}");
-        assert!(run.stdout.contains("1 files: 1 passed"), "{run:?}");
+        run.assert_report(0, &["1 files: 1 passed"]);
         std::fs::read_to_string(&record).unwrap()
     };
 
@@ -1201,9 +1154,7 @@ Gorgon.callbacks = ShopCallbacks.new
 /// glob; a callback that raises fails the run with the exception's class and message.
 #[test]
 fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
-    let mut cluster = Cluster::new();
-    cluster.start_listener("east", 2);
-    cluster.start_listener("west", 2);
+    let cluster = Cluster::with_listeners(&[("east", 2), ("west", 2)]);
     let marks = cluster.path().join("marks");
     let project = cluster.project(
         "gorgon-style",
@@ -1220,6 +1171,77 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
             }
         }),
     );
+    write_shop_suite(&project, &marks, &cluster.id);
+    for args in [vec![], vec!["--local", "-j", "2"]] {
+        let _ = std::fs::remove_dir_all(&marks);
+        std::fs::create_dir_all(&marks).unwrap();
+        let run = project.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        run.assert_stdout(&["4 files: 2 passed, 2 failed"]);
+        // Each framework counted its own tests: RSpec's failure and Minitest's.
+        run.assert_stdout(&[
+            "refund refunds failed",
+            "rounding is off",
+            "Tests: 2 passed, 2 failed",
+        ]);
+        assert!(project.dir.join("log/gorgon-originator.log").exists());
+        // Every moment ran, in its process: the originator's in the project, the others in
+        // the workspace (the project itself with --local), each worker's with its id.
+        check_every_moment_ran(&marks, &project, !args.is_empty());
+    }
+
+    check_raising_callbacks(&project, &cluster.id);
+    // A moment given both ways is refused.
+    let both = cluster.project(
+        "both-ways",
+        json!({"job": {"callbacks": {"callbacks_class_file": "c.rb", "after_sync": "true"}}}),
+    );
+    let run = both.start(&[], RUN_LIMIT);
+    run.assert_exit(3);
+    run.assert_stderr(&[
+        "job.callbacks.after_sync and job.callbacks.callbacks_class_file both give",
+    ]);
+
+    // A file no runner is for: exit 3, named, before anything is pushed or run.
+    project.write(
+        "test/gorgon_callbacks.rb",
+        &gorgon_callbacks(&marks, &cluster.id),
+    );
+    project.write("test/helper_check.sh", "exit 0\n");
+    let run = project.start(&["test/helper_check.sh", "spec/cart_spec.rb"], RUN_LIMIT);
+    run.assert_exit(3);
+    run.assert_stderr(&["test/helper_check.sh has no runner"]);
+    assert!(!run.stderr.contains("Pushing"), "{run:?}");
+
+    // By glob: the shell files with a command, the specs with RSpec.
+    let by_glob = cluster.project(
+        "by-glob",
+        json!({
+            "files": ["test/*.sh", "spec/*_spec.rb"],
+            "job": {"runner": {"by_glob": {"test/*.sh": {"command": "sh {file}"}, "spec/*_spec.rb": {"kind": "rspec"}}}}
+        }),
+    );
+    by_glob.write("test/ok.sh", "echo fine\n");
+    by_glob.write("test/broken.sh", "echo broken; exit 1\n");
+    by_glob.write(
+        "spec/cart_spec.rb",
+        "RSpec.describe 'cart' do\n  it('adds') { expect(1 + 1).to eq(2) }\nend\n",
+    );
+    for args in [vec![], vec!["--local", "-j", "2"]] {
+        let run = by_glob.start(&args, RUN_LIMIT);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        run.assert_stdout(&[
+            "3 files: 2 passed, 1 failed",
+            "File 'test/broken.sh' failed",
+            "Tests: 1 passed",
+        ]);
+    }
+}
+
+/// The shop suite of a Gorgon project: RSpec and Minitest files, one failing in each, that
+/// use a helper which `before_creating_workers` preloads, and callbacks that leave a mark
+/// in `marks` at every moment.
+fn write_shop_suite(project: &Project, marks: &Path, cluster_id: &str) {
     // The helper that `before_creating_workers` preloads: the tests use it without
     // requiring it, and say which process loaded it.
     project.write(
@@ -1247,66 +1269,58 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     );
     project.write(
         "test/gorgon_callbacks.rb",
-        &gorgon_callbacks(&marks, &cluster.id),
+        &gorgon_callbacks(marks, cluster_id),
     );
-    for args in [vec![], vec!["--local", "-j", "2"]] {
-        let _ = std::fs::remove_dir_all(&marks);
-        std::fs::create_dir_all(&marks).unwrap();
-        let run = project.start(&args, RUN_LIMIT);
-        assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(
-            run.stdout.contains("4 files: 2 passed, 2 failed"),
-            "{run:?}"
-        );
-        // Each framework counted its own tests: RSpec's failure and Minitest's.
-        assert!(run.stdout.contains("refund refunds failed"), "{run:?}");
-        assert!(run.stdout.contains("rounding is off"), "{run:?}");
-        assert!(run.stdout.contains("Tests: 2 passed, 2 failed"), "{run:?}");
-        assert!(project.dir.join("log/gorgon-originator.log").exists());
-        // Every moment ran, in its process: the originator's in the project, the others in
-        // the workspace (the project itself with --local), each worker's with its id.
-        let mut seen: Vec<String> = std::fs::read_dir(&marks)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        seen.sort();
-        let project_dir = project.dir.canonicalize().unwrap().display().to_string();
-        let read = |name: &str| std::fs::read_to_string(marks.join(name)).unwrap();
-        assert_eq!(read("before_originate"), project_dir);
-        assert_eq!(read("after_job_finishes"), project_dir);
-        for moment in [
-            "before_creating_workers",
-            "after_creating_workers",
-            "before_start_1",
-            "after_complete_1",
-        ] {
-            assert!(seen.iter().any(|s| s == moment), "{moment} in {seen:?}");
-        }
-        // The helper was loaded once, by `before_creating_workers`, in the process both
-        // frameworks' runners forked from; `after_creating_workers` ran there too, and
-        // `before_start` in a runner process of its own.
-        let pids = |name: &str| -> std::collections::BTreeSet<String> {
-            read(name).lines().map(str::to_owned).collect()
-        };
-        let preloads = pids("before_creating_workers.pid");
-        assert!(preloads.contains(&read("helper_seen_by_rspec")), "{seen:?}");
-        assert!(
-            preloads.contains(&read("helper_seen_by_minitest")),
-            "{seen:?}"
-        );
-        assert_eq!(pids("after_creating_workers.pid"), preloads);
-        assert!(pids("before_start_1.pid").is_disjoint(&preloads));
-        let local = !args.is_empty();
-        assert_eq!(seen.iter().any(|s| s == "after_sync"), !local, "{seen:?}");
-        if !local {
-            assert_ne!(
-                read("after_sync"),
-                project_dir,
-                "after_sync runs in the workspace"
-            );
-        }
-    }
+}
 
+/// Every moment of the callbacks left its mark in `marks`, from its process: the
+/// originator's in the project, the others in the workspace (the project itself when
+/// `local`), each worker's with its id.
+fn check_every_moment_ran(marks: &Path, project: &Project, local: bool) {
+    let mut seen: Vec<String> = std::fs::read_dir(marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    let project_dir = project.dir.canonicalize().unwrap().display().to_string();
+    let read = |name: &str| std::fs::read_to_string(marks.join(name)).unwrap();
+    assert_eq!(read("before_originate"), project_dir);
+    assert_eq!(read("after_job_finishes"), project_dir);
+    for moment in [
+        "before_creating_workers",
+        "after_creating_workers",
+        "before_start_1",
+        "after_complete_1",
+    ] {
+        assert!(seen.iter().any(|s| s == moment), "{moment} in {seen:?}");
+    }
+    // The helper was loaded once, by `before_creating_workers`, in the process both
+    // frameworks' runners forked from; `after_creating_workers` ran there too, and
+    // `before_start` in a runner process of its own.
+    let pids = |name: &str| -> std::collections::BTreeSet<String> {
+        read(name).lines().map(str::to_owned).collect()
+    };
+    let preloads = pids("before_creating_workers.pid");
+    assert!(preloads.contains(&read("helper_seen_by_rspec")), "{seen:?}");
+    assert!(
+        preloads.contains(&read("helper_seen_by_minitest")),
+        "{seen:?}"
+    );
+    assert_eq!(pids("after_creating_workers.pid"), preloads);
+    assert!(pids("before_start_1.pid").is_disjoint(&preloads));
+    assert_eq!(seen.iter().any(|s| s == "after_sync"), !local, "{seen:?}");
+    if !local {
+        assert_ne!(
+            read("after_sync"),
+            project_dir,
+            "after_sync runs in the workspace"
+        );
+    }
+}
+
+/// A callback that raises fails the run with the exception's class and message, on the
+/// originator, in the listener's preload process and in a runner, distributed and local.
+fn check_raising_callbacks(project: &Project, cluster_id: &str) {
     // A callback that raises fails the run with the exception's class and message.
     project.write(
         "test/gorgon_callbacks.rb",
@@ -1315,12 +1329,10 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
     for args in [vec![], vec!["--local", "-j", "2"]] {
         let run = project.start(&args, RUN_LIMIT);
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        let all = format!("{}{}", run.stdout, run.stderr);
-        assert!(all.contains("before_originate callback failed"), "{run:?}");
-        assert!(
-            all.contains("ArgumentError: no database for the run"),
-            "{run:?}"
-        );
+        run.assert_output(&[
+            "before_originate callback failed",
+            "ArgumentError: no database for the run",
+        ]);
     }
     // The same on the listener's side: in the preload process and in a runner.
     for moment in ["before_creating_workers", "before_start"] {
@@ -1328,7 +1340,7 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
             "test/gorgon_callbacks.rb",
             &format!(
                 "class Broken < Gorgon::DefaultCallbacks\n  def {moment}\n    raise KeyError, 'no seed data'\n  end\n\n  def before_originate = {:?}\nend\nGorgon.callbacks = Broken.new\n",
-                cluster.id
+                cluster_id
             ),
         );
         for args in [vec![], vec!["--local", "-j", "2"]] {
@@ -1348,59 +1360,5 @@ fn a_gorgon_project_runs_each_file_with_the_runner_its_name_calls_for() {
                 "the backtrace: {run:?}"
             );
         }
-    }
-    // A moment given both ways is refused.
-    let both = cluster.project(
-        "both-ways",
-        json!({"job": {"callbacks": {"callbacks_class_file": "c.rb", "after_sync": "true"}}}),
-    );
-    let run = both.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("job.callbacks.after_sync and job.callbacks.callbacks_class_file both give"),
-        "{run:?}"
-    );
-
-    // A file no runner is for: exit 3, named, before anything is pushed or run.
-    project.write(
-        "test/gorgon_callbacks.rb",
-        &gorgon_callbacks(&marks, &cluster.id),
-    );
-    project.write("test/helper_check.sh", "exit 0\n");
-    let run = project.start(&["test/helper_check.sh", "spec/cart_spec.rb"], RUN_LIMIT);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(
-        run.stderr.contains("test/helper_check.sh has no runner"),
-        "{run:?}"
-    );
-    assert!(!run.stderr.contains("Pushing"), "{run:?}");
-
-    // By glob: the shell files with a command, the specs with RSpec.
-    let by_glob = cluster.project(
-        "by-glob",
-        json!({
-            "files": ["test/*.sh", "spec/*_spec.rb"],
-            "job": {"runner": {"by_glob": {"test/*.sh": {"command": "sh {file}"}, "spec/*_spec.rb": {"kind": "rspec"}}}}
-        }),
-    );
-    by_glob.write("test/ok.sh", "echo fine\n");
-    by_glob.write("test/broken.sh", "echo broken; exit 1\n");
-    by_glob.write(
-        "spec/cart_spec.rb",
-        "RSpec.describe 'cart' do\n  it('adds') { expect(1 + 1).to eq(2) }\nend\n",
-    );
-    for args in [vec![], vec!["--local", "-j", "2"]] {
-        let run = by_glob.start(&args, RUN_LIMIT);
-        assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(
-            run.stdout.contains("3 files: 2 passed, 1 failed"),
-            "{run:?}"
-        );
-        assert!(
-            run.stdout.contains("File 'test/broken.sh' failed"),
-            "{run:?}"
-        );
-        assert!(run.stdout.contains("Tests: 1 passed"), "{run:?}");
     }
 }

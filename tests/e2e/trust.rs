@@ -3,13 +3,15 @@
 //! (`docs/security.md`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gorgon_protocol::signing::{SigningKeys, Trust};
 use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
 use serde_json::json;
 
-use crate::support::{job_id_from_events, wait_for_file, Cluster};
+use crate::support::{
+    eventually, eventually_async, job_id_from_events, wait_for_file, Cluster, Project,
+};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -36,30 +38,151 @@ fn signed(key: &str) -> BrokerSettings {
 
 /// Waits until every one of `needles` is in listener `name`'s log.
 fn wait_for_log(cluster: &Cluster, name: &str, needles: &[&str], limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
+    let what = format!("{needles:?} all in the log of {name}");
+    eventually(limit, what, || {
         let log = cluster.listener_log(name);
         if needles.iter().all(|needle| log.contains(needle)) {
-            return log;
+            Ok(log)
+        } else {
+            Err(log)
         }
-        assert!(Instant::now() < deadline, "{needles:?} not all in: {log}");
-        std::thread::sleep(Duration::from_millis(50));
+    })
+}
+
+/// Jobs crafted by hand for a guarded listener: each runs the pushed tree `source` and
+/// touches its marker in `markers` after the sync, so that a test sees which ran.
+struct Crafted {
+    source: String,
+    markers: PathBuf,
+    replies: String,
+    jobs: String,
+    /// The cluster's key.
+    trust: Trust,
+}
+
+impl Crafted {
+    /// A job that touches `marker`: its id and its bytes.
+    fn job(&self, marker: &str) -> (uuid::Uuid, Vec<u8>) {
+        let mut definition =
+            JobDefinition::with_command(&self.source, "sh {file}", Default::default());
+        definition.callbacks.after_sync =
+            Some(format!("touch {}", self.markers.join(marker).display()));
+        let id = uuid::Uuid::new_v4();
+        let message = Message::Job {
+            definition: Box::new(definition),
+            reply_to: self.replies.clone(),
+        };
+        (id, Envelope::new(id, message).encode())
+    }
+
+    /// Publishes a job the listener must refuse for each reason there is: unsigned, signed
+    /// with a key it does not hold, changed after signing, signed ten minutes ago.
+    async fn publish_refused_jobs(&self, unsigned: &Broker) {
+        let jobs = &self.jobs;
+        let (_, bytes) = self.job("unsigned");
+        unsigned.publish_bytes(jobs, "", &bytes).await.unwrap();
+
+        let stranger = Broker::connect(&signed(OTHER_KEY), "stranger")
+            .await
+            .unwrap();
+        let (_, bytes) = self.job("wrong-key");
+        let foreign = Trust::new(&SigningKeys {
+            current: OTHER_KEY.into(),
+            previous: None,
+        })
+        .sign(&bytes);
+        stranger
+            .publish_bytes_signed(jobs, "", &bytes, Some(&foreign))
+            .await
+            .unwrap();
+        stranger.close().await;
+
+        let (_, bytes) = self.job("tampered");
+        let signature = self.trust.sign(&bytes);
+        let tampered = String::from_utf8(bytes)
+            .unwrap()
+            .replace("touch ", "touch /tmp/x ");
+        unsigned
+            .publish_bytes_signed(jobs, "", tampered.as_bytes(), Some(&signature))
+            .await
+            .unwrap();
+
+        let (_, bytes) = self.job("stale");
+        let ten_minutes_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 600_000;
+        let old = self.trust.sign_at(&bytes, ten_minutes_ago);
+        unsigned
+            .publish_bytes_signed(jobs, "", &bytes, Some(&old))
+            .await
+            .unwrap();
+    }
+
+    /// A valid job runs; the same bytes and signature again do not.
+    async fn publish_a_valid_job_and_its_replay(&self, cluster: &Cluster, unsigned: &Broker) {
+        let (id, bytes) = self.job("valid");
+        // A running job has a control exchange; without one the listener takes it as over.
+        unsigned
+            .declare_fanout(&names::control_exchange(id))
+            .await
+            .unwrap();
+        let signature = self.trust.sign(&bytes);
+        unsigned
+            .publish_bytes_signed(&self.jobs, "", &bytes, Some(&signature))
+            .await
+            .unwrap();
+        let valid = self.markers.join("valid");
+        eventually_async(Duration::from_secs(30), "the valid job to run", || {
+            if valid.exists() {
+                Ok(())
+            } else {
+                Err(cluster.listener_log("guarded"))
+            }
+        })
+        .await;
+        wait_for_log(
+            cluster,
+            "guarded",
+            &[&format!("job={id}")],
+            Duration::from_secs(10),
+        );
+        std::fs::remove_file(&valid).unwrap();
+        unsigned
+            .publish_bytes_signed(&self.jobs, "", &bytes, Some(&signature))
+            .await
+            .unwrap();
+        wait_for_log(
+            cluster,
+            "guarded",
+            &["ignoring a job already taken (sent twice, or replayed)"],
+            Duration::from_secs(10),
+        );
     }
 }
 
 const KEY: &str = "the-cluster-key-of-this-test";
+
+/// A cluster with the `(name, slots)` listener holding [`KEY`], and a project `project`
+/// signing with it.
+fn signed_cluster(listener: (&str, u32), project: &str) -> (Cluster, Project) {
+    let mut cluster = Cluster::new();
+    let key = key_file(&cluster, "cluster.key", KEY);
+    let (name, slots) = listener;
+    cluster.start_listener_with(name, slots, json!({"signing_key_file": key}));
+    let project = cluster.project(project, json!({"signing_key_file": key}));
+    (cluster, project)
+}
 const OTHER_KEY: &str = "a-key-nobody-here-holds";
 
 #[test]
 fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
-    let mut cluster = Cluster::new();
-    let key = key_file(&cluster, "cluster.key", KEY);
-    cluster.start_listener_with("guarded", 2, json!({"signing_key_file": key}));
-    let project = cluster.project("signed", json!({"signing_key_file": key}));
+    let (cluster, project) = signed_cluster(("guarded", 2), "signed");
     project.write("tests/a_test.sh", "exit 0\n");
     // A signed run works, and leaves a pushed tree that crafted jobs can name.
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_exit(0);
     let log = cluster.listener_log("guarded");
     let source = log
         .split("source=")
@@ -71,116 +194,27 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
     let markers = cluster.path().join("markers");
     std::fs::create_dir_all(&markers).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let unsigned = runtime
-        .block_on(Broker::connect(&BrokerSettings::for_tests(), "unsigned"))
-        .unwrap();
-    // Where the listener answers the crafted jobs: a job whose originator is gone is dropped.
-    let replies = runtime.block_on(unsigned.declare_private_queue()).unwrap();
-    let job = |marker: &str| -> (uuid::Uuid, Vec<u8>) {
-        let mut definition = JobDefinition::with_command(&source, "sh {file}", Default::default());
-        definition.callbacks.after_sync = Some(format!("touch {}", markers.join(marker).display()));
-        let id = uuid::Uuid::new_v4();
-        let message = Message::Job {
-            definition: Box::new(definition),
-            reply_to: replies.clone(),
-        };
-        (id, Envelope::new(id, message).encode())
-    };
-    let jobs = names::jobs_exchange(&cluster.id);
-    let trust = Trust::new(&SigningKeys {
-        current: KEY.into(),
-        previous: None,
-    });
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let unsigned = Broker::connect(&BrokerSettings::for_tests(), "unsigned")
             .await
             .unwrap();
-        let (_, bytes) = job("unsigned");
-        unsigned.publish_bytes(&jobs, "", &bytes).await.unwrap();
-
-        let stranger = Broker::connect(&signed(OTHER_KEY), "stranger")
-            .await
-            .unwrap();
-        let (_, bytes) = job("wrong-key");
-        stranger
-            .publish_bytes_signed(
-                &jobs,
-                "",
-                &bytes,
-                Some(
-                    &Trust::new(&SigningKeys {
-                        current: OTHER_KEY.into(),
-                        previous: None,
-                    })
-                    .sign(&bytes),
-                ),
-            )
-            .await
-            .unwrap();
-
-        let (_, bytes) = job("tampered");
-        let signature = trust.sign(&bytes);
-        let tampered = String::from_utf8(bytes)
-            .unwrap()
-            .replace("touch ", "touch /tmp/x ");
-        unsigned
-            .publish_bytes_signed(&jobs, "", tampered.as_bytes(), Some(&signature))
-            .await
-            .unwrap();
-
-        let (_, bytes) = job("stale");
-        let ten_minutes_ago = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-            - 600_000;
-        let old = trust.sign_at(&bytes, ten_minutes_ago);
-        unsigned
-            .publish_bytes_signed(&jobs, "", &bytes, Some(&old))
-            .await
-            .unwrap();
-
-        // A valid job runs; the same bytes and signature again do not.
-        let (id, bytes) = job("valid");
-        // A running job has a control exchange; without one the listener takes it as over.
-        unsigned
-            .declare_fanout(&names::control_exchange(id))
-            .await
-            .unwrap();
-        let signature = trust.sign(&bytes);
-        unsigned
-            .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !markers.join("valid").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the valid job did not run: {}",
-                cluster.listener_log("guarded")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        wait_for_log(
-            &cluster,
-            "guarded",
-            &[&format!("job={id}")],
-            Duration::from_secs(10),
-        );
-        std::fs::remove_file(markers.join("valid")).unwrap();
-        unsigned
-            .publish_bytes_signed(&jobs, "", &bytes, Some(&signature))
-            .await
-            .unwrap();
-        wait_for_log(
-            &cluster,
-            "guarded",
-            &["ignoring a job already taken (sent twice, or replayed)"],
-            Duration::from_secs(10),
-        );
+        let crafted = Crafted {
+            source,
+            markers: markers.clone(),
+            // Where the listener answers the crafted jobs: a job whose originator is gone
+            // is dropped.
+            replies: unsigned.declare_private_queue().await.unwrap(),
+            jobs: names::jobs_exchange(&cluster.id),
+            trust: Trust::new(&SigningKeys {
+                current: KEY.into(),
+                previous: None,
+            }),
+        };
+        crafted.publish_refused_jobs(&unsigned).await;
+        crafted
+            .publish_a_valid_job_and_its_replay(&cluster, &unsigned)
+            .await;
         unsigned.close().await;
-        stranger.close().await;
     });
     let log = wait_for_log(
         &cluster,
@@ -198,16 +232,13 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
     }
     // The listener still runs signed jobs.
     let again = project.start(&[], RUN_LIMIT);
-    assert_eq!(again.code, 0, "{again:?}");
+    again.assert_exit(0);
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
 #[test]
 fn a_forged_result_does_not_change_a_signed_run() {
-    let mut cluster = Cluster::new();
-    let key = key_file(&cluster, "cluster.key", KEY);
-    cluster.start_listener_with("honest", 1, json!({"signing_key_file": key}));
-    let project = cluster.project("forged", json!({"signing_key_file": key}));
+    let (cluster, project) = signed_cluster(("honest", 1), "forged");
     let started = cluster.path().join("failing.started");
     project.write(
         "tests/failing_test.sh",
@@ -245,12 +276,7 @@ fn a_forged_result_does_not_change_a_signed_run() {
         forger.close().await;
     });
     let run = run.wait(RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("1 files: 0 passed, 1 failed"),
-        "{run:?}"
-    );
-    assert!(run.stdout.contains("really fails"), "{run:?}");
+    run.assert_report(1, &["1 files: 0 passed, 1 failed", "really fails"]);
 }
 
 #[test]
@@ -278,7 +304,7 @@ fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
     by_new.write("tests/a_test.sh", "exit 0\n");
     for project in [&by_old, &by_new] {
         let run = project.start(&[], RUN_LIMIT);
-        assert_eq!(run.code, 0, "{run:?}");
+        run.assert_exit(0);
     }
     // The old key removed from the listener: a job signed with it is refused.
     cluster.kill_listener("rotating");
@@ -292,7 +318,7 @@ fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
         Duration::from_secs(10),
     );
     let run = by_new.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_exit(0);
 }
 
 #[test]
@@ -309,23 +335,14 @@ fn a_file_server_with_passwords_serves_a_run_whose_originator_and_listeners_name
     // Without the originator's password the push is refused (a sync failure, exit 2),
     // without waiting for a password on a terminal.
     let refused = project.start(&[], RUN_LIMIT);
-    assert_eq!(refused.code, 2, "{refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("pushing the source tree to the file server failed"),
-        "{refused:?}"
-    );
+    refused.assert_exit(2);
+    refused.assert_stderr(&["pushing the source tree to the file server failed"]);
     project.write(
         "gorgon_secret.json",
         &json!({"file_server": {"originator_password": "pushes-the-tree"}}).to_string(),
     );
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("2 files: 1 passed, 1 failed"),
-        "{run:?}"
-    );
+    run.assert_report(1, &["2 files: 1 passed, 1 failed"]);
     cluster.assert_no_job_processes(Duration::from_secs(15));
 }
 
@@ -351,8 +368,7 @@ fn a_run_over_tls_passes_and_a_wrong_ca_or_name_is_a_clear_error() {
     project.write("tests/a_test.sh", "exit 0\n");
     project.write("tests/b_test.sh", "exit 0\n");
     let run = project.start(&[], RUN_LIMIT);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("2 files: 2 passed"), "{run:?}");
+    run.assert_report(0, &["2 files: 2 passed"]);
 
     for (name, connection, reason) in [
         (

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 
 pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
+mod eventually;
 pub mod tls_broker;
+
+// Each test binary uses its own share of the harness.
+#[allow(unused_imports)]
+pub use eventually::{eventually, eventually_async, none_left, poll};
 
 /// The broker the tests use; `AMQP_HOST` / `AMQP_PORT` override it.
 pub fn broker_host() -> String {
@@ -41,6 +46,15 @@ pub struct Cluster {
 impl Cluster {
     pub fn new() -> Cluster {
         Cluster::serving(&["--anonymous"])
+    }
+
+    /// A cluster with a listener of each `(name, slots)` started.
+    pub fn with_listeners(listeners: &[(&str, u32)]) -> Cluster {
+        let mut cluster = Cluster::new();
+        for (name, slots) in listeners {
+            cluster.start_listener(name, *slots);
+        }
+        cluster
     }
 
     /// A cluster whose file server has an `originator` and a `listener` user with these
@@ -133,20 +147,22 @@ impl Cluster {
     /// Waits until `gorgon ping` counts `count` listeners, or fails the test after 30 s.
     pub fn wait_for_listeners(&self, project: &Project, count: usize) {
         let expected = format!("{count} listener(s) of cluster");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let output = project.gorgon(&["ping", "--timeout", "0.5"]);
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            if stdout.contains(&expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "listeners did not come up: {stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(
+            Duration::from_secs(30),
+            format!("gorgon ping to count {count} listeners"),
+            || {
+                let output = project.gorgon(&["ping", "--timeout", "0.5"]);
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                if stdout.contains(&expected) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{stdout}\n{}",
+                        String::from_utf8_lossy(&output.stderr)
+                    ))
+                }
+            },
+        );
     }
 
     /// A project folder with a `gorgon.json` for this cluster; `job` is merged into it.
@@ -197,13 +213,11 @@ impl Drop for Cluster {
             );
         }
         for child in &mut self.listeners {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // A listener that does not stop gently within its grace is killed: a drop never
+            // fails the test, so this wait gives up silently.
+            let _ = poll(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -256,6 +270,47 @@ impl Project {
     pub fn start_with_env(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
         self.spawn_start(args, &env).wait(limit)
+    }
+}
+
+impl Run {
+    /// Fails the test unless the run exited with `code` and its report (stdout) says each
+    /// of `report`.
+    #[track_caller]
+    pub fn assert_report(&self, code: i32, report: &[&str]) {
+        self.assert_exit(code);
+        self.assert_stdout(report);
+    }
+
+    /// Fails the test unless the run exited with `code`.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) {
+        assert_eq!(self.code, code, "{self:?}");
+    }
+
+    /// Fails the test unless the run's report (stdout) says each of `report`.
+    #[track_caller]
+    pub fn assert_stdout(&self, report: &[&str]) {
+        for said in report {
+            assert!(self.stdout.contains(said), "no {said:?} in: {self:?}");
+        }
+    }
+
+    /// Fails the test unless the run's output (stdout, then stderr) says each of `said`.
+    #[track_caller]
+    pub fn assert_output(&self, said: &[&str]) {
+        let all = format!("{}{}", self.stdout, self.stderr);
+        for said in said {
+            assert!(all.contains(said), "no {said:?} in: {self:?}");
+        }
+    }
+
+    /// Fails the test unless the run's stderr says each of `said`.
+    #[track_caller]
+    pub fn assert_stderr(&self, said: &[&str]) {
+        for said in said {
+            assert!(self.stderr.contains(said), "no {said:?} in: {self:?}");
+        }
     }
 }
 
@@ -314,6 +369,15 @@ pub fn assert_every_file_ran(record: &Path, files: usize) {
     }
 }
 
+/// Waits until the first file of a [`slow_test`] suite recorded in `record` has started.
+#[track_caller]
+pub fn wait_for_first_start(record: &Path) {
+    wait_for_file(
+        &record.join("tests_00_test.sh.started"),
+        Duration::from_secs(30),
+    );
+}
+
 /// SIGKILLs `pid`, as a crash would.
 pub fn sigkill(pid: i32) {
     nix::sys::signal::kill(
@@ -334,10 +398,7 @@ pub fn assert_all_passed(run: &Run, record: &Path, files: usize) {
 /// Ctrl-C once the first file of a [`slow_test`] suite of `files` has started: the run
 /// ends within seconds with 130, and reports every file as not run.
 pub fn interrupt_once_started(run: Started, record: &Path, files: usize) -> Run {
-    wait_for_file(
-        &record.join("tests_00_test.sh.started"),
-        Duration::from_secs(30),
-    );
+    wait_for_first_start(record);
     run.interrupt();
     let run = run.wait(Duration::from_secs(15));
     assert_eq!(run.code, 130, "{run:?}");
@@ -433,40 +494,24 @@ impl Cluster {
     /// Waits up to `limit` until no process of the cluster's jobs is left; fails the test
     /// with the survivors otherwise.
     pub fn assert_no_job_processes(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = self.job_processes();
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "processes of the job are still running: {left:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(limit, "no process of the job to be left", || {
+            none_left(self.job_processes())
+        });
     }
 
     /// Waits until a process of listener `name` whose command line contains `needle` runs,
     /// and returns its pid.
     pub fn wait_for_process(&self, name: &str, needle: &str, limit: Duration) -> i32 {
         let root = self.path().join("listeners").join(name);
-        let deadline = Instant::now() + limit;
-        loop {
+        let what = format!("a process `{needle}` of listener {name}");
+        eventually(limit, what, || {
             let found = self.job_processes().into_iter().find(|p| {
                 p.command.contains(needle)
                     && std::fs::read_link(format!("/proc/{}/cwd", p.pid))
                         .is_ok_and(|cwd| cwd.starts_with(&root))
             });
-            if let Some(process) = found {
-                return process.pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no process `{needle}` of listener {name} appeared"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            found.map(|process| process.pid)
+        })
     }
 
     /// Where listener `name` is in `self.listeners`.
@@ -515,9 +560,10 @@ impl Cluster {
     /// Waits until listener `name` keeps a warm runner running `script` that listens on its
     /// socket (the last word of its command line).
     pub fn wait_for_warm_runner(&self, name: &str, script: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let serving = self.warm_runners(name).iter().any(|command| {
+        let what = format!("listener {name} to keep a warm runner {script}");
+        eventually(limit, what, || {
+            let runners = self.warm_runners(name);
+            let serving = runners.iter().any(|command| {
                 command.contains(script)
                     && command
                         .split_whitespace()
@@ -525,15 +571,11 @@ impl Cluster {
                         .is_some_and(|socket| Path::new(socket).exists())
             });
             if serving {
-                return;
+                Ok(())
+            } else {
+                Err(runners)
             }
-            assert!(
-                Instant::now() < deadline,
-                "listener {name} keeps no warm runner {script}: {:?}",
-                self.warm_runners(name)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
     }
 
     /// Sends `signal` to listener `name` and every process of it (SIGSTOP: the whole host
@@ -654,15 +696,14 @@ impl Started {
     /// Waits until the run has printed a stderr line containing `needle`, failing the test
     /// after `limit`.
     pub fn wait_for_stderr(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.err.lock().unwrap().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "gorgon printed no {needle:?} within {limit:?}; stderr:\n{}",
-                self.err.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(limit, format!("gorgon to print {needle:?}"), || {
+            let err = self.err.lock().unwrap();
+            if err.contains(needle) {
+                Ok(())
+            } else {
+                Err(format!("stderr:\n{err}"))
+            }
+        });
     }
 
     /// Waits for the run to end, failing the test after `limit`.
@@ -673,23 +714,17 @@ impl Started {
     /// [`Started::wait`], adding what `explain` says (logs of the other parties) when the
     /// run does not end in time.
     pub fn wait_explained(mut self, limit: Duration, explain: impl FnOnce() -> String) -> Run {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let _ = self.err_reader.join();
-                panic!(
-                    "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{}",
-                    self.out.join().unwrap(),
-                    self.err.lock().unwrap(),
-                    explain()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Not [`eventually`]: a run that does not end is killed before its output is shown.
+        let Ok(status) = poll(limit, || self.child.try_wait().unwrap()) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = self.err_reader.join();
+            panic!(
+                "gorgon did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{}",
+                self.out.join().unwrap(),
+                self.err.lock().unwrap(),
+                explain()
+            );
         };
         let _ = self.err_reader.join();
         let stderr = std::mem::take(&mut *self.err.lock().unwrap());
@@ -702,7 +737,6 @@ impl Started {
     }
 }
 
-/// Waits until `path` exists, failing the test after `limit`.
 /// The job id of a run, from the first event of its `--events` file.
 pub fn job_id_from_events(events: &Path) -> uuid::Uuid {
     let text = std::fs::read_to_string(events).unwrap();
@@ -710,16 +744,12 @@ pub fn job_id_from_events(events: &Path) -> uuid::Uuid {
     uuid::Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap()
 }
 
+/// Waits until `path` exists, failing the test after `limit`.
+#[track_caller]
 pub fn wait_for_file(path: &Path, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(limit, format!("{} to appear", path.display()), || {
+        path.exists()
+    });
 }
 
 /// Runs `rabbitmqctl COMMAND`, failing the test if it fails.
@@ -748,18 +778,9 @@ pub fn left_on_broker(what: &str, job: &str) -> Vec<String> {
 /// Waits up to `limit` until nothing of job `job` (queue or exchange) is left on the broker,
 /// failing the test otherwise.
 pub fn assert_nothing_left_on_broker(job: &str, limit: Duration) {
-    let left = || {
+    eventually(limit, "nothing of the job to be left on the broker", || {
         let mut left = left_on_broker("list_queues", job);
         left.extend(left_on_broker("list_exchanges", job));
-        left
-    };
-    let deadline = Instant::now() + limit;
-    while !left().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "left on the broker: {:?}",
-            left()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        none_left(left)
+    });
 }

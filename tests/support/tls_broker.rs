@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct TlsBroker {
     pub port: u16,
@@ -29,6 +29,83 @@ fn openssl(dir: &Path, args: &[&str]) {
     run(Command::new("openssl").args(args).current_dir(dir));
 }
 
+/// Makes in `dir` the test's CA (`ca.pem`), another CA that signed nothing the node shows
+/// (`wrong-ca.pem`), and the node's key and certificate (`server.key`, `server.pem`), valid
+/// for localhost, broker.gorgon.test and 127.0.0.1.
+fn make_certificates(dir: &Path) {
+    for (name, subject) in [("ca", "/CN=gorgon test CA"), ("wrong-ca", "/CN=another CA")] {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        openssl(
+            dir,
+            &[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
+                "-days", "2", "-subj", subject,
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=DNS:localhost,DNS:broker.gorgon.test,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+    );
+}
+
+/// Writes the node's config (a plain listener on `node_port` for its own tools, TLS on
+/// `port`) and folders into `dir`, and hands `dir` to the `rabbitmq` user.
+fn prepare_node(dir: &Path, port: u16, node_port: u16) {
+    std::fs::write(
+        dir.join("rabbitmq.conf"),
+        format!(
+            "listeners.tcp.default = 127.0.0.1:{node_port}\nlisteners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\nssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+    for folder in ["mnesia", "log"] {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+    }
+    run(Command::new("chown")
+        .args(["-R", "rabbitmq:rabbitmq"])
+        .arg(dir));
+    run(Command::new("chmod").arg("755").arg(dir));
+}
+
 impl TlsBroker {
     pub fn start() -> TlsBroker {
         let dir = tempfile::Builder::new()
@@ -36,86 +113,12 @@ impl TlsBroker {
             .tempdir()
             .unwrap();
         let path = dir.path();
-        for (name, subject) in [("ca", "/CN=gorgon test CA"), ("wrong-ca", "/CN=another CA")] {
-            openssl(
-                path,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.pem"),
-                    "-days",
-                    "2",
-                    "-subj",
-                    subject,
-                ],
-            );
-        }
-        openssl(
-            path,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        );
-        std::fs::write(
-            path.join("san.cnf"),
-            "subjectAltName=DNS:localhost,DNS:broker.gorgon.test,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        openssl(
-            path,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "san.cnf",
-            ],
-        );
+        make_certificates(path);
         let port = super::free_port();
         let node_port = super::free_port();
         let dist_port = super::free_port();
         let node = format!("gorgontls{}@localhost", std::process::id());
-        std::fs::write(
-            path.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.default = 127.0.0.1:{node_port}\nlisteners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\nssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
-                d = path.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(path.join("enabled_plugins"), "[].\n").unwrap();
-        for folder in ["mnesia", "log"] {
-            std::fs::create_dir_all(path.join(folder)).unwrap();
-        }
-        run(Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(path));
-        run(Command::new("chmod").arg("755").arg(path));
+        prepare_node(path, port, node_port);
         run(Command::new("rabbitmq-server")
             .arg("-detached")
             .env("RABBITMQ_NODENAME", &node)
@@ -135,14 +138,11 @@ impl TlsBroker {
             node,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the TLS node did not start listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::eventually(
+            Duration::from_secs(60),
+            format!("the TLS node to listen on {port}"),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         broker
     }
 
