@@ -32,10 +32,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::distributed::{answer_retry_check, queue_retries};
-use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
+use crate::engine::Plan;
+use crate::errors::{StartError, Stop};
 use crate::events::{Event, EventSink};
 use crate::files;
 use crate::quarantine::Quarantine;
+use crate::run_core::Core;
 use crate::settings::{Settings, StartOptions};
 use crate::state::JobState;
 use crate::view::Progress;
@@ -531,23 +533,25 @@ impl Follower {
             }
             message => {
                 let from = reply_host(&message).map(str::to_owned);
-                let (state, progress, events) = (&mut self.state, &self.progress, &mut self.events);
-                if let Some(reason) =
-                    handle_reply(state, progress, events, max_crash_retries, message)
-                {
-                    self.stop.get_or_insert(Stop::Failed(reason));
-                }
                 let own = from.is_some() && from == self.own_host;
+                let mut core = Core::new(
+                    &mut self.state,
+                    &mut self.events,
+                    &self.progress,
+                    max_crash_retries,
+                );
+                let mut stop = core.reply(message);
                 if own {
-                    if let Err(error) =
-                        queue_retries(&build.broker, build.job, state, progress, events).await
-                    {
-                        self.stop
-                            .get_or_insert(Stop::Failed(format!("cannot queue a retry: {error}")));
+                    if let Err(error) = queue_retries(&build.broker, build.job, &mut core).await {
+                        stop =
+                            stop.or(Some(Stop::Failed(format!("cannot queue a retry: {error}"))));
                     }
                 } else {
                     // Another node queues them; the state takes them all the same.
-                    retries_to_queue(state, progress, events);
+                    core.retries();
+                }
+                if let Some(stop) = stop {
+                    self.stop.get_or_insert(stop);
                 }
             }
         }
@@ -726,8 +730,10 @@ fn local_units(
 
 /// The SHA-256 of a file's content, in hex.
 fn digest_of(path: &Path) -> Result<String, StartError> {
-    let bytes = std::fs::read(path)
-        .map_err(|error| StartError::Build(format!("cannot read {}: {error}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|source| StartError::BuildFile {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(Sha256::digest(&bytes)
         .iter()
         .map(|byte| format!("{byte:02x}"))
