@@ -292,11 +292,16 @@ struct ReportArgs {
     quiet: bool,
 }
 
+/// A flag's value that is not a positive number of seconds.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a positive number of seconds")]
+struct NotSeconds(String);
+
 /// Parses a positive number of seconds.
-fn positive_seconds(text: &str) -> Result<f64, String> {
+fn positive_seconds(text: &str) -> Result<f64, NotSeconds> {
     match text.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
-        _ => Err(format!("`{text}` is not a positive number of seconds")),
+        _ => Err(NotSeconds(text.to_owned())),
     }
 }
 

@@ -9,7 +9,7 @@
 //! units and the digest of each test file and of the configuration) as the first message of
 //! the build's **log**, a RabbitMQ stream. Every node's manager publishes its replies to the
 //! log, and every node and reporter reads the log from its start, through the same state
-//! machine as `gorgon start` (`JobState`, `handle_reply`): they all see one order of events
+//! machine as `gorgon start` (`JobState`, the run core): they all see one order of events
 //! and reach the same verdicts, so a node that joins late, or a reporter that starts after
 //! the nodes finished, knows everything. The node whose result calls for a retry queues it;
 //! every node answers a redelivered file's `RetryCheck`; the first node to see every file
@@ -470,13 +470,7 @@ pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
         .consume_stream(&names::build_log(build.job))
         .await?;
     let defined = build.definition(&mut log).await?;
-    let mut events = match &options.start.events {
-        Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
-            path: path.clone(),
-            source,
-        })?,
-        None => EventSink::none(),
-    };
+    let mut events = crate::engine::open_events(options.start.events.as_deref())?;
     if options.start.html.is_some() || build.settings.html_file.is_some() {
         events = events.with_timeline();
     }

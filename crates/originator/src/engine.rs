@@ -12,9 +12,21 @@ use gorgon_protocol::CallbackName;
 use uuid::Uuid;
 
 use crate::errors::StartError;
+use crate::events::EventSink;
 use crate::files;
 use crate::settings::{Settings, StartOptions};
 use crate::view::Progress;
+
+/// The event stream a run writes to `path` (`-`: stdout), or none without a path.
+pub(crate) fn open_events(path: Option<&std::path::Path>) -> Result<EventSink, StartError> {
+    let Some(path) = path else {
+        return Ok(EventSink::none());
+    };
+    EventSink::open(path).map_err(|source| StartError::EventsFile {
+        path: path.to_owned(),
+        source,
+    })
+}
 
 /// After how long a running file whose output nobody asked for sends it anyway, so that a
 /// file that hangs shows its last lines beside the progress bar (and in the events).

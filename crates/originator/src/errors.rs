@@ -130,24 +130,17 @@ pub enum Ending<'a> {
 /// tests). The binary's other commands map their own errors beside it.
 pub fn exit_code(ending: Ending<'_>) -> i32 {
     match ending {
-        Ending::Signal(StopSignal::Interrupt)
-        | Ending::Run {
+        Ending::Signal(signal) | Ending::Error(&StartError::Stopped { signal, .. }) => {
+            signal_code(signal)
+        }
+        Ending::Run {
             stop: Some(Stop::Interrupted),
             ..
-        }
-        | Ending::Error(StartError::Stopped {
-            signal: StopSignal::Interrupt,
-            ..
-        }) => exit_code::INTERRUPTED,
-        Ending::Signal(StopSignal::Terminate)
-        | Ending::Run {
+        } => signal_code(StopSignal::Interrupt),
+        Ending::Run {
             stop: Some(Stop::Terminated),
             ..
-        }
-        | Ending::Error(StartError::Stopped {
-            signal: StopSignal::Terminate,
-            ..
-        }) => exit_code::TERMINATED,
+        } => signal_code(StopSignal::Terminate),
         // The broker lost for good is the broker's code, whatever ran before.
         Ending::Run {
             stop: Some(Stop::BrokerLost(_)),
@@ -177,6 +170,14 @@ pub fn exit_code(ending: Ending<'_>) -> i32 {
             | StartError::BuildFile { .. }
             | StartError::Broker(_),
         ) => exit_code::CONFIG_OR_BROKER,
+    }
+}
+
+/// A signal's exit code: 128 + its number, as shells report it.
+fn signal_code(signal: StopSignal) -> i32 {
+    match signal {
+        StopSignal::Interrupt => exit_code::INTERRUPTED,
+        StopSignal::Terminate => exit_code::TERMINATED,
     }
 }
 

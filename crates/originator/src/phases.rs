@@ -6,7 +6,7 @@
 //! `on_error_transition_to`, or stops. Every phase runs in the same job on the same listeners.
 //! This module is the synchronous part: the settings, their check, which phase a file
 //! belongs to, and the walk from phase to phase (`Phases`), with unit tests; the engines
-//! drive it through `engine::advance_phases`.
+//! drive it through the run core (`run_core::Core::advance_phases`).
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -2,8 +2,9 @@
 //! files, order), handed to an engine that feeds the [`JobState`] — `distributed` (RabbitMQ
 //! and listeners) or `local` (worker processes on this machine) — and finished the same way
 //! whichever engine ran it: runtime file, failed files, `after_job_finishes`, JUnit, report,
-//! exit code. What the engines share with it (the plan, the stop, the errors, the handling
-//! of replies) is in `engine`.
+//! exit code. What the engines share with it is in `engine` (the plan), `errors` (the stop,
+//! the errors, the exit codes) and `run_core` (the handling of replies, retries and
+//! phases).
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -37,14 +38,11 @@ pub async fn start(
 ) -> Result<i32, StartError> {
     let started = Instant::now();
     // A replay reads its `--events` file: the stream of the run it replays.
-    let writes_events = options.events.as_ref().filter(|_| options.replay.is_none());
-    let mut events = match writes_events {
-        None => EventSink::none(),
-        Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
-            path: path.clone(),
-            source,
-        })?,
-    };
+    let writes_events = options
+        .events
+        .as_deref()
+        .filter(|_| options.replay.is_none());
+    let mut events = crate::engine::open_events(writes_events)?;
     let html = options
         .html
         .clone()

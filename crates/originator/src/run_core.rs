@@ -983,13 +983,18 @@ mod tests {
             }
         }
 
-        #[test]
-        fn the_phases_are_walked_one_step_at_a_time() {
+        /// A phase of files, then a command phase.
+        fn unit_then_report() -> JobState {
             let phases = Phases::new(vec![
                 (phase("unit", &["u*"], None), vec!["u1".into()]),
                 (phase("report", &[], Some("echo done")), vec![]),
             ]);
-            let mut state = JobState::new(Vec::new()).with_phases(phases);
+            JobState::new(Vec::new()).with_phases(phases)
+        }
+
+        #[test]
+        fn the_phases_are_walked_one_step_at_a_time() {
+            let mut state = unit_then_report();
             assert_eq!(phase_failure(&state), None);
             let (outcome, next) = phase_step(&mut state, None);
             assert_eq!(next, PhaseNext::Files(vec!["u1".into()]));
@@ -1021,11 +1026,7 @@ mod tests {
 
         #[test]
         fn a_phase_with_failures_ends_failed_and_a_phase_without_a_way_on_ends_the_run() {
-            let phases = Phases::new(vec![
-                (phase("unit", &["u*"], None), vec!["u1".into()]),
-                (phase("report", &[], Some("echo done")), vec![]),
-            ]);
-            let mut state = JobState::new(Vec::new()).with_phases(phases);
+            let mut state = unit_then_report();
             phase_step(&mut state, None);
             take_reply(&mut state, finished("h", "u1", FileStatus::Failed), 2);
             let failure = phase_failure(&state);

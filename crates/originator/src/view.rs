@@ -326,6 +326,17 @@ fn write_rule(out: &mut impl Write, paint: Paint) -> std::io::Result<()> {
     writeln!(out, "{}", paint.magenta(&"*".repeat(80)))
 }
 
+/// The rule and the title line of a section that lists things: `Title (what):`.
+fn write_section(
+    out: &mut impl Write,
+    paint: Paint,
+    title: &str,
+    what: &str,
+) -> std::io::Result<()> {
+    write_rule(out, paint)?;
+    writeln!(out, "{} ({what}):", paint.yellow(title))
+}
+
 /// One file that did not pass: where and how, how to replay it, its tests and output.
 fn write_failure(
     out: &mut impl Write,
@@ -387,13 +398,9 @@ fn write_quarantined(out: &mut impl Write, state: &JobState, paint: Paint) -> st
     if quarantined.is_empty() {
         return Ok(());
     }
-    write_rule(out, paint)?;
-    writeln!(
-        out,
-        "{} ({} quarantined tests or files ran; they do not fail the run):",
-        paint.yellow("Quarantined"),
-        quarantined.len()
-    )?;
+    let count = quarantined.len();
+    let what = format!("{count} quarantined tests or files ran; they do not fail the run");
+    write_section(out, paint, "Quarantined", &what)?;
     for entry in &quarantined {
         let how = if entry.passed {
             paint.green("passed (it may be released from the quarantine)")
@@ -415,13 +422,11 @@ fn write_flaky(out: &mut impl Write, ending: &Ending, paint: Paint) -> std::io::
     if flaky.is_empty() {
         return Ok(());
     }
-    write_rule(out, paint)?;
-    writeln!(
-        out,
-        "{} ({} failed, then passed on a retry; they do not fail the run):",
-        paint.yellow("Flaky"),
+    let what = format!(
+        "{} failed, then passed on a retry; they do not fail the run",
         flaky.len()
-    )?;
+    );
+    write_section(out, paint, "Flaky", &what)?;
     for test in flaky {
         let before = match crate::files::flaky_before(ending.history, &test.unit) {
             0 => String::new(),
