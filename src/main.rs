@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use gorgon_exec::rsync::RsyncError;
 use gorgon_listener::install::InstallError;
 use gorgon_listener::ListenerError;
+use gorgon_originator::errors;
 use gorgon_originator::init::InitError;
 use gorgon_originator::settings::ReplayOptions;
 use gorgon_originator::{PingError, Settings, StartError, StartOptions};
@@ -39,68 +40,7 @@ enum Command {
     /// Example: gorgon start --failed
     ///
     /// Example: gorgon start --local -j 4
-    Start {
-        /// The project's configuration; its folder is the tree that is pushed.
-        #[arg(long, default_value = "gorgon.json")]
-        config: PathBuf,
-        /// Write one JUnit XML report of the whole run to PATH (overrides `junit_file`).
-        #[arg(long, value_name = "PATH")]
-        junit: Option<PathBuf>,
-        /// Write newline-delimited JSON events to PATH as they happen; `-` is stdout (the
-        /// report then goes to stderr). See docs/events.md.
-        #[arg(long, value_name = "PATH")]
-        events: Option<PathBuf>,
-        /// Print the output of running files as it comes, each line after `host:worker
-        /// file |`; `--live-output=FILE` (repeatable) for only those files.
-        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "", require_equals = true, action = clap::ArgAction::Append)]
-        live_output: Vec<String>,
-        /// Write the run as one self-contained HTML page to PATH: its timeline, totals,
-        /// slowest files and tests, and failures (overrides `html_file`).
-        #[arg(long, value_name = "PATH")]
-        html: Option<PathBuf>,
-        /// Run only the files listed in `failed_files` by the previous run.
-        #[arg(long, conflicts_with = "files")]
-        failed: bool,
-        /// Print no progress: only the report's failures and the totals line.
-        #[arg(long, short, conflicts_with = "verbose")]
-        quiet: bool,
-        /// Log at info level to stderr.
-        #[arg(long, short)]
-        verbose: bool,
-        /// Files (or globs) to run instead of the configured `files`.
-        files: Vec<String>,
-        /// Seconds a file may run before it is killed and reported as timed out
-        /// (overrides `job.file_timeout`).
-        #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
-        file_timeout: Option<f64>,
-        /// Run a failed test (or file) again up to N times; one that then passes is flaky
-        /// and does not fail the run (overrides `job.retries`).
-        #[arg(long, value_name = "N")]
-        retries: Option<u32>,
-        /// Stop once N files have failed for good: what runs is stopped and the rest is
-        /// reported as not run (overrides `job.max_fail`).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "fail_fast")]
-        max_fail: Option<u32>,
-        /// Stop at the first file that fails for good (`--max-fail 1`).
-        #[arg(long)]
-        fail_fast: bool,
-        /// Run on this machine only, without broker, file server or listeners: the workers
-        /// run in the project folder itself (`connection` and `file_server` are not needed).
-        #[arg(long)]
-        local: bool,
-        /// Run the files worker HOST:WORKER ran in the last run (from the run record beside
-        /// `failed_files`, or from the event stream --events names, which is then read), in
-        /// its order, in one worker on this machine: a failure that depends on what ran
-        /// before it reproduces.
-        #[arg(long, value_name = "HOST:WORKER", conflicts_with_all = ["files", "failed", "local"])]
-        replay: Option<String>,
-        /// With --replay: stop after this file (the one that failed).
-        #[arg(long, value_name = "FILE", requires = "replay")]
-        replay_until: Option<String>,
-        /// With --local: how many workers (default: the number of cores).
-        #[arg(long, short, value_name = "N", requires = "local", value_parser = clap::value_parser!(u32).range(1..))]
-        jobs: Option<u32>,
-    },
+    Start(StartArgs),
     /// Wait for jobs and run their files (in the foreground, for systemd).
     ///
     /// Example: gorgon listen --config /etc/gorgon/gorgon_listener.json
@@ -157,34 +97,7 @@ enum Command {
     ///
     /// Example: gorgon work   (under GitHub Actions, GitLab CI, Buildkite or CircleCI)
     #[command(name = "work")]
-    Node {
-        #[arg(long, default_value = "gorgon.json")]
-        config: PathBuf,
-        /// The build's id, the same on every node (default: from the CI's environment).
-        #[arg(long, value_name = "ID")]
-        build_id: Option<String>,
-        /// This node's name in the results (default: the CI's node index, else the host name).
-        #[arg(long, value_name = "NAME")]
-        worker_id: Option<String>,
-        /// How many workers (default: the number of cores).
-        #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        jobs: Option<u32>,
-        /// Also wait for the whole build and report it, as `gorgon report --build-id` does.
-        #[arg(long)]
-        report: bool,
-        /// With --report: write the build's JUnit XML report to PATH.
-        #[arg(long, value_name = "PATH", requires = "report")]
-        junit: Option<PathBuf>,
-        /// With --report: write the build's event stream to PATH.
-        #[arg(long, value_name = "PATH", requires = "report")]
-        events: Option<PathBuf>,
-        /// Print no progress lines.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Log at info level to stderr.
-        #[arg(long, short)]
-        verbose: bool,
-    },
+    Node(NodeArgs),
     /// Report a CI build (`--build-id`) once it is over, exactly as `gorgon start` reports
     /// a run, with its exit code; or make the HTML page of a run from its saved event stream.
     ///
@@ -193,29 +106,7 @@ enum Command {
     /// Example: gorgon report --build-id nightly-42
     ///
     /// Example: gorgon report events.jsonl --html report.html
-    Report {
-        /// The event stream of one run (`start --events PATH`), to make its HTML page.
-        #[arg(conflicts_with = "build_id", requires = "html")]
-        events: Option<PathBuf>,
-        /// Where to write the HTML page.
-        #[arg(long, value_name = "PATH")]
-        html: Option<PathBuf>,
-        /// Wait for CI build ID and report it (default, without an event stream: the build
-        /// of the CI's environment, under GitHub Actions, GitLab CI, Buildkite or CircleCI).
-        #[arg(long, value_name = "ID")]
-        build_id: Option<String>,
-        #[arg(long, default_value = "gorgon.json")]
-        config: PathBuf,
-        /// Write the build's JUnit XML report to PATH (overrides `junit_file`).
-        #[arg(long, value_name = "PATH")]
-        junit: Option<PathBuf>,
-        /// Write the build's event stream to PATH.
-        #[arg(long, value_name = "PATH", conflicts_with = "events")]
-        events_to: Option<PathBuf>,
-        /// Print no progress: only the report's failures and the totals line.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Report(ReportArgs),
     /// Run one command on every listener of the cluster (in a scratch folder, as the
     /// listener's user) and print each host's exit and output; listeners run it only when
     /// their config sets `allow_fleet_commands: true`. Exits 1 if any host failed, refused
@@ -279,11 +170,138 @@ enum Command {
     Work,
 }
 
+// `gorgon start`'s arguments (their help is the variant's: no doc comment here).
+#[derive(clap::Args)]
+struct StartArgs {
+    /// The project's configuration; its folder is the tree that is pushed.
+    #[arg(long, default_value = "gorgon.json")]
+    config: PathBuf,
+    /// Write one JUnit XML report of the whole run to PATH (overrides `junit_file`).
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// Write newline-delimited JSON events to PATH as they happen; `-` is stdout (the
+    /// report then goes to stderr). See docs/events.md.
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
+    /// Print the output of running files as it comes, each line after `host:worker
+    /// file |`; `--live-output=FILE` (repeatable) for only those files.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "", require_equals = true, action = clap::ArgAction::Append)]
+    live_output: Vec<String>,
+    /// Write the run as one self-contained HTML page to PATH: its timeline, totals,
+    /// slowest files and tests, and failures (overrides `html_file`).
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
+    /// Run only the files listed in `failed_files` by the previous run.
+    #[arg(long, conflicts_with = "files")]
+    failed: bool,
+    /// Print no progress: only the report's failures and the totals line.
+    #[arg(long, short, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log at info level to stderr.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Files (or globs) to run instead of the configured `files`.
+    files: Vec<String>,
+    /// Seconds a file may run before it is killed and reported as timed out
+    /// (overrides `job.file_timeout`).
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    file_timeout: Option<f64>,
+    /// Run a failed test (or file) again up to N times; one that then passes is flaky
+    /// and does not fail the run (overrides `job.retries`).
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// Stop once N files have failed for good: what runs is stopped and the rest is
+    /// reported as not run (overrides `job.max_fail`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "fail_fast")]
+    max_fail: Option<u32>,
+    /// Stop at the first file that fails for good (`--max-fail 1`).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Run on this machine only, without broker, file server or listeners: the workers
+    /// run in the project folder itself (`connection` and `file_server` are not needed).
+    #[arg(long)]
+    local: bool,
+    /// Run the files worker HOST:WORKER ran in the last run (from the run record beside
+    /// `failed_files`, or from the event stream --events names, which is then read), in
+    /// its order, in one worker on this machine: a failure that depends on what ran
+    /// before it reproduces.
+    #[arg(long, value_name = "HOST:WORKER", conflicts_with_all = ["files", "failed", "local"])]
+    replay: Option<String>,
+    /// With --replay: stop after this file (the one that failed).
+    #[arg(long, value_name = "FILE", requires = "replay")]
+    replay_until: Option<String>,
+    /// With --local: how many workers (default: the number of cores).
+    #[arg(long, short, value_name = "N", requires = "local", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+}
+
+// `gorgon work`'s arguments.
+#[derive(clap::Args)]
+struct NodeArgs {
+    #[arg(long, default_value = "gorgon.json")]
+    config: PathBuf,
+    /// The build's id, the same on every node (default: from the CI's environment).
+    #[arg(long, value_name = "ID")]
+    build_id: Option<String>,
+    /// This node's name in the results (default: the CI's node index, else the host name).
+    #[arg(long, value_name = "NAME")]
+    worker_id: Option<String>,
+    /// How many workers (default: the number of cores).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Also wait for the whole build and report it, as `gorgon report --build-id` does.
+    #[arg(long)]
+    report: bool,
+    /// With --report: write the build's JUnit XML report to PATH.
+    #[arg(long, value_name = "PATH", requires = "report")]
+    junit: Option<PathBuf>,
+    /// With --report: write the build's event stream to PATH.
+    #[arg(long, value_name = "PATH", requires = "report")]
+    events: Option<PathBuf>,
+    /// Print no progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Log at info level to stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+// `gorgon report`'s arguments.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The event stream of one run (`start --events PATH`), to make its HTML page.
+    #[arg(conflicts_with = "build_id", requires = "html")]
+    events: Option<PathBuf>,
+    /// Where to write the HTML page.
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
+    /// Wait for CI build ID and report it (default, without an event stream: the build
+    /// of the CI's environment, under GitHub Actions, GitLab CI, Buildkite or CircleCI).
+    #[arg(long, value_name = "ID")]
+    build_id: Option<String>,
+    #[arg(long, default_value = "gorgon.json")]
+    config: PathBuf,
+    /// Write the build's JUnit XML report to PATH (overrides `junit_file`).
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// Write the build's event stream to PATH.
+    #[arg(long, value_name = "PATH", conflicts_with = "events")]
+    events_to: Option<PathBuf>,
+    /// Print no progress: only the report's failures and the totals line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// A flag's value that is not a positive number of seconds.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a positive number of seconds")]
+struct NotSeconds(String);
+
 /// Parses a positive number of seconds.
-fn positive_seconds(text: &str) -> Result<f64, String> {
+fn positive_seconds(text: &str) -> Result<f64, NotSeconds> {
     match text.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
-        _ => Err(format!("`{text}` is not a positive number of seconds")),
+        _ => Err(NotSeconds(text.to_owned())),
     }
 }
 
@@ -349,7 +367,9 @@ fn main() {
     let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("gorgon: {error}");
+            for line in error_lines(&error) {
+                eprintln!("{line}");
+            }
             if let CliError::ListenerStopped(error) = &error {
                 // A listener under a service manager logs to its log file, where whoever
                 // reads it should find why it stopped too.
@@ -363,9 +383,29 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Why a command failed: each command's error, printed in one place (`main`, as
-/// `gorgon: <error>` on stderr) and mapped to its exit code in one place
-/// ([`CliError::exit_code`]). A command that ran returns its own exit code instead (a run
+/// The lines that tell a failed command's error on stderr: `gorgon: <error>`, then each of
+/// its causes on a line of its own, `  caused by: <cause>`. A cause whose text the lines
+/// above already hold (an error that says its source's message, as most of gorgon's do) is
+/// not told twice.
+fn error_lines(error: &dyn std::error::Error) -> Vec<String> {
+    let mut told = error.to_string();
+    let mut lines = vec![format!("gorgon: {told}")];
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        let text = source.to_string();
+        if !told.contains(&text) {
+            lines.push(format!("  caused by: {text}"));
+            told.push_str(&text);
+        }
+        cause = source.source();
+    }
+    lines
+}
+
+/// Why a command failed: each command's error, printed in one place (`main`, with its
+/// causes, by [`error_lines`]) and mapped to its exit code in one place
+/// ([`CliError::exit_code`], which leaves a run's errors to the originator's table,
+/// `gorgon_originator::errors::exit_code`). A command that ran returns its own exit code instead (a run
 /// with failures, a worker's end).
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -402,7 +442,7 @@ impl CliError {
     /// README.md).
     fn exit_code(&self) -> i32 {
         match self {
-            CliError::Start(error) => error.exit_code(),
+            CliError::Start(error) => errors::exit_code(errors::Ending::Error(error)),
             CliError::Listener(_)
             | CliError::ListenerStopped(_)
             | CliError::Ping(_)
@@ -424,75 +464,8 @@ impl CliError {
 
 async fn dispatch(command: Command) -> Result<i32, CliError> {
     match command {
-        Command::Start {
-            config,
-            junit,
-            events,
-            html,
-            live_output,
-            failed,
-            quiet,
-            verbose,
-            file_timeout,
-            retries,
-            max_fail,
-            fail_fast,
-            replay,
-            replay_until,
-            files,
-            local,
-            jobs,
-        } => {
-            let replay = replay.map(|worker| ReplayOptions {
-                worker,
-                until: replay_until,
-            });
-            // A replay runs in one worker on this machine.
-            let (local, jobs) = if replay.is_some() {
-                (true, Some(1))
-            } else {
-                (local, jobs)
-            };
-            let options = StartOptions {
-                config,
-                files,
-                file_timeout,
-                retries,
-                max_fail: max_fail.or(fail_fast.then_some(1)),
-                junit,
-                events,
-                html,
-                // A bare `--live-output` asks for every file.
-                live_output: match live_output.iter().any(|file| file.is_empty()) {
-                    true => Some(Vec::new()),
-                    false => (!live_output.is_empty()).then_some(live_output),
-                },
-                failed,
-                quiet,
-                replay,
-                local: local.then(|| match jobs {
-                    Some(jobs) => jobs as usize,
-                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                }),
-            };
-            // Resolved once, here: where to log must be known before anything logs, and the
-            // run goes on with these same settings.
-            let settings = Settings::for_start(&options);
-            match settings.as_ref().ok().and_then(|s| s.log_file.as_deref()) {
-                _ if verbose => init_logging("info", LogTarget::Stderr),
-                Some(path) => init_logging("info", LogTarget::File(path)),
-                None => init_logging("warn", LogTarget::Stderr),
-            }
-            Ok(gorgon_originator::start(options, settings).await?)
-        }
-        Command::Listen {
-            config,
-            check: true,
-        } => {
-            init_logging("error", LogTarget::Stderr);
-            println!("{}", gorgon_listener::check(&config).await?);
-            Ok(exit_code::SUCCESS)
-        }
+        Command::Start(args) => start(args).await,
+        Command::Listen { config, check } => listen(&config, check).await,
         Command::Init {
             broker,
             file_server,
@@ -508,38 +481,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             Ok(exit_code::SUCCESS)
         }
         Command::Completions { shell } => {
-            // Some shells' generators offer hidden subcommands; leave the internal ones out.
-            let full = Cli::command();
-            let mut visible = clap::Command::new("gorgon")
-                .version(env!("CARGO_PKG_VERSION"))
-                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut visible, "gorgon", &mut script);
-            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
-            Ok(exit_code::SUCCESS)
-        }
-        Command::Listen {
-            config,
-            check: false,
-        } => {
-            let settings = gorgon_listener::ListenerSettings::load(&config)?;
-            gorgon_listener::refuse_root(&settings, &config)?;
-            match &settings.log_file {
-                Some(path) => init_logging("info", LogTarget::File(path)),
-                None => init_logging("info", LogTarget::Stderr),
-            }
-            let shutdown = async {
-                let mut terminate =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler installs");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            };
-            gorgon_listener::run(settings, shutdown)
-                .await
-                .map_err(CliError::ListenerStopped)?;
+            completions(shell);
             Ok(exit_code::SUCCESS)
         }
         Command::Fleet {
@@ -551,67 +493,8 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             let limit = std::time::Duration::from_secs_f64(timeout);
             Ok(gorgon_originator::fleet::fleet(&config, &command, limit).await?)
         }
-        Command::Node {
-            config,
-            build_id,
-            worker_id,
-            jobs,
-            report,
-            junit,
-            events,
-            quiet,
-            verbose,
-        } => {
-            init_logging(if verbose { "info" } else { "warn" }, LogTarget::Stderr);
-            let options = gorgon_originator::ci::BuildOptions {
-                build_id,
-                worker_id,
-                jobs,
-                report,
-                start: StartOptions {
-                    config,
-                    junit,
-                    events,
-                    quiet,
-                    ..StartOptions::default()
-                },
-            };
-            Ok(gorgon_originator::ci::work(options).await?)
-        }
-        Command::Report {
-            events: Some(events),
-            html: Some(html),
-            ..
-        } => {
-            let timeline = gorgon_originator::html::Timeline::from_file(&events)?;
-            gorgon_originator::html::write(&html, &timeline)?;
-            println!("Wrote {}", html.display());
-            Ok(exit_code::SUCCESS)
-        }
-        Command::Report {
-            html,
-            build_id,
-            config,
-            junit,
-            events_to,
-            quiet,
-            ..
-        } => {
-            init_logging("warn", LogTarget::Stderr);
-            let options = gorgon_originator::ci::BuildOptions {
-                build_id,
-                start: StartOptions {
-                    config,
-                    junit,
-                    events: events_to,
-                    html,
-                    quiet,
-                    ..StartOptions::default()
-                },
-                ..Default::default()
-            };
-            Ok(gorgon_originator::ci::report(options).await?)
-        }
+        Command::Node(args) => node(args).await,
+        Command::Report(args) => report(args).await,
         Command::Ping { config, timeout } => {
             init_logging("warn", LogTarget::Stderr);
             if !(timeout.is_finite() && timeout > 0.0) {
@@ -628,20 +511,14 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             anonymous,
         } => {
             init_logging("warn", LogTarget::Stderr);
-            let passwords = match (&secrets, anonymous) {
-                (Some(path), _) => Some(gorgon_exec::rsync::passwords_from_config(path)?),
-                (None, true) => {
-                    eprintln!("gorgon: warning: the file server is anonymous: anyone who reaches port {port} can read and write every project's tree");
-                    None
-                }
-                (None, false) => return Err(CliError::FileServerWithoutPasswords),
-            };
-            gorgon_exec::rsync::start_daemon(&dir, port, address.as_deref(), passwords.as_ref())
-                .await?;
-            println!(
-                "rsync daemon serving {} on port {port} (stop it with `gorgon stop_rsync --port {port}`)",
-                dir.display()
-            );
+            start_rsync(
+                &dir,
+                port,
+                address.as_deref(),
+                secrets.as_deref(),
+                anonymous,
+            )
+            .await?;
             Ok(exit_code::SUCCESS)
         }
         Command::StopRsync { port } => {
@@ -664,6 +541,168 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             Ok(gorgon_worker::work_local(assignment, files, stdin_closed).await)
         }
     }
+}
+
+/// `gorgon start`.
+async fn start(args: StartArgs) -> Result<i32, CliError> {
+    let verbose = args.verbose;
+    let options = args.options();
+    // Resolved once, here: where to log must be known before anything logs, and the run
+    // goes on with these same settings.
+    let settings = Settings::for_start(&options);
+    match settings.as_ref().ok().and_then(|s| s.log_file.as_deref()) {
+        _ if verbose => init_logging("info", LogTarget::Stderr),
+        Some(path) => init_logging("info", LogTarget::File(path)),
+        None => init_logging("warn", LogTarget::Stderr),
+    }
+    Ok(gorgon_originator::start(options, settings).await?)
+}
+
+impl StartArgs {
+    /// What the command line asks of the run.
+    fn options(self) -> StartOptions {
+        let replay = self.replay.map(|worker| ReplayOptions {
+            worker,
+            until: self.replay_until,
+        });
+        // A replay runs in one worker on this machine.
+        let (local, jobs) = if replay.is_some() {
+            (true, Some(1))
+        } else {
+            (self.local, self.jobs)
+        };
+        let live_output = self.live_output;
+        StartOptions {
+            config: self.config,
+            files: self.files,
+            file_timeout: self.file_timeout,
+            retries: self.retries,
+            max_fail: self.max_fail.or(self.fail_fast.then_some(1)),
+            junit: self.junit,
+            events: self.events,
+            html: self.html,
+            // A bare `--live-output` asks for every file.
+            live_output: match live_output.iter().any(|file| file.is_empty()) {
+                true => Some(Vec::new()),
+                false => (!live_output.is_empty()).then_some(live_output),
+            },
+            failed: self.failed,
+            quiet: self.quiet,
+            replay,
+            local: local.then(|| match jobs {
+                Some(jobs) => jobs as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            }),
+        }
+    }
+}
+
+/// `gorgon listen` (`--check`: check the config and the broker, and exit).
+async fn listen(config: &Path, check: bool) -> Result<i32, CliError> {
+    if check {
+        init_logging("error", LogTarget::Stderr);
+        println!("{}", gorgon_listener::check(config).await?);
+        return Ok(exit_code::SUCCESS);
+    }
+    let settings = gorgon_listener::ListenerSettings::load(config)?;
+    gorgon_listener::refuse_root(&settings, config)?;
+    match &settings.log_file {
+        Some(path) => init_logging("info", LogTarget::File(path)),
+        None => init_logging("info", LogTarget::Stderr),
+    }
+    let shutdown = async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    gorgon_listener::run(settings, shutdown)
+        .await
+        .map_err(CliError::ListenerStopped)?;
+    Ok(exit_code::SUCCESS)
+}
+
+/// `gorgon completions`: prints the script, without the hidden subcommands.
+fn completions(shell: clap_complete::Shell) {
+    // Some shells' generators offer hidden subcommands; leave the internal ones out.
+    let full = Cli::command();
+    let mut visible = clap::Command::new("gorgon")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut visible, "gorgon", &mut script);
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+}
+
+/// `gorgon work`: this CI node's part of a build.
+async fn node(args: NodeArgs) -> Result<i32, CliError> {
+    let level = if args.verbose { "info" } else { "warn" };
+    init_logging(level, LogTarget::Stderr);
+    let options = gorgon_originator::ci::BuildOptions {
+        build_id: args.build_id,
+        worker_id: args.worker_id,
+        jobs: args.jobs,
+        report: args.report,
+        start: StartOptions {
+            config: args.config,
+            junit: args.junit,
+            events: args.events,
+            quiet: args.quiet,
+            ..StartOptions::default()
+        },
+    };
+    Ok(gorgon_originator::ci::work(options).await?)
+}
+
+/// `gorgon report`: a run's HTML page from its event stream, or a CI build's report.
+async fn report(args: ReportArgs) -> Result<i32, CliError> {
+    if let (Some(events), Some(html)) = (&args.events, &args.html) {
+        let timeline = gorgon_originator::html::Timeline::from_file(events)?;
+        gorgon_originator::html::write(html, &timeline)?;
+        println!("Wrote {}", html.display());
+        return Ok(exit_code::SUCCESS);
+    }
+    init_logging("warn", LogTarget::Stderr);
+    let options = gorgon_originator::ci::BuildOptions {
+        build_id: args.build_id,
+        start: StartOptions {
+            config: args.config,
+            junit: args.junit,
+            events: args.events_to,
+            html: args.html,
+            quiet: args.quiet,
+            ..StartOptions::default()
+        },
+        ..Default::default()
+    };
+    Ok(gorgon_originator::ci::report(options).await?)
+}
+
+/// `gorgon start_rsync`: an rsync daemon serving `dir`, with passwords or anonymous.
+async fn start_rsync(
+    dir: &Path,
+    port: u16,
+    address: Option<&str>,
+    secrets: Option<&Path>,
+    anonymous: bool,
+) -> Result<(), CliError> {
+    let passwords = match (secrets, anonymous) {
+        (Some(path), _) => Some(gorgon_exec::rsync::passwords_from_config(path)?),
+        (None, true) => {
+            eprintln!("gorgon: warning: the file server is anonymous: anyone who reaches port {port} can read and write every project's tree");
+            None
+        }
+        (None, false) => return Err(CliError::FileServerWithoutPasswords),
+    };
+    gorgon_exec::rsync::start_daemon(dir, port, address, passwords.as_ref()).await?;
+    println!(
+        "rsync daemon serving {} on port {port} (stop it with `gorgon stop_rsync --port {port}`)",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// `gorgon init` in the current folder.
@@ -760,5 +799,40 @@ mod tests {
         assert_eq!(CliError::Init(init).exit_code(), exit_code::FAILURE);
         let assignment = CliError::Assignment(AssignmentError::Missing);
         assert_eq!(assignment.exit_code(), exit_code::FAILURE);
+    }
+
+    #[test]
+    fn an_error_is_told_with_each_cause_not_already_said() {
+        /// An error with a source, saying it (or not) in its own message.
+        #[derive(Debug, thiserror::Error)]
+        #[error("{message}")]
+        struct Layer {
+            message: String,
+            #[source]
+            source: Option<Box<Layer>>,
+        }
+        let layer = |message: &str, source: Option<Layer>| Layer {
+            message: message.to_owned(),
+            source: source.map(Box::new),
+        };
+        let root = layer("connection refused", None);
+        let says_its_source = layer("cannot connect to h:1: connection refused", Some(root));
+        let error = layer("the run cannot start", Some(says_its_source));
+        assert_eq!(
+            error_lines(&error),
+            [
+                "gorgon: the run cannot start",
+                "  caused by: cannot connect to h:1: connection refused"
+            ]
+        );
+        let io = std::io::Error::other("permission denied");
+        let start = StartError::EventsFile {
+            path: PathBuf::from("/e.jsonl"),
+            source: io,
+        };
+        assert_eq!(
+            error_lines(&CliError::Start(start)),
+            ["gorgon: cannot write the events file /e.jsonl: permission denied"]
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! units and the digest of each test file and of the configuration) as the first message of
 //! the build's **log**, a RabbitMQ stream. Every node's manager publishes its replies to the
 //! log, and every node and reporter reads the log from its start, through the same state
-//! machine as `gorgon start` (`JobState`, `handle_reply`): they all see one order of events
+//! machine as `gorgon start` (`JobState`, the run core): they all see one order of events
 //! and reach the same verdicts, so a node that joins late, or a reporter that starts after
 //! the nodes finished, knows everything. The node whose result calls for a retry queues it;
 //! every node answers a redelivered file's `RetryCheck`; the first node to see every file
@@ -32,10 +32,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::distributed::{answer_retry_check, queue_retries};
-use crate::engine::{handle_reply, retries_to_queue, Plan, StartError, Stop};
+use crate::engine::Plan;
+use crate::errors::{StartError, Stop};
 use crate::events::{Event, EventSink};
 use crate::files;
 use crate::quarantine::Quarantine;
+use crate::run_core::Core;
 use crate::settings::{Settings, StartOptions};
 use crate::state::JobState;
 use crate::view::Progress;
@@ -468,13 +470,7 @@ pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
         .consume_stream(&names::build_log(build.job))
         .await?;
     let defined = build.definition(&mut log).await?;
-    let mut events = match &options.start.events {
-        Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
-            path: path.clone(),
-            source,
-        })?,
-        None => EventSink::none(),
-    };
+    let mut events = crate::engine::open_events(options.start.events.as_deref())?;
     if options.start.html.is_some() || build.settings.html_file.is_some() {
         events = events.with_timeline();
     }
@@ -531,23 +527,25 @@ impl Follower {
             }
             message => {
                 let from = reply_host(&message).map(str::to_owned);
-                let (state, progress, events) = (&mut self.state, &self.progress, &mut self.events);
-                if let Some(reason) =
-                    handle_reply(state, progress, events, max_crash_retries, message)
-                {
-                    self.stop.get_or_insert(Stop::Failed(reason));
-                }
                 let own = from.is_some() && from == self.own_host;
+                let mut core = Core::new(
+                    &mut self.state,
+                    &mut self.events,
+                    &self.progress,
+                    max_crash_retries,
+                );
+                let mut stop = core.reply(message);
                 if own {
-                    if let Err(error) =
-                        queue_retries(&build.broker, build.job, state, progress, events).await
-                    {
-                        self.stop
-                            .get_or_insert(Stop::Failed(format!("cannot queue a retry: {error}")));
+                    if let Err(error) = queue_retries(&build.broker, build.job, &mut core).await {
+                        stop =
+                            stop.or(Some(Stop::Failed(format!("cannot queue a retry: {error}"))));
                     }
                 } else {
                     // Another node queues them; the state takes them all the same.
-                    retries_to_queue(state, progress, events);
+                    core.retries();
+                }
+                if let Some(stop) = stop {
+                    self.stop.get_or_insert(stop);
                 }
             }
         }
@@ -726,8 +724,10 @@ fn local_units(
 
 /// The SHA-256 of a file's content, in hex.
 fn digest_of(path: &Path) -> Result<String, StartError> {
-    let bytes = std::fs::read(path)
-        .map_err(|error| StartError::Build(format!("cannot read {}: {error}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|source| StartError::BuildFile {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(Sha256::digest(&bytes)
         .iter()
         .map(|byte| format!("{byte:02x}"))

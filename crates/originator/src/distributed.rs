@@ -5,17 +5,19 @@
 use std::time::{Duration, Instant};
 
 use gorgon_exec::rsync;
-use gorgon_exec::signals::StopSignals;
+use gorgon_exec::signals::{StopSignal, StopSignals};
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
-    names, Broker, BrokerError, Envelope, Inbox, JobDefinition, Message, RetryOf, SyncSettings,
+    names, Broker, BrokerError, Envelope, Inbox, Incoming, JobDefinition, Message, RetryOf,
+    SyncSettings,
 };
 use uuid::Uuid;
 
-use crate::engine::{
-    advance_phases, handle_reply, retries_to_queue, Advance, Plan, StartError, Stop,
-};
+use crate::engine::Plan;
+use crate::errors::{StartError, Stop};
 use crate::events::EventSink;
+use crate::run_core::{Advance, Core};
+use crate::settings::FileServer;
 use crate::state::{JobState, Problem};
 use crate::view::Progress;
 
@@ -41,16 +43,10 @@ pub(crate) async fn run(
     events: &mut EventSink,
     signals: &mut StopSignals,
 ) -> Result<Option<Stop>, StartError> {
-    let Plan {
-        settings,
-        job_id,
-        project,
-        ..
-    } = plan;
-    let job_id = *job_id;
-    let root = &settings.project_root;
+    let settings = &plan.settings;
     let file_server = settings.file_server()?;
-    let mut broker = Broker::connect(&settings.broker, &format!("gorgon start {project}")).await?;
+    let broker =
+        Broker::connect(&settings.broker, &format!("gorgon start {}", plan.project)).await?;
     // A Gorgon callbacks class's `before_originate` may name the cluster, as in Gorgon.
     let cluster_id = match plan.before_originate(signals).await {
         Ok(named) => named.unwrap_or_else(|| settings.cluster_id.clone()),
@@ -59,9 +55,30 @@ pub(crate) async fn run(
             return Err(error);
         }
     };
-
     let progress = plan.progress(state.total());
-    let tree_dir = format!("{}_{}", sanitize(&plan.host), sanitize(project));
+    let location = match push(plan, file_server, &progress, signals).await {
+        Ok(location) => location,
+        Err(error) => {
+            progress.finish();
+            broker.close().await;
+            return Err(error);
+        }
+    };
+    let core = Core::new(state, events, &progress, settings.max_crash_retries);
+    let mut run = Distributed::publish(plan, broker, core, cluster_id, location).await?;
+    run.follow(signals).await;
+    Ok(run.end(signals).await)
+}
+
+/// Pushes the project's tree to the file server; returns where it is, for the listeners.
+async fn push(
+    plan: &Plan,
+    file_server: &FileServer,
+    progress: &Progress,
+    signals: &mut StopSignals,
+) -> Result<String, StartError> {
+    let settings = &plan.settings;
+    let tree_dir = format!("{}_{}", sanitize(&plan.host), sanitize(&plan.project));
     let location = rsync::tree_location(
         &file_server.host,
         file_server.port,
@@ -77,246 +94,396 @@ pub(crate) async fn run(
             password: password.clone(),
         });
     let push = rsync::push(
-        root,
+        &settings.project_root,
         &location,
         &settings.exclude,
         settings.transport,
         login.as_ref(),
     );
-    let pushed = tokio::select! {
-        pushed = push => pushed,
+    tokio::select! {
+        pushed = push => pushed.map_err(StartError::Push)?,
         signal = signals.recv() => {
-            progress.finish();
-            broker.close().await;
             return Err(StartError::Stopped { signal, during: "pushing the source tree" });
         }
     };
-    if let Err(error) = pushed {
-        progress.finish();
-        broker.close().await;
-        return Err(StartError::Push(error));
+    Ok(location)
+}
+
+/// What the event loop of a distributed run waits for.
+enum Input {
+    /// A stop signal (while ending: a second Ctrl-C).
+    Signal(StopSignal),
+    /// The periodic checks are due.
+    Tick,
+    /// A listener announced itself (`None`: the announcements ended).
+    Announcement(Option<Incoming>),
+    /// A reply (`None`: the connection to the broker was lost).
+    Reply(Option<Incoming>),
+    /// No reply is waiting: acknowledge those handled.
+    AckDue,
+    /// The listeners took too long to finish.
+    Deadline,
+}
+
+/// A reply as the run reads it.
+enum Reply<'m> {
+    /// A worker asks whether a file delivered again still needs a run.
+    RetryCheck { file: &'m str, reply_to: &'m str },
+    /// A reply of this job.
+    Ours(&'m Message),
+    /// A reply of another job.
+    Other(Uuid),
+    /// A reply that cannot be read (or is not trusted).
+    Unreadable(&'m gorgon_protocol::DecodeError),
+}
+
+impl<'m> Reply<'m> {
+    fn of(incoming: &'m Incoming, job_id: Uuid) -> Reply<'m> {
+        match &incoming.envelope {
+            Ok(Envelope {
+                job_id: id,
+                message: Message::RetryCheck { file, reply_to },
+                ..
+            }) if *id == job_id => Reply::RetryCheck { file, reply_to },
+            Ok(envelope) if envelope.job_id == job_id => Reply::Ours(&envelope.message),
+            Ok(envelope) => Reply::Other(envelope.job_id),
+            Err(error) => Reply::Unreadable(error),
+        }
+    }
+}
+
+/// A distributed run once its job is published: the broker, the job's queues, and the run
+/// core that its replies feed.
+struct Distributed<'a> {
+    plan: &'a Plan,
+    core: Core<'a>,
+    broker: Broker,
+    topology: Topology,
+    replies: Inbox,
+    announcements: Inbox,
+    /// A lost connection ends the announcements too; the replies resume it.
+    announcements_ended: bool,
+    /// The job, as published and as sent to a listener that joins later.
+    job_message: Message,
+    cluster_id: String,
+    listeners: ListenerWatch,
+    listener_deadline: Instant,
+    tick: tokio::time::Interval,
+    /// The last reply handled but not acknowledged yet: the replies that come together are
+    /// acknowledged together, once none is waiting (a run of thousands of quick files sends
+    /// replies faster than one acknowledgement at a time can follow).
+    unacked: Option<Incoming>,
+    stop: Option<Stop>,
+}
+
+impl<'a> Distributed<'a> {
+    /// Declares the job's queues, queues its files and publishes the job.
+    async fn publish(
+        plan: &'a Plan,
+        broker: Broker,
+        core: Core<'a>,
+        cluster_id: String,
+        location: String,
+    ) -> Result<Distributed<'a>, StartError> {
+        let settings = &plan.settings;
+        let definition = JobDefinition {
+            project: plan.project.clone(),
+            originator_host: plan.host.clone(),
+            sync: SyncSettings {
+                source: location,
+                transport: settings.transport,
+                exclude: settings.exclude.clone(),
+            },
+            runner: settings.runner.clone(),
+            callbacks: settings.callbacks.remote.clone(),
+            live_output: plan.live_output(),
+        };
+        let topology = Topology::new(plan.job_id, &cluster_id);
+        let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;
+        let job_message = Message::Job {
+            definition: Box::new(definition),
+            reply_to: topology.replies.clone(),
+        };
+        let job = Envelope::new(plan.job_id, job_message.clone());
+        match broker.publish(&topology.jobs, &job).await {
+            Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let queued = match core.state.phases().list().len() {
+            0 => format!("Queued {} files", core.state.total()),
+            phases => format!("{phases} phases"),
+        };
+        core.progress.note(&format!(
+            "{queued}; waiting for listeners of cluster '{cluster_id}'"
+        ));
+        Ok(Distributed {
+            plan,
+            core,
+            broker,
+            topology,
+            replies,
+            announcements,
+            announcements_ended: false,
+            job_message,
+            cluster_id,
+            listeners: ListenerWatch::new(),
+            listener_deadline: Instant::now() + settings.listener_wait,
+            tick: tokio::time::interval(Duration::from_millis(250)),
+            unacked: None,
+            stop: None,
+        })
     }
 
-    let definition = JobDefinition {
-        project: project.clone(),
-        originator_host: plan.host.clone(),
-        sync: SyncSettings {
-            source: location,
-            transport: settings.transport,
-            exclude: settings.exclude.clone(),
-        },
-        runner: settings.runner.clone(),
-        callbacks: settings.callbacks.remote.clone(),
-        live_output: plan.live_output(),
-    };
-    let topology = Topology::new(job_id, &cluster_id);
-    let (mut replies, mut announcements) = topology.declare(&broker, state.queued()).await?;
-    let job_message = Message::Job {
-        definition: Box::new(definition),
-        reply_to: topology.replies.clone(),
-    };
-    match broker
-        .publish(&topology.jobs, &Envelope::new(job_id, job_message.clone()))
-        .await
-    {
-        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
-        Err(error) => return Err(error.into()),
+    fn job_id(&self) -> Uuid {
+        self.plan.job_id
     }
-    let queued = match state.phases().list().len() {
-        0 => format!("Queued {} files", state.total()),
-        phases => format!("{phases} phases"),
-    };
-    progress.note(&format!(
-        "{queued}; waiting for listeners of cluster '{cluster_id}'"
-    ));
 
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut listeners = ListenerWatch::new();
-    let listener_deadline = Instant::now() + settings.listener_wait;
-
-    let mut announcements_ended = false;
-    // The last reply handled but not acknowledged yet: the replies that come together are
-    // acknowledged together, once none is waiting (a run of thousands of quick files sends
-    // replies faster than one acknowledgement at a time can follow).
-    let mut unacked: Option<gorgon_protocol::Incoming> = None;
-    let mut stop = None;
-    while stop.is_none() {
-        if state.all_settled() {
-            // The next phase's files, in a run with phases.
-            match advance_phases(plan, state, events, &progress, signals).await {
-                Advance::Over => break,
-                Advance::Stopped(stopped) => {
-                    stop = Some(stopped);
-                    break;
-                }
-                Advance::Queue(units) => {
-                    let messages = units
-                        .into_iter()
-                        .map(|unit| Envelope::new(job_id, Message::file(unit)));
-                    if let Err(error) = broker.send_all_to_queue(&topology.files, messages).await {
-                        stop = Some(Stop::Failed(format!(
-                            "cannot queue the next phase's files: {error}"
-                        )));
-                        break;
+    /// Follows the run until every file has its result (of every phase) or it stops.
+    async fn follow(&mut self, signals: &mut StopSignals) {
+        while self.stop.is_none() {
+            if self.core.state.all_settled() && !self.next_phase(signals).await {
+                break;
+            }
+            match self.next_input(signals).await {
+                Input::Signal(signal) => self.stop = Some(signal.into()),
+                Input::Tick => self.check().await,
+                Input::Announcement(incoming) => self.announced(incoming).await,
+                Input::Reply(Some(incoming)) => self.reply(incoming).await,
+                Input::Reply(None) => {
+                    // What the lost connection delivered comes again on the new one.
+                    self.unacked = None;
+                    if let Err(stopped) = self.resume(signals).await {
+                        self.stop = Some(stopped);
                     }
                 }
+                Input::AckDue | Input::Deadline => self.ack_handled().await,
             }
         }
+        self.ack_handled().await;
+    }
+
+    /// Once every queued file has its result: queues the next phase's files; false when
+    /// the run is over (or stops).
+    async fn next_phase(&mut self, signals: &mut StopSignals) -> bool {
+        match self.core.advance_phases(self.plan, signals).await {
+            Advance::Over => false,
+            Advance::Stopped(stopped) => {
+                self.stop = Some(stopped);
+                false
+            }
+            Advance::Queue(units) => {
+                let job_id = self.job_id();
+                let messages = units
+                    .into_iter()
+                    .map(|unit| Envelope::new(job_id, Message::file(unit)));
+                let sent = self
+                    .broker
+                    .send_all_to_queue(&self.topology.files, messages)
+                    .await;
+                if let Err(error) = sent {
+                    self.stop = Some(Stop::Failed(format!(
+                        "cannot queue the next phase's files: {error}"
+                    )));
+                }
+                self.stop.is_none()
+            }
+        }
+    }
+
+    async fn next_input(&mut self, signals: &mut StopSignals) -> Input {
         tokio::select! {
             // In this order: a stop and the periodic checks are never starved by a flood of
             // replies, and an acknowledgement waits for the replies that are already here.
             biased;
-            signal = signals.recv() => stop = Some(signal.into()),
-            _ = tick.tick() => {
-                progress.update(state);
-                listeners.check_when_due(&broker, state, &progress).await;
-                if !state.any_listener_accepted() && Instant::now() >= listener_deadline {
-                    stop = Some(Stop::Failed(format!(
-                        "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
-                        cluster_id,
-                        settings.listener_wait.as_secs_f64()
-                    )));
-                } else if state.any_listener_accepted() && state.all_listeners_done() {
-                    stop = Some(Stop::Failed(format!(
-                        "every listener that took the job has stopped working on it, but {} files have no result",
-                        state.unfinished().len()
-                    )));
-                }
+            signal = signals.recv() => Input::Signal(signal),
+            _ = self.tick.tick() => Input::Tick,
+            incoming = self.announcements.next(), if !self.announcements_ended => {
+                Input::Announcement(incoming)
             }
-            incoming = announcements.next(), if !announcements_ended => {
-                // A lost connection ends the replies too, which resume it.
-                let Some(incoming) = incoming else {
-                    announcements_ended = true;
-                    continue;
-                };
-                if let Ok(Envelope { message: Message::ListenerAnnounced { listener_queue, name }, .. }) = &incoming.envelope {
-                    tracing::info!(listener = %name, "a listener joined; sending it the job");
-                    if let Err(error) = broker.send_to_queue(listener_queue, &Envelope::new(job_id, job_message.clone())).await {
-                        tracing::warn!(%error, "could not send the job to a new listener");
-                    }
-                    let _ = incoming.ack().await;
-                } else {
-                    let _ = incoming.discard().await;
-                }
-            }
-            incoming = replies.next() => {
-                let Some(incoming) = incoming else {
-                    // What the lost connection delivered comes again on the new one.
-                    unacked = None;
-                    match resume(&mut broker, &topology, &progress, signals).await {
-                        Ok(inboxes) => {
-                            (replies, announcements) = inboxes;
-                            announcements_ended = false;
-                            listeners.after_resume();
-                            continue;
-                        }
-                        Err(stopped) => {
-                            stop = Some(stopped);
-                            break;
-                        }
-                    }
-                };
-                match &incoming.envelope {
-                    Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) if *id == job_id => {
-                        answer_retry_check(&broker, state, job_id, file, reply_to).await;
-                        let _ = incoming.ack().await;
-                    }
-                    Ok(envelope) if envelope.job_id == job_id => {
-                        if let Some(reason) = handle_reply(state, &progress, events, settings.max_crash_retries, envelope.message.clone()) {
-                            stop = Some(Stop::Failed(reason));
-                        }
-                        if let Err(error) = queue_retries(&broker, job_id, state, &progress, events).await {
-                            stop = Some(Stop::Failed(format!("cannot queue a retry: {error}")));
-                        }
-                        unacked = Some(incoming);
-                    }
-                    Ok(envelope) => {
-                        tracing::warn!(job = %envelope.job_id, "dropping a reply of another job");
-                        let _ = incoming.discard().await;
-                    }
-                    Err(error) => {
-                        if !error.is_untrusted() {
-                            tracing::warn!(%error, "dropping an unreadable reply");
-                        }
-                        let _ = incoming.discard().await;
-                    }
-                }
-            }
-            () = std::future::ready(()), if unacked.is_some() => {
-                if let Some(handled) = unacked.take() {
-                    let _ = handled.ack_through().await;
-                }
-            }
+            incoming = self.replies.next() => Input::Reply(incoming),
+            () = std::future::ready(()), if self.unacked.is_some() => Input::AckDue,
         }
-    }
-    if let Some(handled) = unacked.take() {
-        let _ = handled.ack_through().await;
     }
 
-    // Ending: on success, deleting the files queue tells the workers to finish; otherwise the
-    // job is cancelled. Either way listeners report when they are done.
-    let wait = if stop.is_some() {
-        CANCEL_WAIT
-    } else {
-        FINISH_WAIT
-    };
-    if let Some(stop) = &stop {
-        let reason = stop.announce(events, &progress);
-        let cancel = Envelope::new(job_id, Message::Cancel { reason });
-        match broker.publish(&topology.control, &cancel).await {
-            Ok(()) | Err(BrokerError::Unroutable(_)) => {}
-            Err(error) => tracing::warn!(%error, "could not publish the cancel"),
+    /// The periodic checks: the progress line, the listeners' liveness, and whether any
+    /// listener took the job (in time) and still works on it.
+    async fn check(&mut self) {
+        self.core.progress.update(self.core.state);
+        self.listeners
+            .check_when_due(&self.broker, &mut self.core)
+            .await;
+        let state = &self.core.state;
+        let settings = &self.plan.settings;
+        if !state.any_listener_accepted() && Instant::now() >= self.listener_deadline {
+            self.stop = Some(Stop::Failed(format!(
+                "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
+                self.cluster_id,
+                settings.listener_wait.as_secs_f64()
+            )));
+        } else if state.any_listener_accepted() && state.all_listeners_done() {
+            self.stop = Some(Stop::Failed(format!(
+                "every listener that took the job has stopped working on it, but {} files have no result",
+                state.unfinished().len()
+            )));
         }
     }
-    let _ = broker.delete_queue(&topology.files).await;
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut second_interrupt = false;
-    while !state.all_listeners_done() {
-        tokio::select! {
-            incoming = replies.next() => {
-                let Some(incoming) = incoming else {
-                    match resume(&mut broker, &topology, &progress, signals).await {
-                        Ok(inboxes) => {
-                            (replies, _) = inboxes;
-                            listeners.after_resume();
-                            continue;
-                        }
-                        Err(_) => break,
-                    }
-                };
-                if let Ok(Envelope { job_id: id, message: Message::RetryCheck { file, reply_to }, .. }) = &incoming.envelope {
-                    if *id == job_id {
-                        answer_retry_check(&broker, state, job_id, file, reply_to).await;
-                    }
-                } else if let Ok(envelope) = &incoming.envelope {
-                    if envelope.job_id == job_id {
-                        handle_reply(state, &progress, events, settings.max_crash_retries, envelope.message.clone());
-                    }
-                }
+
+    /// A listener that joined after the job was published gets it sent.
+    async fn announced(&mut self, incoming: Option<Incoming>) {
+        let Some(incoming) = incoming else {
+            self.announcements_ended = true;
+            return;
+        };
+        let Ok(Envelope {
+            message:
+                Message::ListenerAnnounced {
+                    listener_queue,
+                    name,
+                },
+            ..
+        }) = &incoming.envelope
+        else {
+            let _ = incoming.discard().await;
+            return;
+        };
+        tracing::info!(listener = %name, "a listener joined; sending it the job");
+        let job = Envelope::new(self.job_id(), self.job_message.clone());
+        if let Err(error) = self.broker.send_to_queue(listener_queue, &job).await {
+            tracing::warn!(%error, "could not send the job to a new listener");
+        }
+        let _ = incoming.ack().await;
+    }
+
+    /// One reply of the run: to the run core, with the retries it decides queued.
+    async fn reply(&mut self, incoming: Incoming) {
+        let job_id = self.job_id();
+        match Reply::of(&incoming, job_id) {
+            Reply::RetryCheck { file, reply_to } => {
+                answer_retry_check(&self.broker, self.core.state, job_id, file, reply_to).await;
                 let _ = incoming.ack().await;
             }
-            () = signals.interrupt() => { second_interrupt = true; break; }
-            // A listener that died (or froze past the heartbeat) is not waited for.
-            _ = tick.tick() => {
-                listeners.check_when_due(&broker, state, &progress).await;
+            Reply::Ours(message) => {
+                if let Some(stop) = self.core.reply(message.clone()) {
+                    self.stop = Some(stop);
+                }
+                if let Err(error) = queue_retries(&self.broker, job_id, &mut self.core).await {
+                    self.stop = Some(Stop::Failed(format!("cannot queue a retry: {error}")));
+                }
+                self.unacked = Some(incoming);
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                progress.note(&format!(
-                    "Listeners still finishing after {} s: {}",
-                    wait.as_secs(),
-                    state.listeners_working().join(", ")
-                ));
-                break;
+            Reply::Other(job) => {
+                tracing::warn!(%job, "dropping a reply of another job");
+                let _ = incoming.discard().await;
+            }
+            Reply::Unreadable(error) => {
+                if !error.is_untrusted() {
+                    tracing::warn!(%error, "dropping an unreadable reply");
+                }
+                let _ = incoming.discard().await;
             }
         }
     }
-    if !second_interrupt {
-        topology.remove(&broker).await;
-    }
-    broker.close().await;
-    progress.finish();
 
-    Ok(stop)
+    async fn ack_handled(&mut self) {
+        if let Some(handled) = self.unacked.take() {
+            let _ = handled.ack_through().await;
+        }
+    }
+
+    /// Gets the broker and the job's inboxes back after the connection was lost.
+    async fn resume(&mut self, signals: &mut StopSignals) -> Result<(), Stop> {
+        let (replies, announcements) = resume(
+            &mut self.broker,
+            &self.topology,
+            self.core.progress,
+            signals,
+        )
+        .await?;
+        self.replies = replies;
+        self.announcements = announcements;
+        self.announcements_ended = false;
+        self.listeners.after_resume();
+        Ok(())
+    }
+
+    /// Ends the run: on success, deleting the files queue tells the workers to finish;
+    /// otherwise the job is cancelled. Either way listeners report when they are done.
+    async fn end(mut self, signals: &mut StopSignals) -> Option<Stop> {
+        let wait = if self.stop.is_some() {
+            CANCEL_WAIT
+        } else {
+            FINISH_WAIT
+        };
+        if let Some(stop) = &self.stop {
+            let reason = self.core.stopping(stop);
+            let cancel = Envelope::new(self.job_id(), Message::Cancel { reason });
+            match self.broker.publish(&self.topology.control, &cancel).await {
+                Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+                Err(error) => tracing::warn!(%error, "could not publish the cancel"),
+            }
+        }
+        let _ = self.broker.delete_queue(&self.topology.files).await;
+        let second_interrupt = self.wait_for_listeners(wait, signals).await;
+        if !second_interrupt {
+            self.topology.remove(&self.broker).await;
+        }
+        self.broker.close().await;
+        self.core.progress.finish();
+        self.stop
+    }
+
+    /// Takes the listeners' last replies until each is done, for up to `wait`; true when
+    /// a second Ctrl-C cut the wait short.
+    async fn wait_for_listeners(&mut self, wait: Duration, signals: &mut StopSignals) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.core.state.all_listeners_done() {
+            let input = tokio::select! {
+                incoming = self.replies.next() => Input::Reply(incoming),
+                () = signals.interrupt() => Input::Signal(StopSignal::Interrupt),
+                // A listener that died (or froze past the heartbeat) is not waited for.
+                _ = self.tick.tick() => Input::Tick,
+                _ = tokio::time::sleep_until(deadline) => Input::Deadline,
+            };
+            match input {
+                Input::Reply(Some(incoming)) => self.last_reply(incoming).await,
+                Input::Reply(None) => {
+                    if self.resume(signals).await.is_err() {
+                        break;
+                    }
+                }
+                Input::Signal(_) => return true,
+                Input::Tick => {
+                    self.listeners
+                        .check_when_due(&self.broker, &mut self.core)
+                        .await
+                }
+                Input::Deadline | Input::Announcement(_) | Input::AckDue => {
+                    self.core.progress.note(&format!(
+                        "Listeners still finishing after {} s: {}",
+                        wait.as_secs(),
+                        self.core.state.listeners_working().join(", ")
+                    ));
+                    break;
+                }
+            }
+        }
+        false
+    }
+
+    /// A reply once the run is ending: it still counts, but nothing is queued any more.
+    async fn last_reply(&mut self, incoming: Incoming) {
+        let job_id = self.job_id();
+        match Reply::of(&incoming, job_id) {
+            Reply::RetryCheck { file, reply_to } => {
+                answer_retry_check(&self.broker, self.core.state, job_id, file, reply_to).await;
+            }
+            Reply::Ours(message) => {
+                self.core.reply(message.clone());
+            }
+            Reply::Other(_) | Reply::Unreadable(_) => {}
+        }
+        let _ = incoming.ack().await;
+    }
 }
 
 /// Gets the broker back after the run's connection was lost: reconnects (to any node) for
@@ -361,21 +528,18 @@ async fn resume(
     }
 }
 
-/// Tells a worker whether a file delivered again still needs a run.
 /// Queues the retries that the last reply decided, each marked with where it failed, so
 /// that it runs on another host (or worker).
 pub(crate) async fn queue_retries(
     broker: &Broker,
     job_id: Uuid,
-    state: &mut JobState,
-    progress: &Progress,
-    events: &mut EventSink,
+    core: &mut Core<'_>,
 ) -> Result<(), BrokerError> {
-    let retries = retries_to_queue(state, progress, events);
+    let retries = core.retries();
     if retries.is_empty() {
         return Ok(());
     }
-    let other_hosts = state.listeners_working().len() > 1;
+    let other_hosts = core.state.listeners_working().len() > 1;
     let messages = retries.into_iter().map(|retry| {
         let message = Message::File {
             file: retry.unit,
@@ -393,6 +557,7 @@ pub(crate) async fn queue_retries(
         .await
 }
 
+/// Tells a worker whether a file delivered again still needs a run.
 pub(crate) async fn answer_retry_check(
     broker: &Broker,
     state: &JobState,
@@ -449,11 +614,11 @@ impl ListenerWatch {
 
     /// Checks the next batch of listeners when due; the files of one found dead are back
     /// in the queue already (its connection ended).
-    async fn check_when_due(&mut self, broker: &Broker, state: &mut JobState, progress: &Progress) {
+    async fn check_when_due(&mut self, broker: &Broker, core: &mut Core<'_>) {
         if Instant::now() < self.next {
             return;
         }
-        let mut working = state.working_listener_queues();
+        let mut working = core.state.working_listener_queues();
         working.sort();
         let batch: Vec<_> = working
             .into_iter()
@@ -481,9 +646,9 @@ impl ListenerWatch {
                         output: String::new(),
                         fails_run: false,
                     };
-                    progress.problem(&problem);
-                    state.add_problem(problem);
-                    state.listener_done(&host);
+                    // The event stream has no kind for it: the progress and the report say it.
+                    core.problem(None, problem);
+                    core.state.listener_done(&host);
                 }
                 Ok(false) => {
                     self.missing_before.insert(host);

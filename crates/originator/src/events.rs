@@ -314,7 +314,7 @@ impl EventSink {
             let value: serde_json::Value =
                 serde_json::from_str(&line).expect("an encoded event is JSON");
             if let Err(problem) = timeline.record(&value) {
-                tracing::warn!(problem, "the HTML report's timeline skipped an event");
+                tracing::warn!(%problem, "the HTML report's timeline skipped an event");
             }
         }
         let Some(out) = &mut self.out else { return };

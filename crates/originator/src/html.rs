@@ -37,11 +37,12 @@ pub enum HtmlError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}:{line}: not an event of gorgon start --events: {reason}", path.display())]
+    #[error("{}:{line}: not an event of gorgon start --events: {source}", path.display())]
     Parse {
         path: std::path::PathBuf,
         line: usize,
-        reason: String,
+        #[source]
+        source: EventError,
     },
     #[error("{} holds no run_started event: it is not the event stream of a run", path.display())]
     Empty { path: std::path::PathBuf },
@@ -51,6 +52,19 @@ pub enum HtmlError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a line of an event stream is not an event the timeline can take.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("no \"event\" field")]
+    NoKind,
+    #[error("no RFC 3339 \"time\" field")]
+    NoTime,
+    #[error("a {0} event before run_started")]
+    BeforeStart(String),
 }
 
 /// What a bar on the timeline shows.
@@ -150,16 +164,13 @@ impl Timeline {
             if line.trim().is_empty() {
                 continue;
             }
-            let event: Value = serde_json::from_str(line).map_err(|e| HtmlError::Parse {
+            let parse = |source| HtmlError::Parse {
                 path: path.to_owned(),
                 line: number + 1,
-                reason: e.to_string(),
-            })?;
-            timeline.record(&event).map_err(|reason| HtmlError::Parse {
-                path: path.to_owned(),
-                line: number + 1,
-                reason,
-            })?;
+                source,
+            };
+            let event: Value = serde_json::from_str(line).map_err(|e| parse(e.into()))?;
+            timeline.record(&event).map_err(parse)?;
         }
         if timeline.started.is_none() {
             return Err(HtmlError::Empty {
@@ -171,12 +182,12 @@ impl Timeline {
 
     /// Takes one event of the stream (as `docs/events.md` describes it); events of kinds it
     /// does not know are ignored, as the format asks.
-    pub fn record(&mut self, event: &Value) -> Result<(), String> {
-        let kind = event["event"].as_str().ok_or("no \"event\" field")?;
+    pub fn record(&mut self, event: &Value) -> Result<(), EventError> {
+        let kind = event["event"].as_str().ok_or(EventError::NoKind)?;
         let time = event["time"]
             .as_str()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .ok_or("no RFC 3339 \"time\" field")?;
+            .ok_or(EventError::NoTime)?;
         if kind == "run_started" {
             self.started = Some(time);
             self.project = text(event, "project");
@@ -184,7 +195,7 @@ impl Timeline {
             return Ok(());
         }
         let Some(started) = self.started else {
-            return Err(format!("a {kind} event before run_started"));
+            return Err(EventError::BeforeStart(kind.to_owned()));
         };
         let at = ((time - started).num_milliseconds() as f64 / 1000.0).max(0.0);
         self.last = self.last.max(at);

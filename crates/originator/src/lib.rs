@@ -4,6 +4,7 @@
 pub mod ci;
 pub mod distributed;
 pub mod engine;
+pub mod errors;
 pub mod events;
 pub mod files;
 pub mod fleet;
@@ -18,11 +19,12 @@ pub mod replay;
 pub mod rerun;
 pub mod retries;
 pub mod run;
+pub mod run_core;
 pub mod settings;
 pub mod state;
 pub mod view;
 
-pub use engine::StartError;
+pub use errors::StartError;
 pub use ping::{ping, PingError};
 pub use run::start;
 pub use settings::{Settings, StartOptions};

@@ -19,10 +19,10 @@ use gorgon_protocol::{JobDefinition, Message, SyncSettings, SyncTransport, Worke
 use gorgon_worker::class_callbacks::HostCallbacks;
 use gorgon_worker::pool::{HandOutQueue, Pool, Received, WorkerProgram};
 
-use crate::engine::{
-    advance_phases, handle_reply, retries_to_queue, Advance, Plan, StartError, Stop,
-};
+use crate::engine::Plan;
+use crate::errors::{StartError, Stop};
 use crate::events::EventSink;
+use crate::run_core::{Advance, Core};
 use crate::state::JobState;
 
 /// How long the workers get, once every file has a result, to run `after_complete`.
@@ -70,21 +70,14 @@ pub(crate) async fn run(
         warm_runner: None,
         ruby_preload: None,
     };
-    let retries = settings.max_crash_retries;
-    let reply = |state: &mut JobState, events: &mut EventSink, message: Message| {
-        handle_reply(state, &progress, events, retries, message)
-    };
+    let mut core = Core::new(state, events, &progress, settings.max_crash_retries);
 
     // The listener's and the manager's parts: take the job, `before_creating_workers`.
-    reply(
-        state,
-        events,
-        Message::JobAccepted {
-            host: host.clone(),
-            slots,
-            listener_queue: None,
-        },
-    );
+    core.reply(Message::JobAccepted {
+        host: host.clone(),
+        slots,
+        listener_queue: None,
+    });
     // The manager's callbacks also see the workspace, which here is the project itself.
     let base = ShellCommand::new("", &root).envs(plan.tags().in_workspace(&root).pairs());
     let mut stop = None;
@@ -93,7 +86,7 @@ pub(crate) async fn run(
         Ok(started) => host_callbacks = Some(started),
         Err(failure) => {
             let failed = callback_failed(&host, failure);
-            stop = reply(state, events, failed).map(Stop::Failed);
+            stop = core.reply(failed);
         }
     }
     let assignment = WorkerAssignment {
@@ -104,10 +97,10 @@ pub(crate) async fn run(
     };
     let definition = assignment.definition.clone();
     let (mut pool, mut from_workers) = Pool::new(program, assignment);
-    let mut queue = HandOutQueue::new(state.queued().iter().cloned());
+    let mut queue = HandOutQueue::new(core.state.queued().iter().cloned());
     if stop.is_none() {
         // No more workers than files (than the largest phase has, with phases).
-        let most = state.queued().len().max(state.phases().largest());
+        let most = core.state.queued().len().max(core.state.phases().largest());
         let workers = slots.min(u32::try_from(most).unwrap_or(u32::MAX));
         let plural = if workers == 1 { "" } else { "s" };
         progress.note(&format!("Running {workers} worker{plural} on this machine"));
@@ -119,16 +112,16 @@ pub(crate) async fn run(
                     status: format!("could not start: {error}"),
                     output: String::new(),
                 };
-                reply(state, events, crashed);
+                core.reply(crashed);
             }
         }
     }
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while stop.is_none() {
-        if state.all_settled() {
+        if core.state.all_settled() {
             // The next phase's files, in a run with phases.
-            match advance_phases(plan, state, events, &progress, signals).await {
+            match core.advance_phases(plan, signals).await {
                 Advance::Queue(units) => queue.extend(units),
                 Advance::Over => break,
                 Advance::Stopped(stopped) => {
@@ -137,28 +130,28 @@ pub(crate) async fn run(
                 }
             }
         }
-        hand_out(&mut pool, &mut queue, state).await;
+        hand_out(&mut pool, &mut queue, core.state).await;
         if !pool.any_worker() {
             break;
         }
         tokio::select! {
             Some(event) = from_workers.recv() => {
-                let received = pool.receive(event, !state.all_settled());
-                if let Some(reason) = take_in(received, &mut queue).and_then(|m| reply(state, events, m)) {
-                    stop = Some(Stop::Failed(reason));
+                let received = pool.receive(event, !core.state.all_settled());
+                if let Some(stopped) = take_in(received, &mut queue).and_then(|m| core.reply(m)) {
+                    stop = Some(stopped);
                 }
-                for retry in retries_to_queue(state, &progress, events) {
+                for retry in core.retries() {
                     queue.push_retry(retry.unit, retry.avoid.worker_id);
                 }
             }
             signal = signals.recv() => stop = Some(signal.into()),
-            _ = tick.tick() => progress.update(state),
+            _ = tick.tick() => progress.update(core.state),
         }
     }
-    if stop.is_none() && !state.all_settled() {
+    if stop.is_none() && !core.state.all_settled() {
         stop = Some(Stop::Failed(format!(
             "every worker has stopped, but {} files have no result",
-            state.unfinished().len()
+            core.state.unfinished().len()
         )));
     }
 
@@ -167,19 +160,19 @@ pub(crate) async fn run(
     let wait = match &stop {
         None => FINISH_WAIT,
         Some(stop) => {
-            stop.announce(events, &progress);
+            core.stopping(stop);
             pool.stop_all(grace::WORKER);
             CANCEL_WAIT
         }
     };
-    hand_out(&mut pool, &mut queue, state).await;
+    hand_out(&mut pool, &mut queue, core.state).await;
     let deadline = tokio::time::Instant::now() + wait;
     while !pool.is_empty() {
         tokio::select! {
             Some(event) = from_workers.recv() => {
                 let received = pool.receive(event, false);
                 if let Some(message) = take_in(received, &mut queue) {
-                    reply(state, events, message);
+                    core.reply(message);
                 }
             }
             // A second Ctrl-C: no more grace.
@@ -196,10 +189,10 @@ pub(crate) async fn run(
     }
     if let (None, Some(host_callbacks)) = (&stop, host_callbacks) {
         if let Err(failure) = host_callbacks.after_workers(&definition, &base).await {
-            reply(state, events, callback_failed(&host, failure));
+            core.reply(callback_failed(&host, failure));
         }
     }
-    reply(state, events, Message::JobDone { host });
+    core.reply(Message::JobDone { host });
     progress.finish();
     Ok(stop)
 }

@@ -6,7 +6,7 @@
 //! `on_error_transition_to`, or stops. Every phase runs in the same job on the same listeners.
 //! This module is the synchronous part: the settings, their check, which phase a file
 //! belongs to, and the walk from phase to phase (`Phases`), with unit tests; the engines
-//! drive it through `engine::advance_phases`.
+//! drive it through the run core (`run_core::Core::advance_phases`).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -36,67 +36,100 @@ pub struct PhaseSettings {
     pub command: Option<String>,
 }
 
+/// What is wrong with a list of phases.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    #[error("phases[{0}].name must be a non-empty word without spaces")]
+    BadName(usize),
+    #[error("two phases are named \"{0}\"")]
+    TwoNamed(String),
+    #[error("phase \"{0}\" has neither files nor a command; give one")]
+    NeitherFilesNorCommand(String),
+    #[error("phase \"{0}\" has both files and a command; give one")]
+    FilesAndCommand(String),
+    #[error("phase \"{0}\" runs a command: it takes no runner")]
+    CommandWithRunner(String),
+    #[error("phase \"{0}\": the command is empty")]
+    EmptyCommand(String),
+    #[error("phase \"{phase}\": {glob} is not a glob: {source}")]
+    BadGlob {
+        phase: String,
+        glob: String,
+        #[source]
+        source: glob::PatternError,
+    },
+    #[error("phase \"{0}\" is final and has transitions_to; keep one")]
+    FinalWithTransition(String),
+    #[error("phase \"{0}\": {1} names the phase itself")]
+    ToItself(String, &'static str),
+    #[error("phase \"{phase}\": {key} names \"{target}\", which is not a phase (phases: {})", names.join(", "))]
+    NoSuchPhase {
+        phase: String,
+        key: &'static str,
+        target: String,
+        names: Vec<String>,
+    },
+}
+
 /// What is wrong with a list of phases, if anything.
-pub fn check(phases: &[PhaseSettings]) -> Result<(), String> {
+pub fn check(phases: &[PhaseSettings]) -> Result<(), PhaseError> {
     for (at, phase) in phases.iter().enumerate() {
         let name = phase.name.trim();
         if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(format!(
-                "phases[{at}].name must be a non-empty word without spaces"
-            ));
+            return Err(PhaseError::BadName(at));
         }
+        let named = || name.to_owned();
         if phases[..at].iter().any(|other| other.name == phase.name) {
-            return Err(format!("two phases are named \"{name}\""));
+            return Err(PhaseError::TwoNamed(named()));
         }
         match (phase.files.is_empty(), &phase.command) {
-            (true, None) => {
-                return Err(format!(
-                    "phase \"{name}\" has neither files nor a command; give one"
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(format!(
-                    "phase \"{name}\" has both files and a command; give one"
-                ))
-            }
+            (true, None) => return Err(PhaseError::NeitherFilesNorCommand(named())),
+            (false, Some(_)) => return Err(PhaseError::FilesAndCommand(named())),
             _ => {}
         }
         if phase.command.is_some() && phase.runner.is_some() {
-            return Err(format!(
-                "phase \"{name}\" runs a command: it takes no runner"
-            ));
+            return Err(PhaseError::CommandWithRunner(named()));
         }
         if phase
             .command
             .as_deref()
             .is_some_and(|c| c.trim().is_empty())
         {
-            return Err(format!("phase \"{name}\": the command is empty"));
+            return Err(PhaseError::EmptyCommand(named()));
         }
         for glob in &phase.files {
-            FileGlob::new(glob)
-                .map_err(|e| format!("phase \"{name}\": {glob} is not a glob: {e}"))?;
+            FileGlob::new(glob).map_err(|source| PhaseError::BadGlob {
+                phase: named(),
+                glob: glob.clone(),
+                source,
+            })?;
         }
         if phase.is_final && phase.transitions_to.is_some() {
-            return Err(format!(
-                "phase \"{name}\" is final and has transitions_to; keep one"
-            ));
+            return Err(PhaseError::FinalWithTransition(named()));
         }
-        for (key, target) in [
-            ("transitions_to", &phase.transitions_to),
-            ("on_error_transition_to", &phase.on_error_transition_to),
-        ] {
-            let Some(target) = target else { continue };
-            if target == &phase.name {
-                return Err(format!("phase \"{name}\": {key} names the phase itself"));
-            }
-            if !phases.iter().any(|other| &other.name == target) {
-                let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
-                return Err(format!(
-                    "phase \"{name}\": {key} names \"{target}\", which is not a phase (phases: {})",
-                    names.join(", ")
-                ));
-            }
+        check_transitions(phases, phase)?;
+    }
+    Ok(())
+}
+
+/// Whether the phases `phase` leads to are other phases of the list.
+fn check_transitions(phases: &[PhaseSettings], phase: &PhaseSettings) -> Result<(), PhaseError> {
+    let name = phase.name.trim();
+    for (key, target) in [
+        ("transitions_to", &phase.transitions_to),
+        ("on_error_transition_to", &phase.on_error_transition_to),
+    ] {
+        let Some(target) = target else { continue };
+        if target == &phase.name {
+            return Err(PhaseError::ToItself(name.to_owned(), key));
+        }
+        if !phases.iter().any(|other| &other.name == target) {
+            return Err(PhaseError::NoSuchPhase {
+                phase: name.to_owned(),
+                key,
+                target: target.clone(),
+                names: phases.iter().map(|p| p.name.clone()).collect(),
+            });
         }
     }
     Ok(())
@@ -522,7 +555,7 @@ mod tests {
 
     #[test]
     fn broken_phases_are_named() {
-        let problem = |list: Vec<PhaseSettings>| check(&list).unwrap_err();
+        let problem = |list: Vec<PhaseSettings>| check(&list).unwrap_err().to_string();
         assert!(problem(vec![files("a", &["x"]), files("a", &["y"])])
             .contains("two phases are named \"a\""));
         assert!(problem(vec![PhaseSettings {

@@ -2,8 +2,9 @@
 //! files, order), handed to an engine that feeds the [`JobState`] — `distributed` (RabbitMQ
 //! and listeners) or `local` (worker processes on this machine) — and finished the same way
 //! whichever engine ran it: runtime file, failed files, `after_job_finishes`, JUnit, report,
-//! exit code. What the engines share with it (the plan, the stop, the errors, the handling
-//! of replies) is in `engine`.
+//! exit code. What the engines share with it is in `engine` (the plan), `errors` (the stop,
+//! the errors, the exit codes) and `run_core` (the handling of replies, retries and
+//! phases).
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -13,13 +14,15 @@ use gorgon_exec::signals::StopSignals;
 use gorgon_protocol::{exit_code, CallbackName};
 use uuid::Uuid;
 
-use crate::engine::{end_phases, Plan, StartError, Stop};
+use crate::engine::Plan;
+use crate::errors::{self, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files;
 use crate::phases::Phases;
 use crate::quarantine::Quarantine;
 use crate::replay::RunRecord;
 use crate::rerun::{self, Rerun};
+use crate::run_core::Core;
 use crate::settings::{ConfigError, Settings, StartOptions};
 use crate::state::{JobState, Problem};
 use crate::view::{self, Ending};
@@ -35,14 +38,11 @@ pub async fn start(
 ) -> Result<i32, StartError> {
     let started = Instant::now();
     // A replay reads its `--events` file: the stream of the run it replays.
-    let writes_events = options.events.as_ref().filter(|_| options.replay.is_none());
-    let mut events = match writes_events {
-        None => EventSink::none(),
-        Some(path) => EventSink::open(path).map_err(|source| StartError::EventsFile {
-            path: path.clone(),
-            source,
-        })?,
-    };
+    let writes_events = options
+        .events
+        .as_deref()
+        .filter(|_| options.replay.is_none());
+    let mut events = crate::engine::open_events(writes_events)?;
     let html = options
         .html
         .clone()
@@ -99,49 +99,78 @@ fn plan(
     settings: Settings,
     events: &mut EventSink,
 ) -> Result<Option<(Plan, Vec<String>, Phases)>, StartError> {
-    let started = Instant::now();
-    let started_at = chrono::Utc::now();
+    let clock = (Instant::now(), chrono::Utc::now());
     if options.local.is_none() {
         settings.file_server()?;
     }
     let quarantine = settings.quarantine()?;
-    let root = settings.project_root.clone();
-    let explicit = !options.files.is_empty();
-    let patterns = if explicit {
-        options.files.clone()
-    } else {
-        settings.files.clone()
-    };
     if let Some(replay) = &options.replay {
-        let source = options
-            .events
-            .clone()
-            .unwrap_or_else(|| RunRecord::path_for(&settings.failed_files));
-        let record = RunRecord::read(&source)?;
-        let files = record.replay(&replay.worker, replay.until.as_deref(), &source)?;
-        if !options.quiet {
-            eprintln!(
-                "Replaying the {} files worker {} ran in job {}, in its order, on this machine",
-                files.len(),
-                replay.worker,
-                record.job_id
-            );
-        }
+        let files = replayed(&options, &settings, replay)?;
         let history = files::History::new();
-        let clock = (started, started_at);
         let (plan, queue) = planned(options, settings, events, files, history, quarantine, clock);
         return Ok(Some((plan, queue, Phases::default())));
     }
+    let Some(found) = found(&options, &settings)? else {
+        return Ok(None);
+    };
+    let history = settings.history()?;
+    let groups = by_phase(&options, &settings, found, &history)?;
+    if settings.phases.is_empty() {
+        let queue = groups.into_iter().next().unwrap_or_default();
+        let (plan, queue) = planned(options, settings, events, queue, history, quarantine, clock);
+        return Ok(Some((plan, queue, Phases::default())));
+    }
+    let phases = Phases::new(settings.phases.iter().cloned().zip(groups).collect());
+    let every_unit: Vec<String> = phases
+        .list()
+        .iter()
+        .flat_map(|phase| phase.units.iter().cloned())
+        .collect();
+    let (plan, _) = planned(
+        options, settings, events, every_unit, history, quarantine, clock,
+    );
+    Ok(Some((plan, Vec::new(), phases)))
+}
+
+/// The files worker `replay.worker` ran in the run `--replay` replays, in its order.
+fn replayed(
+    options: &StartOptions,
+    settings: &Settings,
+    replay: &crate::settings::ReplayOptions,
+) -> Result<Vec<String>, StartError> {
+    let source = options
+        .events
+        .clone()
+        .unwrap_or_else(|| RunRecord::path_for(&settings.failed_files));
+    let record = RunRecord::read(&source)?;
+    let files = record.replay(&replay.worker, replay.until.as_deref(), &source)?;
+    if !options.quiet {
+        eprintln!(
+            "Replaying the {} files worker {} ran in job {}, in its order, on this machine",
+            files.len(),
+            replay.worker,
+            record.job_id
+        );
+    }
+    Ok(files)
+}
+
+/// The files to run: those the command line names, the failed files of the last run, or
+/// the configured ones (of every phase); `None` when there is nothing to re-run.
+fn found(options: &StartOptions, settings: &Settings) -> Result<Option<Vec<String>>, StartError> {
+    let root = &settings.project_root;
+    let explicit = !options.files.is_empty();
+    let patterns = if explicit {
+        &options.files
+    } else {
+        &settings.files
+    };
     let phased = !settings.phases.is_empty();
     let found = if options.failed {
-        match rerun::select(&settings.failed_files, &root)? {
+        match rerun::select(&settings.failed_files, root)? {
             Rerun::Files { files, gone } if !files.is_empty() || !gone.is_empty() => {
-                for file in &gone {
-                    if !options.quiet {
-                        eprintln!(
-                            "Skipping {file} from the failed files list: it no longer exists"
-                        );
-                    }
+                for file in gone.iter().filter(|_| !options.quiet) {
+                    eprintln!("Skipping {file} from the failed files list: it no longer exists");
                 }
                 files
             }
@@ -156,7 +185,7 @@ fn plan(
     } else if phased && !explicit {
         let mut all: Vec<String> = Vec::new();
         for phase in &settings.phases {
-            for file in files::expand(&root, &phase.files, false)? {
+            for file in files::expand(root, &phase.files, false)? {
                 if !all.contains(&file) {
                     all.push(file);
                 }
@@ -164,7 +193,7 @@ fn plan(
         }
         all
     } else {
-        files::expand(&root, &patterns, explicit)?
+        files::expand(root, patterns, explicit)?
     };
     if found.is_empty() && options.failed {
         println!("Nothing to re-run: none of the failed files exists any more");
@@ -185,8 +214,18 @@ fn plan(
         };
         return Err(StartError::NoFiles(described));
     }
-    let history = settings.history()?;
-    // Each phase's files (all of them, in one phase, for a run without phases).
+    Ok(Some(found))
+}
+
+/// Each phase's files (all of them, in one group, for a run without phases), split and
+/// ordered by the history; every file has its runner.
+fn by_phase(
+    options: &StartOptions,
+    settings: &Settings,
+    found: Vec<String>,
+    history: &files::History,
+) -> Result<Vec<Vec<String>>, StartError> {
+    let phased = !settings.phases.is_empty();
     let mut groups: Vec<Vec<String>> = vec![Vec::new(); settings.phases.len().max(1)];
     let phase_globs = crate::phases::PhaseGlobs::new(&settings.phases);
     for file in found {
@@ -205,31 +244,16 @@ fn plan(
             // Only runners that run one test alone by its id can split a file (see the
             // ending).
             let found = if settings.runner.runs_single_tests() {
-                files::split_slow_files(found, &split_history(&history, options.local))
+                files::split_slow_files(found, &split_history(history, options.local))
             } else {
                 found
             };
-            files::order(found, &history, &root)
+            files::order(found, history, &settings.project_root)
         })
         .collect();
     // Every file has its runner, or nothing runs.
     settings.check_runners(groups.iter().flatten())?;
-    let clock = (started, started_at);
-    if !phased {
-        let queue = groups.into_iter().next().unwrap_or_default();
-        let (plan, queue) = planned(options, settings, events, queue, history, quarantine, clock);
-        return Ok(Some((plan, queue, Phases::default())));
-    }
-    let phases = Phases::new(settings.phases.iter().cloned().zip(groups).collect());
-    let every_unit: Vec<String> = phases
-        .list()
-        .iter()
-        .flat_map(|phase| phase.units.iter().cloned())
-        .collect();
-    let (plan, _) = planned(
-        options, settings, events, every_unit, history, quarantine, clock,
-    );
-    Ok(Some((plan, Vec::new(), phases)))
+    Ok(groups)
 }
 
 /// The plan of a run of `queue`, in that order, started at `clock`, announced on the event
@@ -276,92 +300,141 @@ pub(crate) async fn finish(
     stop: Option<Stop>,
     events: &mut EventSink,
 ) -> i32 {
-    let Plan {
-        options,
-        settings,
-        history,
-        ..
-    } = &plan;
-    let started = plan.started;
-    if !state.phases().is_empty() {
-        let stopped_because = stop.as_ref().map(Stop::reason);
-        end_phases(&mut state, events, stopped_because.as_deref());
+    let stopped_because = stop.as_ref().map(Stop::reason);
+    // The progress lines are over: what the run does now is in the events and the report.
+    let silent = crate::view::Progress::new(0, true);
+    let mut core = Core::new(&mut state, events, &silent, plan.settings.max_crash_retries);
+    if !core.state.phases().is_empty() {
+        core.end_phases(stopped_because.as_deref());
     }
-    if let Some(path) = &settings.runtime_file {
-        // Only runners that run one test alone by its id (`file:LINE`, `file::name`) record
-        // tests; for the others the runtime file stays Gorgon's plain map of seconds per file.
-        let splits = settings.runner.runs_single_tests();
-        let slots = if splits { state.slots() } else { 0 };
-        let mut history = history.clone();
-        files::record_flaky(
-            &mut history,
-            state.retries().flaky().map(|r| r.unit.as_str()),
-        );
-        if let Err(error) = files::write_history(path, history, &state.timings(splits), slots) {
-            eprintln!(
-                "gorgon: cannot write the runtime file {}: {error}",
-                path.display()
-            );
-        }
-    }
+    write_history(&plan, core.state);
     // A replay leaves the lists of the run it replays as they are.
-    if options.replay.is_none() {
-        let listed =
-            files::write_failed_files(&settings.failed_files, &state.not_passed(), |file| {
-                state.phase_of(file)
-            });
-        if let Err(error) = listed {
-            eprintln!(
-                "gorgon: cannot write the failed files list {}: {error}",
-                settings.failed_files.display()
-            );
-        }
-        let mut record = state.run_record().clone();
-        record.job_id = plan.job_id.to_string();
-        let path = RunRecord::path_for(&settings.failed_files);
-        if let Err(error) = record.write(&path) {
-            eprintln!(
-                "gorgon: cannot write the run record {}: {error}",
-                path.display()
-            );
+    if plan.options.replay.is_none() {
+        write_lists(&plan, core.state);
+    }
+    after_job_finishes(&plan, &mut core).await;
+    write_junit(&plan, &state);
+    print_report(&plan, &state, stopped_because);
+    let code = errors::exit_code(errors::Ending::Run {
+        passed: state.passed(),
+        stop: stop.as_ref(),
+    });
+    events.emit(Event::RunFinished {
+        exit_code: code,
+        seconds: plan.started.elapsed().as_secs_f64(),
+        totals: Totals::of(&state),
+        error: None,
+    });
+    let html = plan
+        .options
+        .html
+        .as_ref()
+        .or(plan.settings.html_file.as_ref());
+    if let Some(path) = html {
+        if let Some(timeline) = events.take_timeline() {
+            if let Err(error) = crate::html::write(path, &timeline) {
+                eprintln!("gorgon: {error}");
+            }
         }
     }
-    if let Err(failure) = run_callback(
+    code
+}
+
+/// The runtime file, with this run's timings and flaky tests.
+fn write_history(plan: &Plan, state: &JobState) {
+    let settings = &plan.settings;
+    let Some(path) = &settings.runtime_file else {
+        return;
+    };
+    // Only runners that run one test alone by its id (`file:LINE`, `file::name`) record
+    // tests; for the others the runtime file stays Gorgon's plain map of seconds per file.
+    let splits = settings.runner.runs_single_tests();
+    let slots = if splits { state.slots() } else { 0 };
+    let mut history = plan.history.clone();
+    files::record_flaky(
+        &mut history,
+        state.retries().flaky().map(|r| r.unit.as_str()),
+    );
+    if let Err(error) = files::write_history(path, history, &state.timings(splits), slots) {
+        eprintln!(
+            "gorgon: cannot write the runtime file {}: {error}",
+            path.display()
+        );
+    }
+}
+
+/// The failed files list and the run record, for `--failed` and `--replay`.
+fn write_lists(plan: &Plan, state: &JobState) {
+    let settings = &plan.settings;
+    let listed = files::write_failed_files(&settings.failed_files, &state.not_passed(), |file| {
+        state.phase_of(file)
+    });
+    if let Err(error) = listed {
+        eprintln!(
+            "gorgon: cannot write the failed files list {}: {error}",
+            settings.failed_files.display()
+        );
+    }
+    let mut record = state.run_record().clone();
+    record.job_id = plan.job_id.to_string();
+    let path = RunRecord::path_for(&settings.failed_files);
+    if let Err(error) = record.write(&path) {
+        eprintln!(
+            "gorgon: cannot write the run record {}: {error}",
+            path.display()
+        );
+    }
+}
+
+/// Runs `after_job_finishes`; its failure is a problem that fails the run.
+async fn after_job_finishes(plan: &Plan, core: &mut Core<'_>) {
+    let ran = run_callback(
         CallbackName::AfterJobFinishes,
-        settings.callbacks.after_job_finishes.as_deref(),
+        plan.settings.callbacks.after_job_finishes.as_deref(),
         &plan.base_command(),
     )
-    .await
-    {
+    .await;
+    if let Err(failure) = ran {
         let problem = Problem {
             what: "after_job_finishes callback on the originator".into(),
             status: failure.status,
             output: failure.output,
             fails_run: true,
         };
-        events.emit(Event::problem(ProblemKind::CallbackFailed, &problem));
-        state.add_problem(problem);
+        core.problem(Some(ProblemKind::CallbackFailed), problem);
     }
-    if let Some(path) = options.junit.as_ref().or(settings.junit_file.as_ref()) {
-        let run_info = crate::junit::RunInfo {
-            project: &plan.project,
-            job_id: plan.job_id,
-            started: plan.started_at,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        if let Err(error) = crate::junit::write(path, &crate::junit::report(&run_info, &state)) {
-            eprintln!("gorgon: {error}");
-        }
-    }
+}
 
-    let ending = Ending {
-        state: &state,
-        history,
-        seconds: started.elapsed().as_secs_f64(),
-        stopped_because: stop.as_ref().map(Stop::reason),
+/// The JUnit report, when one is asked for.
+fn write_junit(plan: &Plan, state: &JobState) {
+    let Some(path) = plan
+        .options
+        .junit
+        .as_ref()
+        .or(plan.settings.junit_file.as_ref())
+    else {
+        return;
     };
-    // With the events on stdout, the report moves to stderr so that stdout stays JSON.
-    if options.events.as_deref() == Some(std::path::Path::new("-")) {
+    let run_info = crate::junit::RunInfo {
+        project: &plan.project,
+        job_id: plan.job_id,
+        started: plan.started_at,
+        seconds: plan.started.elapsed().as_secs_f64(),
+    };
+    if let Err(error) = crate::junit::write(path, &crate::junit::report(&run_info, state)) {
+        eprintln!("gorgon: {error}");
+    }
+}
+
+/// Prints the report: on stdout, or on stderr when stdout holds the event stream.
+fn print_report(plan: &Plan, state: &JobState, stopped_because: Option<String>) {
+    let ending = Ending {
+        state,
+        history: &plan.history,
+        seconds: plan.started.elapsed().as_secs_f64(),
+        stopped_because,
+    };
+    if plan.options.events.as_deref() == Some(std::path::Path::new("-")) {
         let _ = view::print_report(
             &mut std::io::stderr().lock(),
             &ending,
@@ -374,28 +447,6 @@ pub(crate) async fn finish(
             view::colour_enabled(),
         );
     }
-    let code = match &stop {
-        // A signal, or the broker lost for good: their own codes.
-        Some(stop @ (Stop::Interrupted | Stop::Terminated | Stop::BrokerLost(_))) => {
-            stop.exit_code()
-        }
-        _ if state.passed() => exit_code::SUCCESS,
-        _ => exit_code::FAILURE,
-    };
-    events.emit(Event::RunFinished {
-        exit_code: code,
-        seconds: started.elapsed().as_secs_f64(),
-        totals: Totals::of(&state),
-        error: None,
-    });
-    if let Some(path) = options.html.as_ref().or(settings.html_file.as_ref()) {
-        if let Some(timeline) = events.take_timeline() {
-            if let Err(error) = crate::html::write(path, &timeline) {
-                eprintln!("gorgon: {error}");
-            }
-        }
-    }
-    code
 }
 
 /// The project's name: the name of its folder.

@@ -18,6 +18,43 @@ pub enum ConfigError {
     File(#[from] ConfigFileError),
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
+    #[error("{path}: {source}")]
+    FileServer {
+        path: PathBuf,
+        #[source]
+        source: NoFileServer,
+    },
+    #[error("{path}: {source}")]
+    Phases {
+        path: PathBuf,
+        #[source]
+        source: crate::phases::PhaseError,
+    },
+    #[error("{path}: {source}")]
+    CallbacksClass {
+        path: PathBuf,
+        #[source]
+        source: CallbacksClassError,
+    },
+}
+
+/// Why a configuration names no file server (only a distributed run needs one).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NoFileServer {
+    #[error("no file_server is configured; add \"file_server\": {{\"host\": \"...\"}} (see config/gorgon.json.sample)")]
+    Missing,
+    #[error("file_server.host is missing or empty")]
+    NoHost,
+}
+
+/// Why a Gorgon callbacks class cannot give the callbacks.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbacksClassError {
+    #[error("job.callbacks.{0} and job.callbacks.callbacks_class_file both give the {0} callback; keep one")]
+    Both(CallbackName),
+    /// The command that runs one of the class's methods (from `gorgon_worker`).
+    #[error("{0}")]
+    Command(String),
 }
 
 /// What the user asked for on the command line.
@@ -70,7 +107,7 @@ pub struct Settings {
     pub cluster_id: String,
     /// The file server, or why the configuration names none: only a distributed run needs
     /// one (see [`Settings::file_server`]); `gorgon start --local` does without.
-    file_server: Result<FileServer, String>,
+    file_server: Result<FileServer, NoFileServer>,
     /// The configuration file these settings come from, for naming it in errors.
     pub config_path: PathBuf,
     pub transport: SyncTransport,
@@ -120,7 +157,10 @@ pub const CLUSTER_ID_LINE: &str = "GORGON_CLUSTER_ID=";
 /// methods run as programs; the class file travels with the job, and each host runs the
 /// other five methods (`gorgon_worker::class_callbacks`). A moment with a shell callback
 /// too is refused.
-fn class_callbacks(callbacks: &mut OriginatorCallbacks, class_file: &str) -> Result<(), String> {
+fn class_callbacks(
+    callbacks: &mut OriginatorCallbacks,
+    class_file: &str,
+) -> Result<(), CallbacksClassError> {
     let remote = &callbacks.remote;
     let configured = [
         (CallbackName::BeforeOriginate, &callbacks.before_originate),
@@ -141,12 +181,11 @@ fn class_callbacks(callbacks: &mut OriginatorCallbacks, class_file: &str) -> Res
         ),
     ];
     if let Some((moment, _)) = configured.iter().find(|(_, command)| command.is_some()) {
-        return Err(format!(
-            "job.callbacks.{moment} and job.callbacks.callbacks_class_file both give the {moment} callback; keep one"
-        ));
+        return Err(CallbacksClassError::Both(*moment));
     }
-    callbacks.before_originate = Some(shell_command(CallbackName::BeforeOriginate, class_file)?);
-    callbacks.after_job_finishes = Some(shell_command(CallbackName::AfterJobFinishes, class_file)?);
+    let command = |moment| shell_command(moment, class_file).map_err(CallbacksClassError::Command);
+    callbacks.before_originate = Some(command(CallbackName::BeforeOriginate)?);
+    callbacks.after_job_finishes = Some(command(CallbackName::AfterJobFinishes)?);
     callbacks.remote.class_file = Some(class_file.to_owned());
     Ok(())
 }
@@ -260,6 +299,100 @@ struct RawSync {
     rsync_transport: Option<String>,
 }
 
+/// The file server a configuration names, or why it names none.
+fn file_server_of(raw: Option<RawFileServer>) -> Result<FileServer, NoFileServer> {
+    let server = raw.ok_or(NoFileServer::Missing)?;
+    let host = server
+        .host
+        .filter(|h| !h.trim().is_empty())
+        .ok_or(NoFileServer::NoHost)?;
+    Ok(FileServer {
+        host,
+        port: server
+            .port
+            .unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
+        originator_password: server.originator_password.filter(|p| !p.is_empty()),
+    })
+}
+
+/// The runner of a configuration (`job.runner`, the phases' runners, `job.file_timeout`),
+/// checked.
+fn runner_of(
+    raw: &mut RawConfig,
+    path: &Path,
+) -> Result<gorgon_protocol::RunnerSettings, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        problem,
+    };
+    // Without `job.runner`, the runner follows each file's name, as in Gorgon.
+    let mut runner = raw
+        .job
+        .runner
+        .take()
+        .unwrap_or_else(gorgon_protocol::RunnerSettings::by_name);
+    let needs_command = |runner: &gorgon_protocol::RunnerSettings| {
+        runner.by_glob.is_empty()
+            && matches!(
+                runner.kind,
+                gorgon_protocol::RunnerKind::Command | gorgon_protocol::RunnerKind::Persistent
+            )
+            && runner.command.trim().is_empty()
+    };
+    if needs_command(&runner) {
+        return Err(invalid(
+            "job.runner.command is missing; set the shell command that runs one test file, e.g. \"sh {file}\"".into(),
+        ));
+    }
+    if let Some((glob, _)) = runner.by_glob.iter().find(|(_, r)| needs_command(r)) {
+        return Err(invalid(format!(
+            "job.runner.by_glob[\"{glob}\"].command is missing; set the shell command that runs one of its files, or a built-in \"kind\""
+        )));
+    }
+    crate::phases::check(&raw.phases).map_err(|source| ConfigError::Phases {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !raw.phases.is_empty() && !raw.files.is_empty() {
+        return Err(invalid(
+            "files and phases both list the files to test; with phases, each phase lists its own files".into(),
+        ));
+    }
+    for phase in &raw.phases {
+        if let Some(phase_runner) = &phase.runner {
+            if !phase_runner.by_glob.is_empty() {
+                return Err(invalid(format!(
+                    "the runner of phase \"{}\" has by_glob; a phase's runner is one runner (give each kind of file a phase of its own)",
+                    phase.name
+                )));
+            }
+            if needs_command(phase_runner) {
+                return Err(invalid(format!(
+                    "the runner of phase \"{}\" has no command; set the shell command that runs one of its files, or a built-in \"kind\"",
+                    phase.name
+                )));
+            }
+        }
+    }
+    runner.by_phase = crate::phases::runners(&raw.phases);
+    gorgon_protocol::RunnerChoice::new(&runner).map_err(|e| invalid(e.to_string()))?;
+    if let Some(timeout) = raw.job.file_timeout.or(runner.file_timeout) {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(invalid(
+                "job.file_timeout must be a positive number of seconds".into(),
+            ));
+        }
+        runner.file_timeout = Some(timeout);
+        for by_glob in runner.by_glob.values_mut() {
+            by_glob.file_timeout.get_or_insert(timeout);
+        }
+        for by_phase in runner.by_phase.iter_mut().filter_map(|p| p.runner.as_mut()) {
+            by_phase.file_timeout.get_or_insert(timeout);
+        }
+    }
+    Ok(runner)
+}
+
 impl Settings {
     /// The settings of one `gorgon start`: its configuration file as read, with what the
     /// command line overrides.
@@ -339,19 +472,8 @@ impl Settings {
         let mut raw: RawConfig =
             serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         raw.connection.signing = signing;
-
         // Checked here, reported only by a run that needs it (see `Settings::file_server`).
-        let file_server = match raw.file_server {
-            None => Err("no file_server is configured; add \"file_server\": {\"host\": \"...\"} (see config/gorgon.json.sample)".to_owned()),
-            Some(server) => match server.host.filter(|h| !h.trim().is_empty()) {
-                None => Err("file_server.host is missing or empty".to_owned()),
-                Some(host) => Ok(FileServer {
-                    host,
-                    port: server.port.unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
-                    originator_password: server.originator_password.filter(|p| !p.is_empty()),
-                }),
-            },
-        };
+        let file_server = file_server_of(raw.file_server.take());
         let transport = match raw.job.sync.rsync_transport.as_deref() {
             None | Some("daemon") | Some("anonymous") => SyncTransport::Daemon,
             Some("ssh") => SyncTransport::Ssh,
@@ -361,67 +483,7 @@ impl Settings {
                 )))
             }
         };
-        // Without `job.runner`, the runner follows each file's name, as in Gorgon.
-        let mut runner = raw
-            .job
-            .runner
-            .unwrap_or_else(gorgon_protocol::RunnerSettings::by_name);
-        let needs_command = |runner: &gorgon_protocol::RunnerSettings| {
-            runner.by_glob.is_empty()
-                && matches!(
-                    runner.kind,
-                    gorgon_protocol::RunnerKind::Command | gorgon_protocol::RunnerKind::Persistent
-                )
-                && runner.command.trim().is_empty()
-        };
-        if needs_command(&runner) {
-            return Err(invalid(
-                "job.runner.command is missing; set the shell command that runs one test file, e.g. \"sh {file}\"".into(),
-            ));
-        }
-        if let Some((glob, _)) = runner.by_glob.iter().find(|(_, r)| needs_command(r)) {
-            return Err(invalid(format!(
-                "job.runner.by_glob[\"{glob}\"].command is missing; set the shell command that runs one of its files, or a built-in \"kind\""
-            )));
-        }
-        crate::phases::check(&raw.phases).map_err(invalid)?;
-        if !raw.phases.is_empty() && !raw.files.is_empty() {
-            return Err(invalid(
-                "files and phases both list the files to test; with phases, each phase lists its own files".into(),
-            ));
-        }
-        for phase in &raw.phases {
-            if let Some(phase_runner) = &phase.runner {
-                if !phase_runner.by_glob.is_empty() {
-                    return Err(invalid(format!(
-                        "the runner of phase \"{}\" has by_glob; a phase's runner is one runner (give each kind of file a phase of its own)",
-                        phase.name
-                    )));
-                }
-                if needs_command(phase_runner) {
-                    return Err(invalid(format!(
-                        "the runner of phase \"{}\" has no command; set the shell command that runs one of its files, or a built-in \"kind\"",
-                        phase.name
-                    )));
-                }
-            }
-        }
-        runner.by_phase = crate::phases::runners(&raw.phases);
-        gorgon_protocol::RunnerChoice::new(&runner).map_err(|e| invalid(e.to_string()))?;
-        if let Some(timeout) = raw.job.file_timeout.or(runner.file_timeout) {
-            if !(timeout.is_finite() && timeout > 0.0) {
-                return Err(invalid(
-                    "job.file_timeout must be a positive number of seconds".into(),
-                ));
-            }
-            runner.file_timeout = Some(timeout);
-            for by_glob in runner.by_glob.values_mut() {
-                by_glob.file_timeout.get_or_insert(timeout);
-            }
-            for by_phase in runner.by_phase.iter_mut().filter_map(|p| p.runner.as_mut()) {
-                by_phase.file_timeout.get_or_insert(timeout);
-            }
-        }
+        let runner = runner_of(&mut raw, &path)?;
         let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
         if !(listener_wait.is_finite() && listener_wait > 0.0) {
             return Err(invalid(
@@ -466,7 +528,12 @@ impl Settings {
             callbacks: {
                 let mut callbacks = raw.job.callbacks;
                 if let Some(class_file) = callbacks.callbacks_class_file.clone() {
-                    class_callbacks(&mut callbacks, &class_file).map_err(invalid)?;
+                    class_callbacks(&mut callbacks, &class_file).map_err(|source| {
+                        ConfigError::CallbacksClass {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
                 }
                 callbacks
             },
@@ -518,9 +585,9 @@ impl Settings {
     pub fn file_server(&self) -> Result<&FileServer, ConfigError> {
         self.file_server
             .as_ref()
-            .map_err(|problem| ConfigError::Invalid {
+            .map_err(|source| ConfigError::FileServer {
                 path: self.config_path.clone(),
-                problem: problem.clone(),
+                source: source.clone(),
             })
     }
 }

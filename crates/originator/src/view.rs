@@ -283,105 +283,10 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
     let paint = Paint(colour);
     let state = ending.state;
     for result in state.failed_results() {
-        writeln!(out)?;
-        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
-        let verb = match result.status {
-            FileStatus::Crashed => "crashed",
-            FileStatus::TimedOut => "timed out",
-            _ => "failed",
-        };
-        writeln!(
-            out,
-            "File '{}' {verb} at '{}:{}' ({}, {:.2} s)",
-            paint.cyan(&result.file),
-            result.host,
-            result.worker_id,
-            result.exit,
-            result.seconds
-        )?;
-        // A failure that may depend on what ran before it in the same worker.
-        if let Some(worker) = state.run_record().worker_before(&result.file) {
-            let file = shlex::try_quote(&result.file).unwrap_or_default();
-            writeln!(
-                out,
-                "  Replay this worker's files up to it here: {}",
-                paint.cyan(&format!(
-                    "gorgon start --replay {worker} --replay-until {file}"
-                ))
-            )?;
-        }
-        write_failed_tests(out, result, paint)?;
-        if !result.output.is_empty() {
-            writeln!(out, "{}", result.output.trim_end())?;
-        }
-        let retried = state.retries().retried().iter();
-        for failing in retried.filter(|r| r.file == result.file && !r.flaky()) {
-            writeln!(out, "  {} failed every attempt:", paint.red(&failing.name))?;
-            write_attempts(out, failing, paint)?;
-        }
+        write_failure(out, state, result, paint)?;
     }
-    let quarantined: Vec<Quarantined> = state
-        .quarantined_results()
-        .chain(
-            state
-                .queued()
-                .iter()
-                .filter_map(|f| state.result(f))
-                .filter(|r| r.status == FileStatus::Passed),
-        )
-        .flat_map(|result| state.quarantine().found_in(result))
-        .collect();
-    if !quarantined.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
-        writeln!(
-            out,
-            "{} ({} quarantined tests or files ran; they do not fail the run):",
-            paint.yellow("Quarantined"),
-            quarantined.len()
-        )?;
-        for entry in &quarantined {
-            let how = if entry.passed {
-                paint.green("passed (it may be released from the quarantine)")
-            } else {
-                paint.red("failed")
-            };
-            if entry.name == entry.file {
-                writeln!(out, "  {} {how}", entry.file)?;
-            } else {
-                writeln!(out, "  {} in {} {how}", entry.name, entry.file)?;
-            }
-        }
-    }
-    let flaky: Vec<&Retried> = state.retries().flaky().collect();
-    if !flaky.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
-        writeln!(
-            out,
-            "{} ({} failed, then passed on a retry; they do not fail the run):",
-            paint.yellow("Flaky"),
-            flaky.len()
-        )?;
-        for test in flaky {
-            let before = match crate::files::flaky_before(ending.history, &test.unit) {
-                0 => String::new(),
-                1 => " (flaky once before)".to_owned(),
-                runs => format!(" (flaky in {runs} runs before)"),
-            };
-            if test.name == test.file {
-                writeln!(out, "  {}{before}", paint.cyan(&test.file))?;
-            } else {
-                writeln!(
-                    out,
-                    "  {} ({}){before}",
-                    paint.yellow(&test.name),
-                    test.unit
-                )?;
-            }
-            write_attempts(out, test, paint)?;
-        }
-    }
+    write_quarantined(out, state, paint)?;
+    write_flaky(out, ending, paint)?;
     if state.retries().exhausted() {
         let (budget, _) = state.retries().budget(state.tests_reported());
         writeln!(out)?;
@@ -391,42 +296,8 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
             paint.yellow("Retry budget:")
         )?;
     }
-    let problems: Vec<&Problem> = state.problems().iter().collect();
-    if !problems.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
-        for problem in problems {
-            writeln!(
-                out,
-                "{} {} ({})",
-                paint.yellow("Problem:"),
-                problem.what,
-                problem.status
-            )?;
-            if !problem.output.trim().is_empty() {
-                writeln!(out, "{}", problem.output.trim_end())?;
-            }
-        }
-    }
-    if !state.phases().is_empty() {
-        writeln!(out)?;
-        writeln!(out, "{}", paint.magenta(&"*".repeat(80)))?;
-        writeln!(out, "{}", paint.yellow("Phases:"))?;
-        for phase in state.phases().list() {
-            let line = phase_line(phase);
-            let line = match &phase.status {
-                crate::phases::PhaseStatus::Passed => paint.green(&line),
-                crate::phases::PhaseStatus::Failed(_) => paint.red(&line),
-                _ => line,
-            };
-            writeln!(out, "  {line}")?;
-            if matches!(phase.status, crate::phases::PhaseStatus::NotRun(_)) {
-                for unit in &phase.units {
-                    writeln!(out, "\t{unit}")?;
-                }
-            }
-        }
-    }
+    write_problems(out, state, paint)?;
+    write_phases(out, state, paint)?;
     // The files of phases that did not run are listed under their phase, above.
     let unfinished = state.unfinished_queued();
     if !unfinished.is_empty() {
@@ -446,6 +317,186 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
         writeln!(out, "{} {reason}", paint.red("Run stopped:"))?;
     }
     writeln!(out)?;
+    write_summary(out, ending, paint)
+}
+
+/// The rule above each section of the report, after a blank line.
+fn write_rule(out: &mut impl Write, paint: Paint) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "{}", paint.magenta(&"*".repeat(80)))
+}
+
+/// The rule and the title line of a section that lists things: `Title (what):`.
+fn write_section(
+    out: &mut impl Write,
+    paint: Paint,
+    title: &str,
+    what: &str,
+) -> std::io::Result<()> {
+    write_rule(out, paint)?;
+    writeln!(out, "{} ({what}):", paint.yellow(title))
+}
+
+/// One file that did not pass: where and how, how to replay it, its tests and output.
+fn write_failure(
+    out: &mut impl Write,
+    state: &JobState,
+    result: &FileResult,
+    paint: Paint,
+) -> std::io::Result<()> {
+    write_rule(out, paint)?;
+    let verb = match result.status {
+        FileStatus::Crashed => "crashed",
+        FileStatus::TimedOut => "timed out",
+        _ => "failed",
+    };
+    writeln!(
+        out,
+        "File '{}' {verb} at '{}:{}' ({}, {:.2} s)",
+        paint.cyan(&result.file),
+        result.host,
+        result.worker_id,
+        result.exit,
+        result.seconds
+    )?;
+    // A failure that may depend on what ran before it in the same worker.
+    if let Some(worker) = state.run_record().worker_before(&result.file) {
+        let file = shlex::try_quote(&result.file).unwrap_or_default();
+        writeln!(
+            out,
+            "  Replay this worker's files up to it here: {}",
+            paint.cyan(&format!(
+                "gorgon start --replay {worker} --replay-until {file}"
+            ))
+        )?;
+    }
+    write_failed_tests(out, result, paint)?;
+    if !result.output.is_empty() {
+        writeln!(out, "{}", result.output.trim_end())?;
+    }
+    let retried = state.retries().retried().iter();
+    for failing in retried.filter(|r| r.file == result.file && !r.flaky()) {
+        writeln!(out, "  {} failed every attempt:", paint.red(&failing.name))?;
+        write_attempts(out, failing, paint)?;
+    }
+    Ok(())
+}
+
+/// The quarantined tests or files that ran, and how they did.
+fn write_quarantined(out: &mut impl Write, state: &JobState, paint: Paint) -> std::io::Result<()> {
+    let quarantined: Vec<Quarantined> = state
+        .quarantined_results()
+        .chain(
+            state
+                .queued()
+                .iter()
+                .filter_map(|f| state.result(f))
+                .filter(|r| r.status == FileStatus::Passed),
+        )
+        .flat_map(|result| state.quarantine().found_in(result))
+        .collect();
+    if quarantined.is_empty() {
+        return Ok(());
+    }
+    let count = quarantined.len();
+    let what = format!("{count} quarantined tests or files ran; they do not fail the run");
+    write_section(out, paint, "Quarantined", &what)?;
+    for entry in &quarantined {
+        let how = if entry.passed {
+            paint.green("passed (it may be released from the quarantine)")
+        } else {
+            paint.red("failed")
+        };
+        if entry.name == entry.file {
+            writeln!(out, "  {} {how}", entry.file)?;
+        } else {
+            writeln!(out, "  {} in {} {how}", entry.name, entry.file)?;
+        }
+    }
+    Ok(())
+}
+
+/// The tests that failed, then passed on a retry, with their attempts.
+fn write_flaky(out: &mut impl Write, ending: &Ending, paint: Paint) -> std::io::Result<()> {
+    let flaky: Vec<&Retried> = ending.state.retries().flaky().collect();
+    if flaky.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "{} failed, then passed on a retry; they do not fail the run",
+        flaky.len()
+    );
+    write_section(out, paint, "Flaky", &what)?;
+    for test in flaky {
+        let before = match crate::files::flaky_before(ending.history, &test.unit) {
+            0 => String::new(),
+            1 => " (flaky once before)".to_owned(),
+            runs => format!(" (flaky in {runs} runs before)"),
+        };
+        if test.name == test.file {
+            writeln!(out, "  {}{before}", paint.cyan(&test.file))?;
+        } else {
+            writeln!(
+                out,
+                "  {} ({}){before}",
+                paint.yellow(&test.name),
+                test.unit
+            )?;
+        }
+        write_attempts(out, test, paint)?;
+    }
+    Ok(())
+}
+
+/// The problems outside the test files.
+fn write_problems(out: &mut impl Write, state: &JobState, paint: Paint) -> std::io::Result<()> {
+    let problems: Vec<&Problem> = state.problems().iter().collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    write_rule(out, paint)?;
+    for problem in problems {
+        writeln!(
+            out,
+            "{} {} ({})",
+            paint.yellow("Problem:"),
+            problem.what,
+            problem.status
+        )?;
+        if !problem.output.trim().is_empty() {
+            writeln!(out, "{}", problem.output.trim_end())?;
+        }
+    }
+    Ok(())
+}
+
+/// How each phase ended, with the files of those that did not run.
+fn write_phases(out: &mut impl Write, state: &JobState, paint: Paint) -> std::io::Result<()> {
+    if state.phases().is_empty() {
+        return Ok(());
+    }
+    write_rule(out, paint)?;
+    writeln!(out, "{}", paint.yellow("Phases:"))?;
+    for phase in state.phases().list() {
+        let line = phase_line(phase);
+        let line = match &phase.status {
+            crate::phases::PhaseStatus::Passed => paint.green(&line),
+            crate::phases::PhaseStatus::Failed(_) => paint.red(&line),
+            _ => line,
+        };
+        writeln!(out, "  {line}")?;
+        if matches!(phase.status, crate::phases::PhaseStatus::NotRun(_)) {
+            for unit in &phase.units {
+                writeln!(out, "\t{unit}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one-line total (and the tests' line, when the runner reports tests).
+fn write_summary(out: &mut impl Write, ending: &Ending, paint: Paint) -> std::io::Result<()> {
+    let state = ending.state;
     let failed = state.count(FileStatus::Failed);
     // A timed-out file was killed: it counts with the crashes in the totals.
     let crashed = state.count(FileStatus::Crashed) + state.count(FileStatus::TimedOut);
