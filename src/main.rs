@@ -91,7 +91,7 @@ enum Command {
     /// Run this CI node's part of a build: join build ID on the broker of gorgon.json
     /// (in this checkout, without file server or sync) and run workers until every file
     /// of the build has a result. The first node queues the files; every node checks that
-    /// its checkout matches. See "CI builds" in the README.
+    /// its checkout matches. See docs/ci-builds.md.
     ///
     /// Example: gorgon work --build-id "$CI_PIPELINE_ID" -j 4
     ///

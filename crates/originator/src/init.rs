@@ -317,7 +317,7 @@ fn render(config: &Rendered) -> String {
     };
     format!(
         r#"// gorgon.json for {project} ({title} project), written by `gorgon init`.
-// `//` comments are allowed. config/gorgon.json.sample and the README describe every key.
+// `//` comments are allowed. config/gorgon.json.sample and docs/configuration.md describe every key.
 // Put the broker password in gorgon_secret.json beside this file, out of version control.
 {{
   // The RabbitMQ broker shared by this project and the listeners.
