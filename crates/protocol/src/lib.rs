@@ -1,6 +1,7 @@
 //! The wire shared by every gorgon-rs process: messages, queue and exchange names, the broker
 //! client, exit codes and the job definition that travels from the originator to each worker.
 
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod config_file;
 pub mod connection;
@@ -11,8 +12,9 @@ pub mod names;
 pub mod runner_protocol;
 pub mod signing;
 
+#[cfg(feature = "broker")]
 pub use broker::{Broker, BrokerError, Inbox, Incoming, Unconfirmed};
-pub use connection::BrokerSettings;
+pub use connection::{BrokerSettings, ConnectionError};
 pub use job::{
     batch_size, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput, PhaseRunner,
     RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
