@@ -51,8 +51,12 @@ impl std::fmt::Debug for SigningKeys {
 /// A key that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the signing key file {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("cannot read the signing key file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the signing key file {path} can be read by others (mode {mode:o}); make it readable by its owner only (chmod 600)")]
     Readable { path: String, mode: u32 },
     #[error("a signing key must be at least {MIN_KEY_BYTES} bytes long")]
@@ -64,17 +68,17 @@ pub enum KeyError {
 pub fn read_key_file(path: &Path) -> Result<String, KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
-    let metadata = std::fs::metadata(path).map_err(|e| KeyError::Read {
+    let metadata = std::fs::metadata(path).map_err(|source| KeyError::Read {
         path: shown.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Readable { path: shown, mode });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: shown,
-        reason: e.to_string(),
+        source,
     })?;
     let key = text.trim().to_owned();
     if key.len() < MIN_KEY_BYTES {
