@@ -1,5 +1,7 @@
 //! The wire shared by every gorgon-rs process: messages, queue and exchange names, the broker
 //! client, exit codes and the job definition that travels from the originator to each worker.
+//! The broker client (`broker`, the only module that uses lapin) comes with the `broker`
+//! feature, on by default; crates that never talk to RabbitMQ (`gorgon-exec`) go without it.
 
 #[cfg(feature = "broker")]
 pub mod broker;
