@@ -24,8 +24,54 @@ pub enum RsyncError {
         status: String,
         output: String,
     },
-    #[error("{0}")]
-    Daemon(String),
+    #[error("cannot serve {}: {source}", dir.display())]
+    Serve {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", dir.display())]
+    NotADirectory { dir: PathBuf },
+    #[error("a gorgon rsync daemon (pid {pid}) already runs on port {port}; stop it with `gorgon stop_rsync --port {port}`")]
+    AlreadyRunning { pid: i32, port: u16 },
+    #[error("port {port} on {address} is not free: {source}")]
+    PortTaken {
+        port: u16,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `hint` says when rsync is not installed.
+    #[error("rsync --daemon failed ({status}){hint}: {output}")]
+    DaemonFailed {
+        status: String,
+        hint: &'static str,
+        output: String,
+    },
+    #[error("the rsync daemon did not start listening on port {port}; see {}", log.display())]
+    NotListening { port: u16, log: PathBuf },
+    #[error(transparent)]
+    Config(#[from] gorgon_protocol::config_file::ConfigFileError),
+    #[error("{}: file_server.{key} is missing or empty", path.display())]
+    NoPassword { path: PathBuf, key: String },
+    #[error("{}: the originator's and the listener's passwords must differ, or the listeners could write", path.display())]
+    SamePasswords { path: PathBuf },
+    #[error("no gorgon rsync daemon is running on port {port}")]
+    NotRunning { port: u16 },
+    #[error("the rsync daemon (pid {pid}) did not stop")]
+    DidNotStop { pid: i32 },
 }
 
 /// The daemon's user that pushes trees.
@@ -177,30 +223,30 @@ pub async fn start_daemon(
     address: Option<&str>,
     passwords: Option<&DaemonPasswords>,
 ) -> Result<(), RsyncError> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| RsyncError::Daemon(format!("cannot serve {}: {e}", dir.display())))?;
+    let dir = dir.canonicalize().map_err(|source| RsyncError::Serve {
+        dir: dir.to_owned(),
+        source,
+    })?;
     if !dir.is_dir() {
-        return Err(RsyncError::Daemon(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
+        return Err(RsyncError::NotADirectory { dir });
     }
     let state = daemon_state_dir(port);
     if let Some(pid) = daemon_pid(port).filter(|pid| alive(*pid)) {
-        return Err(RsyncError::Daemon(format!(
-            "a gorgon rsync daemon (pid {pid}) already runs on port {port}; stop it with `gorgon stop_rsync --port {port}`"
-        )));
+        return Err(RsyncError::AlreadyRunning { pid, port });
     }
     let bind_address = address.unwrap_or("0.0.0.0");
-    if let Err(e) = std::net::TcpListener::bind((bind_address, port)) {
-        return Err(RsyncError::Daemon(format!(
-            "port {port} on {bind_address} is not free: {e}"
-        )));
+    if let Err(source) = std::net::TcpListener::bind((bind_address, port)) {
+        return Err(RsyncError::PortTaken {
+            port,
+            address: bind_address.to_owned(),
+            source,
+        });
     }
     let _ = std::fs::remove_dir_all(&state);
-    std::fs::create_dir_all(&state)
-        .map_err(|e| RsyncError::Daemon(format!("cannot create {}: {e}", state.display())))?;
+    std::fs::create_dir_all(&state).map_err(|source| RsyncError::Create {
+        path: state.clone(),
+        source,
+    })?;
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     let mut config = format!(
@@ -234,8 +280,10 @@ pub async fn start_daemon(
         ));
     }
     let config_path = state.join("rsyncd.conf");
-    std::fs::write(&config_path, config)
-        .map_err(|e| RsyncError::Daemon(format!("cannot write {}: {e}", config_path.display())))?;
+    std::fs::write(&config_path, config).map_err(|source| RsyncError::Write {
+        path: config_path.clone(),
+        source,
+    })?;
     let command = format!(
         "rsync --daemon --config={}",
         shlex::try_quote(&config_path.display().to_string()).expect("no NUL in a path")
@@ -247,11 +295,11 @@ pub async fn start_daemon(
         } else {
             ""
         };
-        return Err(RsyncError::Daemon(format!(
-            "rsync --daemon failed ({}){hint}: {}",
-            outcome.description,
-            outcome.output.trim()
-        )));
+        return Err(RsyncError::DaemonFailed {
+            status: outcome.description,
+            hint,
+            output: outcome.output.trim().to_owned(),
+        });
     }
     let connect_to = if bind_address == "0.0.0.0" {
         "127.0.0.1"
@@ -265,18 +313,17 @@ pub async fn start_daemon(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(RsyncError::Daemon(format!(
-        "the rsync daemon did not start listening on port {port}; see {}",
-        state.join("rsyncd.log").display()
-    )))
+    Err(RsyncError::NotListening {
+        port,
+        log: state.join("rsyncd.log"),
+    })
 }
 
 /// Reads the daemon's passwords from a config file (JSON with comments, such as a
 /// `gorgon_secret.json`): `file_server.originator_password` and
 /// `file_server.listener_password`, which must differ.
 pub fn passwords_from_config(path: &Path) -> Result<DaemonPasswords, RsyncError> {
-    let config =
-        gorgon_protocol::config_file::load(path).map_err(|e| RsyncError::Daemon(e.to_string()))?;
+    let config = gorgon_protocol::config_file::load(path)?;
     let password = |key: &str| {
         config
             .get("file_server")
@@ -284,11 +331,9 @@ pub fn passwords_from_config(path: &Path) -> Result<DaemonPasswords, RsyncError>
             .and_then(|value| value.as_str())
             .filter(|value| !value.trim().is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| {
-                RsyncError::Daemon(format!(
-                    "{}: file_server.{key} is missing or empty",
-                    path.display()
-                ))
+            .ok_or_else(|| RsyncError::NoPassword {
+                path: path.to_owned(),
+                key: key.to_owned(),
             })
     };
     let passwords = DaemonPasswords {
@@ -296,10 +341,9 @@ pub fn passwords_from_config(path: &Path) -> Result<DaemonPasswords, RsyncError>
         listener: password("listener_password")?,
     };
     if passwords.originator == passwords.listener {
-        return Err(RsyncError::Daemon(format!(
-            "{}: the originator's and the listener's passwords must differ, or the listeners could write",
-            path.display()
-        )));
+        return Err(RsyncError::SamePasswords {
+            path: path.to_owned(),
+        });
     }
     Ok(passwords)
 }
@@ -314,15 +358,16 @@ fn write_private(path: &Path, text: &str) -> Result<(), RsyncError> {
         .mode(0o600)
         .open(path)
         .and_then(|mut file| file.write_all(text.as_bytes()))
-        .map_err(|e| RsyncError::Daemon(format!("cannot write {}: {e}", path.display())))
+        .map_err(|source| RsyncError::Write {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Stops the daemon started on `port` and removes its state folder.
 pub async fn stop_daemon(port: u16) -> Result<(), RsyncError> {
     let Some(pid) = daemon_pid(port) else {
-        return Err(RsyncError::Daemon(format!(
-            "no gorgon rsync daemon is running on port {port}"
-        )));
+        return Err(RsyncError::NotRunning { port });
     };
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -333,9 +378,7 @@ pub async fn stop_daemon(port: u16) -> Result<(), RsyncError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if alive(pid) {
-        return Err(RsyncError::Daemon(format!(
-            "the rsync daemon (pid {pid}) did not stop"
-        )));
+        return Err(RsyncError::DidNotStop { pid });
     }
     let _ = std::fs::remove_dir_all(daemon_state_dir(port));
     Ok(())

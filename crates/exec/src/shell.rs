@@ -205,28 +205,35 @@ impl ShellCommand {
             .process_group(0)
     }
 
+    /// Starts the command: directly when it is simple (the `bool` says so), else, or when
+    /// that fails (not found, not executable, a script without `#!`), with `sh -c`, which
+    /// then says why exactly as it would have.
+    fn spawn(&self) -> std::io::Result<(tokio::process::Child, bool)> {
+        if let Some(argv) = simple_argv(&self.command) {
+            if let Ok(child) = self
+                .prepare(Command::new(&argv[0]).args(&argv[1..]))
+                .spawn()
+            {
+                return Ok((child, true));
+            }
+        }
+        self.spawn_with_shell().map(|child| (child, false))
+    }
+
+    /// Keeps a chunk of output, and copies it to the tap.
+    fn keep(&self, output: &mut OutputBuffer, chunk: &[u8]) {
+        if let Some(tap) = &self.output_tap {
+            let _ = tap.send(chunk.to_vec());
+        }
+        output.push(chunk);
+    }
+
     /// Runs the command to its end. If the returned future is dropped, the command's whole
     /// process group is killed.
     pub async fn run(&self) -> CommandOutcome {
         let started = Instant::now();
-        // A simple command starts directly; when that fails (not found, not executable, a
-        // script without `#!`), `sh -c` runs it and says why, exactly as it would have.
-        let mut direct = false;
-        let spawned = match simple_argv(&self.command) {
-            Some(argv) => match self
-                .prepare(Command::new(&argv[0]).args(&argv[1..]))
-                .spawn()
-            {
-                Ok(child) => {
-                    direct = true;
-                    Ok(child)
-                }
-                Err(_) => self.spawn_with_shell(),
-            },
-            None => self.spawn_with_shell(),
-        };
-        let mut child = match spawned {
-            Ok(child) => child,
+        let (mut child, direct) = match self.spawn() {
+            Ok(spawned) => spawned,
             Err(error) => {
                 return CommandOutcome {
                     status: None,
@@ -242,19 +249,7 @@ impl ShellCommand {
         };
         let mut guard =
             GroupGuard::new(child.id().map(|id| Pid::from_raw(id as i32)), &self.running);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        for mut pipe in take_output_pipes(&mut child) {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut chunk = vec![0u8; 8192];
-                while let Ok(n) = pipe.read(&mut chunk).await {
-                    if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let mut rx = read_output(&mut child);
         let mut output = OutputBuffer::default();
         let deadline = self
             .timeout
@@ -264,12 +259,7 @@ impl ShellCommand {
         let status = loop {
             tokio::select! {
                 chunk = rx.recv() => match chunk {
-                    Some(chunk) => {
-                        if let Some(tap) = &self.output_tap {
-                            let _ = tap.send(chunk.clone());
-                        }
-                        output.push(&chunk)
-                    }
+                    Some(chunk) => self.keep(&mut output, &chunk),
                     None => break child.wait().await,
                 },
                 status = child.wait() => break status,
@@ -289,24 +279,29 @@ impl ShellCommand {
         // grandchildren that keep them open.
         let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
         while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            if let Some(tap) = &self.output_tap {
-                let _ = tap.send(chunk.clone());
-            }
-            output.push(&chunk);
+            self.keep(&mut output, &chunk);
         }
         guard.disarm();
-        let seconds = started.elapsed().as_secs_f64();
-        match status {
-            Ok(_) if timed_out => CommandOutcome {
-                status: None,
-                description: format!(
+        self.outcome(status, direct, timed_out, output, started)
+    }
+
+    /// How the command ended, from its exit status (or the failure to wait for it).
+    fn outcome(
+        &self,
+        status: std::io::Result<ExitStatus>,
+        direct: bool,
+        timed_out: bool,
+        output: OutputBuffer,
+        started: Instant,
+    ) -> CommandOutcome {
+        let (status, description) = match status {
+            Ok(_) if timed_out => (
+                None,
+                format!(
                     "timed out after {} s",
                     self.timeout.unwrap_or_default().as_secs_f64()
                 ),
-                output: output.text(),
-                seconds,
-                timed_out,
-            },
+            ),
             Ok(status) => {
                 // `sh -c` turns its command's death by signal N into exit status 128 + N; a
                 // command started directly must read the same.
@@ -314,23 +309,36 @@ impl ShellCommand {
                     Some(signal) if direct => ExitStatus::from_raw((128 + signal) << 8),
                     _ => status,
                 };
-                CommandOutcome {
-                    status: Some(status),
-                    description: describe_status(status),
-                    output: output.text(),
-                    seconds,
-                    timed_out,
-                }
+                (Some(status), describe_status(status))
             }
-            Err(error) => CommandOutcome {
-                status: None,
-                description: format!("could not wait for the command: {error}"),
-                output: output.text(),
-                seconds,
-                timed_out,
-            },
+            Err(error) => (None, format!("could not wait for the command: {error}")),
+        };
+        CommandOutcome {
+            status,
+            description,
+            output: output.text(),
+            seconds: started.elapsed().as_secs_f64(),
+            timed_out,
         }
     }
+}
+
+/// Reads the child's stdout and stderr in tasks of their own, which send each chunk as it
+/// comes; the channel closes once both pipes have.
+fn read_output(child: &mut tokio::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    for mut pipe in take_output_pipes(child) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut chunk = vec![0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk).await {
+                if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
 }
 
 /// The words of a command that the shell would only split and run: no quoting beyond plain

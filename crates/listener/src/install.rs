@@ -103,7 +103,8 @@ impl InstallOptions {
         if self.slots == 0 {
             return Err(InstallError::NoSlots);
         }
-        let (host, port) = host_port(&self.broker, 5672).map_err(InstallError::BadBroker)?;
+        let (host, port) =
+            host_port(&self.broker, 5672).map_err(|e| InstallError::BadBroker(e.to_string()))?;
         let config_path = self.config_dir.join(CONFIG_NAME);
         Ok(Installation {
             config: self.render_config(&host, port),

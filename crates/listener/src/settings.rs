@@ -118,8 +118,9 @@ fn from_object(
     if let Ok(url) = std::env::var("RABBITMQ_URL") {
         broker.url = Some(url);
     }
-    broker.signing = gorgon_protocol::signing::keys_from_config(&config, base)?;
-    let broker = broker.resolve_url()?;
+    broker.signing =
+        gorgon_protocol::signing::keys_from_config(&config, base).map_err(|e| e.to_string())?;
+    let broker = broker.resolve_url().map_err(|e| e.to_string())?;
     let worker_slots = match object.get("worker_slots") {
         None | Some(Value::Null) => DEFAULT_WORKER_SLOTS,
         Some(value) => value

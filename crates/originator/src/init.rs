@@ -158,9 +158,10 @@ fn address(
 ) -> Result<(String, u16), InitError> {
     match text {
         None => Ok(("127.0.0.1".to_owned(), default_port)),
-        Some(text) => {
-            host_port(text, default_port).map_err(|problem| InitError::BadAddress { flag, problem })
-        }
+        Some(text) => host_port(text, default_port).map_err(|e| InitError::BadAddress {
+            flag,
+            problem: e.to_string(),
+        }),
     }
 }
 

@@ -436,12 +436,15 @@ impl Settings {
             problem,
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let signing = gorgon_protocol::signing::keys_from_config(&value, base).map_err(invalid)?;
+        let signing = gorgon_protocol::signing::keys_from_config(&value, base)
+            .map_err(|e| invalid(e.to_string()))?;
         let mut raw: Connection =
             serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         raw.connection.signing = signing;
         Ok((
-            raw.connection.resolve_url().map_err(invalid)?,
+            raw.connection
+                .resolve_url()
+                .map_err(|e| invalid(e.to_string()))?,
             raw.cluster_id
                 .unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned()),
         ))
@@ -466,8 +469,8 @@ impl Settings {
             path: path.clone(),
             problem,
         };
-        let signing =
-            gorgon_protocol::signing::keys_from_config(&value, &project_root).map_err(invalid)?;
+        let signing = gorgon_protocol::signing::keys_from_config(&value, &project_root)
+            .map_err(|e| invalid(e.to_string()))?;
         let unused_keys = unused_keys(&value);
         let mut raw: RawConfig =
             serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
@@ -506,7 +509,10 @@ impl Settings {
             }
         };
         Ok(Settings {
-            broker: raw.connection.resolve_url().map_err(invalid)?,
+            broker: raw
+                .connection
+                .resolve_url()
+                .map_err(|e| invalid(e.to_string()))?,
             cluster_id,
             file_server,
             config_path: path.clone(),

@@ -139,18 +139,31 @@ pub fn unused_key_line(key: &str) -> String {
     format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
 }
 
+/// A `HOST[:PORT]` written on a command line that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{text} is not HOST[:PORT]")]
+    NotHostPort { text: String },
+    #[error("{text} is not HOST[:PORT]: a ']' is missing")]
+    Unclosed { text: String },
+    #[error("{text} is not HOST[:PORT]: the host is missing")]
+    NoHost { text: String },
+    #[error("{text} is not HOST[:PORT]: {port} is not a port number")]
+    BadPort { text: String, port: String },
+}
+
 /// Splits a `HOST[:PORT]` written on a command line, with `default_port` when none is given.
 /// An IPv6 address is written in brackets: `[::1]:5672`.
-pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), AddressError> {
     let text = text.trim();
     let (host, port) = match text.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((host, "")) => (host, None),
             Some((host, port)) => match port.strip_prefix(':') {
                 Some(port) => (host, Some(port)),
-                None => return Err(format!("{text} is not HOST[:PORT]")),
+                None => return Err(AddressError::NotHostPort { text: text.into() }),
             },
-            None => return Err(format!("{text} is not HOST[:PORT]: a ']' is missing")),
+            None => return Err(AddressError::Unclosed { text: text.into() }),
         },
         None => match text.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -158,16 +171,18 @@ pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String>
         },
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{text} is not HOST[:PORT]: the host is missing"));
+        return Err(AddressError::NoHost { text: text.into() });
     }
-    let port = match port {
-        None => default_port,
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("{text} is not HOST[:PORT]: {port} is not a port number"))?,
-    };
+    let port =
+        match port {
+            None => default_port,
+            Some(port) => port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                AddressError::BadPort {
+                    text: text.into(),
+                    port: port.into(),
+                }
+            })?,
+        };
     Ok((host.to_owned(), port))
 }
 
@@ -182,9 +197,11 @@ mod tests {
         assert_eq!(host_port("[::1]", 5672), Ok(("::1".into(), 5672)));
         assert!(host_port("mq:http", 5672)
             .unwrap_err()
+            .to_string()
             .contains("http is not a port number"));
         assert!(host_port(":5672", 5672)
             .unwrap_err()
+            .to_string()
             .contains("host is missing"));
     }
 

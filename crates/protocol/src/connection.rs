@@ -59,6 +59,19 @@ pub struct BrokerSettings {
     pub outage_limit: u64,
 }
 
+/// A `connection` object whose keys cannot be used. Each message is the second half of a
+/// sentence that starts with the config file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection.tls_ca_certificates names more than one file; put the certificates in one PEM file and name it as connection.tls.ca_file")]
+    SeveralCaFiles,
+    #[error("connection.hosts has {0:?}; give each node as \"HOST\" or \"HOST:PORT\"")]
+    BadNode(String),
+    /// lapin's URI parser says why in words only, so there is no error to keep as a source.
+    #[error("connection.url is not an AMQP URL: {0}")]
+    BadUrl(String),
+}
+
 /// How long a broker may be away before a run stops, unless `connection.outage_limit` says.
 pub const DEFAULT_OUTAGE_LIMIT: u64 = 60;
 
@@ -177,16 +190,15 @@ impl BrokerSettings {
         settings
     }
 
-    /// `host:port`, for messages.
-    /// With `url` set: its parts replace the host, port, user, password and virtual host,
-    /// and an `amqps` URL connects over TLS (with `tls`'s files when given, else the system's
-    /// roots). The error is the second half of a sentence that starts with the file's path.
-    pub fn resolve_url(mut self) -> Result<BrokerSettings, String> {
-        // Gorgon's TLS files mean TLS, with them.
+    /// Folds Gorgon's TLS file keys into `tls` (they mean TLS, with them) and checks the
+    /// nodes of `hosts`: the part of [`BrokerSettings::resolve_url`] that needs no URL parser
+    /// (the one of lapin, so that this and the rest of `resolve_url` come with `broker`).
+    #[cfg(feature = "broker")]
+    pub(crate) fn fold_gorgon_keys(&mut self) -> Result<(), ConnectionError> {
         let gorgon = std::mem::take(&mut self.gorgon_tls);
         if gorgon != GorgonTlsKeys::default() {
             if gorgon.tls_ca_certificates.len() > 1 {
-                return Err("connection.tls_ca_certificates names more than one file; put the certificates in one PEM file and name it as connection.tls.ca_file".into());
+                return Err(ConnectionError::SeveralCaFiles);
             }
             let tls = self.tls.get_or_insert_with(TlsSettings::default);
             tls.ca_file = tls
@@ -202,30 +214,9 @@ impl BrokerSettings {
                 .map_or(node.as_str(), |(host, _)| host);
             host.trim().is_empty() || node.contains(char::is_whitespace)
         }) {
-            return Err(format!(
-                "connection.hosts has {bad:?}; give each node as \"HOST\" or \"HOST:PORT\""
-            ));
+            return Err(ConnectionError::BadNode(bad.clone()));
         }
-        let Some(url) = self.url.take() else {
-            return Ok(self);
-        };
-        let parsed: lapin::uri::AMQPUri = url
-            .parse()
-            .map_err(|e: String| format!("connection.url is not an AMQP URL: {e}"))?;
-        self.host = parsed.authority.host;
-        self.port = parsed.authority.port;
-        self.username = parsed.authority.userinfo.username;
-        self.password = parsed.authority.userinfo.password;
-        // `amqp://host/` names the empty virtual host in the URI spec; nobody means that.
-        self.vhost = if parsed.vhost.is_empty() {
-            "/".to_owned()
-        } else {
-            parsed.vhost
-        };
-        if parsed.scheme == lapin::uri::AMQPScheme::AMQPS && self.tls.is_none() {
-            self.tls = Some(TlsSettings::default());
-        }
-        Ok(self)
+        Ok(())
     }
 
     /// The keys of a `connection` object that gorgon-rs does not use (Gorgon's `timeout`,
@@ -268,6 +259,7 @@ impl BrokerSettings {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "broker")]
     #[test]
     fn several_nodes_are_tried_each_with_its_port() {
         let settings: super::BrokerSettings = serde_json::from_str(
@@ -293,9 +285,11 @@ mod tests {
         assert!(broken
             .resolve_url()
             .unwrap_err()
+            .to_string()
             .contains("connection.hosts has \":5672\""));
     }
 
+    #[cfg(feature = "broker")]
     #[test]
     fn gorgons_tls_keys_and_flag_turn_tls_on_and_other_keys_are_only_listed() {
         let parse = |text: &str| -> super::BrokerSettings {
@@ -333,9 +327,11 @@ mod tests {
         assert!(two
             .resolve_url()
             .unwrap_err()
+            .to_string()
             .contains("more than one file"));
     }
 
+    #[cfg(feature = "broker")]
     #[test]
     fn a_url_names_the_broker_and_amqps_turns_tls_on() {
         let settings = super::BrokerSettings {
@@ -366,6 +362,7 @@ mod tests {
         .resolve_url();
         assert!(broken
             .unwrap_err()
+            .to_string()
             .starts_with("connection.url is not an AMQP URL"));
     }
 

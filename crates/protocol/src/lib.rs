@@ -1,6 +1,9 @@
 //! The wire shared by every gorgon-rs process: messages, queue and exchange names, the broker
 //! client, exit codes and the job definition that travels from the originator to each worker.
+//! The broker client (`broker`, the only module that uses lapin) comes with the `broker`
+//! feature, on by default; crates that never talk to RabbitMQ (`gorgon-exec`) go without it.
 
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod config_file;
 pub mod connection;
@@ -11,8 +14,9 @@ pub mod names;
 pub mod runner_protocol;
 pub mod signing;
 
+#[cfg(feature = "broker")]
 pub use broker::{Broker, BrokerError, Inbox, Incoming, Unconfirmed};
-pub use connection::BrokerSettings;
+pub use connection::{BrokerSettings, ConnectionError};
 pub use job::{
     batch_size, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput, PhaseRunner,
     RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,

@@ -538,7 +538,16 @@ mod tests {
         }
     }
 
+    /// One message of each kind (and each shape of the richer ones): the requests, then the
+    /// replies.
     fn every_message() -> Vec<Message> {
+        let mut messages = requests();
+        messages.extend(replies());
+        messages
+    }
+
+    /// The messages an originator (or a fleet command) sends, and a listener's announcement.
+    fn requests() -> Vec<Message> {
         vec![
             Message::Job {
                 definition: Box::new(definition()),
@@ -597,6 +606,12 @@ mod tests {
             Message::Cancel {
                 reason: "Ctrl-C".into(),
             },
+        ]
+    }
+
+    /// The replies of listeners, worker managers and workers.
+    fn replies() -> Vec<Message> {
+        vec![
             Message::PingReply(ListenerInfo {
                 name: "h1".into(),
                 version: "0.1.0".into(),

@@ -51,8 +51,12 @@ impl std::fmt::Debug for SigningKeys {
 /// A key that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the signing key file {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("cannot read the signing key file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the signing key file {path} can be read by others (mode {mode:o}); make it readable by its owner only (chmod 600)")]
     Readable { path: String, mode: u32 },
     #[error("a signing key must be at least {MIN_KEY_BYTES} bytes long")]
@@ -64,17 +68,17 @@ pub enum KeyError {
 pub fn read_key_file(path: &Path) -> Result<String, KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
-    let metadata = std::fs::metadata(path).map_err(|e| KeyError::Read {
+    let metadata = std::fs::metadata(path).map_err(|source| KeyError::Read {
         path: shown.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Readable { path: shown, mode });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: shown,
-        reason: e.to_string(),
+        source,
     })?;
     let key = text.trim().to_owned();
     if key.len() < MIN_KEY_BYTES {
@@ -92,36 +96,64 @@ pub fn check_key(key: &str) -> Result<String, KeyError> {
     Ok(key.to_owned())
 }
 
+/// Signing keys named in a config file in a way that cannot be used. Each message is the
+/// second half of a sentence that starts with the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyConfigError {
+    #[error("set {name} or {name}_file, not both")]
+    Both { name: &'static str },
+    #[error("{name} must be a string")]
+    NotText { name: &'static str },
+    #[error("{name}_file must be a path")]
+    NotPath { name: &'static str },
+    /// `key` is the config key the key came from (`signing_key` or `signing_key_file`...).
+    #[error("{key}: {source}")]
+    Unusable {
+        key: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("previous_signing_key is set without signing_key")]
+    PreviousAlone,
+}
+
 /// The keys a config file names at its top level: `signing_key` (inline, for
 /// `gorgon_secret.json`) or `signing_key_file` (a path, relative to `base`), and the same
 /// with `previous_` for the key a listener still accepts while keys rotate. `None` without a
-/// key. The error is the second half of a sentence that starts with the file's path.
+/// key.
 pub fn keys_from_config(
     config: &serde_json::Value,
     base: &Path,
-) -> Result<Option<SigningKeys>, String> {
-    let key = |name: &str| -> Result<Option<String>, String> {
-        let inline = config.get(name).filter(|v| !v.is_null());
-        let file_key = format!("{name}_file");
-        let file = config.get(&file_key).filter(|v| !v.is_null());
-        match (inline, file) {
-            (Some(_), Some(_)) => Err(format!("set {name} or {file_key}, not both")),
-            (Some(serde_json::Value::String(text)), None) => check_key(text)
-                .map(Some)
-                .map_err(|e| format!("{name}: {e}")),
-            (Some(_), None) => Err(format!("{name} must be a string")),
-            (None, Some(serde_json::Value::String(path))) => read_key_file(&base.join(path))
-                .map(Some)
-                .map_err(|e| format!("{file_key}: {e}")),
-            (None, Some(_)) => Err(format!("{file_key} must be a path")),
-            (None, None) => Ok(None),
-        }
-    };
-    let current = key("signing_key")?;
-    let previous = key("previous_signing_key")?;
+) -> Result<Option<SigningKeys>, KeyConfigError> {
+    let current = key_from_config(config, base, "signing_key")?;
+    let previous = key_from_config(config, base, "previous_signing_key")?;
     match (current, previous) {
         (Some(current), previous) => Ok(Some(SigningKeys { current, previous })),
-        (None, Some(_)) => Err("previous_signing_key is set without signing_key".into()),
+        (None, Some(_)) => Err(KeyConfigError::PreviousAlone),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The key that `config` names as `name` (inline) or `name_file` (a path), if any.
+fn key_from_config(
+    config: &serde_json::Value,
+    base: &Path,
+    name: &'static str,
+) -> Result<Option<String>, KeyConfigError> {
+    let inline = config.get(name).filter(|v| !v.is_null());
+    let file_key = format!("{name}_file");
+    let file = config.get(&file_key).filter(|v| !v.is_null());
+    let unusable = |key: String| move |source| KeyConfigError::Unusable { key, source };
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(KeyConfigError::Both { name }),
+        (Some(serde_json::Value::String(text)), None) => {
+            check_key(text).map(Some).map_err(unusable(name.to_owned()))
+        }
+        (Some(_), None) => Err(KeyConfigError::NotText { name }),
+        (None, Some(serde_json::Value::String(path))) => read_key_file(&base.join(path))
+            .map(Some)
+            .map_err(unusable(file_key)),
+        (None, Some(_)) => Err(KeyConfigError::NotPath { name }),
         (None, None) => Ok(None),
     }
 }
@@ -329,12 +361,13 @@ mod tests {
         );
         let both = serde_json::json!({"signing_key": "x".repeat(20), "signing_key_file": "k"});
         assert_eq!(
-            keys_from_config(&both, dir.path()).unwrap_err(),
+            keys_from_config(&both, dir.path()).unwrap_err().to_string(),
             "set signing_key or signing_key_file, not both"
         );
         let short = serde_json::json!({"signing_key": "short"});
         assert!(keys_from_config(&short, dir.path())
             .unwrap_err()
+            .to_string()
             .starts_with("signing_key: "));
     }
 

@@ -1,0 +1,207 @@
+//! Consuming a queue or a stream: an [`Inbox`] of [`Incoming`] messages, each decoded and,
+//! when the cluster has keys, checked for a signature with one of them before anything reads
+//! it; settled by hand (ack, discard, requeue).
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+
+use super::{bounded, log_refusal, Broker, BrokerError};
+use crate::message::{DecodeError, Envelope};
+use crate::signing::{Signature, Trust, KEY_HEADER, MAC_HEADER, SIGNED_AT_HEADER};
+
+/// How many messages of a stream a reader holds unacknowledged (streams need a prefetch).
+const STREAM_PREFETCH: u16 = 500;
+
+impl Broker {
+    /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
+    /// unacknowledged messages the broker hands this consumer at once.
+    pub async fn consume(&self, queue: &str, prefetch: Option<u16>) -> Result<Inbox, BrokerError> {
+        self.consume_with(queue, prefetch, FieldTable::default())
+            .await
+    }
+
+    /// Reads stream `stream` (see [`Broker::declare_stream`]) from its first message on; each
+    /// message must be acknowledged for more to come.
+    pub async fn consume_stream(&self, stream: &str) -> Result<Inbox, BrokerError> {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+        self.consume_with(stream, Some(STREAM_PREFETCH), arguments)
+            .await
+    }
+
+    async fn consume_with(
+        &self,
+        queue: &str,
+        prefetch: Option<u16>,
+        arguments: FieldTable,
+    ) -> Result<Inbox, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        if let Some(prefetch) = prefetch {
+            bounded(
+                "basic.qos",
+                channel.basic_qos(prefetch, BasicQosOptions::default()),
+            )
+            .await?;
+        }
+        let consumer = bounded(
+            "basic.consume",
+            channel.basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                arguments,
+            ),
+        )
+        .await?;
+        Ok(Inbox {
+            consumer,
+            channel,
+            queue: queue.to_owned(),
+            failed: false,
+            trust: self.trust.clone(),
+        })
+    }
+}
+
+/// A stream of messages from one queue.
+pub struct Inbox {
+    consumer: lapin::Consumer,
+    channel: Channel,
+    queue: String,
+    failed: bool,
+    trust: Option<Arc<Trust>>,
+}
+
+impl Inbox {
+    /// The next message; `None` once the consumer has ended (queue deleted, channel or
+    /// connection closed).
+    pub async fn next(&mut self) -> Option<Incoming> {
+        match self.consumer.next().await? {
+            Ok(delivery) => Some(Incoming::new(delivery, self.trust.as_deref())),
+            Err(error) => {
+                tracing::warn!(%error, "consumer error");
+                self.failed = true;
+                None
+            }
+        }
+    }
+
+    /// A message waiting in the queue right now, taken past the consumer's prefetch limit
+    /// (`basic.get`); `None` when the queue is empty. Never waits for a message.
+    pub async fn try_next(&self) -> Result<Option<Incoming>, BrokerError> {
+        let got = bounded(
+            "basic.get",
+            self.channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions::default()),
+        )
+        .await?;
+        Ok(got.map(|got| Incoming::new(got.delivery, self.trust.as_deref())))
+    }
+
+    /// True when the inbox ended because of an error (the channel or connection failed),
+    /// not because the broker cancelled the consumer (its queue was deleted).
+    pub fn failed(&self) -> bool {
+        self.failed || !self.channel.status().connected()
+    }
+}
+
+/// One delivered message, decoded, waiting to be settled.
+pub struct Incoming {
+    pub envelope: Result<Envelope, DecodeError>,
+    /// The broker delivered this message before to a consumer that did not acknowledge it.
+    pub redelivered: bool,
+    /// Its signature, when this process holds keys and the signature held.
+    pub signature: Option<Signature>,
+    acker: lapin::Acker,
+}
+
+impl Incoming {
+    /// Decodes a delivery; with `trust`, only a message signed with one of its keys.
+    fn new(delivery: lapin::message::Delivery, trust: Option<&Trust>) -> Incoming {
+        let signature = signature_of(&delivery.properties);
+        let checked = match trust {
+            Some(trust) => trust
+                .verify(&delivery.data, signature.as_ref())
+                .map_err(|reason| {
+                    let sender = delivery
+                        .properties
+                        .app_id()
+                        .as_ref()
+                        .map_or("an unnamed sender".to_owned(), |id| id.to_string());
+                    log_refusal(&sender, reason.kind(), &reason);
+                    DecodeError::Untrusted(reason)
+                }),
+            None => Ok(()),
+        };
+        let verified = trust.is_some() && checked.is_ok();
+        Incoming {
+            envelope: checked.and_then(|()| Envelope::decode(&delivery.data)),
+            redelivered: delivery.redelivered,
+            signature: signature.filter(|_| verified),
+            acker: delivery.acker,
+        }
+    }
+}
+
+/// The signature in a message's headers, if it has one that reads.
+fn signature_of(properties: &BasicProperties) -> Option<Signature> {
+    let headers = properties.headers().as_ref()?;
+    let text = |name: &str| match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        _ => None,
+    };
+    Some(Signature {
+        key_id: text(KEY_HEADER)?,
+        mac: text(MAC_HEADER)?,
+        signed_at_ms: text(SIGNED_AT_HEADER)?.parse().ok()?,
+    })
+}
+
+impl Incoming {
+    /// The message is handled: the broker forgets it.
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        bounded("basic.ack", self.acker.ack(BasicAckOptions::default()))
+            .await
+            .map(|_| ())
+    }
+
+    /// The message and every earlier one of its consumer that is not settled yet are
+    /// handled: one acknowledgement for a run of messages, so that a consumer that gets many
+    /// at once does not wait for an acknowledgement after each.
+    pub async fn ack_through(&self) -> Result<(), BrokerError> {
+        let options = BasicAckOptions { multiple: true };
+        bounded("basic.ack", self.acker.ack(options))
+            .await
+            .map(|_| ())
+    }
+
+    /// The message is unusable (malformed, foreign): drop it without requeueing, so that it
+    /// cannot loop.
+    pub async fn discard(&self) -> Result<(), BrokerError> {
+        self.nack(false).await
+    }
+
+    /// Hand the message back to the broker for another consumer.
+    pub async fn requeue(&self) -> Result<(), BrokerError> {
+        self.nack(true).await
+    }
+
+    async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        bounded("basic.nack", self.acker.nack(options))
+            .await
+            .map(|_| ())
+    }
+}
