@@ -10,6 +10,7 @@
 mod builtin;
 pub mod class_callbacks;
 mod feed;
+pub mod host_job;
 mod junit;
 mod live;
 mod local;

@@ -533,6 +533,11 @@ impl HandOutQueue {
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
+
+    /// How many files wait to be handed out.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
 }
 
 #[cfg(test)]
