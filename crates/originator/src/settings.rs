@@ -145,8 +145,9 @@ fn class_callbacks(callbacks: &mut OriginatorCallbacks, class_file: &str) -> Res
             "job.callbacks.{moment} and job.callbacks.callbacks_class_file both give the {moment} callback; keep one"
         ));
     }
-    callbacks.before_originate = Some(shell_command(CallbackName::BeforeOriginate, class_file)?);
-    callbacks.after_job_finishes = Some(shell_command(CallbackName::AfterJobFinishes, class_file)?);
+    let shell = |moment| shell_command(moment, class_file).map_err(|error| error.to_string());
+    callbacks.before_originate = Some(shell(CallbackName::BeforeOriginate)?);
+    callbacks.after_job_finishes = Some(shell(CallbackName::AfterJobFinishes)?);
     callbacks.remote.class_file = Some(class_file.to_owned());
     Ok(())
 }

@@ -25,12 +25,20 @@ pub const CLASS_FILE_VARIABLE: &str = "GORGON_CALLBACKS_CLASS_FILE";
 /// How long `after_creating_workers` may run in the preload process.
 const AFTER_WORKERS_LIMIT: Duration = Duration::from_secs(600);
 
+/// Why a method of the callbacks class cannot be run as a program: a shell cannot name it.
+#[derive(Debug, thiserror::Error)]
+pub enum UnquotableCallback {
+    #[error("the callbacks shim cannot be quoted")]
+    Shim,
+    #[error("callbacks_class_file {0:?} cannot be quoted")]
+    ClassFile(String),
+}
+
 /// The shell command that runs one method of the callbacks class `class_file` as a program.
-pub fn shell_command(moment: CallbackName, class_file: &str) -> Result<String, String> {
-    let shim =
-        shlex::try_quote(CALLBACKS_SHIM).map_err(|_| "the callbacks shim cannot be quoted")?;
+pub fn shell_command(moment: CallbackName, class_file: &str) -> Result<String, UnquotableCallback> {
+    let shim = shlex::try_quote(CALLBACKS_SHIM).map_err(|_| UnquotableCallback::Shim)?;
     let file = shlex::try_quote(class_file)
-        .map_err(|_| format!("callbacks_class_file {class_file:?} cannot be quoted"))?;
+        .map_err(|_| UnquotableCallback::ClassFile(class_file.to_owned()))?;
     Ok(format!("ruby -e {shim} {moment} {file}"))
 }
 
@@ -104,7 +112,7 @@ pub fn host_command(definition: &JobDefinition, moment: CallbackName) -> Option<
         Ok(command) => Some(command),
         Err(problem) => Some(format!(
             "echo {} >&2; exit 1",
-            shlex::try_quote(&problem).unwrap_or_default()
+            shlex::try_quote(&problem.to_string()).unwrap_or_default()
         )),
     }
 }
