@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use gorgon_exec::{rsync, run_callback, ShellCommand};
 use gorgon_protocol::{BrokerError, CallbackName, JobDefinition, Message, WorkerAssignment};
-use gorgon_worker::class_callbacks::host_command;
-use gorgon_worker::manager_process::{run_manager, HostReplies};
+use gorgon_worker::{host_command, run_manager, HostReplies};
 use tokio::sync::watch;
 use uuid::Uuid;
 

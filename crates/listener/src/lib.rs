@@ -20,7 +20,7 @@ use gorgon_protocol::signing;
 use gorgon_protocol::{
     names, Broker, BrokerError, Envelope, Incoming, ListenerInfo, Message, RunnerSettings,
 };
-use gorgon_worker::warm::{WarmKey, WarmProcess};
+use gorgon_worker::{WarmKey, WarmProcess};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;

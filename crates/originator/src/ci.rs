@@ -27,7 +27,7 @@ use gorgon_protocol::{
     exit_code, names, Broker, Envelope, Inbox, JobDefinition, Message, SyncSettings, SyncTransport,
     WorkerAssignment,
 };
-use gorgon_worker::manager_process::{run_manager, HostReplies, ManagerEnd};
+use gorgon_worker::{run_manager, HostReplies, ManagerEnd};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 

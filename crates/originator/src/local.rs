@@ -1,6 +1,6 @@
 //! The local engine of `gorgon start --local`: the job runs on this machine, without broker
 //! or file server. The originator plays the listener's and the worker manager's parts
-//! itself: it feeds the worker pool (`gorgon_worker::pool`, the same pool as on a listener)
+//! itself: it feeds the worker pool (`gorgon_worker::HostJob`, the same pool and loop as on a listener)
 //! from an in-memory queue of the job's files, in the project folder, and the workers'
 //! replies (the messages a distributed worker's manager publishes) feed the same state,
 //! progress and events as a distributed run.
@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use gorgon_exec::signals::{StopSignal, StopSignals};
 use gorgon_protocol::{JobDefinition, Message, SyncSettings, SyncTransport, WorkerAssignment};
-use gorgon_worker::host_job::{Ending, Feed, FeedEnd, HostJob, Kill, Stage};
-use gorgon_worker::pool::{HandOutQueue, Received, WorkerProgram};
+use gorgon_worker::{
+    Ending, Feed, FeedEnd, HandOutQueue, HostJob, Kill, Received, Stage, WorkerProgram,
+};
 
 use crate::engine::{
     advance_phases, handle_reply, retries_to_queue, Advance, Plan, StartError, Stop,
@@ -69,6 +70,7 @@ pub(crate) async fn run(
         stop: CANCEL_WAIT,
     };
     let (mut job, failed) = HostJob::before_workers(program, assignment, ending).await;
+    let failed = failed.map(|failure| job.callback_failed(failure));
     let stop = match failed
         .and_then(|failed| feed.reply(failed))
         .map(Stop::Failed)
@@ -101,7 +103,8 @@ pub(crate) async fn run(
             }
         }
     };
-    if let Some(failed) = job.after_workers(stop.is_some()).await {
+    if let Some(failure) = job.after_workers(stop.is_some()).await {
+        let failed = gorgon_worker::callback_failed(&host, None, failure);
         feed.reply(failed);
     }
     feed.reply(Message::JobDone { host });
@@ -163,6 +166,7 @@ impl Feed for LocalFeed<'_> {
 
     // One reply at a time: each may stop the run or queue retries before the next.
     const DRAINED_AT_ONCE: usize = 1;
+    const LOGS: bool = false;
 
     async fn refill(&mut self, signals: &mut StopSignals) -> Option<Stop> {
         if !self.state.all_settled() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gorgon_protocol::config_file::{self, ConfigFileError};
 use gorgon_protocol::{names, BrokerSettings, CallbackName, SyncTransport};
-use gorgon_worker::class_callbacks::shell_command;
+use gorgon_worker::shell_command;
 use serde::Deserialize;
 
 /// The name of the file merged over `gorgon.json` when it sits beside it.

@@ -7,7 +7,6 @@
 //! process once every runner forked from it has ended. A job without a Ruby runner runs each
 //! of those methods as a program (the shim, `ruby -e`), as it runs `after_sync`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use gorgon_exec::{describe_status, run_callback, CallbackFailure, OutputBuffer, ShellCommand};
@@ -15,7 +14,7 @@ use gorgon_protocol::{CallbackName, JobDefinition, RunnerChoice, RunnerKind};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 
 use crate::builtin::{self, CALLBACKS_SHIM};
 
@@ -217,15 +216,7 @@ impl RubyPreload {
             )
         })?;
         tracing::info!(%moment, command, "starting the job's Ruby preload process");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(&base.cwd)
-            .envs(base.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
+        let mut child = crate::piped_shell(&command, base)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| failed(format!("could not start `{command}`: {e}"), String::new()))?;

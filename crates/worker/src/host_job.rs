@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gorgon_exec::grace;
 use gorgon_exec::signals::{StopSignal, StopSignals};
-use gorgon_exec::ShellCommand;
+use gorgon_exec::{CallbackFailure, ShellCommand};
 use gorgon_protocol::{JobDefinition, Message, WorkerAssignment};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -45,6 +45,10 @@ pub trait Feed {
 
     /// Workers' events taken in at most in one turn of the loop (see [`Feed::received`]).
     const DRAINED_AT_ONCE: usize;
+
+    /// Whether the host's log tells of the workers it starts and of its callbacks' failures
+    /// (a worker manager's does; a local run shows them in its report instead).
+    const LOGS: bool;
 
     /// At the top of each turn while the job runs: the feed may refill itself (a run's
     /// next phase) or ask to stop.
@@ -200,15 +204,12 @@ impl HostJob {
         program: WorkerProgram,
         assignment: WorkerAssignment,
         ending: Ending,
-    ) -> (HostJob, Option<Message>) {
+    ) -> (HostJob, Option<CallbackFailure>) {
         let base = command_base(&assignment);
         let (callbacks, failed) =
             match HostCallbacks::before_workers(&assignment.definition, &base).await {
                 Ok(callbacks) => (Some(callbacks), None),
-                Err(failure) => {
-                    tracing::error!(%failure);
-                    (None, Some(callback_failed(&assignment.host, failure)))
-                }
+                Err(failure) => (None, Some(failure)),
             };
         let preload = callbacks.as_ref().and_then(HostCallbacks::ruby_preload);
         let definition = assignment.definition.clone();
@@ -284,16 +285,19 @@ impl HostJob {
         stopped
     }
 
-    /// Runs `after_creating_workers` unless the job was stopped here; the message of its
-    /// failure, for the originator.
-    pub async fn after_workers(self, stopped: bool) -> Option<Message> {
+    /// Runs `after_creating_workers` unless the job was stopped here; its failure, if it
+    /// failed.
+    pub async fn after_workers(self, stopped: bool) -> Option<CallbackFailure> {
         let callbacks = self.callbacks.filter(|_| !stopped)?;
-        let failure = callbacks
+        callbacks
             .after_workers(&self.definition, &self.base)
             .await
-            .err()?;
-        tracing::error!(%failure);
-        Some(callback_failed(&self.host, failure))
+            .err()
+    }
+
+    /// The message that tells the originator a callback of this host's failed.
+    pub fn callback_failed(&self, failure: CallbackFailure) -> Message {
+        crate::callback_failed(&self.host, None, failure)
     }
 
     /// Whether the loop goes on: a worker runs, or files may come and a slot has no worker.
@@ -400,9 +404,11 @@ impl HostJob {
     }
 
     /// Starts worker `worker_id`, reporting it as crashed when it cannot start.
-    async fn start_worker(&mut self, worker_id: u32, feed: &mut impl Feed) {
+    async fn start_worker<F: Feed>(&mut self, worker_id: u32, feed: &mut F) {
         if let Err(error) = self.pool.spawn(worker_id).await {
-            tracing::error!(%error, "cannot start worker {worker_id}");
+            if F::LOGS {
+                tracing::error!(%error, "cannot start worker {worker_id}");
+            }
             let message = Message::WorkerCrashed {
                 host: self.host.clone(),
                 worker_id,
@@ -410,7 +416,7 @@ impl HostJob {
                 output: String::new(),
             };
             feed.report(message).await;
-        } else {
+        } else if F::LOGS {
             tracing::info!("worker {worker_id} started");
         }
     }
@@ -434,7 +440,49 @@ pub(crate) async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// A callback of the host's (no worker's) that failed.
-fn callback_failed(host: &str, failure: gorgon_exec::CallbackFailure) -> Message {
-    crate::callback_failed(host, None, failure)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDED: Ending = Ending::Bounded {
+        finish: Duration::from_secs(30),
+        stop: Duration::from_secs(5),
+    };
+
+    #[test]
+    fn the_first_signal_stops_gently_and_the_second_kills() {
+        for ending in [Ending::Patient, BOUNDED] {
+            assert_eq!(Stage::Running.on_signal(ending), Request::Stop);
+            assert_eq!(Stage::Stopping.on_signal(ending), Request::Kill);
+        }
+        // A manager's finishing workers are cancelled by a signal, with their grace...
+        assert_eq!(Stage::Finishing.on_signal(Ending::Patient), Request::Stop);
+        assert_eq!(Stage::Failed.on_signal(Ending::Patient), Request::Stop);
+        // ...a local run's are killed: they were already told to finish.
+        assert_eq!(Stage::Finishing.on_signal(BOUNDED), Request::Kill);
+    }
+
+    #[test]
+    fn a_stop_counts_once() {
+        assert!(Stage::Running.takes_stop());
+        assert!(Stage::Finishing.takes_stop());
+        assert!(Stage::Failed.takes_stop());
+        assert!(!Stage::Stopping.takes_stop());
+    }
+
+    #[test]
+    fn only_a_bounded_end_has_a_time_limit() {
+        for stage in [Stage::Running, Stage::Finishing, Stage::Stopping] {
+            assert_eq!(stage.end_limit(Ending::Patient), None);
+        }
+        assert_eq!(Stage::Running.end_limit(BOUNDED), None);
+        assert_eq!(
+            Stage::Finishing.end_limit(BOUNDED),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            Stage::Stopping.end_limit(BOUNDED),
+            Some(Duration::from_secs(5))
+        );
+    }
 }

@@ -126,8 +126,9 @@ async fn manage_connected(
     }
     let (mut job, failed) =
         HostJob::before_workers(program.clone(), assignment.clone(), Ending::Patient).await;
-    if let Some(failed) = failed {
-        report(broker, assignment, failed).await;
+    if let Some(failure) = failed {
+        tracing::error!(%failure);
+        report(broker, assignment, job.callback_failed(failure)).await;
         return 0;
     }
     let feeder = match Feeder::open(broker, assignment).await {
@@ -199,6 +200,7 @@ impl Feed for BrokerFeed<'_, '_> {
     type Event = BrokerEvent;
 
     const DRAINED_AT_ONCE: usize = DRAINED_AT_ONCE;
+    const LOGS: bool = true;
 
     async fn refill(&mut self, _signals: &mut StopSignals) -> Option<String> {
         None
@@ -328,7 +330,14 @@ async fn after_workers(
     job: HostJob,
     cancelled: bool,
 ) -> i32 {
-    if let Some(failed) = job.after_workers(cancelled).await {
+    let failed = match job.after_workers(cancelled).await {
+        Some(failure) => {
+            tracing::error!(%failure);
+            Some(crate::callback_failed(&assignment.host, None, failure))
+        }
+        None => None,
+    };
+    if let Some(failed) = failed {
         report(broker, assignment, failed).await;
     }
     0

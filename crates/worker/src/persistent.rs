@@ -4,7 +4,7 @@
 //! collected as the runner's own output.
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VE
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::warm::{fork_runner, ForkedRunner};
@@ -432,16 +432,7 @@ impl Drop for Session {
 
 /// Boots `command` in a process group of its own.
 fn boot(command: &ShellCommand) -> std::io::Result<Started> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(&command.command)
-        .current_dir(&command.cwd)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
+    let mut child = crate::piped_shell(&command.command, command).spawn()?;
     let missing = || std::io::Error::other("the runner's pipes were not set up");
     let group = child.id().ok_or_else(missing)?;
     let stdin = child.stdin.take().ok_or_else(missing)?;
