@@ -6,7 +6,7 @@
 //! What differs between hosts is behind [`Feed`]: where the files come from and where the
 //! replies go. A listener's or a CI node's worker manager feeds from the broker's files queue
 //! and publishes the replies (`manager`); `gorgon start --local` feeds from an in-memory
-//! [`HandOutQueue`](crate::pool::HandOutQueue) and hands every reply to the originator's
+//! [`HandOutQueue`](crate::HandOutQueue) and hands every reply to the originator's
 //! reply handling, which says whether to stop and what to queue. One loop
 //! ([`HostJob::drive`]) owns the pool and takes one [`Event`] at a time; the decisions it
 //! makes on them ([`Stage`]) are synchronous.
