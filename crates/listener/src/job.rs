@@ -6,11 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gorgon_exec::{rsync, run_callback, ShellCommand};
-use gorgon_protocol::{
-    BrokerError, CallbackName, Envelope, JobDefinition, Message, WorkerAssignment,
-};
-use gorgon_worker::class_callbacks::host_command;
-use gorgon_worker::manager_process::{run_manager, ManagerEnd};
+use gorgon_protocol::{BrokerError, CallbackName, JobDefinition, Message, WorkerAssignment};
+use gorgon_worker::{host_command, run_manager, HostReplies};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -37,12 +34,12 @@ pub async fn run_job(
     listener_stopping: watch::Receiver<bool>,
 ) -> Uuid {
     let host = shared.settings.name.clone();
-    let accepted = Message::JobAccepted {
-        host: host.clone(),
-        slots: shared.settings.worker_slots,
-        listener_queue: Some(shared.queue.clone()),
-    };
-    match send(&shared, &job, accepted).await {
+    let replies = HostReplies::new(job.id, &host, &job.reply_to, || shared.broker());
+    let listener_queue = Some(shared.queue.clone());
+    match replies
+        .accept(shared.settings.worker_slots, listener_queue)
+        .await
+    {
         Err(BrokerError::Unroutable(_)) => {
             tracing::info!(job = %job.id, "the originator has gone; dropping the job");
             return job.id;
@@ -67,26 +64,24 @@ pub async fn run_job(
                 shared.settings.workspace_root.display()
             );
             tracing::error!(job = %job.id, "{output}");
-            report(
-                &shared,
-                &job,
-                Message::SyncFailed {
-                    host: host.clone(),
-                    output,
-                },
-            )
-            .await;
+            let failed = Message::SyncFailed {
+                host: host.clone(),
+                output,
+            };
+            replies.report(failed).await;
             None
         }
     };
     if let Some(workspace) = &workspace {
         let prepared = tokio::select! {
             () = stopped(&mut stopping) => Err(Reported),
-            prepared = prepare(&shared, &job, &workspace.path) => prepared,
+            prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
         };
         if prepared.is_ok() && !*stopping.borrow() {
             let slots = shared.take_slots();
-            manage(&shared, &job, &workspace.path, slots, &mut stopping).await;
+            let assignment = assignment(&shared, &job, &workspace.path, slots);
+            let end = run_manager(&assignment, stopped(&mut stopping)).await;
+            replies.manager_ended(end).await;
             shared.release_slots(slots);
             // A job that ran to its end leaves a tree worth keeping warm; a cancelled one
             // may have stopped anywhere.
@@ -104,9 +99,7 @@ pub async fn run_job(
             tracing::warn!(job = %job.id, workspace = %path.display(), %error, "cannot remove the workspace");
         }
     }
-    if let Err(error) = send(&shared, &job, Message::JobDone { host }).await {
-        tracing::warn!(job = %job.id, %error, "cannot report the job done");
-    }
+    replies.done().await;
     job.id
 }
 
@@ -170,21 +163,6 @@ async fn watch_for_cancel(shared: Arc<Shared>, job_id: Uuid, stop: watch::Sender
     }
 }
 
-/// Publishes one reply to the job's originator.
-async fn send(shared: &Shared, job: &Job, message: Message) -> Result<(), BrokerError> {
-    shared
-        .broker()
-        .send_to_queue(&job.reply_to, &Envelope::new(job.id, message))
-        .await
-}
-
-/// Reports a failure to the originator; a failure to report is only logged.
-async fn report(shared: &Shared, job: &Job, message: Message) {
-    if let Err(error) = send(shared, job, message).await {
-        tracing::warn!(job = %job.id, %error, "cannot report to the originator");
-    }
-}
-
 /// The base of every callback the listener runs, with the environment Gorgon documents.
 fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
     let tags = JobTags::new(job.id, &shared.settings.name).in_workspace(workspace);
@@ -192,7 +170,12 @@ fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
 }
 
 /// Creates the workspace afresh, pulls the tree into it and runs `after_sync`.
-async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Reported> {
+async fn prepare(
+    shared: &Shared,
+    job: &Job,
+    replies: &HostReplies<'_>,
+    workspace: &Path,
+) -> Result<(), Reported> {
     let host = shared.settings.name.clone();
     let sync = &job.definition.sync;
     tracing::info!(job = %job.id, source = %sync.source, workspace = %workspace.display(), "pulling the tree");
@@ -215,7 +198,7 @@ async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Rep
     if let Err(error) = pulled {
         tracing::error!(job = %job.id, %error, "cannot pull the tree");
         let output = error.to_string();
-        report(shared, job, Message::SyncFailed { host, output }).await;
+        replies.report(Message::SyncFailed { host, output }).await;
         return Err(Reported);
     }
     let base = callback_base(shared, job, workspace);
@@ -224,41 +207,22 @@ async fn prepare(shared: &Shared, job: &Job, workspace: &Path) -> Result<(), Rep
     {
         tracing::error!(job = %job.id, %failure);
         let message = gorgon_worker::callback_failed(&host, None, failure);
-        report(shared, job, message).await;
+        replies.report(message).await;
         return Err(Reported);
     }
     Ok(())
 }
 
-/// Runs the worker manager until it exits, reporting a crash; on stop, terminates it.
-async fn manage(
-    shared: &Shared,
-    job: &Job,
-    workspace: &Path,
-    slots: u32,
-    stopping: &mut watch::Receiver<bool>,
-) {
-    let host = shared.settings.name.clone();
-    let assignment = WorkerAssignment {
-        job_id: job.id,
-        definition: job.definition.clone(),
-        reply_to: job.reply_to.clone(),
-        broker: shared.settings.broker.clone(),
-        host: host.clone(),
-        workspace: workspace.to_owned(),
+/// The assignment of the job's worker manager, in `workspace` with `slots` workers.
+fn assignment(shared: &Shared, job: &Job, workspace: &Path, slots: u32) -> WorkerAssignment {
+    WorkerAssignment::new(
+        job.id,
+        job.definition.clone(),
+        job.reply_to.clone(),
+        shared.settings.broker.clone(),
+        shared.settings.name.clone(),
+        workspace,
         slots,
-        worker_id: None,
-        warm_runner: shared.warm_runner_for(&job.definition.runner),
-        ruby_preload: None,
-    };
-    if let ManagerEnd::Crashed { status, output } =
-        run_manager(&assignment, stopped(stopping)).await
-    {
-        let crashed = Message::ManagerCrashed {
-            host,
-            status,
-            output,
-        };
-        report(shared, job, crashed).await;
-    }
+    )
+    .with_warm_runner(shared.warm_runner_for(&job.definition.runner))
 }

@@ -20,12 +20,12 @@ use gorgon_protocol::signing;
 use gorgon_protocol::{
     names, Broker, BrokerError, Envelope, Incoming, ListenerInfo, Message, RunnerSettings,
 };
-use gorgon_worker::warm::{WarmKey, WarmProcess};
+use gorgon_worker::{WarmKey, WarmProcess};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-pub use settings::{ListenerSettings, DEFAULT_WORKER_SLOTS};
+pub use settings::{ListenerSettings, SettingsProblem, DEFAULT_WORKER_SLOTS};
 
 /// How long running jobs get, once the listener is asked to stop, to stop their worker
 /// managers, remove their workspaces and tell their originators. A worker manager gets
@@ -38,7 +38,11 @@ pub enum ListenerError {
     #[error(transparent)]
     Config(#[from] ConfigFileError),
     #[error("{}: {problem}", path.display())]
-    Invalid { path: PathBuf, problem: String },
+    Invalid {
+        path: PathBuf,
+        #[source]
+        problem: settings::SettingsProblem,
+    },
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("gorgon listen refuses to run as root: every job it takes runs its callbacks and tests with the listener's rights, so any job could change anything on this host. Run it as an unprivileged user (`gorgon install_listener` sets one up), or, on a host that is thrown away after use (a container, a CI machine), set \"allow_root\": true in {}", path.display())]

@@ -68,12 +68,46 @@ impl ListenerSettings {
     }
 }
 
+/// What is wrong in `gorgon_listener.json`: the second half of one sentence that starts
+/// with the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsProblem {
+    #[error("connection is invalid: {0}")]
+    Connection(#[source] serde_json::Error),
+    #[error("connection must be an object such as {{\"host\": \"rabbit\"}}")]
+    ConnectionNotAnObject,
+    /// The signing keys (the protocol crate's words).
+    #[error(transparent)]
+    Signing(#[from] gorgon_protocol::signing::KeyConfigError),
+    /// The broker's URL (the protocol crate's words).
+    #[error(transparent)]
+    BrokerUrl(#[from] gorgon_protocol::connection::ConnectionError),
+    #[error("worker_slots must be a whole number of at least 1")]
+    WorkerSlots,
+    #[error("{key} must be a non-empty string")]
+    NotText { key: String },
+    #[error("{key} must be true or false")]
+    NotAFlag { key: String },
+    #[error("file_server.listener_password must be a non-empty string")]
+    ListenerPassword,
+    #[error("workspace_root {} cannot be made absolute: {source}", path.display())]
+    WorkspaceRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the host name cannot be read ({0}); set \"name\"")]
+    HostName(#[source] nix::Error),
+    #[error("the host name is not valid UTF-8; set \"name\"")]
+    HostNameNotUtf8,
+}
+
 /// The machine's host name, the listener's name unless the file sets one.
-fn default_name() -> Result<String, String> {
+fn default_name() -> Result<String, SettingsProblem> {
     nix::unistd::gethostname()
-        .map_err(|error| format!("the host name cannot be read ({error}); set \"name\""))?
+        .map_err(SettingsProblem::HostName)?
         .into_string()
-        .map_err(|_| "the host name is not valid UTF-8; set \"name\"".to_owned())
+        .map_err(|_| SettingsProblem::HostNameNotUtf8)
 }
 
 /// Validates the parsed file. Each error is the second half of one sentence that starts with
@@ -81,8 +115,8 @@ fn default_name() -> Result<String, String> {
 fn from_object(
     object: &Map<String, Value>,
     base: &Path,
-    default_name: impl FnOnce() -> Result<String, String>,
-) -> Result<ListenerSettings, String> {
+    default_name: impl FnOnce() -> Result<String, SettingsProblem>,
+) -> Result<ListenerSettings, SettingsProblem> {
     const KEYS: [&str; 14] = [
         "allow_fleet_commands",
         "connection",
@@ -108,26 +142,24 @@ fn from_object(
         .collect();
     let mut broker = match object.get("connection") {
         None | Some(Value::Null) => BrokerSettings::default(),
-        Some(value @ Value::Object(_)) => serde_json::from_value(value.clone())
-            .map_err(|error| format!("connection is invalid: {error}"))?,
-        Some(_) => {
-            return Err("connection must be an object such as {\"host\": \"rabbit\"}".into())
+        Some(value @ Value::Object(_)) => {
+            serde_json::from_value(value.clone()).map_err(SettingsProblem::Connection)?
         }
+        Some(_) => return Err(SettingsProblem::ConnectionNotAnObject),
     };
     // As in Gorgon, `RABBITMQ_URL` in the listener's environment names the broker.
     if let Ok(url) = std::env::var("RABBITMQ_URL") {
         broker.url = Some(url);
     }
-    broker.signing =
-        gorgon_protocol::signing::keys_from_config(&config, base).map_err(|e| e.to_string())?;
-    let broker = broker.resolve_url().map_err(|e| e.to_string())?;
+    broker.signing = gorgon_protocol::signing::keys_from_config(&config, base)?;
+    let broker = broker.resolve_url()?;
     let worker_slots = match object.get("worker_slots") {
         None | Some(Value::Null) => DEFAULT_WORKER_SLOTS,
         Some(value) => value
             .as_u64()
             .filter(|slots| *slots >= 1)
             .and_then(|slots| u32::try_from(slots).ok())
-            .ok_or("worker_slots must be a whole number of at least 1")?,
+            .ok_or(SettingsProblem::WorkerSlots)?,
     };
     let cluster_id =
         optional_text(object, "cluster_id")?.unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned());
@@ -138,7 +170,9 @@ fn from_object(
     let flag = |key: &str, default: bool| match object.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(value)) => Ok(*value),
-        Some(_) => Err(format!("{key} must be true or false")),
+        Some(_) => Err(SettingsProblem::NotAFlag {
+            key: key.to_owned(),
+        }),
     };
     let warm_runners = flag("warm_runners", true)?;
     let allow_root = flag("allow_root", false)?;
@@ -149,20 +183,17 @@ fn from_object(
     {
         None | Some(None) | Some(Some(Value::Null)) => None,
         Some(Some(Value::String(password))) if !password.is_empty() => Some(password.clone()),
-        Some(Some(_)) => {
-            return Err("file_server.listener_password must be a non-empty string".into())
-        }
+        Some(Some(_)) => return Err(SettingsProblem::ListenerPassword),
     };
     let log_file = optional_text(object, "log_file")?.map(|file| base.join(file));
     let workspace_root = optional_text(object, "workspace_root")?
         .map(|root| base.join(root))
         .unwrap_or_else(|| std::env::temp_dir().join("gorgon-workspaces"));
-    let workspace_root = std::path::absolute(&workspace_root).map_err(|error| {
-        format!(
-            "workspace_root {} cannot be made absolute: {error}",
-            workspace_root.display()
-        )
-    })?;
+    let workspace_root =
+        std::path::absolute(&workspace_root).map_err(|source| SettingsProblem::WorkspaceRoot {
+            path: workspace_root.clone(),
+            source,
+        })?;
     Ok(ListenerSettings {
         broker,
         worker_slots,
@@ -179,11 +210,16 @@ fn from_object(
 }
 
 /// A key holding a non-empty string, or absent (`null` counts as absent).
-fn optional_text(object: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+fn optional_text(
+    object: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, SettingsProblem> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.clone())),
-        Some(_) => Err(format!("{key} must be a non-empty string")),
+        Some(_) => Err(SettingsProblem::NotText {
+            key: key.to_owned(),
+        }),
     }
 }
 
@@ -203,6 +239,7 @@ mod tests {
         from_object(value.as_object().unwrap(), Path::new("/etc/gorgon"), || {
             Ok("box".to_owned())
         })
+        .map_err(|problem| problem.to_string())
     }
 
     #[test]

@@ -27,7 +27,7 @@ use gorgon_protocol::{
     exit_code, names, Broker, Envelope, Inbox, JobDefinition, Message, SyncSettings, SyncTransport,
     WorkerAssignment,
 };
-use gorgon_worker::manager_process::{run_manager, ManagerEnd};
+use gorgon_worker::{run_manager, HostReplies, ManagerEnd};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -294,7 +294,6 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         build.broker.close().await;
         return Ok(exit_code::SUCCESS);
     }
-    let root = build.settings.project_root.clone();
     let history = build.settings.history()?;
     let (units, digests) = local_units(&build.settings, &history)?;
     let filled = fill_once(&build, &host, &units, &digests).await?;
@@ -333,29 +332,7 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     let slots = options
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
-    let assignment = WorkerAssignment {
-        job_id: build.job,
-        definition: JobDefinition {
-            project: build.project.clone(),
-            originator_host: defined.host.clone(),
-            sync: SyncSettings {
-                source: String::new(),
-                transport: SyncTransport::Daemon,
-                exclude: Vec::new(),
-            },
-            runner: build.settings.runner.clone(),
-            callbacks: build.settings.callbacks.remote.clone(),
-            live_output: gorgon_protocol::LiveOutput::default(),
-        },
-        reply_to: names::build_log(build.job),
-        broker: build.settings.broker.clone(),
-        host: host.clone(),
-        workspace: root,
-        slots,
-        worker_id: None,
-        warm_runner: None,
-        ruby_preload: None,
-    };
+    let assignment = node_assignment(&build, &defined, &host, slots);
     let mut follower = Follower {
         state,
         progress,
@@ -364,76 +341,7 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         stop: None,
         told: false,
     };
-    let accepted = Message::JobAccepted {
-        host: host.clone(),
-        slots,
-        listener_queue: None,
-    };
-    build
-        .broker
-        .send_to_queue(&assignment.reply_to, &Envelope::new(build.job, accepted))
-        .await?;
-    let (stop_manager, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut stop_manager = Some(stop_manager);
-    let reply_to = assignment.reply_to.clone();
-    let mut manager = tokio::spawn(async move {
-        run_manager(&assignment, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    let mut signalled = None;
-    let mut log_open = true;
-    let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
-    let mut watch = Watch::default();
-    let ended = loop {
-        tokio::select! {
-            _ = tick.tick(), if follower.stop.is_none() => {
-                if let Some(reason) = watch.check(&build, &follower.state).await {
-                    follower.stop = Some(Stop::Failed(reason));
-                    follower.end_managers_when_over(&build).await;
-                    if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
-                }
-            }
-            incoming = log.next(), if log_open => {
-                let Some(incoming) = incoming else {
-                    log_open = false;
-                    follower.stop.get_or_insert(Stop::Failed(build.connection_lost()));
-                    if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
-                    continue;
-                };
-                follower.take(&build, incoming).await;
-                if follower.stop.is_some() {
-                    if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
-                }
-            }
-            ended = &mut manager => break ended,
-            signal = signals.recv() => {
-                signalled = Some(Stop::from(signal));
-                if let Some(stop) = stop_manager.take() { let _ = stop.send(()); }
-            }
-        }
-    };
-    let end = ended.unwrap_or_else(|error| ManagerEnd::Crashed {
-        status: format!("the manager's task failed: {error}"),
-        output: String::new(),
-    });
-    if let ManagerEnd::Crashed { status, output } = end {
-        let crashed = Message::ManagerCrashed {
-            host: host.clone(),
-            status,
-            output,
-        };
-        let _ = build
-            .broker
-            .send_to_queue(&reply_to, &Envelope::new(build.job, crashed))
-            .await;
-    }
-    let done = Message::JobDone { host: host.clone() };
-    let _ = build
-        .broker
-        .send_to_queue(&reply_to, &Envelope::new(build.job, done))
-        .await;
+    let signalled = run_node(&build, assignment, &mut log, &mut follower, &mut signals).await?;
     if let Some(signal) = signalled {
         build.broker.close().await;
         follower.progress.finish();
@@ -450,6 +358,99 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     }
     let stop = follow_to_end(&build, &mut log, &mut follower, &mut signals).await;
     Ok(report_and_clean(build, plan, follower, stop).await)
+}
+
+/// The assignment of this node's worker manager: its checkout is its workspace.
+fn node_assignment(build: &Build, defined: &Defined, host: &str, slots: u32) -> WorkerAssignment {
+    let definition = JobDefinition {
+        project: build.project.clone(),
+        originator_host: defined.host.clone(),
+        sync: SyncSettings {
+            source: String::new(),
+            transport: SyncTransport::Daemon,
+            exclude: Vec::new(),
+        },
+        runner: build.settings.runner.clone(),
+        callbacks: build.settings.callbacks.remote.clone(),
+        live_output: gorgon_protocol::LiveOutput::default(),
+    };
+    WorkerAssignment::new(
+        build.job,
+        definition,
+        names::build_log(build.job),
+        build.settings.broker.clone(),
+        host,
+        build.settings.project_root.clone(),
+        slots,
+    )
+}
+
+/// Runs this node's worker manager (as a listener would: it takes the job, runs the
+/// manager, reports its crash and that it is done) while following the build's log, which
+/// may stop it; returns the stop a signal asked for, if one did.
+async fn run_node(
+    build: &Build,
+    assignment: WorkerAssignment,
+    log: &mut Inbox,
+    follower: &mut Follower,
+    signals: &mut StopSignals,
+) -> Result<Option<Stop>, StartError> {
+    let replies = HostReplies::new(build.job, &assignment.host, &assignment.reply_to, || {
+        build.broker.clone()
+    });
+    replies.accept(assignment.slots, None).await?;
+    let (stop_manager, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_manager = Some(stop_manager);
+    let mut stop = move || {
+        if let Some(stop) = stop_manager.take() {
+            let _ = stop.send(());
+        }
+    };
+    let mut manager = tokio::spawn(async move {
+        run_manager(&assignment, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut signalled = None;
+    let mut log_open = true;
+    let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
+    let mut watch = Watch::default();
+    let ended = loop {
+        tokio::select! {
+            _ = tick.tick(), if follower.stop.is_none() => {
+                if let Some(reason) = watch.check(build, &follower.state).await {
+                    follower.stop = Some(Stop::Failed(reason));
+                    follower.end_managers_when_over(build).await;
+                    stop();
+                }
+            }
+            incoming = log.next(), if log_open => {
+                let Some(incoming) = incoming else {
+                    log_open = false;
+                    follower.stop.get_or_insert(Stop::Failed(build.connection_lost()));
+                    stop();
+                    continue;
+                };
+                follower.take(build, incoming).await;
+                if follower.stop.is_some() {
+                    stop();
+                }
+            }
+            ended = &mut manager => break ended,
+            signal = signals.recv() => {
+                signalled = Some(Stop::from(signal));
+                stop();
+            }
+        }
+    };
+    let end = ended.unwrap_or_else(|error| ManagerEnd::Crashed {
+        status: format!("the manager's task failed: {error}"),
+        output: String::new(),
+    });
+    replies.manager_ended(end).await;
+    replies.done().await;
+    Ok(signalled)
 }
 
 /// `gorgon report --build-id`: waits for the build (it may start before the nodes, or

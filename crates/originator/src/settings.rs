@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gorgon_protocol::config_file::{self, ConfigFileError};
 use gorgon_protocol::{names, BrokerSettings, CallbackName, SyncTransport};
-use gorgon_worker::class_callbacks::shell_command;
+use gorgon_worker::shell_command;
 use serde::Deserialize;
 
 /// The name of the file merged over `gorgon.json` when it sits beside it.
@@ -53,8 +53,8 @@ pub enum CallbacksClassError {
     #[error("job.callbacks.{0} and job.callbacks.callbacks_class_file both give the {0} callback; keep one")]
     Both(CallbackName),
     /// The command that runs one of the class's methods (from `gorgon_worker`).
-    #[error("{0}")]
-    Command(String),
+    #[error(transparent)]
+    Command(#[from] gorgon_worker::UnquotableCallback),
 }
 
 /// What the user asked for on the command line.
@@ -452,13 +452,7 @@ impl Settings {
 
     /// Reads `path`, merging [`SECRET_FILE`] from the same folder over it.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let path = if path.is_relative() {
-            std::env::current_dir()
-                .map(|cwd| cwd.join(path))
-                .unwrap_or_else(|_| path.to_owned())
-        } else {
-            path.to_owned()
-        };
+        let path = absolute(path);
         let project_root = path
             .parent()
             .map(Path::to_owned)
@@ -477,15 +471,7 @@ impl Settings {
         raw.connection.signing = signing;
         // Checked here, reported only by a run that needs it (see `Settings::file_server`).
         let file_server = file_server_of(raw.file_server.take());
-        let transport = match raw.job.sync.rsync_transport.as_deref() {
-            None | Some("daemon") | Some("anonymous") => SyncTransport::Daemon,
-            Some("ssh") => SyncTransport::Ssh,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "job.sync.rsync_transport is \"{other}\"; use \"daemon\" (or \"anonymous\") or \"ssh\""
-                )))
-            }
-        };
+        let transport = transport_of(raw.job.sync.rsync_transport.as_deref(), &path)?;
         let runner = runner_of(&mut raw, &path)?;
         let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
         if !(listener_wait.is_finite() && listener_wait > 0.0) {
@@ -595,6 +581,31 @@ impl Settings {
                 path: self.config_path.clone(),
                 source: source.clone(),
             })
+    }
+}
+
+/// `path` made absolute against the current folder (as it is, if that cannot be read).
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_relative() {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    } else {
+        path.to_owned()
+    }
+}
+
+/// How the tree travels to the file server, from `job.sync.rsync_transport`.
+fn transport_of(name: Option<&str>, path: &Path) -> Result<SyncTransport, ConfigError> {
+    match name {
+        None | Some("daemon" | "anonymous") => Ok(SyncTransport::Daemon),
+        Some("ssh") => Ok(SyncTransport::Ssh),
+        Some(other) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problem: format!(
+                "job.sync.rsync_transport is \"{other}\"; use \"daemon\" (or \"anonymous\") or \"ssh\""
+            ),
+        }),
     }
 }
 

@@ -491,6 +491,48 @@ pub struct WorkerAssignment {
 }
 
 impl WorkerAssignment {
+    /// The assignment of a job's worker manager on `host`: its workers are numbered when
+    /// they start, and the warm runner and the Ruby preload are added by whoever has them
+    /// ([`WorkerAssignment::with_warm_runner`], [`WorkerAssignment::with_ruby_preload`]).
+    pub fn new(
+        job_id: Uuid,
+        definition: JobDefinition,
+        reply_to: impl Into<String>,
+        broker: BrokerSettings,
+        host: impl Into<String>,
+        workspace: impl Into<std::path::PathBuf>,
+        slots: u32,
+    ) -> WorkerAssignment {
+        WorkerAssignment {
+            job_id,
+            definition,
+            reply_to: reply_to.into(),
+            broker,
+            host: host.into(),
+            workspace: workspace.into(),
+            slots,
+            worker_id: None,
+            warm_runner: None,
+            ruby_preload: None,
+        }
+    }
+
+    /// The same assignment, whose workers fork their runners from `warm_runner`.
+    pub fn with_warm_runner(self, warm_runner: Option<std::path::PathBuf>) -> WorkerAssignment {
+        WorkerAssignment {
+            warm_runner,
+            ..self
+        }
+    }
+
+    /// The same assignment, whose Ruby runners fork from the preload at `ruby_preload`.
+    pub fn with_ruby_preload(self, ruby_preload: Option<std::path::PathBuf>) -> WorkerAssignment {
+        WorkerAssignment {
+            ruby_preload,
+            ..self
+        }
+    }
+
     /// The assignment of worker `worker_id` (or of the manager, for `None`) as the first
     /// line of its stdin.
     pub fn encode_line(&self, worker_id: Option<u32>) -> Vec<u8> {

@@ -7,7 +7,6 @@
 //! process once every runner forked from it has ended. A job without a Ruby runner runs each
 //! of those methods as a program (the shim, `ruby -e`), as it runs `after_sync`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use gorgon_exec::{describe_status, run_callback, CallbackFailure, OutputBuffer, ShellCommand};
@@ -15,7 +14,7 @@ use gorgon_protocol::{CallbackName, JobDefinition, RunnerChoice, RunnerKind};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 
 use crate::builtin::{self, CALLBACKS_SHIM};
 
@@ -25,12 +24,20 @@ pub const CLASS_FILE_VARIABLE: &str = "GORGON_CALLBACKS_CLASS_FILE";
 /// How long `after_creating_workers` may run in the preload process.
 const AFTER_WORKERS_LIMIT: Duration = Duration::from_secs(600);
 
+/// Why a method of the callbacks class cannot be run as a program: a shell cannot name it.
+#[derive(Debug, thiserror::Error)]
+pub enum UnquotableCallback {
+    #[error("the callbacks shim cannot be quoted")]
+    Shim,
+    #[error("callbacks_class_file {0:?} cannot be quoted")]
+    ClassFile(String),
+}
+
 /// The shell command that runs one method of the callbacks class `class_file` as a program.
-pub fn shell_command(moment: CallbackName, class_file: &str) -> Result<String, String> {
-    let shim =
-        shlex::try_quote(CALLBACKS_SHIM).map_err(|_| "the callbacks shim cannot be quoted")?;
+pub fn shell_command(moment: CallbackName, class_file: &str) -> Result<String, UnquotableCallback> {
+    let shim = shlex::try_quote(CALLBACKS_SHIM).map_err(|_| UnquotableCallback::Shim)?;
     let file = shlex::try_quote(class_file)
-        .map_err(|_| format!("callbacks_class_file {class_file:?} cannot be quoted"))?;
+        .map_err(|_| UnquotableCallback::ClassFile(class_file.to_owned()))?;
     Ok(format!("ruby -e {shim} {moment} {file}"))
 }
 
@@ -104,7 +111,7 @@ pub fn host_command(definition: &JobDefinition, moment: CallbackName) -> Option<
         Ok(command) => Some(command),
         Err(problem) => Some(format!(
             "echo {} >&2; exit 1",
-            shlex::try_quote(&problem).unwrap_or_default()
+            shlex::try_quote(&problem.to_string()).unwrap_or_default()
         )),
     }
 }
@@ -209,15 +216,7 @@ impl RubyPreload {
             )
         })?;
         tracing::info!(%moment, command, "starting the job's Ruby preload process");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(&base.cwd)
-            .envs(base.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
+        let mut child = crate::piped_shell(&command, base)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| failed(format!("could not start `{command}`: {e}"), String::new()))?;

@@ -310,11 +310,6 @@ impl<'a> Feeder<'a> {
         self.waiting.len()
     }
 
-    /// The host this feeder takes files for.
-    pub(crate) fn host(&self) -> &str {
-        &self.assignment.host
-    }
-
     /// True while the queues may have something for the manager: files to take (when
     /// `taking_files`), or confirms of replies in flight.
     pub(crate) fn expecting(&self, taking_files: bool) -> bool {

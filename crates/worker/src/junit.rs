@@ -14,6 +14,12 @@ pub enum JunitError {
         #[source]
         source: quick_xml::Error,
     },
+    #[error("cannot read the JUnit report {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Longest message or details kept per test, in bytes.

@@ -6,32 +6,43 @@
 //!
 //! Both get their [`WorkerAssignment`] as the first line of stdin and treat the end of stdin
 //! as the death of their parent (see [`read_assignment`]).
+//!
+//! A job's life on one host (callbacks, the pool, feeding it, the stop in two stages, the
+//! end) is written once, in [`HostJob`], driven by a [`Feed`]: the worker manager's feeds
+//! from the broker, `--local`'s from memory. A listener or a CI node runs the manager as a
+//! child process ([`run_manager`]) and tells the originator about it ([`HostReplies`]).
 
 mod builtin;
-pub mod class_callbacks;
+mod class_callbacks;
 mod feed;
+mod host_job;
 mod junit;
 mod live;
 mod local;
 mod manager;
-pub mod manager_process;
+mod manager_process;
 mod persistent;
-pub mod pool;
+mod pool;
 mod runner;
 mod stdin;
-pub mod warm;
+mod warm;
 mod worker;
 
 use gorgon_exec::tags::JobTags;
 use gorgon_exec::ShellCommand;
 use gorgon_protocol::{Broker, Envelope, Message, WorkerAssignment};
 
+pub use class_callbacks::{host_command, shell_command, UnquotableCallback};
+pub use host_job::{Ending, Feed, FeedEnd, HostJob, Kill, Stage};
 pub use local::work_local;
 pub use manager::{manage_workers, WORKER_SUBCOMMAND};
+pub use manager_process::{run_manager, HostReplies, ManagerEnd};
+pub use pool::{HandOutQueue, Received, WorkerProgram};
 pub use stdin::{
     parse_assignment, read_assignment, read_assignment_and_lines, AssignmentError, StdinClosed,
     StdinLines,
 };
+pub use warm::{WarmKey, WarmProcess};
 
 /// Exit code of a manager or worker that could not do its part (no broker, bad assignment).
 /// Its parent reports the crash with the process's last output lines.
@@ -45,6 +56,34 @@ fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
         tags = tags.of_worker(worker_id);
     }
     ShellCommand::new("", &assignment.workspace).envs(tags.pairs())
+}
+
+/// `command` run by `sh -c` in `base`'s folder and environment, in a process group of its
+/// own (so that it can be stopped with everything it started), with its three pipes.
+fn piped_shell(command: &str, base: &ShellCommand) -> tokio::process::Command {
+    let mut shell = tokio::process::Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(command)
+        .current_dir(&base.cwd)
+        .envs(base.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    shell
+}
+
+/// `fd` read or written by the event loop itself when it is a pipe, with no thread hand-off
+/// for each line; anything else through `fallback` (tokio's blocking pool).
+fn pipe_or<T: ?Sized>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    pipe: impl FnOnce(std::os::fd::OwnedFd) -> std::io::Result<Box<T>>,
+    fallback: impl FnOnce() -> Box<T>,
+) -> Box<T> {
+    fd.try_clone_to_owned()
+        .and_then(pipe)
+        .unwrap_or_else(|_| fallback())
 }
 
 /// The message that tells the originator a callback failed on `host` (in worker

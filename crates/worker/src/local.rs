@@ -44,14 +44,11 @@ struct LocalTransport<'a> {
 /// a pipe (as the pool starts workers); anything else goes through tokio's blocking pool,
 /// which costs two thread hand-offs for every reply.
 fn reply_output() -> Box<dyn AsyncWrite + Unpin + Send> {
-    let pipe = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(tokio::net::unix::pipe::Sender::from_owned_fd);
-    match pipe {
-        Ok(pipe) => Box::new(pipe),
-        Err(_) => Box::new(tokio::io::stdout()),
-    }
+    crate::pipe_or::<dyn AsyncWrite + Unpin + Send>(
+        std::io::stdout().as_fd(),
+        |fd| Ok(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?)),
+        || Box::new(tokio::io::stdout()),
+    )
 }
 
 impl Transport for LocalTransport<'_> {

@@ -9,14 +9,13 @@
 
 use std::time::Duration;
 
-use gorgon_exec::grace;
+use gorgon_exec::signals::{StopSignal, StopSignals};
 use gorgon_protocol::{names, Broker, Message, WorkerAssignment};
 
-use crate::class_callbacks::HostCallbacks;
-use crate::feed::{Ended, Feeder, Together};
-use crate::pool::{Pool, Received, WorkerProgram};
-use crate::{command_base, report, StdinClosed, EXIT_BROKEN};
-use gorgon_exec::signals::StopSignals;
+use crate::feed::{Ended, FeedEvent, Feeder, Together};
+use crate::host_job::{sleep_until_some, Ending, Feed, FeedEnd, HostJob, Kill, Stage};
+use crate::pool::{Received, WorkerProgram};
+use crate::{report, StdinClosed, EXIT_BROKEN};
 
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
@@ -125,157 +124,37 @@ async fn manage_connected(
             return EXIT_BROKEN;
         }
     }
-    let base = command_base(assignment);
-    let host_callbacks = match HostCallbacks::before_workers(&assignment.definition, &base).await {
-        Ok(host_callbacks) => host_callbacks,
-        Err(failure) => {
-            tracing::error!(%failure);
-            report(broker, assignment, callback_failed(assignment, failure)).await;
-            return 0;
-        }
-    };
-
-    let mut feeder = match Feeder::open(broker, assignment).await {
+    let (mut job, failed) =
+        HostJob::before_workers(program.clone(), assignment.clone(), Ending::Patient).await;
+    if let Some(failure) = failed {
+        tracing::error!(%failure);
+        report(broker, assignment, job.callback_failed(failure)).await;
+        return 0;
+    }
+    let feeder = match Feeder::open(broker, assignment).await {
         Ok(feeder) => feeder,
         Err(Ended::Finished) => {
             tracing::info!("every file already has a result; starting no workers");
-            return after_workers(broker, assignment, host_callbacks).await;
+            return after_workers(broker, assignment, job, false).await;
         }
         Err(_) => return EXIT_BROKEN,
     };
-    let workers_assignment = WorkerAssignment {
-        ruby_preload: host_callbacks.ruby_preload(),
-        ..assignment.clone()
+    let mut feed = BrokerFeed {
+        feeder,
+        assignment,
+        stdin,
+        together: Together::default(),
+        // Whether the originator still lives: its reply queue has its consumer.
+        originator_check: tokio::time::interval(ORIGINATOR_CHECK),
+        originator: OriginatorWatch {
+            consumed_by_originator: assignment.reply_to == names::reply_queue(assignment.job_id),
+            no_consumer_before: false,
+            patient_until: None,
+        },
     };
-    let (mut pool, mut events) = Pool::new(program.clone(), workers_assignment);
-    // Workers start as files arrive: a host starts no more of them than it has files for.
-    let mut unstarted = 1..=assignment.slots;
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
-    let mut cancelled = false;
-    // Whether the originator still lives: its reply queue has its consumer.
-    let mut originator_check = tokio::time::interval(ORIGINATOR_CHECK);
-    let mut originator = OriginatorWatch {
-        consumed_by_originator: assignment.reply_to == names::reply_queue(assignment.job_id),
-        no_consumer_before: false,
-        patient_until: None,
-    };
-    // The workers were told how the job ended here (no more files, or stop).
-    let mut told = false;
-    // It goes on while a worker runs, or while files may come and a slot has no worker yet.
-    while pool.any_worker() || (!cancelled && feeder.ended().is_none() && !unstarted.is_empty()) {
-        if !cancelled && feeder.ended().is_none() {
-            while feeder.waiting() > pool.wants().len() {
-                let Some(worker_id) = unstarted.next() else {
-                    break;
-                };
-                start_worker(&mut pool, &mut feeder, worker_id).await;
-            }
-            for (worker_id, count) in pool.wants() {
-                if feeder.waiting() == 0 {
-                    break;
-                }
-                let files = feeder.take(worker_id, count, pool.worker_count() > 1).await;
-                if files.is_empty() {
-                    continue;
-                }
-                let refused = pool.give(worker_id, files).await;
-                feeder.refused(refused);
-            }
-        }
-        match feeder.ended() {
-            Some(Ended::Finished) if !told => {
-                // Every file has a result: each worker runs `after_complete` and exits.
-                pool.close_all();
-                told = true;
-            }
-            Some(ended) if !told => {
-                tracing::info!("stopping the workers: {ended:?}");
-                pool.stop_all(grace::WORKER);
-                told = true;
-            }
-            _ => {}
-        }
-        let reconnect_at = feeder.reconnect_at();
-        let reason = tokio::select! {
-            Some(event) = events.recv() => {
-                // The replies that are ready now go as one message: a result and the start
-                // of the worker's next file, the results of workers that finished at once.
-                let mut together = Together::default();
-                let mut next = Some(event);
-                let mut drained = 0;
-                while let Some(event) = next.take() {
-                    let restart = !cancelled && feeder.ended().is_none();
-                    match pool.receive(event, restart) {
-                        Received::Reply { message, bytes, .. } => {
-                            if let Some(full) = together.add(message, bytes) {
-                                let _ = feeder.send_together(full).await;
-                            }
-                        }
-                        Received::Exited { unfinished, crash, .. } => {
-                            // What came before it, then the crash, so that the originator
-                            // counts it before the files come back to anyone.
-                            let _ = feeder.send_together(together.take()).await;
-                            if let Some(crash) = crash {
-                                let _ = feeder.send(crash).await;
-                            }
-                            feeder.hand_back(unfinished).await;
-                        }
-                        Received::Nothing => {}
-                    }
-                    // Bounded, so that hand-outs and the broker's events get their turn.
-                    drained += 1;
-                    if drained < DRAINED_AT_ONCE {
-                        next = events.try_recv().ok();
-                    }
-                }
-                let _ = feeder.send_together(together.take()).await;
-                pool.restart_crashed().await;
-                continue;
-            }
-            event = feeder.next_event(!cancelled), if feeder.expecting(!cancelled) => {
-                // The end of the feed, if it is one, is acted on at the top of the loop.
-                feeder.handle(event).await;
-                continue;
-            }
-            () = stdin.wait(), if !cancelled => "the listener has gone".to_owned(),
-            () = sleep_until_some(reconnect_at), if reconnect_at.is_some() => {
-                feeder.try_reconnect().await;
-                if !feeder.in_outage() {
-                    originator.after_outage(feeder.broker());
-                }
-                continue;
-            }
-            _ = originator_check.tick(), if !cancelled && !feeder.in_outage() => {
-                let broker = feeder.broker();
-                match originator.gone(broker, &assignment.reply_to).await {
-                    Some(reason) => {
-                        // Nobody will take the job's results: what is left of it goes too.
-                        let job = assignment.job_id;
-                        let _ = broker.delete_queue(&names::files_queue(job)).await;
-                        let _ = broker.delete_queue(&assignment.reply_to).await;
-                        let _ = broker.delete_exchange(&names::control_exchange(job)).await;
-                        reason.to_owned()
-                    }
-                    None => continue,
-                }
-            }
-            signal = signals.recv() => {
-                if cancelled {
-                    // A second request: no more grace.
-                    tracing::warn!("{signal} again; killing the workers");
-                    pool.stop_all(Duration::ZERO);
-                    continue;
-                }
-                format!("{signal} received")
-            }
-        };
-        if !cancelled {
-            tracing::info!("stopping the workers: {reason}");
-            cancelled = true;
-            told = true;
-            pool.stop_all(grace::WORKER);
-        }
-    }
+    let cancelled = job.drive(&mut feed, &mut signals).await.is_some();
+    let mut feeder = feed.feeder;
     feeder.hand_back_all().await;
     let sent = feeder.sent();
     tracing::info!(
@@ -285,62 +164,183 @@ async fn manage_connected(
     );
     // After an outage, the feeder's connection is a new one.
     let broker = feeder.broker().clone();
-    let code = if cancelled {
-        0
-    } else {
-        after_workers(&broker, assignment, host_callbacks).await
-    };
+    let code = after_workers(&broker, assignment, job, cancelled).await;
     broker.close().await;
     code
 }
 
-/// Resolves at `at` (never without one).
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The broker's side of a worker manager's job: the files queue through the [`Feeder`],
+/// which also publishes the replies, the listener's life (the manager's stdin) and the
+/// originator's.
+struct BrokerFeed<'a, 's> {
+    feeder: Feeder<'a>,
+    assignment: &'a WorkerAssignment,
+    stdin: &'s mut StdinClosed,
+    /// The replies that are ready now go as one message: a result and the start of the
+    /// worker's next file, the results of workers that finished at once.
+    together: Together,
+    originator_check: tokio::time::Interval,
+    originator: OriginatorWatch,
+}
+
+/// What the broker's side has for the manager, besides the workers.
+enum BrokerEvent {
+    /// A delivery or a confirm.
+    Queue(Box<FeedEvent>),
+    /// The manager's stdin ended.
+    ListenerGone,
+    /// Time to try to get the connection back.
+    Reconnect,
+    /// Time to look whether the originator still lives.
+    OriginatorCheck,
+}
+
+impl Feed for BrokerFeed<'_, '_> {
+    type Stop = String;
+    type Event = BrokerEvent;
+
+    const DRAINED_AT_ONCE: usize = DRAINED_AT_ONCE;
+    const LOGS: bool = true;
+
+    async fn refill(&mut self, _signals: &mut StopSignals) -> Option<String> {
+        None
+    }
+
+    fn ended(&self) -> Option<FeedEnd> {
+        match self.feeder.ended()? {
+            Ended::Finished => Some(FeedEnd::Finished),
+            ended => Some(FeedEnd::Failed(format!("{ended:?}"))),
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.feeder.waiting()
+    }
+
+    async fn take(&mut self, worker_id: u32, count: usize, others: bool) -> Vec<String> {
+        self.feeder.take(worker_id, count, others).await
+    }
+
+    fn refused(&mut self, files: Vec<String>) {
+        self.feeder.refused(files);
+    }
+
+    fn wants_restarts(&self) -> bool {
+        self.feeder.ended().is_none()
+    }
+
+    async fn receive(&mut self, received: Received, _running: bool) -> Option<String> {
+        match received {
+            Received::Reply { message, bytes, .. } => {
+                if let Some(full) = self.together.add(message, bytes) {
+                    let _ = self.feeder.send_together(full).await;
+                }
+            }
+            Received::Exited {
+                unfinished, crash, ..
+            } => {
+                // What came before it, then the crash, so that the originator counts it
+                // before the files come back to anyone.
+                let _ = self.feeder.send_together(self.together.take()).await;
+                if let Some(crash) = crash {
+                    let _ = self.feeder.send(crash).await;
+                }
+                self.feeder.hand_back(unfinished).await;
+            }
+            Received::Nothing => {}
+        }
+        None
+    }
+
+    async fn received(&mut self) {
+        let _ = self.feeder.send_together(self.together.take()).await;
+    }
+
+    async fn report(&mut self, message: Message) {
+        let _ = self.feeder.send(message).await;
+    }
+
+    async fn next_event(&mut self, stage: Stage) -> BrokerEvent {
+        let cancelled = stage == Stage::Stopping;
+        let reconnect_at = self.feeder.reconnect_at();
+        let in_outage = self.feeder.in_outage();
+        tokio::select! {
+            event = self.feeder.next_event(!cancelled), if self.feeder.expecting(!cancelled) => {
+                BrokerEvent::Queue(Box::new(event))
+            }
+            () = self.stdin.wait(), if !cancelled => BrokerEvent::ListenerGone,
+            () = sleep_until_some(reconnect_at), if reconnect_at.is_some() => BrokerEvent::Reconnect,
+            _ = self.originator_check.tick(), if !cancelled && !in_outage => {
+                BrokerEvent::OriginatorCheck
+            }
+            else => std::future::pending().await,
+        }
+    }
+
+    async fn handle(&mut self, event: BrokerEvent, _stage: Stage) -> Option<String> {
+        match event {
+            BrokerEvent::Queue(event) => {
+                // The end of the feed, if it is one, is acted on at the top of the loop.
+                self.feeder.handle(*event).await;
+                None
+            }
+            BrokerEvent::ListenerGone => Some("the listener has gone".to_owned()),
+            BrokerEvent::Reconnect => {
+                self.feeder.try_reconnect().await;
+                if !self.feeder.in_outage() {
+                    self.originator.after_outage(self.feeder.broker());
+                }
+                None
+            }
+            BrokerEvent::OriginatorCheck => {
+                let broker = self.feeder.broker();
+                let reply_to = &self.assignment.reply_to;
+                let reason = self.originator.gone(broker, reply_to).await?;
+                // Nobody will take the job's results: what is left of it goes too.
+                let job = self.assignment.job_id;
+                let _ = broker.delete_queue(&names::files_queue(job)).await;
+                let _ = broker.delete_queue(reply_to).await;
+                let _ = broker.delete_exchange(&names::control_exchange(job)).await;
+                Some(reason.to_owned())
+            }
+        }
+    }
+
+    fn signalled(&self, signal: StopSignal) -> String {
+        format!("{signal} received")
+    }
+
+    fn stopping(&mut self, reason: &String) {
+        tracing::info!("stopping the workers: {reason}");
+    }
+
+    fn killing(&mut self, why: Kill) {
+        if let Kill::Signal(signal) = why {
+            // A second request: no more grace.
+            tracing::warn!("{signal} again; killing the workers");
+        }
     }
 }
 
-/// Starts worker `worker_id`, reporting it as crashed when it cannot start.
-async fn start_worker(pool: &mut Pool, feeder: &mut Feeder<'_>, worker_id: u32) {
-    if let Err(error) = pool.spawn(worker_id).await {
-        tracing::error!(%error, "cannot start worker {worker_id}");
-        let message = Message::WorkerCrashed {
-            host: feeder.host().to_owned(),
-            worker_id,
-            status: format!("could not start: {error}"),
-            output: String::new(),
-        };
-        let _ = feeder.send(message).await;
-    } else {
-        tracing::info!("worker {worker_id} started");
-    }
-}
-
-/// Runs `after_creating_workers` (reporting its failure); the manager's exit code.
+/// Runs `after_creating_workers` unless the job was cancelled (reporting its failure); the
+/// manager's exit code.
 async fn after_workers(
     broker: &Broker,
     assignment: &WorkerAssignment,
-    host_callbacks: HostCallbacks,
+    job: HostJob,
+    cancelled: bool,
 ) -> i32 {
-    let base = command_base(assignment);
-    if let Err(failure) = host_callbacks
-        .after_workers(&assignment.definition, &base)
-        .await
-    {
-        tracing::error!(%failure);
-        report(broker, assignment, callback_failed(assignment, failure)).await;
+    let failed = match job.after_workers(cancelled).await {
+        Some(failure) => {
+            tracing::error!(%failure);
+            Some(crate::callback_failed(&assignment.host, None, failure))
+        }
+        None => None,
+    };
+    if let Some(failed) = failed {
+        report(broker, assignment, failed).await;
     }
     0
-}
-
-/// A callback of the manager's (no worker's) that failed.
-fn callback_failed(
-    assignment: &WorkerAssignment,
-    failure: gorgon_exec::CallbackFailure,
-) -> Message {
-    crate::callback_failed(&assignment.host, None, failure)
 }
 
 #[cfg(test)]

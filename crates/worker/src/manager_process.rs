@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use gorgon_exec::tail::{relay, LineTail};
 use gorgon_exec::{describe_status, grace, terminate_group};
-use gorgon_protocol::WorkerAssignment;
+use gorgon_protocol::{Broker, BrokerError, Envelope, Message, WorkerAssignment};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -25,6 +25,87 @@ pub enum ManagerEnd {
     Stopped(String),
     /// It could not start, or exited non-zero on its own: its status and last output.
     Crashed { status: String, output: String },
+}
+
+/// What a host that runs a job's worker manager as a child process (a listener, a CI node)
+/// tells the job's originator around it: that it takes the job, that its manager crashed,
+/// that it is done, each published to the originator's `reply_to` on the connection that
+/// `broker` gives at the time (a listener's may have changed since the job came).
+pub struct HostReplies<'a> {
+    job: uuid::Uuid,
+    host: String,
+    reply_to: String,
+    broker: Box<dyn Fn() -> Broker + Send + Sync + 'a>,
+}
+
+impl<'a> HostReplies<'a> {
+    pub fn new(
+        job: uuid::Uuid,
+        host: impl Into<String>,
+        reply_to: impl Into<String>,
+        broker: impl Fn() -> Broker + Send + Sync + 'a,
+    ) -> HostReplies<'a> {
+        HostReplies {
+            job,
+            host: host.into(),
+            reply_to: reply_to.into(),
+            broker: Box::new(broker),
+        }
+    }
+
+    /// Publishes one message to the originator.
+    pub async fn send(&self, message: Message) -> Result<(), BrokerError> {
+        let envelope = Envelope::new(self.job, message);
+        (self.broker)()
+            .send_to_queue(&self.reply_to, &envelope)
+            .await
+    }
+
+    /// Takes the job with `slots` (listening on `listener_queue`, for a listener).
+    pub async fn accept(
+        &self,
+        slots: u32,
+        listener_queue: Option<String>,
+    ) -> Result<(), BrokerError> {
+        let accepted = Message::JobAccepted {
+            host: self.host.clone(),
+            slots,
+            listener_queue,
+        };
+        self.send(accepted).await
+    }
+
+    /// Reports a worker manager that crashed.
+    pub async fn manager_ended(&self, end: ManagerEnd) {
+        if let ManagerEnd::Crashed { status, output } = end {
+            let crashed = Message::ManagerCrashed {
+                host: self.host.clone(),
+                status,
+                output,
+            };
+            self.report(crashed).await;
+        }
+    }
+
+    /// Reports that the job is done on this host.
+    pub async fn done(&self) {
+        if let Err(error) = self
+            .send(Message::JobDone {
+                host: self.host.clone(),
+            })
+            .await
+        {
+            tracing::warn!(job = %self.job, %error, "cannot report the job done");
+        }
+    }
+
+    /// Reports a failure to the originator; a failure to report is only logged, because
+    /// the originator is the only one who could act on it.
+    pub async fn report(&self, message: Message) {
+        if let Err(error) = self.send(message).await {
+            tracing::warn!(job = %self.job, %error, "cannot report to the originator");
+        }
+    }
 }
 
 /// Runs the worker manager of `assignment` (in its workspace) until it exits, or until
@@ -95,6 +176,18 @@ pub async fn run_manager(
     for relay in relays {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
     }
+    ended(job, status, stopped, &tail)
+}
+
+/// How the manager of job `job` ended, from its exit `status`; `stopped` says whether it
+/// was asked to stop, `tail` holds its last output lines.
+fn ended(
+    job: uuid::Uuid,
+    status: std::io::Result<std::process::ExitStatus>,
+    stopped: bool,
+    tail: &LineTail,
+) -> ManagerEnd {
+    let crashed = |status: String, output: String| ManagerEnd::Crashed { status, output };
     match status {
         Ok(status) if status.success() => {
             tracing::info!(%job, "worker manager finished");

@@ -4,7 +4,7 @@
 //! collected as the runner's own output.
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use gorgon_protocol::{FileDone, RunnerMessage, WorkerRequest, RUNNER_PROTOCOL_VE
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::warm::{fork_runner, ForkedRunner};
@@ -180,7 +180,7 @@ impl Session {
                 }
             });
         }
-        let mut session = Session {
+        let session = Session {
             stdin: Some(stdin),
             process,
             group: Some(group),
@@ -190,7 +190,17 @@ impl Session {
             name: String::new(),
             batches: false,
         };
-        let name = command.command.clone();
+        session.hello(command.command.clone(), boot_limit).await
+    }
+
+    /// Waits at most `boot_limit` for the hello of runner `name`, just started; on failure,
+    /// kills it and returns what it printed.
+    async fn hello(
+        mut self,
+        name: String,
+        boot_limit: Duration,
+    ) -> Result<Session, (BootError, String)> {
+        let session = &mut self;
         let mut stray = String::new();
         let hello = tokio::time::timeout(boot_limit, async {
             loop {
@@ -215,9 +225,9 @@ impl Session {
                     runner,
                     batches,
                 }) if protocol == RUNNER_PROTOCOL_VERSION => {
-                    session.name = runner;
-                    session.batches = batches;
-                    return Ok(session);
+                    self.name = runner;
+                    self.batches = batches;
+                    return Ok(self);
                 }
                 Ok(RunnerMessage::Hello { protocol, .. }) => BootError::WrongVersion {
                     command: name,
@@ -233,16 +243,16 @@ impl Session {
             },
             Ok(None) => BootError::Ended {
                 command: name,
-                status: session.end().await,
+                status: self.end().await,
             },
             Err(_) => BootError::Silent {
                 command: name,
                 seconds: boot_limit.as_secs(),
             },
         };
-        session.kill();
+        self.kill();
         let mut output = stray;
-        output.push_str(&session.take_stderr());
+        output.push_str(&self.take_stderr());
         Err((failure, output))
     }
 
@@ -422,16 +432,7 @@ impl Drop for Session {
 
 /// Boots `command` in a process group of its own.
 fn boot(command: &ShellCommand) -> std::io::Result<Started> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(&command.command)
-        .current_dir(&command.cwd)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
+    let mut child = crate::piped_shell(&command.command, command).spawn()?;
     let missing = || std::io::Error::other("the runner's pipes were not set up");
     let group = child.id().ok_or_else(missing)?;
     let stdin = child.stdin.take().ok_or_else(missing)?;

@@ -395,11 +395,6 @@ impl Pool {
         self.workers.len()
     }
 
-    /// Whether every worker has exited.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Stops every worker: SIGTERM to its group, `grace`, then SIGKILL. Calling it again
     /// (a second Ctrl-C, with no grace) replaces the stops under way.
     pub fn stop_all(&mut self, grace: Duration) {
@@ -532,6 +527,11 @@ impl HandOutQueue {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// How many files wait to be handed out.
+    pub fn len(&self) -> usize {
+        self.queue.len()
     }
 }
 

@@ -623,10 +623,12 @@ pub fn runner_command(template: &str, file: &str) -> Result<String, UnquotablePa
     Ok(template.replace("{file}", &quoted))
 }
 
-fn read_junit(path: &Path) -> Result<Vec<TestResult>, String> {
-    let xml = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the JUnit report {}: {e}", path.display()))?;
-    junit::parse(&xml).map_err(|e| e.to_string())
+fn read_junit(path: &Path) -> Result<Vec<TestResult>, junit::JunitError> {
+    let xml = std::fs::read_to_string(path).map_err(|source| junit::JunitError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    junit::parse(&xml)
 }
 
 /// Reads a file's output, keeping its head and tail like any other output.

@@ -84,14 +84,15 @@ pub async fn read_assignment() -> Result<(WorkerAssignment, StdinClosed), Assign
 /// or workers), with no thread hand-off for each hand-out of files; anything else through
 /// tokio's blocking pool (whose read of a stdin that stays open `main` does not wait for).
 fn stdin_reader() -> Box<dyn AsyncRead + Unpin + Send> {
-    let pipe = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd);
-    match pipe {
-        Ok(pipe) => Box::new(pipe),
-        Err(_) => Box::new(tokio::io::stdin()),
-    }
+    crate::pipe_or::<dyn AsyncRead + Unpin + Send>(
+        std::io::stdin().as_fd(),
+        |fd| {
+            Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
+                fd,
+            )?))
+        },
+        || Box::new(tokio::io::stdin()),
+    )
 }
 
 /// The lines of stdin after the assignment, in order, in groups: the lines that one read

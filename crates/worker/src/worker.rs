@@ -104,10 +104,12 @@ pub(crate) async fn work_with<T: Transport>(
             return EXIT_BROKEN;
         }
     };
-    let batch_limit = assignment.definition.runner.batch_limit();
-    // The time per file of the last run (without the runner's start), which sizes the next
-    // batch.
-    let mut seconds_per_file: Option<f64> = None;
+    let mut batches = Batches {
+        assignment,
+        worker_id,
+        batch_limit: assignment.definition.runner.batch_limit(),
+        seconds_per_file: None,
+    };
     let end = loop {
         // Biased: a local worker's stdin ends both its files and the `StdinClosed` watch,
         // and the end of the files (`Finished`) must win over the parent's death.
@@ -123,26 +125,52 @@ pub(crate) async fn work_with<T: Transport>(
                 Err(End::Stopped)
             }
         };
-        let mut batch = match next {
-            Ok(next) => vec![next],
+        let first = match next {
+            Ok(next) => next,
             Err(end) => break end,
         };
+        let ran = batches.run(transport, &mut runners, first, stdin, &mut signals);
+        if let Err(end) = ran.await {
+            break end;
+        }
+    };
+    end_worker(transport, assignment, runners, end).await
+}
+
+/// How a worker takes and runs its files, batch after batch.
+struct Batches<'a> {
+    assignment: &'a WorkerAssignment,
+    worker_id: u32,
+    batch_limit: Option<Duration>,
+    /// The time per file of the last run (without the runner's start), which sizes the
+    /// next batch.
+    seconds_per_file: Option<f64>,
+}
+
+impl Batches<'_> {
+    /// Runs `first` and, for a runner that takes batches, what else fits in one; sends
+    /// their results, or hands them back when they did not run to a result here. `Err`
+    /// says how the worker ends.
+    async fn run<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        runners: &mut Runners,
+        first: (String, T::Taken),
+        stdin: &mut StdinClosed,
+        signals: &mut StopSignals,
+    ) -> Result<(), End> {
+        let (assignment, worker_id) = (self.assignment, self.worker_id);
+        let mut batch = vec![first];
         if let (Some(per_file), Some(limit), true) = (
-            seconds_per_file,
-            batch_limit,
+            self.seconds_per_file,
+            self.batch_limit,
             runners.takes_batches(&batch[0].0),
         ) {
             take_more(transport, &mut batch, per_file, limit).await;
         }
         let (files, taken): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
         let ran = run_by_runner(
-            transport,
-            assignment,
-            worker_id,
-            &mut runners,
-            files,
-            stdin,
-            &mut signals,
+            transport, assignment, worker_id, runners, files, stdin, signals,
         );
         let ran = ran.await;
         if let Some(failure) = runners.take_callback_failure() {
@@ -151,12 +179,12 @@ pub(crate) async fn work_with<T: Transport>(
             for taken in taken {
                 transport.hand_back(taken).await;
             }
-            break End::Stopped;
+            return Err(End::Stopped);
         }
         let sent = match ran {
             Ok(results) => {
                 let seconds: f64 = results.iter().map(|r| r.seconds).sum();
-                seconds_per_file = Some(seconds / results.len() as f64);
+                self.seconds_per_file = Some(seconds / results.len() as f64);
                 let finished = results.into_iter().map(Message::FileFinished).collect();
                 transport.send_all(finished).await
             }
@@ -167,16 +195,28 @@ pub(crate) async fn work_with<T: Transport>(
                 for taken in taken {
                     transport.done(taken).await;
                 }
+                Ok(())
             }
             Err(end) => {
                 // The results did not reach the originator: the files must run elsewhere.
                 for taken in taken {
                     transport.hand_back(taken).await;
                 }
-                break end;
+                Err(end)
             }
         }
-    };
+    }
+}
+
+/// Stops the worker's runners and, unless it was stopped, runs `after_complete`; the
+/// worker's exit code.
+async fn end_worker(
+    transport: &mut impl Transport,
+    assignment: &WorkerAssignment,
+    runners: Runners,
+    end: End,
+) -> i32 {
+    let worker_id = assignment.worker_id.unwrap_or_default();
     let runner_failures = if end == End::StoppedMidFile {
         // Its file was stopped with a grace already: what is left of the runners is killed.
         drop(runners);
@@ -192,7 +232,7 @@ pub(crate) async fn work_with<T: Transport>(
             for failure in runner_failures {
                 report_runner_callback(transport, assignment, failure).await;
             }
-            let after_complete = host_command(definition, CallbackName::AfterComplete);
+            let after_complete = host_command(&assignment.definition, CallbackName::AfterComplete);
             run_worker_callback(
                 transport,
                 assignment,
@@ -280,21 +320,26 @@ async fn run_by_runner(
     stdin: &mut StdinClosed,
     signals: &mut StopSignals,
 ) -> Result<Vec<FileResult>, End> {
-    let mut groups: Vec<(Result<usize, String>, Vec<String>)> = Vec::new();
+    // Consecutive files of one runner; a file no runner is for is a group of its own, with
+    // the reason.
+    let mut groups: Vec<(Option<usize>, Vec<String>, String)> = Vec::new();
     for file in files {
-        let index = runners.index_for(&file).map_err(|e| e.to_string());
+        let (index, problem) = match runners.index_for(&file) {
+            Ok(index) => (Some(index), String::new()),
+            Err(error) => (None, error.to_string()),
+        };
         match groups.last_mut() {
-            Some((last, group)) if *last == index && index.is_ok() => group.push(file),
-            _ => groups.push((index, vec![file])),
+            Some((Some(last), group, _)) if index == Some(*last) => group.push(file),
+            _ => groups.push((index, vec![file], problem)),
         }
     }
     let mut results = Vec::new();
-    for (index, group) in groups {
+    for (index, group, problem) in groups {
         let runner = match index {
-            Ok(index) => runners
+            Some(index) => runners
                 .get(index)
                 .map_err(|e| format!("its runner cannot start: {e}")),
-            Err(problem) => Err(problem),
+            None => Err(problem),
         };
         match runner {
             Ok(runner) => {
@@ -368,14 +413,7 @@ async fn run_batch(
     let running = runner.running();
     // A file that runs alone and whose output the run wants live sends it as it comes (or
     // once it has run a while: a file that hangs shows its last lines).
-    let live_output = &assignment.definition.live_output;
-    let (live_file, live_delay) = match runnable.as_slice() {
-        [file] => match live_output.delay_for(file) {
-            Some(delay) => (Some(file.clone()), delay),
-            None => (None, Duration::ZERO),
-        },
-        _ => (None, Duration::ZERO),
-    };
+    let (live_file, live_delay) = live_file(&assignment.definition.live_output, &runnable);
     let live_from = tokio::time::Instant::now() + live_delay;
     let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
     if live_file.is_some() {
@@ -429,8 +467,33 @@ async fn run_batch(
             }
         }
     }
+    Ok(results_of(checked, runs, result))
+}
+
+/// The file of a batch whose output is sent as it comes, and after how long: only a file
+/// that runs alone, and that the run wants live.
+fn live_file(
+    live_output: &gorgon_protocol::LiveOutput,
+    runnable: &[String],
+) -> (Option<String>, Duration) {
+    match runnable {
+        [file] => match live_output.delay_for(file) {
+            Some(delay) => (Some(file.clone()), delay),
+            None => (None, Duration::ZERO),
+        },
+        _ => (None, Duration::ZERO),
+    }
+}
+
+/// One result per file of a batch, in order: a run's for a file that ran, a refusal for a
+/// file whose path was refused.
+fn results_of(
+    checked: Vec<(String, Result<(), PathOutsideWorkspace>)>,
+    runs: Vec<FileRun>,
+    result: impl Fn(String, FileRun) -> FileResult,
+) -> Vec<FileResult> {
     let mut runs = runs.into_iter();
-    Ok(checked
+    checked
         .into_iter()
         .map(|(file, check)| match check {
             Ok(()) => {
@@ -445,7 +508,7 @@ async fn run_batch(
                 result(file, refused(problem.to_string()))
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Ends the run of a worker that is stopping: SIGTERM to what runs the files, and up to
