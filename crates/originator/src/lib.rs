@@ -1,9 +1,8 @@
 //! The originator: `gorgon start` (push the tree, queue the files, follow the run, report)
 //! and `gorgon ping`.
 
-pub mod ci;
-pub mod distributed;
 pub mod engine;
+pub mod engines;
 pub mod errors;
 pub mod events;
 pub mod files;
@@ -11,7 +10,6 @@ pub mod fleet;
 pub mod html;
 pub mod init;
 pub mod junit;
-pub mod local;
 pub mod phases;
 pub mod ping;
 pub mod quarantine;
@@ -24,6 +22,7 @@ pub mod settings;
 pub mod state;
 pub mod view;
 
+pub use engines::ci;
 pub use errors::StartError;
 pub use ping::{ping, PingError};
 pub use run::start;

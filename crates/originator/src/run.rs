@@ -83,9 +83,9 @@ async fn run(
     let mut signals = StopSignals::install();
     let stop = match plan.options.local {
         Some(workers) => {
-            crate::local::run(&plan, workers, &mut state, events, &mut signals).await?
+            crate::engines::local::run(&plan, workers, &mut state, events, &mut signals).await?
         }
-        None => crate::distributed::run(&plan, &mut state, events, &mut signals).await?,
+        None => crate::engines::distributed::run(&plan, &mut state, events, &mut signals).await?,
     };
     Ok(finish(plan, state, stop, events).await)
 }

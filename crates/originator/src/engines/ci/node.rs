@@ -1,0 +1,200 @@
+//! `gorgon work`: a node's part of a build, its worker manager started and followed as a
+//! listener's is, the build's log followed meanwhile.
+
+use gorgon_exec::signals::StopSignals;
+use gorgon_protocol::{
+    exit_code, names, Inbox, JobDefinition, SyncSettings, SyncTransport, WorkerAssignment,
+};
+use gorgon_worker::{run_manager, HostReplies, ManagerEnd};
+
+use super::build::{Build, Defined};
+use super::detect::{env_var, worker_id_from_env};
+use super::fill::{differences, fill_once, local_units};
+use super::follow::{follow_to_end, Follower, Watch};
+use super::report::report_and_clean;
+use super::{BuildOptions, LIVENESS_INTERVAL};
+use crate::errors::{StartError, Stop};
+use crate::events::EventSink;
+
+/// `gorgon work`: runs this node's part of the build; with `--report`, also waits for the
+/// whole build and reports it. Exits 0 when the node did its part (the build's verdict is
+/// the reporter's), 130/143 when stopped by a signal.
+pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
+    let mut signals = StopSignals::install();
+    let build = Build::join(&options, "work").await?;
+    let host = options
+        .worker_id
+        .clone()
+        .or_else(|| worker_id_from_env(env_var))
+        .unwrap_or_else(crate::run::host_name);
+    if build.is_over().await? {
+        println!(
+            "Build {} is over (it was reported); nothing to run",
+            build.build_id
+        );
+        build.broker.close().await;
+        return Ok(exit_code::SUCCESS);
+    }
+    let history = build.settings.history()?;
+    let (units, digests) = local_units(&build.settings, &history)?;
+    let filled = fill_once(&build, &host, &units, &digests).await?;
+    let mut log = build
+        .broker
+        .consume_stream(&names::build_log(build.job))
+        .await?;
+    let defined = build.definition(&mut log).await?;
+    if !filled {
+        let differences = differences(&defined.digests, &digests);
+        if !differences.is_empty() {
+            build.broker.close().await;
+            return Err(StartError::Build(format!(
+                "this checkout differs from the one build {} was queued from (by {}), so it would run other code; it takes no part:\n  {}",
+                build.build_id,
+                defined.host,
+                differences.join("\n  ")
+            )));
+        }
+    }
+    let mut events = match (&options.start.events, options.report) {
+        (Some(path), true) => EventSink::open(path).map_err(|source| StartError::EventsFile {
+            path: path.clone(),
+            source,
+        })?,
+        _ => EventSink::none(),
+    };
+    let (plan, state) = build.plan(&options.start, &defined, history, &mut events)?;
+    let progress = plan.progress(state.total());
+    progress.note(&format!(
+        "Build {}: {} files; this node is {host}{}",
+        build.build_id,
+        state.total(),
+        if filled { " (it queued them)" } else { "" }
+    ));
+    let slots = options
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let assignment = node_assignment(&build, &defined, &host, slots);
+    let mut follower = Follower {
+        state,
+        progress,
+        events,
+        own_host: Some(host.clone()),
+        stop: None,
+        told: false,
+    };
+    let signalled = run_node(&build, assignment, &mut log, &mut follower, &mut signals).await?;
+    if let Some(signal) = signalled {
+        build.broker.close().await;
+        follower.progress.finish();
+        return Ok(signal.exit_code());
+    }
+    if !options.report {
+        follower.progress.finish();
+        follower.progress.note(&format!(
+            "This node's part of build {} is done",
+            build.build_id
+        ));
+        build.broker.close().await;
+        return Ok(exit_code::SUCCESS);
+    }
+    let stop = follow_to_end(&build, &mut log, &mut follower, &mut signals).await;
+    Ok(report_and_clean(build, plan, follower, stop).await)
+}
+
+/// The assignment of this node's worker manager: its checkout is its workspace.
+pub(super) fn node_assignment(
+    build: &Build,
+    defined: &Defined,
+    host: &str,
+    slots: u32,
+) -> WorkerAssignment {
+    let definition = JobDefinition {
+        project: build.project.clone(),
+        originator_host: defined.host.clone(),
+        sync: SyncSettings {
+            source: String::new(),
+            transport: SyncTransport::Daemon,
+            exclude: Vec::new(),
+        },
+        runner: build.settings.runner.clone(),
+        callbacks: build.settings.callbacks.remote.clone(),
+        live_output: gorgon_protocol::LiveOutput::default(),
+    };
+    WorkerAssignment::new(
+        build.job,
+        definition,
+        names::build_log(build.job),
+        build.settings.broker.clone(),
+        host,
+        build.settings.project_root.clone(),
+        slots,
+    )
+}
+
+/// Runs this node's worker manager (as a listener would: it takes the job, runs the
+/// manager, reports its crash and that it is done) while following the build's log, which
+/// may stop it; returns the stop a signal asked for, if one did.
+pub(super) async fn run_node(
+    build: &Build,
+    assignment: WorkerAssignment,
+    log: &mut Inbox,
+    follower: &mut Follower,
+    signals: &mut StopSignals,
+) -> Result<Option<Stop>, StartError> {
+    let replies = HostReplies::new(build.job, &assignment.host, &assignment.reply_to, || {
+        build.broker.clone()
+    });
+    replies.accept(assignment.slots, None).await?;
+    let (stop_manager, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_manager = Some(stop_manager);
+    let mut stop = move || {
+        if let Some(stop) = stop_manager.take() {
+            let _ = stop.send(());
+        }
+    };
+    let mut manager = tokio::spawn(async move {
+        run_manager(&assignment, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut signalled = None;
+    let mut log_open = true;
+    let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
+    let mut watch = Watch::default();
+    let ended = loop {
+        tokio::select! {
+            _ = tick.tick(), if follower.stop.is_none() => {
+                if let Some(reason) = watch.check(build, &follower.state).await {
+                    follower.stop = Some(Stop::Failed(reason));
+                    follower.end_managers_when_over(build).await;
+                    stop();
+                }
+            }
+            incoming = log.next(), if log_open => {
+                let Some(incoming) = incoming else {
+                    log_open = false;
+                    follower.stop.get_or_insert(Stop::Failed(build.connection_lost()));
+                    stop();
+                    continue;
+                };
+                follower.take(build, incoming).await;
+                if follower.stop.is_some() {
+                    stop();
+                }
+            }
+            ended = &mut manager => break ended,
+            signal = signals.recv() => {
+                signalled = Some(Stop::from(signal));
+                stop();
+            }
+        }
+    };
+    let end = ended.unwrap_or_else(|error| ManagerEnd::Crashed {
+        status: format!("the manager's task failed: {error}"),
+        output: String::new(),
+    });
+    replies.manager_ended(end).await;
+    replies.done().await;
+    Ok(signalled)
+}
