@@ -13,8 +13,7 @@
 files=${FILES:-50000}
 runs=${RUNS:-3}
 
-start_file_server
-start_listener big 2
+start_one_host big 2
 project=$work/large
 mkdir -p "$project/tests"
 echo 'exit 0' >"$project/tests/only_test.sh"
@@ -36,10 +35,8 @@ plain_push=$(seconds rsync -a --delete "$project/" "rsync://127.0.0.1:$rsync_por
 plain_pull=$(seconds rsync -a --delete "rsync://127.0.0.1:$rsync_port/src/plain/" "$work/plain-pull/")
 plain=$(echo "$plain_push + $plain_pull" | bc -l)
 first=$(cd "$project" && EXPECT="1 files: 1 passed" seconds "$gorgon" start)
-again=()
-for _ in $(seq 1 "$runs"); do
-    again+=("$(cd "$project" && EXPECT="1 files: 1 passed" seconds "$gorgon" start)")
-done
+EXPECT="1 files: 1 passed" gorgon_runs "$project" "$runs"
+again=("${times[@]}")
 again_median=$(median "${again[@]}")
 echo "plain rsync -a: push $plain_push s + pull $plain_pull s = $plain s"
 echo "gorgon first run: $first s, $(ratio "$first" "$plain")x plain rsync (target: at most 1.2x)"

@@ -60,6 +60,12 @@ JSON
     listener_pids+=($!)
 }
 
+# start_one_host NAME SLOTS: the file server and one listener, the cluster most benches use.
+start_one_host() {
+    start_file_server
+    start_listener "$1" "$2"
+}
+
 # wait_for_listeners PROJECT_DIR COUNT: until `gorgon ping` counts COUNT listeners (60 s).
 wait_for_listeners() {
     local dir=$1 count=$2
@@ -106,6 +112,16 @@ seconds() {
         exit 1
     fi
     echo "$end - $start" | bc -l | awk '{printf "%.3f\n", $1}'
+}
+
+# gorgon_runs PROJECT RUNS: RUNS runs of `gorgon start` in PROJECT, their wall times (in the
+# array `times`), each checked against EXPECT as `seconds` does.
+gorgon_runs() {
+    local project=$1 runs=$2
+    times=()
+    for _ in $(seq 1 "$runs"); do
+        times+=("$(cd "$project" && seconds "$gorgon" start)")
+    done
 }
 
 # median NUMBER...: the median of the numbers.

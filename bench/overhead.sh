@@ -14,8 +14,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-5}
 
-start_file_server
-start_listener one 4
+start_one_host one 4
 mkdir -p "$work/single/tests" "$work/many/tests" "$work/huge/tests"
 echo 'exit 0' >"$work/single/tests/only_test.sh"
 write_config "$work/single" "tests/*_test.sh" '{"command": "sh {file}"}'

@@ -12,8 +12,7 @@
 runs=${RUNS:-3}
 files=${FILES:-300}
 
-start_file_server
-start_listener bench 4
+start_one_host bench 4
 project=$work/project
 EXAMPLES=3 spec_files "$project/spec" "$files"
 write_config "$project" "spec/**/*_spec.rb" '{"kind": "rspec"}'

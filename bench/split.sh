@@ -11,8 +11,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-3}
 
-start_file_server
-start_listener wide 8
+start_one_host wide 8
 project=$work/split
 spec_files "$project/spec" 60
 {
@@ -26,10 +25,8 @@ write_config "$project" "spec/**/*_spec.rb" '{"kind": "rspec"}' '"runtime_file":
 wait_for_listeners "$project" 1
 
 first=$(cd "$project" && EXPECT="61 files: 61 passed" seconds "$gorgon" start)
-split=()
-for _ in $(seq 1 "$runs"); do
-    split+=("$(cd "$project" && EXPECT="90 files: 90 passed" seconds "$gorgon" start)")
-done
+EXPECT="90 files: 90 passed" gorgon_runs "$project" "$runs"
+split=("${times[@]}")
 split_median=$(median "${split[@]}")
 echo "one 30 s file of 30 tests among 60 quick files, 8 slots; lower bound with splitting: about 30 s / 8 = 3.75 s"
 echo "first run (no history, the file runs whole): $first s"

@@ -19,8 +19,7 @@
 runs=${RUNS:-5}
 rounds=${ROUNDS:-3}
 
-start_file_server
-start_listener one 4
+start_one_host one 4
 
 # 1. One file.
 single=$work/single

@@ -54,6 +54,18 @@ fn junit_case<'a>(doc: &'a roxmltree::Document, name: &str) -> roxmltree::Node<'
         .unwrap_or_else(|| panic!("no test case {name}"))
 }
 
+/// The JUnit elements `tag` whose attribute `attribute` satisfies `matches`.
+fn junit_elements<'a>(
+    doc: &'a roxmltree::Document,
+    tag: &str,
+    attribute: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<roxmltree::Node<'a, 'a>> {
+    doc.descendants()
+        .filter(|n| n.has_tag_name(tag) && n.attribute(attribute).is_some_and(&matches))
+        .collect()
+}
+
 fn children_named(node: roxmltree::Node, tag: &str) -> usize {
     node.children().filter(|c| c.has_tag_name(tag)).count()
 }
@@ -428,13 +440,9 @@ fn a_quarantined_failing_test_does_not_fail_the_run_and_a_passing_one_is_listed(
         assert_eq!(events.last().unwrap()["totals"]["quarantined"], 1);
         let junit = project.read("junit.xml");
         let doc = roxmltree::Document::parse(&junit).unwrap();
-        let case = doc
-            .descendants()
-            .find(|n| {
-                n.has_tag_name("testcase")
-                    && n.attribute("name")
-                        .is_some_and(|a| a.contains("test_known_bug"))
-            })
+        let case = junit_elements(&doc, "testcase", "name", |a| a.contains("test_known_bug"))
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("no known_bug case in {junit}"));
         assert!(
             case.descendants()
@@ -485,14 +493,8 @@ fn max_fail_stops_the_run_and_reports_the_rest_as_not_run() {
         // JUnit: what did not run is skipped, with the reason.
         let junit = project.read("junit.xml");
         let doc = roxmltree::Document::parse(&junit).unwrap();
-        let skipped = doc
-            .descendants()
-            .filter(|n| {
-                n.has_tag_name("skipped")
-                    && n.attribute("message")
-                        .is_some_and(|m| m.starts_with("not run: "))
-            })
-            .count();
+        let skipped =
+            junit_elements(&doc, "skipped", "message", |m| m.starts_with("not run: ")).len();
         assert_eq!(skipped, count("not run"), "{junit}");
         cluster.assert_no_job_processes(Duration::from_secs(15));
     }

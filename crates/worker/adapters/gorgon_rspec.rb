@@ -2,6 +2,7 @@
 # worker's files in one warm session (or each file, or batch of quick files, in a fork of its
 # own with isolation "fork") and reports every example (runner protocol).
 require_relative 'gorgon_runner'
+require_relative 'gorgon_rspec_matchers'
 require 'rspec/core'
 
 $LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('spec'))
@@ -12,13 +13,7 @@ require 'spec_helper' if File.exist?('spec/spec_helper.rb')
 # for them again. This is most of what a trivial file costs.
 RSpec.configuration.expectation_frameworks
 RSpec.configuration.mock_framework
-if defined?(RSpec::Matchers::BuiltIn)
-  RSpec::Matchers::BuiltIn.constants.each do |name|
-    RSpec::Matchers::BuiltIn.const_get(name)
-  rescue NameError, LoadError
-    nil
-  end
-end
+gorgon_load_rspec_matchers
 require 'rspec/core/formatters/exception_presenter'
 
 # Collects each example's result, and errors reported outside examples (load errors).

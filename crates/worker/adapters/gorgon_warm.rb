@@ -17,6 +17,7 @@
 require 'socket'
 require 'json'
 require 'set'
+require_relative 'gorgon_rspec_matchers'
 
 # Loads a runner kind's framework.
 def gorgon_warm_require(kind)
@@ -28,16 +29,9 @@ def gorgon_warm_require(kind)
     rescue LoadError
       nil
     end
-    # The built-in matchers load on first use, each from a file of its own: loaded here,
-    # once, a forked runner says hello in 17 ms instead of 40. (gorgon_rspec.rb loads them
-    # too, for a runner booted without a warm runner; here they are loaded already.)
-    if defined?(RSpec::Matchers::BuiltIn)
-      RSpec::Matchers::BuiltIn.constants.each do |name|
-        RSpec::Matchers::BuiltIn.const_get(name)
-      rescue NameError, LoadError
-        nil
-      end
-    end
+    # Loaded once here, for every forked runner (gorgon_rspec.rb loads them too, for a
+    # runner booted without a warm runner; here they are loaded already).
+    gorgon_load_rspec_matchers
   when 'minitest'
     require 'minitest'
   else

@@ -20,6 +20,12 @@ struct Adapter {
 
 const RUBY_WARM: (&str, &str) = ("gorgon_warm.rb", include_str!("../adapters/gorgon_warm.rb"));
 
+/// Loads RSpec's built-in matchers once; beside every Ruby script that loads RSpec.
+const RUBY_MATCHERS: (&str, &str) = (
+    "gorgon_rspec_matchers.rb",
+    include_str!("../adapters/gorgon_rspec_matchers.rb"),
+);
+
 const RUBY_SUPPORT: (&str, &str) = (
     "gorgon_runner.rb",
     include_str!("../adapters/gorgon_runner.rb"),
@@ -41,6 +47,7 @@ const RSPEC: Adapter = Adapter {
         ),
         RUBY_SUPPORT,
         RUBY_CALLBACKS,
+        RUBY_MATCHERS,
     ],
     interpreter: "ruby",
     warm: RUBY_WARM,
@@ -129,6 +136,9 @@ pub fn write_warm_runner(
     let (name, text) = adapter.warm;
     let script = dir.join(name);
     std::fs::write(&script, text)?;
+    if adapter.warm == RUBY_WARM {
+        std::fs::write(dir.join(RUBY_MATCHERS.0), RUBY_MATCHERS.1)?;
+    }
     Ok(Some(format!(
         "exec {} {} {} {}",
         chosen_interpreter(adapter, interpreter),
@@ -155,7 +165,7 @@ pub fn write_ruby_preload(
     socket: &Path,
     class_file: &str,
 ) -> std::io::Result<String> {
-    for (name, text) in [RUBY_WARM, RUBY_CALLBACKS] {
+    for (name, text) in [RUBY_WARM, RUBY_CALLBACKS, RUBY_MATCHERS] {
         std::fs::write(dir.join(name), text)?;
     }
     let quote = |text: &str| {

@@ -16,6 +16,7 @@ use crate::files;
 use crate::quarantine::Quarantine;
 use crate::settings::{Settings, StartOptions};
 use crate::state::JobState;
+use crate::view::Progress;
 
 /// The build as a node or a reporter joins it.
 pub(super) struct Build {
@@ -130,15 +131,17 @@ impl Build {
         }
     }
 
-    /// The plan and state of the build, as `gorgon start` would have them for its units;
-    /// the build started when its files were queued.
+    /// The plan, state and progress view of the build, as `gorgon start` would have them for
+    /// its units (the build started when its files were queued); the view opens with `note`,
+    /// given the number of files.
     pub(super) fn plan(
         &self,
         options: &StartOptions,
         defined: &Defined,
         history: files::History,
         events: &mut EventSink,
-    ) -> Result<(Plan, JobState), StartError> {
+        note: impl FnOnce(usize) -> String,
+    ) -> Result<(Plan, JobState, Progress), StartError> {
         let units = &defined.units;
         let settings = self.settings.clone();
         let quarantine = settings.quarantine()?;
@@ -165,7 +168,9 @@ impl Build {
             started: Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
             started_at: chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default(),
         };
-        Ok((plan, state))
+        let progress = plan.progress(state.total());
+        progress.note(&note(state.total()));
+        Ok((plan, state, progress))
     }
 }
 

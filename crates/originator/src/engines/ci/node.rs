@@ -14,7 +14,6 @@ use super::follow::{follow_to_end, Follower, Watch};
 use super::report::report_and_clean;
 use super::{BuildOptions, LIVENESS_INTERVAL};
 use crate::errors::{StartError, Stop};
-use crate::events::EventSink;
 
 /// `gorgon work`: runs this node's part of the build; with `--report`, also waits for the
 /// whole build and reports it. Exits 0 when the node did its part (the build's verdict is
@@ -55,21 +54,17 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
             )));
         }
     }
-    let mut events = match (&options.start.events, options.report) {
-        (Some(path), true) => EventSink::open(path).map_err(|source| StartError::EventsFile {
-            path: path.clone(),
-            source,
-        })?,
-        _ => EventSink::none(),
-    };
-    let (plan, state) = build.plan(&options.start, &defined, history, &mut events)?;
-    let progress = plan.progress(state.total());
-    progress.note(&format!(
-        "Build {}: {} files; this node is {host}{}",
-        build.build_id,
-        state.total(),
-        if filled { " (it queued them)" } else { "" }
-    ));
+    // Only a node that reports the build writes its event stream.
+    let events_file = options.start.events.as_deref().filter(|_| options.report);
+    let mut events = crate::engine::open_events(events_file)?;
+    let (plan, state, progress) =
+        build.plan(&options.start, &defined, history, &mut events, |total| {
+            format!(
+                "Build {}: {total} files; this node is {host}{}",
+                build.build_id,
+                if filled { " (it queued them)" } else { "" }
+            )
+        })?;
     let slots = options
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));

@@ -34,14 +34,13 @@ pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
         events = events.with_timeline();
     }
     let history = build.settings.history()?;
-    let (plan, state) = build.plan(&options.start, &defined, history, &mut events)?;
-    let progress = plan.progress(state.total());
-    progress.note(&format!(
-        "Build {}: {} files, queued by {}; waiting for its results",
-        build.build_id,
-        state.total(),
-        defined.host
-    ));
+    let (plan, state, progress) =
+        build.plan(&options.start, &defined, history, &mut events, |total| {
+            format!(
+                "Build {}: {total} files, queued by {}; waiting for its results",
+                build.build_id, defined.host
+            )
+        })?;
     let mut follower = Follower {
         state,
         progress,
