@@ -24,6 +24,10 @@ pub const CLASS_FILE_VARIABLE: &str = "GORGON_CALLBACKS_CLASS_FILE";
 /// How long `after_creating_workers` may run in the preload process.
 const AFTER_WORKERS_LIMIT: Duration = Duration::from_secs(600);
 
+/// How long the output of an ended preload process is waited for, should something it
+/// started still hold its stderr open.
+const STDERR_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// Why a method of the callbacks class cannot be run as a program: a shell cannot name it.
 #[derive(Debug, thiserror::Error)]
 pub enum UnquotableCallback {
@@ -174,6 +178,8 @@ struct RubyPreload {
     stdin: Option<ChildStdin>,
     socket: std::path::PathBuf,
     output: std::sync::Arc<std::sync::Mutex<OutputBuffer>>,
+    /// The task that copies its stderr into `output`, until the pipe closes.
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
     /// Holds the scripts and the socket.
     _dir: tempfile::TempDir,
 }
@@ -222,7 +228,7 @@ impl RubyPreload {
             .map_err(|e| failed(format!("could not start `{command}`: {e}"), String::new()))?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
         let output = std::sync::Arc::new(std::sync::Mutex::new(OutputBuffer::default()));
-        if let Some(mut stderr) = child.stderr.take() {
+        let stderr_reader = child.stderr.take().map(|mut stderr| {
             let output = output.clone();
             tokio::spawn(async move {
                 let mut chunk = vec![0u8; 8192];
@@ -235,13 +241,14 @@ impl RubyPreload {
                         .unwrap_or_else(|e| e.into_inner())
                         .push(&chunk[..n]);
                 }
-            });
-        }
+            })
+        });
         let mut preload = RubyPreload {
             stdin: child.stdin.take(),
             group,
             socket,
             output,
+            stderr_reader,
             _dir: dir,
             child,
         };
@@ -261,12 +268,12 @@ impl RubyPreload {
                     Ok(Some(_)) => continue,
                     _ => {
                         let status = preload.wait_status().await;
-                        return Err(failed(status, preload.take_output()));
+                        return Err(failed(status, preload.output_at_exit().await));
                     }
                 },
                 status = preload.child.wait() => {
                     let status = status.map_or_else(|e| format!("could not wait for it: {e}"), describe_status);
-                    return Err(failed(status, preload.take_output()));
+                    return Err(failed(status, preload.output_at_exit().await));
                 }
             }
         }
@@ -297,7 +304,7 @@ impl RubyPreload {
         Err(CallbackFailure {
             callback: CallbackName::AfterCreatingWorkers,
             status,
-            output: self.take_output(),
+            output: self.output_at_exit().await,
         })
     }
 
@@ -306,6 +313,16 @@ impl RubyPreload {
             Ok(status) => describe_status(status),
             Err(error) => format!("could not wait for it: {error}"),
         }
+    }
+
+    /// Everything it wrote, once it has ended: its stderr is read to the end first (a
+    /// process that dies of a raise writes the backtrace just before), within a bound, in
+    /// case something it started still holds the pipe.
+    async fn output_at_exit(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(STDERR_DRAIN_LIMIT, reader).await;
+        }
+        self.take_output()
     }
 
     fn take_output(&self) -> String {
