@@ -9,6 +9,7 @@ mod support;
 
 mod ci_nodes;
 mod config_errors;
+mod contain;
 mod docs;
 mod faults;
 mod local;

@@ -107,6 +107,17 @@ impl Cluster {
 
     /// [`Cluster::start_listener`] with `extra` keys merged into its config.
     pub fn start_listener_with(&mut self, name: &str, slots: u32, extra: serde_json::Value) {
+        self.start_listener_with_env(name, slots, extra, &[]);
+    }
+
+    /// [`Cluster::start_listener_with`], the listener with extra environment variables.
+    pub fn start_listener_with_env(
+        &mut self,
+        name: &str,
+        slots: u32,
+        extra: serde_json::Value,
+        env: &[(&str, &str)],
+    ) {
         let dir = self.path().join("listeners").join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = serde_json::json!({
@@ -125,6 +136,7 @@ impl Cluster {
         let child = Command::new(GORGON)
             .args(["listen", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,12 +1,15 @@
 //! Running child processes for every gorgon-rs role: shell commands in their own process
-//! groups with captured output, the named callbacks, the job's process tags, and rsync
+//! groups with captured output, the named callbacks, the job's process tags, keeping a
+//! job's processes contained (its host process as their subreaper, its cgroup), and rsync
 //! (push, pull, daemon).
 
 pub mod callback;
+pub mod cgroup;
 pub mod grace;
 pub mod lines;
 pub mod output;
 pub mod procs;
+pub mod reaper;
 pub mod rsync;
 pub mod shell;
 pub mod signals;

@@ -190,8 +190,7 @@ impl ShellCommand {
     }
 
     fn spawn_with_shell(&self) -> std::io::Result<tokio::process::Child> {
-        self.prepare(Command::new("sh").arg("-c").arg(&self.command))
-            .spawn()
+        crate::reaper::spawn(self.prepare(Command::new("sh").arg("-c").arg(&self.command)))
     }
 
     /// The working directory, environment, pipes and process group of every start.
@@ -210,9 +209,8 @@ impl ShellCommand {
     /// then says why exactly as it would have.
     fn spawn(&self) -> std::io::Result<(tokio::process::Child, bool)> {
         if let Some(argv) = simple_argv(&self.command) {
-            if let Ok(child) = self
-                .prepare(Command::new(&argv[0]).args(&argv[1..]))
-                .spawn()
+            if let Ok(child) =
+                crate::reaper::spawn(self.prepare(Command::new(&argv[0]).args(&argv[1..])))
             {
                 return Ok((child, true));
             }

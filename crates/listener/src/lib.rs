@@ -339,6 +339,8 @@ async fn connect(
         settings.worker_slots,
         cluster
     );
+    // How its jobs' processes are contained, found (and said) once.
+    gorgon_exec::cgroup::Cgroups::available();
     if settings.broker.signing.is_some() {
         tracing::info!("{}", trust_line(settings));
     } else {

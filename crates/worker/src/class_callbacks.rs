@@ -222,10 +222,9 @@ impl RubyPreload {
             )
         })?;
         tracing::info!(%moment, command, "starting the job's Ruby preload process");
-        let mut child = crate::piped_shell(&command, base)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| failed(format!("could not start `{command}`: {e}"), String::new()))?;
+        let mut child =
+            gorgon_exec::reaper::spawn(crate::piped_shell(&command, base).kill_on_drop(true))
+                .map_err(|e| failed(format!("could not start `{command}`: {e}"), String::new()))?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
         let output = std::sync::Arc::new(std::sync::Mutex::new(OutputBuffer::default()));
         let stderr_reader = child.stderr.take().map(|mut stderr| {

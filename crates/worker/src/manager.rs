@@ -6,9 +6,12 @@
 //! publishes their replies (`feed`), reports the
 //! workers that crash and hands back what they held, stops them all on a cancel, a signal or
 //! the death of its listener, and runs `after_creating_workers` once they have all exited.
+//! It is the child subreaper of the job's processes (`gorgon_exec::reaper`): what they leave
+//! comes to it, and it kills all of it before it exits.
 
 use std::time::Duration;
 
+use gorgon_exec::reaper::Subreaper;
 use gorgon_exec::signals::{StopSignal, StopSignals};
 use gorgon_protocol::{names, Broker, Message, WorkerAssignment};
 
@@ -79,7 +82,18 @@ pub async fn manage_workers(assignment: WorkerAssignment, stdin: StdinClosed) ->
             return EXIT_BROKEN;
         }
     };
-    manage(assignment, stdin, &program).await
+    // Every orphan of the job's processes comes to this manager, whatever it did to its
+    // environment, session or group; whatever of the job is left at the end is killed.
+    let subreaper = Subreaper::start()
+        .map_err(|error| {
+            tracing::warn!(%error, "the job's orphans are not contained by its manager");
+        })
+        .ok();
+    let code = manage(assignment, stdin, &program).await;
+    if let Some(subreaper) = subreaper {
+        subreaper.end().await;
+    }
+    code
 }
 
 async fn manage(

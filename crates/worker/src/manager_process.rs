@@ -2,11 +2,14 @@
 //! whoever runs one per job on a host: a listener, or a CI node (`gorgon work`). It hands
 //! the manager its assignment on stdin and keeps stdin open (its end tells the manager that
 //! its parent died), relays its output to the log, and stops it the careful way (SIGTERM to
-//! its group, `grace::MANAGER`, SIGKILL) when asked.
+//! its group, `grace::MANAGER`, SIGKILL) when asked. Where the host allows, the manager
+//! runs in a cgroup of its own (`gorgon_exec::cgroup`), killed when the manager has exited,
+//! so that nothing of the job outlives it even when the manager was killed.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use gorgon_exec::cgroup::{Cgroups, JobCgroup};
 use gorgon_exec::tail::{relay, LineTail};
 use gorgon_exec::{describe_status, grace, terminate_group};
 use gorgon_protocol::{Broker, BrokerError, Envelope, Message, WorkerAssignment};
@@ -133,6 +136,9 @@ pub async fn run_manager(
     };
     let pid = child.id();
     tracing::info!(%job, pid, "worker manager started");
+    // Before it has its assignment, the manager has started nothing: all the job starts
+    // is born in its cgroup.
+    let cgroup = pid.and_then(|pid| contain(job, pid));
     let tail = LineTail::default();
     let log_line = move |line: &str| {
         tracing::info!(target: "gorgon::manager", %job, "{line}");
@@ -172,11 +178,26 @@ pub async fn run_manager(
         }
     };
     drop(stdin);
+    // What the manager did not stop (it was killed, say) goes with the job's cgroup.
+    if let Some(cgroup) = cgroup {
+        cgroup.kill().await;
+    }
     // The manager's pipes close when it exits; a bound keeps a stray holder from stalling us.
     for relay in relays {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
     }
     ended(job, status, stopped, &tail)
+}
+
+/// Puts the manager `pid` of job `job` in a cgroup of its own, where this host may make one.
+fn contain(job: uuid::Uuid, pid: u32) -> Option<JobCgroup> {
+    let cgroups = Cgroups::available()?;
+    cgroups
+        .contain(&format!("job-{job}"), pid)
+        .map_err(|error| {
+            tracing::warn!(%job, %error, "the job's processes are not contained by a cgroup");
+        })
+        .ok()
 }
 
 /// How the manager of job `job` ended, from its exit `status`; `stopped` says whether it

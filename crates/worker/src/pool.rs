@@ -154,13 +154,12 @@ impl Pool {
         let assignment = &self.assignment;
         let job = assignment.job_id.to_string();
         let args: Vec<&str> = self.program.args.iter().map(String::as_str).collect();
-        let mut child = worker_command(
+        let mut child = gorgon_exec::reaper::spawn(&mut worker_command(
             &self.program.program,
             &args,
             &assignment.workspace,
             (&job, &assignment.host, worker_id),
-        )
-        .spawn()?;
+        ))?;
         let group = child.id();
         let tail = LineTail::default();
         let stderr = child.stderr.take().map(|pipe| {

@@ -9,7 +9,9 @@
 //! worker runs `after_complete` and exits), and never while the worker holds a file, so a
 //! worker that sees its stdin end mid-file knows the originator died. A worker that dies
 //! mid-file is restarted and its files go back to the front of the queue, each to run alone,
-//! with the same `max_crash_retries` accounting as a distributed run.
+//! with the same `max_crash_retries` accounting as a distributed run. As a worker manager
+//! does, the originator adopts the orphans of the job's processes while the workers run
+//! and kills what is left of them at the job's end (`gorgon_exec::reaper`).
 
 use std::time::Duration;
 
@@ -66,6 +68,11 @@ pub(crate) async fn run(
         finish: FINISH_WAIT,
         stop: CANCEL_WAIT,
     };
+    // This process is the subreaper of the host part (`gorgon_exec::reaper`), as a
+    // listener's worker manager is: what the job leaves is killed when it ends.
+    let subreaper = gorgon_exec::reaper::Subreaper::start()
+        .map_err(|error| tracing::warn!(%error, "the job's orphans are not contained"))
+        .ok();
     let (mut job, failed) = HostJob::before_workers(program, assignment, ending).await;
     let failed = failed.map(|failure| job.callback_failed(failure));
     let stop = match failed.and_then(|failed| feed.reply(failed)) {
@@ -105,6 +112,9 @@ pub(crate) async fn run(
     if let Some(failure) = job.after_workers(stop.is_some()).await {
         let failed = gorgon_worker::callback_failed(&host, None, failure);
         feed.reply(failed);
+    }
+    if let Some(subreaper) = subreaper {
+        subreaper.end().await;
     }
     feed.reply(Message::JobDone { host });
     progress.finish();
