@@ -18,4 +18,5 @@ mod phases;
 mod pipeline;
 mod retries;
 mod runners;
+mod slots;
 mod trust;
