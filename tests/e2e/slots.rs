@@ -53,23 +53,31 @@ fn most_at_once(record: &Path) -> (usize, Vec<String>) {
 }
 
 /// Worker processes (`gorgon __work`) working under `dir` right now: read from each
-/// process's command line first, so that a look costs little.
+/// process's command line first, so that a look costs little. A child that a worker has
+/// forked and not yet turned into its test still shows the worker's command line: a
+/// process whose parent is a worker is not one.
 fn workers_under(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
-    entries
+    let workers: Vec<(String, String)> = entries
         .flatten()
-        .filter(|entry| {
+        .filter_map(|entry| {
             let path = entry.path();
-            let Ok(command) = std::fs::read(path.join("cmdline")) else {
-                return false;
-            };
+            let command = std::fs::read(path.join("cmdline")).ok()?;
             let is_worker = command
                 .split(|&b| b == 0)
                 .any(|word| word == WORKER_SUBCOMMAND.as_bytes());
-            is_worker && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+            let here = is_worker
+                && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let parent = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.to_owned();
+            here.then(|| (entry.file_name().to_string_lossy().into_owned(), parent))
         })
+        .collect();
+    workers
+        .iter()
+        .filter(|(_, parent)| !workers.iter().any(|(pid, _)| pid == parent))
         .count()
 }
 
@@ -225,7 +233,8 @@ async fn collect_replies(
 }
 
 /// Publishes a job for each of `ids` on the cluster's jobs exchange, all at once (each
-/// publish waits for its confirm in a task of its own).
+/// publish waits for its confirm in a task of its own). Each job has its control exchange,
+/// as a running originator's has.
 async fn publish_all(
     broker: Broker,
     jobs: String,
@@ -244,7 +253,10 @@ async fn publish_all(
             reply_to: replies.clone(),
         };
         let (broker, jobs) = (broker.clone(), jobs.clone());
-        publishing.spawn(async move { broker.publish(&jobs, &Envelope::new(id, job)).await });
+        publishing.spawn(async move {
+            broker.declare_fanout(&names::control_exchange(id)).await?;
+            broker.publish(&jobs, &Envelope::new(id, job)).await
+        });
     }
     while let Some(published) = publishing.join_next().await {
         published.unwrap().unwrap();
@@ -264,6 +276,11 @@ fn answered(seen: &Mutex<HashMap<uuid::Uuid, Seen>>) -> usize {
 /// with a reason on its reply queue, none both and none lost, and `gorgon ping` is answered
 /// within 2 s at several moments of the burst. The jobs are cheap: their tree's file server
 /// does not answer, so a job that runs ends at its pull.
+///
+/// Known limit: a job whose control exchange is gone when the listener binds to it (its
+/// originator ended meanwhile) is taken for over; the broker's 404 on that bind has been
+/// seen to end the listener's own consumer too (under lapin 4.12), which reconnects. The
+/// jobs here have their control exchanges, as a running originator's do.
 #[test]
 fn a_burst_of_a_thousand_jobs_loses_none_and_pings_are_answered() {
     const JOBS: usize = 1000;
@@ -292,24 +309,28 @@ fn a_burst_of_a_thousand_jobs_loses_none_and_pings_are_answered() {
         source,
         replies,
     ));
-    // Pings from the first moment of the burst on: each answered within its 1 s.
+    // Pings from the first moment of the burst on: each answered within its 2 s (on a machine
+    // loaded by the other tests too).
     let mut pinged_during_burst = 0;
     let started = Instant::now();
     while answered(&seen) < JOBS && started.elapsed() < Duration::from_secs(30) {
         let asked = Instant::now();
-        let ping = project.gorgon(&["ping", "--timeout", "1"]);
+        // Asked while jobs of the burst have no answer yet.
+        pinged_during_burst += usize::from(answered(&seen) < JOBS);
+        let ping = project.gorgon(&["ping", "--timeout", "2"]);
         let stdout = String::from_utf8_lossy(&ping.stdout);
         assert!(
             stdout.contains("burst is running gorgon-rs"),
-            "no answer to a ping {:?} into the burst: {stdout}\n{}",
+            "no answer to a ping {:?} into the burst ({} jobs answered): {stdout}\n{}\nthe listener's log:\n{}",
             asked.duration_since(started),
-            String::from_utf8_lossy(&ping.stderr)
+            answered(&seen),
+            String::from_utf8_lossy(&ping.stderr),
+            cluster.listener_log("burst")
         );
-        pinged_during_burst += usize::from(answered(&seen) < JOBS);
     }
     assert!(
         pinged_during_burst >= 2,
-        "the burst was over before two pings could test it ({pinged_during_burst})"
+        "the burst was over before two pings could be asked during it ({pinged_during_burst})"
     );
     runtime.block_on(published).unwrap();
     eventually(
@@ -351,5 +372,10 @@ fn a_burst_of_a_thousand_jobs_loses_none_and_pings_are_answered() {
             "the listener's log says {sign:?}:\n{log}"
         );
     }
-    runtime.block_on(broker.close());
+    runtime.block_on(async {
+        for id in &ids {
+            let _ = broker.delete_exchange(&names::control_exchange(*id)).await;
+        }
+        broker.close().await;
+    });
 }

@@ -38,6 +38,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// this bounds only what a burst of jobs holds in memory; the rest wait in the broker.
 const QUEUE_PREFETCH: u16 = 64;
 
+/// How many refusals may be on their way to originators at once: a burst's refusals share
+/// the connection's one publishing channel with the answers to pings, which must not wait
+/// behind hundreds of them.
+const REFUSALS_AT_ONCE: usize = 4;
+
 /// Why the listener could not start or could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -136,6 +141,8 @@ struct Shared {
     /// Worker slots taken by running jobs and the line of jobs waiting for them (kept
     /// across reconnections).
     slots: slots::Slots,
+    /// Permits to send a refusal ([`REFUSALS_AT_ONCE`]).
+    refusals: tokio::sync::Semaphore,
     /// The warm runner kept for the built-in runners (kept across reconnections).
     warm: WarmSlot,
 }
@@ -205,6 +212,7 @@ pub async fn run(
         settings: settings.clone(),
         queue: queue.clone(),
         slots: slots::Slots::new(settings.worker_slots),
+        refusals: tokio::sync::Semaphore::new(REFUSALS_AT_ONCE),
         warm: warm.clone(),
     });
     let mut connection = Some(inbox);
@@ -477,7 +485,10 @@ fn take_job(
             let reason = full.to_string();
             tracing::info!(job = %id, %project, %originator, "{reason}");
             let shared = shared.clone();
-            tokio::spawn(async move { job::refuse(&shared, &job, reason).await });
+            tokio::spawn(async move {
+                let _permit = shared.refusals.acquire().await;
+                job::refuse(&shared, &job, reason).await;
+            });
             false
         }
     }
