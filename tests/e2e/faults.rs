@@ -381,12 +381,13 @@ fn two_jobs_share_one_listener_which_still_answers_ping() {
     let left_run = left.spawn_start(&[], &[]);
     let right_run = right.spawn_start(&[], &[]);
     wait_for_first_start(&left_record);
-    wait_for_first_start(&right_record);
-    // Both jobs run on the listener now; it still answers at once.
+    // Both jobs are on the listener now (the second waits for the slots the first holds,
+    // `tests/e2e/slots.rs`); it still answers at once.
     let started = std::time::Instant::now();
     let ping = left.gorgon(&["ping", "--timeout", "1"]);
     assert!(String::from_utf8_lossy(&ping.stdout).contains("shared is running gorgon-rs"));
     assert!(started.elapsed() < Duration::from_secs(5));
+    wait_for_first_start(&right_record);
     for (run, record) in [(left_run, left_record), (right_run, right_record)] {
         let run = run.wait(RUN_LIMIT);
         run.assert_report(0, &["4 files: 4 passed"]);

@@ -19,4 +19,5 @@ mod phases;
 mod pipeline;
 mod retries;
 mod runners;
+mod slots;
 mod trust;

@@ -1,6 +1,7 @@
-//! One job on one listener: accept it, pull the tree into a fresh workspace, run
-//! `after_sync`, run a worker manager process until it exits, then clean up and report
-//! `JobDone`. Every step's failure is reported to the originator rather than returned.
+//! One job on one listener: wait for its turn at the host's slots, accept it, pull the tree
+//! into a fresh workspace, run `after_sync`, run a worker manager process with the job's
+//! slots until it exits, then clean up and report `JobDone`. Every step's failure is
+//! reported to the originator rather than returned.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use gorgon_worker::{host_command, run_manager, HostReplies};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::slots::{Grant, Turn};
 use crate::workspace::Workspace;
 use crate::Shared;
 use gorgon_exec::tags::JobTags;
@@ -25,21 +27,80 @@ pub struct Job {
 /// Why the job ended before its workers could run; already reported to the originator.
 struct Reported;
 
+/// Tells the originator of `job` that this listener will not run it, and why.
+pub async fn refuse(shared: &Shared, job: &Job, reason: String) {
+    let host = shared.settings.name.clone();
+    let replies = HostReplies::new(job.id, &host, &job.reply_to, || shared.broker());
+    match replies.send(Message::JobRefused { host, reason }).await {
+        // Its originator has gone: nobody is left to tell.
+        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "cannot tell the originator that the job is refused")
+        }
+    }
+}
+
+/// Waits for the job's turn at the host's slots: at once, or (telling the originator that
+/// the job waits) when the jobs before it are done. `None` when the job will not run here:
+/// its originator has gone, or the listener stops first.
+async fn wait_for_turn(
+    shared: &Shared,
+    job: &Job,
+    replies: &HostReplies<'_>,
+    turn: Turn,
+    mut listener_stopping: watch::Receiver<bool>,
+) -> Option<Grant> {
+    let (ahead, grant) = match turn {
+        Turn::Now(grant) => return Some(grant),
+        Turn::Later { ahead, grant } => (ahead, grant),
+    };
+    let host = shared.settings.name.clone();
+    let slots = shared.slots.total();
+    match replies
+        .send(Message::JobQueued { host, ahead, slots })
+        .await
+    {
+        Err(BrokerError::Unroutable(_)) => {
+            tracing::info!(job = %job.id, "the originator has gone; dropping the waiting job");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "cannot tell the originator that the job waits")
+        }
+        Ok(()) => {}
+    }
+    tokio::select! {
+        granted = grant => {
+            let grant = granted.ok()?;
+            tracing::info!(job = %job.id, slots = grant.slots(), "the job's turn has come");
+            Some(grant)
+        }
+        () = stopped(&mut listener_stopping) => {
+            refuse(shared, job, "the listener stopped while the job waited for its slots".into()).await;
+            None
+        }
+    }
+}
+
 /// Runs the whole job and returns its id. Once `stopping` turns true, the current step is
 /// abandoned (dropping a shell command kills its process group) or the worker manager is
-/// terminated, and the job is cleaned up and reported done.
+/// terminated, and the job is cleaned up and reported done. The job counts as taken
+/// (`JobAccepted`) only once its turn has come: a job waiting for slots holds nothing on
+/// the broker, and one whose originator has gone meanwhile is dropped when its turn comes.
 pub async fn run_job(
     shared: Arc<Shared>,
     job: Job,
+    turn: Turn,
     listener_stopping: watch::Receiver<bool>,
 ) -> Uuid {
     let host = shared.settings.name.clone();
     let replies = HostReplies::new(job.id, &host, &job.reply_to, || shared.broker());
+    let turn = wait_for_turn(&shared, &job, &replies, turn, listener_stopping.clone());
+    let Some(grant) = turn.await else {
+        return job.id;
+    };
     let listener_queue = Some(shared.queue.clone());
-    match replies
-        .accept(shared.settings.worker_slots, listener_queue)
-        .await
-    {
+    match replies.accept(grant.slots(), listener_queue).await {
         Err(BrokerError::Unroutable(_)) => {
             tracing::info!(job = %job.id, "the originator has gone; dropping the job");
             return job.id;
@@ -78,11 +139,9 @@ pub async fn run_job(
             prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
         };
         if prepared.is_ok() && !*stopping.borrow() {
-            let slots = shared.take_slots();
-            let assignment = assignment(&shared, &job, &workspace.path, slots);
+            let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
             let end = run_manager(&assignment, stopped(&mut stopping)).await;
             replies.manager_ended(end).await;
-            shared.release_slots(slots);
             // A job that ran to its end leaves a tree worth keeping warm; a cancelled one
             // may have stopped anywhere.
             keep_workspace = !*stopping.borrow();
@@ -92,10 +151,17 @@ pub async fn run_job(
         watcher.abort();
     }
     // Nothing of the job may outlive it on this host, even a process that left its group.
-    gorgon_exec::procs::kill_tagged(&JobTags::new(job.id, &host));
+    // Reading every process's environment takes a while on a busy host: off the runtime's
+    // threads, so that pings and other jobs are not held up meanwhile.
+    let tags = JobTags::new(job.id, &host);
+    let _ = tokio::task::spawn_blocking(move || gorgon_exec::procs::kill_tagged(&tags)).await;
+    // The job's slots go to the next job in line only now that nothing of it runs.
+    drop(grant);
     if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
         let path = workspace.path.clone();
-        if let Err(error) = workspace.discard() {
+        // A large tree takes a while to remove: off the runtime's threads too.
+        let discarded = tokio::task::spawn_blocking(move || workspace.discard()).await;
+        if let Ok(Err(error)) = discarded {
             tracing::warn!(job = %job.id, workspace = %path.display(), %error, "cannot remove the workspace");
         }
     }

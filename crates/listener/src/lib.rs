@@ -6,6 +6,7 @@ mod fleet;
 pub mod install;
 mod job;
 mod settings;
+mod slots;
 mod workspace;
 
 use std::collections::HashSet;
@@ -31,6 +32,16 @@ pub use settings::{ListenerSettings, SettingsProblem, DEFAULT_WORKER_SLOTS};
 /// managers, remove their workspaces and tell their originators. A worker manager gets
 /// `gorgon_exec::grace::MANAGER` of it before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How many messages of its queue the listener holds unsettled. Taking a job costs it
+/// little (a place in line, or a refusal sent apart) and settles the message at once, so
+/// this bounds only what a burst of jobs holds in memory; the rest wait in the broker.
+const QUEUE_PREFETCH: u16 = 64;
+
+/// How many refusals may be on their way to originators at once: a burst's refusals share
+/// the connection's one publishing channel with the answers to pings, which must not wait
+/// behind hundreds of them.
+const REFUSALS_AT_ONCE: usize = 4;
 
 /// Why the listener could not start or could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +138,11 @@ struct Shared {
     settings: ListenerSettings,
     /// The listener's own queue, named in `JobAccepted`.
     queue: String,
-    /// Worker slots taken by running jobs (kept across reconnections).
-    busy_slots: Arc<std::sync::Mutex<u32>>,
+    /// Worker slots taken by running jobs and the line of jobs waiting for them (kept
+    /// across reconnections).
+    slots: slots::Slots,
+    /// Permits to send a refusal ([`REFUSALS_AT_ONCE`]).
+    refusals: tokio::sync::Semaphore,
     /// The warm runner kept for the built-in runners (kept across reconnections).
     warm: WarmSlot,
 }
@@ -140,17 +154,6 @@ impl Shared {
     /// The connection in use now.
     fn broker(&self) -> Broker {
         self.broker.borrow().clone()
-    }
-
-    /// Takes slots for a new job: every free slot, and at least one, so that a job that
-    /// arrives while others run is never starved (the listener then runs one worker more
-    /// than its slots until a job ends).
-    fn take_slots(&self) -> u32 {
-        let mut busy = self.busy_slots.lock().unwrap_or_else(|e| e.into_inner());
-        let free = self.settings.worker_slots.saturating_sub(*busy);
-        let slots = free.max(1);
-        *busy += slots;
-        slots
     }
 
     /// The socket of the warm runner that serves `runner`, if one does. Otherwise, for a
@@ -180,11 +183,6 @@ impl Shared {
         }
         None
     }
-
-    fn release_slots(&self, slots: u32) {
-        let mut busy = self.busy_slots.lock().unwrap_or_else(|e| e.into_inner());
-        *busy = busy.saturating_sub(slots);
-    }
 }
 
 /// Runs the listener until `shutdown` completes, then stops every job and returns `Ok`.
@@ -213,7 +211,8 @@ pub async fn run(
         broker: watch::channel(broker).0,
         settings: settings.clone(),
         queue: queue.clone(),
-        busy_slots: Arc::new(std::sync::Mutex::new(0)),
+        slots: slots::Slots::new(settings.worker_slots),
+        refusals: tokio::sync::Semaphore::new(REFUSALS_AT_ONCE),
         warm: warm.clone(),
     });
     let mut connection = Some(inbox);
@@ -320,7 +319,7 @@ async fn connect(
         .declare_queue(queue, QueueLife::WhileConsumed)
         .await?;
     broker.bind(queue, &jobs_exchange).await?;
-    let inbox = broker.consume(queue, None).await?;
+    let inbox = broker.consume(queue, Some(QUEUE_PREFETCH)).await?;
     let announcement = Envelope::new(
         Uuid::new_v4(),
         Message::ListenerAnnounced {
@@ -433,21 +432,17 @@ async fn handle(
             // The originator sends a running job both on the fanout and straight to a
             // listener that announces itself late; the same job must be taken once (a
             // replayed one too).
-            if taken.insert(job_id) {
-                tracing::info!(
-                    job = %job_id,
-                    project = %definition.project,
-                    originator = %definition.originator_host,
-                    "taking a job"
-                );
+            if taken.contains(&job_id) {
+                tracing::info!(job = %job_id, "ignoring a job already taken (sent twice, or replayed)");
+            } else {
                 let job = job::Job {
                     id: job_id,
                     definition: definition.as_ref().clone(),
                     reply_to: reply_to.clone(),
                 };
-                jobs.spawn(job::run_job(shared.clone(), job, stopping.clone()));
-            } else {
-                tracing::info!(job = %job_id, "ignoring a job already taken (sent twice, or replayed)");
+                if take_job(shared, job, jobs, stopping) {
+                    taken.insert(job_id);
+                }
             }
         }
         other => {
@@ -457,6 +452,48 @@ async fn handle(
         }
     }
     settle(incoming.ack().await);
+}
+
+/// Takes a job into the line for this host's slots (it starts at once when slots are free)
+/// or refuses it when the line is full; false when refused. Nothing here waits on the
+/// broker: the message is settled as soon as this returns, whatever the job then waits
+/// for, so that a burst of jobs never holds up pings or the listener's queue.
+fn take_job(
+    shared: &Arc<Shared>,
+    job: job::Job,
+    jobs: &mut JoinSet<Uuid>,
+    stopping: &watch::Receiver<bool>,
+) -> bool {
+    let (id, project, originator) = (
+        job.id,
+        job.definition.project.clone(),
+        job.definition.originator_host.clone(),
+    );
+    match shared.slots.join() {
+        Ok(turn) => {
+            match &turn {
+                slots::Turn::Now(grant) => tracing::info!(
+                    job = %id, %project, %originator, slots = grant.slots(), "taking a job"
+                ),
+                slots::Turn::Later { ahead, .. } => tracing::info!(
+                    job = %id, %project, %originator, ahead,
+                    "taking a job, which waits its turn: every slot is busy"
+                ),
+            }
+            jobs.spawn(job::run_job(shared.clone(), job, turn, stopping.clone()));
+            true
+        }
+        Err(full) => {
+            let reason = full.to_string();
+            tracing::info!(job = %id, %project, %originator, "{reason}");
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _permit = shared.refusals.acquire().await;
+                job::refuse(&shared, &job, reason).await;
+            });
+            false
+        }
+    }
 }
 
 fn settle(result: Result<(), BrokerError>) {

@@ -114,6 +114,41 @@ async fn reply_queue(broker: &Broker, job: Uuid) -> (String, Inbox) {
     (queue, inbox)
 }
 
+/// Offers `definition` as job `job` (replying to `reply_to`) straight to the listener's
+/// queue, as an originator does to a listener that joins late.
+async fn offer(
+    broker: &Broker,
+    listener: &Listener,
+    job: Uuid,
+    definition: JobDefinition,
+    reply_to: String,
+) {
+    let offer = Envelope::new(
+        job,
+        Message::Job {
+            definition: Box::new(definition),
+            reply_to,
+        },
+    );
+    broker.send_to_queue(&listener.queue, &offer).await.unwrap();
+}
+
+/// A file server (an rsync daemon on a free port) serving a project `proj` of one file:
+/// the folder it serves, and its port.
+async fn serve_project() -> (tempfile::TempDir, u16) {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::create_dir(served.path().join("proj")).unwrap();
+    std::fs::write(served.path().join("proj/a.sh"), "exit 0").unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    rsync::start_daemon(served.path(), port, Some("127.0.0.1"), None)
+        .await
+        .unwrap();
+    (served, port)
+}
+
 #[tokio::test]
 async fn answers_pings_and_reports_a_failed_sync_once() {
     let broker = connect().await;
@@ -211,16 +246,7 @@ async fn answers_pings_and_reports_a_failed_sync_once() {
 async fn a_failed_after_sync_is_reported_and_the_workspace_removed() {
     let broker = connect().await;
     let root = tempfile::tempdir().unwrap();
-    let served = tempfile::tempdir().unwrap();
-    std::fs::create_dir(served.path().join("proj")).unwrap();
-    std::fs::write(served.path().join("proj/a.sh"), "exit 0").unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    rsync::start_daemon(served.path(), port, Some("127.0.0.1"), None)
-        .await
-        .unwrap();
+    let (_served, port) = serve_project().await;
     let listener = start_listener(&broker, root.path()).await;
 
     let job = Uuid::new_v4();
@@ -233,14 +259,14 @@ async fn a_failed_after_sync_is_reported_and_the_workspace_removed() {
         ),
         ..Callbacks::default()
     };
-    let offer = Envelope::new(
+    offer(
+        &broker,
+        &listener,
         job,
-        Message::Job {
-            definition: Box::new(definition(&source, callbacks)),
-            reply_to: replies,
-        },
-    );
-    broker.send_to_queue(&listener.queue, &offer).await.unwrap();
+        definition(&source, callbacks),
+        replies,
+    )
+    .await;
     let mut messages = Vec::new();
     for _ in 0..3 {
         messages.push(next(&mut inbox).await);
@@ -262,4 +288,74 @@ async fn a_failed_after_sync_is_reported_and_the_workspace_removed() {
     );
     assert!(matches!(messages[2], Message::JobDone { .. }));
     assert!(!root.path().join(job.to_string()).exists());
+}
+
+/// A job that finds every slot taken waits its turn: the listener says so (`JobQueued`,
+/// not `JobAccepted`), and takes it with the slots once the job before it has ended.
+#[tokio::test]
+async fn a_job_beyond_the_free_slots_waits_its_turn_and_is_told_so() {
+    let broker = connect().await;
+    let root = tempfile::tempdir().unwrap();
+    let (served, port) = serve_project().await;
+    let listener = start_listener(&broker, root.path()).await;
+    let release = served.path().join("release");
+
+    // The first job holds every slot in its after_sync until the test releases it.
+    let first = Uuid::new_v4();
+    let (first_replies, mut first_inbox) = reply_queue(&broker, first).await;
+    let source = rsync::tree_location("127.0.0.1", port, SyncTransport::Daemon, "proj");
+    let holding = Callbacks {
+        after_sync: Some(format!(
+            "i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; exit 5",
+            release.display()
+        )),
+        ..Callbacks::default()
+    };
+    let holder = definition(&source, holding);
+    offer(&broker, &listener, first, holder, first_replies).await;
+    assert!(matches!(
+        next(&mut first_inbox).await,
+        Message::JobAccepted { slots: 3, .. }
+    ));
+
+    let second = Uuid::new_v4();
+    let (second_replies, mut second_inbox) = reply_queue(&broker, second).await;
+    let nothing = definition("rsync://127.0.0.1:1/src/nothing/", Callbacks::default());
+    offer(&broker, &listener, second, nothing, second_replies).await;
+    assert_eq!(
+        next(&mut second_inbox).await,
+        Message::JobQueued {
+            host: "test-listener".into(),
+            ahead: 0,
+            slots: 3,
+        }
+    );
+
+    std::fs::write(&release, "").unwrap();
+    let first_end = [next(&mut first_inbox).await, next(&mut first_inbox).await];
+    assert!(
+        matches!(
+            first_end,
+            [Message::CallbackFailed { .. }, Message::JobDone { .. }]
+        ),
+        "{first_end:?}"
+    );
+    let mut second_end = Vec::new();
+    for _ in 0..3 {
+        second_end.push(next(&mut second_inbox).await);
+    }
+    assert!(
+        matches!(
+            second_end.as_slice(),
+            [
+                Message::JobAccepted { slots: 3, .. },
+                Message::SyncFailed { .. },
+                Message::JobDone { .. }
+            ]
+        ),
+        "{second_end:?}"
+    );
+    listener.stop().await;
+    rsync::stop_daemon(port).await.unwrap();
+    broker.close().await;
 }

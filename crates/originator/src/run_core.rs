@@ -189,14 +189,30 @@ pub(crate) fn take_reply(
             state.listener_done(&host);
             Outcome::of(vec![Happened::ListenerDone { host }, Happened::Redraw])
         }
-        other => {
-            tracing::warn!(
-                ?other,
-                "dropping a message that does not belong on the reply queue"
-            );
-            Outcome::default()
-        }
+        other => not_taken_yet(state, other),
     }
+}
+
+/// What a listener that has not taken the job says of it: it waits for the listener's
+/// slots, or is refused. Anything else does not belong on the reply queue.
+fn not_taken_yet(state: &mut JobState, message: Message) -> Outcome {
+    match message {
+        Message::JobQueued { host, ahead, slots } => {
+            tracing::info!(%host, ahead, slots, "a listener has the job waiting for its slots");
+            let note =
+                format!("has it waiting for its {slots} busy slot(s), behind {ahead} other job(s)");
+            state.listener_waiting(&host, note);
+        }
+        Message::JobRefused { host, reason } => {
+            tracing::warn!(%host, %reason, "a listener refused the job");
+            state.listener_waiting(&host, format!("refused it: {reason}"));
+        }
+        other => tracing::warn!(
+            ?other,
+            "dropping a message that does not belong on the reply queue"
+        ),
+    }
+    Outcome::default()
 }
 
 /// A file's result: final, held for its retries, or dropped.

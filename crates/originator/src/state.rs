@@ -52,6 +52,9 @@ pub struct JobState {
     listeners_done: BTreeSet<String>,
     /// host → the listener's own queue, whose disappearance means the listener died.
     listener_queues: BTreeMap<String, String>,
+    /// host → what a listener that has not taken the job said of it (it waits for the
+    /// listener's slots, or was refused), for the message of a run no listener took.
+    listeners_waiting: BTreeMap<String, String>,
     /// Worker slots of the listeners that took the job.
     slots: u32,
     /// file → how many workers died while running it.
@@ -102,6 +105,7 @@ impl JobState {
             listeners_accepted: BTreeSet::new(),
             listeners_done: BTreeSet::new(),
             listener_queues: BTreeMap::new(),
+            listeners_waiting: BTreeMap::new(),
             slots: 0,
             crashes: HashMap::new(),
             problems: Vec::new(),
@@ -339,6 +343,21 @@ impl JobState {
         if let Some(queue) = queue {
             self.listener_queues.insert(host.to_owned(), queue);
         }
+    }
+
+    /// A listener has not taken the job yet: `note` says why (it waits for its slots, or
+    /// refused the job).
+    pub fn listener_waiting(&mut self, host: &str, note: String) {
+        self.listeners_waiting.insert(host.to_owned(), note);
+    }
+
+    /// What the listeners that have not taken the job said of it, one `host note` each.
+    pub fn listeners_waiting(&self) -> Vec<String> {
+        self.listeners_waiting
+            .iter()
+            .filter(|(host, _)| !self.listeners_accepted.contains(*host))
+            .map(|(host, note)| format!("{host} {note}"))
+            .collect()
     }
 
     /// Working listeners and their queues, to check that they are still alive.
@@ -685,6 +704,20 @@ pub(crate) mod tests {
         state.listener_done("h2");
         assert!(state.all_listeners_done());
         assert!(state.working_listener_queues().is_empty());
+    }
+
+    #[test]
+    fn what_listeners_said_of_a_job_they_have_not_taken_is_kept_until_they_take_it() {
+        let mut state = JobState::new(vec!["a".into()]);
+        state.listener_waiting("h1", "has it waiting".into());
+        state.listener_waiting("h2", "refused it: full".into());
+        assert_eq!(
+            state.listeners_waiting(),
+            ["h1 has it waiting", "h2 refused it: full"]
+        );
+        state.listener_accepted("h1", 2, None);
+        assert_eq!(state.listeners_waiting(), ["h2 refused it: full"]);
+        assert!(state.any_listener_accepted());
     }
 
     #[test]

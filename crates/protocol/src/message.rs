@@ -174,6 +174,22 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         listener_queue: Option<String>,
     },
+    /// The listener's slots are all taken by other jobs: the job waits its turn there, first
+    /// come, first served, behind `ahead` other waiting jobs, and is taken (`JobAccepted`)
+    /// once slots are free. A waiting job is not taken yet: the originator still gives up
+    /// after `job.listener_wait`, and names the listeners that have it waiting.
+    JobQueued {
+        host: String,
+        ahead: u32,
+        /// The listener's slots, all busy.
+        slots: u32,
+    },
+    /// The listener will not run the job, and why (too many jobs wait for its slots already,
+    /// or it is stopping).
+    JobRefused {
+        host: String,
+        reason: String,
+    },
     /// The listener could not pull the tree from the file server.
     SyncFailed {
         host: String,
@@ -664,6 +680,15 @@ mod tests {
                 slots: 2,
                 listener_queue: Some("gorgon-rs.default.listener.x".into()),
             },
+            Message::JobQueued {
+                host: "h1".into(),
+                ahead: 3,
+                slots: 2,
+            },
+            Message::JobRefused {
+                host: "h1".into(),
+                reason: "100 jobs already wait for this listener's 2 slots".into(),
+            },
             Message::SyncFailed {
                 host: "h1".into(),
                 output: "rsync: connection refused".into(),
@@ -815,6 +840,33 @@ mod tests {
         assert_eq!(
             String::from_utf8(finished.encode()).unwrap(),
             r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"file_finished","host":"h","worker_id":2,"file":"f","status":"crashed","seconds":1.5,"exit":"killed by signal 9 (SIGKILL)","output":"o"}}"#
+        );
+    }
+
+    #[test]
+    fn a_waiting_job_s_notices_are_pinned() {
+        let queued = Envelope::new(
+            job_id(),
+            Message::JobQueued {
+                host: "h1".into(),
+                ahead: 3,
+                slots: 2,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(queued.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job_queued","host":"h1","ahead":3,"slots":2}}"#
+        );
+        let refused = Envelope::new(
+            job_id(),
+            Message::JobRefused {
+                host: "h1".into(),
+                reason: "full".into(),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(refused.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job_refused","host":"h1","reason":"full"}}"#
         );
     }
 

@@ -315,8 +315,18 @@ impl<'a> Distributed<'a> {
         let state = &self.core.state;
         let settings = &self.plan.settings;
         if !state.any_listener_accepted() && Instant::now() >= self.listener_deadline {
+            let waiting = state.listeners_waiting();
+            // Listeners that answered are running: what they said is the reason.
+            let why = if waiting.is_empty() {
+                "(is `gorgon listen` running, with the same cluster_id and broker?)".to_owned()
+            } else {
+                format!(
+                    "({}; raise job.listener_wait to wait longer)",
+                    waiting.join("; ")
+                )
+            };
             self.stop = Some(Stop::Failed(format!(
-                "no listener of cluster '{}' took the job within {} s (is `gorgon listen` running, with the same cluster_id and broker?)",
+                "no listener of cluster '{}' took the job within {} s {why}",
                 self.cluster_id,
                 settings.listener_wait.as_secs_f64()
             )));
