@@ -22,40 +22,21 @@ pub const MAX_WORKER_SLOTS: u32 = 1024;
 /// nobody reads is a warning, and an error in `connection` (and its `tls`), in
 /// `file_server`, and near the signing keys at the top (docs/configuration.md, "Unknown
 /// keys"). Gorgon's `bin_gem_path` is only told at info level.
-const SECTIONS: [config_file::Section; 4] = [
-    config_file::Section {
-        at: "",
-        known: &[
-            "allow_fleet_commands",
-            "connection",
-            "worker_slots",
-            "cluster_id",
-            "name",
-            "log_file",
-            "workspace_root",
-            "warm_runners",
-            "allow_root",
-            "file_server",
-            "signing_key",
-            "signing_key_file",
-            "previous_signing_key",
-            "previous_signing_key_file",
-        ],
-        ignored: &["bin_gem_path"],
-        guarded: false,
-        guarded_keys: config_file::TRUST_KEYS,
-    },
-    gorgon_protocol::connection::CONNECTION_SECTIONS[0],
-    gorgon_protocol::connection::CONNECTION_SECTIONS[1],
-    config_file::Section {
-        at: "file_server",
-        known: &["listener_password"],
-        // A config written from a project's or a shared secrets file may name the rest.
-        ignored: &["host", "port", "originator_password"],
-        guarded: true,
-        guarded_keys: &[],
-    },
-];
+const SECTIONS: [config_file::Section; 4] = config_file::shared_sections(
+    &[
+        "allow_fleet_commands",
+        "worker_slots",
+        "cluster_id",
+        "name",
+        "log_file",
+        "workspace_root",
+        "warm_runners",
+        "allow_root",
+    ],
+    &["listener_password"],
+    // A config written from a project's or a shared secrets file may name the rest.
+    &["host", "port", "originator_password"],
+);
 
 /// Everything `gorgon listen` needs, resolved and validated.
 #[derive(Clone, Debug, PartialEq)]

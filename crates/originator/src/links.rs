@@ -222,19 +222,20 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn tree() -> tempfile::TempDir {
+    /// A project with a few folders and `links` (`(link, target)`) in it.
+    fn tree_with(links: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for folder in ["tests", "lib", "deep/d", "vendor", "log"] {
             std::fs::create_dir_all(dir.path().join(folder)).unwrap();
         }
         std::fs::write(dir.path().join("lib/helper.sh"), "x").unwrap();
+        for (at, target) in links {
+            symlink(target, dir.path().join(at)).unwrap();
+        }
         dir
     }
 
-    fn link(dir: &Path, at: &str, target: &str) {
-        symlink(target, dir.join(at)).unwrap();
-    }
-
+    /// The links `refuse_outside` names in `dir`, none when it pushes the tree.
     fn refused(dir: &Path, exclude: &[&str]) -> Vec<String> {
         let exclude: Vec<String> = exclude.iter().map(|p| p.to_string()).collect();
         match refuse_outside(dir, &exclude) {
@@ -246,32 +247,35 @@ mod tests {
 
     #[test]
     fn links_inside_the_project_are_fine() {
-        let dir = tree();
-        let root = dir.path();
-        link(root, "tests/helper.sh", "../lib/helper.sh");
-        link(root, "tests/lib", "../lib");
-        link(root, "deep/d/top", "../..");
-        link(root, "deep/d/via", "top/lib/./helper.sh");
-        link(root, "tests/loop_a", "loop_b");
-        link(root, "tests/loop_b", "loop_a");
-        link(root, "tests/not_built_yet", "../build/out.sh");
-        assert_eq!(refused(root, &[]), Vec::<String>::new());
+        let dir = tree_with(&[
+            ("tests/helper.sh", "../lib/helper.sh"),
+            ("tests/lib", "../lib"),
+            ("deep/d/top", "../.."),
+            ("deep/d/via", "top/lib/./helper.sh"),
+            ("tests/loop_a", "loop_b"),
+            ("tests/loop_b", "loop_a"),
+            ("tests/not_built_yet", "../build/out.sh"),
+        ]);
+        assert_eq!(refused(dir.path(), &[]), Vec::<String>::new());
     }
 
     #[test]
     fn links_out_of_the_project_are_refused_and_named() {
-        let dir = tree();
-        let root = dir.path();
-        link(root, "tests/x_test.sh", "/etc/shadow");
-        link(root, "tests/up", "../../elsewhere");
-        link(root, "lib/self", &root.join("lib").display().to_string());
-        // Lexically inside, out through another link: top is the root, top/.. its parent.
-        link(root, "deep/d/top", "../..");
-        link(root, "deep/d/sneaky", "top/../sibling");
-        link(root, "tests/lib", "../lib");
-        link(root, "tests/through", "lib/../../..");
+        let dir = tree_with(&[
+            ("tests/x_test.sh", "/etc/shadow"),
+            ("tests/up", "../../elsewhere"),
+            // Lexically inside, out through another link: top is the root, top/.. its
+            // parent.
+            ("deep/d/top", "../.."),
+            ("deep/d/sneaky", "top/../sibling"),
+            ("tests/lib", "../lib"),
+            ("tests/through", "lib/../../.."),
+        ]);
+        // Absolute, even into the project: a listener resolves it on its own host.
+        let inside = dir.path().join("lib").display().to_string();
+        symlink(&inside, dir.path().join("lib/self")).unwrap();
         assert_eq!(
-            refused(root, &[]),
+            refused(dir.path(), &[]),
             [
                 "deep/d/sneaky",
                 "lib/self",
@@ -280,7 +284,7 @@ mod tests {
                 "tests/x_test.sh"
             ]
         );
-        let error = refuse_outside(root, &[]).unwrap_err().to_string();
+        let error = refuse_outside(dir.path(), &[]).unwrap_err().to_string();
         assert!(
             error.starts_with("refusing to push 5 symbolic links that lead out of the project: deep/d/sneaky -> top/../sibling, lib/self -> /"),
             "{error}"
@@ -290,24 +294,18 @@ mod tests {
 
     #[test]
     fn excluded_paths_are_not_looked_at() {
-        let dir = tree();
-        let root = dir.path();
-        link(root, "vendor/out", "/etc");
-        link(root, "log/current", "/var/log/syslog");
-        link(root, "tests/secret.key", "/etc/ssl/private/k.key");
-        link(root, "deep/d/out", "/");
-        assert_eq!(
-            refused(root, &["vendor/", "/log", "*.key", "deep/d"]),
-            Vec::<String>::new()
-        );
+        let exclude = ["vendor/", "/log", "*.key", "deep/d"];
+        let dir = tree_with(&[
+            ("vendor/out", "/etc"),
+            ("log/current", "/var/log/syslog"),
+            ("tests/secret.key", "/etc/ssl/private/k.key"),
+            ("deep/d/out", "/"),
+        ]);
+        assert_eq!(refused(dir.path(), &exclude), Vec::<String>::new());
         // A folder-only pattern does not exclude a link of that name; an anchored one only
         // at the root.
-        link(root, "tests/vendor", "/etc");
-        link(root, "tests/log", "/etc");
-        assert_eq!(
-            refused(root, &["vendor/", "/log", "*.key", "deep/d"]),
-            ["tests/log", "tests/vendor"]
-        );
+        let dir = tree_with(&[("tests/vendor", "/etc"), ("tests/log", "/etc")]);
+        assert_eq!(refused(dir.path(), &exclude), ["tests/log", "tests/vendor"]);
     }
 
     #[test]

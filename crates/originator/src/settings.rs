@@ -225,12 +225,9 @@ pub struct OriginatorCallbacks {
 /// at the top (docs/configuration.md, "Unknown keys"). Keys Ruby Gorgon read and gorgon-rs
 /// does not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
 /// `connection.timeout`...) are only told at info level.
-const SECTIONS: [config_file::Section; 8] = [
-    config_file::Section {
-        at: "",
-        known: &[
-            "connection",
-            "file_server",
+const SECTIONS: [config_file::Section; 8] = {
+    let [top, connection, tls, file_server] = config_file::shared_sections(
+        &[
             "files",
             "phases",
             "job",
@@ -241,84 +238,76 @@ const SECTIONS: [config_file::Section; 8] = [
             "cluster_id",
             "junit_file",
             "html_file",
-            "signing_key",
-            "signing_key_file",
-            "previous_signing_key",
-            "previous_signing_key_file",
         ],
-        ignored: &["bin_gem_path"],
-        guarded: false,
-        guarded_keys: config_file::TRUST_KEYS,
-    },
-    gorgon_protocol::connection::CONNECTION_SECTIONS[0],
-    gorgon_protocol::connection::CONNECTION_SECTIONS[1],
-    config_file::Section {
-        at: "file_server",
-        known: &["host", "port", "originator_password"],
+        &["host", "port", "originator_password"],
         // A secrets file shared with `start_rsync --secrets` holds the listeners' password too.
-        ignored: &["listener_password"],
-        guarded: true,
-        guarded_keys: &[],
-    },
-    config_file::Section {
-        at: "job",
-        known: &[
-            "sync",
-            "runner",
-            "file_timeout",
-            "max_crash_retries",
-            "retries",
-            "retry_budget",
-            "max_fail",
-            "callbacks",
-            "listener_wait",
-        ],
-        ignored: &[],
-        guarded: false,
-        guarded_keys: &[],
-    },
-    config_file::Section {
-        at: "job.sync",
-        known: &["exclude", "rsync_transport"],
-        ignored: &["source_tree_path"],
-        guarded: true,
-        guarded_keys: &[],
-    },
-    config_file::Section {
-        at: "job.runner",
-        known: &[
-            "kind",
-            "command",
-            "args",
-            "allow_empty_files",
-            "batch_seconds",
-            "file_timeout",
-            "isolation",
-            "by_glob",
-            "by_phase",
-        ],
-        ignored: &[],
-        guarded: false,
-        guarded_keys: &[],
-    },
-    config_file::Section {
-        at: "job.callbacks",
-        known: &[
-            "before_originate",
-            "after_sync",
-            "before_creating_workers",
-            "before_start",
-            "after_complete",
-            "after_creating_workers",
-            "after_job_finishes",
-            "callbacks_class_file",
-            "class_file",
-        ],
-        ignored: &[],
-        guarded: false,
-        guarded_keys: &[],
-    },
-];
+        &["listener_password"],
+    );
+    [
+        top,
+        connection,
+        tls,
+        file_server,
+        config_file::Section {
+            at: "job",
+            known: &[
+                "sync",
+                "runner",
+                "file_timeout",
+                "max_crash_retries",
+                "retries",
+                "retry_budget",
+                "max_fail",
+                "callbacks",
+                "listener_wait",
+            ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.sync",
+            known: &["exclude", "rsync_transport"],
+            ignored: &["source_tree_path"],
+            guarded: true,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.runner",
+            known: &[
+                "kind",
+                "command",
+                "args",
+                "allow_empty_files",
+                "batch_seconds",
+                "file_timeout",
+                "isolation",
+                "by_glob",
+                "by_phase",
+            ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.callbacks",
+            known: &[
+                "before_originate",
+                "after_sync",
+                "before_creating_workers",
+                "before_start",
+                "after_complete",
+                "after_creating_workers",
+                "after_job_finishes",
+                "callbacks_class_file",
+                "class_file",
+            ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+    ]
+};
 
 #[derive(Deserialize)]
 struct RawConfig {
@@ -744,6 +733,12 @@ mod tests {
         "cluster_id": "ci"
     }"#;
 
+    /// The settings of a `gorgon.json` holding `text`, alone in a folder.
+    fn loaded(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        Settings::load(&write(dir.path(), "gorgon.json", text))
+    }
+
     #[test]
     fn a_full_config_resolves() {
         let dir = tempfile::tempdir().unwrap();
@@ -817,16 +812,10 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_a_warning_naming_the_nearest_known_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write(
-            dir.path(),
-            "gorgon.json",
-            r#"{"files": ["t/*.sh"], "retries": 2, "job": {"retires": 2, "runner": {"command": "sh {file}", "comand": "x"},
-                "callbacks": {"before_strat": "x"}}, "junit_fil": "j.xml", "zzz": 1}"#,
-        );
-        let settings = Settings::load(&path).unwrap();
+        let text = r#"{"files": ["t/*.sh"], "retries": 2, "job": {"retires": 2, "runner": {"command": "sh {file}", "comand": "x"},
+                "callbacks": {"before_strat": "x"}}, "junit_fil": "j.xml", "zzz": 1}"#;
         assert_eq!(
-            settings.config_keys.warning_lines(),
+            loaded(text).unwrap().config_keys.warning_lines(),
             [
                 // The keys of an object in the order of their names.
                 "unknown key junit_fil (did you mean junit_file?); ignored",
@@ -874,7 +863,6 @@ mod tests {
 
     #[test]
     fn a_value_of_the_wrong_type_names_its_key() {
-        let dir = tempfile::tempdir().unwrap();
         for (text, expected) in [
             (
                 r#"{"files": "tests/*_test.sh"}"#,
@@ -893,8 +881,7 @@ mod tests {
                 "connection.port: invalid type: string \"x\"",
             ),
         ] {
-            let path = write(dir.path(), "gorgon.json", text);
-            let message = Settings::load(&path).unwrap_err().to_string();
+            let message = loaded(text).unwrap_err().to_string();
             assert!(message.contains(expected), "{text}: {message}");
         }
     }

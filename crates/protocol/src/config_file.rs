@@ -136,10 +136,41 @@ pub struct Section {
     /// The object decides whom the cluster trusts (the broker and its TLS, the file server,
     /// what leaves this machine): a key nobody reads in it is refused, not ignored.
     pub guarded: bool,
-    /// Known keys of an unguarded object that decide whom the cluster trusts (the signing
-    /// keys at the top of a file): a key near one of them, or one whose name speaks of keys
-    /// and secrets ([`SECURITY_WORDS`]), is refused too.
+    /// Keys of an unguarded object that decide whom the cluster trusts (the signing keys at
+    /// the top of a file), known as `known` are: a key near one of them, or one whose name
+    /// speaks of keys and secrets ([`SECURITY_WORDS`]), is refused too.
     pub guarded_keys: &'static [&'static str],
+}
+
+/// The objects every config file (`gorgon.json`, `gorgon_listener.json`) has: its top, which
+/// reads `top` and the keys that decide whom the cluster trusts ([`TRUST_KEYS`]) and accepts
+/// Gorgon's `bin_gem_path`; `connection` and its `tls`
+/// ([`crate::connection::CONNECTION_SECTIONS`]); and `file_server`, guarded, which reads
+/// `file_server` and accepts `file_server_ignored` (the other role's keys).
+pub const fn shared_sections(
+    top: &'static [&'static str],
+    file_server: &'static [&'static str],
+    file_server_ignored: &'static [&'static str],
+) -> [Section; 4] {
+    let [connection, tls] = crate::connection::CONNECTION_SECTIONS;
+    [
+        Section {
+            at: "",
+            known: top,
+            ignored: &["bin_gem_path"],
+            guarded: false,
+            guarded_keys: TRUST_KEYS,
+        },
+        connection,
+        tls,
+        Section {
+            at: "file_server",
+            known: file_server,
+            ignored: file_server_ignored,
+            guarded: true,
+            guarded_keys: &[],
+        },
+    ]
 }
 
 /// The keys at the top of every config file that decide whom the cluster trusts (the
@@ -153,6 +184,13 @@ pub const TRUST_KEYS: &[&str] = &[
     "previous_signing_key",
     "previous_signing_key_file",
 ];
+
+impl Section {
+    /// Whether gorgon-rs reads `key` here.
+    fn knows(&self, key: &str) -> bool {
+        self.known.contains(&key) || self.guarded_keys.contains(&key)
+    }
+}
 
 /// Words that make an unknown key in a section with `guarded_keys` a refused one: such a key
 /// was surely meant to protect something.
@@ -234,14 +272,14 @@ pub fn check_keys(config: &Value, sections: &[Section]) -> Result<KeyReport, Gua
             at => format!("{at}."),
         };
         for key in object.into_iter().flat_map(|object| object.keys()) {
-            if section.known.contains(&key.as_str()) {
+            if section.knows(key) {
                 continue;
             }
             if section.ignored.contains(&key.as_str()) {
                 report.ignored.push(format!("{prefix}{key}"));
                 continue;
             }
-            let near = nearest(key, section.known);
+            let near = nearest_of(key, section.known.iter().chain(section.guarded_keys));
             let unknown = UnknownKey {
                 key: format!("{prefix}{key}"),
                 nearest: near
@@ -283,7 +321,7 @@ fn guarded_place(section: &Section, key: &str, near: Option<&str>) -> Option<Str
 fn elsewhere(key: &str, section: &Section, sections: &[Section]) -> Option<String> {
     sections
         .iter()
-        .filter(|other| other.at != section.at && other.known.contains(&key))
+        .filter(|other| other.at != section.at && other.knows(key))
         .map(|other| match other.at {
             "" => key.to_owned(),
             at => format!("{at}.{key}"),
@@ -295,11 +333,15 @@ fn elsewhere(key: &str, section: &Section, sections: &[Section]) -> Option<Strin
 /// edit per three characters (and always one), a swap of two neighbours counting one. Of
 /// two as near, the one of the closer length (`hots` is `host`, not `hosts`).
 pub fn nearest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    nearest_of(key, known.iter())
+}
+
+/// [`nearest`] among `known`.
+fn nearest_of<'a, 'k: 'a>(key: &str, known: impl Iterator<Item = &'a &'k str>) -> Option<&'k str> {
     let key = key.to_lowercase();
     let length = key.chars().count();
     let allowed = (length / 3).max(1);
     known
-        .iter()
         .map(|candidate| (edit_distance(&key, &candidate.to_lowercase()), *candidate))
         .filter(|(distance, _)| *distance <= allowed)
         .min_by_key(|(distance, candidate)| (*distance, candidate.chars().count().abs_diff(length)))
