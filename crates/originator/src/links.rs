@@ -17,7 +17,7 @@ const MAX_HOPS: usize = 40;
 /// Why a tree is not pushed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("refusing to push {}: a listener would follow them on its own host; replace each by the file it points to, point it inside the project with a relative path, or exclude it (job.sync.exclude); see docs/security.md", listed(.0))]
+    #[error("refusing to push {}; see docs/security.md", listed(.0))]
     Outside(Vec<OutsideLink>),
     #[error("cannot read {} to look for links that leave the project: {source}", path.display())]
     Read {
@@ -49,11 +49,11 @@ fn listed(links: &[OutsideLink]) -> String {
     };
     match links.len() {
         1 => format!(
-            "the symbolic link {}, which leads out of the project",
+            "the symbolic link {}, which leads out of the project: a listener would follow it on its own host; replace it by the file it points to, point it inside the project with a relative path, or exclude it (job.sync.exclude)",
             named[0]
         ),
         count => format!(
-            "{count} symbolic links that lead out of the project: {}{more}",
+            "{count} symbolic links that lead out of the project: {}{more}: a listener would follow them on its own host; replace each by the file it points to, point it inside the project with a relative path, or exclude it (job.sync.exclude)",
             named.join(", ")
         ),
     }
