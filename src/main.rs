@@ -201,6 +201,7 @@ struct StartArgs {
     #[arg(long, short)]
     verbose: bool,
     /// Files (or globs) to run instead of the configured `files`.
+    #[arg(value_parser = utf8_file())]
     files: Vec<String>,
     /// Seconds a file may run before it is killed and reported as timed out
     /// (overrides `job.file_timeout`).
@@ -597,6 +598,20 @@ impl StartArgs {
     }
 }
 
+/// A file named on the command line, refused with its name (written with U+FFFD for the
+/// bytes that are not UTF-8) when it is not UTF-8: a worker could not be told it.
+fn utf8_file() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(|name| {
+        name.into_string().map_err(|name| {
+            format!(
+                "{} has a name that is not UTF-8 (shown with \u{fffd} for the bytes that are not), so it cannot be named to a worker; rename it",
+                name.to_string_lossy()
+            )
+        })
+    })
+}
+
 /// `gorgon listen` (`--check`: check the config and the broker, and exit).
 async fn listen(config: &Path, check: bool) -> Result<i32, CliError> {
     if check {
@@ -605,6 +620,7 @@ async fn listen(config: &Path, check: bool) -> Result<i32, CliError> {
         return Ok(exit_code::SUCCESS);
     }
     let settings = gorgon_listener::ListenerSettings::load(config)?;
+    settings.warn_unknown_keys(config);
     gorgon_listener::refuse_root(&settings, config)?;
     match &settings.log_file {
         Some(path) => init_logging("info", LogTarget::File(path)),

@@ -6,7 +6,7 @@ use crate::support::{broker_port, Project, Run};
 
 const QUICK: Duration = Duration::from_secs(20);
 
-fn project(config: &str) -> (tempfile::TempDir, Project) {
+pub(crate) fn project(config: &str) -> (tempfile::TempDir, Project) {
     let dir = tempfile::tempdir().unwrap();
     let project = Project {
         dir: dir.path().to_owned(),
@@ -37,7 +37,7 @@ fn start_refused(project: &Project, args: &[&str], sentence: &str, named: &[&str
     run
 }
 
-fn assert_one_sentence(stderr: &str, needle: &str) {
+pub(crate) fn assert_one_sentence(stderr: &str, needle: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("gorgon: "), "{stderr}");

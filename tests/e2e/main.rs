@@ -9,6 +9,7 @@ mod support;
 
 mod ci_nodes;
 mod config_errors;
+mod config_mistakes;
 mod contain;
 mod docs;
 mod faults;

@@ -2,6 +2,7 @@
 //! runs each job it receives in a task of its own (pull the tree, `after_sync`, then a worker
 //! manager process), so that it stays responsive while jobs run.
 
+mod check;
 mod fleet;
 pub mod install;
 mod job;
@@ -54,6 +55,13 @@ pub enum ListenerError {
         #[source]
         problem: settings::SettingsProblem,
     },
+    /// What `listen --check` found wrong on this host.
+    #[error("{}: {problem}", path.display())]
+    Check {
+        path: PathBuf,
+        #[source]
+        problem: check::WorkspaceProblem,
+    },
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("gorgon listen refuses to run as root: every job it takes runs its callbacks and tests with the listener's rights, so any job could change anything on this host. Run it as an unprivileged user (`gorgon install_listener` sets one up), or, on a host that is thrown away after use (a container, a CI machine), set \"allow_root\": true in {}", path.display())]
@@ -89,7 +97,12 @@ fn readable_by_others(path: &std::path::Path) -> Option<String> {
 /// the line to print when both work.
 pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
     let settings = ListenerSettings::load(path)?;
+    settings.warn_unknown_keys(path);
     refuse_root(&settings, path)?;
+    check::workspace_root(&settings.workspace_root).map_err(|problem| ListenerError::Check {
+        path: path.to_owned(),
+        problem,
+    })?;
     let broker = Broker::connect(
         &settings.broker,
         &format!("gorgon listen --check {}", settings.name),
@@ -106,6 +119,10 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
         reached,
         trust_line(&settings)
     );
+    if let Some(warning) = check::slots_per_core(settings.worker_slots) {
+        report.push('\n');
+        report.push_str(&warning);
+    }
     if let Some(warning) = readable_by_others(path) {
         report.push('\n');
         report.push_str(&warning);
@@ -193,7 +210,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ListenerError> {
     let mut settings = settings;
-    for line in &settings.unused_keys {
+    for line in settings.config_keys.ignored_lines() {
         tracing::info!("{line}");
     }
     // Workspaces are handed to other processes and callbacks as absolute paths.

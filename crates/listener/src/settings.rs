@@ -12,6 +12,32 @@ use crate::ListenerError;
 /// Workers a listener runs per job when `worker_slots` is not configured (Gorgon's default).
 pub const DEFAULT_WORKER_SLOTS: u32 = 2;
 
+/// The most `worker_slots` a listener takes. Each slot is a worker process (with its test's
+/// processes) and a file the broker hands the listener at once; no host runs this many tests
+/// at once to any profit, so more is a slip (a slot per test file, an extra zero) that would
+/// start a process per file.
+pub const MAX_WORKER_SLOTS: u32 = 1024;
+
+/// The keys of `gorgon_listener.json`, by object, for [`config_file::check_keys`]. A key
+/// nobody reads is a warning, and an error in `connection` (and its `tls`), in
+/// `file_server`, and near the signing keys at the top (docs/configuration.md, "Unknown
+/// keys"). Gorgon's `bin_gem_path` is only told at info level.
+const SECTIONS: [config_file::Section; 4] = config_file::shared_sections(
+    &[
+        "allow_fleet_commands",
+        "worker_slots",
+        "cluster_id",
+        "name",
+        "log_file",
+        "workspace_root",
+        "warm_runners",
+        "allow_root",
+    ],
+    &["listener_password"],
+    // A config written from a project's or a shared secrets file may name the rest.
+    &["host", "port", "originator_password"],
+);
+
 /// Everything `gorgon listen` needs, resolved and validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListenerSettings {
@@ -37,14 +63,26 @@ pub struct ListenerSettings {
     /// `file_server.listener_password`: the file server's `listener` user, which may only
     /// read, logs in with it (`docs/security.md`).
     pub file_server_password: Option<String>,
-    /// Keys of the file that gorgon-rs does not use (Gorgon's `bin_gem_path`, the connection
-    /// library's `heartbeat`...), one line each, logged at start.
-    pub unused_keys: Vec<String>,
+    /// What the file's keys say besides their values: keys of Gorgon's that gorgon-rs does
+    /// not use (`bin_gem_path`, the amqp gem's `connection.timeout`...) and unknown keys
+    /// ([`ListenerSettings::warn_unknown_keys`]).
+    pub config_keys: config_file::KeyReport,
 }
 
 impl ListenerSettings {
-    /// Reads and validates `gorgon_listener.json` (JSON with comments). Unknown keys are
-    /// ignored, so a file written for Gorgon (with `bin_gem_path`, say) still loads.
+    /// Warns on stderr of each unknown key of the file at `path`, naming the nearest known
+    /// one: where `listen --check` and a service manager show it, whatever the log's place.
+    /// (Gorgon's keys that are not used are told in the log, by [`crate::run`].)
+    pub fn warn_unknown_keys(&self, path: &Path) {
+        for line in self.config_keys.warning_lines() {
+            eprintln!("gorgon: warning: {}: {line}", path.display());
+        }
+    }
+
+    /// Reads and validates `gorgon_listener.json` (JSON with comments). Gorgon's keys that
+    /// gorgon-rs does not use are accepted, so a file written for Gorgon (with
+    /// `bin_gem_path`, say) still loads; other unknown keys are warnings, and errors where a
+    /// mistake could leave the listener unguarded ([`SECTIONS`]).
     ///
     /// Relative paths in the file (`workspace_root`, `log_file`) are taken relative to the
     /// folder that holds the file, so the daemon behaves the same whatever folder it is
@@ -72,8 +110,12 @@ impl ListenerSettings {
 /// with the file's path.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsProblem {
-    #[error("connection is invalid: {0}")]
-    Connection(#[source] serde_json::Error),
+    /// A value of the wrong type in `connection`, named by its key's path.
+    #[error(transparent)]
+    Connection(#[from] config_file::WrongType),
+    /// A key nobody reads where a mistake could leave the listener unguarded.
+    #[error(transparent)]
+    Key(#[from] config_file::GuardedKey),
     #[error("connection must be an object such as {{\"host\": \"rabbit\"}}")]
     ConnectionNotAnObject,
     /// The signing keys (the protocol crate's words).
@@ -84,6 +126,8 @@ pub enum SettingsProblem {
     BrokerUrl(#[from] gorgon_protocol::connection::ConnectionError),
     #[error("worker_slots must be a whole number of at least 1")]
     WorkerSlots,
+    #[error("worker_slots is {0}, more than the {max} a listener takes: each slot is a worker process and a file this host runs at once, and slots are reused from file to file, so set about the number of tests this host can run side by side (its cores, or a few times that for tests that mostly wait)", max = MAX_WORKER_SLOTS)]
+    TooManySlots(u64),
     #[error("{key} must be a non-empty string")]
     NotText { key: String },
     #[error("{key} must be true or false")]
@@ -117,34 +161,11 @@ fn from_object(
     base: &Path,
     default_name: impl FnOnce() -> Result<String, SettingsProblem>,
 ) -> Result<ListenerSettings, SettingsProblem> {
-    const KEYS: [&str; 14] = [
-        "allow_fleet_commands",
-        "connection",
-        "worker_slots",
-        "cluster_id",
-        "name",
-        "log_file",
-        "workspace_root",
-        "warm_runners",
-        "allow_root",
-        "file_server",
-        "signing_key",
-        "signing_key_file",
-        "previous_signing_key",
-        "previous_signing_key_file",
-    ];
     let config = Value::Object(object.clone());
-    let mut unused_keys = gorgon_protocol::config_file::unknown_keys(&config, "", &KEYS);
-    unused_keys.extend(BrokerSettings::unused_keys(&config["connection"]));
-    let unused_keys = unused_keys
-        .iter()
-        .map(|key| gorgon_protocol::config_file::unused_key_line(key))
-        .collect();
+    let keys = config_file::check_keys(&config, &SECTIONS)?;
     let mut broker = match object.get("connection") {
         None | Some(Value::Null) => BrokerSettings::default(),
-        Some(value @ Value::Object(_)) => {
-            serde_json::from_value(value.clone()).map_err(SettingsProblem::Connection)?
-        }
+        Some(value @ Value::Object(_)) => config_file::from_value(value.clone(), "connection")?,
         Some(_) => return Err(SettingsProblem::ConnectionNotAnObject),
     };
     // As in Gorgon, `RABBITMQ_URL` in the listener's environment names the broker.
@@ -155,11 +176,13 @@ fn from_object(
     let broker = broker.resolve_url()?;
     let worker_slots = match object.get("worker_slots") {
         None | Some(Value::Null) => DEFAULT_WORKER_SLOTS,
-        Some(value) => value
-            .as_u64()
-            .filter(|slots| *slots >= 1)
-            .and_then(|slots| u32::try_from(slots).ok())
-            .ok_or(SettingsProblem::WorkerSlots)?,
+        Some(value) => match value.as_u64().filter(|slots| *slots >= 1) {
+            None => return Err(SettingsProblem::WorkerSlots),
+            Some(slots) => u32::try_from(slots)
+                .ok()
+                .filter(|slots| *slots <= MAX_WORKER_SLOTS)
+                .ok_or(SettingsProblem::TooManySlots(slots))?,
+        },
     };
     let cluster_id =
         optional_text(object, "cluster_id")?.unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned());
@@ -205,7 +228,7 @@ fn from_object(
         allow_root,
         allow_fleet_commands,
         file_server_password,
-        unused_keys,
+        config_keys: keys,
     })
 }
 
@@ -284,8 +307,13 @@ mod tests {
         assert_eq!(settings.workspace_root, dir.path().join("ws"));
         assert!(settings.allow_fleet_commands);
         // Gorgon's keys that do not apply are named, the ones gorgon-rs reads are not.
-        let unused = settings.unused_keys.join("\n");
-        assert_eq!(settings.unused_keys.len(), 2, "{unused}");
+        let unused = settings.config_keys.ignored_lines().join("\n");
+        assert_eq!(settings.config_keys.ignored.len(), 2, "{unused}");
+        assert!(
+            settings.config_keys.unknown.is_empty(),
+            "{:?}",
+            settings.config_keys
+        );
         assert!(
             unused.contains("bin_gem_path is not used by gorgon-rs"),
             "{unused}"
@@ -294,6 +322,31 @@ mod tests {
             unused.contains("connection.timeout is not used by gorgon-rs"),
             "{unused}"
         );
+    }
+
+    #[test]
+    fn an_unknown_key_elsewhere_is_a_warning_with_the_nearest_key() {
+        let settings = parse(
+            r#"{"worker_slot": 4, "allow_fleet_command": true, "file_server": {"host": "fs"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            settings.config_keys.warning_lines(),
+            [
+                "unknown key allow_fleet_command (did you mean allow_fleet_commands?); ignored",
+                "unknown key worker_slot (did you mean worker_slots?); ignored",
+            ]
+        );
+        assert_eq!(settings.config_keys.ignored, ["file_server.host"]);
+        assert_eq!(settings.worker_slots, DEFAULT_WORKER_SLOTS);
+    }
+
+    #[test]
+    fn the_sample_config_has_no_unknown_key() {
+        let sample =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/gorgon_listener.json.sample");
+        let settings = ListenerSettings::load(&sample).unwrap();
+        assert_eq!(settings.config_keys, config_file::KeyReport::default());
     }
 
     #[test]
@@ -333,7 +386,26 @@ mod tests {
                 r#"{"connection": "rabbit"}"#,
                 "connection must be an object",
             ),
-            (r#"{"connection": {"port": "x"}}"#, "connection is invalid"),
+            (
+                r#"{"connection": {"port": "x"}}"#,
+                "connection.port: invalid type: string \"x\", expected u16",
+            ),
+            (
+                r#"{"worker_slots": 100000}"#,
+                "worker_slots is 100000, more than the 1024 a listener takes",
+            ),
+            (
+                r#"{"signing_key_fil": "k"}"#,
+                "unknown key signing_key_fil (did you mean signing_key_file?)",
+            ),
+            (
+                r#"{"connection": {"tsl": true}}"#,
+                "unknown key connection.tsl (did you mean connection.tls?)",
+            ),
+            (
+                r#"{"file_server": {"listener_pasword": "p"}}"#,
+                "unknown key file_server.listener_pasword (did you mean file_server.listener_password?)",
+            ),
         ] {
             let problem = parse(text).unwrap_err();
             assert!(problem.starts_with(expected), "{text}: {problem}");

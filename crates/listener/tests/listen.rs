@@ -44,7 +44,7 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         allow_root: false,
         allow_fleet_commands: false,
         file_server_password: None,
-        unused_keys: Vec::new(),
+        config_keys: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(settings, async {

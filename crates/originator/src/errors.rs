@@ -20,6 +20,9 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    /// Links of the tree that lead out of the project: refused before the push.
+    #[error(transparent)]
+    Links(#[from] crate::links::LinkError),
     #[error(transparent)]
     Rerun(#[from] RerunError),
     #[error(transparent)]
@@ -159,6 +162,7 @@ pub fn exit_code(ending: Ending<'_>) -> i32 {
         Ending::Error(
             StartError::Config(_)
             | StartError::Files(_)
+            | StartError::Links(_)
             | StartError::Rerun(_)
             | StartError::Quarantine(_)
             | StartError::Replay(_)

@@ -11,6 +11,13 @@ pub enum FilesError {
     BadPattern { pattern: String, reason: String },
     #[error("{0} is not a file in the project")]
     Missing(String),
+    /// A file the configuration names by its path (no wildcard) that is not there.
+    #[error("{0} is listed in the configuration but is not a file in the project; fix the name or remove it")]
+    Listed(String),
+    /// A file a pattern matches whose path is not UTF-8, written with U+FFFD for the bytes
+    /// that are not.
+    #[error("{0} has a path that is not UTF-8 (shown with \u{fffd} for the bytes that are not), so it cannot be named to a worker; rename it, or narrow the file patterns that match it")]
+    NotUtf8(String),
     #[error("{0} is outside the project root {1}")]
     Outside(String, PathBuf),
     #[error("cannot read the runtime file {path}: {reason}")]
@@ -19,7 +26,10 @@ pub enum FilesError {
 
 /// Expands `patterns` relative to `root` into file paths relative to `root`, in pattern
 /// order, each file once. With `explicit` (files named on the command line) a pattern that
-/// matches nothing is an error.
+/// matches nothing is an error; from the configuration, a path without wildcards that is
+/// not a file is one (a glob that matches nothing is not: another may match, and a run with
+/// no file at all is refused by its caller). A file a pattern matches whose path is not
+/// UTF-8 is an error naming it, not a file left out.
 pub fn expand(root: &Path, patterns: &[String], explicit: bool) -> Result<Vec<String>, FilesError> {
     let mut seen = HashSet::new();
     let mut files = Vec::new();
@@ -39,16 +49,71 @@ pub fn expand(root: &Path, patterns: &[String], explicit: bool) -> Result<Vec<St
                 continue;
             };
             found = true;
-            let rel = rel.to_string_lossy().into_owned();
+            let rel = rel
+                .to_str()
+                .ok_or_else(|| FilesError::NotUtf8(rel.to_string_lossy().into_owned()))?
+                .to_owned();
             if seen.insert(rel.clone()) {
                 files.push(rel);
             }
         }
-        if explicit && !found {
-            return Err(FilesError::Missing(pattern.clone()));
+        let literal = !relative.contains(['*', '?', '[']);
+        match (found, explicit, literal) {
+            (false, true, _) => return Err(FilesError::Missing(pattern.clone())),
+            (false, false, true) => return Err(FilesError::Listed(pattern.clone())),
+            (_, _, false) => {
+                if let Some(lossy) = not_utf8_match(root, &relative) {
+                    return Err(FilesError::NotUtf8(lossy));
+                }
+            }
+            _ => {}
         }
     }
     Ok(files)
+}
+
+/// The first file `pattern` (relative to `root`, with wildcards) would match whose path is
+/// not UTF-8, lossily written: the glob crate passes over such names without a word, so
+/// they are looked for apart, in the folders the pattern reaches (every level below its
+/// literal part with `**`, else as many levels as it has parts).
+fn not_utf8_match(root: &Path, pattern: &str) -> Option<String> {
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    };
+    let compiled = glob::Pattern::new(pattern).ok()?;
+    let parts: Vec<&str> = pattern.split('/').collect();
+    let literal = parts
+        .iter()
+        .take_while(|part| !part.contains(['*', '?', '[']))
+        .count();
+    let depth = match pattern.contains("**") {
+        true => usize::MAX,
+        false => parts.len() - literal,
+    };
+    let mut folders = vec![(root.join(parts[..literal].join("/")), 1)];
+    while let Some((folder, level)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if level < depth && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                folders.push((path.clone(), level + 1));
+            }
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            if relative.to_str().is_some() {
+                continue;
+            }
+            let lossy = relative.to_string_lossy();
+            if compiled.matches_with(&lossy, options) && path.is_file() {
+                return Some(lossy.into_owned());
+            }
+        }
+    }
+    None
 }
 
 /// Turns a command-line path (absolute, or relative to the current directory when it exists
@@ -422,6 +487,59 @@ mod tests {
             expand(dir.path(), &["../etc/passwd".into()], true),
             Err(FilesError::Outside(..))
         ));
+    }
+
+    #[test]
+    fn a_listed_path_that_is_not_a_file_is_an_error_and_an_empty_glob_is_not() {
+        let dir = project(&[("t/a_test.sh", 1)]);
+        let listed = |patterns: &[&str]| {
+            let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+            expand(dir.path(), &patterns, false)
+        };
+        assert_eq!(listed(&["t/a_test.sh"]).unwrap(), ["t/a_test.sh"]);
+        assert_eq!(
+            listed(&["t/*_test.sh", "spec/*_spec.rb"]).unwrap(),
+            ["t/a_test.sh"]
+        );
+        for missing in ["t/gone_test.sh", "t"] {
+            let error = listed(&["t/*_test.sh", missing]).unwrap_err();
+            assert!(matches!(&error, FilesError::Listed(name) if name == missing));
+            assert!(error.to_string().starts_with(&format!(
+                "{missing} is listed in the configuration but is not a file"
+            )));
+        }
+    }
+
+    #[test]
+    fn a_matched_file_whose_name_is_not_utf8_is_named_not_dropped() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = project(&[("t/a_test.sh", 1), ("u/deep/b_test.sh", 1)]);
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9_test.sh");
+        std::fs::write(dir.path().join("t").join(odd), "exit 0").unwrap();
+        std::fs::create_dir(dir.path().join("u").join(odd)).unwrap();
+        std::fs::write(dir.path().join("u").join(odd).join("c_test.sh"), "x").unwrap();
+        let expanded = |pattern: &str| expand(dir.path(), &[pattern.to_owned()], false);
+        for pattern in ["t/*_test.sh", "t/caf?_test.sh"] {
+            let error = expanded(pattern).unwrap_err();
+            assert!(
+                matches!(&error, FilesError::NotUtf8(name) if name == "t/caf\u{fffd}_test.sh"),
+                "{pattern}: {error}"
+            );
+        }
+        let error = expanded("**/*_test.sh").unwrap_err();
+        assert!(
+            matches!(&error, FilesError::NotUtf8(name) if name.contains("caf\u{fffd}_test.sh")),
+            "{error}"
+        );
+        // A folder whose name is not UTF-8 hides the files below it from the glob too.
+        let error = expanded("u/*/c_test.sh").unwrap_err();
+        assert!(
+            matches!(&error, FilesError::NotUtf8(name) if name == "u/caf\u{fffd}_test.sh/c_test.sh"),
+            "{error}"
+        );
+        // Patterns that do not reach it are not refused.
+        assert_eq!(expanded("u/*/b_test.sh").unwrap(), ["u/deep/b_test.sh"]);
+        assert_eq!(expanded("t/a_*.sh").unwrap(), ["t/a_test.sh"]);
     }
 
     #[test]

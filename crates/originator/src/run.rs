@@ -52,9 +52,7 @@ pub async fn start(
     }
     let ran = match settings {
         Ok(settings) => {
-            for line in &settings.unused_keys {
-                tracing::info!("{}: {line}", settings.config_path.display());
-            }
+            settings.tell_keys();
             run(options, settings, &mut events).await
         }
         Err(error) => Err(error.into()),

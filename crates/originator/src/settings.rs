@@ -18,6 +18,20 @@ pub enum ConfigError {
     File(#[from] ConfigFileError),
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
+    /// A value of the wrong type, named by its key's path.
+    #[error("{path}: {source}")]
+    Type {
+        path: PathBuf,
+        #[source]
+        source: config_file::WrongType,
+    },
+    /// A key nobody reads where a mistake could leave the cluster unguarded.
+    #[error("{path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: config_file::GuardedKey,
+    },
     #[error("{path}: {source}")]
     FileServer {
         path: PathBuf,
@@ -134,9 +148,10 @@ pub struct Settings {
     pub junit_file: Option<PathBuf>,
     /// `html_file`: where each run writes its HTML report.
     pub html_file: Option<PathBuf>,
-    /// Keys of the file that gorgon-rs does not use (Gorgon's, mostly), one line each, to
-    /// log at info level (`--verbose`).
-    pub unused_keys: Vec<String>,
+    /// What the file's keys say besides their values: keys of Gorgon's that gorgon-rs does
+    /// not use (told at info level, `--verbose`) and unknown keys (a warning each on stderr,
+    /// [`Settings::tell_keys`]).
+    pub config_keys: config_file::KeyReport,
 }
 
 /// Where the originator pushes the tree and listeners pull it from.
@@ -203,52 +218,96 @@ pub struct OriginatorCallbacks {
     pub remote: gorgon_protocol::Callbacks,
 }
 
-/// The keys of a `gorgon.json` (with its secret file) that gorgon-rs reads, by object.
-const TOP_KEYS: [&str; 16] = [
-    "connection",
-    "file_server",
-    "files",
-    "phases",
-    "job",
-    "runtime_file",
-    "quarantine_file",
-    "failed_files",
-    "originator_log_file",
-    "cluster_id",
-    "junit_file",
-    "html_file",
-    "signing_key",
-    "signing_key_file",
-    "previous_signing_key",
-    "previous_signing_key_file",
-];
-const JOB_KEYS: [&str; 9] = [
-    "sync",
-    "runner",
-    "file_timeout",
-    "max_crash_retries",
-    "retries",
-    "retry_budget",
-    "max_fail",
-    "callbacks",
-    "listener_wait",
-];
-
-/// What of `config` gorgon-rs does not use: keys that Ruby Gorgon read and gorgon-rs does
-/// not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
-/// `connection.timeout`...) or that nothing reads. Each is one informational line.
-fn unused_keys(config: &serde_json::Value) -> Vec<String> {
-    use gorgon_protocol::config_file::{unknown_keys, unused_key_line};
-    let mut unused = unknown_keys(config, "", &TOP_KEYS);
-    unused.extend(unknown_keys(&config["job"], "job.", &JOB_KEYS));
-    unused.extend(unknown_keys(
-        &config["job"]["sync"],
-        "job.sync.",
-        &["exclude", "rsync_transport"],
-    ));
-    unused.extend(BrokerSettings::unused_keys(&config["connection"]));
-    unused.iter().map(|key| unused_key_line(key)).collect()
-}
+/// The keys of a `gorgon.json` (with its secret file), by object, for
+/// [`config_file::check_keys`]. A key nobody reads is a warning, and an error where a
+/// mistake could leave the cluster unguarded: in `connection` (and its `tls`),
+/// `file_server`, `job.sync` (what leaves this machine, and how), and near the signing keys
+/// at the top (docs/configuration.md, "Unknown keys"). Keys Ruby Gorgon read and gorgon-rs
+/// does not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
+/// `connection.timeout`...) are only told at info level.
+const SECTIONS: [config_file::Section; 8] = {
+    let [top, connection, tls, file_server] = config_file::shared_sections(
+        &[
+            "files",
+            "phases",
+            "job",
+            "runtime_file",
+            "quarantine_file",
+            "failed_files",
+            "originator_log_file",
+            "cluster_id",
+            "junit_file",
+            "html_file",
+        ],
+        &["host", "port", "originator_password"],
+        // A secrets file shared with `start_rsync --secrets` holds the listeners' password too.
+        &["listener_password"],
+    );
+    [
+        top,
+        connection,
+        tls,
+        file_server,
+        config_file::Section {
+            at: "job",
+            known: &[
+                "sync",
+                "runner",
+                "file_timeout",
+                "max_crash_retries",
+                "retries",
+                "retry_budget",
+                "max_fail",
+                "callbacks",
+                "listener_wait",
+            ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.sync",
+            known: &["exclude", "rsync_transport"],
+            ignored: &["source_tree_path"],
+            guarded: true,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.runner",
+            known: &[
+                "kind",
+                "command",
+                "args",
+                "allow_empty_files",
+                "batch_seconds",
+                "file_timeout",
+                "isolation",
+                "by_glob",
+                "by_phase",
+            ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.callbacks",
+            known: &[
+                "before_originate",
+                "after_sync",
+                "before_creating_workers",
+                "before_start",
+                "after_complete",
+                "after_creating_workers",
+                "after_job_finishes",
+                "callbacks_class_file",
+                "class_file",
+            ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+    ]
+};
 
 #[derive(Deserialize)]
 struct RawConfig {
@@ -436,10 +495,9 @@ impl Settings {
             problem,
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let signing = gorgon_protocol::signing::keys_from_config(&value, base)
-            .map_err(|e| invalid(e.to_string()))?;
-        let mut raw: Connection =
-            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        // The unknown keys are told by the commands that run jobs; a guarded one stops
+        // every command.
+        let (mut raw, signing, _): (Connection, _, _) = read_checked(value, path, base)?;
         raw.connection.signing = signing;
         Ok((
             raw.connection
@@ -463,11 +521,8 @@ impl Settings {
             path: path.clone(),
             problem,
         };
-        let signing = gorgon_protocol::signing::keys_from_config(&value, &project_root)
-            .map_err(|e| invalid(e.to_string()))?;
-        let unused_keys = unused_keys(&value);
-        let mut raw: RawConfig =
-            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let (mut raw, signing, keys): (RawConfig, _, _) =
+            read_checked(value, &path, &project_root)?;
         raw.connection.signing = signing;
         // Checked here, reported only by a run that needs it (see `Settings::file_server`).
         let file_server = file_server_of(raw.file_server.take());
@@ -538,9 +593,22 @@ impl Settings {
             log_file: raw.originator_log_file.map(resolve),
             junit_file: raw.junit_file.map(resolve),
             html_file: raw.html_file.map(resolve),
-            unused_keys,
+            config_keys: keys,
             project_root,
         })
+    }
+
+    /// Tells what the file's keys say: each unknown key as a warning on stderr (whatever
+    /// the log's level and place, since it is a mistake the user must see), each key of
+    /// Gorgon's that gorgon-rs does not use at info level.
+    pub fn tell_keys(&self) {
+        let path = self.config_path.display();
+        for line in self.config_keys.warning_lines() {
+            eprintln!("gorgon: warning: {path}: {line}");
+        }
+        for line in self.config_keys.ignored_lines() {
+            tracing::info!("{path}: {line}");
+        }
     }
 
     /// The runtime file as it is now (empty without `runtime_file`).
@@ -582,6 +650,38 @@ impl Settings {
                 source: source.clone(),
             })
     }
+}
+
+/// `value`, the configuration read from `path`, as a `T`, once its keys are checked (an
+/// unknown key in a guarded place is an error), with the signing keys it names (relative to
+/// `base`) and what its keys say.
+fn read_checked<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    path: &Path,
+    base: &Path,
+) -> Result<
+    (
+        T,
+        Option<gorgon_protocol::signing::SigningKeys>,
+        config_file::KeyReport,
+    ),
+    ConfigError,
+> {
+    let keys = config_file::check_keys(&value, &SECTIONS).map_err(|source| ConfigError::Key {
+        path: path.to_owned(),
+        source,
+    })?;
+    let signing = gorgon_protocol::signing::keys_from_config(&value, base).map_err(|e| {
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        }
+    })?;
+    let raw = config_file::from_value(value, "").map_err(|source| ConfigError::Type {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((raw, signing, keys))
 }
 
 /// `path` made absolute against the current folder (as it is, if that cannot be read).
@@ -632,6 +732,12 @@ mod tests {
         "junit_file": "reports/junit.xml",
         "cluster_id": "ci"
     }"#;
+
+    /// The settings of a `gorgon.json` holding `text`, alone in a folder.
+    fn loaded(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        Settings::load(&write(dir.path(), "gorgon.json", text))
+    }
 
     #[test]
     fn a_full_config_resolves() {
@@ -686,7 +792,7 @@ mod tests {
                 "job": {"sync": {"source_tree_path": "x", "rsync_transport": "anonymous"}, "callbacks": {"callbacks_class_file": "c.rb"}}}"#,
         );
         let settings = Settings::load(&path).unwrap();
-        let unused = settings.unused_keys.join("\n");
+        let unused = settings.config_keys.ignored_lines().join("\n");
         assert!(unused.contains("bin_gem_path is not used"), "{unused}");
         assert!(
             unused.contains("job.sync.source_tree_path is not used"),
@@ -696,7 +802,88 @@ mod tests {
             unused.contains("connection.timeout is not used"),
             "{unused}"
         );
-        assert_eq!(settings.unused_keys.len(), 3, "{unused}");
+        assert_eq!(settings.config_keys.ignored.len(), 3, "{unused}");
+        assert!(
+            settings.config_keys.unknown.is_empty(),
+            "{:?}",
+            settings.config_keys
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_a_warning_naming_the_nearest_known_key() {
+        let text = r#"{"files": ["t/*.sh"], "retries": 2, "job": {"retires": 2, "runner": {"command": "sh {file}", "comand": "x"},
+                "callbacks": {"before_strat": "x"}}, "junit_fil": "j.xml", "zzz": 1}"#;
+        assert_eq!(
+            loaded(text).unwrap().config_keys.warning_lines(),
+            [
+                // The keys of an object in the order of their names.
+                "unknown key junit_fil (did you mean junit_file?); ignored",
+                "unknown key retries (did you mean job.retries?); ignored",
+                "unknown key zzz; ignored",
+                "unknown key job.retires (did you mean job.retries?); ignored",
+                "unknown key job.runner.comand (did you mean job.runner.command?); ignored",
+                "unknown key job.callbacks.before_strat (did you mean job.callbacks.before_start?); ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_where_trust_is_decided_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (r#""signing_key_fil": "k""#, "unknown key signing_key_fil (did you mean signing_key_file?)"),
+            (r#""my_secret": "k""#, "unknown key my_secret"),
+            (r#""conection": {}"#, "unknown key conection (did you mean connection?)"),
+            (r#""connection": {"hots": "mq"}"#, "unknown key connection.hots (did you mean connection.host?): a key nobody reads in connection is refused"),
+            (r#""connection": {"tls": {"ca_fil": "ca.pem"}}"#, "unknown key connection.tls.ca_fil (did you mean connection.tls.ca_file?)"),
+            (r#""file_server": {"host": "fs", "originator_pasword": "p"}"#, "unknown key file_server.originator_pasword (did you mean file_server.originator_password?)"),
+            (r#""job": {"sync": {"exlude": [".env"]}}"#, "unknown key job.sync.exlude (did you mean job.sync.exclude?)"),
+        ];
+        for (keys, expected) in cases {
+            let text = format!(r#"{{"files": ["t/*.sh"], {keys}}}"#);
+            let path = write(dir.path(), "gorgon.json", &text);
+            let error = Settings::load(&path).unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(error, ConfigError::Key { .. }), "{message}");
+            assert!(message.contains(expected), "{keys}: {message}");
+            assert!(message.contains("gorgon.json"), "{message}");
+            // `gorgon ping` and `gorgon fleet` read the same file: refused there too.
+            let message = Settings::load_connection(&path).unwrap_err().to_string();
+            assert!(message.contains(expected), "{keys}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_sample_config_has_no_unknown_key() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/gorgon.json.sample");
+        let settings = Settings::load(&sample).unwrap();
+        assert_eq!(settings.config_keys, config_file::KeyReport::default());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        for (text, expected) in [
+            (
+                r#"{"files": "tests/*_test.sh"}"#,
+                "files: invalid type: string \"tests/*_test.sh\", expected a sequence",
+            ),
+            (
+                r#"{"files": ["t"], "job": {"runner": {"command": "x", "args": [1]}}}"#,
+                "job.runner.args[0]: invalid type: integer `1`",
+            ),
+            (
+                r#"{"files": ["t"], "job": {"retries": "2", "runner": {"command": "x"}}}"#,
+                "job.retries: invalid type: string \"2\"",
+            ),
+            (
+                r#"{"files": ["t"], "connection": {"port": "x"}, "job": {"runner": {"command": "x"}}}"#,
+                "connection.port: invalid type: string \"x\"",
+            ),
+        ] {
+            let message = loaded(text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text}: {message}");
+        }
     }
 
     #[test]

@@ -122,21 +122,292 @@ pub fn deep_merge(base: &mut Value, overlay: Value) {
     }
 }
 
-/// The keys of the object `value` that are not in `known`, each named by its path in the file
-/// (`prefix` and the key: `job.sync.source_tree_path`); none when `value` is not an object.
-pub fn unknown_keys(value: &Value, prefix: &str, known: &[&str]) -> Vec<String> {
-    value
-        .as_object()
-        .into_iter()
-        .flat_map(|object| object.keys())
-        .filter(|key| !known.contains(&key.as_str()))
-        .map(|key| format!("{prefix}{key}"))
-        .collect()
+/// One object of a configuration file and what gorgon-rs knows of its keys, for
+/// [`check_keys`].
+#[derive(Clone, Copy, Debug)]
+pub struct Section {
+    /// Where the object is, as dotted keys: `""` for the top of the file, `"job.sync"`.
+    pub at: &'static str,
+    /// The keys gorgon-rs reads here.
+    pub known: &'static [&'static str],
+    /// Keys accepted and not used: Ruby Gorgon's (the amqp gem's `connection.timeout`), or
+    /// another role's (a secrets file shared with `start_rsync`). One informational line each.
+    pub ignored: &'static [&'static str],
+    /// The object decides whom the cluster trusts (the broker and its TLS, the file server,
+    /// what leaves this machine): a key nobody reads in it is refused, not ignored.
+    pub guarded: bool,
+    /// Keys of an unguarded object that decide whom the cluster trusts (the signing keys at
+    /// the top of a file), known as `known` are: a key near one of them, or one whose name
+    /// speaks of keys and secrets ([`SECURITY_WORDS`]), is refused too.
+    pub guarded_keys: &'static [&'static str],
 }
 
-/// The informational line that names a key of a config file gorgon-rs does not use.
-pub fn unused_key_line(key: &str) -> String {
-    format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or unknown); ignored")
+/// The objects every config file (`gorgon.json`, `gorgon_listener.json`) has: its top, which
+/// reads `top` and the keys that decide whom the cluster trusts ([`TRUST_KEYS`]) and accepts
+/// Gorgon's `bin_gem_path`; `connection` and its `tls`
+/// ([`crate::connection::CONNECTION_SECTIONS`]); and `file_server`, guarded, which reads
+/// `file_server` and accepts `file_server_ignored` (the other role's keys).
+pub const fn shared_sections(
+    top: &'static [&'static str],
+    file_server: &'static [&'static str],
+    file_server_ignored: &'static [&'static str],
+) -> [Section; 4] {
+    let [connection, tls] = crate::connection::CONNECTION_SECTIONS;
+    [
+        Section {
+            at: "",
+            known: top,
+            ignored: &["bin_gem_path"],
+            guarded: false,
+            guarded_keys: TRUST_KEYS,
+        },
+        connection,
+        tls,
+        Section {
+            at: "file_server",
+            known: file_server,
+            ignored: file_server_ignored,
+            guarded: true,
+            guarded_keys: &[],
+        },
+    ]
+}
+
+/// The keys at the top of every config file that decide whom the cluster trusts (the
+/// `guarded_keys` of the top of `gorgon.json` and `gorgon_listener.json`): the broker, the
+/// file server and the signing keys.
+pub const TRUST_KEYS: &[&str] = &[
+    "connection",
+    "file_server",
+    "signing_key",
+    "signing_key_file",
+    "previous_signing_key",
+    "previous_signing_key_file",
+];
+
+impl Section {
+    /// Whether gorgon-rs reads `key` here.
+    fn knows(&self, key: &str) -> bool {
+        self.known.contains(&key) || self.guarded_keys.contains(&key)
+    }
+}
+
+/// Words that make an unknown key in a section with `guarded_keys` a refused one: such a key
+/// was surely meant to protect something.
+pub const SECURITY_WORDS: [&str; 7] = ["sign", "key", "secret", "password", "tls", "ssl", "cert"];
+
+/// A key of a configuration file that gorgon-rs does not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// Its path in the file: `job.retires`.
+    pub key: String,
+    /// The known key nearest to it (by edit distance, or the same key in another object),
+    /// when one is near enough to be what was meant.
+    pub nearest: Option<String>,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown key {}", self.key)?;
+        match &self.nearest {
+            Some(nearest) => write!(f, " (did you mean {nearest}?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the keys of a configuration file say besides their values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyReport {
+    /// Keys accepted and not used ([`Section::ignored`]), by path.
+    pub ignored: Vec<String>,
+    /// Keys nobody reads outside the guarded places: each is a warning, and is ignored.
+    pub unknown: Vec<UnknownKey>,
+}
+
+impl KeyReport {
+    /// The informational lines: one per key accepted and not used.
+    pub fn ignored_lines(&self) -> Vec<String> {
+        self.ignored
+            .iter()
+            .map(|key| {
+                format!("{key} is not used by gorgon-rs (a key of Ruby Gorgon's, or of another role's file); ignored")
+            })
+            .collect()
+    }
+
+    /// The warnings: one per unknown key, naming the nearest known one.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.unknown
+            .iter()
+            .map(|key| format!("{key}; ignored"))
+            .collect()
+    }
+}
+
+/// An unknown key where a mistake could leave the cluster unguarded (a misspelt
+/// `signing_key_file` runs it unsigned): refused rather than ignored.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: a key nobody reads in {place} is refused, since ignoring it could leave the cluster unguarded; fix or remove it")]
+pub struct GuardedKey {
+    pub key: UnknownKey,
+    /// The guarded place it is in, in words: `connection`, `file_server`, or the keys that
+    /// decide whom the cluster trusts (at the top of a file).
+    pub place: String,
+}
+
+/// Sorts the keys of `config` by `sections`: keys accepted and not used, unknown keys (each
+/// with the nearest known key), and the first unknown key of a guarded place as an error.
+pub fn check_keys(config: &Value, sections: &[Section]) -> Result<KeyReport, GuardedKey> {
+    let mut report = KeyReport::default();
+    for section in sections {
+        let object = section
+            .at
+            .split('.')
+            .filter(|part| !part.is_empty())
+            .try_fold(config, |value, part| value.get(part))
+            .and_then(Value::as_object);
+        let prefix = match section.at {
+            "" => String::new(),
+            at => format!("{at}."),
+        };
+        for key in object.into_iter().flat_map(|object| object.keys()) {
+            if section.knows(key) {
+                continue;
+            }
+            if section.ignored.contains(&key.as_str()) {
+                report.ignored.push(format!("{prefix}{key}"));
+                continue;
+            }
+            let near = nearest_of(key, section.known.iter().chain(section.guarded_keys));
+            let unknown = UnknownKey {
+                key: format!("{prefix}{key}"),
+                nearest: near
+                    .map(|known| format!("{prefix}{known}"))
+                    .or_else(|| elsewhere(key, section, sections)),
+            };
+            if let Some(place) = guarded_place(section, key, near) {
+                return Err(GuardedKey {
+                    key: unknown,
+                    place,
+                });
+            }
+            report.unknown.push(unknown);
+        }
+    }
+    Ok(report)
+}
+
+/// Where an unknown `key` of `section` is refused (in words), if it is; `near` is the known
+/// key nearest to it.
+fn guarded_place(section: &Section, key: &str, near: Option<&str>) -> Option<String> {
+    if section.guarded {
+        return Some(section.at.to_owned());
+    }
+    let lower = key.to_lowercase();
+    let near_guarded = near.is_some_and(|near| section.guarded_keys.contains(&near));
+    let sounds_guarded =
+        !section.guarded_keys.is_empty() && SECURITY_WORDS.iter().any(|word| lower.contains(word));
+    (near_guarded || sounds_guarded).then(|| {
+        format!(
+            "the keys that decide whom the cluster trusts ({})",
+            section.guarded_keys.join(", ")
+        )
+    })
+}
+
+/// The path of `key` in another section of `sections` that knows it (a key put in the wrong
+/// object: `retries` at the top for `job.retries`).
+fn elsewhere(key: &str, section: &Section, sections: &[Section]) -> Option<String> {
+    sections
+        .iter()
+        .filter(|other| other.at != section.at && other.knows(key))
+        .map(|other| match other.at {
+            "" => key.to_owned(),
+            at => format!("{at}.{key}"),
+        })
+        .next()
+}
+
+/// The key of `known` nearest to `key`, when it is near enough to be a slip: at most one
+/// edit per three characters (and always one), a swap of two neighbours counting one. Of
+/// two as near, the one of the closer length (`hots` is `host`, not `hosts`).
+pub fn nearest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    nearest_of(key, known.iter())
+}
+
+/// [`nearest`] among `known`.
+fn nearest_of<'a, 'k: 'a>(key: &str, known: impl Iterator<Item = &'a &'k str>) -> Option<&'k str> {
+    let key = key.to_lowercase();
+    let length = key.chars().count();
+    let allowed = (length / 3).max(1);
+    known
+        .map(|candidate| (edit_distance(&key, &candidate.to_lowercase()), *candidate))
+        .filter(|(distance, _)| *distance <= allowed)
+        .min_by_key(|(distance, candidate)| (*distance, candidate.chars().count().abs_diff(length)))
+        .map(|(_, candidate)| candidate)
+}
+
+/// The optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// neighbouring characters, one each.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // rows[i][j]: the distance between the first i characters of a and the first j of b.
+    let mut rows: Vec<Vec<usize>> = (0..=a.len())
+        .map(|i| (0..=b.len()).map(|j| if i == 0 { j } else { i }).collect())
+        .collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+/// A value of a configuration file of the wrong type, named by its key's path
+/// (`files: invalid type: string "t/*.sh", expected a sequence`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}{source}", key_prefix(key))]
+pub struct WrongType {
+    /// The path of the key (`job.runner.args`, `phases[1].files`); empty for the whole file.
+    pub key: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+fn key_prefix(key: &str) -> String {
+    match key {
+        "" => String::new(),
+        key => format!("{key}: "),
+    }
+}
+
+/// Reads `value` (found at `prefix`, `""` for a whole file) as a `T`; a value of the wrong
+/// type is named by its key's path.
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+) -> Result<T, WrongType> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let inner = error.path().to_string();
+        let key = match (prefix, inner.as_str()) {
+            (prefix, ".") => prefix.to_owned(),
+            ("", inner) => inner.to_owned(),
+            (prefix, inner) => format!("{prefix}.{inner}"),
+        };
+        WrongType {
+            key,
+            source: error.into_inner(),
+        }
+    })
 }
 
 /// A `HOST[:PORT]` written on a command line that is not one.
@@ -207,6 +478,121 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_nearest_key_is_one_slip_away_at_most_a_third_of_the_name() {
+        let known = [
+            "signing_key",
+            "signing_key_file",
+            "retries",
+            "host",
+            "hosts",
+        ];
+        assert_eq!(nearest("signing_key_fil", &known), Some("signing_key_file"));
+        assert_eq!(nearest("Signing_Key", &known), Some("signing_key"));
+        assert_eq!(nearest("retires", &known), Some("retries"));
+        assert_eq!(nearest("hots", &known), Some("host"));
+        assert_eq!(nearest("hostz", &known), Some("hosts"));
+        assert_eq!(nearest("colour", &known), None);
+        assert_eq!(nearest("rtrs", &known), None);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abcd", "abdc"), 1);
+    }
+
+    const SECTIONS: [Section; 3] = [
+        Section {
+            at: "",
+            known: &["job", "guard", "signing_key"],
+            ignored: &["bin_gem_path"],
+            guarded: false,
+            guarded_keys: &["guard", "signing_key"],
+        },
+        Section {
+            at: "job",
+            known: &["retries", "sync"],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        Section {
+            at: "guard",
+            known: &["host"],
+            ignored: &["timeout"],
+            guarded: true,
+            guarded_keys: &[],
+        },
+    ];
+
+    #[test]
+    fn keys_are_sorted_into_ignored_unknown_and_refused() {
+        let report = check_keys(
+            &json!({"bin_gem_path": "/x", "retries": 1, "zz": 1, "job": {"retires": 2, "tls": 1},
+                    "guard": {"host": "h", "timeout": 5}}),
+            &SECTIONS,
+        )
+        .unwrap();
+        assert_eq!(report.ignored, ["bin_gem_path", "guard.timeout"]);
+        assert_eq!(
+            report.warning_lines(),
+            [
+                "unknown key retries (did you mean job.retries?); ignored",
+                "unknown key zz; ignored",
+                "unknown key job.retires (did you mean job.retries?); ignored",
+                // Words of keys and secrets weigh only where the guarded keys are.
+                "unknown key job.tls; ignored",
+            ]
+        );
+        for (config, said) in [
+            (json!({"guard": {"hots": "h"}}), "unknown key guard.hots (did you mean guard.host?): a key nobody reads in guard is refused"),
+            (json!({"signing_ky": "k"}), "unknown key signing_ky (did you mean signing_key?): a key nobody reads in the keys that decide whom the cluster trusts (guard, signing_key) is refused"),
+            (json!({"gaurd": {}}), "unknown key gaurd (did you mean guard?)"),
+            (json!({"tls_cert": "c.pem"}), "unknown key tls_cert: a key nobody reads in the keys"),
+            (json!({"my_password": "p"}), "unknown key my_password: a key nobody reads in the keys"),
+        ] {
+            let refused = check_keys(&config, &SECTIONS).unwrap_err().to_string();
+            assert!(refused.starts_with(said), "{config}: {refused}");
+        }
+        // A guarded object that is not an object (a type error, told by serde) is skipped.
+        assert_eq!(
+            check_keys(&json!({"guard": true}), &SECTIONS).unwrap(),
+            KeyReport::default()
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Config {
+            files: Vec<String>,
+            #[serde(default)]
+            job: Option<Job>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Job {
+            args: Vec<String>,
+        }
+        let named = |value: Value, prefix: &str| {
+            from_value::<Config>(value, prefix).unwrap_err().to_string()
+        };
+        assert_eq!(
+            named(json!({"files": "tests/*_test.sh"}), ""),
+            "files: invalid type: string \"tests/*_test.sh\", expected a sequence"
+        );
+        assert_eq!(
+            named(json!({"files": [], "job": {"args": ["a", 2]}}), ""),
+            "job.args[1]: invalid type: integer `2`, expected a string"
+        );
+        assert_eq!(
+            named(json!({"files": [3]}), "connection"),
+            "connection.files[0]: invalid type: integer `3`, expected a string"
+        );
+        assert_eq!(
+            named(json!("rabbit"), "connection"),
+            "connection: invalid type: string \"rabbit\", expected struct Config"
+        );
+    }
 
     #[test]
     fn comments_are_ignored_but_strings_kept() {

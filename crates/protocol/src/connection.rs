@@ -107,39 +107,75 @@ fn tls_or_flag<'de, D: serde::Deserializer<'de>>(
     match serde_json::Value::deserialize(deserializer)? {
         serde_json::Value::Null | serde_json::Value::Bool(false) => Ok(None),
         serde_json::Value::Bool(true) => Ok(Some(TlsSettings::default())),
+        // Config files are read with the key's path (`config_file::from_value`), which
+        // names `connection.tls` before these messages.
         object @ serde_json::Value::Object(_) => serde_json::from_value(object)
             .map(Some)
-            .map_err(|e| D::Error::custom(format!("connection.tls: {e}"))),
+            .map_err(D::Error::custom),
         _ => Err(D::Error::custom(
-            "connection.tls must be true, false or an object such as {\"ca_file\": \"ca.pem\"}",
+            "must be true, false or an object such as {\"ca_file\": \"ca.pem\"}",
         )),
     }
 }
 
-/// The keys of a `connection` object that gorgon-rs reads; Gorgon's others (`timeout`,
-/// `frame_max`, `automatically_recover`...) are accepted and not used
-/// ([`BrokerSettings::unused_keys`]).
-const CONNECTION_KEYS: [&str; 20] = [
-    "heartbeat",
-    "queue_type",
-    "outage_limit",
-    "hosts",
-    "tls_ca_certificates",
-    "host",
-    "hostname",
-    "port",
-    "username",
-    "user",
-    "password",
-    "pass",
-    "pwd",
-    "vhost",
-    "virtual_host",
-    "tls",
-    "ssl",
-    "url",
-    "tls_cert",
-    "tls_key",
+/// The `connection` object and its `tls`, for [`crate::config_file::check_keys`] (in every
+/// config file): both decide whom a process trusts, so a key nobody reads in them is refused.
+/// Gorgon's others (the amqp gem's and Bunny's `timeout`, `frame_max`,
+/// `automatically_recover`...) are accepted and not used.
+pub const CONNECTION_SECTIONS: [crate::config_file::Section; 2] = [
+    crate::config_file::Section {
+        at: "connection",
+        known: &[
+            "heartbeat",
+            "queue_type",
+            "outage_limit",
+            "hosts",
+            "tls_ca_certificates",
+            "host",
+            "hostname",
+            "port",
+            "username",
+            "user",
+            "password",
+            "pass",
+            "pwd",
+            "vhost",
+            "virtual_host",
+            "tls",
+            "ssl",
+            "url",
+            "tls_cert",
+            "tls_key",
+        ],
+        ignored: &[
+            "timeout",
+            "frame_max",
+            "channel_max",
+            "auth_mechanism",
+            "logging",
+            "continuation_timeout",
+            "connection_timeout",
+            "read_timeout",
+            "write_timeout",
+            "automatically_recover",
+            "network_recovery_interval",
+            "recover_from_connection_close",
+            "recovery_attempts",
+            "locale",
+            "verify_peer",
+            "log_file",
+            "log_level",
+        ],
+        guarded: true,
+        guarded_keys: &[],
+    },
+    crate::config_file::Section {
+        at: "connection.tls",
+        known: &["ca_file", "cert_file", "key_file", "server_name"],
+        ignored: &[],
+        guarded: true,
+        guarded_keys: &[],
+    },
 ];
 
 /// The `connection.tls` object.
@@ -217,12 +253,6 @@ impl BrokerSettings {
             return Err(ConnectionError::BadNode(bad.clone()));
         }
         Ok(())
-    }
-
-    /// The keys of a `connection` object that gorgon-rs does not use (Gorgon's `timeout`,
-    /// `frame_max`...), for an informational line.
-    pub fn unused_keys(connection: &serde_json::Value) -> Vec<String> {
-        crate::config_file::unknown_keys(connection, "connection.", &CONNECTION_KEYS)
     }
 
     /// [`BrokerSettings::outage_limit`] as a duration.
@@ -315,12 +345,10 @@ mod tests {
             Some(std::path::Path::new("c.pem"))
         );
         assert_eq!(tls.key_file.as_deref(), Some(std::path::Path::new("k.pem")));
-        let raw =
-            serde_json::json!({"host": "rabbit", "heartbeat": 30, "timeout": 5, "tls_cert": "c"});
-        assert_eq!(
-            super::BrokerSettings::unused_keys(&raw),
-            ["connection.timeout"]
-        );
+        let raw = serde_json::json!({"connection": {"host": "rabbit", "heartbeat": 30, "timeout": 5, "tls_cert": "c"}});
+        let report = crate::config_file::check_keys(&raw, &super::CONNECTION_SECTIONS).unwrap();
+        assert_eq!(report.ignored, ["connection.timeout"]);
+        assert!(report.unknown.is_empty(), "{report:?}");
         let two =
             serde_json::from_str::<super::BrokerSettings>(r#"{"tls_ca_certificates": ["a", "b"]}"#)
                 .unwrap();

@@ -85,6 +85,8 @@ async fn push(
         settings.transport,
         &tree_dir,
     );
+    // rsync copies links as links, which a listener would follow on its own host.
+    crate::links::refuse_outside(&settings.project_root, &settings.exclude)?;
     progress.note(&format!("Pushing the source tree to {location}"));
     let login = file_server
         .originator_password

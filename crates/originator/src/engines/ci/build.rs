@@ -30,6 +30,7 @@ pub(super) struct Build {
 impl Build {
     pub(super) async fn join(options: &BuildOptions, role: &str) -> Result<Build, StartError> {
         let mut settings = Settings::for_start(&options.start)?;
+        settings.tell_keys();
         let invalid = |problem: String| StartError::Build(problem);
         // A CI's secret variable may name the broker, in place of the checkout's config.
         if let Some(url) = env_var(BROKER_URL_VARIABLE).filter(|url| !url.trim().is_empty()) {
