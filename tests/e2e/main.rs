@@ -8,9 +8,11 @@
 mod support;
 
 mod ci_nodes;
+mod clean_logs;
 mod config_errors;
 mod docs;
 mod faults;
+mod fresh_broker;
 mod local;
 mod manager;
 mod ops;

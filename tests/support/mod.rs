@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
 mod eventually;
+pub mod rabbit_node;
 pub mod tls_broker;
 
 // Each test binary uses its own share of the harness.
@@ -107,6 +108,17 @@ impl Cluster {
 
     /// [`Cluster::start_listener`] with `extra` keys merged into its config.
     pub fn start_listener_with(&mut self, name: &str, slots: u32, extra: serde_json::Value) {
+        self.start_listener_env(name, slots, extra, &[]);
+    }
+
+    /// [`Cluster::start_listener_with`] with extra environment variables.
+    pub fn start_listener_env(
+        &mut self,
+        name: &str,
+        slots: u32,
+        extra: serde_json::Value,
+        env: &[(&str, &str)],
+    ) {
         let dir = self.path().join("listeners").join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = serde_json::json!({
@@ -125,6 +137,7 @@ impl Cluster {
         let child = Command::new(GORGON)
             .args(["listen", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

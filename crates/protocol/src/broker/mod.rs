@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::{Channel, Connection};
 
 use crate::connection::{BrokerSettings, QueueType};
@@ -21,7 +21,7 @@ mod topology;
 
 pub use backoff::Backoff;
 pub use connect::{ConnectFailure, TlsError, CONNECT_TIMEOUT};
-pub use consume::{Inbox, Incoming};
+pub use consume::{Inbox, Incoming, STREAM_START_LIMIT};
 pub use publish::Unconfirmed;
 pub use refusal::log_refusal;
 pub use topology::QueueLife;
@@ -64,6 +64,20 @@ impl BrokerError {
     /// (reply code 405, RESOURCE_LOCKED): it exists, and its owner is connected.
     pub fn is_locked(&self) -> bool {
         self.is_soft(AMQPSoftError::RESOURCELOCKED)
+    }
+
+    /// True when the broker refused with INTERNAL_ERROR (reply code 541, a hard error that
+    /// closes the connection): RabbitMQ's answer to a consume on a stream that has not
+    /// started yet ([`Broker::consume_stream`]).
+    pub fn is_internal(&self) -> bool {
+        let BrokerError::Call { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(error)
+                if *error.kind() == AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
+        )
     }
 
     fn is_soft(&self, code: AMQPSoftError) -> bool {
