@@ -37,10 +37,11 @@ impl Broker {
     /// message must be acknowledged for more to come.
     ///
     /// A stream declared a moment ago may not have started yet: on a node that never held a
-    /// stream, RabbitMQ refuses the first consume with INTERNAL_ERROR (its log says
-    /// `stream_not_found`) and closes the connection. Such a refusal is tried again, on a
-    /// fresh connection that replaces this one, for up to [`STREAM_START_LIMIT`]; any other
-    /// refusal, or one that lasts longer, is the error.
+    /// stream, RabbitMQ refuses a consume with PRECONDITION_FAILED ("does not have a replica
+    /// on the local node") or INTERNAL_ERROR (its log says `stream_not_found`, and it closes
+    /// the connection). Such a refusal is tried again on a fresh channel (on a fresh
+    /// connection that replaces this one, when it was closed) for up to
+    /// [`STREAM_START_LIMIT`]; any other refusal, or one that lasts longer, is the error.
     pub async fn consume_stream(&mut self, stream: &str) -> Result<Inbox, BrokerError> {
         let deadline = tokio::time::Instant::now() + STREAM_START_LIMIT;
         let mut wait = Duration::from_millis(50);
@@ -54,7 +55,7 @@ impl Broker {
                 .consume_with(stream, Some(STREAM_PREFETCH), arguments)
                 .await
             {
-                Err(error) if error.is_internal() => error,
+                Err(error) if error.is_internal() || error.is_precondition_failed() => error,
                 consumed => return consumed,
             };
             let next = tokio::time::Instant::now() + wait;
@@ -64,9 +65,11 @@ impl Broker {
             tracing::debug!(%stream, error = %refused, "the stream has not started yet; consuming again in {wait:?}");
             tokio::time::sleep_until(next).await;
             wait = (wait * 2).min(Duration::from_secs(1));
-            // A hard error closes the connection (the channel at least): each try gets a
-            // fresh one. The old connection closes once its last channel is dropped.
-            *self = Broker::connect_like(self).await?;
+            // Each try opens a fresh channel; a hard error closed the connection too (its
+            // state may not say so yet). The old one closes once its last channel is dropped.
+            if refused.is_internal() || !self.is_connected() {
+                *self = Broker::connect_like(self).await?;
+            }
         }
     }
 

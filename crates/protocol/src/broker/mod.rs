@@ -67,8 +67,8 @@ impl BrokerError {
     }
 
     /// True when the broker refused with INTERNAL_ERROR (reply code 541, a hard error that
-    /// closes the connection): RabbitMQ's answer to a consume on a stream that has not
-    /// started yet ([`Broker::consume_stream`]).
+    /// closes the connection): one of RabbitMQ's answers to a consume on a stream that has
+    /// not started yet ([`Broker::consume_stream`]).
     pub fn is_internal(&self) -> bool {
         let BrokerError::Call { source, .. } = self else {
             return false;
@@ -78,6 +78,13 @@ impl BrokerError {
             lapin::ErrorKind::ProtocolError(error)
                 if *error.kind() == AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
         )
+    }
+
+    /// True when the broker refused a precondition (reply code 406, PRECONDITION_FAILED):
+    /// the other answer to a consume on a stream that has not started yet ("does not have
+    /// a replica on the local node").
+    pub fn is_precondition_failed(&self) -> bool {
+        self.is_soft(AMQPSoftError::PRECONDITIONFAILED)
     }
 
     fn is_soft(&self, code: AMQPSoftError) -> bool {
