@@ -262,8 +262,7 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::testing::connect;
-    use crate::broker::QueueLife;
+    use crate::broker::testing::{connect, test_queue};
     use uuid::Uuid;
 
     /// The next message of `inbox`, failing the test after 10 s.
@@ -277,24 +276,15 @@ mod tests {
     #[tokio::test]
     async fn a_closed_inbox_leaves_no_consumer_and_gives_its_messages_back() {
         let broker = connect("gorgon-protocol test: close an inbox").await;
-        let queue = format!("gorgon-rs.test.{}.files", Uuid::new_v4());
-        let life = QueueLife::Shared {
-            unused_expiry: Duration::from_secs(60),
-        };
-        broker.declare_queue(&queue, life).await.unwrap();
+        let queue = test_queue(&broker).await;
         let envelope = Envelope::new(Uuid::new_v4(), crate::Message::file("a"));
         broker.send_to_queue(&queue, &envelope).await.unwrap();
         let mut inbox = broker.consume(&queue, Some(1)).await.unwrap();
         let unsettled = next(&mut inbox).await;
         inbox.close().await;
-        assert_eq!(
-            broker
-                .queue_counts(&queue)
-                .await
-                .unwrap()
-                .map(|(_, consumers)| consumers),
-            Some(0)
-        );
+        let counts = broker.queue_counts(&queue).await.unwrap();
+        let (_, consumers) = counts.expect("the queue exists");
+        assert_eq!(consumers, 0);
         drop(unsettled);
         let mut again = broker.consume(&queue, Some(1)).await.unwrap();
         let back = next(&mut again).await;

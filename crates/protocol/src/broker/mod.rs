@@ -179,4 +179,14 @@ mod testing {
             .await
             .expect("RabbitMQ runs on 127.0.0.1:5672 (or AMQP_HOST:AMQP_PORT)")
     }
+
+    /// A shared queue of the test's own, declared on `broker`; its name.
+    pub(super) async fn test_queue(broker: &Broker) -> String {
+        let queue = format!("gorgon-rs.test.{}.files", uuid::Uuid::new_v4());
+        let life = super::QueueLife::Shared {
+            unused_expiry: std::time::Duration::from_secs(60),
+        };
+        broker.declare_queue(&queue, life).await.unwrap();
+        queue
+    }
 }

@@ -239,8 +239,7 @@ impl Unconfirmed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::testing::connect;
-    use crate::broker::QueueLife;
+    use crate::broker::testing::{connect, test_queue};
     use std::time::Duration;
     use uuid::Uuid;
 
@@ -263,11 +262,7 @@ mod tests {
     #[tokio::test]
     async fn many_messages_sent_at_once_all_arrive_in_order_past_the_confirm_window() {
         let broker = connect("gorgon-protocol test: send all").await;
-        let queue = format!("gorgon-rs.test.{}.files", Uuid::new_v4());
-        let life = QueueLife::Shared {
-            unused_expiry: Duration::from_secs(60),
-        };
-        broker.declare_queue(&queue, life).await.unwrap();
+        let queue = test_queue(&broker).await;
         let job = Uuid::new_v4();
         let count = CONFIRM_WINDOW * 2 + 500;
         let envelopes =
