@@ -34,8 +34,8 @@ wait_for_listeners "$project" 1
 plain_push=$(seconds rsync -a --delete "$project/" "rsync://127.0.0.1:$rsync_port/src/plain/")
 plain_pull=$(seconds rsync -a --delete "rsync://127.0.0.1:$rsync_port/src/plain/" "$work/plain-pull/")
 plain=$(echo "$plain_push + $plain_pull" | bc -l)
-first=$(cd "$project" && EXPECT="1 files: 1 passed" seconds "$gorgon" start)
-EXPECT="1 files: 1 passed" gorgon_runs "$project" "$runs"
+first=$(cd "$project" && EXPECT="1 file: 1 passed" seconds "$gorgon" start)
+EXPECT="1 file: 1 passed" gorgon_runs "$project" "$runs"
 again=("${times[@]}")
 again_median=$(median "${again[@]}")
 echo "plain rsync -a: push $plain_push s + pull $plain_pull s = $plain s"

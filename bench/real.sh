@@ -233,7 +233,7 @@ bench() {
     local line run
     for run in "gorgon-first|--local -j 2, first run" "gorgon-local|--local -j 2" \
         "gorgon|2 listeners x 2 slots"; do
-        line=$(grep -E '^[0-9]+ files: ' "$logs/$suite-${run%%|*}.out" | tail -n 1 || true)
+        line=$(grep -E '^[0-9]+ files?: ' "$logs/$suite-${run%%|*}.out" | tail -n 1 || true)
         printf '  gorgon %-24s %s\n' "${run#*|}:" "${line:-(no files line)}"
     done
     echo "  gorgon --local -j 2, first run / serial $(ratio "$first_s" "$serial_s"), / $parallel_label $(ratio "$first_s" "$parallel_s")"

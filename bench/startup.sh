@@ -27,12 +27,12 @@ EXAMPLES=3 spec_files "$single/spec" 1
 write_config "$single" "spec/**/*_spec.rb" '{"kind": "rspec"}'
 wait_for_listeners "$single" 1
 # The first run syncs the tree into each listener's warm workspace.
-(cd "$single" && EXPECT="1 files: 1 passed" seconds "$gorgon" start >/dev/null)
+(cd "$single" && EXPECT="1 file: 1 passed" seconds "$gorgon" start >/dev/null)
 file=$(cd "$single" && ls spec/*_spec.rb)
 gorgon_runs=()
 rspec_runs=()
 for _ in $(seq 1 "$runs"); do
-    gorgon_runs+=("$(cd "$single" && EXPECT="1 files: 1 passed" seconds "$gorgon" start)")
+    gorgon_runs+=("$(cd "$single" && EXPECT="1 file: 1 passed" seconds "$gorgon" start)")
     rspec_runs+=("$(cd "$single" && EXPECT="3 examples, 0 failures" seconds rspec "$file")")
 done
 gorgon_median=$(median "${gorgon_runs[@]}")

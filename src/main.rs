@@ -312,13 +312,32 @@ enum LogTarget<'a> {
     File(&'a Path),
 }
 
-/// Installs the tracing subscriber; `GORGON_LOG` (e.g. `debug`) overrides `default_level`.
+/// The log filter: `GORGON_LOG` (e.g. `debug`) when set, else `default_level`; lapin's own
+/// lines stay off unless the filter names lapin (`GORGON_LOG=info,lapin=debug`).
+fn log_filter(gorgon_log: Option<&str>, default_level: &str) -> String {
+    let wanted = gorgon_log
+        .map(str::trim)
+        .filter(|filter| !filter.is_empty())
+        .unwrap_or(default_level);
+    // lapin logs every returned message as a warning with a dump of its bytes (an
+    // announcement that no originator waits for), and errors about channels it closes
+    // after the connection (a job's end); gorgon-rs reports what matters from the results
+    // of its calls, so lapin's own lines are only noise, at any level the user picks.
+    if wanted.contains("lapin") {
+        wanted.to_owned()
+    } else {
+        format!("{wanted},lapin=off")
+    }
+}
+
+/// Installs the tracing subscriber with [`log_filter`].
 fn init_logging(default_level: &str, target: LogTarget) {
-    // lapin logs returned messages and closing channels itself; gorgon-rs reports what
-    // matters from the results of its calls, so lapin's own lines are only noise.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GORGON_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},lapin=off"))
-    });
+    let gorgon_log = std::env::var("GORGON_LOG").ok();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(log_filter(gorgon_log.as_deref(), default_level))
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(log_filter(None, default_level))
+            });
     // A manager whose listener died writes to a broken pipe; that must not panic it.
     let builder = tracing_subscriber::fmt()
         .log_internal_errors(false)
@@ -786,6 +805,17 @@ fn install_listener(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lapin_stays_quiet_unless_the_log_filter_names_it() {
+        assert_eq!(log_filter(None, "warn"), "warn,lapin=off");
+        assert_eq!(log_filter(Some("info"), "warn"), "info,lapin=off");
+        assert_eq!(log_filter(Some(" "), "info"), "info,lapin=off");
+        assert_eq!(
+            log_filter(Some("info,lapin=debug"), "warn"),
+            "info,lapin=debug"
+        );
+    }
 
     #[test]
     fn each_error_exits_with_its_documented_code() {

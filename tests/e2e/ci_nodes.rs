@@ -364,7 +364,7 @@ fn a_retry_that_no_node_queued_ends_the_build_instead_of_hanging() {
     let report = project.spawn_gorgon("report", &["--build-id", &build], &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let broker = Broker::connect(&BrokerSettings::for_tests(), "ghost node")
+        let mut broker = Broker::connect(&BrokerSettings::for_tests(), "ghost node")
             .await
             .unwrap();
         let job = names::build_job_id(&cluster.id, &build);

@@ -218,7 +218,7 @@ fn assert_next_job_runs(cluster: &Cluster) {
     let project = cluster.project("afterwards", json!({}));
     project.write("tests/ok_test.sh", "exit 0\n");
     let run = project.start(&[], RUN_LIMIT);
-    run.assert_report(0, &["1 files: 1 passed"]);
+    run.assert_report(0, &["1 file: 1 passed"]);
 }
 
 #[test]

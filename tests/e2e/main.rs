@@ -8,11 +8,13 @@
 mod support;
 
 mod ci_nodes;
+mod clean_logs;
 mod config_errors;
 mod config_mistakes;
 mod contain;
 mod docs;
 mod faults;
+mod fresh_broker;
 mod local;
 mod manager;
 mod ops;

@@ -193,7 +193,7 @@ fn failed_reruns_exactly_the_failed_files() {
         "Skipping {} from the failed files list: it no longer exists",
         failing[1]
     )]);
-    third.assert_stdout(&["1 files: 1 passed"]);
+    third.assert_stdout(&["1 file: 1 passed"]);
 
     // Nothing left to re-run: a clear message and exit 0.
     let fourth = project.start(&["--failed"], RUN_LIMIT);

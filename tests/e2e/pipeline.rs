@@ -93,7 +93,7 @@ fn runtime_history_is_merged_and_a_green_run_exits_zero() {
 
     // Files named on the command line replace the configured globs.
     let run = project.start(&["tests/two_test.sh"], RUN_LIMIT);
-    run.assert_report(0, &["1 files: 1 passed"]);
+    run.assert_report(0, &["1 file: 1 passed"]);
 }
 
 #[test]

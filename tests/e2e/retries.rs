@@ -271,7 +271,7 @@ fn check_one_flaky_test(suite: OneFlakyTest) {
         let run = project.start(args, RUN_LIMIT);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
         run.assert_stdout(&[
-            "1 files: 1 passed, 0 failed, 0 crashed, 0 not run, 1 flaky",
+            "1 file: 1 passed, 0 failed, 0 crashed, 0 not run, 1 flaky",
             "Tests: 2 passed",
         ]);
         // The runtime file remembers a flaky test, and the second run says so.

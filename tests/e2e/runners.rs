@@ -1079,7 +1079,7 @@ fn later_jobs_fork_their_runners_from_the_listeners_warm_runner() {
     let ancestry = |project: &Project| -> String {
         let _ = std::fs::remove_file(&record);
         let run = project.start(&[], RUN_LIMIT);
-        run.assert_report(0, &["1 files: 1 passed"]);
+        run.assert_report(0, &["1 file: 1 passed"]);
         std::fs::read_to_string(&record).unwrap()
     };
 

@@ -276,7 +276,7 @@ fn a_forged_result_does_not_change_a_signed_run() {
         forger.close().await;
     });
     let run = run.wait(RUN_LIMIT);
-    run.assert_report(1, &["1 files: 0 passed, 1 failed", "really fails"]);
+    run.assert_report(1, &["1 file: 0 passed, 1 failed", "really fails"]);
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
 mod eventually;
+pub mod rabbit_node;
 pub mod tls_broker;
 
 // Each test binary uses its own share of the harness.

@@ -1,10 +1,11 @@
 //! A RabbitMQ node of a test's own with only a TLS listener, its certificate signed by a
-//! certificate authority made for the test (with `openssl`), stopped when dropped. Debian's
-//! `rabbitmq-server` drops to the `rabbitmq` user, so the node's folders belong to it.
+//! certificate authority made for the test (with `openssl`), stopped when dropped (a
+//! [`RabbitNode`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+
+use super::rabbit_node::{node_dir, run, RabbitNode};
 
 pub struct TlsBroker {
     pub port: u16,
@@ -12,17 +13,7 @@ pub struct TlsBroker {
     pub ca_file: PathBuf,
     /// Another CA, which signed nothing the node shows.
     pub wrong_ca_file: PathBuf,
-    node: String,
-    _dir: tempfile::TempDir,
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    _node: RabbitNode,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -85,65 +76,29 @@ fn make_certificates(dir: &Path) {
     );
 }
 
-/// Writes the node's config (a plain listener on `node_port` for its own tools, TLS on
-/// `port`) and folders into `dir`, and hands `dir` to the `rabbitmq` user.
-fn prepare_node(dir: &Path, port: u16, node_port: u16) {
-    std::fs::write(
-        dir.join("rabbitmq.conf"),
-        format!(
-            "listeners.tcp.default = 127.0.0.1:{node_port}\nlisteners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\nssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
-            d = dir.display()
-        ),
+/// The node's config: a plain listener on `node_port` for its own tools, TLS on `port` with
+/// the certificates in `dir`.
+fn node_config(dir: &Path, port: u16, node_port: u16) -> String {
+    format!(
+        "listeners.tcp.default = 127.0.0.1:{node_port}\nlisteners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\nssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+        d = dir.display()
     )
-    .unwrap();
-    std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-    for folder in ["mnesia", "log"] {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-    }
-    run(Command::new("chown")
-        .args(["-R", "rabbitmq:rabbitmq"])
-        .arg(dir));
-    run(Command::new("chmod").arg("755").arg(dir));
 }
 
 impl TlsBroker {
     pub fn start() -> TlsBroker {
-        let dir = tempfile::Builder::new()
-            .prefix("gorgon-tls-broker-")
-            .tempdir()
-            .unwrap();
-        let path = dir.path();
-        make_certificates(path);
+        let dir = node_dir("gorgon-tls-broker-");
+        let path = dir.path().to_owned();
+        make_certificates(&path);
         let port = super::free_port();
         let node_port = super::free_port();
-        let dist_port = super::free_port();
-        let node = format!("gorgontls{}@localhost", std::process::id());
-        prepare_node(path, port, node_port);
-        run(Command::new("rabbitmq-server")
-            .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_PORT", node_port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", path.join("log"))
-            .env("RABBITMQ_CONFIG_FILE", path.join("rabbitmq.conf"))
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                path.join("enabled_plugins"),
-            ));
-        let broker = TlsBroker {
+        let config = node_config(&path, port, node_port);
+        TlsBroker {
             port,
             ca_file: path.join("ca.pem"),
             wrong_ca_file: path.join("wrong-ca.pem"),
-            node,
-            _dir: dir,
-        };
-        super::eventually(
-            Duration::from_secs(60),
-            format!("the TLS node to listen on {port}"),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
-        broker
+            _node: RabbitNode::start("tls", dir, (node_port, port), &config),
+        }
     }
 
     /// The `connection` object of a config that reaches this node at 127.0.0.1 with
@@ -155,13 +110,5 @@ impl TlsBroker {
             tls["server_name"] = name.into();
         }
         serde_json::json!({"host": "127.0.0.1", "port": self.port, "tls": tls})
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .output();
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gorgon_exec::{rsync, run_callback, ShellCommand};
-use gorgon_protocol::{BrokerError, CallbackName, JobDefinition, Message, WorkerAssignment};
+use gorgon_protocol::{BrokerError, CallbackName, Inbox, JobDefinition, Message, WorkerAssignment};
 use gorgon_worker::{host_command, run_manager, HostReplies};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -111,10 +111,9 @@ pub async fn run_job(
     // The job stops early when the listener stops or the originator cancels it, at any
     // step: during the pull and after_sync too, before any worker exists.
     let (stop, mut stopping) = watch::channel(false);
-    let watchers = [
-        tokio::spawn(forward_stop(listener_stopping, stop.clone())),
-        tokio::spawn(watch_for_cancel(shared.clone(), job.id, stop)),
-    ];
+    let (over, job_over) = watch::channel(false);
+    let forwarder = tokio::spawn(forward_stop(listener_stopping, stop.clone()));
+    let cancel_watch = tokio::spawn(watch_for_cancel(shared.clone(), job.id, stop, job_over));
     let taken = Workspace::take(&shared.settings.workspace_root, &job.definition.sync.source);
     let mut keep_workspace = false;
     let workspace = match taken {
@@ -147,9 +146,11 @@ pub async fn run_job(
             keep_workspace = !*stopping.borrow();
         }
     }
-    for watcher in watchers {
-        watcher.abort();
-    }
+    forwarder.abort();
+    // The cancel watch closes its consumer itself (an aborted one would leave lapin to close
+    // its channel later, which it logs as an error); it is bounded by the broker's calls.
+    let _ = over.send(true);
+    let _ = cancel_watch.await;
     // Nothing of the job may outlive it on this host, even a process that left its group.
     // Reading every process's environment takes a while on a busy host: off the runtime's
     // threads, so that pings and other jobs are not held up meanwhile.
@@ -181,9 +182,14 @@ async fn forward_stop(mut listener_stopping: watch::Receiver<bool>, stop: watch:
 }
 
 /// Listens on the job's control exchange and stops the job when the originator cancels it,
-/// again on each new connection after one was lost. A control exchange that no longer
-/// exists means the job is already over.
-async fn watch_for_cancel(shared: Arc<Shared>, job_id: Uuid, stop: watch::Sender<bool>) {
+/// again on each new connection after one was lost, until `job_over`. A control exchange
+/// that no longer exists means the job is already over.
+async fn watch_for_cancel(
+    shared: Arc<Shared>,
+    job_id: Uuid,
+    stop: watch::Sender<bool>,
+    mut job_over: watch::Receiver<bool>,
+) {
     let mut connections = shared.broker.subscribe();
     loop {
         let broker = connections.borrow_and_update().clone();
@@ -194,21 +200,14 @@ async fn watch_for_cancel(shared: Arc<Shared>, job_id: Uuid, stop: watch::Sender
                 .await?;
             broker.consume(&queue, None).await
         };
-        match control.await {
-            Ok(mut inbox) => {
-                while let Some(incoming) = inbox.next().await {
-                    let cancelled = matches!(
-                        &incoming.envelope,
-                        Ok(envelope) if envelope.job_id == job_id && matches!(envelope.message, Message::Cancel { .. })
-                    );
-                    if cancelled {
-                        let _ = incoming.ack().await;
-                        tracing::info!(job = %job_id, "the originator cancelled the job");
-                        let _ = stop.send(true);
-                        return;
-                    }
-                    tracing::warn!(job = %job_id, "dropping an unexpected control message");
-                    let _ = incoming.discard().await;
+        let control = tokio::select! {
+            () = stopped(&mut job_over) => return,
+            control = control => control,
+        };
+        match control {
+            Ok(inbox) => {
+                if read_control(inbox, job_id, &stop, &mut job_over).await {
+                    return;
                 }
             }
             Err(error) if error.is_not_found() => {
@@ -223,10 +222,50 @@ async fn watch_for_cancel(shared: Arc<Shared>, job_id: Uuid, stop: watch::Sender
             Err(_) => {}
         }
         // The connection was lost: listen again on the next one.
-        if connections.changed().await.is_err() {
+        let changed = tokio::select! {
+            () = stopped(&mut job_over) => return,
+            changed = connections.changed() => changed,
+        };
+        if changed.is_err() {
             return;
         }
     }
+}
+
+/// Reads the job's control queue until the originator cancels the job (then stops it) or
+/// the job is over, and closes the consumer: true then. False when the consumer ended
+/// first (its connection was lost).
+async fn read_control(
+    mut inbox: Inbox,
+    job_id: Uuid,
+    stop: &watch::Sender<bool>,
+    job_over: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        let incoming = tokio::select! {
+            () = stopped(job_over) => break,
+            incoming = inbox.next() => incoming,
+        };
+        let Some(incoming) = incoming else {
+            return false;
+        };
+        let cancelled = matches!(
+            &incoming.envelope,
+            Ok(envelope) if envelope.job_id == job_id && matches!(envelope.message, Message::Cancel { .. })
+        );
+        if cancelled {
+            let _ = incoming.ack().await;
+            tracing::info!(job = %job_id, "the originator cancelled the job");
+            let _ = stop.send(true);
+            break;
+        }
+        tracing::warn!(job = %job_id, "dropping an unexpected control message");
+        let _ = incoming.discard().await;
+    }
+    // Closed here, not dropped: a dropped consumer leaves lapin to close its channel later,
+    // racing the job's end, which it logs as an error.
+    inbox.close().await;
+    true
 }
 
 /// The base of every callback the listener runs, with the environment Gorgon documents.

@@ -344,10 +344,10 @@ async fn connect(
             name: settings.name.clone(),
         },
     );
-    match broker.publish(&announcements, &announcement).await {
-        // Nobody listens for announcements unless a job is running: that is normal.
-        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
-        Err(error) => tracing::warn!(%error, "cannot announce this listener"),
+    // Nobody listens for announcements unless a job is running: that is normal, so the
+    // announcement is offered, not sent (the broker drops it rather than returning it).
+    if let Err(error) = broker.offer(&announcements, &announcement).await {
+        tracing::warn!(%error, "cannot announce this listener");
     }
     tracing::info!(
         "listening as {} with {} slots on cluster {}",

@@ -144,8 +144,8 @@ fn replayed(
     let files = record.replay(&replay.worker, replay.until.as_deref(), &source)?;
     if !options.quiet {
         eprintln!(
-            "Replaying the {} files worker {} ran in job {}, in its order, on this machine",
-            files.len(),
+            "Replaying the {} worker {} ran in job {}, in its order, on this machine",
+            crate::view::counted(files.len(), "file"),
             replay.worker,
             record.job_id
         );

@@ -291,7 +291,10 @@ pub(crate) enum PhaseNext {
 pub(crate) fn phase_failure(state: &JobState) -> Option<String> {
     state.phases().current().and_then(|phase| {
         let failed = state.failed_among(&phase.units);
-        (failed > 0).then(|| format!("{failed} of its {} files failed", phase.units.len()))
+        (failed > 0).then(|| {
+            let units = crate::view::counted(phase.units.len(), "file");
+            format!("{failed} of its {units} failed")
+        })
     })
 }
 
@@ -1046,7 +1049,7 @@ mod tests {
             phase_step(&mut state, None);
             take_reply(&mut state, finished("h", "u1", FileStatus::Failed), 2);
             let failure = phase_failure(&state);
-            assert_eq!(failure.as_deref(), Some("1 of its 1 files failed"));
+            assert_eq!(failure.as_deref(), Some("1 of its 1 file failed"));
             let (outcome, next) = phase_step(&mut state, failure);
             assert_eq!(next, PhaseNext::Over);
             assert_eq!(

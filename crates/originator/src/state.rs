@@ -9,6 +9,7 @@ use crate::phases::Phases;
 use crate::quarantine::Quarantine;
 use crate::replay::RunRecord;
 use crate::retries::{Outcome, Retries, RetryPolicy};
+use crate::view::counted;
 
 /// Something that went wrong outside a test file: a callback, a sync, a crashed process.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,9 +187,9 @@ impl JobState {
             return None;
         }
         let reason = format!(
-            "{} files failed (the limit, --max-fail {limit}); {} files are not run",
-            self.failed.len(),
-            self.unfinished().len()
+            "{} failed (the limit, --max-fail {limit}); {} not run",
+            counted(self.failed.len(), "file"),
+            counted(self.unfinished().len(), "file")
         );
         self.cut_short = Some(reason.clone());
         Some(reason)

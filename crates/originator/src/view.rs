@@ -148,8 +148,7 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_length(state.total() as u64);
         }
-        let plural = if files == 1 { "" } else { "s" };
-        self.note(&format!("Phase {name}: {files} file{plural}"));
+        self.note(&format!("Phase {name}: {}", counted(files, "file")));
     }
 
     /// Redraws the F/H/W title.
@@ -241,15 +240,22 @@ impl Progress {
     }
 }
 
+/// `count` of `noun`, plural unless one: "1 file", "3 files", "0 files". Every count of
+/// files the report, the progress notes and the run's messages show is written by it.
+pub fn counted(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// One line on how a phase ended (or why it did not run).
 pub fn phase_line(phase: &crate::phases::Phase) -> String {
     use crate::phases::PhaseStatus;
     let what = match &phase.settings.command {
         Some(command) => format!("`{command}`"),
-        None => match phase.units.len() {
-            1 => "1 file".to_owned(),
-            count => format!("{count} files"),
-        },
+        None => counted(phase.units.len(), "file"),
     };
     let name = phase.name();
     match &phase.status {
@@ -304,9 +310,9 @@ pub fn print_report(out: &mut impl Write, ending: &Ending, colour: bool) -> std:
         writeln!(out)?;
         writeln!(
             out,
-            "{} ({} files did not run or did not finish):",
+            "{} ({} did not run or did not finish):",
             paint.yellow("Unfinished files"),
-            unfinished.len()
+            counted(unfinished.len(), "file")
         )?;
         for file in &unfinished {
             writeln!(out, "\t{file}")?;
@@ -508,8 +514,8 @@ fn write_summary(out: &mut impl Write, ending: &Ending, paint: Paint) -> std::io
         flaky.push_str(&format!(", {} quarantined", state.quarantined_count()));
     }
     let summary = format!(
-        "{} files: {} passed, {} failed, {} crashed, {} not run{flaky} in {:.1} s",
-        state.files_counted(),
+        "{}: {} passed, {} failed, {} crashed, {} not run{flaky} in {:.1} s",
+        counted(state.files_counted(), "file"),
         state.count(FileStatus::Passed),
         failed,
         crashed,
@@ -633,6 +639,12 @@ fn location(test: &TestResult, result: &FileResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_file_is_one_file_and_others_are_files() {
+        let said: Vec<String> = [0, 1, 2, 10].map(|n| counted(n, "file")).into();
+        assert_eq!(said, ["0 files", "1 file", "2 files", "10 files"]);
+    }
 
     fn finished(file: &str, status: FileStatus, output: &str) -> FileResult {
         FileResult {

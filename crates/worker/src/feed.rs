@@ -116,6 +116,9 @@ pub(crate) struct Feeder<'a> {
     broker: Broker,
     assignment: &'a WorkerAssignment,
     files: Option<Inbox>,
+    /// The files queue's consumer once the broker ended it (the job is over): closed by
+    /// [`Feeder::hand_back_all`], after the files it delivered are settled.
+    spent: Option<Inbox>,
     /// Delivered files no worker has taken yet, in delivery order.
     waiting: VecDeque<Delivered>,
     /// Files given to workers, until their result is confirmed or they come back.
@@ -184,6 +187,7 @@ impl<'a> Feeder<'a> {
             broker: broker.clone(),
             assignment,
             files: Some(files),
+            spent: None,
             waiting: VecDeque::new(),
             held: HashMap::new(),
             retries: None,
@@ -354,7 +358,7 @@ impl<'a> Feeder<'a> {
                 } else {
                     self.ended = Some(Ended::Finished);
                 }
-                self.files = None;
+                self.spent = self.files.take();
             }
             FeedEvent::Confirm(confirm) => self.confirmed(confirm).await,
         }
@@ -465,7 +469,7 @@ impl<'a> Feeder<'a> {
     }
 
     /// Every file this host holds or has waiting goes back to the queue (a file whose result
-    /// is confirmed first is settled instead).
+    /// is confirmed first is settled instead), and the consumers close: the job is over here.
     pub(crate) async fn hand_back_all(&mut self) {
         self.flush().await;
         let held: Vec<Incoming> = self.held.drain().flat_map(|(_, m)| m).collect();
@@ -474,6 +478,15 @@ impl<'a> Feeder<'a> {
         }
         for delivered in std::mem::take(&mut self.waiting) {
             settle(delivered.incoming.requeue().await);
+        }
+        // Closed now, before the connection: a dropped consumer's channel is closed by lapin
+        // after it, which lapin logs as an error on every job's end.
+        let retries = self.retries.take().map(|r| r.inbox);
+        for inbox in [self.files.take(), self.spent.take(), retries]
+            .into_iter()
+            .flatten()
+        {
+            inbox.close().await;
         }
     }
 

@@ -19,6 +19,7 @@ use crate::events::EventSink;
 use crate::run_core::{Advance, Core};
 use crate::settings::FileServer;
 use crate::state::{JobState, Problem};
+use crate::view::counted;
 use crate::view::Progress;
 
 /// How long the originator waits, once every file has a result, for listeners to run their
@@ -212,7 +213,7 @@ impl<'a> Distributed<'a> {
             Err(error) => return Err(error.into()),
         }
         let queued = match core.state.phases().list().len() {
-            0 => format!("Queued {} files", core.state.total()),
+            0 => format!("Queued {}", counted(core.state.total(), "file")),
             phases => format!("{phases} phases"),
         };
         core.progress.note(&format!(
@@ -334,8 +335,8 @@ impl<'a> Distributed<'a> {
             )));
         } else if state.any_listener_accepted() && state.all_listeners_done() {
             self.stop = Some(Stop::Failed(format!(
-                "every listener that took the job has stopped working on it, but {} files have no result",
-                state.unfinished().len()
+                "every listener that took the job has stopped working on it, with no result for {}",
+                counted(state.unfinished().len(), "file")
             )));
         }
     }

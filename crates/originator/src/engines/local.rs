@@ -26,6 +26,7 @@ use crate::errors::{StartError, Stop};
 use crate::events::EventSink;
 use crate::run_core::{Advance, Core};
 use crate::state::JobState;
+use crate::view::counted;
 
 /// How long the workers get, once every file has a result, to run `after_complete`.
 const FINISH_WAIT: Duration = Duration::from_secs(30);
@@ -99,8 +100,8 @@ pub(crate) async fn run(
                 Some(stop) => Some(stop),
                 None if !feed.core.state.all_settled() => {
                     let stop = Stop::Failed(format!(
-                        "every worker has stopped, but {} files have no result",
-                        feed.core.state.unfinished().len()
+                        "every worker has stopped, with no result for {}",
+                        counted(feed.core.state.unfinished().len(), "file")
                     ));
                     feed.stopping(&stop);
                     Some(stop)

@@ -3,10 +3,12 @@
 //! it; settled by hand (ack, discard, requeue).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
@@ -18,6 +20,11 @@ use crate::signing::{Signature, Trust, KEY_HEADER, MAC_HEADER, SIGNED_AT_HEADER}
 /// How many messages of a stream a reader holds unacknowledged (streams need a prefetch).
 const STREAM_PREFETCH: u16 = 500;
 
+/// How long [`Broker::consume_stream`] tries again a consume that RabbitMQ refuses because
+/// the stream, declared a moment ago, has not started yet (seen for up to a second or two
+/// on a node's first stream).
+pub const STREAM_START_LIMIT: Duration = Duration::from_secs(15);
+
 impl Broker {
     /// Starts consuming a queue on a channel of its own. `prefetch` limits how many
     /// unacknowledged messages the broker hands this consumer at once.
@@ -28,14 +35,42 @@ impl Broker {
 
     /// Reads stream `stream` (see [`Broker::declare_stream`]) from its first message on; each
     /// message must be acknowledged for more to come.
-    pub async fn consume_stream(&self, stream: &str) -> Result<Inbox, BrokerError> {
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongString("first".into()),
-        );
-        self.consume_with(stream, Some(STREAM_PREFETCH), arguments)
-            .await
+    ///
+    /// A stream declared a moment ago may not have started yet: on a node that never held a
+    /// stream, RabbitMQ refuses a consume with PRECONDITION_FAILED ("does not have a replica
+    /// on the local node") or INTERNAL_ERROR (its log says `stream_not_found`, and it closes
+    /// the connection). Such a refusal is tried again on a fresh channel (on a fresh
+    /// connection that replaces this one, when it was closed) for up to
+    /// [`STREAM_START_LIMIT`]; any other refusal, or one that lasts longer, is the error.
+    pub async fn consume_stream(&mut self, stream: &str) -> Result<Inbox, BrokerError> {
+        let deadline = tokio::time::Instant::now() + STREAM_START_LIMIT;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString("first".into()),
+            );
+            let refused = match self
+                .consume_with(stream, Some(STREAM_PREFETCH), arguments)
+                .await
+            {
+                Err(error) if error.is_internal() || error.is_precondition_failed() => error,
+                consumed => return consumed,
+            };
+            let next = tokio::time::Instant::now() + wait;
+            if next >= deadline {
+                return Err(refused);
+            }
+            tracing::debug!(%stream, error = %refused, "the stream has not started yet; consuming again in {wait:?}");
+            tokio::time::sleep_until(next).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+            // Each try opens a fresh channel; a hard error closed the connection too (its
+            // state may not say so yet). The old one closes once its last channel is dropped.
+            if refused.is_internal() || !self.is_connected() {
+                *self = Broker::connect_like(self).await?;
+            }
+        }
     }
 
     async fn consume_with(
@@ -105,6 +140,24 @@ impl Inbox {
         )
         .await?;
         Ok(got.map(|got| Incoming::new(got.delivery, self.trust.as_deref())))
+    }
+
+    /// Stops consuming and closes the inbox's channel, waiting for the broker to confirm
+    /// both, so that nothing of the channel is left to close after its connection (which
+    /// lapin would report as an error on a clean end). Unsettled messages go back to the
+    /// queue. A channel that has already ended needs nothing more.
+    pub async fn close(self) {
+        if !self.channel.status().connected() {
+            return;
+        }
+        let tag = self.consumer.tag();
+        let _ = bounded(
+            "basic.cancel",
+            self.channel
+                .basic_cancel(tag, BasicCancelOptions::default()),
+        )
+        .await;
+        let _ = bounded("channel.close", self.channel.close(200, "OK".into())).await;
     }
 
     /// True when the inbox ended because of an error (the channel or connection failed),
@@ -203,5 +256,41 @@ impl Incoming {
         bounded("basic.nack", self.acker.nack(options))
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::testing::{connect, test_queue};
+    use uuid::Uuid;
+
+    /// The next message of `inbox`, failing the test after 10 s.
+    async fn next(inbox: &mut Inbox) -> Incoming {
+        tokio::time::timeout(Duration::from_secs(10), inbox.next())
+            .await
+            .expect("a message in time")
+            .expect("the consumer is open")
+    }
+
+    #[tokio::test]
+    async fn a_closed_inbox_leaves_no_consumer_and_gives_its_messages_back() {
+        let broker = connect("gorgon-protocol test: close an inbox").await;
+        let queue = test_queue(&broker).await;
+        let envelope = Envelope::new(Uuid::new_v4(), crate::Message::file("a"));
+        broker.send_to_queue(&queue, &envelope).await.unwrap();
+        let mut inbox = broker.consume(&queue, Some(1)).await.unwrap();
+        let unsettled = next(&mut inbox).await;
+        inbox.close().await;
+        let counts = broker.queue_counts(&queue).await.unwrap();
+        let (_, consumers) = counts.expect("the queue exists");
+        assert_eq!(consumers, 0);
+        drop(unsettled);
+        let mut again = broker.consume(&queue, Some(1)).await.unwrap();
+        let back = next(&mut again).await;
+        assert!(back.redelivered);
+        assert_eq!(back.envelope.unwrap().message, crate::Message::file("a"));
+        broker.delete_queue(&queue).await.unwrap();
+        broker.close().await;
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::{Channel, Connection};
 
 use crate::connection::{BrokerSettings, QueueType};
@@ -21,7 +21,7 @@ mod topology;
 
 pub use backoff::Backoff;
 pub use connect::{ConnectFailure, TlsError, CONNECT_TIMEOUT};
-pub use consume::{Inbox, Incoming};
+pub use consume::{Inbox, Incoming, STREAM_START_LIMIT};
 pub use publish::Unconfirmed;
 pub use refusal::log_refusal;
 pub use topology::QueueLife;
@@ -64,6 +64,27 @@ impl BrokerError {
     /// (reply code 405, RESOURCE_LOCKED): it exists, and its owner is connected.
     pub fn is_locked(&self) -> bool {
         self.is_soft(AMQPSoftError::RESOURCELOCKED)
+    }
+
+    /// True when the broker refused with INTERNAL_ERROR (reply code 541, a hard error that
+    /// closes the connection): one of RabbitMQ's answers to a consume on a stream that has
+    /// not started yet ([`Broker::consume_stream`]).
+    pub fn is_internal(&self) -> bool {
+        let BrokerError::Call { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(error)
+                if *error.kind() == AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
+        )
+    }
+
+    /// True when the broker refused a precondition (reply code 406, PRECONDITION_FAILED):
+    /// the other answer to a consume on a stream that has not started yet ("does not have
+    /// a replica on the local node").
+    pub fn is_precondition_failed(&self) -> bool {
+        self.is_soft(AMQPSoftError::PRECONDITIONFAILED)
     }
 
     fn is_soft(&self, code: AMQPSoftError) -> bool {
@@ -157,5 +178,15 @@ mod testing {
         Broker::connect(&BrokerSettings::for_tests(), name)
             .await
             .expect("RabbitMQ runs on 127.0.0.1:5672 (or AMQP_HOST:AMQP_PORT)")
+    }
+
+    /// A shared queue of the test's own, declared on `broker`; its name.
+    pub(super) async fn test_queue(broker: &Broker) -> String {
+        let queue = format!("gorgon-rs.test.{}.files", uuid::Uuid::new_v4());
+        let life = super::QueueLife::Shared {
+            unused_expiry: std::time::Duration::from_secs(60),
+        };
+        broker.declare_queue(&queue, life).await.unwrap();
+        queue
     }
 }

@@ -19,6 +19,14 @@ impl Broker {
         self.publish_routed(exchange, "", envelope, exchange).await
     }
 
+    /// Publishes to an exchange and waits until the broker has taken the message, where no
+    /// queue taking it is normal (an announcement that nobody may be waiting for): such a
+    /// message is dropped by the broker, not returned, and is no error.
+    pub async fn offer(&self, exchange: &str, envelope: &Envelope) -> Result<(), BrokerError> {
+        let confirm = self.basic_publish(exchange, "", envelope, false).await?;
+        taken(confirm, exchange).await
+    }
+
     /// Publishes straight to a queue through the default exchange, with the same guarantees.
     pub async fn send_to_queue(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError> {
         self.publish_routed("", queue, envelope, queue).await
@@ -59,11 +67,7 @@ impl Broker {
         let confirm = self
             .publish_with(exchange, routing_key, payload, false, true, signature)
             .await?;
-        let confirmation = bounded("publisher confirm", confirm).await?;
-        if confirmation.is_nack() {
-            return Err(BrokerError::Nacked(exchange.to_owned()));
-        }
-        Ok(())
+        taken(confirm, exchange).await
     }
 
     /// Publishes many messages to a queue without waiting for each confirm before the next
@@ -193,6 +197,16 @@ impl Broker {
     }
 }
 
+/// Waits for the confirm of a message published without `mandatory` (one that no queue
+/// takes is dropped, which is not an error): an error only when the broker rejected it.
+async fn taken(confirm: lapin::PublisherConfirm, target: &str) -> Result<(), BrokerError> {
+    let confirmation = bounded("publisher confirm", confirm).await?;
+    if confirmation.is_nack() {
+        return Err(BrokerError::Nacked(target.to_owned()));
+    }
+    Ok(())
+}
+
 fn check_confirmation(confirmation: lapin::Confirmation, target: &str) -> Result<(), BrokerError> {
     if confirmation.is_nack() {
         return Err(BrokerError::Nacked(target.to_owned()));
@@ -225,19 +239,30 @@ impl Unconfirmed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::testing::connect;
-    use crate::broker::QueueLife;
+    use crate::broker::testing::{connect, test_queue};
     use std::time::Duration;
     use uuid::Uuid;
 
     #[tokio::test]
+    async fn an_offer_nobody_takes_is_no_error_where_a_publish_is_unroutable() {
+        let broker = connect("gorgon-protocol test: offer").await;
+        let exchange = format!("gorgon-rs.test.{}.announcements", Uuid::new_v4());
+        broker.declare_fanout(&exchange).await.unwrap();
+        let envelope = Envelope::new(Uuid::new_v4(), crate::Message::file("a"));
+        broker.offer(&exchange, &envelope).await.unwrap();
+        let published = broker.publish(&exchange, &envelope).await;
+        assert!(
+            matches!(published, Err(BrokerError::Unroutable(_))),
+            "{published:?}"
+        );
+        broker.delete_exchange(&exchange).await.unwrap();
+        broker.close().await;
+    }
+
+    #[tokio::test]
     async fn many_messages_sent_at_once_all_arrive_in_order_past_the_confirm_window() {
         let broker = connect("gorgon-protocol test: send all").await;
-        let queue = format!("gorgon-rs.test.{}.files", Uuid::new_v4());
-        let life = QueueLife::Shared {
-            unused_expiry: Duration::from_secs(60),
-        };
-        broker.declare_queue(&queue, life).await.unwrap();
+        let queue = test_queue(&broker).await;
         let job = Uuid::new_v4();
         let count = CONFIRM_WINDOW * 2 + 500;
         let envelopes =

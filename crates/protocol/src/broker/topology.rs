@@ -140,8 +140,15 @@ impl Broker {
     }
 
     /// Declares a stream (an append-only, durable log that every consumer reads from its own
-    /// offset; RabbitMQ 3.9+) whose messages are dropped after `max_age` (e.g. `"1D"`).
-    pub async fn declare_stream(&self, name: &str, max_age: &str) -> Result<(), BrokerError> {
+    /// offset; RabbitMQ 3.9+) whose messages are dropped after `max_age` (e.g. `"1D"`), and
+    /// waits until RabbitMQ has started it.
+    ///
+    /// The declare returns before the stream's writer runs; until it does, on a node that
+    /// never held a stream, a publish to it crashes the channel and a consume is refused,
+    /// both with INTERNAL_ERROR, which closes the connection. So the stream is read once
+    /// ([`Broker::consume_stream`], which tries again on a fresh connection that replaces
+    /// this one, within [`super::STREAM_START_LIMIT`]) before anything else uses it.
+    pub async fn declare_stream(&mut self, name: &str, max_age: &str) -> Result<(), BrokerError> {
         let mut arguments = FieldTable::default();
         arguments.insert(
             "x-queue-type".into(),
@@ -152,7 +159,9 @@ impl Broker {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        self.declare_with(name, options, arguments).await
+        self.declare_with(name, options, arguments).await?;
+        self.consume_stream(name).await?.close().await;
+        Ok(())
     }
 
     /// Declares exclusive queue `name` (a lock held as long as this connection, or until the

@@ -62,7 +62,7 @@ impl Build {
         }
         let project = crate::run::project_name(&settings.project_root);
         let job = names::build_job_id(&settings.cluster_id, &build_id);
-        let broker = Broker::connect(
+        let mut broker = Broker::connect(
             &settings.broker,
             &format!("gorgon {role} {project} {build_id}"),
         )

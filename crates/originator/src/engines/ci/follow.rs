@@ -14,6 +14,7 @@ use crate::errors::Stop;
 use crate::events::EventSink;
 use crate::run_core::Core;
 use crate::state::JobState;
+use crate::view::counted;
 use crate::view::Progress;
 
 /// Whoever follows the build's log: its state, and what it does about each message.
@@ -160,12 +161,12 @@ impl Watch {
             // The broker did not answer: the log's end says so, if it is gone.
             Err(_) => return None,
         };
-        let left = state.unfinished().len();
+        let left = counted(state.unfinished().len(), "file");
         if consumers > 0 {
             self.idle_since = None;
         } else if self.idle_since.get_or_insert_with(Instant::now).elapsed() >= wait {
             return Some(format!(
-                "no node has worked on build {} for {} s, and {left} files have no result",
+                "no node has worked on build {} for {} s, with no result for {left}",
                 build.build_id,
                 wait.as_secs_f64()
             ));
@@ -185,7 +186,7 @@ impl Watch {
             >= wait
         {
             return Some(format!(
-                "for {} s no file of build {} was queued or running, and {left} files have no result (was a node lost as it queued a retry?)",
+                "for {} s no file of build {} was queued or running, with no result for {left} (was a node lost as it queued a retry?)",
                 wait.as_secs_f64(),
                 build.build_id
             ));

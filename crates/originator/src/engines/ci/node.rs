@@ -14,13 +14,14 @@ use super::follow::{follow_to_end, Follower, Watch};
 use super::report::report_and_clean;
 use super::{BuildOptions, LIVENESS_INTERVAL};
 use crate::errors::{StartError, Stop};
+use crate::view::counted;
 
 /// `gorgon work`: runs this node's part of the build; with `--report`, also waits for the
 /// whole build and reports it. Exits 0 when the node did its part (the build's verdict is
 /// the reporter's), 130/143 when stopped by a signal.
 pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     let mut signals = StopSignals::install();
-    let build = Build::join(&options, "work").await?;
+    let mut build = Build::join(&options, "work").await?;
     let host = options
         .worker_id
         .clone()
@@ -60,8 +61,9 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     let (plan, state, progress) =
         build.plan(&options.start, &defined, history, &mut events, |total| {
             format!(
-                "Build {}: {total} files; this node is {host}{}",
+                "Build {}: {}; this node is {host}{}",
                 build.build_id,
+                counted(total, "file"),
                 if filled { " (it queued them)" } else { "" }
             )
         })?;

@@ -10,13 +10,14 @@ use super::follow::{follow_to_end, Follower};
 use super::{BuildOptions, BUILD_QUEUE_EXPIRY};
 use crate::engine::Plan;
 use crate::errors::{StartError, Stop};
+use crate::view::counted;
 
 /// `gorgon report --build-id`: waits for the build (it may start before the nodes, or
 /// after they finished), then writes and prints what `gorgon start` would and exits with
 /// its code.
 pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
     let mut signals = StopSignals::install();
-    let build = Build::join(&options, "report").await?;
+    let mut build = Build::join(&options, "report").await?;
     if build.is_over().await? {
         build.broker.close().await;
         return Err(StartError::BuildLost(format!(
@@ -37,8 +38,10 @@ pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
     let (plan, state, progress) =
         build.plan(&options.start, &defined, history, &mut events, |total| {
             format!(
-                "Build {}: {total} files, queued by {}; waiting for its results",
-                build.build_id, defined.host
+                "Build {}: {}, queued by {}; waiting for its results",
+                build.build_id,
+                counted(total, "file"),
+                defined.host
             )
         })?;
     let mut follower = Follower {
