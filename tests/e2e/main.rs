@@ -13,6 +13,7 @@ mod docs;
 mod faults;
 mod local;
 mod manager;
+mod neighbours;
 mod ops;
 mod phases;
 mod pipeline;

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod html;
 pub mod init;
 pub mod junit;
+pub mod lost;
 pub mod phases;
 pub mod ping;
 pub mod quarantine;

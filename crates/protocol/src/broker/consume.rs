@@ -72,6 +72,30 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Takes one message off `queue` (`basic.get` on a channel of its own, no consumer), as
+    /// any other client of the broker may: for tools and tests that check how gorgon-rs
+    /// copes with a message taken away. `None` when the queue is empty.
+    pub async fn take_one(&self, queue: &str) -> Result<Option<Incoming>, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        basic_get(&channel, queue, self.trust.as_deref()).await
+    }
+}
+
+/// A message waiting in `queue` right now (`basic.get`), decoded; `None` when it is empty.
+async fn basic_get(
+    channel: &Channel,
+    queue: &str,
+    trust: Option<&Trust>,
+) -> Result<Option<Incoming>, BrokerError> {
+    let got = bounded(
+        "basic.get",
+        channel.basic_get(queue.into(), BasicGetOptions::default()),
+    )
+    .await?;
+    Ok(got.map(|got| Incoming::new(got.delivery, trust)))
+}
+
 /// A stream of messages from one queue.
 pub struct Inbox {
     consumer: lapin::Consumer,
@@ -98,13 +122,7 @@ impl Inbox {
     /// A message waiting in the queue right now, taken past the consumer's prefetch limit
     /// (`basic.get`); `None` when the queue is empty. Never waits for a message.
     pub async fn try_next(&self) -> Result<Option<Incoming>, BrokerError> {
-        let got = bounded(
-            "basic.get",
-            self.channel
-                .basic_get(self.queue.as_str().into(), BasicGetOptions::default()),
-        )
-        .await?;
-        Ok(got.map(|got| Incoming::new(got.delivery, self.trust.as_deref())))
+        basic_get(&self.channel, &self.queue, self.trust.as_deref()).await
     }
 
     /// True when the inbox ended because of an error (the channel or connection failed),
