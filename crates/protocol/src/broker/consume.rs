@@ -78,7 +78,13 @@ impl Broker {
     /// copes with a message taken away. `None` when the queue is empty.
     pub async fn take_one(&self, queue: &str) -> Result<Option<Incoming>, BrokerError> {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
-        basic_get(&channel, queue, self.trust.as_deref()).await
+        let got = basic_get(&channel, queue, self.trust.as_deref()).await?;
+        // lapin closes a channel once its last handle goes, and a message can be settled
+        // only on the channel it came on: the message keeps it.
+        Ok(got.map(|incoming| Incoming {
+            _channel: Some(Box::new(channel)),
+            ..incoming
+        }))
     }
 }
 
@@ -140,6 +146,9 @@ pub struct Incoming {
     /// Its signature, when this process holds keys and the signature held.
     pub signature: Option<Signature>,
     acker: lapin::Acker,
+    /// The channel it came on, for a message taken without a consumer
+    /// ([`Broker::take_one`]), whose channel nothing else keeps open.
+    _channel: Option<Box<Channel>>,
 }
 
 impl Incoming {
@@ -166,6 +175,7 @@ impl Incoming {
             redelivered: delivery.redelivered,
             signature: signature.filter(|_| verified),
             acker: delivery.acker,
+            _channel: None,
         }
     }
 }
