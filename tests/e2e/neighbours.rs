@@ -58,6 +58,22 @@ fn result(host: &str, file: &str, status: FileStatus) -> FileResult {
     }
 }
 
+/// Publishes `replies` to job `job_id`'s reply queue, as any client of the broker can.
+fn send_replies(job_id: uuid::Uuid, replies: &[Message]) {
+    let queue = names::reply_queue(job_id);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sender = runtime
+        .block_on(Broker::connect(&BrokerSettings::for_tests(), "EVIL"))
+        .unwrap();
+    for reply in replies {
+        let envelope = Envelope::new(job_id, reply.clone());
+        runtime
+            .block_on(sender.send_to_queue(&queue, &envelope))
+            .unwrap();
+    }
+    runtime.block_on(sender.close());
+}
+
 #[test]
 fn a_file_taken_off_the_queue_by_a_neighbour_is_queued_again_within_the_bound() {
     let cluster = Cluster::with_listeners(&[("lone", 1)]);
@@ -147,31 +163,18 @@ fn a_result_from_a_host_that_never_took_the_job_is_ignored_and_named() {
 
     // A host that never accepted the job reports both files passed, before their real
     // results: one result alone, the other inside replies sent together.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let forger = Broker::connect(&BrokerSettings::for_tests(), "EVIL")
-            .await
-            .unwrap();
-        let replies = names::reply_queue(job_id);
-        let alone = Message::FileFinished(result("EVIL", "tests/a_test.sh", FileStatus::Passed));
-        let together = Message::Replies {
-            replies: vec![
-                Message::FileStarted {
-                    host: "EVIL".into(),
-                    worker_id: 1,
-                    file: "tests/b_test.sh".into(),
-                },
-                Message::FileFinished(result("EVIL", "tests/b_test.sh", FileStatus::Passed)),
-            ],
-        };
-        for forged in [alone, together] {
-            forger
-                .send_to_queue(&replies, &Envelope::new(job_id, forged))
-                .await
-                .unwrap();
-        }
-        forger.close().await;
-    });
+    let alone = Message::FileFinished(result("EVIL", "tests/a_test.sh", FileStatus::Passed));
+    let together = Message::Replies {
+        replies: vec![
+            Message::FileStarted {
+                host: "EVIL".into(),
+                worker_id: 1,
+                file: "tests/b_test.sh".into(),
+            },
+            Message::FileFinished(result("EVIL", "tests/b_test.sh", FileStatus::Passed)),
+        ],
+    };
+    send_replies(job_id, &[alone, together]);
 
     let run = run.wait(RUN_LIMIT);
     run.assert_report(
