@@ -168,6 +168,9 @@ pub enum ProblemKind {
     SyncFailed,
     /// The command of a phase failed.
     PhaseFailed,
+    /// A file (or a retry) had no result and was neither queued nor running anywhere for
+    /// `lost::LOST_FILE_WAIT`: it was queued again.
+    FileLost,
 }
 
 /// Files by verdict at the end of a run.

@@ -11,6 +11,7 @@ pub mod html;
 pub mod init;
 pub mod junit;
 pub mod links;
+pub mod lost;
 pub mod phases;
 pub mod ping;
 pub mod quarantine;

@@ -177,6 +177,28 @@ impl Retries {
         self.pending.contains_key(file)
     }
 
+    /// The retries queued unit `file` waits for (its units without a verdict), each as it
+    /// was last queued: its next attempt, and where the attempt before failed. For
+    /// queueing again a retry whose message was lost.
+    pub fn in_flight(&self, file: &str) -> Vec<Retry> {
+        let Some(pending) = self.pending.get(file) else {
+            return Vec::new();
+        };
+        pending
+            .units
+            .iter()
+            .filter_map(|name| {
+                let unit = self.units.get(name).filter(|u| u.done.is_none())?;
+                let last = unit.attempts.last()?;
+                Some(Retry {
+                    unit: name.clone(),
+                    attempt: unit.attempts.len() as u32 + 1,
+                    avoid: last.place.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Retried tests that failed, then passed.
     pub fn flaky(&self) -> impl Iterator<Item = &Retried> {
         self.retried.iter().filter(|r| r.flaky())

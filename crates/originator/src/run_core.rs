@@ -90,12 +90,62 @@ impl Outcome {
     }
 }
 
-/// Applies one reply (not a [`Message::Replies`] batch: see [`Core::reply`]) to the state.
+/// The host a reply comes from, and what kind of reply it is (for the log), if it names
+/// one. A batch ([`Message::Replies`]) is one manager's: its first reply names the host.
+pub(crate) fn reply_host(message: &Message) -> Option<(&str, &'static str)> {
+    match message {
+        Message::Replies { replies } => replies.first().and_then(reply_host),
+        Message::FileFinished(result) => Some((&result.host, "a file's result")),
+        Message::FileStarted { host, .. } => Some((host, "a file's start")),
+        Message::FileOutput { host, .. } => Some((host, "a file's output")),
+        Message::JobAccepted { host, .. } => Some((host, "a job's acceptance")),
+        Message::JobDone { host } => Some((host, "a job's end")),
+        Message::WorkerCrashed { host, .. } => Some((host, "a worker's crash")),
+        Message::ManagerCrashed { host, .. } => Some((host, "a manager's crash")),
+        Message::CallbackFailed { host, .. } => Some((host, "a callback's failure")),
+        Message::SyncFailed { host, .. } => Some((host, "a failed pull")),
+        _ => None,
+    }
+}
+
+/// Whether the state must ignore `message`: a reply from a host that has not taken the job
+/// (no `JobAccepted` from it came first), whatever it claims, is logged naming the host
+/// and settles nothing. Every host sends its `JobAccepted` before anything else of the
+/// job: a listener before it pulls, a CI node before its manager starts, `--local` before
+/// its workers.
+fn from_a_stranger(state: &JobState, message: &Message) -> bool {
+    if matches!(message, Message::JobAccepted { .. }) {
+        return false;
+    }
+    let Some((host, what)) = reply_host(message) else {
+        return false;
+    };
+    if state.has_accepted(host) {
+        return false;
+    }
+    gorgon_protocol::broker::log_refusal(
+        host,
+        "from a host that has not taken the job",
+        &format_args!("{what} from host {host}, which has not taken the job"),
+    );
+    true
+}
+
+/// Applies one reply (not a [`Message::Replies`] batch: see [`Core::reply`]) to the state,
+/// unless it comes from a host that has not taken the job.
 pub(crate) fn take_reply(
     state: &mut JobState,
     message: Message,
     max_crash_retries: u32,
 ) -> Outcome {
+    if from_a_stranger(state, &message) {
+        return Outcome::default();
+    }
+    apply_reply(state, message, max_crash_retries)
+}
+
+/// Applies one reply of a host that took the job.
+fn apply_reply(state: &mut JobState, message: Message, max_crash_retries: u32) -> Outcome {
     match message {
         Message::JobAccepted {
             host,
@@ -592,8 +642,25 @@ mod tests {
         max_crash_retries: u32,
     }
 
+    /// The hosts the tests' replies come from, as having taken the job (without slots, and
+    /// without events: the tests of the acceptance itself start from [`Replies::fresh`]).
+    pub(super) fn taken_by_the_tests_hosts(mut state: JobState) -> JobState {
+        for host in ["h", "h1", "h2", "h3"] {
+            state.listener_accepted(host, 0, None);
+        }
+        state
+    }
+
     impl Replies {
+        /// A run that the tests' hosts have taken.
         fn new(files: &[&str], max_crash_retries: u32) -> Replies {
+            let mut replies = Replies::fresh(files, max_crash_retries);
+            replies.state = taken_by_the_tests_hosts(replies.state);
+            replies
+        }
+
+        /// A run that no host has taken yet.
+        fn fresh(files: &[&str], max_crash_retries: u32) -> Replies {
             let captured = Captured::default();
             Replies {
                 state: JobState::new(files.iter().map(|f| f.to_string()).collect()),
@@ -656,7 +723,7 @@ mod tests {
 
     #[test]
     fn a_listener_that_takes_the_job_and_finishes_it_is_recorded() {
-        let mut run = Replies::new(&["a"], 2);
+        let mut run = Replies::fresh(&["a"], 2);
         let accepted = Message::JobAccepted {
             host: "alpha".into(),
             slots: 3,
@@ -905,12 +972,75 @@ mod tests {
 
     #[test]
     fn a_message_that_does_not_belong_on_the_reply_queue_is_dropped() {
-        let mut run = Replies::new(&["a"], 2);
+        let mut run = Replies::fresh(&["a"], 2);
         assert_eq!(run.send(Message::file("a")), None);
         assert!(run.kinds().is_empty());
         assert_eq!(run.state.finished(), 0);
         assert!(run.state.problems().is_empty());
         assert!(!run.state.any_listener_accepted());
+    }
+
+    #[test]
+    fn replies_from_a_host_that_has_not_taken_the_job_settle_nothing() {
+        let mut run = Replies::fresh(&["a", "b"], 1);
+        run.send(Message::JobAccepted {
+            host: "honest".into(),
+            slots: 1,
+            listener_queue: None,
+        });
+        // A stranger's results, start, crash, callback failure and end, alone and inside
+        // replies sent together: none of them counts, stops the run or is told.
+        run.send(finished("EVIL", "a", FileStatus::Passed));
+        run.send(Message::Replies {
+            replies: vec![
+                started("EVIL", 1, "b"),
+                finished("EVIL", "b", FileStatus::Passed),
+            ],
+        });
+        run.send(crashed("EVIL", 1, ""));
+        let callback = Message::CallbackFailed {
+            host: "EVIL".into(),
+            worker_id: None,
+            callback: CallbackName::AfterSync,
+            status: "exit status 1".into(),
+            output: String::new(),
+        };
+        assert_eq!(run.send(callback), None);
+        run.send(Message::JobDone {
+            host: "EVIL".into(),
+        });
+        assert_eq!(run.state.finished(), 0);
+        assert_eq!(run.state.workers_running(), 0);
+        assert!(run.state.problems().is_empty());
+        assert_eq!(run.state.listeners_working(), ["honest"]);
+        assert!(!run.state.has_run_files("EVIL"));
+        assert_eq!(run.kinds(), ["listener_joined"]);
+
+        // The real results, which come later, are the run's.
+        run.send(started("honest", 1, "a"));
+        run.send(finished("honest", "a", FileStatus::Failed));
+        run.send(finished("honest", "b", FileStatus::Failed));
+        assert_eq!(run.state.count(FileStatus::Failed), 2);
+        assert!(run.state.all_settled());
+        assert!(!run.state.passed());
+    }
+
+    #[test]
+    fn every_reply_that_names_a_host_is_checked_by_it() {
+        let output = Message::FileOutput {
+            host: "x".into(),
+            worker_id: 1,
+            file: "a".into(),
+            text: "hi".into(),
+        };
+        let sync = Message::SyncFailed {
+            host: "x".into(),
+            output: String::new(),
+        };
+        for message in [output, sync, crashed("x", 1, ""), started("x", 1, "a")] {
+            assert_eq!(reply_host(&message).map(|(host, _)| host), Some("x"));
+        }
+        assert_eq!(reply_host(&Message::file("a")), None);
     }
 
     /// The pure steps of the core, without watchers: what each returns.
@@ -921,7 +1051,7 @@ mod tests {
         use crate::state::tests::result;
 
         fn state(files: &[&str]) -> JobState {
-            JobState::new(files.iter().map(|f| f.to_string()).collect())
+            taken_by_the_tests_hosts(JobState::new(files.iter().map(|f| f.to_string()).collect()))
         }
 
         #[test]
@@ -1008,7 +1138,7 @@ mod tests {
                 (phase("unit", &["u*"], None), vec!["u1".into()]),
                 (phase("report", &[], Some("echo done")), vec![]),
             ]);
-            JobState::new(Vec::new()).with_phases(phases)
+            taken_by_the_tests_hosts(JobState::new(Vec::new()).with_phases(phases))
         }
 
         #[test]

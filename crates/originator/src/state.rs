@@ -361,6 +361,24 @@ impl JobState {
             .collect()
     }
 
+    /// Whether `host` took the job (its `JobAccepted` came): only such a host's replies
+    /// count.
+    pub fn has_accepted(&self, host: &str) -> bool {
+        self.listeners_accepted.contains(host)
+    }
+
+    /// Whether `host` started or finished a file of this run.
+    pub fn has_run_files(&self, host: &str) -> bool {
+        self.hosts_that_ran.contains(host)
+    }
+
+    /// Whether a worker has started `unit` and not finished it.
+    pub fn is_running(&self, unit: &str) -> bool {
+        self.running
+            .values()
+            .any(|files| files.iter().any(|f| f == unit))
+    }
+
     /// Working listeners and their queues, to check that they are still alive.
     pub fn working_listener_queues(&self) -> Vec<(String, String)> {
         self.listener_queues

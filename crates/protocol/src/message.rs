@@ -292,21 +292,15 @@ pub struct FileResult {
 pub struct RetryOf {
     pub host: String,
     pub worker_id: u32,
-    /// Whether another host works on the job: then the failing host passes the file on,
-    /// for another host to take.
+    /// Whether another host that took the job works on it: then the failing host hands the
+    /// retry back to the queue until another host takes it (for a bounded time, see the
+    /// worker manager's feed).
     #[serde(default)]
     pub other_hosts: bool,
-    /// How many times the failing host has passed it on already (it runs there after
-    /// [`RetryOf::MAX_PASSES`]).
+    /// Written 0 and no longer read (the hand-back is bounded by time, on the failing
+    /// host); kept so that the messages of earlier versions still decode.
     #[serde(default)]
     pub passed_on: u32,
-}
-
-impl RetryOf {
-    /// How many times the host a retry failed on passes it on before running it itself:
-    /// each time it goes to the back of the files queue, where the next host with a free
-    /// slot takes it.
-    pub const MAX_PASSES: u32 = 3;
 }
 
 impl Message {

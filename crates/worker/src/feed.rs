@@ -12,6 +12,16 @@
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
 //!
+//! A retry of a failure on this host, while another host that took the job works on it
+//! (the originator says so in the retry's `RetryOf`), is not run here: it is held aside for
+//! [`HAND_BACK_PAUSE`] and handed back to the queue (requeued to its head), again each time
+//! it comes back, so that the next host with a free slot takes it; the broker delivers to
+//! its consumers in turn, so another host with a free slot gets it at the next hand-back.
+//! Held aside, it takes one of this host's prefetch slots, so the broker cannot hand it
+//! straight back while other files wait. Bounded: once this host has handed it back for
+//! [`RETRY_HAND_OFF`] (every other host busy or gone all that time), it runs here, on
+//! another worker.
+//!
 //! When the broker connection is lost mid-job, the workers go on with what they run; their
 //! replies wait here, and the feeder reconnects (to any node) with backoff until
 //! `connection.outage_limit`. The job's queues are durable: once back, it takes files again
@@ -26,13 +36,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use gorgon_protocol::{
-    broker::Backoff, names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, RetryOf,
-    Unconfirmed, WorkerAssignment,
+    broker::Backoff, names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, Unconfirmed,
+    WorkerAssignment,
 };
+
+use crate::host_job::sleep_until_some;
 
 /// How long the manager waits for the originator's answer about a file delivered again
 /// before running it anyway (a duplicate result is dropped, a lost one is not).
 const RETRY_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long this host hands a retry of its own failure back for another host to take,
+/// at most, before running it itself. Shorter than the originator's wait for a lost file
+/// (10 s), so that a retry held aside here is never taken for lost.
+const RETRY_HAND_OFF: Duration = Duration::from_secs(5);
+
+/// How long a retry this host hands back is held aside before it goes back to the queue:
+/// the hand-backs of one retry cost the broker a few messages a second, not a loop.
+const HAND_BACK_PAUSE: Duration = Duration::from_millis(250);
 
 /// Why the feeder can give no more files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +158,10 @@ pub(crate) struct Feeder<'a> {
     orphans: HashSet<String>,
     /// Replies handed to the broker, and the messages they went in.
     sent: Sent,
+    /// Retries of failures here held aside, each until it goes back to the queue.
+    aside: Vec<(Incoming, Instant)>,
+    /// Retry unit → when this host first handed it back ([`RETRY_HAND_OFF`]).
+    handing_off: HashMap<String, Instant>,
 }
 
 /// How many replies a manager handed to the broker, and in how many messages.
@@ -152,6 +177,8 @@ pub(crate) enum FeedEvent {
     Delivery(Option<Incoming>),
     /// The confirm of the oldest reply in flight.
     Confirm(Result<(), BrokerError>),
+    /// A retry held aside goes back to the queue.
+    HandBack,
 }
 
 /// A delivered file that no worker has taken yet.
@@ -197,6 +224,8 @@ impl<'a> Feeder<'a> {
             unsent: VecDeque::new(),
             orphans: HashSet::new(),
             sent: Sent::default(),
+            aside: Vec::new(),
+            handing_off: HashMap::new(),
         })
     }
 
@@ -242,6 +271,7 @@ impl<'a> Feeder<'a> {
         self.retries = None;
         self.orphans.extend(self.held.drain().map(|(file, _)| file));
         self.waiting.clear();
+        self.aside.clear();
     }
 
     /// When the next reconnection attempt is due, in an outage.
@@ -317,7 +347,7 @@ impl<'a> Feeder<'a> {
     /// True while the queues may have something for the manager: files to take (when
     /// `taking_files`), or confirms of replies in flight.
     pub(crate) fn expecting(&self, taking_files: bool) -> bool {
-        (taking_files && self.taking()) || self.confirming()
+        (taking_files && self.taking()) || self.confirming() || !self.aside.is_empty()
     }
 
     /// The next delivery of a file (when `taking_files`) or confirm of a reply. Cancel-safe:
@@ -333,9 +363,11 @@ impl<'a> Feeder<'a> {
             }
         };
         let confirm = oldest_confirm(&mut self.unconfirmed);
+        let hand_back = self.aside.iter().map(|(_, at)| *at).min();
         tokio::select! {
             incoming = delivery => FeedEvent::Delivery(incoming),
             confirm = confirm => FeedEvent::Confirm(confirm),
+            () = sleep_until_some(hand_back), if hand_back.is_some() => FeedEvent::HandBack,
         }
     }
 
@@ -361,6 +393,19 @@ impl<'a> Feeder<'a> {
                 self.spent = self.files.take();
             }
             FeedEvent::Confirm(confirm) => self.confirmed(confirm).await,
+            FeedEvent::HandBack => self.hand_back_retries(false).await,
+        }
+    }
+
+    /// Sends the retries held aside back to the queue: those due (all, with `all`).
+    async fn hand_back_retries(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.aside)
+            .into_iter()
+            .partition(|(_, at)| all || *at <= now);
+        self.aside = kept;
+        for (incoming, _) in due {
+            settle(incoming.requeue().await);
         }
     }
 
@@ -479,6 +524,8 @@ impl<'a> Feeder<'a> {
         for delivered in std::mem::take(&mut self.waiting) {
             settle(delivered.incoming.requeue().await);
         }
+        // The retries held aside go back to the queue while their channels are open.
+        self.hand_back_retries(true).await;
         // Closed now, before the connection: a dropped consumer's channel is closed by lapin
         // after it, which lapin logs as an error on every job's end.
         let retries = self.retries.take().map(|r| r.inbox);
@@ -638,16 +685,15 @@ impl<'a> Feeder<'a> {
             }
         };
         // A retry of a failure on this host goes to another host when one works on the job:
-        // passed on to the back of the queue, it reaches the next host with a free slot; if
-        // it keeps coming back, it runs here, on another worker.
+        // held aside and handed back until one takes it, or for `RETRY_HAND_OFF` at most.
         let failed_here = retry.as_ref().filter(|r| r.host == self.assignment.host);
-        if let Some(retry) =
-            failed_here.filter(|r| r.other_hosts && r.passed_on < RetryOf::MAX_PASSES)
-        {
-            if self.pass_on(&incoming, &file, retry).await {
-                return None;
-            }
+        if failed_here.is_some_and(|r| r.other_hosts) && self.hands_off(&file) {
+            self.aside
+                .push((incoming, Instant::now() + HAND_BACK_PAUSE));
+            return None;
         }
+        // Whatever copy of it runs here, a later retry of it gets its own hand-off.
+        self.handing_off.remove(&file);
         let avoid_worker = failed_here.map(|r| r.worker_id);
         if self.orphans.remove(&file) {
             // It still runs here: its result will settle this message.
@@ -677,29 +723,25 @@ impl<'a> Feeder<'a> {
         })
     }
 
-    /// Puts a retry that failed here at the back of the files queue for another host, and
-    /// settles this copy; false (nothing changed) when it could not be queued.
-    async fn pass_on(&self, incoming: &Incoming, file: &str, retry: &RetryOf) -> bool {
-        let copy = Message::File {
-            file: file.to_owned(),
-            retry: Some(RetryOf {
-                passed_on: retry.passed_on + 1,
-                ..retry.clone()
-            }),
-        };
-        let queue = names::files_queue(self.assignment.job_id);
-        let envelope = Envelope::new(self.assignment.job_id, copy);
-        match self.broker.send_to_queue(&queue, &envelope).await {
-            Ok(()) => {
-                tracing::info!(file, "a retry of a failure here: passed on to another host");
-                settle(incoming.ack().await);
-                true
-            }
-            Err(error) => {
-                tracing::warn!(%error, file, "cannot pass a retry on; running it here");
-                false
-            }
+    /// Whether this host still hands retry `unit` back for another host: for
+    /// [`RETRY_HAND_OFF`] from the first time it did.
+    fn hands_off(&mut self, unit: &str) -> bool {
+        let first = *self.handing_off.entry(unit.to_owned()).or_insert_with(|| {
+            tracing::info!(
+                unit,
+                "a retry of a failure here: handing it back for another host"
+            );
+            Instant::now()
+        });
+        if first.elapsed() < RETRY_HAND_OFF {
+            return true;
         }
+        tracing::info!(
+            unit,
+            "no other host took a retry of a failure here within {} s; running it here",
+            RETRY_HAND_OFF.as_secs()
+        );
+        false
     }
 
     /// Asks the originator whether a file delivered again still needs a run. Without an

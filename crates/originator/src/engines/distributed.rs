@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use crate::engine::Plan;
 use crate::errors::{StartError, Stop};
-use crate::events::EventSink;
+use crate::events::{EventSink, ProblemKind};
+use crate::lost::{LostFiles, Requeue, LOST_FILE_WAIT};
+use crate::retries::Retry;
 use crate::run_core::{Advance, Core};
 use crate::settings::FileServer;
 use crate::state::{JobState, Problem};
@@ -32,6 +34,8 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
 /// A files queue nobody consumes is removed by the broker after this, so that a crashed
 /// originator leaves nothing behind for long.
 const FILES_QUEUE_EXPIRY: Duration = Duration::from_secs(30 * 60);
+/// How often the originator looks for lost files (`crate::lost`).
+const LOST_FILES_INTERVAL: Duration = Duration::from_secs(1);
 /// After the originator got its broker connection back, how long listeners have to get
 /// theirs back (their queues re-declared) before a missing queue means a dead listener.
 const RESUME_GRACE: Duration = Duration::from_secs(15);
@@ -170,6 +174,9 @@ struct Distributed<'a> {
     job_message: Message,
     cluster_id: String,
     listeners: ListenerWatch,
+    /// Files that left the files queue without reaching a worker, and when to look next.
+    lost: LostFiles,
+    lost_next: Instant,
     listener_deadline: Instant,
     tick: tokio::time::Interval,
     /// The last reply handled but not acknowledged yet: the replies that come together are
@@ -230,6 +237,8 @@ impl<'a> Distributed<'a> {
             job_message,
             cluster_id,
             listeners: ListenerWatch::new(),
+            lost: LostFiles::new(LOST_FILE_WAIT),
+            lost_next: Instant::now() + LOST_FILES_INTERVAL,
             listener_deadline: Instant::now() + settings.listener_wait,
             tick: tokio::time::interval(Duration::from_millis(250)),
             unacked: None,
@@ -315,6 +324,7 @@ impl<'a> Distributed<'a> {
         self.listeners
             .check_when_due(&self.broker, &mut self.core)
             .await;
+        self.requeue_lost_files().await;
         let state = &self.core.state;
         let settings = &self.plan.settings;
         if !state.any_listener_accepted() && Instant::now() >= self.listener_deadline {
@@ -337,6 +347,61 @@ impl<'a> Distributed<'a> {
             self.stop = Some(Stop::Failed(format!(
                 "every listener that took the job has stopped working on it, with no result for {}",
                 counted(state.unfinished().len(), "file")
+            )));
+        }
+    }
+
+    /// Queues again, when due, the files (and retries) lost for [`LOST_FILE_WAIT`]: without
+    /// a result, while the files queue held no message and no worker ran them. Each is
+    /// told as a problem that does not fail the run.
+    async fn requeue_lost_files(&mut self) {
+        let now = Instant::now();
+        if now < self.lost_next || self.stop.is_some() || self.core.state.all_settled() {
+            return;
+        }
+        self.lost_next = now + LOST_FILES_INTERVAL;
+        let queued = match self.broker.queue_counts(&self.topology.files).await {
+            Ok(Some((queued, _consumers))) => queued,
+            // Gone (the run is ending) or no answer: the next look tells.
+            Ok(None) | Err(_) => return,
+        };
+        let lost = self.lost.look(self.core.state, queued, now);
+        if lost.is_empty() {
+            return;
+        }
+        for unit in &lost {
+            let problem = Problem {
+                what: format!("{} was lost", unit.unit()),
+                status: format!(
+                    "no result, and neither queued nor running anywhere for {} s: queued again",
+                    LOST_FILE_WAIT.as_secs()
+                ),
+                output: String::new(),
+                fails_run: false,
+            };
+            self.core.problem(Some(ProblemKind::FileLost), problem);
+        }
+        tracing::warn!(
+            lost = lost.len(),
+            so_far = self.lost.requeued(),
+            "queued lost files again"
+        );
+        let job_id = self.job_id();
+        let state = &*self.core.state;
+        let messages = lost.into_iter().map(|unit| {
+            let message = match unit {
+                Requeue::File(file) => Message::file(file),
+                Requeue::Retry(retry) => retry_message(state, retry),
+            };
+            Envelope::new(job_id, message)
+        });
+        if let Err(error) = self
+            .broker
+            .send_all_to_queue(&self.topology.files, messages)
+            .await
+        {
+            self.stop = Some(Stop::Failed(format!(
+                "cannot queue a lost file again: {error}"
             )));
         }
     }
@@ -552,22 +617,32 @@ pub(crate) async fn queue_retries(
     if retries.is_empty() {
         return Ok(());
     }
-    let other_hosts = core.state.listeners_working().len() > 1;
-    let messages = retries.into_iter().map(|retry| {
-        let message = Message::File {
-            file: retry.unit,
-            retry: Some(RetryOf {
-                host: retry.avoid.host,
-                worker_id: retry.avoid.worker_id,
-                other_hosts,
-                passed_on: 0,
-            }),
-        };
-        Envelope::new(job_id, message)
-    });
+    let state = &*core.state;
+    let messages = retries
+        .into_iter()
+        .map(|retry| Envelope::new(job_id, retry_message(state, retry)));
     broker
         .send_all_to_queue(&names::files_queue(job_id), messages)
         .await
+}
+
+/// A retry's message: the unit, marked with where it failed and whether another host that
+/// took the job still works on it (then the host it failed on hands it back for that one:
+/// see `gorgon_worker`'s feed).
+fn retry_message(state: &JobState, retry: Retry) -> Message {
+    let other_hosts = state
+        .listeners_working()
+        .iter()
+        .any(|host| *host != retry.avoid.host);
+    Message::File {
+        file: retry.unit,
+        retry: Some(RetryOf {
+            host: retry.avoid.host,
+            worker_id: retry.avoid.worker_id,
+            other_hosts,
+            passed_on: 0,
+        }),
+    }
 }
 
 /// Tells a worker whether a file delivered again still needs a run.

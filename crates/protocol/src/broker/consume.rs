@@ -107,6 +107,36 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Takes one message off `queue` (`basic.get` on a channel of its own, no consumer), as
+    /// any other client of the broker may: for tools and tests that check how gorgon-rs
+    /// copes with a message taken away. `None` when the queue is empty.
+    pub async fn take_one(&self, queue: &str) -> Result<Option<Incoming>, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        let got = basic_get(&channel, queue, self.trust.as_deref()).await?;
+        // lapin closes a channel once its last handle goes, and a message can be settled
+        // only on the channel it came on: the message keeps it.
+        Ok(got.map(|incoming| Incoming {
+            _channel: Some(Box::new(channel)),
+            ..incoming
+        }))
+    }
+}
+
+/// A message waiting in `queue` right now (`basic.get`), decoded; `None` when it is empty.
+async fn basic_get(
+    channel: &Channel,
+    queue: &str,
+    trust: Option<&Trust>,
+) -> Result<Option<Incoming>, BrokerError> {
+    let got = bounded(
+        "basic.get",
+        channel.basic_get(queue.into(), BasicGetOptions::default()),
+    )
+    .await?;
+    Ok(got.map(|got| Incoming::new(got.delivery, trust)))
+}
+
 /// A stream of messages from one queue.
 pub struct Inbox {
     consumer: lapin::Consumer,
@@ -133,13 +163,7 @@ impl Inbox {
     /// A message waiting in the queue right now, taken past the consumer's prefetch limit
     /// (`basic.get`); `None` when the queue is empty. Never waits for a message.
     pub async fn try_next(&self) -> Result<Option<Incoming>, BrokerError> {
-        let got = bounded(
-            "basic.get",
-            self.channel
-                .basic_get(self.queue.as_str().into(), BasicGetOptions::default()),
-        )
-        .await?;
-        Ok(got.map(|got| Incoming::new(got.delivery, self.trust.as_deref())))
+        basic_get(&self.channel, &self.queue, self.trust.as_deref()).await
     }
 
     /// Stops consuming and closes the inbox's channel, waiting for the broker to confirm
@@ -175,6 +199,9 @@ pub struct Incoming {
     /// Its signature, when this process holds keys and the signature held.
     pub signature: Option<Signature>,
     acker: lapin::Acker,
+    /// The channel it came on, for a message taken without a consumer
+    /// ([`Broker::take_one`]), whose channel nothing else keeps open.
+    _channel: Option<Box<Channel>>,
 }
 
 impl Incoming {
@@ -201,6 +228,7 @@ impl Incoming {
             redelivered: delivery.redelivered,
             signature: signature.filter(|_| verified),
             acker: delivery.acker,
+            _channel: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::LIVENESS_INTERVAL;
 use crate::engines::distributed::{answer_retry_check, queue_retries};
 use crate::errors::Stop;
 use crate::events::EventSink;
-use crate::run_core::Core;
+use crate::run_core::{reply_host, Core};
 use crate::state::JobState;
 use crate::view::counted;
 use crate::view::Progress;
@@ -48,7 +48,7 @@ impl Follower {
                 }
             }
             message => {
-                let from = reply_host(&message).map(str::to_owned);
+                let from = reply_host(&message).map(|(host, _)| host.to_owned());
                 let own = from.is_some() && from == self.own_host;
                 let mut core = Core::new(
                     &mut self.state,
@@ -84,22 +84,6 @@ impl Follower {
                 .delete_queue(&names::files_queue(build.job))
                 .await;
         }
-    }
-}
-
-/// The host a reply comes from, if it names one.
-pub(super) fn reply_host(message: &Message) -> Option<&str> {
-    match message {
-        // One manager's: all from one host.
-        Message::Replies { replies } => replies.first().and_then(reply_host),
-        Message::FileFinished(result) => Some(&result.host),
-        Message::FileStarted { host, .. }
-        | Message::JobAccepted { host, .. }
-        | Message::JobDone { host }
-        | Message::WorkerCrashed { host, .. }
-        | Message::ManagerCrashed { host, .. }
-        | Message::CallbackFailed { host, .. } => Some(host),
-        _ => None,
     }
 }
 
