@@ -24,4 +24,5 @@ mod pipeline;
 mod retries;
 mod runners;
 mod slots;
+mod tree;
 mod trust;

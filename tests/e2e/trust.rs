@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gorgon_exec::tree;
 use gorgon_protocol::signing::{SigningKeys, Trust};
-use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
+use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message, TreeSeal};
 use serde_json::json;
 
 use crate::support::{
@@ -16,7 +17,7 @@ use crate::support::{
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// Writes `key` to a file readable by its owner only, outside every project tree.
-fn key_file(cluster: &Cluster, name: &str, key: &str) -> PathBuf {
+pub fn key_file(cluster: &Cluster, name: &str, key: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let dir = cluster.path().join("keys");
     std::fs::create_dir_all(&dir).unwrap();
@@ -58,6 +59,28 @@ struct Crafted {
     jobs: String,
     /// The cluster's key.
     trust: Trust,
+    /// The seal of the tree at `source`, which a listener with keys requires.
+    seal: TreeSeal,
+}
+
+/// The seal of the tree pushed to `source`, from the manifest pushed with it.
+fn seal_of_pushed(source: &str, scratch: &Path) -> TreeSeal {
+    let copy = scratch.join(tree::MANIFEST_NAME);
+    let status = std::process::Command::new("rsync")
+        .arg(format!("{source}{}", tree::MANIFEST_NAME))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "rsync could not fetch the pushed manifest"
+    );
+    let bytes = std::fs::read(&copy).unwrap();
+    let manifest = tree::Manifest::from_bytes(&bytes).unwrap();
+    TreeSeal {
+        digest: tree::digest_hex(&bytes),
+        entries: manifest.entries.len() as u64,
+    }
 }
 
 impl Crafted {
@@ -65,6 +88,7 @@ impl Crafted {
     fn job(&self, marker: &str) -> (uuid::Uuid, Vec<u8>) {
         let mut definition =
             JobDefinition::with_command(&self.source, "sh {file}", Default::default());
+        definition.sync.tree = Some(self.seal.clone());
         definition.callbacks.after_sync =
             Some(format!("touch {}", self.markers.join(marker).display()));
         let id = uuid::Uuid::new_v4();
@@ -164,6 +188,12 @@ impl Crafted {
 
 const KEY: &str = "the-cluster-key-of-this-test";
 
+/// A project's config that signs with `key` and pushes to the test's anonymous file server
+/// (which a signing config must accept in so many words).
+pub fn signing_with(key: &Path) -> serde_json::Value {
+    json!({"signing_key_file": key, "file_server": {"anonymous": true}})
+}
+
 /// A cluster with the `(name, slots)` listener holding [`KEY`], and a project `project`
 /// signing with it.
 fn signed_cluster(listener: (&str, u32), project: &str) -> (Cluster, Project) {
@@ -171,7 +201,7 @@ fn signed_cluster(listener: (&str, u32), project: &str) -> (Cluster, Project) {
     let key = key_file(&cluster, "cluster.key", KEY);
     let (name, slots) = listener;
     cluster.start_listener_with(name, slots, json!({"signing_key_file": key}));
-    let project = cluster.project(project, json!({"signing_key_file": key}));
+    let project = cluster.project(project, signing_with(&key));
     (cluster, project)
 }
 const OTHER_KEY: &str = "a-key-nobody-here-holds";
@@ -199,6 +229,7 @@ fn a_listener_with_a_key_acts_only_on_jobs_signed_with_it() {
             .await
             .unwrap();
         let crafted = Crafted {
+            seal: seal_of_pushed(&source, &markers),
             source,
             markers: markers.clone(),
             // Where the listener answers the crafted jobs: a job whose originator is gone
@@ -294,12 +325,12 @@ fn keys_rotate_without_a_stop_and_a_removed_key_is_refused() {
     cluster.start_listener_with("rotating", 1, listener(&new, Some(&old)));
     let by_old = cluster.project(
         "by-old",
-        json!({"signing_key_file": old, "previous_signing_key_file": new, "job": {"listener_wait": 5}}),
+        json!({"signing_key_file": old, "previous_signing_key_file": new, "job": {"listener_wait": 5}, "file_server": {"anonymous": true}}),
     );
     by_old.write("tests/a_test.sh", "exit 0\n");
     let by_new = cluster.project(
         "by-new",
-        json!({"signing_key_file": new, "previous_signing_key_file": old}),
+        json!({"signing_key_file": new, "previous_signing_key_file": old, "file_server": {"anonymous": true}}),
     );
     by_new.write("tests/a_test.sh", "exit 0\n");
     for project in [&by_old, &by_new] {

@@ -15,6 +15,7 @@ pub mod shell;
 pub mod signals;
 pub mod tags;
 pub mod tail;
+pub mod tree;
 
 pub use callback::{run_callback, CallbackFailure};
 pub use output::OutputBuffer;

@@ -114,7 +114,7 @@ pub fn tree_location(host: &str, port: u16, transport: SyncTransport, dir: &str)
 }
 
 fn transfer_command(
-    from: &str,
+    from: &[&str],
     to: &str,
     exclude: &[String],
     transport: SyncTransport,
@@ -125,8 +125,14 @@ fn transfer_command(
         "-a".to_owned(),
         "--delete".to_owned(),
         "--timeout=30".to_owned(),
+        // Times to the nanosecond: by default rsync takes a file changed within the same
+        // second at the same size for unchanged, and a listener would run the old one (or,
+        // with the tree's manifest, refuse the job).
+        "--modify-window=-1".to_owned(),
     ];
     words.extend(extra.iter().map(|word| word.to_string()));
+    // The tree's manifest goes along whatever the patterns exclude (first match wins).
+    words.push(format!("--include=/{}", crate::tree::MANIFEST_NAME));
     match transport {
         SyncTransport::Ssh => {
             words.push("-e".to_owned());
@@ -138,7 +144,7 @@ fn transfer_command(
     for pattern in exclude {
         words.push(format!("--exclude={pattern}"));
     }
-    words.push(from.to_owned());
+    words.extend(from.iter().map(|word| word.to_string()));
     words.push(to.to_owned());
     shlex::try_join(words.iter().map(String::as_str)).expect("rsync arguments hold no NUL byte")
 }
@@ -164,18 +170,21 @@ async fn transfer(command: String, cwd: &Path, login: Option<&Login>) -> Result<
     })
 }
 
-/// Pushes the tree at `root` to `destination` (a [`tree_location`]), deleting what the
+/// Pushes the tree at `root` to `destination` (a [`tree_location`]), with the tree's
+/// `manifest` (a file named [`crate::tree::MANIFEST_NAME`]) at its root, deleting what the
 /// destination has that the tree does not.
 pub async fn push(
     root: &Path,
+    manifest: &Path,
     destination: &str,
     exclude: &[String],
     transport: SyncTransport,
     login: Option<&Login>,
 ) -> Result<(), RsyncError> {
     let destination = with_user(destination, login);
+    let manifest = manifest.to_string_lossy();
     transfer(
-        transfer_command("./", &destination, exclude, transport, &[]),
+        transfer_command(&["./", &manifest], &destination, exclude, transport, &[]),
         root,
         login,
     )
@@ -193,7 +202,7 @@ pub async fn pull(
     // The workspace may hold a previous job's tree: whatever the source does not have,
     // excluded paths included, goes, so the job sees exactly the originator's tree.
     let source = with_user(source, login);
-    let command = transfer_command(&source, "./", exclude, transport, &["--delete-excluded"]);
+    let command = transfer_command(&[&source], "./", exclude, transport, &["--delete-excluded"]);
     transfer(command, workspace, login).await
 }
 
@@ -403,7 +412,7 @@ mod tests {
     #[test]
     fn excludes_are_quoted_arguments() {
         let command = transfer_command(
-            "./",
+            &["./"],
             "rsync://fs:1/src/p/",
             &["log dir".into(), ".git".into()],
             SyncTransport::Daemon,
@@ -411,8 +420,16 @@ mod tests {
         );
         assert_eq!(
             command,
-            "rsync -a --delete '--timeout=30' '--sockopts=TCP_NODELAY' '--exclude=log dir' '--exclude=.git' ./ rsync://fs:1/src/p/"
+            "rsync -a --delete '--timeout=30' '--modify-window=-1' '--include=/.gorgon-rs-tree' '--sockopts=TCP_NODELAY' '--exclude=log dir' '--exclude=.git' ./ rsync://fs:1/src/p/"
         );
+    }
+
+    /// A folder holding a tree manifest to push beside a project, and the manifest's path.
+    fn manifest() -> (tempfile::TempDir, std::path::PathBuf) {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join(crate::tree::MANIFEST_NAME);
+        std::fs::write(&path, "the manifest").unwrap();
+        (folder, path)
     }
 
     /// Starts a daemon serving `served` on a free port of 127.0.0.1; the port.
@@ -458,13 +475,16 @@ mod tests {
             password: password.to_owned(),
         };
         let daemon = SyncTransport::Daemon;
-        let anonymous = push(project.path(), &location, &[], daemon, None).await;
+        let (_folder, manifest) = manifest();
+        let push_as = |login: Option<Login>| {
+            let (project, manifest, location) = (project.path(), manifest.clone(), &location);
+            async move { push(project, &manifest, location, &[], daemon, login.as_ref()).await }
+        };
+        let anonymous = push_as(None).await;
         let as_listener = login(LISTENER_USER, &passwords.listener);
-        let by_listener = push(project.path(), &location, &[], daemon, Some(&as_listener)).await;
-        let wrong = login(ORIGINATOR_USER, "guessed");
-        let guessed = push(project.path(), &location, &[], daemon, Some(&wrong)).await;
-        let as_originator = login(ORIGINATOR_USER, &passwords.originator);
-        let pushed = push(project.path(), &location, &[], daemon, Some(&as_originator)).await;
+        let by_listener = push_as(Some(as_listener.clone())).await;
+        let guessed = push_as(Some(login(ORIGINATOR_USER, "guessed"))).await;
+        let pushed = push_as(Some(login(ORIGINATOR_USER, &passwords.originator))).await;
         let anonymous_pull = pull(&location, workspace.path(), &[], daemon, None).await;
         let pulled = pull(&location, workspace.path(), &[], daemon, Some(&as_listener)).await;
         stop_daemon(port).await.unwrap();
@@ -495,9 +515,12 @@ mod tests {
         std::fs::write(project.path().join("t/a.sh"), "exit 0").unwrap();
         std::fs::write(project.path().join("skip.log"), "x").unwrap();
         let location = tree_location("127.0.0.1", port, SyncTransport::Daemon, "me_p");
-        let exclude = vec!["*.log".to_owned()];
+        // The manifest goes along whatever the patterns say.
+        let exclude = vec!["*.log".to_owned(), ".*".to_owned()];
+        let (_folder, manifest) = manifest();
         let pushed = push(
             project.path(),
+            &manifest,
             &location,
             &exclude,
             SyncTransport::Daemon,
@@ -520,6 +543,11 @@ mod tests {
             "exit 0"
         );
         assert!(!workspace.path().join("skip.log").exists());
+        let pulled_manifest = workspace.path().join(crate::tree::MANIFEST_NAME);
+        assert_eq!(
+            std::fs::read_to_string(pulled_manifest).unwrap(),
+            "the manifest"
+        );
         assert!(!daemon_state_dir(port).exists());
     }
 

@@ -274,7 +274,8 @@ fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
     ShellCommand::new("", workspace).envs(tags.pairs())
 }
 
-/// Creates the workspace afresh, pulls the tree into it and runs `after_sync`.
+/// Pulls the tree into the workspace, checks it against the job's manifest and runs
+/// `after_sync`.
 async fn prepare(
     shared: &Shared,
     job: &Job,
@@ -304,6 +305,19 @@ async fn prepare(
         tracing::error!(job = %job.id, %error, "cannot pull the tree");
         let output = error.to_string();
         replies.report(Message::SyncFailed { host, output }).await;
+        return Err(Reported);
+    }
+    let (path, seal) = (workspace.to_owned(), sync.tree.clone());
+    let required = shared.settings.broker.signing.is_some();
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::tree_check::check(&path, seal.as_ref(), required)
+    })
+    .await
+    .expect("the tree's check does not panic");
+    if let Err(refusal) = checked {
+        tracing::error!(job = %job.id, %refusal, "refusing the pulled tree");
+        let reason = refusal.to_string();
+        replies.report(Message::TreeRefused { host, reason }).await;
         return Err(Reported);
     }
     let base = callback_base(shared, job, workspace);

@@ -8,6 +8,7 @@ pub mod install;
 mod job;
 mod settings;
 mod slots;
+mod tree_check;
 mod workspace;
 
 use std::collections::HashSet;

@@ -38,8 +38,10 @@ impl Workspace {
         unreachable!("the numbers run out before the locks do")
     }
 
-    /// Removes the workspace (its tree is in an unknown state) and frees it.
+    /// Removes the workspace (its tree is in an unknown state) and its digests, and frees
+    /// it.
     pub fn discard(self) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(crate::tree_check::digests_of(&self.path));
         match std::fs::remove_dir_all(&self.path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),

@@ -20,9 +20,10 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Files(#[from] FilesError),
-    /// Links of the tree that lead out of the project: refused before the push.
+    /// A tree that cannot be pushed as it is (links that lead out of the project, an
+    /// exclude pattern that cannot be matched): refused before the push.
     #[error(transparent)]
-    Links(#[from] crate::links::LinkError),
+    Tree(#[from] crate::tree::SealError),
     #[error(transparent)]
     Rerun(#[from] RerunError),
     #[error(transparent)]
@@ -162,7 +163,7 @@ pub fn exit_code(ending: Ending<'_>) -> i32 {
         Ending::Error(
             StartError::Config(_)
             | StartError::Files(_)
-            | StartError::Links(_)
+            | StartError::Tree(_)
             | StartError::Rerun(_)
             | StartError::Quarantine(_)
             | StartError::Replay(_)

@@ -166,6 +166,8 @@ pub enum ProblemKind {
     WorkerCrashed,
     ManagerCrashed,
     SyncFailed,
+    /// A listener found the tree it pulled other than the tree's signed manifest lists.
+    TreeRefused,
     /// The command of a phase failed.
     PhaseFailed,
     /// A file (or a retry) had no result and was neither queued nor running anywhere for

@@ -22,6 +22,7 @@ pub mod run;
 pub mod run_core;
 pub mod settings;
 pub mod state;
+pub mod tree;
 pub mod view;
 
 pub use engines::ci;

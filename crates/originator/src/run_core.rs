@@ -104,6 +104,7 @@ pub(crate) fn reply_host(message: &Message) -> Option<(&str, &'static str)> {
         Message::ManagerCrashed { host, .. } => Some((host, "a manager's crash")),
         Message::CallbackFailed { host, .. } => Some((host, "a callback's failure")),
         Message::SyncFailed { host, .. } => Some((host, "a failed pull")),
+        Message::TreeRefused { host, .. } => Some((host, "a refused tree")),
         _ => None,
     }
 }
@@ -184,6 +185,29 @@ fn apply_reply(state: &mut JobState, message: Message, max_crash_retries: u32) -
             file,
             text,
         }]),
+        Message::WorkerCrashed {
+            host,
+            worker_id,
+            status,
+            output,
+        } => worker_crashed(state, host, worker_id, status, output, max_crash_retries),
+        message @ (Message::CallbackFailed { .. }
+        | Message::SyncFailed { .. }
+        | Message::TreeRefused { .. }
+        | Message::ManagerCrashed { .. }) => host_problem(state, message),
+        Message::JobDone { host } => {
+            tracing::info!(%host, "listener finished its part");
+            state.listener_done(&host);
+            Outcome::of(vec![Happened::ListenerDone { host }, Happened::Redraw])
+        }
+        other => not_taken_yet(state, other),
+    }
+}
+
+/// A problem a host reports outside any file: a callback, a pull, its tree or its worker
+/// manager failed.
+fn host_problem(state: &mut JobState, message: Message) -> Outcome {
+    match message {
         Message::CallbackFailed {
             host,
             worker_id,
@@ -215,12 +239,19 @@ fn apply_reply(state: &mut JobState, message: Message, max_crash_retries: u32) -
             };
             problem_of(state, Some(ProblemKind::SyncFailed), problem)
         }
-        Message::WorkerCrashed {
-            host,
-            worker_id,
-            status,
-            output,
-        } => worker_crashed(state, host, worker_id, status, output, max_crash_retries),
+        // Someone changed the tree between the push and the pull: the run is not green
+        // even if other hosts run every file.
+        Message::TreeRefused { host, reason } => {
+            let problem = Problem {
+                what: format!(
+                    "{host} refused the source tree it pulled: it is not the tree this run pushed"
+                ),
+                status: "tree changed on the file server".into(),
+                output: reason,
+                fails_run: true,
+            };
+            problem_of(state, Some(ProblemKind::TreeRefused), problem)
+        }
         Message::ManagerCrashed {
             host,
             status,
@@ -233,11 +264,6 @@ fn apply_reply(state: &mut JobState, message: Message, max_crash_retries: u32) -
                 fails_run: false,
             };
             problem_of(state, Some(ProblemKind::ManagerCrashed), problem)
-        }
-        Message::JobDone { host } => {
-            tracing::info!(%host, "listener finished its part");
-            state.listener_done(&host);
-            Outcome::of(vec![Happened::ListenerDone { host }, Happened::Redraw])
         }
         other => not_taken_yet(state, other),
     }

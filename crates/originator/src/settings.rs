@@ -59,6 +59,9 @@ pub enum NoFileServer {
     Missing,
     #[error("file_server.host is missing or empty")]
     NoHost,
+    /// Signed messages, and a file server anyone who reaches it can read and write.
+    #[error("this configuration signs its jobs but names no file_server.originator_password: the file server would be anonymous, so anyone who reaches it can read the project's code (listeners still refuse a tree changed there, see docs/security.md); start it with --secrets and set the password, or say \"file_server\": {{\"anonymous\": true}} to accept it")]
+    AnonymousWhileSigned,
 }
 
 /// Why a Gorgon callbacks class cannot give the callbacks.
@@ -239,7 +242,7 @@ const SECTIONS: [config_file::Section; 8] = {
             "junit_file",
             "html_file",
         ],
-        &["host", "port", "originator_password"],
+        &["host", "port", "originator_password", "anonymous"],
         // A secrets file shared with `start_rsync --secrets` holds the listeners' password too.
         &["listener_password"],
     );
@@ -334,6 +337,9 @@ struct RawFileServer {
     host: Option<String>,
     port: Option<u16>,
     originator_password: Option<String>,
+    /// Accepts a file server without passwords where jobs are signed.
+    #[serde(default)]
+    anonymous: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -358,19 +364,29 @@ struct RawSync {
     rsync_transport: Option<String>,
 }
 
-/// The file server a configuration names, or why it names none.
-fn file_server_of(raw: Option<RawFileServer>) -> Result<FileServer, NoFileServer> {
+/// The file server a configuration names, or why it names none; a configuration that
+/// `signs` its jobs over the rsync daemon must give its password or accept an anonymous one.
+fn file_server_of(
+    raw: Option<RawFileServer>,
+    signs: bool,
+    transport: SyncTransport,
+) -> Result<FileServer, NoFileServer> {
     let server = raw.ok_or(NoFileServer::Missing)?;
     let host = server
         .host
         .filter(|h| !h.trim().is_empty())
         .ok_or(NoFileServer::NoHost)?;
+    let originator_password = server.originator_password.filter(|p| !p.is_empty());
+    let anonymous = originator_password.is_none() && transport == SyncTransport::Daemon;
+    if signs && anonymous && !server.anonymous {
+        return Err(NoFileServer::AnonymousWhileSigned);
+    }
     Ok(FileServer {
         host,
         port: server
             .port
             .unwrap_or(gorgon_exec::rsync::DEFAULT_DAEMON_PORT),
-        originator_password: server.originator_password.filter(|p| !p.is_empty()),
+        originator_password,
     })
 }
 
@@ -525,8 +541,9 @@ impl Settings {
             read_checked(value, &path, &project_root)?;
         raw.connection.signing = signing;
         // Checked here, reported only by a run that needs it (see `Settings::file_server`).
-        let file_server = file_server_of(raw.file_server.take());
         let transport = transport_of(raw.job.sync.rsync_transport.as_deref(), &path)?;
+        let signs = raw.connection.signing.is_some();
+        let file_server = file_server_of(raw.file_server.take(), signs, transport);
         let runner = runner_of(&mut raw, &path)?;
         let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
         if !(listener_wait.is_finite() && listener_wait > 0.0) {

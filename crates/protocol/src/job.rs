@@ -67,6 +67,7 @@ impl JobDefinition {
                 source: source.into(),
                 transport: SyncTransport::Daemon,
                 exclude: vec![],
+                tree: None,
             },
             runner: RunnerSettings {
                 command: command.into(),
@@ -88,6 +89,19 @@ pub struct SyncSettings {
     /// rsync `--exclude` patterns, applied on push and on pull.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// The pushed tree's manifest, by its digest: signed with the job, so that a listener
+    /// runs nothing of a tree that is not the one the originator pushed (docs/security.md).
+    /// `None` where nothing is pulled (`--local`, CI nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeSeal>,
+}
+
+/// The digest of a tree's manifest and how many entries it lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeSeal {
+    /// SHA-256 of the manifest's bytes, lowercase hex.
+    pub digest: String,
+    pub entries: u64,
 }
 
 /// The rsync transport: Gorgon's anonymous rsync daemon, or rsync over ssh.

@@ -20,7 +20,7 @@ pub use connection::{BrokerSettings, ConnectionError};
 pub use job::{
     batch_size, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput, PhaseRunner,
     RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
-    MAX_BATCH_FILES,
+    TreeSeal, MAX_BATCH_FILES,
 };
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, FleetOutcome, ListenerInfo,

@@ -195,6 +195,12 @@ pub enum Message {
         host: String,
         output: String,
     },
+    /// The tree the listener pulled is not the one the job's manifest lists (changed on
+    /// the file server, or the manifest itself not the one signed): nothing of it ran.
+    TreeRefused {
+        host: String,
+        reason: String,
+    },
     /// Output of a file that is running, as it is produced (live output): whole lines,
     /// bounded per file (`job.live_output`).
     FileOutput {
@@ -573,6 +579,10 @@ mod tests {
                 source: "rsync://fs:43434/src/dev1_shop/".into(),
                 transport: SyncTransport::Daemon,
                 exclude: vec![".git".into()],
+                tree: Some(crate::TreeSeal {
+                    digest: "ab".repeat(32),
+                    entries: 12,
+                }),
             },
             runner: RunnerSettings {
                 command: "sh {file}".into(),
@@ -686,6 +696,10 @@ mod tests {
             Message::SyncFailed {
                 host: "h1".into(),
                 output: "rsync: connection refused".into(),
+            },
+            Message::TreeRefused {
+                host: "h1".into(),
+                reason: "tests/a_test.sh (changed)".into(),
             },
             Message::CallbackFailed {
                 host: "h1".into(),
@@ -868,11 +882,13 @@ mod tests {
     fn version_one_json_still_decodes() {
         let old = r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job","definition":{"project":"shop","originator_host":"dev1","sync":{"source":"rsync://fs:43434/src/dev1_shop/","transport":"daemon","exclude":[".git"]},"runner":{"command":"sh {file}"},"callbacks":{"after_sync":"make deps"}},"reply_to":"r"}}"#;
         let decoded = Envelope::decode(old.as_bytes()).unwrap();
-        // Without `live_output`, no file's output is streamed.
-        let expected = JobDefinition {
+        // Without `live_output`, no file's output is streamed; without `tree`, the job is
+        // unsealed (a listener with signing keys refuses it).
+        let mut expected = JobDefinition {
             live_output: crate::LiveOutput::default(),
             ..definition()
         };
+        expected.sync.tree = None;
         assert_eq!(
             decoded.message,
             Message::Job {

@@ -61,8 +61,8 @@ pub(crate) async fn run(
         }
     };
     let progress = plan.progress(state.total());
-    let location = match push(plan, file_server, &progress, signals).await {
-        Ok(location) => location,
+    let pushed = match push(plan, file_server, &progress, signals).await {
+        Ok(pushed) => pushed,
         Err(error) => {
             progress.finish();
             broker.close().await;
@@ -70,18 +70,24 @@ pub(crate) async fn run(
         }
     };
     let core = Core::new(state, events, &progress, settings.max_crash_retries);
-    let mut run = Distributed::publish(plan, broker, core, cluster_id, location).await?;
+    let mut run = Distributed::publish(plan, broker, core, cluster_id, pushed).await?;
     run.follow(signals).await;
     Ok(run.end(signals).await)
 }
 
-/// Pushes the project's tree to the file server; returns where it is, for the listeners.
+/// A tree on the file server: where it is, and the seal of its manifest, for the listeners.
+struct Pushed {
+    location: String,
+    seal: gorgon_protocol::TreeSeal,
+}
+
+/// Lists the project's tree in its manifest and pushes both to the file server.
 async fn push(
     plan: &Plan,
     file_server: &FileServer,
     progress: &Progress,
     signals: &mut StopSignals,
-) -> Result<String, StartError> {
+) -> Result<Pushed, StartError> {
     let settings = &plan.settings;
     let tree_dir = format!("{}_{}", sanitize(&plan.host), sanitize(&plan.project));
     let location = rsync::tree_location(
@@ -90,8 +96,17 @@ async fn push(
         settings.transport,
         &tree_dir,
     );
-    // rsync copies links as links, which a listener would follow on its own host.
-    crate::links::refuse_outside(&settings.project_root, &settings.exclude)?;
+    // The manifest lists what the push sends; rsync copies links as links, which a listener
+    // would follow on its own host, so those that leave the project are refused.
+    let (root, exclude) = (settings.project_root.clone(), settings.exclude.clone());
+    let sealed = tokio::task::spawn_blocking(move || crate::tree::seal(&root, &exclude))
+        .await
+        .expect("the tree's scan does not panic")?;
+    tracing::debug!(
+        entries = sealed.seal.entries,
+        hashed = sealed.hashed,
+        "the tree's manifest"
+    );
     progress.note(&format!("Pushing the source tree to {location}"));
     let login = file_server
         .originator_password
@@ -102,6 +117,7 @@ async fn push(
         });
     let push = rsync::push(
         &settings.project_root,
+        &sealed.manifest,
         &location,
         &settings.exclude,
         settings.transport,
@@ -113,7 +129,10 @@ async fn push(
             return Err(StartError::Stopped { signal, during: "pushing the source tree" });
         }
     };
-    Ok(location)
+    Ok(Pushed {
+        location,
+        seal: sealed.seal,
+    })
 }
 
 /// What the event loop of a distributed run waits for.
@@ -193,16 +212,17 @@ impl<'a> Distributed<'a> {
         broker: Broker,
         core: Core<'a>,
         cluster_id: String,
-        location: String,
+        pushed: Pushed,
     ) -> Result<Distributed<'a>, StartError> {
         let settings = &plan.settings;
         let definition = JobDefinition {
             project: plan.project.clone(),
             originator_host: plan.host.clone(),
             sync: SyncSettings {
-                source: location,
+                source: pushed.location,
                 transport: settings.transport,
                 exclude: settings.exclude.clone(),
+                tree: Some(pushed.seal),
             },
             runner: settings.runner.clone(),
             callbacks: settings.callbacks.remote.clone(),

@@ -134,6 +134,7 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
             source: root.display().to_string(),
             transport: SyncTransport::Daemon,
             exclude: settings.exclude.clone(),
+            tree: None,
         },
         runner: settings.runner.clone(),
         callbacks: settings.callbacks.remote.clone(),

@@ -112,6 +112,7 @@ pub(super) fn node_assignment(
             source: String::new(),
             transport: SyncTransport::Daemon,
             exclude: Vec::new(),
+            tree: None,
         },
         runner: build.settings.runner.clone(),
         callbacks: build.settings.callbacks.remote.clone(),

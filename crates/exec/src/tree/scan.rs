@@ -1,0 +1,380 @@
+//! Scanning a tree into its manifest: one walk that does not follow links, with the digests
+//! of files unchanged since the last scan taken from a cache (keyed by inode, size,
+//! modification and change times: nothing can write a file without changing its change
+//! time), and the others hashed on every core.
+
+use super::{escape, hex, unescape, unhex, Entry, Exclude, Manifest, TreeError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A file changed this recently is hashed again on the next scan: a write in the same tick
+/// of the file system's clock could leave its times as they were (git's "racily clean").
+const RACY_SECONDS: i64 = 2;
+/// At most this many threads hash at once.
+const MAX_HASHERS: usize = 4;
+
+/// What identifies one version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            inode: meta.ino(),
+            size: meta.size(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// A SHA-256.
+type Sha = [u8; 32];
+
+/// A file's digest, with the version of the file it is the digest of.
+type Known = (Stamp, Sha);
+
+/// The digest of a file the walk found (`None`: it went away meanwhile).
+type Hashed<'f> = (&'f ToHash, Option<Sha>);
+
+/// The digests of the files a previous scan read, by path; kept in a file between scans.
+#[derive(Debug, Default)]
+pub struct DigestCache {
+    path: Option<PathBuf>,
+    known: HashMap<Vec<u8>, Known>,
+}
+
+impl DigestCache {
+    /// The cache kept at `path`; empty when it cannot be read (every file is then hashed).
+    pub fn load(path: PathBuf) -> DigestCache {
+        let known = std::fs::read_to_string(&path)
+            .map(|text| text.lines().filter_map(parse_known).collect())
+            .unwrap_or_default();
+        DigestCache {
+            path: Some(path),
+            known,
+        }
+    }
+
+    /// A cache that is not kept.
+    pub fn in_memory() -> DigestCache {
+        DigestCache::default()
+    }
+
+    /// Writes the cache back to its file (whole, then renamed over the old one).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut text = String::with_capacity(self.known.len() * 140);
+        for (name, (stamp, digest)) in &self.known {
+            let Stamp {
+                inode,
+                size,
+                modified: (ms, mn),
+                changed: (cs, cn),
+            } = stamp;
+            text.push_str(&format!(
+                "{inode} {size} {ms} {mn} {cs} {cn} {} {}\n",
+                hex(digest),
+                escape(name)
+            ));
+        }
+        let fresh = path.with_extension("new");
+        std::fs::write(&fresh, text)?;
+        std::fs::rename(&fresh, path)
+    }
+}
+
+fn parse_known(line: &str) -> Option<(Vec<u8>, Known)> {
+    let words: Vec<&str> = line.split(' ').collect();
+    let [inode, size, ms, mn, cs, cn, digest, name] = words.as_slice() else {
+        return None;
+    };
+    let stamp = Stamp {
+        inode: inode.parse().ok()?,
+        size: size.parse().ok()?,
+        modified: (ms.parse().ok()?, mn.parse().ok()?),
+        changed: (cs.parse().ok()?, cn.parse().ok()?),
+    };
+    Some((unescape(name)?, (stamp, unhex(digest)?)))
+}
+
+/// A file the walk found whose digest the cache does not have.
+struct ToHash {
+    relative: Vec<u8>,
+    stamp: Stamp,
+    mode: u32,
+}
+
+/// A scanned tree.
+#[derive(Debug)]
+pub struct Scanned {
+    pub manifest: Manifest,
+    /// How many files were read (the others' digests came from the cache).
+    pub hashed: usize,
+}
+
+/// The manifest of the tree at `root`, without what `exclude` keeps from a push; `cache`
+/// gives the digests of unchanged files and keeps those of the files found.
+pub fn scan(
+    root: &Path,
+    exclude: &[Exclude],
+    cache: &mut DigestCache,
+) -> Result<Scanned, TreeError> {
+    let racy_since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or((0, 0), |d| {
+            let seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            (seconds - RACY_SECONDS, i64::from(d.subsec_nanos()))
+        });
+    let mut manifest = Manifest::default();
+    let mut to_hash = Vec::new();
+    let mut known = HashMap::with_capacity(cache.known.len());
+    walk(root, exclude, |relative, meta| {
+        let kind = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        if kind.is_symlink() {
+            let link = root.join(OsStr::from_bytes(&relative));
+            let target = std::fs::read_link(&link).map_err(read(&link))?;
+            let target = target.as_os_str().as_bytes().to_vec();
+            manifest.entries.insert(relative, Entry::Link { target });
+        } else if kind.is_file() {
+            let stamp = Stamp::of(meta);
+            match cache.known.get(&relative) {
+                Some((cached, digest)) if *cached == stamp => {
+                    let (size, digest) = (stamp.size, *digest);
+                    manifest
+                        .entries
+                        .insert(relative.clone(), Entry::File { mode, size, digest });
+                    known.insert(relative, (stamp, digest));
+                }
+                _ => to_hash.push(ToHash {
+                    relative,
+                    stamp,
+                    mode,
+                }),
+            }
+        } else {
+            manifest.entries.insert(relative, Entry::Special { mode });
+        }
+        Ok(())
+    })?;
+    for (file, digest) in hash_all(root, &to_hash)? {
+        let Some(digest) = digest else { continue };
+        let (stamp, mode) = (file.stamp, file.mode);
+        if stamp.changed < racy_since {
+            known.insert(file.relative.clone(), (stamp, digest));
+        }
+        let size = stamp.size;
+        manifest
+            .entries
+            .insert(file.relative.clone(), Entry::File { mode, size, digest });
+    }
+    cache.known = known;
+    Ok(Scanned {
+        manifest,
+        hashed: to_hash.len(),
+    })
+}
+
+fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
+    move |source| TreeError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Calls `found` with every entry below `root` but folders (not following links), by its
+/// path below the root, skipping what `exclude` keeps from a push.
+fn walk(
+    root: &Path,
+    exclude: &[Exclude],
+    mut found: impl FnMut(Vec<u8>, &Metadata) -> Result<(), TreeError>,
+) -> Result<(), TreeError> {
+    let mut folders = vec![Vec::new()];
+    while let Some(folder) = folders.pop() {
+        let full = root.join(OsStr::from_bytes(&folder));
+        for entry in std::fs::read_dir(&full).map_err(read(&full))? {
+            let entry = entry.map_err(read(&full))?;
+            let mut relative = folder.clone();
+            if !relative.is_empty() {
+                relative.push(b'/');
+            }
+            relative.extend_from_slice(entry.file_name().as_bytes());
+            let meta = entry.metadata().map_err(read(&entry.path()))?;
+            let is_folder = meta.is_dir();
+            let name = String::from_utf8_lossy(&relative);
+            if exclude.iter().any(|e| e.matches(&name, is_folder)) {
+                continue;
+            }
+            if is_folder {
+                folders.push(relative);
+            } else {
+                found(relative, &meta)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The digest of each file, hashed on up to [`MAX_HASHERS`] threads; `None` for a file that
+/// went away meanwhile.
+fn hash_all<'f>(root: &Path, files: &'f [ToHash]) -> Result<Vec<Hashed<'f>>, TreeError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_HASHERS)
+        .min(files.len().max(1));
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let hashers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || hash_part(root, part)))
+            .collect();
+        let mut all = Vec::with_capacity(files.len());
+        for hasher in hashers {
+            all.extend(hasher.join().expect("a hashing thread panicked")?);
+        }
+        Ok(all)
+    })
+}
+
+fn hash_part<'f>(root: &Path, part: &'f [ToHash]) -> Result<Vec<Hashed<'f>>, TreeError> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    part.iter()
+        .map(|file| {
+            let path = root.join(OsStr::from_bytes(&file.relative));
+            match hash_file(&path, &mut buffer) {
+                Ok(digest) => Ok((file, Some(digest))),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok((file, None)),
+                Err(source) => Err(TreeError::Read { path, source }),
+            }
+        })
+        .collect()
+}
+
+fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<Sha> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    loop {
+        let read = file.read(buffer)?;
+        if read == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn project() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for folder in ["tests", "lib/deep", "log", "vendor/x"] {
+            std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+        }
+        std::fs::write(dir.path().join("tests/a_test.sh"), "exit 0").unwrap();
+        std::fs::write(dir.path().join("lib/deep/h.sh"), "echo").unwrap();
+        std::fs::write(dir.path().join("log/run.log"), "x").unwrap();
+        std::fs::write(dir.path().join("vendor/x/v.rb"), "v").unwrap();
+        symlink("../lib/deep/h.sh", dir.path().join("tests/h.sh")).unwrap();
+        dir
+    }
+
+    fn names(manifest: &Manifest) -> Vec<String> {
+        manifest
+            .entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_lists_files_and_links_without_what_is_excluded() {
+        let dir = project();
+        let exclude = Exclude::all(&["/log".into(), "vendor/".into()]).unwrap();
+        let manifest = scan(dir.path(), &exclude, &mut DigestCache::in_memory())
+            .unwrap()
+            .manifest;
+        assert_eq!(
+            names(&manifest),
+            ["lib/deep/h.sh", "tests/a_test.sh", "tests/h.sh"]
+        );
+        let expected: [u8; 32] = Sha256::digest(b"exit 0").into();
+        assert_eq!(
+            manifest.entries[b"tests/a_test.sh".as_slice()],
+            Entry::File {
+                mode: std::fs::metadata(dir.path().join("tests/a_test.sh"))
+                    .unwrap()
+                    .mode()
+                    & 0o7777,
+                size: 6,
+                digest: expected
+            }
+        );
+        assert_eq!(
+            manifest.entries[b"tests/h.sh".as_slice()],
+            Entry::Link {
+                target: b"../lib/deep/h.sh".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn a_cached_digest_is_used_only_for_the_same_version_of_a_file() {
+        let dir = project();
+        let cache_file = dir.path().join(".digests");
+        let exclude = Exclude::all(&["/.digests".into()]).unwrap();
+        let scan_again = || {
+            let mut cache = DigestCache::load(cache_file.clone());
+            let scanned = scan(dir.path(), &exclude, &mut cache).unwrap();
+            cache.save().unwrap();
+            scanned
+        };
+        let first = scan_again();
+        assert_eq!(first.hashed, 4);
+        // Files changed in the last seconds are read again (their times may not show a
+        // write in the same tick); older ones come from the cache.
+        assert_eq!(scan_again().hashed, 4);
+        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        assert_eq!(scan_again().hashed, 4);
+        let unchanged = scan_again();
+        assert_eq!(
+            (unchanged.hashed, &unchanged.manifest),
+            (0, &first.manifest)
+        );
+        // A write that keeps the size and the modification time is still seen: the change
+        // time moves.
+        let old = dir.path().join("tests/a_test.sh");
+        let modified = std::fs::metadata(&old).unwrap().modified().unwrap();
+        std::fs::write(&old, "exit 1").unwrap();
+        let file = std::fs::File::options().write(true).open(&old).unwrap();
+        file.set_modified(modified).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let second = scan_again();
+        assert_eq!(second.hashed, 1);
+        let expected: [u8; 32] = Sha256::digest(b"exit 1").into();
+        assert_eq!(
+            second.manifest.entries[b"tests/a_test.sh".as_slice()],
+            Entry::File {
+                mode: 0o755,
+                size: 6,
+                digest: expected
+            }
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! The tree is part of what is signed: a listener runs nothing of a tree that someone
+//! changed on the file server between the push and the pull, and says which files
+//! (`docs/security.md`, "The file server is untrusted storage").
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::Cluster;
+use crate::trust::{key_file, signing_with};
+
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// The project's tree on the file server (the cluster serves one project).
+fn served_tree(cluster: &Cluster) -> PathBuf {
+    let served = cluster.path().join("file_server");
+    let mut trees = std::fs::read_dir(&served)
+        .unwrap()
+        .map(|e| e.unwrap().path());
+    trees.next().expect("a pushed tree")
+}
+
+/// Someone with write access to the file server and nothing else: until stopped, puts
+/// `evil` into `tests/a_test.sh` and adds `lib/evil.sh` whenever a push has undone it.
+/// Counts its writes.
+struct Tamperer {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tamperer {
+    fn start(tree: &Path, evil: String) -> Tamperer {
+        let (stop, writes) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (tree, stopping, written) = (tree.to_owned(), stop.clone(), writes.clone());
+        let thread = std::thread::spawn(move || {
+            let (test, added) = (tree.join("tests/a_test.sh"), tree.join("lib/evil.sh"));
+            while !stopping.load(Ordering::Relaxed) {
+                if std::fs::read_to_string(&test).ok().as_deref() != Some(evil.as_str()) {
+                    let _ = std::fs::write(&test, &evil);
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                if !added.exists() {
+                    let _ = std::fs::create_dir_all(tree.join("lib"));
+                    let _ = std::fs::write(&added, &evil);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        Tamperer {
+            stop,
+            writes,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it; how many times it rewrote the test.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_tree_changed_on_the_file_server_is_refused_before_any_of_it_runs() {
+    let mut cluster = Cluster::new();
+    let key = key_file(&cluster, "cluster.key", "the-key-of-a-tree-test");
+    cluster.start_listener_with("guarded", 2, json!({"signing_key_file": key}));
+    let synced = cluster.path().join("after_sync.ran");
+    let mut config = signing_with(&key);
+    config["job"] = json!({"callbacks": {"after_sync": format!("touch '{}'", synced.display())}});
+    let project = cluster.project("tampered", config);
+    project.write("tests/a_test.sh", "exit 0\n");
+    project.write("tests/b_test.sh", "exit 0\n");
+    cluster.wait_for_listeners(&project, 1);
+    // The first run pushes the tree, which then sits on the file server.
+    project.start(&[], RUN_LIMIT).assert_exit(0);
+    assert!(synced.exists(), "after_sync did not run on a clean tree");
+    std::fs::remove_file(&synced).unwrap();
+
+    let owned = cluster.path().join("owned");
+    let evil = format!("touch '{}'; exit 0\n", owned.display());
+    let tamperer = Tamperer::start(&served_tree(&cluster), evil);
+    let run = project.start(&[], RUN_LIMIT);
+    let writes = tamperer.stop();
+    assert!(writes >= 1, "the tamperer never changed the tree");
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    run.assert_output(&[
+        "guarded refused the source tree it pulled",
+        "lib/evil.sh (added)",
+        "tests/a_test.sh (changed)",
+    ]);
+    assert!(!owned.exists(), "the tampered test ran");
+    assert!(!synced.exists(), "after_sync ran on a tampered tree");
+    let log = cluster.listener_log("guarded");
+    assert!(log.contains("refusing the pulled tree"), "{log}");
+    // Nothing of the refused tree stays in a workspace; the next clean run passes.
+    assert!(cluster
+        .workspaces("guarded")
+        .iter()
+        .all(|w| !w.join("lib/evil.sh").exists()));
+    project.start(&[], RUN_LIMIT).assert_exit(0);
+    assert!(!owned.exists(), "the tampered test ran");
+}
+
+#[test]
+fn a_signing_config_refuses_an_anonymous_file_server_unless_it_says_so() {
+    let mut cluster = Cluster::new();
+    let key = key_file(&cluster, "cluster.key", "the-key-of-an-anonymous-test");
+    cluster.start_listener_with("guarded", 1, json!({"signing_key_file": key}));
+    let project = cluster.project("anonymous", json!({"signing_key_file": key}));
+    project.write("tests/a_test.sh", "exit 0\n");
+    let run = project.start(&[], RUN_LIMIT);
+    run.assert_exit(3);
+    run.assert_stderr(&[
+        "names no file_server.originator_password",
+        "\"file_server\": {\"anonymous\": true}",
+    ]);
+    let accepted = cluster.project("accepted", signing_with(&key));
+    accepted.write("tests/a_test.sh", "exit 0\n");
+    cluster.wait_for_listeners(&accepted, 1);
+    accepted.start(&[], RUN_LIMIT).assert_exit(0);
+}
