@@ -2,71 +2,15 @@
 //! changed on the file server between the push and the pull, and says which files
 //! (`docs/security.md`, "The file server is untrusted storage").
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::tamper::Tamperer;
 use crate::support::Cluster;
 use crate::trust::{key_file, signing_with};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
-
-/// The project's tree on the file server (the cluster serves one project).
-fn served_tree(cluster: &Cluster) -> PathBuf {
-    let served = cluster.path().join("file_server");
-    let mut trees = std::fs::read_dir(&served)
-        .unwrap()
-        .map(|e| e.unwrap().path());
-    trees.next().expect("a pushed tree")
-}
-
-/// Someone with write access to the file server and nothing else: until stopped, puts
-/// `evil` into `tests/a_test.sh` and adds `lib/evil.sh` whenever a push has undone it.
-/// Counts its writes.
-struct Tamperer {
-    stop: Arc<AtomicBool>,
-    writes: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Tamperer {
-    fn start(tree: &Path, evil: String) -> Tamperer {
-        let (stop, writes) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let (tree, stopping, written) = (tree.to_owned(), stop.clone(), writes.clone());
-        let thread = std::thread::spawn(move || {
-            let (test, added) = (tree.join("tests/a_test.sh"), tree.join("lib/evil.sh"));
-            while !stopping.load(Ordering::Relaxed) {
-                if std::fs::read_to_string(&test).ok().as_deref() != Some(evil.as_str()) {
-                    let _ = std::fs::write(&test, &evil);
-                    written.fetch_add(1, Ordering::Relaxed);
-                }
-                if !added.exists() {
-                    let _ = std::fs::create_dir_all(tree.join("lib"));
-                    let _ = std::fs::write(&added, &evil);
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        });
-        Tamperer {
-            stop,
-            writes,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops it; how many times it rewrote the test.
-    fn stop(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.writes.load(Ordering::Relaxed)
-    }
-}
 
 #[test]
 fn a_tree_changed_on_the_file_server_is_refused_before_any_of_it_runs() {
@@ -87,7 +31,8 @@ fn a_tree_changed_on_the_file_server_is_refused_before_any_of_it_runs() {
 
     let owned = cluster.path().join("owned");
     let evil = format!("touch '{}'; exit 0\n", owned.display());
-    let tamperer = Tamperer::start(&served_tree(&cluster), evil);
+    let served = cluster.path().join("file_server");
+    let tamperer = Tamperer::start(&served, "_tampered", "tests/a_test.sh", evil);
     let run = project.start(&[], RUN_LIMIT);
     let writes = tamperer.stop();
     assert!(writes >= 1, "the tamperer never changed the tree");

@@ -12,6 +12,7 @@ pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
 mod eventually;
 pub mod rabbit_node;
+pub mod tamper;
 pub mod tls_broker;
 
 // Each test binary uses its own share of the harness.
@@ -490,6 +491,18 @@ fn processes_under(dir: &Path) -> Vec<JobProcess> {
     found
 }
 
+/// Processes (not zombies) whose command line is `command` (its words joined by spaces).
+pub fn processes_running(command: &str) -> Vec<JobProcess> {
+    live_pids()
+        .into_iter()
+        .map(|pid| JobProcess {
+            pid,
+            command: process_command(pid),
+        })
+        .filter(|process| process.command == command)
+        .collect()
+}
+
 /// Processes (not zombies) working in `dir` or below it: what a local run in `dir` starts
 /// (workers, tests, callbacks).
 pub fn processes_working_in(dir: &Path) -> Vec<JobProcess> {
@@ -766,8 +779,21 @@ pub fn wait_for_file(path: &Path, limit: Duration) {
 }
 
 /// Runs `rabbitmqctl COMMAND`, failing the test if it fails.
+/// The environment variable naming the broker node that [`rabbitmqctl`] and
+/// [`left_on_broker`] talk to, where a harness runs a node of its own.
+pub const RABBIT_NODE: &str = "GORGON_TEST_RABBIT_NODE";
+
+/// `rabbitmqctl`, for the node [`RABBIT_NODE`] names, or the default one.
+fn rabbitmqctl_command() -> Command {
+    let mut command = Command::new("rabbitmqctl");
+    if let Ok(node) = std::env::var(RABBIT_NODE) {
+        command.args(["-n", &node]);
+    }
+    command
+}
+
 pub fn rabbitmqctl(command: &str) {
-    let output = Command::new("rabbitmqctl").arg(command).output().unwrap();
+    let output = rabbitmqctl_command().arg(command).output().unwrap();
     assert!(
         output.status.success(),
         "rabbitmqctl {command} failed: {}",
@@ -777,7 +803,7 @@ pub fn rabbitmqctl(command: &str) {
 
 /// The names of job `job`'s `what` (`"list_queues"`, `"list_exchanges"`) still on the broker.
 pub fn left_on_broker(what: &str, job: &str) -> Vec<String> {
-    let output = Command::new("rabbitmqctl")
+    let output = rabbitmqctl_command()
         .args([what, "name", "-q"])
         .output()
         .expect("rabbitmqctl runs");

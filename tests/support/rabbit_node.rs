@@ -77,6 +77,11 @@ impl RabbitNode {
         node
     }
 
+    /// The node's name, for `rabbitmqctl -n`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The node's folder.
     pub fn path(&self) -> &Path {
         self.dir.path()
