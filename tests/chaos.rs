@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, JobDefinition, Message};
+use gorgon_protocol::{names, Broker, BrokerSettings};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::rabbit_node::RabbitNode;
@@ -461,24 +461,9 @@ fn burst_of_jobs(cluster: &Cluster) {
             .unwrap();
         let replies = broker.declare_private_queue().await.unwrap();
         let source = format!("rsync://127.0.0.1:{}/nothing/", support::free_port());
-        let jobs = names::jobs_exchange(&cluster.id);
         let ids: Vec<uuid::Uuid> = (0..BURST).map(|_| uuid::Uuid::new_v4()).collect();
-        let mut publishing = tokio::task::JoinSet::new();
-        for &id in &ids {
-            let definition = JobDefinition::with_command(&source, "sh {file}", Default::default());
-            let job = Message::Job {
-                definition: Box::new(definition),
-                reply_to: replies.clone(),
-            };
-            let (broker, jobs) = (broker.clone(), jobs.clone());
-            publishing.spawn(async move {
-                broker.declare_fanout(&names::control_exchange(id)).await?;
-                broker.publish(&jobs, &Envelope::new(id, job)).await
-            });
-        }
-        while let Some(published) = publishing.join_next().await {
-            published.unwrap().unwrap();
-        }
+        let jobs = names::jobs_exchange(&cluster.id);
+        support::publish_jobs(broker.clone(), jobs, ids.clone(), source, replies).await;
         // Long enough for the listeners to take them all and bind to their exchanges.
         tokio::time::sleep(Duration::from_secs(5)).await;
         for id in ids {

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gorgon_protocol::names::{self, WORKER_SUBCOMMAND};
-use gorgon_protocol::{Broker, BrokerSettings, Envelope, JobDefinition, Message};
+use gorgon_protocol::{Broker, BrokerSettings, Message};
 use serde_json::json;
 
-use crate::support::{eventually, free_port, poll, wait_for_file, Cluster, Project};
+use crate::support::{eventually, free_port, poll, publish_jobs, wait_for_file, Cluster, Project};
 
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
@@ -232,37 +232,6 @@ async fn collect_replies(
     }
 }
 
-/// Publishes a job for each of `ids` on the cluster's jobs exchange, all at once (each
-/// publish waits for its confirm in a task of its own). Each job has its control exchange,
-/// as a running originator's has.
-async fn publish_all(
-    broker: Broker,
-    jobs: String,
-    ids: Vec<uuid::Uuid>,
-    source: String,
-    replies: String,
-) {
-    let mut publishing = tokio::task::JoinSet::new();
-    for id in ids {
-        let job = Message::Job {
-            definition: Box::new(JobDefinition::with_command(
-                &source,
-                "sh {file}",
-                Default::default(),
-            )),
-            reply_to: replies.clone(),
-        };
-        let (broker, jobs) = (broker.clone(), jobs.clone());
-        publishing.spawn(async move {
-            broker.declare_fanout(&names::control_exchange(id)).await?;
-            broker.publish(&jobs, &Envelope::new(id, job)).await
-        });
-    }
-    while let Some(published) = publishing.join_next().await {
-        published.unwrap().unwrap();
-    }
-}
-
 /// How many jobs of the burst have their last word: done, or refused.
 fn answered(seen: &Mutex<HashMap<uuid::Uuid, Seen>>) -> usize {
     let seen = seen.lock().unwrap();
@@ -302,7 +271,7 @@ fn a_burst_of_a_thousand_jobs_loses_none_and_pings_are_answered() {
     });
     let ids: Vec<uuid::Uuid> = (0..JOBS).map(|_| uuid::Uuid::new_v4()).collect();
     let source = format!("rsync://127.0.0.1:{}/nothing/", free_port());
-    let published = runtime.spawn(publish_all(
+    let published = runtime.spawn(publish_jobs(
         broker.clone(),
         names::jobs_exchange(&cluster.id),
         ids.clone(),

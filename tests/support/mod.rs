@@ -823,3 +823,38 @@ pub fn assert_nothing_left_on_broker(job: &str, limit: Duration) {
         none_left(left)
     });
 }
+
+/// Publishes a job for each of `ids` on the cluster's jobs exchange, all at once (each
+/// publish waits for its confirm in a task of its own). Each job has its control exchange,
+/// as a running originator's has.
+pub async fn publish_jobs(
+    broker: gorgon_protocol::Broker,
+    jobs: String,
+    ids: Vec<uuid::Uuid>,
+    source: String,
+    replies: String,
+) {
+    let mut publishing = tokio::task::JoinSet::new();
+    for id in ids {
+        let job = gorgon_protocol::Message::Job {
+            definition: Box::new(gorgon_protocol::JobDefinition::with_command(
+                &source,
+                "sh {file}",
+                Default::default(),
+            )),
+            reply_to: replies.clone(),
+        };
+        let (broker, jobs) = (broker.clone(), jobs.clone());
+        publishing.spawn(async move {
+            broker
+                .declare_fanout(&gorgon_protocol::names::control_exchange(id))
+                .await?;
+            broker
+                .publish(&jobs, &gorgon_protocol::Envelope::new(id, job))
+                .await
+        });
+    }
+    while let Some(published) = publishing.join_next().await {
+        published.unwrap().unwrap();
+    }
+}
