@@ -13,6 +13,7 @@ pub use scan::{scan, DigestCache, Scanned};
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::path::PathBuf;
 
 /// The manifest's name at the root of the pushed tree and of a listener's workspace.
@@ -98,7 +99,18 @@ pub fn digest_hex(bytes: &[u8]) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` in lowercase hex (a manifest has 50,000 digests or more to write).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 fn unhex(text: &str) -> Option<[u8; 32]> {
@@ -112,17 +124,19 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A path or target as one word: bytes outside printable ASCII, spaces and `%` as `%XX`.
-fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
+/// Appends a path or target as one word: bytes outside printable ASCII, spaces and `%` as
+/// `%XX`.
+fn push_escaped(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         if b.is_ascii_graphic() && b != b'%' {
-            out.push(b as char);
+            out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
         }
     }
-    out
 }
 
 fn unescape(word: &str) -> Option<Vec<u8>> {
@@ -148,14 +162,23 @@ impl Manifest {
         out.push_str(HEADER);
         out.push('\n');
         for (path, entry) in &self.entries {
-            let line = match entry {
+            // Writing into a String cannot fail.
+            let _ = match entry {
                 Entry::File { mode, size, digest } => {
-                    format!("f {mode:o} {size} {} {}\n", hex(digest), escape(path))
+                    let _ = write!(out, "f {mode:o} {size} ");
+                    push_hex(&mut out, digest);
+                    Ok(())
                 }
-                Entry::Link { target } => format!("l {} {}\n", escape(target), escape(path)),
-                Entry::Special { mode } => format!("s {mode:o} {}\n", escape(path)),
+                Entry::Link { target } => {
+                    out.push_str("l ");
+                    push_escaped(&mut out, target);
+                    Ok(())
+                }
+                Entry::Special { mode } => write!(out, "s {mode:o}"),
             };
-            out.push_str(&line);
+            out.push(' ');
+            push_escaped(&mut out, path);
+            out.push('\n');
         }
         out.into_bytes()
     }

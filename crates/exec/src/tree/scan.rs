@@ -3,10 +3,11 @@
 //! modification and change times: nothing can write a file without changing its change
 //! time), and the others hashed on every core.
 
-use super::{escape, hex, unescape, unhex, Entry, Exclude, Manifest, TreeError};
+use super::{push_escaped, push_hex, unescape, unhex, Entry, Exclude, Manifest, TreeError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fmt::Write;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -17,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A file changed this recently is hashed again on the next scan: a write in the same tick
 /// of the file system's clock could leave its times as they were (git's "racily clean").
 const RACY_SECONDS: i64 = 2;
-/// At most this many threads hash at once.
-const MAX_HASHERS: usize = 4;
+/// At most this many threads read folders, or hash files, at once.
+const MAX_THREADS: usize = 4;
 
 /// What identifies one version of a file without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +55,8 @@ type Hashed<'f> = (&'f ToHash, Option<Sha>);
 pub struct DigestCache {
     path: Option<PathBuf>,
     known: HashMap<Vec<u8>, Known>,
+    /// Whether `known` differs from the file's: an unchanged tree writes nothing.
+    changed: bool,
 }
 
 impl DigestCache {
@@ -65,6 +68,7 @@ impl DigestCache {
         DigestCache {
             path: Some(path),
             known,
+            changed: false,
         }
     }
 
@@ -73,9 +77,10 @@ impl DigestCache {
         DigestCache::default()
     }
 
-    /// Writes the cache back to its file (whole, then renamed over the old one).
+    /// Writes the cache back to its file (whole, then renamed over the old one) if a scan
+    /// changed it.
     pub fn save(&self) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
+        let Some(path) = self.path.as_ref().filter(|_| self.changed) else {
             return Ok(());
         };
         let mut text = String::with_capacity(self.known.len() * 140);
@@ -86,11 +91,12 @@ impl DigestCache {
                 modified: (ms, mn),
                 changed: (cs, cn),
             } = stamp;
-            text.push_str(&format!(
-                "{inode} {size} {ms} {mn} {cs} {cn} {} {}\n",
-                hex(digest),
-                escape(name)
-            ));
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{inode} {size} {ms} {mn} {cs} {cn} ");
+            push_hex(&mut text, digest);
+            text.push(' ');
+            push_escaped(&mut text, name);
+            text.push('\n');
         }
         let fresh = path.with_extension("new");
         std::fs::write(&fresh, text)?;
@@ -99,10 +105,13 @@ impl DigestCache {
 }
 
 fn parse_known(line: &str) -> Option<(Vec<u8>, Known)> {
-    let words: Vec<&str> = line.split(' ').collect();
-    let [inode, size, ms, mn, cs, cn, digest, name] = words.as_slice() else {
+    let mut words = line.split(' ');
+    let mut word = || words.next();
+    let (inode, size, ms, mn) = (word()?, word()?, word()?, word()?);
+    let (cs, cn, digest, name) = (word()?, word()?, word()?, word()?);
+    if word().is_some() {
         return None;
-    };
+    }
     let stamp = Stamp {
         inode: inode.parse().ok()?,
         size: size.parse().ok()?,
@@ -143,6 +152,7 @@ pub fn scan(
     let mut manifest = Manifest::default();
     let mut to_hash = Vec::new();
     let mut known = HashMap::with_capacity(cache.known.len());
+    let mut reused = 0;
     walk(root, exclude, |relative, meta| {
         let kind = meta.file_type();
         let mode = meta.mode() & 0o7777;
@@ -160,6 +170,7 @@ pub fn scan(
                         .entries
                         .insert(relative.clone(), Entry::File { mode, size, digest });
                     known.insert(relative, (stamp, digest));
+                    reused += 1;
                 }
                 _ => to_hash.push(ToHash {
                     relative,
@@ -183,6 +194,8 @@ pub fn scan(
             .entries
             .insert(file.relative.clone(), Entry::File { mode, size, digest });
     }
+    // Every cached entry is still there, and nothing new was added: the file holds it all.
+    cache.changed = known.len() != cache.known.len() || known.len() > reused;
     cache.known = known;
     Ok(Scanned {
         manifest,
@@ -198,44 +211,129 @@ fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
 }
 
 /// Calls `found` with every entry below `root` but folders (not following links), by its
-/// path below the root, skipping what `exclude` keeps from a push.
+/// path below the root, skipping what `exclude` keeps from a push. The folders are read on
+/// up to [`MAX_THREADS`] threads (a walk is mostly waiting on `stat`).
 fn walk(
     root: &Path,
     exclude: &[Exclude],
     mut found: impl FnMut(Vec<u8>, &Metadata) -> Result<(), TreeError>,
 ) -> Result<(), TreeError> {
-    let mut folders = vec![Vec::new()];
-    while let Some(folder) = folders.pop() {
-        let full = root.join(OsStr::from_bytes(&folder));
-        for entry in std::fs::read_dir(&full).map_err(read(&full))? {
-            let entry = entry.map_err(read(&full))?;
-            let mut relative = folder.clone();
-            if !relative.is_empty() {
-                relative.push(b'/');
-            }
-            relative.extend_from_slice(entry.file_name().as_bytes());
-            let meta = entry.metadata().map_err(read(&entry.path()))?;
-            let is_folder = meta.is_dir();
-            let name = String::from_utf8_lossy(&relative);
-            if exclude.iter().any(|e| e.matches(&name, is_folder)) {
-                continue;
-            }
-            if is_folder {
-                folders.push(relative);
-            } else {
-                found(relative, &meta)?;
-            }
-        }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_THREADS);
+    let shared = Folders {
+        state: std::sync::Mutex::new(Pending {
+            folders: vec![Vec::new()],
+            busy: 0,
+            failed: None,
+        }),
+        changed: std::sync::Condvar::new(),
+    };
+    let lists: Vec<Vec<(Vec<u8>, Metadata)>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| read_folders(root, exclude, &shared)))
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| reader.join().expect("a folder reader panicked"))
+            .collect()
+    });
+    let state = shared.state.into_inner().expect("a folder reader panicked");
+    if let Some(error) = state.failed {
+        return Err(error);
+    }
+    for (relative, meta) in lists.into_iter().flatten() {
+        found(relative, &meta)?;
     }
     Ok(())
 }
 
-/// The digest of each file, hashed on up to [`MAX_HASHERS`] threads; `None` for a file that
+/// The folders a walk has still to read, shared by its threads.
+struct Folders {
+    state: std::sync::Mutex<Pending>,
+    changed: std::sync::Condvar,
+}
+
+struct Pending {
+    folders: Vec<Vec<u8>>,
+    /// How many threads are reading a folder (and may add more).
+    busy: usize,
+    failed: Option<TreeError>,
+}
+
+/// One thread of a walk: takes folders until none is left and no other thread may add one;
+/// what it found that is not a folder.
+fn read_folders(root: &Path, exclude: &[Exclude], shared: &Folders) -> Vec<(Vec<u8>, Metadata)> {
+    let mut entries = Vec::new();
+    let mut state = shared.state.lock().expect("a folder reader panicked");
+    loop {
+        if state.failed.is_some() {
+            break;
+        }
+        let Some(folder) = state.folders.pop() else {
+            if state.busy == 0 {
+                break;
+            }
+            state = shared
+                .changed
+                .wait(state)
+                .expect("a folder reader panicked");
+            continue;
+        };
+        state.busy += 1;
+        drop(state);
+        let read = read_folder(root, &folder, exclude, &mut entries);
+        state = shared.state.lock().expect("a folder reader panicked");
+        state.busy -= 1;
+        match read {
+            Ok(subfolders) => state.folders.extend(subfolders),
+            Err(error) => state.failed = Some(error),
+        }
+        shared.changed.notify_all();
+    }
+    entries
+}
+
+/// Reads one folder: its entries that are not folders go to `entries`; its folders are
+/// returned.
+fn read_folder(
+    root: &Path,
+    folder: &[u8],
+    exclude: &[Exclude],
+    entries: &mut Vec<(Vec<u8>, Metadata)>,
+) -> Result<Vec<Vec<u8>>, TreeError> {
+    let full = root.join(OsStr::from_bytes(folder));
+    let mut subfolders = Vec::new();
+    for entry in std::fs::read_dir(&full).map_err(read(&full))? {
+        let entry = entry.map_err(read(&full))?;
+        let mut relative = folder.to_vec();
+        if !relative.is_empty() {
+            relative.push(b'/');
+        }
+        relative.extend_from_slice(entry.file_name().as_bytes());
+        let meta = entry.metadata().map_err(read(&entry.path()))?;
+        let is_folder = meta.is_dir();
+        if !exclude.is_empty() {
+            let name = String::from_utf8_lossy(&relative);
+            if exclude.iter().any(|e| e.matches(&name, is_folder)) {
+                continue;
+            }
+        }
+        if is_folder {
+            subfolders.push(relative);
+        } else {
+            entries.push((relative, meta));
+        }
+    }
+    Ok(subfolders)
+}
+
+/// The digest of each file, hashed on up to [`MAX_THREADS`] threads; `None` for a file that
 /// went away meanwhile.
 fn hash_all<'f>(root: &Path, files: &'f [ToHash]) -> Result<Vec<Hashed<'f>>, TreeError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
-        .clamp(1, MAX_HASHERS)
+        .clamp(1, MAX_THREADS)
         .min(files.len().max(1));
     let chunk = files.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
