@@ -15,9 +15,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A file changed this recently is hashed again on the next scan: a write in the same tick
-/// of the file system's clock could leave its times as they were (git's "racily clean").
-const RACY_SECONDS: i64 = 2;
+/// A file changed this recently before a scan is hashed again on the next one: a write in
+/// the same tick of the file system's clock as the change the scan saw could leave its times
+/// as they were (git's "racily clean"). File systems that keep nanoseconds tick every few
+/// milliseconds; those that keep whole seconds (all their times end in `.000000000`) get
+/// [`RACY_WHOLE_SECONDS`].
+const RACY_NANOS: i64 = 100_000_000;
+const RACY_WHOLE_SECONDS: i64 = 2;
 /// At most this many threads read folders, or hash files, at once.
 const MAX_THREADS: usize = 4;
 
@@ -143,12 +147,9 @@ pub fn scan(
     exclude: &[Exclude],
     cache: &mut DigestCache,
 ) -> Result<Scanned, TreeError> {
-    let racy_since = SystemTime::now()
+    let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or((0, 0), |d| {
-            let seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            (seconds - RACY_SECONDS, i64::from(d.subsec_nanos()))
-        });
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let mut manifest = Manifest::default();
     let mut to_hash = Vec::new();
     let mut known = HashMap::with_capacity(cache.known.len());
@@ -186,7 +187,7 @@ pub fn scan(
     for (file, digest) in hash_all(root, &to_hash)? {
         let Some(digest) = digest else { continue };
         let (stamp, mode) = (file.stamp, file.mode);
-        if stamp.changed < racy_since {
+        if !racy(stamp.changed, started) {
             known.insert(file.relative.clone(), (stamp, digest));
         }
         let size = stamp.size;
@@ -201,6 +202,18 @@ pub fn scan(
         manifest,
         hashed: to_hash.len(),
     })
+}
+
+/// Whether a file changed at `changed` (seconds, nanoseconds) may change again unseen after
+/// a scan that started at `started` (nanoseconds since the epoch).
+fn racy(changed: (i64, i64), started: i64) -> bool {
+    let (seconds, nanos) = changed;
+    let window = if nanos == 0 {
+        RACY_WHOLE_SECONDS * 1_000_000_000
+    } else {
+        RACY_NANOS
+    };
+    seconds.saturating_mul(1_000_000_000).saturating_add(nanos) > started.saturating_sub(window)
 }
 
 fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
@@ -433,6 +446,20 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_racy_within_its_file_systems_tick_of_the_scan() {
+        let second = 1_000_000_000;
+        let started = 1_000 * second;
+        // Nanosecond times: 100 ms.
+        assert!(racy((999, 950_000_000), started));
+        assert!(!racy((999, 850_000_000), started));
+        // Whole seconds: 2 s.
+        assert!(racy((999, 0), started));
+        assert!(!racy((997, 0), started));
+        // A time ahead of the scan's clock is racy too.
+        assert!(racy((1_001, 5), started));
+    }
+
+    #[test]
     fn a_cached_digest_is_used_only_for_the_same_version_of_a_file() {
         let dir = project();
         let cache_file = dir.path().join(".digests");
@@ -445,10 +472,10 @@ mod tests {
         };
         let first = scan_again();
         assert_eq!(first.hashed, 4);
-        // Files changed in the last seconds are read again (their times may not show a
+        // Files changed just before a scan are read again (their times may not show a
         // write in the same tick); older ones come from the cache.
         assert_eq!(scan_again().hashed, 4);
-        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        std::thread::sleep(std::time::Duration::from_millis(150));
         assert_eq!(scan_again().hashed, 4);
         let unchanged = scan_again();
         assert_eq!(
