@@ -1,7 +1,10 @@
 //! Real applications: every worker carries the variables suites already read to tell their
 //! workers apart (parallel_tests' `TEST_ENV_NUMBER` and `PARALLEL_TEST_GROUPS`,
 //! pytest-xdist's `PYTEST_XDIST_WORKER`, `PYTEST_XDIST_WORKER_COUNT` and `worker_id`
-//! fixture), on listeners, `gorgon start --local` and CI nodes alike.
+//! fixture), on listeners, `gorgon start --local` and CI nodes alike; and a database per
+//! worker, made as `docs/databases.md` says, on the project's own PostgreSQL server
+//! (started by `.ci/run`, `start_postgresql` in `scripts/lib/prerequisites.sh`), with no
+//! worker seeing another's rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -157,22 +160,23 @@ fn ci_node_workers_carry_parallel_tests_and_xdist_variables() {
     let first = conventions_project(&cluster, "conventions-ci", &record);
     let second = cluster.project("conventions-ci-2", json!({}));
     copy_tree(&first, &second);
+    ci_build(&[&first, &second]).assert_report(0, &["10 files: 10 passed"]);
+    assert_two_workers_on_each_of(&record, 2);
+}
+
+/// Runs a CI build of `projects` (each a checkout of the same project), a node of two
+/// workers on each, and returns the report's run once every node has exited 0.
+fn ci_build(projects: &[&Project]) -> crate::support::Run {
     let build = format!("apps-{}", uuid::Uuid::new_v4());
-    let report = first.spawn_gorgon("report", &["--build-id", &build], &[]);
-    let nodes: Vec<Started> = [&first, &second]
+    let report = projects[0].spawn_gorgon("report", &["--build-id", &build], &[]);
+    let nodes: Vec<Started> = projects
         .iter()
         .enumerate()
         .map(|(i, project)| {
+            let name = format!("node{i}");
             project.spawn_gorgon(
                 "work",
-                &[
-                    "--build-id",
-                    &build,
-                    "--worker-id",
-                    &format!("node-{i}"),
-                    "-j",
-                    "2",
-                ],
+                &["--build-id", &build, "--worker-id", &name, "-j", "2"],
                 &[],
             )
         })
@@ -180,10 +184,7 @@ fn ci_node_workers_carry_parallel_tests_and_xdist_variables() {
     for node in nodes {
         node.wait(LIMIT).assert_exit(0);
     }
-    report
-        .wait(LIMIT)
-        .assert_report(0, &["10 files: 10 passed"]);
-    assert_two_workers_on_each_of(&record, 2);
+    report.wait(LIMIT)
 }
 
 /// Makes `to` a checkout of `from`: the same files and configuration.
@@ -195,4 +196,177 @@ fn copy_tree(from: &Project, to: &Project) {
         .status()
         .unwrap();
     assert!(copied.success());
+}
+
+/// The port of the project's own PostgreSQL server (`GORGON_TEST_PGPORT`, as the scripts
+/// read it).
+fn postgres_port() -> String {
+    std::env::var("GORGON_TEST_PGPORT").unwrap_or_else(|_| "54329".into())
+}
+
+/// `psql` on the project's server as `postgres`, `sql` in the `postgres` database: its
+/// stdout, or the test fails with a clear message when the server is not reachable.
+fn psql(sql: &str) -> String {
+    let port = postgres_port();
+    let output = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("psql is not installed: run `. scripts/lib/prerequisites.sh; install_postgresql`");
+    assert!(
+        output.status.success(),
+        "the project's PostgreSQL is not reachable on 127.0.0.1:{port} ({}); start it with \
+         `. scripts/lib/prerequisites.sh; install_postgresql; start_postgresql 60` (.ci/run does)",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The databases of one test on the project's server, named from a prefix of its own so
+/// that tests running side by side never meet; dropped when the value is.
+struct Databases {
+    prefix: String,
+}
+
+impl Databases {
+    fn new() -> Databases {
+        psql("SELECT 1");
+        Databases {
+            prefix: format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        }
+    }
+
+    /// The names of this test's databases on the server.
+    fn names(&self) -> Vec<String> {
+        psql(&format!(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, '{}_') ORDER BY 1",
+            self.prefix
+        ))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        for name in self.names() {
+            psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+        }
+    }
+}
+
+/// Test files of the database projects.
+const DATABASE_FILES: usize = 12;
+
+/// A project whose callbacks make a template database once per host and a copy of it for
+/// each worker, named from `TEST_ENV_NUMBER` as a `database.yml` would (and from the host,
+/// since every host here shares one server: docs/databases.md), and whose test files each
+/// write rows tagged with their worker into their worker's database, fail if they find
+/// another worker's there, and record the database they used in `record`.
+fn database_project(
+    cluster: &Cluster,
+    name: &str,
+    databases: &Databases,
+    record: &Path,
+) -> Project {
+    let project = cluster.project(
+        name,
+        json!({"job": {"callbacks": {
+            "before_creating_workers": ". ./db/env.sh && dropdb --if-exists \"$TEMPLATE\" && createdb \"$TEMPLATE\" \
+                && psql -v ON_ERROR_STOP=1 -q -d \"$TEMPLATE\" -c 'CREATE TABLE marks (worker text NOT NULL, file text NOT NULL)'",
+            "before_start": ". ./db/env.sh && dropdb --if-exists \"$DATABASE\" && createdb -T \"$TEMPLATE\" \"$DATABASE\"",
+        }}}),
+    );
+    project.write(
+        "db/env.sh",
+        &format!(
+            "export PGHOST=127.0.0.1 PGPORT={port} PGUSER=postgres\n\
+             TEMPLATE=\"{prefix}_${{GORGON_HOST}}_template\"\n\
+             DATABASE=\"{prefix}_${{GORGON_HOST}}_test${{TEST_ENV_NUMBER}}\"\n",
+            port = postgres_port(),
+            prefix = databases.prefix,
+        ),
+    );
+    for i in 0..DATABASE_FILES {
+        project.write(
+            &format!("tests/{i:02}_test.sh"),
+            &format!(
+                ". ./db/env.sh\n\
+                 me=\"$GORGON_HOST:$GORGON_WORKER_ID\"\n\
+                 sql() {{ psql -v ON_ERROR_STOP=1 -qAt -d \"$DATABASE\" -c \"$1\"; }}\n\
+                 sql \"INSERT INTO marks VALUES ('$me', '$0'), ('$me', '$0')\" || exit 1\n\
+                 sleep 0.3\n\
+                 others=$(sql \"SELECT count(*) FROM marks WHERE worker <> '$me'\") || exit 1\n\
+                 mine=$(sql \"SELECT count(*) FROM marks WHERE worker = '$me' AND file = '$0'\") || exit 1\n\
+                 echo \"$DATABASE\" >> '{record}'\n\
+                 [ \"$others\" = 0 ] || {{ echo \"$DATABASE has $others rows of other workers\"; exit 1; }}\n\
+                 [ \"$mine\" = 2 ] || {{ echo \"$DATABASE has $mine of this file's 2 rows\"; exit 1; }}\n",
+                record = record.display()
+            ),
+        );
+    }
+    project
+}
+
+/// Fails the test unless the files used exactly `expected` databases, each a worker's.
+#[track_caller]
+fn assert_databases_used(record: &Path, databases: &Databases, expected: usize) {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    assert_eq!(text.lines().count(), DATABASE_FILES, "{text}");
+    let used: BTreeSet<&str> = text.lines().collect();
+    assert_eq!(used.len(), expected, "{used:?}");
+    let made = databases.names();
+    for database in &used {
+        assert!(
+            made.iter().any(|name| name == database),
+            "{database} not in {made:?}"
+        );
+    }
+}
+
+#[test]
+fn each_listener_worker_writes_to_its_own_postgresql_database() {
+    let databases = Databases::new();
+    let cluster = Cluster::with_listeners(&[("pga", 2), ("pgb", 2)]);
+    let record = record_path(&cluster, "pg-listeners");
+    let project = database_project(&cluster, "pg", &databases, &record);
+    cluster.wait_for_listeners(&project, 2);
+    project
+        .start(&[], LIMIT)
+        .assert_report(0, &["12 files: 12 passed"]);
+    assert_databases_used(&record, &databases, 4);
+}
+
+#[test]
+fn each_local_worker_writes_to_its_own_postgresql_database() {
+    let databases = Databases::new();
+    let cluster = Cluster::new();
+    let record = record_path(&cluster, "pg-local");
+    let project = database_project(&cluster, "pg-local", &databases, &record);
+    project
+        .start(&["--local", "-j", "2"], LIMIT)
+        .assert_report(0, &["12 files: 12 passed"]);
+    assert_databases_used(&record, &databases, 2);
+}
+
+#[test]
+fn each_ci_node_worker_writes_to_its_own_postgresql_database() {
+    let databases = Databases::new();
+    let cluster = Cluster::new();
+    let record = record_path(&cluster, "pg-ci");
+    let first = database_project(&cluster, "pg-ci", &databases, &record);
+    let second = cluster.project("pg-ci-2", json!({}));
+    copy_tree(&first, &second);
+    ci_build(&[&first, &second]).assert_report(0, &["12 files: 12 passed"]);
+    assert_databases_used(&record, &databases, 4);
 }
