@@ -16,9 +16,10 @@ use crate::support::{Cluster, Project, Started};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// Shell files and pytest files of the conventions' projects.
+/// Shell, pytest and RSpec files of the conventions' projects.
 const SHELL_FILES: usize = 8;
 const PYTEST_FILES: usize = 2;
+const RSPEC_FILES: usize = 2;
 
 /// A shell test that takes a second and records, as one line of `record`, its worker's
 /// variables: `HOST|WORKER|TEST_ENV_NUMBER|PARALLEL_TEST_GROUPS|PYTEST_XDIST_WORKER|
@@ -62,16 +63,34 @@ def test_each_worker_has_its_own_database(worker_id, database_name):
     )
 }
 
-/// A project of `cluster` whose shell and pytest files record their workers' variables in
+/// An RSpec file that records the same line as [`shell_test`], as a Rails `database.yml`
+/// would read the variables: from `ENV` in the built-in runner's Ruby process.
+fn rspec_test(record: &Path) -> String {
+    format!(
+        r#"RSpec.describe "a worker's variables" do
+  it "names its database" do
+    sleep 0.5
+    names = %w[GORGON_HOST GORGON_WORKER_ID TEST_ENV_NUMBER PARALLEL_TEST_GROUPS
+               PYTEST_XDIST_WORKER PYTEST_XDIST_WORKER_COUNT]
+    File.write({record:?}, (names.map {{ |name| ENV.fetch(name) }} + ["rspec"]).join("|") + "\n", mode: "a")
+  end
+end
+"#,
+        record = record.display().to_string()
+    )
+}
+
+/// A project of `cluster` whose shell, pytest and RSpec files record their workers' variables in
 /// `record`.
 fn conventions_project(cluster: &Cluster, name: &str, record: &Path) -> Project {
     let project = cluster.project(
         name,
         json!({
-            "files": ["tests/**/*_test.sh", "tests/**/test_*.py"],
+            "files": ["tests/**/*_test.sh", "tests/**/test_*.py", "spec/**/*_spec.rb"],
             "job": {"runner": {"by_glob": {
                 "tests/**/*_test.sh": {"command": "sh {file}"},
                 "tests/**/test_*.py": {"kind": "pytest"},
+                "spec/**/*_spec.rb": {"kind": "rspec"},
             }}},
         }),
     );
@@ -81,6 +100,9 @@ fn conventions_project(cluster: &Cluster, name: &str, record: &Path) -> Project 
     for i in 0..PYTEST_FILES {
         project.write(&format!("tests/test_db{i}.py"), &pytest_test(record));
     }
+    for i in 0..RSPEC_FILES {
+        project.write(&format!("spec/db{i}_spec.rb"), &rspec_test(record));
+    }
     project
 }
 
@@ -89,7 +111,11 @@ fn conventions_project(cluster: &Cluster, name: &str, record: &Path) -> Project 
 fn conventions_by_host(record: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let text = std::fs::read_to_string(record).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), SHELL_FILES + PYTEST_FILES, "{text}");
+    assert_eq!(
+        lines.len(),
+        SHELL_FILES + PYTEST_FILES + RSPEC_FILES,
+        "{text}"
+    );
     let mut by_host: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in lines {
         let fields: Vec<&str> = line.split('|').collect();
@@ -138,7 +164,7 @@ fn listener_workers_carry_parallel_tests_and_xdist_variables() {
     cluster.wait_for_listeners(&project, 2);
     project
         .start(&[], LIMIT)
-        .assert_report(0, &["10 files: 10 passed"]);
+        .assert_report(0, &["12 files: 12 passed"]);
     assert_two_workers_on_each_of(&record, 2);
 }
 
@@ -149,7 +175,7 @@ fn local_workers_carry_parallel_tests_and_xdist_variables() {
     let project = conventions_project(&cluster, "conventions-local", &record);
     project
         .start(&["--local", "-j", "2"], LIMIT)
-        .assert_report(0, &["10 files: 10 passed"]);
+        .assert_report(0, &["12 files: 12 passed"]);
     assert_two_workers_on_each_of(&record, 1);
 }
 
@@ -160,7 +186,7 @@ fn ci_node_workers_carry_parallel_tests_and_xdist_variables() {
     let first = conventions_project(&cluster, "conventions-ci", &record);
     let second = cluster.project("conventions-ci-2", json!({}));
     copy_tree(&first, &second);
-    ci_build(&[&first, &second]).assert_report(0, &["10 files: 10 passed"]);
+    ci_build(&[&first, &second]).assert_report(0, &["12 files: 12 passed"]);
     assert_two_workers_on_each_of(&record, 2);
 }
 
@@ -305,7 +331,7 @@ fn database_project(
                  me=\"$GORGON_HOST:$GORGON_WORKER_ID\"\n\
                  sql() {{ psql -v ON_ERROR_STOP=1 -qAt -d \"$DATABASE\" -c \"$1\"; }}\n\
                  sql \"INSERT INTO marks VALUES ('$me', '$0'), ('$me', '$0')\" || exit 1\n\
-                 sleep 0.3\n\
+                 sleep 1\n\
                  others=$(sql \"SELECT count(*) FROM marks WHERE worker <> '$me'\") || exit 1\n\
                  mine=$(sql \"SELECT count(*) FROM marks WHERE worker = '$me' AND file = '$0'\") || exit 1\n\
                  echo \"$DATABASE\" >> '{record}'\n\
