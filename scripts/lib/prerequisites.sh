@@ -130,9 +130,10 @@ install_test_frameworks() {
 
 # The bin folder of the newest PostgreSQL server Debian installed (/usr/lib/postgresql/N/bin).
 postgres_bin_dir() {
-    local dirs=(/usr/lib/postgresql/*/bin)
-    [ -x "${dirs[-1]}/pg_ctl" ] || return 1
-    printf '%s\n' "${dirs[@]}" | sort -V | tail -n 1
+    local dir
+    dir=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    [ -x "$dir/pg_ctl" ] || return 1
+    echo "$dir"
 }
 
 # Installs Debian's postgresql (server and psql) unless both are there.
