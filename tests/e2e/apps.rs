@@ -231,30 +231,24 @@ fn postgres_port() -> String {
 }
 
 /// `psql` on the project's server as `postgres`, `sql` in the `postgres` database: its
-/// stdout, or the test fails with a clear message when the server is not reachable.
-fn psql(sql: &str) -> String {
-    let port = postgres_port();
+/// stdout, or what psql said on stderr.
+fn try_psql(sql: &str) -> Result<String, String> {
     let output = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .args(["-h", "127.0.0.1", "-p", &postgres_port(), "-U", "postgres"])
+        .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
         .output()
-        .expect("psql is not installed: run `. scripts/lib/prerequisites.sh; install_postgresql`");
-    assert!(
-        output.status.success(),
-        "the project's PostgreSQL is not reachable on 127.0.0.1:{port} ({}); start it with \
-         `. scripts/lib/prerequisites.sh; install_postgresql; start_postgresql 60` (.ci/run does)",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+        .map_err(|error| format!("psql cannot run ({error}): run install_postgresql"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// [`try_psql`], failing the test when psql fails.
+#[track_caller]
+fn psql(sql: &str) -> String {
+    try_psql(sql).unwrap_or_else(|error| panic!("psql -c {sql:?} failed: {error}"))
 }
 
 /// The databases of one test on the project's server, named from a prefix of its own so
@@ -264,8 +258,16 @@ struct Databases {
 }
 
 impl Databases {
+    /// Fails the test, saying how to start it, when the project's server is not reachable.
     fn new() -> Databases {
-        psql("SELECT 1");
+        if let Err(error) = try_psql("SELECT 1") {
+            panic!(
+                "the project's PostgreSQL is not reachable on 127.0.0.1:{} ({error}); start it \
+                 with `. scripts/lib/prerequisites.sh; install_postgresql; start_postgresql 60` \
+                 (.ci/run does)",
+                postgres_port()
+            );
+        }
         Databases {
             prefix: format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
         }
@@ -285,8 +287,13 @@ impl Databases {
 
 impl Drop for Databases {
     fn drop(&mut self) {
-        for name in self.names() {
-            psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+        // Best effort: a drop never fails the test (nor panics while one is failing).
+        let listed = try_psql(&format!(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, '{}_')",
+            self.prefix
+        ));
+        for name in listed.unwrap_or_default().lines() {
+            let _ = try_psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
         }
     }
 }
