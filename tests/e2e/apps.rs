@@ -106,9 +106,9 @@ fn conventions_project(cluster: &Cluster, name: &str, record: &Path) -> Project 
     project
 }
 
-/// Checks every recorded line against its worker and returns, by host, the
-/// `TEST_ENV_NUMBER`s seen there.
-fn conventions_by_host(record: &Path) -> BTreeMap<String, BTreeSet<String>> {
+/// Checks every recorded line against its worker (numbered from `1` with `first_is_1`)
+/// and returns, by host, the `TEST_ENV_NUMBER`s seen there.
+fn conventions_by_host(record: &Path, first_is_1: bool) -> BTreeMap<String, BTreeSet<String>> {
     let text = std::fs::read_to_string(record).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -123,7 +123,7 @@ fn conventions_by_host(record: &Path) -> BTreeMap<String, BTreeSet<String>> {
             panic!("a record line has seven fields: {line:?}");
         };
         let worker: u32 = worker.parse().unwrap();
-        let expected_number = if worker == 1 {
+        let expected_number = if worker == 1 && !first_is_1 {
             String::new()
         } else {
             worker.to_string()
@@ -144,11 +144,19 @@ fn conventions_by_host(record: &Path) -> BTreeMap<String, BTreeSet<String>> {
 /// `""` and `"2"`.
 #[track_caller]
 fn assert_two_workers_on_each_of(record: &Path, hosts: usize) {
-    let by_host = conventions_by_host(record);
+    assert_numbered_workers(record, hosts, false);
+}
+
+/// Fails the test unless `hosts` hosts each ran files on both of their workers, numbered
+/// `""` (`"1"` with `first_is_1`) and `"2"`.
+#[track_caller]
+fn assert_numbered_workers(record: &Path, hosts: usize, first_is_1: bool) {
+    let by_host = conventions_by_host(record, first_is_1);
     assert_eq!(by_host.len(), hosts, "{by_host:?}");
+    let first = if first_is_1 { "1" } else { "" };
     for (host, numbers) in &by_host {
         let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
-        assert_eq!(numbers, ["", "2"], "the workers of {host}");
+        assert_eq!(numbers, [first, "2"], "the workers of {host}");
     }
 }
 
@@ -177,6 +185,21 @@ fn local_workers_carry_parallel_tests_and_xdist_variables() {
         .start(&["--local", "-j", "2"], LIMIT)
         .assert_report(0, &["12 files: 12 passed"]);
     assert_two_workers_on_each_of(&record, 1);
+}
+
+#[test]
+fn first_is_1_numbers_the_first_worker_too() {
+    let cluster = Cluster::new();
+    let record = record_path(&cluster, "first-is-1");
+    let project = conventions_project(&cluster, "conventions-first-is-1", &record);
+    let config = project.read("gorgon.json");
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["job"]["first_is_1"] = json!(true);
+    project.write("gorgon.json", &config.to_string());
+    project
+        .start(&["--local", "-j", "2"], LIMIT)
+        .assert_report(0, &["12 files: 12 passed"]);
+    assert_numbered_workers(&record, 1, true);
 }
 
 #[test]
