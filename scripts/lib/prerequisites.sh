@@ -1,10 +1,16 @@
 # shellcheck shell=bash
 # Shared by scripts/quickstart.sh and .ci/run: installs what gorgon needs at run time on a
-# Debian machine (rsync, and RabbitMQ when no broker is reachable) and starts the broker.
+# Debian machine (rsync, and RabbitMQ when no broker is reachable) and starts the broker;
+# for the tests, also the project's own PostgreSQL server.
 # Source it; it defines functions only.
 
 BROKER_HOST=127.0.0.1
 BROKER_PORT=5672
+
+# The project's own PostgreSQL cluster, which the database tests use (tests/e2e/apps.rs):
+# on a port of its own, so that a server the machine already runs (on 5432) is left alone.
+POSTGRES_PORT=${GORGON_TEST_PGPORT:-54329}
+POSTGRES_DATA=${GORGON_TEST_PGDATA:-/var/tmp/gorgon-postgresql}
 
 # Runs a command as root: directly when we are root, through sudo otherwise.
 as_root() {
@@ -120,4 +126,64 @@ install_test_frameworks() {
     ruby -e 'require "rspec/core"; require "minitest"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}"'
     python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'
     chromium --version
+}
+
+# The bin folder of the newest PostgreSQL server Debian installed (/usr/lib/postgresql/N/bin).
+postgres_bin_dir() {
+    local dir
+    dir=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    [ -x "$dir/pg_ctl" ] || return 1
+    echo "$dir"
+}
+
+# Installs Debian's postgresql (server and psql) unless both are there.
+install_postgresql() {
+    if postgres_bin_dir >/dev/null && command -v psql >/dev/null 2>&1; then
+        echo "PostgreSQL is installed ($(postgres_bin_dir))"
+        return 0
+    fi
+    apt_install postgresql
+}
+
+# Runs a command as the owner of the project's cluster: the postgres user when we are root
+# (the server refuses to run as root), ourselves otherwise.
+as_postgres_owner() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Starts the project's own PostgreSQL cluster unless something already listens on
+# 127.0.0.1:$POSTGRES_PORT: made once in $POSTGRES_DATA (superuser postgres, trust
+# authentication, listening on 127.0.0.1 only, its socket in its own folder), then started
+# with pg_ctl, waiting at most $1 seconds. Never touches another cluster. Idempotent.
+start_postgresql() {
+    local wait_seconds=$1
+    if port_open 127.0.0.1 "$POSTGRES_PORT"; then
+        echo "PostgreSQL is listening on 127.0.0.1:$POSTGRES_PORT"
+        return 0
+    fi
+    local bin
+    bin=$(postgres_bin_dir) || {
+        echo "error: no PostgreSQL server under /usr/lib/postgresql; run install_postgresql" >&2
+        return 1
+    }
+    if [ ! -f "$POSTGRES_DATA/PG_VERSION" ]; then
+        echo "making the project's PostgreSQL cluster in $POSTGRES_DATA"
+        mkdir -p "$POSTGRES_DATA"
+        [ "$(id -u)" -ne 0 ] || chown postgres: "$POSTGRES_DATA"
+        chmod 700 "$POSTGRES_DATA"
+        as_postgres_owner "$bin/initdb" -D "$POSTGRES_DATA" -U postgres --auth=trust \
+            --encoding=UTF8 --locale=C >/dev/null
+    fi
+    echo "starting PostgreSQL on 127.0.0.1:$POSTGRES_PORT (pg_ctl, $POSTGRES_DATA)"
+    as_postgres_owner "$bin/pg_ctl" -D "$POSTGRES_DATA" -l "$POSTGRES_DATA/server.log" \
+        -o "-c listen_addresses=127.0.0.1 -c port=$POSTGRES_PORT -c unix_socket_directories=$POSTGRES_DATA" \
+        -w -t "$wait_seconds" start >/dev/null || {
+        echo "error: PostgreSQL did not start on 127.0.0.1:$POSTGRES_PORT within ${wait_seconds}s; see $POSTGRES_DATA/server.log" >&2
+        return 1
+    }
+    echo "PostgreSQL is listening on 127.0.0.1:$POSTGRES_PORT"
 }

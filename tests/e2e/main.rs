@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apps;
 mod ci_nodes;
 mod clean_logs;
 mod config_errors;

@@ -127,6 +127,7 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
         project: &project_name(&options.dir),
         kind,
         files: &files,
+        database_per_worker: names_databases_per_worker(&options.dir),
         broker: (&broker_host, broker_port),
         file_server: (&server_host, server_port),
     });
@@ -285,6 +286,21 @@ fn find(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     found
 }
 
+/// Whether the project's `config/database.yml` names a database per worker from
+/// parallel_tests' `TEST_ENV_NUMBER`, which every worker carries (docs/databases.md).
+fn names_databases_per_worker(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config/database.yml"))
+        .is_ok_and(|text| text.contains("TEST_ENV_NUMBER"))
+}
+
+/// The callbacks that make each worker's database of a Rails project whose `database.yml`
+/// names it from `TEST_ENV_NUMBER`: any adapter, the schema loaded per worker.
+const RAILS_DATABASE_CALLBACKS: &str = r#"
+    // config/database.yml names each worker's database from TEST_ENV_NUMBER: each worker
+    // makes its own before its first file. With PostgreSQL, a template made once per host in
+    // before_creating_workers and copied per worker is faster (docs/databases.md).
+    "callbacks": { "before_start": "RAILS_ENV=test bin/rails db:drop db:create db:schema:load" },"#;
+
 fn project_name(dir: &Path) -> String {
     std::path::absolute(dir)
         .ok()
@@ -296,6 +312,8 @@ struct Rendered<'a> {
     project: &'a str,
     kind: ProjectKind,
     files: &'a [String],
+    /// `config/database.yml` names a database per worker: the callbacks make them.
+    database_per_worker: bool,
     broker: (&'a str, u16),
     file_server: (&'a str, u16),
 }
@@ -335,7 +353,7 @@ fn render(config: &Rendered) -> String {
     // rsync --exclude patterns, applied when pushing and when pulling.
     "sync": {{ "exclude": {exclude} }},
     // How a worker runs one test file.
-    "runner": {runner},
+    "runner": {runner},{callbacks}
     // Seconds to wait for a first listener to take the job.
     "listener_wait": 60
   }},
@@ -353,6 +371,11 @@ fn render(config: &Rendered) -> String {
 "#,
         project = config.project,
         title = config.kind.title(),
+        callbacks = if config.database_per_worker {
+            RAILS_DATABASE_CALLBACKS
+        } else {
+            ""
+        },
         broker_host = json(config.broker.0),
         broker_port = config.broker.1,
         server_host = json(config.file_server.0),
@@ -404,6 +427,28 @@ mod tests {
         let text = std::fs::read_to_string(&done.path).unwrap();
         assert!(text.starts_with("// gorgon.json for "), "{text}");
         assert!(text.contains("(RSpec project)"), "{text}");
+    }
+
+    #[test]
+    fn a_rails_database_per_worker_gets_the_callbacks_that_make_them() {
+        let yml =
+            "test:\n  adapter: postgresql\n  database: shop_test<%= ENV['TEST_ENV_NUMBER'] %>\n";
+        let dir = project(&[
+            ("spec/models/cart_spec.rb", ""),
+            ("config/database.yml", yml),
+        ]);
+        let (_, settings) = init_and_load(dir.path(), InitOptions::default());
+        assert_eq!(
+            settings.callbacks.remote.before_start.as_deref(),
+            Some("RAILS_ENV=test bin/rails db:drop db:create db:schema:load")
+        );
+        assert!(settings.config_keys.unknown.is_empty());
+        let plain = project(&[
+            ("spec/models/cart_spec.rb", ""),
+            ("config/database.yml", "test:\n  database: shop_test\n"),
+        ]);
+        let (_, settings) = init_and_load(plain.path(), InitOptions::default());
+        assert_eq!(settings.callbacks.remote.before_start, None);
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct Settings {
     pub quarantine_file: Option<PathBuf>,
     pub callbacks: OriginatorCallbacks,
     pub listener_wait: Duration,
+    /// `job.first_is_1`: a host's first worker has `TEST_ENV_NUMBER=1`, not an empty one.
+    pub first_is_1: bool,
     pub runtime_file: Option<PathBuf>,
     pub failed_files: PathBuf,
     pub log_file: Option<PathBuf>,
@@ -263,6 +265,7 @@ const SECTIONS: [config_file::Section; 8] = {
                 "max_fail",
                 "callbacks",
                 "listener_wait",
+                "first_is_1",
             ],
             ignored: &[],
             guarded: false,
@@ -355,6 +358,8 @@ struct RawJob {
     #[serde(default)]
     callbacks: OriginatorCallbacks,
     listener_wait: Option<f64>,
+    #[serde(default)]
+    first_is_1: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -602,6 +607,7 @@ impl Settings {
                 callbacks
             },
             listener_wait: Duration::from_secs_f64(listener_wait),
+            first_is_1: raw.job.first_is_1,
             runtime_file: raw.runtime_file.map(resolve),
             failed_files: raw
                 .failed_files
@@ -796,6 +802,27 @@ mod tests {
         );
         assert_eq!(settings.project_root, dir.path());
         assert_eq!(settings.listener_wait, Duration::from_secs(60));
+        assert!(!settings.first_is_1);
+    }
+
+    #[test]
+    fn first_is_1_is_a_known_boolean_of_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "gorgon.json",
+            r#"{"file_server": {"host": "fs"}, "files": ["t/*.sh"], "job": {"first_is_1": true}}"#,
+        );
+        let settings = Settings::load(&path).unwrap();
+        assert!(settings.first_is_1);
+        assert!(settings.config_keys.unknown.is_empty());
+        let wrong = write(
+            dir.path(),
+            "gorgon.json",
+            r#"{"file_server": {"host": "fs"}, "files": ["t/*.sh"], "job": {"first_is_1": "yes"}}"#,
+        );
+        let error = Settings::load(&wrong).unwrap_err().to_string();
+        assert!(error.contains("job.first_is_1"), "{error}");
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct JobDefinition {
     /// Which files' output the workers stream while they run.
     #[serde(default, skip_serializing_if = "LiveOutput::is_off")]
     pub live_output: LiveOutput,
+    /// `job.first_is_1`: a host's first worker has `TEST_ENV_NUMBER=1` rather than an empty
+    /// one (parallel_tests' `--first-is-1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_is_1: bool,
 }
 
 /// Which running files send their output as it is produced (`gorgon start --live-output`,
@@ -75,6 +79,7 @@ impl JobDefinition {
             },
             callbacks,
             live_output: LiveOutput::default(),
+            first_is_1: false,
         }
     }
 }

@@ -597,6 +597,7 @@ mod tests {
                 files: vec!["t/a.sh".into()],
                 others_after_seconds: Some(2.0),
             },
+            first_is_1: false,
         }
     }
 
@@ -875,6 +876,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(refused.encode()).unwrap(),
             r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job_refused","host":"h1","reason":"full"}}"#
+        );
+    }
+
+    #[test]
+    fn first_is_1_travels_with_the_job_only_when_set() {
+        let plain = serde_json::to_value(definition()).unwrap();
+        assert!(plain.get("first_is_1").is_none(), "{plain}");
+        let numbered = JobDefinition {
+            first_is_1: true,
+            ..definition()
+        };
+        let json = serde_json::to_value(&numbered).unwrap();
+        assert_eq!(json["first_is_1"], true);
+        assert_eq!(
+            serde_json::from_value::<JobDefinition>(json).unwrap(),
+            numbered
         );
     }
 

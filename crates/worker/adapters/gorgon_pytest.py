@@ -11,6 +11,7 @@ import os
 import selectors
 import signal
 import sys
+import types
 
 import pytest
 
@@ -127,6 +128,32 @@ class Collector:
         return answer
 
 
+@pytest.fixture(scope="session")
+def worker_id():
+    """pytest-xdist's `worker_id`: this worker's `PYTEST_XDIST_WORKER` (`gw0`, `gw1`, ...,
+    which gorgon-rs sets for every worker)."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "master")
+
+
+@pytest.fixture(scope="session")
+def testrun_uid():
+    """pytest-xdist's `testrun_uid`: the job's id, the same in every worker of the run."""
+    return os.environ.get("GORGON_JOB_ID", "").replace("-", "")
+
+
+class XdistStandIn:
+    """Gives conftests written for pytest-xdist its `worker_id` and `testrun_uid` fixtures,
+    unless xdist itself is loaded (its own fixtures then answer, as they do outside
+    gorgon-rs)."""
+
+    def pytest_configure(self, config):
+        if not config.pluginmanager.hasplugin("xdist"):
+            fixtures = types.ModuleType("gorgon_xdist_fixtures")
+            fixtures.worker_id = worker_id
+            fixtures.testrun_uid = testrun_uid
+            config.pluginmanager.register(fixtures, "gorgon-xdist-fixtures")
+
+
 def base_args(args):
     return ["-q", "-p", "no:cacheprovider", *args]
 
@@ -168,7 +195,7 @@ def run_forked(request, proto, paths):
                 out = os.open(request["output_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 os.dup2(out, 1)
                 os.dup2(out, 2)
-            code = int(pytest.main([*base_args(request.get("args") or []), *paths], plugins=[collector]))
+            code = int(pytest.main([*base_args(request.get("args") or []), *paths], plugins=[collector, XdistStandIn()]))
             if code in (3, 4) and not collector.collect_errors:
                 result = collector.answer(path, "runner_error", "pytest ended with exit code %d on %s" % (code, path))
             else:
@@ -344,7 +371,7 @@ class SessionChild:
             collector = Collector(echo_failures=True)
             server = SessionServer(collector, os.fdopen(request_reader, "r"), os.fdopen(result_writer, "w"))
             try:
-                pytest.main(base_args(args), plugins=[server, collector])
+                pytest.main(base_args(args), plugins=[server, collector, XdistStandIn()])
             finally:
                 try:
                     sys.stdout.flush()

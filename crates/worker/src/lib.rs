@@ -14,6 +14,7 @@
 
 mod builtin;
 mod class_callbacks;
+mod conventions;
 mod feed;
 mod host_job;
 mod junit;
@@ -48,14 +49,24 @@ pub use warm::{WarmKey, WarmProcess};
 /// Its parent reports the crash with the process's last output lines.
 pub const EXIT_BROKEN: i32 = 1;
 
-/// The base of every callback and test command, with the environment Gorgon documents.
+/// The base of every callback and test command, with the environment Gorgon documents: the
+/// job's tags and, in a worker, the variables of parallel_tests and pytest-xdist
+/// (`conventions`).
 fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
     let mut tags =
         JobTags::new(assignment.job_id, &assignment.host).in_workspace(&assignment.workspace);
+    let mut conventions = Vec::new();
     if let Some(worker_id) = assignment.worker_id {
         tags = tags.of_worker(worker_id);
+        conventions = conventions::worker_pairs(
+            worker_id,
+            assignment.slots,
+            assignment.definition.first_is_1,
+        );
     }
-    ShellCommand::new("", &assignment.workspace).envs(tags.pairs())
+    ShellCommand::new("", &assignment.workspace)
+        .envs(tags.pairs())
+        .envs(conventions)
 }
 
 /// `command` run by `sh -c` in `base`'s folder and environment, in a process group of its

@@ -227,6 +227,7 @@ impl<'a> Distributed<'a> {
             runner: settings.runner.clone(),
             callbacks: settings.callbacks.remote.clone(),
             live_output: plan.live_output(),
+            first_is_1: settings.first_is_1,
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;

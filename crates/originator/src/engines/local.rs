@@ -139,6 +139,7 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         runner: settings.runner.clone(),
         callbacks: settings.callbacks.remote.clone(),
         live_output: plan.live_output(),
+        first_is_1: settings.first_is_1,
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

@@ -117,6 +117,7 @@ pub(super) fn node_assignment(
         runner: build.settings.runner.clone(),
         callbacks: build.settings.callbacks.remote.clone(),
         live_output: gorgon_protocol::LiveOutput::default(),
+        first_is_1: build.settings.first_is_1,
     };
     WorkerAssignment::new(
         build.job,
