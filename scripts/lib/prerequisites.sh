@@ -108,7 +108,8 @@ start_rabbitmq() {
 }
 
 # Installs the test frameworks the built-in runners' tests use (tests/e2e/runners.rs): RSpec and
-# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest with pip when python3 lacks it;
+# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest and coverage.py (whose `combine`
+# merges the artifacts' coverage data, tests/e2e/artifacts.rs) with pip when python3 lacks them;
 # and Chromium, in which the HTML report's test renders the page (tests/e2e/ops.rs).
 install_test_frameworks() {
     local missing=()
@@ -122,6 +123,10 @@ install_test_frameworks() {
     if ! python3 -c 'import pytest' >/dev/null 2>&1; then
         echo "installing pytest with pip"
         python3 -m pip install --quiet pytest
+    fi
+    if ! python3 -c 'import coverage' >/dev/null 2>&1; then
+        echo "installing coverage.py with pip"
+        python3 -m pip install --quiet coverage
     fi
     ruby -e 'require "rspec/core"; require "minitest"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}"'
     python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'

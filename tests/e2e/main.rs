@@ -8,6 +8,7 @@
 mod support;
 
 mod apps;
+mod artifacts;
 mod ci_nodes;
 mod clean_logs;
 mod config_errors;

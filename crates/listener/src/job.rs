@@ -141,6 +141,7 @@ pub async fn run_job(
             let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
             let end = run_manager(&assignment, stopped(&mut stopping)).await;
             replies.manager_ended(end).await;
+            send_artifacts(&job, &replies, &workspace.path).await;
             // A job that ran to its end leaves a tree worth keeping warm; a cancelled one
             // may have stopped anywhere.
             keep_workspace = !*stopping.borrow();
@@ -168,6 +169,36 @@ pub async fn run_job(
     }
     replies.done().await;
     job.id
+}
+
+/// Sends the originator the files of `workspace` that `job.artifacts` names, and those its
+/// limit kept back; nothing when the job names none or none matched.
+async fn send_artifacts(job: &Job, replies: &HostReplies<'_>, workspace: &Path) {
+    let artifacts = job.definition.artifacts.clone();
+    if artifacts.is_off() {
+        return;
+    }
+    let path = workspace.to_owned();
+    let collect = move || crate::artifacts::collect(&path, &artifacts);
+    let Ok(collected) = tokio::task::spawn_blocking(collect).await else {
+        return;
+    };
+    let mut left_out = collected.left_out;
+    let mut batches = collected.batches;
+    if batches.is_empty() && !left_out.is_empty() {
+        batches.push(Vec::new());
+    }
+    for files in batches {
+        let message = Message::Artifacts {
+            host: replies.host().to_owned(),
+            files,
+            left_out: std::mem::take(&mut left_out),
+        };
+        if let Err(error) = replies.send(message).await {
+            tracing::warn!(job = %job.id, %error, "cannot send the job's artifacts");
+            return;
+        }
+    }
 }
 
 /// Resolves once the job must stop (or nobody can tell it any more).

@@ -2,6 +2,7 @@
 //! runs each job it receives in a task of its own (pull the tree, `after_sync`, then a worker
 //! manager process), so that it stays responsive while jobs run.
 
+mod artifacts;
 mod check;
 mod fleet;
 pub mod install;

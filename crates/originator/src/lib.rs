@@ -1,6 +1,7 @@
 //! The originator: `gorgon start` (push the tree, queue the files, follow the run, report)
 //! and `gorgon ping`.
 
+pub mod artifacts;
 pub mod engine;
 pub mod engines;
 pub mod errors;

@@ -105,6 +105,7 @@ pub(crate) fn reply_host(message: &Message) -> Option<(&str, &'static str)> {
         Message::CallbackFailed { host, .. } => Some((host, "a callback's failure")),
         Message::SyncFailed { host, .. } => Some((host, "a failed pull")),
         Message::TreeRefused { host, .. } => Some((host, "a refused tree")),
+        Message::Artifacts { host, .. } => Some((host, "a job's artifacts")),
         _ => None,
     }
 }
@@ -448,6 +449,8 @@ pub(crate) struct Core<'a> {
     pub progress: &'a Progress,
     /// `job.max_crash_retries`.
     max_crash_retries: u32,
+    /// Where listeners' artifacts go (a distributed run with `job.artifacts`).
+    artifacts: Option<crate::artifacts::ArtifactsFolder>,
 }
 
 impl<'a> Core<'a> {
@@ -462,7 +465,13 @@ impl<'a> Core<'a> {
             events,
             progress,
             max_crash_retries,
+            artifacts: None,
         }
+    }
+
+    /// Keeps the artifacts that hosts send under `folder` (`job.artifacts`).
+    pub(crate) fn keep_artifacts_in(&mut self, folder: std::path::PathBuf) {
+        self.artifacts = Some(crate::artifacts::ArtifactsFolder::new(folder));
     }
 
     /// Applies one reply (each of a batch in order, every one applied) and tells what it
@@ -472,12 +481,38 @@ impl<'a> Core<'a> {
             Message::Replies { replies } => replies
                 .into_iter()
                 .fold(None, |stop, reply| stop.or(self.reply(reply))),
+            message @ Message::Artifacts { .. } => {
+                self.keep_artifacts(message);
+                None
+            }
             message => {
                 let outcome = take_reply(self.state, message, self.max_crash_retries);
                 self.tell(&outcome);
                 outcome.stop
             }
         }
+    }
+
+    /// Writes a host's artifacts, if it took the job and the run asked for them.
+    fn keep_artifacts(&mut self, message: Message) {
+        if from_a_stranger(self.state, &message) {
+            return;
+        }
+        let Message::Artifacts {
+            host,
+            files,
+            left_out,
+        } = message
+        else {
+            return;
+        };
+        let Some(folder) = self.artifacts.as_mut() else {
+            tracing::warn!(%host, "dropping artifacts this run did not ask for");
+            return;
+        };
+        let line = folder.keep(&host, &files, &left_out);
+        tracing::info!(%host, files = files.len(), left_out = left_out.len(), "artifacts kept");
+        self.progress.note(&line);
     }
 
     /// The retries the last replies decided, told, for the engine to queue.

@@ -146,6 +146,9 @@ pub struct Settings {
     pub listener_wait: Duration,
     /// `job.first_is_1`: a host's first worker has `TEST_ENV_NUMBER=1`, not an empty one.
     pub first_is_1: bool,
+    /// `job.artifacts`: what listeners bring back, and where it goes (`artifacts_folder/HOST/`).
+    pub artifacts: gorgon_protocol::Artifacts,
+    pub artifacts_folder: PathBuf,
     pub runtime_file: Option<PathBuf>,
     pub failed_files: PathBuf,
     pub log_file: Option<PathBuf>,
@@ -230,7 +233,7 @@ pub struct OriginatorCallbacks {
 /// at the top (docs/configuration.md, "Unknown keys"). Keys Ruby Gorgon read and gorgon-rs
 /// does not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
 /// `connection.timeout`...) are only told at info level.
-const SECTIONS: [config_file::Section; 8] = {
+const SECTIONS: [config_file::Section; 9] = {
     let [top, connection, tls, file_server] = config_file::shared_sections(
         &[
             "files",
@@ -266,7 +269,15 @@ const SECTIONS: [config_file::Section; 8] = {
                 "callbacks",
                 "listener_wait",
                 "first_is_1",
+                "artifacts",
             ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.artifacts",
+            known: &["paths", "limit_mb", "folder"],
             ignored: &[],
             guarded: false,
             guarded_keys: &[],
@@ -360,6 +371,36 @@ struct RawJob {
     listener_wait: Option<f64>,
     #[serde(default)]
     first_is_1: bool,
+    #[serde(default)]
+    artifacts: RawArtifacts,
+}
+
+#[derive(Default, Deserialize)]
+struct RawArtifacts {
+    #[serde(default)]
+    paths: Vec<String>,
+    limit_mb: Option<f64>,
+    folder: Option<PathBuf>,
+}
+
+/// What a listener brings back by default, at most, per run: `job.artifacts.limit_mb`.
+const ARTIFACTS_LIMIT_MB: f64 = 100.0;
+
+impl RawArtifacts {
+    /// `job.artifacts.folder`, as written (relative to the project unless absolute).
+    fn folder(&self) -> PathBuf {
+        self.folder
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("artifacts"))
+    }
+
+    fn into_artifacts(self) -> gorgon_protocol::Artifacts {
+        let limit_mb = self.limit_mb.unwrap_or(ARTIFACTS_LIMIT_MB).max(0.0);
+        gorgon_protocol::Artifacts {
+            paths: self.paths,
+            limit_bytes: (limit_mb * 1_000_000.0) as u64,
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -608,6 +649,8 @@ impl Settings {
             },
             listener_wait: Duration::from_secs_f64(listener_wait),
             first_is_1: raw.job.first_is_1,
+            artifacts_folder: resolve(raw.job.artifacts.folder()),
+            artifacts: raw.job.artifacts.into_artifacts(),
             runtime_file: raw.runtime_file.map(resolve),
             failed_files: raw
                 .failed_files

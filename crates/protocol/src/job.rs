@@ -27,6 +27,59 @@ pub struct JobDefinition {
     /// one (parallel_tests' `--first-is-1`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub first_is_1: bool,
+    /// `job.artifacts`: what each listener brings back from its workspace at its part's end.
+    #[serde(default, skip_serializing_if = "Artifacts::is_off")]
+    pub artifacts: Artifacts,
+}
+
+/// Files a host's workspace produces that come back to the originator at the end of the
+/// host's part (coverage data, screenshots, logs): globs below the workspace, and a limit of
+/// bytes per host beyond which files are left out and named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifacts {
+    pub paths: Vec<String>,
+    pub limit_bytes: u64,
+}
+
+impl Artifacts {
+    pub fn is_off(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// One artifact: its path below the workspace and its bytes (base64 on the wire).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    pub path: String,
+    content: String,
+}
+
+impl ArtifactFile {
+    pub fn new(path: String, bytes: &[u8]) -> ArtifactFile {
+        use base64::Engine;
+        ArtifactFile {
+            path,
+            content: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    /// The file's bytes; `None` when what came is not base64.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.content)
+            .ok()
+    }
+
+    /// Its path as folders and a name below the artifacts' folder: `None` for a path that
+    /// is absolute, empty, or steps out (`..`), which a host must never send.
+    pub fn relative_path(&self) -> Option<std::path::PathBuf> {
+        let path = std::path::Path::new(&self.path);
+        let normal = path
+            .components()
+            .all(|part| matches!(part, std::path::Component::Normal(_)));
+        (normal && !self.path.is_empty()).then(|| path.to_owned())
+    }
 }
 
 /// Which running files send their output as it is produced (`gorgon start --live-output`,
@@ -80,6 +133,7 @@ impl JobDefinition {
             callbacks,
             live_output: LiveOutput::default(),
             first_is_1: false,
+            artifacts: Artifacts::default(),
         }
     }
 }

@@ -18,9 +18,9 @@ pub mod signing;
 pub use broker::{Broker, BrokerError, Inbox, Incoming, Unconfirmed};
 pub use connection::{BrokerSettings, ConnectionError};
 pub use job::{
-    batch_size, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput, PhaseRunner,
-    RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings, SyncTransport,
-    TreeSeal, MAX_BATCH_FILES,
+    batch_size, ArtifactFile, Artifacts, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput,
+    PhaseRunner, RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings,
+    SyncTransport, TreeSeal, MAX_BATCH_FILES,
 };
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, FleetOutcome, ListenerInfo,

@@ -244,6 +244,15 @@ pub enum Message {
     Replies {
         replies: Vec<Message>,
     },
+    /// Files of the host's workspace that match `job.artifacts`, sent at the end of its
+    /// part, before `JobDone` (several messages when they are large); `left_out` names what
+    /// the limit kept back.
+    Artifacts {
+        host: String,
+        files: Vec<crate::ArtifactFile>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_out: Vec<String>,
+    },
     /// The listener has finished its part of the job: workers stopped, callbacks run,
     /// workspace removed.
     JobDone {
@@ -598,6 +607,7 @@ mod tests {
                 others_after_seconds: Some(2.0),
             },
             first_is_1: false,
+            artifacts: crate::Artifacts::default(),
         }
     }
 

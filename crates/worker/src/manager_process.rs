@@ -56,6 +56,11 @@ impl<'a> HostReplies<'a> {
         }
     }
 
+    /// The host's name, as its replies give it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Publishes one message to the originator.
     pub async fn send(&self, message: Message) -> Result<(), BrokerError> {
         let envelope = Envelope::new(self.job, message);

@@ -69,7 +69,10 @@ pub(crate) async fn run(
             return Err(error);
         }
     };
-    let core = Core::new(state, events, &progress, settings.max_crash_retries);
+    let mut core = Core::new(state, events, &progress, settings.max_crash_retries);
+    if !settings.artifacts.is_off() {
+        core.keep_artifacts_in(settings.artifacts_folder.clone());
+    }
     let mut run = Distributed::publish(plan, broker, core, cluster_id, pushed).await?;
     run.follow(signals).await;
     Ok(run.end(signals).await)
@@ -228,6 +231,7 @@ impl<'a> Distributed<'a> {
             callbacks: settings.callbacks.remote.clone(),
             live_output: plan.live_output(),
             first_is_1: settings.first_is_1,
+            artifacts: settings.artifacts.clone(),
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;

@@ -140,6 +140,8 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         callbacks: settings.callbacks.remote.clone(),
         live_output: plan.live_output(),
         first_is_1: settings.first_is_1,
+        // A local run's workers write into the project itself: its artifacts are in place.
+        artifacts: Default::default(),
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

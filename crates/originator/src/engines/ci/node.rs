@@ -118,6 +118,8 @@ pub(super) fn node_assignment(
         callbacks: build.settings.callbacks.remote.clone(),
         live_output: gorgon_protocol::LiveOutput::default(),
         first_is_1: build.settings.first_is_1,
+        // A CI node's artifacts stay in its checkout, for its CI to upload.
+        artifacts: Default::default(),
     };
     WorkerAssignment::new(
         build.job,
