@@ -1,9 +1,10 @@
 //! `job.artifacts` on the originator's side: the files each listener sends back at the end
 //! of its part are written under `artifacts_folder/HOST/`, each path checked to stay below
 //! it, and the folder of a host emptied before the run's first files from it, so that it
-//! holds this run's files only.
+//! holds this run's files only. The limit per host holds here too: a host that sends more
+//! than it should fills nobody's disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use gorgon_protocol::ArtifactFile;
@@ -12,15 +13,21 @@ use gorgon_protocol::ArtifactFile;
 #[derive(Debug)]
 pub(crate) struct ArtifactsFolder {
     root: PathBuf,
+    /// `job.artifacts.limit_mb`, in bytes.
+    limit_bytes: u64,
     /// The hosts whose folder this run has emptied.
     cleared: HashSet<String>,
+    /// How many bytes each host's files have taken.
+    written: HashMap<String, u64>,
 }
 
 impl ArtifactsFolder {
-    pub(crate) fn new(root: PathBuf) -> ArtifactsFolder {
+    pub(crate) fn new(root: PathBuf, limit_bytes: u64) -> ArtifactsFolder {
         ArtifactsFolder {
             root,
+            limit_bytes,
             cleared: HashSet::new(),
+            written: HashMap::new(),
         }
     }
 
@@ -39,8 +46,16 @@ impl ArtifactsFolder {
         let mut written = 0;
         let mut problems = Vec::new();
         for file in files {
-            match write_one(&folder, file) {
-                Ok(()) => written += 1,
+            let taken = self.written.entry(host.to_owned()).or_default();
+            match write_one(
+                &folder,
+                file,
+                self.limit_bytes - (*taken).min(self.limit_bytes),
+            ) {
+                Ok(size) => {
+                    *taken += size;
+                    written += 1;
+                }
                 Err(problem) => problems.push(problem),
             }
         }
@@ -74,21 +89,27 @@ fn folder_name(host: &str) -> String {
     }
 }
 
-/// Writes one file below `folder`; a path that would leave it, or a content that is not
-/// base64, is refused and named.
-fn write_one(folder: &Path, file: &ArtifactFile) -> Result<(), String> {
+/// Writes one file below `folder`, if it fits in `room` bytes; its size. A path that would
+/// leave the folder, a content that is not base64 or one past the limit is refused and named.
+fn write_one(folder: &Path, file: &ArtifactFile, room: u64) -> Result<u64, String> {
     let relative = file
         .relative_path()
         .ok_or_else(|| format!("{} (a path that leaves the folder)", file.path))?;
     let bytes = file
         .bytes()
         .ok_or_else(|| format!("{} (not base64)", file.path))?;
+    let size = bytes.len() as u64;
+    if size > room {
+        return Err(format!("{} ({size} bytes: past the limit)", file.path));
+    }
     let path = folder.join(relative);
     let written = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|()| std::fs::write(&path, bytes));
-    written.map_err(|error| format!("{} ({error})", file.path))
+    written
+        .map(|()| size)
+        .map_err(|error| format!("{} ({error})", file.path))
 }
 
 #[cfg(test)]
@@ -98,7 +119,7 @@ mod tests {
     #[test]
     fn files_land_under_the_host_and_nothing_leaves_the_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let mut folder = ArtifactsFolder::new(dir.path().join("artifacts"));
+        let mut folder = ArtifactsFolder::new(dir.path().join("artifacts"), 5);
         let stale = dir.path().join("artifacts/h1/old.txt");
         std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
         std::fs::write(&stale, "from a run before").unwrap();
@@ -134,12 +155,15 @@ mod tests {
             line.contains("/etc/evil (a path that leaves the folder)"),
             "{line}"
         );
-        // A second message of the same host adds to the folder.
+        // A second message of the same host adds to the folder, within the host's limit
+        // (5 bytes: 4 taken).
         folder.keep("h1", &[ArtifactFile::new("b.txt".into(), b"b")], &[]);
-        assert!(dir
-            .path()
-            .join("artifacts/h1/coverage/.coverage.2")
-            .exists());
+        let kept = dir.path().join("artifacts/h1");
+        assert!(kept.join("coverage/.coverage.2").exists());
+        assert!(kept.join("b.txt").exists());
+        let line = folder.keep("h1", &[ArtifactFile::new("c.txt".into(), b"c")], &[]);
+        assert!(line.contains("c.txt (1 bytes: past the limit)"), "{line}");
+        assert!(!kept.join("c.txt").exists());
         assert_eq!(folder_name("../x"), "_.._x");
         assert_eq!(folder_name("a/b"), "a_b");
     }

@@ -469,9 +469,10 @@ impl<'a> Core<'a> {
         }
     }
 
-    /// Keeps the artifacts that hosts send under `folder` (`job.artifacts`).
-    pub(crate) fn keep_artifacts_in(&mut self, folder: std::path::PathBuf) {
-        self.artifacts = Some(crate::artifacts::ArtifactsFolder::new(folder));
+    /// Keeps the artifacts that hosts send under `folder`, at most `limit_bytes` from each
+    /// (`job.artifacts`).
+    pub(crate) fn keep_artifacts_in(&mut self, folder: std::path::PathBuf, limit_bytes: u64) {
+        self.artifacts = Some(crate::artifacts::ArtifactsFolder::new(folder, limit_bytes));
     }
 
     /// Applies one reply (each of a batch in order, every one applied) and tells what it

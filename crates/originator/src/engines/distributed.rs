@@ -71,7 +71,8 @@ pub(crate) async fn run(
     };
     let mut core = Core::new(state, events, &progress, settings.max_crash_retries);
     if !settings.artifacts.is_off() {
-        core.keep_artifacts_in(settings.artifacts_folder.clone());
+        let limit = settings.artifacts.limit_bytes;
+        core.keep_artifacts_in(settings.artifacts_folder.clone(), limit);
     }
     let mut run = Distributed::publish(plan, broker, core, cluster_id, pushed).await?;
     run.follow(signals).await;
