@@ -6,6 +6,7 @@ mod check;
 mod fleet;
 pub mod install;
 mod job;
+mod metrics;
 mod settings;
 mod slots;
 mod tree_check;
@@ -65,6 +66,12 @@ pub enum ListenerError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("cannot serve metrics on metrics_address {address}: {source}")]
+    MetricsAddress {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("gorgon listen refuses to run as root: every job it takes runs its callbacks and tests with the listener's rights, so any job could change anything on this host. Run it as an unprivileged user (`gorgon install_listener` sets one up), or, on a host that is thrown away after use (a container, a CI machine), set \"allow_root\": true in {}", path.display())]
     Root { path: PathBuf },
 }
@@ -163,6 +170,8 @@ struct Shared {
     refusals: tokio::sync::Semaphore,
     /// The warm runner kept for the built-in runners (kept across reconnections).
     warm: WarmSlot,
+    /// What `GET /metrics` on `metrics_address` shows.
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Where the listener keeps its warm runner.
@@ -186,7 +195,11 @@ impl Shared {
         let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = warm.as_mut() {
             if current.key == key && (!current.has_ended() || current.failed_recently()) {
-                return current.socket_if_serving();
+                let socket = current.socket_if_serving();
+                if socket.is_some() {
+                    self.metrics.warm_runner_reuses.inc();
+                }
+                return socket;
             }
         }
         if let Some(old) = warm.take() {
@@ -225,6 +238,8 @@ pub async fn run(
     // The first connection must work: a listener that cannot reach its broker at start is
     // misconfigured, and says so. Later losses are retried with backoff.
     let (broker, inbox) = connect(&settings, &queue).await?;
+    // The server stops when the listener returns (and drops it).
+    let (metrics, _metrics_server) = serve_metrics(&settings).await?;
     let shared = Arc::new(Shared {
         broker: watch::channel(broker).0,
         settings: settings.clone(),
@@ -232,6 +247,7 @@ pub async fn run(
         slots: slots::Slots::new(settings.worker_slots),
         refusals: tokio::sync::Semaphore::new(REFUSALS_AT_ONCE),
         warm: warm.clone(),
+        metrics,
     });
     let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
@@ -253,6 +269,7 @@ pub async fn run(
                     match connect(&settings, &queue).await {
                         Ok((broker, inbox)) => {
                             tracing::info!("reconnected to RabbitMQ at {}", broker.address());
+                            shared.metrics.broker_reconnections.inc();
                             shared.broker.send_replace(broker);
                             connection = Some(inbox);
                             backoff = Backoff::new();
@@ -305,6 +322,32 @@ pub async fn run(
         kept.retire();
     }
     result
+}
+
+/// The listener's metrics, served on `metrics_address` (when set) until the returned
+/// server is dropped.
+async fn serve_metrics(
+    settings: &ListenerSettings,
+) -> Result<(Arc<metrics::Metrics>, Option<AbortOnDrop>), ListenerError> {
+    let metrics = Arc::new(metrics::Metrics::new(settings.worker_slots));
+    let Some(address) = settings.metrics_address else {
+        return Ok((metrics, None));
+    };
+    let listener = metrics::bind(address)
+        .await
+        .map_err(|source| ListenerError::MetricsAddress { address, source })?;
+    tracing::info!("serving metrics on http://{address}/metrics");
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    Ok((metrics, Some(AbortOnDrop(server))))
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn log_job_end(finished: Result<Uuid, tokio::task::JoinError>) {
@@ -443,6 +486,7 @@ async fn handle(
             reply_to,
         } => {
             if let Some(stale) = stale_job(&incoming) {
+                shared.metrics.refused(metrics::RefusalReason::stale);
                 log_refusal(&definition.originator_host, "stale job", &stale);
                 settle(incoming.discard().await);
                 return;
@@ -489,6 +533,7 @@ fn take_job(
     );
     match shared.slots.join() {
         Ok(turn) => {
+            shared.metrics.jobs_taken.inc();
             match &turn {
                 slots::Turn::Now(grant) => tracing::info!(
                     job = %id, %project, %originator, slots = grant.slots(), "taking a job"
@@ -502,6 +547,7 @@ fn take_job(
             true
         }
         Err(full) => {
+            shared.metrics.refused(metrics::RefusalReason::line_full);
             let reason = full.to_string();
             tracing::info!(job = %id, %project, %originator, "{reason}");
             let shared = shared.clone();

@@ -32,6 +32,7 @@ const SECTIONS: [config_file::Section; 4] = config_file::shared_sections(
         "workspace_root",
         "warm_runners",
         "allow_root",
+        "metrics_address",
     ],
     &["listener_password"],
     // A config written from a project's or a shared secrets file may name the rest.
@@ -60,6 +61,9 @@ pub struct ListenerSettings {
     pub allow_root: bool,
     /// Run `gorgon fleet` commands (`allow_fleet_commands`, default false).
     pub allow_fleet_commands: bool,
+    /// Where `gorgon listen` serves its metrics, `GET /metrics` in Prometheus' text format
+    /// (`metrics_address`, off unless set).
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// `file_server.listener_password`: the file server's `listener` user, which may only
     /// read, logs in with it (`docs/security.md`).
     pub file_server_password: Option<String>,
@@ -132,6 +136,8 @@ pub enum SettingsProblem {
     NotText { key: String },
     #[error("{key} must be true or false")]
     NotAFlag { key: String },
+    #[error("metrics_address must be an IP address and a port, such as \"0.0.0.0:9464\" (every address) or \"127.0.0.1:9464\"; {0:?} is not")]
+    MetricsAddress(String),
     #[error("file_server.listener_password must be a non-empty string")]
     ListenerPassword,
     #[error("workspace_root {} cannot be made absolute: {source}", path.display())]
@@ -208,6 +214,14 @@ fn from_object(
         Some(Some(Value::String(password))) if !password.is_empty() => Some(password.clone()),
         Some(Some(_)) => return Err(SettingsProblem::ListenerPassword),
     };
+    let metrics_address = optional_text(object, "metrics_address")?
+        .map(|address| {
+            address
+                .trim()
+                .parse()
+                .map_err(|_| SettingsProblem::MetricsAddress(address))
+        })
+        .transpose()?;
     let log_file = optional_text(object, "log_file")?.map(|file| base.join(file));
     let workspace_root = optional_text(object, "workspace_root")?
         .map(|root| base.join(root))
@@ -227,6 +241,7 @@ fn from_object(
         warm_runners,
         allow_root,
         allow_fleet_commands,
+        metrics_address,
         file_server_password,
         config_keys: keys,
     })
@@ -273,6 +288,7 @@ mod tests {
         assert_eq!(settings.log_file, None);
         assert_eq!(settings.cluster_id, "default");
         assert_eq!(settings.name, "box");
+        assert_eq!(settings.metrics_address, None);
         assert_eq!(
             settings.workspace_root,
             std::env::temp_dir().join("gorgon-workspaces")
@@ -367,6 +383,14 @@ mod tests {
             (
                 r#"{"warm_runners": "yes"}"#,
                 "warm_runners must be true or false",
+            ),
+            (
+                r#"{"metrics_address": "localhost:9464"}"#,
+                "metrics_address must be an IP address and a port, such as \"0.0.0.0:9464\" (every address) or \"127.0.0.1:9464\"; \"localhost:9464\" is not",
+            ),
+            (
+                r#"{"metrics_address": 9464}"#,
+                "metrics_address must be a non-empty string",
             ),
             (r#"{"allow_root": 1}"#, "allow_root must be true or false"),
             (

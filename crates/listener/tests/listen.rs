@@ -43,6 +43,7 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         warm_runners: true,
         allow_root: false,
         allow_fleet_commands: false,
+        metrics_address: None,
         file_server_password: None,
         config_keys: Default::default(),
     };

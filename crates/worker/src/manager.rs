@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gorgon_exec::reaper::Subreaper;
 use gorgon_exec::signals::{StopSignal, StopSignals};
-use gorgon_protocol::{names, Broker, Message, WorkerAssignment};
+use gorgon_protocol::{names, Broker, ManagerReport, Message, WorkerAssignment};
 
 use crate::feed::{Ended, FeedEvent, Feeder, Together};
 use crate::host_job::{sleep_until_some, Ending, Feed, FeedEnd, HostJob, Kill, Stage};
@@ -246,13 +246,17 @@ impl Feed for BrokerFeed<'_, '_> {
     async fn receive(&mut self, received: Received, _running: bool) -> Option<String> {
         match received {
             Received::Reply { message, bytes, .. } => {
+                tell_host(&ManagerReport::of(&message));
                 if let Some(full) = self.together.add(message, bytes) {
                     let _ = self.feeder.send_together(full).await;
                 }
             }
             Received::Exited {
-                unfinished, crash, ..
+                worker_id,
+                unfinished,
+                crash,
             } => {
+                tell_host(&[ManagerReport::WorkerExited { worker_id }]);
                 // What came before it, then the crash, so that the originator counts it
                 // before the files come back to anyone.
                 let _ = self.feeder.send_together(self.together.take()).await;
@@ -355,6 +359,21 @@ async fn after_workers(
         report(broker, assignment, failed).await;
     }
     0
+}
+
+/// Tells the host process that started this manager (a listener, for its metrics) of its
+/// files' starts and ends, on stdout (`gorgon_worker::run_manager` reads them). A host that
+/// no longer reads is not this manager's concern.
+fn tell_host(reports: &[ManagerReport]) {
+    use std::io::Write;
+    if reports.is_empty() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for report in reports {
+        let _ = writeln!(stdout, "{}", report.line());
+    }
+    let _ = stdout.flush();
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use gorgon_exec::cgroup::{Cgroups, JobCgroup};
-use gorgon_exec::tail::{relay, LineTail};
+use gorgon_exec::tail::{relay, relay_some, LineTail};
 use gorgon_exec::{describe_status, grace, terminate_group};
-use gorgon_protocol::{Broker, BrokerError, Envelope, Message, WorkerAssignment};
+use gorgon_protocol::{Broker, BrokerError, Envelope, ManagerReport, Message, WorkerAssignment};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -112,10 +112,12 @@ impl<'a> HostReplies<'a> {
 }
 
 /// Runs the worker manager of `assignment` (in its workspace) until it exits, or until
-/// `stop` resolves, which stops it.
+/// `stop` resolves, which stops it. Each report of its files goes to `reports`; the rest of
+/// its output to the log.
 pub async fn run_manager(
     assignment: &WorkerAssignment,
     stop: impl std::future::Future<Output = ()>,
+    reports: impl Fn(ManagerReport) + Send + 'static,
 ) -> ManagerEnd {
     let job = assignment.job_id;
     let crashed = |status: String, output: String| ManagerEnd::Crashed { status, output };
@@ -145,7 +147,17 @@ pub async fn run_manager(
     };
     let mut relays = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        relays.push(relay(stdout, tail.clone(), log_line));
+        let take = move |line: &str| match ManagerReport::parse(line) {
+            Some(report) => {
+                reports(report);
+                false
+            }
+            None => {
+                log_line(line);
+                true
+            }
+        };
+        relays.push(relay_some(stdout, tail.clone(), take));
     }
     if let Some(stderr) = child.stderr.take() {
         relays.push(relay(stderr, tail.clone(), log_line));
