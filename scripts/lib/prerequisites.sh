@@ -121,3 +121,13 @@ install_test_frameworks() {
     python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'
     chromium --version
 }
+
+# Installs promtool (Debian's prometheus package), which the metrics test runs on the
+# listener's /metrics. The package also brings a Prometheus server, which its scripts enable
+# where systemd runs: meant for machines that run the tests, not for production hosts.
+install_promtool() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        apt_install prometheus || return 1
+    fi
+    promtool --version 2>&1 | head -n 1
+}

@@ -17,6 +17,7 @@ mod faults;
 mod fresh_broker;
 mod local;
 mod manager;
+mod metrics;
 mod neighbours;
 mod ops;
 mod phases;
