@@ -47,6 +47,10 @@ fi
 echo "$package"
 
 step "dpkg -i"
+# From a clean slate: a config left by an earlier install would be kept as it was.
+if dpkg-query -W gorgon >/dev/null 2>&1; then
+    dpkg --purge gorgon
+fi
 dpkg -i "$package"
 getent passwd gorgon >/dev/null || fail "the gorgon user does not exist"
 echo "user: $(getent passwd gorgon)"
@@ -80,11 +84,19 @@ sed -i \
     -e "s/^  \"worker_slots\": 4,/  \"worker_slots\": 2,\n  \"file_server\": { \"listener_password\": \"$listener_password\" },/" \
     "$config"
 
+# Becomes the command, run as the gorgon user in its home as the unit runs it: called in a
+# subshell, whose process the command then is (a signal to $! reaches it).
+exec_as_gorgon() {
+    cd /var/lib/gorgon
+    exec setpriv --reuid=gorgon --regid=gorgon --init-groups \
+        env HOME=/var/lib/gorgon USER=gorgon LOGNAME=gorgon "$@"
+}
+
 step "gorgon listen --check, as gorgon"
-runuser -u gorgon -- /usr/bin/gorgon listen --check --config "$config"
+(exec_as_gorgon /usr/bin/gorgon listen --check --config "$config")
 
 step "A listener, as gorgon, serving the example suite"
-runuser -u gorgon -- /usr/bin/gorgon listen --config "$config" </dev/null &
+(exec_as_gorgon /usr/bin/gorgon listen --config "$config" </dev/null) &
 listener_pid=$!
 GORGON_BIN=/usr/bin/gorgon GORGON_LISTENER_NAME=$listener_name GORGON_CLUSTER_ID=$cluster_id \
     GORGON_LISTENER_PASSWORD=$listener_password "$repo/scripts/quickstart.sh"
