@@ -77,6 +77,15 @@ fn busy_slots_are_the_files_running_and_promtool_finds_nothing() {
         );
     }
     cluster.wait_for_listeners(&project, 1);
+    let config = cluster
+        .path()
+        .join("listeners/metered/gorgon_listener.json");
+    let checked = project.gorgon(&["listen", "--check", "--config", config.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        said.contains(&format!("metrics served on http://{address}/metrics")),
+        "{said}"
+    );
     let idle = scrape(port).unwrap();
     assert_eq!(value(&idle, "gorgon_slots"), Some(3.0), "{idle}");
     assert_eq!(value(&idle, "gorgon_slots_busy"), Some(0.0), "{idle}");

@@ -118,8 +118,12 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
     .await?;
     let reached = broker.address().to_owned();
     broker.close().await;
+    let metrics = settings
+        .metrics_address
+        .map(|address| format!(", metrics served on http://{address}/metrics"))
+        .unwrap_or_default();
     let mut report = format!(
-        "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable; {}",
+        "{} is fine: listener {} with {} worker slot(s) on cluster '{}'{metrics}, RabbitMQ at {} is reachable; {}",
         path.display(),
         settings.name,
         settings.worker_slots,
