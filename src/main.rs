@@ -659,16 +659,27 @@ async fn listen(config: &Path, check: bool) -> Result<i32, CliError> {
         Some(path) => init_logging("info", LogTarget::File(path)),
         None => init_logging("info", LogTarget::Stderr),
     }
-    let shutdown = async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    // The first SIGTERM (or Ctrl-C) drains the listener, the second stops it.
+    let (drain, drain_requested) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::spawn(async move {
+        for request in [drain, stop] {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            let _ = request.send(());
         }
+    });
+    let drain = async {
+        let _ = drain_requested.await;
     };
-    gorgon_listener::run(settings, shutdown)
+    let shutdown = async {
+        let _ = stop_requested.await;
+    };
+    gorgon_listener::run(settings, drain, shutdown)
         .await
         .map_err(CliError::ListenerStopped)?;
     Ok(exit_code::SUCCESS)

@@ -603,6 +603,27 @@ impl Cluster {
         pids.len()
     }
 
+    /// Sends SIGTERM to listener `name` (itself, as a service manager does) and waits for it
+    /// to exit, failing the test after `limit`: its exit status and how long it took.
+    pub fn terminate_listener(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let position = self.listener_index(name);
+        let mut listener = self.listeners.remove(position);
+        let asked = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(listener.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = eventually(limit, format!("listener {name} to exit"), || {
+            listener.try_wait().unwrap()
+        });
+        (status, asked.elapsed())
+    }
+
     /// SIGKILLs listener `name` and every process of it: the whole host dies at once.
     pub fn kill_listener(&mut self, name: &str) {
         let root = self.path().join("listeners").join(name);

@@ -71,11 +71,17 @@ async fn wait_for_turn(
         }
         Ok(()) => {}
     }
+    let mut draining = shared.draining.subscribe();
     tokio::select! {
         granted = grant => {
             let grant = granted.ok()?;
             tracing::info!(job = %job.id, slots = grant.slots(), "the job's turn has come");
             Some(grant)
+        }
+        () = stopped(&mut draining) => {
+            shared.metrics.refused(RefusalReason::draining);
+            refuse(shared, job, "the listener is draining: it takes no more jobs".into()).await;
+            None
         }
         () = stopped(&mut listener_stopping) => {
             shared.metrics.refused(RefusalReason::listener_stopping);
@@ -141,14 +147,16 @@ pub async fn run_job(
             () = stopped(&mut stopping) => Err(Reported),
             prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
         };
-        if prepared.is_ok() && !*stopping.borrow() {
+        // A job whose tree arrived once the listener drains runs none of its files here.
+        let draining = *shared.draining.borrow();
+        if prepared.is_ok() && !*stopping.borrow() && !draining {
             let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
             let files = Arc::new(JobFiles::new(shared.metrics.clone()));
             let reports = files.clone();
-            let end = run_manager(&assignment, stopped(&mut stopping), move |report| {
-                reports.report(report);
-            })
-            .await;
+            let reports = move |report| reports.report(report);
+            let mut draining = shared.draining.subscribe();
+            let drain = stopped(&mut draining);
+            let end = run_manager(&assignment, stopped(&mut stopping), drain, reports).await;
             files.end();
             replies.manager_ended(end).await;
             // A job that ran to its end leaves a tree worth keeping warm; a cancelled one

@@ -176,6 +176,8 @@ struct Shared {
     warm: WarmSlot,
     /// What `GET /metrics` on `metrics_address` shows.
     metrics: Arc<metrics::Metrics>,
+    /// True once the listener drains: no job is taken, and the running ones take no files.
+    draining: watch::Sender<bool>,
 }
 
 /// Where the listener keeps its warm runner.
@@ -221,10 +223,13 @@ impl Shared {
 }
 
 /// Runs the listener until `shutdown` completes, then stops every job and returns `Ok`.
-/// It fails only when the broker cannot be reached at start; a connection lost later is
-/// re-established with backoff.
+/// Once `drain` completes, it takes no more jobs and lets its jobs finish the files they
+/// run (the rest go back to their queues): it returns when they have ended, or stops them
+/// as `shutdown` does after `drain_timeout`. It fails only when the broker cannot be
+/// reached at start; a connection lost later is re-established with backoff.
 pub async fn run(
     settings: ListenerSettings,
+    drain: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ListenerError> {
     let mut settings = settings;
@@ -235,7 +240,6 @@ pub async fn run(
     if let Ok(root) = std::path::absolute(&settings.workspace_root) {
         settings.workspace_root = root;
     }
-    let warm: WarmSlot = Arc::default();
     // One name for the listener's queue across reconnections: the originators of running
     // jobs check that it exists to tell whether this listener lives.
     let queue = names::listener_queue(&settings.cluster_id, Uuid::new_v4());
@@ -247,11 +251,12 @@ pub async fn run(
     let shared = Arc::new(Shared {
         broker: watch::channel(broker).0,
         settings: settings.clone(),
-        queue: queue.clone(),
+        queue,
         slots: slots::Slots::new(settings.worker_slots),
         refusals: tokio::sync::Semaphore::new(REFUSALS_AT_ONCE),
-        warm: warm.clone(),
+        warm: WarmSlot::default(),
         metrics,
+        draining: watch::channel(false).0,
     });
     let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
@@ -261,38 +266,37 @@ pub async fn run(
     // at one instant); the next attempt's time survives the loop's other wake-ups.
     let mut backoff = Backoff::new();
     let mut retry_at = tokio::time::Instant::now();
-    tokio::pin!(shutdown);
+    let mut ending = Ending {
+        shutdown: Box::pin(shutdown),
+        drain: Some(Box::pin(drain)),
+        deadline: None,
+        timeout: settings.drain_timeout,
+    };
 
     let result = loop {
         let Some(inbox) = connection.as_mut() else {
             // Reconnecting, while jobs already running go on as they can.
             tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
-                () = tokio::time::sleep_until(retry_at) => {
-                    match connect(&settings, &queue).await {
-                        Ok((broker, inbox)) => {
-                            tracing::info!("reconnected to RabbitMQ at {}", broker.address());
-                            shared.metrics.broker_reconnections.inc();
-                            shared.broker.send_replace(broker);
-                            connection = Some(inbox);
-                            backoff = Backoff::new();
-                        }
-                        Err(error) => {
-                            let wait = backoff.next_wait();
-                            tracing::warn!(%error, "cannot reconnect yet; retrying in {wait:?}");
-                            retry_at = tokio::time::Instant::now() + wait;
-                        }
+                end = ending.next() => if end == End::Stop || start_drain(&shared, &jobs) {
+                    break Ok(());
+                },
+                Some(finished) = jobs.join_next(), if !jobs.is_empty() => {
+                    log_job_end(finished);
+                    if ending.drained(&jobs) {
+                        break Ok(());
                     }
+                }
+                () = tokio::time::sleep_until(retry_at) => {
+                    connection = reconnect(&shared, &mut backoff, &mut retry_at).await;
                 }
             }
             continue;
         };
         tokio::select! {
-            () = &mut shutdown => {
+            end = ending.next() => if end == End::Stop || start_drain(&shared, &jobs) {
                 tracing::info!("shutting down");
                 break Ok(());
-            }
+            },
             incoming = inbox.next() => match incoming {
                 Some(incoming) => {
                     handle(&shared, incoming, &mut taken, &mut jobs, &stopping).await;
@@ -306,26 +310,126 @@ pub async fn run(
                     retry_at = tokio::time::Instant::now() + backoff.next_wait();
                 }
             },
-            Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
+            Some(finished) = jobs.join_next(), if !jobs.is_empty() => {
+                log_job_end(finished);
+                if ending.drained(&jobs) {
+                    tracing::info!("drained: every job has ended");
+                    break Ok(());
+                }
+            }
         }
     };
 
-    // Each job task sees the stop and terminates its worker manager; the ones that take too
-    // long are aborted, and dropping them kills their managers (`kill_on_drop`).
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    stop_jobs(&mut jobs, &shared).await;
+    result
+}
+
+/// Tries to connect again (the listener's queue and consumer too); the new inbox, or
+/// `None` and the time of the next attempt.
+async fn reconnect(
+    shared: &Shared,
+    backoff: &mut Backoff,
+    retry_at: &mut tokio::time::Instant,
+) -> Option<gorgon_protocol::Inbox> {
+    match connect(&shared.settings, &shared.queue).await {
+        Ok((broker, inbox)) => {
+            tracing::info!("reconnected to RabbitMQ at {}", broker.address());
+            shared.metrics.broker_reconnections.inc();
+            shared.broker.send_replace(broker);
+            *backoff = Backoff::new();
+            Some(inbox)
+        }
+        Err(error) => {
+            let wait = backoff.next_wait();
+            tracing::warn!(%error, "cannot reconnect yet; retrying in {wait:?}");
+            *retry_at = tokio::time::Instant::now() + wait;
+            None
+        }
+    }
+}
+
+/// Once the stop is sent: each job task sees it and terminates its worker manager; the ones
+/// that take too long are aborted, and dropping them kills their managers
+/// (`kill_on_drop`). Then the connection is closed and the warm runner retired.
+async fn stop_jobs(jobs: &mut JoinSet<Uuid>, shared: &Shared) {
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while jobs.join_next().await.is_some() {}
     })
     .await;
-    if drained.is_err() {
+    if stopped.is_err() {
         tracing::warn!("some jobs did not stop in time; killing their worker managers");
         jobs.shutdown().await;
     }
     shared.broker().close().await;
-    if let Some(kept) = warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(kept) = shared.warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
         kept.retire();
     }
-    result
+}
+
+/// The listener's way out: the first request drains it (it takes no more jobs, and its jobs
+/// finish the files they run), the second request or the drain's timeout stops it.
+struct Ending<S, D> {
+    shutdown: std::pin::Pin<Box<S>>,
+    /// `None` once the drain has begun.
+    drain: Option<std::pin::Pin<Box<D>>>,
+    /// When the drain gives up, once it has begun.
+    deadline: Option<tokio::time::Instant>,
+    timeout: Duration,
+}
+
+/// What [`Ending::next`] asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Drain,
+    Stop,
+}
+
+impl<S: Future<Output = ()>, D: Future<Output = ()>> Ending<S, D> {
+    /// The next request: a drain (once), then a stop.
+    async fn next(&mut self) -> End {
+        let deadline = self.deadline;
+        let timed_out = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drain = async {
+            match self.drain.as_mut() {
+                Some(drain) => drain.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut self.shutdown => End::Stop,
+            () = drain => {
+                self.drain = None;
+                self.deadline = Some(tokio::time::Instant::now() + self.timeout);
+                End::Drain
+            }
+            () = timed_out => {
+                tracing::warn!("drain_timeout ({:?}) has passed; stopping the jobs left", self.timeout);
+                End::Stop
+            }
+        }
+    }
+
+    /// Whether the listener drains and has no job left.
+    fn drained(&self, jobs: &JoinSet<Uuid>) -> bool {
+        self.drain.is_none() && jobs.is_empty()
+    }
+}
+
+/// Begins the drain: new jobs are refused, waiting ones too, running ones finish the files
+/// they run. True when no job runs, so that the listener may go at once.
+fn start_drain(shared: &Shared, jobs: &JoinSet<Uuid>) -> bool {
+    tracing::info!(
+        jobs = jobs.len(),
+        "draining: taking no more jobs; the running ones finish their files (a second SIGTERM stops them)"
+    );
+    shared.draining.send_replace(true);
+    jobs.is_empty()
 }
 
 /// The listener's metrics, served on `metrics_address` (when set) until the returned
@@ -535,6 +639,21 @@ fn take_job(
         job.definition.project.clone(),
         job.definition.originator_host.clone(),
     );
+    if *shared.draining.borrow() {
+        shared.metrics.refused(metrics::RefusalReason::draining);
+        tracing::info!(job = %id, %project, %originator, "refusing a job: the listener is draining");
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = shared.refusals.acquire().await;
+            job::refuse(
+                &shared,
+                &job,
+                "the listener is draining: it takes no more jobs".into(),
+            )
+            .await;
+        });
+        return false;
+    }
     match shared.slots.join() {
         Ok(turn) => {
             shared.metrics.jobs_taken.inc();

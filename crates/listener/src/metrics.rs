@@ -34,6 +34,8 @@ pub enum RefusalReason {
     stale,
     /// The listener stopped while the job waited for its slots.
     listener_stopping,
+    /// The listener drains: it takes no more jobs.
+    draining,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{FileStatus, Message};
 
+/// The line a host writes on its worker manager's stdin (after the assignment) to drain it:
+/// the manager takes no more files, its workers finish the files they hold, the files it
+/// fetched and did not hand out go back to the queue, and it exits as when the job is done.
+pub const DRAIN_REQUEST: &str = r#"{"gorgon_manager_request":"drain"}"#;
+
 /// One event of a worker manager's files.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "gorgon_manager_report", rename_all = "snake_case")]

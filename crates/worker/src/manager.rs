@@ -165,6 +165,7 @@ async fn manage_connected(
             no_consumer_before: false,
             patient_until: None,
         },
+        draining: false,
     };
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
     let cancelled = job.drive(&mut feed, &mut signals).await.is_some();
@@ -195,6 +196,8 @@ struct BrokerFeed<'a, 's> {
     together: Together,
     originator_check: tokio::time::Interval,
     originator: OriginatorWatch,
+    /// The listener asked to drain: no more files are handed out.
+    draining: bool,
 }
 
 /// What the broker's side has for the manager, besides the workers.
@@ -203,6 +206,8 @@ enum BrokerEvent {
     Queue(Box<FeedEvent>),
     /// The manager's stdin ended.
     ListenerGone,
+    /// The listener asked the manager to drain.
+    Drain,
     /// Time to try to get the connection back.
     Reconnect,
     /// Time to look whether the originator still lives.
@@ -282,11 +287,13 @@ impl Feed for BrokerFeed<'_, '_> {
         let cancelled = stage == Stage::Stopping;
         let reconnect_at = self.feeder.reconnect_at();
         let in_outage = self.feeder.in_outage();
+        let drain = self.stdin.drain_requested();
         tokio::select! {
             event = self.feeder.next_event(!cancelled), if self.feeder.expecting(!cancelled) => {
                 BrokerEvent::Queue(Box::new(event))
             }
             () = self.stdin.wait(), if !cancelled => BrokerEvent::ListenerGone,
+            () = drain, if !self.draining => BrokerEvent::Drain,
             () = sleep_until_some(reconnect_at), if reconnect_at.is_some() => BrokerEvent::Reconnect,
             _ = self.originator_check.tick(), if !cancelled && !in_outage => {
                 BrokerEvent::OriginatorCheck
@@ -303,6 +310,11 @@ impl Feed for BrokerFeed<'_, '_> {
                 None
             }
             BrokerEvent::ListenerGone => Some("the listener has gone".to_owned()),
+            BrokerEvent::Drain => {
+                tracing::info!("draining: the workers finish the files they hold and take no more");
+                self.draining = true;
+                None
+            }
             BrokerEvent::Reconnect => {
                 self.feeder.try_reconnect().await;
                 if !self.feeder.in_outage() {
@@ -322,6 +334,10 @@ impl Feed for BrokerFeed<'_, '_> {
                 Some(reason.to_owned())
             }
         }
+    }
+
+    fn draining(&self) -> bool {
+        self.draining
     }
 
     fn signalled(&self, signal: StopSignal) -> String {

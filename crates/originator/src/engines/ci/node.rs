@@ -158,6 +158,8 @@ pub(super) async fn run_node(
             async {
                 let _ = stopped.await;
             },
+            // A CI node stops or runs to the end: it has no drain.
+            std::future::pending(),
             reports,
         )
         .await
