@@ -180,7 +180,8 @@ ExecStartPre={binary} listen --check --config {config}
 ExecStart={binary} listen --config {config}
 Restart=always
 RestartSec=5
-# The listener stops its running jobs on SIGTERM: signal it alone, and give it time.
+# SIGTERM drains the listener: its running files finish within drain_timeout (40 s by
+# default), then what is left is stopped. Signal it alone, and give it the time.
 KillMode=mixed
 TimeoutStopSec=60
 # Hardening that fits a test runner (docs/security.md#least-privilege-on-the-listener). The
