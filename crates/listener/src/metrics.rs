@@ -87,11 +87,8 @@ pub struct Metrics {
 impl Metrics {
     /// The metrics of a listener with `slots` worker slots, all at zero.
     pub fn new(slots: u32) -> Metrics {
-        let mut registry = Registry::with_prefix("gorgon");
-        let total = Gauge::<i64>::default();
-        total.set(i64::from(slots));
-        registry.register("slots", "Worker slots of this listener", total);
-        let metrics = Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("gorgon"),
             slots_busy: Gauge::default(),
             jobs_running: Gauge::default(),
             jobs_waiting: Gauge::default(),
@@ -104,66 +101,70 @@ impl Metrics {
             pull_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             broker_reconnections: Counter::default(),
             warm_runner_reuses: Counter::default(),
-            registry: Registry::default(),
         };
-        let m = &metrics;
-        let r = &mut registry;
-        r.register(
-            "slots_busy",
-            "Worker slots running a test file now",
-            m.slots_busy.clone(),
-        );
-        r.register(
-            "jobs_running",
-            "Jobs running on this listener",
-            m.jobs_running.clone(),
-        );
-        r.register(
-            "jobs_waiting",
-            "Jobs waiting for this listener's slots",
-            m.jobs_waiting.clone(),
-        );
-        r.register(
-            "jobs_taken",
-            "Jobs taken (run, or put in line for the slots)",
-            m.jobs_taken.clone(),
-        );
-        r.register(
-            "jobs_refused",
-            "Jobs refused, by reason",
-            m.jobs_refused.clone(),
-        );
-        r.register("files", "Test files run, by verdict", m.files.clone());
-        let file_help = "Time a test file ran";
-        r.register_with_unit(
-            "file_duration",
-            file_help,
-            Unit::Seconds,
-            m.file_seconds.clone(),
-        );
-        let pull_help = "Time a job's tree took to pull from the file server";
-        r.register_with_unit(
-            "pull_duration",
-            pull_help,
-            Unit::Seconds,
-            m.pull_seconds.clone(),
-        );
-        let reconnections = m.broker_reconnections.clone();
-        r.register(
-            "broker_reconnections",
-            "Connections to RabbitMQ made again after one was lost",
-            reconnections,
-        );
-        let reuses = m.warm_runner_reuses.clone();
-        r.register(
-            "warm_runner_reuses",
-            "Jobs whose built-in runners forked from a warm runner kept from an earlier job",
-            reuses,
-        );
-        Metrics {
-            registry,
-            ..metrics
+        let total = Gauge::<i64>::default();
+        total.set(i64::from(slots));
+        let registry = &mut metrics.registry;
+        registry.register("slots", "Worker slots of this listener", total);
+        let gauges = [
+            (
+                "slots_busy",
+                "Worker slots running a test file now",
+                &metrics.slots_busy,
+            ),
+            (
+                "jobs_running",
+                "Jobs running on this listener",
+                &metrics.jobs_running,
+            ),
+            (
+                "jobs_waiting",
+                "Jobs waiting for this listener's slots",
+                &metrics.jobs_waiting,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
         }
+        let counters = [
+            (
+                "jobs_taken",
+                "Jobs taken (run, or put in line for the slots)",
+                &metrics.jobs_taken,
+            ),
+            (
+                "broker_reconnections",
+                "Connections to RabbitMQ made again after one was lost",
+                &metrics.broker_reconnections,
+            ),
+            (
+                "warm_runner_reuses",
+                "Jobs whose built-in runners forked from a warm runner kept from an earlier job",
+                &metrics.warm_runner_reuses,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        let refused = metrics.jobs_refused.clone();
+        registry.register("jobs_refused", "Jobs refused, by reason", refused);
+        registry.register("files", "Test files run, by verdict", metrics.files.clone());
+        let histograms = [
+            (
+                "file_duration",
+                "Time a test file ran",
+                &metrics.file_seconds,
+            ),
+            (
+                "pull_duration",
+                "Time a job's tree took to pull from the file server",
+                &metrics.pull_seconds,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            registry.register_with_unit(name, help, Unit::Seconds, histogram.clone());
+        }
+        metrics
     }
 
     /// Counts a refused job.
