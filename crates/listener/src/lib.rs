@@ -688,3 +688,38 @@ fn settle(result: Result<(), BrokerError>) {
         tracing::warn!(%error, "cannot settle a message");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_request_drains_and_the_drain_timeout_stops() {
+        let mut ending = Ending {
+            shutdown: Box::pin(std::future::pending::<()>()),
+            drain: Some(Box::pin(std::future::ready(()))),
+            deadline: None,
+            timeout: Duration::from_millis(50),
+        };
+        assert_eq!(ending.next().await, End::Drain);
+        let drained = std::time::Instant::now();
+        assert_eq!(ending.next().await, End::Stop);
+        assert!(drained.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_drain_stops_at_once() {
+        let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
+        let mut ending = Ending {
+            shutdown: Box::pin(async {
+                let _ = stop_requested.await;
+            }),
+            drain: Some(Box::pin(std::future::ready(()))),
+            deadline: None,
+            timeout: Duration::from_secs(3600),
+        };
+        assert_eq!(ending.next().await, End::Drain);
+        stop.send(()).unwrap();
+        assert_eq!(ending.next().await, End::Stop);
+    }
+}
