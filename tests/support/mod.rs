@@ -130,6 +130,9 @@ impl Cluster {
             "log_file": dir.join("listener.log"),
             // The tests run as root on CI machines that are thrown away.
             "allow_root": true,
+            // A listener dropped with jobs still running (its first SIGTERM drains it) stops
+            // them well within the drop's wait.
+            "drain_timeout": 3,
         });
         merge(&mut config, extra);
         let path = dir.join("gorgon_listener.json");
