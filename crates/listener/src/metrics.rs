@@ -146,6 +146,24 @@ impl Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        // Every label value shows from the start, at 0: a rate over a series that appears
+        // only at its first event would miss that event.
+        for reason in [
+            RefusalReason::line_full,
+            RefusalReason::stale,
+            RefusalReason::listener_stopping,
+            RefusalReason::draining,
+        ] {
+            let _ = metrics.jobs_refused.get_or_create(&Refusal { reason });
+        }
+        for verdict in [
+            Verdict::passed,
+            Verdict::failed,
+            Verdict::crashed,
+            Verdict::timed_out,
+        ] {
+            let _ = metrics.files.get_or_create(&FileLabels { verdict });
+        }
         let refused = metrics.jobs_refused.clone();
         registry.register("jobs_refused", "Jobs refused, by reason", refused);
         registry.register("files", "Test files run, by verdict", metrics.files.clone());
@@ -341,6 +359,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gorgon_slots 4\n"), "{text}");
+        assert!(
+            text.contains("gorgon_files_total{verdict=\"timed_out\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]
