@@ -10,6 +10,9 @@
 # Usage: scripts/quickstart.sh [FILE...]
 #   FILE...     passed on to `gorgon start`, e.g. failing/broken_test.sh to see a failure report
 #   GORGON_BIN  path of an already built gorgon binary; skips `cargo build`
+#   GORGON_LISTENER_NAME, GORGON_CLUSTER_ID, GORGON_LISTENER_PASSWORD
+#               a listener that already runs (named so, in that cluster, with that password
+#               for the file server): the suite runs there, and no listener is started
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -88,13 +91,13 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/gorgon-quickstart.XXXXXX")
 mkdir -p "$work/file_server" "$work/workspaces"
 # A cluster id of our own, so that listeners already on this broker never take this job and this
 # listener never takes theirs.
-cluster_id="quickstart-$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
-listener_name=quickstart-listener
+cluster_id=${GORGON_CLUSTER_ID:-"quickstart-$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"}
+listener_name=${GORGON_LISTENER_NAME:-quickstart-listener}
 
 step "Starting the file server (gorgon start_rsync)"
 # Its two users: the originator, which may write, and the listener, which may only read.
 originator_password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-listener_password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+listener_password=${GORGON_LISTENER_PASSWORD:-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
 file_server_secrets=$work/file_server_secrets.json
 (umask 077 && cat >"$file_server_secrets" <<JSON
 {"file_server": {"originator_password": "$originator_password", "listener_password": "$listener_password"}}
@@ -142,10 +145,11 @@ JSON
 )
 echo "project copied to $project (cluster $cluster_id)"
 
-step "Starting a listener (gorgon listen)"
-listener_config=$work/gorgon_listener.json
-listener_log=$work/listener.log
-cat >"$listener_config" <<JSON
+start_listener() {
+    step "Starting a listener (gorgon listen)"
+    listener_config=$work/gorgon_listener.json
+    listener_log=$work/listener.log
+    cat >"$listener_config" <<JSON
 // Written by scripts/quickstart.sh for this run.
 {
   "connection": { "host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest", "vhost": "/" },
@@ -158,27 +162,35 @@ cat >"$listener_config" <<JSON
   "allow_root": true
 }
 JSON
-# In a session of its own (setsid), so that a Ctrl-C in this terminal reaches `gorgon start`,
-# which cancels the job cleanly, and not the listener, which this script stops afterwards.
-launcher=()
-if command -v setsid >/dev/null 2>&1; then
-    launcher=(setsid)
+    # In a session of its own (setsid), so that a Ctrl-C in this terminal reaches `gorgon start`,
+    # which cancels the job cleanly, and not the listener, which this script stops afterwards.
+    launcher=()
+    if command -v setsid >/dev/null 2>&1; then
+        launcher=(setsid)
+    fi
+    GORGON_LOG=${GORGON_LOG:-info} "${launcher[@]}" "$gorgon" listen --config "$listener_config" \
+        </dev/null >"$listener_log" 2>&1 &
+    listener_pid=$!
+}
+
+listener_log=""
+if [ -n "${GORGON_LISTENER_NAME:-}" ]; then
+    step "Using the running listener $listener_name"
+else
+    start_listener
 fi
-GORGON_LOG=${GORGON_LOG:-info} "${launcher[@]}" "$gorgon" listen --config "$listener_config" \
-    </dev/null >"$listener_log" 2>&1 &
-listener_pid=$!
 
 # Ready once the listener logs that it listens, or once `gorgon ping` sees it: at most 30 s.
 ready=""
 deadline=$((SECONDS + 30))
 while [ "$SECONDS" -lt "$deadline" ]; do
-    if ! kill -0 "$listener_pid" 2>/dev/null; then
+    if [ -n "$listener_pid" ] && ! kill -0 "$listener_pid" 2>/dev/null; then
         echo "error: the listener exited; its log:" >&2
         cat "$listener_log" >&2
         listener_pid=""
         exit 1
     fi
-    if grep -qi "listening as" "$listener_log"; then
+    if [ -n "$listener_log" ] && grep -qi "listening as" "$listener_log"; then
         ready=yes
         break
     fi
@@ -193,10 +205,10 @@ while [ "$SECONDS" -lt "$deadline" ]; do
 done
 if [ -z "$ready" ]; then
     echo "error: the listener did not become ready within 30 s; its log:" >&2
-    cat "$listener_log" >&2
+    [ -z "$listener_log" ] || cat "$listener_log" >&2
     exit 1
 fi
-echo "listener $listener_name is ready (log: $listener_log)"
+echo "listener $listener_name is ready${listener_log:+ (log: $listener_log)}"
 
 step "Running the suite: gorgon start $*"
 status=0
@@ -205,7 +217,9 @@ status=0
 step "gorgon start exited with $status"
 # Exit 1 is a test failure, which the report above explains; anything else is worth the log.
 if [ "$status" -ne 0 ] && [ "$status" -ne 1 ]; then
-    echo "--- listener log ---"
-    tail -n 40 "$listener_log" || true
+    if [ -n "$listener_log" ]; then
+        echo "--- listener log ---"
+        tail -n 40 "$listener_log" || true
+    fi
 fi
 exit "$status"

@@ -161,6 +161,9 @@ enum Command {
         #[arg(long, default_value_t = gorgon_exec::rsync::DEFAULT_DAEMON_PORT)]
         port: u16,
     },
+    /// Internal: writes the man pages (gorgon.1 and one per command) into DIR, for packages.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
     /// Internal: the worker manager, started by a listener for one job.
     #[command(name = "__manage-workers", hide = true)]
     ManageWorkers,
@@ -455,6 +458,12 @@ enum CliError {
     Html(#[from] gorgon_originator::html::HtmlError),
     #[error("start_rsync needs the file server's passwords, --secrets FILE with file_server.originator_password and file_server.listener_password (docs/security.md), or --anonymous to serve anyone who reaches it")]
     FileServerWithoutPasswords,
+    #[error("cannot write the man pages in {dir}: {source}")]
+    ManPages {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError {
@@ -477,6 +486,7 @@ impl CliError {
             | CliError::Init(_)
             | CliError::Html(_)
             | CliError::Rsync(_)
+            | CliError::ManPages { .. }
             | CliError::Assignment(_) => exit_code::FAILURE,
         }
     }
@@ -502,6 +512,10 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
         }
         Command::Completions { shell } => {
             completions(shell);
+            Ok(exit_code::SUCCESS)
+        }
+        Command::Man { dir } => {
+            man_pages(&dir)?;
             Ok(exit_code::SUCCESS)
         }
         Command::Fleet {
@@ -645,16 +659,27 @@ async fn listen(config: &Path, check: bool) -> Result<i32, CliError> {
         Some(path) => init_logging("info", LogTarget::File(path)),
         None => init_logging("info", LogTarget::Stderr),
     }
-    let shutdown = async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    // The first SIGTERM (or Ctrl-C) drains the listener, the second stops it.
+    let (drain, drain_requested) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::spawn(async move {
+        for request in [drain, stop] {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            let _ = request.send(());
         }
+    });
+    let drain = async {
+        let _ = drain_requested.await;
     };
-    gorgon_listener::run(settings, shutdown)
+    let shutdown = async {
+        let _ = stop_requested.await;
+    };
+    gorgon_listener::run(settings, drain, shutdown)
         .await
         .map_err(CliError::ListenerStopped)?;
     Ok(exit_code::SUCCESS)
@@ -670,6 +695,17 @@ fn completions(shell: clap_complete::Shell) {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut visible, "gorgon", &mut script);
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+}
+
+/// `gorgon __man DIR`: the man pages of every command users see, made from the same
+/// definitions as `--help` (hidden commands are left out).
+fn man_pages(dir: &Path) -> Result<(), CliError> {
+    let write = |source| CliError::ManPages {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(write)?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(write)
 }
 
 /// `gorgon work`: this CI node's part of a build.

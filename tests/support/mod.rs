@@ -131,6 +131,9 @@ impl Cluster {
             "log_file": dir.join("listener.log"),
             // The tests run as root on CI machines that are thrown away.
             "allow_root": true,
+            // A listener dropped with jobs still running (its first SIGTERM drains it) stops
+            // them well within the drop's wait.
+            "drain_timeout": 3,
         });
         merge(&mut config, extra);
         let path = dir.join("gorgon_listener.json");
@@ -614,6 +617,27 @@ impl Cluster {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
         }
         pids.len()
+    }
+
+    /// Sends SIGTERM to listener `name` (itself, as a service manager does) and waits for it
+    /// to exit, failing the test after `limit`: its exit status and how long it took.
+    pub fn terminate_listener(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let position = self.listener_index(name);
+        let mut listener = self.listeners.remove(position);
+        let asked = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(listener.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = eventually(limit, format!("listener {name} to exit"), || {
+            listener.try_wait().unwrap()
+        });
+        (status, asked.elapsed())
     }
 
     /// SIGKILLs listener `name` and every process of it: the whole host dies at once.

@@ -47,6 +47,19 @@ pub fn relay(
     tail: LineTail,
     emit: impl Fn(&str) + Send + 'static,
 ) -> JoinHandle<()> {
+    relay_some(pipe, tail, move |line| {
+        emit(line);
+        true
+    })
+}
+
+/// Reads `pipe` to its end, handing each line to `take`, and keeping in `tail` the lines
+/// for which it returns true (the others were not output but messages, handled by `take`).
+pub fn relay_some(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    tail: LineTail,
+    take: impl Fn(&str) -> bool + Send + 'static,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(pipe);
         while let Ok(Some(line)) = read_line(&mut reader, MAX_LINE_BYTES).await {
@@ -54,8 +67,9 @@ pub fn relay(
                 Line::Text(line) => line,
                 Line::TooLong { bytes, head } => format!("{head} [... a line of {bytes} bytes]"),
             };
-            emit(&line);
-            tail.push(line);
+            if take(&line) {
+                tail.push(line);
+            }
         }
     })
 }

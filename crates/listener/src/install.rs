@@ -112,6 +112,7 @@ impl InstallOptions {
                 &self.binary.clone().unwrap_or_else(default_binary),
                 &config_path,
                 &self.user,
+                &self.workspace_root,
             ),
             unit_path: self.unit_dir.join(UNIT_NAME),
             config_path,
@@ -148,24 +149,30 @@ impl InstallOptions {
     }
 }
 
-/// The systemd unit that runs `binary listen --config config` as `user`.
-pub fn render_unit(binary: &Path, config: &Path, user: &str) -> String {
+/// The systemd unit that runs `binary listen --config config` as `user`, with job
+/// workspaces under `workspace_root`. `dist/systemd/gorgon-listener.service`, which the
+/// Debian package installs, is this unit with the defaults and `/usr/bin/gorgon` (a test
+/// keeps the two the same).
+pub fn render_unit(binary: &Path, config: &Path, user: &str, workspace_root: &Path) -> String {
     let binary = systemd_word(&binary.to_string_lossy());
     let config = systemd_word(&config.to_string_lossy());
+    let workspace_root = systemd_word(&workspace_root.to_string_lossy());
     format!(
         r#"# gorgon-listener.service: runs a gorgon-rs listener in the foreground.
-# Written by `gorgon install_listener` (or copied from dist/systemd/). Then:
+# Installed by the gorgon Debian package, or written by `gorgon install_listener`. Then:
 #   systemctl daemon-reload && systemctl enable --now gorgon-listener
 [Unit]
 Description=gorgon-rs listener (distributed test runner)
+Documentation=man:gorgon-listen(1)
 Wants=network-online.target
 After=network-online.target
 
 [Service]
 Type=simple
 User={user}
-# /var/lib/gorgon, owned by the user, holds the job workspaces.
+# /var/lib/gorgon, owned by the user, holds the job workspaces; /var/log/gorgon its log_file.
 StateDirectory=gorgon
+LogsDirectory=gorgon
 WorkingDirectory=/var/lib/gorgon
 # Refuses to start, with one clear sentence in the journal, on a broken config or an
 # unreachable broker.
@@ -173,20 +180,43 @@ ExecStartPre={binary} listen --check --config {config}
 ExecStart={binary} listen --config {config}
 Restart=always
 RestartSec=5
-# The listener stops its running jobs on SIGTERM: signal it alone, and give it time.
+# SIGTERM drains the listener: its running files finish within drain_timeout (40 s by
+# default), then what is left is stopped. Signal it alone, and give it the time.
 KillMode=mixed
 TimeoutStopSec=60
-# Hardening that fits a test runner (docs/security.md): no privileges gained through
-# set-uid programs, a private /tmp, /usr, /boot and /etc read-only, and no changes to the
-# kernel's tunables, modules or control groups. Tests still run with this user's rights in
-# the workspaces and in /tmp.
-NoNewPrivileges=yes
+# Hardening that fits a test runner (docs/security.md#least-privilege-on-the-listener). The
+# whole file system is read-only but the state, log and workspace folders (a workspace_root
+# elsewhere must exist, or the listener cannot make it) and a private /tmp; homes are
+# hidden; no privileges gained through set-uid programs, no capabilities, no devices but
+# the pseudo ones; the kernel, its clock, logs and control groups out of reach. Left
+# allowed, because tests need them: any network (brokers, databases, browsers), namespaces
+# (browser sandboxes), ptrace (sanitizers, debuggers), writable and executable memory (JIT
+# compilers), setrlimit and nice, and the whole of /proc (core counts, memory sizes).
+ReadWritePaths=-{workspace_root}
+ProtectSystem=strict
+ProtectHome=yes
+PrivateMounts=yes
 PrivateTmp=yes
-ProtectSystem=full
+PrivateDevices=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictSUIDSGID=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
+ProtectKernelLogs=yes
 ProtectControlGroups=yes
-RestrictSUIDSGID=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictRealtime=yes
+LockPersonality=yes
+RemoveIPC=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+SystemCallFilter=~@clock @cpu-emulation @module @mount @obsolete @raw-io @reboot @swap
+SystemCallErrorNumber=EPERM
+UMask=0027
 
 [Install]
 WantedBy=multi-user.target
@@ -260,7 +290,7 @@ mod tests {
     fn the_shipped_unit_is_the_default_installation() {
         let shipped = include_str!("../../../dist/systemd/gorgon-listener.service");
         let rendered = InstallOptions {
-            binary: Some("/usr/local/bin/gorgon".into()),
+            binary: Some("/usr/bin/gorgon".into()),
             ..InstallOptions::default()
         }
         .render()
@@ -272,13 +302,14 @@ mod tests {
         );
         assert!(shipped.contains("\nUser=gorgon\n"));
         assert!(shipped.contains("\nNoNewPrivileges=yes\n"));
-        assert!(shipped.contains("\nProtectSystem=full\n"));
+        assert!(shipped.contains("\nProtectSystem=strict\n"));
+        assert!(shipped.contains("\nReadWritePaths=-/var/lib/gorgon/workspaces\n"));
         assert!(shipped.contains("\nRestart=always\n"));
         assert!(shipped.contains(
-            "\nExecStartPre=/usr/local/bin/gorgon listen --check --config /etc/gorgon/gorgon_listener.json\n"
+            "\nExecStartPre=/usr/bin/gorgon listen --check --config /etc/gorgon/gorgon_listener.json\n"
         ));
         assert!(shipped.contains(
-            "\nExecStart=/usr/local/bin/gorgon listen --config /etc/gorgon/gorgon_listener.json\n"
+            "\nExecStart=/usr/bin/gorgon listen --config /etc/gorgon/gorgon_listener.json\n"
         ));
     }
 
@@ -316,6 +347,7 @@ mod tests {
             installation.config_path.display()
         )));
         assert!(unit.contains("User=gorgon-nobody-here\n"));
+        assert!(unit.contains("ReadWritePaths=-\"/srv/gorgon ws\"\n"));
 
         // A second installation refuses to replace the files, unless forced.
         let again = installation.write(false, &options.user).unwrap_err();

@@ -12,6 +12,7 @@ use gorgon_worker::{host_command, run_manager, HostReplies};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::metrics::{Held, JobFiles, RefusalReason};
 use crate::slots::{Grant, Turn};
 use crate::workspace::Workspace;
 use crate::Shared;
@@ -54,6 +55,7 @@ async fn wait_for_turn(
         Turn::Now(grant) => return Some(grant),
         Turn::Later { ahead, grant } => (ahead, grant),
     };
+    let _waiting = Held::new(&shared.metrics.jobs_waiting);
     let host = shared.settings.name.clone();
     let slots = shared.slots.total();
     match replies
@@ -69,13 +71,20 @@ async fn wait_for_turn(
         }
         Ok(()) => {}
     }
+    let mut draining = shared.draining.subscribe();
     tokio::select! {
         granted = grant => {
             let grant = granted.ok()?;
             tracing::info!(job = %job.id, slots = grant.slots(), "the job's turn has come");
             Some(grant)
         }
+        () = stopped(&mut draining) => {
+            shared.metrics.refused(RefusalReason::draining);
+            refuse(shared, job, "the listener is draining: it takes no more jobs".into()).await;
+            None
+        }
         () = stopped(&mut listener_stopping) => {
+            shared.metrics.refused(RefusalReason::listener_stopping);
             refuse(shared, job, "the listener stopped while the job waited for its slots".into()).await;
             None
         }
@@ -99,6 +108,7 @@ pub async fn run_job(
     let Some(grant) = turn.await else {
         return job.id;
     };
+    let running = Held::new(&shared.metrics.jobs_running);
     let listener_queue = Some(shared.queue.clone());
     match replies.accept(grant.slots(), listener_queue).await {
         Err(BrokerError::Unroutable(_)) => {
@@ -137,9 +147,17 @@ pub async fn run_job(
             () = stopped(&mut stopping) => Err(Reported),
             prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
         };
-        if prepared.is_ok() && !*stopping.borrow() {
+        // A job whose tree arrived once the listener drains runs none of its files here.
+        let draining = *shared.draining.borrow();
+        if prepared.is_ok() && !*stopping.borrow() && !draining {
             let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
-            let end = run_manager(&assignment, stopped(&mut stopping)).await;
+            let files = Arc::new(JobFiles::new(shared.metrics.clone()));
+            let reports = files.clone();
+            let reports = move |report| reports.report(report);
+            let mut draining = shared.draining.subscribe();
+            let drain = stopped(&mut draining);
+            let end = run_manager(&assignment, stopped(&mut stopping), drain, reports).await;
+            files.end();
             replies.manager_ended(end).await;
             send_artifacts(&job, &replies, &workspace.path).await;
             // A job that ran to its end leaves a tree worth keeping warm; a cancelled one
@@ -159,6 +177,7 @@ pub async fn run_job(
     let _ = tokio::task::spawn_blocking(move || gorgon_exec::procs::kill_tagged(&tags)).await;
     // The job's slots go to the next job in line only now that nothing of it runs.
     drop(grant);
+    drop(running);
     if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
         let path = workspace.path.clone();
         // A large tree takes a while to remove: off the runtime's threads too.
@@ -324,6 +343,7 @@ async fn prepare(
             user: rsync::LISTENER_USER,
             password: password.clone(),
         });
+    let pulling = std::time::Instant::now();
     let pulled = rsync::pull(
         &sync.source,
         workspace,
@@ -332,6 +352,10 @@ async fn prepare(
         login.as_ref(),
     )
     .await;
+    if pulled.is_ok() {
+        let seconds = pulling.elapsed().as_secs_f64();
+        shared.metrics.pull_seconds.observe(seconds);
+    }
     if let Err(error) = pulled {
         tracing::error!(job = %job.id, %error, "cannot pull the tree");
         let output = error.to_string();

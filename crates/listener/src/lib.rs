@@ -7,6 +7,7 @@ mod check;
 mod fleet;
 pub mod install;
 mod job;
+mod metrics;
 mod settings;
 mod slots;
 mod tree_check;
@@ -66,6 +67,12 @@ pub enum ListenerError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("cannot serve metrics on metrics_address {address}: {source}")]
+    MetricsAddress {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("gorgon listen refuses to run as root: every job it takes runs its callbacks and tests with the listener's rights, so any job could change anything on this host. Run it as an unprivileged user (`gorgon install_listener` sets one up), or, on a host that is thrown away after use (a container, a CI machine), set \"allow_root\": true in {}", path.display())]
     Root { path: PathBuf },
 }
@@ -112,8 +119,12 @@ pub async fn check(path: &std::path::Path) -> Result<String, ListenerError> {
     .await?;
     let reached = broker.address().to_owned();
     broker.close().await;
+    let metrics = settings
+        .metrics_address
+        .map(|address| format!(", metrics served on http://{address}/metrics"))
+        .unwrap_or_default();
     let mut report = format!(
-        "{} is fine: listener {} with {} worker slot(s) on cluster '{}', RabbitMQ at {} is reachable; {}",
+        "{} is fine: listener {} with {} worker slot(s) on cluster '{}'{metrics}, RabbitMQ at {} is reachable; {}",
         path.display(),
         settings.name,
         settings.worker_slots,
@@ -164,6 +175,10 @@ struct Shared {
     refusals: tokio::sync::Semaphore,
     /// The warm runner kept for the built-in runners (kept across reconnections).
     warm: WarmSlot,
+    /// What `GET /metrics` on `metrics_address` shows.
+    metrics: Arc<metrics::Metrics>,
+    /// True once the listener drains: no job is taken, and the running ones take no files.
+    draining: watch::Sender<bool>,
 }
 
 /// Where the listener keeps its warm runner.
@@ -187,7 +202,11 @@ impl Shared {
         let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = warm.as_mut() {
             if current.key == key && (!current.has_ended() || current.failed_recently()) {
-                return current.socket_if_serving();
+                let socket = current.socket_if_serving();
+                if socket.is_some() {
+                    self.metrics.warm_runner_reuses.inc();
+                }
+                return socket;
             }
         }
         if let Some(old) = warm.take() {
@@ -205,10 +224,13 @@ impl Shared {
 }
 
 /// Runs the listener until `shutdown` completes, then stops every job and returns `Ok`.
-/// It fails only when the broker cannot be reached at start; a connection lost later is
-/// re-established with backoff.
+/// Once `drain` completes, it takes no more jobs and lets its jobs finish the files they
+/// run (the rest go back to their queues): it returns when they have ended, or stops them
+/// as `shutdown` does after `drain_timeout`. It fails only when the broker cannot be
+/// reached at start; a connection lost later is re-established with backoff.
 pub async fn run(
     settings: ListenerSettings,
+    drain: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ListenerError> {
     let mut settings = settings;
@@ -219,20 +241,23 @@ pub async fn run(
     if let Ok(root) = std::path::absolute(&settings.workspace_root) {
         settings.workspace_root = root;
     }
-    let warm: WarmSlot = Arc::default();
     // One name for the listener's queue across reconnections: the originators of running
     // jobs check that it exists to tell whether this listener lives.
     let queue = names::listener_queue(&settings.cluster_id, Uuid::new_v4());
     // The first connection must work: a listener that cannot reach its broker at start is
     // misconfigured, and says so. Later losses are retried with backoff.
     let (broker, inbox) = connect(&settings, &queue).await?;
+    // The server stops when the listener returns (and drops it).
+    let (metrics, _metrics_server) = serve_metrics(&settings).await?;
     let shared = Arc::new(Shared {
         broker: watch::channel(broker).0,
         settings: settings.clone(),
-        queue: queue.clone(),
+        queue,
         slots: slots::Slots::new(settings.worker_slots),
         refusals: tokio::sync::Semaphore::new(REFUSALS_AT_ONCE),
-        warm: warm.clone(),
+        warm: WarmSlot::default(),
+        metrics,
+        draining: watch::channel(false).0,
     });
     let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
@@ -242,37 +267,37 @@ pub async fn run(
     // at one instant); the next attempt's time survives the loop's other wake-ups.
     let mut backoff = Backoff::new();
     let mut retry_at = tokio::time::Instant::now();
-    tokio::pin!(shutdown);
+    let mut ending = Ending {
+        shutdown: Box::pin(shutdown),
+        drain: Some(Box::pin(drain)),
+        deadline: None,
+        timeout: settings.drain_timeout,
+    };
 
     let result = loop {
         let Some(inbox) = connection.as_mut() else {
             // Reconnecting, while jobs already running go on as they can.
             tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
-                () = tokio::time::sleep_until(retry_at) => {
-                    match connect(&settings, &queue).await {
-                        Ok((broker, inbox)) => {
-                            tracing::info!("reconnected to RabbitMQ at {}", broker.address());
-                            shared.broker.send_replace(broker);
-                            connection = Some(inbox);
-                            backoff = Backoff::new();
-                        }
-                        Err(error) => {
-                            let wait = backoff.next_wait();
-                            tracing::warn!(%error, "cannot reconnect yet; retrying in {wait:?}");
-                            retry_at = tokio::time::Instant::now() + wait;
-                        }
+                end = ending.next() => if end == End::Stop || start_drain(&shared, &jobs) {
+                    break Ok(());
+                },
+                Some(finished) = jobs.join_next(), if !jobs.is_empty() => {
+                    log_job_end(finished);
+                    if ending.drained(&jobs) {
+                        break Ok(());
                     }
+                }
+                () = tokio::time::sleep_until(retry_at) => {
+                    connection = reconnect(&shared, &mut backoff, &mut retry_at).await;
                 }
             }
             continue;
         };
         tokio::select! {
-            () = &mut shutdown => {
+            end = ending.next() => if end == End::Stop || start_drain(&shared, &jobs) {
                 tracing::info!("shutting down");
                 break Ok(());
-            }
+            },
             incoming = inbox.next() => match incoming {
                 Some(incoming) => {
                     handle(&shared, incoming, &mut taken, &mut jobs, &stopping).await;
@@ -286,26 +311,152 @@ pub async fn run(
                     retry_at = tokio::time::Instant::now() + backoff.next_wait();
                 }
             },
-            Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_job_end(finished),
+            Some(finished) = jobs.join_next(), if !jobs.is_empty() => {
+                log_job_end(finished);
+                if ending.drained(&jobs) {
+                    tracing::info!("drained: every job has ended");
+                    break Ok(());
+                }
+            }
         }
     };
 
-    // Each job task sees the stop and terminates its worker manager; the ones that take too
-    // long are aborted, and dropping them kills their managers (`kill_on_drop`).
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    stop_jobs(&mut jobs, &shared).await;
+    result
+}
+
+/// Tries to connect again (the listener's queue and consumer too); the new inbox, or
+/// `None` and the time of the next attempt.
+async fn reconnect(
+    shared: &Shared,
+    backoff: &mut Backoff,
+    retry_at: &mut tokio::time::Instant,
+) -> Option<gorgon_protocol::Inbox> {
+    match connect(&shared.settings, &shared.queue).await {
+        Ok((broker, inbox)) => {
+            tracing::info!("reconnected to RabbitMQ at {}", broker.address());
+            shared.metrics.broker_reconnections.inc();
+            shared.broker.send_replace(broker);
+            *backoff = Backoff::new();
+            Some(inbox)
+        }
+        Err(error) => {
+            let wait = backoff.next_wait();
+            tracing::warn!(%error, "cannot reconnect yet; retrying in {wait:?}");
+            *retry_at = tokio::time::Instant::now() + wait;
+            None
+        }
+    }
+}
+
+/// Once the stop is sent: each job task sees it and terminates its worker manager; the ones
+/// that take too long are aborted, and dropping them kills their managers
+/// (`kill_on_drop`). Then the connection is closed and the warm runner retired.
+async fn stop_jobs(jobs: &mut JoinSet<Uuid>, shared: &Shared) {
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while jobs.join_next().await.is_some() {}
     })
     .await;
-    if drained.is_err() {
+    if stopped.is_err() {
         tracing::warn!("some jobs did not stop in time; killing their worker managers");
         jobs.shutdown().await;
     }
     shared.broker().close().await;
-    if let Some(kept) = warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(kept) = shared.warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
         kept.retire();
     }
-    result
+}
+
+/// The listener's way out: the first request drains it (it takes no more jobs, and its jobs
+/// finish the files they run), the second request or the drain's timeout stops it.
+struct Ending<S, D> {
+    shutdown: std::pin::Pin<Box<S>>,
+    /// `None` once the drain has begun.
+    drain: Option<std::pin::Pin<Box<D>>>,
+    /// When the drain gives up, once it has begun.
+    deadline: Option<tokio::time::Instant>,
+    timeout: Duration,
+}
+
+/// What [`Ending::next`] asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Drain,
+    Stop,
+}
+
+impl<S: Future<Output = ()>, D: Future<Output = ()>> Ending<S, D> {
+    /// The next request: a drain (once), then a stop.
+    async fn next(&mut self) -> End {
+        let deadline = self.deadline;
+        let timed_out = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drain = async {
+            match self.drain.as_mut() {
+                Some(drain) => drain.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut self.shutdown => End::Stop,
+            () = drain => {
+                self.drain = None;
+                self.deadline = Some(tokio::time::Instant::now() + self.timeout);
+                End::Drain
+            }
+            () = timed_out => {
+                tracing::warn!("drain_timeout ({:?}) has passed; stopping the jobs left", self.timeout);
+                End::Stop
+            }
+        }
+    }
+
+    /// Whether the listener drains and has no job left.
+    fn drained(&self, jobs: &JoinSet<Uuid>) -> bool {
+        self.drain.is_none() && jobs.is_empty()
+    }
+}
+
+/// Begins the drain: new jobs are refused, waiting ones too, running ones finish the files
+/// they run. True when no job runs, so that the listener may go at once.
+fn start_drain(shared: &Shared, jobs: &JoinSet<Uuid>) -> bool {
+    tracing::info!(
+        jobs = jobs.len(),
+        "draining: taking no more jobs; the running ones finish their files (a second SIGTERM stops them)"
+    );
+    shared.draining.send_replace(true);
+    jobs.is_empty()
+}
+
+/// The listener's metrics, served on `metrics_address` (when set) until the returned
+/// server is dropped.
+async fn serve_metrics(
+    settings: &ListenerSettings,
+) -> Result<(Arc<metrics::Metrics>, Option<AbortOnDrop>), ListenerError> {
+    let metrics = Arc::new(metrics::Metrics::new(settings.worker_slots));
+    let Some(address) = settings.metrics_address else {
+        return Ok((metrics, None));
+    };
+    let listener = metrics::bind(address)
+        .await
+        .map_err(|source| ListenerError::MetricsAddress { address, source })?;
+    tracing::info!("serving metrics on http://{address}/metrics");
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    Ok((metrics, Some(AbortOnDrop(server))))
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn log_job_end(finished: Result<Uuid, tokio::task::JoinError>) {
@@ -444,6 +595,7 @@ async fn handle(
             reply_to,
         } => {
             if let Some(stale) = stale_job(&incoming) {
+                shared.metrics.refused(metrics::RefusalReason::stale);
                 log_refusal(&definition.originator_host, "stale job", &stale);
                 settle(incoming.discard().await);
                 return;
@@ -488,8 +640,24 @@ fn take_job(
         job.definition.project.clone(),
         job.definition.originator_host.clone(),
     );
+    if *shared.draining.borrow() {
+        shared.metrics.refused(metrics::RefusalReason::draining);
+        tracing::info!(job = %id, %project, %originator, "refusing a job: the listener is draining");
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = shared.refusals.acquire().await;
+            job::refuse(
+                &shared,
+                &job,
+                "the listener is draining: it takes no more jobs".into(),
+            )
+            .await;
+        });
+        return false;
+    }
     match shared.slots.join() {
         Ok(turn) => {
+            shared.metrics.jobs_taken.inc();
             match &turn {
                 slots::Turn::Now(grant) => tracing::info!(
                     job = %id, %project, %originator, slots = grant.slots(), "taking a job"
@@ -503,6 +671,7 @@ fn take_job(
             true
         }
         Err(full) => {
+            shared.metrics.refused(metrics::RefusalReason::line_full);
             let reason = full.to_string();
             tracing::info!(job = %id, %project, %originator, "{reason}");
             let shared = shared.clone();
@@ -518,5 +687,40 @@ fn take_job(
 fn settle(result: Result<(), BrokerError>) {
     if let Err(error) = result {
         tracing::warn!(%error, "cannot settle a message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_request_drains_and_the_drain_timeout_stops() {
+        let mut ending = Ending {
+            shutdown: Box::pin(std::future::pending::<()>()),
+            drain: Some(Box::pin(std::future::ready(()))),
+            deadline: None,
+            timeout: Duration::from_millis(50),
+        };
+        assert_eq!(ending.next().await, End::Drain);
+        let drained = std::time::Instant::now();
+        assert_eq!(ending.next().await, End::Stop);
+        assert!(drained.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_drain_stops_at_once() {
+        let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
+        let mut ending = Ending {
+            shutdown: Box::pin(async {
+                let _ = stop_requested.await;
+            }),
+            drain: Some(Box::pin(std::future::ready(()))),
+            deadline: None,
+            timeout: Duration::from_secs(3600),
+        };
+        assert_eq!(ending.next().await, End::Drain);
+        stop.send(()).unwrap();
+        assert_eq!(ending.next().await, End::Stop);
     }
 }

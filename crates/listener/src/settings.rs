@@ -32,11 +32,17 @@ const SECTIONS: [config_file::Section; 4] = config_file::shared_sections(
         "workspace_root",
         "warm_runners",
         "allow_root",
+        "metrics_address",
+        "drain_timeout",
     ],
     &["listener_password"],
     // A config written from a project's or a shared secrets file may name the rest.
     &["host", "port", "originator_password"],
 );
+
+/// How long a draining listener lets the files it runs finish when `drain_timeout` is not
+/// set: within the packaged unit's `TimeoutStopSec` (60 s), with room for the stop after it.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// Everything `gorgon listen` needs, resolved and validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +66,12 @@ pub struct ListenerSettings {
     pub allow_root: bool,
     /// Run `gorgon fleet` commands (`allow_fleet_commands`, default false).
     pub allow_fleet_commands: bool,
+    /// Where `gorgon listen` serves its metrics, `GET /metrics` in Prometheus' text format
+    /// (`metrics_address`, off unless set).
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// How long the first SIGTERM lets the running files finish before the listener stops
+    /// as the second does (`drain_timeout`, seconds).
+    pub drain_timeout: std::time::Duration,
     /// `file_server.listener_password`: the file server's `listener` user, which may only
     /// read, logs in with it (`docs/security.md`).
     pub file_server_password: Option<String>,
@@ -132,6 +144,10 @@ pub enum SettingsProblem {
     NotText { key: String },
     #[error("{key} must be true or false")]
     NotAFlag { key: String },
+    #[error("metrics_address must be an IP address and a port, such as \"0.0.0.0:9464\" (every address) or \"127.0.0.1:9464\"; {0:?} is not")]
+    MetricsAddress(String),
+    #[error("drain_timeout must be a positive number of seconds")]
+    DrainTimeout,
     #[error("file_server.listener_password must be a non-empty string")]
     ListenerPassword,
     #[error("workspace_root {} cannot be made absolute: {source}", path.display())]
@@ -208,6 +224,22 @@ fn from_object(
         Some(Some(Value::String(password))) if !password.is_empty() => Some(password.clone()),
         Some(Some(_)) => return Err(SettingsProblem::ListenerPassword),
     };
+    let metrics_address = optional_text(object, "metrics_address")?
+        .map(|address| {
+            address
+                .trim()
+                .parse()
+                .map_err(|_| SettingsProblem::MetricsAddress(address))
+        })
+        .transpose()?;
+    let drain_timeout = match object.get("drain_timeout") {
+        None | Some(Value::Null) => DEFAULT_DRAIN_TIMEOUT,
+        Some(value) => value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds < 1e9)
+            .map(std::time::Duration::from_secs_f64)
+            .ok_or(SettingsProblem::DrainTimeout)?,
+    };
     let log_file = optional_text(object, "log_file")?.map(|file| base.join(file));
     let workspace_root = optional_text(object, "workspace_root")?
         .map(|root| base.join(root))
@@ -227,6 +259,8 @@ fn from_object(
         warm_runners,
         allow_root,
         allow_fleet_commands,
+        metrics_address,
+        drain_timeout,
         file_server_password,
         config_keys: keys,
     })
@@ -273,6 +307,7 @@ mod tests {
         assert_eq!(settings.log_file, None);
         assert_eq!(settings.cluster_id, "default");
         assert_eq!(settings.name, "box");
+        assert_eq!(settings.metrics_address, None);
         assert_eq!(
             settings.workspace_root,
             std::env::temp_dir().join("gorgon-workspaces")
@@ -367,6 +402,18 @@ mod tests {
             (
                 r#"{"warm_runners": "yes"}"#,
                 "warm_runners must be true or false",
+            ),
+            (
+                r#"{"metrics_address": "localhost:9464"}"#,
+                "metrics_address must be an IP address and a port, such as \"0.0.0.0:9464\" (every address) or \"127.0.0.1:9464\"; \"localhost:9464\" is not",
+            ),
+            (
+                r#"{"drain_timeout": 0}"#,
+                "drain_timeout must be a positive number of seconds",
+            ),
+            (
+                r#"{"metrics_address": 9464}"#,
+                "metrics_address must be a non-empty string",
             ),
             (r#"{"allow_root": 1}"#, "allow_root must be true or false"),
             (

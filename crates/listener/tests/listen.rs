@@ -43,11 +43,13 @@ async fn start_listener(broker: &Broker, workspace_root: &Path) -> Listener {
         warm_runners: true,
         allow_root: false,
         allow_fleet_commands: false,
+        metrics_address: None,
+        drain_timeout: std::time::Duration::from_secs(10),
         file_server_password: None,
         config_keys: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(settings, async {
+    let task = tokio::spawn(run(settings, std::future::pending(), async {
         let _ = stopped.await;
     }));
     let queue = match next(&mut heard).await {

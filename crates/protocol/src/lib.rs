@@ -9,6 +9,7 @@ pub mod config_file;
 pub mod connection;
 pub mod exit_code;
 pub mod job;
+pub mod manager_report;
 pub mod message;
 pub mod names;
 pub mod runner_protocol;
@@ -22,6 +23,7 @@ pub use job::{
     PhaseRunner, RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings,
     SyncTransport, TreeSeal, MAX_BATCH_FILES,
 };
+pub use manager_report::ManagerReport;
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, FleetOutcome, ListenerInfo,
     Message, RetryOf, TestResult, TestStatus, WorkerAssignment,

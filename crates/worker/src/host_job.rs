@@ -57,6 +57,12 @@ pub trait Feed {
     /// Whether, and how, the files have ended.
     fn ended(&self) -> Option<FeedEnd>;
 
+    /// Whether the host is draining: its workers finish the files they hold and take no
+    /// more, and the feed's other files go back (a worker manager whose listener drains).
+    fn draining(&self) -> bool {
+        false
+    }
+
     /// How many files wait for a worker now.
     fn waiting(&self) -> usize;
 
@@ -256,6 +262,8 @@ impl HostJob {
             self.pool.restart_crashed().await;
             if self.stage == Stage::Running {
                 self.hand_out(feed).await;
+            } else if feed.draining() {
+                self.pool.close_idle();
             }
             if !self.goes_on(feed) {
                 break;
@@ -311,6 +319,12 @@ impl HostJob {
     /// Starts workers for the files that wait, gives every idle worker its next files, and
     /// tells the workers how the files ended once they have.
     async fn hand_out(&mut self, feed: &mut impl Feed) {
+        if feed.draining() && feed.ended().is_none() {
+            // Each worker exits once it has finished the files it holds (see `drive`).
+            self.pool.close_idle();
+            self.enter(Stage::Finishing);
+            return;
+        }
         if feed.ended().is_none() {
             while feed.waiting() > self.pool.wants().len() {
                 let Some(worker_id) = self.unstarted.next() else {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gorgon_exec::reaper::Subreaper;
 use gorgon_exec::signals::{StopSignal, StopSignals};
-use gorgon_protocol::{names, Broker, Message, WorkerAssignment};
+use gorgon_protocol::{names, Broker, ManagerReport, Message, WorkerAssignment};
 
 use crate::feed::{Ended, FeedEvent, Feeder, Together};
 use crate::host_job::{sleep_until_some, Ending, Feed, FeedEnd, HostJob, Kill, Stage};
@@ -165,6 +165,7 @@ async fn manage_connected(
             no_consumer_before: false,
             patient_until: None,
         },
+        draining: false,
     };
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
     let cancelled = job.drive(&mut feed, &mut signals).await.is_some();
@@ -195,6 +196,8 @@ struct BrokerFeed<'a, 's> {
     together: Together,
     originator_check: tokio::time::Interval,
     originator: OriginatorWatch,
+    /// The listener asked to drain: no more files are handed out.
+    draining: bool,
 }
 
 /// What the broker's side has for the manager, besides the workers.
@@ -203,6 +206,8 @@ enum BrokerEvent {
     Queue(Box<FeedEvent>),
     /// The manager's stdin ended.
     ListenerGone,
+    /// The listener asked the manager to drain.
+    Drain,
     /// Time to try to get the connection back.
     Reconnect,
     /// Time to look whether the originator still lives.
@@ -246,13 +251,17 @@ impl Feed for BrokerFeed<'_, '_> {
     async fn receive(&mut self, received: Received, _running: bool) -> Option<String> {
         match received {
             Received::Reply { message, bytes, .. } => {
+                tell_host(&ManagerReport::of(&message));
                 if let Some(full) = self.together.add(message, bytes) {
                     let _ = self.feeder.send_together(full).await;
                 }
             }
             Received::Exited {
-                unfinished, crash, ..
+                worker_id,
+                unfinished,
+                crash,
             } => {
+                tell_host(&[ManagerReport::WorkerExited { worker_id }]);
                 // What came before it, then the crash, so that the originator counts it
                 // before the files come back to anyone.
                 let _ = self.feeder.send_together(self.together.take()).await;
@@ -278,11 +287,13 @@ impl Feed for BrokerFeed<'_, '_> {
         let cancelled = stage == Stage::Stopping;
         let reconnect_at = self.feeder.reconnect_at();
         let in_outage = self.feeder.in_outage();
+        let drain = self.stdin.drain_requested();
         tokio::select! {
             event = self.feeder.next_event(!cancelled), if self.feeder.expecting(!cancelled) => {
                 BrokerEvent::Queue(Box::new(event))
             }
             () = self.stdin.wait(), if !cancelled => BrokerEvent::ListenerGone,
+            () = drain, if !self.draining => BrokerEvent::Drain,
             () = sleep_until_some(reconnect_at), if reconnect_at.is_some() => BrokerEvent::Reconnect,
             _ = self.originator_check.tick(), if !cancelled && !in_outage => {
                 BrokerEvent::OriginatorCheck
@@ -299,6 +310,11 @@ impl Feed for BrokerFeed<'_, '_> {
                 None
             }
             BrokerEvent::ListenerGone => Some("the listener has gone".to_owned()),
+            BrokerEvent::Drain => {
+                tracing::info!("draining: the workers finish the files they hold and take no more");
+                self.draining = true;
+                None
+            }
             BrokerEvent::Reconnect => {
                 self.feeder.try_reconnect().await;
                 if !self.feeder.in_outage() {
@@ -318,6 +334,10 @@ impl Feed for BrokerFeed<'_, '_> {
                 Some(reason.to_owned())
             }
         }
+    }
+
+    fn draining(&self) -> bool {
+        self.draining
     }
 
     fn signalled(&self, signal: StopSignal) -> String {
@@ -355,6 +375,21 @@ async fn after_workers(
         report(broker, assignment, failed).await;
     }
     0
+}
+
+/// Tells the host process that started this manager (a listener, for its metrics) of its
+/// files' starts and ends, on stdout (`gorgon_worker::run_manager` reads them). A host that
+/// no longer reads is not this manager's concern.
+fn tell_host(reports: &[ManagerReport]) {
+    use std::io::Write;
+    if reports.is_empty() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for report in reports {
+        let _ = writeln!(stdout, "{}", report.line());
+    }
+    let _ = stdout.flush();
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use gorgon_exec::cgroup::{Cgroups, JobCgroup};
-use gorgon_exec::tail::{relay, LineTail};
+use gorgon_exec::tail::{relay, relay_some, LineTail};
 use gorgon_exec::{describe_status, grace, terminate_group};
-use gorgon_protocol::{Broker, BrokerError, Envelope, Message, WorkerAssignment};
+use gorgon_protocol::manager_report::DRAIN_REQUEST;
+use gorgon_protocol::{Broker, BrokerError, Envelope, ManagerReport, Message, WorkerAssignment};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -117,10 +118,14 @@ impl<'a> HostReplies<'a> {
 }
 
 /// Runs the worker manager of `assignment` (in its workspace) until it exits, or until
-/// `stop` resolves, which stops it.
+/// `stop` resolves, which stops it. Once `drain` resolves, the manager is asked to drain
+/// (its workers finish what they hold, take no more files, and it exits). Each report of
+/// its files goes to `reports`; the rest of its output to the log.
 pub async fn run_manager(
     assignment: &WorkerAssignment,
     stop: impl std::future::Future<Output = ()>,
+    drain: impl std::future::Future<Output = ()>,
+    reports: impl Fn(ManagerReport) + Send + 'static,
 ) -> ManagerEnd {
     let job = assignment.job_id;
     let crashed = |status: String, output: String| ManagerEnd::Crashed { status, output };
@@ -150,7 +155,17 @@ pub async fn run_manager(
     };
     let mut relays = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        relays.push(relay(stdout, tail.clone(), log_line));
+        let take = move |line: &str| match ManagerReport::parse(line) {
+            Some(report) => {
+                reports(report);
+                false
+            }
+            None => {
+                log_line(line);
+                true
+            }
+        };
+        relays.push(relay_some(stdout, tail.clone(), take));
     }
     if let Some(stderr) = child.stderr.take() {
         relays.push(relay(stderr, tail.clone(), log_line));
@@ -166,8 +181,20 @@ pub async fn run_manager(
         let _ = pipe.flush().await;
     }
     let mut stopped = false;
+    // Resolves only as the manager's exit does: the drain asks, the manager then exits.
+    let drained = async {
+        drain.await;
+        tracing::info!(%job, "asking the worker manager to drain");
+        if let Some(pipe) = stdin.as_mut() {
+            let request = format!("{DRAIN_REQUEST}\n");
+            let _ = pipe.write_all(request.as_bytes()).await;
+            let _ = pipe.flush().await;
+        }
+        std::future::pending().await
+    };
     let status = tokio::select! {
         status = child.wait() => status,
+        status = drained => status,
         () = stop => {
             stopped = true;
             match pid {

@@ -384,6 +384,16 @@ impl Pool {
         }
     }
 
+    /// Closes the stdin of each worker that holds no file: it runs `after_complete` and exits,
+    /// while the others finish their files first (a drain).
+    pub fn close_idle(&mut self) {
+        for worker in self.workers.values_mut() {
+            if worker.files.is_empty() {
+                worker.stdin = None;
+            }
+        }
+    }
+
     /// Whether any worker runs or is about to be restarted.
     pub fn any_worker(&self) -> bool {
         !self.workers.is_empty() || !self.restarting.is_empty()

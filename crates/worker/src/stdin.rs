@@ -7,14 +7,18 @@ use std::os::fd::AsFd;
 
 use gorgon_exec::lines::{read_line, Line};
 
+use gorgon_protocol::manager_report::DRAIN_REQUEST;
 use gorgon_protocol::WorkerAssignment;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// Resolves once stdin has reached its end (or failed), i.e. once the parent is gone.
+/// Resolves once stdin has reached its end (or failed), i.e. once the parent is gone; and
+/// tells when the parent asked a worker manager to drain
+/// ([`gorgon_protocol::manager_report::DRAIN_REQUEST`]).
 #[derive(Clone, Debug)]
 pub struct StdinClosed {
     closed: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
     // Held by [`StdinClosed::never`] so that its channel never ends.
     _keep_open: Option<std::sync::Arc<watch::Sender<bool>>>,
 }
@@ -25,6 +29,7 @@ impl StdinClosed {
         let (sender, closed) = watch::channel(false);
         StdinClosed {
             closed,
+            drain: watch::channel(false).1,
             _keep_open: Some(std::sync::Arc::new(sender)),
         }
     }
@@ -37,9 +42,21 @@ impl StdinClosed {
             sender,
             StdinClosed {
                 closed,
+                drain: watch::channel(false).1,
                 _keep_open: None,
             },
         )
+    }
+
+    /// Resolves once the parent has asked to drain; never, if it does not. Cancel-safe.
+    pub fn drain_requested(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut drain = self.drain.clone();
+        async move {
+            // An error means the reader is gone without a request: no drain will come.
+            if drain.wait_for(|drain| *drain).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Waits for the end of stdin. Cancel-safe, and resolves at once when already closed.
@@ -146,7 +163,9 @@ fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
     StdinClosed,
 ) {
     let (line_sender, line) = oneshot::channel();
-    let (closed_sender, closed) = StdinClosed::manual();
+    let (closed_sender, mut closed) = StdinClosed::manual();
+    let (drain_sender, drain) = watch::channel(false);
+    closed.drain = drain;
     tokio::spawn(async move {
         let result = read_line(&mut reader, MAX_LINE_BYTES).await;
         let failed = result.is_err();
@@ -159,11 +178,11 @@ fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
                 }
             }
             None => {
-                let mut buffer = [0u8; 1024];
-                while matches!(
-                    tokio::io::AsyncReadExt::read(&mut reader, &mut buffer).await,
-                    Ok(n) if n > 0
-                ) {}
+                while let Ok(Some(line)) = read_line(&mut reader, MAX_LINE_BYTES).await {
+                    if matches!(&line, Line::Text(text) if text.trim_end() == DRAIN_REQUEST) {
+                        let _ = drain_sender.send(true);
+                    }
+                }
             }
         }
         let _ = closed_sender.send(true);

@@ -154,9 +154,17 @@ pub(super) async fn run_node(
         }
     };
     let mut manager = tokio::spawn(async move {
-        run_manager(&assignment, async {
-            let _ = stopped.await;
-        })
+        // A CI node keeps no metrics: the reports of the manager's files are not needed.
+        let reports = |_| {};
+        run_manager(
+            &assignment,
+            async {
+                let _ = stopped.await;
+            },
+            // A CI node stops or runs to the end: it has no drain.
+            std::future::pending(),
+            reports,
+        )
         .await
     });
     let mut signalled = None;
