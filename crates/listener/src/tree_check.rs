@@ -46,19 +46,22 @@ pub fn check(workspace: &Path, seal: Option<&TreeSeal>, required: bool) -> Resul
     if tree::digest_hex(&bytes) != seal.digest {
         return Err(TreeRefusal::ManifestChanged);
     }
-    let expected = Manifest::from_bytes(&bytes)?;
     let mut cache = DigestCache::load(digests_of(workspace));
     let mut pulled = tree::scan(workspace, &[], &mut cache)?;
     pulled.manifest.entries.remove(MANIFEST_NAME.as_bytes());
-    let differences = expected.differences(&pulled.manifest);
-    if !differences.is_empty() {
-        return Err(TreeRefusal::Differs(differences));
+    // The same tree writes the same bytes: only when they differ is the manifest read, to
+    // say how (an originator of another version may write the same tree otherwise).
+    if pulled.manifest.to_bytes() != bytes {
+        let differences = Manifest::from_bytes(&bytes)?.differences(&pulled.manifest);
+        if !differences.is_empty() {
+            return Err(TreeRefusal::Differs(differences));
+        }
     }
     if let Err(error) = cache.save() {
         tracing::warn!(%error, workspace = %workspace.display(), "cannot keep the workspace's digests");
     }
     tracing::debug!(
-        entries = expected.entries.len(),
+        entries = pulled.manifest.entries.len(),
         hashed = pulled.hashed,
         "the pulled tree is the one pushed"
     );

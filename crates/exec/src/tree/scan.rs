@@ -59,21 +59,36 @@ type Hashed<'f> = (&'f ToHash, Option<Sha>);
 pub struct DigestCache {
     path: Option<PathBuf>,
     known: HashMap<Vec<u8>, Known>,
+    /// The file being read, while it is (on a thread of its own, during the walk).
+    loading: Option<std::thread::JoinHandle<HashMap<Vec<u8>, Known>>>,
     /// Whether `known` differs from the file's: an unchanged tree writes nothing.
     changed: bool,
 }
 
 impl DigestCache {
-    /// The cache kept at `path`; empty when it cannot be read (every file is then hashed).
+    /// The cache kept at `path`, read on a thread of its own while a scan walks the tree;
+    /// empty when it cannot be read (every file is then hashed).
     pub fn load(path: PathBuf) -> DigestCache {
-        let known = std::fs::read_to_string(&path)
-            .map(|text| text.lines().filter_map(parse_known).collect())
-            .unwrap_or_default();
+        let file = path.clone();
+        let loading = std::thread::spawn(move || {
+            std::fs::read_to_string(&file)
+                .map(|text| text.lines().filter_map(parse_known).collect())
+                .unwrap_or_default()
+        });
         DigestCache {
             path: Some(path),
-            known,
+            known: HashMap::new(),
+            loading: Some(loading),
             changed: false,
         }
+    }
+
+    /// The digests the file held, once read.
+    fn loaded(&mut self) -> &HashMap<Vec<u8>, Known> {
+        if let Some(loading) = self.loading.take() {
+            self.known = loading.join().unwrap_or_default();
+        }
+        &self.known
     }
 
     /// A cache that is not kept.
@@ -152,9 +167,11 @@ pub fn scan(
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let mut manifest = Manifest::default();
     let mut to_hash = Vec::new();
-    let mut known = HashMap::with_capacity(cache.known.len());
+    let found = walk(root, exclude)?;
+    let cached = cache.loaded();
+    let mut known = HashMap::with_capacity(cached.len());
     let mut reused = 0;
-    walk(root, exclude, |relative, meta| {
+    for (relative, meta) in found {
         let kind = meta.file_type();
         let mode = meta.mode() & 0o7777;
         if kind.is_symlink() {
@@ -163,8 +180,8 @@ pub fn scan(
             let target = target.as_os_str().as_bytes().to_vec();
             manifest.entries.insert(relative, Entry::Link { target });
         } else if kind.is_file() {
-            let stamp = Stamp::of(meta);
-            match cache.known.get(&relative) {
+            let stamp = Stamp::of(&meta);
+            match cached.get(&relative) {
                 Some((cached, digest)) if *cached == stamp => {
                     let (size, digest) = (stamp.size, *digest);
                     manifest
@@ -182,8 +199,7 @@ pub fn scan(
         } else {
             manifest.entries.insert(relative, Entry::Special { mode });
         }
-        Ok(())
-    })?;
+    }
     for (file, digest) in hash_all(root, &to_hash)? {
         let Some(digest) = digest else { continue };
         let (stamp, mode) = (file.stamp, file.mode);
@@ -223,14 +239,10 @@ fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
     }
 }
 
-/// Calls `found` with every entry below `root` but folders (not following links), by its
-/// path below the root, skipping what `exclude` keeps from a push. The folders are read on
-/// up to [`MAX_THREADS`] threads (a walk is mostly waiting on `stat`).
-fn walk(
-    root: &Path,
-    exclude: &[Exclude],
-    mut found: impl FnMut(Vec<u8>, &Metadata) -> Result<(), TreeError>,
-) -> Result<(), TreeError> {
+/// Every entry below `root` but folders (not following links), by its path below the root,
+/// without what `exclude` keeps from a push. The folders are read on up to [`MAX_THREADS`]
+/// threads (a walk is mostly waiting on `stat`).
+fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(Vec<u8>, Metadata)>, TreeError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, MAX_THREADS);
@@ -252,13 +264,10 @@ fn walk(
             .collect()
     });
     let state = shared.state.into_inner().expect("a folder reader panicked");
-    if let Some(error) = state.failed {
-        return Err(error);
+    match state.failed {
+        Some(error) => Err(error),
+        None => Ok(lists.into_iter().flatten().collect()),
     }
-    for (relative, meta) in lists.into_iter().flatten() {
-        found(relative, &meta)?;
-    }
-    Ok(())
 }
 
 /// The folders a walk has still to read, shared by its threads.
