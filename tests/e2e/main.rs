@@ -13,6 +13,7 @@ mod config_errors;
 mod config_mistakes;
 mod contain;
 mod docs;
+mod far;
 mod faults;
 mod fresh_broker;
 mod local;
