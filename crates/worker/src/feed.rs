@@ -10,7 +10,8 @@
 //! more files than its workers can start, beyond one batch each. A far host, whose slots
 //! would wait for the broker between files, holds a few more ([`LookAhead`]) through a
 //! second consumer of the files queue, opened once the distance and the files' times are
-//! measured, with those extra files as its prefetch. A file delivered again (its
+//! measured, with those extra files as its prefetch; its batches are made of the files it
+//! holds, since a `basic.get` would stall its every slot for a round trip. A file delivered again (its
 //! worker died somewhere) is first checked with the originator (`RetryCheck`: after
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
@@ -444,7 +445,7 @@ impl<'a> Feeder<'a> {
     /// Files for idle worker `worker_id`, which takes `count`: the next delivered one that
     /// it may run (a retry that failed on it is left for another worker when `others`,
     /// another worker runs), then (unless that one runs alone: delivered again, or a retry)
-    /// files waiting in the queue right now, up to `count`. They are held until
+    /// files waiting in the queue right now (on a far host, delivered ones), up to `count`. They are held until
     /// [`Feeder::done`] or [`Feeder::hand_back`].
     pub(crate) async fn take(&mut self, worker_id: u32, count: usize, others: bool) -> Vec<String> {
         let Some(at) = self
@@ -461,13 +462,27 @@ impl<'a> Feeder<'a> {
         let mut taken = vec![first.file.clone()];
         self.hold(first.file, first.incoming);
         while !alone && taken.len() < count {
-            let Some((file, incoming)) = self.try_take().await else {
+            // A far host's `basic.get` would stall every slot here for a round trip: its
+            // batches come from the files it holds ahead.
+            let next = if self.ahead_prefetch > 0 {
+                self.take_held_ahead()
+            } else {
+                self.try_take().await
+            };
+            let Some((file, incoming)) = next else {
                 break;
             };
             taken.push(file.clone());
             self.hold(file, incoming);
         }
         taken
+    }
+
+    /// The first delivered file that may join a batch (neither delivered again nor a retry).
+    fn take_held_ahead(&mut self) -> Option<(String, Incoming)> {
+        let at = self.waiting.iter().position(|d| !d.alone())?;
+        let delivered = self.waiting.remove(at)?;
+        Some((delivered.file, delivered.incoming))
     }
 
     fn hold(&mut self, file: String, incoming: Incoming) {

@@ -6,9 +6,10 @@
 //! delivers the next (another). Between two files a slot thus waits about two round trips,
 //! `gap`, unless the host already holds its next file. Near the broker the gap is a few
 //! milliseconds and the host holds nothing extra: a file held is a file another host's
-//! idle worker cannot start. Far from it, each busy slot holds `⌈gap / d⌉` files more (`d`,
-//! the expected time of a file here), as soon as the gap is a quarter of `d` or more: enough
-//! to cover the gap, and at most about `d` + `gap` of extra work per slot.
+//! idle worker cannot start. Far from it (a gap of 10 ms or more), each busy slot holds
+//! `⌈gap / d⌉` files more (`d`, the expected time of a file here), as soon as the gap is a
+//! quarter of `d` or more: enough to cover the gap, and at most about `d` + `gap` of extra
+//! work per slot.
 //!
 //! Both are measured here, as the job runs: the gap as twice the time from a reply's publish
 //! to its confirm, `d` from the results' times; each a moving average.
@@ -20,6 +21,11 @@ const NEWEST: f64 = 0.25;
 
 /// Below this share of a file's time, the gap is not worth holding files for.
 const WORTH_HIDING: f64 = 0.25;
+
+/// A gap below this is a near broker's (the same rack: a fraction of a millisecond each way
+/// and a disk write), whatever the files: such a host holds nothing extra and tops its
+/// batches up from the queue (`basic.get`), as it always did.
+const NEAR_GAP_SECONDS: f64 = 0.010;
 
 /// Extra files per slot, at most: the broker's queue, not the host, holds the rest.
 const MOST_PER_SLOT: u32 = 8;
@@ -59,8 +65,9 @@ impl LookAhead {
         if self.files_timed < TIMED_FIRST {
             return 0;
         }
-        let share = 2.0 * confirm / file.max(0.001);
-        if share < WORTH_HIDING {
+        let gap = 2.0 * confirm;
+        let share = gap / file.max(0.001);
+        if gap < NEAR_GAP_SECONDS || share < WORTH_HIDING {
             return 0;
         }
         // A share below MOST_PER_SLOT fits in u32; a hair off, so that an exact 2 stays 2.
@@ -97,6 +104,8 @@ mod tests {
             (2, 0.05, 0),
             (3, 0.5, 0),
             (3, 8.0, 0),
+            // Near, however quick the files.
+            (4, 0.001, 0),
             // 5 ms each way: the gap is 20 ms, 0.4 of a 50 ms file.
             (10, 0.05, 1),
             // 25 ms each way: the gap is two files of 50 ms.
