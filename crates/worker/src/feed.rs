@@ -716,7 +716,8 @@ impl<'a> Feeder<'a> {
     /// it is far ([`LookAhead`]). Once: its messages are settled on its channel, so it
     /// stays until the job's end here (or the connection's).
     fn look_further_ahead(&mut self) {
-        let extra = self.look_ahead.extra_per_slot();
+        let batch_limit = self.assignment.definition.runner.batch_limit();
+        let extra = self.look_ahead.extra_per_slot(batch_limit);
         let wanted = u16::try_from(extra.saturating_mul(self.assignment.slots)).unwrap_or(u16::MAX);
         if wanted == 0 || self.ahead_prefetch > 0 || !self.taking() {
             return;

@@ -9,12 +9,16 @@
 //! idle worker cannot start. Far from it (a gap of 10 ms or more), each busy slot holds
 //! `⌈gap / d⌉` files more (`d`, the expected time of a file here), as soon as the gap is a
 //! quarter of `d` or more: enough to cover the gap, and at most about `d` + `gap` of extra
-//! work per slot.
+//! work per slot. Where a worker takes a batch at once (`job.runner.batch_seconds`), the
+//! slot also holds the rest of its batch: a batch taken must not leave the next idle worker
+//! waiting for the broker, and a batch is, by its limit, little work.
 //!
 //! Both are measured here, as the job runs: the gap as twice the time from a reply's publish
 //! to its confirm, `d` from the results' times; each a moving average.
 
 use std::time::Duration;
+
+use gorgon_protocol::batch_size;
 
 /// The weight of the newest measure in each moving average.
 const NEWEST: f64 = 0.25;
@@ -28,7 +32,7 @@ const WORTH_HIDING: f64 = 0.25;
 const NEAR_GAP_SECONDS: f64 = 0.010;
 
 /// Extra files per slot, at most: the broker's queue, not the host, holds the rest.
-const MOST_PER_SLOT: u32 = 8;
+const MOST_PER_SLOT: u32 = 128;
 
 /// Files timed here before the host decides (a first file's time, its worker's start
 /// included, says little).
@@ -57,8 +61,8 @@ impl LookAhead {
     }
 
     /// The files each busy slot should hold beyond the one it runs (none until both are
-    /// measured).
-    pub(crate) fn extra_per_slot(&self) -> u32 {
+    /// measured), where a worker's batches hold `batch_limit` of expected work.
+    pub(crate) fn extra_per_slot(&self, batch_limit: Option<Duration>) -> u32 {
         let (Some(confirm), Some(file)) = (self.confirm_seconds, self.file_seconds) else {
             return 0;
         };
@@ -72,8 +76,10 @@ impl LookAhead {
         }
         // A share below MOST_PER_SLOT fits in u32; a hair off, so that an exact 2 stays 2.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let extra = (share.min(f64::from(MOST_PER_SLOT)) - 1e-9).ceil() as u32;
-        extra
+        let gap_files = (share.min(f64::from(MOST_PER_SLOT)) - 1e-9).ceil() as u32;
+        let batch_files = batch_limit.map_or(1, |limit| batch_size(file, limit));
+        let rest_of_batch = u32::try_from(batch_files - 1).unwrap_or(MOST_PER_SLOT);
+        (gap_files + rest_of_batch).min(MOST_PER_SLOT)
     }
 }
 
@@ -99,23 +105,26 @@ mod tests {
 
     #[test]
     fn a_host_holds_enough_to_cover_two_round_trips_when_they_matter() {
-        for (confirm_ms, file_seconds, extra) in [
+        for (confirm_ms, file_seconds, batch_seconds, extra) in [
             // Near: a few milliseconds against files of 50 ms or more.
-            (2, 0.05, 0),
-            (3, 0.5, 0),
-            (3, 8.0, 0),
+            (2, 0.05, None, 0),
+            (3, 0.5, Some(0.25), 0),
+            (3, 8.0, None, 0),
             // Near, however quick the files.
-            (4, 0.001, 0),
+            (4, 0.001, Some(0.25), 0),
             // 5 ms each way: the gap is 20 ms, 0.4 of a 50 ms file.
-            (10, 0.05, 1),
+            (10, 0.05, None, 1),
             // 25 ms each way: the gap is two files of 50 ms.
-            (50, 0.05, 2),
-            (50, 2.0, 0),
+            (50, 0.05, None, 2),
+            (50, 2.0, Some(0.25), 0),
+            // The gap's files, then the rest of a batch of 6.
+            (50, 0.04, Some(0.25), 3 + 5),
             // Bounded, however quick the files.
-            (50, 0.0, MOST_PER_SLOT),
+            (50, 0.0, Some(0.25), MOST_PER_SLOT),
         ] {
+            let batch_limit = batch_seconds.map(Duration::from_secs_f64);
             assert_eq!(
-                measured(confirm_ms, file_seconds).extra_per_slot(),
+                measured(confirm_ms, file_seconds).extra_per_slot(batch_limit),
                 extra,
                 "{confirm_ms} ms to a confirm, files of {file_seconds} s"
             );
@@ -126,18 +135,18 @@ mod tests {
     fn nothing_extra_until_both_are_measured_and_a_few_files_timed() {
         let mut look_ahead = LookAhead::default();
         look_ahead.confirmed_after(Duration::from_millis(50));
-        assert_eq!(look_ahead.extra_per_slot(), 0);
+        assert_eq!(look_ahead.extra_per_slot(None), 0);
         for _ in 1..TIMED_FIRST {
             look_ahead.file_took(0.05);
-            assert_eq!(look_ahead.extra_per_slot(), 0);
+            assert_eq!(look_ahead.extra_per_slot(None), 0);
         }
         look_ahead.file_took(0.05);
-        assert_eq!(look_ahead.extra_per_slot(), 2);
+        assert_eq!(look_ahead.extra_per_slot(None), 2);
         let mut look_ahead = LookAhead::default();
         for _ in 0..TIMED_FIRST {
             look_ahead.file_took(0.05);
         }
-        assert_eq!(look_ahead.extra_per_slot(), 0);
+        assert_eq!(look_ahead.extra_per_slot(None), 0);
     }
 
     #[test]
@@ -146,6 +155,6 @@ mod tests {
         for _ in 0..40 {
             look_ahead.confirmed_after(Duration::from_millis(1));
         }
-        assert_eq!(look_ahead.extra_per_slot(), 0);
+        assert_eq!(look_ahead.extra_per_slot(None), 0);
     }
 }
