@@ -11,8 +11,9 @@
 //! would wait for the broker between files, holds a few more ([`LookAhead`]) through a
 //! second consumer of the files queue, opened once the distance and the files' times are
 //! measured, with those extra files as its prefetch; its batches are made of the files it
-//! holds, since a `basic.get` would stall its every slot for a round trip. A file delivered again (its
-//! worker died somewhere) is first checked with the originator (`RetryCheck`: after
+//! holds, since a `basic.get` would stall its every slot for a round trip.
+//!
+//! A file delivered again (its worker died somewhere) is first checked with the originator (`RetryCheck`: after
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
 //!
@@ -294,7 +295,8 @@ impl<'a> Feeder<'a> {
             backoff: Backoff::new(),
         });
         self.files = None;
-        self.stop_looking_ahead();
+        // Its consumer went with the connection.
+        drop(self.stop_looking_ahead());
         self.retries = None;
         self.orphans.extend(self.held.drain().map(|(file, _)| file));
         self.waiting.clear();
@@ -445,8 +447,8 @@ impl<'a> Feeder<'a> {
     /// Files for idle worker `worker_id`, which takes `count`: the next delivered one that
     /// it may run (a retry that failed on it is left for another worker when `others`,
     /// another worker runs), then (unless that one runs alone: delivered again, or a retry)
-    /// files waiting in the queue right now (on a far host, delivered ones), up to `count`. They are held until
-    /// [`Feeder::done`] or [`Feeder::hand_back`].
+    /// files waiting in the queue right now (on a far host, delivered ones), up to `count`.
+    /// They are held until [`Feeder::done`] or [`Feeder::hand_back`].
     pub(crate) async fn take(&mut self, worker_id: u32, count: usize, others: bool) -> Vec<String> {
         let Some(at) = self
             .waiting
@@ -575,9 +577,9 @@ impl<'a> Feeder<'a> {
         self.hand_back_retries(true).await;
         // Closed now, before the connection: a dropped consumer's channel is closed by lapin
         // after it, which lapin logs as an error on every job's end.
-        self.stop_looking_ahead();
+        let ahead = self.stop_looking_ahead();
         let retries = self.retries.take().map(|r| r.inbox);
-        let consumers = [self.files.take(), self.ahead.take(), retries];
+        let consumers = [self.files.take(), ahead, retries];
         for inbox in consumers.into_iter().flatten().chain(self.spent.drain(..)) {
             inbox.close().await;
         }
@@ -743,14 +745,14 @@ impl<'a> Feeder<'a> {
         }
     }
 
-    /// No consumer of extra files any more (the connection went, or the job is over here):
-    /// measured again after a reconnection.
-    fn stop_looking_ahead(&mut self) {
+    /// No consumer of extra files any more (the connection went, or the job is over here;
+    /// measured again after a reconnection): the one in use, for the caller to close.
+    fn stop_looking_ahead(&mut self) -> Option<Inbox> {
         if let Some(opening) = self.opening_ahead.take() {
             opening.abort();
         }
-        self.ahead = None;
         self.ahead_prefetch = 0;
+        self.ahead.take()
     }
 
     /// Checks a delivered message: the file to run, or `None` when the message was settled
