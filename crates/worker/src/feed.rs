@@ -576,13 +576,16 @@ impl<'a> Feeder<'a> {
         // The retries held aside go back to the queue while their channels are open.
         self.hand_back_retries(true).await;
         // Closed now, before the connection: a dropped consumer's channel is closed by lapin
-        // after it, which lapin logs as an error on every job's end.
+        // after it, which lapin logs as an error on every job's end. All at once: a far
+        // host's job would end a round trip or two later for each in turn.
         let ahead = self.stop_looking_ahead();
         let retries = self.retries.take().map(|r| r.inbox);
         let consumers = [self.files.take(), ahead, retries];
+        let mut closing = tokio::task::JoinSet::new();
         for inbox in consumers.into_iter().flatten().chain(self.spent.drain(..)) {
-            inbox.close().await;
+            closing.spawn(inbox.close());
         }
+        while closing.join_next().await.is_some() {}
     }
 
     /// Sends one message to the originator without waiting for its confirm (which comes
