@@ -57,7 +57,7 @@ for delay in $delays; do
     "$delay_proxy" "$delay" 127.0.0.1:5672 "127.0.0.1:$rsync_port" >"$work/proxy-$delay" &
     proxy_pids+=($!)
     for _ in $(seq 1 50); do
-        [ "$(wc -l <"$work/proxy-$delay")" -ge 2 ] && break
+        [ "$(cat "$work/proxy-$delay" 2>/dev/null | wc -l)" -ge 2 ] && break
         sleep 0.1
     done
     place "far$delay" "$(sed -n 1p "$work/proxy-$delay")" "$(sed -n 2p "$work/proxy-$delay")"
