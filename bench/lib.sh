@@ -46,12 +46,13 @@ start_file_server() {
     exit 1
 }
 
-# start_listener NAME SLOTS: starts a listener of the bench cluster.
+# start_listener NAME SLOTS [BROKER_PORT]: starts a listener of the bench cluster, whose broker
+# is at 127.0.0.1:BROKER_PORT (default 5672).
 start_listener() {
-    local name=$1 slots=$2
+    local name=$1 slots=$2 broker_port=${3:-5672}
     mkdir -p "$work/listeners/$name"
     cat >"$work/listeners/$name/gorgon_listener.json" <<JSON
-{"connection": {"host": "127.0.0.1", "port": 5672}, "worker_slots": $slots, "name": "$name",
+{"connection": {"host": "127.0.0.1", "port": $broker_port}, "worker_slots": $slots, "name": "$name",
  "workspace_root": "$work/listeners/$name/workspaces", "cluster_id": "$cluster_id",
  "allow_root": true}
 JSON

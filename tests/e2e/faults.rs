@@ -12,10 +12,12 @@ use crate::support::{
 };
 use serde_json::json;
 
-const RUN_LIMIT: Duration = Duration::from_secs(120);
-const CLEANUP_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const CLEANUP_LIMIT: Duration = Duration::from_secs(15);
 
-fn suite(
+/// Project `name` of `files` [`slow_test`] files of `seconds` each, and the folder where
+/// they record their runs.
+pub(crate) fn suite(
     cluster: &Cluster,
     name: &str,
     files: usize,
@@ -116,26 +118,7 @@ fn a_frozen_listener_s_files_run_elsewhere_within_seconds() {
     );
     run.assert_stderr(&["listener frozen disappeared"]);
     // Thawed, the host reconnects and takes the next job like the others.
-    let next = cluster.project("after-thaw", json!({}));
-    for i in 0..12 {
-        next.write(
-            &format!("tests/{i:02}_test.sh"),
-            "echo \"ran on $GORGON_HOST\"; sleep 0.3\n",
-        );
-    }
-    eventually(
-        Duration::from_secs(60),
-        "the thawed listener to take a job",
-        || {
-            let run = next.start(&["--events", "events.ndjson"], RUN_LIMIT);
-            run.assert_report(0, &["12 files: 12 passed"]);
-            if next.read("events.ndjson").contains("\"host\":\"frozen\"") {
-                Ok(())
-            } else {
-                Err(cluster.listener_log("frozen"))
-            }
-        },
-    );
+    cluster.assert_takes_a_next_job("frozen");
     cluster.assert_no_job_processes(CLEANUP_LIMIT);
 }
 

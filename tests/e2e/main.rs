@@ -16,6 +16,7 @@ mod config_mistakes;
 mod contain;
 mod docs;
 mod drain;
+mod far;
 mod faults;
 mod fresh_broker;
 mod local;

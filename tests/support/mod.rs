@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub const GORGON: &str = env!("CARGO_BIN_EXE_gorgon");
 
+pub mod delay_proxy;
 mod eventually;
 pub mod rabbit_node;
 pub mod tamper;
@@ -526,6 +527,33 @@ impl Cluster {
         eventually(limit, "no process of the job to be left", || {
             none_left(self.job_processes())
         });
+    }
+
+    /// Runs jobs of 12 quick files until one of them runs a file on listener `name` (back
+    /// from a freeze or a partition, it takes jobs like the others); fails the test after
+    /// 60 s.
+    pub fn assert_takes_a_next_job(&self, name: &str) {
+        let next = self.project(&format!("after-{name}"), serde_json::json!({}));
+        for i in 0..12 {
+            next.write(
+                &format!("tests/{i:02}_test.sh"),
+                "echo \"ran on $GORGON_HOST\"; sleep 0.3\n",
+            );
+        }
+        let host = format!("\"host\":\"{name}\"");
+        eventually(
+            Duration::from_secs(60),
+            format!("listener {name} to take a job"),
+            || {
+                let run = next.start(&["--events", "events.ndjson"], Duration::from_secs(120));
+                run.assert_report(0, &["12 files: 12 passed"]);
+                if next.read("events.ndjson").contains(&host) {
+                    Ok(())
+                } else {
+                    Err(self.listener_log(name))
+                }
+            },
+        );
     }
 
     /// Waits until a process of listener `name` whose command line contains `needle` runs,

@@ -7,8 +7,13 @@
 //!
 //! The consumer's prefetch is the host's slot count, and an idle worker takes one delivered
 //! file plus, for a batch, files that are waiting right now (`basic.get`): a host never holds
-//! more files than its workers can start, beyond one batch each. A file delivered again (its
-//! worker died somewhere) is first checked with the originator (`RetryCheck`: after
+//! more files than its workers can start, beyond one batch each. A far host, whose slots
+//! would wait for the broker between files, holds a few more ([`LookAhead`]) through a
+//! second consumer of the files queue, opened once the distance and the files' times are
+//! measured, with those extra files as its prefetch; its batches are made of the files it
+//! holds, since a `basic.get` would stall its every slot for a round trip.
+//!
+//! A file delivered again (its worker died somewhere) is first checked with the originator (`RetryCheck`: after
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
 //!
@@ -41,6 +46,7 @@ use gorgon_protocol::{
 };
 
 use crate::host_job::sleep_until_some;
+use crate::look_ahead::LookAhead;
 
 /// How long the manager waits for the originator's answer about a file delivered again
 /// before running it anyway (a duplicate result is dropped, a lost one is not).
@@ -137,9 +143,15 @@ pub(crate) struct Feeder<'a> {
     broker: Broker,
     assignment: &'a WorkerAssignment,
     files: Option<Inbox>,
-    /// The files queue's consumer once the broker ended it (the job is over): closed by
-    /// [`Feeder::hand_back_all`], after the files it delivered are settled.
-    spent: Option<Inbox>,
+    /// The files queue's consumer for the extra files a far host holds ([`LookAhead`]), its
+    /// prefetch, and its opening while under way.
+    ahead: Option<Inbox>,
+    ahead_prefetch: u16,
+    opening_ahead: Option<tokio::task::JoinHandle<Result<Inbox, Ended>>>,
+    look_ahead: LookAhead,
+    /// The files queue's consumers once the broker ended them (the job is over): closed by
+    /// [`Feeder::hand_back_all`], after the files they delivered are settled.
+    spent: Vec<Inbox>,
     /// Delivered files no worker has taken yet, in delivery order.
     waiting: VecDeque<Delivered>,
     /// Files given to workers, until their result is confirmed or they come back.
@@ -150,7 +162,7 @@ pub(crate) struct Feeder<'a> {
     /// Set while the connection is lost.
     outage: Option<Outage>,
     /// Replies handed to the broker whose confirm has not come yet, oldest first.
-    unconfirmed: VecDeque<(Message, Unconfirmed)>,
+    unconfirmed: VecDeque<InFlight>,
     /// Replies for the originator that wait for the connection to come back, in order.
     unsent: VecDeque<Message>,
     /// Files running here whose message went with a lost connection, until the message
@@ -171,10 +183,21 @@ pub(crate) struct Sent {
     pub(crate) messages: usize,
 }
 
+/// A reply handed to the broker, until its confirm.
+struct InFlight {
+    message: Message,
+    unconfirmed: Unconfirmed,
+    sent_at: Instant,
+}
+
 /// What the job's queues have for the manager (see [`Feeder::next_event`]).
 pub(crate) enum FeedEvent {
     /// A delivery from the files queue; `None` when its consumer has ended.
     Delivery(Option<Incoming>),
+    /// A delivery to the consumer of extra files; `None` when it has ended.
+    Ahead(Option<Incoming>),
+    /// The consumer of extra files is open, or could not be opened.
+    AheadOpened(Result<Inbox, Ended>),
     /// The confirm of the oldest reply in flight.
     Confirm(Result<(), BrokerError>),
     /// A retry held aside goes back to the queue.
@@ -214,7 +237,11 @@ impl<'a> Feeder<'a> {
             broker: broker.clone(),
             assignment,
             files: Some(files),
-            spent: None,
+            ahead: None,
+            ahead_prefetch: 0,
+            opening_ahead: None,
+            look_ahead: LookAhead::default(),
+            spent: Vec::new(),
             waiting: VecDeque::new(),
             held: HashMap::new(),
             retries: None,
@@ -249,8 +276,8 @@ impl<'a> Feeder<'a> {
     /// confirm are sent again once it is back, and the feeder will try to reconnect until
     /// `connection.outage_limit`.
     fn lose_connection(&mut self) {
-        for (message, _) in self.unconfirmed.drain(..).rev() {
-            self.unsent.push_front(message);
+        for in_flight in self.unconfirmed.drain(..).rev() {
+            self.unsent.push_front(in_flight.message);
         }
         if self.outage.is_some() || self.ended.is_some() {
             return;
@@ -268,6 +295,8 @@ impl<'a> Feeder<'a> {
             backoff: Backoff::new(),
         });
         self.files = None;
+        // Its consumer went with the connection.
+        drop(self.stop_looking_ahead());
         self.retries = None;
         self.orphans.extend(self.held.drain().map(|(file, _)| file));
         self.waiting.clear();
@@ -355,10 +384,11 @@ impl<'a> Feeder<'a> {
     /// [`Feeder::handle`], which is not.
     pub(crate) async fn next_event(&mut self, taking_files: bool) -> FeedEvent {
         let take = taking_files && self.taking();
-        let files = self.files.as_mut().filter(|_| take);
-        let delivery = async {
-            match files {
-                Some(files) => files.next().await,
+        let delivery = next_file(self.files.as_mut().filter(|_| take));
+        let ahead = next_file(self.ahead.as_mut().filter(|_| take));
+        let opened = async {
+            match self.opening_ahead.as_mut() {
+                Some(opening) => opening.await.unwrap_or(Err(Ended::Broken)),
                 None => std::future::pending().await,
             }
         };
@@ -366,6 +396,8 @@ impl<'a> Feeder<'a> {
         let hand_back = self.aside.iter().map(|(_, at)| *at).min();
         tokio::select! {
             incoming = delivery => FeedEvent::Delivery(incoming),
+            incoming = ahead => FeedEvent::Ahead(incoming),
+            opened = opened => FeedEvent::AheadOpened(opened),
             confirm = confirm => FeedEvent::Confirm(confirm),
             () = sleep_until_some(hand_back), if hand_back.is_some() => FeedEvent::HandBack,
         }
@@ -376,11 +408,14 @@ impl<'a> Feeder<'a> {
     /// [`Feeder::ended`] says why) or starts an outage.
     pub(crate) async fn handle(&mut self, event: FeedEvent) {
         match event {
-            FeedEvent::Delivery(Some(incoming)) => {
+            FeedEvent::Delivery(Some(incoming)) | FeedEvent::Ahead(Some(incoming)) => {
                 if let Some(delivered) = self.accept(incoming).await {
                     self.waiting.push_back(delivered);
                 }
             }
+            // The files queue's end, or the connection's, comes to the first consumer too.
+            FeedEvent::Ahead(None) => self.spent.extend(self.ahead.take()),
+            FeedEvent::AheadOpened(opened) => self.ahead_opened(opened).await,
             FeedEvent::Delivery(None) => {
                 // A consumer ends cleanly when the originator deletes the queue; an error
                 // (the connection dropped) is not the end of the job.
@@ -390,7 +425,7 @@ impl<'a> Feeder<'a> {
                 } else {
                     self.ended = Some(Ended::Finished);
                 }
-                self.spent = self.files.take();
+                self.spent.extend(self.files.take());
             }
             FeedEvent::Confirm(confirm) => self.confirmed(confirm).await,
             FeedEvent::HandBack => self.hand_back_retries(false).await,
@@ -412,8 +447,8 @@ impl<'a> Feeder<'a> {
     /// Files for idle worker `worker_id`, which takes `count`: the next delivered one that
     /// it may run (a retry that failed on it is left for another worker when `others`,
     /// another worker runs), then (unless that one runs alone: delivered again, or a retry)
-    /// files waiting in the queue right now, up to `count`. They are held until
-    /// [`Feeder::done`] or [`Feeder::hand_back`].
+    /// files waiting in the queue right now (on a far host, delivered ones), up to `count`.
+    /// They are held until [`Feeder::done`] or [`Feeder::hand_back`].
     pub(crate) async fn take(&mut self, worker_id: u32, count: usize, others: bool) -> Vec<String> {
         let Some(at) = self
             .waiting
@@ -429,13 +464,27 @@ impl<'a> Feeder<'a> {
         let mut taken = vec![first.file.clone()];
         self.hold(first.file, first.incoming);
         while !alone && taken.len() < count {
-            let Some((file, incoming)) = self.try_take().await else {
+            // A far host's `basic.get` would stall every slot here for a round trip: its
+            // batches come from the files it holds ahead.
+            let next = if self.ahead_prefetch > 0 {
+                self.take_held_ahead()
+            } else {
+                self.try_take().await
+            };
+            let Some((file, incoming)) = next else {
                 break;
             };
             taken.push(file.clone());
             self.hold(file, incoming);
         }
         taken
+    }
+
+    /// The first delivered file that may join a batch (neither delivered again nor a retry).
+    fn take_held_ahead(&mut self) -> Option<(String, Incoming)> {
+        let at = self.waiting.iter().position(|d| !d.alone())?;
+        let delivered = self.waiting.remove(at)?;
+        Some((delivered.file, delivered.incoming))
     }
 
     fn hold(&mut self, file: String, incoming: Incoming) {
@@ -527,14 +576,16 @@ impl<'a> Feeder<'a> {
         // The retries held aside go back to the queue while their channels are open.
         self.hand_back_retries(true).await;
         // Closed now, before the connection: a dropped consumer's channel is closed by lapin
-        // after it, which lapin logs as an error on every job's end.
+        // after it, which lapin logs as an error on every job's end. All at once: a far
+        // host's job would end a round trip or two later for each in turn.
+        let ahead = self.stop_looking_ahead();
         let retries = self.retries.take().map(|r| r.inbox);
-        for inbox in [self.files.take(), self.spent.take(), retries]
-            .into_iter()
-            .flatten()
-        {
-            inbox.close().await;
+        let consumers = [self.files.take(), ahead, retries];
+        let mut closing = tokio::task::JoinSet::new();
+        for inbox in consumers.into_iter().flatten().chain(self.spent.drain(..)) {
+            closing.spawn(inbox.close());
         }
+        while closing.join_next().await.is_some() {}
     }
 
     /// Sends one message to the originator without waiting for its confirm (which comes
@@ -542,8 +593,11 @@ impl<'a> Feeder<'a> {
     /// `Err` when nobody can take results any more.
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), Ended> {
         // Its result is out (or waits to be): its run no longer needs its message back.
-        for file in results_in(&message) {
-            self.orphans.remove(file);
+        for reply in carried(&message) {
+            if let Message::FileFinished(result) = reply {
+                self.orphans.remove(&result.file);
+                self.look_ahead.file_took(result.seconds);
+            }
         }
         if self.outage.is_none() && self.unconfirmed.len() >= UNCONFIRMED_LIMIT {
             let oldest = self.next_confirm().await;
@@ -565,7 +619,11 @@ impl<'a> Feeder<'a> {
             Ok(unconfirmed) => {
                 self.sent.replies += carried(&message).len();
                 self.sent.messages += 1;
-                self.unconfirmed.push_back((message, unconfirmed));
+                self.unconfirmed.push_back(InFlight {
+                    message,
+                    unconfirmed,
+                    sent_at: Instant::now(),
+                });
                 Ok(())
             }
             Err(error) if self.lost_with_connection(&error) => {
@@ -614,11 +672,13 @@ impl<'a> Feeder<'a> {
     async fn confirmed(&mut self, confirm: Result<(), BrokerError>) {
         match confirm {
             Ok(()) => {
-                if let Some((message, _)) = self.unconfirmed.pop_front() {
-                    for file in results_in(&message) {
+                if let Some(in_flight) = self.unconfirmed.pop_front() {
+                    self.look_ahead.confirmed_after(in_flight.sent_at.elapsed());
+                    for file in results_in(&in_flight.message) {
                         self.done(file).await;
                     }
                 }
+                self.look_further_ahead();
             }
             Err(error) if self.lost_with_connection(&error) => self.lose_connection(),
             Err(error) => {
@@ -655,6 +715,47 @@ impl<'a> Feeder<'a> {
         };
         self.ended = Some(ended);
         ended
+    }
+
+    /// Opens the consumer of extra files in the background once the host has measured that
+    /// it is far ([`LookAhead`]). Once: its messages are settled on its channel, so it
+    /// stays until the job's end here (or the connection's).
+    fn look_further_ahead(&mut self) {
+        let batch_limit = self.assignment.definition.runner.batch_limit();
+        let extra = self.look_ahead.extra_per_slot(batch_limit);
+        let wanted = u16::try_from(extra.saturating_mul(self.assignment.slots)).unwrap_or(u16::MAX);
+        if wanted == 0 || self.ahead_prefetch > 0 || !self.taking() {
+            return;
+        }
+        tracing::info!(
+            "the broker is far: each busy slot holds {extra} file(s) more ({wanted} in all)"
+        );
+        self.ahead_prefetch = wanted;
+        let broker = self.broker.clone();
+        let assignment = self.assignment.clone();
+        self.opening_ahead = Some(tokio::spawn(async move {
+            consume_files_with(&broker, &assignment, wanted).await
+        }));
+    }
+
+    /// Takes the consumer of extra files in use, while the job still takes files here.
+    async fn ahead_opened(&mut self, opened: Result<Inbox, Ended>) {
+        self.opening_ahead = None;
+        match opened {
+            Ok(inbox) if self.taking() => self.ahead = Some(inbox),
+            Ok(inbox) => inbox.close().await,
+            Err(ended) => tracing::info!("cannot hold more files ({ended:?}); going on without"),
+        }
+    }
+
+    /// No consumer of extra files any more (the connection went, or the job is over here;
+    /// measured again after a reconnection): the one in use, for the caller to close.
+    fn stop_looking_ahead(&mut self) -> Option<Inbox> {
+        if let Some(opening) = self.opening_ahead.take() {
+            opening.abort();
+        }
+        self.ahead_prefetch = 0;
+        self.ahead.take()
     }
 
     /// Checks a delivered message: the file to run, or `None` when the message was settled
@@ -800,19 +901,34 @@ impl<'a> Feeder<'a> {
 }
 
 /// The confirm of the oldest of `unconfirmed` (never when there is none). Cancel-safe.
-async fn oldest_confirm(
-    unconfirmed: &mut VecDeque<(Message, Unconfirmed)>,
-) -> Result<(), BrokerError> {
+async fn oldest_confirm(unconfirmed: &mut VecDeque<InFlight>) -> Result<(), BrokerError> {
     match unconfirmed.front_mut() {
-        Some((_, oldest)) => oldest.confirmed().await,
+        Some(oldest) => oldest.unconfirmed.confirmed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next delivery of a files queue's consumer; never without one. Cancel-safe.
+async fn next_file(files: Option<&mut Inbox>) -> Option<Incoming> {
+    match files {
+        Some(files) => files.next().await,
         None => std::future::pending().await,
     }
 }
 
 /// Consumes the job's files queue, with the host's slot count as prefetch.
 async fn consume_files(broker: &Broker, assignment: &WorkerAssignment) -> Result<Inbox, Ended> {
-    let queue = names::files_queue(assignment.job_id);
     let prefetch = u16::try_from(assignment.slots.max(1)).unwrap_or(u16::MAX);
+    consume_files_with(broker, assignment, prefetch).await
+}
+
+/// Consumes the job's files queue with `prefetch`.
+async fn consume_files_with(
+    broker: &Broker,
+    assignment: &WorkerAssignment,
+    prefetch: u16,
+) -> Result<Inbox, Ended> {
+    let queue = names::files_queue(assignment.job_id);
     match broker.consume(&queue, Some(prefetch)).await {
         Ok(inbox) => Ok(inbox),
         // The originator deletes the files queue once every file has a result.

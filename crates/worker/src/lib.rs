@@ -20,6 +20,7 @@ mod host_job;
 mod junit;
 mod live;
 mod local;
+mod look_ahead;
 mod manager;
 mod manager_process;
 mod persistent;
