@@ -134,6 +134,23 @@ enum Command {
         #[arg(long, default_value_t = 2.0)]
         timeout: f64,
     },
+    /// The fleet view: each listener with its slots and jobs, and for each running job the
+    /// files and the work left, and the hosts that would finish it in time.
+    ///
+    /// Example: gorgon status --within 300 --json
+    Status {
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds to wait for the listeners' answers.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = positive_seconds)]
+        timeout: f64,
+        /// Say how many hosts would finish each running job within SECONDS.
+        #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+        within: Option<f64>,
+        /// Print the view as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start an rsync daemon serving DIR as the file server, and return.
     ///
     /// Example: gorgon start_rsync ~/.gorgon/file_dir --port 43434 --secrets /etc/gorgon/gorgon_secret.json
@@ -535,6 +552,22 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 return Err(CliError::PingTimeout);
             }
             gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await?;
+            Ok(exit_code::SUCCESS)
+        }
+        Command::Status {
+            config,
+            timeout,
+            within,
+            json,
+        } => {
+            init_logging("warn", LogTarget::Stderr);
+            let wait = Duration::from_secs_f64(timeout);
+            let fleet = gorgon_originator::status::status(&config, wait, within).await?;
+            if json {
+                println!("{}", fleet.to_json());
+            } else {
+                print!("{}", fleet.render());
+            }
             Ok(exit_code::SUCCESS)
         }
         Command::StartRsync {

@@ -3,6 +3,7 @@
 //! manager process), so that it stays responsive while jobs run.
 
 mod artifacts;
+mod board;
 mod check;
 mod fleet;
 pub mod install;
@@ -179,12 +180,27 @@ struct Shared {
     metrics: Arc<metrics::Metrics>,
     /// True once the listener drains: no job is taken, and the running ones take no files.
     draining: watch::Sender<bool>,
+    /// What its jobs are doing, for `gorgon status`.
+    board: board::Board,
 }
 
 /// Where the listener keeps its warm runner.
 type WarmSlot = Arc<std::sync::Mutex<Option<WarmProcess>>>;
 
 impl Shared {
+    /// What the listener answers to a ping: who it is, and what its jobs are doing.
+    fn info(&self) -> ListenerInfo {
+        ListenerInfo {
+            name: self.settings.name.clone(),
+            version: gorgon_protocol::VERSION.to_owned(),
+            slots: self.settings.worker_slots,
+            busy_slots: self.board.busy_slots(),
+            uptime_seconds: self.board.uptime_seconds(),
+            draining: *self.draining.borrow(),
+            jobs: self.board.snapshot(),
+        }
+    }
+
     /// The connection in use now.
     fn broker(&self) -> Broker {
         self.broker.borrow().clone()
@@ -258,6 +274,7 @@ pub async fn run(
         warm: WarmSlot::default(),
         metrics,
         draining: watch::channel(false).0,
+        board: board::Board::new(),
     });
     let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
@@ -556,14 +573,7 @@ async fn handle(
     let job_id = envelope.job_id;
     match &envelope.message {
         Message::Ping { reply_to } => {
-            let reply = Envelope::new(
-                job_id,
-                Message::PingReply(ListenerInfo {
-                    name: shared.settings.name.clone(),
-                    version: gorgon_protocol::VERSION.to_owned(),
-                    slots: shared.settings.worker_slots,
-                }),
-            );
+            let reply = Envelope::new(job_id, Message::PingReply(shared.info()));
             if let Err(error) = shared.broker().send_to_queue(reply_to, &reply).await {
                 tracing::warn!(%error, "cannot answer a ping");
             }

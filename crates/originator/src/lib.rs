@@ -23,6 +23,7 @@ pub mod run;
 pub mod run_core;
 pub mod settings;
 pub mod state;
+pub mod status;
 pub mod tree;
 pub mod view;
 
