@@ -2,6 +2,7 @@
 //! and `gorgon ping`.
 
 pub mod artifacts;
+pub mod drain;
 pub mod engine;
 pub mod engines;
 pub mod errors;

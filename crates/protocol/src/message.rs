@@ -108,6 +108,13 @@ pub enum Message {
         timeout_seconds: f64,
         reply_to: String,
     },
+    /// `gorgon drain HOST`: the listener named `host` drains as on SIGTERM (listeners with
+    /// `allow_fleet_commands` only; the others ignore it) and answers with
+    /// [`Message::DrainAnswer`] on `reply_to`.
+    Drain {
+        host: String,
+        reply_to: String,
+    },
 
     // Listener to the announcements exchange.
     /// A listener has started; originators send it their running job.
@@ -164,6 +171,14 @@ pub enum Message {
     FleetResult {
         host: String,
         outcome: FleetOutcome,
+    },
+    /// A listener drains, with `jobs` still running that finish their files, or says why
+    /// it refused to (`refused`).
+    DrainAnswer {
+        host: String,
+        jobs: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
     },
     /// A listener has taken the job and starts pulling the tree.
     JobAccepted {
@@ -684,6 +699,20 @@ mod tests {
                 outcome: FleetOutcome::Refused {
                     reason: "no".into(),
                 },
+            },
+            Message::Drain {
+                host: "h1".into(),
+                reply_to: "d".into(),
+            },
+            Message::DrainAnswer {
+                host: "h1".into(),
+                jobs: 2,
+                refused: None,
+            },
+            Message::DrainAnswer {
+                host: "h2".into(),
+                jobs: 0,
+                refused: Some("no".into()),
             },
             Message::ListenerAnnounced {
                 listener_queue: "q".into(),
