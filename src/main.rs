@@ -107,33 +107,8 @@ enum Command {
     ///
     /// Example: gorgon report events.jsonl --html report.html
     Report(ReportArgs),
-    /// Run one command on every listener of the cluster (in a scratch folder, as the
-    /// listener's user) and print each host's exit and output; listeners run it only when
-    /// their config sets `allow_fleet_commands: true`. Exits 1 if any host failed, refused
-    /// or did not answer.
-    ///
-    /// Example: gorgon fleet -- bundle --version
-    Fleet {
-        /// The project's configuration, which names the broker and the cluster.
-        #[arg(long, default_value = "gorgon.json")]
-        config: PathBuf,
-        /// Seconds the command may run on each listener.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = positive_seconds)]
-        timeout: f64,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
-    /// List the listeners of the cluster with their versions and worker slots.
-    ///
-    /// Example: gorgon ping --timeout 5
-    Ping {
-        #[arg(long, default_value = "gorgon.json")]
-        config: PathBuf,
-        /// Seconds to wait for answers.
-        #[arg(long, default_value_t = 2.0)]
-        timeout: f64,
-    },
+    #[command(flatten)]
+    Cluster(ClusterCommand),
     /// Start an rsync daemon serving DIR as the file server, and return.
     ///
     /// Example: gorgon start_rsync ~/.gorgon/file_dir --port 43434 --secrets /etc/gorgon/gorgon_secret.json
@@ -171,6 +146,71 @@ enum Command {
     /// its assignment and files on stdin, its replies on stdout.
     #[command(name = "__work", hide = true)]
     Work,
+}
+
+/// The commands that ask the cluster's listeners.
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Run one command on every listener of the cluster (in a scratch folder, as the
+    /// listener's user) and print each host's exit and output; listeners run it only when
+    /// their config sets `allow_fleet_commands: true`. Exits 1 if any host failed, refused
+    /// or did not answer.
+    ///
+    /// Example: gorgon fleet -- bundle --version
+    Fleet {
+        /// The project's configuration, which names the broker and the cluster.
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds the command may run on each listener.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = positive_seconds)]
+        timeout: f64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Ask the listener named HOST to drain, as on SIGTERM: it takes no more jobs, lets the
+    /// files it runs finish, hands back the rest and exits 0. Listeners take it only when
+    /// their config sets `allow_fleet_commands: true`. Exits 1 if it refused or did not
+    /// answer.
+    ///
+    /// Example: gorgon drain build-agent-3
+    Drain {
+        /// The listener's name (`gorgon status` lists them).
+        host: String,
+        /// The project's configuration, which names the broker and the cluster.
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds to wait for the listener's answer.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = positive_seconds)]
+        timeout: f64,
+    },
+    /// List the listeners of the cluster with their versions and worker slots.
+    ///
+    /// Example: gorgon ping --timeout 5
+    Ping {
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds to wait for answers.
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+    },
+    /// The fleet view: each listener with its slots and jobs, and for each running job the
+    /// files and the work left, and the hosts that would finish it in time.
+    ///
+    /// Example: gorgon status --within 300 --json
+    Status {
+        #[arg(long, default_value = "gorgon.json")]
+        config: PathBuf,
+        /// Seconds to wait for the listeners' answers.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = positive_seconds)]
+        timeout: f64,
+        /// Say how many hosts would finish each running job within SECONDS.
+        #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+        within: Option<f64>,
+        /// Print the view as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 // `gorgon start`'s arguments (their help is the variant's: no doc comment here).
@@ -518,25 +558,9 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             man_pages(&dir)?;
             Ok(exit_code::SUCCESS)
         }
-        Command::Fleet {
-            config,
-            timeout,
-            command,
-        } => {
-            init_logging("warn", LogTarget::Stderr);
-            let limit = std::time::Duration::from_secs_f64(timeout);
-            Ok(gorgon_originator::fleet::fleet(&config, &command, limit).await?)
-        }
+        Command::Cluster(command) => cluster(command).await,
         Command::Node(args) => node(args).await,
         Command::Report(args) => report(args).await,
-        Command::Ping { config, timeout } => {
-            init_logging("warn", LogTarget::Stderr);
-            if !(timeout.is_finite() && timeout > 0.0) {
-                return Err(CliError::PingTimeout);
-            }
-            gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await?;
-            Ok(exit_code::SUCCESS)
-        }
         Command::StartRsync {
             dir,
             port,
@@ -573,6 +597,51 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             let (assignment, files, stdin_closed) =
                 gorgon_worker::read_assignment_and_lines().await?;
             Ok(gorgon_worker::work_local(assignment, files, stdin_closed).await)
+        }
+    }
+}
+
+/// `gorgon fleet`, `ping`, `drain` and `status`.
+async fn cluster(command: ClusterCommand) -> Result<i32, CliError> {
+    init_logging("warn", LogTarget::Stderr);
+    match command {
+        ClusterCommand::Fleet {
+            config,
+            timeout,
+            command,
+        } => {
+            let limit = std::time::Duration::from_secs_f64(timeout);
+            Ok(gorgon_originator::fleet::fleet(&config, &command, limit).await?)
+        }
+        ClusterCommand::Ping { config, timeout } => {
+            if !(timeout.is_finite() && timeout > 0.0) {
+                return Err(CliError::PingTimeout);
+            }
+            gorgon_originator::ping(&config, Duration::from_secs_f64(timeout)).await?;
+            Ok(exit_code::SUCCESS)
+        }
+        ClusterCommand::Drain {
+            host,
+            config,
+            timeout,
+        } => {
+            let wait = Duration::from_secs_f64(timeout);
+            Ok(gorgon_originator::drain::drain(&config, &host, wait).await?)
+        }
+        ClusterCommand::Status {
+            config,
+            timeout,
+            within,
+            json,
+        } => {
+            let wait = Duration::from_secs_f64(timeout);
+            let fleet = gorgon_originator::status::status(&config, wait, within).await?;
+            if json {
+                println!("{}", fleet.to_json());
+            } else {
+                print!("{}", fleet.render());
+            }
+            Ok(exit_code::SUCCESS)
         }
     }
 }

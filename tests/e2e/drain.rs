@@ -1,8 +1,10 @@
 //! A listener drains on SIGTERM: it takes no more files, lets the ones it runs finish, hands
 //! back the rest and exits 0 within `drain_timeout`; the run goes on on the other listener
-//! and ends with every file's result, none lost and none run twice.
+//! and ends with every file's result, none lost and none run twice. `gorgon drain HOST`
+//! from the project's machine drains it the same way; a listener without
+//! `allow_fleet_commands` refuses, and a name nobody answers to fails.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -75,6 +77,12 @@ fn a_drained_listener_finishes_its_files_hands_back_the_rest_and_exits_0() {
         ended.iter().any(|(_, host)| host == "drained"),
         "the files running on the drained listener ran to their end: {started:?} {ended:?}\n{said}"
     );
+    assert_every_file_ran_once(&log);
+}
+
+/// Each file of `log` that started ran to its end, once.
+fn assert_every_file_ran_once(log: &std::path::Path) {
+    let (started, ended) = (events(log, "start"), events(log, "end"));
     assert_eq!(
         started.len(),
         ended.len(),
@@ -86,4 +94,65 @@ fn a_drained_listener_finishes_its_files_hands_back_the_rest_and_exits_0() {
         .map(|i| format!("tests/{i:02}_test.sh"))
         .collect();
     assert_eq!(names, expected, "every file started exactly once");
+}
+
+#[test]
+fn gorgon_drain_drains_the_listener_it_names_and_only_where_allowed() {
+    let mut cluster = Cluster::new();
+    let allowed = json!({"drain_timeout": 30, "allow_fleet_commands": true});
+    cluster.start_listener_with("drained", 2, allowed);
+    cluster.start_listener("closed", 1);
+    let project = cluster.project("remote-drain", json!({}));
+    let log = cluster.path().join("runs.log");
+    for i in 0..FILES {
+        let name = format!("tests/{i:02}_test.sh");
+        project.write(&name, &timed_test(&log, &name));
+    }
+    cluster.wait_for_listeners(&project, 2);
+
+    let refused = project.gorgon(&["drain", "closed"]);
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(said.contains("closed refused to drain"), "{said}");
+    let nobody = project.gorgon(&["drain", "nobody", "--timeout", "1"]);
+    assert_eq!(nobody.status.code(), Some(1), "{nobody:?}");
+
+    let run = project.spawn_start(&[], &[]);
+    eventually(RUN_LIMIT, "a file to run on the listener to drain", || {
+        events(&log, "start")
+            .iter()
+            .any(|(_, host)| host == "drained")
+    });
+    let asked = Instant::now();
+    let drained = project.gorgon(&["drain", "drained"]);
+    let said = String::from_utf8_lossy(&drained.stdout);
+    assert_eq!(drained.status.code(), Some(0), "{drained:?}");
+    assert!(said.contains("drained drains"), "{said}");
+    let status = cluster.wait_for_listener_exit("drained", RUN_LIMIT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the drained listener's exit: {status:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        asked.elapsed()
+    );
+    let logged = cluster.listener_log("drained");
+    assert!(
+        logged.contains("gorgon drain asks this listener to drain"),
+        "{logged}"
+    );
+    assert!(!logged.contains("stopping the jobs left"), "{logged}");
+
+    let run = run.wait(RUN_LIMIT);
+    run.assert_exit(0);
+    assert!(
+        run.stdout
+            .contains(&format!("{FILES} files: {FILES} passed")),
+        "{}",
+        run.stdout
+    );
+    assert_every_file_ran_once(&log);
 }

@@ -29,5 +29,6 @@ mod pipeline;
 mod retries;
 mod runners;
 mod slots;
+mod status;
 mod tree;
 mod trust;

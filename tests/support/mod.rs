@@ -654,18 +654,29 @@ impl Cluster {
         name: &str,
         limit: Duration,
     ) -> (std::process::ExitStatus, Duration) {
-        let position = self.listener_index(name);
-        let mut listener = self.listeners.remove(position);
+        let pid = self.listeners[self.listener_index(name)].id();
         let asked = Instant::now();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(listener.id() as i32),
+            nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let status = eventually(limit, format!("listener {name} to exit"), || {
-            listener.try_wait().unwrap()
-        });
+        let status = self.wait_for_listener_exit(name, limit);
         (status, asked.elapsed())
+    }
+
+    /// Waits for listener `name` to exit (a drain asked otherwise than by a signal, say),
+    /// failing the test after `limit`: its exit status.
+    pub fn wait_for_listener_exit(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> std::process::ExitStatus {
+        let position = self.listener_index(name);
+        let mut listener = self.listeners.remove(position);
+        eventually(limit, format!("listener {name} to exit"), || {
+            listener.try_wait().unwrap()
+        })
     }
 
     /// SIGKILLs listener `name` and every process of it: the whole host dies at once.

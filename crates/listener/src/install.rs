@@ -180,6 +180,9 @@ ExecStartPre={binary} listen --check --config {config}
 ExecStart={binary} listen --config {config}
 Restart=always
 RestartSec=5
+# A listener exits 0 only once drained (`gorgon drain`, or a SIGTERM from outside systemd):
+# it stays down, its machine on its way out, until started again. A failure restarts it.
+RestartPreventExitStatus=0
 # SIGTERM drains the listener: its running files finish within drain_timeout (40 s by
 # default), then what is left is stopped. Signal it alone, and give it the time.
 KillMode=mixed
@@ -305,6 +308,7 @@ mod tests {
         assert!(shipped.contains("\nProtectSystem=strict\n"));
         assert!(shipped.contains("\nReadWritePaths=-/var/lib/gorgon/workspaces\n"));
         assert!(shipped.contains("\nRestart=always\n"));
+        assert!(shipped.contains("\nRestartPreventExitStatus=0\n"));
         assert!(shipped.contains(
             "\nExecStartPre=/usr/bin/gorgon listen --check --config /etc/gorgon/gorgon_listener.json\n"
         ));

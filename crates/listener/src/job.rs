@@ -104,10 +104,16 @@ pub async fn run_job(
 ) -> Uuid {
     let host = shared.settings.name.clone();
     let replies = HostReplies::new(job.id, &host, &job.reply_to, || shared.broker());
+    let on_board = shared.board.enter(
+        job.id,
+        &job.definition.project,
+        &job.definition.originator_host,
+    );
     let turn = wait_for_turn(&shared, &job, &replies, turn, listener_stopping.clone());
     let Some(grant) = turn.await else {
         return job.id;
     };
+    on_board.running(grant.slots());
     let running = Held::new(&shared.metrics.jobs_running);
     let listener_queue = Some(shared.queue.clone());
     match replies.accept(grant.slots(), listener_queue).await {
@@ -152,6 +158,7 @@ pub async fn run_job(
         if prepared.is_ok() && !*stopping.borrow() && !draining {
             let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
             let files = Arc::new(JobFiles::new(shared.metrics.clone()));
+            on_board.files(files.clone());
             let reports = files.clone();
             let reports = move |report| reports.report(report);
             let mut draining = shared.draining.subscribe();
@@ -178,6 +185,7 @@ pub async fn run_job(
     // The job's slots go to the next job in line only now that nothing of it runs.
     drop(grant);
     drop(running);
+    drop(on_board);
     if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
         let path = workspace.path.clone();
         // A large tree takes a while to remove: off the runtime's threads too.

@@ -3,6 +3,7 @@
 //! manager process), so that it stays responsive while jobs run.
 
 mod artifacts;
+mod board;
 mod check;
 mod fleet;
 pub mod install;
@@ -179,12 +180,29 @@ struct Shared {
     metrics: Arc<metrics::Metrics>,
     /// True once the listener drains: no job is taken, and the running ones take no files.
     draining: watch::Sender<bool>,
+    /// What its jobs are doing, for `gorgon status`.
+    board: board::Board,
+    /// Notified by `gorgon drain` naming this listener: it drains as on the first SIGTERM.
+    drain_requested: tokio::sync::Notify,
 }
 
 /// Where the listener keeps its warm runner.
 type WarmSlot = Arc<std::sync::Mutex<Option<WarmProcess>>>;
 
 impl Shared {
+    /// What the listener answers to a ping: who it is, and what its jobs are doing.
+    fn info(&self) -> ListenerInfo {
+        ListenerInfo {
+            name: self.settings.name.clone(),
+            version: gorgon_protocol::VERSION.to_owned(),
+            slots: self.settings.worker_slots,
+            busy_slots: self.board.busy_slots(),
+            uptime_seconds: self.board.uptime_seconds(),
+            draining: *self.draining.borrow(),
+            jobs: self.board.snapshot(),
+        }
+    }
+
     /// The connection in use now.
     fn broker(&self) -> Broker {
         self.broker.borrow().clone()
@@ -258,6 +276,8 @@ pub async fn run(
         warm: WarmSlot::default(),
         metrics,
         draining: watch::channel(false).0,
+        board: board::Board::new(),
+        drain_requested: tokio::sync::Notify::new(),
     });
     let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
@@ -267,6 +287,14 @@ pub async fn run(
     // at one instant); the next attempt's time survives the loop's other wake-ups.
     let mut backoff = Backoff::new();
     let mut retry_at = tokio::time::Instant::now();
+    // The first SIGTERM, or `gorgon drain` naming this listener.
+    let asked = shared.clone();
+    let drain = async move {
+        tokio::select! {
+            () = drain => {}
+            () = asked.drain_requested.notified() => {}
+        }
+    };
     let mut ending = Ending {
         shutdown: Box::pin(shutdown),
         drain: Some(Box::pin(drain)),
@@ -556,16 +584,14 @@ async fn handle(
     let job_id = envelope.job_id;
     match &envelope.message {
         Message::Ping { reply_to } => {
-            let reply = Envelope::new(
-                job_id,
-                Message::PingReply(ListenerInfo {
-                    name: shared.settings.name.clone(),
-                    version: gorgon_protocol::VERSION.to_owned(),
-                    slots: shared.settings.worker_slots,
-                }),
-            );
+            let reply = Envelope::new(job_id, Message::PingReply(shared.info()));
             if let Err(error) = shared.broker().send_to_queue(reply_to, &reply).await {
                 tracing::warn!(%error, "cannot answer a ping");
+            }
+        }
+        Message::Drain { host, reply_to } => {
+            if *host == shared.settings.name {
+                answer_drain(shared, job_id, reply_to).await;
             }
         }
         Message::FleetCommand {
@@ -623,6 +649,36 @@ async fn handle(
         }
     }
     settle(incoming.ack().await);
+}
+
+/// `gorgon drain` names this listener: it drains (the loop sees the request) when its
+/// config allows fleet commands, and says so, or why not, on `reply_to`.
+async fn answer_drain(shared: &Shared, id: Uuid, reply_to: &str) {
+    let refused = (!shared.settings.allow_fleet_commands).then(|| {
+        "this listener does not take fleet commands, gorgon drain among them (set \"allow_fleet_commands\": true in its gorgon_listener.json, or send it SIGTERM)".to_owned()
+    });
+    if refused.is_none() {
+        tracing::info!("gorgon drain asks this listener to drain");
+        shared.drain_requested.notify_one();
+    }
+    let jobs = shared
+        .board
+        .snapshot()
+        .iter()
+        .filter(|job| job.running)
+        .count();
+    let answer = Message::DrainAnswer {
+        host: shared.settings.name.clone(),
+        jobs: u32::try_from(jobs).unwrap_or(u32::MAX),
+        refused,
+    };
+    if let Err(error) = shared
+        .broker()
+        .send_to_queue(reply_to, &Envelope::new(id, answer))
+        .await
+    {
+        tracing::warn!(%error, "cannot answer gorgon drain");
+    }
 }
 
 /// Takes a job into the line for this host's slots (it starts at once when slots are free)

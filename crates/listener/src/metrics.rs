@@ -221,6 +221,16 @@ pub struct JobFiles {
     metrics: Arc<Metrics>,
     /// `None` once the job's manager has ended: its workers run nothing any more.
     running: Mutex<Option<HashSet<u32>>>,
+    /// The files finished and the seconds they took together, for `gorgon status`.
+    done: Mutex<(u32, f64)>,
+}
+
+/// What [`JobFiles::counts`] says of a job's files on this host.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FileCounts {
+    pub running: u32,
+    pub done: u32,
+    pub seconds: f64,
 }
 
 impl JobFiles {
@@ -228,6 +238,7 @@ impl JobFiles {
         JobFiles {
             metrics,
             running: Mutex::new(Some(HashSet::new())),
+            done: Mutex::default(),
         }
     }
 
@@ -249,6 +260,8 @@ impl JobFiles {
                 };
                 self.metrics.files.get_or_create(&labels).inc();
                 self.metrics.file_seconds.observe(seconds);
+                let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+                *done = (done.0 + 1, done.1 + seconds);
                 (worker_id, false)
             }
             ManagerReport::WorkerExited { worker_id } => (worker_id, false),
@@ -259,6 +272,19 @@ impl JobFiles {
             }
         } else if running.remove(&worker_id) {
             self.metrics.slots_busy.dec();
+        }
+    }
+
+    /// The files running now, and those finished with their seconds.
+    pub fn counts(&self) -> FileCounts {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, seconds) = *self.done.lock().unwrap_or_else(|e| e.into_inner());
+        FileCounts {
+            running: running
+                .as_ref()
+                .map_or(0, |r| u32::try_from(r.len()).unwrap_or(u32::MAX)),
+            done,
+            seconds,
         }
     }
 
@@ -346,6 +372,9 @@ mod tests {
         job.report(ManagerReport::FileStarted { worker_id: 1 });
         job.report(ManagerReport::WorkerExited { worker_id: 2 });
         assert_eq!(metrics.slots_busy.get(), 1);
+        let counts = job.counts();
+        assert_eq!((counts.running, counts.done), (1, 1));
+        assert!((counts.seconds - 0.2).abs() < 1e-9);
         job.end();
         job.report(ManagerReport::FileStarted { worker_id: 3 });
         assert_eq!(metrics.slots_busy.get(), 0);

@@ -10,7 +10,7 @@ use gorgon_listener::{run, ListenerSettings};
 use gorgon_protocol::broker::QueueLife;
 use gorgon_protocol::{
     names, Broker, BrokerSettings, CallbackName, Callbacks, Envelope, Inbox, JobDefinition,
-    ListenerInfo, Message, SyncTransport,
+    Message, SyncTransport,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -174,14 +174,14 @@ async fn answers_pings_and_reports_a_failed_sync_once() {
         .publish(&names::jobs_exchange(&listener.cluster), &request)
         .await
         .unwrap();
+    let Message::PingReply(info) = next(&mut pongs).await else {
+        panic!("not a ping reply");
+    };
     assert_eq!(
-        next(&mut pongs).await,
-        Message::PingReply(ListenerInfo {
-            name: "test-listener".into(),
-            version: gorgon_protocol::VERSION.into(),
-            slots: 3,
-        })
+        (info.name.as_str(), info.version.as_str(), info.slots),
+        ("test-listener", gorgon_protocol::VERSION, 3)
     );
+    assert_eq!((info.busy_slots, info.jobs.len()), (0, 0));
 
     // The same job through the fanout and straight to the listener's queue: taken once.
     let job = Uuid::new_v4();

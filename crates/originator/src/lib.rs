@@ -2,6 +2,7 @@
 //! and `gorgon ping`.
 
 pub mod artifacts;
+pub mod drain;
 pub mod engine;
 pub mod engines;
 pub mod errors;
@@ -23,6 +24,7 @@ pub mod run;
 pub mod run_core;
 pub mod settings;
 pub mod state;
+pub mod status;
 pub mod tree;
 pub mod view;
 

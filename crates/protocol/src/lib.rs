@@ -26,7 +26,7 @@ pub use job::{
 pub use manager_report::ManagerReport;
 pub use message::{
     CallbackName, DecodeError, Envelope, FileResult, FileStatus, FleetOutcome, ListenerInfo,
-    Message, RetryOf, TestResult, TestStatus, WorkerAssignment,
+    ListenerJob, Message, RetryOf, TestResult, TestStatus, WorkerAssignment,
 };
 pub use runner_protocol::{
     BatchRequest, FileDone, RunOutcome, RunRequest, RunnerMessage, WorkerRequest,

@@ -108,6 +108,13 @@ pub enum Message {
         timeout_seconds: f64,
         reply_to: String,
     },
+    /// `gorgon drain HOST`: the listener named `host` drains as on SIGTERM (listeners with
+    /// `allow_fleet_commands` only; the others ignore it) and answers with
+    /// [`Message::DrainAnswer`] on `reply_to`.
+    Drain {
+        host: String,
+        reply_to: String,
+    },
 
     // Listener to the announcements exchange.
     /// A listener has started; originators send it their running job.
@@ -164,6 +171,14 @@ pub enum Message {
     FleetResult {
         host: String,
         outcome: FleetOutcome,
+    },
+    /// A listener drains, with `jobs` still running that finish their files, or says why
+    /// it refused to (`refused`).
+    DrainAnswer {
+        host: String,
+        jobs: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
     },
     /// A listener has taken the job and starts pulling the tree.
     JobAccepted {
@@ -260,12 +275,49 @@ pub enum Message {
     },
 }
 
-/// What `gorgon ping` shows of a listener.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `gorgon ping` and `gorgon status` show of a listener. The fields after `slots` came
+/// with `gorgon status`: a listener older than that answers without them, and its answer
+/// decodes with them zero and empty.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListenerInfo {
     pub name: String,
     pub version: String,
     pub slots: u32,
+    /// Slots held by its running jobs.
+    #[serde(default)]
+    pub busy_slots: u32,
+    /// Seconds since the listener started.
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// True once it drains: it takes no more jobs.
+    #[serde(default)]
+    pub draining: bool,
+    /// Its jobs: the running ones, then the waiting ones in their order in line.
+    #[serde(default)]
+    pub jobs: Vec<ListenerJob>,
+}
+
+/// A job on one listener, as `gorgon status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListenerJob {
+    pub job_id: Uuid,
+    pub project: String,
+    pub originator_host: String,
+    /// True once its turn has come; false while it waits for slots.
+    pub running: bool,
+    /// Seconds since it began to run, or, while it waits, since it was taken.
+    pub seconds: u64,
+    /// Slots it holds here (none while it waits).
+    #[serde(default)]
+    pub slots: u32,
+    /// Files its workers here run now.
+    #[serde(default)]
+    pub files_running: u32,
+    /// Files its workers here have finished, and the seconds they took together.
+    #[serde(default)]
+    pub files_done: u32,
+    #[serde(default)]
+    pub file_seconds: f64,
 }
 
 /// What a listener did with a fleet command.
@@ -648,6 +700,20 @@ mod tests {
                     reason: "no".into(),
                 },
             },
+            Message::Drain {
+                host: "h1".into(),
+                reply_to: "d".into(),
+            },
+            Message::DrainAnswer {
+                host: "h1".into(),
+                jobs: 2,
+                refused: None,
+            },
+            Message::DrainAnswer {
+                host: "h2".into(),
+                jobs: 0,
+                refused: Some("no".into()),
+            },
             Message::ListenerAnnounced {
                 listener_queue: "q".into(),
                 name: "h1".into(),
@@ -689,6 +755,20 @@ mod tests {
                 name: "h1".into(),
                 version: "0.1.0".into(),
                 slots: 2,
+                busy_slots: 2,
+                uptime_seconds: 60,
+                draining: false,
+                jobs: vec![ListenerJob {
+                    job_id: Uuid::nil(),
+                    project: "p".into(),
+                    originator_host: "dev".into(),
+                    running: true,
+                    seconds: 12,
+                    slots: 2,
+                    files_running: 2,
+                    files_done: 3,
+                    file_seconds: 1.5,
+                }],
             }),
             Message::JobAccepted {
                 host: "h1".into(),
@@ -923,6 +1003,17 @@ mod tests {
                 reply_to: "r".into()
             }
         );
+    }
+
+    #[test]
+    fn a_ping_reply_without_the_status_fields_still_decodes() {
+        let old = r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"ping_reply","name":"h1","version":"0.1.0","slots":2}}"#;
+        let decoded = Envelope::decode(old.as_bytes()).unwrap();
+        let Message::PingReply(info) = decoded.message else {
+            panic!("not a ping reply: {decoded:?}");
+        };
+        assert_eq!((info.slots, info.busy_slots), (2, 0));
+        assert!(info.jobs.is_empty() && !info.draining);
     }
 
     #[test]
