@@ -191,6 +191,8 @@ start_postgresql() {
         return 1
     }
     echo "PostgreSQL is listening on 127.0.0.1:$POSTGRES_PORT"
+}
+
 # Installs promtool (Debian's prometheus package), which the metrics test runs on the
 # listener's /metrics. The package also brings a Prometheus server, which its scripts enable
 # where systemd runs: meant for machines that run the tests, not for production hosts.
