@@ -91,11 +91,7 @@ fn matching(workspace: &Path, globs: &[String]) -> Vec<String> {
     }
     found
         .into_iter()
-        .filter(|relative| {
-            ArtifactFile::new(relative.clone(), &[])
-                .relative_path()
-                .is_some()
-        })
+        .filter(|relative| ArtifactFile::stays_below(relative))
         .collect()
 }
 

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use gorgon_protocol::broker::QueueLife;
-use gorgon_protocol::{exit_code, names, Broker, BrokerError, Envelope, Message};
-use uuid::Uuid;
+use gorgon_protocol::{exit_code, Broker, BrokerError, Message};
 
 use crate::ping::PingError;
 use crate::settings::Settings;
@@ -52,44 +50,25 @@ async fn ask(
     host: &str,
     wait: Duration,
 ) -> Result<Answer, BrokerError> {
-    let id = Uuid::new_v4();
-    let replies = names::ping_queue(id);
-    let jobs = names::jobs_exchange(cluster);
-    broker.declare_fanout(&jobs).await?;
-    broker.declare_queue(&replies, QueueLife::Exclusive).await?;
-    let mut inbox = broker.consume(&replies, None).await?;
-    let request = Message::Drain {
+    let mut answer = Answer::Silent;
+    let request = |reply_to| Message::Drain {
         host: host.to_owned(),
-        reply_to: replies.clone(),
+        reply_to,
     };
-    match broker.publish(&jobs, &Envelope::new(id, request)).await {
-        Ok(()) => {}
-        // No listener queue is bound: nobody is listening.
-        Err(BrokerError::Unroutable(_)) => return Ok(Answer::Silent),
-        Err(error) => return Err(error),
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        tokio::select! {
-            incoming = inbox.next() => {
-                let Some(incoming) = incoming else { return Ok(Answer::Silent) };
-                let answer = match &incoming.envelope {
-                    Ok(Envelope { job_id, message: Message::DrainAnswer { host: from, jobs, refused }, .. })
-                        if *job_id == id && from == host =>
-                    {
-                        Some(match refused {
-                            Some(reason) => Answer::Refused(reason.clone()),
-                            None => Answer::Draining { jobs: *jobs },
-                        })
-                    }
-                    _ => None,
-                };
-                let _ = incoming.ack().await;
-                if let Some(answer) = answer {
-                    return Ok(answer);
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return Ok(Answer::Silent),
+    crate::ping::ask_listeners(broker, cluster, wait, request, |message| match message {
+        Message::DrainAnswer {
+            host: from,
+            jobs,
+            refused,
+        } if from == host => {
+            answer = match refused {
+                Some(reason) => Answer::Refused(reason.clone()),
+                None => Answer::Draining { jobs: *jobs },
+            };
+            true
         }
-    }
+        _ => false,
+    })
+    .await?;
+    Ok(answer)
 }

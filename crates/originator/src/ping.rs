@@ -51,42 +51,62 @@ pub(crate) async fn collect(
     cluster: &str,
     wait: Duration,
 ) -> Result<Vec<ListenerInfo>, BrokerError> {
-    let ping_id = Uuid::new_v4();
-    let reply_queue = names::ping_queue(ping_id);
+    let mut listeners = Vec::new();
+    let ping = |reply_to| Message::Ping { reply_to };
+    ask_listeners(broker, cluster, wait, ping, |message| {
+        if let Message::PingReply(info) = message {
+            listeners.push(info.clone());
+        }
+        false
+    })
+    .await?;
+    Ok(listeners)
+}
+
+/// Publishes the question that `ask` makes of its reply queue to every listener of
+/// `cluster`, and hands each answer to `answer` until it returns true (it has what it
+/// waited for), the inbox ends, or `wait` has passed. Nobody listening is no answer.
+pub(crate) async fn ask_listeners(
+    broker: &Broker,
+    cluster: &str,
+    wait: Duration,
+    ask: impl FnOnce(String) -> Message,
+    mut answer: impl FnMut(&Message) -> bool,
+) -> Result<(), BrokerError> {
+    let id = Uuid::new_v4();
+    let reply_queue = names::ping_queue(id);
     let jobs = names::jobs_exchange(cluster);
     broker.declare_fanout(&jobs).await?;
     broker
         .declare_queue(&reply_queue, QueueLife::Exclusive)
         .await?;
     let mut inbox = broker.consume(&reply_queue, None).await?;
-    let ping = Envelope::new(
-        ping_id,
-        Message::Ping {
-            reply_to: reply_queue.clone(),
-        },
-    );
-    let mut listeners = Vec::new();
-    match broker.publish(&jobs, &ping).await {
+    match broker
+        .publish(&jobs, &Envelope::new(id, ask(reply_queue)))
+        .await
+    {
         Ok(()) => {}
         // No listener queue is bound: nobody is listening.
-        Err(BrokerError::Unroutable(_)) => return Ok(listeners),
+        Err(BrokerError::Unroutable(_)) => return Ok(()),
         Err(error) => return Err(error),
     }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         tokio::select! {
             incoming = inbox.next() => {
-                let Some(incoming) = incoming else { break };
+                let Some(incoming) = incoming else { return Ok(()) };
                 match &incoming.envelope {
-                    Ok(Envelope { job_id, message: Message::PingReply(info), .. }) if *job_id == ping_id => {
-                        listeners.push(info.clone());
+                    Ok(envelope) if envelope.job_id == id => {
+                        let enough = answer(&envelope.message);
                         let _ = incoming.ack().await;
+                        if enough {
+                            return Ok(());
+                        }
                     }
                     _ => { let _ = incoming.discard().await; }
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(deadline) => return Ok(()),
         }
     }
-    Ok(listeners)
 }

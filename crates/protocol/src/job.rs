@@ -74,11 +74,13 @@ impl ArtifactFile {
     /// Its path as folders and a name below the artifacts' folder: `None` for a path that
     /// is absolute, empty, or steps out (`..`), which a host must never send.
     pub fn relative_path(&self) -> Option<std::path::PathBuf> {
-        let path = std::path::Path::new(&self.path);
-        let normal = path
-            .components()
-            .all(|part| matches!(part, std::path::Component::Normal(_)));
-        (normal && !self.path.is_empty()).then(|| path.to_owned())
+        ArtifactFile::stays_below(&self.path).then(|| self.path.clone().into())
+    }
+
+    /// Whether `path` names a place below a folder: not empty, not absolute, no `..`.
+    pub fn stays_below(path: &str) -> bool {
+        let mut parts = std::path::Path::new(path).components();
+        !path.is_empty() && parts.all(|part| matches!(part, std::path::Component::Normal(_)))
     }
 }
 
