@@ -105,8 +105,8 @@ fn the_limit_names_what_it_keeps_back() {
     run.assert_exit(0);
     run.assert_output(&[
         "Artifacts from art-small: 0 file(s)",
-        "left out by job.artifacts.limit_mb",
-        "bytes: past the limit)",
+        "; left out: coverage/.coverage.",
+        "bytes: past job.artifacts.limit_mb)",
     ]);
 }
 
@@ -315,4 +315,53 @@ fn each_workers_simplecov_result_comes_back_and_collates_into_the_serial_runs_li
         !library.missed.is_empty() && library.covered.len() > SPECS.len(),
         "the comparison is meaningless: {library:?}"
     );
+}
+
+/// Bytes that differ from place to place, so that a piece out of place would show.
+fn varied_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn artifacts_larger_than_a_message_arrive_whole() {
+    let cluster = Cluster::with_listeners(&[("art-large", 1)]);
+    let project = cluster.project(
+        "large",
+        json!({"job": {"artifacts": {"paths": ["data/*.bin"]}}}),
+    );
+    project.write("tests/a_test.sh", "true\n");
+    // 12 MiB, three messages of 4 MiB (more than a message could carry whole), and three
+    // files that fit in one each.
+    let files: Vec<(String, Vec<u8>)> = [(12 << 20, 1), (3 << 19, 2), (3 << 19, 3), (100, 4)]
+        .iter()
+        .map(|(len, seed)| (format!("data/f{seed}.bin"), varied_bytes(*len, *seed)))
+        .collect();
+    for (path, bytes) in &files {
+        let path = project.dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    cluster.wait_for_listeners(&project, 1);
+    let run = project.start(&[], LIMIT);
+    run.assert_exit(0);
+    run.assert_output(&["1 file: 1 passed", "Artifacts from art-large: 4 file(s)"]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        said.matches("Artifacts from art-large").count(),
+        1,
+        "one line for the host, whatever its number of messages:\n{said}"
+    );
+    for (path, bytes) in &files {
+        let back = std::fs::read(project.dir.join("artifacts/art-large").join(path))
+            .unwrap_or_else(|error| panic!("{path} did not come back: {error}"));
+        assert!(back == *bytes, "{path} came back with other bytes");
+    }
 }

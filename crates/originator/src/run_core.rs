@@ -503,6 +503,7 @@ impl<'a> Core<'a> {
             host,
             files,
             left_out,
+            more,
         } = message
         else {
             return;
@@ -511,9 +512,10 @@ impl<'a> Core<'a> {
             tracing::warn!(%host, "dropping artifacts this run did not ask for");
             return;
         };
-        let line = folder.keep(&host, &files, &left_out);
-        tracing::info!(%host, files = files.len(), left_out = left_out.len(), "artifacts kept");
-        self.progress.note(&line);
+        tracing::info!(%host, files = files.len(), left_out = left_out.len(), more, "artifacts kept");
+        if let Some(line) = folder.keep(&host, &files, &left_out, more) {
+            self.progress.note(&line);
+        }
     }
 
     /// The retries the last replies decided, told, for the engine to queue.
