@@ -78,6 +78,14 @@ impl ArtifactsFolder {
         let tally = self.tally.remove(host).unwrap_or_default();
         Some(tally.line(host, &folder))
     }
+
+    /// The line of a host that is done but whose last message of artifacts never came (it
+    /// could not send it), if some came.
+    pub(crate) fn unfinished(&mut self, host: &str) -> Option<String> {
+        let tally = self.tally.remove(host)?;
+        let folder = self.root.join(folder_name(host));
+        Some(tally.line(host, &folder) + "; its last message of them never came")
+    }
 }
 
 impl Tally {
@@ -224,6 +232,14 @@ mod tests {
         assert!(line.contains("Artifacts from h1: 1 file(s)"), "{line}");
         assert!(
             line.contains("big.json (a piece at byte 9 of a file that has 6)"),
+            "{line}"
+        );
+        assert_eq!(folder.unfinished("h1"), None, "h1's line was told already");
+        folder.keep("h2", &first, &[], true);
+        let line = folder.unfinished("h2").unwrap();
+        assert!(line.contains("Artifacts from h2: 1 file(s)"), "{line}");
+        assert!(
+            line.ends_with("its last message of them never came"),
             "{line}"
         );
     }

@@ -487,6 +487,9 @@ impl<'a> Core<'a> {
                 None
             }
             message => {
+                if let Message::JobDone { host } = &message {
+                    self.end_artifacts(host);
+                }
                 let outcome = take_reply(self.state, message, self.max_crash_retries);
                 self.tell(&outcome);
                 outcome.stop
@@ -514,6 +517,18 @@ impl<'a> Core<'a> {
         };
         tracing::info!(%host, files = files.len(), left_out = left_out.len(), more, "artifacts kept");
         if let Some(line) = folder.keep(&host, &files, &left_out, more) {
+            self.progress.note(&line);
+        }
+    }
+
+    /// Tells what came of a host's artifacts when it is done before its last message of
+    /// them came.
+    fn end_artifacts(&mut self, host: &str) {
+        let line = self
+            .artifacts
+            .as_mut()
+            .and_then(|folder| folder.unfinished(host));
+        if let Some(line) = line {
             self.progress.note(&line);
         }
     }
