@@ -149,6 +149,8 @@ pub struct Settings {
     /// `job.artifacts`: what listeners bring back, and where it goes (`artifacts_folder/HOST/`).
     pub artifacts: gorgon_protocol::Artifacts,
     pub artifacts_folder: PathBuf,
+    /// `job.worker_setup`: what each worker runs once before its first file.
+    pub worker_setup: Option<String>,
     pub runtime_file: Option<PathBuf>,
     pub failed_files: PathBuf,
     pub log_file: Option<PathBuf>,
@@ -270,6 +272,7 @@ const SECTIONS: [config_file::Section; 9] = {
                 "listener_wait",
                 "first_is_1",
                 "artifacts",
+                "worker_setup",
             ],
             ignored: &[],
             guarded: false,
@@ -373,6 +376,7 @@ struct RawJob {
     first_is_1: bool,
     #[serde(default)]
     artifacts: RawArtifacts,
+    worker_setup: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -651,6 +655,7 @@ impl Settings {
             first_is_1: raw.job.first_is_1,
             artifacts_folder: resolve(raw.job.artifacts.folder()),
             artifacts: raw.job.artifacts.into_artifacts(),
+            worker_setup: raw.job.worker_setup.filter(|setup| !setup.trim().is_empty()),
             runtime_file: raw.runtime_file.map(resolve),
             failed_files: raw
                 .failed_files

@@ -30,6 +30,11 @@ pub struct JobDefinition {
     /// `job.artifacts`: what each listener brings back from its workspace at its part's end.
     #[serde(default, skip_serializing_if = "Artifacts::is_off")]
     pub artifacts: Artifacts,
+    /// `job.worker_setup`: a command each worker runs once, before its first file, with its
+    /// variables (`TEST_ENV_NUMBER`, …); its failure fails the files that worker took, and
+    /// the worker takes no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_setup: Option<String>,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -156,6 +161,7 @@ impl JobDefinition {
             live_output: LiveOutput::default(),
             first_is_1: false,
             artifacts: Artifacts::default(),
+            worker_setup: None,
         }
     }
 }

@@ -664,6 +664,7 @@ mod tests {
             },
             first_is_1: false,
             artifacts: crate::Artifacts::default(),
+            worker_setup: None,
         }
     }
 
