@@ -655,7 +655,10 @@ impl Settings {
             first_is_1: raw.job.first_is_1,
             artifacts_folder: resolve(raw.job.artifacts.folder()),
             artifacts: raw.job.artifacts.into_artifacts(),
-            worker_setup: raw.job.worker_setup.filter(|setup| !setup.trim().is_empty()),
+            worker_setup: raw
+                .job
+                .worker_setup
+                .filter(|setup| !setup.trim().is_empty()),
             runtime_file: raw.runtime_file.map(resolve),
             failed_files: raw
                 .failed_files
