@@ -324,8 +324,8 @@ impl Drop for Databases {
 /// Test files of the database projects.
 const DATABASE_FILES: usize = 12;
 
-/// A project whose callbacks make a template database once per host and a copy of it for
-/// each worker, named from `TEST_ENV_NUMBER` as a `database.yml` would (and from the host,
+/// A project whose callbacks make a template database once per host (where the host's
+/// worker count, 2, is in `PARALLEL_TEST_GROUPS`) and a copy of it for each worker, named from `TEST_ENV_NUMBER` as a `database.yml` would (and from the host,
 /// since every host here shares one server: docs/databases.md), and whose test files each
 /// write rows tagged with their worker into their worker's database, fail if they find
 /// another worker's there, and record the database they used in `record`.
@@ -338,7 +338,8 @@ fn database_project(
     let project = cluster.project(
         name,
         json!({"job": {"callbacks": {
-            "before_creating_workers": ". ./db/env.sh && dropdb --if-exists \"$TEMPLATE\" && createdb \"$TEMPLATE\" \
+            "before_creating_workers": ". ./db/env.sh && [ \"$PARALLEL_TEST_GROUPS\" = 2 ] \
+                && dropdb --if-exists \"$TEMPLATE\" && createdb \"$TEMPLATE\" \
                 && psql -v ON_ERROR_STOP=1 -q -d \"$TEMPLATE\" -c 'CREATE TABLE marks (worker text NOT NULL, file text NOT NULL)'",
             "before_start": ". ./db/env.sh && dropdb --if-exists \"$DATABASE\" && createdb -T \"$TEMPLATE\" \"$DATABASE\"",
         }}}),

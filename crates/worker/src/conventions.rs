@@ -41,6 +41,17 @@ pub fn worker_pairs(worker_id: u32, workers: u32, first_is_1: bool) -> Vec<(&'st
     ]
 }
 
+/// The conventions' pairs of a host's own commands (the worker manager's callbacks,
+/// `before_creating_workers` and `after_creating_workers`): the host's worker count, which
+/// says how many databases to make (`rake "parallel:setup[$PARALLEL_TEST_GROUPS]"`). No
+/// worker's number: they belong to no worker.
+pub fn host_pairs(workers: u32) -> Vec<(&'static str, String)> {
+    vec![
+        (PARALLEL_TEST_GROUPS, workers.to_string()),
+        (PYTEST_XDIST_WORKER_COUNT, workers.to_string()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +78,14 @@ mod tests {
             .map(|id| value(&worker_pairs(id, 2, true), TEST_ENV_NUMBER))
             .collect();
         assert_eq!(numbers, ["1", "2"]);
+    }
+
+    #[test]
+    fn a_hosts_own_commands_get_its_worker_count_and_no_worker_number() {
+        let pairs = host_pairs(3);
+        assert_eq!(value(&pairs, PARALLEL_TEST_GROUPS), "3");
+        assert_eq!(value(&pairs, PYTEST_XDIST_WORKER_COUNT), "3");
+        assert!(!pairs.iter().any(|(name, _)| *name == TEST_ENV_NUMBER));
     }
 
     #[test]
