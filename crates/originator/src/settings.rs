@@ -877,6 +877,26 @@ mod tests {
     }
 
     #[test]
+    fn worker_setup_is_a_known_command_of_the_job_and_blank_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |setup: &str| {
+            let config = format!(
+                r#"{{"file_server": {{"host": "fs"}}, "files": ["t/*.sh"], "job": {{"worker_setup": {setup}}}}}"#
+            );
+            Settings::load(&write(dir.path(), "gorgon.json", &config))
+        };
+        let settings = load(r#""createdb app_test$TEST_ENV_NUMBER""#).unwrap();
+        assert_eq!(
+            settings.worker_setup.as_deref(),
+            Some("createdb app_test$TEST_ENV_NUMBER")
+        );
+        assert!(settings.config_keys.unknown.is_empty());
+        assert_eq!(load(r#"" ""#).unwrap().worker_setup, None);
+        let error = load("3").unwrap_err().to_string();
+        assert!(error.contains("job.worker_setup"), "{error}");
+    }
+
+    #[test]
     fn gorgons_keys_that_do_not_apply_are_listed_not_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(
