@@ -72,19 +72,9 @@ fn each_hosts_coverage_comes_back_and_combines_into_one_report() {
         assert!(!data.is_empty(), "no coverage data came back from {host}");
     }
     // coverage.py's own merge of every host's data, on the originator.
-    let combined = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(
-            "python3 -m coverage combine --keep artifacts/*/coverage && python3 -m coverage report",
-        )
-        .current_dir(&project.dir)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&combined.stdout);
-    assert!(
-        combined.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&combined.stderr)
+    let report = run_in(
+        &project,
+        "python3 -m coverage combine --keep artifacts/*/coverage && python3 -m coverage report",
     );
     let calc = report
         .lines()
