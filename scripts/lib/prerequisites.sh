@@ -108,8 +108,9 @@ start_rabbitmq() {
 }
 
 # Installs the test frameworks the built-in runners' tests use (tests/e2e/runners.rs): RSpec and
-# Minitest from Debian (ruby-rspec, ruby-minitest), SimpleCov from Debian (ruby-simplecov, whose
-# result sets come back as artifacts and collate, tests/e2e/artifacts.rs), and pytest and
+# Minitest from Debian (ruby-rspec, ruby-minitest), SimpleCov and parallel_tests from Debian
+# (ruby-simplecov, ruby-parallel-tests: workers' result sets come back as artifacts and
+# collate, tests/e2e/artifacts.rs), and pytest and
 # coverage.py (whose `combine` merges the artifacts' coverage data) with pip when python3 lacks
 # them; and Chromium, in which the HTML report's test renders the page (tests/e2e/ops.rs).
 install_test_frameworks() {
@@ -117,6 +118,9 @@ install_test_frameworks() {
     ruby -e 'require "rspec/core"' >/dev/null 2>&1 || missing+=(ruby-rspec)
     ruby -e 'require "minitest"' >/dev/null 2>&1 || missing+=(ruby-minitest)
     ruby -e 'require "simplecov"' >/dev/null 2>&1 || missing+=(ruby-simplecov)
+    # With parallel_tests installed, as in a suite set up for it, SimpleCov loads it in the
+    # workers and its last worker reads PARALLEL_PID_FILE: the SimpleCov test covers that.
+    ruby -e 'require "parallel_tests"' >/dev/null 2>&1 || missing+=(ruby-parallel-tests)
     # The HTML report's test renders the page in headless Chromium.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then
