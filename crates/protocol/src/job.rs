@@ -30,6 +30,11 @@ pub struct JobDefinition {
     /// `job.artifacts`: what each listener brings back from its workspace at its part's end.
     #[serde(default, skip_serializing_if = "Artifacts::is_off")]
     pub artifacts: Artifacts,
+    /// The mean time of the run's files in the runtime history, in seconds, when it knows
+    /// most of them: a far host decides from it, and its own round trip to the broker, how
+    /// many files to hold ahead of its busy slots before it has timed any (`look_ahead`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_file_seconds: Option<f64>,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -136,6 +141,7 @@ impl JobDefinition {
             live_output: LiveOutput::default(),
             first_is_1: false,
             artifacts: Artifacts::default(),
+            expected_file_seconds: None,
         }
     }
 }

@@ -717,6 +717,15 @@ impl<'a> Feeder<'a> {
         ended
     }
 
+    /// Starts the look-ahead from a `round_trip` to the broker measured at start-up and the
+    /// job's expected time of a file (when the runtime history gave one): a far host then
+    /// holds files ahead at once.
+    pub(crate) fn expect(&mut self, round_trip: Duration) {
+        let expected = self.assignment.definition.expected_file_seconds;
+        self.look_ahead.expect(round_trip, expected);
+        self.look_further_ahead();
+    }
+
     /// Opens the consumer of extra files in the background once the host has measured that
     /// it is far ([`LookAhead`]). Once: its messages are settled on its channel, so it
     /// stays until the job's end here (or the connection's).

@@ -123,12 +123,23 @@ async fn manage_connected(
 ) -> i32 {
     // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
     let mut signals = StopSignals::install();
-    // The originator deletes the control exchange when the job ends.
-    match broker
-        .exchange_exists(&names::control_exchange(assignment.job_id))
-        .await
-    {
-        Ok(true) => {}
+    // The originator deletes the control exchange when the job ends. The check runs while
+    // the host still brings the tree.
+    // Its two round trips (a channel, a passive declare) also tell the manager how far the
+    // broker is, before any file ran (`look_ahead`).
+    let control = names::control_exchange(assignment.job_id);
+    let checking = tokio::time::Instant::now();
+    let exists = async {
+        let exists = broker.exchange_exists(&control).await;
+        (exists, checking.elapsed() / 2)
+    };
+    let ((exists, round_trip), started) = tokio::join!(exists, started(stdin, &mut signals));
+    match exists {
+        Ok(true) if started => {}
+        Ok(true) => {
+            tracing::info!("the host did not start the job here; starting no workers");
+            return 0;
+        }
         Ok(false) => {
             tracing::info!("the job is already over; starting no workers");
             return 0;
@@ -145,7 +156,7 @@ async fn manage_connected(
         report(broker, assignment, job.callback_failed(failure)).await;
         return 0;
     }
-    let feeder = match Feeder::open(broker, assignment).await {
+    let mut feeder = match Feeder::open(broker, assignment).await {
         Ok(feeder) => feeder,
         Err(Ended::Finished) => {
             tracing::info!("every file already has a result; starting no workers");
@@ -153,6 +164,7 @@ async fn manage_connected(
         }
         Err(_) => return EXIT_BROKEN,
     };
+    feeder.expect(round_trip);
     let mut feed = BrokerFeed {
         feeder,
         assignment,
@@ -182,6 +194,18 @@ async fn manage_connected(
     let code = after_workers(&broker, assignment, job, cancelled).await;
     broker.close().await;
     code
+}
+
+/// Waits until the host says that the job's tree is ready (`START_REQUEST`): true then;
+/// false when it stops the manager first (a signal, or the end of stdin), as it does when
+/// the pull, the tree's check or `after_sync` failed.
+async fn started(stdin: &mut StdinClosed, signals: &mut StopSignals) -> bool {
+    let start = stdin.start_requested();
+    tokio::select! {
+        started = start => started,
+        () = stdin.wait() => false,
+        _ = signals.recv() => false,
+    }
 }
 
 /// The broker's side of a worker manager's job: the files queue through the [`Feeder`],

@@ -142,6 +142,8 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         first_is_1: settings.first_is_1,
         // A local run's workers write into the project itself: its artifacts are in place.
         artifacts: Default::default(),
+        // Nothing is far.
+        expected_file_seconds: None,
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

@@ -80,14 +80,18 @@ impl Broker {
         arguments: FieldTable,
     ) -> Result<Inbox, BrokerError> {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
-        if let Some(prefetch) = prefetch {
-            bounded(
-                "basic.qos",
-                channel.basic_qos(prefetch, BasicQosOptions::default()),
-            )
-            .await?;
-        }
-        let consumer = bounded(
+        // The prefetch and the consume go together, one round trip for both: the broker
+        // takes a channel's methods in order, so the prefetch holds from the first delivery.
+        let qos = async {
+            match prefetch {
+                Some(prefetch) => {
+                    let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+                    bounded("basic.qos", qos).await
+                }
+                None => Ok(()),
+            }
+        };
+        let consume = bounded(
             "basic.consume",
             channel.basic_consume(
                 queue.into(),
@@ -95,8 +99,8 @@ impl Broker {
                 BasicConsumeOptions::default(),
                 arguments,
             ),
-        )
-        .await?;
+        );
+        let ((), consumer) = tokio::try_join!(qos, consume)?;
         Ok(Inbox {
             consumer,
             channel,
