@@ -349,11 +349,10 @@ async fn prepare(
 ) -> Result<(), Reported> {
     let host = shared.settings.name.clone();
     let (path, seal) = (workspace.to_owned(), job.definition.sync.tree.clone());
-    let held = tokio::task::spawn_blocking(move || {
-        crate::tree_check::already_holds(&path, seal.as_ref())
-    })
-    .await
-    .unwrap_or(false);
+    let held =
+        tokio::task::spawn_blocking(move || crate::tree_check::already_holds(&path, seal.as_ref()))
+            .await
+            .unwrap_or(false);
     if held {
         tracing::info!(job = %job.id, workspace = %workspace.display(), "the workspace holds the job's sealed tree already: no pull");
     } else {

@@ -469,7 +469,11 @@ mod tests {
         let history = History::from([("a".into(), 0.1), ("b".into(), 0.3)]);
         assert_eq!(expected_file_seconds(&queued, &history), Some(0.2));
         let history = History::from([("a".into(), 0.1), ("x".into(), 0.3)]);
-        assert_eq!(expected_file_seconds(&queued, &history), None, "one of four");
+        assert_eq!(
+            expected_file_seconds(&queued, &history),
+            None,
+            "one of four"
+        );
         assert_eq!(expected_file_seconds(&queued, &History::new()), None);
         assert_eq!(expected_file_seconds(&[], &History::new()), None);
     }

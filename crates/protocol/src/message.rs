@@ -980,7 +980,10 @@ mod tests {
         };
         let json = serde_json::to_value(&known).unwrap();
         assert_eq!(json["expected_file_seconds"], 0.05);
-        assert_eq!(serde_json::from_value::<JobDefinition>(json).unwrap(), known);
+        assert_eq!(
+            serde_json::from_value::<JobDefinition>(json).unwrap(),
+            known
+        );
     }
 
     #[test]

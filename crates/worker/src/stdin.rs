@@ -295,7 +295,10 @@ mod tests {
         drop(writer);
         let started = tokio::time::timeout(Duration::from_secs(5), closed.start_requested()).await;
         assert_eq!(started.ok(), Some(false), "stdin ended before a start");
-        assert!(StdinClosed::never().start_requested().await, "no parent to wait for");
+        assert!(
+            StdinClosed::never().start_requested().await,
+            "no parent to wait for"
+        );
     }
 
     #[tokio::test]

@@ -91,24 +91,63 @@ impl Broker {
                 None => Ok(()),
             }
         };
-        let consume = bounded(
-            "basic.consume",
-            channel.basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                arguments,
-            ),
-        );
-        let ((), consumer) = tokio::try_join!(qos, consume)?;
-        Ok(Inbox {
-            consumer,
+        let consume = start_consumer(&channel, queue, arguments, self.trust.clone());
+        let ((), inbox) = tokio::try_join!(qos, consume)?;
+        Ok(inbox)
+    }
+
+    /// A channel with its prefetch set, to consume a queue on later
+    /// ([`ConsumerChannel::consume`]): a host that will consume once something else is
+    /// ready (its tree) pays the channel's two round trips to the broker meanwhile.
+    pub async fn consumer_channel(&self, prefetch: u16) -> Result<ConsumerChannel, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+        bounded("basic.qos", qos).await?;
+        Ok(ConsumerChannel {
             channel,
-            queue: queue.to_owned(),
-            failed: false,
             trust: self.trust.clone(),
         })
     }
+}
+
+/// A channel opened and given its prefetch by [`Broker::consumer_channel`], not consuming
+/// yet.
+pub struct ConsumerChannel {
+    channel: Channel,
+    trust: Option<Arc<Trust>>,
+}
+
+impl ConsumerChannel {
+    /// Starts consuming `queue` (one round trip).
+    pub async fn consume(self, queue: &str) -> Result<Inbox, BrokerError> {
+        start_consumer(&self.channel, queue, FieldTable::default(), self.trust).await
+    }
+}
+
+/// Starts consuming `queue` on `channel`: its inbox.
+async fn start_consumer(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+    trust: Option<Arc<Trust>>,
+) -> Result<Inbox, BrokerError> {
+    let consumer = bounded(
+        "basic.consume",
+        channel.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        ),
+    )
+    .await?;
+    Ok(Inbox {
+        consumer,
+        channel: channel.clone(),
+        queue: queue.to_owned(),
+        failed: false,
+        trust,
+    })
 }
 
 impl Broker {
