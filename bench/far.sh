@@ -18,7 +18,8 @@
 # Needs RabbitMQ on 127.0.0.1:5672, rsync, socat and bc. Usage: bench/far.sh  (RUNS rounds,
 # default 3; FILES, default 200; DELAYS in ms each way, default "25 5"; CI_NODES, default 3,
 # 0 for no CI build; GORGON_BIN=path to skip the build of gorgon, DELAY_PROXY=path that of
-# the proxy)
+# the proxy; LOGS=folder to keep the listeners' logs and the builds' output there, with
+# GORGON_LOG=debug to count a run's round trips)
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-3}
@@ -38,6 +39,12 @@ far_cleanup() {
     for pid in "${proxy_pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
+    if [ -n "${LOGS:-}" ]; then
+        mkdir -p "$LOGS"
+        for log in "$work"/listeners/*/log "$work"/*.out; do
+            [ -e "$log" ] && cp "$log" "$LOGS/$(basename "$(dirname "$log")")-$(basename "$log")"
+        done
+    fi
     bench_cleanup
 }
 trap far_cleanup EXIT
