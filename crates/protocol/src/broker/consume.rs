@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicQosOptions,
@@ -146,6 +146,7 @@ async fn start_consumer(
         channel: channel.clone(),
         queue: queue.to_owned(),
         failed: false,
+        ended: false,
         trust,
     })
 }
@@ -186,6 +187,8 @@ pub struct Inbox {
     channel: Channel,
     queue: String,
     failed: bool,
+    /// The consumer has ended (the broker cancelled it, or it failed).
+    ended: bool,
     trust: Option<Arc<Trust>>,
 }
 
@@ -193,11 +196,16 @@ impl Inbox {
     /// The next message; `None` once the consumer has ended (queue deleted, channel or
     /// connection closed).
     pub async fn next(&mut self) -> Option<Incoming> {
-        match self.consumer.next().await? {
+        let Some(next) = self.consumer.next().await else {
+            self.ended = true;
+            return None;
+        };
+        match next {
             Ok(delivery) => Some(Incoming::new(delivery, self.trust.as_deref())),
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
                 self.failed = true;
+                self.ended = true;
                 None
             }
         }
@@ -212,18 +220,23 @@ impl Inbox {
     /// Stops consuming and closes the inbox's channel, waiting for the broker to confirm
     /// both, so that nothing of the channel is left to close after its connection (which
     /// lapin would report as an error on a clean end). Unsettled messages go back to the
-    /// queue. A channel that has already ended needs nothing more.
-    pub async fn close(self) {
+    /// queue. A channel that has already ended needs nothing more, and a consumer that the
+    /// broker has cancelled (its queue was deleted, as at a job's end) only its channel's
+    /// close: a round trip less for a far host.
+    pub async fn close(mut self) {
         if !self.channel.status().connected() {
             return;
         }
-        let tag = self.consumer.tag();
-        let _ = bounded(
-            "basic.cancel",
-            self.channel
-                .basic_cancel(tag, BasicCancelOptions::default()),
-        )
-        .await;
+        let cancelled = self.ended || matches!(self.consumer.next().now_or_never(), Some(None));
+        if !cancelled {
+            let tag = self.consumer.tag();
+            let _ = bounded(
+                "basic.cancel",
+                self.channel
+                    .basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await;
+        }
         let _ = bounded("channel.close", self.channel.close(200, "OK".into())).await;
     }
 
