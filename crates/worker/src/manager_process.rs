@@ -166,10 +166,23 @@ pub async fn run_manager(
         tracing::warn!(%job, "cannot hand the assignment to the worker manager");
     }
     let mut stop = std::pin::pin!(stop);
+    let mut ready = std::pin::pin!(ready);
     let opening = tokio::select! {
-        ready = ready => ready.then_some(None),
+        ready = &mut ready => ready.then_some(None),
         status = child.wait() => Some(Some(status)),
         () = &mut stop => None,
+    };
+    // A manager that ended before the tree was ready: the tree's outcome still comes first
+    // (the host reports its failure), then the manager's end.
+    let opening = match opening {
+        Some(Some(status)) => {
+            let ready = tokio::select! {
+                ready = &mut ready => ready,
+                () = &mut stop => false,
+            };
+            ready.then_some(Some(status))
+        }
+        opening => opening,
     };
     let not_started = opening.is_none();
     let (status, stopped) = match opening {
