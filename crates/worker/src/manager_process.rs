@@ -166,24 +166,7 @@ pub async fn run_manager(
         tracing::warn!(%job, "cannot hand the assignment to the worker manager");
     }
     let mut stop = std::pin::pin!(stop);
-    let mut ready = std::pin::pin!(ready);
-    let opening = tokio::select! {
-        ready = &mut ready => ready.then_some(None),
-        status = child.wait() => Some(Some(status)),
-        () = &mut stop => None,
-    };
-    // A manager that ended before the tree was ready: the tree's outcome still comes first
-    // (the host reports its failure), then the manager's end.
-    let opening = match opening {
-        Some(Some(status)) => {
-            let ready = tokio::select! {
-                ready = &mut ready => ready,
-                () = &mut stop => false,
-            };
-            ready.then_some(Some(status))
-        }
-        opening => opening,
-    };
+    let opening = wait_for_tree(&mut child, ready, &mut stop).await;
     let not_started = opening.is_none();
     let (status, stopped) = match opening {
         Some(Some(status)) => (status, false),
@@ -208,6 +191,34 @@ pub async fn run_manager(
         return ManagerEnd::NotStarted;
     }
     ended(job, status, stopped, &tail)
+}
+
+/// Waits for the job's tree while the manager connects: `Some(None)` once it is ready and
+/// the manager runs, `Some(Some(status))` when the tree is ready but the manager has
+/// already exited, `None` when the tree is not to be (or `stop` came first).
+async fn wait_for_tree(
+    child: &mut tokio::process::Child,
+    ready: impl std::future::Future<Output = bool>,
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Option<Option<std::io::Result<std::process::ExitStatus>>> {
+    let mut ready = std::pin::pin!(ready);
+    let opening = tokio::select! {
+        ready = &mut ready => ready.then_some(None),
+        status = child.wait() => Some(Some(status)),
+        () = &mut *stop => None,
+    };
+    // A manager that ended before the tree was ready: the tree's outcome still comes first
+    // (the host reports its failure), then the manager's end.
+    match opening {
+        Some(Some(status)) => {
+            let ready = tokio::select! {
+                ready = &mut ready => ready,
+                () = stop => false,
+            };
+            ready.then_some(Some(status))
+        }
+        opening => opening,
+    }
 }
 
 /// Follows a started manager until it exits (its status), asking it to drain once `drain`
