@@ -64,7 +64,10 @@ fn an_unchanged_tree_is_not_pulled_again_and_a_changed_one_is() {
     cluster.start_listener("warm", 2);
     // The runtime file and the failed files list stay out of the tree, which is then the
     // same for each run.
-    let (runtime, failed) = (cluster.path().join("rt.json"), cluster.path().join("f.json"));
+    let (runtime, failed) = (
+        cluster.path().join("rt.json"),
+        cluster.path().join("f.json"),
+    );
     let outside = json!({"runtime_file": runtime, "failed_files": failed});
     let project = cluster.project("unchanged", outside);
     project.write("tests/a_test.sh", "exit 0\n");
@@ -73,7 +76,11 @@ fn an_unchanged_tree_is_not_pulled_again_and_a_changed_one_is() {
     project.start(&[], RUN_LIMIT).assert_exit(0);
     let log = cluster.listener_log("warm");
     assert_eq!(log.matches("pulling the tree").count(), 1, "{log}");
-    assert_eq!(log.matches("sealed tree already: no pull").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("sealed tree already: no pull").count(),
+        1,
+        "{log}"
+    );
     project.write("tests/a_test.sh", "exit 1\n");
     project.start(&[], RUN_LIMIT).assert_exit(1);
     let log = cluster.listener_log("warm");
