@@ -26,7 +26,8 @@ struct Manager {
 }
 
 impl Manager {
-    /// Starts `gorgon __manage-workers` with `assignment` on its stdin.
+    /// Starts `gorgon __manage-workers` with `assignment` on its stdin, then the line a host
+    /// writes once the job's tree is ready.
     async fn start(assignment: &WorkerAssignment) -> Manager {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gorgon"))
             .arg("__manage-workers")
@@ -43,6 +44,8 @@ impl Manager {
             .write_all(&assignment.encode_line(None))
             .await
             .unwrap();
+        let start = format!("{}\n", gorgon_protocol::manager_report::START_REQUEST);
+        stdin.write_all(start.as_bytes()).await.unwrap();
         stdin.flush().await.unwrap();
         Manager {
             child,

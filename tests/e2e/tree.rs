@@ -55,6 +55,38 @@ fn a_tree_changed_on_the_file_server_is_refused_before_any_of_it_runs() {
     assert!(!owned.exists(), "the tampered test ran");
 }
 
+/// A warm workspace that holds the job's sealed tree already is not pulled again (an
+/// unchanged tree costs a far host no round trip to the file server); once the project
+/// changed, it is pulled, and what runs is the new tree.
+#[test]
+fn an_unchanged_tree_is_not_pulled_again_and_a_changed_one_is() {
+    let mut cluster = Cluster::new();
+    cluster.start_listener("warm", 2);
+    // The runtime file and the failed files list stay out of the tree, which is then the
+    // same for each run.
+    let (runtime, failed) = (
+        cluster.path().join("rt.json"),
+        cluster.path().join("f.json"),
+    );
+    let outside = json!({"runtime_file": runtime, "failed_files": failed});
+    let project = cluster.project("unchanged", outside);
+    project.write("tests/a_test.sh", "exit 0\n");
+    cluster.wait_for_listeners(&project, 1);
+    project.start(&[], RUN_LIMIT).assert_exit(0);
+    project.start(&[], RUN_LIMIT).assert_exit(0);
+    let log = cluster.listener_log("warm");
+    assert_eq!(log.matches("pulling the tree").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("sealed tree already: no pull").count(),
+        1,
+        "{log}"
+    );
+    project.write("tests/a_test.sh", "exit 1\n");
+    project.start(&[], RUN_LIMIT).assert_exit(1);
+    let log = cluster.listener_log("warm");
+    assert_eq!(log.matches("pulling the tree").count(), 2, "{log}");
+}
+
 #[test]
 fn a_signing_config_refuses_an_anonymous_file_server_unless_it_says_so() {
     let mut cluster = Cluster::new();

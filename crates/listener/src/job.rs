@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use gorgon_exec::{rsync, run_callback, ShellCommand};
 use gorgon_protocol::{BrokerError, CallbackName, Inbox, JobDefinition, Message, WorkerAssignment};
-use gorgon_worker::{host_command, run_manager, HostReplies};
+use gorgon_worker::{host_command, run_manager, HostReplies, ManagerEnd};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -149,22 +149,28 @@ pub async fn run_job(
         }
     };
     if let Some(workspace) = &workspace {
-        let prepared = tokio::select! {
-            () = stopped(&mut stopping) => Err(Reported),
-            prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
+        // The worker manager starts now and connects to the broker while the tree comes;
+        // it starts its workers once the tree is ready.
+        let mut stopping_early = stopping.clone();
+        let ready = async {
+            let prepared = tokio::select! {
+                () = stopped(&mut stopping_early) => Err(Reported),
+                prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
+            };
+            // A job whose tree arrived once the listener drains runs none of its files here.
+            let draining = *shared.draining.borrow();
+            prepared.is_ok() && !*stopping_early.borrow() && !draining
         };
-        // A job whose tree arrived once the listener drains runs none of its files here.
-        let draining = *shared.draining.borrow();
-        if prepared.is_ok() && !*stopping.borrow() && !draining {
-            let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
-            let files = Arc::new(JobFiles::new(shared.metrics.clone()));
-            on_board.files(files.clone());
-            let reports = files.clone();
-            let reports = move |report| reports.report(report);
-            let mut draining = shared.draining.subscribe();
-            let drain = stopped(&mut draining);
-            let end = run_manager(&assignment, stopped(&mut stopping), drain, reports).await;
-            files.end();
+        let assignment = assignment(&shared, &job, &workspace.path, grant.slots());
+        let files = Arc::new(JobFiles::new(shared.metrics.clone()));
+        on_board.files(files.clone());
+        let reports = files.clone();
+        let reports = move |report| reports.report(report);
+        let mut draining = shared.draining.subscribe();
+        let drain = stopped(&mut draining);
+        let end = run_manager(&assignment, ready, stopped(&mut stopping), drain, reports).await;
+        files.end();
+        if end != ManagerEnd::NotStarted {
             replies.manager_ended(end).await;
             send_artifacts(&job, &replies, &workspace.path).await;
             // A job that ran to its end leaves a tree worth keeping warm; a cancelled one
@@ -173,10 +179,7 @@ pub async fn run_job(
         }
     }
     forwarder.abort();
-    // The cancel watch closes its consumer itself (an aborted one would leave lapin to close
-    // its channel later, which it logs as an error); it is bounded by the broker's calls.
     let _ = over.send(true);
-    let _ = cancel_watch.await;
     // Nothing of the job may outlive it on this host, even a process that left its group.
     // Reading every process's environment takes a while on a busy host: off the runtime's
     // threads, so that pings and other jobs are not held up meanwhile.
@@ -195,6 +198,10 @@ pub async fn run_job(
         }
     }
     replies.done().await;
+    // The cancel watch closes its consumer itself (an aborted one would leave lapin to close
+    // its channel later, which it logs as an error); it is bounded by the broker's calls,
+    // and the originator need not wait for it: a round trip to a far broker.
+    let _ = cancel_watch.await;
     job.id
 }
 
@@ -343,7 +350,7 @@ fn callback_base(shared: &Shared, job: &Job, workspace: &Path) -> ShellCommand {
     ShellCommand::new("", workspace).envs(tags.pairs())
 }
 
-/// Pulls the tree into the workspace, checks it against the job's manifest and runs
+/// Brings the workspace to the job's tree, checked against the job's manifest, and runs
 /// `after_sync`.
 async fn prepare(
     shared: &Shared,
@@ -352,6 +359,36 @@ async fn prepare(
     workspace: &Path,
 ) -> Result<(), Reported> {
     let host = shared.settings.name.clone();
+    let (path, seal) = (workspace.to_owned(), job.definition.sync.tree.clone());
+    let held =
+        tokio::task::spawn_blocking(move || crate::tree_check::already_holds(&path, seal.as_ref()))
+            .await
+            .unwrap_or(false);
+    if held {
+        tracing::info!(job = %job.id, workspace = %workspace.display(), "the workspace holds the job's sealed tree already: no pull");
+    } else {
+        pull(shared, job, replies, workspace).await?;
+        check_pulled(shared, job, replies, workspace).await?;
+    }
+    let base = callback_base(shared, job, workspace);
+    let after_sync = host_command(&job.definition, CallbackName::AfterSync);
+    if let Err(failure) = run_callback(CallbackName::AfterSync, after_sync.as_deref(), &base).await
+    {
+        tracing::error!(job = %job.id, %failure);
+        let message = gorgon_worker::callback_failed(&host, None, failure);
+        replies.report(message).await;
+        return Err(Reported);
+    }
+    Ok(())
+}
+
+/// Pulls the tree into the workspace.
+async fn pull(
+    shared: &Shared,
+    job: &Job,
+    replies: &HostReplies<'_>,
+    workspace: &Path,
+) -> Result<(), Reported> {
     let sync = &job.definition.sync;
     tracing::info!(job = %job.id, source = %sync.source, workspace = %workspace.display(), "pulling the tree");
     let login = shared
@@ -371,17 +408,29 @@ async fn prepare(
         login.as_ref(),
     )
     .await;
-    if pulled.is_ok() {
-        let seconds = pulling.elapsed().as_secs_f64();
-        shared.metrics.pull_seconds.observe(seconds);
+    match pulled {
+        Ok(()) => {
+            let seconds = pulling.elapsed().as_secs_f64();
+            shared.metrics.pull_seconds.observe(seconds);
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(job = %job.id, %error, "cannot pull the tree");
+            let (host, output) = (shared.settings.name.clone(), error.to_string());
+            replies.report(Message::SyncFailed { host, output }).await;
+            Err(Reported)
+        }
     }
-    if let Err(error) = pulled {
-        tracing::error!(job = %job.id, %error, "cannot pull the tree");
-        let output = error.to_string();
-        replies.report(Message::SyncFailed { host, output }).await;
-        return Err(Reported);
-    }
-    let (path, seal) = (workspace.to_owned(), sync.tree.clone());
+}
+
+/// Checks the pulled workspace against the job's seal.
+async fn check_pulled(
+    shared: &Shared,
+    job: &Job,
+    replies: &HostReplies<'_>,
+    workspace: &Path,
+) -> Result<(), Reported> {
+    let (path, seal) = (workspace.to_owned(), job.definition.sync.tree.clone());
     let required = shared.settings.broker.signing.is_some();
     let checked = tokio::task::spawn_blocking(move || {
         crate::tree_check::check(&path, seal.as_ref(), required)
@@ -390,17 +439,8 @@ async fn prepare(
     .expect("the tree's check does not panic");
     if let Err(refusal) = checked {
         tracing::error!(job = %job.id, %refusal, "refusing the pulled tree");
-        let reason = refusal.to_string();
+        let (host, reason) = (shared.settings.name.clone(), refusal.to_string());
         replies.report(Message::TreeRefused { host, reason }).await;
-        return Err(Reported);
-    }
-    let base = callback_base(shared, job, workspace);
-    let after_sync = host_command(&job.definition, CallbackName::AfterSync);
-    if let Err(failure) = run_callback(CallbackName::AfterSync, after_sync.as_deref(), &base).await
-    {
-        tracing::error!(job = %job.id, %failure);
-        let message = gorgon_worker::callback_failed(&host, None, failure);
-        replies.report(message).await;
         return Err(Reported);
     }
     Ok(())

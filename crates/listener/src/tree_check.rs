@@ -28,6 +28,21 @@ pub fn digests_of(workspace: &Path) -> PathBuf {
     workspace.with_extension("digests")
 }
 
+/// True when `workspace` already holds exactly the tree of `seal` (a warm workspace whose
+/// last job had the same tree, and nothing changed in it since): its manifest has the
+/// seal's digest and the workspace passes [`check`], so the pull can be skipped, a dozen
+/// round trips to a far file server. A job without a seal always pulls.
+pub fn already_holds(workspace: &Path, seal: Option<&TreeSeal>) -> bool {
+    let Some(seal) = seal else {
+        return false;
+    };
+    let holds = match std::fs::read(workspace.join(MANIFEST_NAME)) {
+        Ok(bytes) => tree::digest_hex(&bytes) == seal.digest,
+        Err(_) => false,
+    };
+    holds && check(workspace, Some(seal), true).is_ok()
+}
+
 /// Checks the tree pulled into `workspace` against `seal`; without a seal, the check is
 /// skipped unless `required` (a listener with signing keys).
 pub fn check(workspace: &Path, seal: Option<&TreeSeal>, required: bool) -> Result<(), TreeRefusal> {
@@ -115,6 +130,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "the pulled tree is not the one the originator pushed: lib/evil.sh (added), lib/h.sh (missing), tests/a_test.sh (changed); nothing of it ran");
+    }
+
+    #[test]
+    fn only_a_workspace_that_holds_the_sealed_tree_skips_the_pull() {
+        let pushed = [("tests/a_test.sh", "exit 0"), ("lib/h.sh", "echo")];
+        let (root, seal) = workspace_with(&pushed, &pushed);
+        let workspace = root.path().join("0");
+        assert!(already_holds(&workspace, Some(&seal)));
+        assert!(!already_holds(&workspace, None), "an unsealed job pulls");
+        let other = TreeSeal {
+            digest: "00".repeat(32),
+            ..seal.clone()
+        };
+        assert!(!already_holds(&workspace, Some(&other)), "another tree");
+        // What an earlier job left, or any change since, sends it to the file server.
+        std::fs::write(workspace.join("tests/out.log"), "left").unwrap();
+        assert!(!already_holds(&workspace, Some(&seal)));
+        std::fs::remove_file(workspace.join("tests/out.log")).unwrap();
+        assert!(already_holds(&workspace, Some(&seal)));
+        std::fs::write(workspace.join("lib/h.sh"), "ECHO").unwrap();
+        assert!(!already_holds(&workspace, Some(&seal)));
+        let empty = root.path().join("1");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(!already_holds(&empty, Some(&seal)), "a new workspace");
     }
 
     #[test]

@@ -138,6 +138,22 @@ fn relative_pattern(root: &Path, pattern: &str) -> Result<String, FilesError> {
 /// Seconds per file from earlier runs.
 pub type History = BTreeMap<String, f64>;
 
+/// The mean time of a file of `queued` in `history`, when the history knows at least half
+/// of them (a far host's first guess of its files' time, `JobDefinition::expected_file_seconds`).
+/// The mean rather than the median: a few slow files raise it, and a host that expects
+/// longer files holds fewer ahead.
+pub fn expected_file_seconds(queued: &[String], history: &History) -> Option<f64> {
+    let known: Vec<f64> = queued
+        .iter()
+        .filter_map(|unit| history.get(unit).copied())
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .collect();
+    if known.is_empty() || known.len() * 2 < queued.len() {
+        return None;
+    }
+    Some(known.iter().sum::<f64>() / known.len() as f64)
+}
+
 /// Reads the runtime file; a missing file is an empty history.
 pub fn read_history(path: &Path) -> Result<History, FilesError> {
     match std::fs::read_to_string(path) {
@@ -445,6 +461,21 @@ mod tests {
             std::fs::write(path, "x".repeat(*size)).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn the_expected_file_time_is_the_mean_of_a_history_that_knows_most_files() {
+        let queued: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let history = History::from([("a".into(), 0.1), ("b".into(), 0.3)]);
+        assert_eq!(expected_file_seconds(&queued, &history), Some(0.2));
+        let history = History::from([("a".into(), 0.1), ("x".into(), 0.3)]);
+        assert_eq!(
+            expected_file_seconds(&queued, &history),
+            None,
+            "one of four"
+        );
+        assert_eq!(expected_file_seconds(&queued, &History::new()), None);
+        assert_eq!(expected_file_seconds(&[], &History::new()), None);
     }
 
     #[test]

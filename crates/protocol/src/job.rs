@@ -35,6 +35,11 @@ pub struct JobDefinition {
     /// the worker takes no more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_setup: Option<String>,
+    /// The mean time of the run's files in the runtime history, in seconds, when it knows
+    /// most of them: a far host decides from it, and its own round trip to the broker, how
+    /// many files to hold ahead of its busy slots before it has timed any (`look_ahead`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_file_seconds: Option<f64>,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -162,6 +167,7 @@ impl JobDefinition {
             first_is_1: false,
             artifacts: Artifacts::default(),
             worker_setup: None,
+            expected_file_seconds: None,
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod runner_protocol;
 pub mod signing;
 
 #[cfg(feature = "broker")]
-pub use broker::{Broker, BrokerError, Inbox, Incoming, Unconfirmed};
+pub use broker::{Broker, BrokerError, ConsumerChannel, Inbox, Incoming, Unconfirmed};
 pub use connection::{BrokerSettings, ConnectionError};
 pub use job::{
     batch_size, ArtifactFile, Artifacts, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput,

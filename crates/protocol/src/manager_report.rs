@@ -12,6 +12,13 @@ use crate::{FileStatus, Message};
 /// fetched and did not hand out go back to the queue, and it exits as when the job is done.
 pub const DRAIN_REQUEST: &str = r#"{"gorgon_manager_request":"drain"}"#;
 
+/// The line a host writes on its worker manager's stdin (after the assignment) once the
+/// job's tree is ready (pulled, checked, `after_sync` done): the manager, which connects to
+/// the broker and checks the job meanwhile, then starts its workers and takes files. A host
+/// thus starts its manager when it takes the job, and the manager's round trips to a far
+/// broker overlap the pull's to the file server.
+pub const START_REQUEST: &str = r#"{"gorgon_manager_request":"start"}"#;
+
 /// One event of a worker manager's files.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "gorgon_manager_report", rename_all = "snake_case")]

@@ -665,6 +665,7 @@ mod tests {
             first_is_1: false,
             artifacts: crate::Artifacts::default(),
             worker_setup: None,
+            expected_file_seconds: None,
         }
     }
 
@@ -1004,6 +1005,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(refused.encode()).unwrap(),
             r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"job_refused","host":"h1","reason":"full"}}"#
+        );
+    }
+
+    #[test]
+    fn the_expected_file_time_travels_with_the_job_only_when_known() {
+        let plain = serde_json::to_value(definition()).unwrap();
+        assert!(plain.get("expected_file_seconds").is_none(), "{plain}");
+        let known = JobDefinition {
+            expected_file_seconds: Some(0.05),
+            ..definition()
+        };
+        let json = serde_json::to_value(&known).unwrap();
+        assert_eq!(json["expected_file_seconds"], 0.05);
+        assert_eq!(
+            serde_json::from_value::<JobDefinition>(json).unwrap(),
+            known
         );
     }
 

@@ -41,8 +41,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use gorgon_protocol::{
-    broker::Backoff, names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, Unconfirmed,
-    WorkerAssignment,
+    broker::{Backoff, ConsumerChannel},
+    names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, Unconfirmed, WorkerAssignment,
 };
 
 use crate::host_job::sleep_until_some;
@@ -227,12 +227,17 @@ struct RetryChannel {
 }
 
 impl<'a> Feeder<'a> {
-    /// Opens the files queue's consumer; `Err(Finished)` when the job is already over.
+    /// Opens the files queue's consumer on `channel` (opened with [`files_channel`]);
+    /// `Err(Finished)` when the job is already over.
     pub(crate) async fn open(
         broker: &Broker,
         assignment: &'a WorkerAssignment,
+        channel: ConsumerChannel,
     ) -> Result<Feeder<'a>, Ended> {
-        let files = consume_files(broker, assignment).await?;
+        let consumed = channel
+            .consume(&names::files_queue(assignment.job_id))
+            .await;
+        let files = consumed_files(consumed)?;
         Ok(Feeder {
             broker: broker.clone(),
             assignment,
@@ -717,6 +722,15 @@ impl<'a> Feeder<'a> {
         ended
     }
 
+    /// Starts the look-ahead from a `round_trip` to the broker measured at start-up and the
+    /// job's expected time of a file (when the runtime history gave one): a far host then
+    /// holds files ahead at once.
+    pub(crate) fn expect(&mut self, round_trip: Duration) {
+        let expected = self.assignment.definition.expected_file_seconds;
+        self.look_ahead.expect(round_trip, expected);
+        self.look_further_ahead();
+    }
+
     /// Opens the consumer of extra files in the background once the host has measured that
     /// it is far ([`LookAhead`]). Once: its messages are settled on its channel, so it
     /// stays until the job's end here (or the connection's).
@@ -918,8 +932,21 @@ async fn next_file(files: Option<&mut Inbox>) -> Option<Incoming> {
 
 /// Consumes the job's files queue, with the host's slot count as prefetch.
 async fn consume_files(broker: &Broker, assignment: &WorkerAssignment) -> Result<Inbox, Ended> {
-    let prefetch = u16::try_from(assignment.slots.max(1)).unwrap_or(u16::MAX);
-    consume_files_with(broker, assignment, prefetch).await
+    consume_files_with(broker, assignment, files_prefetch(assignment)).await
+}
+
+/// A channel for the files queue's consumer, its prefetch the job's slots, for
+/// [`Feeder::open`].
+pub(crate) async fn files_channel(
+    broker: &Broker,
+    assignment: &WorkerAssignment,
+) -> Result<ConsumerChannel, BrokerError> {
+    broker.consumer_channel(files_prefetch(assignment)).await
+}
+
+/// The files a host holds without looking ahead: one per slot.
+fn files_prefetch(assignment: &WorkerAssignment) -> u16 {
+    u16::try_from(assignment.slots.max(1)).unwrap_or(u16::MAX)
 }
 
 /// Consumes the job's files queue with `prefetch`.
@@ -929,7 +956,12 @@ async fn consume_files_with(
     prefetch: u16,
 ) -> Result<Inbox, Ended> {
     let queue = names::files_queue(assignment.job_id);
-    match broker.consume(&queue, Some(prefetch)).await {
+    consumed_files(broker.consume(&queue, Some(prefetch)).await)
+}
+
+/// The files queue's consumer, or why there is none.
+fn consumed_files(consumed: Result<Inbox, BrokerError>) -> Result<Inbox, Ended> {
+    match consumed {
         Ok(inbox) => Ok(inbox),
         // The originator deletes the files queue once every file has a result.
         Err(error) if error.is_not_found() => Err(Ended::Finished),

@@ -14,7 +14,10 @@
 //! waiting for the broker, and a batch is, by its limit, little work.
 //!
 //! Both are measured here, as the job runs: the gap as twice the time from a reply's publish
-//! to its confirm, `d` from the results' times; each a moving average.
+//! to its confirm, `d` from the results' times; each a moving average. When the job says
+//! what its files take (`expected_file_seconds`, from the runtime history), the host starts
+//! from that and from a round trip it measured while it started, and holds files ahead
+//! from its first delivery on, rather than after timing a few files.
 
 use std::time::Duration;
 
@@ -52,6 +55,19 @@ impl LookAhead {
     /// A reply was confirmed `latency` after it was published.
     pub(crate) fn confirmed_after(&mut self, latency: Duration) {
         average(&mut self.confirm_seconds, latency.as_secs_f64());
+    }
+
+    /// Starts from what is known before any file ran here: a `round_trip` to the broker
+    /// (about a publish's time to its confirm) and the job's expected time of a file, if it
+    /// has one (nothing changes otherwise).
+    pub(crate) fn expect(&mut self, round_trip: Duration, file_seconds: Option<f64>) {
+        let Some(file) = file_seconds.filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        else {
+            return;
+        };
+        self.confirm_seconds.get_or_insert(round_trip.as_secs_f64());
+        self.file_seconds.get_or_insert(file);
+        self.files_timed = self.files_timed.max(TIMED_FIRST);
     }
 
     /// A file ran `seconds` here.
@@ -145,6 +161,23 @@ mod tests {
         let mut look_ahead = LookAhead::default();
         for _ in 0..TIMED_FIRST {
             look_ahead.file_took(0.05);
+        }
+        assert_eq!(look_ahead.extra_per_slot(None), 0);
+    }
+
+    #[test]
+    fn an_expected_file_time_decides_before_any_file_is_timed() {
+        let mut look_ahead = LookAhead::default();
+        look_ahead.expect(Duration::from_millis(50), None);
+        assert_eq!(look_ahead.extra_per_slot(None), 0, "nothing expected");
+        look_ahead.expect(Duration::from_millis(50), Some(0.05));
+        assert_eq!(look_ahead.extra_per_slot(None), 2);
+        let mut near = LookAhead::default();
+        near.expect(Duration::from_millis(1), Some(0.05));
+        assert_eq!(near.extra_per_slot(None), 0);
+        // The measures then take over.
+        for _ in 0..40 {
+            look_ahead.file_took(1.0);
         }
         assert_eq!(look_ahead.extra_per_slot(None), 0);
     }

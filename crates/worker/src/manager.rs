@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use gorgon_exec::reaper::Subreaper;
 use gorgon_exec::signals::{StopSignal, StopSignals};
-use gorgon_protocol::{names, Broker, ManagerReport, Message, WorkerAssignment};
+use gorgon_protocol::{names, Broker, ConsumerChannel, ManagerReport, Message, WorkerAssignment};
 
-use crate::feed::{Ended, FeedEvent, Feeder, Together};
+use crate::feed::{files_channel, Ended, FeedEvent, Feeder, Together};
 use crate::host_job::{sleep_until_some, Ending, Feed, FeedEnd, HostJob, Kill, Stage};
 use crate::pool::{Received, WorkerProgram};
 use crate::{report, StdinClosed, EXIT_BROKEN};
@@ -123,21 +123,10 @@ async fn manage_connected(
 ) -> i32 {
     // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
     let mut signals = StopSignals::install();
-    // The originator deletes the control exchange when the job ends.
-    match broker
-        .exchange_exists(&names::control_exchange(assignment.job_id))
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!("the job is already over; starting no workers");
-            return 0;
-        }
-        Err(error) => {
-            tracing::error!(%error, "the worker manager cannot reach the job");
-            return EXIT_BROKEN;
-        }
-    }
+    let (channel, round_trip) = match opening(broker, assignment, stdin, &mut signals).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
     let (mut job, failed) =
         HostJob::before_workers(program.clone(), assignment.clone(), Ending::Patient).await;
     if let Some(failure) = failed {
@@ -145,7 +134,7 @@ async fn manage_connected(
         report(broker, assignment, job.callback_failed(failure)).await;
         return 0;
     }
-    let feeder = match Feeder::open(broker, assignment).await {
+    let mut feeder = match Feeder::open(broker, assignment, channel).await {
         Ok(feeder) => feeder,
         Err(Ended::Finished) => {
             tracing::info!("every file already has a result; starting no workers");
@@ -153,6 +142,7 @@ async fn manage_connected(
         }
         Err(_) => return EXIT_BROKEN,
     };
+    feeder.expect(round_trip);
     let mut feed = BrokerFeed {
         feeder,
         assignment,
@@ -182,6 +172,64 @@ async fn manage_connected(
     let code = after_workers(&broker, assignment, job, cancelled).await;
     broker.close().await;
     code
+}
+
+/// What comes before the job's workers: the check that the job is not over, the channel
+/// its files will come on and the host's start (the tree is ready). The check and the
+/// channel take their round trips while the host still brings the tree; the check's two (a
+/// channel, a passive declare) also tell how far the broker is, before any file ran
+/// (`look_ahead`). The channel and that round trip; the manager's exit code when it starts
+/// nothing.
+async fn opening(
+    broker: &Broker,
+    assignment: &WorkerAssignment,
+    stdin: &mut StdinClosed,
+    signals: &mut StopSignals,
+) -> Result<(ConsumerChannel, Duration), i32> {
+    // The originator deletes the control exchange when the job ends.
+    let control = names::control_exchange(assignment.job_id);
+    let checking = tokio::time::Instant::now();
+    let exists = async {
+        let exists = broker.exchange_exists(&control).await;
+        (exists, checking.elapsed() / 2)
+    };
+    let channel = files_channel(broker, assignment);
+    let ((exists, round_trip), channel, started) =
+        tokio::join!(exists, channel, started(stdin, signals));
+    match exists {
+        Ok(true) if started => {}
+        Ok(true) => {
+            tracing::info!("the host did not start the job here; starting no workers");
+            return Err(0);
+        }
+        Ok(false) => {
+            tracing::info!("the job is already over; starting no workers");
+            return Err(0);
+        }
+        Err(error) => {
+            tracing::error!(%error, "the worker manager cannot reach the job");
+            return Err(EXIT_BROKEN);
+        }
+    }
+    match channel {
+        Ok(channel) => Ok((channel, round_trip)),
+        Err(error) => {
+            tracing::error!(%error, "the worker manager cannot take files");
+            Err(EXIT_BROKEN)
+        }
+    }
+}
+
+/// Waits until the host says that the job's tree is ready (`START_REQUEST`): true then;
+/// false when it stops the manager first (a signal, or the end of stdin), as it does when
+/// the pull, the tree's check or `after_sync` failed.
+async fn started(stdin: &mut StdinClosed, signals: &mut StopSignals) -> bool {
+    let start = stdin.start_requested();
+    tokio::select! {
+        started = start => started,
+        () = stdin.wait() => false,
+        _ = signals.recv() => false,
+    }
 }
 
 /// The broker's side of a worker manager's job: the files queue through the [`Feeder`],

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use gorgon_exec::cgroup::{Cgroups, JobCgroup};
 use gorgon_exec::tail::{relay, relay_some, LineTail};
 use gorgon_exec::{describe_status, grace, terminate_group};
-use gorgon_protocol::manager_report::DRAIN_REQUEST;
+use gorgon_protocol::manager_report::{DRAIN_REQUEST, START_REQUEST};
 use gorgon_protocol::{Broker, BrokerError, Envelope, ManagerReport, Message, WorkerAssignment};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -29,6 +29,9 @@ pub enum ManagerEnd {
     Stopped(String),
     /// It could not start, or exited non-zero on its own: its status and last output.
     Crashed { status: String, output: String },
+    /// The job's tree was not ready (the host reported why): it was stopped before it
+    /// started anything.
+    NotStarted,
 }
 
 /// What a host that runs a job's worker manager as a child process (a listener, a CI node)
@@ -118,11 +121,15 @@ impl<'a> HostReplies<'a> {
 }
 
 /// Runs the worker manager of `assignment` (in its workspace) until it exits, or until
-/// `stop` resolves, which stops it. Once `drain` resolves, the manager is asked to drain
+/// `stop` resolves, which stops it. The manager starts at once and connects to the broker
+/// while `ready` brings the job's tree; it starts its workers once `ready` gives true, and
+/// is stopped when it gives false (its failure already reported by the host), which ends
+/// as [`ManagerEnd::NotStarted`]. Once `drain` resolves, the manager is asked to drain
 /// (its workers finish what they hold, take no more files, and it exits). Each report of
 /// its files goes to `reports`; the rest of its output to the log.
 pub async fn run_manager(
     assignment: &WorkerAssignment,
+    ready: impl std::future::Future<Output = bool>,
     stop: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
     reports: impl Fn(ManagerReport) + Send + 'static,
@@ -150,6 +157,129 @@ pub async fn run_manager(
     // is born in its cgroup.
     let cgroup = pid.and_then(|pid| contain(job, pid));
     let tail = LineTail::default();
+    let relays = relay_output(&mut child, job, &tail, reports);
+    // The manager reads its assignment from stdin, then takes the end of stdin to mean that
+    // its parent has died: `stdin` must stay open until the manager has exited.
+    let mut stdin = child.stdin.take();
+    if !write_line(&mut stdin, &line).await {
+        // The manager has already exited; its status and output tell why.
+        tracing::warn!(%job, "cannot hand the assignment to the worker manager");
+    }
+    let mut stop = std::pin::pin!(stop);
+    let opening = wait_for_tree(&mut child, ready, &mut stop).await;
+    let not_started = opening.is_none();
+    let (status, stopped) = match opening {
+        Some(Some(status)) => (status, false),
+        None => (stop_child(&mut child, pid).await, true),
+        Some(None) => {
+            let request = format!("{START_REQUEST}\n");
+            write_line(&mut stdin, request.as_bytes()).await;
+            follow(&mut child, pid, &mut stdin, stop, drain, job).await
+        }
+    };
+    drop(stdin);
+    // What the manager did not stop (it was killed, say) goes with the job's cgroup.
+    if let Some(cgroup) = cgroup {
+        cgroup.kill().await;
+    }
+    // The manager's pipes close when it exits; a bound keeps a stray holder from stalling us.
+    for relay in relays {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
+    }
+    if not_started {
+        tracing::info!(%job, "the job's tree is not ready here: its worker manager stopped before it started anything");
+        return ManagerEnd::NotStarted;
+    }
+    ended(job, status, stopped, &tail)
+}
+
+/// Waits for the job's tree while the manager connects: `Some(None)` once it is ready and
+/// the manager runs, `Some(Some(status))` when the tree is ready but the manager has
+/// already exited, `None` when the tree is not to be (or `stop` came first).
+async fn wait_for_tree(
+    child: &mut tokio::process::Child,
+    ready: impl std::future::Future<Output = bool>,
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Option<Option<std::io::Result<std::process::ExitStatus>>> {
+    let mut ready = std::pin::pin!(ready);
+    let opening = tokio::select! {
+        ready = &mut ready => ready.then_some(None),
+        status = child.wait() => Some(Some(status)),
+        () = &mut *stop => None,
+    };
+    // A manager that ended before the tree was ready: the tree's outcome still comes first
+    // (the host reports its failure), then the manager's end.
+    match opening {
+        Some(Some(status)) => {
+            let ready = tokio::select! {
+                ready = &mut ready => ready,
+                () = stop => false,
+            };
+            ready.then_some(Some(status))
+        }
+        opening => opening,
+    }
+}
+
+/// Follows a started manager until it exits (its status), asking it to drain once `drain`
+/// resolves and stopping it once `stop` does (true then).
+async fn follow(
+    child: &mut tokio::process::Child,
+    pid: Option<u32>,
+    stdin: &mut Option<tokio::process::ChildStdin>,
+    stop: impl std::future::Future<Output = ()>,
+    drain: impl std::future::Future<Output = ()>,
+    job: uuid::Uuid,
+) -> (std::io::Result<std::process::ExitStatus>, bool) {
+    // Resolves only as the manager's exit does: the drain asks, the manager then exits.
+    let drained = async {
+        drain.await;
+        tracing::info!(%job, "asking the worker manager to drain");
+        let request = format!("{DRAIN_REQUEST}\n");
+        write_line(stdin, request.as_bytes()).await;
+        std::future::pending().await
+    };
+    tokio::select! {
+        status = child.wait() => (status, false),
+        status = drained => (status, false),
+        () = stop => (stop_child(child, pid).await, true),
+    }
+}
+
+/// Stops the manager `pid` the careful way and waits for its exit.
+async fn stop_child(
+    child: &mut tokio::process::Child,
+    pid: Option<u32>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match pid {
+        // Reaping the manager as soon as it exits matters: an unreaped (zombie) manager
+        // still counts as a member of its group, so `terminate_group` alone would wait out
+        // the whole grace period.
+        Some(pid) => tokio::select! {
+            status = child.wait() => status,
+            () = terminate_group(pid, grace::MANAGER) => child.wait().await,
+        },
+        None => child.wait().await,
+    }
+}
+
+/// Writes `line` to the manager's stdin; false when it cannot (the manager has exited).
+async fn write_line(stdin: &mut Option<tokio::process::ChildStdin>, line: &[u8]) -> bool {
+    let Some(pipe) = stdin.as_mut() else {
+        return false;
+    };
+    let written = pipe.write_all(line).await.is_ok();
+    let _ = pipe.flush().await;
+    written
+}
+
+/// Relays the manager's output: its reports to `reports`, the rest to the log (and `tail`).
+fn relay_output(
+    child: &mut tokio::process::Child,
+    job: uuid::Uuid,
+    tail: &LineTail,
+    reports: impl Fn(ManagerReport) + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let log_line = move |line: &str| {
         tracing::info!(target: "gorgon::manager", %job, "{line}");
     };
@@ -170,55 +300,7 @@ pub async fn run_manager(
     if let Some(stderr) = child.stderr.take() {
         relays.push(relay(stderr, tail.clone(), log_line));
     }
-    // The manager reads its assignment from stdin, then takes the end of stdin to mean that
-    // its parent has died: `stdin` must stay open until the manager has exited.
-    let mut stdin = child.stdin.take();
-    if let Some(pipe) = stdin.as_mut() {
-        if let Err(error) = pipe.write_all(&line).await {
-            // The manager has already exited; its status and output tell why.
-            tracing::warn!(%job, %error, "cannot hand the assignment to the worker manager");
-        }
-        let _ = pipe.flush().await;
-    }
-    let mut stopped = false;
-    // Resolves only as the manager's exit does: the drain asks, the manager then exits.
-    let drained = async {
-        drain.await;
-        tracing::info!(%job, "asking the worker manager to drain");
-        if let Some(pipe) = stdin.as_mut() {
-            let request = format!("{DRAIN_REQUEST}\n");
-            let _ = pipe.write_all(request.as_bytes()).await;
-            let _ = pipe.flush().await;
-        }
-        std::future::pending().await
-    };
-    let status = tokio::select! {
-        status = child.wait() => status,
-        status = drained => status,
-        () = stop => {
-            stopped = true;
-            match pid {
-                // Reaping the manager as soon as it exits matters: an unreaped (zombie)
-                // manager still counts as a member of its group, so `terminate_group` alone
-                // would wait out the whole grace period.
-                Some(pid) => tokio::select! {
-                    status = child.wait() => status,
-                    () = terminate_group(pid, grace::MANAGER) => child.wait().await,
-                },
-                None => child.wait().await,
-            }
-        }
-    };
-    drop(stdin);
-    // What the manager did not stop (it was killed, say) goes with the job's cgroup.
-    if let Some(cgroup) = cgroup {
-        cgroup.kill().await;
-    }
-    // The manager's pipes close when it exits; a bound keeps a stray holder from stalling us.
-    for relay in relays {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), relay).await;
-    }
-    ended(job, status, stopped, &tail)
+    relays
 }
 
 /// Puts the manager `pid` of job `job` in a cgroup of its own, where this host may make one.

@@ -7,18 +7,22 @@ use std::os::fd::AsFd;
 
 use gorgon_exec::lines::{read_line, Line};
 
-use gorgon_protocol::manager_report::DRAIN_REQUEST;
+use gorgon_protocol::manager_report::{DRAIN_REQUEST, START_REQUEST};
 use gorgon_protocol::WorkerAssignment;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Resolves once stdin has reached its end (or failed), i.e. once the parent is gone; and
 /// tells when the parent asked a worker manager to drain
-/// ([`gorgon_protocol::manager_report::DRAIN_REQUEST`]).
+/// ([`gorgon_protocol::manager_report::DRAIN_REQUEST`]) or to start
+/// ([`gorgon_protocol::manager_report::START_REQUEST`]).
 #[derive(Clone, Debug)]
 pub struct StdinClosed {
     closed: watch::Receiver<bool>,
     drain: watch::Receiver<bool>,
+    /// Whether the parent said that the job's tree is ready; given already where there is
+    /// no parent to say it.
+    start: watch::Receiver<bool>,
     // Held by [`StdinClosed::never`] so that its channel never ends.
     _keep_open: Option<std::sync::Arc<watch::Sender<bool>>>,
 }
@@ -30,6 +34,7 @@ impl StdinClosed {
         StdinClosed {
             closed,
             drain: watch::channel(false).1,
+            start: watch::channel(true).1,
             _keep_open: Some(std::sync::Arc::new(sender)),
         }
     }
@@ -43,6 +48,7 @@ impl StdinClosed {
             StdinClosed {
                 closed,
                 drain: watch::channel(false).1,
+                start: watch::channel(true).1,
                 _keep_open: None,
             },
         )
@@ -57,6 +63,13 @@ impl StdinClosed {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Resolves true once the parent has said that the job's tree is ready (at once for a
+    /// manager without a parent), false if stdin ends first. Cancel-safe.
+    pub fn start_requested(&self) -> impl std::future::Future<Output = bool> + 'static {
+        let mut start = self.start.clone();
+        async move { start.wait_for(|start| *start).await.is_ok() }
     }
 
     /// Waits for the end of stdin. Cancel-safe, and resolves at once when already closed.
@@ -165,7 +178,9 @@ fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
     let (line_sender, line) = oneshot::channel();
     let (closed_sender, mut closed) = StdinClosed::manual();
     let (drain_sender, drain) = watch::channel(false);
+    let (start_sender, start) = watch::channel(false);
     closed.drain = drain;
+    closed.start = start;
     tokio::spawn(async move {
         let result = read_line(&mut reader, MAX_LINE_BYTES).await;
         let failed = result.is_err();
@@ -179,8 +194,14 @@ fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
             }
             None => {
                 while let Ok(Some(line)) = read_line(&mut reader, MAX_LINE_BYTES).await {
-                    if matches!(&line, Line::Text(text) if text.trim_end() == DRAIN_REQUEST) {
-                        let _ = drain_sender.send(true);
+                    match &line {
+                        Line::Text(text) if text.trim_end() == DRAIN_REQUEST => {
+                            let _ = drain_sender.send(true);
+                        }
+                        Line::Text(text) if text.trim_end() == START_REQUEST => {
+                            let _ = start_sender.send(true);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -245,6 +266,39 @@ mod tests {
         assert!(closed.is_closed());
         // Waiting again resolves at once.
         closed.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_manager_starts_only_when_told_and_not_once_stdin_ends() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (line, closed) = watch_reader(BufReader::new(test_pipe(reader)), None);
+        writer.write_all(b"{\"a\":1}\n").unwrap();
+        first_line(line).await.unwrap();
+        let start = closed.start_requested();
+        let mut start = std::pin::pin!(start);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut start)
+                .await
+                .is_err(),
+            "nobody said start"
+        );
+        writer
+            .write_all(format!("{START_REQUEST}\n").as_bytes())
+            .unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(5), start).await;
+        assert_eq!(started.ok(), Some(true));
+
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (line, closed) = watch_reader(BufReader::new(test_pipe(reader)), None);
+        writer.write_all(b"{\"a\":1}\n").unwrap();
+        first_line(line).await.unwrap();
+        drop(writer);
+        let started = tokio::time::timeout(Duration::from_secs(5), closed.start_requested()).await;
+        assert_eq!(started.ok(), Some(false), "stdin ended before a start");
+        assert!(
+            StdinClosed::never().start_requested().await,
+            "no parent to wait for"
+        );
     }
 
     #[tokio::test]

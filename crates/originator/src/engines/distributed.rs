@@ -234,6 +234,10 @@ impl<'a> Distributed<'a> {
             first_is_1: settings.first_is_1,
             artifacts: settings.artifacts.clone(),
             worker_setup: settings.worker_setup.clone(),
+            expected_file_seconds: crate::files::expected_file_seconds(
+                core.state.queued(),
+                &plan.history,
+            ),
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;

@@ -143,6 +143,8 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         // A local run's workers write into the project itself: its artifacts are in place.
         artifacts: Default::default(),
         worker_setup: settings.worker_setup.clone(),
+        // Nothing is far.
+        expected_file_seconds: None,
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicQosOptions,
@@ -80,31 +80,75 @@ impl Broker {
         arguments: FieldTable,
     ) -> Result<Inbox, BrokerError> {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
-        if let Some(prefetch) = prefetch {
-            bounded(
-                "basic.qos",
-                channel.basic_qos(prefetch, BasicQosOptions::default()),
-            )
-            .await?;
-        }
-        let consumer = bounded(
-            "basic.consume",
-            channel.basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                arguments,
-            ),
-        )
-        .await?;
-        Ok(Inbox {
-            consumer,
+        // The prefetch and the consume go together, one round trip for both: the broker
+        // takes a channel's methods in order, so the prefetch holds from the first delivery.
+        let qos = async {
+            match prefetch {
+                Some(prefetch) => {
+                    let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+                    bounded("basic.qos", qos).await
+                }
+                None => Ok(()),
+            }
+        };
+        let consume = start_consumer(&channel, queue, arguments, self.trust.clone());
+        let ((), inbox) = tokio::try_join!(qos, consume)?;
+        Ok(inbox)
+    }
+
+    /// A channel with its prefetch set, to consume a queue on later
+    /// ([`ConsumerChannel::consume`]): a host that will consume once something else is
+    /// ready (its tree) pays the channel's two round trips to the broker meanwhile.
+    pub async fn consumer_channel(&self, prefetch: u16) -> Result<ConsumerChannel, BrokerError> {
+        let channel = bounded("channel.open", self.connection.create_channel()).await?;
+        let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+        bounded("basic.qos", qos).await?;
+        Ok(ConsumerChannel {
             channel,
-            queue: queue.to_owned(),
-            failed: false,
             trust: self.trust.clone(),
         })
     }
+}
+
+/// A channel opened and given its prefetch by [`Broker::consumer_channel`], not consuming
+/// yet.
+pub struct ConsumerChannel {
+    channel: Channel,
+    trust: Option<Arc<Trust>>,
+}
+
+impl ConsumerChannel {
+    /// Starts consuming `queue` (one round trip).
+    pub async fn consume(self, queue: &str) -> Result<Inbox, BrokerError> {
+        start_consumer(&self.channel, queue, FieldTable::default(), self.trust).await
+    }
+}
+
+/// Starts consuming `queue` on `channel`: its inbox.
+async fn start_consumer(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+    trust: Option<Arc<Trust>>,
+) -> Result<Inbox, BrokerError> {
+    let consumer = bounded(
+        "basic.consume",
+        channel.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        ),
+    )
+    .await?;
+    Ok(Inbox {
+        consumer,
+        channel: channel.clone(),
+        queue: queue.to_owned(),
+        failed: false,
+        ended: false,
+        trust,
+    })
 }
 
 impl Broker {
@@ -143,6 +187,8 @@ pub struct Inbox {
     channel: Channel,
     queue: String,
     failed: bool,
+    /// The consumer has ended (the broker cancelled it, or it failed).
+    ended: bool,
     trust: Option<Arc<Trust>>,
 }
 
@@ -150,11 +196,16 @@ impl Inbox {
     /// The next message; `None` once the consumer has ended (queue deleted, channel or
     /// connection closed).
     pub async fn next(&mut self) -> Option<Incoming> {
-        match self.consumer.next().await? {
+        let Some(next) = self.consumer.next().await else {
+            self.ended = true;
+            return None;
+        };
+        match next {
             Ok(delivery) => Some(Incoming::new(delivery, self.trust.as_deref())),
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
                 self.failed = true;
+                self.ended = true;
                 None
             }
         }
@@ -169,18 +220,23 @@ impl Inbox {
     /// Stops consuming and closes the inbox's channel, waiting for the broker to confirm
     /// both, so that nothing of the channel is left to close after its connection (which
     /// lapin would report as an error on a clean end). Unsettled messages go back to the
-    /// queue. A channel that has already ended needs nothing more.
-    pub async fn close(self) {
+    /// queue. A channel that has already ended needs nothing more, and a consumer that the
+    /// broker has cancelled (its queue was deleted, as at a job's end) only its channel's
+    /// close: a round trip less for a far host.
+    pub async fn close(mut self) {
         if !self.channel.status().connected() {
             return;
         }
-        let tag = self.consumer.tag();
-        let _ = bounded(
-            "basic.cancel",
-            self.channel
-                .basic_cancel(tag, BasicCancelOptions::default()),
-        )
-        .await;
+        let cancelled = self.ended || matches!(self.consumer.next().now_or_never(), Some(None));
+        if !cancelled {
+            let tag = self.consumer.tag();
+            let _ = bounded(
+                "basic.cancel",
+                self.channel
+                    .basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await;
+        }
         let _ = bounded("channel.close", self.channel.close(200, "OK".into())).await;
     }
 

@@ -21,7 +21,7 @@ mod topology;
 
 pub use backoff::Backoff;
 pub use connect::{ConnectFailure, TlsError, CONNECT_TIMEOUT};
-pub use consume::{Inbox, Incoming, STREAM_START_LIMIT};
+pub use consume::{ConsumerChannel, Inbox, Incoming, STREAM_START_LIMIT};
 pub use publish::Unconfirmed;
 pub use refusal::log_refusal;
 pub use topology::QueueLife;

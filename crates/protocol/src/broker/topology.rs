@@ -291,7 +291,10 @@ impl Broker {
         let channel = bounded("channel.open", self.connection.create_channel()).await?;
         let answer = bounded(what, call(channel.clone())).await;
         if answer.is_ok() {
-            let _ = channel.close(200, "bye".into()).await;
+            // Nobody waits for the close's answer: a round trip saved for a far host.
+            tokio::spawn(async move {
+                let _ = bounded("channel.close", channel.close(200, "bye".into())).await;
+            });
         }
         answer
     }

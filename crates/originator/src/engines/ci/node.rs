@@ -57,6 +57,10 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     }
     // Only a node that reports the build writes its event stream.
     let events_file = options.start.events.as_deref().filter(|_| options.report);
+    let slots = options
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let assignment = node_assignment(&build, &defined, &history, &host, slots);
     let mut events = crate::engine::open_events(events_file)?;
     let (plan, state, progress) =
         build.plan(&options.start, &defined, history, &mut events, |total| {
@@ -67,10 +71,6 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
                 if filled { " (it queued them)" } else { "" }
             )
         })?;
-    let slots = options
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
-    let assignment = node_assignment(&build, &defined, &host, slots);
     let mut follower = Follower {
         state,
         progress,
@@ -102,6 +102,7 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
 pub(super) fn node_assignment(
     build: &Build,
     defined: &Defined,
+    history: &crate::files::History,
     host: &str,
     slots: u32,
 ) -> WorkerAssignment {
@@ -121,6 +122,7 @@ pub(super) fn node_assignment(
         // A CI node's artifacts stay in its checkout, for its CI to upload.
         artifacts: Default::default(),
         worker_setup: build.settings.worker_setup.clone(),
+        expected_file_seconds: crate::files::expected_file_seconds(&defined.units, history),
     };
     WorkerAssignment::new(
         build.job,
@@ -159,6 +161,8 @@ pub(super) async fn run_node(
         let reports = |_| {};
         run_manager(
             &assignment,
+            // A node's checkout is its tree, ready before the manager starts.
+            std::future::ready(true),
             async {
                 let _ = stopped.await;
             },
