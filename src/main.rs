@@ -519,9 +519,9 @@ impl CliError {
             | CliError::FileServerWithoutPasswords => exit_code::CONFIG_OR_BROKER,
             // A bad flag is a bad configuration; a file in the way, or one that could not
             // be written, is a failure to install.
-            CliError::Install(InstallError::BadBroker(_) | InstallError::NoSlots) => {
-                exit_code::CONFIG_OR_BROKER
-            }
+            CliError::Install(
+                InstallError::BadBroker(_) | InstallError::NoSlots | InstallError::TooManySlots(_),
+            ) => exit_code::CONFIG_OR_BROKER,
             CliError::Install(InstallError::Exists(_) | InstallError::Write { .. })
             | CliError::Init(_)
             | CliError::Html(_)
@@ -926,6 +926,10 @@ mod tests {
     fn each_error_exits_with_its_documented_code() {
         let install = |error| CliError::Install(error).exit_code();
         assert_eq!(install(InstallError::NoSlots), exit_code::CONFIG_OR_BROKER);
+        assert_eq!(
+            install(InstallError::TooManySlots(2000)),
+            exit_code::CONFIG_OR_BROKER
+        );
         assert_eq!(
             install(InstallError::BadBroker("h:x".into())),
             exit_code::CONFIG_OR_BROKER
