@@ -30,6 +30,10 @@ pub struct JobDefinition {
     /// `job.artifacts`: what each listener brings back from its workspace at its part's end.
     #[serde(default, skip_serializing_if = "Artifacts::is_off")]
     pub artifacts: Artifacts,
+    /// `--record-impact` / `job.impact.record`: the built-in runners record the code each
+    /// file runs (`docs/impact.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_impact: bool,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -136,6 +140,7 @@ impl JobDefinition {
             live_output: LiveOutput::default(),
             first_is_1: false,
             artifacts: Artifacts::default(),
+            record_impact: false,
         }
     }
 }

@@ -351,6 +351,9 @@ pub struct FileResult {
     /// Per-test results, when the runner gives them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestResult>,
+    /// In a recording run, the project's code the file ran (see [`crate::impact`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<crate::FileImpact>,
 }
 
 /// Where a file that runs again failed last: a retry runs on another host when another

@@ -368,6 +368,7 @@ fn file_result(host: &str, worker_id: u32, file: String, run: FileRun) -> FileRe
         exit: run.exit,
         output: run.output,
         tests: run.tests,
+        impact: run.impact,
     }
 }
 

@@ -142,6 +142,7 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         first_is_1: settings.first_is_1,
         // A local run's workers write into the project itself: its artifacts are in place.
         artifacts: Default::default(),
+        record_impact: settings.impact.record,
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

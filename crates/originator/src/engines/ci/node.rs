@@ -120,6 +120,8 @@ pub(super) fn node_assignment(
         first_is_1: build.settings.first_is_1,
         // A CI node's artifacts stay in its checkout, for its CI to upload.
         artifacts: Default::default(),
+        // A CI build keeps no impact map yet: its nodes report to a build, not to a run.
+        record_impact: false,
     };
     WorkerAssignment::new(
         build.job,

@@ -1,0 +1,205 @@
+//! `gorgon start --changed`: which of the run's files a change can break, by the impact
+//! map, and why; or why it must run everything.
+
+use std::collections::BTreeMap;
+
+use gorgon_protocol::impact::Scope;
+use gorgon_protocol::FileGlob;
+
+use super::changes::Change;
+use super::map::{ImpactMap, SourceIndex};
+
+/// Files whose change the map cannot follow: what they do reaches every test (helpers,
+/// dependencies, configuration). Matched against a file's name.
+const EVERYTHING: &[&str] = &[
+    "conftest.py",
+    "spec_helper.rb",
+    "rails_helper.rb",
+    "test_helper.rb",
+    ".rspec",
+    "Gemfile",
+    "*.gemspec",
+    "*.lock",
+    "requirements*.txt",
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "pytest.ini",
+    "tox.ini",
+    ".ruby-version",
+    ".python-version",
+    "gorgon.json",
+];
+
+/// `job.impact`'s globs.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// Test files that always run.
+    pub always: Vec<FileGlob>,
+    /// Changed files that select nothing.
+    pub ignore: Vec<FileGlob>,
+}
+
+/// What a selection decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Selection {
+    /// Everything runs, for this reason.
+    Everything(String),
+    /// Only these units run, each with why; the rest (`left_out`, in the run's order)
+    /// are not selected.
+    Some {
+        selected: BTreeMap<String, Vec<String>>,
+        left_out: Vec<String>,
+    },
+}
+
+/// Selects the units of `units` that `changes` can break.
+pub fn select(map: &ImpactMap, changes: &[Change], units: &[String], rules: &Rules) -> Selection {
+    let files: Vec<&str> = units.iter().map(|u| file_of(u)).collect();
+    let sources = map.sources();
+    let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for change in changes {
+        if rules.ignore.iter().any(|glob| glob.matches(&change.path)) {
+            continue;
+        }
+        match reach(change, &files, map, &sources) {
+            Reach::Everything(reason) => return Selection::Everything(reason),
+            Reach::Files(reached) => {
+                for (file, reason) in reached {
+                    why.entry(file).or_default().push(reason);
+                }
+            }
+        }
+    }
+    for file in &files {
+        if let Some(glob) = rules.always.iter().find(|glob| glob.matches(file)) {
+            let reason = format!("job.impact.always ({})", glob.text);
+            why.entry((*file).to_owned()).or_default().push(reason);
+        } else if !map.tests.contains_key(*file) {
+            let reason = "not in the impact map".to_owned();
+            why.entry((*file).to_owned()).or_default().push(reason);
+        }
+    }
+    let (chosen, left_out): (Vec<&String>, Vec<&String>) =
+        units.iter().partition(|u| why.contains_key(file_of(u)));
+    let selected = chosen
+        .into_iter()
+        .map(|u| (u.clone(), why[file_of(u)].clone()))
+        .collect();
+    Selection::Some {
+        selected,
+        left_out: left_out.into_iter().cloned().collect(),
+    }
+}
+
+fn file_of(unit: &str) -> &str {
+    gorgon_protocol::job::unit_file(unit).unwrap_or(unit)
+}
+
+/// What one change reaches.
+enum Reach {
+    Everything(String),
+    /// (test file, why).
+    Files(Vec<(String, String)>),
+}
+
+/// The test files one change reaches: itself when it is a test file of the run, and every
+/// test file that ran the code it touches.
+fn reach(
+    change: &Change,
+    files: &[&str],
+    map: &ImpactMap,
+    sources: &BTreeMap<&str, SourceIndex<'_>>,
+) -> Reach {
+    let mut reached = Vec::new();
+    let is_test = |path: &str| files.contains(&path);
+    if let Some(now) = change.now.as_deref().filter(|now| is_test(now)) {
+        let what = if change.new {
+            "new test file"
+        } else {
+            "changed test file"
+        };
+        reached.push((now.to_owned(), what.to_owned()));
+    }
+    let name = change.path.rsplit('/').next().unwrap_or(&change.path);
+    if let Some(kind) = EVERYTHING.iter().find(|p| glob_matches(p, name)) {
+        return Reach::Everything(format!(
+            "{} changed, and what it does reaches every test ({kind})",
+            change.path
+        ));
+    }
+    let Some(index) = sources.get(change.path.as_str()) else {
+        // A test file is known by its own entry; a file no test ran and that the run does
+        // not test is something the map cannot see.
+        let known_test = is_test(&change.path) || map.tests.contains_key(&change.path);
+        if known_test || !reached.is_empty() {
+            return Reach::Files(reached);
+        }
+        return Reach::Everything(format!(
+            "{} changed, and the impact map does not know it",
+            change.path
+        ));
+    };
+    if change
+        .base_digest
+        .as_deref()
+        .is_none_or(|d| !index.digests.contains(d))
+        || index.digests.len() > 1
+    {
+        return Reach::Everything(format!(
+            "{} changed, and the impact map was recorded from another version of it",
+            change.path
+        ));
+    }
+    reached.extend(users(change, index));
+    Reach::Files(reached)
+}
+
+/// The test files that ran code of `change`'s file that it touches, each with the lines.
+fn users(change: &Change, index: &SourceIndex<'_>) -> Vec<(String, String)> {
+    let mut reached = Vec::new();
+    let touched: Vec<[u32; 2]> = if change.whole || change.now.is_none() {
+        vec![[1, u32::MAX]]
+    } else {
+        change.lines.clone()
+    };
+    for lines in touched {
+        let owner = owner(&index.scopes, lines);
+        let place = describe(&change.path, lines, owner);
+        for (test, ran) in &index.users {
+            if owner.is_none_or(|scope| ran.contains(&scope)) {
+                reached.push(((*test).to_owned(), place.clone()));
+            }
+        }
+    }
+    reached
+}
+
+/// The innermost recorded scope whose body holds all of `lines`; `None` when none does
+/// (then every test file that ran the file is reached).
+fn owner(scopes: &std::collections::BTreeSet<Scope>, [first, last]: [u32; 2]) -> Option<Scope> {
+    scopes
+        .iter()
+        .filter(|[_, body, end]| *body <= first && last <= *end)
+        .min_by_key(|[_, body, end]| end - body)
+        .copied()
+}
+
+/// `lib/cart.py:12-14 (in lines 10-20)`, or `(run when the file loads)` for its module scope.
+fn describe(path: &str, [first, last]: [u32; 2], owner: Option<Scope>) -> String {
+    let lines = match (first, last) {
+        (_, u32::MAX) => "the whole file".to_owned(),
+        (first, last) if first == last => format!("{path}:{first}"),
+        (first, last) => format!("{path}:{first}-{last}"),
+    };
+    match owner {
+        Some([1, 1, _]) => format!("{lines} (run when the file loads)"),
+        Some([start, _, end]) => format!("{lines} (in lines {start}-{end})"),
+        None if last == u32::MAX => format!("{path}: the whole file"),
+        None => format!("{lines} (outside any recorded scope)"),
+    }
+}
+
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name))
+}
