@@ -508,6 +508,7 @@ mod tests {
                 details: None,
                 id: None,
             }],
+            impact: None,
         };
         let mut state = JobState::new(vec![result.file.clone()]);
         state.file_finished(result.clone());

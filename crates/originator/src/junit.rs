@@ -404,6 +404,7 @@ mod tests {
             },
             output: format!("output of {name}\n"),
             tests,
+            impact: None,
         }
     }
 

@@ -609,6 +609,7 @@ pub(crate) mod tests {
             exit: "exit status 0".into(),
             output: String::new(),
             tests: Vec::new(),
+            impact: None,
         }
     }
 

@@ -663,6 +663,7 @@ mod tests {
             },
             first_is_1: false,
             artifacts: crate::Artifacts::default(),
+            record_impact: true,
         }
     }
 
@@ -837,6 +838,7 @@ mod tests {
                     details: Some("spec/cart_spec.rb:13".into()),
                     id: None,
                 }],
+                impact: None,
             }),
             Message::Replies {
                 replies: vec![
@@ -904,6 +906,7 @@ mod tests {
                 exit: "exit status 1".into(),
                 output: "two\nlines\n".into(),
                 tests: Vec::new(),
+                impact: None,
             }),
         );
         let line = envelope.encode_line();
@@ -937,6 +940,7 @@ mod tests {
                 exit: "killed by signal 9 (SIGKILL)".into(),
                 output: "o".into(),
                 tests: Vec::new(),
+                impact: None,
             }),
         );
         assert_eq!(
@@ -994,8 +998,10 @@ mod tests {
         let decoded = Envelope::decode(old.as_bytes()).unwrap();
         // Without `live_output`, no file's output is streamed; without `tree`, the job is
         // unsealed (a listener with signing keys refuses it).
+        // Without `record_impact`, nothing records.
         let mut expected = JobDefinition {
             live_output: crate::LiveOutput::default(),
+            record_impact: false,
             ..definition()
         };
         expected.sync.tree = None;

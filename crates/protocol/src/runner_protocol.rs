@@ -155,6 +155,7 @@ mod tests {
                 id: None,
             }],
             output: "F".into(),
+            impact: None,
         }
     }
 
@@ -244,6 +245,7 @@ mod tests {
                 message: Some("SyntaxError".into()),
                 tests: Vec::new(),
                 output: String::new(),
+                impact: None,
             })
         );
         assert!(RunnerMessage::decode(r#"{"type":"bye"}"#).is_err());

@@ -968,6 +968,7 @@ mod tests {
             exit: "exit status 0".into(),
             output: String::new(),
             tests: Vec::new(),
+            impact: None,
         })
     }
 

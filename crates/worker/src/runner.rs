@@ -766,6 +766,7 @@ mod tests {
             message: Some("why".into()),
             tests,
             output: String::new(),
+            impact: None,
         }
     }
 
