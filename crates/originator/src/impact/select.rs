@@ -111,15 +111,16 @@ fn reach(
     map: &ImpactMap,
     sources: &BTreeMap<&str, SourceIndex<'_>>,
 ) -> Reach {
-    let mut reached = Vec::new();
     let is_test = |path: &str| files.contains(&path);
     if let Some(now) = change.now.as_deref().filter(|now| is_test(now)) {
+        // A test file's own code reaches itself only: the later files of its worker that
+        // ran after it loaded do not depend on it.
         let what = if change.new {
             "new test file"
         } else {
             "changed test file"
         };
-        reached.push((now.to_owned(), what.to_owned()));
+        return Reach::Files(vec![(now.to_owned(), what.to_owned())]);
     }
     let name = change.path.rsplit('/').next().unwrap_or(&change.path);
     if let Some(kind) = EVERYTHING.iter().find(|p| glob_matches(p, name)) {
@@ -129,11 +130,10 @@ fn reach(
         ));
     }
     let Some(index) = sources.get(change.path.as_str()) else {
-        // A test file is known by its own entry; a file no test ran and that the run does
-        // not test is something the map cannot see.
-        let known_test = is_test(&change.path) || map.tests.contains_key(&change.path);
-        if known_test || !reached.is_empty() {
-            return Reach::Files(reached);
+        // A test file (of the run, or deleted) is known by its own entry; a file no test
+        // ran and that the run does not test is something the map cannot see.
+        if is_test(&change.path) || map.tests.contains_key(&change.path) {
+            return Reach::Files(Vec::new());
         }
         return Reach::Everything(format!(
             "{} changed, and the impact map does not know it",
@@ -151,8 +151,7 @@ fn reach(
             change.path
         ));
     }
-    reached.extend(users(change, index));
-    Reach::Files(reached)
+    Reach::Files(users(change, index))
 }
 
 /// The test files that ran code of `change`'s file that it touches, each with the lines.
