@@ -75,7 +75,7 @@ pub fn select(map: &ImpactMap, changes: &[Change], units: &[String], rules: &Rul
         if let Some(glob) = rules.always.iter().find(|glob| glob.matches(file)) {
             let reason = format!("job.impact.always ({})", glob.text);
             why.entry((*file).to_owned()).or_default().push(reason);
-        } else if !map.tests.contains_key(*file) {
+        } else if !map.tests.contains_key(*file) && !why.contains_key(*file) {
             let reason = "not in the impact map".to_owned();
             why.entry((*file).to_owned()).or_default().push(reason);
         }
