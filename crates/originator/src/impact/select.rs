@@ -202,3 +202,167 @@ fn describe(path: &str, [first, last]: [u32; 2], owner: Option<Scope>) -> String
 fn glob_matches(pattern: &str, name: &str) -> bool {
     glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gorgon_protocol::{FileImpact, SourceUse};
+
+    /// A map of three test files over `lib/cart.py` (blob `c1`: a module of 20 lines with
+    /// `total` at 4-9, and `tax` at 11-15 with a nested `round` at 13-14).
+    fn map() -> ImpactMap {
+        let uses = |scopes: &[Scope]| -> FileImpact {
+            let used = SourceUse {
+                digest: "c1".into(),
+                ran: scopes.to_vec(),
+            };
+            [("lib/cart.py".to_owned(), used)].into_iter().collect()
+        };
+        let module = [1, 1, 21];
+        let tests = [
+            ("t/test_total.py", uses(&[module, [4, 5, 9]])),
+            ("t/test_tax.py", uses(&[module, [11, 12, 15], [13, 14, 14]])),
+            ("t/test_plain.py", uses(&[module])),
+        ];
+        ImpactMap {
+            version: 1,
+            tests: tests.into_iter().map(|(t, u)| (t.to_owned(), u)).collect(),
+        }
+    }
+
+    fn units() -> Vec<String> {
+        ["t/test_total.py", "t/test_tax.py", "t/test_plain.py"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn change(path: &str, lines: &[[u32; 2]]) -> Change {
+        Change {
+            path: path.into(),
+            now: Some(path.into()),
+            lines: lines.to_vec(),
+            base_digest: Some("c1".into()),
+            ..Change::default()
+        }
+    }
+
+    /// The selected files, or `everything: REASON`.
+    fn chosen(changes: &[Change], rules: &Rules) -> Vec<String> {
+        match select(&map(), changes, &units(), rules) {
+            Selection::Everything(reason) => vec![format!("everything: {reason}")],
+            Selection::Some { selected, .. } => selected.into_keys().collect(),
+        }
+    }
+
+    #[test]
+    fn a_changed_line_selects_the_files_that_ran_its_innermost_scope() {
+        let rules = Rules::default();
+        // (changed lines, the files selected)
+        let cases: &[(&[[u32; 2]], &[&str])] = &[
+            (&[[6, 7]], &["t/test_total.py"]),
+            (&[[14, 14]], &["t/test_tax.py"]),
+            (&[[12, 12]], &["t/test_tax.py"]),
+            // A `def` line runs when the module loads: every file that loaded it.
+            (
+                &[[4, 4]],
+                &["t/test_plain.py", "t/test_tax.py", "t/test_total.py"],
+            ),
+            // Lines added between two functions, and after the last line.
+            (
+                &[[9, 10]],
+                &["t/test_plain.py", "t/test_tax.py", "t/test_total.py"],
+            ),
+            (
+                &[[20, 21]],
+                &["t/test_plain.py", "t/test_tax.py", "t/test_total.py"],
+            ),
+            (&[[6, 6], [13, 14]], &["t/test_tax.py", "t/test_total.py"]),
+        ];
+        for (lines, expected) in cases {
+            assert_eq!(
+                chosen(&[change("lib/cart.py", lines)], &rules),
+                *expected,
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_map_cannot_follow_selects_everything_with_its_reason() {
+        let rules = Rules::default();
+        let mut stale = change("lib/cart.py", &[[6, 6]]);
+        stale.base_digest = Some("c0".into());
+        let cases = [
+            (
+                change("poetry.lock", &[[1, 1]]),
+                "poetry.lock changed, and what it does reaches every test (*.lock)",
+            ),
+            (
+                change("tests/conftest.py", &[[1, 1]]),
+                "tests/conftest.py changed, and what it does reaches every test (conftest.py)",
+            ),
+            (
+                change("lib/other.py", &[[1, 1]]),
+                "lib/other.py changed, and the impact map does not know it",
+            ),
+            (
+                stale,
+                "lib/cart.py changed, and the impact map was recorded from another version of it",
+            ),
+        ];
+        for (change, reason) in cases {
+            assert_eq!(chosen(&[change], &rules), [format!("everything: {reason}")]);
+        }
+    }
+
+    #[test]
+    fn test_files_select_themselves_and_the_rules_add_or_ignore() {
+        let rules = Rules {
+            always: vec![FileGlob::new("t/test_plain.py").unwrap()],
+            ignore: vec![FileGlob::new("docs/**").unwrap()],
+        };
+        let changes = [
+            change("t/test_total.py", &[[1, 1]]),
+            change("docs/guide.md", &[[1, 1]]),
+        ];
+        assert_eq!(
+            chosen(&changes, &rules),
+            ["t/test_plain.py", "t/test_total.py"]
+        );
+        let deleted_test = Change {
+            now: None,
+            ..change("t/test_gone.py", &[[1, 3]])
+        };
+        let mut map = map();
+        map.tests.insert("t/test_gone.py".into(), FileImpact::new());
+        let selection = select(&map, &[deleted_test], &units(), &Rules::default());
+        assert_eq!(
+            selection,
+            Selection::Some {
+                selected: BTreeMap::new(),
+                left_out: units()
+            }
+        );
+    }
+
+    #[test]
+    fn a_test_file_the_map_does_not_know_runs_and_split_units_follow_their_file() {
+        let units = vec![
+            "t/test_total.py::test_a".to_owned(),
+            "t/test_total.py::test_b".to_owned(),
+            "t/test_unknown.py".to_owned(),
+        ];
+        let changes = [change("lib/cart.py", &[[6, 6]])];
+        let Selection::Some { selected, left_out } =
+            select(&map(), &changes, &units, &Rules::default())
+        else {
+            panic!("a selection was expected");
+        };
+        assert!(left_out.is_empty());
+        assert_eq!(
+            selected["t/test_total.py::test_b"],
+            ["lib/cart.py:6 (in lines 4-9)"]
+        );
+        assert_eq!(selected["t/test_unknown.py"], ["not in the impact map"]);
+    }
+}
