@@ -137,6 +137,9 @@ fn plan(
     Ok(Some((plan, Vec::new(), phases)))
 }
 
+/// The files that run, and what `--changed` chose.
+type Narrowed = (Vec<String>, Option<Chosen>);
+
 /// With `--changed`, the files of `found` a change reaches (all of them when the change
 /// reaches what the impact map cannot see), told on stderr, and the choice; `None` when
 /// none is reached (already said on stdout).
@@ -144,7 +147,7 @@ fn changed(
     options: &StartOptions,
     settings: &Settings,
     found: Vec<String>,
-) -> Result<Option<(Vec<String>, Option<Chosen>)>, StartError> {
+) -> Result<Option<Narrowed>, StartError> {
     let Some(base) = &options.changed else {
         return Ok(Some((found, None)));
     };

@@ -247,7 +247,8 @@ diff --git a/old.rb b/old.rb\ndeleted file mode 100644\n--- a/old.rb\n+++ /dev/n
 diff --git a/img.png b/img.png\nindex 1..2 100644\nBinary files a/img.png and b/img.png differ\n\
 diff --git a/run.sh b/run.sh\nold mode 100644\nnew mode 100755\n";
         let changes = parse_diff(diff);
-        let summary: Vec<(&str, Option<&str>, bool, bool, Vec<[u32; 2]>)> = changes
+        type Summary<'a> = (&'a str, Option<&'a str>, bool, bool, Vec<[u32; 2]>);
+        let summary: Vec<Summary<'_>> = changes
             .iter()
             .map(|c| {
                 (
