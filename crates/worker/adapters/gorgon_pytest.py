@@ -6,8 +6,6 @@
 # gets a fresh session. With `"isolation": "fork"` in a request, every file (or batch of quick
 # files) runs in a fork of its own instead, and a batch that does not simply complete runs
 # again file by file.
-import ast
-import hashlib
 import json
 import os
 import selectors
@@ -16,6 +14,8 @@ import sys
 import types
 
 import pytest
+
+from gorgon_impact import IMPACT  # None unless the run records (docs/impact.md)
 
 PROTOCOL = 1
 DETAIL_LINES = 40
@@ -37,121 +37,6 @@ def skip_reason(longrepr):
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2])
     return str(longrepr)
-
-
-# --- impact recording (GORGON_IMPACT_RECORD=1, docs/impact.md) ------------------------------
-
-class Impact:
-    """Records which scopes (module, class body, function) of the project's own files run.
-    A call tracer only (no line events): each Python call looks its code object up once. Code
-    that runs while a module loads (anything below a `<module>` frame) goes to `loaded`, which
-    every later file of this process depends on (a module loads once per process, so what it
-    computed reaches every file after it); code run otherwise goes to `ran`, the current
-    file's, until `take`."""
-
-    def __init__(self, root):
-        self.root = os.path.realpath(root) + os.sep
-        self.here = os.path.dirname(os.path.realpath(__file__)) + os.sep
-        self.paths = {}
-        self.ran = set()
-        self.loaded = set()
-        self.depth = 0
-        self.sources = {}
-        self.owners = {}
-
-    def path_of(self, filename):
-        path = self.paths.get(filename, False)
-        if path is False:
-            path = None
-            real = os.path.realpath(filename) if filename.endswith(".py") else ""
-            inside = real.startswith(self.root) and not real.startswith(self.here)
-            if inside and "site-packages" not in real and os.sep + "." not in real[len(self.root) - 1:]:
-                path = real[len(self.root):]
-            self.paths[filename] = path
-        return path
-
-    def call(self, frame, event, arg):
-        code = frame.f_code
-        if code.co_name == "<module>":
-            self.depth += 1
-            frame.f_trace_lines = False
-            if self.path_of(code.co_filename):
-                self.loaded.add(code)
-            return self.module_event
-        if self.path_of(code.co_filename):
-            (self.loaded if self.depth else self.ran).add(code)
-        return None
-
-    def module_event(self, frame, event, arg):
-        if event == "return":
-            self.depth -= 1
-        return self.module_event
-
-    def start(self):
-        sys.settrace(self.call)
-
-    def session_started(self):
-        """What ran before a session's first file (its plugins, conftest hooks) is a
-        dependency of each of its files."""
-        self.loaded |= self.ran
-        self.ran = set()
-
-    def take(self):
-        """The current file's impact (what it ran and everything loaded so far), and a fresh
-        start for the next file."""
-        impact = {}
-        for code in self.ran | self.loaded:
-            path = self.path_of(code.co_filename)
-            source = self.source(path)
-            if source is None:
-                continue
-            used = impact.setdefault(path, {"digest": source[0], "ran": set()})
-            used["ran"].add(self.owner(code, source[1]))
-        self.ran = set()
-        for used in impact.values():
-            used["ran"] = [list(scope) for scope in sorted(used["ran"])]
-        return impact
-
-    def source(self, path):
-        """(git blob id, scopes) of a project file; its scopes are `[first, body, last]`
-        lines, the module's first."""
-        if path not in self.sources:
-            try:
-                with open(os.path.join(self.root, path), "rb") as handle:
-                    data = handle.read()
-                tree = ast.parse(data)
-            except (OSError, SyntaxError, ValueError):
-                self.sources[path] = None
-                return None
-            digest = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            scopes = [(1, 1, max(1, data.count(b"\n") + 1))]
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-                    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-                    body = node.body[0].lineno if isinstance(node.body, list) else node.body.lineno
-                    scopes.append((first, body, node.end_lineno))
-            self.sources[path] = (digest, scopes)
-        return self.sources[path]
-
-    def owner(self, code, scopes):
-        """The scope a code object is: a module is the module scope; a function or class
-        the scope that starts on its first line; anything else (a comprehension) the
-        innermost scope around it."""
-        key = (code.co_filename, code.co_firstlineno, code.co_name)
-        owner = self.owners.get(key)
-        if owner is None:
-            line = code.co_firstlineno
-            if code.co_name == "<module>":
-                owner = scopes[0]
-            else:
-                around = [s for s in scopes if s[0] <= line <= s[2]]
-                starting = [s for s in around if s[0] == line]
-                owner = min(starting or around or scopes[:1], key=lambda s: s[2] - s[0])
-            self.owners[key] = owner
-        return owner
-
-
-IMPACT = Impact(os.getcwd()) if os.environ.get("GORGON_IMPACT_RECORD") == "1" else None
 
 
 class Collector:

@@ -78,10 +78,16 @@ const MINITEST: Adapter = Adapter {
 
 const PYTEST: Adapter = Adapter {
     kind: "pytest",
-    scripts: &[(
-        "gorgon_pytest.py",
-        include_str!("../adapters/gorgon_pytest.py"),
-    )],
+    scripts: &[
+        (
+            "gorgon_pytest.py",
+            include_str!("../adapters/gorgon_pytest.py"),
+        ),
+        (
+            "gorgon_impact.py",
+            include_str!("../adapters/gorgon_impact.py"),
+        ),
+    ],
     interpreter: "python3",
     warm: ("gorgon_warm.py", include_str!("../adapters/gorgon_warm.py")),
 };
