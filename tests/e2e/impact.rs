@@ -294,3 +294,70 @@ fn a_new_test_file_runs_and_an_ignored_change_runs_nothing() {
     let run = project.start(&["--changed"], RUN_LIMIT);
     run.assert_report(0, &["Nothing to run: no change since "]);
 }
+
+/// `files` with `path` replaced by `text` (or added).
+fn with_file<'a>(
+    files: &[(&'a str, &'a str)],
+    path: &'a str,
+    text: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut changed: Vec<(&str, &str)> =
+        files.iter().copied().filter(|(p, _)| *p != path).collect();
+    changed.push((path, text));
+    changed
+}
+
+#[test]
+fn a_change_to_a_function_run_while_a_file_loads_runs_every_file_that_ran_after_it() {
+    let cluster = Cluster::with_listeners(&[("impact", 1)]);
+    // `RATE` comes from a function that runs once, when the first file that needs the
+    // cart loads it: every later file of the worker uses what it computed.
+    let python = with_file(PYTHON, "shop/config.py", "def load_rate():\n    return 2\n");
+    let python = with_file(
+        &python,
+        "shop/cart.py",
+        "from shop.config import load_rate\n\nRATE = load_rate()\n\n\ndef total(prices):\n    return sum(prices) * RATE\n",
+    );
+    let ruby = with_file(
+        RUBY,
+        "lib/config.rb",
+        "class Config\n  def self.load_rate\n    2\n  end\nend\n",
+    );
+    let ruby = with_file(
+        &ruby,
+        "lib/cart.rb",
+        "require_relative 'config'\nRATE = Config.load_rate\n\nclass Cart\n  def total(prices)\n    prices.sum * RATE\n  end\nend\n",
+    );
+    let cases = [
+        (
+            "load-py",
+            "pytest",
+            "tests/test_*.py",
+            python,
+            "shop/config.py",
+            ["tests/test_cart.py", "tests/test_tax.py"],
+        ),
+        (
+            "load-rb",
+            "rspec",
+            "spec/*_spec.rb",
+            ruby,
+            "lib/config.rb",
+            ["spec/cart_spec.rb", "spec/tax_spec.rb"],
+        ),
+    ];
+    for (name, runner, globs, files, config, users) in cases {
+        let project = recorded(&cluster, name, runner, globs, &files);
+        let text = files.iter().find(|(p, _)| *p == config).unwrap().1;
+        project.write(config, &text.replace('2', "1 + 1"));
+
+        let (run, _, events) = changed_run(&project);
+
+        run.assert_exit(0);
+        let ran = finished(&events);
+        for user in users {
+            assert!(ran.contains(&user.to_owned()), "{user} should run: {run:?}");
+        }
+        run.assert_stderr(&[&format!("{config}:")]);
+    }
+}

@@ -3,7 +3,9 @@
 # runs, from Ruby's Coverage in methods mode, started before the suite's helper loads. A
 # file's top level runs once per process, so every file loaded so far in the process is a
 # dependency of the file being run; a method counts for the file that ran it, and for every
-# file of the session when it ran before the session's first file (the helper, the hooks).
+# later file of the process when it ran while a file loaded (`require`, `load`, autoload:
+# what it computed, a constant say, is there for them all) or before the session's first
+# file (the helper, the hooks).
 require 'coverage'
 require 'digest/sha1'
 require 'set'
@@ -21,7 +23,25 @@ module GorgonImpact
       @ran = Hash.new { |hash, path| hash[path] = Set.new }
       @always = Hash.new { |hash, path| hash[path] = Set.new }
       @sources = {}
+      @depth = 0
       Coverage.start(methods: true)
+      Kernel.prepend(Requires)
+      Kernel.singleton_class.prepend(Requires)
+    end
+
+    # Runs a `require` or `load`: what runs meanwhile (at the outermost one) is load-time
+    # code, a dependency of every later file.
+    def loading
+      return yield if @depth.positive?
+
+      collect(@ran)
+      @depth += 1
+      begin
+        yield
+      ensure
+        @depth -= 1
+        collect(@always)
+      end
     end
 
     # Whatever ran before a session's first file is a dependency of each of its files.
@@ -48,13 +68,14 @@ module GorgonImpact
 
     private
 
-    # Folds the coverage since the last call into the loaded files and the methods that ran.
-    def collect
+    # Folds the coverage since the last call into the loaded files and the methods that ran
+    # (into `into`, path => scopes).
+    def collect(into = @ran)
       Coverage.result(stop: false, clear: true).each do |file, data|
         path = relative(file) or next
         @loaded << path
         (data[:methods] || {}).each do |(_, _, first, _, last, _), count|
-          @ran[path] << [first, first + 1, last] if count.positive?
+          into[path] << [first, first + 1, last] if count.positive?
         end
       end
     end
@@ -78,6 +99,27 @@ module GorgonImpact
       rescue SystemCallError
         [nil, 0]
       end
+    end
+  end
+end
+
+# Kernel's loading methods, each through `GorgonImpact.loading`. `require_relative` resolves
+# its path from its caller's file here (Ruby's own would resolve it from this file).
+module GorgonImpact
+  module Requires
+    def require(path)
+      GorgonImpact.loading { super }
+    end
+
+    def load(path, wrap = false) # rubocop:disable Style/OptionalBooleanParameter -- Kernel#load's own signature
+      GorgonImpact.loading { super }
+    end
+
+    def require_relative(path)
+      base = caller_locations(1, 1).first&.absolute_path
+      raise LoadError, "cannot infer basepath for require_relative #{path}" unless base
+
+      require(File.expand_path(path, File.dirname(base)))
     end
   end
 end
