@@ -75,42 +75,44 @@ committed() {
     git -C "$1" -c user.name=bench -c user.email=bench@example.com commit -q -m base
 }
 
+# compared NAME_A NAME_B [NOTE]: the runs of `first` (NAME_A) and `second` (NAME_B), their
+# medians and the ratio of the second to the first.
+compared() {
+    printf '%-10s %s\n' "$1:" "${first[*]}" "$2:" "${second[*]}"
+    local a b
+    a=$(median "${first[@]}")
+    b=$(median "${second[@]}")
+    echo "median $1 $a s, $2 $b s: $(ratio "$b" "$a") ${3:-}"
+}
+
 # recording_cost DIR: rounds of plain and recording runs, in turns.
 recording_cost() {
-    local dir=$1 plain=() recording=()
+    local dir=$1 map=$1/gorgon-runtime.impact.json
+    first=() second=()
     (cd "$dir" && seconds "$gorgon" start --local -j 2 >/dev/null) # warms the page cache
     for _ in $(seq 1 "$runs"); do
-        plain+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2)")
-        recording+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2 --record-impact)")
+        first+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2)")
+        second+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2 --record-impact)")
     done
-    echo "plain:     ${plain[*]}"
-    echo "recording: ${recording[*]}"
-    local a b
-    a=$(median "${plain[@]}")
-    b=$(median "${recording[@]}")
-    echo "median plain $a s, recording $b s: $(ratio "$b" "$a") (target: at most 1.5)"
-    echo "map: $(wc -c <"$dir/gorgon-runtime.impact.json") bytes, $(grep -o '"digest"' "$dir/gorgon-runtime.impact.json" | wc -l) source entries"
+    compared plain recording "(target: at most 1.5)"
+    echo "map: $(wc -c <"$map") bytes, $(grep -o '"digest"' "$map" | wc -l) source entries"
 }
 
 # selecting_cost DIR FILE LINE: a change to LINE of FILE, then --changed against the same
 # selected files named.
 selecting_cost() {
-    local dir=$1 file=$2 line=$3 selected changed=() named=()
+    local dir=$1 file=$2 line=$3 selected
+    first=() second=()
     sed -i "${line}s/\$/  # changed/" "$dir/$file"
     selected=$(cd "$dir" && "$gorgon" start --local -j 2 --changed --explain 2>&1 >/dev/null |
         sed -n 's/^  \([^:]*\): .*/\1/p')
     echo "the change to $file:$line selects $(echo "$selected" | wc -l) files"
     for _ in $(seq 1 "$runs"); do
-        changed+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2 --changed)")
         # shellcheck disable=SC2086  # one file a word
-        named+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2 $selected)")
+        first+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2 $selected)")
+        second+=("$(cd "$dir" && seconds "$gorgon" start --local -j 2 --changed)")
     done
-    echo "--changed: ${changed[*]}"
-    echo "named:     ${named[*]}"
-    local a b
-    a=$(median "${named[@]}")
-    b=$(median "${changed[@]}")
-    echo "median named $a s, --changed $b s: $(ratio "$b" "$a")"
+    compared named --changed
     git -C "$dir" checkout -q -- "$file"
 }
 
