@@ -89,7 +89,8 @@ pub fn resolve_base(folder: &Path, base: Option<&str>) -> Result<String, Changes
 }
 
 /// Every change of the work tree (committed or not, and the files git does not track yet)
-/// since `base`, by path at the base.
+/// since `base`, by path at the base, relative to `folder` (the project may be a folder of
+/// its repository: only what changed below it counts).
 pub fn since(folder: &Path, base: &str) -> Result<Vec<Change>, ChangesError> {
     let diff = git(
         folder,
@@ -98,6 +99,7 @@ pub fn since(folder: &Path, base: &str) -> Result<Vec<Change>, ChangesError> {
             "--no-ext-diff",
             "--no-color",
             "--no-renames",
+            "--relative",
             "-U0",
             base,
             "--",
@@ -134,7 +136,7 @@ fn base_digests(
     base: &str,
     changes: &[Change],
 ) -> Result<BTreeMap<String, String>, ChangesError> {
-    let mut args = vec!["ls-tree", "-r", "--full-name", base, "--"];
+    let mut args = vec!["ls-tree", "-r", base, "--"];
     let old: Vec<&str> = changes
         .iter()
         .filter(|c| !c.new)
@@ -143,11 +145,9 @@ fn base_digests(
     if old.is_empty() {
         return Ok(BTreeMap::new());
     }
-    // `ls-tree` takes paths from the repository's top; the diff named them from there too.
-    let top = git(folder, &["rev-parse", "--show-toplevel"])?;
-    let top = PathBuf::from(top.trim());
+    // Paths relative to `folder`, in and out, as the diff gave them (`--relative`).
     args.extend(old.iter().copied());
-    let listing = git(&top, &args)?;
+    let listing = git(folder, &args)?;
     Ok(listing
         .lines()
         .filter_map(|line| {
@@ -234,6 +234,62 @@ fn fill_paths_from_headers(diff: &str, changes: &mut [Change]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_git(folder: &Path, args: &[&str]) {
+        let status = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(folder)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+
+    #[test]
+    fn a_project_in_a_folder_of_its_repository_sees_its_own_changes_by_its_own_paths() {
+        let repo = tempfile::tempdir().unwrap();
+        let app = repo.path().join("app");
+        std::fs::create_dir_all(app.join("lib")).unwrap();
+        std::fs::write(app.join("lib/a.py"), "one\ntwo\nthree\n").unwrap();
+        std::fs::write(repo.path().join("outside.txt"), "x\n").unwrap();
+        run_git(repo.path(), &["init", "-q", "-b", "main"]);
+        run_git(repo.path(), &["add", "-A"]);
+        run_git(repo.path(), &["commit", "-q", "-m", "base"]);
+        let base = resolve_base(&app, None).unwrap();
+        std::fs::write(app.join("lib/a.py"), "one\n2\nthree\n").unwrap();
+        std::fs::write(app.join("new.txt"), "n\n").unwrap();
+        std::fs::write(repo.path().join("outside.txt"), "y\n").unwrap();
+
+        let changes = since(&app, &base).unwrap();
+
+        let blob = Command::new("git")
+            .args(["rev-parse", &format!("{base}:app/lib/a.py")])
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        let blob = String::from_utf8(blob.stdout).unwrap().trim().to_owned();
+        assert_eq!(
+            changes,
+            vec![
+                Change {
+                    path: "lib/a.py".into(),
+                    now: Some("lib/a.py".into()),
+                    lines: vec![[2, 2]],
+                    base_digest: Some(blob),
+                    ..Change::default()
+                },
+                Change {
+                    path: "new.txt".into(),
+                    now: Some("new.txt".into()),
+                    new: true,
+                    whole: true,
+                    ..Change::default()
+                },
+            ]
+        );
+        let error = resolve_base(&app, Some("nope")).unwrap_err().to_string();
+        assert!(error.contains("\"nope\" is not a commit"), "{error}");
+    }
 
     #[test]
     fn a_patch_gives_each_file_the_base_lines_it_touches() {
