@@ -261,6 +261,18 @@ struct StartArgs {
     /// Stop at the first file that fails for good (`--max-fail 1`).
     #[arg(long)]
     fail_fast: bool,
+    /// Record which of the project's code each file runs (built-in runners), into the
+    /// impact map beside the runtime file (as `job.impact.record`). See docs/impact.md.
+    #[arg(long)]
+    record_impact: bool,
+    /// Run only the files a change since BASE can break, by the impact map (default
+    /// BASE: the merge base of HEAD and the default branch); the rest are reported as not
+    /// selected. See docs/impact.md.
+    #[arg(long, value_name = "BASE", num_args = 0..=1, default_missing_value = "")]
+    changed: Option<String>,
+    /// With --changed, name for each selected file the change that selected it.
+    #[arg(long, requires = "changed")]
+    explain: bool,
     /// Run on this machine only, without broker, file server or listeners: the workers
     /// run in the project folder itself (`connection` and `file_server` are not needed).
     #[arg(long)]
@@ -681,6 +693,12 @@ impl StartArgs {
             file_timeout: self.file_timeout,
             retries: self.retries,
             max_fail: self.max_fail.or(self.fail_fast.then_some(1)),
+            record_impact: self.record_impact,
+            // A bare `--changed` compares with the merge base of the default branch.
+            changed: self
+                .changed
+                .map(|base| Some(base).filter(|b| !b.is_empty())),
+            explain: self.explain,
             junit: self.junit,
             events: self.events,
             html: self.html,

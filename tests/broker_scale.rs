@@ -119,6 +119,7 @@ async fn work(
                     exit: "exit status 0".into(),
                     output: String::new(),
                     tests: Vec::new(),
+                    impact: None,
                 });
                 if apart {
                     let _ = manager

@@ -407,6 +407,7 @@ fn a_retry_that_no_node_queued_ends_the_build_instead_of_hanging() {
                 exit: "exit status 1".into(),
                 output: String::new(),
                 tests: Vec::new(),
+                impact: None,
             }),
         ];
         for message in messages {

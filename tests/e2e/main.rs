@@ -19,6 +19,7 @@ mod drain;
 mod far;
 mod faults;
 mod fresh_broker;
+mod impact;
 mod local;
 mod manager;
 mod metrics;

@@ -55,6 +55,7 @@ fn result(host: &str, file: &str, status: FileStatus) -> FileResult {
         exit: "exit status 0".into(),
         output: String::new(),
         tests: Vec::new(),
+        impact: None,
     }
 }
 

@@ -54,11 +54,18 @@ fn check_fixture(expected: Expected) {
 
 /// [`check_fixture`] with `job.runner.isolation` set to `isolation`.
 fn check_fixture_isolated(expected: Expected, isolation: &str) {
+    check_fixture_with(expected, isolation, false);
+}
+
+/// [`check_fixture_isolated`], recording the impact map when `record` (which must change
+/// no verdict; the map then holds every file that ran to its end).
+fn check_fixture_with(expected: Expected, isolation: &str, record: bool) {
     let cluster = Cluster::with_listeners(&[("runner", 1)]);
     let project = cluster.project(
         expected.runner,
         json!({"files": [expected.files],
-               "job": {"runner": {"kind": expected.runner, "command": "", "isolation": isolation}}}),
+               "job": {"runner": {"kind": expected.runner, "command": "", "isolation": isolation},
+                       "impact": {"record": record}}}),
     );
     copy_fixture(expected.runner, &project);
     cluster.wait_for_listeners(&project, 1);
@@ -78,6 +85,11 @@ fn check_fixture_isolated(expected: Expected, isolation: &str) {
     }
     for line in [expected.totals, expected.tests] {
         assert!(run.stdout.contains(line), "expected {line:?} in {run:?}");
+    }
+    if record {
+        let map: serde_json::Value =
+            serde_json::from_str(&project.read("gorgon-runtime.impact.json")).unwrap();
+        assert!(!map["tests"].as_object().unwrap().is_empty(), "{map}");
     }
 }
 
@@ -195,6 +207,15 @@ fn pytest_verdicts() -> Expected {
 fn verdicts_are_the_same_with_a_fork_per_file() {
     for expected in [rspec_verdicts(), minitest_verdicts(), pytest_verdicts()] {
         check_fixture_isolated(expected, "fork");
+    }
+}
+
+#[test]
+fn verdicts_are_the_same_when_the_run_records_its_impact() {
+    for isolation in ["shared", "fork"] {
+        for expected in [rspec_verdicts(), minitest_verdicts(), pytest_verdicts()] {
+            check_fixture_with(expected, isolation, true);
+        }
     }
 }
 

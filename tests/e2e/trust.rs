@@ -298,6 +298,7 @@ fn a_forged_result_does_not_change_a_signed_run() {
                 exit: "exit status 0".into(),
                 output: String::new(),
                 tests: Vec::new(),
+                impact: None,
             }),
         );
         forger

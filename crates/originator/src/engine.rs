@@ -46,6 +46,8 @@ pub(crate) struct Plan {
     pub host: String,
     pub started: Instant,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// What `--changed` selected and left out (`None` without it).
+    pub chosen: Option<crate::impact::Chosen>,
 }
 
 impl Plan {

@@ -26,6 +26,9 @@ pub enum StartError {
     Tree(#[from] crate::tree::SealError),
     #[error(transparent)]
     Rerun(#[from] RerunError),
+    /// `--changed` could not tell what changed, or read the impact map.
+    #[error(transparent)]
+    Impact(#[from] crate::impact::ImpactError),
     #[error(transparent)]
     Quarantine(#[from] crate::quarantine::QuarantineError),
     #[error(transparent)]
@@ -165,6 +168,7 @@ pub fn exit_code(ending: Ending<'_>) -> i32 {
             | StartError::Files(_)
             | StartError::Tree(_)
             | StartError::Rerun(_)
+            | StartError::Impact(_)
             | StartError::Quarantine(_)
             | StartError::Replay(_)
             | StartError::Runner(_)

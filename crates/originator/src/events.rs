@@ -28,6 +28,14 @@ pub enum Event {
         /// Every queued file, in queue order.
         files: Vec<String>,
     },
+    /// `--changed` left these files out: no change reaches them. Right after
+    /// `run_started`; they get no other event.
+    NotSelected {
+        files: Vec<String>,
+        reason: String,
+        /// Their time by the runtime file.
+        seconds_saved: f64,
+    },
     /// A listener took the job.
     ListenerJoined { host: String, slots: u32 },
     /// A phase of a run with `phases` starts: its files, in queue order (none for a phase
@@ -403,6 +411,17 @@ mod tests {
     fn run_events_have_pinned_shapes() {
         let id = Uuid::nil();
         assert_eq!(
+            pinned(Event::NotSelected {
+                files: vec!["t/b_test.sh".into()],
+                reason: "not selected: no change since 1234 reaches it".into(),
+                seconds_saved: 2.5,
+            }),
+            json!({"schema": 1, "time": "2023-11-14T22:13:20.125Z", "event": "not_selected",
+                   "files": ["t/b_test.sh"],
+                   "reason": "not selected: no change since 1234 reaches it",
+                   "seconds_saved": 2.5})
+        );
+        assert_eq!(
             pinned(Event::RunStarted {
                 job_id: id,
                 project: "shop".into(),
@@ -489,6 +508,7 @@ mod tests {
                 details: None,
                 id: None,
             }],
+            impact: None,
         };
         let mut state = JobState::new(vec![result.file.clone()]);
         state.file_finished(result.clone());

@@ -39,6 +39,8 @@ pub struct RunInfo<'a> {
     pub job_id: uuid::Uuid,
     pub started: DateTime<Utc>,
     pub seconds: f64,
+    /// The files `--changed` left out, and what the report says of each.
+    pub not_selected: Option<(&'a [String], String)>,
 }
 
 /// Builds the report of a run: every queued file in queue order, including those that never
@@ -53,12 +55,28 @@ pub fn report(run: &RunInfo, state: &JobState) -> Report {
         for phase in state.phases().list() {
             report.add_test_suite(phase_suite(phase, state));
         }
-        return report;
+    } else {
+        for file in state.queued() {
+            report.add_test_suite(file_suite(file, state));
+        }
     }
-    for file in state.queued() {
-        report.add_test_suite(file_suite(file, state));
+    if let Some((files, reason)) = &run.not_selected {
+        for file in *files {
+            report.add_test_suite(not_selected_suite(file, reason));
+        }
     }
     report
+}
+
+/// The suite of a file `--changed` left out: one skipped case, never a passing one.
+fn not_selected_suite(file: &str, reason: &str) -> TestSuite {
+    let mut suite = TestSuite::new(file);
+    let mut status = TestCaseStatus::skipped();
+    status.set_message(reason).set_type("not selected");
+    let mut case = TestCase::new(file, status);
+    case.set_classname(classname_of(file));
+    suite.add_test_case(case);
+    suite
 }
 
 /// The suite of one queued file.
@@ -386,6 +404,7 @@ mod tests {
             },
             output: format!("output of {name}\n"),
             tests,
+            impact: None,
         }
     }
 
@@ -409,6 +428,7 @@ mod tests {
             job_id: uuid::Uuid::nil(),
             started: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             seconds: 3.0,
+            not_selected: None,
         };
         report(&run, state).to_string().unwrap()
     }
@@ -622,6 +642,7 @@ mod tests {
             job_id: uuid::Uuid::nil(),
             started: Utc::now(),
             seconds: 0.0,
+            not_selected: None,
         };
         write(&path, &report(&run, &state)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -10,6 +10,7 @@ pub mod events;
 pub mod files;
 pub mod fleet;
 pub mod html;
+pub mod impact;
 pub mod init;
 pub mod junit;
 pub mod links;

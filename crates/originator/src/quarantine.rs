@@ -155,6 +155,7 @@ mod tests {
             exit: "exit status 1".into(),
             output: String::new(),
             tests,
+            impact: None,
         }
     }
 

@@ -498,6 +498,7 @@ mod tests {
             },
             output: "output".into(),
             tests,
+            impact: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! the errors, the exit codes) and `run_core` (the handling of replies, retries and
 //! phases).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use gorgon_exec::run_callback;
@@ -18,6 +18,7 @@ use crate::engine::Plan;
 use crate::errors::{self, StartError, Stop};
 use crate::events::{Event, EventSink, ProblemKind, Totals};
 use crate::files;
+use crate::impact::{self, Chosen};
 use crate::phases::Phases;
 use crate::quarantine::Quarantine;
 use crate::replay::RunRecord;
@@ -111,11 +112,16 @@ fn plan(
     let Some(found) = found(&options, &settings)? else {
         return Ok(None);
     };
+    let Some((found, chosen)) = changed(&options, &settings, found)? else {
+        return Ok(None);
+    };
     let history = settings.history()?;
     let groups = by_phase(&options, &settings, found, &history)?;
     if settings.phases.is_empty() {
         let queue = groups.into_iter().next().unwrap_or_default();
-        let (plan, queue) = planned(options, settings, events, queue, history, quarantine, clock);
+        let (mut plan, queue) =
+            planned(options, settings, events, queue, history, quarantine, clock);
+        not_selected(&mut plan, chosen, events);
         return Ok(Some((plan, queue, Phases::default())));
     }
     let phases = Phases::new(settings.phases.iter().cloned().zip(groups).collect());
@@ -124,10 +130,68 @@ fn plan(
         .iter()
         .flat_map(|phase| phase.units.iter().cloned())
         .collect();
-    let (plan, _) = planned(
+    let (mut plan, _) = planned(
         options, settings, events, every_unit, history, quarantine, clock,
     );
+    not_selected(&mut plan, chosen, events);
     Ok(Some((plan, Vec::new(), phases)))
+}
+
+/// The files that run, and what `--changed` chose.
+type Narrowed = (Vec<String>, Option<Chosen>);
+
+/// With `--changed`, the files of `found` a change reaches (all of them when the change
+/// reaches what the impact map cannot see), told on stderr, and the choice; `None` when
+/// none is reached (already said on stdout).
+fn changed(
+    options: &StartOptions,
+    settings: &Settings,
+    found: Vec<String>,
+) -> Result<Option<Narrowed>, StartError> {
+    let Some(base) = &options.changed else {
+        return Ok(Some((found, None)));
+    };
+    let root = &settings.project_root;
+    let chosen = impact::choose(root, &settings.impact, base.as_deref(), &found)?;
+    let told = impact::tell(&chosen, found.len(), options.explain);
+    if chosen.everything.is_some() {
+        eprint!("{told}");
+        return Ok(Some((found, Some(chosen))));
+    }
+    if chosen.selected.is_empty() {
+        print!("{told}");
+        println!(
+            "Nothing to run: no change since {} reaches a test file",
+            chosen.base
+        );
+        return Ok(None);
+    }
+    eprint!("{told}");
+    let selected = found
+        .into_iter()
+        .filter(|unit| chosen.selected.contains_key(unit))
+        .collect();
+    Ok(Some((selected, Some(chosen))))
+}
+
+/// Keeps `chosen` in the plan and tells the event stream which files it left out.
+fn not_selected(plan: &mut Plan, chosen: Option<Chosen>, events: &mut EventSink) {
+    let Some(chosen) = chosen else {
+        return;
+    };
+    if !chosen.left_out.is_empty() {
+        events.emit(Event::NotSelected {
+            files: chosen.left_out.clone(),
+            reason: chosen.left_out_reason(),
+            seconds_saved: saved_seconds(&plan.history, &chosen.left_out),
+        });
+    }
+    plan.chosen = Some(chosen);
+}
+
+/// The time the runtime file says `left_out` takes.
+fn saved_seconds(history: &files::History, left_out: &[String]) -> f64 {
+    left_out.iter().filter_map(|file| history.get(file)).sum()
 }
 
 /// The files worker `replay.worker` ran in the run `--replay` replays, in its order.
@@ -286,6 +350,7 @@ fn planned(
         host: host_name(),
         started,
         started_at,
+        chosen: None,
     };
     (plan, queue)
 }
@@ -306,6 +371,7 @@ pub(crate) async fn finish(
         core.end_phases(stopped_because.as_deref());
     }
     write_history(&plan, core.state);
+    write_impact(&plan, core.state);
     // A replay leaves the lists of the run it replays as they are.
     if plan.options.replay.is_none() {
         write_lists(&plan, core.state);
@@ -358,6 +424,23 @@ fn write_history(plan: &Plan, state: &JobState) {
             "gorgon: cannot write the runtime file {}: {error}",
             path.display()
         );
+    }
+}
+
+/// The impact map, with what a recording run's files ran.
+fn write_impact(plan: &Plan, state: &mut JobState) {
+    let settings = &plan.settings;
+    if !settings.impact.record {
+        return;
+    }
+    let path = &settings.impact.file;
+    match impact::save(path, &settings.project_root, state.take_impact()) {
+        Ok(0) => eprintln!(
+            "gorgon: no file recorded what it ran (only the built-in rspec, minitest and pytest runners record); {} is unchanged",
+            path.display()
+        ),
+        Ok(recorded) => tracing::info!(recorded, path = %path.display(), "wrote the impact map"),
+        Err(error) => eprintln!("gorgon: {error}"),
     }
 }
 
@@ -418,6 +501,10 @@ fn write_junit(plan: &Plan, state: &JobState) {
         job_id: plan.job_id,
         started: plan.started_at,
         seconds: plan.started.elapsed().as_secs_f64(),
+        not_selected: plan
+            .chosen
+            .as_ref()
+            .map(|chosen| (chosen.left_out.as_slice(), chosen.left_out_reason())),
     };
     if let Err(error) = crate::junit::write(path, &crate::junit::report(&run_info, state)) {
         eprintln!("gorgon: {error}");
@@ -432,18 +519,28 @@ fn print_report(plan: &Plan, state: &JobState, stopped_because: Option<String>) 
         seconds: plan.started.elapsed().as_secs_f64(),
         stopped_because,
     };
+    let left_out = plan
+        .chosen
+        .as_ref()
+        .filter(|c| !c.left_out.is_empty())
+        .map(|chosen| {
+            format!(
+                "Not selected: {} (no change since {} reaches them; about {:.1} s saved)\n",
+                view::counted(chosen.left_out.len(), "file"),
+                impact::short(&chosen.base),
+                saved_seconds(&plan.history, &chosen.left_out)
+            )
+        });
+    let left_out = left_out.unwrap_or_default();
     if plan.options.events.as_deref() == Some(std::path::Path::new("-")) {
-        let _ = view::print_report(
-            &mut std::io::stderr().lock(),
-            &ending,
-            view::colour_wanted(std::io::stderr().is_terminal()),
-        );
+        let mut out = std::io::stderr().lock();
+        let colour = view::colour_wanted(std::io::stderr().is_terminal());
+        let _ = view::print_report(&mut out, &ending, colour);
+        let _ = out.write_all(left_out.as_bytes());
     } else {
-        let _ = view::print_report(
-            &mut std::io::stdout().lock(),
-            &ending,
-            view::colour_enabled(),
-        );
+        let mut out = std::io::stdout().lock();
+        let _ = view::print_report(&mut out, &ending, view::colour_enabled());
+        let _ = out.write_all(left_out.as_bytes());
     }
 }
 

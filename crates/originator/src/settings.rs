@@ -104,6 +104,13 @@ pub struct StartOptions {
     /// `--replay HOST:WORKER [--replay-until FILE]`: that worker's files of the last run
     /// (or of the event stream `events` names, which is then read, not written), in order.
     pub replay: Option<ReplayOptions>,
+    /// `--record-impact`: record which code each file runs, into the impact map.
+    pub record_impact: bool,
+    /// `--changed [BASE]`: run only the files a change since BASE reaches (`Some(None)`:
+    /// since the merge base with the default branch).
+    pub changed: Option<Option<String>>,
+    /// `--explain`: with `--changed`, say why each file was selected.
+    pub explain: bool,
 }
 
 /// What `--replay` replays.
@@ -152,6 +159,8 @@ pub struct Settings {
     /// `job.worker_setup`: what each worker runs once before its first file.
     pub worker_setup: Option<String>,
     pub runtime_file: Option<PathBuf>,
+    /// `job.impact`: recording and selecting by the impact map (`docs/impact.md`).
+    pub impact: crate::impact::ImpactSettings,
     pub failed_files: PathBuf,
     pub log_file: Option<PathBuf>,
     /// Where `gorgon start` writes its JUnit XML report, if anywhere.
@@ -235,7 +244,7 @@ pub struct OriginatorCallbacks {
 /// at the top (docs/configuration.md, "Unknown keys"). Keys Ruby Gorgon read and gorgon-rs
 /// does not need (`job.sync.source_tree_path`, which the originator sets; the amqp gem's
 /// `connection.timeout`...) are only told at info level.
-const SECTIONS: [config_file::Section; 9] = {
+const SECTIONS: [config_file::Section; 10] = {
     let [top, connection, tls, file_server] = config_file::shared_sections(
         &[
             "files",
@@ -273,7 +282,15 @@ const SECTIONS: [config_file::Section; 9] = {
                 "first_is_1",
                 "artifacts",
                 "worker_setup",
+                "impact",
             ],
+            ignored: &[],
+            guarded: false,
+            guarded_keys: &[],
+        },
+        config_file::Section {
+            at: "job.impact",
+            known: &["record", "always", "ignore", "file"],
             ignored: &[],
             guarded: false,
             guarded_keys: &[],
@@ -377,6 +394,50 @@ struct RawJob {
     #[serde(default)]
     artifacts: RawArtifacts,
     worker_setup: Option<String>,
+    #[serde(default)]
+    impact: RawImpact,
+}
+
+/// `job.impact` as written.
+#[derive(Default, Deserialize)]
+struct RawImpact {
+    #[serde(default)]
+    record: bool,
+    #[serde(default)]
+    always: Vec<String>,
+    #[serde(default)]
+    ignore: Vec<String>,
+    file: Option<PathBuf>,
+}
+
+impl RawImpact {
+    /// The settings, with the map's file resolved by `resolve` (relative to the project).
+    fn resolved(
+        self,
+        root: &Path,
+        runtime_file: Option<&Path>,
+        resolve: impl Fn(PathBuf) -> PathBuf,
+    ) -> Result<crate::impact::ImpactSettings, String> {
+        let globs = |key: &str, list: Vec<String>| {
+            list.iter()
+                .map(|text| {
+                    gorgon_protocol::FileGlob::new(text)
+                        .map_err(|e| format!("job.impact.{key} has a broken glob {text:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        Ok(crate::impact::ImpactSettings {
+            record: self.record,
+            rules: crate::impact::Rules {
+                always: globs("always", self.always)?,
+                ignore: globs("ignore", self.ignore)?,
+            },
+            file: match self.file {
+                Some(file) => resolve(file),
+                None => crate::impact::ImpactSettings::default_file(root, runtime_file),
+            },
+        })
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -539,6 +600,7 @@ impl Settings {
         if let Some(limit) = options.max_fail {
             settings.max_fail = Some(limit);
         }
+        settings.impact.record |= options.record_impact;
         Ok(settings)
     }
 
@@ -616,6 +678,10 @@ impl Settings {
                 p
             }
         };
+        let runtime_file = raw.runtime_file.map(resolve);
+        let impact = std::mem::take(&mut raw.job.impact)
+            .resolved(&project_root, runtime_file.as_deref(), resolve)
+            .map_err(invalid)?;
         Ok(Settings {
             broker: raw
                 .connection
@@ -659,7 +725,8 @@ impl Settings {
                 .job
                 .worker_setup
                 .filter(|setup| !setup.trim().is_empty()),
-            runtime_file: raw.runtime_file.map(resolve),
+            runtime_file,
+            impact,
             failed_files: raw
                 .failed_files
                 .map(resolve)

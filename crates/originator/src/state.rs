@@ -79,6 +79,8 @@ pub struct JobState {
     /// The run's phases (none for a run without `phases`); `queued` holds the files of the
     /// phases that have started.
     phases: Phases,
+    /// What a recording run's files ran, as their results bring it.
+    impact: crate::impact::Recording,
 }
 
 /// A file's final verdict, as the event stream gives it.
@@ -100,6 +102,7 @@ impl JobState {
             known: queued.iter().cloned().collect(),
             queued,
             results: HashMap::new(),
+            impact: crate::impact::Recording::default(),
             failed: Vec::new(),
             running: BTreeMap::new(),
             hosts_that_ran: BTreeSet::new(),
@@ -248,6 +251,11 @@ impl JobState {
         &self.queued
     }
 
+    /// What the run's files ran, for the impact map (empty unless the run records).
+    pub fn take_impact(&mut self) -> crate::impact::Recording {
+        std::mem::take(&mut self.impact)
+    }
+
     /// The final result of `file`, if it has one.
     pub fn result(&self, file: &str) -> Option<&FileResult> {
         self.results.get(file)
@@ -288,7 +296,10 @@ impl JobState {
         &self.record
     }
 
-    pub fn file_finished(&mut self, result: FileResult) -> Settled {
+    pub fn file_finished(&mut self, mut result: FileResult) -> Settled {
+        if let Some(ran) = result.impact.take().filter(|_| self.is_known(&result.file)) {
+            self.impact.add(&result.file, ran);
+        }
         let key = (result.host.clone(), result.worker_id);
         if let Some(files) = self.running.get_mut(&key) {
             files.retain(|file| *file != result.file);
@@ -428,6 +439,7 @@ impl JobState {
             exit: format!("its worker died {crashes} times, the last time: {status}"),
             output: output.to_owned(),
             tests: Vec::new(),
+            impact: None,
         };
         match self.file_finished(result.clone()) {
             Settled::New => Some(result),
@@ -597,6 +609,7 @@ pub(crate) mod tests {
             exit: "exit status 0".into(),
             output: String::new(),
             tests: Vec::new(),
+            impact: None,
         }
     }
 

@@ -661,6 +661,7 @@ mod tests {
             },
             output: output.into(),
             tests: Vec::new(),
+            impact: None,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct JobDefinition {
     /// many files to hold ahead of its busy slots before it has timed any (`look_ahead`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_file_seconds: Option<f64>,
+    /// `--record-impact` / `job.impact.record`: the built-in runners record the code each
+    /// file runs (`docs/impact.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_impact: bool,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -168,6 +172,7 @@ impl JobDefinition {
             artifacts: Artifacts::default(),
             worker_setup: None,
             expected_file_seconds: None,
+            record_impact: false,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config_file;
 pub mod connection;
 pub mod exit_code;
+pub mod impact;
 pub mod job;
 pub mod manager_report;
 pub mod message;
@@ -18,6 +19,7 @@ pub mod signing;
 #[cfg(feature = "broker")]
 pub use broker::{Broker, BrokerError, ConsumerChannel, Inbox, Incoming, Unconfirmed};
 pub use connection::{BrokerSettings, ConnectionError};
+pub use impact::{FileImpact, SourceUse};
 pub use job::{
     batch_size, ArtifactFile, Artifacts, Callbacks, FileGlob, Isolation, JobDefinition, LiveOutput,
     PhaseRunner, RunnerChoice, RunnerChoiceError, RunnerKind, RunnerSettings, SyncSettings,

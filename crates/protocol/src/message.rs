@@ -355,6 +355,9 @@ pub struct FileResult {
     /// Per-test results, when the runner gives them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestResult>,
+    /// In a recording run, the project's code the file ran (see [`crate::impact`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<crate::FileImpact>,
 }
 
 /// Where a file that runs again failed last: a retry runs on another host when another
@@ -666,6 +669,7 @@ mod tests {
             artifacts: crate::Artifacts::default(),
             worker_setup: None,
             expected_file_seconds: None,
+            record_impact: true,
         }
     }
 
@@ -840,6 +844,7 @@ mod tests {
                     details: Some("spec/cart_spec.rb:13".into()),
                     id: None,
                 }],
+                impact: None,
             }),
             Message::Replies {
                 replies: vec![
@@ -907,6 +912,7 @@ mod tests {
                 exit: "exit status 1".into(),
                 output: "two\nlines\n".into(),
                 tests: Vec::new(),
+                impact: None,
             }),
         );
         let line = envelope.encode_line();
@@ -940,6 +946,7 @@ mod tests {
                 exit: "killed by signal 9 (SIGKILL)".into(),
                 output: "o".into(),
                 tests: Vec::new(),
+                impact: None,
             }),
         );
         assert_eq!(
@@ -1046,8 +1053,10 @@ mod tests {
         let decoded = Envelope::decode(old.as_bytes()).unwrap();
         // Without `live_output`, no file's output is streamed; without `tree`, the job is
         // unsealed (a listener with signing keys refuses it).
+        // Without `record_impact`, nothing records.
         let mut expected = JobDefinition {
             live_output: crate::LiveOutput::default(),
+            record_impact: false,
             ..definition()
         };
         expected.sync.tree = None;

@@ -94,6 +94,10 @@ pub struct FileDone {
     /// Output not already written to the request's `output_path`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output: String,
+    /// In a recording run (`GORGON_IMPACT_RECORD=1`), the project's code the file ran
+    /// ([`crate::impact`]); absent otherwise, and from runners that do not record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<crate::FileImpact>,
 }
 
 /// How a file's run ended, as the runner saw it. The worker turns it and the tests into the
@@ -151,6 +155,7 @@ mod tests {
                 id: None,
             }],
             output: "F".into(),
+            impact: None,
         }
     }
 
@@ -240,6 +245,7 @@ mod tests {
                 message: Some("SyntaxError".into()),
                 tests: Vec::new(),
                 output: String::new(),
+                impact: None,
             })
         );
         assert!(RunnerMessage::decode(r#"{"type":"bye"}"#).is_err());

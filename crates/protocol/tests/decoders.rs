@@ -44,6 +44,7 @@ fn valid_envelopes() -> Vec<Vec<u8>> {
             details: None,
             id: Some("spec/a_spec.rb:3".into()),
         }],
+        impact: None,
     });
     let started = Message::FileStarted {
         host: "h1".into(),

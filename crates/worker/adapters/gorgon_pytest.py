@@ -15,6 +15,8 @@ import types
 
 import pytest
 
+from gorgon_impact import IMPACT  # None unless the run records (docs/impact.md)
+
 PROTOCOL = 1
 DETAIL_LINES = 40
 
@@ -125,6 +127,11 @@ class Collector:
         answer = {"type": "file_done", "file": path, "outcome": outcome, "tests": list(self.tests.values())}
         if message:
             answer["message"] = relative(message)
+        if IMPACT is not None:
+            try:
+                answer["impact"] = IMPACT.take()
+            except Exception as error:  # a file without a record always runs; say why
+                sys.stderr.write("gorgon: cannot record what %s ran: %r\n" % (path, error))
         return answer
 
 
@@ -240,7 +247,9 @@ def run_batch_forked(request, proto):
             by_file[test["unit"]].append(test)
     if together["outcome"] != "completed" or len(by_file) != len(files) or unattributed:
         return [run_forked(request, proto, [path]) for path in files]
-    return [{"type": "file_done", "file": path, "outcome": "completed", "tests": by_file[path]}
+    # In a recording run, each file of the batch gets what the whole batch ran.
+    impact = {"impact": together["impact"]} if "impact" in together else {}
+    return [{"type": "file_done", "file": path, "outcome": "completed", "tests": by_file[path], **impact}
             for path in files]
 
 
@@ -310,6 +319,8 @@ class SessionServer:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session):
+        if IMPACT is not None:
+            IMPACT.session_started()
         for line in self.requests:
             for path in json.loads(line):
                 self.send({"type": "start", "file": path})
@@ -529,6 +540,9 @@ def main():
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.path.insert(0, os.getcwd())
+    if IMPACT is not None:
+        # Before the project's first line runs: what the conftest loads counts.
+        IMPACT.start()
     if os.path.exists("conftest.py"):
         import conftest  # noqa: F401  (preloads the project's fixtures and what they import)
     proto.write(json.dumps({"type": "hello", "protocol": PROTOCOL,

@@ -7,6 +7,8 @@
 # own instead, and a troubled batch runs again file by file.
 require 'json'
 require 'set'
+# Before anything of the project loads, so that recording sees it (docs/impact.md).
+require_relative 'gorgon_impact'
 require_relative 'gorgon_callbacks'
 
 module GorgonRunner
@@ -175,6 +177,7 @@ module GorgonRunner
     STDERR.flush
     answer = result.transform_keys(&:to_s).merge('type' => 'file_done', 'file' => file, 'tests' => tests.dup)
     answer['message'] = answer['message'].gsub("#{Dir.pwd}/", '') if answer['message']
+    answer['impact'] = GorgonImpact.take if GorgonImpact.enabled?
     [answer, %w[completed load_error].include?(answer['outcome'])]
   end
 
@@ -190,21 +193,26 @@ module GorgonRunner
     end
     STDOUT.flush
     STDERR.flush
-    answers_by_file(files, result[:outcome], tests)
+    impact = GorgonImpact.take if GorgonImpact.enabled?
+    answers_by_file(files, result[:outcome], tests, impact)
   end
 
   # The answers of a batch of files run as one: its tests split by the file they belong to
   # (`unit`, else `file`; keys are symbols in a session, strings from a fork), or nil when
   # the run did not simply complete or a test cannot be told apart, and each file must then
   # give the answer it gives alone.
-  def self.answers_by_file(files, outcome, tests)
+  # In a recording run each file gets what the whole batch ran (`impact`).
+  def self.answers_by_file(files, outcome, tests, impact = nil)
     by_file = files.to_h { |file| [file, []] }
     unattributed = tests.reject do |test|
       by_file[test['unit'] || test[:unit] || test['file'] || test[:file]]&.push(test)
     end
     return nil unless outcome == 'completed' && unattributed.empty? && files.uniq.size == files.size
 
-    files.map { |file| { 'type' => 'file_done', 'file' => file, 'outcome' => 'completed', 'tests' => by_file[file] } }
+    files.map do |file|
+      answer = { 'type' => 'file_done', 'file' => file, 'outcome' => 'completed', 'tests' => by_file[file] }
+      impact ? answer.merge('impact' => impact) : answer
+    end
   end
 
   # What the adapter wants done when a session ends normally (after its last file).
@@ -215,6 +223,7 @@ module GorgonRunner
   # The long-lived session child's loop: each request line names files to run in turn; it
   # says `start` before each and sends its answer after it.
   def self.serve_session(requests, results, run_files)
+    GorgonImpact.session_started if GorgonImpact.enabled?
     serve_requests(requests, results, run_files)
     (@session_end || []).each(&:call)
   end
@@ -233,7 +242,8 @@ module GorgonRunner
     while (line = requests.gets)
       request = JSON.parse(line)
       send_output_to(request['output_path'])
-      if request['together']
+      # A recording run takes the batch's files one by one, so that each records its own.
+      if request['together'] && !GorgonImpact.enabled?
         files = request.fetch('files')
         results.puts(JSON.generate(type: 'start_together', files: files))
         answers = run_together_in_session(files, request['args'] || [], run_files)
@@ -403,7 +413,7 @@ module GorgonRunner
   def self.run_batch(request, proto, &run_files)
     files = request.fetch('files')
     together = run_forked(request, proto, files, &run_files)
-    answers = answers_by_file(files, together['outcome'], together['tests'] || [])
+    answers = answers_by_file(files, together['outcome'], together['tests'] || [], together['impact'])
     answers ||= files.map { |file| run_forked(request.merge('file' => file), proto, [file], &run_files) }
     answers.map { |answer| without_units(answer) }
   end
@@ -437,6 +447,7 @@ module GorgonRunner
           message: "#{e.class}: #{e.message}\n#{trim_backtrace(e.backtrace)}" }
       end
       result[:tests] = tests
+      result[:impact] = GorgonImpact.take if GorgonImpact.enabled?
       writer.write(JSON.generate(result))
       writer.close
       end_child

@@ -31,6 +31,13 @@ const RUBY_SUPPORT: (&str, &str) = (
     include_str!("../adapters/gorgon_runner.rb"),
 );
 
+/// Records what each file runs in a recording run (`docs/impact.md`); beside
+/// `gorgon_runner.rb`, which loads it.
+const RUBY_IMPACT: (&str, &str) = (
+    "gorgon_impact.rb",
+    include_str!("../adapters/gorgon_impact.rb"),
+);
+
 /// The stand-in for Ruby Gorgon's callbacks (`Gorgon::DefaultCallbacks`), which the Ruby
 /// runners and the job's Ruby preload process load, and which runs one method of a callbacks
 /// class as a program.
@@ -46,6 +53,7 @@ const RSPEC: Adapter = Adapter {
             include_str!("../adapters/gorgon_rspec.rb"),
         ),
         RUBY_SUPPORT,
+        RUBY_IMPACT,
         RUBY_CALLBACKS,
         RUBY_MATCHERS,
     ],
@@ -61,6 +69,7 @@ const MINITEST: Adapter = Adapter {
             include_str!("../adapters/gorgon_minitest.rb"),
         ),
         RUBY_SUPPORT,
+        RUBY_IMPACT,
         RUBY_CALLBACKS,
     ],
     interpreter: "ruby",
@@ -69,10 +78,16 @@ const MINITEST: Adapter = Adapter {
 
 const PYTEST: Adapter = Adapter {
     kind: "pytest",
-    scripts: &[(
-        "gorgon_pytest.py",
-        include_str!("../adapters/gorgon_pytest.py"),
-    )],
+    scripts: &[
+        (
+            "gorgon_pytest.py",
+            include_str!("../adapters/gorgon_pytest.py"),
+        ),
+        (
+            "gorgon_impact.py",
+            include_str!("../adapters/gorgon_impact.py"),
+        ),
+    ],
     interpreter: "python3",
     warm: ("gorgon_warm.py", include_str!("../adapters/gorgon_warm.py")),
 };

@@ -1000,6 +1000,7 @@ mod tests {
             exit: "exit status 0".into(),
             output: String::new(),
             tests: Vec::new(),
+            impact: None,
         })
     }
 

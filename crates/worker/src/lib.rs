@@ -65,9 +65,14 @@ fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
             assignment.definition.first_is_1,
         );
     }
+    let recording = assignment
+        .definition
+        .record_impact
+        .then(|| (gorgon_protocol::impact::RECORD_ENV, "1".to_owned()));
     ShellCommand::new("", &assignment.workspace)
         .envs(tags.pairs())
         .envs(conventions)
+        .envs(recording)
 }
 
 /// `command` run by `sh -c` in `base`'s folder and environment, in a process group of its

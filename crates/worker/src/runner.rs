@@ -11,7 +11,7 @@ use gorgon_protocol::{
     BatchRequest, FileDone, FileStatus, Isolation, RunOutcome, RunRequest, RunnerKind,
     RunnerSettings, TestResult, WorkerRequest,
 };
-use gorgon_protocol::{RunnerChoice, RunnerChoiceError};
+use gorgon_protocol::{FileImpact, RunnerChoice, RunnerChoiceError};
 use std::collections::BTreeMap;
 use tokio::io::AsyncReadExt;
 
@@ -39,6 +39,8 @@ pub struct FileRun {
     pub output: String,
     pub seconds: f64,
     pub tests: Vec<TestResult>,
+    /// In a recording run, the project's code the file ran, as its runner recorded it.
+    pub impact: Option<FileImpact>,
 }
 
 /// The runner of one worker.
@@ -368,6 +370,7 @@ impl PersistentRunner {
                     exit,
                     seconds: seconds(),
                     tests: Vec::new(),
+                    impact: None,
                 }
             }
             Answer::TimedOut => {
@@ -379,6 +382,7 @@ impl PersistentRunner {
                     exit,
                     seconds: seconds(),
                     tests: Vec::new(),
+                    impact: None,
                 }
             }
         }
@@ -490,6 +494,7 @@ impl PersistentRunner {
                         output: format!("{error}\n{output}"),
                         seconds: 0.0,
                         tests: Vec::new(),
+                        impact: None,
                     });
                 }
             },
@@ -570,7 +575,11 @@ async fn tail_file(path: std::path::PathBuf, tap: OutputTap, after: Duration) {
 /// A persistent runner's answer about one file, judged; `output` is what the file printed.
 fn judged(done: FileDone, mut output: String, seconds: f64, allow_empty: bool) -> FileRun {
     output.push_str(&done.output);
-    FileRun::judged(judge_done(&done, allow_empty), output, seconds, done.tests)
+    let verdict = judge_done(&done, allow_empty);
+    FileRun {
+        impact: done.impact,
+        ..FileRun::judged(verdict, output, seconds, done.tests)
+    }
 }
 
 impl FileRun {
@@ -591,6 +600,7 @@ impl FileRun {
             output,
             seconds,
             tests,
+            impact: None,
         }
     }
 }
@@ -603,6 +613,7 @@ pub(crate) fn refused(problem: String) -> FileRun {
         output: problem,
         seconds: 0.0,
         tests: Vec::new(),
+        impact: None,
     }
 }
 
@@ -753,6 +764,7 @@ mod tests {
             message: Some("why".into()),
             tests,
             output: String::new(),
+            impact: None,
         }
     }
 

@@ -183,6 +183,8 @@ async fn set_up<T: Transport>(
         output: outcome.output,
         seconds: started.elapsed().as_secs_f64(),
         tests: Vec::new(),
+        // The file did not run: it ran no code.
+        impact: None,
     };
     let result = file_result(&assignment.host, worker_id, file, run);
     transport.send(Message::FileFinished(result)).await?;
@@ -421,6 +423,7 @@ fn file_result(host: &str, worker_id: u32, file: String, run: FileRun) -> FileRe
         exit: run.exit,
         output: run.output,
         tests: run.tests,
+        impact: run.impact,
     }
 }
 

@@ -238,6 +238,7 @@ impl<'a> Distributed<'a> {
                 core.state.queued(),
                 &plan.history,
             ),
+            record_impact: settings.impact.record,
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;

@@ -145,6 +145,7 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         worker_setup: settings.worker_setup.clone(),
         // Nothing is far.
         expected_file_seconds: None,
+        record_impact: settings.impact.record,
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

@@ -168,6 +168,7 @@ impl Build {
             host: crate::run::host_name(),
             started: Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
             started_at: chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default(),
+            chosen: None,
         };
         let progress = plan.progress(state.total());
         progress.note(&note(state.total()));

@@ -123,6 +123,8 @@ pub(super) fn node_assignment(
         artifacts: Default::default(),
         worker_setup: build.settings.worker_setup.clone(),
         expected_file_seconds: crate::files::expected_file_seconds(&defined.units, history),
+        // A CI build keeps no impact map yet: its nodes report to a build, not to a run.
+        record_impact: false,
     };
     WorkerAssignment::new(
         build.job,
