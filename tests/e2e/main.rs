@@ -24,6 +24,7 @@ mod manager;
 mod metrics;
 mod neighbours;
 mod ops;
+mod packed;
 mod phases;
 mod pipeline;
 mod retries;

@@ -74,10 +74,16 @@ mod tests {
 
     #[test]
     fn quick_files_with_history_share_messages_up_to_the_seconds_others_go_alone() {
-        let history: History = [("slow", 3.0), ("a", 0.1), ("b", 0.1), ("c", 0.1), ("d", 0.02)]
-            .into_iter()
-            .map(|(unit, seconds)| (unit.to_owned(), seconds))
-            .collect();
+        let history: History = [
+            ("slow", 3.0),
+            ("a", 0.1),
+            ("b", 0.1),
+            ("c", 0.1),
+            ("d", 0.02),
+        ]
+        .into_iter()
+        .map(|(unit, seconds)| (unit.to_owned(), seconds))
+        .collect();
         let queued = units(&["slow", "new", "a", "b", "c", "d", "unknown", "e"]);
         assert_eq!(
             messages(queued, &history, 0.25),

@@ -602,7 +602,10 @@ impl Settings {
                 "job.listener_wait must be a positive number of seconds".into(),
             ));
         }
-        let pack_seconds = raw.job.pack_seconds.unwrap_or(crate::pack::DEFAULT_PACK_SECONDS);
+        let pack_seconds = raw
+            .job
+            .pack_seconds
+            .unwrap_or(crate::pack::DEFAULT_PACK_SECONDS);
         if !(pack_seconds.is_finite() && pack_seconds >= 0.0) {
             return Err(invalid(
                 "job.pack_seconds must be a number of seconds, 0 or more (0: one file a message)"

@@ -144,7 +144,9 @@ pub enum Message {
     /// mid-batch), it is split: each file goes back to the queue alone, marked
     /// `delivered_before`. At most [`crate::job::MAX_BATCH_FILES`] files, none twice
     /// ([`Message::batch_problem`]).
-    Files { files: Vec<String> },
+    Files {
+        files: Vec<String>,
+    },
 
     // A worker to the originator, and the answer back to the worker's own queue.
     /// A worker got a file the broker delivered before (its earlier worker died): may it

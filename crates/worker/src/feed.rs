@@ -475,7 +475,12 @@ impl<'a> Feeder<'a> {
         // The files of batch messages here are spread over the host's slots: a worker takes
         // its share of them at most, and the rest wait for the next idle one.
         let slots = usize::try_from(self.assignment.slots.max(1)).unwrap_or(1);
-        let mut share = self.waiting.iter().filter(|d| d.batched()).count().div_ceil(slots);
+        let mut share = self
+            .waiting
+            .iter()
+            .filter(|d| d.batched())
+            .count()
+            .div_ceil(slots);
         while !alone && taken.len() < count {
             // A far host's `basic.get` would stall every slot here for a round trip: its
             // batches come from the files it holds ahead.
