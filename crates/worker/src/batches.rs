@@ -15,8 +15,12 @@ use gorgon_protocol::{names, Broker, BrokerError, Envelope, Incoming, Message, W
 /// What settles a file this host was given.
 pub(crate) enum Source {
     /// A message of its own; `again` when it was delivered before (by the broker, or split
-    /// out of a batch delivered before): it runs alone.
-    Own { incoming: Incoming, again: bool },
+    /// out of a batch delivered before): it runs alone. Boxed: a delivery is large, and
+    /// every held file has a source.
+    Own {
+        incoming: Box<Incoming>,
+        again: bool,
+    },
     /// Its share of the batch of this id ([`Batches`]).
     Batch(u64),
 }
@@ -93,9 +97,12 @@ pub(crate) async fn send_alone(
     files: &[String],
 ) -> Result<(), BrokerError> {
     let job = assignment.job_id;
-    let messages = files
+    // Made before the first await: an iterator over borrowed names held across it would
+    // keep the manager's future from being `Send`.
+    let messages: Vec<Envelope> = files
         .iter()
-        .map(|file| Envelope::new(job, Message::file_delivered_before(file.clone())));
+        .map(|file| Envelope::new(job, Message::file_delivered_before(file.clone())))
+        .collect();
     broker
         .send_all_to_queue(&names::files_queue(job), messages)
         .await

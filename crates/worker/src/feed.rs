@@ -879,7 +879,13 @@ impl<'a> Feeder<'a> {
                 file,
                 "the file's message is back after the outage; re-attached to its run here"
             );
-            self.hold(file, Source::Own { incoming, again });
+            self.hold(
+                file,
+                Source::Own {
+                    incoming: Box::new(incoming),
+                    again,
+                },
+            );
             return Vec::new();
         }
         if again && !self.retry_allowed(&file).await {
@@ -893,7 +899,10 @@ impl<'a> Feeder<'a> {
         }
         vec![Delivered {
             file,
-            source: Source::Own { incoming, again },
+            source: Source::Own {
+                incoming: Box::new(incoming),
+                again,
+            },
             avoid_worker,
         }]
     }
