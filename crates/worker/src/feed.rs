@@ -13,6 +13,11 @@
 //! measured, with those extra files as its prefetch; its batches are made of the files it
 //! holds, since a `basic.get` would stall its every slot for a round trip.
 //!
+//! A batch message of quick files (`Message::Files`, see `batches`) gives each of its files
+//! to the waiting ones; an idle worker's own batch takes its share of them (the batch's
+//! files over the host's slots) rather than files by `basic.get`. The batch's message is
+//! settled once each of its files is: its result confirmed, or sent back to the queue alone.
+//!
 //! A file delivered again (its worker died somewhere) is first checked with the originator (`RetryCheck`: after
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
@@ -473,21 +478,21 @@ impl<'a> Feeder<'a> {
         let mut taken = vec![first.file.clone()];
         self.hold(first.file, first.source);
         // The files of batch messages here are spread over the host's slots: a worker takes
-        // its share of them at most, and the rest wait for the next idle one.
+        // its share of them at most (and nothing by `basic.get` then), the rest wait for
+        // the next idle one.
         let slots = usize::try_from(self.assignment.slots.max(1)).unwrap_or(1);
-        let mut share = self
-            .waiting
-            .iter()
-            .filter(|d| d.batched())
-            .count()
-            .div_ceil(slots);
+        let batched = self.waiting.iter().filter(|d| d.batched()).count();
+        let mut share = batched.div_ceil(slots);
         while !alone && taken.len() < count {
-            // A far host's `basic.get` would stall every slot here for a round trip: its
-            // batches come from the files it holds ahead.
-            let next = if share > 0 {
+            let next = if batched > 0 {
+                if share == 0 {
+                    break;
+                }
                 share -= 1;
                 self.take_waiting(Delivered::batched)
             } else if self.ahead_prefetch > 0 {
+                // A far host's `basic.get` would stall every slot here for a round trip: its
+                // batches come from the files it holds ahead.
                 self.take_waiting(|d| !d.alone())
             } else {
                 self.try_take().await
