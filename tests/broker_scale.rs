@@ -135,7 +135,9 @@ async fn work(
 
 /// Replies to the originator that `files` passed at once, and waits for their confirms: each
 /// file's start and result together, as many as a manager sends in one message (64 replies),
-/// or as two messages each with `SCALE_APART` set.
+/// or one file's in each message with `SCALE_FILE_BY_FILE` set (as a manager whose slot
+/// runs a batch's files one after the other sends them), or as two messages each with
+/// `SCALE_APART` set.
 async fn answer(manager: &Broker, host: &str, job: uuid::Uuid, reply_to: &str, files: &[String]) {
     const TOGETHER_REPLIES: usize = 64;
     let apart = std::env::var_os("SCALE_APART").is_some();
@@ -160,7 +162,12 @@ async fn answer(manager: &Broker, host: &str, job: uuid::Uuid, reply_to: &str, f
             [started, finished]
         })
         .collect();
-    let together = if apart { 1 } else { TOGETHER_REPLIES };
+    let file_by_file = std::env::var_os("SCALE_FILE_BY_FILE").is_some();
+    let together = match (apart, file_by_file) {
+        (true, _) => 1,
+        (false, true) => 2,
+        (false, false) => TOGETHER_REPLIES,
+    };
     let messages: Vec<Envelope> = replies
         .chunks(together)
         .filter_map(|chunk| Message::coalesce(chunk.to_vec()))
