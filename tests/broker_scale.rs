@@ -4,7 +4,12 @@
 //! does (its listener queue, `JobAccepted`, the files queue with a prefetch of one,
 //! `FileStarted` and `FileFinished` for each file at once, in one `Replies` message as a
 //! manager sends replies that are ready together, or as two with `SCALE_APART` set; `JobDone`), serve one real
-//! `gorgon start` of `SCALE_FILES` files (default 2,000). It prints the run's wall time, the
+//! `gorgon start` of `SCALE_FILES` files (default 2,000). The project's runtime file says each
+//! file took 2 ms, as a first run of these files records, so the originator packs them
+//! several to a message (`job.pack_seconds`); a simulated manager answers a batch's files at
+//! once, their replies gathered as a manager gathers replies ready together (at most 64 to
+//! a message), acknowledges the batch once they are confirmed, and splits a batch delivered
+//! again as a manager does. It prints the run's wall time, the
 //! files per second, the most broker connections seen, and the broker's memory and CPU
 //! during the run, so that what the broker pays per host and per file shows without the
 //! cost of running tests; each run must end with every file passed.
@@ -96,44 +101,27 @@ async fn work(
     )
     .await
     .expect("the simulated manager connects");
-    // A file's start and result as two messages, as managers sent them before.
-    let apart = std::env::var_os("SCALE_APART").is_some();
-    if let Ok(mut files) = manager.consume(&names::files_queue(job), Some(1)).await {
+    let queue = names::files_queue(job);
+    if let Ok(mut files) = manager.consume(&queue, Some(1)).await {
         while let Some(incoming) = files.next().await {
-            if let Ok(Envelope {
-                message: Message::File { file, .. },
-                ..
-            }) = &incoming.envelope
-            {
-                let started = Message::FileStarted {
-                    host: host.clone(),
-                    worker_id: 1,
-                    file: file.clone(),
-                };
-                let finished = Message::FileFinished(FileResult {
-                    host: host.clone(),
-                    worker_id: 1,
-                    file: file.clone(),
-                    status: FileStatus::Passed,
-                    seconds: 0.0,
-                    exit: "exit status 0".into(),
-                    output: String::new(),
-                    tests: Vec::new(),
-                    impact: None,
-                });
-                if apart {
-                    let _ = manager
-                        .send_to_queue(&reply_to, &Envelope::new(job, started))
-                        .await;
-                    let _ = manager
-                        .send_to_queue(&reply_to, &Envelope::new(job, finished))
-                        .await;
-                } else {
-                    let both = Message::coalesce(vec![started, finished]).expect("two replies");
-                    let _ = manager
-                        .send_to_queue(&reply_to, &Envelope::new(job, both))
-                        .await;
+            let Ok(envelope) = &incoming.envelope else {
+                let _ = incoming.discard().await;
+                continue;
+            };
+            match &envelope.message {
+                Message::File { file, .. } => {
+                    answer(&manager, &host, job, &reply_to, std::slice::from_ref(file)).await;
                 }
+                // Delivered again: split, each file back to the queue alone.
+                Message::Files { files } if incoming.redelivered => {
+                    let alone: Vec<Envelope> = files
+                        .iter()
+                        .map(|file| Envelope::new(job, Message::file_delivered_before(file)))
+                        .collect();
+                    let _ = manager.send_all_to_queue(&queue, alone).await;
+                }
+                Message::Files { files } => answer(&manager, &host, job, &reply_to, files).await,
+                _ => {}
             }
             let _ = incoming.ack().await;
         }
@@ -143,6 +131,50 @@ async fn work(
     let _ = listen
         .send_to_queue(&reply_to, &Envelope::new(job, done))
         .await;
+}
+
+/// Replies to the originator that `files` passed at once, and waits for their confirms: each
+/// file's start and result together, as many as a manager sends in one message (64 replies),
+/// or one file's in each message with `SCALE_FILE_BY_FILE` set (as a manager whose slot
+/// runs a batch's files one after the other sends them), or as two messages each with
+/// `SCALE_APART` set.
+async fn answer(manager: &Broker, host: &str, job: uuid::Uuid, reply_to: &str, files: &[String]) {
+    const TOGETHER_REPLIES: usize = 64;
+    let apart = std::env::var_os("SCALE_APART").is_some();
+    let replies: Vec<Message> = files
+        .iter()
+        .flat_map(|file| {
+            let started = Message::FileStarted {
+                host: host.to_owned(),
+                worker_id: 1,
+                file: file.clone(),
+            };
+            let finished = Message::FileFinished(FileResult {
+                host: host.to_owned(),
+                worker_id: 1,
+                file: file.clone(),
+                status: FileStatus::Passed,
+                seconds: 0.0,
+                exit: "exit status 0".into(),
+                output: String::new(),
+                tests: Vec::new(),
+                impact: None,
+            });
+            [started, finished]
+        })
+        .collect();
+    let file_by_file = std::env::var_os("SCALE_FILE_BY_FILE").is_some();
+    let together = match (apart, file_by_file) {
+        (true, _) => 1,
+        (false, true) => 2,
+        (false, false) => TOGETHER_REPLIES,
+    };
+    let messages: Vec<Envelope> = replies
+        .chunks(together)
+        .filter_map(|chunk| Message::coalesce(chunk.to_vec()))
+        .map(|message| Envelope::new(job, message))
+        .collect();
+    let _ = manager.send_all_to_queue(reply_to, messages).await;
 }
 
 /// The broker's process (Erlang's `beam.smp`): its pid.
@@ -242,9 +274,14 @@ fn broker_scale() {
 fn measure(runtime: &tokio::runtime::Runtime, pid: u32, k: usize, files: usize) {
     let cluster = Cluster::new();
     let project = cluster.project("scale", json!({"job": {"listener_wait": 120}}));
+    let mut history = serde_json::Map::new();
     for i in 0..files {
-        project.write(&format!("tests/{i:05}_test.sh"), "true\n");
+        let file = format!("tests/{i:05}_test.sh");
+        project.write(&file, "true\n");
+        history.insert(file, json!(0.002));
     }
+    let history = serde_json::Value::Object(history).to_string();
+    project.write("gorgon-runtime.json", &history);
     let ready = Arc::new(AtomicUsize::new(0));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let settings = BrokerSettings::for_tests();

@@ -392,6 +392,12 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     runtime.block_on(async {
         let settings = BrokerSettings::for_tests();
         let broker = Broker::connect(&settings, "garbage test").await.unwrap();
+        // Batches a manager must refuse, each with its reason in its log.
+        let twice = vec!["tests/00_test.sh".to_owned(), "tests/00_test.sh".to_owned()];
+        for files in [Vec::new(), twice] {
+            let batch = Envelope::new(job_id, Message::Files { files }).encode();
+            broker.publish_bytes("", &names::files_queue(job_id), &batch).await.unwrap();
+        }
         let foreign = Envelope::new(uuid::Uuid::new_v4(), Message::file("tests/00_test.sh")).encode();
         let unknown = br#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"brand_new"}}"#.to_vec();
         let future = br#"{"protocol":99,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{}}"#.to_vec();
@@ -420,6 +426,16 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     run.assert_stdout(&["8 files: 8 passed, 0 failed, 0 crashed, 0 not run"]);
     run.assert_exit(0);
     assert_every_file_ran(&record, 8);
+    let log = cluster.listener_log("tough");
+    for reason in [
+        "a batch of no files",
+        "a batch that names tests/00_test.sh twice",
+    ] {
+        assert!(
+            log.contains(&format!("refusing a batch of files: {reason}")),
+            "{log}"
+        );
+    }
     // The listener is alive and well.
     let ping = project.gorgon(&["ping", "--timeout", "1"]);
     assert!(String::from_utf8_lossy(&ping.stdout).contains("tough is running gorgon-rs"));

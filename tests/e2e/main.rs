@@ -25,6 +25,7 @@ mod manager;
 mod metrics;
 mod neighbours;
 mod ops;
+mod packed;
 mod phases;
 mod pipeline;
 mod retries;

@@ -15,6 +15,7 @@ pub mod init;
 pub mod junit;
 pub mod links;
 pub mod lost;
+pub mod pack;
 pub mod phases;
 pub mod ping;
 pub mod quarantine;

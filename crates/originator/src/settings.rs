@@ -151,6 +151,9 @@ pub struct Settings {
     pub quarantine_file: Option<PathBuf>,
     pub callbacks: OriginatorCallbacks,
     pub listener_wait: Duration,
+    /// `job.pack_seconds`: quick files share a message of the files queue, as many as the
+    /// runtime file expects to take this long together (`crate::pack`); 0: one file a message.
+    pub pack_seconds: f64,
     /// `job.first_is_1`: a host's first worker has `TEST_ENV_NUMBER=1`, not an empty one.
     pub first_is_1: bool,
     /// `job.artifacts`: what listeners bring back, and where it goes (`artifacts_folder/HOST/`).
@@ -279,6 +282,7 @@ const SECTIONS: [config_file::Section; 10] = {
                 "max_fail",
                 "callbacks",
                 "listener_wait",
+                "pack_seconds",
                 "first_is_1",
                 "artifacts",
                 "worker_setup",
@@ -389,6 +393,7 @@ struct RawJob {
     #[serde(default)]
     callbacks: OriginatorCallbacks,
     listener_wait: Option<f64>,
+    pack_seconds: Option<f64>,
     #[serde(default)]
     first_is_1: bool,
     #[serde(default)]
@@ -663,6 +668,16 @@ impl Settings {
                 "job.listener_wait must be a positive number of seconds".into(),
             ));
         }
+        let pack_seconds = raw
+            .job
+            .pack_seconds
+            .unwrap_or(crate::pack::DEFAULT_PACK_SECONDS);
+        if !(pack_seconds.is_finite() && pack_seconds >= 0.0) {
+            return Err(invalid(
+                "job.pack_seconds must be a number of seconds, 0 or more (0: one file a message)"
+                    .into(),
+            ));
+        }
         let cluster_id = raw
             .cluster_id
             .unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned());
@@ -718,6 +733,7 @@ impl Settings {
                 callbacks
             },
             listener_wait: Duration::from_secs_f64(listener_wait),
+            pack_seconds,
             first_is_1: raw.job.first_is_1,
             artifacts_folder: resolve(raw.job.artifacts.folder()),
             artifacts: raw.job.artifacts.into_artifacts(),

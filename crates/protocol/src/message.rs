@@ -132,6 +132,20 @@ pub enum Message {
         /// it runs elsewhere.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry: Option<RetryOf>,
+        /// Set when it was split out of a batch ([`Message::Files`]) that was delivered
+        /// before: it runs alone, once the originator says it still needs a run, as a file
+        /// the broker delivers again does.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delivered_before: bool,
+    },
+    /// Several quick files in one message (packed by the originator from their expected
+    /// times): each runs and is reported as if it had come alone, and the message is settled
+    /// once every file's result has reached the originator. Delivered again (its host died
+    /// mid-batch), it is split: each file goes back to the queue alone, marked
+    /// `delivered_before`. At most [`crate::job::MAX_BATCH_FILES`] files, none twice
+    /// ([`Message::batch_problem`]).
+    Files {
+        files: Vec<String>,
     },
 
     // A worker to the originator, and the answer back to the worker's own queue.
@@ -414,7 +428,37 @@ impl Message {
         Message::File {
             file: file.into(),
             retry: None,
+            delivered_before: false,
         }
+    }
+
+    /// A file split out of a batch that was delivered before ([`Message::Files`]).
+    pub fn file_delivered_before(file: impl Into<String>) -> Message {
+        Message::File {
+            file: file.into(),
+            retry: None,
+            delivered_before: true,
+        }
+    }
+
+    /// Why `files` cannot be one batch ([`Message::Files`]), if they cannot: a process that
+    /// receives such a batch refuses it with this reason.
+    pub fn batch_problem(files: &[String]) -> Option<String> {
+        let most = crate::job::MAX_BATCH_FILES;
+        if files.is_empty() {
+            return Some("a batch of no files".to_owned());
+        }
+        if files.len() > most {
+            return Some(format!(
+                "a batch of {} files, more than the {most} one message may hold",
+                files.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        files
+            .iter()
+            .find(|file| !seen.insert(file.as_str()))
+            .map(|file| format!("a batch that names {file} twice"))
     }
 }
 
@@ -737,6 +781,11 @@ mod tests {
                     other_hosts: true,
                     passed_on: 1,
                 }),
+                delivered_before: false,
+            },
+            Message::file_delivered_before("t/b.sh"),
+            Message::Files {
+                files: vec!["t/c.sh".into(), "t/d.sh::test_e".into()],
             },
             Message::RetryCheck {
                 file: "t/a.sh".into(),
@@ -919,6 +968,51 @@ mod tests {
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(Envelope::decode(&line).unwrap(), envelope);
+    }
+
+    #[test]
+    fn a_batch_and_a_file_split_out_of_one_have_a_pinned_shape_and_old_files_still_decode() {
+        let batch = Envelope::new(
+            job_id(),
+            Message::Files {
+                files: vec!["t/a.sh".into(), "t/b.sh".into()],
+            },
+        );
+        assert_eq!(
+            String::from_utf8(batch.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"files","files":["t/a.sh","t/b.sh"]}}"#
+        );
+        let split = Envelope::new(job_id(), Message::file_delivered_before("t/a.sh"));
+        assert_eq!(
+            String::from_utf8(split.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"file","file":"t/a.sh","delivered_before":true}}"#
+        );
+        // A file of the versions before batches: never delivered before.
+        let old = br#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"file","file":"t/a.sh"}}"#;
+        assert_eq!(
+            Envelope::decode(old).unwrap().message,
+            Message::file("t/a.sh")
+        );
+    }
+
+    #[test]
+    fn a_batch_of_no_files_too_many_or_one_twice_is_refused_with_its_reason() {
+        let files = |n: usize| (0..n).map(|i| format!("t/{i}.sh")).collect::<Vec<_>>();
+        assert_eq!(Message::batch_problem(&files(1)), None);
+        assert_eq!(Message::batch_problem(&files(crate::MAX_BATCH_FILES)), None);
+        assert_eq!(
+            Message::batch_problem(&[]).as_deref(),
+            Some("a batch of no files")
+        );
+        assert_eq!(
+            Message::batch_problem(&files(101)).as_deref(),
+            Some("a batch of 101 files, more than the 100 one message may hold")
+        );
+        let twice = vec!["t/a.sh".to_owned(), "t/b.sh".into(), "t/a.sh".into()];
+        assert_eq!(
+            Message::batch_problem(&twice).as_deref(),
+            Some("a batch that names t/a.sh twice")
+        );
     }
 
     #[test]

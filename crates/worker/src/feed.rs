@@ -13,6 +13,11 @@
 //! measured, with those extra files as its prefetch; its batches are made of the files it
 //! holds, since a `basic.get` would stall its every slot for a round trip.
 //!
+//! A batch message of quick files (`Message::Files`, see `batches`) gives each of its files
+//! to the waiting ones; an idle worker's own batch takes its share of them (the batch's
+//! files over the host's slots) rather than files by `basic.get`. The batch's message is
+//! settled once each of its files is: its result confirmed, or sent back to the queue alone.
+//!
 //! A file delivered again (its worker died somewhere) is first checked with the originator (`RetryCheck`: after
 //! `max_crash_retries` deaths it is settled as crashed and must not kill more workers) and
 //! then runs alone, so that a death during it names it.
@@ -45,6 +50,7 @@ use gorgon_protocol::{
     names, Broker, BrokerError, Envelope, Inbox, Incoming, Message, Unconfirmed, WorkerAssignment,
 };
 
+use crate::batches::{self, Batches, Source};
 use crate::host_job::sleep_until_some;
 use crate::look_ahead::LookAhead;
 
@@ -155,7 +161,9 @@ pub(crate) struct Feeder<'a> {
     /// Delivered files no worker has taken yet, in delivery order.
     waiting: VecDeque<Delivered>,
     /// Files given to workers, until their result is confirmed or they come back.
-    held: HashMap<String, VecDeque<Incoming>>,
+    held: HashMap<String, VecDeque<Source>>,
+    /// Batch messages ([`Message::Files`]), until each of their files is settled.
+    batches: Batches,
     /// Where the originator answers about files delivered again; opened at the first one.
     retries: Option<RetryChannel>,
     ended: Option<Ended>,
@@ -207,7 +215,7 @@ pub(crate) enum FeedEvent {
 /// A delivered file that no worker has taken yet.
 struct Delivered {
     file: String,
-    incoming: Incoming,
+    source: Source,
     /// A retry of a failure on this host: the worker it failed on, which leaves it to
     /// another worker when there is one.
     avoid_worker: Option<u32>,
@@ -216,7 +224,12 @@ struct Delivered {
 impl Delivered {
     /// A file delivered again (its worker died somewhere) or a retry runs alone.
     fn alone(&self) -> bool {
-        self.incoming.redelivered || self.avoid_worker.is_some()
+        self.source.again() || self.avoid_worker.is_some()
+    }
+
+    /// A file of a batch, which may join a worker's batch at once.
+    fn batched(&self) -> bool {
+        self.source.batched() && !self.alone()
     }
 }
 
@@ -249,6 +262,7 @@ impl<'a> Feeder<'a> {
             spent: Vec::new(),
             waiting: VecDeque::new(),
             held: HashMap::new(),
+            batches: Batches::default(),
             retries: None,
             ended: None,
             outage: None,
@@ -304,6 +318,7 @@ impl<'a> Feeder<'a> {
         drop(self.stop_looking_ahead());
         self.retries = None;
         self.orphans.extend(self.held.drain().map(|(file, _)| file));
+        self.batches.clear();
         self.waiting.clear();
         self.aside.clear();
     }
@@ -414,9 +429,8 @@ impl<'a> Feeder<'a> {
     pub(crate) async fn handle(&mut self, event: FeedEvent) {
         match event {
             FeedEvent::Delivery(Some(incoming)) | FeedEvent::Ahead(Some(incoming)) => {
-                if let Some(delivered) = self.accept(incoming).await {
-                    self.waiting.push_back(delivered);
-                }
+                let delivered = self.accept(incoming).await;
+                self.waiting.extend(delivered);
             }
             // The files queue's end, or the connection's, comes to the first consumer too.
             FeedEvent::Ahead(None) => self.spent.extend(self.ahead.take()),
@@ -467,38 +481,49 @@ impl<'a> Feeder<'a> {
         };
         let alone = first.alone();
         let mut taken = vec![first.file.clone()];
-        self.hold(first.file, first.incoming);
+        self.hold(first.file, first.source);
+        // The files of batch messages here are spread over the host's slots: a worker takes
+        // its share of them at most (and nothing by `basic.get` then), the rest wait for
+        // the next idle one.
+        let slots = usize::try_from(self.assignment.slots.max(1)).unwrap_or(1);
+        let batched = self.waiting.iter().filter(|d| d.batched()).count();
+        let mut share = batched.div_ceil(slots);
         while !alone && taken.len() < count {
-            // A far host's `basic.get` would stall every slot here for a round trip: its
-            // batches come from the files it holds ahead.
-            let next = if self.ahead_prefetch > 0 {
-                self.take_held_ahead()
+            let next = if batched > 0 {
+                if share == 0 {
+                    break;
+                }
+                share -= 1;
+                self.take_waiting(Delivered::batched)
+            } else if self.ahead_prefetch > 0 {
+                // A far host's `basic.get` would stall every slot here for a round trip: its
+                // batches come from the files it holds ahead.
+                self.take_waiting(|d| !d.alone())
             } else {
                 self.try_take().await
             };
-            let Some((file, incoming)) = next else {
+            let Some(delivered) = next else {
                 break;
             };
-            taken.push(file.clone());
-            self.hold(file, incoming);
+            taken.push(delivered.file.clone());
+            self.hold(delivered.file, delivered.source);
         }
         taken
     }
 
-    /// The first delivered file that may join a batch (neither delivered again nor a retry).
-    fn take_held_ahead(&mut self) -> Option<(String, Incoming)> {
-        let at = self.waiting.iter().position(|d| !d.alone())?;
-        let delivered = self.waiting.remove(at)?;
-        Some((delivered.file, delivered.incoming))
+    /// The first delivered file that is `fit` to join a batch.
+    fn take_waiting(&mut self, fit: impl Fn(&Delivered) -> bool) -> Option<Delivered> {
+        let at = self.waiting.iter().position(fit)?;
+        self.waiting.remove(at)
     }
 
-    fn hold(&mut self, file: String, incoming: Incoming) {
-        self.held.entry(file).or_default().push_back(incoming);
+    fn hold(&mut self, file: String, source: Source) {
+        self.held.entry(file).or_default().push_back(source);
     }
 
     /// A file waiting in the queue right now, never one delivered again (it runs alone, as
     /// the first file of a later hand-out) or a retry (kept for a later hand-out).
-    async fn try_take(&mut self) -> Option<(String, Incoming)> {
+    async fn try_take(&mut self) -> Option<Delivered> {
         loop {
             let incoming = match self.files.as_ref()?.try_next().await {
                 Ok(incoming) => incoming?,
@@ -514,13 +539,20 @@ impl<'a> Feeder<'a> {
                 settle(incoming.requeue().await);
                 return None;
             }
-            if let Some(delivered) = self.accept(incoming).await {
-                if delivered.alone() {
-                    self.waiting.push_back(delivered);
-                    return None;
-                }
-                return Some((delivered.file, delivered.incoming));
-            }
+            let mut delivered = self.accept(incoming).await.into_iter();
+            let Some(first) = delivered.next() else {
+                continue;
+            };
+            // One that runs alone waits for a later hand-out, the rest of a batch for the
+            // next ones.
+            let first = if first.alone() {
+                self.waiting.push_back(first);
+                None
+            } else {
+                Some(first)
+            };
+            self.waiting.extend(delivered);
+            return first;
         }
     }
 
@@ -528,10 +560,10 @@ impl<'a> Feeder<'a> {
     /// them runs alone, wherever it lands).
     pub(crate) fn refused(&mut self, files: Vec<String>) {
         for file in files.into_iter().rev() {
-            if let Some(incoming) = self.release(&file) {
+            if let Some(source) = self.release(&file) {
                 self.waiting.push_front(Delivered {
                     file,
-                    incoming,
+                    source,
                     avoid_worker: None,
                 });
             }
@@ -539,19 +571,22 @@ impl<'a> Feeder<'a> {
     }
 
     /// The held message of `file`, no longer held.
-    fn release(&mut self, file: &str) -> Option<Incoming> {
+    fn release(&mut self, file: &str) -> Option<Source> {
         let messages = self.held.get_mut(file)?;
-        let incoming = messages.pop_front();
+        let source = messages.pop_front();
         if messages.is_empty() {
             self.held.remove(file);
         }
-        incoming
+        source
     }
 
-    /// `file`'s result has reached the originator: its message is settled.
+    /// `file`'s result has reached the originator: its message is settled (a batch's, once
+    /// all its files are).
     pub(crate) async fn done(&mut self, file: &str) {
-        if let Some(incoming) = self.release(file) {
-            settle(incoming.ack().await);
+        match self.release(file) {
+            Some(Source::Own { incoming, .. }) => settle(incoming.ack().await),
+            Some(Source::Batch(batch)) => self.batches.settled(batch).await,
+            None => {}
         }
     }
 
@@ -559,11 +594,40 @@ impl<'a> Feeder<'a> {
     /// replies sent before (a worker's crash) have reached the originator.
     pub(crate) async fn hand_back(&mut self, files: Vec<String>) {
         self.flush().await;
+        let mut sources = Vec::new();
         for file in files {
             self.orphans.remove(&file);
-            if let Some(incoming) = self.release(&file) {
-                settle(incoming.requeue().await);
+            if let Some(source) = self.release(&file) {
+                sources.push((file, source));
             }
+        }
+        self.send_back(sources).await;
+    }
+
+    /// Files go back to the queue: a file's own message is requeued; the files of a batch
+    /// are sent back alone (marked delivered before, so each is checked and runs alone),
+    /// and once the broker has them, the batch counts them as settled.
+    async fn send_back(&mut self, sources: Vec<(String, Source)>) {
+        let mut alone = Vec::new();
+        for (file, source) in sources {
+            match source {
+                Source::Own { incoming, .. } => settle(incoming.requeue().await),
+                Source::Batch(batch) => alone.push((file, batch)),
+            }
+        }
+        if alone.is_empty() {
+            return;
+        }
+        let files: Vec<String> = alone.iter().map(|(file, _)| file.clone()).collect();
+        match batches::send_alone(&self.broker, self.assignment, &files).await {
+            Ok(()) => {
+                for (_, batch) in alone {
+                    self.batches.settled(batch).await;
+                }
+            }
+            // Unsettled, its batch goes back whole with the connection (or the queue is gone
+            // with the job).
+            Err(error) => tracing::warn!(%error, "cannot send files of a batch back alone"),
         }
     }
 
@@ -571,13 +635,17 @@ impl<'a> Feeder<'a> {
     /// is confirmed first is settled instead), and the consumers close: the job is over here.
     pub(crate) async fn hand_back_all(&mut self) {
         self.flush().await;
-        let held: Vec<Incoming> = self.held.drain().flat_map(|(_, m)| m).collect();
-        for incoming in held {
-            settle(incoming.requeue().await);
-        }
-        for delivered in std::mem::take(&mut self.waiting) {
-            settle(delivered.incoming.requeue().await);
-        }
+        let mut sources: Vec<(String, Source)> = self
+            .held
+            .drain()
+            .flat_map(|(file, held)| held.into_iter().map(move |source| (file.clone(), source)))
+            .collect();
+        sources.extend(
+            std::mem::take(&mut self.waiting)
+                .into_iter()
+                .map(|delivered| (delivered.file, delivered.source)),
+        );
+        self.send_back(sources).await;
         // The retries held aside go back to the queue while their channels are open.
         self.hand_back_retries(true).await;
         // Closed now, before the connection: a dropped consumer's channel is closed by lapin
@@ -772,31 +840,44 @@ impl<'a> Feeder<'a> {
         self.ahead.take()
     }
 
-    /// Checks a delivered message: the file to run, or `None` when the message was settled
-    /// here (foreign, unreadable, a file that already has a result, a retry of a failure
-    /// here that another host should take, or the workspace is gone, which ends the feed).
-    async fn accept(&mut self, incoming: Incoming) -> Option<Delivered> {
-        let (file, retry) = match &incoming.envelope {
+    /// Checks a delivered message: the files to run (one, or a batch's), or none when the
+    /// message was settled here (foreign, unreadable, a malformed batch, a batch delivered
+    /// again, which is split, a file that already has a result, a retry of a failure here
+    /// that another host should take, or the workspace is gone, which ends the feed).
+    async fn accept(&mut self, incoming: Incoming) -> Vec<Delivered> {
+        let (file, retry, delivered_before) = match &incoming.envelope {
             Ok(envelope) if envelope.job_id != self.assignment.job_id => {
                 tracing::warn!(job = %envelope.job_id, "dropping a file of another job");
                 settle(incoming.discard().await);
-                return None;
+                return Vec::new();
             }
             Ok(Envelope {
-                message: Message::File { file, retry },
+                message:
+                    Message::File {
+                        file,
+                        retry,
+                        delivered_before,
+                    },
                 ..
-            }) => (file.clone(), retry.clone()),
+            }) => (file.clone(), retry.clone(), *delivered_before),
+            Ok(Envelope {
+                message: Message::Files { files },
+                ..
+            }) => {
+                let files = files.clone();
+                return self.accept_batch(incoming, files).await;
+            }
             Ok(envelope) => {
                 tracing::warn!(body = ?envelope.message, "dropping a message that is not a file");
                 settle(incoming.discard().await);
-                return None;
+                return Vec::new();
             }
             Err(error) => {
                 if !error.is_untrusted() {
                     tracing::warn!(%error, "dropping an unreadable message");
                 }
                 settle(incoming.discard().await);
-                return None;
+                return Vec::new();
             }
         };
         // A retry of a failure on this host goes to another host when one works on the job:
@@ -805,37 +886,91 @@ impl<'a> Feeder<'a> {
         if failed_here.is_some_and(|r| r.other_hosts) && self.hands_off(&file) {
             self.aside
                 .push((incoming, Instant::now() + HAND_BACK_PAUSE));
-            return None;
+            return Vec::new();
         }
         // Whatever copy of it runs here, a later retry of it gets its own hand-off.
         self.handing_off.remove(&file);
         let avoid_worker = failed_here.map(|r| r.worker_id);
+        let again = incoming.redelivered || delivered_before;
         if self.orphans.remove(&file) {
             // It still runs here: its result will settle this message.
             tracing::info!(
                 file,
                 "the file's message is back after the outage; re-attached to its run here"
             );
-            self.hold(file, incoming);
-            return None;
+            self.hold(
+                file,
+                Source::Own {
+                    incoming: Box::new(incoming),
+                    again,
+                },
+            );
+            return Vec::new();
         }
-        if incoming.redelivered && !self.retry_allowed(&file).await {
+        if again && !self.retry_allowed(&file).await {
             tracing::info!(file, "the file already has a result; not running it again");
             settle(incoming.ack().await);
-            return None;
+            return Vec::new();
         }
-        if !self.assignment.workspace.is_dir() {
-            // The listener removed the workspace: this manager outlived its job here.
-            tracing::warn!(file, "the workspace is gone; handing the file back");
+        if !self.workspace_left(&file) {
             settle(incoming.requeue().await);
-            self.ended = Some(Ended::WorkspaceGone);
-            return None;
+            return Vec::new();
         }
-        Some(Delivered {
+        vec![Delivered {
             file,
-            incoming,
+            source: Source::Own {
+                incoming: Box::new(incoming),
+                again,
+            },
             avoid_worker,
-        })
+        }]
+    }
+
+    /// Checks a delivered batch: its files, each to be fed like a file of its own; none when
+    /// it is malformed (refused, with the reason), delivered again (split: its files go back
+    /// to the queue alone), or the workspace is gone.
+    async fn accept_batch(&mut self, incoming: Incoming, files: Vec<String>) -> Vec<Delivered> {
+        if let Some(problem) = Message::batch_problem(&files) {
+            tracing::warn!("refusing a batch of files: {problem}");
+            settle(incoming.discard().await);
+            return Vec::new();
+        }
+        if incoming.redelivered {
+            tracing::info!(
+                files = files.len(),
+                "a batch delivered again: its files go back to the queue alone"
+            );
+            match batches::send_alone(&self.broker, self.assignment, &files).await {
+                Ok(()) => settle(incoming.ack().await),
+                // Unsettled, it comes back whole with the connection.
+                Err(error) => tracing::warn!(%error, "cannot split a batch delivered again"),
+            }
+            return Vec::new();
+        }
+        if !self.workspace_left(&files[0]) {
+            settle(incoming.requeue().await);
+            return Vec::new();
+        }
+        let batch = self.batches.add(incoming, files.len());
+        files
+            .into_iter()
+            .map(|file| Delivered {
+                file,
+                source: Source::Batch(batch),
+                avoid_worker: None,
+            })
+            .collect()
+    }
+
+    /// Whether the job's workspace is still here; when the listener has removed it (this
+    /// manager outlived its job here), the feed ends and `file` goes back to the queue.
+    fn workspace_left(&mut self, file: &str) -> bool {
+        if self.assignment.workspace.is_dir() {
+            return true;
+        }
+        tracing::warn!(file, "the workspace is gone; handing the file back");
+        self.ended = Some(Ended::WorkspaceGone);
+        false
     }
 
     /// Whether this host still hands retry `unit` back for another host: for

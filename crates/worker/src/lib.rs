@@ -12,6 +12,7 @@
 //! from the broker, `--local`'s from memory. A listener or a CI node runs the manager as a
 //! child process ([`run_manager`]) and tells the originator about it ([`HostReplies`]).
 
+mod batches;
 mod builtin;
 mod class_callbacks;
 mod conventions;

@@ -241,7 +241,9 @@ impl<'a> Distributed<'a> {
             record_impact: settings.impact.record,
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
-        let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;
+        let queued = file_messages(plan, core.state.queued().to_vec());
+        let messages = queued.len();
+        let (replies, announcements) = topology.declare(&broker, queued).await?;
         let job_message = Message::Job {
             definition: Box::new(definition),
             reply_to: topology.replies.clone(),
@@ -252,6 +254,11 @@ impl<'a> Distributed<'a> {
             Err(error) => return Err(error.into()),
         }
         let queued = match core.state.phases().list().len() {
+            0 if messages < core.state.total() => format!(
+                "Queued {} in {}",
+                counted(core.state.total(), "file"),
+                counted(messages, "message")
+            ),
             0 => format!("Queued {}", counted(core.state.total(), "file")),
             phases => format!("{phases} phases"),
         };
@@ -317,9 +324,9 @@ impl<'a> Distributed<'a> {
             }
             Advance::Queue(units) => {
                 let job_id = self.job_id();
-                let messages = units
+                let messages = file_messages(self.plan, units)
                     .into_iter()
-                    .map(|unit| Envelope::new(job_id, Message::file(unit)));
+                    .map(|message| Envelope::new(job_id, message));
                 let sent = self
                     .broker
                     .send_all_to_queue(&self.topology.files, messages)
@@ -638,6 +645,12 @@ async fn resume(
     }
 }
 
+/// The messages that queue `units`: quick ones packed several to a message by their
+/// recorded times (`crate::pack`, `job.pack_seconds`).
+fn file_messages(plan: &Plan, units: Vec<String>) -> Vec<Message> {
+    crate::pack::messages(units, &plan.history, plan.settings.pack_seconds)
+}
+
 /// Queues the retries that the last reply decided, each marked with where it failed, so
 /// that it runs on another host (or worker).
 pub(crate) async fn queue_retries(
@@ -674,6 +687,7 @@ fn retry_message(state: &JobState, retry: Retry) -> Message {
             other_hosts,
             passed_on: 0,
         }),
+        delivered_before: false,
     }
 }
 
@@ -810,15 +824,15 @@ impl Topology {
     async fn declare(
         &self,
         broker: &Broker,
-        files: &[String],
+        files: Vec<Message>,
     ) -> Result<(Inbox, Inbox), BrokerError> {
         self.declare_entities(broker).await?;
         broker
             .send_all_to_queue(
                 &self.files,
                 files
-                    .iter()
-                    .map(|file| Envelope::new(self.job_id, Message::file(file.clone()))),
+                    .into_iter()
+                    .map(|message| Envelope::new(self.job_id, message)),
             )
             .await?;
         self.consume(broker).await
