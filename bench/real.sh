@@ -407,8 +407,8 @@ bench_postgresql() {
     # Seen by `bench` (bash's dynamic scope), for this suite only.
     local before_run=pg_databases
     local job_extra='"callbacks": {"before_creating_workers": "sh gorgon-databases.sh template", "before_start": "sh gorgon-databases.sh worker"},'
-    local gorgon_runs=("gorgon-first|gorgon 2 x 2 slots, first run|"
-        "gorgon|gorgon 2 x 2 slots, with history|")
+    local gorgon_runs=("gorgon-first|gorgon 2x2, first run|"
+        "gorgon|gorgon 2x2, with history|")
     bench postgresql "$project" "test/cases/**/*_test.rb" "rake test:postgresql" minitest \
         "parallel_test -n 2" \
         "{\"kind\": \"minitest\", \"allow_empty_files\": true, \"file_timeout\": $file_timeout}" \
