@@ -108,13 +108,19 @@ start_rabbitmq() {
 }
 
 # Installs the test frameworks the built-in runners' tests use (tests/e2e/runners.rs): RSpec and
-# Minitest from Debian (ruby-rspec, ruby-minitest), and pytest and coverage.py (whose `combine`
-# merges the artifacts' coverage data, tests/e2e/artifacts.rs) with pip when python3 lacks them;
-# and Chromium, in which the HTML report's test renders the page (tests/e2e/ops.rs).
+# Minitest from Debian (ruby-rspec, ruby-minitest), SimpleCov and parallel_tests from Debian
+# (ruby-simplecov, ruby-parallel-tests: workers' result sets come back as artifacts and
+# collate, tests/e2e/artifacts.rs), and pytest and
+# coverage.py (whose `combine` merges the artifacts' coverage data) with pip when python3 lacks
+# them; and Chromium, in which the HTML report's test renders the page (tests/e2e/ops.rs).
 install_test_frameworks() {
     local missing=()
     ruby -e 'require "rspec/core"' >/dev/null 2>&1 || missing+=(ruby-rspec)
     ruby -e 'require "minitest"' >/dev/null 2>&1 || missing+=(ruby-minitest)
+    ruby -e 'require "simplecov"' >/dev/null 2>&1 || missing+=(ruby-simplecov)
+    # With parallel_tests installed, as in a suite set up for it, SimpleCov loads it in the
+    # workers and its last worker reads PARALLEL_PID_FILE: the SimpleCov test covers that.
+    ruby -e 'require "parallel_tests"' >/dev/null 2>&1 || missing+=(ruby-parallel-tests)
     # The HTML report's test renders the page in headless Chromium.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -128,7 +134,7 @@ install_test_frameworks() {
         echo "installing coverage.py with pip"
         python3 -m pip install --quiet coverage
     fi
-    ruby -e 'require "rspec/core"; require "minitest"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}"'
+    ruby -e 'require "rspec/core"; require "minitest"; require "simplecov"; puts "ruby #{RUBY_VERSION}, rspec #{RSpec::Core::Version::STRING}, minitest #{Minitest::VERSION}, simplecov #{SimpleCov::VERSION}"'
     python3 -c 'import sys, pytest; print("python %s, pytest %s" % (sys.version.split()[0], pytest.__version__))'
     chromium --version
 }

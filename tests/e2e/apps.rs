@@ -324,8 +324,8 @@ impl Drop for Databases {
 /// Test files of the database projects.
 const DATABASE_FILES: usize = 12;
 
-/// A project whose callbacks make a template database once per host and a copy of it for
-/// each worker, named from `TEST_ENV_NUMBER` as a `database.yml` would (and from the host,
+/// A project whose callbacks make a template database once per host (where the host's
+/// worker count, 2, is in `PARALLEL_TEST_GROUPS`) and a copy of it for each worker, named from `TEST_ENV_NUMBER` as a `database.yml` would (and from the host,
 /// since every host here shares one server: docs/databases.md), and whose test files each
 /// write rows tagged with their worker into their worker's database, fail if they find
 /// another worker's there, and record the database they used in `record`.
@@ -338,7 +338,8 @@ fn database_project(
     let project = cluster.project(
         name,
         json!({"job": {"callbacks": {
-            "before_creating_workers": ". ./db/env.sh && dropdb --if-exists \"$TEMPLATE\" && createdb \"$TEMPLATE\" \
+            "before_creating_workers": ". ./db/env.sh && [ \"$PARALLEL_TEST_GROUPS\" = 2 ] \
+                && dropdb --if-exists \"$TEMPLATE\" && createdb \"$TEMPLATE\" \
                 && psql -v ON_ERROR_STOP=1 -q -d \"$TEMPLATE\" -c 'CREATE TABLE marks (worker text NOT NULL, file text NOT NULL)'",
             "before_start": ". ./db/env.sh && dropdb --if-exists \"$DATABASE\" && createdb -T \"$TEMPLATE\" \"$DATABASE\"",
         }}}),
@@ -425,4 +426,57 @@ fn each_ci_node_worker_writes_to_its_own_postgresql_database() {
     copy_tree(&first, &second);
     ci_build(&[&first, &second]).assert_report(0, &["12 files: 12 passed"]);
     assert_databases_used(&record, &databases, 4);
+}
+
+/// The per-worker copy of the template in `job.worker_setup` rather than `before_start`, as
+/// `docs/databases.md` shows it; on `broken` (`HOST:TEST_ENV_NUMBER`) it copies a template
+/// that does not exist, so PostgreSQL refuses it.
+fn with_worker_setup(project: &Project, broken: &str) {
+    let mut config: serde_json::Value = serde_json::from_str(&project.read("gorgon.json")).unwrap();
+    let callbacks = config["job"]["callbacks"].as_object_mut().unwrap();
+    callbacks.remove("before_start");
+    config["job"]["worker_setup"] = json!(format!(
+        ". ./db/env.sh && {{ [ \"$GORGON_HOST:$TEST_ENV_NUMBER\" != '{broken}' ] || TEMPLATE=no_such_template; }} \
+         && createdb -T \"$TEMPLATE\" \"$DATABASE\""
+    ));
+    project.write("gorgon.json", &config.to_string());
+}
+
+#[test]
+fn a_workers_failed_setup_fails_only_the_file_it_took() {
+    let databases = Databases::new();
+    let cluster = Cluster::with_listeners(&[("setup-a", 2), ("setup-b", 2)]);
+    let record = record_path(&cluster, "pg-setup");
+    let project = database_project(&cluster, "pg-setup", &databases, &record);
+    with_worker_setup(&project, "setup-b:2");
+    cluster.wait_for_listeners(&project, 2);
+    let run = project.start(&[], LIMIT);
+    run.assert_report(
+        1,
+        &[
+            "12 files: 11 passed, 1 failed",
+            "failed at 'setup-b:2' (job.worker_setup failed on setup-b worker 2 (exit status 1)",
+            "template database \"no_such_template\" does not exist",
+        ],
+    );
+    // The other three workers ran the other eleven files, each in its own database; the
+    // broken worker's database was never made.
+    let text = std::fs::read_to_string(&record).unwrap_or_default();
+    assert_eq!(text.lines().count(), DATABASE_FILES - 1, "{text}");
+    let used: BTreeSet<&str> = text.lines().collect();
+    let made = databases.names();
+    let prefix = &databases.prefix;
+    let expected: BTreeSet<String> = ["setup-a_test", "setup-a_test2", "setup-b_test"]
+        .iter()
+        .map(|name| format!("{prefix}_{name}"))
+        .collect();
+    assert_eq!(
+        used,
+        expected.iter().map(String::as_str).collect(),
+        "{text}"
+    );
+    assert!(
+        !made.contains(&format!("{prefix}_setup-b_test2")),
+        "{made:?}"
+    );
 }

@@ -1,68 +1,119 @@
 //! `job.artifacts`: the files of a job's workspace that go back to its originator at the end
-//! of this host's part (coverage data, screenshots, logs), read off the runtime's threads and
-//! sent in messages of at most [`BATCH_BYTES`] each, up to the job's limit per host; what
-//! the limit keeps back is named. Only regular files inside the workspace are sent: a link
-//! is not followed.
+//! of this host's part (coverage data, screenshots, logs), up to the job's limit per host;
+//! what the limit keeps back is named. The files are planned by their sizes first, then read
+//! one message's worth at a time ([`BATCH_BYTES`], a file larger than that in pieces), so
+//! that a host holds at most one message of them, whatever their total. Only regular files
+//! inside the workspace are sent: a link is not followed.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use gorgon_protocol::{ArtifactFile, Artifacts};
 
 /// At most this many bytes of files in one message (4/3 of it in base64, under the
 /// protocol's 16 MiB).
-const BATCH_BYTES: u64 = 4 * 1024 * 1024;
-/// A larger file does not fit in one message, even alone.
-const MAX_FILE_BYTES: u64 = 11 * 1024 * 1024;
+pub const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
-/// What a workspace has to send back.
+/// Bytes of one file to send in a message: the whole file, or a piece of a larger one.
+#[derive(Debug, PartialEq)]
+pub struct Piece {
+    relative: String,
+    offset: u64,
+    len: u64,
+}
+
+/// What a workspace has to send back, before anything is read.
 #[derive(Debug, Default)]
-pub struct Collected {
-    /// The files, in messages' worth.
-    pub batches: Vec<Vec<ArtifactFile>>,
-    /// Files the limit kept back (or that could not be read), each with why.
+pub struct Plan {
+    /// Each message's pieces, at most [`BATCH_BYTES`] of them together.
+    pub batches: Vec<Vec<Piece>>,
+    /// Files the limit kept back, each with why.
     pub left_out: Vec<String>,
 }
 
-/// The files of `workspace` that `artifacts` names, in path order, within its limit.
-pub fn collect(workspace: &Path, artifacts: &Artifacts) -> Collected {
-    let mut collected = Collected::default();
-    let (mut batch, mut batch_bytes, mut total) = (Vec::new(), 0u64, 0u64);
+/// The files of `workspace` that `artifacts` names, in path order, within its limit, in
+/// messages' worth.
+pub fn plan(workspace: &Path, artifacts: &Artifacts) -> Plan {
+    let mut plan = Plan::default();
     let Ok(root) = workspace.canonicalize() else {
-        return collected;
+        return plan;
     };
+    let (mut batch, mut batch_bytes, mut total) = (Vec::new(), 0u64, 0u64);
     for relative in matching(workspace, &artifacts.paths) {
-        let path = workspace.join(&relative);
-        let Some(size) = size_inside(&root, &path) else {
+        let Some(size) = size_inside(&root, &workspace.join(&relative)) else {
             continue;
         };
-        if size > MAX_FILE_BYTES {
-            collected.left_out.push(format!(
-                "{relative} ({size} bytes: larger than {MAX_FILE_BYTES}, what one message carries)"
+        if total + size > artifacts.limit_bytes {
+            plan.left_out.push(format!(
+                "{relative} ({size} bytes: past job.artifacts.limit_mb)"
             ));
             continue;
         }
-        if total + size > artifacts.limit_bytes {
-            collected
-                .left_out
-                .push(format!("{relative} ({size} bytes: past the limit)"));
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(&path) else {
-            collected.left_out.push(format!("{relative} (unreadable)"));
-            continue;
-        };
-        if batch_bytes + size > BATCH_BYTES && !batch.is_empty() {
-            collected.batches.push(std::mem::take(&mut batch));
+        total += size;
+        // A file that fits in one message is never cut: it starts the next one if need be.
+        if size <= BATCH_BYTES && batch_bytes + size > BATCH_BYTES {
+            plan.batches.push(std::mem::take(&mut batch));
             batch_bytes = 0;
         }
-        total += size;
-        batch_bytes += size;
-        batch.push(ArtifactFile::new(relative, &bytes));
+        let mut offset = 0;
+        loop {
+            if batch_bytes == BATCH_BYTES {
+                plan.batches.push(std::mem::take(&mut batch));
+                batch_bytes = 0;
+            }
+            let len = (size - offset).min(BATCH_BYTES - batch_bytes);
+            batch.push(Piece {
+                relative: relative.clone(),
+                offset,
+                len,
+            });
+            batch_bytes += len;
+            offset += len;
+            if offset == size {
+                break;
+            }
+        }
     }
     if !batch.is_empty() {
-        collected.batches.push(batch);
+        plan.batches.push(batch);
     }
-    collected
+    plan
+}
+
+/// Reads one message's pieces; the files that could not be read as planned, each with why.
+pub fn read(workspace: &Path, batch: &[Piece]) -> (Vec<ArtifactFile>, Vec<String>) {
+    let mut files = Vec::with_capacity(batch.len());
+    let mut problems = Vec::new();
+    let root = workspace.canonicalize();
+    for piece in batch {
+        let bytes = match &root {
+            Ok(root) => read_piece(root, &workspace.join(&piece.relative), piece),
+            Err(_) => Err("the workspace is gone"),
+        };
+        match bytes {
+            Ok(bytes) => files.push(ArtifactFile::piece(
+                piece.relative.clone(),
+                piece.offset,
+                &bytes,
+            )),
+            Err(why) => problems.push(format!("{} ({why})", piece.relative)),
+        }
+    }
+    (files, problems)
+}
+
+/// The piece's bytes, once `path` is checked again to be a regular file inside `root`.
+fn read_piece(root: &Path, path: &Path, piece: &Piece) -> Result<Vec<u8>, &'static str> {
+    size_inside(root, path).ok_or("no longer a regular file in the workspace")?;
+    let mut file = std::fs::File::open(path).map_err(|_| "unreadable")?;
+    let mut bytes = Vec::with_capacity(piece.len as usize);
+    file.seek(SeekFrom::Start(piece.offset))
+        .and_then(|_| file.take(piece.len).read_to_end(&mut bytes))
+        .map_err(|_| "unreadable")?;
+    if bytes.len() as u64 != piece.len {
+        return Err("it changed while it was sent");
+    }
+    Ok(bytes)
 }
 
 /// The size of `path` if it is a regular file (not a link) that is inside `root` once every
@@ -109,9 +160,20 @@ mod tests {
         dir
     }
 
-    fn names(collected: &Collected) -> Vec<&str> {
-        collected
-            .batches
+    /// Reads every batch of `plan` as the listener sends them.
+    fn read_all(dir: &Path, plan: &Plan) -> Vec<Vec<ArtifactFile>> {
+        plan.batches
+            .iter()
+            .map(|batch| {
+                let (files, problems) = read(dir, batch);
+                assert!(problems.is_empty(), "{problems:?}");
+                files
+            })
+            .collect()
+    }
+
+    fn names(batches: &[Vec<ArtifactFile>]) -> Vec<&str> {
+        batches
             .iter()
             .flatten()
             .map(|file| file.path.as_str())
@@ -139,9 +201,10 @@ mod tests {
             ],
             limit_bytes: 60,
         };
-        let collected = collect(dir.path(), &artifacts);
+        let plan = plan(dir.path(), &artifacts);
+        let batches = read_all(dir.path(), &plan);
         assert_eq!(
-            names(&collected),
+            names(&batches),
             [
                 "coverage/.resultset-2.json",
                 "coverage/.resultset.json",
@@ -149,24 +212,87 @@ mod tests {
             ]
         );
         assert_eq!(
-            collected.left_out,
-            ["log/test.log (100 bytes: past the limit)"]
+            plan.left_out,
+            ["log/test.log (100 bytes: past job.artifacts.limit_mb)"]
         );
-        let first = &collected.batches[0][0];
-        assert_eq!(first.bytes().unwrap(), vec![b'x'; 10]);
+        assert_eq!(batches[0][0].bytes().unwrap(), vec![b'x'; 10]);
     }
 
     #[test]
-    fn large_artifacts_are_sent_in_several_messages() {
-        let size = (BATCH_BYTES / 2 + 1) as usize;
-        let dir = workspace(&[("a.bin", size), ("b.bin", size), ("c.bin", 1)]);
+    fn files_go_in_messages_of_at_most_the_batch_and_a_larger_one_in_pieces() {
+        let half = (BATCH_BYTES / 2 + 1) as usize;
+        let large = (2 * BATCH_BYTES + 7) as usize;
+        let dir = workspace(&[
+            ("a.bin", half),
+            ("b.bin", half),
+            ("c.bin", 1),
+            ("d.bin", large),
+        ]);
+        std::fs::write(
+            dir.path().join("d.bin"),
+            (0..large).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+        )
+        .unwrap();
         let artifacts = Artifacts {
             paths: vec!["*.bin".into()],
             limit_bytes: u64::MAX,
         };
-        let collected = collect(dir.path(), &artifacts);
-        let sizes: Vec<usize> = collected.batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes, [1, 2]);
-        assert!(collected.left_out.is_empty());
+        let plan = plan(dir.path(), &artifacts);
+        assert!(plan.left_out.is_empty());
+        for batch in &plan.batches {
+            let bytes: u64 = batch.iter().map(|piece| piece.len).sum();
+            assert!(bytes <= BATCH_BYTES, "a message of {bytes} bytes");
+        }
+        let batches = read_all(dir.path(), &plan);
+        // b.bin starts a message of its own rather than being cut; d.bin fills what is left
+        // of it and goes on in pieces.
+        let shapes: Vec<Vec<(&str, u64)>> = batches
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|f| (f.path.as_str(), f.offset()))
+                    .collect()
+            })
+            .collect();
+        let rest = BATCH_BYTES - half as u64 - 1;
+        assert_eq!(
+            shapes,
+            [
+                vec![("a.bin", 0)],
+                vec![("b.bin", 0), ("c.bin", 0), ("d.bin", 0)],
+                vec![("d.bin", rest)],
+                vec![("d.bin", rest + BATCH_BYTES)],
+            ]
+        );
+        let whole: Vec<u8> = batches
+            .iter()
+            .flatten()
+            .filter(|file| file.path == "d.bin")
+            .flat_map(|file| file.bytes().unwrap())
+            .collect();
+        assert_eq!(whole, std::fs::read(dir.path().join("d.bin")).unwrap());
+    }
+
+    #[test]
+    fn a_file_that_changed_since_the_plan_is_named_not_sent_short() {
+        let dir = workspace(&[("a.log", 10), ("b.log", 10)]);
+        let artifacts = Artifacts {
+            paths: vec!["*.log".into()],
+            limit_bytes: 100,
+        };
+        let plan = plan(dir.path(), &artifacts);
+        std::fs::write(dir.path().join("a.log"), b"short").unwrap();
+        std::fs::remove_file(dir.path().join("b.log")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("b.log")).unwrap();
+        let (files, problems) = read(dir.path(), &plan.batches[0]);
+        assert!(files.is_empty(), "{files:?}");
+        assert_eq!(
+            problems,
+            [
+                "a.log (it changed while it was sent)",
+                "b.log (no longer a regular file in the workspace)"
+            ]
+        );
     }
 }

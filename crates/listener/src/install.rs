@@ -17,6 +17,8 @@ pub enum InstallError {
     BadBroker(String),
     #[error("--slots must be at least 1")]
     NoSlots,
+    #[error("--slots is {0}, more than the {max} a listener takes (see worker_slots in docs/configuration.md)", max = crate::settings::MAX_WORKER_SLOTS)]
+    TooManySlots(u32),
     #[error(
         "{0} already exists; pass --force to replace it, or --print to see what would be written"
     )]
@@ -102,6 +104,9 @@ impl InstallOptions {
     pub fn render(&self) -> Result<Installation, InstallError> {
         if self.slots == 0 {
             return Err(InstallError::NoSlots);
+        }
+        if self.slots > crate::settings::MAX_WORKER_SLOTS {
+            return Err(InstallError::TooManySlots(self.slots));
         }
         let (host, port) =
             host_port(&self.broker, 5672).map_err(|e| InstallError::BadBroker(e.to_string()))?;
@@ -376,6 +381,14 @@ mod tests {
         assert_eq!(
             options.render().unwrap_err().to_string(),
             "--slots must be at least 1"
+        );
+        let options = InstallOptions {
+            slots: 10_000,
+            ..InstallOptions::default()
+        };
+        assert_eq!(
+            options.render().unwrap_err().to_string(),
+            "--slots is 10000, more than the 1024 a listener takes (see worker_slots in docs/configuration.md)"
         );
     }
 }

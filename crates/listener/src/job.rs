@@ -199,27 +199,38 @@ pub async fn run_job(
 }
 
 /// Sends the originator the files of `workspace` that `job.artifacts` names, and those its
-/// limit kept back; nothing when the job names none or none matched.
+/// limit kept back; nothing when the job names none or none matched. Each message's files
+/// are read (off the runtime's threads) just before it is sent, so the host holds one
+/// message of them at a time.
 async fn send_artifacts(job: &Job, replies: &HostReplies<'_>, workspace: &Path) {
     let artifacts = job.definition.artifacts.clone();
     if artifacts.is_off() {
         return;
     }
     let path = workspace.to_owned();
-    let collect = move || crate::artifacts::collect(&path, &artifacts);
-    let Ok(collected) = tokio::task::spawn_blocking(collect).await else {
+    let Ok(plan) =
+        tokio::task::spawn_blocking(move || crate::artifacts::plan(&path, &artifacts)).await
+    else {
         return;
     };
-    let mut left_out = collected.left_out;
-    let mut batches = collected.batches;
+    let mut left_out = plan.left_out;
+    let mut batches = plan.batches;
     if batches.is_empty() && !left_out.is_empty() {
         batches.push(Vec::new());
     }
-    for files in batches {
+    let count = batches.len();
+    for (index, batch) in batches.into_iter().enumerate() {
+        let path = workspace.to_owned();
+        let read = move || crate::artifacts::read(&path, &batch);
+        let Ok((files, problems)) = tokio::task::spawn_blocking(read).await else {
+            return;
+        };
+        left_out.extend(problems);
         let message = Message::Artifacts {
             host: replies.host().to_owned(),
             files,
             left_out: std::mem::take(&mut left_out),
+            more: index + 1 < count,
         };
         if let Err(error) = replies.send(message).await {
             tracing::warn!(job = %job.id, %error, "cannot send the job's artifacts");

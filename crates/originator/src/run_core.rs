@@ -487,6 +487,9 @@ impl<'a> Core<'a> {
                 None
             }
             message => {
+                if let Message::JobDone { host } = &message {
+                    self.end_artifacts(host);
+                }
                 let outcome = take_reply(self.state, message, self.max_crash_retries);
                 self.tell(&outcome);
                 outcome.stop
@@ -503,6 +506,7 @@ impl<'a> Core<'a> {
             host,
             files,
             left_out,
+            more,
         } = message
         else {
             return;
@@ -511,9 +515,22 @@ impl<'a> Core<'a> {
             tracing::warn!(%host, "dropping artifacts this run did not ask for");
             return;
         };
-        let line = folder.keep(&host, &files, &left_out);
-        tracing::info!(%host, files = files.len(), left_out = left_out.len(), "artifacts kept");
-        self.progress.note(&line);
+        tracing::info!(%host, files = files.len(), left_out = left_out.len(), more, "artifacts kept");
+        if let Some(line) = folder.keep(&host, &files, &left_out, more) {
+            self.progress.note(&line);
+        }
+    }
+
+    /// Tells what came of a host's artifacts when it is done before its last message of
+    /// them came.
+    fn end_artifacts(&mut self, host: &str) {
+        let line = self
+            .artifacts
+            .as_mut()
+            .and_then(|folder| folder.unfinished(host));
+        if let Some(line) = line {
+            self.progress.note(&line);
+        }
     }
 
     /// The retries the last replies decided, told, for the engine to queue.

@@ -149,6 +149,8 @@ pub struct Settings {
     /// `job.artifacts`: what listeners bring back, and where it goes (`artifacts_folder/HOST/`).
     pub artifacts: gorgon_protocol::Artifacts,
     pub artifacts_folder: PathBuf,
+    /// `job.worker_setup`: what each worker runs once before its first file.
+    pub worker_setup: Option<String>,
     pub runtime_file: Option<PathBuf>,
     pub failed_files: PathBuf,
     pub log_file: Option<PathBuf>,
@@ -270,6 +272,7 @@ const SECTIONS: [config_file::Section; 9] = {
                 "listener_wait",
                 "first_is_1",
                 "artifacts",
+                "worker_setup",
             ],
             ignored: &[],
             guarded: false,
@@ -373,6 +376,7 @@ struct RawJob {
     first_is_1: bool,
     #[serde(default)]
     artifacts: RawArtifacts,
+    worker_setup: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -651,6 +655,10 @@ impl Settings {
             first_is_1: raw.job.first_is_1,
             artifacts_folder: resolve(raw.job.artifacts.folder()),
             artifacts: raw.job.artifacts.into_artifacts(),
+            worker_setup: raw
+                .job
+                .worker_setup
+                .filter(|setup| !setup.trim().is_empty()),
             runtime_file: raw.runtime_file.map(resolve),
             failed_files: raw
                 .failed_files
@@ -866,6 +874,26 @@ mod tests {
         );
         let error = Settings::load(&wrong).unwrap_err().to_string();
         assert!(error.contains("job.first_is_1"), "{error}");
+    }
+
+    #[test]
+    fn worker_setup_is_a_known_command_of_the_job_and_blank_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |setup: &str| {
+            let config = format!(
+                r#"{{"file_server": {{"host": "fs"}}, "files": ["t/*.sh"], "job": {{"worker_setup": {setup}}}}}"#
+            );
+            Settings::load(&write(dir.path(), "gorgon.json", &config))
+        };
+        let settings = load(r#""createdb app_test$TEST_ENV_NUMBER""#).unwrap();
+        assert_eq!(
+            settings.worker_setup.as_deref(),
+            Some("createdb app_test$TEST_ENV_NUMBER")
+        );
+        assert!(settings.config_keys.unknown.is_empty());
+        assert_eq!(load(r#"" ""#).unwrap().worker_setup, None);
+        let error = load("3").unwrap_err().to_string();
+        assert!(error.contains("job.worker_setup"), "{error}");
     }
 
     #[test]

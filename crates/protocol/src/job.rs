@@ -30,6 +30,11 @@ pub struct JobDefinition {
     /// `job.artifacts`: what each listener brings back from its workspace at its part's end.
     #[serde(default, skip_serializing_if = "Artifacts::is_off")]
     pub artifacts: Artifacts,
+    /// `job.worker_setup`: a command each worker runs once, before its first file, with its
+    /// variables (`TEST_ENV_NUMBER`, …); its failure fails the files that worker took, and
+    /// the worker takes no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_setup: Option<String>,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -47,20 +52,40 @@ impl Artifacts {
     }
 }
 
-/// One artifact: its path below the workspace and its bytes (base64 on the wire).
+/// One artifact, or a piece of one larger than a message: its path below the workspace, its
+/// bytes (base64 on the wire) and, for a piece after the first, how many bytes of the file
+/// come before them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactFile {
     pub path: String,
     content: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    offset: u64,
+}
+
+fn is_zero(offset: &u64) -> bool {
+    *offset == 0
 }
 
 impl ArtifactFile {
+    /// A whole file, or the first piece of one.
     pub fn new(path: String, bytes: &[u8]) -> ArtifactFile {
+        ArtifactFile::piece(path, 0, bytes)
+    }
+
+    /// The piece of a file that starts `offset` bytes into it.
+    pub fn piece(path: String, offset: u64, bytes: &[u8]) -> ArtifactFile {
         use base64::Engine;
         ArtifactFile {
             path,
             content: base64::engine::general_purpose::STANDARD.encode(bytes),
+            offset,
         }
+    }
+
+    /// How many bytes of the file come before this piece (0: the file starts here).
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// The file's bytes; `None` when what came is not base64.
@@ -136,6 +161,7 @@ impl JobDefinition {
             live_output: LiveOutput::default(),
             first_is_1: false,
             artifacts: Artifacts::default(),
+            worker_setup: None,
         }
     }
 }

@@ -260,13 +260,17 @@ pub enum Message {
         replies: Vec<Message>,
     },
     /// Files of the host's workspace that match `job.artifacts`, sent at the end of its
-    /// part, before `JobDone` (several messages when they are large); `left_out` names what
-    /// the limit kept back.
+    /// part, before `JobDone`, in several messages when they are large (a file larger than
+    /// one message in pieces, each with its offset); `left_out` names what the limit kept
+    /// back. `more` says that more of the host's artifacts follow: the originator tells what
+    /// came once the last has (a host that never sets it sends one message).
     Artifacts {
         host: String,
         files: Vec<crate::ArtifactFile>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         left_out: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// The listener has finished its part of the job: workers stopped, callbacks run,
     /// workspace removed.
@@ -660,6 +664,7 @@ mod tests {
             },
             first_is_1: false,
             artifacts: crate::Artifacts::default(),
+            worker_setup: None,
         }
     }
 
@@ -939,6 +944,39 @@ mod tests {
         assert_eq!(
             String::from_utf8(finished.encode()).unwrap(),
             r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"file_finished","host":"h","worker_id":2,"file":"f","status":"crashed","seconds":1.5,"exit":"killed by signal 9 (SIGKILL)","output":"o"}}"#
+        );
+    }
+
+    #[test]
+    fn artifacts_are_pinned_and_a_single_message_without_pieces_still_decodes() {
+        let message = Message::Artifacts {
+            host: "h1".into(),
+            files: vec![
+                crate::ArtifactFile::new("a.txt".into(), b"ab"),
+                crate::ArtifactFile::piece("big.json".into(), 4, b"cd"),
+            ],
+            left_out: vec!["log/x.log (9 bytes: past the limit)".into()],
+            more: true,
+        };
+        let envelope = Envelope::new(job_id(), message.clone());
+        assert_eq!(
+            String::from_utf8(envelope.encode()).unwrap(),
+            r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"artifacts","host":"h1","files":[{"path":"a.txt","content":"YWI="},{"path":"big.json","content":"Y2Q=","offset":4}],"left_out":["log/x.log (9 bytes: past the limit)"],"more":true}}"#
+        );
+        assert_eq!(
+            Envelope::decode(&envelope.encode()).unwrap().message,
+            message
+        );
+        let old = r#"{"protocol":1,"job_id":"6f1c7a52-0b7e-4d3c-9a57-1f0c2f6c4e11","message":{"type":"artifacts","host":"h1","files":[{"path":"a.txt","content":"YWI="}]}}"#;
+        let Message::Artifacts { files, more, .. } =
+            Envelope::decode(old.as_bytes()).unwrap().message
+        else {
+            panic!("not artifacts");
+        };
+        assert!(!more);
+        assert_eq!(
+            (files[0].offset(), files[0].bytes().unwrap()),
+            (0, b"ab".to_vec())
         );
     }
 

@@ -5,6 +5,9 @@ require_relative 'gorgon_runner'
 require_relative 'gorgon_rspec_matchers'
 require 'rspec/core'
 
+# A helper may require rspec/autorun, whose at_exit hook would run the suite again when a
+# child that ran tests ends (the suite's other hooks run then): it is never installed.
+RSpec::Core::Runner.instance_variable_set(:@installed_at_exit, true)
 $LOAD_PATH.unshift(File.expand_path('lib'), File.expand_path('spec'))
 require 'spec_helper' if File.exist?('spec/spec_helper.rb')
 

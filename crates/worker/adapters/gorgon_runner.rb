@@ -81,6 +81,8 @@ module GorgonRunner
   def self.serve(name, &run_files)
     proto = STDOUT.dup
     proto.sync = true
+    @log = STDERR.dup
+    @log.sync = true
     STDOUT.reopen(STDERR)
     STDOUT.sync = true
     STDERR.sync = true
@@ -107,8 +109,43 @@ module GorgonRunner
     end
     supervisor.stop
     run_class_callback(:after_complete, proto)
-    # exit! skips at_exit hooks, such as Minitest's autorun, that would run in this process.
+    report_coverage
+    # The suite's at_exit hooks ran in the children that ran its tests (`end_child`); exit!
+    # keeps them from running a second time here.
     exit!(0)
+  end
+
+  # A child that runs tests carries the suite's coverage on: SimpleCov measures in the process
+  # that started it (this runner, which loaded the suite's helper) and writes its result as
+  # that process exits, but here the tests run in forked children. Each child takes the
+  # measure over as SimpleCov does for a forked process (`SimpleCov.at_fork`, what its
+  # `enable_for_subprocesses` runs on `Process.fork`): a command name of its own, so that no
+  # child's result replaces another's in the result set, written when the child ends.
+  def self.child_runs_tests
+    SimpleCov.at_fork.call(Process.pid) if defined?(SimpleCov) && SimpleCov.running
+  end
+
+  # Ends a child that ran tests as a serial run ends: the suite's at_exit hooks run (SimpleCov
+  # writes its result there), their output on the runner's stderr.
+  def self.end_child
+    STDOUT.flush
+    STDERR.flush
+    STDOUT.reopen(@log)
+    STDERR.reopen(@log)
+    exit(0)
+  end
+
+  # SimpleCov's end in this runner, once its children have written their results: as the
+  # parent of forked processes, it merges what they measured (in its coverage_dir) and
+  # writes its report. Its other at_exit hooks ran in the children.
+  def self.report_coverage
+    return unless defined?(SimpleCov) && SimpleCov.running && SimpleCov.pid == Process.pid
+
+    SimpleCov.at_exit_behavior
+  rescue SystemExit # its minimum coverage, which a worker's share of the suite cannot judge
+    nil
+  rescue StandardError => e
+    warn("SimpleCov failed to write its report: #{e.class}: #{e.message}")
   end
 
   # The answer for the file a process was running when it died without answering.
@@ -230,10 +267,9 @@ module GorgonRunner
         proto.close
         STDIN.reopen(File::NULL)
         result_writer.sync = true
+        GorgonRunner.child_runs_tests
         GorgonRunner.serve_session(request_reader, result_writer, run_files)
-        STDOUT.flush
-        STDERR.flush
-        exit!(0)
+        GorgonRunner.end_child
       end
       request_reader.close
       result_writer.close
@@ -388,6 +424,7 @@ module GorgonRunner
       reader.close
       proto.close
       STDIN.reopen(File::NULL)
+      child_runs_tests
       send_output_to(request['output_path'])
       self.current_file = files.size == 1 ? files.first : nil
       result = begin
@@ -402,9 +439,7 @@ module GorgonRunner
       result[:tests] = tests
       writer.write(JSON.generate(result))
       writer.close
-      STDOUT.flush
-      STDERR.flush
-      exit!(0)
+      end_child
     end
     writer.close
     data = reader.read

@@ -8,6 +8,13 @@
 pub const TEST_ENV_NUMBER: &str = "TEST_ENV_NUMBER";
 /// parallel_tests' count of workers: the host's worker count.
 pub const PARALLEL_TEST_GROUPS: &str = "PARALLEL_TEST_GROUPS";
+/// parallel_tests' list of its running test processes, which a suite that loaded
+/// parallel_tests reads in its last worker (`TEST_ENV_NUMBER` equal to
+/// `PARALLEL_TEST_GROUPS`) to wait for the others: SimpleCov does, before it merges its
+/// result, and raises `KeyError` when the variable is missing, losing that worker's
+/// coverage. A host's workers all end at the job's end, so the list is always empty:
+/// `/dev/null`.
+pub const PARALLEL_PID_FILE: &str = "PARALLEL_PID_FILE";
 /// pytest-xdist's name of the worker: `gw0`, `gw1`, …
 pub const PYTEST_XDIST_WORKER: &str = "PYTEST_XDIST_WORKER";
 /// pytest-xdist's count of workers.
@@ -25,10 +32,22 @@ pub fn worker_pairs(worker_id: u32, workers: u32, first_is_1: bool) -> Vec<(&'st
     vec![
         (TEST_ENV_NUMBER, test_env_number),
         (PARALLEL_TEST_GROUPS, workers.to_string()),
+        (PARALLEL_PID_FILE, "/dev/null".to_owned()),
         (
             PYTEST_XDIST_WORKER,
             format!("gw{}", worker_id.saturating_sub(1)),
         ),
+        (PYTEST_XDIST_WORKER_COUNT, workers.to_string()),
+    ]
+}
+
+/// The conventions' pairs of a host's own commands (the worker manager's callbacks,
+/// `before_creating_workers` and `after_creating_workers`): the host's worker count, which
+/// says how many databases to make (`rake "parallel:setup[$PARALLEL_TEST_GROUPS]"`). No
+/// worker's number: they belong to no worker.
+pub fn host_pairs(workers: u32) -> Vec<(&'static str, String)> {
+    vec![
+        (PARALLEL_TEST_GROUPS, workers.to_string()),
         (PYTEST_XDIST_WORKER_COUNT, workers.to_string()),
     ]
 }
@@ -62,9 +81,18 @@ mod tests {
     }
 
     #[test]
+    fn a_hosts_own_commands_get_its_worker_count_and_no_worker_number() {
+        let pairs = host_pairs(3);
+        assert_eq!(value(&pairs, PARALLEL_TEST_GROUPS), "3");
+        assert_eq!(value(&pairs, PYTEST_XDIST_WORKER_COUNT), "3");
+        assert!(!pairs.iter().any(|(name, _)| *name == TEST_ENV_NUMBER));
+    }
+
+    #[test]
     fn counts_and_xdist_names_follow_the_host_and_the_worker() {
         let pairs = worker_pairs(2, 4, false);
         assert_eq!(value(&pairs, PARALLEL_TEST_GROUPS), "4");
+        assert_eq!(value(&pairs, PARALLEL_PID_FILE), "/dev/null");
         assert_eq!(value(&pairs, PYTEST_XDIST_WORKER), "gw1");
         assert_eq!(value(&pairs, PYTEST_XDIST_WORKER_COUNT), "4");
         assert_eq!(

@@ -51,12 +51,12 @@ pub use warm::{WarmKey, WarmProcess};
 pub const EXIT_BROKEN: i32 = 1;
 
 /// The base of every callback and test command, with the environment Gorgon documents: the
-/// job's tags and, in a worker, the variables of parallel_tests and pytest-xdist
-/// (`conventions`).
+/// job's tags and the variables of parallel_tests and pytest-xdist (`conventions`): a
+/// worker's, or the host's worker count in the host's own commands.
 fn command_base(assignment: &WorkerAssignment) -> ShellCommand {
     let mut tags =
         JobTags::new(assignment.job_id, &assignment.host).in_workspace(&assignment.workspace);
-    let mut conventions = Vec::new();
+    let mut conventions = conventions::host_pairs(assignment.slots);
     if let Some(worker_id) = assignment.worker_id {
         tags = tags.of_worker(worker_id);
         conventions = conventions::worker_pairs(

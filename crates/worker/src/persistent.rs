@@ -351,13 +351,13 @@ impl Session {
         std::mem::take(&mut *lock(&self.stderr)).text()
     }
 
-    /// Asks the runner to exit by closing its stdin, waits up to `exit_limit` (the time its
-    /// `after_complete` callback may take, if it has one; else a short grace), then stops
-    /// its group the careful way. Returns the callback that raised as it ended, if one did.
-    pub async fn stop(mut self, exit_limit: Option<Duration>) -> Option<RunnerCallbackFailure> {
+    /// Asks the runner to exit by closing its stdin, waits up to `exit_limit` (what its end
+    /// may take: the suite's at_exit hooks, `after_complete`), then stops its group the
+    /// careful way. Returns the callback that raised as it ended, if one did.
+    pub async fn stop(mut self, exit_limit: Duration) -> Option<RunnerCallbackFailure> {
         drop(self.stdin.take());
         let mut failure = None;
-        let ended = tokio::time::timeout(exit_limit.unwrap_or(EXIT_GRACE), async {
+        let ended = tokio::time::timeout(exit_limit, async {
             while let Some(line) = self.lines.recv().await {
                 if let Line::Text(line) = line {
                     if let Ok(RunnerMessage::CallbackFailed { callback, message }) =

@@ -25,9 +25,11 @@ use crate::warm::{environment_allows_warm, WarmKey};
 /// before its first file is reported as crashed.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
-/// How long a Ruby runner may take to end when it runs the callbacks class's
-/// `after_complete`.
-const AFTER_COMPLETE_LIMIT: Duration = Duration::from_secs(300);
+/// How long a persistent runner may take to end once its stdin closed: the suite's at_exit
+/// hooks run then (a coverage tool writes its result and report), and the callbacks
+/// class's `after_complete`. A runner ends as soon as they are done; only one that hangs
+/// costs the wait.
+const EXIT_LIMIT: Duration = Duration::from_secs(300);
 
 /// The outcome of one file, ready to become a `FileResult`.
 #[derive(Clone, Debug)]
@@ -66,8 +68,6 @@ pub struct PersistentRunner {
     output_tap: Option<(OutputTap, Duration)>,
     /// The warm runner its sessions fork from, when the listener keeps one for it.
     warm: Option<WarmFork>,
-    /// It runs the job's callbacks class's `before_start` and `after_complete`.
-    class_callbacks: bool,
     /// The callbacks class's `before_start` raised as it booted.
     callback_failure: Option<RunnerCallbackFailure>,
     /// Holds the built-in adapter scripts and each file's output.
@@ -225,7 +225,6 @@ impl Runner {
             session: None,
             output_tap: None,
             warm,
-            class_callbacks: ruby.is_some(),
             callback_failure: None,
             scratch,
             files_run: 0,
@@ -290,8 +289,7 @@ impl Runner {
         let Runner::Persistent(runner) = self else {
             return None;
         };
-        let exit_limit = runner.class_callbacks.then_some(AFTER_COMPLETE_LIMIT);
-        runner.session?.stop(exit_limit).await
+        runner.session?.stop(EXIT_LIMIT).await
     }
 }
 

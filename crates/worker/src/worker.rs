@@ -27,6 +27,9 @@ pub(crate) enum End {
     Stopped,
     /// The same, while files ran: they were stopped and handed back.
     StoppedMidFile,
+    /// `job.worker_setup` failed: the file taken failed with its output, and the worker
+    /// takes no more.
+    SetupFailed,
 }
 
 /// Where a worker's files come from and where its messages go: the lines of its stdin and
@@ -110,6 +113,10 @@ pub(crate) async fn work_with<T: Transport>(
         batch_limit: assignment.definition.runner.batch_limit(),
         seconds_per_file: None,
     };
+    let mut setup = definition
+        .worker_setup
+        .as_deref()
+        .filter(|setup| !setup.trim().is_empty());
     let end = loop {
         // Biased: a local worker's stdin ends both its files and the `StdinClosed` watch,
         // and the end of the files (`Finished`) must win over the parent's death.
@@ -129,12 +136,58 @@ pub(crate) async fn work_with<T: Transport>(
             Ok(next) => next,
             Err(end) => break end,
         };
+        let first = match setup.take() {
+            Some(command) => match set_up(transport, assignment, command, first).await {
+                Ok(first) => first,
+                Err(end) => break end,
+            },
+            None => first,
+        };
         let ran = batches.run(transport, &mut runners, first, stdin, &mut signals);
         if let Err(end) = ran.await {
             break end;
         }
     };
     end_worker(transport, assignment, runners, end).await
+}
+
+/// Runs `job.worker_setup` before the worker's first file, `first`, which it hands back
+/// when the setup succeeds. When it fails, `first` fails with the setup's output, so that
+/// the run fails and shows why, and the worker ends: its other files go to other workers.
+async fn set_up<T: Transport>(
+    transport: &mut T,
+    assignment: &WorkerAssignment,
+    command: &str,
+    first: (String, T::Taken),
+) -> Result<(String, T::Taken), End> {
+    let worker_id = assignment.worker_id.unwrap_or_default();
+    tracing::info!(command, "worker {worker_id}: running job.worker_setup");
+    let started = std::time::Instant::now();
+    let outcome = gorgon_exec::ShellCommand {
+        command: command.to_owned(),
+        ..command_base(assignment)
+    }
+    .run()
+    .await;
+    if outcome.success() {
+        return Ok(first);
+    }
+    tracing::error!(status = %outcome.description, "worker {worker_id}: job.worker_setup failed");
+    let (file, taken) = first;
+    let run = FileRun {
+        status: gorgon_protocol::FileStatus::Failed,
+        exit: format!(
+            "job.worker_setup failed on {} worker {worker_id} ({})",
+            assignment.host, outcome.description
+        ),
+        output: outcome.output,
+        seconds: started.elapsed().as_secs_f64(),
+        tests: Vec::new(),
+    };
+    let result = file_result(&assignment.host, worker_id, file, run);
+    transport.send(Message::FileFinished(result)).await?;
+    transport.done(taken).await;
+    Err(End::SetupFailed)
 }
 
 /// How a worker takes and runs its files, batch after batch.
@@ -226,7 +279,7 @@ async fn end_worker(
     };
     tracing::info!("worker {worker_id} done: {end:?}");
     match end {
-        End::Stopped | End::StoppedMidFile => 0,
+        End::Stopped | End::StoppedMidFile | End::SetupFailed => 0,
         End::Finished | End::OriginatorGone => {
             // The callbacks class's `after_complete` ran in the Ruby runners as they ended.
             for failure in runner_failures {

@@ -233,6 +233,7 @@ impl<'a> Distributed<'a> {
             live_output: plan.live_output(),
             first_is_1: settings.first_is_1,
             artifacts: settings.artifacts.clone(),
+            worker_setup: settings.worker_setup.clone(),
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let (replies, announcements) = topology.declare(&broker, core.state.queued()).await?;

@@ -142,6 +142,7 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         first_is_1: settings.first_is_1,
         // A local run's workers write into the project itself: its artifacts are in place.
         artifacts: Default::default(),
+        worker_setup: settings.worker_setup.clone(),
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

@@ -120,6 +120,7 @@ pub(super) fn node_assignment(
         first_is_1: build.settings.first_is_1,
         // A CI node's artifacts stay in its checkout, for its CI to upload.
         artifacts: Default::default(),
+        worker_setup: build.settings.worker_setup.clone(),
     };
     WorkerAssignment::new(
         build.job,
