@@ -519,9 +519,9 @@ impl CliError {
             | CliError::FileServerWithoutPasswords => exit_code::CONFIG_OR_BROKER,
             // A bad flag is a bad configuration; a file in the way, or one that could not
             // be written, is a failure to install.
-            CliError::Install(InstallError::BadBroker(_) | InstallError::NoSlots) => {
-                exit_code::CONFIG_OR_BROKER
-            }
+            CliError::Install(
+                InstallError::BadBroker(_) | InstallError::NoSlots | InstallError::TooManySlots(_),
+            ) => exit_code::CONFIG_OR_BROKER,
             CliError::Install(InstallError::Exists(_) | InstallError::Write { .. })
             | CliError::Init(_)
             | CliError::Html(_)
