@@ -80,9 +80,10 @@ wait_for_listeners() {
     exit 1
 }
 
-# write_config PROJECT_DIR GLOB RUNNER_JSON [EXTRA_JSON_KEYS]: the project's gorgon.json.
+# write_config PROJECT_DIR GLOB RUNNER_JSON [EXTRA_JSON_KEYS [EXTRA_JOB_KEYS]]: the project's
+# gorgon.json; each EXTRA is keys with a trailing comma (EXTRA_JOB_KEYS inside `job`).
 write_config() {
-    local dir=$1 glob=$2 runner=$3 extra=${4:-}
+    local dir=$1 glob=$2 runner=$3 extra=${4:-} job_extra=${5:-}
     cat >"$dir/gorgon.json" <<JSON
 {
   "connection": {"host": "127.0.0.1", "port": 5672},
@@ -91,7 +92,7 @@ write_config() {
   "cluster_id": "$cluster_id",
   "failed_files": "$work/failed.json",
   ${extra}
-  "job": {"runner": $runner, "listener_wait": 60}
+  "job": {${job_extra} "runner": $runner, "listener_wait": 60}
 }
 JSON
 }

@@ -10,10 +10,13 @@
 #             webmock from Debian's ruby-* packages.
 #   minitest  Active Record of rails (Debian source package, with Debian's patches) on sqlite3
 #             in memory, with activesupport, activemodel and the rest from Debian's packages.
+#   postgresql  the same tree of Active Record, on PostgreSQL: Debian's ruby-pg, and the
+#             project's own PostgreSQL server on 127.0.0.1:54329 (scripts/lib/prerequisites.sh
+#             installs and starts it when it is not running).
 #
 # apt-get needs root. A deb-src entry is added (/etc/apt/sources.list.d/gorgon-bench-src.sources,
 # the URIs of debian.sources) if the source packages are not known to apt yet.
-# Usage: bench/real-suites.sh [pytest] [rspec] [minitest]   (default: all three)
+# Usage: bench/real-suites.sh [pytest] [rspec] [minitest] [postgresql]   (default: all four)
 set -euo pipefail
 
 suites_root=${GORGON_SUITES:-/var/cache/gorgon-bench-suites}
@@ -36,6 +39,7 @@ rspec_packages=(ruby ruby-rspec ruby-json ruby-parallel ruby-whitequark-parser r
     ruby-parallel-tests)
 minitest_packages=(ruby rake ruby-minitest ruby-activemodel ruby-activesupport ruby-sqlite3
     ruby-bcrypt ruby-byebug ruby-rack ruby-actionpack ruby-parallel-tests)
+postgresql_packages=(ruby-pg)
 
 note() { echo "real-suites: $*" >&2; }
 
@@ -166,22 +170,31 @@ prepare_minitest() {
     fi
 }
 
-# minitest_files: Active Record's sqlite3 test files, as `rake test:sqlite3_mem` lists them
-# (test/cases/**/*_test.rb except adapters/, then adapters/sqlite3/**), one per line; run in
-# the activerecord folder.
+prepare_postgresql() {
+    prepare_minitest
+    apt_packages "${postgresql_packages[@]}"
+    # shellcheck source=scripts/lib/prerequisites.sh
+    . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/prerequisites.sh"
+    install_postgresql >&2
+    start_postgresql 60 >&2
+}
+
+# minitest_files [ADAPTER]: Active Record's test files for ADAPTER (default sqlite3), as `rake
+# test:ADAPTER` lists them (test/cases/**/*_test.rb except adapters/, then
+# adapters/ADAPTER/**), one per line; run in the activerecord folder.
 minitest_files() {
     ruby -e 'puts Dir["test/cases/**/*_test.rb"].reject { |f| f.include?("/adapters/") }.sort +
-                  Dir["test/cases/adapters/sqlite3/**/*_test.rb"].sort'
+                  Dir["test/cases/adapters/#{ARGV[0]}/**/*_test.rb"].sort' "${1:-sqlite3}"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     suites=("$@")
-    [ ${#suites[@]} -gt 0 ] || suites=(pytest rspec minitest)
+    [ ${#suites[@]} -gt 0 ] || suites=(pytest rspec minitest postgresql)
     for suite in "${suites[@]}"; do
         case $suite in
-        pytest | rspec | minitest) "prepare_$suite" ;;
+        pytest | rspec | minitest | postgresql) "prepare_$suite" ;;
         *)
-            echo "usage: $0 [pytest] [rspec] [minitest]" >&2
+            echo "usage: $0 [pytest] [rspec] [minitest] [postgresql]" >&2
             exit 2
             ;;
         esac

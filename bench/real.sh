@@ -2,7 +2,10 @@
 # Real third-party suites, fetched from package registries by bench/real-suites.sh (cached
 # under GORGON_SUITES, default /var/cache/gorgon-bench-suites): networkx's pytest suite, RuboCop's
 # RSpec suite, Active Record's Minitest suite (sqlite3 in memory, with upstream Rails' fixture
-# loading line that a Debian patch replaced; see bench_minitest). For each suite, in one
+# loading line that a Debian patch replaced; see bench_minitest), and the same Active Record
+# suite on PostgreSQL (`postgresql`: a pair of databases per worker, see bench_postgresql;
+# its gorgon-rs runs are on the 2 listeners, without and with history, and it has no
+# per-file measurement). For each suite, in one
 # sitting and on a fresh copy of its tree: the framework's serial run, the framework's own
 # parallel runner with 2 processes (pytest -n 2, parallel_rspec -n 2, parallel_test -n 2),
 # `gorgon start --local -j 2` on a first run (no history: files in glob order) and again with
@@ -19,7 +22,8 @@
 # comparing the medians (target: at most 10 % more). PER_FILE_ONLY=1 measures only that.
 #
 # Needs RabbitMQ on 127.0.0.1:5672, rsync, bc, and root for the first run (apt-get).
-# Usage: bench/real.sh [pytest] [rspec] [minitest]   (default: all three; GORGON_BIN=path to
+# Usage: bench/real.sh [pytest] [rspec] [minitest] [postgresql]   (default: the first three;
+# postgresql also needs the project's PostgreSQL server, which it starts if needed; GORGON_BIN=path to
 # skip the build; RUN_TIMEOUT seconds per run, default 1800; FILE_TIMEOUT for gorgon, default
 # 600; REAL_LOGS=DIR keeps every run's output there)
 # shellcheck source=bench/lib.sh
@@ -35,9 +39,9 @@ suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=(pytest rspec minitest)
 for suite in "${suites[@]}"; do
     case $suite in
-    pytest | rspec | minitest) ;;
+    pytest | rspec | minitest | postgresql) ;;
     *)
-        echo "usage: $0 [pytest] [rspec] [minitest]" >&2
+        echo "usage: $0 [pytest] [rspec] [minitest] [postgresql]" >&2
         exit 2
         ;;
     esac
@@ -100,6 +104,8 @@ counts() {
                 if (!("run" in n)) exit
                 printf "passed=%d failed=%d errored=%d skipped=%d", n["run"] - n["fai"] - n["err"] - n["ski"],
                     n["fai"], n["err"], n["ski"]
+                # gorgon-rs counts tests, not assertions: only the framework'"'"'s own runs have them.
+                if ("ass" in n) printf " assertions=%d", n["ass"]
             }' || true
         ;;
     gorgon)
@@ -167,9 +173,36 @@ glob_count() {
     )
 }
 
+# The gorgon-rs runs of a suite, in turn after the framework's own two, each
+# `NAME|LABEL|ARGUMENTS` (ARGUMENTS, split on spaces, go before the listed files): without
+# history, again with the history the first run wrote, and on the 2 listeners. A suite's
+# bench_* function may declare its own `local gorgon_runs=(...)` (as before_run and job_extra
+# below), which `bench` then sees.
+gorgon_runs=("gorgon-first|gorgon --local -j 2, first run|--local -j 2"
+    "gorgon-local|gorgon --local -j 2|--local -j 2"
+    "gorgon|gorgon 2 listeners x 2 slots|")
+# before_run: a command run (untimed) in the project before each of the framework's own runs,
+# to give each the same start as gorgon-rs' callbacks give its workers; empty for none.
+before_run=""
+# job_extra: more keys of gorgon.json's `job` (with a trailing comma), such as callbacks.
+job_extra=""
+
+# measure SUITE PROJECT NAME LABEL KIND COMMAND...: one timed run of COMMAND in PROJECT, its
+# output in $logs/SUITE-NAME.out, its row added to the suite's table (the arrays run_names,
+# run_labels, run_times, run_codes and run_counts).
+measure() {
+    local suite=$1 project=$2 name=$3 label=$4 kind=$5
+    shift 5
+    echo "$suite: running $label" >&2
+    timed "$suite-$name" "$project" "$@"
+    run_names+=("$name") run_labels+=("$label") run_times+=("$elapsed") run_codes+=("$status")
+    run_counts+=("$(counts "$kind" "$logs/$suite-$name.out")")
+}
+
 # bench SUITE PROJECT FILES SERIAL_LABEL SERIAL_KIND PARALLEL_LABEL RUNNER_JSON -- SERIAL... --
-# PARALLEL... [-- FILE...]: the four runs of one suite in PROJECT, whose test files match the
-# glob FILES (or, when given, are exactly FILE...), and the table.
+# PARALLEL... [-- FILE...]: the runs of one suite in PROJECT (serial, parallel, then
+# gorgon_runs), whose test files match the glob FILES (or, when given, are exactly FILE...),
+# and the table.
 bench() {
     local suite=$1 project=$2 glob=$3 serial_label=$4 kind=$5 parallel_label=$6 runner=$7
     shift 7
@@ -183,62 +216,52 @@ bench() {
 
     if [ -n "${PER_FILE_ONLY:-}" ]; then
         [ -n "$rsync_port" ] || start_file_server
-        write_config "$project" "$glob" "$runner"
+        write_config "$project" "$glob" "$runner" "" "$job_extra"
         return
     fi
     start_listeners
-    write_config "$project" "$glob" "$runner" "\"runtime_file\": \"$work/$suite-runtime.json\","
+    write_config "$project" "$glob" "$runner" "\"runtime_file\": \"$work/$suite-runtime.json\"," "$job_extra"
     rm -f "$work/$suite-runtime.json"
     wait_for_listeners "$project" 2
 
-    echo "$suite: running serially: ${serial[*]}" >&2
-    timed "$suite-serial" "$project" "${serial[@]}"
-    local serial_s=$elapsed serial_rc=$status serial_counts
-    serial_counts=$(counts "$kind" "$logs/$suite-serial.out")
+    run_names=() run_labels=() run_times=() run_codes=() run_counts=()
+    [ -z "$before_run" ] || (cd "$project" && $before_run)
+    measure "$suite" "$project" serial "$serial_label" "$kind" "${serial[@]}"
+    [ -z "$before_run" ] || (cd "$project" && $before_run)
+    measure "$suite" "$project" parallel "$parallel_label" "$kind" "${parallel[@]}"
+    local run name label args
+    for run in "${gorgon_runs[@]}"; do
+        IFS='|' read -r name label args <<<"$run"
+        # shellcheck disable=SC2086  # the arguments are separate words
+        measure "$suite" "$project" "$name" "$label" gorgon "$gorgon" start $args "${listed[@]}"
+    done
+    bench_table "$suite" "$project" "$glob" "$parallel_label" "${#listed[@]}"
+}
 
-    echo "$suite: running ${parallel_label}" >&2
-    timed "$suite-parallel" "$project" "${parallel[@]}"
-    local parallel_s=$elapsed parallel_rc=$status parallel_counts
-    parallel_counts=$(counts "$kind" "$logs/$suite-parallel.out")
-
-    echo "$suite: running gorgon start --local -j 2 (first run)" >&2
-    timed "$suite-gorgon-first" "$project" "$gorgon" start --local -j 2 "${listed[@]}"
-    local first_s=$elapsed first_rc=$status first_counts
-    first_counts=$(counts gorgon "$logs/$suite-gorgon-first.out")
-
-    echo "$suite: running gorgon start --local -j 2 (with history)" >&2
-    timed "$suite-gorgon-local" "$project" "$gorgon" start --local -j 2 "${listed[@]}"
-    local local_s=$elapsed local_rc=$status local_counts
-    local_counts=$(counts gorgon "$logs/$suite-gorgon-local.out")
-
-    echo "$suite: running gorgon start (2 listeners x 2 slots)" >&2
-    timed "$suite-gorgon" "$project" "$gorgon" start "${listed[@]}"
-    local dist_s=$elapsed dist_rc=$status dist_counts
-    dist_counts=$(counts gorgon "$logs/$suite-gorgon.out")
-
-    local files
-    if [ ${#listed[@]} -gt 0 ]; then
-        files="${#listed[@]} files (listed on the command line)"
+# bench_table SUITE PROJECT GLOB PARALLEL_LABEL LISTED: the table of the runs `bench` measured,
+# each gorgon-rs run's files line, and its ratios to the serial and parallel runs.
+bench_table() {
+    local suite=$1 project=$2 glob=$3 parallel_label=$4 listed=$5 files i line
+    if [ "$listed" -gt 0 ]; then
+        files="$listed files (listed on the command line)"
     else
         files="$(glob_count "$project" "$glob") files ($glob)"
     fi
     echo
     echo "== $suite: $suite_name, $files"
     header
-    row "$serial_label" "$serial_s" "$serial_rc" "$serial_counts"
-    row "$parallel_label" "$parallel_s" "$parallel_rc" "$parallel_counts"
-    row "gorgon --local -j 2, first run" "$first_s" "$first_rc" "$first_counts"
-    row "gorgon --local -j 2" "$local_s" "$local_rc" "$local_counts"
-    row "gorgon 2 listeners x 2 slots" "$dist_s" "$dist_rc" "$dist_counts"
-    local line run
-    for run in "gorgon-first|--local -j 2, first run" "gorgon-local|--local -j 2" \
-        "gorgon|2 listeners x 2 slots"; do
-        line=$(grep -E '^[0-9]+ files?: ' "$logs/$suite-${run%%|*}.out" | tail -n 1 || true)
-        printf '  gorgon %-24s %s\n' "${run#*|}:" "${line:-(no files line)}"
+    for i in "${!run_names[@]}"; do
+        row "${run_labels[$i]}" "${run_times[$i]}" "${run_codes[$i]}" "${run_counts[$i]}"
     done
-    echo "  gorgon --local -j 2, first run / serial $(ratio "$first_s" "$serial_s"), / $parallel_label $(ratio "$first_s" "$parallel_s")"
-    echo "  gorgon --local -j 2 / serial $(ratio "$local_s" "$serial_s"), / $parallel_label $(ratio "$local_s" "$parallel_s")"
-    echo "  gorgon 2x2 / serial $(ratio "$dist_s" "$serial_s"), / $parallel_label $(ratio "$dist_s" "$parallel_s")"
+    for i in "${!run_names[@]}"; do
+        [ "$i" -ge 2 ] || continue
+        line=$(grep -E '^[0-9]+ files?: ' "$logs/$suite-${run_names[$i]}.out" | tail -n 1 || true)
+        printf '  %-32s %s\n' "${run_labels[$i]}:" "${line:-(no files line)}"
+    done
+    for i in "${!run_names[@]}"; do
+        [ "$i" -ge 2 ] || continue
+        echo "  ${run_labels[$i]} / serial $(ratio "${run_times[$i]}" "${run_times[0]}"), / $parallel_label $(ratio "${run_times[$i]}" "${run_times[1]}")"
+    done
     echo
 }
 
@@ -356,6 +379,42 @@ bench_minitest() {
     # As rake's test loader does: one Ruby that requires every file.
     per_file_cost minitest "$project" minitest -- ruby -w -Ilib:test \
         -e 'ARGV.each { |f| require File.expand_path(f) }' -- "${files[@]}"
+}
+
+# pg_databases: the databases of the framework's own runs on PostgreSQL, made by the commands
+# of gorgon-rs' callbacks: the template, then the pair of parallel_test's two processes
+# (TEST_ENV_NUMBER empty and 2; the serial run uses the first). Run in the project.
+pg_databases() {
+    sh gorgon-databases.sh template
+    TEST_ENV_NUMBER="" sh gorgon-databases.sh worker
+    TEST_ENV_NUMBER=2 sh gorgon-databases.sh worker
+}
+
+# Active Record's suite on PostgreSQL: the tree of the minitest suite, with a pair of
+# databases per worker (bench/activerecord_pg), made once per host and copied per worker by
+# gorgon-rs' callbacks (docs/databases.md), and by pg_databases before the framework's runs.
+# gorgon-rs runs on the 2 listeners, without history and again with it.
+bench_postgresql() {
+    prepare_postgresql
+    local project=$work/postgresql files=()
+    cp -a "$minitest_tree/activerecord" "$project"
+    cp "$bench_repo/bench/activerecord_pg/config.yml" "$project/test/config.yml"
+    cp "$bench_repo/bench/activerecord_pg/databases.sh" "$project/gorgon-databases.sh"
+    mapfile -t files < <(cd "$project" && minitest_files postgresql)
+    local server
+    server=$(psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -Atc 'show server_version' postgres)
+    suite_name="Active Record $rails_version (Debian source rails) on PostgreSQL $server, pg $(ruby -rpg -e 'print PG::VERSION'), minitest $(ruby -rminitest -e 'print Minitest::VERSION')"
+    # Seen by `bench` (bash's dynamic scope), for this suite only.
+    local before_run=pg_databases
+    local job_extra='"callbacks": {"before_creating_workers": "sh gorgon-databases.sh template", "before_start": "sh gorgon-databases.sh worker"},'
+    local gorgon_runs=("gorgon-first|gorgon 2x2, first run|"
+        "gorgon|gorgon 2x2, with history|")
+    bench postgresql "$project" "test/cases/**/*_test.rb" "rake test:postgresql" minitest \
+        "parallel_test -n 2" \
+        "{\"kind\": \"minitest\", \"allow_empty_files\": true, \"file_timeout\": $file_timeout}" \
+        -- rake test:postgresql \
+        -- env RUBYOPT=-Ilib parallel_test -n 2 "${files[@]}" \
+        -- "${files[@]}"
 }
 
 for suite in "${suites[@]}"; do

@@ -74,6 +74,23 @@ def gorgon_runs_with?(klass, paths)
   home.nil? || paths.include?(home) || !home.match?(TEST_FILE)
 end
 
+# Runs the block as Minitest.run runs its tests: a class that calls `parallelize_me!` (as
+# ActiveSupport::Testing::Isolation does) only queues its tests in Minitest's parallel
+# executor, whose threads Minitest.run starts before the tests and waits for after them;
+# without that its tests would never run nor be reported.
+def gorgon_in_parallel_executor
+  executor = Minitest.respond_to?(:parallel_executor) && Minitest.parallel_executor
+  # Minitest before 5.11 starts its executor once, when made, and cannot start it again.
+  return yield unless executor.respond_to?(:start)
+
+  executor.start
+  begin
+    yield
+  ensure
+    executor.shutdown
+  end
+end
+
 # The test files this process has loaded.
 LOADED_FILES = Set.new
 
@@ -110,7 +127,7 @@ GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |f
                 .select { |klass| gorgon_runs_with?(klass, paths) }
             end
   RAN_RUNNABLES.merge(classes)
-  classes.each { |klass| klass.run(reporter, options) }
+  gorgon_in_parallel_executor { classes.each { |klass| klass.run(reporter, options) } }
   reporter.report
   { outcome: 'completed' }
 end
