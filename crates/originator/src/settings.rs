@@ -662,22 +662,20 @@ impl Settings {
         let signs = raw.connection.signing.is_some();
         let file_server = file_server_of(raw.file_server.take(), signs, transport);
         let runner = runner_of(&mut raw, &path)?;
-        let listener_wait = raw.job.listener_wait.unwrap_or(60.0);
-        if !(listener_wait.is_finite() && listener_wait > 0.0) {
-            return Err(invalid(
-                "job.listener_wait must be a positive number of seconds".into(),
-            ));
-        }
-        let pack_seconds = raw
-            .job
-            .pack_seconds
-            .unwrap_or(crate::pack::DEFAULT_PACK_SECONDS);
-        if !(pack_seconds.is_finite() && pack_seconds >= 0.0) {
-            return Err(invalid(
+        let listener_wait = seconds_of(raw.job.listener_wait, 60.0, false).ok_or_else(|| {
+            invalid("job.listener_wait must be a positive number of seconds".into())
+        })?;
+        let pack_seconds = seconds_of(
+            raw.job.pack_seconds,
+            crate::pack::DEFAULT_PACK_SECONDS,
+            true,
+        )
+        .ok_or_else(|| {
+            invalid(
                 "job.pack_seconds must be a number of seconds, 0 or more (0: one file a message)"
                     .into(),
-            ));
-        }
+            )
+        })?;
         let cluster_id = raw
             .cluster_id
             .unwrap_or_else(|| names::DEFAULT_CLUSTER.to_owned());
@@ -720,18 +718,7 @@ impl Settings {
                 limit => limit,
             },
             quarantine_file: raw.quarantine_file.map(resolve),
-            callbacks: {
-                let mut callbacks = raw.job.callbacks;
-                if let Some(class_file) = callbacks.callbacks_class_file.clone() {
-                    class_callbacks(&mut callbacks, &class_file).map_err(|source| {
-                        ConfigError::CallbacksClass {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
-                }
-                callbacks
-            },
+            callbacks: callbacks_of(raw.job.callbacks, &path)?,
             listener_wait: Duration::from_secs_f64(listener_wait),
             pack_seconds,
             first_is_1: raw.job.first_is_1,
@@ -864,6 +851,30 @@ fn transport_of(name: Option<&str>, path: &Path) -> Result<SyncTransport, Config
             ),
         }),
     }
+}
+
+/// A number of seconds as set (or `default`): finite, and above 0 (or 0 too, `zero_allowed`);
+/// `None` when it is not.
+fn seconds_of(value: Option<f64>, default: f64, zero_allowed: bool) -> Option<f64> {
+    let seconds = value.unwrap_or(default);
+    let above_floor = seconds > 0.0 || (zero_allowed && seconds == 0.0);
+    (seconds.is_finite() && above_floor).then_some(seconds)
+}
+
+/// `job.callbacks`, with the methods of its `callbacks_class_file` (if any) filled in.
+fn callbacks_of(
+    mut callbacks: OriginatorCallbacks,
+    path: &Path,
+) -> Result<OriginatorCallbacks, ConfigError> {
+    if let Some(class_file) = callbacks.callbacks_class_file.clone() {
+        class_callbacks(&mut callbacks, &class_file).map_err(|source| {
+            ConfigError::CallbacksClass {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    }
+    Ok(callbacks)
 }
 
 #[cfg(test)]
