@@ -33,14 +33,8 @@ pub fn digests_of(workspace: &Path) -> PathBuf {
 /// seal's digest and the workspace passes [`check`], so the pull can be skipped, a dozen
 /// round trips to a far file server. A job without a seal always pulls.
 pub fn already_holds(workspace: &Path, seal: Option<&TreeSeal>) -> bool {
-    let Some(seal) = seal else {
-        return false;
-    };
-    let holds = match std::fs::read(workspace.join(MANIFEST_NAME)) {
-        Ok(bytes) => tree::digest_hex(&bytes) == seal.digest,
-        Err(_) => false,
-    };
-    holds && check(workspace, Some(seal), true).is_ok()
+    // `check` compares the manifest's digest first, and scans nothing when it differs.
+    seal.is_some_and(|seal| check(workspace, Some(seal), true).is_ok())
 }
 
 /// Checks the tree pulled into `workspace` against `seal`; without a seal, the check is
