@@ -384,6 +384,19 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
     use gorgon_protocol::{names, Broker, BrokerSettings, Envelope, Message};
     let cluster = Cluster::with_listeners(&[("tough", 2)]);
     let (project, record) = suite(&cluster, "garbage", 8, 0.3, json!({}));
+    // The last file holds the job open until the test has seen both batches refused: they
+    // sit behind every real file in the queue, and a job that ended first would leave them
+    // undelivered.
+    let refused = cluster.path().join("garbage-refused");
+    let last = "tests/07_test.sh";
+    project.write(
+        last,
+        &format!(
+            "for _ in $(seq 600); do [ -e '{flag}' ] && break; sleep 0.1; done\n{run}",
+            flag = refused.display(),
+            run = slow_test(&record, last, 0.1)
+        ),
+    );
     let events = cluster.path().join("garbage.events");
     let run = project.spawn_start(&["--events", &events.display().to_string()], &[]);
     wait_for_first_start(&record);
@@ -420,6 +433,11 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
         broker.publish_bytes("", &names::files_queue(job_id), &escaping).await.unwrap();
         broker.close().await;
     });
+    let both_refused = |log: &str| log.matches("refusing a batch of files").count() >= 2;
+    eventually(RUN_LIMIT, "both batches refused in the listener's log", || {
+        both_refused(&cluster.listener_log("tough"))
+    });
+    std::fs::write(&refused, "").unwrap();
     let run = run.wait(RUN_LIMIT);
     // The stray file message that escapes the workspace is refused, not run; every real
     // file passes.
