@@ -72,6 +72,8 @@ fn seal_with_cache_in(
     if let Err(error) = cache.save() {
         tracing::debug!(%error, folder = %folder.display(), "cannot keep the tree's digests");
     }
+    // A tree of 100,000 files: its digests' table need not sit beside the manifest's bytes.
+    drop(cache);
     crate::links::refuse_outside(root, scanned.manifest.links())?;
     let bytes = scanned.manifest.to_bytes();
     let manifest = folder.join("push").join(MANIFEST_NAME);
@@ -111,12 +113,34 @@ fn cache_folder(root: &Path, base: Option<&Path>) -> (PathBuf, Option<tempfile::
 /// Writes `bytes` to `path` unless it holds them already: an unchanged manifest keeps its
 /// times, so rsync does not send it again.
 fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+    if holds(path, bytes).unwrap_or(false) {
         return Ok(());
     }
     let fresh = path.with_extension("new");
     std::fs::write(&fresh, bytes)?;
     std::fs::rename(&fresh, path)
+}
+
+/// Whether the file at `path` holds `bytes`, read a piece at a time (a manifest of 100,000
+/// files is megabytes that need not be in memory twice).
+fn holds(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != bytes.len() as u64 {
+        return Ok(false);
+    }
+    let mut piece = vec![0u8; 64 * 1024];
+    let mut rest = bytes;
+    loop {
+        let read = file.read(&mut piece)?;
+        if read == 0 {
+            return Ok(rest.is_empty());
+        }
+        match rest.split_at_checked(read) {
+            Some((expected, after)) if expected == &piece[..read] => rest = after,
+            _ => return Ok(false),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -173,5 +197,19 @@ mod tests {
             error.contains("holds a file named .gorgon-rs-tree"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_file_holds_exactly_its_bytes_across_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(holds(&path, &bytes).unwrap());
+        let mut other = bytes.clone();
+        other[150_000] ^= 1;
+        assert!(!holds(&path, &other).unwrap(), "a byte differs past the first piece");
+        assert!(!holds(&path, &bytes[..199_999]).unwrap(), "shorter");
+        assert!(holds(&dir.path().join("absent"), &bytes).is_err());
     }
 }

@@ -83,12 +83,11 @@ impl DigestCache {
         }
     }
 
-    /// The digests the file held, once read.
-    fn loaded(&mut self) -> &HashMap<Vec<u8>, Known> {
+    /// Waits for the file's digests to be read into `known`.
+    fn finish_loading(&mut self) {
         if let Some(loading) = self.loading.take() {
             self.known = loading.join().unwrap_or_default();
         }
-        &self.known
     }
 
     /// A cache that is not kept.
@@ -147,6 +146,41 @@ struct ToHash {
     mode: u32,
 }
 
+/// The entries one thread of a walk found, by path below the root.
+type FoundList = Vec<(Vec<u8>, Found)>;
+
+/// What a walk keeps of an entry's `stat`: a tree of 100,000 files holds them all at once.
+struct Found {
+    kind: FoundKind,
+    mode: u32,
+    stamp: Stamp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FoundKind {
+    File,
+    Link,
+    Special,
+}
+
+impl Found {
+    fn of(meta: &Metadata) -> Found {
+        let kind = meta.file_type();
+        let kind = if kind.is_symlink() {
+            FoundKind::Link
+        } else if kind.is_file() {
+            FoundKind::File
+        } else {
+            FoundKind::Special
+        };
+        Found {
+            kind,
+            mode: meta.mode() & 0o7777,
+            stamp: Stamp::of(meta),
+        }
+    }
+}
+
 /// A scanned tree.
 #[derive(Debug)]
 pub struct Scanned {
@@ -156,7 +190,8 @@ pub struct Scanned {
 }
 
 /// The manifest of the tree at `root`, without what `exclude` keeps from a push; `cache`
-/// gives the digests of unchanged files and keeps those of the files found.
+/// gives the digests of unchanged files and keeps those of the files found (updated in
+/// place: a tree of 100,000 files holds one table of digests, not two).
 pub fn scan(
     root: &Path,
     exclude: &[Exclude],
@@ -168,52 +203,53 @@ pub fn scan(
     let mut manifest = Manifest::default();
     let mut to_hash = Vec::new();
     let found = walk(root, exclude)?;
-    let cached = cache.loaded();
-    let mut known = HashMap::with_capacity(cached.len());
-    let mut reused = 0;
-    for (relative, meta) in found {
-        let kind = meta.file_type();
-        let mode = meta.mode() & 0o7777;
-        if kind.is_symlink() {
-            let link = root.join(OsStr::from_bytes(&relative));
-            let target = std::fs::read_link(&link).map_err(read(&link))?;
-            let target = target.as_os_str().as_bytes().to_vec();
-            manifest.entries.insert(relative, Entry::Link { target });
-        } else if kind.is_file() {
-            let stamp = Stamp::of(&meta);
-            match cached.get(&relative) {
+    cache.finish_loading();
+    let known = &mut cache.known;
+    for (relative, found) in found.into_iter().flatten() {
+        let Found { kind, mode, stamp } = found;
+        match kind {
+            FoundKind::Link => {
+                let link = root.join(OsStr::from_bytes(&relative));
+                let target = std::fs::read_link(&link).map_err(read(&link))?;
+                let target = target.as_os_str().as_bytes().to_vec();
+                manifest.entries.insert(relative, Entry::Link { target });
+            }
+            FoundKind::File => match known.get(&relative) {
                 Some((cached, digest)) if *cached == stamp => {
                     let (size, digest) = (stamp.size, *digest);
-                    manifest
-                        .entries
-                        .insert(relative.clone(), Entry::File { mode, size, digest });
-                    known.insert(relative, (stamp, digest));
-                    reused += 1;
+                    let file = Entry::File { mode, size, digest };
+                    manifest.entries.insert(relative, file);
                 }
                 _ => to_hash.push(ToHash {
                     relative,
                     stamp,
                     mode,
                 }),
+            },
+            FoundKind::Special => {
+                manifest.entries.insert(relative, Entry::Special { mode });
             }
-        } else {
-            manifest.entries.insert(relative, Entry::Special { mode });
         }
     }
+    let mut changed = false;
     for (file, digest) in hash_all(root, &to_hash)? {
         let Some(digest) = digest else { continue };
         let (stamp, mode) = (file.stamp, file.mode);
-        if !racy(stamp.changed, started) {
+        if racy(stamp.changed, started) {
+            changed |= known.remove(&file.relative).is_some();
+        } else {
             known.insert(file.relative.clone(), (stamp, digest));
+            changed = true;
         }
         let size = stamp.size;
         manifest
             .entries
             .insert(file.relative.clone(), Entry::File { mode, size, digest });
     }
-    // Every cached entry is still there, and nothing new was added: the file holds it all.
-    cache.changed = known.len() != cache.known.len() || known.len() > reused;
-    cache.known = known;
+    // Files gone since the last scan (or no longer files) leave the cache.
+    let before_gone = known.len();
+    known.retain(|name, _| matches!(manifest.entries.get(name), Some(Entry::File { .. })));
+    cache.changed = changed || known.len() != before_gone;
     Ok(Scanned {
         manifest,
         hashed: to_hash.len(),
@@ -240,9 +276,9 @@ fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
 }
 
 /// Every entry below `root` but folders (not following links), by its path below the root,
-/// without what `exclude` keeps from a push. The folders are read on up to [`MAX_THREADS`]
+/// without what `exclude` keeps from a push, in one list per thread. The folders are read on up to [`MAX_THREADS`]
 /// threads (a walk is mostly waiting on `stat`).
-fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(Vec<u8>, Metadata)>, TreeError> {
+fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<FoundList>, TreeError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, MAX_THREADS);
@@ -254,7 +290,7 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(Vec<u8>, Metadata)>, Tr
         }),
         changed: std::sync::Condvar::new(),
     };
-    let lists: Vec<Vec<(Vec<u8>, Metadata)>> = std::thread::scope(|scope| {
+    let lists: Vec<FoundList> = std::thread::scope(|scope| {
         let readers: Vec<_> = (0..threads)
             .map(|_| scope.spawn(|| read_folders(root, exclude, &shared)))
             .collect();
@@ -266,7 +302,7 @@ fn walk(root: &Path, exclude: &[Exclude]) -> Result<Vec<(Vec<u8>, Metadata)>, Tr
     let state = shared.state.into_inner().expect("a folder reader panicked");
     match state.failed {
         Some(error) => Err(error),
-        None => Ok(lists.into_iter().flatten().collect()),
+        None => Ok(lists),
     }
 }
 
@@ -285,7 +321,7 @@ struct Pending {
 
 /// One thread of a walk: takes folders until none is left and no other thread may add one;
 /// what it found that is not a folder.
-fn read_folders(root: &Path, exclude: &[Exclude], shared: &Folders) -> Vec<(Vec<u8>, Metadata)> {
+fn read_folders(root: &Path, exclude: &[Exclude], shared: &Folders) -> FoundList {
     let mut entries = Vec::new();
     let mut state = shared.state.lock().expect("a folder reader panicked");
     loop {
@@ -322,7 +358,7 @@ fn read_folder(
     root: &Path,
     folder: &[u8],
     exclude: &[Exclude],
-    entries: &mut Vec<(Vec<u8>, Metadata)>,
+    entries: &mut FoundList,
 ) -> Result<Vec<Vec<u8>>, TreeError> {
     let full = root.join(OsStr::from_bytes(folder));
     let mut subfolders = Vec::new();
@@ -344,7 +380,7 @@ fn read_folder(
         if is_folder {
             subfolders.push(relative);
         } else {
-            entries.push((relative, meta));
+            entries.push((relative, Found::of(&meta)));
         }
     }
     Ok(subfolders)
@@ -510,5 +546,28 @@ mod tests {
                 digest: expected
             }
         );
+    }
+
+    #[test]
+    fn the_cache_drops_files_gone_and_an_unchanged_tree_rewrites_nothing() {
+        let dir = project();
+        let cache_file = dir.path().join(".digests");
+        let exclude = Exclude::all(&["/.digests".into()]).unwrap();
+        let scan_again = || {
+            let mut cache = DigestCache::load(cache_file.clone());
+            scan(dir.path(), &exclude, &mut cache).unwrap();
+            cache.save().unwrap();
+            cache.changed
+        };
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(scan_again());
+        assert!(!scan_again(), "an unchanged tree changed the cache");
+        let cached = || std::fs::read_to_string(&cache_file).unwrap();
+        assert!(cached().contains("log/run.log"));
+        std::fs::remove_file(dir.path().join("log/run.log")).unwrap();
+        assert!(scan_again(), "a file gone left the cache as it was");
+        assert!(!cached().contains("log/run.log"), "{}", cached());
+        assert_eq!(cached().lines().count(), 3, "{}", cached());
+        assert!(!scan_again());
     }
 }
