@@ -208,7 +208,10 @@ mod tests {
         assert!(holds(&path, &bytes).unwrap());
         let mut other = bytes.clone();
         other[150_000] ^= 1;
-        assert!(!holds(&path, &other).unwrap(), "a byte differs past the first piece");
+        assert!(
+            !holds(&path, &other).unwrap(),
+            "a byte differs past the first piece"
+        );
         assert!(!holds(&path, &bytes[..199_999]).unwrap(), "shorter");
         assert!(holds(&dir.path().join("absent"), &bytes).is_err());
     }
