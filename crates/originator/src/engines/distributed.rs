@@ -239,6 +239,7 @@ impl<'a> Distributed<'a> {
                 &plan.history,
             ),
             record_impact: settings.impact.record,
+            originator_outage_limit: Some(settings.broker.outage_limit),
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let queued = file_messages(plan, core.state.queued().to_vec());

@@ -125,6 +125,8 @@ pub(super) fn node_assignment(
         expected_file_seconds: crate::files::expected_file_seconds(&defined.units, history),
         // A CI build keeps no impact map yet: its nodes report to a build, not to a run.
         record_impact: false,
+        // Nobody consumes the replies as an originator would: nothing to wait for.
+        originator_outage_limit: None,
     };
     WorkerAssignment::new(
         build.job,
