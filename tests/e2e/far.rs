@@ -123,6 +123,7 @@ fn a_partitioned_ci_node_s_files_run_elsewhere_and_it_stops_clearly() {
     link.partition();
     let report = report.wait(LIMIT);
     let after_cut = cut_at.elapsed();
+    eprintln!("measured: the report came {after_cut:?} after the cut");
     report.assert_report(0, &["36 files: 36 passed, 0 failed, 0 crashed, 0 not run"]);
     assert_one_result_each(&projects[0].dir.join("events.ndjson"), 36);
     assert!(
@@ -146,6 +147,7 @@ fn a_partitioned_ci_node_s_files_run_elsewhere_and_it_stops_clearly() {
     }
     link.heal();
     let far = far.wait(Duration::from_secs(60));
+    eprintln!("measured: the far node exited {:?} after the cut", cut_at.elapsed());
     far.assert_exit(3);
     far.assert_stderr(&["lost the connection to RabbitMQ at 127.0.0.1:", &build]);
     eventually(Duration::from_secs(30), "nothing of the far node left", || {
@@ -189,7 +191,9 @@ fn a_partition_of_the_originator_shorter_than_its_outage_limit_is_ridden_out() {
     link.partition();
     std::thread::sleep(Duration::from_secs(12));
     link.heal();
+    let healed_at = Instant::now();
     let run = run.wait(RUN_LIMIT);
+    eprintln!("measured: the run ended {:?} after the heal", healed_at.elapsed());
     assert_all_passed(&run, &record, 30);
     assert_one_result_each(&events, 30);
     run.assert_stderr(&["Lost the connection to RabbitMQ", "the run goes on"]);
@@ -210,18 +214,23 @@ fn a_partition_of_the_originator_past_its_outage_limit_stops_the_run_clearly() {
     link.partition();
     let run: Run = run.wait(RUN_LIMIT);
     let after_cut = cut_at.elapsed();
-    // Two missed heartbeats (6 s) to find the link dead, the limit, and a margin.
+    eprintln!("measured: the run stopped {after_cut:?} after the cut");
+    // Two missed heartbeats (6 s) to find the link dead, the limit (5 s), and a margin.
     assert!(
-        after_cut < Duration::from_secs(20),
+        after_cut < Duration::from_secs(16),
         "the run stopped {after_cut:?} after the cut: {run:?}"
     );
     run.assert_exit(3);
-    run.assert_output(&[
+    run.assert_stdout(&[
+        "Run stopped: lost the connection to RabbitMQ at 127.0.0.1:",
         "could not get it back within 5 s (connection.outage_limit)",
+        "Unfinished files (",
         "not run",
     ]);
-    assert!(run.stdout.contains("tests/"), "the unrun files are listed: {run:?}");
+    // The files still running on the hosts at the cut have no result here: listed.
+    assert!(run.stdout.contains("\ttests/39_test.sh"), "{run:?}");
     cluster.assert_no_job_processes(Duration::from_secs(30));
+    eprintln!("measured: no process of the job left {:?} after the cut", cut_at.elapsed());
     link.heal();
     let job = job_id_from_events(&events).to_string();
     assert_nothing_left_on_broker(&job, Duration::from_secs(30));
