@@ -77,10 +77,21 @@ pub(crate) fn record_of(cluster: &Cluster, name: &str) -> std::path::PathBuf {
 }
 
 fn node(project: &Project, build: &str, name: &str) -> Started {
+    node_with(project, build, name, &[])
+}
+
+/// `gorgon work` of build `build` in `project` as node `name` with 2 workers, with extra
+/// environment.
+pub(crate) fn node_with(
+    project: &Project,
+    build: &str,
+    name: &str,
+    env: &[(&str, String)],
+) -> Started {
     project.spawn_gorgon(
         "work",
         &["--build-id", build, "--worker-id", name, "-j", "2"],
-        &[],
+        env,
     )
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::ci_nodes::{checkouts, record_of, runs, LIMIT};
+use crate::ci_nodes::{checkouts, node_with, record_of, runs, LIMIT};
 use crate::faults::{suite, CLEANUP_LIMIT, RUN_LIMIT};
 use crate::support::delay_proxy::Link;
 use crate::support::{
@@ -107,12 +107,7 @@ fn a_partitioned_ci_node_s_files_run_elsewhere_and_it_stops_clearly() {
         &[],
     );
     let node = |i: usize, env: &[(&str, String)]| {
-        let name = format!("node-{i}");
-        projects[i].spawn_gorgon(
-            "work",
-            &["--build-id", &build, "--worker-id", &name, "-j", "2"],
-            env,
-        )
+        node_with(&projects[i], &build, &format!("node-{i}"), env)
     };
     let near = [node(0, &[]), node(1, &[])];
     let far = node(2, &[("GORGON_BROKER_URL", far_url)]);
@@ -147,12 +142,17 @@ fn a_partitioned_ci_node_s_files_run_elsewhere_and_it_stops_clearly() {
     }
     link.heal();
     let far = far.wait(Duration::from_secs(60));
-    eprintln!("measured: the far node exited {:?} after the cut", cut_at.elapsed());
+    eprintln!(
+        "measured: the far node exited {:?} after the cut",
+        cut_at.elapsed()
+    );
     far.assert_exit(3);
     far.assert_stderr(&["lost the connection to RabbitMQ at 127.0.0.1:", &build]);
-    eventually(Duration::from_secs(30), "nothing of the far node left", || {
-        none_left(processes_working_in(&projects[2].dir))
-    });
+    eventually(
+        Duration::from_secs(30),
+        "nothing of the far node left",
+        || none_left(processes_working_in(&projects[2].dir)),
+    );
 }
 
 /// A project whose originator is 25 ms from the broker, over `link`, with `outage_limit`
@@ -163,7 +163,11 @@ fn far_originator(
     port: u16,
     outage_limit: u64,
     files: usize,
-) -> (crate::support::Started, std::path::PathBuf, std::path::PathBuf) {
+) -> (
+    crate::support::Started,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
     let connection = json!({"connection": {
         "host": "127.0.0.1",
         "port": port,
@@ -193,7 +197,10 @@ fn a_partition_of_the_originator_shorter_than_its_outage_limit_is_ridden_out() {
     link.heal();
     let healed_at = Instant::now();
     let run = run.wait(RUN_LIMIT);
-    eprintln!("measured: the run ended {:?} after the heal", healed_at.elapsed());
+    eprintln!(
+        "measured: the run ended {:?} after the heal",
+        healed_at.elapsed()
+    );
     assert_all_passed(&run, &record, 30);
     assert_one_result_each(&events, 30);
     run.assert_stderr(&["Lost the connection to RabbitMQ", "the run goes on"]);
@@ -230,7 +237,10 @@ fn a_partition_of_the_originator_past_its_outage_limit_stops_the_run_clearly() {
     // The files still running on the hosts at the cut have no result here: listed.
     assert!(run.stdout.contains("\ttests/39_test.sh"), "{run:?}");
     cluster.assert_no_job_processes(Duration::from_secs(30));
-    eprintln!("measured: no process of the job left {:?} after the cut", cut_at.elapsed());
+    eprintln!(
+        "measured: no process of the job left {:?} after the cut",
+        cut_at.elapsed()
+    );
     link.heal();
     let job = job_id_from_events(&events).to_string();
     assert_nothing_left_on_broker(&job, Duration::from_secs(30));

@@ -64,16 +64,15 @@ impl OriginatorWatch {
     /// Why the originator is taken for gone, if it is.
     async fn gone(&mut self, broker: &Broker, reply_to: &str) -> Option<&'static str> {
         let counts = broker.queue_counts(reply_to).await;
-        self.judge(counts.ok()?.map(|(_, consumers)| consumers), tokio::time::Instant::now())
+        self.judge(
+            counts.ok()?.map(|(_, consumers)| consumers),
+            tokio::time::Instant::now(),
+        )
     }
 
     /// What a check that found the reply queue with `consumers` (`None`: gone) at `now`
     /// says.
-    fn judge(
-        &mut self,
-        consumers: Option<u32>,
-        now: tokio::time::Instant,
-    ) -> Option<&'static str> {
+    fn judge(&mut self, consumers: Option<u32>, now: tokio::time::Instant) -> Option<&'static str> {
         match consumers {
             None => Some("the originator has gone (its reply queue is gone)"),
             Some(0) if self.consumed_by_originator => {
@@ -565,13 +564,20 @@ mod tests {
     /// the job, consumers seen at each check, the check that takes it for gone)`.
     #[test]
     fn a_reply_queue_without_a_consumer_is_waited_for_the_originator_s_outage_limit() {
-        let cases: [(Option<u64>, &[Option<u32>], Option<usize>); 5] = [
+        /// The limit the job carries, the consumers each check finds, the check that
+        /// takes the originator for gone.
+        type Case = (Option<u64>, &'static [Option<u32>], Option<usize>);
+        let cases: [Case; 5] = [
             // An older originator: two checks in a row.
             (None, &[Some(0), Some(0)], Some(1)),
             (None, &[Some(0), Some(1), Some(0), Some(0)], Some(3)),
             // 5 s: the check 6 s after the first without a consumer.
             (Some(5), &[Some(0); 5], Some(3)),
-            (Some(5), &[Some(0), Some(0), Some(1), Some(0), Some(0), Some(0)], None),
+            (
+                Some(5),
+                &[Some(0), Some(0), Some(1), Some(0), Some(0), Some(0)],
+                None,
+            ),
             // A queue that is gone says so at once.
             (Some(60), &[None], Some(0)),
         ];
