@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::support::{eventually, processes_working_in, sigkill, Cluster, Project, Started};
 
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
 /// A test file that records `NAME HOST` in `runs.log` when it starts, then takes `seconds`
 /// and passes (or fails, naming itself).
@@ -25,7 +25,7 @@ fn test_file(record: &Path, name: &str, seconds: f64, fail: bool) -> String {
 }
 
 /// (file, host) of every recorded start.
-fn runs(record: &Path) -> Vec<(String, String)> {
+pub(crate) fn runs(record: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(record.join("runs.log"))
         .unwrap_or_default()
         .lines()
@@ -36,7 +36,7 @@ fn runs(record: &Path) -> Vec<(String, String)> {
 
 /// A project of `files` test files (`tests/NN_test.sh`, those in `failing` fail) and
 /// `copies` copies of it, each a checkout of its own.
-fn checkouts(
+pub(crate) fn checkouts(
     cluster: &Cluster,
     name: &str,
     files: usize,
@@ -72,15 +72,26 @@ fn checkouts(
     all
 }
 
-fn record_of(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+pub(crate) fn record_of(cluster: &Cluster, name: &str) -> std::path::PathBuf {
     cluster.path().join(format!("{name}-record"))
 }
 
 fn node(project: &Project, build: &str, name: &str) -> Started {
+    node_with(project, build, name, &[])
+}
+
+/// `gorgon work` of build `build` in `project` as node `name` with 2 workers, with extra
+/// environment.
+pub(crate) fn node_with(
+    project: &Project,
+    build: &str,
+    name: &str,
+    env: &[(&str, String)],
+) -> Started {
     project.spawn_gorgon(
         "work",
         &["--build-id", build, "--worker-id", name, "-j", "2"],
-        &[],
+        env,
     )
 }
 

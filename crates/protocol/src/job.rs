@@ -44,6 +44,14 @@ pub struct JobDefinition {
     /// file runs (`docs/impact.md`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub record_impact: bool,
+    /// The originator's `connection.outage_limit`, in seconds: how long it goes on trying to
+    /// get its broker connection back. A worker manager that finds the originator's reply
+    /// queue without a consumer waits this long before it takes the originator for gone,
+    /// since a partitioned originator (its connection dropped by the broker after missed
+    /// heartbeats) cannot be told from a dead one and may come back within it. Absent (an
+    /// older originator, a CI build): two checks in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub originator_outage_limit: Option<u64>,
 }
 
 /// Files a host's workspace produces that come back to the originator at the end of the
@@ -173,6 +181,7 @@ impl JobDefinition {
             worker_setup: None,
             expected_file_seconds: None,
             record_impact: false,
+            originator_outage_limit: None,
         }
     }
 }

@@ -714,6 +714,7 @@ mod tests {
             worker_setup: None,
             expected_file_seconds: None,
             record_impact: true,
+            originator_outage_limit: Some(60),
         }
     }
 
@@ -1147,10 +1148,12 @@ mod tests {
         let decoded = Envelope::decode(old.as_bytes()).unwrap();
         // Without `live_output`, no file's output is streamed; without `tree`, the job is
         // unsealed (a listener with signing keys refuses it).
-        // Without `record_impact`, nothing records.
+        // Without `record_impact`, nothing records; without `originator_outage_limit`, the
+        // worker managers take a reply queue without a consumer at two checks for gone.
         let mut expected = JobDefinition {
             live_output: crate::LiveOutput::default(),
             record_impact: false,
+            originator_outage_limit: None,
             ..definition()
         };
         expected.sync.tree = None;

@@ -23,45 +23,68 @@ use crate::{report, StdinClosed, EXIT_BROKEN};
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
 /// How often a worker manager checks that the job's originator still lives (its reply
-/// queue has its consumer, [`OriginatorWatch`]): a dead originator's workers stop within two
-/// of these, plus their grace.
+/// queue has its consumer, [`OriginatorWatch`]): a dead originator's workers stop at the
+/// first check after its patience has passed, plus their grace.
 const ORIGINATOR_CHECK: Duration = Duration::from_secs(2);
 
 /// Workers' events taken in at most in one turn of the loop, their replies sent together.
 const DRAINED_AT_ONCE: usize = 128;
 
 /// Whether the job's originator still lives, from its reply queue (durable, so that a
-/// broker restart keeps it): gone, or without a consumer at two checks in a row, the
-/// originator is taken for gone; after this manager's own reconnection, the originator
-/// has `connection.outage_limit` to come back too. A CI build's log (a stream that every
-/// node reads when it likes) tells by its existence only.
+/// broker restart keeps it): gone, or without a consumer at every check for the
+/// originator's own `connection.outage_limit` (which the job carries; at two checks in a
+/// row for a job without it), the originator is taken for gone. A dead originator cannot
+/// be told from a partitioned one, whose connection the broker drops after missed
+/// heartbeats, and which may come back within its limit. After this manager's own
+/// reconnection, the originator has this manager's `connection.outage_limit` to come back
+/// too. A CI build's log (a stream that every node reads when it likes) tells by its
+/// existence only.
 struct OriginatorWatch {
     /// The replies go to an originator's own reply queue, which it alone consumes.
     consumed_by_originator: bool,
-    /// The last check found no consumer.
-    no_consumer_before: bool,
+    /// How long the reply queue may be without a consumer.
+    patience: Duration,
+    /// Since when the checks have found no consumer.
+    no_consumer_since: Option<tokio::time::Instant>,
     /// Until when a missing consumer is waited for (after an outage).
     patient_until: Option<tokio::time::Instant>,
 }
 
 impl OriginatorWatch {
+    fn of(assignment: &WorkerAssignment) -> OriginatorWatch {
+        let limit = assignment.definition.originator_outage_limit;
+        OriginatorWatch {
+            consumed_by_originator: assignment.reply_to == names::reply_queue(assignment.job_id),
+            patience: Duration::from_secs(limit.unwrap_or(0)),
+            no_consumer_since: None,
+            patient_until: None,
+        }
+    }
+
     /// Why the originator is taken for gone, if it is.
     async fn gone(&mut self, broker: &Broker, reply_to: &str) -> Option<&'static str> {
-        match broker.queue_counts(reply_to).await {
-            Ok(None) => Some("the originator has gone (its reply queue is gone)"),
-            Ok(Some((_, 0))) if self.consumed_by_originator => {
-                let patient = self
-                    .patient_until
-                    .is_some_and(|until| tokio::time::Instant::now() < until);
-                let gone = self.no_consumer_before && !patient;
-                self.no_consumer_before = true;
+        let counts = broker.queue_counts(reply_to).await;
+        self.judge(
+            counts.ok()?.map(|(_, consumers)| consumers),
+            tokio::time::Instant::now(),
+        )
+    }
+
+    /// What a check that found the reply queue with `consumers` (`None`: gone) at `now`
+    /// says.
+    fn judge(&mut self, consumers: Option<u32>, now: tokio::time::Instant) -> Option<&'static str> {
+        match consumers {
+            None => Some("the originator has gone (its reply queue is gone)"),
+            Some(0) if self.consumed_by_originator => {
+                let patient = self.patient_until.is_some_and(|until| now < until);
+                let since = *self.no_consumer_since.get_or_insert(now);
+                let gone = since < now && now - since >= self.patience && !patient;
                 gone.then_some("the originator has gone (nobody reads its reply queue)")
             }
-            Ok(Some(_)) => {
-                self.no_consumer_before = false;
+            Some(_) => {
+                self.no_consumer_since = None;
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -150,11 +173,7 @@ async fn manage_connected(
         together: Together::default(),
         // Whether the originator still lives: its reply queue has its consumer.
         originator_check: tokio::time::interval(ORIGINATOR_CHECK),
-        originator: OriginatorWatch {
-            consumed_by_originator: assignment.reply_to == names::reply_queue(assignment.job_id),
-            no_consumer_before: false,
-            patient_until: None,
-        },
+        originator: OriginatorWatch::of(assignment),
         draining: false,
     };
     // Asked to stop (a cancel, a signal, the listener's death): no `after_creating_workers`.
@@ -538,6 +557,43 @@ mod tests {
                 .delete_queue(&names::files_queue(self.job))
                 .await;
             self.broker.close().await;
+        }
+    }
+
+    /// The originator's patience, checked every [`ORIGINATOR_CHECK`]: `(limit carried by
+    /// the job, consumers seen at each check, the check that takes it for gone)`.
+    #[test]
+    fn a_reply_queue_without_a_consumer_is_waited_for_the_originator_s_outage_limit() {
+        /// The limit the job carries, the consumers each check finds, the check that
+        /// takes the originator for gone.
+        type Case = (Option<u64>, &'static [Option<u32>], Option<usize>);
+        let cases: [Case; 5] = [
+            // An older originator: two checks in a row.
+            (None, &[Some(0), Some(0)], Some(1)),
+            (None, &[Some(0), Some(1), Some(0), Some(0)], Some(3)),
+            // 5 s: the check 6 s after the first without a consumer.
+            (Some(5), &[Some(0); 5], Some(3)),
+            (
+                Some(5),
+                &[Some(0), Some(0), Some(1), Some(0), Some(0), Some(0)],
+                None,
+            ),
+            // A queue that is gone says so at once.
+            (Some(60), &[None], Some(0)),
+        ];
+        let start = tokio::time::Instant::now();
+        for (limit, checks, expected) in cases {
+            let mut watch = OriginatorWatch {
+                consumed_by_originator: true,
+                patience: Duration::from_secs(limit.unwrap_or(0)),
+                no_consumer_since: None,
+                patient_until: None,
+            };
+            let gone = checks.iter().enumerate().position(|(i, consumers)| {
+                let now = start + ORIGINATOR_CHECK * i as u32;
+                watch.judge(*consumers, now).is_some()
+            });
+            assert_eq!(gone, expected, "{limit:?} {checks:?}");
         }
     }
 

@@ -239,6 +239,7 @@ impl<'a> Distributed<'a> {
                 &plan.history,
             ),
             record_impact: settings.impact.record,
+            originator_outage_limit: Some(settings.broker.outage_limit),
         };
         let topology = Topology::new(plan.job_id, &cluster_id);
         let queued = file_messages(plan, core.state.queued().to_vec());
@@ -526,6 +527,13 @@ impl<'a> Distributed<'a> {
     /// Ends the run: on success, deleting the files queue tells the workers to finish;
     /// otherwise the job is cancelled. Either way listeners report when they are done.
     async fn end(mut self, signals: &mut StopSignals) -> Option<Stop> {
+        if let Some(Stop::BrokerLost(_)) = self.stop {
+            // Past the outage limit nobody can be told or heard: no second wait for the
+            // broker. Each worker manager stops the job once its reply queue has had no
+            // consumer for this originator's limit.
+            self.core.progress.finish();
+            return self.stop;
+        }
         let wait = if self.stop.is_some() {
             CANCEL_WAIT
         } else {

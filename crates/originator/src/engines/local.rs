@@ -146,6 +146,7 @@ fn assignment(plan: &Plan, slots: u32) -> WorkerAssignment {
         // Nothing is far.
         expected_file_seconds: None,
         record_impact: settings.impact.record,
+        originator_outage_limit: None,
     };
     let broker = settings.broker.clone();
     WorkerAssignment::new(

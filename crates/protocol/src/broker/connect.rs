@@ -277,10 +277,23 @@ impl Broker {
 
     /// A new connection, under the same name, after this one was lost: any of the broker's
     /// nodes, tried again with backoff and jitter until `deadline`; the last failure then.
+    /// An attempt still waiting for its answer at the deadline (a broker behind a silent
+    /// link accepts nothing, refuses nothing) ends there, so the deadline is kept to.
     pub async fn reconnect(&self, deadline: tokio::time::Instant) -> Result<Broker, BrokerError> {
         let mut backoff = Backoff::new();
         loop {
-            match Broker::connect_like(self).await {
+            let tried_at = tokio::time::Instant::now();
+            let attempt = tokio::time::timeout_at(deadline, Broker::connect_like(self)).await;
+            let Ok(attempt) = attempt else {
+                return Err(BrokerError::Connect {
+                    address: self.address.clone(),
+                    reason: ConnectFailure::NoAnswer {
+                        over: "",
+                        seconds: tried_at.elapsed().as_secs(),
+                    },
+                });
+            };
+            match attempt {
                 Ok(broker) => return Ok(broker),
                 Err(error) => {
                     let wait = backoff.next_wait();

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::detect::{build_id_from_env, env_var};
 use super::{BuildOptions, BROKER_URL_VARIABLE, LOG_MAX_AGE};
 use crate::engine::Plan;
-use crate::errors::StartError;
+use crate::errors::{StartError, Stop};
 use crate::events::{Event, EventSink};
 use crate::files;
 use crate::quarantine::Quarantine;
@@ -79,12 +79,18 @@ impl Build {
         })
     }
 
-    /// Why the build cannot be followed any more: its broker went away.
-    pub(super) fn connection_lost(&self) -> String {
-        format!(
-            "lost the connection to RabbitMQ at {}",
-            self.broker.address()
-        )
+    /// Why the build cannot be followed any more once its log ended: the connection went
+    /// away (the broker stopped, or dropped it after missed heartbeats: a partition), or the
+    /// log itself did (the reporter removed it, the build being over).
+    pub(super) fn log_ended(&self) -> Stop {
+        if self.broker.is_connected() {
+            Stop::Failed(format!("the log of build {} was removed", self.build_id))
+        } else {
+            Stop::BrokerLost(format!(
+                "lost the connection to RabbitMQ at {}",
+                self.broker.address()
+            ))
+        }
     }
 
     /// Whether a reporter already reported the build.
@@ -111,7 +117,7 @@ impl Build {
                         self.build_id
                     ))
                 })?
-                .ok_or_else(|| StartError::BuildLost(self.connection_lost()))?;
+                .ok_or_else(|| StartError::BuildLost(self.log_ended().reason()))?;
             let message = incoming.envelope.as_ref().ok().map(|e| e.message.clone());
             let _ = incoming.ack().await;
             if let Some(Message::BuildDefined {

@@ -102,7 +102,7 @@ pub(super) async fn follow_to_end(
             incoming = log.next() => match incoming {
                 Some(incoming) => follower.take(build, incoming).await,
                 None => {
-                    follower.stop = Some(Stop::Failed(build.connection_lost()));
+                    follower.stop = Some(build.log_ended());
                 }
             },
             signal = signals.recv() => follower.stop = Some(signal.into()),

@@ -85,6 +85,16 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         follower.progress.finish();
         return Ok(signal.exit_code());
     }
+    if let (false, Some(stop @ Stop::BrokerLost(reason))) = (options.report, &follower.stop) {
+        // Its manager stopped with the connection: the files it had not finished go back
+        // to the queue (the broker dropped its connection too) and run on the other nodes.
+        follower.progress.finish();
+        follower.progress.note(&format!(
+            "{reason}; this node stopped its part of build {}, and the other nodes run what it had not finished",
+            build.build_id
+        ));
+        return Ok(stop.exit_code());
+    }
     if !options.report {
         follower.progress.finish();
         follower.progress.note(&format!(
@@ -125,6 +135,8 @@ pub(super) fn node_assignment(
         expected_file_seconds: crate::files::expected_file_seconds(&defined.units, history),
         // A CI build keeps no impact map yet: its nodes report to a build, not to a run.
         record_impact: false,
+        // Nobody consumes the replies as an originator would: nothing to wait for.
+        originator_outage_limit: None,
     };
     WorkerAssignment::new(
         build.job,
@@ -190,7 +202,7 @@ pub(super) async fn run_node(
             incoming = log.next(), if log_open => {
                 let Some(incoming) = incoming else {
                     log_open = false;
-                    follower.stop.get_or_insert(Stop::Failed(build.connection_lost()));
+                    follower.stop.get_or_insert(build.log_ended());
                     stop();
                     continue;
                 };
