@@ -974,7 +974,10 @@ fn a_fixture_set_an_earlier_file_read_before_its_model_was_loaded_serves_a_later
     let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
     run.assert_report(
         0,
-        &["2 files: 2 passed, 0 failed", "Tests: 2 passed, 0 failed, 0 errored"],
+        &[
+            "2 files: 2 passed, 0 failed",
+            "Tests: 2 passed, 0 failed, 0 errored",
+        ],
     );
 }
 
