@@ -108,7 +108,8 @@ start_rabbitmq() {
 }
 
 # Installs the test frameworks the built-in runners' tests use (tests/e2e/runners.rs): RSpec and
-# Minitest from Debian (ruby-rspec, ruby-minitest), SimpleCov and parallel_tests from Debian
+# Minitest from Debian (ruby-rspec, ruby-minitest; Active Record and sqlite3, ruby-activerecord
+# and ruby-sqlite3, for Rails fixtures), SimpleCov and parallel_tests from Debian
 # (ruby-simplecov, ruby-parallel-tests: workers' result sets come back as artifacts and
 # collate, tests/e2e/artifacts.rs), and pytest and
 # coverage.py (whose `combine` merges the artifacts' coverage data) with pip when python3 lacks
@@ -121,6 +122,10 @@ install_test_frameworks() {
     # With parallel_tests installed, as in a suite set up for it, SimpleCov loads it in the
     # workers and its last worker reads PARALLEL_PID_FILE: the SimpleCov test covers that.
     ruby -e 'require "parallel_tests"' >/dev/null 2>&1 || missing+=(ruby-parallel-tests)
+    # Active Record with sqlite3: the Minitest runner's test of fixture sets a session cached
+    # before their model was loaded (tests/e2e/runners.rs).
+    ruby -e 'require "active_record"' >/dev/null 2>&1 || missing+=(ruby-activerecord)
+    ruby -e 'require "sqlite3"' >/dev/null 2>&1 || missing+=(ruby-sqlite3)
     # The HTML report's test renders the page in headless Chromium.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then

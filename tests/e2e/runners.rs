@@ -931,6 +931,56 @@ fn a_file_that_earlier_tests_left_unloadable_is_collected_again_in_a_fresh_pytes
     });
 }
 
+/// Active Record's fixtures with real Active Record on sqlite3: `a` (the larger file, so queued
+/// first) reads the set `widgets` with a `Widget` of its own, before anything has loaded the
+/// model `::Widget`; `b` requires that model and uses the set's fixtures by name. Active Record
+/// caches a set with the model class it resolved when it read it, and a serial run loads every
+/// file before any test runs, so there the set has its class; in one session `b` must find its
+/// fixtures too (as Active Record's own `persistence_test.rb` after
+/// `serialized_attribute_test.rb`, which reads `topics` with a `Topic` of its own).
+#[test]
+fn a_fixture_set_an_earlier_file_read_before_its_model_was_loaded_serves_a_later_file() {
+    let cluster = Cluster::new();
+    let project = cluster.project(
+        "fixtures",
+        json!({"files": ["test/*_test.rb"], "job": {"runner": {"kind": "minitest", "command": ""}}}),
+    );
+    project.write(
+        "test/support.rb",
+        "require 'active_record'\nrequire 'active_record/fixtures'\nrequire 'active_record/test_fixtures'\n\
+         require 'active_support/test_case'\n\
+         ActiveRecord::Base.establish_connection(adapter: 'sqlite3', database: ':memory:')\n\
+         ActiveRecord::Schema.verbose = false\n\
+         ActiveRecord::Schema.define { create_table(:widgets) { |t| t.string :name } }\n\
+         class FixtureTest < ActiveSupport::TestCase\n  include ActiveRecord::TestFixtures\n\
+         \x20 self.fixture_path = File.expand_path('fixtures', __dir__)\nend\n",
+    );
+    project.write("test/fixtures/widgets.yml", "one:\n  name: first\n");
+    project.write("test/widget.rb", "class Widget < ActiveRecord::Base\nend\n");
+    project.write(
+        "test/a_test.rb",
+        "# padding so that this file is queued first\n# padding\n# padding\n# padding\n\
+         require_relative 'support'\n\
+         class ATest < FixtureTest\n  fixtures :widgets\n\
+         \x20 class Widget < ActiveRecord::Base\n  end\n\
+         \x20 def test_reads_the_rows\n    assert_equal ['first'], Widget.pluck(:name)\n  end\nend\n",
+    );
+    project.write(
+        "test/b_test.rb",
+        "require_relative 'support'\nrequire_relative 'widget'\n\
+         class BTest < FixtureTest\n  fixtures :widgets\n\
+         \x20 def test_finds_its_fixture\n    assert_equal 'first', widgets(:one).name\n  end\nend\n",
+    );
+    let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
+    run.assert_report(
+        0,
+        &[
+            "2 files: 2 passed, 0 failed",
+            "Tests: 2 passed, 0 failed, 0 errored",
+        ],
+    );
+}
+
 #[test]
 fn the_runners_arguments_apply_to_every_file_of_an_rspec_session() {
     let cluster = Cluster::new();
