@@ -334,13 +334,17 @@ impl<'a> Feeder<'a> {
         let Some(outage) = self.outage.as_mut() else {
             return;
         };
-        let attempt = match Broker::connect_like(&self.broker).await {
-            Ok(broker) => match consume_files(&broker, self.assignment).await {
+        // An attempt still waiting for its answer at the limit (a silent link) ends there.
+        let connecting =
+            tokio::time::timeout_at(outage.deadline, Broker::connect_like(&self.broker));
+        let attempt = match connecting.await {
+            Ok(Ok(broker)) => match consume_files(&broker, self.assignment).await {
                 Ok(files) => Ok((broker, Some(files))),
                 Err(Ended::Finished) => Ok((broker, None)),
                 Err(_) => Err("cannot take files again".to_owned()),
             },
-            Err(error) => Err(error.to_string()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer before the limit".to_owned()),
         };
         match attempt {
             Ok((broker, files)) => {

@@ -127,6 +127,15 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// How a connection failure's reason starts: "over TLS: " for a connection over TLS.
+fn over_tls(settings: &BrokerSettings) -> &'static str {
+    if settings.tls.is_some() {
+        "over TLS: "
+    } else {
+        ""
+    }
+}
+
 /// Opens an AMQP connection to one node within [`CONNECT_TIMEOUT`], over TLS when the
 /// settings say so.
 async fn open(
@@ -137,11 +146,7 @@ async fn open(
 ) -> Result<Connection, ConnectFailure> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let tls = tls_config(settings)?;
-    let over = if settings.tls.is_some() {
-        "over TLS: "
-    } else {
-        ""
-    };
+    let over = over_tls(settings);
     let runtime = lapin::runtime::default_runtime().map_err(ConnectFailure::Runtime)?;
     let connecting = async {
         match settings
@@ -288,7 +293,7 @@ impl Broker {
                 return Err(BrokerError::Connect {
                     address: self.address.clone(),
                     reason: ConnectFailure::NoAnswer {
-                        over: "",
+                        over: over_tls(&self.settings),
                         seconds: tried_at.elapsed().as_secs(),
                     },
                 });
