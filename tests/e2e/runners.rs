@@ -981,6 +981,54 @@ fn a_fixture_set_an_earlier_file_read_before_its_model_was_loaded_serves_a_later
     );
 }
 
+/// The same with RSpec (example groups that include Active Record's fixtures, as rspec-rails'
+/// do): `a_spec` reads the set `widgets` with a `Widget` of its own before anything has loaded
+/// `::Widget`; `b_spec`, later in the same session, requires the model and finds its fixture.
+#[test]
+fn a_fixture_set_read_before_its_model_was_loaded_serves_a_later_spec_file() {
+    let cluster = Cluster::new();
+    let project = cluster.project(
+        "rspec_fixtures",
+        json!({"files": ["spec/*_spec.rb"], "job": {"runner": {"kind": "rspec", "command": ""}}}),
+    );
+    project.write(
+        "spec/support.rb",
+        "require 'active_record'\nrequire 'active_record/fixtures'\nrequire 'active_record/test_fixtures'\n\
+         ActiveRecord::Base.establish_connection(adapter: 'sqlite3', database: ':memory:')\n\
+         ActiveRecord::Schema.verbose = false\n\
+         ActiveRecord::Schema.define { create_table(:widgets) { |t| t.string :name } }\n\
+         RSpec.shared_context 'fixtures' do\n  include ActiveRecord::TestFixtures\n\
+         \x20 self.fixture_path = File.expand_path('fixtures', __dir__)\n\
+         \x20 before { setup_fixtures }\n  after { teardown_fixtures }\n\
+         \x20 def name = RSpec.current_example.full_description\nend\n",
+    );
+    project.write("spec/fixtures/widgets.yml", "one:\n  name: first\n");
+    project.write("spec/widget.rb", "class Widget < ActiveRecord::Base\nend\n");
+    project.write(
+        "spec/a_spec.rb",
+        "# padding so that this file is queued first\n# padding\n# padding\n# padding\n\
+         require_relative 'support'\n\
+         RSpec.describe 'a' do\n  include_context 'fixtures'\n  fixtures :widgets\n\
+         \x20 it 'reads the rows with a Widget of its own' do\n\
+         \x20   klass = Class.new(ActiveRecord::Base) { self.table_name = 'widgets' }\n\
+         \x20   expect(klass.pluck(:name)).to eq(['first'])\n  end\nend\n",
+    );
+    project.write(
+        "spec/b_spec.rb",
+        "require_relative 'support'\nrequire_relative 'widget'\n\
+         RSpec.describe 'b' do\n  include_context 'fixtures'\n  fixtures :widgets\n\
+         \x20 it 'finds its fixture' do\n    expect(widgets(:one).name).to eq('first')\n  end\nend\n",
+    );
+    let run = project.start(&["--local", "-j", "1"], RUN_LIMIT);
+    run.assert_report(
+        0,
+        &[
+            "2 files: 2 passed, 0 failed",
+            "Tests: 2 passed, 0 failed, 0 errored",
+        ],
+    );
+}
+
 #[test]
 fn the_runners_arguments_apply_to_every_file_of_an_rspec_session() {
     let cluster = Cluster::new();

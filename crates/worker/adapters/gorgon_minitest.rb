@@ -91,33 +91,6 @@ def gorgon_in_parallel_executor
   end
 end
 
-# Active Record caches the fixture sets a test loaded (per connection, for the tests after it;
-# a test that is not transactional clears the cache) and resolves each set's model class when
-# it reads the set: `topics` is `Topic` if that constant is loaded then, else the set has no
-# class and its fixtures cannot be found (`FixtureClassNotFound`). A serial run loads every file
-# before any test runs, so every model a file requires is loaded by then; a session loads each
-# file just before its tests, so a set read by an earlier file that does not require its model
-# (Active Record's own serialized_attribute_test.rb reads `topics` with a Topic of its own)
-# would stay cached without a class for the files after it that do. Once a request's files are
-# loaded, the sets cached without a class whose model now exists are dropped, so they are read
-# again with it, as a serial run reads them.
-def gorgon_forget_classless_fixture_sets
-  return unless defined?(ActiveRecord::FixtureSet) &&
-                ActiveRecord::FixtureSet.class_variable_defined?(:@@all_cached_fixtures)
-
-  ActiveRecord::FixtureSet.class_variable_get(:@@all_cached_fixtures).each_value do |sets|
-    sets.delete_if do |name, set|
-      next false if !set.respond_to?(:model_class) || set.model_class
-
-      config = set.respond_to?(:config) ? set.config : ActiveRecord::Base
-      model = ActiveRecord::FixtureSet.default_fixture_model_name(name.to_s, config).safe_constantize
-      model.is_a?(Class) && model < ActiveRecord::Base
-    end
-  end
-rescue StandardError
-  nil
-end
-
 # The test files this process has loaded.
 LOADED_FILES = Set.new
 
@@ -138,7 +111,7 @@ GorgonRunner.serve("minitest #{Minitest::VERSION} (ruby #{RUBY_VERSION})") do |f
             message: "#{file} failed to load: #{e.class}: #{e.message}\n#{GorgonRunner.trim_backtrace(e.backtrace)}" })
   end
   next load_error if load_error.is_a?(Hash)
-  gorgon_forget_classless_fixture_sets
+  GorgonRunner.forget_classless_fixture_sets
   options = Minitest.process_args(args)
   # One test alone: Minitest's own `-n` filter, which matches `Class#test` exactly.
   test = files.size == 1 && files.first.split('::', 2)[1]

@@ -91,6 +91,7 @@ module GorgonSuiteHooksOncePerSession
       run_suite_hooks('a `before(:suite)` hook', @before_suite_hooks)
     end
     RSpec.current_scope = :suite if RSpec.respond_to?(:current_scope=)
+    GorgonRunner.forget_classless_fixture_sets
     yield
   end
 
