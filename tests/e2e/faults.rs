@@ -434,9 +434,11 @@ fn garbage_on_every_queue_is_dropped_and_nothing_crashes() {
         broker.close().await;
     });
     let both_refused = |log: &str| log.matches("refusing a batch of files").count() >= 2;
-    eventually(RUN_LIMIT, "both batches refused in the listener's log", || {
-        both_refused(&cluster.listener_log("tough"))
-    });
+    eventually(
+        RUN_LIMIT,
+        "both batches refused in the listener's log",
+        || both_refused(&cluster.listener_log("tough")),
+    );
     std::fs::write(&refused, "").unwrap();
     let run = run.wait(RUN_LIMIT);
     // The stray file message that escapes the workspace is refused, not run; every real

@@ -128,6 +128,7 @@ pub async fn run_job(
     // step: during the pull and after_sync too, before any worker exists.
     let (stop, mut stopping) = watch::channel(false);
     let (over, job_over) = watch::channel(false);
+    let listener_stopped = listener_stopping.clone();
     let forwarder = tokio::spawn(forward_stop(listener_stopping, stop.clone()));
     let cancel_watch = tokio::spawn(watch_for_cancel(shared.clone(), job.id, stop, job_over));
     let taken = Workspace::take(&shared.settings.workspace_root, &job.definition.sync.source);
@@ -168,7 +169,9 @@ pub async fn run_job(
         let reports = move |report| reports.report(report);
         let mut draining = shared.draining.subscribe();
         let drain = stopped(&mut draining);
-        let end = run_manager(&assignment, ready, stopped(&mut stopping), drain, reports).await;
+        let spare = shared.spare.take();
+        let stop = stopped(&mut stopping);
+        let end = run_manager(&assignment, spare, ready, stop, drain, reports).await;
         files.end();
         if end != ManagerEnd::NotStarted {
             replies.manager_ended(end).await;
@@ -198,6 +201,11 @@ pub async fn run_job(
         }
     }
     replies.done().await;
+    // The next job's manager connects now, while this listener waits for it (a draining
+    // listener keeps none).
+    if !*listener_stopped.borrow() {
+        shared.spare.refill(&shared.settings);
+    }
     // The cancel watch closes its consumer itself (an aborted one would leave lapin to close
     // its channel later, which it logs as an error); it is bounded by the broker's calls,
     // and the originator need not wait for it: a round trip to a far broker.
