@@ -153,23 +153,59 @@ async fn manage(
     assignment: WorkerAssignment,
     mut stdin: StdinClosed,
     program: &WorkerProgram,
-    connected: Option<Broker>,
+    spare: Option<Broker>,
 ) -> i32 {
-    let job = assignment.job_id;
-    let name = format!("gorgon worker manager of {} job {job}", assignment.host);
-    let broker = match connected {
-        Some(broker) => broker,
-        None => match Broker::connect(&assignment.broker, &name).await {
-            Ok(broker) => broker,
-            Err(error) => {
-                tracing::error!(%error, "the worker manager cannot start");
-                return EXIT_BROKEN;
-            }
-        },
+    // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
+    let mut signals = StopSignals::install();
+    let opened = open_job(&assignment, &mut stdin, &mut signals, spare).await;
+    let (broker, opened) = match opened {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
-    let code = manage_connected(&broker, &assignment, &mut stdin, program).await;
+    let code = manage_connected(&broker, &assignment, &mut stdin, program, signals, opened).await;
     broker.close().await;
     code
+}
+
+/// The manager's connection and its [`opening`]: on a spare's connection when given, else
+/// on a new one. A spare's connection that fails the opening (lost while it waited, as a
+/// partition that the broker noticed and it did not leaves it) is replaced once by a new
+/// one, so that a stale spare costs its job a reconnection, not its host.
+async fn open_job(
+    assignment: &WorkerAssignment,
+    stdin: &mut StdinClosed,
+    signals: &mut StopSignals,
+    spare: Option<Broker>,
+) -> Result<(Broker, (ConsumerChannel, Duration)), i32> {
+    if let Some(broker) = spare {
+        match opening(&broker, assignment, stdin, signals).await {
+            Ok(opened) => return Ok((broker, opened)),
+            Err(EXIT_BROKEN) => {
+                tracing::warn!("the connection made before the job failed; connecting again");
+                broker.close().await;
+            }
+            Err(code) => {
+                broker.close().await;
+                return Err(code);
+            }
+        }
+    }
+    let job = assignment.job_id;
+    let name = format!("gorgon worker manager of {} job {job}", assignment.host);
+    let broker = match Broker::connect(&assignment.broker, &name).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            tracing::error!(%error, "the worker manager cannot start");
+            return Err(EXIT_BROKEN);
+        }
+    };
+    match opening(&broker, assignment, stdin, signals).await {
+        Ok(opened) => Ok((broker, opened)),
+        Err(code) => {
+            broker.close().await;
+            Err(code)
+        }
+    }
 }
 
 async fn manage_connected(
@@ -177,13 +213,9 @@ async fn manage_connected(
     assignment: &WorkerAssignment,
     stdin: &mut StdinClosed,
     program: &WorkerProgram,
+    mut signals: StopSignals,
+    (channel, round_trip): (ConsumerChannel, Duration),
 ) -> i32 {
-    // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
-    let mut signals = StopSignals::install();
-    let (channel, round_trip) = match opening(broker, assignment, stdin, &mut signals).await {
-        Ok(opened) => opened,
-        Err(code) => return code,
-    };
     let (mut job, failed) =
         HostJob::before_workers(program.clone(), assignment.clone(), Ending::Patient).await;
     if let Some(failure) = failed {

@@ -439,9 +439,9 @@ async fn keep_spare(
     asked: oneshot::Receiver<oneshot::Sender<tokio::process::Child>>,
 ) {
     let pid = child.id();
+    // Held apart: `Child::wait` closes the stdin it holds, which the spare takes for the end.
     let mut stdin = child.stdin.take();
     write_line(&mut stdin, &line).await;
-    child.stdin = stdin;
     let end = tokio::select! {
         status = child.wait() => SpareEnd::Exited(status),
         asked = asked => SpareEnd::Asked(asked),
@@ -452,13 +452,14 @@ async fn keep_spare(
             tracing::warn!(pid, %status, "the spare worker manager exited before a job took it");
         }
         SpareEnd::Asked(Ok(reply)) => {
+            child.stdin = stdin;
             if let Err(mut child) = reply.send(child) {
                 stop_child(&mut child, pid).await.ok();
             }
         }
         SpareEnd::Asked(Err(_)) => {
             // Its stdin's end alone would stop it; the signal bounds the wait.
-            child.stdin.take();
+            drop(stdin);
             stop_child(&mut child, pid).await.ok();
         }
     }
