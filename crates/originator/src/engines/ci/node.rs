@@ -33,7 +33,11 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         .map_err(|error| tracing::warn!(%error, "cannot start the worker manager early"))
         .ok();
     let (build, mut log) = Build::join_with(settings, &options, "work").await?;
-    if build.is_over().await? {
+    // Whether the build is over and the first try for its lock go together: two round
+    // trips to a far broker for the price of one.
+    let lock = names::build_lock(build.job);
+    let (over, locked) = tokio::join!(build.is_over(), build.broker.try_declare_exclusive(&lock));
+    if over? {
         println!(
             "Build {} is over (it was reported); nothing to run",
             build.build_id
@@ -43,7 +47,7 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     }
     let history = build.settings.history()?;
     let (units, digests) = local_units(&build.settings, &history)?;
-    let filled = fill_once(&build, &host, &units, &digests).await?;
+    let filled = fill_once(&build, &host, &units, &digests, locked?).await?;
     let defined = build.definition(&mut log).await?;
     if !filled {
         let differences = differences(&defined.digests, &digests);
