@@ -3,21 +3,29 @@
 //! spare that dies costs its job nothing but the connection it had made; a listener that
 //! stops, drains or dies leaves no spare behind.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::faults::{suite, CLEANUP_LIMIT, RUN_LIMIT};
-use crate::support::{assert_all_passed, eventually, process_lives, sigkill, Cluster};
+use crate::support::{assert_all_passed, eventually, process_lives, sigkill, Cluster, Project};
 
 const SPARE_LIMIT: Duration = Duration::from_secs(30);
 
+/// One listener `name` of 2 slots, a suite of 6 quick files for it, and the pid of the spare
+/// manager the listener keeps.
+fn one_listener_with_its_spare(name: &str) -> (Cluster, Project, PathBuf, i32) {
+    let cluster = Cluster::with_listeners(&[(name, 2)]);
+    let (project, record) = suite(&cluster, &format!("{name}-suite"), 6, 0.1, json!({}));
+    cluster.wait_for_listeners(&project, 1);
+    let spare = cluster.wait_for_spare_manager(name, SPARE_LIMIT);
+    (cluster, project, record, spare)
+}
+
 #[test]
 fn the_next_job_takes_the_spare_and_a_new_one_is_started_after_it() {
-    let cluster = Cluster::with_listeners(&[("spare", 2)]);
-    let (project, record) = suite(&cluster, "taken", 6, 0.1, json!({}));
-    cluster.wait_for_listeners(&project, 1);
-    let first = cluster.wait_for_spare_manager("spare", SPARE_LIMIT);
+    let (cluster, project, record, first) = one_listener_with_its_spare("spare");
     let run = project.spawn_start(&[], &[]).wait(RUN_LIMIT);
     assert_all_passed(&run, &record, 6);
     let log = cluster.listener_log("spare");
@@ -33,10 +41,7 @@ fn the_next_job_takes_the_spare_and_a_new_one_is_started_after_it() {
 
 #[test]
 fn a_killed_spare_costs_its_job_nothing() {
-    let cluster = Cluster::with_listeners(&[("killed-spare", 2)]);
-    let (project, record) = suite(&cluster, "spareless", 6, 0.1, json!({}));
-    cluster.wait_for_listeners(&project, 1);
-    let spare = cluster.wait_for_spare_manager("killed-spare", SPARE_LIMIT);
+    let (cluster, project, record, spare) = one_listener_with_its_spare("killed-spare");
     sigkill(spare);
     eventually(SPARE_LIMIT, "the listener to see its spare die", || {
         let log = cluster.listener_log("killed-spare");
