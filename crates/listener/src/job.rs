@@ -179,6 +179,8 @@ pub async fn run_job(
     drop(grant);
     drop(running);
     drop(on_board);
+    // A job whose originator had gone before it was taken touched nothing of the tree.
+    let keep_workspace = keep_workspace || gone.load(Ordering::Relaxed);
     if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
         let path = workspace.path.clone();
         // A large tree takes a while to remove: off the runtime's threads too.
