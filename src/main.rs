@@ -141,7 +141,12 @@ enum Command {
     Man { dir: PathBuf },
     /// Internal: the worker manager, started by a listener for one job.
     #[command(name = "__manage-workers", hide = true)]
-    ManageWorkers,
+    ManageWorkers {
+        /// A spare, started before its job: it connects at once, and takes the job's
+        /// assignment on the line after its opening.
+        #[arg(long)]
+        spare: bool,
+    },
     /// Internal: one worker, started by a worker manager's pool (or by `start --local`'s):
     /// its assignment and files on stdin, its replies on stdout.
     #[command(name = "__work", hide = true)]
@@ -597,10 +602,15 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             println!("rsync daemon on port {port} stopped");
             Ok(exit_code::SUCCESS)
         }
-        Command::ManageWorkers => {
+        Command::ManageWorkers { spare: false } => {
             init_logging("info", LogTarget::Stderr);
             let (assignment, stdin_closed) = gorgon_worker::read_assignment().await?;
             Ok(gorgon_worker::manage_workers(assignment, stdin_closed).await)
+        }
+        Command::ManageWorkers { spare: true } => {
+            init_logging("info", LogTarget::Stderr);
+            let (opening, assignment, stdin_closed) = gorgon_worker::read_spare_opening().await?;
+            Ok(gorgon_worker::manage_spare(opening, assignment, stdin_closed).await)
         }
         Command::Work => {
             // Its stderr shows beside the run's progress or in the listener's log: only what

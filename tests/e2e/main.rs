@@ -31,6 +31,7 @@ mod pipeline;
 mod retries;
 mod runners;
 mod slots;
+mod spare;
 mod status;
 mod tree;
 mod trust;

@@ -462,6 +462,18 @@ fn process_is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// The parent of process `pid`, while it lives.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+}
+
+/// Whether process `pid` still lives (a zombie does not).
+pub fn process_lives(pid: i32) -> bool {
+    !process_is_zombie(pid)
+}
+
 /// The pids of the machine's live processes (not zombies).
 fn live_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -597,14 +609,8 @@ impl Cluster {
         let listener = self.listener_pid(name);
         let mut found = Vec::new();
         for pid in live_pids() {
-            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(") ")?;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                });
             let command = process_command(pid);
-            if parent == Some(listener)
+            if parent_of(pid) == Some(listener)
                 && command.contains("gorgon_warm.")
                 && !process_is_zombie(pid)
             {
@@ -612,6 +618,31 @@ impl Cluster {
             }
         }
         found
+    }
+
+    /// The pids of the spare worker managers listener `name` keeps: its children started
+    /// as `__manage-workers --spare` that no job has taken yet (a job's manager works in
+    /// the job's workspace, a spare in `/`).
+    pub fn spare_managers(&self, name: &str) -> Vec<i32> {
+        let listener = self.listener_pid(name);
+        live_pids()
+            .into_iter()
+            .filter(|pid| {
+                parent_of(*pid) == Some(listener)
+                    && process_command(*pid).contains("__manage-workers --spare")
+                    && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .is_ok_and(|cwd| cwd == Path::new("/"))
+            })
+            .collect()
+    }
+
+    /// Waits until listener `name` keeps one spare worker manager: its pid.
+    pub fn wait_for_spare_manager(&self, name: &str, limit: Duration) -> i32 {
+        let what = format!("listener {name} to keep a spare worker manager");
+        eventually(limit, what, || match self.spare_managers(name)[..] {
+            [pid] => Ok(pid),
+            ref spares => Err(spares.to_vec()),
+        })
     }
 
     /// Waits until listener `name` keeps a warm runner running `script` that listens on its

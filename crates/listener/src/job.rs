@@ -4,6 +4,7 @@
 //! reported to the originator rather than returned.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use gorgon_exec::{rsync, run_callback, ShellCommand};
@@ -115,44 +116,31 @@ pub async fn run_job(
     };
     on_board.running(grant.slots());
     let running = Held::new(&shared.metrics.jobs_running);
-    let listener_queue = Some(shared.queue.clone());
-    match replies.accept(grant.slots(), listener_queue).await {
-        Err(BrokerError::Unroutable(_)) => {
-            tracing::info!(job = %job.id, "the originator has gone; dropping the job");
-            return job.id;
-        }
-        Err(error) => tracing::warn!(job = %job.id, %error, "cannot accept the job"),
-        Ok(()) => {}
-    }
+    // Taken (confirmed) before anything else is said of the job and before its workers
+    // start, while the manager checks the job: a round trip to a far broker saved.
+    let gone = AtomicBool::new(false);
+    let mut accepting = Some(accept(&shared, &job, &replies, grant.slots(), &gone));
     // The job stops early when the listener stops or the originator cancels it, at any
     // step: during the pull and after_sync too, before any worker exists.
     let (stop, mut stopping) = watch::channel(false);
     let (over, job_over) = watch::channel(false);
+    let listener_stopped = listener_stopping.clone();
     let forwarder = tokio::spawn(forward_stop(listener_stopping, stop.clone()));
     let cancel_watch = tokio::spawn(watch_for_cancel(shared.clone(), job.id, stop, job_over));
-    let taken = Workspace::take(&shared.settings.workspace_root, &job.definition.sync.source);
+    let workspace = take_workspace(&shared, &job, &replies, &mut accepting, &gone).await;
     let mut keep_workspace = false;
-    let workspace = match taken {
-        Ok(workspace) => Some(workspace),
-        Err(error) => {
-            let output = format!(
-                "cannot create a workspace under {}: {error}",
-                shared.settings.workspace_root.display()
-            );
-            tracing::error!(job = %job.id, "{output}");
-            let failed = Message::SyncFailed {
-                host: host.clone(),
-                output,
-            };
-            replies.report(failed).await;
-            None
-        }
-    };
     if let Some(workspace) = &workspace {
         // The worker manager starts now and connects to the broker while the tree comes;
         // it starts its workers once the tree is ready.
         let mut stopping_early = stopping.clone();
+        let accepting = accepting.take();
         let ready = async {
+            if let Some(accepting) = accepting {
+                accepting.await;
+            }
+            if gone.load(Ordering::Relaxed) {
+                return false;
+            }
             let prepared = tokio::select! {
                 () = stopped(&mut stopping_early) => Err(Reported),
                 prepared = prepare(&shared, &job, &replies, &workspace.path) => prepared,
@@ -168,7 +156,9 @@ pub async fn run_job(
         let reports = move |report| reports.report(report);
         let mut draining = shared.draining.subscribe();
         let drain = stopped(&mut draining);
-        let end = run_manager(&assignment, ready, stopped(&mut stopping), drain, reports).await;
+        let spare = shared.spare.take();
+        let stop = stopped(&mut stopping);
+        let end = run_manager(&assignment, spare, ready, stop, drain, reports).await;
         files.end();
         if end != ManagerEnd::NotStarted {
             replies.manager_ended(end).await;
@@ -189,6 +179,8 @@ pub async fn run_job(
     drop(grant);
     drop(running);
     drop(on_board);
+    // A job whose originator had gone before it was taken touched nothing of the tree.
+    let keep_workspace = keep_workspace || gone.load(Ordering::Relaxed);
     if let Some(workspace) = workspace.filter(|_| !keep_workspace) {
         let path = workspace.path.clone();
         // A large tree takes a while to remove: off the runtime's threads too.
@@ -197,12 +189,66 @@ pub async fn run_job(
             tracing::warn!(job = %job.id, workspace = %path.display(), %error, "cannot remove the workspace");
         }
     }
-    replies.done().await;
+    if !gone.load(Ordering::Relaxed) {
+        replies.done().await;
+    }
+    // The next job's manager connects now, while this listener waits for it (a draining
+    // listener keeps none).
+    if !*listener_stopped.borrow() {
+        shared.spare.refill(&shared.settings);
+    }
     // The cancel watch closes its consumer itself (an aborted one would leave lapin to close
     // its channel later, which it logs as an error); it is bounded by the broker's calls,
     // and the originator need not wait for it: a round trip to a far broker.
     let _ = cancel_watch.await;
     job.id
+}
+
+/// The job's workspace; `None` when none can be made (reported to the originator once
+/// the job is taken, unless it has gone).
+async fn take_workspace<F: std::future::Future<Output = ()>>(
+    shared: &Shared,
+    job: &Job,
+    replies: &HostReplies<'_>,
+    accepting: &mut Option<F>,
+    gone: &AtomicBool,
+) -> Option<Workspace> {
+    let taken = Workspace::take(&shared.settings.workspace_root, &job.definition.sync.source);
+    let error = match taken {
+        Ok(workspace) => return Some(workspace),
+        Err(error) => error,
+    };
+    let output = format!(
+        "cannot create a workspace under {}: {error}",
+        shared.settings.workspace_root.display()
+    );
+    tracing::error!(job = %job.id, "{output}");
+    if let Some(accepting) = accepting.take() {
+        accepting.await;
+    }
+    if !gone.load(Ordering::Relaxed) {
+        let host = shared.settings.name.clone();
+        replies.report(Message::SyncFailed { host, output }).await;
+    }
+    None
+}
+
+/// Takes `job` with `slots` (`JobAccepted`); sets `gone` when its originator has gone.
+async fn accept(
+    shared: &Shared,
+    job: &Job,
+    replies: &HostReplies<'_>,
+    slots: u32,
+    gone: &AtomicBool,
+) {
+    match replies.accept(slots, Some(shared.queue.clone())).await {
+        Err(BrokerError::Unroutable(_)) => {
+            tracing::info!(job = %job.id, "the originator has gone; dropping the job");
+            gone.store(true, Ordering::Relaxed);
+        }
+        Err(error) => tracing::warn!(job = %job.id, %error, "cannot accept the job"),
+        Ok(()) => {}
+    }
 }
 
 /// Sends the originator the files of `workspace` that `job.artifacts` names, and those its

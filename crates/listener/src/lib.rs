@@ -11,6 +11,7 @@ mod job;
 mod metrics;
 mod settings;
 mod slots;
+mod spare;
 mod tree_check;
 mod workspace;
 
@@ -184,6 +185,8 @@ struct Shared {
     board: board::Board,
     /// Notified by `gorgon drain` naming this listener: it drains as on the first SIGTERM.
     drain_requested: tokio::sync::Notify,
+    /// The worker manager started and connected before the next job comes.
+    spare: spare::Spare,
 }
 
 /// Where the listener keeps its warm runner.
@@ -278,7 +281,9 @@ pub async fn run(
         draining: watch::channel(false).0,
         board: board::Board::new(),
         drain_requested: tokio::sync::Notify::new(),
+        spare: spare::Spare::default(),
     });
+    shared.spare.refill(&shared.settings);
     let mut connection = Some(inbox);
     let (stop, stopping) = watch::channel(false);
     let mut jobs: JoinSet<Uuid> = JoinSet::new();
@@ -390,6 +395,7 @@ async fn stop_jobs(jobs: &mut JoinSet<Uuid>, shared: &Shared) {
         tracing::warn!("some jobs did not stop in time; killing their worker managers");
         jobs.shutdown().await;
     }
+    shared.spare.close().await;
     shared.broker().close().await;
     if let Some(kept) = shared.warm.lock().unwrap_or_else(|e| e.into_inner()).take() {
         kept.retire();
@@ -458,6 +464,7 @@ fn start_drain(shared: &Shared, jobs: &JoinSet<Uuid>) -> bool {
         "draining: taking no more jobs; the running ones finish their files (a second SIGTERM stops them)"
     );
     shared.draining.send_replace(true);
+    shared.spare.close_soon();
     jobs.is_empty()
 }
 

@@ -19,6 +19,17 @@ pub const DRAIN_REQUEST: &str = r#"{"gorgon_manager_request":"drain"}"#;
 /// broker overlap the pull's to the file server.
 pub const START_REQUEST: &str = r#"{"gorgon_manager_request":"start"}"#;
 
+/// The first line a host writes on the stdin of a spare worker manager
+/// (`__manage-workers --spare`), one started before any job so that its broker connection
+/// is open when a job comes: the broker to connect to and the host's name. The job's
+/// [`crate::WorkerAssignment`] follows as the next line when a job takes the spare, then the
+/// requests above, as for any manager.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpareOpening {
+    pub broker: crate::BrokerSettings,
+    pub host: String,
+}
+
 /// One event of a worker manager's files.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "gorgon_manager_report", rename_all = "snake_case")]
@@ -97,6 +108,19 @@ mod tests {
         }
         assert_eq!(ManagerReport::parse("INFO worker 1 started"), None);
         assert_eq!(ManagerReport::parse(r#"{"other":1}"#), None);
+    }
+
+    #[test]
+    fn a_spare_opening_round_trips_and_keeps_its_shape() {
+        let opening = SpareOpening {
+            broker: crate::BrokerSettings::default(),
+            host: "far-1".into(),
+        };
+        let line = serde_json::to_string(&opening).unwrap();
+        assert!(line.starts_with(r#"{"broker":{"#), "{line}");
+        assert!(line.ends_with(r#""host":"far-1"}"#), "{line}");
+        let back: SpareOpening = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, opening);
     }
 
     #[test]

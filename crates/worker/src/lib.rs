@@ -38,12 +38,12 @@ use gorgon_protocol::{Broker, Envelope, Message, WorkerAssignment};
 pub use class_callbacks::{host_command, shell_command, UnquotableCallback};
 pub use host_job::{Ending, Feed, FeedEnd, HostJob, Kill, Stage};
 pub use local::work_local;
-pub use manager::{manage_workers, WORKER_SUBCOMMAND};
-pub use manager_process::{run_manager, HostReplies, ManagerEnd};
+pub use manager::{manage_spare, manage_workers, WORKER_SUBCOMMAND};
+pub use manager_process::{run_manager, HostReplies, ManagerEnd, SpareManager};
 pub use pool::{HandOutQueue, Received, WorkerProgram};
 pub use stdin::{
-    parse_assignment, read_assignment, read_assignment_and_lines, AssignmentError, StdinClosed,
-    StdinLines,
+    parse_assignment, read_assignment, read_assignment_and_lines, read_spare_opening,
+    AssignmentError, SpareAssignment, StdinClosed, StdinLines,
 };
 pub use warm::{WarmKey, WarmProcess};
 

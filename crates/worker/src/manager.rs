@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use gorgon_exec::reaper::Subreaper;
 use gorgon_exec::signals::{StopSignal, StopSignals};
+use gorgon_protocol::manager_report::SpareOpening;
 use gorgon_protocol::{names, Broker, ConsumerChannel, ManagerReport, Message, WorkerAssignment};
 
 use crate::feed::{files_channel, Ended, FeedEvent, Feeder, Together};
 use crate::host_job::{sleep_until_some, Ending, Feed, FeedEnd, HostJob, Kill, Stage};
 use crate::pool::{Received, WorkerProgram};
-use crate::{report, StdinClosed, EXIT_BROKEN};
+use crate::stdin::SpareAssignment;
+use crate::{report, AssignmentError, StdinClosed, EXIT_BROKEN};
 
 pub use gorgon_protocol::names::WORKER_SUBCOMMAND;
 
@@ -98,6 +100,57 @@ impl OriginatorWatch {
 /// part (problems are reported to the originator), non-zero when it could not even reach
 /// the broker, so that its listener reports it as crashed.
 pub async fn manage_workers(assignment: WorkerAssignment, stdin: StdinClosed) -> i32 {
+    manage_workers_on(assignment, stdin, None).await
+}
+
+/// A spare worker manager (`__manage-workers --spare`): it connects to the broker of its
+/// `opening` at once and waits for a job's assignment, then runs the job as
+/// [`manage_workers`] does, on that connection when it still holds (else on a new one), in
+/// the job's workspace. Before its assignment it has started nothing but its connection;
+/// once stdin ends without one (its host stopped it, or died), it exits 0.
+pub async fn manage_spare(
+    opening: SpareOpening,
+    assignment: SpareAssignment,
+    stdin: StdinClosed,
+) -> i32 {
+    let name = format!("gorgon worker manager of {} (spare)", opening.host);
+    let connecting = tokio::spawn(async move { Broker::connect(&opening.broker, &name).await });
+    let assignment = match assignment.next().await {
+        Ok(assignment) => assignment,
+        Err(AssignmentError::Missing) => {
+            connecting.abort();
+            return 0;
+        }
+        Err(error) => {
+            tracing::error!(%error, "the spare worker manager cannot start its job");
+            return EXIT_BROKEN;
+        }
+    };
+    if let Err(error) = std::env::set_current_dir(&assignment.workspace) {
+        let workspace = assignment.workspace.display();
+        tracing::error!(%error, "the worker manager cannot enter the workspace {workspace}");
+        return EXIT_BROKEN;
+    }
+    let broker = match connecting.await {
+        Ok(Ok(broker)) if broker.is_connected() => Some(broker),
+        Ok(Ok(broker)) => {
+            broker.close().await;
+            None
+        }
+        // A broker that could not be reached before the job is tried again, as a manager
+        // started with its job tries it.
+        Ok(Err(_)) | Err(_) => None,
+    };
+    manage_workers_on(assignment, stdin, broker).await
+}
+
+/// [`manage_workers`] on `broker` when given (a spare's connection), else on a connection
+/// of its own.
+async fn manage_workers_on(
+    assignment: WorkerAssignment,
+    stdin: StdinClosed,
+    broker: Option<Broker>,
+) -> i32 {
     let program = match WorkerProgram::gorgon() {
         Ok(program) => program,
         Err(error) => {
@@ -112,7 +165,7 @@ pub async fn manage_workers(assignment: WorkerAssignment, stdin: StdinClosed) ->
             tracing::warn!(%error, "the job's orphans are not contained by its manager");
         })
         .ok();
-    let code = manage(assignment, stdin, &program).await;
+    let code = manage(assignment, stdin, &program, broker).await;
     if let Some(subreaper) = subreaper {
         subreaper.end().await;
     }
@@ -123,19 +176,59 @@ async fn manage(
     assignment: WorkerAssignment,
     mut stdin: StdinClosed,
     program: &WorkerProgram,
+    spare: Option<Broker>,
 ) -> i32 {
+    // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
+    let mut signals = StopSignals::install();
+    let opened = open_job(&assignment, &mut stdin, &mut signals, spare).await;
+    let (broker, opened) = match opened {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let code = manage_connected(&broker, &assignment, &mut stdin, program, signals, opened).await;
+    broker.close().await;
+    code
+}
+
+/// The manager's connection and its [`opening`]: on a spare's connection when given, else
+/// on a new one. A spare's connection that fails the opening (lost while it waited, as a
+/// partition that the broker noticed and it did not leaves it) is replaced once by a new
+/// one, so that a stale spare costs its job a reconnection, not its host.
+async fn open_job(
+    assignment: &WorkerAssignment,
+    stdin: &mut StdinClosed,
+    signals: &mut StopSignals,
+    spare: Option<Broker>,
+) -> Result<(Broker, (ConsumerChannel, Duration)), i32> {
+    if let Some(broker) = spare {
+        match opening(&broker, assignment, stdin, signals).await {
+            Ok(opened) => return Ok((broker, opened)),
+            Err(EXIT_BROKEN) => {
+                tracing::warn!("the connection made before the job failed; connecting again");
+                broker.close().await;
+            }
+            Err(code) => {
+                broker.close().await;
+                return Err(code);
+            }
+        }
+    }
     let job = assignment.job_id;
     let name = format!("gorgon worker manager of {} job {job}", assignment.host);
     let broker = match Broker::connect(&assignment.broker, &name).await {
         Ok(broker) => broker,
         Err(error) => {
             tracing::error!(%error, "the worker manager cannot start");
-            return EXIT_BROKEN;
+            return Err(EXIT_BROKEN);
         }
     };
-    let code = manage_connected(&broker, &assignment, &mut stdin, program).await;
-    broker.close().await;
-    code
+    match opening(&broker, assignment, stdin, signals).await {
+        Ok(opened) => Ok((broker, opened)),
+        Err(code) => {
+            broker.close().await;
+            Err(code)
+        }
+    }
 }
 
 async fn manage_connected(
@@ -143,13 +236,9 @@ async fn manage_connected(
     assignment: &WorkerAssignment,
     stdin: &mut StdinClosed,
     program: &WorkerProgram,
+    mut signals: StopSignals,
+    (channel, round_trip): (ConsumerChannel, Duration),
 ) -> i32 {
-    // A cancel reaches the manager one way only: its listener hears it and sends SIGTERM.
-    let mut signals = StopSignals::install();
-    let (channel, round_trip) = match opening(broker, assignment, stdin, &mut signals).await {
-        Ok(opened) => opened,
-        Err(code) => return code,
-    };
     let (mut job, failed) =
         HostJob::before_workers(program.clone(), assignment.clone(), Ending::Patient).await;
     if let Some(failure) = failed {
@@ -618,7 +707,9 @@ mod tests {
         originator.queue_files(1).await;
         let program = script(r#"read line; echo "worker $GORGON_WORKER_ID is broken" >&2; exit 3"#);
         let manager =
-            tokio::spawn(async move { manage(assignment, StdinClosed::never(), &program).await });
+            tokio::spawn(
+                async move { manage(assignment, StdinClosed::never(), &program, None).await },
+            );
         match originator.next_reply().await {
             Message::WorkerCrashed {
                 host,
@@ -657,7 +748,7 @@ mod tests {
         originator.queue_files(2).await;
         let program = script("read line; touch ready.$GORGON_WORKER_ID; exec sleep 30");
         let (close_stdin, stdin) = StdinClosed::manual();
-        let manager = tokio::spawn(async move { manage(assignment, stdin, &program).await });
+        let manager = tokio::spawn(async move { manage(assignment, stdin, &program, None).await });
         let deadline = tokio::time::Instant::now() + WAIT;
         while !(workspace.path().join("ready.1").exists()
             && workspace.path().join("ready.2").exists())
@@ -691,7 +782,13 @@ mod tests {
             ..Callbacks::default()
         };
         let assignment = originator.assignment(workspace.path(), callbacks);
-        let code = manage(assignment, StdinClosed::never(), &script("touch worker")).await;
+        let code = manage(
+            assignment,
+            StdinClosed::never(),
+            &script("touch worker"),
+            None,
+        )
+        .await;
         assert_eq!(code, 0);
         assert!(!workspace.path().join("before").exists());
         assert!(!workspace.path().join("worker").exists());

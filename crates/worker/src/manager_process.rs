@@ -12,10 +12,13 @@ use std::process::Stdio;
 use gorgon_exec::cgroup::{Cgroups, JobCgroup};
 use gorgon_exec::tail::{relay, relay_some, LineTail};
 use gorgon_exec::{describe_status, grace, terminate_group};
-use gorgon_protocol::manager_report::{DRAIN_REQUEST, START_REQUEST};
-use gorgon_protocol::{Broker, BrokerError, Envelope, ManagerReport, Message, WorkerAssignment};
+use gorgon_protocol::manager_report::{SpareOpening, DRAIN_REQUEST, START_REQUEST};
+use gorgon_protocol::{
+    Broker, BrokerError, BrokerSettings, Envelope, ManagerReport, Message, WorkerAssignment,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+use tokio::sync::oneshot;
 
 /// The hidden subcommand of the `gorgon` binary that runs a worker manager.
 pub const MANAGER_SUBCOMMAND: &str = "__manage-workers";
@@ -129,6 +132,7 @@ impl<'a> HostReplies<'a> {
 /// its files goes to `reports`; the rest of its output to the log.
 pub async fn run_manager(
     assignment: &WorkerAssignment,
+    spare: Option<SpareManager>,
     ready: impl std::future::Future<Output = bool>,
     stop: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
@@ -144,7 +148,13 @@ pub async fn run_manager(
         }
     };
     line.push(b'\n');
-    let mut child = match spawn_manager(&assignment.workspace) {
+    let spare = match spare {
+        Some(spare) => spare.take().await,
+        None => None,
+    };
+    let taken = spare.is_some();
+    let started = spare.map_or_else(|| spawn_manager(&assignment.workspace, false), Ok);
+    let mut child = match started {
         Ok(child) => child,
         Err(error) => {
             tracing::error!(%job, %error, "cannot start the worker manager");
@@ -152,7 +162,11 @@ pub async fn run_manager(
         }
     };
     let pid = child.id();
-    tracing::info!(%job, pid, "worker manager started");
+    if taken {
+        tracing::info!(%job, pid, "the spare worker manager takes the job");
+    } else {
+        tracing::info!(%job, pid, "worker manager started");
+    }
     // Before it has its assignment, the manager has started nothing: all the job starts
     // is born in its cgroup.
     let cgroup = pid.and_then(|pid| contain(job, pid));
@@ -345,12 +359,16 @@ fn ended(
     }
 }
 
-/// Starts `gorgon __manage-workers` in its own process group, so that a terminal's Ctrl-C
-/// reaches only its parent, which stops managers itself.
-fn spawn_manager(workspace: &std::path::Path) -> std::io::Result<tokio::process::Child> {
+/// Starts `gorgon __manage-workers` (a spare, with `--spare`) in its own process group, so
+/// that a terminal's Ctrl-C reaches only its parent, which stops managers itself.
+fn spawn_manager(
+    workspace: &std::path::Path,
+    spare: bool,
+) -> std::io::Result<tokio::process::Child> {
     let program: PathBuf = std::env::current_exe()?;
     Command::new(program)
         .arg(MANAGER_SUBCOMMAND)
+        .args(spare.then_some("--spare"))
         .current_dir(workspace)
         .process_group(0)
         .kill_on_drop(true)
@@ -358,4 +376,91 @@ fn spawn_manager(workspace: &std::path::Path) -> std::io::Result<tokio::process:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+}
+
+/// A worker manager started before its job (`__manage-workers --spare`), so that its broker
+/// connection (a TCP connect, the AMQP handshake, a channel in confirm mode: six round
+/// trips to a far broker) is open when a job comes rather than on the job's critical path.
+/// It has started nothing else and belongs to no job: a job takes it ([`run_manager`]),
+/// hands it its assignment and puts it in the job's cgroup, as it would a manager it had
+/// just started. Until then a task of its own holds the process, reaping it when it dies
+/// (its job then starts a manager as before), and stopping it the careful way when the
+/// spare is dropped or [`SpareManager::stop`]ped; a host that dies closes its stdin, which
+/// the spare takes for the end too.
+pub struct SpareManager {
+    handoff: Option<oneshot::Sender<oneshot::Sender<tokio::process::Child>>>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl SpareManager {
+    /// Starts a spare that connects to `broker` for the host named `host`.
+    pub fn start(broker: &BrokerSettings, host: &str) -> std::io::Result<SpareManager> {
+        let opening = SpareOpening {
+            broker: broker.clone(),
+            host: host.to_owned(),
+        };
+        let mut line = serde_json::to_vec(&opening).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        // It enters the job's workspace when it has one.
+        let child = spawn_manager(std::path::Path::new("/"), true)?;
+        let (handoff, asked) = oneshot::channel();
+        let keeper = tokio::spawn(keep_spare(child, line, asked));
+        Ok(SpareManager {
+            handoff: Some(handoff),
+            keeper,
+        })
+    }
+
+    /// The spare's process for a job; `None` when it has exited meanwhile.
+    async fn take(mut self) -> Option<tokio::process::Child> {
+        let (reply, child) = oneshot::channel();
+        self.handoff.take()?.send(reply).ok()?;
+        child.await.ok()
+    }
+
+    /// Stops the spare and waits until it has exited.
+    pub async fn stop(mut self) {
+        self.handoff.take();
+        let _ = (&mut self.keeper).await;
+    }
+}
+
+/// What became of a spare while it waited.
+enum SpareEnd {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Asked(Result<oneshot::Sender<tokio::process::Child>, oneshot::error::RecvError>),
+}
+
+/// Holds the spare `child` (after writing its opening `line`) until a job asks for it, it
+/// exits, or nobody can ask any more (then it is stopped).
+async fn keep_spare(
+    mut child: tokio::process::Child,
+    line: Vec<u8>,
+    asked: oneshot::Receiver<oneshot::Sender<tokio::process::Child>>,
+) {
+    let pid = child.id();
+    // Held apart: `Child::wait` closes the stdin it holds, which the spare takes for the end.
+    let mut stdin = child.stdin.take();
+    write_line(&mut stdin, &line).await;
+    let end = tokio::select! {
+        status = child.wait() => SpareEnd::Exited(status),
+        asked = asked => SpareEnd::Asked(asked),
+    };
+    match end {
+        SpareEnd::Exited(status) => {
+            let status = status.map_or_else(|error| error.to_string(), describe_status);
+            tracing::warn!(pid, %status, "the spare worker manager exited before a job took it");
+        }
+        SpareEnd::Asked(Ok(reply)) => {
+            child.stdin = stdin;
+            if let Err(mut child) = reply.send(child) {
+                stop_child(&mut child, pid).await.ok();
+            }
+        }
+        SpareEnd::Asked(Err(_)) => {
+            // Its stdin's end alone would stop it; the signal bounds the wait.
+            drop(stdin);
+            stop_child(&mut child, pid).await.ok();
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 
 use gorgon_exec::lines::{read_line, Line};
 
-use gorgon_protocol::manager_report::{DRAIN_REQUEST, START_REQUEST};
+use gorgon_protocol::manager_report::{SpareOpening, DRAIN_REQUEST, START_REQUEST};
 use gorgon_protocol::WorkerAssignment;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -156,6 +156,33 @@ async fn first_line(
     }
 }
 
+/// A spare worker manager's assignment, the line after its opening: it comes when a job
+/// takes the spare.
+pub struct SpareAssignment(oneshot::Receiver<std::io::Result<Option<Line>>>);
+
+impl SpareAssignment {
+    /// Waits for the assignment; [`AssignmentError::Missing`] when stdin ends first (the
+    /// host stopped its spare, or died).
+    pub async fn next(self) -> Result<WorkerAssignment, AssignmentError> {
+        parse_assignment(&first_line(self.0).await?)
+    }
+}
+
+/// Reads a spare worker manager's opening from the first line of stdin, and starts watching
+/// stdin for its assignment, then its requests and its end.
+pub async fn read_spare_opening(
+) -> Result<(SpareOpening, SpareAssignment, StdinClosed), AssignmentError> {
+    let (second, assignment) = oneshot::channel();
+    let stdin = BufReader::new(stdin_reader());
+    let (line, closed) = watch_reader_with(stdin, None, Some(second));
+    let line = first_line(line).await?;
+    if line.trim().is_empty() {
+        return Err(AssignmentError::Missing);
+    }
+    let opening = serde_json::from_str(line.trim_end()).map_err(AssignmentError::Invalid)?;
+    Ok((opening, SpareAssignment(assignment), closed))
+}
+
 /// Parses the assignment line.
 pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, AssignmentError> {
     if line.trim().is_empty() {
@@ -169,8 +196,21 @@ pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, AssignmentError>
 /// together) and signals it. The lines channel ends before the end is signalled, so a
 /// reader that sees the end has every line already.
 fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
+    reader: BufReader<R>,
+    lines: Option<mpsc::UnboundedSender<Vec<String>>>,
+) -> (
+    oneshot::Receiver<std::io::Result<Option<Line>>>,
+    StdinClosed,
+) {
+    watch_reader_with(reader, lines, None)
+}
+
+/// [`watch_reader`] that also hands the second line over to `second`, when given, before
+/// it reads on: a spare manager's assignment, which follows its opening.
+fn watch_reader_with<R: AsyncRead + Unpin + Send + 'static>(
     mut reader: BufReader<R>,
     lines: Option<mpsc::UnboundedSender<Vec<String>>>,
+    second: Option<oneshot::Sender<std::io::Result<Option<Line>>>>,
 ) -> (
     oneshot::Receiver<std::io::Result<Option<Line>>>,
     StdinClosed,
@@ -183,8 +223,13 @@ fn watch_reader<R: AsyncRead + Unpin + Send + 'static>(
     closed.start = start;
     tokio::spawn(async move {
         let result = read_line(&mut reader, MAX_LINE_BYTES).await;
-        let failed = result.is_err();
+        let mut failed = result.is_err();
         let _ = line_sender.send(result);
+        if let Some(second) = second.filter(|_| !failed) {
+            let result = read_line(&mut reader, MAX_LINE_BYTES).await;
+            failed = !matches!(result, Ok(Some(_)));
+            let _ = second.send(result);
+        }
         match lines {
             _ if failed => {}
             Some(lines) => {

@@ -11,7 +11,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use super::{bounded, Broker, BrokerError};
+use super::{bounded, Broker, BrokerError, Inbox};
 use crate::connection::QueueType;
 
 /// What a passive declare says about a queue or an exchange: a queue exclusive to another
@@ -149,6 +149,21 @@ impl Broker {
     /// ([`Broker::consume_stream`], which tries again on a fresh connection that replaces
     /// this one, within [`super::STREAM_START_LIMIT`]) before anything else uses it.
     pub async fn declare_stream(&mut self, name: &str, max_age: &str) -> Result<(), BrokerError> {
+        self.declare_and_read_stream(name, max_age)
+            .await?
+            .close()
+            .await;
+        Ok(())
+    }
+
+    /// [`Broker::declare_stream`] that keeps reading the stream: the reader it starts with
+    /// (from the stream's first message on), for whoever reads it next, with no second
+    /// consume's round trips.
+    pub async fn declare_and_read_stream(
+        &mut self,
+        name: &str,
+        max_age: &str,
+    ) -> Result<Inbox, BrokerError> {
         let mut arguments = FieldTable::default();
         arguments.insert(
             "x-queue-type".into(),
@@ -160,8 +175,7 @@ impl Broker {
             ..QueueDeclareOptions::default()
         };
         self.declare_with(name, options, arguments).await?;
-        self.consume_stream(name).await?.close().await;
-        Ok(())
+        self.consume_stream(name).await
     }
 
     /// Declares exclusive queue `name` (a lock held as long as this connection, or until the

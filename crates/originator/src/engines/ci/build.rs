@@ -28,7 +28,16 @@ pub(super) struct Build {
 }
 
 impl Build {
-    pub(super) async fn join(options: &BuildOptions, role: &str) -> Result<Build, StartError> {
+    /// Joins the build as `role`: the build and the reader of its log (from its start).
+    pub(super) async fn join(
+        options: &BuildOptions,
+        role: &str,
+    ) -> Result<(Build, Inbox), StartError> {
+        Build::join_with(Build::settings(options)?, options, role).await
+    }
+
+    /// The settings of the checkout, with the broker a CI's secret variable may name.
+    pub(super) fn settings(options: &BuildOptions) -> Result<Settings, StartError> {
         let mut settings = Settings::for_start(&options.start)?;
         settings.tell_keys();
         let invalid = |problem: String| StartError::Build(problem);
@@ -48,6 +57,16 @@ impl Build {
                 settings.config_path.display()
             )));
         }
+        Ok(settings)
+    }
+
+    /// [`Build::join`] with the checkout's `settings`.
+    pub(super) async fn join_with(
+        settings: Settings,
+        options: &BuildOptions,
+        role: &str,
+    ) -> Result<(Build, Inbox), StartError> {
+        let invalid = |problem: String| StartError::Build(problem);
         let build_id = options
             .build_id
             .clone()
@@ -67,16 +86,18 @@ impl Build {
             &format!("gorgon {role} {project} {build_id}"),
         )
         .await?;
-        broker
-            .declare_stream(&names::build_log(job), LOG_MAX_AGE)
+        // The reader that waits for the stream to start reads the build's log.
+        let log = broker
+            .declare_and_read_stream(&names::build_log(job), LOG_MAX_AGE)
             .await?;
-        Ok(Build {
+        let build = Build {
             settings,
             broker,
             build_id,
             job,
             project,
-        })
+        };
+        Ok((build, log))
     }
 
     /// Why the build cannot be followed any more once its log ended: the connection went

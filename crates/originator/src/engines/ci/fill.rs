@@ -73,20 +73,24 @@ pub(super) fn differences(
     differences
 }
 
-/// Fills the build's files queue unless another node did (or does): under the build's lock,
-/// the node that finds no "filled" marker declares the job's queues, writes the build's
-/// definition to the log, queues the units and sets the marker. True when this node filled.
+/// Fills the build's files queue unless another node did (or does): under the build's lock
+/// (`locked`: this node's first try took it), the node that finds no "filled" marker
+/// declares the job's queues, writes the build's definition to the log, queues the units
+/// and sets the marker. True when this node filled. Calls that need not wait for each
+/// other go together, a round trip each to a far broker.
 pub(super) async fn fill_once(
     build: &Build,
     host: &str,
     units: &[String],
     digests: &BTreeMap<String, String>,
+    locked: bool,
 ) -> Result<bool, StartError> {
     let job = build.job;
     let broker = &build.broker;
     let lock = names::build_lock(job);
     let deadline = Instant::now() + FILL_WAIT;
-    while !broker.try_declare_exclusive(&lock).await? {
+    let mut locked = locked;
+    while !locked {
         if Instant::now() >= deadline {
             return Err(StartError::BuildLost(format!(
                 "another node has held build {}'s lock for {} s without queueing its files",
@@ -95,6 +99,7 @@ pub(super) async fn fill_once(
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        locked = broker.try_declare_exclusive(&lock).await?;
     }
     let filled_marker = names::build_filled(job);
     let filled =
@@ -110,29 +115,37 @@ pub(super) async fn fill_once(
             digests: digests.clone(),
             queued_at: unix_now(),
         };
-        broker
-            .declare_job_exchange(&names::control_exchange(job))
-            .await?;
-        broker.declare_queue(&names::files_queue(job), life).await?;
-        broker
-            .send_to_queue(&names::build_log(job), &Envelope::new(job, defined.clone()))
-            .await?;
+        let (control, files) = (names::control_exchange(job), names::files_queue(job));
+        let (exchange, queue) = tokio::join!(
+            broker.declare_job_exchange(&control),
+            broker.declare_queue(&files, life)
+        );
+        exchange?;
+        queue?;
+        let (log, defined_line) = (names::build_log(job), Envelope::new(job, defined.clone()));
+        let (logged, marker) = tokio::join!(
+            broker.send_to_queue(&log, &defined_line),
+            broker.declare_queue(&filled_marker, life)
+        );
+        logged?;
+        marker?;
         let messages = units
             .iter()
             .map(|unit| Envelope::new(job, Message::file(unit.clone())));
-        broker
-            .send_all_to_queue(&names::files_queue(job), messages)
-            .await?;
-        broker.declare_queue(&filled_marker, life).await?;
+        broker.send_all_to_queue(&files, messages).await?;
         broker
             .send_to_queue(&filled_marker, &Envelope::new(job, defined))
             .await?;
+        broker.delete_queue(&lock).await?;
     } else {
         // The manager checks that the job's control exchange exists.
-        broker
-            .declare_job_exchange(&names::control_exchange(job))
-            .await?;
+        let control = names::control_exchange(job);
+        let (exchange, unlocked) = tokio::join!(
+            broker.declare_job_exchange(&control),
+            broker.delete_queue(&lock)
+        );
+        exchange?;
+        unlocked?;
     }
-    broker.delete_queue(&lock).await?;
     Ok(!filled)
 }

@@ -5,7 +5,7 @@ use gorgon_exec::signals::StopSignals;
 use gorgon_protocol::{
     exit_code, names, Inbox, JobDefinition, SyncSettings, SyncTransport, WorkerAssignment,
 };
-use gorgon_worker::{run_manager, HostReplies, ManagerEnd};
+use gorgon_worker::{run_manager, HostReplies, ManagerEnd, SpareManager};
 
 use super::build::{Build, Defined};
 use super::detect::{env_var, worker_id_from_env};
@@ -21,13 +21,23 @@ use crate::view::counted;
 /// the reporter's), 130/143 when stopped by a signal.
 pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     let mut signals = StopSignals::install();
-    let mut build = Build::join(&options, "work").await?;
     let host = options
         .worker_id
         .clone()
         .or_else(|| worker_id_from_env(env_var))
         .unwrap_or_else(crate::run::host_name);
-    if build.is_over().await? {
+    let settings = Build::settings(&options)?;
+    // This node's worker manager starts now and connects while the node joins the build
+    // and fills or reads it: a far broker's round trips of its connection overlap those.
+    let spare = SpareManager::start(&settings.broker, &host)
+        .map_err(|error| tracing::warn!(%error, "cannot start the worker manager early"))
+        .ok();
+    let (build, mut log) = Build::join_with(settings, &options, "work").await?;
+    // Whether the build is over and the first try for its lock go together: two round
+    // trips to a far broker for the price of one.
+    let lock = names::build_lock(build.job);
+    let (over, locked) = tokio::join!(build.is_over(), build.broker.try_declare_exclusive(&lock));
+    if over? {
         println!(
             "Build {} is over (it was reported); nothing to run",
             build.build_id
@@ -37,11 +47,7 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
     }
     let history = build.settings.history()?;
     let (units, digests) = local_units(&build.settings, &history)?;
-    let filled = fill_once(&build, &host, &units, &digests).await?;
-    let mut log = build
-        .broker
-        .consume_stream(&names::build_log(build.job))
-        .await?;
+    let filled = fill_once(&build, &host, &units, &digests, locked?).await?;
     let defined = build.definition(&mut log).await?;
     if !filled {
         let differences = differences(&defined.digests, &digests);
@@ -79,7 +85,12 @@ pub async fn work(options: BuildOptions) -> Result<i32, StartError> {
         stop: None,
         told: false,
     };
-    let signalled = run_node(&build, assignment, &mut log, &mut follower, &mut signals).await?;
+    let node = Node {
+        build: &build,
+        assignment,
+        spare,
+    };
+    let signalled = run_node(node, &mut log, &mut follower, &mut signals).await?;
     if let Some(signal) = signalled {
         build.broker.close().await;
         follower.progress.finish();
@@ -149,20 +160,41 @@ pub(super) fn node_assignment(
     )
 }
 
+/// This node's part of the build: its worker manager's assignment, and the manager
+/// started before it (if one could be).
+pub(super) struct Node<'a> {
+    pub(super) build: &'a Build,
+    pub(super) assignment: WorkerAssignment,
+    pub(super) spare: Option<SpareManager>,
+}
+
 /// Runs this node's worker manager (as a listener would: it takes the job, runs the
 /// manager, reports its crash and that it is done) while following the build's log, which
-/// may stop it; returns the stop a signal asked for, if one did.
+/// may stop it; returns the stop a signal asked for, if one did. The manager checks the
+/// job and opens its files channel while the node's `JobAccepted` goes to the build's log,
+/// and starts its workers once that is confirmed.
 pub(super) async fn run_node(
-    build: &Build,
-    assignment: WorkerAssignment,
+    node: Node<'_>,
     log: &mut Inbox,
     follower: &mut Follower,
     signals: &mut StopSignals,
 ) -> Result<Option<Stop>, StartError> {
-    let replies = HostReplies::new(build.job, &assignment.host, &assignment.reply_to, || {
-        build.broker.clone()
-    });
-    replies.accept(assignment.slots, None).await?;
+    let Node {
+        build,
+        assignment,
+        spare,
+    } = node;
+    let (host, reply_to) = (assignment.host.clone(), assignment.reply_to.clone());
+    let replies = HostReplies::new(build.job, host, reply_to, || build.broker.clone());
+    let accepting = {
+        let (job, slots, broker) = (build.job, assignment.slots, build.broker.clone());
+        let (host, reply_to) = (assignment.host.clone(), assignment.reply_to.clone());
+        async move {
+            let replies = HostReplies::new(job, host, reply_to, move || broker.clone());
+            replies.accept(slots, None).await
+        }
+    };
+    let (tell_accepted, accepted) = tokio::sync::oneshot::channel();
     let (stop_manager, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut stop_manager = Some(stop_manager);
     let mut stop = move || {
@@ -173,18 +205,20 @@ pub(super) async fn run_node(
     let mut manager = tokio::spawn(async move {
         // A CI node keeps no metrics: the reports of the manager's files are not needed.
         let reports = |_| {};
-        run_manager(
-            &assignment,
-            // A node's checkout is its tree, ready before the manager starts.
-            std::future::ready(true),
-            async {
-                let _ = stopped.await;
-            },
-            // A CI node stops or runs to the end: it has no drain.
-            std::future::pending(),
-            reports,
-        )
-        .await
+        // A node's checkout is its tree, ready before the manager starts: the manager
+        // starts its workers once the node has taken the job.
+        let ready = async move {
+            let accepted = accepting.await;
+            let taken = accepted.is_ok();
+            let _ = tell_accepted.send(accepted);
+            taken
+        };
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        // A CI node stops or runs to the end: it has no drain.
+        let drain = std::future::pending();
+        run_manager(&assignment, spare, ready, stopped, drain, reports).await
     });
     let mut signalled = None;
     let mut log_open = true;
@@ -218,6 +252,9 @@ pub(super) async fn run_node(
             }
         }
     };
+    if let Ok(Err(error)) = accepted.await {
+        return Err(error.into());
+    }
     let end = ended.unwrap_or_else(|error| ManagerEnd::Crashed {
         status: format!("the manager's task failed: {error}"),
         output: String::new(),

@@ -17,7 +17,7 @@ use crate::view::counted;
 /// its code.
 pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
     let mut signals = StopSignals::install();
-    let mut build = Build::join(&options, "report").await?;
+    let (build, mut log) = Build::join(&options, "report").await?;
     if build.is_over().await? {
         build.broker.close().await;
         return Err(StartError::BuildLost(format!(
@@ -25,10 +25,6 @@ pub async fn report(options: BuildOptions) -> Result<i32, StartError> {
             build.build_id
         )));
     }
-    let mut log = build
-        .broker
-        .consume_stream(&names::build_log(build.job))
-        .await?;
     let defined = build.definition(&mut log).await?;
     let mut events = crate::engine::open_events(options.start.events.as_deref())?;
     if options.start.html.is_some() || build.settings.html_file.is_some() {
