@@ -19,7 +19,11 @@
 # default 3; FILES, default 200; DELAYS in ms each way, default "25 5"; CI_NODES, default 3,
 # 0 for no CI build; GORGON_BIN=path to skip the build of gorgon, DELAY_PROXY=path that of
 # the proxy; LOGS=folder to keep the listeners' logs and the builds' output there, with
-# GORGON_LOG=debug to count a run's round trips)
+# GORGON_LOG=debug to count a run's round trips).
+#
+# SUITE=rubocop runs a real suite instead: RuboCop's cop specs (bench/real-suites.sh fetches
+# them) with the built-in rspec runner, on the listeners only; every run's summary line must
+# be the same, near and far, and far / near is the figure (target: at most 1.10).
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-3}
@@ -27,6 +31,20 @@ files=${FILES:-200}
 delays=${DELAYS:-25 5}
 
 ci_nodes=${CI_NODES:-3}
+suite_kind=${SUITE:-sleep}
+case $suite_kind in
+sleep) ;;
+rubocop)
+    # shellcheck source=bench/real-suites.sh
+    . "$bench_repo/bench/real-suites.sh"
+    prepare_rspec
+    ci_nodes=0
+    ;;
+*)
+    echo "usage: SUITE=sleep|rubocop $0" >&2
+    exit 2
+    ;;
+esac
 
 if [ -z "${DELAY_PROXY:-}" ]; then
     (cd "$bench_repo" && cargo build --release --quiet --example delay_proxy)
@@ -55,6 +73,13 @@ base_cluster=$cluster_id
 # suite PROJECT: the suite and its gorgon.json, its runtime file beside the project.
 suite() {
     local project=$1
+    if [ "$suite_kind" = rubocop ]; then
+        cp -a "$rspec_tree" "$project"
+        write_config "$project" "spec/rubocop/cop/**/*_spec.rb" \
+            '{"kind": "rspec", "command": "", "file_timeout": 600}' \
+            "\"runtime_file\": \"$project.runtime.json\","
+        return
+    fi
     mkdir -p "$project/tests"
     for i in $(seq -w 1 "$files"); do echo "sleep 0.05" >"$project/tests/t_${i}_test.sh"; done
     write_config "$project" "tests/*_test.sh" '{"command": "sh {file}"}' \
@@ -140,11 +165,34 @@ if [ "$ci_nodes" -gt 0 ]; then
     for place in near $(printf 'far%s ' $delays); do checkouts "$place"; done
 fi
 
+# timed_start PLACE: the wall time of one `gorgon start` of PLACE's project. The sleep suite
+# must pass whole; a real suite's summary line must be the same in every run (its own
+# failures in this environment are its own, and the same near and far).
+timed_start() {
+    local place=$1
+    if [ "$suite_kind" = sleep ]; then
+        (cd "$work/$place" && EXPECT="$files files: $files passed" seconds "$gorgon" start)
+        return
+    fi
+    local start end summary
+    start=$(date +%s.%N)
+    (cd "$work/$place" && "$gorgon" start </dev/null >"$work/last.out" 2>&1) || true
+    end=$(date +%s.%N)
+    summary="$(grep -E "^[0-9]+ files: " "$work/last.out" | tail -n 1 | sed 's/ in [0-9.]* s$//') | $(grep -E "^Tests: " "$work/last.out" | tail -n 1)"
+    echo "$place: $summary" >>"$work/summaries"
+    if ! grep -qE "^[0-9]+ files: " "$work/last.out" || ! grep -qE "^Tests: " "$work/last.out"; then
+        echo "error: a run of $place has no report:" >&2
+        tail -n 20 "$work/last.out" >&2
+        exit 1
+    fi
+    echo "$end - $start" | bc -l | awk '{printf "%.3f\n", $1}'
+}
+
 # One round: near, then each distance, so that the machine's moods fall on all of them.
 declare -A walls ci_walls
 for _ in $(seq 1 "$runs"); do
     for place in near $(printf 'far%s ' $delays); do
-        walls[$place]+="$(cd "$work/$place" && EXPECT="$files files: $files passed" seconds "$gorgon" start) "
+        walls[$place]+="$(timed_start "$place") "
         if [ "$ci_nodes" -gt 0 ]; then
             ci_walls[$place]+="$(ci_build "$place" "${amqp_ports[$place]}") "
         fi
@@ -158,7 +206,11 @@ report() {
     lower_bound=$(echo "$files * 0.05 / $slots" | bc -l | awk '{printf "%.2f\n", $1}')
     # shellcheck disable=SC2086  # the walls are words
     near_median=$(median ${series[near]})
-    echo "$files files of sleep 0.05 on $title, $runs rounds; lower bound $lower_bound s"
+    if [ "$suite_kind" = sleep ]; then
+        echo "$files files of sleep 0.05 on $title, $runs rounds; lower bound $lower_bound s"
+    else
+        echo "RuboCop's cop specs on $title, $runs rounds"
+    fi
     echo "near:        ${series[near]}; median $near_median s"
     for delay in $delays; do
         # shellcheck disable=SC2086
@@ -169,6 +221,14 @@ report() {
 }
 
 report "2 listeners x 2 slots" 4 walls
+if [ "$suite_kind" != sleep ]; then
+    echo "summaries (each must be the same):"
+    sort "$work/summaries" | uniq -c
+    if [ "$(cut -d: -f2- "$work/summaries" | sort -u | wc -l)" -ne 1 ]; then
+        echo "error: the runs' summaries differ" >&2
+        exit 1
+    fi
+fi
 if [ "$ci_nodes" -gt 0 ]; then
     report "$ci_nodes gorgon work nodes x 2 slots" $((ci_nodes * 2)) ci_walls
 fi
