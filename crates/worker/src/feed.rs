@@ -335,8 +335,8 @@ impl<'a> Feeder<'a> {
             return;
         };
         // An attempt still waiting for its answer at the limit (a silent link) ends there.
-        let connecting =
-            tokio::time::timeout_at(outage.deadline, Broker::connect_like(&self.broker));
+        let bound = Backoff::attempt_bound(Instant::now(), outage.deadline);
+        let connecting = tokio::time::timeout_at(bound, Broker::connect_like(&self.broker));
         let attempt = match connecting.await {
             Ok(Ok(broker)) => match consume_files(&broker, self.assignment).await {
                 Ok(files) => Ok((broker, Some(files))),
@@ -369,8 +369,8 @@ impl<'a> Feeder<'a> {
                 }
             }
             Err(reason) => {
-                let next = Instant::now() + outage.backoff.next_wait();
-                if next < outage.deadline {
+                // The last attempt is at the limit itself.
+                if let Some(next) = outage.backoff.next_attempt(Instant::now(), outage.deadline) {
                     tracing::info!("cannot reconnect yet: {reason}");
                     outage.next_attempt = next;
                     return;

@@ -21,6 +21,30 @@ impl Backoff {
         }
     }
 
+    /// The least time an attempt gets, the last one (at a deadline) included: an attempt is
+    /// otherwise cut at the deadline.
+    pub const LEAST_ATTEMPT: Duration = Duration::from_millis(500);
+
+    /// When the next attempt before `deadline` is due, after one that failed at `now`: the
+    /// wait, but no later than the deadline itself, so that a broker back just before the
+    /// limit is still found; `None` once the deadline has passed.
+    pub fn next_attempt(
+        &mut self,
+        now: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        (now < deadline).then(|| (now + self.next_wait()).min(deadline))
+    }
+
+    /// Until when an attempt started at `started` may wait for its answer, with `deadline`
+    /// the limit of the whole outage.
+    pub fn attempt_bound(
+        started: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        deadline.max(started + Backoff::LEAST_ATTEMPT)
+    }
+
     /// The wait before the next attempt (jittered); the one after it is longer.
     pub fn next_wait(&mut self) -> Duration {
         let jitter = self
@@ -35,5 +59,31 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Backoff {
         Backoff::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_attempt_is_at_the_deadline_and_none_after_it() {
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_secs(4);
+        let mut backoff = Backoff::new();
+        // Waits grow past what is left: the attempt is due at the deadline, not given up.
+        backoff.wait = Duration::from_secs(5);
+        assert_eq!(backoff.next_attempt(now, deadline), Some(deadline));
+        let early = backoff
+            .next_attempt(now, now + Duration::from_secs(60))
+            .unwrap();
+        assert!(early > now && early < now + Duration::from_secs(60));
+        assert_eq!(backoff.next_attempt(deadline, deadline), None);
+        // An attempt at the deadline still gets its least time; one before it, the deadline.
+        assert_eq!(
+            Backoff::attempt_bound(deadline, deadline),
+            deadline + Backoff::LEAST_ATTEMPT
+        );
+        assert_eq!(Backoff::attempt_bound(now, deadline), deadline);
     }
 }

@@ -282,13 +282,16 @@ impl Broker {
 
     /// A new connection, under the same name, after this one was lost: any of the broker's
     /// nodes, tried again with backoff and jitter until `deadline`; the last failure then.
-    /// An attempt still waiting for its answer at the deadline (a broker behind a silent
-    /// link accepts nothing, refuses nothing) ends there, so the deadline is kept to.
+    /// The last attempt is at the deadline (a broker back just before it is found); an
+    /// attempt still waiting for its answer at the deadline (a broker behind a silent link
+    /// accepts nothing, refuses nothing) ends there, or [`Backoff::LEAST_ATTEMPT`] after it
+    /// started, so the deadline is kept to.
     pub async fn reconnect(&self, deadline: tokio::time::Instant) -> Result<Broker, BrokerError> {
         let mut backoff = Backoff::new();
         loop {
             let tried_at = tokio::time::Instant::now();
-            let attempt = tokio::time::timeout_at(deadline, Broker::connect_like(self)).await;
+            let bound = Backoff::attempt_bound(tried_at, deadline);
+            let attempt = tokio::time::timeout_at(bound, Broker::connect_like(self)).await;
             let Ok(attempt) = attempt else {
                 return Err(BrokerError::Connect {
                     address: self.address.clone(),
@@ -301,11 +304,11 @@ impl Broker {
             match attempt {
                 Ok(broker) => return Ok(broker),
                 Err(error) => {
-                    let wait = backoff.next_wait();
-                    let next = tokio::time::Instant::now() + wait;
-                    if next >= deadline {
+                    let now = tokio::time::Instant::now();
+                    let Some(next) = backoff.next_attempt(now, deadline) else {
                         return Err(error);
-                    }
+                    };
+                    let wait = next - now;
                     tracing::warn!(%error, "cannot reconnect yet; trying again in {wait:?}");
                     tokio::time::sleep_until(next).await;
                 }
