@@ -6,8 +6,8 @@
 #      the files it selected named on the command line (target: about 1, the map's reading).
 # Suites: `fixture` (generated here: a Python package of 40 modules, each with a pytest file
 # whose tests make ~20,000 calls into it) and `networkx` (bench/real-suites.sh pytest, with
-# its venv's python).
-# Usage: bench/impact_cost.sh [fixture] [networkx]   (RUNS=N, GORGON_BIN=path to skip the build)
+# its venv's python) and `rubocop` (bench/real-suites.sh rspec, RuboCop's RSpec suite).
+# Usage: bench/impact_cost.sh [fixture] [networkx] [rubocop]   (RUNS=N, GORGON_BIN=path to skip the build)
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 runs=${RUNS:-3}
@@ -70,7 +70,7 @@ JSON
 # committed DIR: makes DIR a git repository with everything committed, for --changed.
 committed() {
     git -C "$1" init -q -b main
-    printf 'gorgon-*.json\n__pycache__/\n*.pyc\n' >"$1/.gitignore"
+    printf 'gorgon-*.json\n__pycache__/\n*.pyc\nspec/examples.txt\ntmp/\n' >"$1/.gitignore"
     git -C "$1" add -A
     git -C "$1" -c user.name=bench -c user.email=bench@example.com commit -q -m base
 }
@@ -140,8 +140,20 @@ for suite in "${suites[@]}"; do
         selecting_cost "$dir" networkx/algorithms/shortest_paths/unweighted.py \
             "$(grep -n 'nextlevel = \[source\]' "$dir/networkx/algorithms/shortest_paths/unweighted.py" | head -1 | cut -d: -f1)"
         ;;
+    rubocop)
+        . "$bench_repo/bench/real-suites.sh" rspec
+        dir=$work/rubocop
+        cp -a "$rspec_tree" "$dir"
+        local_config "$dir" "spec/**/*_spec.rb" '{"kind": "rspec"}'
+        committed "$dir"
+        echo "== rubocop ${RUBOCOP_SOURCE#*=}"
+        recording_cost "$dir"
+        # A line of `Style/SymbolLiteral`'s `on_str`.
+        selecting_cost "$dir" lib/rubocop/cop/style/symbol_literal.rb \
+            "$(grep -n 'return unless' "$dir/lib/rubocop/cop/style/symbol_literal.rb" | head -1 | cut -d: -f1)"
+        ;;
     *)
-        echo "usage: $0 [fixture] [networkx]" >&2
+        echo "usage: $0 [fixture] [networkx] [rubocop]" >&2
         exit 2
         ;;
     esac

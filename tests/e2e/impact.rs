@@ -149,31 +149,45 @@ fn finished(events: &[serde_json::Value]) -> Vec<String> {
     files
 }
 
-/// Asserts that the JUnit report and the events give `file` as not selected, never as run.
-fn assert_not_selected(file: &str, junit: &str, events: &[serde_json::Value]) {
+/// Asserts that the JUnit report and the events give `files` (and only them) as not
+/// selected, never as run.
+fn assert_not_selected(files: &[&str], junit: &str, events: &[serde_json::Value]) {
     let doc = roxmltree::Document::parse(junit).unwrap();
-    let case = doc
-        .descendants()
-        .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some(file))
-        .unwrap_or_else(|| panic!("no case for {file} in {junit}"));
-    let skipped = case
-        .children()
-        .find(|n| n.has_tag_name("skipped"))
-        .unwrap_or_else(|| panic!("{file} is not skipped in {junit}"));
-    assert!(
-        skipped
-            .attribute("message")
-            .unwrap()
-            .starts_with("not selected: no change since "),
-        "{junit}"
-    );
+    for file in files {
+        let case = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some(file))
+            .unwrap_or_else(|| panic!("no case for {file} in {junit}"));
+        let skipped = case
+            .children()
+            .find(|n| n.has_tag_name("skipped"))
+            .unwrap_or_else(|| panic!("{file} is not skipped in {junit}"));
+        assert_eq!(skipped.attribute("type"), Some("not selected"), "{junit}");
+        assert!(
+            skipped
+                .attribute("message")
+                .unwrap()
+                .starts_with("not selected: no change since "),
+            "{junit}"
+        );
+        assert!(
+            !finished(events).contains(&(*file).to_owned()),
+            "{events:?}"
+        );
+    }
     let left_out: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["event"] == "not_selected")
         .collect();
     assert_eq!(left_out.len(), 1, "{events:?}");
-    assert_eq!(left_out[0]["files"], json!([file]), "{events:?}");
-    assert!(!finished(events).contains(&file.to_owned()), "{events:?}");
+    let mut named: Vec<&str> = left_out[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    named.sort_unstable();
+    assert_eq!(named, files, "{events:?}");
 }
 
 #[test]
@@ -199,7 +213,7 @@ fn a_change_to_one_python_function_runs_only_the_test_files_that_ran_it() {
         finished(&events),
         ["tests/test_cart.py", "tests/test_tax.py"]
     );
-    assert_not_selected("tests/test_plain.py", &junit, &events);
+    assert_not_selected(&["tests/test_plain.py"], &junit, &events);
 }
 
 #[test]
@@ -290,9 +304,34 @@ fn a_new_test_file_runs_and_an_ignored_change_runs_nothing() {
     ]);
     assert_eq!(finished(&events), ["tests/test_new.py"]);
 
+    // Only the ignored change is left: nothing runs, and the reports still say so, with
+    // every file as not selected.
     std::fs::remove_file(project.dir.join("tests/test_new.py")).unwrap();
-    let run = project.start(&["--changed"], RUN_LIMIT);
-    run.assert_report(0, &["Nothing to run: no change since "]);
+    let (run, junit, events) = changed_run(&project);
+    run.assert_report(
+        0,
+        &[
+            "Nothing to run: no change since ",
+            "Not selected: 3 files (no change since ",
+        ],
+    );
+    run.assert_stderr(&["Running none of 3 files: no change since "]);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["run_started", "not_selected", "run_finished"]);
+    assert_eq!(events[0]["files"], json!([]), "{events:?}");
+    assert_eq!(events[2]["exit_code"], 0, "{events:?}");
+    assert_not_selected(
+        &[
+            "tests/test_cart.py",
+            "tests/test_plain.py",
+            "tests/test_tax.py",
+        ],
+        &junit,
+        &events,
+    );
 }
 
 /// `files` with `path` replaced by `text` (or added).

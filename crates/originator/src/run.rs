@@ -72,6 +72,10 @@ async fn run(
     let Some((mut plan, queue, phases)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
+    if plan.chosen.as_ref().is_some_and(Chosen::reaches_nothing) {
+        // Nothing to run: the reports still say so, every file as not selected.
+        return Ok(finish(plan, JobState::new(queue), None, events).await);
+    }
     let mut state = JobState::new(queue)
         .with_phases(phases)
         .with_retries(plan.settings.retries)
@@ -141,8 +145,8 @@ fn plan(
 type Narrowed = (Vec<String>, Option<Chosen>);
 
 /// With `--changed`, the files of `found` a change reaches (all of them when the change
-/// reaches what the impact map cannot see), told on stderr, and the choice; `None` when
-/// none is reached (already said on stdout).
+/// reaches what the impact map cannot see, none when it reaches no test file), told on
+/// stderr, and the choice.
 fn changed(
     options: &StartOptions,
     settings: &Settings,
@@ -153,20 +157,10 @@ fn changed(
     };
     let root = &settings.project_root;
     let chosen = impact::choose(root, &settings.impact, base.as_deref(), &found)?;
-    let told = impact::tell(&chosen, found.len(), options.explain);
+    eprint!("{}", impact::tell(&chosen, found.len(), options.explain));
     if chosen.everything.is_some() {
-        eprint!("{told}");
         return Ok(Some((found, Some(chosen))));
     }
-    if chosen.selected.is_empty() {
-        print!("{told}");
-        println!(
-            "Nothing to run: no change since {} reaches a test file",
-            chosen.base
-        );
-        return Ok(None);
-    }
-    eprint!("{told}");
     let selected = found
         .into_iter()
         .filter(|unit| chosen.selected.contains_key(unit))
@@ -511,7 +505,8 @@ fn write_junit(plan: &Plan, state: &JobState) {
     }
 }
 
-/// Prints the report: on stdout, or on stderr when stdout holds the event stream.
+/// Prints the report: on stdout, or on stderr when stdout holds the event stream. A run
+/// whose change reached no test file says so instead of the counts.
 fn print_report(plan: &Plan, state: &JobState, stopped_because: Option<String>) {
     let ending = Ending {
         state,
@@ -519,29 +514,34 @@ fn print_report(plan: &Plan, state: &JobState, stopped_because: Option<String>) 
         seconds: plan.started.elapsed().as_secs_f64(),
         stopped_because,
     };
-    let left_out = plan
-        .chosen
-        .as_ref()
-        .filter(|c| !c.left_out.is_empty())
-        .map(|chosen| {
-            format!(
-                "Not selected: {} (no change since {} reaches them; about {:.1} s saved)\n",
-                view::counted(chosen.left_out.len(), "file"),
-                impact::short(&chosen.base),
-                saved_seconds(&plan.history, &chosen.left_out)
-            )
-        });
+    let chosen = plan.chosen.as_ref();
+    let nothing = chosen.filter(|c| c.reaches_nothing()).map(|c| {
+        format!(
+            "Nothing to run: no change since {} reaches a test file\n",
+            impact::short(&c.base)
+        )
+    });
+    let left_out = chosen.filter(|c| !c.left_out.is_empty()).map(|c| {
+        format!(
+            "Not selected: {} (no change since {} reaches them; about {:.1} s saved)\n",
+            view::counted(c.left_out.len(), "file"),
+            impact::short(&c.base),
+            saved_seconds(&plan.history, &c.left_out)
+        )
+    });
     let left_out = left_out.unwrap_or_default();
-    if plan.options.events.as_deref() == Some(std::path::Path::new("-")) {
-        let mut out = std::io::stderr().lock();
+    let to_stderr = plan.options.events.as_deref() == Some(std::path::Path::new("-"));
+    let (mut out, colour): (Box<dyn Write>, bool) = if to_stderr {
         let colour = view::colour_wanted(std::io::stderr().is_terminal());
-        let _ = view::print_report(&mut out, &ending, colour);
-        let _ = out.write_all(left_out.as_bytes());
+        (Box::new(std::io::stderr().lock()), colour)
     } else {
-        let mut out = std::io::stdout().lock();
-        let _ = view::print_report(&mut out, &ending, view::colour_enabled());
-        let _ = out.write_all(left_out.as_bytes());
-    }
+        (Box::new(std::io::stdout().lock()), view::colour_enabled())
+    };
+    let _ = match &nothing {
+        Some(line) => out.write_all(line.as_bytes()),
+        None => view::print_report(&mut out, &ending, colour),
+    };
+    let _ = out.write_all(left_out.as_bytes());
 }
 
 /// The project's name: the name of its folder.

@@ -60,6 +60,11 @@ pub struct Chosen {
 }
 
 impl Chosen {
+    /// The change reaches no test file: nothing runs, every file is left out.
+    pub fn reaches_nothing(&self) -> bool {
+        self.everything.is_none() && self.selected.is_empty()
+    }
+
     /// The reason a left-out file gives in the reports.
     pub fn left_out_reason(&self) -> String {
         format!(
@@ -105,6 +110,9 @@ pub fn tell(chosen: &Chosen, total: usize, explain: bool) -> String {
     let base = short(&chosen.base);
     if let Some(reason) = &chosen.everything {
         return format!("Running all {total} files: {reason} (changes since {base})\n");
+    }
+    if chosen.selected.is_empty() {
+        return format!("Running none of {total} files: no change since {base} reaches one\n");
     }
     let mut text = format!(
         "Running {} of {total} files: those the changes since {base} reach\n",
