@@ -201,16 +201,11 @@ async fn open_job(
     spare: Option<Broker>,
 ) -> Result<(Broker, (ConsumerChannel, Duration)), i32> {
     if let Some(broker) = spare {
-        match opening(&broker, assignment, stdin, signals).await {
-            Ok(opened) => return Ok((broker, opened)),
+        match open_on(broker, assignment, stdin, signals).await {
             Err(EXIT_BROKEN) => {
                 tracing::warn!("the connection made before the job failed; connecting again");
-                broker.close().await;
             }
-            Err(code) => {
-                broker.close().await;
-                return Err(code);
-            }
+            opened => return opened,
         }
     }
     let job = assignment.job_id;
@@ -222,6 +217,16 @@ async fn open_job(
             return Err(EXIT_BROKEN);
         }
     };
+    open_on(broker, assignment, stdin, signals).await
+}
+
+/// The job's [`opening`] on `broker`, which is closed when the opening fails.
+async fn open_on(
+    broker: Broker,
+    assignment: &WorkerAssignment,
+    stdin: &mut StdinClosed,
+    signals: &mut StopSignals,
+) -> Result<(Broker, (ConsumerChannel, Duration)), i32> {
     match opening(&broker, assignment, stdin, signals).await {
         Ok(opened) => Ok((broker, opened)),
         Err(code) => {

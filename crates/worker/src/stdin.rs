@@ -175,16 +175,17 @@ pub async fn read_spare_opening(
     let (second, assignment) = oneshot::channel();
     let stdin = BufReader::new(stdin_reader());
     let (line, closed) = watch_reader_with(stdin, None, Some(second));
-    let line = first_line(line).await?;
-    if line.trim().is_empty() {
-        return Err(AssignmentError::Missing);
-    }
-    let opening = serde_json::from_str(line.trim_end()).map_err(AssignmentError::Invalid)?;
+    let opening = parse_line(&first_line(line).await?)?;
     Ok((opening, SpareAssignment(assignment), closed))
 }
 
 /// Parses the assignment line.
 pub fn parse_assignment(line: &str) -> Result<WorkerAssignment, AssignmentError> {
+    parse_line(line)
+}
+
+/// Parses a line of JSON from the host: an assignment, or a spare's opening.
+fn parse_line<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, AssignmentError> {
     if line.trim().is_empty() {
         return Err(AssignmentError::Missing);
     }
