@@ -97,6 +97,22 @@ write_config() {
 JSON
 }
 
+# unserved_project DIR: a project of 100,000 empty files whose job no listener takes (a
+# cluster of its own, a listener wait of 3 s): the originator queues them all, waits, gives up.
+unserved_project() {
+    local dir=$1
+    mkdir -p "$dir/tests"
+    seq 1 100000 | sed 's|.*|tests/f_&_test.sh|' | (cd "$dir" && xargs touch)
+    write_config "$dir" "tests/*_test.sh" '{"command": "sh {file}"}'
+    sed -i "s/\"cluster_id\": \"$cluster_id\"/\"cluster_id\": \"$cluster_id-nobody\"/; s/\"listener_wait\": 60/\"listener_wait\": 3/" "$dir/gorgon.json"
+}
+
+# peak_rss DIR: the peak RSS (kB) of one `gorgon start` in DIR, which may fail.
+peak_rss() {
+    (cd "$1" && /usr/bin/time -f "%M" -o "$work/peak.rss" "$gorgon" start >/dev/null 2>&1) || true
+    tail -1 "$work/peak.rss"
+}
+
 # seconds COMMAND...: runs COMMAND quietly and prints its wall time in seconds; fails the
 # benchmark when the command fails, or when EXPECT is set and its output lacks that text.
 seconds() {

@@ -9,14 +9,11 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 start_one_host one 4
-mkdir -p "$work/huge/tests" "$work/many/tests"
-seq 1 100000 | sed 's|.*|tests/f_&_test.sh|' | (cd "$work/huge" && xargs touch)
-write_config "$work/huge" "tests/*_test.sh" '{"command": "sh {file}"}'
-sed -i "s/\"cluster_id\": \"$cluster_id\"/\"cluster_id\": \"$cluster_id-nobody\"/; s/\"listener_wait\": 60/\"listener_wait\": 3/" "$work/huge/gorgon.json"
+mkdir -p "$work/many/tests"
+unserved_project "$work/huge"
 echo "== originator peak RSS with 100,000 queued files (target: at most 100 MB)"
 for round in "first run" "second run"; do
-    (cd "$work/huge" && /usr/bin/time -f "%M" -o "$work/huge.rss" "$gorgon" start >/dev/null 2>&1) || true
-    echo "$round: $(tail -1 "$work/huge.rss") kB"
+    echo "$round: $(peak_rss "$work/huge") kB"
 done
 
 echo "== listener RSS (target: at most 10 MB idle)"

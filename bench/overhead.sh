@@ -52,12 +52,6 @@ echo
 echo "== memory"
 listener_rss=$(awk '/VmRSS/ {print $2}' "/proc/${listener_pids[0]}/status")
 echo "idle listener RSS: $((listener_rss / 1024)) MB ($listener_rss kB) (target: at most 10 MB)"
-for i in $(seq 1 100000); do
-    echo "$i"
-done | sed 's|.*|tests/f_&_test.sh|' | (cd "$work/huge" && xargs touch)
-# No listener takes this job: the originator queues 100,000 files, waits, gives up.
-write_config "$work/huge" "tests/*_test.sh" '{"command": "sh {file}"}'
-sed -i "s/\"cluster_id\": \"$cluster_id\"/\"cluster_id\": \"$cluster_id-nobody\"/; s/\"listener_wait\": 60/\"listener_wait\": 3/" "$work/huge/gorgon.json"
-(cd "$work/huge" && /usr/bin/time -f "%M" -o "$work/huge.rss" "$gorgon" start >/dev/null 2>&1) || true
-originator_rss=$(tail -1 "$work/huge.rss")
+unserved_project "$work/huge"
+originator_rss=$(peak_rss "$work/huge")
 echo "originator peak RSS with 100,000 queued files: $((originator_rss / 1024)) MB ($originator_rss kB) (target: at most 100 MB)"
