@@ -20,7 +20,8 @@
 # `nice -n 19` suits the loop. FRESH=1 starts again from nothing (a new tree and map).
 # Usage: bench/impact.sh networkx|rubocop [N]   (N default 100; SEED default 32;
 # GORGON_BIN=path to skip the build; RUN_TIMEOUT seconds per run, default 1800;
-# SUMMARY_ONLY=1 prints the figures of the state file and runs nothing)
+# SUMMARY_ONLY=1 prints the figures of the state file and runs nothing; FULL_ONLY=1 makes and
+# keeps the full runs only, see full_one)
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=bench/real-suites.sh
@@ -36,6 +37,7 @@ networkx)
     prepare_pytest
     pristine=$pytest_tree language=python glob="networkx/**/test_*.py"
     runner="{\"kind\": \"pytest\", \"command\": \"$pytest_venv/bin/python\", \"args\": [\"-p\", \"no:cacheprovider\"]}"
+    file_timeout=120
     ignored='__pycache__/\n*.pyc\n'
     ;;
 rubocop)
@@ -43,6 +45,7 @@ rubocop)
     # Defined order: RuboCop's spec_helper asks for random order, whose failures vary by seed.
     pristine=$rspec_tree language=ruby glob="spec/**/*_spec.rb"
     runner='{"kind": "rspec", "args": ["--order", "defined"]}'
+    file_timeout=300
     ignored='spec/examples.txt\ntmp/\n.cache/\n'
     ;;
 *)
@@ -77,7 +80,7 @@ prepare() {
     cp -a "$pristine" "$tree"
     cat >"$tree/gorgon.json" <<JSON
 {"files": ["$glob"], "runtime_file": "gorgon-runtime.json", "failed_files": "$state_dir/failed.json",
- "job": {"runner": $runner}}
+ "job": {"runner": $runner, "file_timeout": $file_timeout}}
 JSON
     printf "gorgon-*.json\n$ignored" >"$tree/.gitignore"
     git -C "$tree" init -q -b main
@@ -96,15 +99,32 @@ JSON
         >"$state_dir/pristine.json"
 }
 
-# judge_one MUTATION_JSON: applies it, runs the selection and the full suite, checks the
+# full_one MUTATION_JSON ID: the full run with the mutation, kept as $state_dir/full/ID.events
+# (and .out), which judge_one then takes instead of running it again. The full runs do not
+# depend on the selection: FULL_ONLY=1 makes them alone, so that a selector changed later is
+# judged against them without running the suite again.
+full_one() {
+    local mutation=$1 id=$2
+    git -C "$tree" checkout -q -- .
+    python3 "$helper" apply "$tree" "$mutation"
+    run full -j 2
+    mkdir -p "$state_dir/full"
+    cp "$state_dir/full.out" "$state_dir/full/$id.out"
+    cp "$state_dir/full.events" "$state_dir/full/$id.events"
+    git -C "$tree" checkout -q -- .
+}
+
+# judge_one MUTATION_JSON ID: applies it, runs the selection and the full suite, checks the
 # misses alone, appends the result to the state file and takes the mutation back.
 judge_one() {
-    local mutation=$1 base result file alone=() i=0
+    local mutation=$1 id=$2 base result file alone=() i=0
     base=$(git -C "$tree" rev-parse HEAD)
     git -C "$tree" checkout -q -- .
     python3 "$helper" apply "$tree" "$mutation"
     run selected -j 2 --changed "$base" --explain
-    if grep -q '^Running all ' "$state_dir/selected.out"; then
+    if [ -s "$state_dir/full/$id.events" ]; then
+        cp "$state_dir/full/$id.events" "$state_dir/full.events"
+    elif grep -q '^Running all ' "$state_dir/selected.out"; then
         cp "$state_dir/selected.events" "$state_dir/full.events"
     else
         run full -j 2
@@ -137,7 +157,13 @@ if [ -z "${SUMMARY_ONLY:-}" ]; then
         [ -n "$id" ] || continue
         [[ $done_ids == *" $id "* ]] && continue
         start=$(date +%s)
-        judge_one "$mutation"
+        if [ -n "${FULL_ONLY:-}" ]; then
+            [ -s "$state_dir/full/$id.events" ] || full_one "$mutation" "$id"
+            judged=$((judged + 1))
+            echo "impact: $suite mutation #$id ($judged of $count): full run in $(($(date +%s) - start)) s" >&2
+            continue
+        fi
+        judge_one "$mutation" "$id"
         judged=$((judged + 1))
         echo "impact: $suite mutation #$id ($judged of $count) in $(($(date +%s) - start)) s: $(python3 "$helper" brief "$(tail -n 1 "$state")")" >&2
     done <"$mutants"
