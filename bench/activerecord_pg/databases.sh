@@ -8,7 +8,10 @@
 # (GORGON_HOST: the listeners of one machine share its server) and the worker
 # (TEST_ENV_NUMBER), each after an underscore, as test/config.yml (activerecord_pg/config.yml)
 # names them: activerecord_unittest, activerecord_unittest_2, activerecord_unittest_one_2, ...
-# The suite loads its schema itself, in every process, so the template stays empty.
+# The suite loads its schema itself, in every process (all its tables, `force: true`), so the
+# template stays empty and a database that exists is kept as it is, from run to run, as a warm
+# host keeps its databases: dropping one makes PostgreSQL take a checkpoint, which on a busy
+# server costs seconds (docs/benchmarks.md).
 # Usage: databases.sh template|worker   (the project's server: 127.0.0.1:GORGON_TEST_PGPORT,
 # default 54329, user postgres, as scripts/lib/prerequisites.sh starts it)
 set -eu
@@ -16,16 +19,20 @@ export PGHOST=127.0.0.1 PGPORT="${GORGON_TEST_PGPORT:-54329}" PGUSER=postgres
 export PGOPTIONS="-c client_min_messages=warning"
 host=${GORGON_HOST:+_$GORGON_HOST}
 template=activerecord_unittest_template$host
+
+# exists DATABASE: whether the server has it.
+exists() {
+    [ "$(psql -Atc "select 1 from pg_database where datname = '$1'" postgres)" = 1 ]
+}
+
 case ${1:-} in
 template)
-    dropdb --if-exists --force "$template"
-    createdb -E UTF8 -T template0 "$template"
+    exists "$template" || createdb -E UTF8 -T template0 "$template"
     ;;
 worker)
     tag=$host${TEST_ENV_NUMBER:+_$TEST_ENV_NUMBER}
     for database in activerecord_unittest activerecord_unittest2; do
-        dropdb --if-exists --force "$database$tag"
-        createdb -T "$template" "$database$tag"
+        exists "$database$tag" || createdb -T "$template" "$database$tag"
     done
     ;;
 *)
