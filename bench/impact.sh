@@ -25,7 +25,8 @@
 # GORGON_BIN=path to skip the build; RUN_TIMEOUT seconds per run, default 1800;
 # SUMMARY_ONLY=1 prints the figures of the state file and runs nothing;
 # FULL_ONLY=1 makes and keeps the full runs only, see full_one;
-# REMAP=1 first records the map again on the pristine tree with this binary, see remap;
+# REMAP=1 first records the map again (and makes a plain run) on the pristine tree with this
+# binary, see remap;
 # RESELECT=1 judges again, with this binary and map, every mutation whose full run is kept,
 # into results-seedSEED.reselect.jsonl (its own state: remove it, or REMAP, to start it
 # again), running no full run: a reselection costs the dry runs and the misses' runs alone.
@@ -115,19 +116,22 @@ JSON
         >"$state_dir/pristine.json"
 }
 
-# remap: the map recorded again on the pristine tree by the current binary (the old one kept
-# as map-before-remap.json). The pristine failures become those of the earlier runs and of
-# this one; the runtime file stays the one every kept full run was ordered by. Selections
-# judged with the old map (a RESELECT state file) are put aside.
+# remap: prepare's two runs again on the pristine tree with the current binary: the map
+# recorded anew (the old one kept as map-before-remap.json) and a plain run. The pristine
+# failures become those of the earlier runs and of these; the runtime file stays the one
+# every kept full run was ordered by. Selections judged with the old map (a RESELECT state
+# file) are put aside.
 remap() {
     echo "impact: recording the map again in $tree" >&2
     git -C "$tree" checkout -q -- .
     if [ -e "$tree/gorgon-runtime.impact.json" ]; then
         mv "$tree/gorgon-runtime.impact.json" "$state_dir/map-before-remap.json"
     fi
-    run remap -j 2 --record-impact
+    run remap-recording -j 2 --record-impact
+    run remap-plain -j 2
     check_clean
-    python3 "$helper" pristine --union "$state_dir/pristine.json" "$state_dir/remap.events" \
+    python3 "$helper" pristine --union "$state_dir/pristine.json" \
+        "$state_dir/remap-recording.events" "$state_dir/remap-plain.events" \
         >"$state_dir/pristine.json.tmp"
     mv "$state_dir/pristine.json.tmp" "$state_dir/pristine.json"
     [ ! -e "$reselected" ] || mv "$reselected" "$reselected.before-remap"
@@ -159,6 +163,7 @@ select_dry() {
         2>"$state_dir/selected.out"; then
         echo "error: the dry run of the selection failed:" >&2
         cat "$state_dir/selected.out" >&2
+        git -C "$tree" checkout -q -- .
         exit 1
     fi
 }
