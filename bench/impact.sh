@@ -103,7 +103,7 @@ prepare() {
 {"files": ["$glob"], "runtime_file": "gorgon-runtime.json", "failed_files": "$state_dir/failed.json",
  "job": {"runner": $runner, "file_timeout": $file_timeout}}
 JSON
-    printf "gorgon-*.json\n$ignored" >"$tree/.gitignore"
+    printf 'gorgon-*.json\n%b' "$ignored" >"$tree/.gitignore"
     git -C "$tree" init -q -b main
     git -C "$tree" add -A
     git -C "$tree" -c user.name=bench -c user.email=bench@example.com commit -q -m pristine
@@ -199,7 +199,7 @@ if [ -z "${SUMMARY_ONLY:-}" ]; then
         mv "$mutants.tmp" "$mutants"
     fi
     touch "$state"
-    done_ids=" $(python3 "$helper" done "$state") "
+    done_ids=" $(python3 "$helper" "done" "$state") "
     judged=$(grep -c . "$state" || true)
     while read -r mutation; do
         [ "$judged" -lt "$count" ] || break
