@@ -2,9 +2,9 @@
 //! files, order), handed to an engine that feeds the [`JobState`] — `distributed` (RabbitMQ
 //! and listeners) or `local` (worker processes on this machine) — and finished the same way
 //! whichever engine ran it: runtime file, failed files, `after_job_finishes`, JUnit, report,
-//! exit code. What the engines share with it is in `engine` (the plan), `errors` (the stop,
-//! the errors, the exit codes) and `run_core` (the handling of replies, retries and
-//! phases).
+//! exit code (`--dry-run` stops after the plan and prints its files). What the engines
+//! share with it is in `engine` (the plan), `errors` (the stop, the errors, the exit
+//! codes) and `run_core` (the handling of replies, retries and phases).
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -123,7 +123,7 @@ fn dry_run(plan: &Plan, queue: Vec<String>, phases: &Phases) -> i32 {
 }
 
 /// Checks that the settings fit the run and finds, orders and announces the files; `None`
-/// when there is nothing to re-run (already said on stdout). In a run with phases the
+/// when there is nothing to re-run (already said). In a run with phases the
 /// files come in its phases and the first queue is empty (the engine starts the first
 /// phase).
 fn plan(
