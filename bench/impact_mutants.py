@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """The pieces of bench/impact.sh that read and write files: seeded single-line mutations of a
-project's source files, applying one, reading a run's event stream, judging a mutation's two
-runs, and the summary of the state file.
+project's source files, applying one, reading a run's event stream, judging a mutation's
+selection (a dry run's list) against its full run, and the summary of the state file.
 
   impact_mutants.py mutants ROOT LANGUAGE SEED COUNT   JSON lines: COUNT valid mutations, with
                                                        the rejected ones drawn on the way
   impact_mutants.py apply ROOT MUTATION_JSON          writes the mutation into its file
   impact_mutants.py outcome EVENTS                    JSON: {file: [failed?, seconds]} of a run
-  impact_mutants.py judge ...                         one result line (see `judge`)
+  impact_mutants.py pristine [--union JSON] EVENTS... JSON: the files that failed in any run
+  impact_mutants.py judge MUTATION_JSON PRISTINE FULL_EVENTS SELECTED_LIST TOLD
+                                                      one result line (see `judge`)
   impact_mutants.py summary STATE                     the figures over the results so far
 
 LANGUAGE is `python` (every .py file outside `tests` folders, except test_*.py and conftest.py)
@@ -189,44 +191,34 @@ def outcome(path):
 
 
 def selected_files(path):
-    """The files a --changed run ran (None when it wrote no events) and those it left out."""
-    events = read_events(path)
-    ran = left = None
-    for event in events:
-        if event["event"] == "run_started":
-            ran = {file_of(u) for u in event["files"]}
-        elif event["event"] == "not_selected":
-            left = {file_of(u) for u in event["files"]}
-    return ran, left or set()
+    """The files a dry run of --changed lists, one unit a line on its stdout."""
+    with open(path, encoding="utf-8") as f:
+        return {file_of(line.strip()) for line in f if line.strip()}
 
 
-def judge(mutation, pristine, full_events, sel_events, told):
+def judge(mutation, pristine, full_events, selected_list, told):
     """One mutation's result: the files that failed in the full run and passed in both
-    pristine runs (`broke`), the selection, and the broken files it left out (`missed`)."""
+    pristine runs (`broke`), the selection (the dry run's list, and what it said on stderr),
+    and the broken files it left out (`missed`)."""
     m = json.loads(mutation)
     with open(pristine, encoding="utf-8") as f:
         failed_before = set(json.load(f))
     full = outcome(full_events)
-    ran, left = selected_files(sel_events)
+    ran = selected_files(selected_list)
     with open(told, encoding="utf-8") as f:
         said = f.read()
     everything = re.search(r"^Running all \d+ files: (.*)$", said, re.M)
-    if ran is None:
-        # "Nothing to run": the run wrote no events, and ran nothing.
-        ran = set()
     broke = sorted(f for f, (failed, _) in full.items() if failed and f not in failed_before)
     total_time = sum(seconds for _, seconds in full.values()) or 1.0
     return {
         "id": m["id"], "file": m["file"], "line": m["line"], "kind": m["kind"],
         "old": m["old"], "new": m["new"],
-        "files": len(full), "selected": len(ran), "left_out": len(left),
+        "files": len(full), "selected": len(ran), "left_out": len(set(full) - ran),
         "everything": everything.group(1) if everything else None,
         "share_files": len(ran) / max(len(full), 1),
         "share_time": sum(full.get(f, (0, 0.0))[1] for f in ran) / total_time,
         "full_seconds": round(total_time, 1),
         "broke": broke, "missed": [f for f in broke if f not in ran],
-        "failed_in_selection": sorted(f for f, (failed, _) in outcome(sel_events).items()
-                                      if failed and f not in failed_before),
     }
 
 
@@ -290,7 +282,13 @@ def main(argv):
     elif command == "outcome":
         print(json.dumps(outcome(args[0])))
     elif command == "pristine":
+        # [--union PRISTINE_JSON] EVENTS...: the files that failed in any of these runs (and
+        # those of an earlier list).
         failed = set()
+        if args[:1] == ["--union"]:
+            with open(args[1], encoding="utf-8") as f:
+                failed |= set(json.load(f))
+            args = args[2:]
         for events in args:
             failed |= {f for f, (bad, _) in outcome(events).items() if bad}
         print(json.dumps(sorted(failed)))

@@ -40,6 +40,8 @@ enum Command {
     /// Example: gorgon start --failed
     ///
     /// Example: gorgon start --local -j 4
+    ///
+    /// Example: gorgon start --changed --explain --dry-run
     Start(StartArgs),
     /// Wait for jobs and run their files (in the foreground, for systemd).
     ///
@@ -278,6 +280,12 @@ struct StartArgs {
     /// With --changed, name for each selected file the change that selected it.
     #[arg(long, requires = "changed")]
     explain: bool,
+    /// Print the files the run would run, one a line in its order, and run nothing: every
+    /// selection applies (--changed, --failed, FILE...), what the run says about it goes
+    /// to stderr; nothing is pushed or written and no broker is needed. Exits 0, or with
+    /// the configuration's or the selection's error.
+    #[arg(long)]
+    dry_run: bool,
     /// Run on this machine only, without broker, file server or listeners: the workers
     /// run in the project folder itself (`connection` and `file_server` are not needed).
     #[arg(long)]
@@ -677,6 +685,8 @@ async fn start(args: StartArgs) -> Result<i32, CliError> {
     let settings = Settings::for_start(&options);
     match settings.as_ref().ok().and_then(|s| s.log_file.as_deref()) {
         _ if verbose => init_logging("info", LogTarget::Stderr),
+        // A dry run writes nothing, not even the originator's log.
+        _ if options.dry_run => init_logging("warn", LogTarget::Stderr),
         Some(path) => init_logging("info", LogTarget::File(path)),
         None => init_logging("warn", LogTarget::Stderr),
     }
@@ -709,6 +719,7 @@ impl StartArgs {
                 .changed
                 .map(|base| Some(base).filter(|b| !b.is_empty())),
             explain: self.explain,
+            dry_run: self.dry_run,
             junit: self.junit,
             events: self.events,
             html: self.html,

@@ -47,8 +47,12 @@ pub(crate) fn assert_one_sentence(stderr: &str, needle: &str) {
 #[test]
 fn broken_json_names_the_file_and_the_place() {
     let (_dir, project) = project("{\n  \"files\": [\"x\",\n}");
-    let run = start_refused(&project, &[], "gorgon.json is not valid JSON", &["line 3"]);
-    assert!(run.seconds < 5.0, "{run:?}");
+    // A dry run reads the configuration as a run does, and lists nothing.
+    for args in [&[][..], &["--dry-run"], &["--dry-run", "--local"]] {
+        let run = start_refused(&project, args, "gorgon.json is not valid JSON", &["line 3"]);
+        assert!(run.seconds < 5.0, "{run:?}");
+        assert_eq!(run.stdout, "", "{args:?}");
+    }
 }
 
 #[test]

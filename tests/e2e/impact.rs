@@ -2,7 +2,8 @@
 //! rsync, a listener, warm built-in runners): a recording run writes the impact map; a run
 //! with `--changed` on a project in git runs only the test files the change reaches (or
 //! everything, saying why), explains each choice, and reports the files it left out as not
-//! selected in the report, JUnit and the events.
+//! selected in the report, JUnit and the events; `--dry-run` lists the files such a run
+//! runs, and runs and writes nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -332,6 +333,82 @@ fn a_new_test_file_runs_and_an_ignored_change_runs_nothing() {
         &junit,
         &events,
     );
+}
+
+/// Every file below `dir` (but git's own) with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut folders = vec![dir.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.ends_with(".git") {
+                folders.push(path);
+            } else if path.is_file() {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_dry_run_prints_the_files_a_changed_run_then_runs_and_writes_nothing() {
+    let cluster = Cluster::with_listeners(&[("impact", 1)]);
+    let project = recorded(&cluster, "dry", "pytest", "tests/test_*.py", PYTHON);
+    // The same project with a broker and a file server nobody listens on (committed, so
+    // that it is no change): a dry run that connected to either, or pushed, would fail.
+    let mut config: serde_json::Value = serde_json::from_str(&project.read("gorgon.json")).unwrap();
+    config["connection"]["port"] = json!(crate::support::free_port());
+    config["file_server"]["port"] = json!(crate::support::free_port());
+    project.write("dry.json", &config.to_string());
+    git(&project.dir, &["add", "dry.json"]);
+    git(&project.dir, &["commit", "-q", "-m", "dry"]);
+    project.write("shop/tax.py", &PYTHON[2].1.replace("+ 1", "+ 2 - 1"));
+    let events = project.dir.with_extension("dry.events.jsonl");
+    let junit = project.dir.with_extension("dry.junit.xml");
+    let before = snapshot(&project.dir);
+
+    let mut listed = Vec::new();
+    for local in [&[][..], &["--local", "-j", "1"]] {
+        let mut args = vec![
+            "--config",
+            "dry.json",
+            "--changed",
+            "--explain",
+            "--dry-run",
+        ];
+        args.extend(["--events", events.to_str().unwrap()]);
+        args.extend(["--junit", junit.to_str().unwrap()]);
+        args.extend(local);
+        let dry = project.start(&args, RUN_LIMIT);
+
+        dry.assert_exit(0);
+        dry.assert_stderr(&[
+            "Running 1 of 3 files: those the changes since ",
+            "  tests/test_tax.py: shop/tax.py:5 (in lines 4-5)\n",
+            "Not selected: 2 files (no change since ",
+        ]);
+        listed.push(dry.stdout);
+    }
+    assert_eq!(listed, ["tests/test_tax.py\n"; 2]);
+    assert!(!events.exists() && !junit.exists());
+    assert_eq!(
+        snapshot(&project.dir),
+        before,
+        "the dry run wrote below the project"
+    );
+
+    let (run, _, events) = changed_run(&project);
+    run.assert_report(0, &["1 file: 1 passed", "Not selected: 2 files"]);
+    let queued: Vec<&str> = events[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(listed[0].lines().collect::<Vec<_>>(), queued);
+    assert_eq!(finished(&events), queued);
 }
 
 /// `files` with `path` replaced by `text` (or added).

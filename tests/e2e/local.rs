@@ -1,7 +1,8 @@
 //! End to end for `gorgon start --local`: the same suite gives the same answer run on a
 //! listener and run locally; a local run needs no broker or file server; a local worker
 //! killed mid-file loses nothing; a file that kills its worker every time is reported
-//! crashed; Ctrl-C stops every local process.
+//! crashed; Ctrl-C stops every local process; `--dry-run` lists what a run would run (named
+//! files, `--failed`) and runs none of it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -202,4 +203,32 @@ fn ctrl_c_stops_every_local_process() {
     let run = project.spawn_start(&["--local", "-j", "2"], &[]);
     interrupt_once_started(run, &record, 4);
     assert_no_process_in(&project.dir);
+}
+
+#[test]
+fn a_dry_run_lists_what_a_run_would_run_and_runs_nothing() {
+    let (_root, project, record) = local_project(3, 0.0, json!({}));
+    let listed = |args: &[&str]| {
+        let run = project.start(&[&["--local", "--dry-run"][..], args].concat(), RUN_LIMIT);
+        run.assert_exit(0);
+        let mut files: Vec<String> = run.stdout.lines().map(str::to_owned).collect();
+        files.sort();
+        (files, run.stderr)
+    };
+
+    assert_eq!(
+        listed(&[]).0,
+        ["tests/00_test.sh", "tests/01_test.sh", "tests/02_test.sh"]
+    );
+    assert_eq!(
+        listed(&["tests/02_test.sh", "tests/00_test.sh"]).0,
+        ["tests/00_test.sh", "tests/02_test.sh"]
+    );
+    // With nothing to re-run the list is empty, and the reason goes to stderr.
+    let (files, stderr) = listed(&["--failed"]);
+    assert!(files.is_empty(), "{files:?}");
+    assert!(stderr.contains("Nothing to re-run: "), "{stderr}");
+    project.write("gorgon-failed.json", r#"["tests/01_test.sh"]"#);
+    assert_eq!(listed(&["--failed"]).0, ["tests/01_test.sh"]);
+    assert!(recorded_runs(&record).is_empty(), "a dry run ran a file");
 }

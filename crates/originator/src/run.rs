@@ -2,9 +2,9 @@
 //! files, order), handed to an engine that feeds the [`JobState`] — `distributed` (RabbitMQ
 //! and listeners) or `local` (worker processes on this machine) — and finished the same way
 //! whichever engine ran it: runtime file, failed files, `after_job_finishes`, JUnit, report,
-//! exit code. What the engines share with it is in `engine` (the plan), `errors` (the stop,
-//! the errors, the exit codes) and `run_core` (the handling of replies, retries and
-//! phases).
+//! exit code (`--dry-run` stops after the plan and prints its files). What the engines
+//! share with it is in `engine` (the plan), `errors` (the stop, the errors, the exit
+//! codes) and `run_core` (the handling of replies, retries and phases).
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -38,11 +38,12 @@ pub async fn start(
     settings: Result<Settings, ConfigError>,
 ) -> Result<i32, StartError> {
     let started = Instant::now();
-    // A replay reads its `--events` file: the stream of the run it replays.
+    // A replay reads its `--events` file: the stream of the run it replays. A dry run
+    // writes nothing.
     let writes_events = options
         .events
         .as_deref()
-        .filter(|_| options.replay.is_none());
+        .filter(|_| options.replay.is_none() && !options.dry_run);
     let mut events = crate::engine::open_events(writes_events)?;
     let html = options
         .html
@@ -72,6 +73,9 @@ async fn run(
     let Some((mut plan, queue, phases)) = plan(options, settings, events)? else {
         return Ok(exit_code::SUCCESS);
     };
+    if plan.options.dry_run {
+        return Ok(dry_run(&plan, queue, &phases));
+    }
     if plan.chosen.as_ref().is_some_and(Chosen::reaches_nothing) {
         // Nothing to run: the reports still say so, every file as not selected.
         return Ok(finish(plan, JobState::new(queue), None, events).await);
@@ -93,8 +97,33 @@ async fn run(
     Ok(finish(plan, state, stop, events).await)
 }
 
+/// `--dry-run`: prints the units the run would queue, in its order (phase after phase),
+/// one a line on stdout, and on stderr what `--changed` left out (what it chose was told
+/// while planning). Nothing runs, nothing is pushed or written.
+fn dry_run(plan: &Plan, queue: Vec<String>, phases: &Phases) -> i32 {
+    let units = if phases.is_empty() {
+        queue
+    } else {
+        phases
+            .list()
+            .iter()
+            .flat_map(|phase| phase.units.iter().cloned())
+            .collect()
+    };
+    let mut out = std::io::stdout().lock();
+    for unit in &units {
+        // A reader that went away (`| head`) has what it wanted.
+        if writeln!(out, "{unit}").is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    eprint!("{}", left_out_line(plan).unwrap_or_default());
+    exit_code::SUCCESS
+}
+
 /// Checks that the settings fit the run and finds, orders and announces the files; `None`
-/// when there is nothing to re-run (already said on stdout). In a run with phases the
+/// when there is nothing to re-run (already said). In a run with phases the
 /// files come in its phases and the first queue is empty (the engine starts the first
 /// phase).
 fn plan(
@@ -231,9 +260,12 @@ fn found(options: &StartOptions, settings: &Settings) -> Result<Option<Vec<Strin
                 files
             }
             _ => {
-                println!(
-                    "Nothing to re-run: the last run left no failed files in {}",
-                    settings.failed_files.display()
+                say_report(
+                    options,
+                    &format!(
+                        "Nothing to re-run: the last run left no failed files in {}",
+                        settings.failed_files.display()
+                    ),
                 );
                 return Ok(None);
             }
@@ -252,7 +284,10 @@ fn found(options: &StartOptions, settings: &Settings) -> Result<Option<Vec<Strin
         files::expand(root, patterns, explicit)?
     };
     if found.is_empty() && options.failed {
-        println!("Nothing to re-run: none of the failed files exists any more");
+        say_report(
+            options,
+            "Nothing to re-run: none of the failed files exists any more",
+        );
         return Ok(None);
     }
     if found.is_empty() {
@@ -271,6 +306,16 @@ fn found(options: &StartOptions, settings: &Settings) -> Result<Option<Vec<Strin
         return Err(StartError::NoFiles(described));
     }
     Ok(Some(found))
+}
+
+/// Says `line` where the report goes: stdout, or stderr in a dry run (whose stdout is
+/// the list of files, for scripts).
+fn say_report(options: &StartOptions, line: &str) {
+    if options.dry_run {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 /// Each phase's files (all of them, in one group, for a run without phases), split and
@@ -521,15 +566,7 @@ fn print_report(plan: &Plan, state: &JobState, stopped_because: Option<String>) 
             impact::short(&c.base)
         )
     });
-    let left_out = chosen.filter(|c| !c.left_out.is_empty()).map(|c| {
-        format!(
-            "Not selected: {} (no change since {} reaches them; about {:.1} s saved)\n",
-            view::counted(c.left_out.len(), "file"),
-            impact::short(&c.base),
-            saved_seconds(&plan.history, &c.left_out)
-        )
-    });
-    let left_out = left_out.unwrap_or_default();
+    let left_out = left_out_line(plan).unwrap_or_default();
     let to_stderr = plan.options.events.as_deref() == Some(std::path::Path::new("-"));
     let (mut out, colour): (Box<dyn Write>, bool) = if to_stderr {
         let colour = view::colour_wanted(std::io::stderr().is_terminal());
@@ -542,6 +579,17 @@ fn print_report(plan: &Plan, state: &JobState, stopped_because: Option<String>) 
         None => view::print_report(&mut out, &ending, colour),
     };
     let _ = out.write_all(left_out.as_bytes());
+}
+
+/// The report's line on the files `--changed` left out and the time that saves, if any.
+fn left_out_line(plan: &Plan) -> Option<String> {
+    let chosen = plan.chosen.as_ref().filter(|c| !c.left_out.is_empty())?;
+    Some(format!(
+        "Not selected: {} (no change since {} reaches them; about {:.1} s saved)\n",
+        view::counted(chosen.left_out.len(), "file"),
+        impact::short(&chosen.base),
+        saved_seconds(&plan.history, &chosen.left_out)
+    ))
 }
 
 /// The project's name: the name of its folder.

@@ -111,6 +111,8 @@ pub struct StartOptions {
     pub changed: Option<Option<String>>,
     /// `--explain`: with `--changed`, say why each file was selected.
     pub explain: bool,
+    /// `--dry-run`: print the files the run would run, in its order, and run nothing.
+    pub dry_run: bool,
 }
 
 /// What `--replay` replays.
