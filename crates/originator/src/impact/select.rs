@@ -455,6 +455,23 @@ mod tests {
         assert_eq!(selected["t/test_unknown.py"], ["not in the impact map"]);
     }
 
+    /// What a change of `lines` of `lib/cart.py` selects by `map`, and why the parts of it
+    /// that reach no file do not.
+    fn selecting(
+        map: &ImpactMap,
+        lines: &[[u32; 2]],
+    ) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+        let changes = [change("lib/cart.py", lines)];
+        match select(map, &changes, &units(), &Rules::default()) {
+            Selection::Some {
+                selected,
+                unreached,
+                ..
+            } => (selected, unreached),
+            Selection::Everything(reason) => panic!("{lines:?}: everything ({reason})"),
+        }
+    }
+
     /// (changed lines, the files selected, each changed line that reaches none with the
     /// lines of the unrun function it is in)
     type UnrunCase<'a> = (&'a [[u32; 2]], &'a [&'a str], &'a [(u32, &'a str)]);
@@ -478,20 +495,7 @@ mod tests {
             (&[[6, 6], [17, 17]], &["t/test_total.py"], &[(17, "16-19")]),
         ];
         for (lines, files, unrun) in cases {
-            let selection = select(
-                &map_knowing("c1"),
-                &[change("lib/cart.py", lines)],
-                &units(),
-                &Rules::default(),
-            );
-            let Selection::Some {
-                selected,
-                unreached,
-                ..
-            } = selection
-            else {
-                panic!("{lines:?}: a selection was expected");
-            };
+            let (selected, unreached) = selecting(&map_knowing("c1"), lines);
             assert_eq!(
                 selected.into_keys().collect::<Vec<_>>(),
                 *files,
@@ -509,20 +513,7 @@ mod tests {
 
     #[test]
     fn known_scopes_of_another_version_of_the_file_are_not_used() {
-        let selection = select(
-            &map_knowing("c0"),
-            &[change("lib/cart.py", &[[17, 17]])],
-            &units(),
-            &Rules::default(),
-        );
-        let Selection::Some {
-            selected,
-            unreached,
-            ..
-        } = selection
-        else {
-            panic!("a selection was expected");
-        };
+        let (selected, unreached) = selecting(&map_knowing("c0"), &[[17, 17]]);
         assert_eq!(selected.len(), 3, "{selected:?}");
         assert_eq!(
             selected["t/test_plain.py"],
