@@ -111,7 +111,7 @@ class Instrument(ast.NodeTransformer):
     def visit_FunctionDef(self, node):
         self.generic_visit(node)
         first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-        body = self.body_line(node.body[0])
+        body = self.body_line(node)
         scope_id = self.impact.function(self.path, first, body, node.end_lineno)
         hit = ast.Expr(ast.Call(ast.Name(HIT, ast.Load()), [ast.Constant(scope_id)], []))
         at = 1 if is_docstring(node.body[0]) else 0
@@ -121,10 +121,15 @@ class Instrument(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
-    def body_line(self, statement):
-        """The first line of a body that holds none of the signature: a body that starts on
-        the signature's line (`def f(x=g()): return x`) starts on the next line, since that
-        line runs when the function is defined."""
+    def body_line(self, node):
+        """The first line of the function's body that runs only when it is called: not its
+        docstring (the function's `__doc__`, made when it is defined), and not a line shared
+        with the signature (`def f(x=g()): return x`), which runs when the function is
+        defined. A function that is only a docstring has no such line (past its end)."""
+        statements = node.body[1:] if is_docstring(node.body[0]) else node.body
+        if not statements:
+            return node.end_lineno + 1
+        statement = statements[0]
         line = self.lines[statement.lineno - 1] if statement.lineno <= len(self.lines) else b""
         return statement.lineno + (1 if line[:statement.col_offset].strip() else 0)
 
