@@ -23,7 +23,7 @@ const PYTHON: &[(&str, &str)] = &[
     ("shop/__init__.py", ""),
     (
         "shop/cart.py",
-        "RATE = 2\n\n\ndef total(prices):\n    return sum(prices) * RATE\n\n\ndef unused():\n    return 0\n",
+        "RATE = 2\n\n\ndef total(prices):\n    return sum(prices) * RATE\n\n\ndef unused():\n    \"\"\"Zero.\"\"\"\n    return 0\n",
     ),
     (
         "shop/tax.py",
@@ -475,5 +475,86 @@ fn a_change_to_a_function_run_while_a_file_loads_runs_every_file_that_ran_after_
             assert!(ran.contains(&user.to_owned()), "{user} should run: {run:?}");
         }
         run.assert_stderr(&[&format!("{config}:")]);
+    }
+}
+
+#[test]
+fn a_change_in_a_function_no_test_ran_runs_nothing_and_its_def_line_runs_the_loaders() {
+    let cluster = Cluster::with_listeners(&[("impact", 1)]);
+    // (project, runner, globs, files, the test files, the source, its unused body line and
+    // its new text, its def line and its new text, why the body's change reaches no file,
+    // the files that load the source)
+    let cases = [
+        (
+            "unrun-py",
+            "pytest",
+            "tests/test_*.py",
+            PYTHON,
+            ["tests/test_cart.py", "tests/test_plain.py", "tests/test_tax.py"],
+            "shop/cart.py",
+            ["    return 0", "    return -1"],
+            ["def unused():", "def unused(start=0):"],
+            "shop/cart.py:10 (in the function or method of lines 8-10, which no recorded test file ran)",
+            ["tests/test_cart.py", "tests/test_tax.py"],
+        ),
+        (
+            "unrun-rb",
+            "rspec",
+            "spec/*_spec.rb",
+            RUBY,
+            ["spec/cart_spec.rb", "spec/plain_spec.rb", "spec/tax_spec.rb"],
+            "lib/cart.rb",
+            ["    0\n", "    -1\n"],
+            ["def unused\n", "def unused(start = 0)\n"],
+            "lib/cart.rb:9 (in the function or method of lines 8-10, which no recorded test file ran)",
+            ["spec/cart_spec.rb", "spec/tax_spec.rb"],
+        ),
+    ];
+    for (name, runner, globs, files, tests, source, body, def, why, loaders) in cases {
+        let project = recorded(&cluster, name, runner, globs, files);
+        let map: serde_json::Value =
+            serde_json::from_str(&project.read("gorgon-runtime.impact.json")).unwrap();
+        assert!(
+            map["known"][source]["scopes"]
+                .as_array()
+                .is_some_and(|scopes| scopes.len() >= 2),
+            "{map}"
+        );
+        let text = files.iter().find(|(p, _)| *p == source).unwrap().1;
+        project.write(source, &text.replace(body[0], body[1]));
+
+        let (run, junit, events) = changed_run(&project);
+
+        run.assert_report(0, &["Nothing to run: no change since "]);
+        run.assert_stderr(&[
+            "Running none of 3 files: no change since ",
+            &format!("  no test file: {why}\n"),
+        ]);
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["run_started", "not_selected", "run_finished"]);
+        assert_not_selected(&tests, &junit, &events);
+
+        // The `def` line runs when the file loads, and a Python docstring is made then
+        // (the function's `__doc__`): every file that loaded it runs.
+        let mut loading_changes = vec![(def, 8)];
+        if runner == "pytest" {
+            loading_changes.push((["Zero.", "Nothing."], 9));
+        }
+        for (change, line) in loading_changes {
+            project.write(source, &text.replace(change[0], change[1]));
+            let (run, _, events) = changed_run(&project);
+            run.assert_exit(0);
+            run.assert_stderr(&[&format!("{source}:{line} (run when the file loads)")]);
+            let ran = finished(&events);
+            for loader in loaders {
+                assert!(
+                    ran.contains(&loader.to_owned()),
+                    "{loader} should run: {run:?}"
+                );
+            }
+        }
     }
 }

@@ -25,6 +25,12 @@ pub struct SourceUse {
     /// last line. The file's module scope is `[1, 1, LAST]`. A line in `first..body` belongs
     /// to the scope around it: a signature or decorator runs when the file loads.
     pub ran: Vec<Scope>,
+    /// Scopes of the source the recorder learned of since it last reported the source, run
+    /// or not (every function the pytest recorder instrumented, every method Ruby's
+    /// `Coverage` lists): each process tells them once, and the impact map keeps them once
+    /// per source, so that a change in a function no test ran selects no test file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known: Vec<Scope>,
 }
 
 /// `[first, body, last]` lines of one scope.
@@ -35,16 +41,22 @@ pub type Scope = [u32; 3];
 pub fn merge(into: &mut FileImpact, other: FileImpact) {
     for (path, used) in other {
         match into.get_mut(&path) {
-            Some(known) if known.digest == used.digest => {
-                known.ran.extend(used.ran);
-                known.ran.sort_unstable();
-                known.ran.dedup();
+            Some(held) if held.digest == used.digest => {
+                unite(&mut held.ran, used.ran);
+                unite(&mut held.known, used.known);
             }
             _ => {
                 into.insert(path, used);
             }
         }
     }
+}
+
+/// Adds `more` to the sorted scopes `into`, each once.
+pub fn unite(into: &mut Vec<Scope>, more: Vec<Scope>) {
+    into.extend(more);
+    into.sort_unstable();
+    into.dedup();
 }
 
 #[cfg(test)]
@@ -55,6 +67,7 @@ mod tests {
         SourceUse {
             digest: digest.into(),
             ran: ran.to_vec(),
+            known: Vec::new(),
         }
     }
 
@@ -72,6 +85,16 @@ mod tests {
             r#"{"lib/cart.py":{"digest":"ab12","ran":[[1,1,30],[4,5,9]]}}"#
         );
         assert_eq!(serde_json::from_str::<FileImpact>(&json).unwrap(), impact);
+        let told = SourceUse {
+            known: vec![[4, 5, 9], [11, 12, 12]],
+            ..used("ab12", &[[1, 1, 30]])
+        };
+        let json = serde_json::to_string(&told).unwrap();
+        assert_eq!(
+            json,
+            r#"{"digest":"ab12","ran":[[1,1,30]],"known":[[4,5,9],[11,12,12]]}"#
+        );
+        assert_eq!(serde_json::from_str::<SourceUse>(&json).unwrap(), told);
     }
 
     #[test]
@@ -82,14 +105,20 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let other: FileImpact = [
+        let mut other: FileImpact = [
             ("a.py".to_owned(), used("1", &[[6, 7, 8], [2, 3, 4]])),
             ("b.py".to_owned(), used("new", &[[1, 1, 6]])),
         ]
         .into_iter()
         .collect();
+        into.get_mut("a.py").unwrap().known = vec![[2, 3, 4]];
+        other.get_mut("a.py").unwrap().known = vec![[6, 7, 8], [2, 3, 4]];
         merge(&mut into, other);
-        assert_eq!(into["a.py"], used("1", &[[1, 1, 9], [2, 3, 4], [6, 7, 8]]));
+        let a = SourceUse {
+            known: vec![[2, 3, 4], [6, 7, 8]],
+            ..used("1", &[[1, 1, 9], [2, 3, 4], [6, 7, 8]])
+        };
+        assert_eq!(into["a.py"], a);
         assert_eq!(into["b.py"], used("new", &[[1, 1, 6]]));
     }
 }

@@ -6,7 +6,9 @@
 # tens of nanoseconds a call. The instrumented code is never written to __pycache__.
 # While a project module loads, the builtin adds to the load-time set (what a module computes
 # as it loads reaches every later file of the process, whichever file loaded it first);
-# otherwise to the current file's set, until `take`.
+# otherwise to the current file's set, until `take`. Each process also tells, once per module,
+# every function it instrumented (`known`, run or not): a change in the body of one no test
+# ran selects no test file.
 import ast
 import builtins
 import hashlib
@@ -27,6 +29,8 @@ class Impact:
         # ID -> (path, [first, body, last]); path -> its git blob id.
         self.scopes = []
         self.digests = {}
+        # path -> the functions instrumented since the path was last reported.
+        self.untold = {}
         builtins.__dict__[HIT] = self.ran.add
 
     def start(self):
@@ -47,11 +51,15 @@ class Impact:
         self.scopes.append((path, (first, body, last)))
         return len(self.scopes) - 1
 
+    def function(self, path, first, body, last):
+        self.untold.setdefault(path, []).append([first, body, last])
+        return self.scope(path, first, body, last)
+
     def instrumented(self, data, path):
         """The module's code with a hit at the top of each function; its module scope's ID."""
         tree = ast.parse(data, filename=path)
         self.digests[path] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-        Instrument(self, path).visit(tree)
+        Instrument(self, path, data.splitlines()).visit(tree)
         ast.fix_missing_locations(tree)
         module = self.scope(path, 1, 1, data.count(b"\n") + 1)
         return tree, module
@@ -84,22 +92,27 @@ class Impact:
             used["ran"].add(scope)
         # Cleared in place: the builtin is this set's `add`.
         self.ran.clear()
-        for used in impact.values():
+        for path, used in impact.items():
             used["ran"] = [list(scope) for scope in sorted(used["ran"])]
+            known = self.untold.pop(path, None)
+            if known:
+                used["known"] = sorted(known)
         return impact
 
 
 class Instrument(ast.NodeTransformer):
     """Adds `__gorgon_hit__(ID)` at the top of each function body (after its docstring)."""
 
-    def __init__(self, impact, path):
+    def __init__(self, impact, path, lines):
         self.impact = impact
         self.path = path
+        self.lines = lines
 
     def visit_FunctionDef(self, node):
         self.generic_visit(node)
         first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-        scope_id = self.impact.scope(self.path, first, node.body[0].lineno, node.end_lineno)
+        body = self.body_line(node)
+        scope_id = self.impact.function(self.path, first, body, node.end_lineno)
         hit = ast.Expr(ast.Call(ast.Name(HIT, ast.Load()), [ast.Constant(scope_id)], []))
         at = 1 if is_docstring(node.body[0]) else 0
         ast.copy_location(hit, node.body[min(at, len(node.body) - 1)])
@@ -107,6 +120,18 @@ class Instrument(ast.NodeTransformer):
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef
+
+    def body_line(self, node):
+        """The first line of the function's body that runs only when it is called: not its
+        docstring (the function's `__doc__`, made when it is defined), and not a line shared
+        with the signature (`def f(x=g()): return x`), which runs when the function is
+        defined. A function that is only a docstring has no such line (past its end)."""
+        statements = node.body[1:] if is_docstring(node.body[0]) else node.body
+        if not statements:
+            return node.end_lineno + 1
+        statement = statements[0]
+        line = self.lines[statement.lineno - 1] if statement.lineno <= len(self.lines) else b""
+        return statement.lineno + (1 if line[:statement.col_offset].strip() else 0)
 
 
 def is_docstring(statement):

@@ -5,7 +5,9 @@
 # dependency of the file being run; a method counts for the file that ran it, and for every
 # later file of the process when it ran while a file loaded (`require`, `load`, autoload:
 # what it computed, a constant say, is there for them all) or before the session's first
-# file (the helper, the hooks).
+# file (the helper, the hooks). Each process also tells, once, every method Coverage lists
+# (`known`, run or not: those defined so far): a change in the body of one no test ran
+# selects no test file.
 require 'coverage'
 require 'digest/sha1'
 require 'set'
@@ -23,6 +25,8 @@ module GorgonImpact
       @ran = Hash.new { |hash, path| hash[path] = Set.new }
       @always = Hash.new { |hash, path| hash[path] = Set.new }
       @sources = {}
+      @known = Hash.new { |hash, path| hash[path] = Set.new }
+      @untold = Hash.new { |hash, path| hash[path] = [] }
       @depth = 0
       Coverage.start(methods: true)
       Kernel.prepend(Requires)
@@ -61,6 +65,8 @@ module GorgonImpact
 
         scopes = Set[[1, 1, last]].merge(@ran[path]).merge(@always[path])
         impact[path] = { 'digest' => digest, 'ran' => scopes.sort }
+        known = @untold.delete(path)
+        impact[path]['known'] = known.sort if known&.any?
       end
       @ran.clear
       impact
@@ -68,14 +74,16 @@ module GorgonImpact
 
     private
 
-    # Folds the coverage since the last call into the loaded files and the methods that ran
-    # (into `into`, path => scopes).
+    # Folds the coverage since the last call into the loaded files, the methods that ran
+    # (into `into`, path => scopes) and the methods defined so far.
     def collect(into = @ran)
       Coverage.result(stop: false, clear: true).each do |file, data|
         path = relative(file) or next
         @loaded << path
         (data[:methods] || {}).each do |(_, _, first, _, last, _), count|
-          into[path] << [first, first + 1, last] if count.positive?
+          scope = [first, first + 1, last]
+          into[path] << scope if count.positive?
+          @untold[path] << scope if @known[path].add?(scope)
         end
       end
     end

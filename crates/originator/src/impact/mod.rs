@@ -57,6 +57,8 @@ pub struct Chosen {
     pub selected: BTreeMap<String, Vec<String>>,
     /// The units left out, in the run's order.
     pub left_out: Vec<String>,
+    /// Why each change that reaches no test file does not.
+    pub unreached: Vec<String>,
 }
 
 impl Chosen {
@@ -97,9 +99,14 @@ pub fn choose(
     let found = changes::since(root, &base)?;
     match select::select(&map, &found, units, &settings.rules) {
         Selection::Everything(reason) => chosen.everything = Some(reason),
-        Selection::Some { selected, left_out } => {
+        Selection::Some {
+            selected,
+            left_out,
+            unreached,
+        } => {
             chosen.selected = selected;
             chosen.left_out = left_out;
+            chosen.unreached = unreached;
         }
     }
     Ok(chosen)
@@ -111,16 +118,20 @@ pub fn tell(chosen: &Chosen, total: usize, explain: bool) -> String {
     if let Some(reason) = &chosen.everything {
         return format!("Running all {total} files: {reason} (changes since {base})\n");
     }
-    if chosen.selected.is_empty() {
-        return format!("Running none of {total} files: no change since {base} reaches one\n");
-    }
-    let mut text = format!(
-        "Running {} of {total} files: those the changes since {base} reach\n",
-        chosen.selected.len()
-    );
+    let mut text = if chosen.selected.is_empty() {
+        format!("Running none of {total} files: no change since {base} reaches one\n")
+    } else {
+        format!(
+            "Running {} of {total} files: those the changes since {base} reach\n",
+            chosen.selected.len()
+        )
+    };
     if explain {
         for (unit, reasons) in &chosen.selected {
             text.push_str(&format!("  {unit}: {}\n", reasons.join("; ")));
+        }
+        for why in &chosen.unreached {
+            text.push_str(&format!("  no test file: {why}\n"));
         }
     }
     text
@@ -132,12 +143,12 @@ pub fn short(commit: &str) -> &str {
 
 /// Writes what the run recorded into the map (merged with what it held).
 pub fn save(path: &Path, root: &Path, recording: Recording) -> Result<usize, ImpactError> {
-    let recorded = recording.0.len();
+    let recorded = recording.tests.len();
     if recorded == 0 {
         return Ok(0);
     }
     let mut map = ImpactMap::read(path)?.unwrap_or_default();
-    map.update(recording.0, |file| root.join(file).is_file());
+    map.update(recording, |file| root.join(file).is_file());
     map.write(path)?;
     Ok(recorded)
 }

@@ -46,10 +46,12 @@ pub enum Selection {
     /// Everything runs, for this reason.
     Everything(String),
     /// Only these units run, each with why; the rest (`left_out`, in the run's order)
-    /// are not selected.
+    /// are not selected. `unreached` says why each change that reaches no test file does
+    /// not (a change in a function no test file ran).
     Some {
         selected: BTreeMap<String, Vec<String>>,
         left_out: Vec<String>,
+        unreached: Vec<String>,
     },
 }
 
@@ -58,6 +60,7 @@ pub fn select(map: &ImpactMap, changes: &[Change], units: &[String], rules: &Rul
     let files: Vec<&str> = units.iter().map(|u| file_of(u)).collect();
     let sources = map.sources();
     let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut unreached = Vec::new();
     for change in changes {
         if rules.ignore.iter().any(|glob| glob.matches(&change.path)) {
             continue;
@@ -65,9 +68,10 @@ pub fn select(map: &ImpactMap, changes: &[Change], units: &[String], rules: &Rul
         match reach(change, &files, map, &sources) {
             Reach::Everything(reason) => return Selection::Everything(reason),
             Reach::Files(reached) => {
-                for (file, reason) in reached {
+                for (file, reason) in reached.files {
                     why.entry(file).or_default().push(reason);
                 }
+                unreached.extend(reached.nothing);
             }
         }
     }
@@ -89,6 +93,7 @@ pub fn select(map: &ImpactMap, changes: &[Change], units: &[String], rules: &Rul
     Selection::Some {
         selected,
         left_out: left_out.into_iter().cloned().collect(),
+        unreached,
     }
 }
 
@@ -99,8 +104,24 @@ fn file_of(unit: &str) -> &str {
 /// What one change reaches.
 enum Reach {
     Everything(String),
+    Files(Reached),
+}
+
+/// The test files a change reaches, and why the parts of it that reach none do not.
+#[derive(Default)]
+struct Reached {
     /// (test file, why).
-    Files(Vec<(String, String)>),
+    files: Vec<(String, String)>,
+    nothing: Vec<String>,
+}
+
+impl Reached {
+    fn only(file: &str, why: &str) -> Reached {
+        Reached {
+            files: vec![(file.to_owned(), why.to_owned())],
+            nothing: Vec::new(),
+        }
+    }
 }
 
 /// The test files one change reaches: itself when it is a test file of the run, and every
@@ -120,7 +141,7 @@ fn reach(
         } else {
             "changed test file"
         };
-        return Reach::Files(vec![(now.to_owned(), what.to_owned())]);
+        return Reach::Files(Reached::only(now, what));
     }
     let name = change.path.rsplit('/').next().unwrap_or(&change.path);
     if let Some(kind) = EVERYTHING.iter().find(|p| glob_matches(p, name)) {
@@ -133,7 +154,7 @@ fn reach(
         // A test file (of the run, or deleted) is known by its own entry; a file no test
         // ran and that the run does not test is something the map cannot see.
         if is_test(&change.path) || map.tests.contains_key(&change.path) {
-            return Reach::Files(Vec::new());
+            return Reach::Files(Reached::default());
         }
         return Reach::Everything(format!(
             "{} changed, and the impact map does not know it",
@@ -155,48 +176,92 @@ fn reach(
 }
 
 /// The test files that ran code of `change`'s file that it touches, each with the lines.
-fn users(change: &Change, index: &SourceIndex<'_>) -> Vec<(String, String)> {
-    let mut reached = Vec::new();
+fn users(change: &Change, index: &SourceIndex<'_>) -> Reached {
+    let mut reached = Reached::default();
     let touched: Vec<[u32; 2]> = if change.whole || change.now.is_none() {
         vec![[1, u32::MAX]]
     } else {
         change.lines.clone()
     };
+    let unrun = unrun_scopes(change, index);
     for lines in touched {
-        let owner = owner(&index.scopes, lines);
+        let owner = owner(index.scopes.iter().chain(&unrun), lines);
+        if let Some(scope) = owner.filter(|scope| unrun.contains(scope)) {
+            reached
+                .nothing
+                .push(describe_unrun(&change.path, lines, scope));
+            continue;
+        }
         let place = describe(&change.path, lines, owner);
         for (test, ran) in &index.users {
             if owner.is_none_or(|scope| ran.contains(&scope)) {
-                reached.push(((*test).to_owned(), place.clone()));
+                reached.files.push(((*test).to_owned(), place.clone()));
             }
         }
     }
     reached
 }
 
-/// The innermost recorded scope whose body holds all of `lines`; `None` when none does
-/// (then every test file that ran the file is reached).
-fn owner(scopes: &std::collections::BTreeSet<Scope>, [first, last]: [u32; 2]) -> Option<Scope> {
-    scopes
+/// The scopes the recorders know of `change`'s file that no test file ran: none unless
+/// they were recorded from the base's version of the file (an older map has none). A known
+/// scope that a recorded one stands for (the same first and last line, its body told
+/// apart by another recorder's version) counts as run.
+fn unrun_scopes(change: &Change, index: &SourceIndex<'_>) -> Vec<Scope> {
+    let Some(known) = index
+        .known
+        .filter(|known| change.base_digest.as_deref() == Some(known.digest.as_str()))
+    else {
+        return Vec::new();
+    };
+    let ran: std::collections::BTreeSet<[u32; 2]> = index
+        .scopes
         .iter()
+        .map(|[first, _, last]| [*first, *last])
+        .collect();
+    known
+        .scopes
+        .iter()
+        .filter(|[first, _, last]| !ran.contains(&[*first, *last]))
+        .copied()
+        .collect()
+}
+
+/// The innermost scope of `scopes` whose body holds all of `lines`; `None` when none does
+/// (then every test file that ran the file is reached). A scope's lines before its body
+/// (decorators, signature) run when the scope around it runs, so they are not its own.
+fn owner<'a>(scopes: impl Iterator<Item = &'a Scope>, [first, last]: [u32; 2]) -> Option<Scope> {
+    scopes
         .filter(|[_, body, end]| *body <= first && last <= *end)
         .min_by_key(|[_, body, end]| end - body)
         .copied()
 }
 
-/// `lib/cart.py:12-14 (in lines 10-20)`, or `(run when the file loads)` for its module scope.
-fn describe(path: &str, [first, last]: [u32; 2], owner: Option<Scope>) -> String {
-    let lines = match (first, last) {
+/// `lib/cart.py:12-14`, or `the whole file`.
+fn describe_lines(path: &str, [first, last]: [u32; 2]) -> String {
+    match (first, last) {
         (_, u32::MAX) => "the whole file".to_owned(),
         (first, last) if first == last => format!("{path}:{first}"),
         (first, last) => format!("{path}:{first}-{last}"),
-    };
-    match owner {
-        Some([1, 1, _]) => format!("{lines} (run when the file loads)"),
-        Some([start, _, end]) => format!("{lines} (in lines {start}-{end})"),
-        None if last == u32::MAX => format!("{path}: the whole file"),
-        None => format!("{lines} (outside any recorded scope)"),
     }
+}
+
+/// `lib/cart.py:12-14 (in lines 10-20)`, or `(run when the file loads)` for its module scope.
+fn describe(path: &str, lines: [u32; 2], owner: Option<Scope>) -> String {
+    let place = describe_lines(path, lines);
+    match owner {
+        Some([1, 1, _]) => format!("{place} (run when the file loads)"),
+        Some([start, _, end]) => format!("{place} (in lines {start}-{end})"),
+        None if lines[1] == u32::MAX => format!("{path}: the whole file"),
+        None => format!("{place} (outside any recorded scope)"),
+    }
+}
+
+/// Why a change in the body of a scope no test file ran reaches none.
+fn describe_unrun(path: &str, lines: [u32; 2], [start, _, end]: Scope) -> String {
+    format!(
+        "{} (in the function or method of lines {start}-{end}, which no recorded test file ran)",
+        describe_lines(path, lines)
+    )
 }
 
 fn glob_matches(pattern: &str, name: &str) -> bool {
@@ -206,6 +271,7 @@ fn glob_matches(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::impact::map::KnownScopes;
     use gorgon_protocol::{FileImpact, SourceUse};
 
     /// A map of three test files over `lib/cart.py` (blob `c1`: a module of 20 lines with
@@ -215,6 +281,7 @@ mod tests {
             let used = SourceUse {
                 digest: "c1".into(),
                 ran: scopes.to_vec(),
+                known: Vec::new(),
             };
             [("lib/cart.py".to_owned(), used)].into_iter().collect()
         };
@@ -227,7 +294,27 @@ mod tests {
         ImpactMap {
             version: 1,
             tests: tests.into_iter().map(|(t, u)| (t.to_owned(), u)).collect(),
+            known: BTreeMap::new(),
         }
+    }
+
+    /// `map()` with the scopes the recorders know of `lib/cart.py` at `digest`: those that
+    /// ran (`tax` as a recorder of another version told its body), `fmt` at 7-8 in `total`,
+    /// and `discount` at 16-19 with a nested `inner` at 18-19, which no test file ran.
+    fn map_knowing(digest: &str) -> ImpactMap {
+        let mut map = map();
+        let scopes = vec![
+            [4, 5, 9],
+            [7, 8, 8],
+            [11, 13, 15],
+            [13, 14, 14],
+            [16, 17, 19],
+            [18, 19, 19],
+        ];
+        let digest = digest.to_owned();
+        let known = KnownScopes { digest, scopes };
+        map.known.insert("lib/cart.py".into(), known);
+        map
     }
 
     fn units() -> Vec<String> {
@@ -340,7 +427,8 @@ mod tests {
             selection,
             Selection::Some {
                 selected: BTreeMap::new(),
-                left_out: units()
+                left_out: units(),
+                unreached: Vec::new(),
             }
         );
     }
@@ -353,8 +441,9 @@ mod tests {
             "t/test_unknown.py".to_owned(),
         ];
         let changes = [change("lib/cart.py", &[[6, 6]])];
-        let Selection::Some { selected, left_out } =
-            select(&map(), &changes, &units, &Rules::default())
+        let Selection::Some {
+            selected, left_out, ..
+        } = select(&map(), &changes, &units, &Rules::default())
         else {
             panic!("a selection was expected");
         };
@@ -364,5 +453,72 @@ mod tests {
             ["lib/cart.py:6 (in lines 4-9)"]
         );
         assert_eq!(selected["t/test_unknown.py"], ["not in the impact map"]);
+    }
+
+    /// What a change of `lines` of `lib/cart.py` selects by `map`, and why the parts of it
+    /// that reach no file do not.
+    fn selecting(
+        map: &ImpactMap,
+        lines: &[[u32; 2]],
+    ) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+        let changes = [change("lib/cart.py", lines)];
+        match select(map, &changes, &units(), &Rules::default()) {
+            Selection::Some {
+                selected,
+                unreached,
+                ..
+            } => (selected, unreached),
+            Selection::Everything(reason) => panic!("{lines:?}: everything ({reason})"),
+        }
+    }
+
+    /// (changed lines, the files selected, each changed line that reaches none with the
+    /// lines of the unrun function it is in)
+    type UnrunCase<'a> = (&'a [[u32; 2]], &'a [&'a str], &'a [(u32, &'a str)]);
+
+    #[test]
+    fn a_change_in_the_body_of_a_function_no_test_ran_selects_nothing() {
+        let all: &[&str] = &["t/test_plain.py", "t/test_tax.py", "t/test_total.py"];
+        let cases: &[UnrunCase<'_>] = &[
+            (&[[17, 17]], &[], &[(17, "16-19")]),
+            // Nested: `inner`'s body, and its `def` line, which runs when `discount` does.
+            (&[[19, 19]], &[], &[(19, "18-19")]),
+            (&[[18, 18]], &[], &[(18, "16-19")]),
+            (&[[8, 8]], &[], &[(8, "7-8")]),
+            // A `def` line runs with the scope around it: the module's, or `total`'s.
+            (&[[16, 16]], all, &[]),
+            (&[[7, 7]], &["t/test_total.py"], &[]),
+            // Lines across the end of `tax` and the start of `discount`: the module's.
+            (&[[15, 17]], all, &[]),
+            // A recorded scope stands for a known one of the same lines.
+            (&[[13, 13]], &["t/test_tax.py"], &[]),
+            (&[[6, 6], [17, 17]], &["t/test_total.py"], &[(17, "16-19")]),
+        ];
+        for (lines, files, unrun) in cases {
+            let (selected, unreached) = selecting(&map_knowing("c1"), lines);
+            assert_eq!(
+                selected.into_keys().collect::<Vec<_>>(),
+                *files,
+                "{lines:?}"
+            );
+            let why: Vec<String> = unrun
+                .iter()
+                .map(|(line, scope)| {
+                    format!("lib/cart.py:{line} (in the function or method of lines {scope}, which no recorded test file ran)")
+                })
+                .collect();
+            assert_eq!(unreached, why, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn known_scopes_of_another_version_of_the_file_are_not_used() {
+        let (selected, unreached) = selecting(&map_knowing("c0"), &[[17, 17]]);
+        assert_eq!(selected.len(), 3, "{selected:?}");
+        assert_eq!(
+            selected["t/test_plain.py"],
+            ["lib/cart.py:17 (run when the file loads)"]
+        );
+        assert!(unreached.is_empty());
     }
 }
