@@ -162,19 +162,14 @@ def summary(results_dir, commits_file):
             print(f"MISS: {r['commit'][:9]} {r['subject']}: {r['alone']}")
 
 
-def main(argv):
-    command, args = argv[1], argv[2:]
-    if command == "dist_info":
-        dist_info(args[0])
-    elif command == "result":
-        print(json.dumps(result(args)))
-    elif command == "line":
-        print(line(json.loads(args[0])))
-    elif command == "summary":
-        summary(args[0], args[1])
-    else:
-        sys.exit(f"unknown command {command}")
-
+COMMANDS = {
+    "dist_info": lambda args: dist_info(args[0]),
+    "result": lambda args: print(json.dumps(result(args))),
+    "line": lambda args: print(line(json.loads(args[0]))),
+    "summary": lambda args: summary(args[0], args[1]),
+}
 
 if __name__ == "__main__":
-    main(sys.argv)
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: impact_history.py {'|'.join(COMMANDS)} ARGS...")
+    COMMANDS[sys.argv[1]](sys.argv[2:])
