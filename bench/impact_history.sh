@@ -16,9 +16,9 @@
 #      alone at C, and is a miss if it fails there too).
 # The variant (MAP): `each` (default) records on every parent; `carry` records once on the
 # oldest parent and carries the map forward, recording again on P only when the selection
-# runs everything because the map was recorded from another version of a changed file (the
-# map is then older than P: cheaper, and less safe, since what a test file depends on may
-# have changed since the recording).
+# runs everything because the map no longer matches (it was recorded from another version of
+# a changed file, or does not know one, which may be newer than the map): cheaper, and less
+# safe, since what a test file depends on may have changed since the recording.
 # Prints per commit: its short sha, subject, files changed, test files selected of all, the
 # share of the time (the per-file seconds of the recording the map came from), or
 # "everything" with the reason; then the mean and median shares, the commits that selected
@@ -161,7 +161,8 @@ judge() {
     fi
     select_at "$commit" "$parent"
     if [ "$variant" = carry ] && [ "$(cat "$map_commit")" != "$parent" ] &&
-        grep -q "^Running all .*recorded from another version" "$state_dir/selected.out"; then
+        grep -Eq "^Running all .*(recorded from another version|does not know it)" \
+            "$state_dir/selected.out"; then
         record "$parent"
         select_at "$commit" "$parent"
     fi
