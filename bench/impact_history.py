@@ -140,7 +140,9 @@ def summary(results_dir, commits_file):
     print(f"share selected: files mean {percent(statistics.mean(files), 1)}, median "
           f"{percent(statistics.median(files), 1)}; time mean {percent(statistics.mean(time), 1)}, "
           f"median {percent(statistics.median(time), 1)} (of the recording run's per-file seconds)")
-    print(f"selected nothing: {sum(1 for r in results if r['selected'] == 0)}")
+    print(f"selected nothing: {sum(1 for r in results if r['selected'] == 0)}; every file: "
+          f"{sum(1 for r in results if r['selected'] == r['files'])} (load-time code or a "
+          f"fallback to everything)")
     for label, of in (("everything", lambda r: r), ("everything without job.impact.ignore",
                                                    lambda r: r["without_ignore"])):
         groups = {}
