@@ -152,17 +152,12 @@ full_one() {
     git -C "$tree" checkout -q -- .
 }
 
-# select_dry BASE: what `--changed BASE` selects in the tree as it is, from a dry run that
-# runs nothing: the files in $state_dir/selected.list, what it says of them (with the reasons;
-# "Running all" when everything runs) in $state_dir/selected.out. A dry run that fails stops
-# the bench: its empty list would count as a selection of nothing.
+# select_dry BASE: what `--changed BASE` selects in the tree as it is (lib.sh's
+# impact_dry_run): the files in $state_dir/selected.list, what it says of them in
+# $state_dir/selected.out. A dry run that fails stops the bench.
 select_dry() {
     cp "$state_dir/runtime.json" "$runtime"
-    if ! (cd "$tree" && timeout -k 30 "$run_timeout" "$gorgon" start --local -j 2 \
-        --changed "$1" --explain --dry-run) </dev/null >"$state_dir/selected.list" \
-        2>"$state_dir/selected.out"; then
-        echo "error: the dry run of the selection failed:" >&2
-        cat "$state_dir/selected.out" >&2
+    if ! impact_dry_run "$tree" "$1" "$state_dir/selected.list" "$state_dir/selected.out"; then
         git -C "$tree" checkout -q -- .
         exit 1
     fi

@@ -107,6 +107,22 @@ unserved_project() {
     sed -i "s/\"cluster_id\": \"$cluster_id\"/\"cluster_id\": \"$cluster_id-nobody\"/; s/\"listener_wait\": 60/\"listener_wait\": 3/" "$dir/gorgon.json"
 }
 
+# impact_dry_run DIR BASE LIST TOLD [ARG...]: what `gorgon start --local -j 2 --changed BASE
+# --explain --dry-run [ARG...]` in DIR would run, from a dry run that runs nothing: the files
+# in LIST, what it says of them (the reasons; "Running all" when everything runs) in TOLD.
+# Fails, printing what it said, when the dry run fails: its empty list would count as a
+# selection of nothing. RUN_TIMEOUT bounds it (seconds, default 1800).
+impact_dry_run() {
+    local dir=$1 base=$2 list=$3 told=$4
+    shift 4
+    if ! (cd "$dir" && timeout -k 30 "${RUN_TIMEOUT:-1800}" "$gorgon" start --local -j 2 \
+        --changed "$base" --explain --dry-run "$@") </dev/null >"$list" 2>"$told"; then
+        echo "error: the dry run of the selection failed:" >&2
+        cat "$told" >&2
+        return 1
+    fi
+}
+
 # peak_rss DIR: the peak RSS (kB) of one `gorgon start` in DIR, which may fail.
 peak_rss() {
     (cd "$1" && /usr/bin/time -f "%M" -o "$work/peak.rss" "$gorgon" start >/dev/null 2>&1) || true
