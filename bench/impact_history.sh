@@ -86,8 +86,9 @@ prepare_tree() {
     fi
 }
 
-# write_config FILE IGNORE_JSON: the project's configuration, as bench/impact.sh's networkx.
-write_config() {
+# write_project_config FILE IGNORE_JSON: the project's configuration, as bench/impact.sh's
+# networkx (named apart from lib.sh's write_config, which it would otherwise replace).
+write_project_config() {
     cat >"$tree/$1" <<JSON
 {"files": ["networkx/**/test_*.py"], "runtime_file": "gorgon-runtime.json", "failed_files": "$state_dir/failed.json",
  "job": {"runner": $runner, "file_timeout": 120, "impact": {"ignore": $2}}}
@@ -99,8 +100,8 @@ checkout() {
     git -C "$tree" checkout -q --force --detach "$1"
     git -C "$tree" clean -q -fd
     "$pytest_venv/bin/python" "$helper" dist_info "$tree"
-    write_config gorgon.json "$ignore"
-    write_config gorgon-noignore.json '[]'
+    write_project_config gorgon.json "$ignore"
+    write_project_config gorgon-noignore.json '[]'
 }
 
 # run NAME ARGS...: `gorgon start --local -j 2 ARGS` in the tree, its events in

@@ -1,6 +1,7 @@
 //! The impact map: per test file, the project's code it ran in the last recording run,
-//! and per source file every scope the recorders know of it (`docs/impact.md`). Read before a selecting run, written after a recording run, merged
-//! with what it held as the runtime file is.
+//! and per source file every scope the recorders know of it (`docs/impact.md`). Read
+//! before a selecting run, written after a recording run, merged with what it held as the
+//! runtime file is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -127,11 +128,15 @@ impl ImpactMap {
         let mut sources: BTreeMap<&str, SourceIndex<'_>> = BTreeMap::new();
         for (test, impact) in &self.tests {
             for (source, used) in impact {
-                let index = sources.entry(source.as_str()).or_default();
+                let index = sources
+                    .entry(source.as_str())
+                    .or_insert_with(|| SourceIndex {
+                        known: self.known.get(source),
+                        ..SourceIndex::default()
+                    });
                 index.digests.insert(used.digest.as_str());
                 index.users.insert(test.as_str(), &used.ran);
                 index.scopes.extend(used.ran.iter().copied());
-                index.known = self.known.get(source);
             }
         }
         sources
